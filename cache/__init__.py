@@ -1,0 +1,1 @@
+"""Block caches and their policies (see the cache-engine issue)."""

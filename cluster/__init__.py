@@ -1,0 +1,1 @@
+"""Ray gangs and sequence parallelism (see the sequence-parallel issue)."""

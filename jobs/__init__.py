@@ -1,0 +1,1 @@
+"""Manifests, the batch driver and the command line."""

@@ -1,0 +1,81 @@
+"""The one denoising loop every ditfarm model runs.
+
+It is diffusers' Wan loop reduced to what all our models share: flow-matching scheduler steps, and classifier-free
+guidance as two separate transformer calls inside ``transformer.cache_context("cond" | "uncond", ...)`` so that
+block caches (diffusers' or ours) keep one state per branch and know the step they are in.  Caching and sequence
+parallelism attach to ``transformer``; nothing here needs to know about either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """What a caller may choose per video; everything else belongs to the model."""
+
+    num_frames: int
+    height: int
+    width: int
+    steps: int
+    guidance_scale: float
+
+    def validate(self) -> None:
+        for name in ("num_frames", "height", "width", "steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (self.guidance_scale >= 0):  # also refuses NaN
+            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale!r}")
+
+
+StepCallback = Callable[[int, torch.Tensor], None]
+
+
+def initial_noise(shape: tuple[int, ...], seed: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Gaussian noise drawn on the CPU from the seed alone, so every device and every rank draws the same."""
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    return torch.randn(shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def denoise(
+    transformer: torch.nn.Module,
+    scheduler,
+    latents: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    negative_prompt_embeds: torch.Tensor | None,
+    steps: int,
+    guidance_scale: float,
+    on_step: StepCallback | None = None,
+) -> torch.Tensor:
+    """Run ``steps`` scheduler steps from ``latents`` and return the final latents (in the scheduler's dtype)."""
+    scheduler.set_timesteps(steps, device=latents.device)
+    scheduler.set_begin_index(0)
+    model_dtype = next(transformer.parameters()).dtype
+    use_cfg = guidance_scale > 1.0 and negative_prompt_embeds is not None
+    for i, t in enumerate(scheduler.timesteps):
+        model_input = latents.to(model_dtype)
+        timestep = t.expand(latents.shape[0])
+        context = {"step_index": i, "sigma": float(scheduler.sigmas[i]), "num_inference_steps": steps}
+        with transformer.cache_context("cond", **context):
+            noise_pred = transformer(
+                hidden_states=model_input, timestep=timestep, encoder_hidden_states=prompt_embeds, return_dict=False
+            )[0]
+        if use_cfg:
+            with transformer.cache_context("uncond", **context):
+                noise_uncond = transformer(
+                    hidden_states=model_input,
+                    timestep=timestep,
+                    encoder_hidden_states=negative_prompt_embeds,
+                    return_dict=False,
+                )[0]
+            noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
+        latents = scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
+        if on_step is not None:
+            on_step(i, latents)
+    return latents

@@ -1,0 +1,36 @@
+"""``ditfarm.load_pipeline``: a model name or folder in, a pipeline with ``generate`` out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+BUILTIN_MODELS = ("tiny",)
+
+
+def resolve_model_folder(name_or_path: str | Path) -> Path:
+    """Map a built-in model name to its bundled folder; anything else must be an existing folder."""
+    if str(name_or_path) == "tiny":
+        from .tiny.weights import BUNDLED_FOLDER
+
+        return BUNDLED_FOLDER
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        raise ValueError(
+            f"unknown model {str(name_or_path)!r}: not a built-in model ({', '.join(BUILTIN_MODELS)}) "
+            "and not a model folder"
+        )
+    return folder
+
+
+def load_pipeline(name_or_path: str | Path = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """Load a model for rendering.  ``"tiny"`` is the built-in model; a path is a ditfarm model folder."""
+    from .tiny.pipeline import TinyVideoPipeline
+    from .tiny.weights import read_model_card
+
+    folder = resolve_model_folder(name_or_path)
+    kind = read_model_card(folder).get("kind")
+    if kind == "tiny":
+        return TinyVideoPipeline.from_folder(folder, device=device, dtype=dtype)
+    raise ValueError(f"model folder {folder} has kind {kind!r}; this ditfarm reads kinds: tiny")

@@ -1,0 +1,1 @@
+"""The built-in tiny video model: its vocabulary, data generator, text encoder, training and evaluation."""

@@ -1,0 +1,50 @@
+"""Reading and writing the ``tiny`` model folder (a diffusers-style layout, so it loads like any model folder).
+
+    <folder>/transformer/config.json + diffusion_pytorch_model.safetensors   (WanTransformer3DModel.save_pretrained)
+    <folder>/text_encoder.safetensors                                        (the word and position tables)
+    <folder>/scheduler/scheduler_config.json                                 (FlowMatchEulerDiscreteScheduler)
+    <folder>/ditfarm_model.json                                              (kind "tiny" and sampler defaults)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import safetensors.torch
+from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+
+from .model_config import TEXT_MAX_TOKENS
+from .text_encoder import WordTextEncoder
+
+BUNDLED_FOLDER = Path(__file__).parent / "weights"
+MODEL_CARD = "ditfarm_model.json"
+SAMPLER_DEFAULTS = dict(num_frames=8, height=32, width=32, steps=30, guidance_scale=3.0, shift=1.0)
+
+
+def save_model_folder(folder: Path, transformer: WanTransformer3DModel, text_encoder: WordTextEncoder) -> None:
+    folder = Path(folder)
+    transformer.save_pretrained(folder / "transformer", safe_serialization=True)
+    safetensors.torch.save_file(
+        {"word_table": text_encoder.word_table.contiguous(), "position_table": text_encoder.position_table.contiguous()},
+        folder / "text_encoder.safetensors",
+    )
+    FlowMatchEulerDiscreteScheduler(shift=SAMPLER_DEFAULTS["shift"]).save_pretrained(folder / "scheduler")
+    card = folder / MODEL_CARD
+    if not card.exists():
+        card.write_text(json.dumps({"kind": "tiny", "name": "tiny", "defaults": SAMPLER_DEFAULTS}, indent=2) + "\n")
+
+
+def read_model_card(folder: Path) -> dict:
+    """The folder's ditfarm_model.json: which pipeline reads it and its sampler defaults."""
+    path = Path(folder) / MODEL_CARD
+    if not path.exists():
+        raise FileNotFoundError(f"{folder} is not a ditfarm model folder: {MODEL_CARD} is missing")
+    return json.loads(path.read_text())
+
+
+def load_text_encoder(folder: Path) -> WordTextEncoder:
+    tables = safetensors.torch.load_file(Path(folder) / "text_encoder.safetensors")
+    encoder = WordTextEncoder(dim=tables["word_table"].shape[1], max_tokens=tables["position_table"].shape[0])
+    encoder.load_state_dict(tables)
+    return encoder
