@@ -1,0 +1,195 @@
+"""The batch driver: manifest rows in, mp4s and results rows out, resumable.
+
+The driver owns bookkeeping only: which rows to skip, where files go, what each results row says.  Rendering goes
+through a renderer object (``render(task, settings) -> RenderedVideo``): ``LocalRenderer`` renders in this
+process; Ray gangs plug in at the same seam.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Protocol
+
+import numpy as np
+
+from .manifest import Manifest, RenderTask, RowProblem, seed_from_id
+from .results import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, ResultsWriter, completed_ids, results_schema
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Run-wide choices; a manifest row's own values win over these, and these over the model's defaults."""
+
+    model: str = "tiny"
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    upscale: int = 8
+    fps: int = 8
+    device: str = "cpu"
+    flush_every: int = 32
+
+
+@dataclass
+class RenderedVideo:
+    frames: np.ndarray
+    seed: int
+    num_frames: int
+    height: int
+    width: int
+    steps: int
+    model: str
+
+
+@dataclass
+class RunSummary:
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+    out_dir: Path | None = None
+
+    @property
+    def total(self) -> int:
+        return self.ok + self.failed + self.skipped
+
+
+class Renderer(Protocol):
+    def render(self, task: RenderTask, settings: RenderSettings) -> RenderedVideo: ...
+
+
+class LocalRenderer:
+    """Renders in this process with one pipeline loaded once."""
+
+    def __init__(self, settings: RenderSettings):
+        from ..pipelines.loading import load_pipeline
+
+        self.pipe = load_pipeline(settings.model, device=settings.device)
+
+    def render(self, task: RenderTask, settings: RenderSettings) -> RenderedVideo:
+        def pick(name):
+            own = getattr(task, name)
+            return own if own is not None else getattr(settings, name)
+
+        self.pipe.check_prompt(task.prompt)
+        if task.negative_prompt:
+            self.pipe.check_prompt(task.negative_prompt)
+        s = self.pipe.settings(
+            num_frames=pick("num_frames"),
+            height=pick("height"),
+            width=pick("width"),
+            steps=pick("steps"),
+            guidance_scale=pick("guidance_scale"),
+        )
+        frames = self.pipe.generate(
+            task.prompt,
+            seed=task.seed,
+            negative_prompt=task.negative_prompt,
+            num_frames=s.num_frames,
+            height=s.height,
+            width=s.width,
+            steps=s.steps,
+            guidance_scale=s.guidance_scale,
+        )
+        return RenderedVideo(frames, task.seed, s.num_frames, s.height, s.width, s.steps, str(settings.model))
+
+
+def prompt_task(prompt: str, seed: int | None = None, video_id: str | None = None) -> RenderTask:
+    """A one-video task for ``ditfarm render --prompt``; the id is derived from the prompt unless given."""
+    video_id = video_id or "prompt-" + hashlib.sha256(prompt.encode()).hexdigest()[:12]
+    return RenderTask(row=0, id=video_id, prompt=prompt, seed=seed_from_id(video_id) if seed is None else seed)
+
+
+def _result_row(task: RenderTask | RowProblem, status: str, **values) -> dict:
+    row = {"id": task.id, "status": status, "uri": None, "error": None, "seed": getattr(task, "seed", None)}
+    row.update(values)
+    row.update(task.extra)
+    return row
+
+
+def render_tasks(
+    tasks: Iterable[RenderTask | RowProblem],
+    out_dir: str | Path,
+    settings: RenderSettings = RenderSettings(),
+    renderer: Renderer | None = None,
+    writer: ResultsWriter | None = None,
+    total: int | None = None,
+    progress: bool = True,
+) -> RunSummary:
+    """Render tasks into out_dir/videos, recording every row in out_dir/results; ids already ok are skipped."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    videos_dir = out_dir / "videos"
+    videos_dir.mkdir(parents=True, exist_ok=True)
+    done = completed_ids(out_dir / "results")
+    writer = writer or ResultsWriter(out_dir / "results", flush_every=settings.flush_every)
+    summary = RunSummary(out_dir=out_dir)
+    bar = tqdm(total=total, disable=not progress, unit="video", dynamic_ncols=True)
+    with writer:
+        for task in tasks:
+            if isinstance(task, RowProblem):
+                writer.add(_result_row(task, STATUS_FAILED, error=task.error))
+                summary.failed += 1
+                summary.errors.append(task.error)
+            elif task.id in done and Path(done[task.id]).exists():
+                writer.add(_result_row(task, STATUS_SKIPPED, uri=done[task.id]))
+                summary.skipped += 1
+            else:
+                renderer = renderer or LocalRenderer(settings)
+                start = time.perf_counter()
+                try:
+                    video = renderer.render(task, settings)
+                    path = write_video(video.frames, videos_dir / f"{task.id}.mp4", settings)
+                except (ValueError, RuntimeError) as err:  # bad prompt or settings: this row fails, the run goes on
+                    message = f"row {task.row} (id {task.id!r}): {err}"
+                    writer.add(_result_row(task, STATUS_FAILED, error=message))
+                    summary.failed += 1
+                    summary.errors.append(message)
+                else:
+                    writer.add(
+                        _result_row(
+                            task,
+                            STATUS_OK,
+                            uri=str(path.resolve()),
+                            frames=video.num_frames,
+                            height=video.height,
+                            width=video.width,
+                            steps=video.steps,
+                            model=video.model,
+                            seconds=round(time.perf_counter() - start, 3),
+                        )
+                    )
+                    summary.ok += 1
+            bar.set_postfix(ok=summary.ok, failed=summary.failed, skipped=summary.skipped, refresh=False)
+            bar.update(1)
+    bar.close()
+    return summary
+
+
+def write_video(frames: np.ndarray, path: Path, settings: RenderSettings) -> Path:
+    from ..pipelines.video_io import write_mp4
+
+    return write_mp4(frames, path, fps=settings.fps, upscale=settings.upscale)
+
+
+def render_manifest(
+    manifest_path: str | Path,
+    out_dir: str | Path,
+    settings: RenderSettings = RenderSettings(),
+    renderer: Renderer | None = None,
+    progress: bool = True,
+) -> RunSummary:
+    """Validate the manifest's schema (failing before any rendering), then render its rows resumably."""
+    manifest = Manifest(manifest_path)
+    writer = ResultsWriter(
+        Path(out_dir) / "results",
+        schema=results_schema(manifest.schema, manifest.extra_columns),
+        flush_every=settings.flush_every,
+    )
+    return render_tasks(manifest, out_dir, settings, renderer, writer, total=manifest.num_rows, progress=progress)

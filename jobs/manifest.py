@@ -1,0 +1,172 @@
+"""Prompt manifests: Parquet tables of videos to render, read in batches and validated row by row.
+
+Schema (``id`` and ``prompt`` required, the rest optional; any other column is carried into the results):
+
+    id               string, unique, [A-Za-z0-9._-]{1,128}: names the video file, so it must be path-safe
+    prompt           string, non-empty
+    seed             integer (missing or null: derived from the id, so a rerun draws the same noise)
+    negative_prompt  string
+    num_frames, height, width, steps   integer >= 1
+    guidance_scale   number >= 0
+
+A schema problem (a required column missing, a column of the wrong type, an extra column that would overwrite a
+results column) fails the whole run before anything renders.  A bad row (bad or duplicate id, empty prompt,
+out-of-range number) becomes a ``failed`` result naming the row and the problem, and the rest still renders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+REQUIRED_COLUMNS = ("id", "prompt")
+INTEGER_COLUMNS = ("seed", "num_frames", "height", "width", "steps")
+OPTIONAL_COLUMNS = ("seed", "negative_prompt", "num_frames", "height", "width", "steps", "guidance_scale")
+RESULT_COLUMNS = ("id", "status", "uri", "error", "seed", "frames", "height", "width", "steps", "model", "seconds")
+MAX_SEED = 2**63 - 1
+
+
+class ManifestError(ValueError):
+    """The manifest as a whole cannot be rendered (missing file, missing column, wrong column type)."""
+
+
+@dataclass
+class RenderTask:
+    """One valid manifest row: what to render and under which name."""
+
+    row: int
+    id: str
+    prompt: str
+    seed: int
+    negative_prompt: str = ""
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class RowProblem:
+    """A manifest row that cannot be rendered, and why; it becomes a ``failed`` result."""
+
+    row: int
+    id: str | None
+    error: str
+    extra: dict = field(default_factory=dict)
+
+
+def seed_from_id(video_id: str) -> int:
+    """A stable 31-bit seed for rows without one: reruns and other machines derive the same."""
+    return int.from_bytes(hashlib.sha256(video_id.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def check_schema(schema: pa.Schema, source: str) -> list[str]:
+    """Validate column names and types; returns the extra columns to carry through.  Raises ManifestError."""
+    names = schema.names
+    problems = []
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if missing:
+        problems.append(f"missing required column(s) {', '.join(missing)} (found: {', '.join(names) or 'none'})")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        problems.append(f"duplicate column name(s) {', '.join(dupes)}")
+    for name in names:
+        t = schema.field(name).type
+        if name in ("id", "prompt", "negative_prompt") and not (_is_string(t) or pa.types.is_null(t)):
+            problems.append(f"column {name!r} has type {t}; expected string")
+        elif name in INTEGER_COLUMNS and not (pa.types.is_integer(t) or pa.types.is_null(t)):
+            problems.append(f"column {name!r} has type {t}; expected an integer type")
+        elif name == "guidance_scale" and not (
+            pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_null(t)
+        ):
+            problems.append(f"column {name!r} has type {t}; expected a number")
+    extra = [n for n in names if n not in REQUIRED_COLUMNS and n not in OPTIONAL_COLUMNS]
+    clashes = [n for n in extra if n in RESULT_COLUMNS]
+    if clashes:
+        problems.append(f"column(s) {', '.join(clashes)} would overwrite results columns of the same name")
+    if problems:
+        raise ManifestError(f"manifest {source}: " + "; ".join(problems))
+    return extra
+
+
+class Manifest:
+    """A validated Parquet manifest, streamed in record batches so a million rows never sit in memory at once."""
+
+    def __init__(self, path: str | Path, filesystem=None):
+        self.source = str(path)
+        try:
+            self._file = pq.ParquetFile(path, filesystem=filesystem) if filesystem else pq.ParquetFile(path)
+        except FileNotFoundError as err:
+            raise ManifestError(f"manifest {self.source} does not exist") from err
+        except (pa.ArrowInvalid, OSError) as err:
+            raise ManifestError(f"manifest {self.source} is not a readable Parquet file: {err}") from err
+        self.schema = self._file.schema_arrow
+        self.extra_columns = check_schema(self.schema, self.source)
+
+    @property
+    def num_rows(self) -> int:
+        return self._file.metadata.num_rows
+
+    def __iter__(self) -> Iterator[RenderTask | RowProblem]:
+        seen: dict[str, int] = {}
+        row = 0
+        for batch in self._file.iter_batches(batch_size=1024):
+            for record in batch.to_pylist():
+                yield validate_row(row, record, self.extra_columns, seen)
+                row += 1
+
+
+def validate_row(row: int, record: dict, extra_columns: list[str], seen: dict[str, int]) -> RenderTask | RowProblem:
+    """Turn one manifest record into a RenderTask, or a RowProblem naming the row and what is wrong."""
+    extra = {name: record.get(name) for name in extra_columns}
+    video_id = record.get("id")
+    where = f"row {row}" + (f" (id {video_id!r})" if isinstance(video_id, str) else "")
+
+    def problem(message: str) -> RowProblem:
+        return RowProblem(row, video_id, f"{where}: {message}", extra)
+
+    if video_id is None:
+        return problem("id is missing (null)")
+    if not ID_PATTERN.fullmatch(video_id):
+        return problem("id must match [A-Za-z0-9._-]{1,128} (it names the output file)")
+    if video_id in seen:
+        return problem(f"id duplicates row {seen[video_id]}")
+    seen[video_id] = row
+    prompt = record.get("prompt")
+    if prompt is None or not prompt.strip():
+        return problem("prompt is empty")
+    numbers = {}
+    for name in ("num_frames", "height", "width", "steps"):
+        value = record.get(name)
+        if value is not None and value < 1:
+            return problem(f"{name} must be >= 1, got {value}")
+        numbers[name] = value
+    seed = record.get("seed")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        return problem(f"seed must be in [0, 2**63), got {seed}")
+    guidance = record.get("guidance_scale")
+    if guidance is not None and not guidance >= 0:  # also catches NaN
+        return problem(f"guidance_scale must be >= 0, got {guidance}")
+    return RenderTask(
+        row=row,
+        id=video_id,
+        prompt=prompt,
+        seed=seed_from_id(video_id) if seed is None else int(seed),
+        negative_prompt=record.get("negative_prompt") or "",
+        guidance_scale=None if guidance is None else float(guidance),
+        extra=extra,
+        **numbers,
+    )

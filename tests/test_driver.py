@@ -1,0 +1,103 @@
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ditfarm.jobs.cli import main as cli
+from ditfarm.jobs.driver import LocalRenderer, RenderSettings, render_manifest
+from ditfarm.jobs.results import read_results
+from ditfarm.pipelines.video_io import read_mp4
+
+PROMPTS = ["red circle moving left on blue background", "white square moving up on green gradient background"]
+
+
+class CountingRenderer(LocalRenderer):
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.rendered = []
+
+    def render(self, task, settings):
+        self.rendered.append(task.id)
+        return super().render(task, settings)
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    path = tmp_path / "manifest.parquet"
+    table = pa.table(
+        {
+            "id": ["v1", "v2", "bad", "v4"],
+            "prompt": [PROMPTS[0], PROMPTS[1], "purple circle moving left on blue background", PROMPTS[0]],
+            "seed": pa.array([1, 2, 3, None], pa.int64()),
+            "num_frames": pa.array([None, 4, None, None], pa.int64()),
+            "batch": ["b1", "b1", "b2", "b2"],
+        }
+    )
+    pq.write_table(table, path)
+    return path
+
+
+def test_render_resume_and_results_table(manifest, tmp_path, random_model_folder):
+    out = tmp_path / "out"
+    settings = RenderSettings(model=str(random_model_folder), steps=2, upscale=2)
+    renderer = CountingRenderer(settings)
+    first = render_manifest(manifest, out, settings, renderer=renderer, progress=False)
+    assert (first.ok, first.failed, first.skipped) == (3, 1, 0)
+    assert renderer.rendered == ["v1", "v2", "bad", "v4"]
+    assert "row 2 (id 'bad'): unknown word(s) 'purple'" in first.errors[0]
+
+    v2 = read_mp4(out / "videos" / "v2.mp4")
+    assert v2.shape == (4, 64, 64, 3)  # the row's own num_frames, upscaled 2x
+    assert not (out / "videos" / "bad.mp4").exists()
+
+    table = read_results(out / "results").to_pylist()
+    by_id = {r["id"]: r for r in table}
+    assert by_id["v1"]["status"] == "ok" and by_id["v1"]["frames"] == 8 and by_id["v1"]["steps"] == 2
+    assert by_id["v1"]["uri"] == str((out / "videos" / "v1.mp4").resolve())
+    assert by_id["v4"]["seed"] is not None and by_id["v1"]["seed"] == 1
+    assert by_id["bad"]["status"] == "failed" and "purple" in by_id["bad"]["error"]
+    assert [r["batch"] for r in table] == ["b1", "b1", "b2", "b2"]  # extra column carried through
+    assert by_id["v1"]["model"] == str(random_model_folder) and by_id["v1"]["seconds"] > 0
+
+    # A rerun skips what is done, retries what failed, and re-renders a video whose file was lost.
+    (out / "videos" / "v4.mp4").unlink()
+    renderer.rendered.clear()
+    second = render_manifest(manifest, out, settings, renderer=renderer, progress=False)
+    assert renderer.rendered == ["bad", "v4"]
+    assert (second.ok, second.failed, second.skipped) == (1, 1, 2)
+    statuses = [(r["id"], r["status"]) for r in read_results(out / "results").to_pylist()[4:]]
+    assert statuses == [("v1", "skipped"), ("v2", "skipped"), ("bad", "failed"), ("v4", "ok")]
+
+
+def test_cli_renders_and_reports(manifest, tmp_path, random_model_folder, capsys):
+    out = tmp_path / "cli"
+    args = ["render", str(manifest), "--out", str(out), "--model", str(random_model_folder), "--steps", "1"]
+    assert cli(args + ["--no-progress"]) == 1  # one row failed
+    assert "3 ok, 1 failed, 0 skipped" in capsys.readouterr().out
+    assert cli(args + ["--no-progress"]) == 1
+    assert "0 ok, 1 failed, 3 skipped" in capsys.readouterr().out
+
+
+def test_cli_schema_error_renders_nothing(tmp_path, capsys):
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": ["a"], "text": ["red circle moving left on blue background"]}), path)
+    assert cli(["render", str(path), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "missing required column(s) prompt" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_single_prompt(tmp_path, random_model_folder, capsys):
+    out = tmp_path / "one"
+    code = cli(
+        ["render", "--prompt", PROMPTS[0], "--id", "hello", "--seed", "4", "--out", str(out)]
+        + ["--model", str(random_model_folder), "--steps", "1", "--upscale", "1", "--no-progress"]
+    )
+    assert code == 0
+    frames = read_mp4(out / "videos" / "hello.mp4")
+    assert frames.shape == (8, 32, 32, 3) and np.isfinite(frames).all()
+    assert read_results(out / "results").to_pylist()[0]["seed"] == 4
+
+
+def test_cli_needs_manifest_or_prompt(tmp_path, capsys):
+    assert cli(["render", "--out", str(tmp_path)]) == 2
+    assert "either a MANIFEST or --prompt" in capsys.readouterr().err
