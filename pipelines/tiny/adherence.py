@@ -4,7 +4,8 @@
   median over (t, y) of each pixel column estimates it robustly while shapes move through; its left quarter
   (the pure colour of a gradient) is matched to the nearest palette colour;
 - foreground colour: pixels far from that background are foreground; they are labelled with their nearest
-  palette colour, and each object of the prompt must be present as its colour;
+  palette colour, and the prompt's object colours must be the most common foreground labels (the top one for one
+  object, the top two for two), each covering a shape-sized area per frame;
 - direction: the centroid track of each object's pixels, fitted by a line over the frames, must move mostly
   along the named axis, the named way, by at least a few pixels.
 
@@ -28,7 +29,7 @@ from .vocab import COLOURS, DIRECTIONS, SceneSpec, parse_prompt
 PALETTE_NAMES = tuple(COLOURS)
 PALETTE = np.asarray([COLOURS[c] for c in PALETTE_NAMES], dtype=np.float32)
 FOREGROUND_DISTANCE = 0.3  # RGB distance (frames in [0, 1]) from the background that makes a pixel foreground
-MIN_OBJECT_PIXELS = 6  # per video, summed over frames
+MIN_OBJECT_PIXELS_PER_FRAME = 8  # the smallest shape the generator draws covers about 30 px at 32x32
 MIN_TRAVEL_PX_PER_FRAME = 0.5
 
 
@@ -40,7 +41,7 @@ class AdherenceResult:
     direction_ok: bool
     background_ok: bool
     background_seen: str
-    foreground_seen: list[str]
+    foreground_seen: list[str]  # colours of shape-sized foreground areas, most common first
     motion_seen: list[list[float]]  # per object of the prompt: fitted (dy, dx) over the whole video, in pixels
 
 
@@ -68,14 +69,15 @@ def judge(frames: np.ndarray, prompt: str | SceneSpec, seed: int = -1) -> Adhere
     foreground = np.linalg.norm(video - background[None, None], axis=-1) > FOREGROUND_DISTANCE
     labels = nearest_colour(video)
 
-    seen_fg = sorted(
-        {PALETTE_NAMES[i] for i in range(len(PALETTE_NAMES)) if (foreground & (labels == i)).sum() >= MIN_OBJECT_PIXELS}
-    )
+    counts = np.bincount(labels[foreground], minlength=len(PALETTE_NAMES))
+    min_pixels = MIN_OBJECT_PIXELS_PER_FRAME * t * (h * w) / (32 * 32)
+    ranked = [PALETTE_NAMES[i] for i in np.argsort(-counts, kind="stable") if counts[i] >= min_pixels]
+    top = ranked[: len(spec.objects)]
     colours_ok, directions_ok, motions = [], [], []
     yy, xx = np.mgrid[0:h, 0:w]
     for obj in spec.objects:
         mask = foreground & (labels == PALETTE_NAMES.index(obj.colour))
-        colours_ok.append(bool(mask.sum() >= MIN_OBJECT_PIXELS))
+        colours_ok.append(obj.colour in top)
         present = [k for k in range(t) if mask[k].sum() >= 2]
         if len(present) < max(2, t // 2):
             motions.append([0.0, 0.0])
@@ -94,7 +96,7 @@ def judge(frames: np.ndarray, prompt: str | SceneSpec, seed: int = -1) -> Adhere
         direction_ok=all(directions_ok),
         background_ok=bg_name == spec.background,
         background_seen=bg_name,
-        foreground_seen=seen_fg,
+        foreground_seen=ranked,
         motion_seen=motions,
     )
 
