@@ -1,1 +1,85 @@
-"""Block caches and their policies (see the cache-engine issue)."""
+"""Block caches for ``pipe.transformer``: enable a policy, render, read what was skipped.
+
+    from ditfarm import cache
+    cache.enable(pipe, cache.AdaptiveConfig(threshold=0.08, profile=cache.CacheProfile.load("p.json")))
+    frames = pipe.generate(...)
+    cache.last_video_stats(pipe)   # computed / skipped block computations, bytes held
+    cache.disable(pipe)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .engine import CacheEngine, CacheStats, Reduce, identity_reduce
+from .policies import (
+    POLICY_FOR_CONFIG,
+    AdaptiveConfig,
+    BWCacheConfig,
+    ProfilingConfig,
+    TaylorSeerConfig,
+)
+from .profile import CacheProfile, ProfileMismatchError, model_identity
+
+ENGINE_ATTR = "_ditfarm_cache_engine"
+
+__all__ = [
+    "AdaptiveConfig",
+    "BWCacheConfig",
+    "CacheEngine",
+    "CacheProfile",
+    "CacheStats",
+    "ProfileMismatchError",
+    "ProfilingConfig",
+    "TaylorSeerConfig",
+    "disable",
+    "enable",
+    "engine_of",
+    "last_video_stats",
+    "model_identity",
+]
+
+
+def _transformer(pipe_or_transformer) -> torch.nn.Module:
+    return getattr(pipe_or_transformer, "transformer", pipe_or_transformer)
+
+
+def engine_of(pipe_or_transformer) -> CacheEngine | None:
+    return getattr(_transformer(pipe_or_transformer), ENGINE_ATTR, None)
+
+
+def enable(pipe_or_transformer, config, reduce: Reduce = identity_reduce) -> CacheEngine | None:
+    """Attach a cache policy (``None`` means no cache: nothing is attached, so it costs nothing)."""
+    transformer = _transformer(pipe_or_transformer)
+    disable(transformer)
+    if config is None:
+        return None
+    policy_cls = POLICY_FOR_CONFIG.get(type(config))
+    if policy_cls is None:
+        raise TypeError(f"not a cache config: {config!r}; use one of {', '.join(c.__name__ for c in POLICY_FOR_CONFIG)}")
+    profile = getattr(config, "profile", None)
+    if profile is not None:
+        profile.check_model(transformer)
+    if not hasattr(transformer, "blocks"):
+        raise TypeError(f"{type(transformer).__name__} has no `blocks`; ditfarm caches attach to DiT block lists")
+    engine = CacheEngine(transformer, policy_cls(config), reduce)
+    engine.attach()
+    setattr(transformer, ENGINE_ATTR, engine)
+    return engine
+
+
+def disable(pipe_or_transformer) -> None:
+    """Remove ditfarm's cache hooks and free what they hold; a no-op when none is attached."""
+    transformer = _transformer(pipe_or_transformer)
+    engine = getattr(transformer, ENGINE_ATTR, None)
+    if engine is not None:
+        engine.detach()
+        delattr(transformer, ENGINE_ATTR)
+
+
+def last_video_stats(pipe_or_transformer) -> CacheStats | None:
+    """Stats of the most recent finished (or running) video: block computations run and skipped, peak bytes."""
+    engine = engine_of(pipe_or_transformer)
+    if engine is None:
+        return None
+    return engine.stats if (engine.stats.computed or engine.stats.skipped) else engine.last_video

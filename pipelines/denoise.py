@@ -42,6 +42,12 @@ def initial_noise(shape: tuple[int, ...], seed: int, device: torch.device, dtype
     return torch.randn(shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
 
 
+def reset_caches(transformer: torch.nn.Module) -> None:
+    """Reset every stateful cache hook (diffusers' and ours) on the transformer."""
+    if hasattr(transformer, "_reset_stateful_cache"):
+        transformer._reset_stateful_cache()
+
+
 @torch.no_grad()
 def denoise(
     transformer: torch.nn.Module,
@@ -54,6 +60,7 @@ def denoise(
     on_step: StepCallback | None = None,
 ) -> torch.Tensor:
     """Run ``steps`` scheduler steps from ``latents`` and return the final latents (in the scheduler's dtype)."""
+    reset_caches(transformer)  # a new video: no state from the previous one may leak into this one
     scheduler.set_timesteps(steps, device=latents.device)
     scheduler.set_begin_index(0)
     model_dtype = next(transformer.parameters()).dtype

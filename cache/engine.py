@@ -1,0 +1,281 @@
+"""The block-cache engine: hooks on ``pipe.transformer``'s blocks that compute or reuse each block per step.
+
+Modelled on diffusers' ``hooks/first_block_cache.py``: one ``StateManager`` shared by all hooks keeps one
+``BranchState`` per cache context ("cond" / "uncond"), so the two CFG passes never mix their caches.
+
+Per transformer call (one step of one branch):
+
+1. ``StepHook.pre_forward`` fixes this step's plan: the integer mask the policy decided at the end of the previous
+   step (all ones at step 0), and the contiguous runs of skipped blocks in it.
+2. ``BlockHook`` on each block either runs it, records its residual (output - input) and adds the indicator sums
+   ``||x - x_prev||_1`` and ``||x_prev||_1`` to this step's local vector; or, at the first block of a skipped run,
+   adds the run's predicted residual to its input (one add for the whole run), and passes the input through
+   unchanged for the rest of the run.
+3. ``StepHook.post_forward`` sends the local sums through ``reduce`` (one call per step; identity in one process,
+   one all-reduce under sequence parallelism) and lets the policy turn the reduced vector into next step's mask.
+
+Nothing in 3 reads local tensors, so every rank of a gang decides the same mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
+
+from .policies.base import CachePolicy, DecisionState, all_blocks
+
+STEP_HOOK = "ditfarm_cache_step"
+BLOCK_HOOK = "ditfarm_cache_block"
+
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+def identity_reduce(vector: torch.Tensor) -> torch.Tensor:
+    return vector
+
+
+@dataclass
+class CacheStats:
+    """Per video, summed over CFG branches: block computations run and skipped, and the most bytes held."""
+
+    computed: int = 0
+    skipped: int = 0
+    peak_bytes: int = 0
+    masks: dict[str, list[list[int]]] = field(default_factory=dict)  # branch -> per-step compute masks
+
+    @property
+    def skipped_fraction(self) -> float:
+        total = self.computed + self.skipped
+        return self.skipped / total if total else 0.0
+
+
+class BlockMemory:
+    """One block's cached tensors: Taylor terms of its residual (term 0 is the residual itself) and, for policies
+    whose indicator is the block output, the last output."""
+
+    __slots__ = ("terms", "step", "output")
+
+    def __init__(self):
+        self.terms: list[torch.Tensor] = []
+        self.step = -1
+        self.output: torch.Tensor | None = None
+
+    def update(self, residual: torch.Tensor, step: int, order: int) -> None:
+        """TaylorSeer's derivative update: d_0 = r, d_i = (d_{i-1}^new - d_{i-1}^old) / (step gap)."""
+        new = [residual]
+        if self.terms and order > 0:
+            gap = float(step - self.step)
+            for i in range(min(order, len(self.terms))):
+                new.append((new[i] - self.terms[i]) / gap)
+        self.terms, self.step = new, step
+
+    def predict(self, step: int) -> torch.Tensor:
+        """sum_i d_i k^i / i!, k = steps since the last computation (just d_0 when order is 0)."""
+        out = self.terms[0]
+        k, factor = float(step - self.step), 1.0
+        for i in range(1, len(self.terms)):
+            factor *= k / i
+            out = out + self.terms[i] * factor
+        return out
+
+    def nbytes(self) -> int:
+        tensors = self.terms + ([self.output] if self.output is not None else [])
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class BranchState(BaseState):
+    """Everything one CFG branch caches for one video."""
+
+    def __init__(self, num_blocks: int, policy: CachePolicy):
+        super().__init__()
+        self.num_blocks = num_blocks
+        self.policy = policy
+        self.reset()
+
+    def reset(self, *args, **kwargs) -> None:
+        self.memory = [BlockMemory() for _ in range(self.num_blocks)]
+        self.step = -1
+        self.num_steps = 0
+        self.plan = all_blocks(self.num_blocks)
+        self.next_plan = all_blocks(self.num_blocks)
+        self.run_end: dict[int, int] = {}
+        self.run_sums: dict[tuple[int, int], tuple[tuple[int, ...], torch.Tensor]] = {}
+        self.sums: torch.Tensor | None = None
+        self.decision: DecisionState | None = None
+        self.masks: list[list[int]] = []
+
+    def begin_step(self, step: int, num_steps: int) -> None:
+        if self.decision is None:
+            self.decision = self.policy.new_state(self.num_blocks, max(num_steps, step + 1))
+        self.step, self.num_steps = step, num_steps
+        plan = self.next_plan.copy()
+        never_ran = np.array([m.step < 0 for m in self.memory])
+        plan[never_ran] = 1  # nothing to reuse yet; identical on every rank since it follows from the masks
+        self.plan = plan
+        self.run_end = {}
+        b = 0
+        while b < self.num_blocks:
+            if plan[b] == 0:
+                start = b
+                while b + 1 < self.num_blocks and plan[b + 1] == 0:
+                    b += 1
+                self.run_end[start] = b
+            b += 1
+        self.sums = None
+
+    def predicted_run_residual(self, start: int) -> torch.Tensor:
+        """Sum of the run's predicted residuals.  Plain reuse (order 0) does not depend on the step, so the sum is
+        kept and reused until a block of the run runs again: a run skipped on many steps costs one add per step."""
+        end = self.run_end[start]
+        blocks = range(start, end + 1)
+        static = all(len(self.memory[b].terms) == 1 for b in blocks)
+        key = (start, end)
+        versions = tuple(self.memory[b].step for b in blocks)
+        if static and key in self.run_sums and self.run_sums[key][0] == versions:
+            return self.run_sums[key][1]
+        total = self.memory[start].predict(self.step)
+        for b in blocks[1:]:
+            total = total + self.memory[b].predict(self.step)
+        if static and len(blocks) > 1:
+            self.run_sums = {k: v for k, v in self.run_sums.items() if not set(range(k[0], k[1] + 1)) & set(blocks)}
+            self.run_sums[key] = (versions, total)
+        return total
+
+    def nbytes(self) -> int:
+        run_bytes = sum(t.numel() * t.element_size() for _, t in self.run_sums.values())
+        return sum(m.nbytes() for m in self.memory) + run_bytes
+
+
+class StepHook(ModelHook):
+    """On the transformer: fixes each step's plan before the blocks run, and decides the next after."""
+
+    _is_stateful = True
+
+    def __init__(self, engine: "CacheEngine"):
+        super().__init__()
+        self.engine = engine
+        self.state_manager = engine.state_manager
+        self._calls: dict[str, int] = {}
+
+    def pre_forward(self, module, *args, **kwargs):
+        context = self.state_manager.context
+        state: BranchState = self.state_manager.get_state()
+        if context.step_index is not None:
+            step = int(context.step_index)
+        else:  # a caller without step information: count this branch's calls
+            step = self._calls.get(context.name, 0)
+            self._calls[context.name] = step + 1
+        num_steps = int(context.num_inference_steps or 0)
+        state.begin_step(step, num_steps)
+        return args, kwargs
+
+    def post_forward(self, module, output):
+        self.engine.end_step(self.state_manager.context.name, self.state_manager.get_state())
+        return output
+
+    def reset_state(self, module):
+        self.engine.finish_video()
+        self.state_manager.reset()
+        self._calls = {}
+        return module
+
+
+class BlockHook(ModelHook):
+    """On each transformer block: run it and remember its residual, or stand in for it from the cache."""
+
+    _is_stateful = True
+
+    def __init__(self, engine: "CacheEngine", index: int):
+        super().__init__()
+        self.engine = engine
+        self.state_manager = engine.state_manager
+        self.index = index
+
+    def new_forward(self, module, hidden_states, *args, **kwargs):
+        state: BranchState = self.state_manager.get_state()
+        b = self.index
+        if state.plan[b]:
+            output = self.fn_ref.original_forward(hidden_states, *args, **kwargs)
+            self.engine.record(state, b, hidden_states, output)
+            return output
+        if b in state.run_end:
+            return hidden_states + state.predicted_run_residual(b).to(hidden_states.dtype)
+        return hidden_states
+
+    def reset_state(self, module):
+        return module
+
+
+class CacheEngine:
+    """Owns the hooks, the per-branch states, the policy and the reduce function of one transformer."""
+
+    def __init__(self, transformer: torch.nn.Module, policy: CachePolicy, reduce: Reduce = identity_reduce):
+        self.transformer = transformer
+        self.policy = policy
+        self.reduce = reduce
+        self.blocks = list(transformer.blocks)
+        self.state_manager = StateManager(BranchState, (len(self.blocks), policy))
+        self.stats = CacheStats()
+        self.last_video = CacheStats()
+
+    # -- installation -------------------------------------------------------------------------------------------
+    def attach(self) -> None:
+        HookRegistry.check_if_exists_or_initialize(self.transformer).register_hook(StepHook(self), STEP_HOOK)
+        for i, block in enumerate(self.blocks):
+            HookRegistry.check_if_exists_or_initialize(block).register_hook(BlockHook(self, i), BLOCK_HOOK)
+
+    def detach(self) -> None:
+        self.finish_video()
+        HookRegistry.check_if_exists_or_initialize(self.transformer).remove_hook(STEP_HOOK, recurse=False)
+        for block in self.blocks:
+            HookRegistry.check_if_exists_or_initialize(block).remove_hook(BLOCK_HOOK, recurse=False)
+        self.state_manager.reset()
+
+    # -- the per-block and per-step work ------------------------------------------------------------------------
+    def record(self, state: BranchState, b: int, block_input: torch.Tensor, output: torch.Tensor) -> None:
+        """Remember a computed block's residual and add its indicator sums to this step's local vector.
+
+        indicator "residual": ||r - r_prev||_1 / ||r_prev||_1 (change since the block last ran)
+        indicator "output":   ||h - h_prev||_1 / ||h_prev||_1 (the same on the block output)
+        indicator "forecast": ||r - r^||_1 / ||r||_1 (error of the forecast the cache would have used)
+        """
+        residual = output - block_input
+        memory = state.memory[b]
+        kind = self.policy.indicator
+        if kind is not None:
+            if state.sums is None:
+                state.sums = torch.zeros(state.num_blocks, 2, dtype=torch.float64, device=output.device)
+            if kind == "output":
+                if memory.output is not None:
+                    state.sums[b, 0] = (output - memory.output).abs().sum(dtype=torch.float64)
+                    state.sums[b, 1] = memory.output.abs().sum(dtype=torch.float64)
+                memory.output = output.detach()
+            elif memory.terms:
+                reference = memory.terms[0] if kind == "residual" else memory.predict(state.step)
+                state.sums[b, 0] = (residual - reference).abs().sum(dtype=torch.float64)
+                state.sums[b, 1] = (reference if kind == "residual" else residual).abs().sum(dtype=torch.float64)
+        memory.update(residual.detach(), state.step, self.policy.forecast_order)
+
+    def end_step(self, branch: str, state: BranchState) -> None:
+        computed = state.plan.copy()
+        local = state.sums if state.sums is not None else torch.zeros(state.num_blocks, 2, dtype=torch.float64)
+        reduced = self.reduce(local.flatten()).reshape(state.num_blocks, 2).cpu().numpy()
+        self.policy.observe(state.decision, state.step, computed, reduced)
+        state.next_plan = np.asarray(self.policy.decide(state.decision, state.step, computed, reduced), dtype=np.int8)
+        n_run = int(computed.sum())
+        self.stats.computed += n_run
+        self.stats.skipped += state.num_blocks - n_run
+        self.stats.masks.setdefault(branch, []).append(computed.astype(int).tolist())
+        held = sum(s.nbytes() for s in self.state_manager._state_cache.values())
+        self.stats.peak_bytes = max(self.stats.peak_bytes, held)
+
+    def finish_video(self) -> None:
+        """Keep the finished video's stats readable after its tensors are freed."""
+        if self.stats.computed or self.stats.skipped:
+            self.last_video = self.stats
+        self.stats = CacheStats()

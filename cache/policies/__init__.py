@@ -1,0 +1,27 @@
+"""Cache policies: one config dataclass and one policy class each."""
+
+from .adaptive import AdaptiveConfig, AdaptivePolicy
+from .base import CachePolicy, DecisionState
+from .bwcache import BWCacheConfig, BWCachePolicy
+from .schedule import ProfilingConfig, ProfilingPolicy, TaylorSeerConfig, TaylorSeerPolicy
+
+POLICY_FOR_CONFIG = {
+    BWCacheConfig: BWCachePolicy,
+    ProfilingConfig: ProfilingPolicy,
+    TaylorSeerConfig: TaylorSeerPolicy,
+    AdaptiveConfig: AdaptivePolicy,
+}
+
+__all__ = [
+    "AdaptiveConfig",
+    "AdaptivePolicy",
+    "BWCacheConfig",
+    "BWCachePolicy",
+    "CachePolicy",
+    "DecisionState",
+    "POLICY_FOR_CONFIG",
+    "ProfilingConfig",
+    "ProfilingPolicy",
+    "TaylorSeerConfig",
+    "TaylorSeerPolicy",
+]

@@ -1,0 +1,101 @@
+"""Policies whose masks follow a schedule fixed before sampling: ProfilingDiT and TaylorSeer.
+
+Neither reads an indicator, so their decisions are trivially identical on every rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..profile import CacheProfile
+from .base import CachePolicy, DecisionState, all_blocks
+
+
+@dataclass
+class ProfilingConfig:
+    """ProfilingDiT (arXiv 2504.03140).
+
+    Foreground blocks (R_attn >= tau in the profile) run every step.  Background blocks run through a warm-up of
+    the first ``warmup_fraction`` of steps (the paper: 6 of 50), then only on refresh steps, and in between reuse
+    their residuals, per contiguous run of background blocks (Delta-DiT style).  Refresh steps come at an interval
+    that shrinks linearly from ``max_interval`` after warm-up to ``min_interval`` at the end (the paper's
+    HunyuanVideo schedule 6, 18, 26, 32, 38, 42, 46, 48 shrinks 12 -> 2; its Wan2.1 one refreshes every 6).
+    """
+
+    profile: CacheProfile
+    max_interval: int = 6
+    min_interval: int = 2
+    warmup_fraction: float = 0.12
+
+
+class ProfilingPolicy(CachePolicy):
+    name = "profiling"
+    indicator = None
+
+    def __init__(self, config: ProfilingConfig):
+        if config.min_interval < 1 or config.max_interval < config.min_interval:
+            raise ValueError(f"need 1 <= min_interval <= max_interval, got {config.min_interval}, {config.max_interval}")
+        self.config = config
+        self.background = np.array(config.profile.background_blocks, dtype=np.int64)
+
+    def refresh_steps(self, num_steps: int) -> set[int]:
+        c = self.config
+        warmup = max(1, round(c.warmup_fraction * num_steps))
+        steps, s = set(range(warmup)), warmup - 1
+        while True:
+            progress = (s - warmup + 1) / max(1, num_steps - warmup)
+            interval = max(c.min_interval, round(c.max_interval - (c.max_interval - c.min_interval) * progress))
+            s += interval
+            if s >= num_steps:
+                return steps
+            steps.add(s)
+
+    def decide(self, state: DecisionState, step: int, computed, sums) -> np.ndarray:
+        mask = all_blocks(state.num_blocks)
+        if step + 1 not in self.refresh_steps(state.num_steps):
+            mask[self.background] = 0
+        return mask
+
+    def describe(self) -> dict:
+        c = self.config
+        return {"policy": self.name, "max_interval": c.max_interval, "min_interval": c.min_interval,
+                "warmup_fraction": c.warmup_fraction, "background_blocks": self.background.tolist()}
+
+
+@dataclass
+class TaylorSeerConfig:
+    """TaylorSeer (arXiv 2503.06923), at block granularity.
+
+    All blocks run on the first ``warmup_steps`` steps and then every ``interval`` steps; in between, each block's
+    residual is forecast from its values at the last full steps by a Taylor series of order ``order`` whose
+    derivatives are finite differences: d_0 = r, d_i = (d_{i-1} - d_{i-1}^prev) / N, r(s + k) ~ sum_i d_i k^i / i!.
+    (The paper forecasts attention and MLP outputs; a Wan block's residual is their gated sum, so forecasting it
+    is the same series one level up.)  Defaults follow diffusers' TaylorSeerCacheConfig: N = 5, order 1, 3 warm-up.
+    """
+
+    interval: int = 5
+    order: int = 1
+    warmup_steps: int = 3
+    final_steps: int = 0  # steps at the end always computed (0: as the paper)
+
+
+class TaylorSeerPolicy(CachePolicy):
+    name = "taylorseer"
+    indicator = None
+
+    def __init__(self, config: TaylorSeerConfig):
+        if config.interval < 1 or config.order not in (0, 1, 2):
+            raise ValueError(f"need interval >= 1 and order in 0..2, got {config.interval}, {config.order}")
+        self.config = config
+        self.forecast_order = config.order
+
+    def decide(self, state: DecisionState, step: int, computed, sums) -> np.ndarray:
+        c, nxt = self.config, step + 1
+        full = nxt < c.warmup_steps or (nxt - c.warmup_steps) % c.interval == 0 or nxt >= state.num_steps - c.final_steps
+        return all_blocks(state.num_blocks) if full else np.zeros(state.num_blocks, dtype=np.int8)
+
+    def describe(self) -> dict:
+        c = self.config
+        return {"policy": self.name, "interval": c.interval, "order": c.order, "warmup_steps": c.warmup_steps}

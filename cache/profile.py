@@ -1,0 +1,90 @@
+"""A model's cache profile: what the profiler learned about each block, tied to the model it was measured on.
+
+Per block: the relative change of its residual between adjacent steps over a whole sampling run (the U-shaped curve
+that tells when caching is safe) and its foreground attention ratio R_attn (ProfilingDiT: the share of foreground
+tokens among the tokens this block attends to most), from which blocks are classed foreground or background.
+
+The profile stores a hash of the transformer's config; using it with another model is refused, because block
+classes and change curves of one architecture say nothing about another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+FORMAT = "ditfarm-cache-profile/1"
+FOREGROUND, BACKGROUND = "foreground", "background"
+
+
+class ProfileMismatchError(ValueError):
+    """A profile measured on one model used with another."""
+
+
+def model_identity(transformer: torch.nn.Module) -> dict:
+    """Class name, block count and a hash of the architecture config (private keys like paths are left out)."""
+    config = {k: v for k, v in dict(transformer.config).items() if not k.startswith("_")}
+    text = json.dumps(config, sort_keys=True, default=list)
+    return {
+        "class": type(transformer).__name__,
+        "num_blocks": len(transformer.blocks),
+        "config_hash": hashlib.sha256(text.encode()).hexdigest()[:16],
+    }
+
+
+@dataclass
+class BlockProfile:
+    index: int
+    r_attn: float  # foreground attention ratio, averaged over calibration videos, steps and frames
+    block_class: str  # FOREGROUND or BACKGROUND
+    change: list[float]  # mean relative L1 change of the block residual from step s-1 to s (entry 0 is NaN)
+
+
+@dataclass
+class CacheProfile:
+    model: dict
+    blocks: list[BlockProfile]
+    r_attn_threshold: float
+    calibration: dict = field(default_factory=dict)
+    mask_iou: float | None = None  # foreground mask vs ground truth, where the model's data generator knows it
+    format: str = FORMAT
+
+    @property
+    def foreground_blocks(self) -> list[int]:
+        return [b.index for b in self.blocks if b.block_class == FOREGROUND]
+
+    @property
+    def background_blocks(self) -> list[int]:
+        return [b.index for b in self.blocks if b.block_class == BACKGROUND]
+
+    def check_model(self, transformer: torch.nn.Module, source: str = "profile") -> None:
+        actual = model_identity(transformer)
+        if actual != self.model:
+            raise ProfileMismatchError(
+                f"{source} was measured on {self.model['class']} with {self.model['num_blocks']} blocks "
+                f"(config hash {self.model['config_hash']}), but this model is {actual['class']} with "
+                f"{actual['num_blocks']} blocks (config hash {actual['config_hash']}); "
+                "profile this model with `ditfarm profile` first"
+            )
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=1, allow_nan=True) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CacheProfile":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"cache profile {path} does not exist") from err
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a ditfarm cache profile (format {data.get('format')!r}, want {FORMAT})")
+        data["blocks"] = [BlockProfile(**b) for b in data["blocks"]]
+        return cls(**data)
