@@ -41,16 +41,16 @@ class ProfilingPolicy(CachePolicy):
         self.background = np.array(config.profile.background_blocks, dtype=np.int64)
 
     def refresh_steps(self, num_steps: int) -> set[int]:
+        """Warm-up steps, then refresh steps from s0 on with a linearly shrinking interval (with
+        max_interval == min_interval this is the released code's s < s0 or (s - s0) % interval == 0)."""
         c = self.config
         warmup = max(1, round(c.warmup_fraction * num_steps))
-        steps, s = set(range(warmup)), warmup - 1
-        while True:
-            progress = (s - warmup + 1) / max(1, num_steps - warmup)
-            interval = max(c.min_interval, round(c.max_interval - (c.max_interval - c.min_interval) * progress))
-            s += interval
-            if s >= num_steps:
-                return steps
+        steps, s = set(range(warmup)), warmup
+        while s < num_steps:
             steps.add(s)
+            progress = (s - warmup) / max(1, num_steps - warmup)
+            s += max(c.min_interval, round(c.max_interval - (c.max_interval - c.min_interval) * progress))
+        return steps
 
     def decide(self, state: DecisionState, step: int, computed, sums) -> np.ndarray:
         mask = all_blocks(state.num_blocks)
@@ -68,16 +68,17 @@ class ProfilingPolicy(CachePolicy):
 class TaylorSeerConfig:
     """TaylorSeer (arXiv 2503.06923), at block granularity.
 
-    All blocks run on the first ``warmup_steps`` steps and then every ``interval`` steps; in between, each block's
+    All blocks run on the first ``warmup_steps`` steps and on every step s with s % interval == 0; in between, each block's
     residual is forecast from its values at the last full steps by a Taylor series of order ``order`` whose
     derivatives are finite differences: d_0 = r, d_i = (d_{i-1} - d_{i-1}^prev) / N, r(s + k) ~ sum_i d_i k^i / i!.
     (The paper forecasts attention and MLP outputs; a Wan block's residual is their gated sum, so forecasting it
-    is the same series one level up.)  Defaults follow diffusers' TaylorSeerCacheConfig: N = 5, order 1, 3 warm-up.
+    is the same series one level up.)  Defaults follow the released code for Wan2.1: N = 5, order 1, first_enhance 1,
+so full steps are 0, 5, 10, ... and the first forecasts (one point of history) are plain reuse.
     """
 
     interval: int = 5
     order: int = 1
-    warmup_steps: int = 3
+    warmup_steps: int = 1
     final_steps: int = 0  # steps at the end always computed (0: as the paper)
 
 
@@ -93,7 +94,7 @@ class TaylorSeerPolicy(CachePolicy):
 
     def decide(self, state: DecisionState, step: int, computed, sums) -> np.ndarray:
         c, nxt = self.config, step + 1
-        full = nxt < c.warmup_steps or (nxt - c.warmup_steps) % c.interval == 0 or nxt >= state.num_steps - c.final_steps
+        full = nxt < c.warmup_steps or nxt % c.interval == 0 or nxt >= state.num_steps - c.final_steps
         return all_blocks(state.num_blocks) if full else np.zeros(state.num_blocks, dtype=np.int8)
 
     def describe(self) -> dict:

@@ -1,0 +1,161 @@
+"""The engine on a real (random-weight) tiny WanTransformer3DModel: exactness, runs, branches, the reduce seam."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+
+import ditfarm
+from ditfarm import cache
+from ditfarm.cache.policies.base import CachePolicy
+from ditfarm.cache.profile import BlockProfile
+from ditfarm.pipelines.tiny.model_config import TRANSFORMER_CONFIG
+
+PROMPT = "red circle moving left on blue background"
+
+
+class ScriptedPolicy(CachePolicy):
+    """Skips the blocks of a fixed mask on every step after the first."""
+
+    name = "scripted"
+    indicator = "residual"
+
+    def __init__(self, mask):
+        self.mask = np.asarray(mask, dtype=np.int8)
+
+    def decide(self, state, step, computed, sums):
+        return self.mask.copy()
+
+
+@pytest.fixture(scope="module")
+def pipe(random_model_folder):
+    return ditfarm.load_pipeline(random_model_folder)
+
+
+def run_calls(transformer, inputs, policy):
+    """Call the transformer once per step under cache_context, with the engine attached."""
+    engine = cache.CacheEngine(transformer, policy)
+    engine.attach()
+    calls = []
+    hooks = [b.attn1.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, b in enumerate(transformer.blocks)]
+    outs = []
+    try:
+        for step, (x, t, text) in enumerate(inputs):
+            with transformer.cache_context("cond", step_index=step, num_inference_steps=len(inputs)):
+                outs.append(transformer(x, t, text, return_dict=False)[0])
+    finally:
+        for h in hooks:
+            h.remove()
+        engine.detach()
+    return outs, calls
+
+
+def test_skipped_run_adds_the_cached_residual_once(pipe):
+    transformer = pipe.transformer
+    torch.manual_seed(0)
+    x, text = torch.randn(1, 3, 4, 16, 16), torch.randn(1, 16, 32)
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        full = transformer(x, t, text, return_dict=False)[0]
+        outs, calls = run_calls(transformer, [(x, t, text), (x, t, text)], ScriptedPolicy([1, 0, 0, 1, 1, 0]))
+    # step 0 runs all 6 blocks; step 1 skips 1-2 (one run) and 5 (a run of one) - their attention never runs
+    assert calls == [0, 1, 2, 3, 4, 5, 0, 3, 4]
+    # same input at both steps: reusing the residuals reproduces the full output
+    torch.testing.assert_close(outs[0], full, rtol=0, atol=0)
+    torch.testing.assert_close(outs[1], full, rtol=1e-5, atol=1e-5)
+    # a different input at step 1: the cache is used, so the output is no longer the exact one
+    with torch.no_grad():
+        x2 = x + 0.5 * torch.randn_like(x)
+        exact = transformer(x2, t, text, return_dict=False)[0]
+        approx, _ = run_calls(transformer, [(x, t, text), (x2, t, text)], ScriptedPolicy([1, 0, 0, 1, 1, 0]))
+    assert (approx[1] - exact).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "config", [cache.BWCacheConfig(threshold=0.0), cache.AdaptiveConfig(threshold=0.0), cache.TaylorSeerConfig(interval=1)]
+)
+def test_computing_every_block_reproduces_the_uncached_video(pipe, config):
+    base = pipe.generate(PROMPT, seed=3, steps=6)
+    cache.enable(pipe, config)
+    try:
+        cached = pipe.generate(PROMPT, seed=3, steps=6)
+        stats = cache.last_video_stats(pipe)
+    finally:
+        cache.disable(pipe)
+    assert np.array_equal(base, cached)
+    assert stats.skipped == 0 and stats.computed == 6 * 6 * 2  # blocks x steps x CFG branches
+    assert np.array_equal(pipe.generate(PROMPT, seed=3, steps=6), base)  # disabled cleanly
+
+
+def test_cfg_branches_keep_separate_state(pipe):
+    seen = []
+
+    def spy(vector):
+        seen.append(vector.clone())
+        return vector
+
+    engine = cache.enable(pipe, cache.AdaptiveConfig(threshold=0.2), reduce=spy)
+    try:
+        pipe.generate(PROMPT, seed=1, steps=8, guidance_scale=3.0)
+        branches = dict(engine.state_manager._state_cache)
+        stats = cache.last_video_stats(pipe)
+        assert set(branches) == {"cond", "uncond"}
+        cond, uncond = branches["cond"], branches["uncond"]
+        assert cond.memory[0].terms[0] is not uncond.memory[0].terms[0]
+        assert not torch.equal(cond.memory[0].terms[0], uncond.memory[0].terms[0])
+        assert set(stats.masks) == {"cond", "uncond"} and len(stats.masks["cond"]) == 8
+        assert len(seen) == 16  # one reduce per transformer call: 8 steps x 2 branches
+        assert stats.peak_bytes > 0
+        pipe.generate(PROMPT, seed=1, steps=8, guidance_scale=1.0)  # no CFG: one branch, and a fresh state
+        assert set(cache.last_video_stats(pipe).masks) == {"cond"}
+    finally:
+        cache.disable(pipe)
+
+
+def test_reduce_seam_steers_the_decisions(pipe):
+    def masks_with(reduce):
+        cache.enable(pipe, cache.AdaptiveConfig(threshold=0.3, warmup_fraction=0.0), reduce=reduce)
+        try:
+            pipe.generate(PROMPT, seed=2, steps=10)
+            return cache.last_video_stats(pipe)
+        finally:
+            cache.disable(pipe)
+
+    def inflate(vector):  # what a rank would see if another rank's numerators were huge
+        v = vector.clone().reshape(-1, 2)
+        v[:, 0] *= 1000
+        return v.flatten()
+
+    plain = masks_with(cache.identity_reduce)
+    inflated = masks_with(inflate)
+    assert plain.skipped > 0
+    assert inflated.skipped == 0
+    assert plain.masks != inflated.masks
+
+
+def test_profile_of_another_model_is_refused(pipe):
+    profile = cache.CacheProfile(
+        model=cache.model_identity(pipe.transformer),
+        blocks=[BlockProfile(i, 0.5, "background", []) for i in range(6)],
+        r_attn_threshold=0.5,
+    )
+    cache.enable(pipe, cache.ProfilingConfig(profile=profile))  # same model: accepted
+    cache.disable(pipe)
+    other = WanTransformer3DModel(**{**TRANSFORMER_CONFIG, "num_layers": 4})
+    with pytest.raises(cache.ProfileMismatchError, match="6 blocks.*this model is WanTransformer3DModel with 4 blocks"):
+        cache.enable(other, cache.ProfilingConfig(profile=profile))
+    assert cache.engine_of(other) is None
+
+
+def test_profile_round_trips_through_json(tmp_path, pipe):
+    profile = cache.CacheProfile(
+        model=cache.model_identity(pipe.transformer),
+        blocks=[BlockProfile(i, 0.1 * i, "foreground" if i % 2 else "background", [float("nan"), 0.1]) for i in range(6)],
+        r_attn_threshold=0.25,
+        mask_iou=0.7,
+    )
+    loaded = cache.CacheProfile.load(profile.save(tmp_path / "p.json"))
+    assert loaded.foreground_blocks == [1, 3, 5] and loaded.model == profile.model and loaded.mask_iou == 0.7
+    (tmp_path / "bad.json").write_text('{"format": "other"}')
+    with pytest.raises(ValueError, match="not a ditfarm cache profile"):
+        cache.CacheProfile.load(tmp_path / "bad.json")

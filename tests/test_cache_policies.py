@@ -1,0 +1,113 @@
+"""Each policy's decisions on constructed indicator sequences: known inputs, known masks."""
+
+import numpy as np
+import pytest
+
+from ditfarm.cache import AdaptiveConfig, BWCacheConfig, CacheProfile, ProfilingConfig, TaylorSeerConfig
+from ditfarm.cache.policies import AdaptivePolicy, BWCachePolicy, ProfilingPolicy, TaylorSeerPolicy
+from ditfarm.cache.profile import BACKGROUND, FOREGROUND, BlockProfile
+
+
+def drive(policy, num_blocks, num_steps, sums_at):
+    """Run observe/decide over a whole video; sums_at(step, computed) gives the reduced (blocks, 2) sums."""
+    state = policy.new_state(num_blocks, num_steps)
+    mask = np.ones(num_blocks, dtype=np.int8)
+    masks = []
+    for step in range(num_steps):
+        masks.append(mask.copy())
+        sums = np.asarray(sums_at(step, mask), dtype=np.float64)
+        policy.observe(state, step, mask, sums)
+        mask = policy.decide(state, step, mask, sums)
+    return np.array(masks)
+
+
+def profile(classes):
+    blocks = [BlockProfile(i, 0.5, c, []) for i, c in enumerate(classes)]
+    return CacheProfile(model={}, blocks=blocks, r_attn_threshold=0.5)
+
+
+def rel(values):
+    """Sums whose ratio numerator/denominator is the given per-block value."""
+    return np.stack([np.asarray(values, float), np.ones(len(values))], axis=1)
+
+
+def test_bwcache_reuses_all_blocks_for_r_steps_then_guards_the_end():
+    policy = BWCachePolicy(BWCacheConfig(threshold=0.15, reuse_fraction=0.1, warmup_steps=2))
+    change = {0: None, 1: 0.3, 2: 0.1}  # step 0 has nothing to compare with; then large, then small
+
+    def sums(step, mask):
+        if step == 0 or not mask.any():
+            return np.zeros((4, 2))
+        return rel([change.get(step, 0.1)] * 4)
+
+    computed = drive(policy, 4, 20, sums).all(axis=1)
+    # R = 2 reuse steps after each trigger; the first trigger at step 2 leaves 17 steps, the last 9 always run
+    expected = [True] * 3 + [False, False, True, False, False, True, False, False] + [True] * 9
+    assert computed.tolist() == expected
+
+
+def test_bwcache_mean_over_blocks_decides():
+    policy = BWCachePolicy(BWCacheConfig(threshold=0.15, warmup_steps=1))
+    masks = drive(policy, 2, 10, lambda s, m: rel([0.05, 0.30]) if s else np.zeros((2, 2)))
+    assert masks.all()  # mean 0.175 >= 0.15: never reuse, although block 0 alone is below
+    masks = drive(policy, 2, 10, lambda s, m: rel([0.05, 0.20]) if s else np.zeros((2, 2)))
+    assert not masks[2].any()  # mean 0.125 < 0.15
+
+
+def test_profiling_keeps_foreground_and_refreshes_on_a_shrinking_schedule():
+    policy = ProfilingPolicy(
+        ProfilingConfig(profile([BACKGROUND, FOREGROUND, BACKGROUND, BACKGROUND]), max_interval=6, min_interval=2)
+    )
+    assert sorted(policy.refresh_steps(30)) == [0, 1, 2, 3, 4, 10, 15, 19, 23, 26, 29]
+    masks = drive(policy, 4, 30, lambda s, m: np.zeros((4, 2)))
+    assert masks[:, 1].all()
+    refresh = masks.all(axis=1)
+    assert np.flatnonzero(refresh).tolist() == sorted(policy.refresh_steps(30))
+    assert (masks[~refresh][:, [0, 2, 3]] == 0).all()
+
+
+def test_profiling_uniform_schedule_matches_released_code():
+    policy = ProfilingPolicy(ProfilingConfig(profile([BACKGROUND]), max_interval=6, min_interval=6))
+    assert sorted(policy.refresh_steps(50)) == list(range(7)) + [12, 18, 24, 30, 36, 42, 48]
+
+
+def test_taylorseer_full_every_n_steps():
+    policy = TaylorSeerPolicy(TaylorSeerConfig(interval=5, order=1, warmup_steps=1))
+    masks = drive(policy, 3, 16, lambda s, m: np.zeros((3, 2)))
+    assert np.flatnonzero(masks.all(axis=1)).tolist() == [0, 5, 10, 15]
+    assert not masks[~masks.all(axis=1)].any()
+    assert policy.forecast_order == 1
+
+
+def test_adaptive_skips_by_predicted_error_per_block_and_class():
+    config = AdaptiveConfig(
+        threshold=0.1, order=0, max_run=3, warmup_fraction=0.2, final_steps=1,
+        profile=profile([BACKGROUND, BACKGROUND, FOREGROUND]), foreground_scale=0.5,
+    )
+    policy = AdaptivePolicy(config)
+    # block 0: error 0.02 per step (order 0: grows ~ g); block 1: 0.5 (too large); block 2: 0.07, below the
+    # background threshold 0.1 but above the foreground one 0.05
+    errors = np.array([0.02, 0.5, 0.07])
+
+    def sums(step, mask):
+        if step == 0:
+            return np.zeros((3, 2))
+        return rel(errors)  # for a block computed after g steps, the engine's measurement scales with g
+
+    masks = drive(policy, 3, 12, sums)
+    assert masks[:2].all()  # warm-up: 20% of 12 steps, at least 2
+    assert masks[:, 1].all() and masks[:, 2].all()
+    # block 0: predicted error after j+1 skips is 0.02 (j+1) -> skip runs of 3 (max_run), then recompute
+    assert masks[2:11, 0].tolist() == [0, 0, 0, 1, 0, 0, 0, 1, 0]
+    assert masks[-1].all()  # final step
+
+
+def test_adaptive_threshold_zero_never_skips():
+    policy = AdaptivePolicy(AdaptiveConfig(threshold=0.0))
+    assert drive(policy, 3, 10, lambda s, m: rel([1e-9] * 3)).all()
+
+
+@pytest.mark.parametrize("bad", [dict(threshold=-1.0), dict(order=3), dict(max_run=-1)])
+def test_adaptive_rejects_bad_config(bad):
+    with pytest.raises(ValueError):
+        AdaptivePolicy(AdaptiveConfig(**bad))
