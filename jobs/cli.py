@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
+from ..cache.presets import POLICIES
 
 
 def _add_render(sub) -> None:
@@ -31,6 +32,13 @@ def _add_render(sub) -> None:
     p.add_argument("--upscale", type=int, default=8, help="integer nearest-neighbour upscale of the mp4 (default 8)")
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--cache", default="none", choices=POLICIES, help="block-cache policy (default: none)")
+    p.add_argument(
+        "--cache-threshold",
+        type=float,
+        help="the policy's speed/fidelity knob: bwcache delta, profiling T_max, taylorseer interval, adaptive budget",
+    )
+    p.add_argument("--profile", help="cache profile JSON from `ditfarm profile` (default: the model's shipped one)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -54,14 +62,24 @@ def cmd_render(args) -> int:
         upscale=args.upscale,
         fps=args.fps,
         device=args.device,
+        cache=args.cache,
+        cache_knob=args.cache_threshold,
+        profile=args.profile,
     )
+    try:
+        from ..cache.presets import resolve_knob
+
+        resolve_knob(args.cache, args.cache_threshold)
+    except ValueError as err:
+        print(f"ditfarm render: {err}", file=sys.stderr)
+        return 2
     try:
         if args.prompt is not None:
             task = prompt_task(args.prompt, seed=args.seed, video_id=args.video_id)
             summary = render_tasks([task], args.out, settings, total=1, progress=not args.no_progress)
         else:
             summary = render_manifest(args.manifest, args.out, settings, progress=not args.no_progress)
-    except ManifestError as err:
+    except (ManifestError, ValueError, FileNotFoundError) as err:  # bad manifest, model, cache setup or profile
         print(f"ditfarm render: {err}", file=sys.stderr)
         return 2
     print(

@@ -15,6 +15,8 @@ from typing import Iterable, Protocol
 
 import numpy as np
 
+from ..cache import last_video_stats
+from ..cache.presets import resolve_knob
 from .manifest import Manifest, RenderTask, RowProblem, seed_from_id
 from .results import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, ResultsWriter, completed_ids, results_schema
 
@@ -33,6 +35,9 @@ class RenderSettings:
     fps: int = 8
     device: str = "cpu"
     flush_every: int = 32
+    cache: str = "none"  # block-cache policy (ditfarm.cache.presets.POLICIES)
+    cache_knob: float | None = None  # the policy's speed/fidelity knob (None: its default)
+    profile: str | None = None  # cache profile JSON (None: the model's shipped profile, if any)
 
 
 @dataclass
@@ -44,6 +49,7 @@ class RenderedVideo:
     width: int
     steps: int
     model: str
+    skipped_fraction: float | None = None
 
 
 @dataclass
@@ -67,9 +73,13 @@ class LocalRenderer:
     """Renders in this process with one pipeline loaded once."""
 
     def __init__(self, settings: RenderSettings):
+        from ..cache import enable
+        from ..cache.presets import build_config
         from ..pipelines.loading import load_pipeline
 
         self.pipe = load_pipeline(settings.model, device=settings.device)
+        profile = settings.profile or self.pipe.default_cache_profile()
+        self.cache = enable(self.pipe, build_config(settings.cache, settings.cache_knob, profile))
 
     def render(self, task: RenderTask, settings: RenderSettings) -> RenderedVideo:
         def pick(name):
@@ -96,7 +106,8 @@ class LocalRenderer:
             steps=s.steps,
             guidance_scale=s.guidance_scale,
         )
-        return RenderedVideo(frames, task.seed, s.num_frames, s.height, s.width, s.steps, str(settings.model))
+        skipped = last_video_stats(self.pipe).skipped_fraction if self.cache is not None else 0.0
+        return RenderedVideo(frames, task.seed, s.num_frames, s.height, s.width, s.steps, str(settings.model), skipped)
 
 
 def prompt_task(prompt: str, seed: int | None = None, video_id: str | None = None) -> RenderTask:
@@ -163,6 +174,9 @@ def render_tasks(
                             steps=video.steps,
                             model=video.model,
                             seconds=round(time.perf_counter() - start, 3),
+                            cache=settings.cache,
+                            cache_knob=resolve_knob(settings.cache, settings.cache_knob),
+                            skipped_fraction=video.skipped_fraction,
                         )
                     )
                     summary.ok += 1

@@ -29,7 +29,10 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 REQUIRED_COLUMNS = ("id", "prompt")
 INTEGER_COLUMNS = ("seed", "num_frames", "height", "width", "steps")
 OPTIONAL_COLUMNS = ("seed", "negative_prompt", "num_frames", "height", "width", "steps", "guidance_scale")
-RESULT_COLUMNS = ("id", "status", "uri", "error", "seed", "frames", "height", "width", "steps", "model", "seconds")
+RESULT_COLUMNS = (
+    "id", "status", "uri", "error", "seed", "frames", "height", "width", "steps", "model", "seconds",
+    "cache", "cache_knob", "skipped_fraction",
+)
 MAX_SEED = 2**63 - 1
 
 

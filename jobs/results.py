@@ -30,6 +30,9 @@ RESULT_SCHEMA = pa.schema(
         ("steps", pa.int32()),
         ("model", pa.string()),
         ("seconds", pa.float64()),
+        ("cache", pa.string()),
+        ("cache_knob", pa.float64()),
+        ("skipped_fraction", pa.float64()),
     ]
 )
 

@@ -61,6 +61,15 @@ def denoise(
 ) -> torch.Tensor:
     """Run ``steps`` scheduler steps from ``latents`` and return the final latents (in the scheduler's dtype)."""
     reset_caches(transformer)  # a new video: no state from the previous one may leak into this one
+    try:
+        return _denoise_loop(transformer, scheduler, latents, prompt_embeds, negative_prompt_embeds, steps,
+                             guidance_scale, on_step)
+    finally:
+        reset_caches(transformer)  # free cached tensors; cache stats of this video stay readable
+
+
+def _denoise_loop(transformer, scheduler, latents, prompt_embeds, negative_prompt_embeds, steps, guidance_scale,
+                  on_step) -> torch.Tensor:
     scheduler.set_timesteps(steps, device=latents.device)
     scheduler.set_begin_index(0)
     model_dtype = next(transformer.parameters()).dtype

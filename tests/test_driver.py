@@ -101,3 +101,17 @@ def test_cli_single_prompt(tmp_path, random_model_folder, capsys):
 def test_cli_needs_manifest_or_prompt(tmp_path, capsys):
     assert cli(["render", "--out", str(tmp_path)]) == 2
     assert "either a MANIFEST or --prompt" in capsys.readouterr().err
+
+
+def test_cli_cache_policy_is_recorded_per_video(tmp_path, random_model_folder, capsys):
+    base = ["render", "--prompt", PROMPTS[0], "--model", str(random_model_folder), "--steps", "6", "--no-progress"]
+    out = tmp_path / "cached"
+    assert cli(base + ["--out", str(out), "--cache", "taylorseer", "--cache-threshold", "2"]) == 0
+    row = read_results(out / "results").to_pylist()[0]
+    assert row["cache"] == "taylorseer" and row["cache_knob"] == 2
+    assert row["skipped_fraction"] == pytest.approx(0.5)  # full steps 0, 2, 4 of 6
+    capsys.readouterr()
+    assert cli(base + ["--out", str(tmp_path / "x"), "--cache", "taylorseer", "--cache-threshold", "1.5"]) == 2
+    assert "positive integer" in capsys.readouterr().err
+    assert cli(base + ["--out", str(tmp_path / "y"), "--cache", "profiling"]) == 2
+    assert "needs a profile" in capsys.readouterr().err

@@ -42,7 +42,13 @@ class TinyVideoPipeline(DiffusionPipeline):
         d = card["defaults"]
         pipe.defaults = SamplerSettings(d["num_frames"], d["height"], d["width"], d["steps"], d["guidance_scale"])
         pipe.model_name = card.get("name", folder.name)
+        pipe.folder = str(folder)
         return pipe.to(device)
+
+    def default_cache_profile(self):
+        """The cache profile shipped with the model folder, if any (``ditfarm profile`` writes one)."""
+        path = Path(self.folder) / "cache_profile.json" if getattr(self, "folder", None) else None
+        return path if path is not None and path.exists() else None
 
     def check_prompt(self, prompt: str) -> None:
         """Raise PromptError (naming the word and the vocabulary) for a prompt this model cannot read."""

@@ -1,0 +1,54 @@
+"""From a policy name and one knob (what the CLI and the results table speak) to a typed cache config.
+
+Each policy has one knob that trades speed for fidelity, and good defaults for everything else:
+
+    bwcache     threshold delta on the mean relative L1 change of block outputs (0.15 slow, 0.20 mid, 0.25 fast)
+    profiling   the refresh interval right after warm-up, T_max (it shrinks to T_min = 2 at the end)
+    taylorseer  the interval N between full steps
+    adaptive    the error budget per block (relative L1 error of the forecast residual)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .policies import AdaptiveConfig, BWCacheConfig, ProfilingConfig, TaylorSeerConfig
+from .profile import CacheProfile
+
+POLICIES = ("none", "bwcache", "profiling", "taylorseer", "adaptive")
+KNOB_NAMES = {"bwcache": "threshold", "profiling": "max_interval", "taylorseer": "interval", "adaptive": "threshold"}
+DEFAULT_KNOBS = {"bwcache": 0.15, "profiling": 6, "taylorseer": 5, "adaptive": 0.08}
+
+
+def resolve_knob(policy: str, knob: float | None = None) -> float | int | None:
+    """The knob value a run uses: the given one (checked) or the policy's default; None for "none"."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown cache policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    if policy == "none":
+        return None
+    value = DEFAULT_KNOBS[policy] if knob is None else knob
+    if policy in ("profiling", "taylorseer"):
+        if value != int(value) or value < 1:
+            raise ValueError(f"the {policy} knob is its {KNOB_NAMES[policy]}: a positive integer, got {value}")
+        return int(value)
+    if not value >= 0:
+        raise ValueError(f"the {policy} knob ({KNOB_NAMES[policy]}) must be >= 0, got {value}")
+    return float(value)
+
+
+def build_config(policy: str, knob: float | None = None, profile: CacheProfile | str | Path | None = None):
+    """The config for ``policy`` (None for "none"); ``profile`` is required by profiling, used by adaptive."""
+    value = resolve_knob(policy, knob)
+    if value is None:
+        return None
+    if isinstance(profile, (str, Path)):
+        profile = CacheProfile.load(profile)
+    if policy == "bwcache":
+        return BWCacheConfig(threshold=value)
+    if policy == "taylorseer":
+        return TaylorSeerConfig(interval=value)
+    if policy == "profiling":
+        if profile is None:
+            raise ValueError("the profiling policy needs a profile: pass --profile PROFILE.json (see `ditfarm profile`)")
+        return ProfilingConfig(profile=profile, max_interval=value, min_interval=min(2, value))
+    return AdaptiveConfig(threshold=value, profile=profile)
