@@ -172,6 +172,7 @@ class StepHook(ModelHook):
             self._calls[context.name] = step + 1
         num_steps = int(context.num_inference_steps or 0)
         state.begin_step(step, num_steps)
+        state.decision.branch = context.name
         return args, kwargs
 
     def post_forward(self, module, output):

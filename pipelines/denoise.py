@@ -58,23 +58,29 @@ def denoise(
     steps: int,
     guidance_scale: float,
     on_step: StepCallback | None = None,
+    start_step: int = 0,
 ) -> torch.Tensor:
-    """Run ``steps`` scheduler steps from ``latents`` and return the final latents (in the scheduler's dtype)."""
+    """Run ``steps`` scheduler steps from ``latents`` and return the final latents (in the scheduler's dtype).
+
+    ``start_step`` > 0 starts part-way (SDEdit): ``latents`` must then be noised to ``scheduler.sigmas[start_step]``.
+    """
     reset_caches(transformer)  # a new video: no state from the previous one may leak into this one
     try:
         return _denoise_loop(transformer, scheduler, latents, prompt_embeds, negative_prompt_embeds, steps,
-                             guidance_scale, on_step)
+                             guidance_scale, on_step, start_step)
     finally:
         reset_caches(transformer)  # free cached tensors; cache stats of this video stay readable
 
 
 def _denoise_loop(transformer, scheduler, latents, prompt_embeds, negative_prompt_embeds, steps, guidance_scale,
-                  on_step) -> torch.Tensor:
+                  on_step, start_step=0) -> torch.Tensor:
     scheduler.set_timesteps(steps, device=latents.device)
-    scheduler.set_begin_index(0)
+    scheduler.set_begin_index(start_step)
     model_dtype = next(transformer.parameters()).dtype
     use_cfg = guidance_scale > 1.0 and negative_prompt_embeds is not None
     for i, t in enumerate(scheduler.timesteps):
+        if i < start_step:
+            continue
         model_input = latents.to(model_dtype)
         timestep = t.expand(latents.shape[0])
         context = {"step_index": i, "sigma": float(scheduler.sigmas[i]), "num_inference_steps": steps}

@@ -84,10 +84,25 @@ class TinyVideoPipeline(DiffusionPipeline):
         s = self.settings(
             num_frames=num_frames, height=height, width=width, steps=steps, guidance_scale=guidance_scale
         )
+        return self.decode(self.generate_latents(prompt, seed, s, negative_prompt, on_step))
+
+    @torch.no_grad()
+    def generate_latents(self, prompt: str, seed: int, settings: SamplerSettings, negative_prompt: str = "",
+                         on_step=None, start_step: int = 0, init: torch.Tensor | None = None) -> torch.Tensor:
+        """The final latents (here: pixels in [-1, 1], (1, 3, T, H, W)).  With ``init`` and ``start_step`` the
+        run starts from ``init`` noised to that step's sigma (SDEdit) instead of from pure noise."""
+        s = settings
         cond, uncond = self.encode_prompt(prompt, negative_prompt)
         latents = initial_noise((1, 3, s.num_frames, s.height, s.width), seed, self.device, torch.float32)
-        latents = denoise(self.transformer, self.scheduler, latents, cond, uncond, s.steps, s.guidance_scale, on_step)
-        return self.decode(latents)
+        if init is not None:
+            sigma = float(self.scheduler_sigmas(s.steps)[start_step])
+            latents = (1 - sigma) * init.to(latents) + sigma * latents
+        return denoise(self.transformer, self.scheduler, latents, cond, uncond, s.steps, s.guidance_scale, on_step,
+                       start_step)
+
+    def scheduler_sigmas(self, steps: int) -> np.ndarray:
+        self.scheduler.set_timesteps(steps)
+        return self.scheduler.sigmas.cpu().numpy()
 
     __call__ = generate
 

@@ -1,0 +1,72 @@
+"""How much attention each token receives in a block's self-attention, without an N x N matrix.
+
+ProfilingDiT scores token i by the mean attention it receives, a_i = (1/N) sum_j softmax_j(q_j . k / sqrt(d))_i.
+We compute it for a sample of queries (all of them when N is small) in chunks, so memory stays at chunk x N per
+head, and average over heads.  The probe wraps the block's own attention processor: it recomputes q and k the way
+diffusers' WanAttnProcessor does (projections, RMS norms, rotary embedding) and then calls the original processor,
+so the block's output is unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out
+
+
+def received_attention(query: torch.Tensor, key: torch.Tensor, max_queries: int = 2048, chunk: int = 256,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mean attention received per key token (B, N), from (B, N, heads, d) queries and keys."""
+    b, n, h, d = query.shape
+    if n > max_queries:
+        idx = torch.randperm(n, generator=generator)[:max_queries].to(query.device)
+        query = query[:, idx]
+    q = query.transpose(1, 2).float()  # (B, h, Nq, d)
+    k = key.transpose(1, 2).float()  # (B, h, N, d)
+    received = torch.zeros(b, n, device=query.device)
+    for start in range(0, q.shape[2], chunk):
+        scores = torch.softmax(q[:, :, start : start + chunk] @ k.transpose(-1, -2) / d**0.5, dim=-1)
+        received += scores.sum(dim=(1, 2))  # over heads and queries
+    return received / (h * q.shape[2])
+
+
+class AttentionProbe:
+    """A drop-in attention processor for WanAttention self-attention that records received attention."""
+
+    def __init__(self, original, max_queries: int = 2048):
+        self.original = original
+        self.max_queries = max_queries
+        self.enabled = False
+        self.records: list[torch.Tensor] = []  # (N,) per recorded call, batch element 0
+        self.generator = torch.Generator().manual_seed(0)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        if self.enabled and encoder_hidden_states is None:
+            with torch.no_grad():
+                query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+                key = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
+                if rotary_emb is not None:
+                    query, key = _rotary(query, *rotary_emb), _rotary(key, *rotary_emb)
+                self.records.append(received_attention(query, key, self.max_queries, generator=self.generator)[0].cpu())
+        return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+
+
+def attach_probes(transformer, max_queries: int = 2048) -> list[AttentionProbe]:
+    probes = []
+    for block in transformer.blocks:
+        probe = AttentionProbe(block.attn1.processor, max_queries)
+        block.attn1.set_processor(probe)
+        probes.append(probe)
+    return probes
+
+
+def detach_probes(transformer, probes: list[AttentionProbe]) -> None:
+    for block, probe in zip(transformer.blocks, probes):
+        block.attn1.set_processor(probe.original)

@@ -1,0 +1,190 @@
+"""``ditfarm profile``: learn from a model itself which blocks can be cached, and when.
+
+For each calibration prompt it samples with every block computed and records, per block:
+
+- the relative L1 change of the block's residual between adjacent steps (through the cache engine with a policy
+  that computes everything, so the numbers are exactly what the runtime policies will see), whose mean over
+  prompts is the block's change curve;
+- on a few probe steps, the attention each token receives in the block's self-attention (chunked, sampled
+  queries: no N x N matrix), scored against the foreground mask derived from the model's own output
+  (``cache.foreground``): R_attn = |high ∩ fg| / |fg|, with "high" the |fg| most-attended tokens.  1 means the
+  block's attention sits on the foreground; |fg| / N is what a block blind to it would score.
+
+Blocks are then split into foreground and background at the R_attn threshold that best separates the two groups
+(Otsu's criterion over the sorted values, keeping 20-50% of blocks foreground).  The result is a CacheProfile
+(JSON) and a PNG that shows both measurements at a glance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .attention_probe import attach_probes, detach_probes
+from .engine import CacheEngine
+from .foreground import foreground_mask, mask_iou, token_mask
+from .policies.base import CachePolicy, DecisionState, all_blocks
+from .profile import BACKGROUND, FOREGROUND, BlockProfile, CacheProfile, model_identity
+
+
+class RecordingPolicy(CachePolicy):
+    """Computes every block and keeps each branch's decision state, whose history holds the measured changes."""
+
+    name = "record"
+    indicator = "residual"
+
+    def __init__(self):
+        self.states: list[DecisionState] = []
+
+    def new_state(self, num_blocks: int, num_steps: int) -> DecisionState:
+        state = super().new_state(num_blocks, num_steps)
+        self.states.append(state)
+        return state
+
+    def decide(self, state, step, computed, sums) -> np.ndarray:
+        return all_blocks(state.num_blocks)
+
+
+@dataclass
+class VideoRecord:
+    change: np.ndarray  # (steps, blocks) relative residual change, cond branch
+    r_attn: np.ndarray  # (blocks,) this video's foreground attention ratio (NaN if the mask failed)
+    foreground_share: float
+
+
+@dataclass
+class ProfileResult:
+    profile: CacheProfile
+    videos: list[VideoRecord] = field(default_factory=list)
+
+
+def r_attn_of(scores: torch.Tensor, fg_tokens: torch.Tensor) -> float:
+    """|high ∩ fg| / |fg| with high = the |fg| tokens that receive the most attention."""
+    k = int(fg_tokens.sum())
+    if k == 0:
+        return math.nan
+    high = torch.topk(scores, k).indices
+    return float(fg_tokens[high].sum()) / k
+
+
+def split_threshold(values: np.ndarray, min_share: float = 0.2, max_share: float = 0.5) -> float:
+    """R_attn threshold tau: blocks >= tau are foreground; the split maximises between-group variance."""
+    order = np.sort(values)[::-1]
+    n = len(order)
+    best, best_score = order[max(0, math.ceil(min_share * n) - 1)], -1.0
+    for k in range(max(1, math.ceil(min_share * n)), max(1, math.floor(max_share * n)) + 1):
+        top, rest = order[:k], order[k:]
+        if len(rest) == 0:
+            continue
+        score = k * (n - k) * (top.mean() - rest.mean()) ** 2
+        if score > best_score:
+            best, best_score = (order[k - 1] + order[k]) / 2, score
+    return float(best)
+
+
+def profile_pipeline(pipe, prompts: list[str], seeds: list[int] | None = None, steps: int | None = None,
+                     guidance_scale: float | None = None, probe_steps: int = 4, max_queries: int = 2048
+                     ) -> ProfileResult:
+    """Sample each prompt with full compute and measure every block (see the module docstring)."""
+    transformer = pipe.transformer
+    settings = pipe.settings(steps=steps, guidance_scale=guidance_scale)
+    seeds = seeds or list(range(len(prompts)))
+    probe_at = set(np.linspace(settings.steps * 0.3, settings.steps * 0.9, probe_steps).round().astype(int).tolist())
+    patch = tuple(transformer.config.patch_size)
+    records = []
+    recorder = RecordingPolicy()
+    engine = CacheEngine(transformer, recorder)
+    engine.attach()
+    probes = attach_probes(transformer, max_queries)
+    try:
+        for prompt, seed in zip(prompts, seeds):
+            recorder.states.clear()
+            for p in probes:
+                p.records.clear()
+                p.enabled = 0 in probe_at
+
+            def on_step(i, latents):
+                for p in probes:
+                    p.enabled = (i + 1) in probe_at
+
+            latents = pipe.generate_latents(prompt, seed=seed, settings=settings, on_step=on_step)
+            cond = next(s for s in recorder.states if getattr(s, "branch", "cond") == "cond")
+            change = np.stack(cond.history)
+            fg = token_mask(foreground_mask(latents[0]), patch)
+            share = float(fg.float().mean())
+            usable = 0 < share < 0.6
+            r_attn = np.array([
+                np.nanmean([r_attn_of(rec, fg) for rec in p.records]) if usable and p.records else math.nan
+                for p in probes
+            ])
+            records.append(VideoRecord(change, r_attn, share))
+    finally:
+        detach_probes(transformer, probes)
+        engine.detach()
+
+    change = np.nanmean(np.stack([r.change for r in records]), axis=0)  # (steps, blocks)
+    r_attn = np.nanmean(np.stack([r.r_attn for r in records]), axis=0)
+    if np.isnan(r_attn).any():
+        raise RuntimeError("no calibration video gave a usable foreground mask; try other prompts or more of them")
+    tau = split_threshold(r_attn)
+    blocks = [
+        BlockProfile(b, float(r_attn[b]), FOREGROUND if r_attn[b] >= tau else BACKGROUND, change[:, b].tolist())
+        for b in range(len(transformer.blocks))
+    ]
+    profile = CacheProfile(
+        model=model_identity(transformer),
+        blocks=blocks,
+        r_attn_threshold=tau,
+        calibration={"prompts": list(prompts), "seeds": list(seeds), "steps": settings.steps,
+                     "guidance_scale": settings.guidance_scale, "probe_steps": sorted(probe_at),
+                     "mean_foreground_share": float(np.mean([r.foreground_share for r in records]))},
+    )
+    return ProfileResult(profile, records)
+
+
+def check_masks_on_references(pipe, scenes, start_sigma: float = 0.8, steps: int | None = None) -> float:
+    """Mean IoU of the model-derived foreground mask against true masks, on videos whose truth is known.
+
+    Each reference video is noised to ``start_sigma`` and denoised by the model (SDEdit), so the output stays
+    aligned with the reference; the mask is then derived from the model's output alone, as in profiling.
+    """
+    settings = pipe.settings(steps=steps)
+    sigmas = pipe.scheduler_sigmas(settings.steps)
+    start = int(np.argmin(np.abs(sigmas[:-1] - start_sigma)))
+    ious = []
+    for i, scene in enumerate(scenes):
+        clean = torch.from_numpy(scene.frames).permute(3, 0, 1, 2)[None] * 2 - 1
+        latents = pipe.generate_latents(scene.spec.prompt, seed=i, settings=settings, start_step=start, init=clean)
+        ious.append(mask_iou(foreground_mask(latents[0]), torch.from_numpy(scene.masks)))
+    return float(np.mean(ious))
+
+
+def plot_profile(profile: CacheProfile, path) -> None:
+    """Per-block change curves (left) and R_attn with the threshold (right), coloured by class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    colours = {FOREGROUND: "tab:red", BACKGROUND: "tab:blue"}
+    for b in profile.blocks:
+        curve = np.array(b.change, dtype=float)
+        left.plot(np.arange(len(curve)), curve, color=colours[b.block_class], alpha=0.35 + 0.6 * b.index / len(profile.blocks),
+                  label=f"block {b.index} ({b.block_class[:2]})")
+    left.set(xlabel="denoising step", ylabel="relative L1 change of block residual", title="change per step (U-shape)")
+    left.legend(fontsize=7, ncol=2)
+    idx = [b.index for b in profile.blocks]
+    right.bar(idx, [b.r_attn for b in profile.blocks], color=[colours[b.block_class] for b in profile.blocks])
+    right.axhline(profile.r_attn_threshold, color="k", ls="--", label=f"tau = {profile.r_attn_threshold:.3f}")
+    share = profile.calibration.get("mean_foreground_share")
+    if share:
+        right.axhline(share, color="grey", ls=":", label=f"blind to foreground ({share:.3f})")
+    right.set(xlabel="block", ylabel="R_attn", title="foreground attention ratio (red: foreground blocks)")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
