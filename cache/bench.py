@@ -1,0 +1,252 @@
+"""``ditfarm bench cache``: speed and fidelity of every cache against the uncached video, on held-out prompts.
+
+For each method and knob value, on the same transformer, prompts and seeds:
+
+- speedup: wall time of the denoising loop without cache divided by with it, measured interleaved (an uncached
+  run right before each cached run, so both see the same machine load) and taken as the median over videos;
+- computed: the fraction of block computations that ran (counted at each block's self-attention query
+  projection, so it counts diffusers' caches the same way as ours);
+- PSNR (whole-video MSE) and SSIM of the frames against the uncached video of the same prompt and seed.
+
+Methods: ditfarm's bwcache, profiling, taylorseer and adaptive; diffusers' FirstBlockCache, TaylorSeerCache (on
+attn1/attn2/ffn, since its default patterns match nothing in Wan) and MagCache (calibrated first, as diffusers
+documents: a calibrate=True run whose printed ratios are then passed back); and the plainest rival, the same
+sampler with fewer steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import io
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import disable, enable
+from .metrics import psnr, ssim
+from .presets import build_config
+
+
+@dataclass
+class Method:
+    family: str
+    knob: float
+    apply: Callable | None = None  # enables the cache on the pipe
+    steps: int | None = None  # fewer-steps baseline
+
+
+@dataclass
+class Row:
+    family: str
+    knob: float
+    speedup: float
+    computed: float
+    psnr: float
+    ssim: float
+    videos: int
+
+
+def clear_caches(pipe) -> None:
+    disable(pipe)
+    if getattr(pipe.transformer, "is_cache_enabled", False):
+        pipe.transformer.disable_cache()
+
+
+class BlockCounter:
+    """Counts real block computations via forward hooks on each block's self-attention query projection (a
+    forecast attention output, as in diffusers' TaylorSeer, never reaches it)."""
+
+    def __init__(self, transformer):
+        self.count = 0
+        self.handles = [b.attn1.to_q.register_forward_hook(self._hit) for b in transformer.blocks]
+
+    def _hit(self, *args):
+        self.count += 1
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def calibrate_magcache(pipe, prompt: str, seed: int, steps: int, guidance_scale: float) -> list[float]:
+    """diffusers' documented MagCache calibration: run with calibrate=True and read the printed ratios (cond)."""
+    from diffusers import MagCacheConfig
+
+    clear_caches(pipe)
+    pipe.transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=steps))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        pipe.generate(prompt, seed=seed, steps=steps, guidance_scale=guidance_scale)
+    clear_caches(pipe)
+    lists = [ast.literal_eval(line) for line in printed.getvalue().splitlines() if line.startswith("[") and line.endswith("]")]
+    if not lists:
+        raise RuntimeError("MagCache calibration printed no ratios")
+    return lists[0]
+
+
+def method_grid(pipe, steps: int, guidance_scale: float, profile, calibration_prompt: str, quick: bool = False):
+    from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
+
+    def ours(policy, knob):
+        config = build_config(policy, knob, profile)
+        return Method(policy, knob, lambda p: enable(p, config))
+
+    def diffusers_cache(family, knob, config):
+        return Method(family, knob, lambda p: p.transformer.enable_cache(config))
+
+    grid = {
+        "bwcache": [0.1, 0.15, 0.2, 0.25, 0.3],
+        "profiling": [2, 3, 4, 6, 8],
+        "taylorseer": [2, 3, 4, 5, 6],
+        "adaptive": [0.0, 0.02, 0.04, 0.06, 0.08, 0.12, 0.16, 0.24, 0.32],
+        "fbcache": [0.02, 0.05, 0.08, 0.12, 0.2],
+        "diffusers-taylorseer": [2, 3, 4, 5],
+        "magcache": [0.02, 0.04, 0.06, 0.1, 0.15],
+        "fewer-steps": [round(steps * f) for f in (0.8, 0.67, 0.5, 0.4, 0.33, 0.27)],
+    }
+    if quick:
+        grid = {k: v[:: max(1, len(v) // 2)] for k, v in grid.items()}
+    methods = []
+    for policy in ("bwcache", "profiling", "taylorseer", "adaptive"):
+        if policy == "profiling" and profile is None:
+            continue
+        methods += [ours(policy, k) for k in grid[policy]]
+    methods += [diffusers_cache("fbcache", k, FirstBlockCacheConfig(threshold=k)) for k in grid["fbcache"]]
+    wan_modules = [r"blocks\.\d+\.attn1", r"blocks\.\d+\.attn2", r"blocks\.\d+\.ffn"]
+    methods += [
+        diffusers_cache(
+            "diffusers-taylorseer",
+            k,
+            TaylorSeerCacheConfig(cache_interval=k, cache_identifiers=wan_modules, taylor_factors_dtype=torch.float32),
+        )
+        for k in grid["diffusers-taylorseer"]
+    ]
+    ratios = calibrate_magcache(pipe, calibration_prompt, 0, steps, guidance_scale)
+    methods += [
+        diffusers_cache("magcache", k, MagCacheConfig(threshold=k, mag_ratios=ratios, num_inference_steps=steps))
+        for k in grid["magcache"]
+    ]
+    methods += [Method("fewer-steps", k, None, steps=k) for k in grid["fewer-steps"]]
+    return methods
+
+
+def _timed(pipe, prompt, seed, steps, guidance_scale):
+    start = time.perf_counter()
+    frames = pipe.generate(prompt, seed=seed, steps=steps, guidance_scale=guidance_scale)
+    return time.perf_counter() - start, frames
+
+
+def run_benchmark(pipe, cases, methods, steps: int, guidance_scale: float, log=print) -> list[Row]:
+    references = {}
+    for prompt, seed in cases:
+        references[(prompt, seed)] = _timed(pipe, prompt, seed, steps, guidance_scale)[1]
+    n_blocks = len(pipe.transformer.blocks)
+    branches = 2 if guidance_scale > 1 else 1
+    rows = []
+    for method in methods:
+        ratios, psnrs, ssims, fractions = [], [], [], []
+        for prompt, seed in cases:
+            clear_caches(pipe)
+            t_none, _ = _timed(pipe, prompt, seed, steps, guidance_scale)
+            if method.apply is not None:
+                method.apply(pipe)
+            counter = BlockCounter(pipe.transformer)
+            try:
+                t_cached, frames = _timed(pipe, prompt, seed, method.steps or steps, guidance_scale)
+            finally:
+                counter.close()
+                clear_caches(pipe)
+            ratios.append(t_none / t_cached)
+            fractions.append(counter.count / (n_blocks * steps * branches))
+            psnrs.append(psnr(references[(prompt, seed)], frames))
+            ssims.append(ssim(references[(prompt, seed)], frames))
+        finite = [p for p in psnrs if np.isfinite(p)]
+        row = Row(
+            family=method.family,
+            knob=method.knob,
+            speedup=statistics.median(ratios),
+            computed=float(np.mean(fractions)),
+            psnr=float(np.mean(finite)) if len(finite) == len(psnrs) else float("inf"),
+            ssim=float(np.mean(ssims)),
+            videos=len(cases),
+        )
+        log(f"{row.family:>22} {row.knob:>6g}  {row.speedup:5.2f}x  computed {row.computed:5.1%}  "
+            f"PSNR {row.psnr:6.2f}  SSIM {row.ssim:.4f}")
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = ["| method | knob | speedup | blocks computed | PSNR (dB) | SSIM |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.family} | {r.knob:g} | {r.speedup:.2f}x | {r.computed:.1%} | {r.psnr:.2f} | {r.ssim:.4f} |")
+    return "\n".join(lines)
+
+
+def frontier_plot(rows: list[Row], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for family in dict.fromkeys(r.family for r in rows):
+        pts = sorted((r.speedup, r.psnr) for r in rows if r.family == family and np.isfinite(r.psnr))
+        if pts:
+            style = dict(lw=2.5, marker="o") if family == "adaptive" else dict(lw=1.2, marker=".")
+            ax.plot(*zip(*pts), label=family, **style)
+    ax.set(xlabel="wall-clock speedup of the denoising loop (x)", ylabel="PSNR vs uncached (dB)",
+           title="speed vs fidelity, held-out prompts")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="ditfarm bench cache", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--png", type=Path, help="speedup-vs-PSNR frontier (default: next to --json)")
+    p.add_argument("--videos", type=int, default=8, help="held-out prompt/seed pairs")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--guidance-scale", type=float)
+    p.add_argument("--profile", help="cache profile (default: the model's shipped one)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps timings stable on shared CPUs)")
+    p.add_argument("--quick", action="store_true", help="every other knob value only")
+    args = p.parse_args(argv)
+
+    from ..pipelines.loading import load_pipeline
+    from ..pipelines.tiny.adherence import held_out_cases
+    from ..pipelines.tiny.scenes import sample_scene_spec
+    from .profile import CacheProfile
+
+    torch.set_num_threads(args.threads)
+    pipe = load_pipeline(args.model)
+    settings = pipe.settings(steps=args.steps, guidance_scale=args.guidance_scale)
+    profile_path = args.profile or pipe.default_cache_profile()
+    profile = CacheProfile.load(profile_path) if profile_path else None
+    cases = [(spec.prompt, seed) for spec, seed in held_out_cases(args.videos, seed=4242)]
+    calibration = sample_scene_spec(np.random.default_rng(99)).prompt  # a training-split prompt
+    methods = method_grid(pipe, settings.steps, settings.guidance_scale, profile, calibration, args.quick)
+    rows = run_benchmark(pipe, cases, methods, settings.steps, settings.guidance_scale)
+    table = markdown_table(rows)
+    print(table)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({
+        "model": str(args.model), "steps": settings.steps, "guidance_scale": settings.guidance_scale,
+        "threads": args.threads, "cases": cases, "profile": str(profile_path) if profile_path else None,
+        "rows": [asdict(r) for r in rows],
+    }, indent=2))
+    frontier_plot(rows, args.png or args.json.with_suffix(".png"))
+    return 0

@@ -1,0 +1,69 @@
+"""The profiler, the fidelity metrics and the benchmark, end to end on small models."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ditfarm.cache import CacheProfile
+from ditfarm.cache.foreground import foreground_mask, mask_iou, otsu_threshold, token_mask
+from ditfarm.cache.metrics import psnr, ssim
+from ditfarm.jobs.cli import main as cli
+
+
+def test_psnr_and_ssim_known_values():
+    a = np.full((2, 16, 16, 3), 100, np.uint8)
+    b = a + 10  # MSE (10/255)^2
+    assert psnr(a, b) == pytest.approx(20 * np.log10(255 / 10))
+    assert psnr(a, a) == np.inf and ssim(a, a) == pytest.approx(1.0)
+    noise = (np.random.default_rng(0).random((2, 16, 16, 3)) * 255).astype(np.uint8)
+    assert ssim(noise, 255 - noise) < 0
+
+
+def test_foreground_mask_finds_the_moving_square():
+    import torch
+
+    x0 = torch.zeros(3, 8, 32, 32)
+    truth = torch.zeros(8, 32, 32, dtype=torch.bool)
+    for t in range(8):
+        x0[:, t, 8:16, 2 + 3 * t : 10 + 3 * t] = 1.0
+        truth[t, 8:16, 2 + 3 * t : 10 + 3 * t] = True
+    mask = foreground_mask(x0 + 0.01 * torch.randn_like(x0))
+    assert mask_iou(mask, truth) > 0.9
+    assert token_mask(truth, (1, 4, 4)).shape == (8 * 8 * 8,)
+    g = torch.Generator().manual_seed(0)
+    bimodal = torch.cat([0.2 + 0.05 * torch.randn(500, generator=g), 0.8 + 0.05 * torch.randn(500, generator=g)])
+    assert otsu_threshold(bimodal) == pytest.approx(0.5, abs=0.1)
+
+
+def test_profile_command_on_a_model_folder(tmp_path, random_model_folder, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("red circle moving left on blue background\nwhite square moving up on green background\n")
+    out = tmp_path / "profile.json"
+    code = cli(["profile", "--model", str(random_model_folder), "--prompts", str(prompts), "--out", str(out),
+                "--steps", "6", "--probe-steps", "2", "--check-masks", "0"])
+    assert code == 0
+    profile = CacheProfile.load(out)
+    assert len(profile.blocks) == 6 and len(profile.blocks[0].change) == 6
+    assert 1 <= len(profile.foreground_blocks) <= 3  # 20-50% of blocks
+    assert all(0 <= b.r_attn <= 1 for b in profile.blocks)
+    assert (tmp_path / "profile.png").stat().st_size > 10_000
+    bad = tmp_path / "bad.txt"
+    bad.write_text("purple circle moving left on blue background\n")
+    assert cli(["profile", "--model", str(random_model_folder), "--prompts", str(bad), "--out", str(out)]) == 2
+    assert "'purple'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_cache_quick_run(tmp_path, random_model_folder):
+    out = tmp_path / "bench.json"
+    assert cli(["bench", "cache", "--model", str(random_model_folder), "--json", str(out), "--videos", "1",
+                "--steps", "6", "--quick"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    families = {r["family"] for r in rows}
+    assert {"bwcache", "taylorseer", "adaptive", "fbcache", "diffusers-taylorseer", "magcache", "fewer-steps"} <= families
+    exact = next(r for r in rows if r["family"] == "adaptive" and r["knob"] == 0.0)
+    assert exact["computed"] == 1.0 and exact["psnr"] == float("inf")
+    taylor = next(r for r in rows if r["family"] == "taylorseer" and r["knob"] == 2)
+    assert taylor["computed"] == pytest.approx(0.5) and np.isfinite(taylor["psnr"])
+    assert (tmp_path / "bench.png").exists()
