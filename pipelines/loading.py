@@ -25,12 +25,23 @@ def resolve_model_folder(name_or_path: str | Path) -> Path:
 
 
 def load_pipeline(name_or_path: str | Path = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """Load a model for rendering.  ``"tiny"`` is the built-in model; a path is a ditfarm model folder."""
+    """Load a model for rendering.  ``"tiny"`` is the built-in model; a path is a model folder: a ditfarm ``tiny``
+    folder, or a diffusers Wan2.1 folder (model_index.json naming WanPipeline)."""
+    from .wan import WanVideoPipeline, is_wan_folder
+
+    folder = resolve_model_folder(name_or_path)
+    if is_wan_folder(folder):
+        return WanVideoPipeline.from_folder(folder, device=device, dtype=dtype)
+    card = folder / "ditfarm_model.json"
+    if not card.exists():
+        raise ValueError(
+            f"{folder} is neither a ditfarm tiny folder (ditfarm_model.json) nor a diffusers Wan folder "
+            "(model_index.json naming WanPipeline)"
+        )
     from .tiny.pipeline import TinyVideoPipeline
     from .tiny.weights import read_model_card
 
-    folder = resolve_model_folder(name_or_path)
     kind = read_model_card(folder).get("kind")
     if kind == "tiny":
         return TinyVideoPipeline.from_folder(folder, device=device, dtype=dtype)
-    raise ValueError(f"model folder {folder} has kind {kind!r}; this ditfarm reads kinds: tiny")
+    raise ValueError(f"model folder {folder} has kind {kind!r}; this ditfarm reads: tiny, and Wan folders")

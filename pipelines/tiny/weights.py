@@ -19,7 +19,8 @@ from .text_encoder import WordTextEncoder
 
 BUNDLED_FOLDER = Path(__file__).parent / "weights"
 MODEL_CARD = "ditfarm_model.json"
-SAMPLER_DEFAULTS = dict(num_frames=8, height=32, width=32, steps=30, guidance_scale=3.0, shift=1.0)
+SAMPLER_DEFAULTS = dict(num_frames=8, height=32, width=32, steps=30, guidance_scale=3.0)
+SCHEDULER_SHIFT = 1.0
 
 
 def save_model_folder(folder: Path, transformer: WanTransformer3DModel, text_encoder: WordTextEncoder) -> None:
@@ -29,7 +30,7 @@ def save_model_folder(folder: Path, transformer: WanTransformer3DModel, text_enc
         {"word_table": text_encoder.word_table.contiguous(), "position_table": text_encoder.position_table.contiguous()},
         folder / "text_encoder.safetensors",
     )
-    FlowMatchEulerDiscreteScheduler(shift=SAMPLER_DEFAULTS["shift"]).save_pretrained(folder / "scheduler")
+    FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT).save_pretrained(folder / "scheduler")
     card = folder / MODEL_CARD
     if not card.exists():
         card.write_text(json.dumps({"kind": "tiny", "name": "tiny", "defaults": SAMPLER_DEFAULTS}, indent=2) + "\n")

@@ -1,0 +1,99 @@
+"""What every ditfarm model exposes, whatever diffusers pipeline sits underneath.
+
+A subclass supplies: ``transformer``, ``scheduler``, ``defaults`` (SamplerSettings), ``folder``,
+``check_prompt``, ``encode_prompt``, ``latent_shape`` and ``decode``.  Everything that must behave the same for
+every model (settings resolution, seeding, the denoising loop, SDEdit starts, cache profiles) lives here once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .denoise import SamplerSettings, denoise, initial_noise
+
+CACHE_PROFILE_FILE = "cache_profile.json"
+
+
+class VideoPipelineMixin:
+    defaults: SamplerSettings
+    folder: str | None = None
+    model_name: str = "model"
+
+    # -- to be supplied by each model ----------------------------------------------------------------------------
+    def check_prompt(self, prompt: str) -> None:
+        raise NotImplementedError
+
+    def encode_prompt(self, prompt: str, negative_prompt: str = "", guidance_scale: float = 1.0):
+        raise NotImplementedError
+
+    def latent_shape(self, settings: SamplerSettings) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def check_sizes(self, settings: SamplerSettings) -> None:
+        """Refuse sizes the model cannot render; the default checks the transformer's patch grid."""
+        patch = self.transformer.config.patch_size
+        if settings.height % patch[1] or settings.width % patch[2] or settings.num_frames % patch[0]:
+            raise ValueError(f"height and width must be multiples of the patch size {tuple(patch)}")
+
+    # -- shared ---------------------------------------------------------------------------------------------------
+    @property
+    def execution_device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    def settings(self, **overrides) -> SamplerSettings:
+        values = {k: v for k, v in overrides.items() if v is not None}
+        merged = SamplerSettings(**{**self.defaults.__dict__, **values})
+        merged.validate()
+        self.check_sizes(merged)
+        return merged
+
+    def default_cache_profile(self) -> Path | None:
+        """The cache profile shipped in the model folder, if any (``ditfarm profile`` writes one)."""
+        if not self.folder:
+            return None
+        path = Path(self.folder) / CACHE_PROFILE_FILE
+        return path if path.exists() else None
+
+    def scheduler_sigmas(self, steps: int) -> np.ndarray:
+        self.scheduler.set_timesteps(steps)
+        return self.scheduler.sigmas.cpu().numpy()
+
+    @torch.no_grad()
+    def generate_latents(self, prompt: str, seed: int, settings: SamplerSettings, negative_prompt: str = "",
+                         on_step=None, start_step: int = 0, init: torch.Tensor | None = None) -> torch.Tensor:
+        """The final latents.  With ``init`` (clean latents) and ``start_step`` the run starts from ``init``
+        noised to that step's sigma (SDEdit) instead of from pure noise."""
+        s = settings
+        cond, uncond = self.encode_prompt(prompt, negative_prompt, s.guidance_scale)
+        latents = initial_noise(self.latent_shape(s), seed, self.execution_device, torch.float32)
+        if init is not None:
+            sigma = float(self.scheduler_sigmas(s.steps)[start_step])
+            latents = (1 - sigma) * init.to(latents) + sigma * latents
+        return denoise(self.transformer, self.scheduler, latents, cond, uncond, s.steps, s.guidance_scale, on_step,
+                       start_step)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str,
+        seed: int = 0,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        negative_prompt: str = "",
+        on_step=None,
+    ) -> np.ndarray:
+        """Render one video; returns uint8 frames (T, H, W, 3).  Same prompt, seed and settings: same frames."""
+        self.check_prompt(prompt)
+        if negative_prompt:
+            self.check_prompt(negative_prompt)
+        s = self.settings(num_frames=num_frames, height=height, width=width, steps=steps, guidance_scale=guidance_scale)
+        return self.decode(self.generate_latents(prompt, seed, s, negative_prompt, on_step))
