@@ -65,13 +65,15 @@ class BlockMemory:
         self.step = -1
         self.output: torch.Tensor | None = None
 
-    def update(self, residual: torch.Tensor, step: int, order: int) -> None:
-        """TaylorSeer's derivative update: d_0 = r, d_i = (d_{i-1}^new - d_{i-1}^old) / (step gap)."""
+    def update(self, residual: torch.Tensor, step: int, order: int, delta: torch.Tensor | None = None) -> None:
+        """TaylorSeer's derivative update: d_0 = r, d_i = (d_{i-1}^new - d_{i-1}^old) / (step gap).
+        ``delta`` = r - d_0^old, when the caller already has it."""
         new = [residual]
         if self.terms and order > 0:
             gap = float(step - self.step)
             for i in range(min(order, len(self.terms))):
-                new.append((new[i] - self.terms[i]) / gap)
+                diff = delta if (i == 0 and delta is not None) else new[i] - self.terms[i]
+                new.append(diff / gap if gap != 1.0 else diff)
         self.terms, self.step = new, step
 
     def predict(self, step: int) -> torch.Tensor:
@@ -105,7 +107,7 @@ class BranchState(BaseState):
         self.next_plan = all_blocks(self.num_blocks)
         self.run_end: dict[int, int] = {}
         self.run_sums: dict[tuple[int, int], tuple[tuple[int, ...], torch.Tensor]] = {}
-        self.sums: torch.Tensor | None = None
+        self.sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.decision: DecisionState | None = None
         self.masks: list[list[int]] = []
 
@@ -126,7 +128,7 @@ class BranchState(BaseState):
                     b += 1
                 self.run_end[start] = b
             b += 1
-        self.sums = None
+        self.sums = {}
 
     def predicted_run_residual(self, start: int) -> torch.Tensor:
         """Sum of the run's predicted residuals.  Plain reuse (order 0) does not depend on the step, so the sum is
@@ -248,23 +250,31 @@ class CacheEngine:
         residual = output - block_input
         memory = state.memory[b]
         kind = self.policy.indicator
-        if kind is not None:
-            if state.sums is None:
-                state.sums = torch.zeros(state.num_blocks, 2, dtype=torch.float64, device=output.device)
-            if kind == "output":
-                if memory.output is not None:
-                    state.sums[b, 0] = (output - memory.output).abs().sum(dtype=torch.float64)
-                    state.sums[b, 1] = memory.output.abs().sum(dtype=torch.float64)
-                memory.output = output.detach()
-            elif memory.terms:
-                reference = memory.terms[0] if kind == "residual" else memory.predict(state.step)
-                state.sums[b, 0] = (residual - reference).abs().sum(dtype=torch.float64)
-                state.sums[b, 1] = (reference if kind == "residual" else residual).abs().sum(dtype=torch.float64)
-        memory.update(residual.detach(), state.step, self.policy.forecast_order)
+        delta = None
+        if kind == "output":
+            if memory.output is not None:
+                state.sums[b] = ((output - memory.output).abs().sum(dtype=torch.float32),
+                                 memory.output.abs().sum(dtype=torch.float32))
+            memory.output = output.detach()
+        elif kind is not None and memory.terms:
+            delta = residual - memory.terms[0]  # shared by the indicator and the derivative update
+            if kind == "residual":
+                state.sums[b] = (delta.abs().sum(dtype=torch.float32), memory.terms[0].abs().sum(dtype=torch.float32))
+            else:  # forecast error: r - (d_0 + sum_i d_i g^i / i!) = delta - sum_i ...
+                error, factor, gap = delta, 1.0, float(state.step - memory.step)
+                for i in range(1, len(memory.terms)):
+                    factor *= gap / i
+                    error = error - (memory.terms[i] * factor if factor != 1.0 else memory.terms[i])
+                state.sums[b] = (error.abs().sum(dtype=torch.float32), residual.abs().sum(dtype=torch.float32))
+        memory.update(residual.detach(), state.step, self.policy.forecast_order, delta)
 
     def end_step(self, branch: str, state: BranchState) -> None:
         computed = state.plan.copy()
-        local = state.sums if state.sums is not None else torch.zeros(state.num_blocks, 2, dtype=torch.float64)
+        local = torch.zeros(state.num_blocks, 2, dtype=torch.float64)
+        if state.sums:
+            blocks = list(state.sums)
+            local = local.to(next(iter(state.sums.values()))[0].device)
+            local[blocks] = torch.stack([torch.stack(pair) for pair in state.sums.values()]).double()
         reduced = self.reduce(local.flatten()).reshape(state.num_blocks, 2).cpu().numpy()
         self.policy.observe(state.decision, state.step, computed, reduced)
         state.next_plan = np.asarray(self.policy.decide(state.decision, state.step, computed, reduced), dtype=np.int8)
