@@ -1,0 +1,179 @@
+"""Gangs of Ray actors that render one video together with sequence parallelism, and a renderer made of gangs.
+
+A gang is N ``GangMember`` actors in one placement group (STRICT_PACK: one node, where NVLink lives; one GPU per
+bundle on GPU nodes, one CPU otherwise).  The gang arranges its own rendezvous: rank 0 opens a TCPStore on a free
+port of its node and reports its address; the others join it over TCP.  No environment variable set by the driver
+is involved, so the same code runs under ``ray job submit`` on a multi-node cluster.  Every collective carries the
+gang's timeout.
+
+A gang that fails (an actor dies, a collective times out, a call exceeds its deadline) is killed whole: a rank
+cannot rejoin a process group, and a survivor left waiting in a collective would hang.  ``GangPool`` then starts a
+new gang in its place and renders the video again from the start.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+
+import ray
+
+from .gang_rank import RankConfig
+
+log = logging.getLogger(__name__)
+
+
+class GangFailure(RuntimeError):
+    """A gang could not finish a call; it has been killed."""
+
+
+@ray.remote(max_restarts=0, max_task_retries=0)
+class GangMember:
+    def __init__(self, rank: int, world: int, config: RankConfig, threads: int = 1):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.rank, self.world, self.config = rank, world, config
+        self.store = None
+        self.renderer = None
+
+    def open_store(self) -> tuple[str, int]:
+        """Rank 0: listen on a free port of this node; returns (node address, port)."""
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        host = ray.util.get_node_ip_address()
+        self.store = dist.TCPStore(host, 0, self.world, is_master=True, timeout=timedelta(seconds=self.config.timeout_s),
+                                   wait_for_workers=False)
+        return host, self.store.port
+
+    def join(self, host: str, port: int) -> int:
+        """Join the gang's process group and load the model (once; it then renders many videos)."""
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        from .gang_rank import RankRenderer
+
+        timeout = timedelta(seconds=self.config.timeout_s)
+        if self.world > 1:
+            if self.store is None:
+                self.store = dist.TCPStore(host, port, self.world, is_master=False, timeout=timeout)
+            backend = "nccl" if self.config.device.startswith("cuda") else "gloo"
+            dist.init_process_group(backend, store=self.store, rank=self.rank, world_size=self.world, timeout=timeout)
+        self.renderer = RankRenderer(self.rank, self.world, self.config)
+        return self.rank
+
+    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "") -> dict:
+        return self.renderer.render(prompt, seed, sampler, negative_prompt)
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+@dataclass(frozen=True)
+class GangConfig:
+    sp: int = 1
+    rank: RankConfig = RankConfig()
+    gpus_per_rank: float = 0.0
+    cpus_per_rank: float = 1.0
+    start_timeout_s: float = 300.0
+    call_timeout_s: float = 600.0
+
+
+class Gang:
+    """N actors, one placement group, one process group, one model copy per rank."""
+
+    def __init__(self, config: GangConfig, name: str = "gang"):
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.config, self.name = config, name
+        bundle = {"CPU": config.cpus_per_rank}
+        if config.gpus_per_rank:
+            bundle["GPU"] = config.gpus_per_rank
+        self.placement_group = placement_group([bundle] * config.sp, strategy="STRICT_PACK")
+        try:
+            ray.get(self.placement_group.ready(), timeout=config.start_timeout_s)
+        except ray.exceptions.GetTimeoutError as err:
+            self.kill()
+            raise GangFailure(f"{name}: no node can hold {config.sp} bundles of {bundle} together") from err
+        self.members = [
+            GangMember.options(
+                num_cpus=config.cpus_per_rank,
+                num_gpus=config.gpus_per_rank,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=i),
+            ).remote(i, config.sp, config.rank, max(1, int(config.cpus_per_rank)))
+            for i in range(config.sp)
+        ]
+        host, port = self._call([self.members[0].open_store.remote()], config.start_timeout_s)[0]
+        self._call([m.join.remote(host, port) for m in self.members], config.start_timeout_s)
+
+    def _call(self, refs, timeout_s: float) -> list:
+        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        if pending:
+            self.kill()
+            raise GangFailure(f"{self.name}: {len(pending)} of {len(refs)} ranks did not answer within {timeout_s:.0f} s")
+        try:
+            return ray.get(refs)
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
+            self.kill()
+            raise GangFailure(f"{self.name}: a rank failed: {err}") from err
+
+    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "") -> dict:
+        """Every rank renders its shard; returns rank 0's result (frames, settings, cache stats)."""
+        refs = [m.render.remote(prompt, seed, sampler, negative_prompt) for m in self.members]
+        return self._call(refs, self.config.call_timeout_s)[0]
+
+    def pids(self) -> list[int]:
+        return self._call([m.pid.remote() for m in self.members], 30)
+
+    def kill(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        for m in getattr(self, "members", []):
+            ray.kill(m, no_restart=True)
+        remove_placement_group(self.placement_group)
+        self.members = []
+
+
+class GangPool:
+    """G gangs side by side (data parallel across gangs); a failed gang is replaced and its video restarted."""
+
+    def __init__(self, config: GangConfig, gangs: int = 1, max_attempts: int = 3):
+        self.config, self.max_attempts = config, max_attempts
+        self.gangs = [Gang(config, f"gang-{i}") for i in range(gangs)]
+        self.replaced = 0
+
+    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", gang: int = 0) -> dict:
+        last = None
+        for attempt in range(self.max_attempts):
+            try:
+                return self.gangs[gang].render(prompt, seed, sampler, negative_prompt)
+            except GangFailure as err:
+                last = err
+                log.warning("%s; starting a new gang and rendering the video again (attempt %d)", err, attempt + 2)
+                self.gangs[gang] = Gang(self.config, f"gang-{gang}-r{self.replaced + 1}")
+                self.replaced += 1
+        raise GangFailure(f"video failed on {self.max_attempts} gangs in a row: {last}")
+
+    def shutdown(self) -> None:
+        for g in self.gangs:
+            g.kill()
+
+
+def with_rank(config: GangConfig, **rank_overrides) -> GangConfig:
+    return replace(config, rank=replace(config.rank, **rank_overrides))
+
+
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return False

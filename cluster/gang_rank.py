@@ -1,0 +1,93 @@
+"""What one rank of a gang does, independent of how the gang was started (Ray actors or local processes).
+
+A ``RankRenderer`` owns the model copy of its rank: loaded once, sharded for sequence parallelism, with the
+cache's indicator all-reduce, then used for many videos.  Per video, only rank 0 encodes the text (the result is
+broadcast) and only rank 0 decodes the video: every rank draws the same initial noise from the seed, denoises its
+shard, and the shards are gathered inside the transformer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class RankConfig:
+    model: str = "tiny"
+    device: str = "cpu"
+    cache: str = "none"
+    cache_knob: float | None = None
+    profile: str | None = None
+    timeout_s: float = 120.0
+
+
+def broadcast_tensors(tensors: list[torch.Tensor] | None, src: int = 0, group=None) -> list[torch.Tensor]:
+    """Send rank ``src``'s tensors to every rank (shapes and dtypes first, so receivers need not know them)."""
+    meta = [[(tuple(t.shape), t.dtype) for t in tensors] if tensors is not None else None]
+    dist.broadcast_object_list(meta, src=src, group=group)
+    if dist.get_rank(group) != src:
+        tensors = [torch.empty(shape, dtype=dtype) for shape, dtype in meta[0]]
+    for t in tensors:
+        dist.broadcast(t, src=src, group=group)
+    return tensors
+
+
+class RankRenderer:
+    def __init__(self, rank: int, world: int, config: RankConfig, reduce_perturbation=None):
+        from ..cache import enable
+        from ..cache.presets import build_config
+        from ..pipelines.loading import load_pipeline
+        from .collectives import make_cache_reduce
+        from .sequence_parallel import SequenceParallelConfig, enable_sequence_parallel
+
+        self.rank, self.world, self.config = rank, world, config
+        self.pipe = load_pipeline(config.model, device=config.device)
+        if world > 1:
+            attn = "torch_math" if config.device == "cpu" else "fa"
+            enable_sequence_parallel(self.pipe.transformer, SequenceParallelConfig(world, attn_type=attn),
+                                     timeout=timedelta(seconds=config.timeout_s))
+            self._wrap_text_encoder()
+        reduce = make_cache_reduce() if world > 1 else (lambda v: v)
+        if reduce_perturbation is not None:
+            inner = reduce
+            reduce = lambda v: inner(reduce_perturbation(rank, v))  # noqa: E731
+        profile = config.profile or self.pipe.default_cache_profile()
+        self.cache = enable(self.pipe, build_config(config.cache, config.cache_knob, profile), reduce=reduce)
+
+    def _wrap_text_encoder(self) -> None:
+        """Encode on rank 0 only and broadcast the embeddings to the other ranks."""
+        encode = self.pipe.encode_prompt
+
+        def encode_once(prompt, negative_prompt="", guidance_scale=1.0):
+            local = None
+            if self.rank == 0:
+                cond, uncond = encode(prompt, negative_prompt, guidance_scale)
+                local = [cond.cpu()] + ([uncond.cpu()] if uncond is not None else [])
+            received = broadcast_tensors(local)
+            device = self.pipe.execution_device
+            cond = received[0].to(device)
+            uncond = received[1].to(device) if len(received) > 1 else None
+            return cond, uncond
+
+        self.pipe.encode_prompt = encode_once
+
+    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "") -> dict:
+        """Denoise this rank's shard of one video; rank 0 decodes and returns the frames."""
+        from ..cache import last_video_stats
+
+        if self.rank == 0:
+            self.pipe.check_prompt(prompt)
+        settings = self.pipe.settings(**sampler)
+        latents = self.pipe.generate_latents(prompt, seed, settings, negative_prompt)
+        stats = last_video_stats(self.pipe)
+        return {
+            "frames": self.pipe.decode(latents) if self.rank == 0 else None,
+            "settings": settings.__dict__,
+            "masks": stats.masks if stats else {},
+            "peak_bytes": stats.peak_bytes if stats else 0,
+            "skipped_fraction": stats.skipped_fraction if stats else 0.0,
+        }
