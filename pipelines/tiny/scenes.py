@@ -115,8 +115,12 @@ def render_scene(
     return SceneVideo(video, object_masks.any(axis=0), object_masks, spec)
 
 
-def training_batch(rng: np.random.Generator, batch: int, frames: int, height: int, width: int):
-    """A batch of training-split scenes: (videos (B, 3, T, H, W) in [-1, 1], prompts)."""
+def training_batch(rng: np.random.Generator, batch: int, frames: int, height: int, width: int, with_masks=False):
+    """A batch of training-split scenes: (videos (B, 3, T, H, W) in [-1, 1], prompts[, masks (B, T, H, W)])."""
     specs = [sample_scene_spec(rng) for _ in range(batch)]
-    videos = np.stack([render_scene(s, rng, frames, height, width).frames for s in specs])
-    return videos.transpose(0, 4, 1, 2, 3) * 2.0 - 1.0, [s.prompt for s in specs]
+    scenes = [render_scene(s, rng, frames, height, width) for s in specs]
+    videos = np.stack([scene.frames for scene in scenes]).transpose(0, 4, 1, 2, 3) * 2.0 - 1.0
+    prompts = [s.prompt for s in specs]
+    if with_masks:
+        return videos, prompts, np.stack([scene.masks for scene in scenes])
+    return videos, prompts
