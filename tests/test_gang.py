@@ -1,0 +1,57 @@
+"""Ray gangs on this machine: two CPU ranks render like one process; a killed rank costs a gang, not the video."""
+
+import os
+import threading
+import time
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from ditfarm.cache.metrics import psnr  # noqa: E402
+from ditfarm.cluster.gang import GangConfig, GangPool, wait_until  # noqa: E402
+from ditfarm.cluster.gang_rank import RankConfig  # noqa: E402
+from ditfarm.cluster.local import run_local_gang  # noqa: E402
+from ditfarm.cluster.render_sp import render_on_rank  # noqa: E402
+
+PROMPT = "red circle moving left on blue background"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_gang_renders_like_one_process_and_survives_a_killed_rank(ray_cluster, random_model_folder):
+    config = GangConfig(sp=2, rank=RankConfig(model=str(random_model_folder), cache="adaptive", cache_knob=0.2,
+                                              timeout_s=20), call_timeout_s=120)
+    (reference,) = run_local_gang(render_on_rank, 1, str(random_model_folder), PROMPT, 5, dict(steps=8),
+                                  "adaptive", 0.2)
+    pool = GangPool(config, gangs=1)
+    try:
+        start = time.monotonic()
+        result = pool.render(PROMPT, 5, dict(steps=8))
+        seconds_per_step = (time.monotonic() - start) / 8
+        assert psnr(reference["frames"], result["frames"]) >= 60
+        assert result["masks"] == reference["masks"]
+
+        # kill rank 1 while a long video is being rendered: the gang dies whole, a new one renders it again
+        old_pids = pool.gangs[0].pids()
+        victim = pool.gangs[0].members[1]
+        threading.Timer(15 * seconds_per_step, lambda: ray.kill(victim, no_restart=True)).start()
+        long_video = pool.render(PROMPT, 5, dict(steps=60))  # killed about a quarter of the way through
+        assert pool.replaced == 1
+        assert long_video["frames"].shape == (8, 32, 32, 3)
+        assert wait_until(lambda: not any(alive(p) for p in old_pids), timeout_s=30), "a killed gang left survivors"
+    finally:
+        pool.shutdown()
