@@ -11,14 +11,7 @@ from __future__ import annotations
 
 import torch
 
-
-def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-    cos, sin = cos[..., 0::2], sin[..., 1::2]
-    out = torch.empty_like(x)
-    out[..., 0::2] = x1 * cos - x2 * sin
-    out[..., 1::2] = x1 * sin + x2 * cos
-    return out
+from ..pipelines.rotary import apply_wan_rotary
 
 
 def received_attention(query: torch.Tensor, key: torch.Tensor, max_queries: int = 2048, chunk: int = 256,
@@ -53,7 +46,7 @@ class AttentionProbe:
                 query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
                 key = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
                 if rotary_emb is not None:
-                    query, key = _rotary(query, *rotary_emb), _rotary(key, *rotary_emb)
+                    query, key = apply_wan_rotary(query, *rotary_emb), apply_wan_rotary(key, *rotary_emb)
                 self.records.append(received_attention(query, key, self.max_queries, generator=self.generator)[0].cpu())
         return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
 

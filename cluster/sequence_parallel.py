@@ -22,6 +22,7 @@ import torch.distributed as dist
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
+from ..pipelines.rotary import apply_wan_rotary
 from .collectives import all_gather_sequence
 
 SP_HOOK = "ditfarm_sequence_parallel"
@@ -32,15 +33,6 @@ class SequenceParallelConfig:
     ulysses_degree: int
     ring_degree: int = 1
     attn_type: str = "torch_math"  # yunchang AttnType name; "fa" (flash attention) on GPU
-
-
-def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-    cos, sin = cos[..., 0::2], sin[..., 1::2]
-    out = torch.empty_like(x)
-    out[..., 0::2] = x1 * cos - x2 * sin
-    out[..., 1::2] = x1 * sin + x2 * cos
-    return out.type_as(x)
 
 
 class UlyssesSelfAttnProcessor:
@@ -56,7 +48,7 @@ class UlyssesSelfAttnProcessor:
         key = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
         value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
         if rotary_emb is not None:
-            query, key = _rotary(query, *rotary_emb), _rotary(key, *rotary_emb)
+            query, key = apply_wan_rotary(query, *rotary_emb), apply_wan_rotary(key, *rotary_emb)
         out = self.attention(query, key, value).flatten(2, 3).type_as(query)  # (B, S_local, H, D) in and out
         return attn.to_out[1](attn.to_out[0](out))
 
