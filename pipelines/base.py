@@ -22,19 +22,6 @@ class VideoPipelineMixin:
     folder: str | None = None
     model_name: str = "model"
 
-    # -- to be supplied by each model ----------------------------------------------------------------------------
-    def check_prompt(self, prompt: str) -> None:
-        raise NotImplementedError
-
-    def encode_prompt(self, prompt: str, negative_prompt: str = "", guidance_scale: float = 1.0):
-        raise NotImplementedError
-
-    def latent_shape(self, settings: SamplerSettings) -> tuple[int, ...]:
-        raise NotImplementedError
-
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
-        raise NotImplementedError
-
     def check_sizes(self, settings: SamplerSettings) -> None:
         """Refuse sizes the model cannot render; the default checks the transformer's patch grid."""
         patch = self.transformer.config.patch_size
