@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import ray
 
@@ -164,10 +164,6 @@ class GangPool:
     def shutdown(self) -> None:
         for g in self.gangs:
             g.kill()
-
-
-def with_rank(config: GangConfig, **rank_overrides) -> GangConfig:
-    return replace(config, rank=replace(config.rank, **rank_overrides))
 
 
 def wait_until(predicate, timeout_s: float, interval_s: float = 0.2) -> bool:

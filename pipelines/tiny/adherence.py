@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .scenes import render_scene, sample_scene_spec
-from .vocab import COLOURS, DIRECTIONS, SceneSpec, parse_prompt
+from .vocab import COLOURS, SceneSpec, parse_prompt
 
 PALETTE_NAMES = tuple(COLOURS)
 PALETTE = np.asarray([COLOURS[c] for c in PALETTE_NAMES], dtype=np.float32)

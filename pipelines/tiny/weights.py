@@ -14,7 +14,6 @@ from pathlib import Path
 import safetensors.torch
 from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 
-from .model_config import TEXT_MAX_TOKENS
 from .text_encoder import WordTextEncoder
 
 BUNDLED_FOLDER = Path(__file__).parent / "weights"
