@@ -63,7 +63,11 @@ class VideoPipelineMixin:
             sigma = float(self.scheduler_sigmas(s.steps)[start_step])
             latents = (1 - sigma) * init.to(latents) + sigma * latents
         return denoise(self.transformer, self.scheduler, latents, cond, uncond, s.steps, s.guidance_scale, on_step,
-                       start_step)
+                       start_step, self.transformer_condition(latents))
+
+    def transformer_condition(self, latents: torch.Tensor) -> torch.Tensor | None:
+        """Extra input channels the transformer reads beside the latents (none for text-to-video Wan)."""
+        return None
 
     @torch.no_grad()
     def generate(

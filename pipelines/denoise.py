@@ -59,21 +59,24 @@ def denoise(
     guidance_scale: float,
     on_step: StepCallback | None = None,
     start_step: int = 0,
+    condition: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run ``steps`` scheduler steps from ``latents`` and return the final latents (in the scheduler's dtype).
 
     ``start_step`` > 0 starts part-way (SDEdit): ``latents`` must then be noised to ``scheduler.sigmas[start_step]``.
+    ``condition`` (channels the model reads but does not denoise) is concatenated to the latents on the channel axis
+    at every call, as diffusers' Wan image-to-video pipeline does with its image condition.
     """
     reset_caches(transformer)  # a new video: no state from the previous one may leak into this one
     try:
         return _denoise_loop(transformer, scheduler, latents, prompt_embeds, negative_prompt_embeds, steps,
-                             guidance_scale, on_step, start_step)
+                             guidance_scale, on_step, start_step, condition)
     finally:
         reset_caches(transformer)  # free cached tensors; cache stats of this video stay readable
 
 
 def _denoise_loop(transformer, scheduler, latents, prompt_embeds, negative_prompt_embeds, steps, guidance_scale,
-                  on_step, start_step=0) -> torch.Tensor:
+                  on_step, start_step=0, condition=None) -> torch.Tensor:
     scheduler.set_timesteps(steps, device=latents.device)
     scheduler.set_begin_index(start_step)
     model_dtype = next(transformer.parameters()).dtype
@@ -82,6 +85,8 @@ def _denoise_loop(transformer, scheduler, latents, prompt_embeds, negative_promp
         if i < start_step:
             continue
         model_input = latents.to(model_dtype)
+        if condition is not None:
+            model_input = torch.cat([model_input, condition.to(model_input)], dim=1)
         timestep = t.expand(latents.shape[0])
         context = {"step_index": i, "sigma": float(scheduler.sigmas[i]), "num_inference_steps": steps}
         with transformer.cache_context("cond", **context):

@@ -53,7 +53,7 @@ def run_calls(transformer, inputs, policy):
 def test_skipped_run_adds_the_cached_residual_once(pipe):
     transformer = pipe.transformer
     torch.manual_seed(0)
-    x, text = torch.randn(1, 3, 4, 16, 16), torch.randn(1, 16, 32)
+    x, text = torch.randn(1, transformer.config.in_channels, 4, 16, 16), torch.randn(1, 16, 32)
     t = torch.tensor([500.0])
     with torch.no_grad():
         full = transformer(x, t, text, return_dict=False)[0]

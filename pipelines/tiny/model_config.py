@@ -3,13 +3,21 @@
 Patch (1, 4, 4) turns an 8x32x32 video into 512 tokens; 6 blocks of width 96 keep a training step at a couple of
 seconds on one CPU core while still being the same module tree as Wan2.1, so every hook written against ``tiny``
 attaches to the real model unchanged.
+
+The transformer reads 3 + 3 channels: the noisy pixels and a fixed (t, y, x) coordinate grid, concatenated the way
+diffusers' Wan image-to-video pipeline concatenates its condition latents.  Wan's only positional signal is RoPE,
+which is relative: on a plain background nothing tells the model where "left" or "the first frame" is, so it
+cannot learn that "moving right" starts on the left.  Real footage carries that in its content; our synthetic
+scenes do not, hence the grid.
 """
+
+import torch
 
 TRANSFORMER_CONFIG = dict(
     patch_size=(1, 4, 4),
     num_attention_heads=4,
     attention_head_dim=24,
-    in_channels=3,
+    in_channels=6,  # 3 pixel channels + the POSITION_CHANNELS grid
     out_channels=3,
     text_dim=32,
     freq_dim=64,
@@ -22,3 +30,12 @@ TRANSFORMER_CONFIG = dict(
 )
 TEXT_MAX_TOKENS = 16
 DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH = 8, 32, 32
+POSITION_CHANNELS = 3
+
+
+def position_grid(batch: int, frames: int, height: int, width: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """(batch, 3, frames, height, width) coordinates t, y, x, each spanning [-1, 1] whatever the size."""
+    axes = [torch.linspace(-1.0, 1.0, n, dtype=dtype, device=device) if n > 1 else torch.zeros(1, dtype=dtype,
+            device=device) for n in (frames, height, width)]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))
+    return grid.unsqueeze(0).expand(batch, -1, -1, -1, -1)

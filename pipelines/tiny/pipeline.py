@@ -10,6 +10,7 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, WanTra
 
 from ..base import VideoPipelineMixin
 from ..denoise import SamplerSettings
+from .model_config import POSITION_CHANNELS, position_grid
 from .text_encoder import WordTextEncoder
 from .weights import SAMPLER_DEFAULTS, load_text_encoder, read_model_card
 
@@ -59,6 +60,17 @@ class TinyVideoPipeline(VideoPipelineMixin, DiffusionPipeline):
 
     def latent_shape(self, settings: SamplerSettings) -> tuple[int, ...]:
         return (1, 3, settings.num_frames, settings.height, settings.width)
+
+    def transformer_condition(self, latents: torch.Tensor) -> torch.Tensor | None:
+        """The (t, y, x) grid for models trained with it (in_channels = out_channels + 3; older ones have none)."""
+        extra = self.transformer.config.in_channels - self.transformer.config.out_channels
+        if extra == 0:
+            return None
+        if extra != POSITION_CHANNELS:
+            raise ValueError(f"a tiny transformer reads 3 or 3 + {POSITION_CHANNELS} channels, this one reads "
+                             f"{self.transformer.config.in_channels}")
+        batch, _, frames, height, width = latents.shape
+        return position_grid(batch, frames, height, width, latents.dtype, latents.device)
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         video = ((latents[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (3, T, H, W)

@@ -10,7 +10,9 @@ Data and noise for step k are drawn from generators seeded by (seed, k), so a re
 as an uninterrupted one.
 
 Objective (rectified flow, as diffusers' FlowMatchEulerDiscreteScheduler samples it): x_s = (1 - s) x0 + s eps,
-the model predicts v = eps - x0 at timestep 1000 s, with s ~ sigmoid(N(0, 1)) (logit-normal).  10% of prompts are
+the model predicts v = eps - x0 at timestep 1000 s, with s ~ sigmoid(N(--t-mean, 1)) (logit-normal; a positive
+mean trains more at the high noise levels where the layout and the direction of motion are decided; the model
+also reads the (t, y, x) position grid of model_config).  10% of prompts are
 blanked so classifier-free guidance has an unconditional branch.  ``--fg-weight`` weights the loss of
 foreground pixels (the generator knows the masks) so the small moving shapes are not drowned by the background.
 """
@@ -29,7 +31,15 @@ import numpy as np
 import torch
 from diffusers import WanTransformer3DModel
 
-from .model_config import DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, TEXT_MAX_TOKENS, TRANSFORMER_CONFIG
+from .model_config import (
+    DEFAULT_FRAMES,
+    DEFAULT_HEIGHT,
+    DEFAULT_WIDTH,
+    POSITION_CHANNELS,
+    TEXT_MAX_TOKENS,
+    TRANSFORMER_CONFIG,
+    position_grid,
+)
 from .scenes import training_batch
 from .text_encoder import WordTextEncoder
 from .weights import save_model_folder
@@ -44,6 +54,18 @@ def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
         return peak
     frac = min(1.0, (step - decay_start) / max(1, total - decay_start))
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def widen_patch_embedding(state: dict, model: WanTransformer3DModel) -> dict:
+    """A state dict whose patch embedding reads fewer input channels than ``model``'s, zero-padded to fit."""
+    state = dict(state)
+    old = state["patch_embedding.weight"]
+    new = torch.zeros_like(model.patch_embedding.weight)
+    if old.shape[1] > new.shape[1] or old.shape[1] not in (new.shape[1], new.shape[1] - POSITION_CHANNELS):
+        raise ValueError(f"cannot initialise a {new.shape[1]}-channel patch embedding from a {old.shape[1]}-channel one")
+    new[:, : old.shape[1]] = old
+    state["patch_embedding.weight"] = new
+    return state
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,6 +85,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
     p.add_argument("--width", type=int, default=DEFAULT_WIDTH)
     p.add_argument("--uncond-prob", type=float, default=0.1)
+    p.add_argument("--t-mean", type=float, default=0.0, help="location of the logit-normal noise-level draw")
+    p.add_argument("--init-from", type=Path,
+                   help="start a new run from another run's state.pt (weights only; a model trained without the "
+                        "position grid gets zero weights for it, so it starts out computing what it did)")
     p.add_argument("--fg-weight", type=float, default=1.0,
                    help="loss weight of foreground pixels relative to background (the shapes are ~8%% of pixels)")
     return p.parse_args(argv)
@@ -88,6 +114,12 @@ def main(argv=None) -> None:
         opt.load_state_dict(state["opt"])
         step = int(state["step"])
         print(f"resumed from {state_path} at step {step}", flush=True)
+    elif args.init_from:
+        state = torch.load(args.init_from, map_location="cpu", weights_only=True)
+        model.load_state_dict(widen_patch_embedding(state["model"], model))
+        ema.load_state_dict(widen_patch_embedding(state["ema"], ema))
+        step = int(state["step"])
+        print(f"initialised from {args.init_from} (step {step}); new optimiser state", flush=True)
     forward = torch.compile(model) if args.compile else model
 
     log_path = args.run_dir / "loss.csv"
@@ -112,13 +144,14 @@ def main(argv=None) -> None:
         x0 = torch.from_numpy(videos).float()
         prompts = ["" if rng.random() < args.uncond_prob else p for p in prompts]
         text = text_encoder(prompts)
-        sigma = torch.sigmoid(torch.randn(args.batch, generator=gen))
+        sigma = torch.sigmoid(torch.randn(args.batch, generator=gen) + args.t_mean)
         noise = torch.randn(x0.shape, generator=gen)
         s = sigma.view(-1, 1, 1, 1, 1)
         x_s = (1 - s) * x0 + s * noise
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
-        pred = forward(x_s, sigma * 1000, text, return_dict=False)[0]
+        grid = position_grid(args.batch, args.frames, args.height, args.width)
+        pred = forward(torch.cat([x_s, grid], dim=1), sigma * 1000, text, return_dict=False)[0]
         weight = 1.0 + (args.fg_weight - 1.0) * torch.from_numpy(masks).float()[:, None]  # (B, 1, T, H, W)
         loss = (weight * (pred.float() - (noise - x0)) ** 2).mean() / weight.mean()
         opt.zero_grad(set_to_none=True)
