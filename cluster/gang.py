@@ -28,6 +28,10 @@ class GangFailure(RuntimeError):
     """A gang could not finish a call; it has been killed."""
 
 
+class RowError(ValueError):
+    """The video's own input is bad (prompt, sizes); every rank refused it and the gang is still usable."""
+
+
 @ray.remote(max_restarts=0, max_task_retries=0)
 class GangMember:
     def __init__(self, rank: int, world: int, config: RankConfig, threads: int = 1):
@@ -67,7 +71,12 @@ class GangMember:
         return self.rank
 
     def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "") -> dict:
-        return self.renderer.render(prompt, seed, sampler, negative_prompt)
+        """Rank 0 returns the frames; a ValueError (bad prompt or settings, raised alike on every rank before
+        any collective) comes back as {"error": ...}: the row fails, the gang stays healthy."""
+        try:
+            return self.renderer.render(prompt, seed, sampler, negative_prompt)
+        except ValueError as err:
+            return {"error": str(err)}
 
     def pid(self) -> int:
         import os
@@ -127,7 +136,10 @@ class Gang:
     def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "") -> dict:
         """Every rank renders its shard; returns rank 0's result (frames, settings, cache stats)."""
         refs = [m.render.remote(prompt, seed, sampler, negative_prompt) for m in self.members]
-        return self._call(refs, self.config.call_timeout_s)[0]
+        result = self._call(refs, self.config.call_timeout_s)[0]
+        if "error" in result:
+            raise RowError(result["error"])
+        return result
 
     def pids(self) -> list[int]:
         return self._call([m.pid.remote() for m in self.members], 30)

@@ -79,8 +79,11 @@ class RankRenderer:
         """Denoise this rank's shard of one video; rank 0 decodes and returns the frames."""
         from ..cache import last_video_stats
 
-        if self.rank == 0:
-            self.pipe.check_prompt(prompt)
+        # Every rank validates, identically and before any collective: a bad row fails on all ranks at once
+        # instead of leaving the others waiting for rank 0 in a broadcast.
+        self.pipe.check_prompt(prompt)
+        if negative_prompt:
+            self.pipe.check_prompt(negative_prompt)
         settings = self.pipe.settings(**sampler)
         latents = self.pipe.generate_latents(prompt, seed, settings, negative_prompt)
         stats = last_video_stats(self.pipe)

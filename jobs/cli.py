@@ -41,6 +41,12 @@ def _add_render(sub) -> None:
         help="the policy's speed/fidelity knob: bwcache delta, profiling T_max, taylorseer interval, adaptive budget",
     )
     p.add_argument("--profile", help="cache profile JSON from `ditfarm profile` (default: the model's shipped one)")
+    p.add_argument("--sp", type=int, default=1,
+                   help="sequence-parallel ranks per video (a gang of Ray actors; one GPU each, or one CPU)")
+    p.add_argument("--gangs", type=int,
+                   help="gangs rendering side by side on Ray (default: 1 when --sp > 1, else 0: in this process)")
+    p.add_argument("--collective-timeout", type=float, default=300.0,
+                   help="seconds a gang's collective may wait before the gang is replaced (default 300)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -67,11 +73,15 @@ def cmd_render(args) -> int:
         cache=args.cache,
         cache_knob=args.cache_threshold,
         profile=args.profile,
+        sp=args.sp,
+        gangs=args.gangs if args.gangs is not None else (1 if args.sp > 1 else 0),
+        collective_timeout_s=args.collective_timeout,
     )
     try:
         from ..cache.presets import resolve_knob
 
         resolve_knob(args.cache, args.cache_threshold)
+        settings.validate()
     except ValueError as err:
         print(f"ditfarm render: {err}", file=sys.stderr)
         return 2

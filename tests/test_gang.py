@@ -55,3 +55,50 @@ def test_gang_renders_like_one_process_and_survives_a_killed_rank(ray_cluster, r
         assert wait_until(lambda: not any(alive(p) for p in old_pids), timeout_s=30), "a killed gang left survivors"
     finally:
         pool.shutdown()
+
+
+def _manifest(path, prompts):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": [f"v{i}" for i in range(len(prompts))], "prompt": prompts,
+                             "seed": pa.array(range(len(prompts)), pa.int64())}), path)
+    return path
+
+
+def test_manifest_on_a_gang_matches_one_process_and_bad_rows_fail_alone(ray_cluster, random_model_folder, tmp_path):
+    from ditfarm.jobs.driver import RenderSettings, render_manifest
+    from ditfarm.jobs.results import read_results
+    from ditfarm.pipelines.video_io import read_mp4
+
+    manifest = _manifest(tmp_path / "m.parquet", [PROMPT, "purple circle moving up on red background",
+                                                  "white square moving up on green gradient background"])
+    common = dict(model=str(random_model_folder), steps=6, cache="adaptive", cache_knob=0.2)
+    on_gang = render_manifest(manifest, tmp_path / "sp2", RenderSettings(sp=2, gangs=1, **common), progress=False)
+    local = render_manifest(manifest, tmp_path / "local", RenderSettings(**common), progress=False)
+    assert (on_gang.ok, on_gang.failed) == (2, 1) == (local.ok, local.failed)
+    assert "purple" in on_gang.errors[0] and "row 1" in on_gang.errors[0]
+    rows = {r["id"]: r for r in read_results(tmp_path / "sp2" / "results").to_pylist()}
+    local_rows = {r["id"]: r for r in read_results(tmp_path / "local" / "results").to_pylist()}
+    for vid in ("v0", "v2"):
+        assert rows[vid]["status"] == "ok"
+        assert rows[vid]["skipped_fraction"] == local_rows[vid]["skipped_fraction"]
+        a = read_mp4(tmp_path / "sp2" / "videos" / f"{vid}.mp4")
+        b = read_mp4(tmp_path / "local" / "videos" / f"{vid}.mp4")
+        assert psnr(a, b) >= 50
+    assert rows["v1"]["status"] == "failed"
+
+
+def test_two_gangs_render_side_by_side(ray_cluster, random_model_folder, tmp_path):
+    from ditfarm.cluster.gang_renderer import GangRenderer
+    from ditfarm.jobs.driver import RenderSettings, render_manifest
+
+    manifest = _manifest(tmp_path / "m.parquet", [PROMPT] * 4)
+    settings = RenderSettings(model=str(random_model_folder), steps=4, sp=1, gangs=2)
+    renderer = GangRenderer(settings)
+    try:
+        summary = render_manifest(manifest, tmp_path / "out", settings, renderer=renderer, progress=False)
+    finally:
+        renderer.close()
+    assert summary.ok == 4
+    assert sorted(renderer.videos_per_gang) >= [1, 1] and sum(renderer.videos_per_gang) == 4

@@ -1,0 +1,53 @@
+"""The batch driver's renderer made of Ray gangs: G gangs of N sequence-parallel ranks, G videos in flight.
+
+``jobs.driver`` asks a renderer for one video at a time from up to ``capacity`` threads; each call borrows a free
+gang, renders on it (``GangPool`` replaces the gang and starts the video again if it fails) and gives it back.
+"""
+
+from __future__ import annotations
+
+import queue
+
+from ..jobs.driver import RenderedVideo, RenderSettings, sampler_overrides
+from ..jobs.manifest import RenderTask
+from .gang import GangConfig, GangPool
+from .gang_rank import RankConfig
+
+
+def gang_config(settings: RenderSettings) -> GangConfig:
+    """One rank per GPU on GPU devices, one CPU each otherwise."""
+    on_gpu = settings.device.startswith("cuda")
+    rank = RankConfig(model=settings.model, device=settings.device, cache=settings.cache,
+                      cache_knob=settings.cache_knob, profile=settings.profile, timeout_s=settings.collective_timeout_s)
+    return GangConfig(sp=settings.sp, rank=rank, gpus_per_rank=1.0 if on_gpu else 0.0, cpus_per_rank=1.0)
+
+
+class GangRenderer:
+    """Starts (or joins) Ray, then ``settings.gangs`` gangs; ``close()`` stops them."""
+
+    def __init__(self, settings: RenderSettings):
+        import ray
+
+        if not ray.is_initialized():  # RAY_ADDRESS or a `ray start` cluster on this node, else a local one
+            ray.init(log_to_driver=False)
+        self.pool = GangPool(gang_config(settings), gangs=settings.gangs)
+        self.capacity = settings.gangs
+        self.videos_per_gang = [0] * settings.gangs
+        self._free: queue.Queue[int] = queue.Queue()
+        for i in range(settings.gangs):
+            self._free.put(i)
+
+    def render(self, task: RenderTask, settings: RenderSettings) -> RenderedVideo:
+        gang = self._free.get()
+        try:
+            result = self.pool.render(task.prompt, task.seed, sampler_overrides(task, settings), task.negative_prompt,
+                                      gang=gang)
+            self.videos_per_gang[gang] += 1
+        finally:
+            self._free.put(gang)
+        s = result["settings"]
+        return RenderedVideo(result["frames"], task.seed, s["num_frames"], s["height"], s["width"], s["steps"],
+                             str(settings.model), result["skipped_fraction"])
+
+    def close(self) -> None:
+        self.pool.shutdown()
