@@ -10,16 +10,21 @@ BUILTIN_MODELS = ("tiny",)
 
 
 def resolve_model_folder(name_or_path: str | Path) -> Path:
-    """Map a built-in model name to its bundled folder; anything else must be an existing folder."""
+    """Map a built-in model name to its bundled folder and an ``s3://`` model to this node's copy (fetched once
+    per node); anything else must be an existing folder."""
     if str(name_or_path) == "tiny":
         from .tiny.weights import BUNDLED_FOLDER
 
         return BUNDLED_FOLDER
+    if str(name_or_path).startswith("s3://"):
+        from .model_files import fetch_model
+
+        return fetch_model(str(name_or_path)).path
     folder = Path(name_or_path)
     if not folder.is_dir():
         raise ValueError(
-            f"unknown model {str(name_or_path)!r}: not a built-in model ({', '.join(BUILTIN_MODELS)}) "
-            "and not a model folder"
+            f"unknown model {str(name_or_path)!r}: not a built-in model ({', '.join(BUILTIN_MODELS)}), "
+            "not a model folder and not an s3:// URI"
         )
     return folder
 

@@ -1,0 +1,83 @@
+"""Model folders that live in object storage, fetched once per node.
+
+Every rank of every gang loads the full weights, and a node runs several ranks (one per GPU).  Downloading a
+14 GB Wan2.1 folder once per rank would multiply the transfer by the ranks per node, so ``s3://`` models are
+copied into a node-local cache folder by whichever process gets there first, under an exclusive file lock; the
+others wait on the lock and then find the copy complete.  A copy is published by renaming a finished temporary
+folder, so a process killed mid-download never leaves a half folder that a later one would trust.
+
+The endpoint and credentials are boto3's own (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+CACHE_ENV = "DITFARM_MODEL_CACHE"
+
+
+@dataclass(frozen=True)
+class FetchedModel:
+    path: Path
+    downloaded: bool  # True for the one process on this node that copied the files
+
+
+def model_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ditfarm" / "models")
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, prefix = uri[5:].partition("/")
+    if not bucket:
+        raise ValueError(f"s3 URI without a bucket: {uri!r}")
+    return bucket, prefix.strip("/")
+
+
+def fetch_model(uri: str, cache_dir: Path | None = None) -> FetchedModel:
+    """The local folder holding the model at ``uri`` (an ``s3://bucket/prefix``), downloading it if this node has
+    no complete copy yet.  Safe to call from many processes at once."""
+    bucket, prefix = split_s3_uri(uri)
+    cache_dir = Path(cache_dir or model_cache_dir())
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+    target = cache_dir / f"{Path(prefix).name or bucket}-{key}"
+    with open(cache_dir / f".{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if target.is_dir():
+            return FetchedModel(target, downloaded=False)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
+        try:
+            count = _download_prefix(bucket, prefix, staging)
+            if count == 0:
+                raise ValueError(f"model {uri!r} holds no files")
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return FetchedModel(target, downloaded=True)
+
+
+def _download_prefix(bucket: str, prefix: str, dest: Path) -> int:
+    import boto3
+
+    s3 = boto3.client("s3")
+    count = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/" if prefix else ""):
+        for obj in page.get("Contents", []):
+            relative = obj["Key"][len(prefix):].lstrip("/")
+            if not relative or relative.endswith("/"):
+                continue
+            path = dest / relative
+            if dest.resolve() not in path.resolve().parents:
+                raise ValueError(f"refusing object key {obj['Key']!r}: it leaves the model folder")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, obj["Key"], str(path))
+            count += 1
+    return count
