@@ -11,8 +11,10 @@ Per transformer call (one step of one branch):
    ``||x - x_prev||_1`` and ``||x_prev||_1`` to this step's local vector; or, at the first block of a skipped run,
    adds the run's predicted residual to its input (one add for the whole run), and passes the input through
    unchanged for the rest of the run.
-3. ``StepHook.post_forward`` sends the local sums through ``reduce`` (one call per step; identity in one process,
-   one all-reduce under sequence parallelism) and lets the policy turn the reduced vector into next step's mask.
+3. ``StepHook.post_forward`` files the branch's local sums.  The first transformer call of the next step, before
+   fixing its plan, sends the sums of every branch filed in the step before through ``reduce`` as one vector (identity in one process, one
+   all-reduce under sequence parallelism: one collective per denoising step, CFG's two branches included) and
+   lets the policy turn each branch's reduced sums into its next mask.
 
 Nothing in 3 reads local tensors, so every rank of a gang decides the same mask.
 """
@@ -173,6 +175,7 @@ class StepHook(ModelHook):
             step = self._calls.get(context.name, 0)
             self._calls[context.name] = step + 1
         num_steps = int(context.num_inference_steps or 0)
+        self.engine.decide_pending(step)
         state.begin_step(step, num_steps)
         state.decision.branch = context.name
         return args, kwargs
@@ -225,6 +228,8 @@ class CacheEngine:
         self.state_manager = StateManager(BranchState, (len(self.blocks), policy))
         self.stats = CacheStats()
         self.last_video = CacheStats()
+        # (branch state, step, computed mask, local sums) of calls whose decision waits for the next step's reduce
+        self.pending: list[tuple[BranchState, int, np.ndarray, torch.Tensor]] = []
 
     # -- installation -------------------------------------------------------------------------------------------
     def attach(self) -> None:
@@ -275,9 +280,7 @@ class CacheEngine:
             blocks = list(state.sums)
             local = local.to(next(iter(state.sums.values()))[0].device)
             local[blocks] = torch.stack([torch.stack(pair) for pair in state.sums.values()]).double()
-        reduced = self.reduce(local.flatten()).reshape(state.num_blocks, 2).cpu().numpy()
-        self.policy.observe(state.decision, state.step, computed, reduced)
-        state.next_plan = np.asarray(self.policy.decide(state.decision, state.step, computed, reduced), dtype=np.int8)
+        self.pending.append((state, state.step, computed, local.flatten()))
         n_run = int(computed.sum())
         self.stats.computed += n_run
         self.stats.skipped += state.num_blocks - n_run
@@ -285,8 +288,25 @@ class CacheEngine:
         held = sum(s.nbytes() for s in self.state_manager._state_cache.values())
         self.stats.peak_bytes = max(self.stats.peak_bytes, held)
 
+    def decide_pending(self, step: int) -> None:
+        """When ``step`` is a new denoising step: one reduce for every branch call filed during the previous one,
+        then each branch's next mask.  (Every rank sees the same calls, so every rank reduces at the same call.)"""
+        if not self.pending or all(filed >= step for _, filed, _, _ in self.pending):
+            return
+        pending, self.pending = self.pending, []
+        vector = torch.cat([local.to(pending[0][3].device) for *_, local in pending])
+        reduced = self.reduce(vector).cpu().numpy()
+        offset = 0
+        for state, filed, computed, local in pending:
+            sums = reduced[offset: offset + local.numel()].reshape(state.num_blocks, 2)
+            offset += local.numel()
+            self.policy.observe(state.decision, filed, computed, sums)
+            state.next_plan = np.asarray(self.policy.decide(state.decision, filed, computed, sums), dtype=np.int8)
+
     def finish_video(self) -> None:
-        """Keep the finished video's stats readable after its tensors are freed."""
+        """Keep the finished video's stats readable after its tensors are freed.  Sums filed by the last step
+        are dropped: no step follows that could use them (and no rank reduces them, so all stay in step)."""
+        self.pending = []
         if self.stats.computed or self.stats.skipped:
             self.last_video = self.stats
         self.stats = CacheStats()

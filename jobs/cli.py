@@ -4,6 +4,7 @@
     ditfarm render --prompt "..." --out DIR        render one prompt
     ditfarm profile --model tiny --prompts P.txt --out PROFILE.json   profile blocks for caching
     ditfarm bench cache --model tiny --json OUT.json                  speed/fidelity of every cache
+    ditfarm bench sp --policy adaptive --json OUT.json                the cache's speedup at sp=1 and sp=2
     ditfarm eval-adherence --model tiny --n 60     prompt adherence of the tiny model on held-out prompts
     ditfarm train-tiny --run-dir runs/tiny         (re)train the built-in model, resumably
 """
@@ -169,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile(sub)
     sub.add_parser("eval-adherence", help="prompt adherence of a tiny-grammar model", add_help=False)
     sub.add_parser("train-tiny", help="train the built-in tiny model (resumable)", add_help=False)
-    sub.add_parser("bench", help="`bench cache`: speed and fidelity of every cache policy", add_help=False)
+    sub.add_parser("bench", help="`bench cache`: speed and fidelity of every cache policy; `bench sp`: the cache under sequence parallelism", add_help=False)
     return parser
 
 
@@ -185,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         from ..cache.bench import main as bench_main
 
         return bench_main(argv[2:])
+    if argv[:2] == ["bench", "sp"]:
+        from ..cluster.bench_sp import main as bench_sp_main
+
+        return bench_sp_main(argv[2:])
     if argv[:1] == ["train-tiny"]:
         from ..pipelines.tiny.train import main as train_main
 

@@ -55,3 +55,17 @@ def test_a_stalled_rank_becomes_a_clear_error_within_the_timeout():
     with pytest.raises(RuntimeError, match="(?i)timed out"):
         run_local_gang(stall_rank_one, 2, 30.0, timeout_s=3.0)
     assert time.monotonic() - start < 25
+
+
+def test_bench_sp_one_decision_collective_per_step_and_half_the_cache(random_model_folder):
+    from ditfarm.cluster.bench_sp import run
+
+    result = run(str(random_model_folder), "adaptive", 0.2, [(PROMPT, 3)],
+                 {"steps": 5, "num_frames": 8, "height": 32, "width": 32})
+    sp1, sp2 = result["rows"]
+    assert result["masks_match_sp1"] and sp2["masks_identical_on_all_ranks"]
+    for row in (sp1, sp2):
+        assert row["decision_collectives_per_step"] == 1.0  # CFG's two branches share one all-reduce
+        assert row["decision_bytes_per_step"] == 6 * 2 * 2 * 8  # blocks x sums x branches x int64
+    assert sp2["peak_cache_bytes_per_rank"] * 2 == sp1["peak_cache_bytes_per_rank"]
+    assert sp2["psnr_none_vs_sp1"] >= 60
