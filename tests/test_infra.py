@@ -1,0 +1,59 @@
+"""The deployment files parse, and every ditfarm command in them is one the CLI accepts."""
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+
+from ditfarm.jobs.cli import build_parser  # noqa: E402
+
+INFRA = Path(__file__).resolve().parents[1] / "infra"
+
+
+def ditfarm_commands(text: str) -> list[list[str]]:
+    """Every `ditfarm render ...` command in a shell or entrypoint string (line continuations joined)."""
+    words = shlex.split(text.replace("\\\n", " "), comments=False)
+    commands, current = [], None
+    for word in words:
+        if word == "ditfarm":
+            current = []
+            commands.append(current)
+        elif current is not None:
+            if word in ("&&", ";", "|"):
+                current = None
+            else:
+                current.append(word)
+    return commands
+
+
+def strings(node):
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from strings(v)
+    elif isinstance(node, str):
+        yield node
+
+
+@pytest.mark.parametrize("path", sorted(INFRA.rglob("*.yaml")), ids=lambda p: p.name)
+def test_infra_yaml_parses_and_its_commands_are_valid(path):
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert docs and all("apiVersion" in d and "kind" in d for d in docs)
+    commands = [c for d in docs for s in strings(d) if "ditfarm render" in s for c in ditfarm_commands(s)]
+    assert len(commands) == path.read_text().count("ditfarm render")  # each one found and checked
+    for argv in commands:
+        args = build_parser().parse_args(argv)  # SystemExit on an unknown flag or a bad value
+        assert args.command == "render" and args.out
+
+
+def test_example_commands_in_infra_readme_are_valid():
+    text = (INFRA / "README.md").read_text()
+    blocks = [line for line in text.split("\n\n") if "ditfarm render" in line and "ray job submit" in line]
+    assert blocks
+    for block in blocks:
+        for argv in ditfarm_commands(block):
+            assert build_parser().parse_args(argv).command == "render"
