@@ -84,7 +84,10 @@ def _denoise_loop(transformer, scheduler, latents, prompt_embeds, negative_promp
     for i, t in enumerate(scheduler.timesteps):
         if i < start_step:
             continue
-        model_input = latents.to(model_dtype)
+        model_input = latents
+        if hasattr(scheduler, "scale_model_input"):  # a preconditioned model's input scaling (diffusers' convention)
+            model_input = scheduler.scale_model_input(model_input, t)
+        model_input = model_input.to(model_dtype)
         if condition is not None:
             model_input = torch.cat([model_input, condition.to(model_input)], dim=1)
         timestep = t.expand(latents.shape[0])

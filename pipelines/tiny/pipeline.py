@@ -12,7 +12,7 @@ from ..base import VideoPipelineMixin
 from ..denoise import SamplerSettings
 from .model_config import POSITION_CHANNELS, position_grid
 from .text_encoder import WordTextEncoder
-from .weights import SAMPLER_DEFAULTS, load_text_encoder, read_model_card
+from .weights import SAMPLER_DEFAULTS, load_scheduler, load_text_encoder, read_model_card
 
 
 def _sampler_defaults(values: dict) -> SamplerSettings:
@@ -42,7 +42,7 @@ class TinyVideoPipeline(VideoPipelineMixin, DiffusionPipeline):
         card = read_model_card(folder)
         pipe = cls(
             transformer=WanTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=dtype).eval(),
-            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler"),
+            scheduler=load_scheduler(folder),
             text_encoder=load_text_encoder(folder),
         )
         pipe.defaults = _sampler_defaults(card["defaults"])

@@ -40,6 +40,7 @@ from .model_config import (
     TRANSFORMER_CONFIG,
     position_grid,
 )
+from .preconditioning import coefficients
 from .scenes import training_batch
 from .text_encoder import WordTextEncoder
 from .weights import save_model_folder
@@ -85,6 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
     p.add_argument("--width", type=int, default=DEFAULT_WIDTH)
     p.add_argument("--uncond-prob", type=float, default=0.1)
+    p.add_argument("--precondition", type=float, default=0.0, metavar="SIGMA_DATA",
+                   help="train F of v = skip x + out F(in x) (preconditioning.py) with this data std; 0: predict v")
     p.add_argument("--t-mean", type=float, default=0.0, help="location of the logit-normal noise-level draw")
     p.add_argument("--init-from", type=Path,
                    help="start a new run from another run's state.pt (weights only; a model trained without the "
@@ -133,7 +136,7 @@ def main(argv=None) -> None:
         tmp = state_path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
         os.replace(tmp, state_path)
-        save_model_folder(args.run_dir / "ema", ema, text_encoder)
+        save_model_folder(args.run_dir / "ema", ema, text_encoder, sigma_data=args.precondition)
         log_file.flush()
 
     losses, tick = [], time.time()
@@ -151,9 +154,14 @@ def main(argv=None) -> None:
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
         grid = position_grid(args.batch, args.frames, args.height, args.width)
+        target = noise - x0
+        if args.precondition:
+            skip, out, c_in = coefficients(s, args.precondition)
+            target = (target - skip * x_s) / out
+            x_s = c_in * x_s
         pred = forward(torch.cat([x_s, grid], dim=1), sigma * 1000, text, return_dict=False)[0]
         weight = 1.0 + (args.fg_weight - 1.0) * torch.from_numpy(masks).float()[:, None]  # (B, 1, T, H, W)
-        loss = (weight * (pred.float() - (noise - x0)) ** 2).mean() / weight.mean()
+        loss = (weight * (pred.float() - target) ** 2).mean() / weight.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -14,6 +14,7 @@ from pathlib import Path
 import safetensors.torch
 from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 
+from .preconditioning import PreconditionedFlowMatchScheduler
 from .text_encoder import WordTextEncoder
 
 BUNDLED_FOLDER = Path(__file__).parent / "weights"
@@ -22,14 +23,20 @@ SAMPLER_DEFAULTS = dict(num_frames=8, height=32, width=32, steps=30, guidance_sc
 SCHEDULER_SHIFT = 1.0
 
 
-def save_model_folder(folder: Path, transformer: WanTransformer3DModel, text_encoder: WordTextEncoder) -> None:
+def save_model_folder(folder: Path, transformer: WanTransformer3DModel, text_encoder: WordTextEncoder,
+                      sigma_data: float = 0.0) -> None:
+    """Write a loadable model folder; ``sigma_data`` > 0 marks a preconditioned model (preconditioning.py)."""
     folder = Path(folder)
     transformer.save_pretrained(folder / "transformer", safe_serialization=True)
     safetensors.torch.save_file(
         {"word_table": text_encoder.word_table.contiguous(), "position_table": text_encoder.position_table.contiguous()},
         folder / "text_encoder.safetensors",
     )
-    FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT).save_pretrained(folder / "scheduler")
+    if sigma_data:
+        scheduler = PreconditionedFlowMatchScheduler(shift=SCHEDULER_SHIFT, sigma_data=sigma_data)
+    else:
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT)
+    scheduler.save_pretrained(folder / "scheduler")
     card = folder / MODEL_CARD
     if not card.exists():
         card.write_text(json.dumps({"kind": "tiny", "name": "tiny", "defaults": SAMPLER_DEFAULTS}, indent=2) + "\n")
@@ -48,3 +55,11 @@ def load_text_encoder(folder: Path) -> WordTextEncoder:
     encoder = WordTextEncoder(dim=tables["word_table"].shape[1], max_tokens=tables["position_table"].shape[0])
     encoder.load_state_dict(tables)
     return encoder
+
+
+def load_scheduler(folder: Path):
+    """The folder's scheduler: plain flow-matching Euler, or ours for a preconditioned model."""
+    config = json.loads((Path(folder) / "scheduler" / "scheduler_config.json").read_text())
+    if config.get("_class_name") == PreconditionedFlowMatchScheduler.__name__:
+        return PreconditionedFlowMatchScheduler.from_pretrained(Path(folder) / "scheduler")
+    return FlowMatchEulerDiscreteScheduler.from_pretrained(Path(folder) / "scheduler")
