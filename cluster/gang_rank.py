@@ -25,6 +25,14 @@ class RankConfig:
     timeout_s: float = 120.0
 
 
+def gpu_attention_kernel() -> str:
+    """yunchang's flash-attention kernel where flash-attn is installed, else torch's flash SDPA (Ulysses only:
+    the ring needs the log-sum-exp that only the flash-attn kernels return)."""
+    import importlib.util
+
+    return "fa" if importlib.util.find_spec("flash_attn") is not None else "torch_flash"
+
+
 def broadcast_tensors(tensors: list[torch.Tensor] | None, src: int = 0, group=None) -> list[torch.Tensor]:
     """Send rank ``src``'s tensors to every rank (shapes and dtypes first, so receivers need not know them)."""
     meta = [[(tuple(t.shape), t.dtype) for t in tensors] if tensors is not None else None]
@@ -47,7 +55,7 @@ class RankRenderer:
         self.rank, self.world, self.config = rank, world, config
         self.pipe = load_pipeline(config.model, device=config.device)
         if world > 1:
-            attn = "torch_math" if config.device == "cpu" else "fa"
+            attn = gpu_attention_kernel() if config.device.startswith("cuda") else "torch_math"
             enable_sequence_parallel(self.pipe.transformer, SequenceParallelConfig(world, attn_type=attn),
                                      timeout=timedelta(seconds=config.timeout_s))
             self._wrap_text_encoder()

@@ -115,9 +115,9 @@ def enable_sequence_parallel(transformer, config: SequenceParallelConfig, group=
     world = dist.get_world_size(group)
     if config.ulysses_degree * config.ring_degree != world:
         raise ValueError(f"ulysses {config.ulysses_degree} x ring {config.ring_degree} != {world} ranks")
-    if config.ring_degree > 1 and config.attn_type == "torch_math":
-        raise ValueError("ring attention with TORCH_MATH is wrong (yunchang returns no log-sum-exp); "
-                         "use a Ulysses degree on CPU, ring only with flash attention on GPU")
+    if config.ring_degree > 1 and config.attn_type.startswith("torch"):
+        raise ValueError(f"ring attention with {config.attn_type.upper()} is wrong (yunchang's torch kernels return "
+                         "no log-sum-exp); use a Ulysses degree, ring only with flash-attn kernels on GPU")
     heads = transformer.config.num_attention_heads
     if heads % config.ulysses_degree:
         raise ValueError(f"{heads} attention heads do not split over a Ulysses degree of {config.ulysses_degree}")

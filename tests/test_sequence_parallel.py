@@ -69,3 +69,21 @@ def test_bench_sp_one_decision_collective_per_step_and_half_the_cache(random_mod
         assert row["decision_bytes_per_step"] == 6 * 2 * 2 * 8  # blocks x sums x branches x int64
     assert sp2["peak_cache_bytes_per_rank"] * 2 == sp1["peak_cache_bytes_per_rank"]
     assert sp2["psnr_none_vs_sp1"] >= 60
+
+
+def _try_ring(rank, world, model, attn_type):
+    from ditfarm.cluster.sequence_parallel import SequenceParallelConfig, enable_sequence_parallel
+    from ditfarm.pipelines.loading import load_pipeline
+
+    pipe = load_pipeline(model)
+    try:
+        enable_sequence_parallel(pipe.transformer, SequenceParallelConfig(1, ring_degree=2, attn_type=attn_type))
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+@pytest.mark.parametrize("attn_type", ["torch_math", "torch_flash"])
+def test_ring_with_torch_kernels_is_refused(random_model_folder, attn_type):
+    messages = run_local_gang(_try_ring, 2, str(random_model_folder), attn_type)
+    assert all(m and "ring attention" in m and "Ulysses" in m for m in messages)
