@@ -21,6 +21,7 @@ Nothing in 3 reads local tensors, so every rank of a gang decides the same mask.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -305,7 +306,10 @@ class CacheEngine:
 
     def finish_video(self) -> None:
         """Keep the finished video's stats readable after its tensors are freed.  Sums filed by the last step
-        are dropped: no step follows that could use them (and no rank reduces them, so all stay in step)."""
+        are dropped: no step follows that could use them (and no rank reduces them, so all stay in step); a policy
+        that records every step (the profiler's) gets them reduced here, at the same call on every rank."""
+        if self.pending and getattr(self.policy, "observes_last_step", False):
+            self.decide_pending(step=math.inf)
         self.pending = []
         if self.stats.computed or self.stats.skipped:
             self.last_video = self.stats

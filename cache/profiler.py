@@ -35,6 +35,7 @@ class RecordingPolicy(CachePolicy):
 
     name = "record"
     indicator = "residual"
+    observes_last_step = True  # the change curve needs the final step too
 
     def __init__(self):
         self.states: list[DecisionState] = []

@@ -61,5 +61,6 @@ def load_scheduler(folder: Path):
     """The folder's scheduler: plain flow-matching Euler, or ours for a preconditioned model."""
     config = json.loads((Path(folder) / "scheduler" / "scheduler_config.json").read_text())
     if config.get("_class_name") == PreconditionedFlowMatchScheduler.__name__:
-        return PreconditionedFlowMatchScheduler.from_pretrained(Path(folder) / "scheduler")
+        keys = ("num_train_timesteps", "shift", "sigma_data")  # what it reads; the rest is its parent's defaults
+        return PreconditionedFlowMatchScheduler(**{k: config[k] for k in keys if k in config})
     return FlowMatchEulerDiscreteScheduler.from_pretrained(Path(folder) / "scheduler")
