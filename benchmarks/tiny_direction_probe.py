@@ -56,11 +56,8 @@ def model_gap(model: str) -> None:
                 inp = torch.cat([inp, cond], 1)
             with torch.no_grad():
                 out = pipe.transformer(inp, t, pipe.text_encoder(texts), return_dict=False)[0]
-            if hasattr(sched, "config") and "sigma_data" in sched.config:
-                from ditfarm.pipelines.tiny.preconditioning import coefficients
-
-                skip, scale, _ = coefficients(torch.tensor(s), sched.config.sigma_data)
-                out = skip * x + scale * out
+            if hasattr(sched, "velocity"):  # a preconditioned model: its output stands for a velocity
+                out = sched.velocity(out, t, x)
             errors.append(float((((out - (noise - x0)) ** 2) * m).sum() / m.sum()))
         print(f"model, noise {s}: fg velocity error true prompt {errors[0]:.4f}, direction swapped {errors[1]:.4f} "
               f"({100 * (errors[1] - errors[0]) / errors[0]:+.2f}%)")

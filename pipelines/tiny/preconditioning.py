@@ -53,7 +53,10 @@ class PreconditionedFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
         _, _, c_in = coefficients(self._sigma(timestep, sample), self.config.sigma_data)
         return sample * c_in.to(sample.dtype)
 
-    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, *args, **kwargs):
+    def velocity(self, model_output: torch.Tensor, timestep, sample: torch.Tensor) -> torch.Tensor:
+        """The velocity v = skip x + out F that the transformer's output F stands for at this timestep."""
         skip, out, _ = coefficients(self._sigma(timestep, sample), self.config.sigma_data)
-        velocity = skip * sample.float() + out * model_output.float()
-        return super().step(velocity, timestep, sample, *args, **kwargs)
+        return skip * sample.float() + out * model_output.float()
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, *args, **kwargs):
+        return super().step(self.velocity(model_output, timestep, sample), timestep, sample, *args, **kwargs)
