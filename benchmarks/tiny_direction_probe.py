@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 import ditfarm
+from ditfarm.pipelines.denoise import transformer_input
 from ditfarm.pipelines.tiny.scenes import render_scene, training_batch
 from ditfarm.pipelines.tiny.vocab import parse_prompt
 
@@ -50,10 +51,7 @@ def model_gap(model: str) -> None:
         t = torch.full((64,), s * 1000)
         errors = []
         for texts in (prompts, swapped):
-            inp = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
-            cond = pipe.transformer_condition(x)
-            if cond is not None:
-                inp = torch.cat([inp, cond], 1)
+            inp = transformer_input(sched, x, t, pipe.transformer_condition(x), x.dtype)
             with torch.no_grad():
                 out = pipe.transformer(inp, t, pipe.text_encoder(texts), return_dict=False)[0]
             if hasattr(sched, "velocity"):  # a preconditioned model: its output stands for a velocity

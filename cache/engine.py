@@ -12,9 +12,9 @@ Per transformer call (one step of one branch):
    adds the run's predicted residual to its input (one add for the whole run), and passes the input through
    unchanged for the rest of the run.
 3. ``StepHook.post_forward`` files the branch's local sums.  The first transformer call of the next step, before
-   fixing its plan, sends the sums of every branch filed in the step before through ``reduce`` as one vector (identity in one process, one
-   all-reduce under sequence parallelism: one collective per denoising step, CFG's two branches included) and
-   lets the policy turn each branch's reduced sums into its next mask.
+   fixing its plan, sends the sums of every branch filed in the step before through ``reduce`` as one vector
+   (identity in one process, one all-reduce under sequence parallelism: one collective per denoising step, CFG's
+   two branches included) and lets the policy turn each branch's reduced sums into its next mask.
 
 Nothing in 3 reads local tensors, so every rank of a gang decides the same mask.
 """

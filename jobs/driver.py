@@ -91,7 +91,6 @@ def sampler_overrides(task: RenderTask, settings: RenderSettings) -> dict:
 
 
 def make_renderer(settings: RenderSettings) -> Renderer:
-    settings.validate()
     if settings.gangs == 0:
         return LocalRenderer(settings)
     from ..cluster.gang_renderer import GangRenderer
@@ -186,7 +185,9 @@ def render_tasks(
         bar.set_postfix(ok=summary.ok, failed=summary.failed, skipped=summary.skipped, refresh=False)
         bar.update(1)
 
-    def finish(future: Future) -> None:
+    def finish_one() -> None:
+        """Wait for any render in flight and record it."""
+        future = next(iter(wait(in_flight, return_when=FIRST_COMPLETED).done))
         task = in_flight.pop(future)
         try:
             video, path, seconds = future.result()
@@ -216,12 +217,13 @@ def render_tasks(
                 if renderer is None:
                     renderer = make_renderer(settings)
                 if pool is None:
-                    pool = ThreadPoolExecutor(max_workers=max(1, renderer.capacity), thread_name_prefix="render")
-                while len(in_flight) >= max(1, renderer.capacity):
-                    finish(next(iter(wait(in_flight, return_when=FIRST_COMPLETED).done)))
+                    capacity = max(1, renderer.capacity)
+                    pool = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="render")
+                while len(in_flight) >= capacity:
+                    finish_one()
                 in_flight[pool.submit(render_one, task)] = task
             while in_flight:
-                finish(next(iter(wait(in_flight, return_when=FIRST_COMPLETED).done)))
+                finish_one()
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -48,6 +48,19 @@ def reset_caches(transformer: torch.nn.Module) -> None:
         transformer._reset_stateful_cache()
 
 
+def transformer_input(scheduler, latents: torch.Tensor, t, condition: torch.Tensor | None,
+                      dtype: torch.dtype) -> torch.Tensor:
+    """What the transformer reads at timestep ``t``: the latents, scaled if the scheduler preconditions its model
+    (diffusers' ``scale_model_input`` convention), with the condition channels concatenated."""
+    model_input = latents
+    if hasattr(scheduler, "scale_model_input"):
+        model_input = scheduler.scale_model_input(model_input, t)
+    model_input = model_input.to(dtype)
+    if condition is not None:
+        model_input = torch.cat([model_input, condition.to(model_input)], dim=1)
+    return model_input
+
+
 @torch.no_grad()
 def denoise(
     transformer: torch.nn.Module,
@@ -84,12 +97,7 @@ def _denoise_loop(transformer, scheduler, latents, prompt_embeds, negative_promp
     for i, t in enumerate(scheduler.timesteps):
         if i < start_step:
             continue
-        model_input = latents
-        if hasattr(scheduler, "scale_model_input"):  # a preconditioned model's input scaling (diffusers' convention)
-            model_input = scheduler.scale_model_input(model_input, t)
-        model_input = model_input.to(model_dtype)
-        if condition is not None:
-            model_input = torch.cat([model_input, condition.to(model_input)], dim=1)
+        model_input = transformer_input(scheduler, latents, t, condition, model_dtype)
         timestep = t.expand(latents.shape[0])
         context = {"step_index": i, "sigma": float(scheduler.sigmas[i]), "num_inference_steps": steps}
         with transformer.cache_context("cond", **context):
