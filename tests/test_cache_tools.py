@@ -36,6 +36,25 @@ def test_foreground_mask_finds_the_moving_square():
     assert otsu_threshold(bimodal) == pytest.approx(0.5, abs=0.1)
 
 
+def test_foreground_mask_follows_objects_that_cover_a_pixel_most_of_the_video():
+    """Along the middle of a track the object covers a pixel in most frames, so a temporal median alone takes the
+    object for the background there; the second pass (background filled from never-moving pixels) must not."""
+    import torch
+
+    from ditfarm.pipelines.tiny.scenes import render_scene, sample_scene_spec
+
+    rng = np.random.default_rng(5)
+    ious, median_only = [], []
+    for _ in range(20):
+        scene = render_scene(sample_scene_spec(rng, held_out=True), rng)
+        x0 = torch.from_numpy(scene.frames).permute(3, 0, 1, 2) * 2 - 1
+        truth = torch.from_numpy(scene.masks)
+        ious.append(mask_iou(foreground_mask(x0), truth))
+        deviation = (x0 - x0.median(dim=1, keepdim=True).values).abs().sum(0)
+        median_only.append(mask_iou(deviation > otsu_threshold(deviation), truth))
+    assert np.mean(ious) >= 0.9 and np.mean(median_only) < 0.7
+
+
 def test_profile_command_on_a_model_folder(tmp_path, random_model_folder, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("red circle moving left on blue background\nwhite square moving up on green background\n")
@@ -67,3 +86,18 @@ def test_bench_cache_quick_run(tmp_path, random_model_folder):
     taylor = next(r for r in rows if r["family"] == "taylorseer" and r["knob"] == 2)
     assert taylor["computed"] == pytest.approx(0.5) and np.isfinite(taylor["psnr"])
     assert (tmp_path / "bench.png").exists()
+
+
+def test_bench_steps_on_small_wan_shapes(tmp_path):
+    out = tmp_path / "steps.json"
+    assert cli(["bench", "steps", "--device", "cpu", "--dtype", "float32", "--layers", "2", "--frames", "5",
+                "--height", "64", "--width", "64", "--steps", "5", "--repeats", "1",
+                "--methods", "none,bwcache:0,taylorseer:5", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = {r["method"]: r for r in result["rows"]}
+    assert result["latents"] == [1, 16, 2, 8, 8] and result["tokens"] == 2 * 4 * 4
+    assert rows["none"]["time_vs_none"] == 1.0
+    assert rows["none"]["computed_fraction"] == rows["bwcache:0"]["computed_fraction"] == 1.0
+    assert rows["taylorseer:5"]["computed_fraction"] < 0.5  # of 5 steps only step 0 is a full one
+    with pytest.raises(ValueError, match="frames = 4k \\+ 1"):
+        cli(["bench", "steps", "--device", "cpu", "--frames", "6", "--height", "64", "--width", "64"])

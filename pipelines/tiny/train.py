@@ -79,6 +79,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="cpu", help="torch device to train on (e.g. cuda)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass (on a GPU)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="data-loader processes rendering the synthetic batches (0: in the training process)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (about 1.5x on CPU)")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--log-every", type=int, default=25)
@@ -97,33 +101,78 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def step_batch(step: int, args: argparse.Namespace) -> dict:
+    """Everything random about optimiser step ``step``: drawn from generators seeded by (seed, step) alone, so a
+    resumed run, a run with data workers and a run on another device all see the same batches."""
+    rng = np.random.default_rng([args.seed, step])
+    gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+    videos, prompts, masks = training_batch(rng, args.batch, args.frames, args.height, args.width, with_masks=True)
+    prompts = ["" if rng.random() < args.uncond_prob else p for p in prompts]
+    x0 = torch.from_numpy(videos).float()
+    sigma = torch.sigmoid(torch.randn(args.batch, generator=gen) + args.t_mean)
+    noise = torch.randn(x0.shape, generator=gen)
+    return {"x0": x0, "prompts": prompts, "masks": torch.from_numpy(masks), "sigma": sigma, "noise": noise}
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Step k's batch as item k - first, for a DataLoader whose workers render scenes while the model trains."""
+
+    def __init__(self, first: int, last: int, args: argparse.Namespace):
+        self.first, self.last, self.args = first, last, args
+
+    def __len__(self) -> int:
+        return self.last - self.first
+
+    def __getitem__(self, i: int) -> dict:
+        return step_batch(self.first + i, self.args)
+
+
+def batches(first: int, args: argparse.Namespace):
+    """Step batches from ``first`` to the end of the run, rendered by ``--workers`` processes (0: inline)."""
+    if args.workers == 0:
+        return (step_batch(k, args) for k in range(first, args.steps))
+    return iter(torch.utils.data.DataLoader(StepBatches(first, args.steps, args), batch_size=None, shuffle=False,
+                                            num_workers=args.workers, prefetch_factor=4,
+                                            pin_memory=args.device.startswith("cuda")))
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     args.run_dir.mkdir(parents=True, exist_ok=True)
     state_path = args.run_dir / "state.pt"
 
+    state = torch.load(state_path, map_location="cpu", weights_only=True) if state_path.exists() else None
+    config = dict(state.get("config", TRANSFORMER_CONFIG)) if state else dict(TRANSFORMER_CONFIG)
     torch.manual_seed(args.seed)
-    model = WanTransformer3DModel(**TRANSFORMER_CONFIG)
+    model = WanTransformer3DModel(**config)
     ema = copy.deepcopy(model).requires_grad_(False)
-    text_encoder = WordTextEncoder(dim=TRANSFORMER_CONFIG["text_dim"], max_tokens=TEXT_MAX_TOKENS)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    text_encoder = WordTextEncoder(dim=config["text_dim"], max_tokens=TEXT_MAX_TOKENS)
     step = 0
-    if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    if state:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
         step = int(state["step"])
-        print(f"resumed from {state_path} at step {step}", flush=True)
     elif args.init_from:
-        state = torch.load(args.init_from, map_location="cpu", weights_only=True)
-        model.load_state_dict(widen_patch_embedding(state["model"], model))
-        ema.load_state_dict(widen_patch_embedding(state["ema"], ema))
-        step = int(state["step"])
+        init = torch.load(args.init_from, map_location="cpu", weights_only=True)
+        model.load_state_dict(widen_patch_embedding(init["model"], model))
+        ema.load_state_dict(widen_patch_embedding(init["ema"], ema))
+        step = int(init["step"])
         print(f"initialised from {args.init_from} (step {step}); new optimiser state", flush=True)
+    model.to(device)
+    ema.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    if state:
+        opt.load_state_dict(state["opt"])
+        print(f"resumed from {state_path} at step {step}", flush=True)
     forward = torch.compile(model) if args.compile else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    ema_params, model_params = list(ema.parameters()), list(model.parameters())
 
     log_path = args.run_dir / "loss.csv"
     new_log = not log_path.exists()
@@ -134,33 +183,30 @@ def main(argv=None) -> None:
 
     def checkpoint() -> None:
         tmp = state_path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
+        torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+                    "config": config}, tmp)
         os.replace(tmp, state_path)
         save_model_folder(args.run_dir / "ema", ema, text_encoder, sigma_data=args.precondition)
         log_file.flush()
 
     losses, tick = [], time.time()
-    while step < args.steps:
-        rng = np.random.default_rng([args.seed, step])
-        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        videos, prompts, masks = training_batch(rng, args.batch, args.frames, args.height, args.width, with_masks=True)
-        x0 = torch.from_numpy(videos).float()
-        prompts = ["" if rng.random() < args.uncond_prob else p for p in prompts]
-        text = text_encoder(prompts)
-        sigma = torch.sigmoid(torch.randn(args.batch, generator=gen) + args.t_mean)
-        noise = torch.randn(x0.shape, generator=gen)
+    for data in batches(step, args):
+        x0, noise = data["x0"].to(device, non_blocking=True), data["noise"].to(device, non_blocking=True)
+        sigma, masks = data["sigma"].to(device), data["masks"].to(device, non_blocking=True)
+        text = text_encoder(data["prompts"]).to(device)
         s = sigma.view(-1, 1, 1, 1, 1)
         x_s = (1 - s) * x0 + s * noise
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
-        grid = position_grid(args.batch, args.frames, args.height, args.width)
+        grid = position_grid(args.batch, args.frames, args.height, args.width, device=device)
         target = noise - x0
         if args.precondition:
             skip, out, c_in = coefficients(s, args.precondition)
             target = (target - skip * x_s) / out
             x_s = c_in * x_s
-        pred = forward(torch.cat([x_s, grid], dim=1), sigma * 1000, text, return_dict=False)[0]
-        weight = 1.0 + (args.fg_weight - 1.0) * torch.from_numpy(masks).float()[:, None]  # (B, 1, T, H, W)
+        with autocast:
+            pred = forward(torch.cat([x_s, grid], dim=1), sigma * 1000, text, return_dict=False)[0]
+        weight = 1.0 + (args.fg_weight - 1.0) * masks.float()[:, None]  # (B, 1, T, H, W)
         loss = (weight * (pred.float() - target) ** 2).mean() / weight.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -168,14 +214,14 @@ def main(argv=None) -> None:
         opt.step()
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
+            torch._foreach_lerp_(ema_params, model_params, 1 - decay)
         step += 1
-        losses.append(loss.item())
+        losses.append(loss.detach())
         if step % args.log_every == 0:
             sec = (time.time() - tick) / len(losses)
-            log.writerow([step, f"{np.mean(losses):.5f}", f"{opt.param_groups[0]['lr']:.2e}", f"{sec:.3f}"])
-            print(f"step {step} loss {np.mean(losses):.4f} {sec:.2f}s/step", flush=True)
+            mean_loss = torch.stack(losses).mean().item()
+            log.writerow([step, f"{mean_loss:.5f}", f"{opt.param_groups[0]['lr']:.2e}", f"{sec:.3f}"])
+            print(f"step {step} loss {mean_loss:.4f} {sec:.3f}s/step", flush=True)
             losses, tick = [], time.time()
         if step % args.checkpoint_every == 0 or step == args.steps:
             checkpoint()

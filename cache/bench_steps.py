@@ -1,0 +1,167 @@
+"""Per-step time of the denoising loop on a Wan2.1-config transformer with random weights, per cache policy.
+
+    ditfarm bench steps --device cuda --dtype bfloat16 --json benchmarks/wan-1.3b-steps-h100.json
+
+Fidelity needs trained weights, but time does not: this measures what the cache engine costs and saves on the
+real model's shapes (Wan2.1-T2V-1.3B: 30 blocks of width 1536; 480x832x81 is 21x60x104 latents, 32,760 tokens)
+with the one loop every ditfarm model runs (``pipelines.denoise``, CFG as two calls per step, Wan's UniPC flow
+scheduler).  Policies at knob 0 compute every block, so their time over ``none``'s is the engine's overhead;
+a policy at its default knob shows the saving (on random weights the skip pattern is not the trained model's).
+Methods are interleaved and repeated; the table reports medians.  Small dimensions (``--layers 2 --frames 5
+--height 64 --width 64``) run on a CPU, which is how the tests keep this script honest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from . import disable, enable, last_video_stats
+from .presets import build_config
+
+# diffusers' Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json
+WAN21_1_3B = dict(
+    patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
+    text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+)
+VAE_STRIDE = (4, 8, 8)  # Wan2.1's VAE: 4x in time (after the first frame), 8x in space
+TEXT_TOKENS = 512
+DEFAULT_METHODS = "none,bwcache:0,adaptive:0,bwcache:0.15,taylorseer:5,adaptive:0.08"
+
+
+def latent_shape(frames: int, height: int, width: int) -> tuple[int, ...]:
+    if (frames - 1) % VAE_STRIDE[0] or height % 16 or width % 16:
+        raise ValueError(f"Wan needs frames = 4k + 1 and height, width multiples of 16; got {frames}x{height}x{width}")
+    return (1, 16, (frames - 1) // VAE_STRIDE[0] + 1, height // VAE_STRIDE[1], width // VAE_STRIDE[2])
+
+
+def parse_method(text: str) -> tuple[str, float | None]:
+    """"bwcache:0.15" -> ("bwcache", 0.15); "none" -> ("none", None)."""
+    policy, _, knob = text.partition(":")
+    return policy, (float(knob) if knob else None)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_transformer(layers: int, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = WanTransformer3DModel(**{**WAN21_1_3B, "num_layers": layers})
+    model.to(dtype)
+    # As from_pretrained(torch_dtype=...) does: the modules diffusers keeps in float32 for Wan stay there.
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, module in model.named_modules():
+        if keep & set(name.split(".")):
+            module.float()
+    return model.eval().requires_grad_(False)
+
+
+def timed_video(transformer, latents, cond, uncond, steps: int, guidance_scale: float, device) -> float:
+    """Seconds for one video's denoising loop (``steps`` scheduler steps, two transformer calls each)."""
+    from diffusers import UniPCMultistepScheduler
+
+    from ..pipelines.denoise import denoise, reset_caches
+
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
+                                        num_train_timesteps=1000)
+    scheduler.set_timesteps(steps, device=device)
+    reset_caches(transformer)
+    synchronize(device)
+    start = time.perf_counter()
+    denoise(transformer, scheduler, latents.clone(), cond, uncond, steps, guidance_scale)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def run(args: argparse.Namespace, log=print) -> dict:
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    methods = [parse_method(m) for m in args.methods.split(",")]
+    for policy, knob in methods:
+        if policy == "profiling":
+            raise ValueError("profiling needs a profile of trained weights; it has no meaning on random ones")
+        build_config(policy, knob)  # refuses unknown policies and bad knobs before the model is built
+    shape = latent_shape(args.frames, args.height, args.width)
+    transformer = build_transformer(args.layers, device, dtype)
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(shape, generator=gen).to(device, dtype)
+    cond = torch.randn(1, TEXT_TOKENS, WAN21_1_3B["text_dim"], generator=gen).to(device, dtype)
+    uncond = torch.randn(1, TEXT_TOKENS, WAN21_1_3B["text_dim"], generator=gen).to(device, dtype)
+    tokens = shape[2] * (shape[3] // 2) * (shape[4] // 2)
+    log(f"{args.layers} blocks, {tokens} tokens, {args.steps} steps x 2 CFG calls, {dtype}, "
+        f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
+
+    timed_video(transformer, latents, cond, uncond, 2, args.guidance_scale, device)  # warm-up: kernels, allocator
+    seconds: dict[str, list[float]] = {m: [] for m in args.methods.split(",")}
+    fractions: dict[str, float] = {}
+    for _ in range(args.repeats):
+        for name, (policy, knob) in zip(seconds, methods):
+            enable(transformer, build_config(policy, knob))
+            seconds[name].append(timed_video(transformer, latents, cond, uncond, args.steps, args.guidance_scale,
+                                             device))
+            stats = last_video_stats(transformer)
+            fractions[name] = 1.0 if stats is None else 1.0 - stats.skipped_fraction
+            disable(transformer)
+    base = statistics.median(seconds["none"]) if "none" in seconds else None
+    rows = []
+    for name, times in seconds.items():
+        median = statistics.median(times)
+        rows.append({"method": name, "seconds_per_step": median / args.steps, "video_seconds": median,
+                     "all_seconds": times, "computed_fraction": fractions[name],
+                     "time_vs_none": (median / base) if base else None})
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__, "dtype": args.dtype, "layers": args.layers,
+        "video": [args.frames, args.height, args.width], "latents": list(shape), "tokens": tokens,
+        "steps": args.steps, "guidance_scale": args.guidance_scale, "repeats": args.repeats, "rows": rows,
+    }
+
+
+def markdown_table(result: dict) -> str:
+    lines = ["| method | s/step (2 calls) | video s | vs none | blocks computed |", "|---|---|---|---|---|"]
+    for r in result["rows"]:
+        vs = "" if r["time_vs_none"] is None else f"{r['time_vs_none']:.3f}"
+        lines.append(f"| {r['method']} | {r['seconds_per_step']:.3f} | {r['video_seconds']:.2f} | {vs} | "
+                     f"{r['computed_fraction']:.0%} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="ditfarm bench steps", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--layers", type=int, default=WAN21_1_3B["num_layers"])
+    p.add_argument("--frames", type=int, default=81)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=832)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--guidance-scale", type=float, default=5.0)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated POLICY[:KNOB] (default: %(default)s)")
+    p.add_argument("--json", type=Path, help="write the result here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    print(markdown_table(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
