@@ -1,7 +1,7 @@
 """Block caches for ``pipe.transformer``: enable a policy, render, read what was skipped.
 
     from ditfarm import cache
-    cache.enable(pipe, cache.AdaptiveConfig(threshold=0.08, profile=cache.CacheProfile.load("p.json")))
+    cache.enable(pipe, cache.AdaptiveConfig(threshold=0.4, profile=cache.CacheProfile.load("p.json")))
     frames = pipe.generate(...)
     cache.last_video_stats(pipe)   # computed / skipped block computations, bytes held
     cache.disable(pipe)

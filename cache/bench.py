@@ -23,7 +23,7 @@ import io
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -92,11 +92,32 @@ def calibrate_magcache(pipe, prompt: str, seed: int, steps: int, guidance_scale:
     return lists[0]
 
 
-def method_grid(pipe, steps: int, guidance_scale: float, profile, calibration_prompt: str, quick: bool = False):
+def parse_method_filter(text: str | None) -> dict[str, list[float] | None] | None:
+    """"adaptive:0.1/0.2,magcache" -> {"adaptive": [0.1, 0.2], "magcache": None} (None: the family's own grid)."""
+    if not text:
+        return None
+    chosen = {}
+    for item in text.split(","):
+        family, _, knobs = item.strip().partition(":")
+        if family not in GRID_FAMILIES:
+            raise ValueError(f"unknown method family {family!r}; choose from {', '.join(GRID_FAMILIES)}")
+        chosen[family] = [float(k) for k in knobs.split("/")] if knobs else None
+    return chosen
+
+
+GRID_FAMILIES = ("bwcache", "profiling", "taylorseer", "adaptive", "adaptive-block", "fbcache",
+                 "diffusers-taylorseer", "magcache", "fewer-steps")
+
+
+def method_grid(pipe, steps: int, guidance_scale: float, profile, calibration_prompt: str, quick: bool = False,
+                only: dict[str, list[float] | None] | None = None):
     from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
 
     def ours(policy, knob):
-        config = build_config(policy, knob, profile)
+        if policy == "adaptive-block":  # the adaptive policy deciding per block instead of per step
+            config = replace(build_config("adaptive", knob, profile), granularity="block")
+        else:
+            config = build_config(policy, knob, profile)
         return Method(policy, knob, lambda p: enable(p, config))
 
     def diffusers_cache(family, knob, config):
@@ -106,7 +127,8 @@ def method_grid(pipe, steps: int, guidance_scale: float, profile, calibration_pr
         "bwcache": [0.1, 0.15, 0.2, 0.25, 0.3],
         "profiling": [2, 3, 4, 6, 8],
         "taylorseer": [2, 3, 4, 5, 6],
-        "adaptive": [0.0, 0.02, 0.04, 0.06, 0.08, 0.12, 0.16, 0.24, 0.32],
+        "adaptive": [0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8],
+        "adaptive-block": [0.0, 0.02, 0.04, 0.06, 0.08, 0.12, 0.16, 0.24, 0.32],
         "fbcache": [0.02, 0.05, 0.08, 0.12, 0.2],
         "diffusers-taylorseer": [2, 3, 4, 5],
         "magcache": [0.02, 0.04, 0.06, 0.1, 0.15],
@@ -114,8 +136,11 @@ def method_grid(pipe, steps: int, guidance_scale: float, profile, calibration_pr
     }
     if quick:
         grid = {k: v[:: max(1, len(v) // 2)] for k, v in grid.items()}
+    if only is not None:
+        grid = {k: (only[k] if only[k] is not None else v) if k in only else [] for k, v in grid.items()}
+    grid["fewer-steps"] = [int(k) for k in grid["fewer-steps"]]
     methods = []
-    for policy in ("bwcache", "profiling", "taylorseer", "adaptive"):
+    for policy in ("bwcache", "profiling", "taylorseer", "adaptive", "adaptive-block"):
         if policy == "profiling" and profile is None:
             continue
         methods += [ours(policy, k) for k in grid[policy]]
@@ -129,7 +154,7 @@ def method_grid(pipe, steps: int, guidance_scale: float, profile, calibration_pr
         )
         for k in grid["diffusers-taylorseer"]
     ]
-    ratios = calibrate_magcache(pipe, calibration_prompt, 0, steps, guidance_scale)
+    ratios = calibrate_magcache(pipe, calibration_prompt, 0, steps, guidance_scale) if grid["magcache"] else []
     methods += [
         diffusers_cache("magcache", k, MagCacheConfig(threshold=k, mag_ratios=ratios, num_inference_steps=steps))
         for k in grid["magcache"]
@@ -224,7 +249,10 @@ def main(argv=None) -> int:
     p.add_argument("--profile", help="cache profile (default: the model's shipped one)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps timings stable on shared CPUs)")
     p.add_argument("--quick", action="store_true", help="every other knob value only")
+    p.add_argument("--methods", help="only these families, optionally with knobs: e.g. adaptive:0.1/0.2,magcache "
+                                     f"(families: {', '.join(GRID_FAMILIES)})")
     args = p.parse_args(argv)
+    only = parse_method_filter(args.methods)
 
     from ..pipelines.loading import load_pipeline
     from ..pipelines.tiny.adherence import held_out_cases
@@ -238,7 +266,7 @@ def main(argv=None) -> int:
     profile = CacheProfile.load(profile_path) if profile_path else None
     cases = [(spec.prompt, seed) for spec, seed in held_out_cases(args.videos, seed=4242)]
     calibration = sample_scene_spec(np.random.default_rng(99)).prompt  # a training-split prompt
-    methods = method_grid(pipe, settings.steps, settings.guidance_scale, profile, calibration, args.quick)
+    methods = method_grid(pipe, settings.steps, settings.guidance_scale, profile, calibration, args.quick, only)
     rows = run_benchmark(pipe, cases, methods, settings.steps, settings.guidance_scale)
     table = markdown_table(rows)
     print(table)

@@ -106,6 +106,7 @@ class BranchState(BaseState):
         self.memory = [BlockMemory() for _ in range(self.num_blocks)]
         self.step = -1
         self.num_steps = 0
+        self.measure = True
         self.plan = all_blocks(self.num_blocks)
         self.next_plan = all_blocks(self.num_blocks)
         self.run_end: dict[int, int] = {}
@@ -118,6 +119,7 @@ class BranchState(BaseState):
         if self.decision is None:
             self.decision = self.policy.new_state(self.num_blocks, max(num_steps, step + 1))
         self.step, self.num_steps = step, num_steps
+        self.measure = self.policy.wants_indicator(self.decision, step)
         plan = self.next_plan.copy()
         never_ran = np.array([m.step < 0 for m in self.memory])
         plan[never_ran] = 1  # nothing to reuse yet; identical on every rank since it follows from the masks
@@ -255,14 +257,14 @@ class CacheEngine:
         """
         residual = output - block_input
         memory = state.memory[b]
-        kind = self.policy.indicator
+        kind = self.policy.indicator if state.measure else None
         delta = None
         if kind == "output":
             if memory.output is not None:
                 state.sums[b] = ((output - memory.output).abs().sum(dtype=torch.float32),
                                  memory.output.abs().sum(dtype=torch.float32))
             memory.output = output.detach()
-        elif kind is not None and memory.terms:
+        elif kind is not None and memory.terms:  # (order > 0 without a measurement: update() takes the difference)
             delta = residual - memory.terms[0]  # shared by the indicator and the derivative update
             if kind == "residual":
                 state.sums[b] = (delta.abs().sum(dtype=torch.float32), memory.terms[0].abs().sum(dtype=torch.float32))

@@ -165,3 +165,26 @@ def test_profile_round_trips_through_json(tmp_path, pipe):
     (tmp_path / "bad.json").write_text('{"format": "other"}')
     with pytest.raises(ValueError, match="not a ditfarm cache profile"):
         cache.CacheProfile.load(tmp_path / "bad.json")
+
+
+def test_sums_are_measured_only_where_a_decision_can_use_them(pipe):
+    def reduced_vectors(config):
+        seen = []
+
+        def spy(vector):
+            seen.append(vector.clone())
+            return vector
+
+        cache.enable(pipe, config, reduce=spy)
+        try:
+            pipe.generate(PROMPT, seed=1, steps=8, guidance_scale=1.0)
+        finally:
+            cache.disable(pipe)
+        return [bool(v.abs().sum() > 0) for v in seen]  # one per filed step 0..6
+
+    # a zero budget never skips: nothing to measure, the engine's cost is its hooks alone (still one reduce a step)
+    assert reduced_vectors(cache.AdaptiveConfig(threshold=0.0)) == [False] * 7
+    # warm-up 25% of 8 steps = 2: the first free decision (for step 2) needs step 1's sums; the last free one is
+    # made at step 5 (step 7 always runs); step 0 has nothing to compare with
+    measured = reduced_vectors(cache.AdaptiveConfig(threshold=1e-9))  # a budget so small that every step runs
+    assert measured == [False, True, True, True, True, True, False]

@@ -82,7 +82,7 @@ def test_taylorseer_full_every_n_steps():
 def test_adaptive_skips_by_predicted_error_per_block_and_class():
     config = AdaptiveConfig(
         threshold=0.1, order=0, max_run=3, warmup_fraction=0.2, final_steps=1,
-        profile=profile([BACKGROUND, BACKGROUND, FOREGROUND]), foreground_scale=0.5,
+        profile=profile([BACKGROUND, BACKGROUND, FOREGROUND]), foreground_scale=0.5, granularity="block",
     )
     policy = AdaptivePolicy(config)
     # block 0: error 0.02 per step (order 0: grows ~ g); block 1: 0.5 (too large); block 2: 0.07, below the
@@ -102,12 +102,55 @@ def test_adaptive_skips_by_predicted_error_per_block_and_class():
     assert masks[-1].all()  # final step
 
 
+def stack_error_sums(unit_error, order):
+    """Sums for 3 blocks whose forecast over a gap of g steps errs by unit_error * g^(order+1); zeros when skipped."""
+    last = {"computed": 0}
+
+    def sums(step, mask):
+        if step == 0 or not mask.any():
+            return np.zeros((3, 2))
+        gap, last["computed"] = step - last["computed"], step
+        return rel([unit_error * gap ** (order + 1)] * 3) * gap  # the engine's sums are not divided by the gap
+
+    return sums
+
+
+def test_adaptive_step_granularity_skips_whole_steps_while_accumulated_error_fits():
+    config = AdaptiveConfig(threshold=0.1, order=0, max_run=3, warmup_fraction=0.2, final_steps=1)
+    masks = drive(AdaptivePolicy(config), 3, 12, stack_error_sums(0.02, order=0))
+    assert all(m.all() or not m.any() for m in masks)  # every block together
+    # after warm-up: skip while 0.02 * (1 + 2 + ...) < 0.1 -> two skipped steps, then a computed one; last step runs
+    assert [int(m[0]) for m in masks] == [1, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 1]
+    tight = AdaptiveConfig(threshold=0.1, order=0, max_run=1, warmup_fraction=0.2, final_steps=1)
+    assert [int(m[0]) for m in drive(AdaptivePolicy(tight), 3, 12, stack_error_sums(0.02, 0))][2:6] == [0, 1, 0, 1]
+
+
+def test_adaptive_step_granularity_spends_less_where_the_profile_says_steps_change_more():
+    from ditfarm.cache.policies.adaptive import change_prior
+
+    curve = [float("nan")] + [1.0] * 8 + [4.0] * 3  # a profile of 12 steps whose last quarter changes 4x faster
+    prof = profile([BACKGROUND] * 3)
+    for block in prof.blocks:
+        block.change = curve
+    prior = change_prior(prof, 12)
+    assert prior.mean() == pytest.approx(1.0) and prior[-1] == pytest.approx(4 * prior[2])
+    assert change_prior(None, 7).tolist() == [1.0] * 7
+    # the same measured errors; entering the fast part (step 8 on) the shaped policy expects 4x the error there, so
+    # it spends its budget after one skipped step and computes step 9, where the flat one skips 8 and 9
+    flat = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.1, order=0, warmup_fraction=0.2)), 3, 12,
+                 stack_error_sums(0.02, 0))
+    shaped = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.1, order=0, warmup_fraction=0.2, profile=prof)), 3, 12,
+                   stack_error_sums(0.02, 0))
+    assert [int(m[0]) for m in flat] == [1, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 1]
+    assert [int(m[0]) for m in shaped] == [1, 1, 0, 0, 1, 0, 0, 1, 0, 1, 0, 1]
+
+
 def test_adaptive_threshold_zero_never_skips():
     policy = AdaptivePolicy(AdaptiveConfig(threshold=0.0))
     assert drive(policy, 3, 10, lambda s, m: rel([1e-9] * 3)).all()
 
 
-@pytest.mark.parametrize("bad", [dict(threshold=-1.0), dict(order=3), dict(max_run=-1)])
+@pytest.mark.parametrize("bad", [dict(threshold=-1.0), dict(order=3), dict(max_run=-1), dict(granularity="frame")])
 def test_adaptive_rejects_bad_config(bad):
     with pytest.raises(ValueError):
         AdaptivePolicy(AdaptiveConfig(**bad))

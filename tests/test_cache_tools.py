@@ -101,3 +101,14 @@ def test_bench_steps_on_small_wan_shapes(tmp_path):
     assert rows["taylorseer:5"]["computed_fraction"] < 0.5  # of 5 steps only step 0 is a full one
     with pytest.raises(ValueError, match="frames = 4k \\+ 1"):
         cli(["bench", "steps", "--device", "cpu", "--frames", "6", "--height", "64", "--width", "64"])
+
+
+def test_bench_cache_methods_filter(tmp_path, random_model_folder):
+    out = tmp_path / "only.json"
+    assert cli(["bench", "cache", "--model", str(random_model_folder), "--json", str(out), "--videos", "1",
+                "--steps", "6", "--methods", "adaptive:0/0.3,adaptive-block:0.1,fewer-steps:4"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["family"], r["knob"]) for r in rows] == [("adaptive", 0.0), ("adaptive", 0.3),
+                                                         ("adaptive-block", 0.1), ("fewer-steps", 4)]
+    with pytest.raises(ValueError, match="unknown method family 'magcash'"):
+        cli(["bench", "cache", "--json", str(out), "--methods", "magcash"])

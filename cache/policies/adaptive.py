@@ -16,6 +16,19 @@ under ``max_run``.  Thresholds come per class from the profile: foreground block
 ``threshold * foreground_scale``, background blocks ``threshold * background_scale``.  The first
 ``warmup_fraction`` of steps and the last ``final_steps`` always run all blocks (the left and right arms of the
 U-shaped change curve).  Skipped blocks form contiguous runs that cost one add each.
+
+Two granularities share that machinery (``granularity``):
+
+- ``"block"``: each block decides alone, as above.
+- ``"step"`` (default): all blocks skip together or run together.  The residual of the whole block stack is the
+  sum of the blocks' residuals, so forecasting every block forecasts the stack, and a skipped step costs one add
+  for the whole model (nothing is paid per block).  Its error is measured at every computed step as
+  E = sum_b ||r_b - r^_b||_1 / sum_b ||r_b||_1 (the blocks' own sums, so no extra reduce), made a unit error
+  u = E / (g^(p+1) w(s)) with w the profile's mean change curve (the U-shape, resampled to this run's steps and
+  normalised to mean 1; flat without a profile), and the next step is skipped while the errors accumulated since
+  the last computed step, sum_k u k^(p+1) w(s + k), stay under ``threshold`` and the run under ``max_run``.
+  That is MagCache's accumulated-error rule with two changes: the error is measured on this very video rather
+  than calibrated once per model (ERTACache's point), and the forecast is first order rather than plain reuse.
 """
 
 from __future__ import annotations
@@ -30,14 +43,38 @@ from .base import CachePolicy, DecisionState, all_blocks
 
 @dataclass
 class AdaptiveConfig:
-    threshold: float = 0.08
+    """Defaults tuned on tiny (BENCHMARKS.md): whole steps, plain reuse (first-order forecasts of the stack lost
+    5-8 dB at equal compute there), runs of at most 2 skipped steps, the first quarter of the steps always run."""
+
+    threshold: float = 0.4
     profile: CacheProfile | None = None
     foreground_scale: float = 0.5
     background_scale: float = 1.0
-    order: int = 1  # forecast order for skipped blocks (0: reuse, 1: first-order Taylor)
-    max_run: int = 4
-    warmup_fraction: float = 0.1
+    order: int = 0  # forecast order for skipped blocks (0: reuse, 1: first-order Taylor)
+    max_run: int = 2
+    warmup_fraction: float = 0.25
     final_steps: int = 1
+    granularity: str = "step"  # "step": every block skips or runs together; "block": each block alone
+
+
+GRANULARITIES = ("step", "block")
+
+
+def change_prior(profile: CacheProfile | None, num_steps: int) -> np.ndarray:
+    """(num_steps,) the profile's mean per-step change of the block residuals, resampled by position in the
+    schedule and scaled to mean 1: how much harder a step is to forecast than the average one.  Flat without a
+    profile."""
+    if profile is None:
+        return np.ones(num_steps)
+    curves = np.array([b.change for b in profile.blocks], dtype=float)  # (blocks, steps); step 0 is NaN
+    counted = np.isfinite(curves).sum(axis=0)
+    curve = np.where(np.isfinite(curves), curves, 0.0).sum(axis=0) / np.maximum(counted, 1)
+    known = (counted > 0) & (curve > 0)
+    if known.sum() < 2:
+        return np.ones(num_steps)
+    position = np.linspace(0.0, 1.0, len(curve))
+    resampled = np.interp(np.linspace(0.0, 1.0, num_steps), position[known], curve[known])
+    return resampled / resampled.mean()
 
 
 class AdaptivePolicy(CachePolicy):
@@ -45,8 +82,9 @@ class AdaptivePolicy(CachePolicy):
     indicator = "forecast"
 
     def __init__(self, config: AdaptiveConfig):
-        if not config.threshold >= 0 or config.max_run < 0 or config.order not in (0, 1, 2):
-            raise ValueError(f"bad adaptive config: {config}")
+        if (not config.threshold >= 0 or config.max_run < 0 or config.order not in (0, 1, 2)
+                or config.granularity not in GRANULARITIES):
+            raise ValueError(f"bad adaptive config: {config} (granularity: one of {', '.join(GRANULARITIES)})")
         self.config = config
         self.forecast_order = config.order
 
@@ -62,6 +100,9 @@ class AdaptivePolicy(CachePolicy):
         state.unit_error = np.full(num_blocks, np.nan)
         state.thresholds = self.block_thresholds(num_blocks)
         state.warmup = max(2, round(self.config.warmup_fraction * num_steps))
+        state.prior = change_prior(self.config.profile, num_steps)
+        state.step_unit_error = np.nan  # step granularity: unit error of the whole stack's forecast
+        state.step_spent = 0.0  # step granularity: predicted error accumulated since the last computed step
         return state
 
     def observe(self, state: DecisionState, step: int, computed: np.ndarray, sums: np.ndarray) -> np.ndarray:
@@ -71,19 +112,44 @@ class AdaptivePolicy(CachePolicy):
         fresh = ~np.isnan(measured)
         # super() divided by the gap once; the error of a forecast over g steps grows like g^(p+1)
         state.unit_error[fresh] = measured[fresh] * gap[fresh] / gap[fresh].astype(float) ** power
+        if fresh.all():  # every block ran and was compared with its forecast: the stack's error at this step
+            stack_error = sums[:, 0].sum() / sums[:, 1].sum()
+            g = float(gap.max())
+            state.step_unit_error = stack_error / (g**power * state.prior[min(step, len(state.prior) - 1)])
         return measured
+
+    def wants_indicator(self, state: DecisionState, step: int) -> bool:
+        """Nothing to measure with a zero budget, nor where every decision that could use it is forced: only the
+        step before the first free decision onwards, up to the last free one."""
+        c = self.config
+        return c.threshold > 0 and state.warmup - 1 <= step < state.num_steps - c.final_steps - 1
 
     def decide(self, state: DecisionState, step: int, computed: np.ndarray, sums: np.ndarray) -> np.ndarray:
         c, nxt = self.config, step + 1
         if nxt < state.warmup or nxt >= state.num_steps - c.final_steps:
             return all_blocks(state.num_blocks)
+        if c.granularity == "step":
+            return self.decide_step(state, nxt, computed)
         run = state.reuse_run + 1  # length of the run if the block is skipped at nxt
         predicted = state.unit_error * run.astype(float) ** (c.order + 1)
         skip = ~np.isnan(predicted) & (predicted < state.thresholds) & (run <= c.max_run)
         return (~skip).astype(np.int8)
 
+    def decide_step(self, state: DecisionState, nxt: int, computed: np.ndarray) -> np.ndarray:
+        """Skip every block at ``nxt`` if the accumulated predicted error of the stack's forecast stays in budget."""
+        c = self.config
+        if computed.all():
+            state.step_spent = 0.0
+        run = int(state.reuse_run.max()) + 1  # steps since the last computed one, if nxt is skipped
+        predicted = state.step_unit_error * run ** (c.order + 1) * state.prior[min(nxt, len(state.prior) - 1)]
+        if np.isnan(predicted) or run > c.max_run or state.step_spent + predicted >= c.threshold:
+            return all_blocks(state.num_blocks)
+        state.step_spent += predicted
+        return np.zeros(state.num_blocks, dtype=np.int8)
+
     def describe(self) -> dict:
         c = self.config
         return {"policy": self.name, "threshold": c.threshold, "order": c.order, "max_run": c.max_run,
+                "granularity": c.granularity,
                 "foreground_scale": c.foreground_scale, "background_scale": c.background_scale,
                 "warmup_fraction": c.warmup_fraction, "final_steps": c.final_steps}

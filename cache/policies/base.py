@@ -63,6 +63,12 @@ class CachePolicy(ABC):
         state.history.append(measured)
         return measured
 
+    def wants_indicator(self, state: DecisionState, step: int) -> bool:
+        """Whether the sums measured at ``step`` can change any decision (they cost a few tensor reductions per
+        block, which on small blocks is most of the engine's overhead).  Must depend on integers only: every rank
+        has to agree."""
+        return self.indicator is not None
+
     @abstractmethod
     def decide(self, state: DecisionState, step: int, computed: np.ndarray, sums: np.ndarray) -> np.ndarray:
         """Given the reduced sums of step ``step``, return the int8 mask (1 = compute) for step ``step + 1``."""
