@@ -1,0 +1,77 @@
+"""The cache engine's overhead on `tiny` with every block computed, measured directly.
+
+    python benchmarks/engine_overhead.py --repeats 7 --json benchmarks/engine-overhead-tiny.json
+
+`ditfarm bench cache` times each video once with and once without a cache, which is right for speedups of 1.3x
+and more but too coarse for a 1-3% overhead on a 2-core machine.  This renders one prompt many times, alternating
+no cache and each policy at the knob that computes every block, and reports median ratios; then it profiles
+one cached video and reports the share of time spent in the engine's own functions (cache/engine.py).
+"""
+
+import argparse
+import cProfile
+import json
+import pstats
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import ditfarm
+from ditfarm import cache
+
+PROMPT = "red circle moving left on blue background"
+CONFIGS = {"adaptive (threshold 0)": cache.AdaptiveConfig(threshold=0.0),
+           "adaptive-block (threshold 0)": cache.AdaptiveConfig(threshold=0.0, granularity="block"),
+           "bwcache (threshold 0)": cache.BWCacheConfig(threshold=0.0)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    pipe = ditfarm.load_pipeline("tiny")
+
+    def video_seconds() -> float:
+        start = time.perf_counter()
+        pipe.generate(PROMPT, seed=0)
+        return time.perf_counter() - start
+
+    video_seconds()  # warm-up
+    times = {"none": [], **{name: [] for name in CONFIGS}}
+    for _ in range(args.repeats):
+        times["none"].append(video_seconds())
+        for name, config in CONFIGS.items():
+            cache.enable(pipe, config)
+            times[name].append(video_seconds())
+            cache.disable(pipe)
+    base = statistics.median(times["none"])
+    rows = [{"method": name, "median_seconds": statistics.median(t), "overhead": statistics.median(t) / base - 1}
+            for name, t in times.items()]
+
+    cache.enable(pipe, CONFIGS["adaptive (threshold 0)"])
+    profiler = cProfile.Profile()
+    profiler.enable()
+    video_seconds()
+    profiler.disable()
+    cache.disable(pipe)
+    stats = pstats.Stats(profiler).stats
+    total = sum(tt for (_, _, tt, _, _) in stats.values())
+    engine = sum(tt for (file, _, _), (_, _, tt, _, _) in stats.items() if file.endswith("cache/engine.py"))
+
+    print("| method | median s/video | overhead vs none |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['median_seconds']:.3f} | {r['overhead']:+.1%} |")
+    print(f"engine functions' own time in a profiled adaptive video: {engine / total:.1%}")
+    if args.json:
+        args.json.write_text(json.dumps({"repeats": args.repeats, "threads": args.threads, "rows": rows,
+                                         "engine_self_time_share": engine / total,
+                                         "all_seconds": times}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
