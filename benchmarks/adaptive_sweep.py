@@ -1,0 +1,32 @@
+"""Sweep `adaptive`'s settings on a few held-out `tiny` videos: blocks computed and PSNR against the uncached video.
+
+    python benchmarks/adaptive_sweep.py "[dict(threshold=t, order=o) for o in (0, 1) for t in (0.1, 0.3)]"
+
+The argument is a Python list of AdaptiveConfig keyword sets (``prof=None`` drops the profile).  No timing: with
+whole-step skipping, wall speedup follows the computed fraction (`ditfarm bench cache` measures it).  This is how
+the defaults in cache/policies/adaptive.py were chosen (BENCHMARKS.md).
+"""
+import sys, numpy as np, torch
+import ditfarm
+from ditfarm import cache
+from ditfarm.cache.metrics import psnr
+from ditfarm.cache.profile import CacheProfile
+from ditfarm.pipelines.tiny.adherence import held_out_cases
+torch.set_num_threads(2)
+pipe = ditfarm.load_pipeline("tiny")
+prof = CacheProfile.load(pipe.default_cache_profile())
+cases = [(s.prompt, seed) for s, seed in held_out_cases(4, seed=4242)]
+refs = {c: pipe.generate(c[0], seed=c[1]) for c in cases}
+def run(**kw):
+    kw2 = dict(kw); p = kw2.pop("prof", prof)
+    cfg = cache.AdaptiveConfig(profile=p, **kw2)
+    cache.enable(pipe, cfg)
+    ps, fr = [], []
+    for c in cases:
+        out = pipe.generate(c[0], seed=c[1])
+        st = cache.last_video_stats(pipe)
+        ps.append(psnr(refs[c], out)); fr.append(1 - st.skipped_fraction)
+    cache.disable(pipe)
+    print(kw, f"computed {np.mean(fr):.3f} psnr {np.mean(ps):.2f}", flush=True)
+for kw in eval(sys.argv[1]):
+    run(**kw)
