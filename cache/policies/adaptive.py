@@ -28,7 +28,8 @@ Two granularities share that machinery (``granularity``):
   normalised to mean 1; flat without a profile), and the next step is skipped while the errors accumulated since
   the last computed step, sum_k u k^(p+1) w(s + k), stay under ``threshold`` and the run under ``max_run``.
   That is MagCache's accumulated-error rule with two changes: the error is measured on this very video rather
-  than calibrated once per model (ERTACache's point), and the forecast is first order rather than plain reuse.
+  than calibrated once per model (ERTACache's point), and its rise and fall over the schedule comes from the
+  profile.  (A first-order forecast, ``order=1``, is available; plain reuse measured better on tiny.)
 """
 
 from __future__ import annotations
