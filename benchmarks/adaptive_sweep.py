@@ -12,7 +12,7 @@ from ditfarm import cache
 from ditfarm.cache.metrics import psnr
 from ditfarm.cache.profile import CacheProfile
 from ditfarm.pipelines.tiny.adherence import held_out_cases
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 pipe = ditfarm.load_pipeline("tiny")
 prof = CacheProfile.load(pipe.default_cache_profile())
 cases = [(s.prompt, seed) for s, seed in held_out_cases(4, seed=4242)]
