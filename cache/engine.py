@@ -106,7 +106,7 @@ class BranchState(BaseState):
         self.memory = [BlockMemory() for _ in range(self.num_blocks)]
         self.step = -1
         self.num_steps = 0
-        self.measure = True
+        self.measure = np.ones(self.num_blocks, dtype=bool)  # which blocks sum their indicator this step
         self.plan = all_blocks(self.num_blocks)
         self.next_plan = all_blocks(self.num_blocks)
         self.run_end: dict[int, int] = {}
@@ -119,7 +119,8 @@ class BranchState(BaseState):
         if self.decision is None:
             self.decision = self.policy.new_state(self.num_blocks, max(num_steps, step + 1))
         self.step, self.num_steps = step, num_steps
-        self.measure = self.policy.wants_indicator(self.decision, step)
+        wanted = np.asarray(self.policy.wants_indicator(self.decision, step), dtype=bool)
+        self.measure = np.broadcast_to(wanted, (self.num_blocks,))
         plan = self.next_plan.copy()
         never_ran = np.array([m.step < 0 for m in self.memory])
         plan[never_ran] = 1  # nothing to reuse yet; identical on every rank since it follows from the masks
@@ -257,7 +258,7 @@ class CacheEngine:
         """
         residual = output - block_input
         memory = state.memory[b]
-        kind = self.policy.indicator if state.measure else None
+        kind = self.policy.indicator if state.measure[b] else None
         delta = None
         if kind == "output":
             if memory.output is not None:

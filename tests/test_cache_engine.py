@@ -184,6 +184,8 @@ def test_sums_are_measured_only_where_a_decision_can_use_them(pipe):
 
     # a zero budget never skips: nothing to measure, the engine's cost is its hooks alone (still one reduce a step)
     assert reduced_vectors(cache.AdaptiveConfig(threshold=0.0)) == [False] * 7
+    assert reduced_vectors(cache.BWCacheConfig(threshold=0.0)) == [False] * 7
+    assert any(reduced_vectors(cache.BWCacheConfig(threshold=0.15)))
     # warm-up 25% of 8 steps = 2: the first free decision (for step 2) needs step 1's sums; the last free one is
     # made at step 5 (step 7 always runs); step 0 has nothing to compare with
     measured = reduced_vectors(cache.AdaptiveConfig(threshold=1e-9))  # a budget so small that every step runs

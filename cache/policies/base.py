@@ -63,10 +63,10 @@ class CachePolicy(ABC):
         state.history.append(measured)
         return measured
 
-    def wants_indicator(self, state: DecisionState, step: int) -> bool:
-        """Whether the sums measured at ``step`` can change any decision (they cost a few tensor reductions per
-        block, which on small blocks is most of the engine's overhead).  Must depend on integers only: every rank
-        has to agree."""
+    def wants_indicator(self, state: DecisionState, step: int) -> bool | np.ndarray:
+        """Whether the sums measured at ``step`` can change any decision: one bool, or one per block (they cost a
+        few tensor reductions per block, which on small blocks is most of the engine's overhead).  Must depend on
+        integers only: every rank has to agree."""
         return self.indicator is not None
 
     @abstractmethod

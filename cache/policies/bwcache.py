@@ -55,6 +55,14 @@ class BWCachePolicy(CachePolicy):
     def reuse_steps(self, num_steps: int) -> int:
         return max(1, round(self.config.reuse_fraction * num_steps))
 
+    def wants_indicator(self, state: DecisionState, step: int) -> np.ndarray:
+        """The indicator blocks, from the step that stores the outputs the first free decision compares with, up to
+        the late-stage guard; nothing at threshold 0 (it never reuses)."""
+        wanted = np.zeros(state.num_blocks, dtype=bool)
+        if self.config.threshold > 0 and self.config.warmup_steps - 2 <= step < state.guard_from - 1:
+            wanted[state.indicator_blocks] = True
+        return wanted
+
     def decide(self, state: DecisionState, step: int, computed: np.ndarray, sums: np.ndarray) -> np.ndarray:
         c, nxt = self.config, step + 1
         n = state.num_blocks
