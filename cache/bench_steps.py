@@ -47,6 +47,10 @@ def parse_method(text: str) -> tuple[str, float | None]:
     return policy, (float(knob) if knob else None)
 
 
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -97,9 +101,9 @@ def run(args: argparse.Namespace, log=print) -> dict:
     latents = torch.randn(shape, generator=gen).to(device, dtype)
     cond = torch.randn(1, TEXT_TOKENS, WAN21_1_3B["text_dim"], generator=gen).to(device, dtype)
     uncond = torch.randn(1, TEXT_TOKENS, WAN21_1_3B["text_dim"], generator=gen).to(device, dtype)
-    tokens = shape[2] * (shape[3] // 2) * (shape[4] // 2)
-    log(f"{args.layers} blocks, {tokens} tokens, {args.steps} steps x 2 CFG calls, {dtype}, "
-        f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
+    pt, ph, pw = WAN21_1_3B["patch_size"]
+    tokens = (shape[2] // pt) * (shape[3] // ph) * (shape[4] // pw)
+    log(f"{args.layers} blocks, {tokens} tokens, {args.steps} steps x 2 CFG calls, {dtype}, {device_name(device)}")
 
     timed_video(transformer, latents, cond, uncond, 2, args.guidance_scale, device)  # warm-up: kernels, allocator
     seconds: dict[str, list[float]] = {m: [] for m in args.methods.split(",")}
@@ -120,7 +124,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
                      "all_seconds": times, "computed_fraction": fractions[name],
                      "time_vs_none": (median / base) if base else None})
     return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": device_name(device),
         "torch": torch.__version__, "dtype": args.dtype, "layers": args.layers,
         "video": [args.frames, args.height, args.width], "latents": list(shape), "tokens": tokens,
         "steps": args.steps, "guidance_scale": args.guidance_scale, "repeats": args.repeats, "rows": rows,

@@ -78,6 +78,11 @@ def change_prior(profile: CacheProfile | None, num_steps: int) -> np.ndarray:
     return resampled / resampled.mean()
 
 
+def prior_at(state: DecisionState, step: int) -> float:
+    """The change prior at ``step`` (the last entry for steps past the planned count)."""
+    return float(state.prior[min(step, len(state.prior) - 1)])
+
+
 class AdaptivePolicy(CachePolicy):
     name = "adaptive"
     indicator = "forecast"
@@ -116,7 +121,7 @@ class AdaptivePolicy(CachePolicy):
         if fresh.all():  # every block ran and was compared with its forecast: the stack's error at this step
             stack_error = sums[:, 0].sum() / sums[:, 1].sum()
             g = float(gap.max())
-            state.step_unit_error = stack_error / (g**power * state.prior[min(step, len(state.prior) - 1)])
+            state.step_unit_error = stack_error / (g**power * prior_at(state, step))
         return measured
 
     def wants_indicator(self, state: DecisionState, step: int) -> bool:
@@ -142,7 +147,7 @@ class AdaptivePolicy(CachePolicy):
         if computed.all():
             state.step_spent = 0.0
         run = int(state.reuse_run.max()) + 1  # steps since the last computed one, if nxt is skipped
-        predicted = state.step_unit_error * run ** (c.order + 1) * state.prior[min(nxt, len(state.prior) - 1)]
+        predicted = state.step_unit_error * run ** (c.order + 1) * prior_at(state, nxt)
         if np.isnan(predicted) or run > c.max_run or state.step_spent + predicted >= c.threshold:
             return all_blocks(state.num_blocks)
         state.step_spent += predicted
