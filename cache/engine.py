@@ -17,6 +17,11 @@ Per transformer call (one step of one branch):
    two branches included) and lets the policy turn each branch's reduced sums into its next mask.
 
 Nothing in 3 reads local tensors, so every rank of a gang decides the same mask.
+
+Policies that only ever skip whole steps (``CachePolicy.whole_steps``: every mask all ones or all zeros) get a
+cheaper path: the engine keeps one residual for the whole block stack (last block's output minus first block's
+input) and sums its indicator on that, instead of one residual, one difference and two norms per block.  A skipped
+step is then one add, and a computed one a single subtraction (plus the indicator where the policy wants it).
 """
 
 from __future__ import annotations
@@ -104,6 +109,8 @@ class BranchState(BaseState):
 
     def reset(self, *args, **kwargs) -> None:
         self.memory = [BlockMemory() for _ in range(self.num_blocks)]
+        self.stack = BlockMemory()  # whole-step policies: the residual of the whole block stack
+        self.stack_input: torch.Tensor | None = None
         self.step = -1
         self.num_steps = 0
         self.measure = np.ones(self.num_blocks, dtype=bool)  # which blocks sum their indicator this step
@@ -122,8 +129,14 @@ class BranchState(BaseState):
         wanted = np.asarray(self.policy.wants_indicator(self.decision, step), dtype=bool)
         self.measure = np.broadcast_to(wanted, (self.num_blocks,))
         plan = self.next_plan.copy()
-        never_ran = np.array([m.step < 0 for m in self.memory])
-        plan[never_ran] = 1  # nothing to reuse yet; identical on every rank since it follows from the masks
+        if self.policy.whole_steps:
+            if plan.min() != plan.max():
+                raise RuntimeError(f"{self.policy.name} declares whole steps but planned {plan.tolist()}")
+            if self.stack.step < 0:
+                plan[:] = 1
+        else:
+            never_ran = np.array([m.step < 0 for m in self.memory])
+            plan[never_ran] = 1  # nothing to reuse yet; identical on every rank since it follows from the masks
         self.plan = plan
         self.run_end = {}
         b = 0
@@ -139,6 +152,8 @@ class BranchState(BaseState):
     def predicted_run_residual(self, start: int) -> torch.Tensor:
         """Sum of the run's predicted residuals.  Plain reuse (order 0) does not depend on the step, so the sum is
         kept and reused until a block of the run runs again: a run skipped on many steps costs one add per step."""
+        if self.policy.whole_steps:
+            return self.stack.predict(self.step)
         end = self.run_end[start]
         blocks = range(start, end + 1)
         static = all(len(self.memory[b].terms) == 1 for b in blocks)
@@ -156,7 +171,7 @@ class BranchState(BaseState):
 
     def nbytes(self) -> int:
         run_bytes = sum(t.numel() * t.element_size() for _, t in self.run_sums.values())
-        return sum(m.nbytes() for m in self.memory) + run_bytes
+        return sum(m.nbytes() for m in self.memory) + self.stack.nbytes() + run_bytes
 
 
 class StepHook(ModelHook):
@@ -205,13 +220,21 @@ class BlockHook(ModelHook):
         self.engine = engine
         self.state_manager = engine.state_manager
         self.index = index
+        self.last = index == len(engine.blocks) - 1
 
     def new_forward(self, module, hidden_states, *args, **kwargs):
         state: BranchState = self.state_manager.get_state()
         b = self.index
         if state.plan[b]:
             output = self.fn_ref.original_forward(hidden_states, *args, **kwargs)
-            self.engine.record(state, b, hidden_states, output)
+            if not self.engine.policy.whole_steps:
+                self.engine.record(state, b, hidden_states, output)
+                return output
+            if b == 0:
+                state.stack_input = hidden_states
+            if self.last:  # the stack's residual and indicator are filed under row 0
+                self.engine.record(state, 0, state.stack_input, output, state.stack)
+                state.stack_input = None
             return output
         if b in state.run_end:
             return hidden_states + state.predicted_run_residual(b).to(hidden_states.dtype)
@@ -249,15 +272,17 @@ class CacheEngine:
         self.state_manager.reset()
 
     # -- the per-block and per-step work ------------------------------------------------------------------------
-    def record(self, state: BranchState, b: int, block_input: torch.Tensor, output: torch.Tensor) -> None:
-        """Remember a computed block's residual and add its indicator sums to this step's local vector.
+    def record(self, state: BranchState, b: int, block_input: torch.Tensor, output: torch.Tensor,
+               memory: BlockMemory | None = None) -> None:
+        """Remember a computed block's residual (in ``memory``, by default block ``b``'s) and add its indicator
+        sums to row ``b`` of this step's local vector.
 
         indicator "residual": ||r - r_prev||_1 / ||r_prev||_1 (change since the block last ran)
         indicator "output":   ||h - h_prev||_1 / ||h_prev||_1 (the same on the block output)
         indicator "forecast": ||r - r^||_1 / ||r||_1 (error of the forecast the cache would have used)
         """
         residual = output - block_input
-        memory = state.memory[b]
+        memory = state.memory[b] if memory is None else memory
         kind = self.policy.indicator if state.measure[b] else None
         delta = None
         if kind == "output":

@@ -7,6 +7,8 @@ from diffusers import WanTransformer3DModel
 
 import ditfarm
 from ditfarm import cache
+from ditfarm.cache.metrics import psnr
+from ditfarm.cache.policies import TaylorSeerPolicy
 from ditfarm.cache.policies.base import CachePolicy
 from ditfarm.cache.profile import BlockProfile
 from ditfarm.pipelines.tiny.model_config import TRANSFORMER_CONFIG
@@ -99,7 +101,7 @@ def test_cfg_branches_keep_separate_state(pipe):
 
     def look(step, latents):  # the states are freed when the video ends, so look while it runs
         if step == 7:
-            during.update({k: v.memory[0].terms[0] for k, v in engine.state_manager._state_cache.items()})
+            during.update({k: v.stack.terms[0] for k, v in engine.state_manager._state_cache.items()})
 
     try:
         pipe.generate(PROMPT, seed=1, steps=8, guidance_scale=3.0, on_step=look)
@@ -107,9 +109,9 @@ def test_cfg_branches_keep_separate_state(pipe):
         stats = cache.last_video_stats(pipe)
         assert engine.state_manager._state_cache == {}  # freed after the video
         assert set(branches) == {"cond", "uncond"}
-        assert not torch.equal(branches["cond"], branches["uncond"])  # block 0's cached residual per branch
+        assert not torch.equal(branches["cond"], branches["uncond"])  # the stack's cached residual per branch
         assert set(stats.masks) == {"cond", "uncond"} and len(stats.masks["cond"]) == 8
-        # one reduce per denoising step, both branches in one vector (6 blocks x 2 sums each); none after the last
+        # one reduce per denoising step, both branches in one vector (6 rows x 2 sums each); none after the last
         assert [v.numel() for v in seen] == [24] * 7
         assert stats.peak_bytes > 0
         pipe.generate(PROMPT, seed=1, steps=8, guidance_scale=1.0)  # no CFG: one branch, and a fresh state
@@ -188,5 +190,38 @@ def test_sums_are_measured_only_where_a_decision_can_use_them(pipe):
     assert any(reduced_vectors(cache.BWCacheConfig(threshold=0.15)))
     # warm-up 25% of 8 steps = 2: the first free decision (for step 2) needs step 1's sums; the last free one is
     # made at step 5 (step 7 always runs); step 0 has nothing to compare with
-    measured = reduced_vectors(cache.AdaptiveConfig(threshold=1e-9))  # a budget so small that every step runs
+    tight = cache.AdaptiveConfig(threshold=1e-9, warmup_fraction=0.25, final_steps=1)  # every step runs
+    measured = reduced_vectors(tight)
     assert measured == [False, True, True, True, True, True, False]
+
+
+class PerBlockTaylorSeer(TaylorSeerPolicy):
+    whole_steps = False
+
+
+def test_whole_step_policies_cache_one_stack_residual(pipe):
+    """TaylorSeer skips whole steps: the engine's stack path (one residual, one add) renders what the per-block
+    path renders, and holds at most a sixth of the bytes (6 blocks)."""
+    config = cache.TaylorSeerConfig(interval=3, order=1)
+    results = {}
+    for policy in (TaylorSeerPolicy(config), PerBlockTaylorSeer(config)):
+        engine = cache.CacheEngine(pipe.transformer, policy)
+        engine.attach()
+        try:
+            frames = pipe.generate(PROMPT, seed=4, steps=9)
+            results[policy.whole_steps] = (frames, engine.last_video)
+        finally:
+            engine.detach()
+    (stack_frames, stack_stats), (block_frames, block_stats) = results[True], results[False]
+    assert stack_stats.masks == block_stats.masks and stack_stats.skipped == 6 * 6 * 2  # 6 steps of 6 blocks x 2
+    assert psnr(block_frames, stack_frames) > 50  # the same series, summed in another order
+    assert 0 < stack_stats.peak_bytes * 6 <= block_stats.peak_bytes
+
+
+def test_whole_step_policy_with_a_mixed_mask_is_refused(pipe):
+    class Broken(ScriptedPolicy):
+        whole_steps = True
+
+    with pytest.raises(RuntimeError, match="declares whole steps but planned"):
+        run_calls(pipe.transformer, [(torch.randn(1, 6, 4, 16, 16), torch.tensor([500.0]), torch.randn(1, 16, 32))] * 2,
+                  Broken([1, 0, 1, 1, 1, 1]))

@@ -137,9 +137,9 @@ def test_adaptive_step_granularity_spends_less_where_the_profile_says_steps_chan
     assert change_prior(None, 7).tolist() == [1.0] * 7
     # the same measured errors; entering the fast part (step 8 on) the shaped policy expects 4x the error there, so
     # it spends its budget after one skipped step and computes step 9, where the flat one skips 8 and 9
-    flat = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.1, order=0, warmup_fraction=0.2)), 3, 12,
+    flat = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.1, order=0, warmup_fraction=0.2, final_steps=1)), 3, 12,
                  stack_error_sums(0.02, 0))
-    shaped = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.1, order=0, warmup_fraction=0.2, profile=prof)), 3, 12,
+    shaped = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.1, order=0, warmup_fraction=0.2, final_steps=1, profile=prof)), 3, 12,
                    stack_error_sums(0.02, 0))
     assert [int(m[0]) for m in flat] == [1, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 1]
     assert [int(m[0]) for m in shaped] == [1, 1, 0, 0, 1, 0, 0, 1, 0, 1, 0, 1]

@@ -20,16 +20,24 @@ U-shaped change curve).  Skipped blocks form contiguous runs that cost one add e
 Two granularities share that machinery (``granularity``):
 
 - ``"block"``: each block decides alone, as above.
-- ``"step"`` (default): all blocks skip together or run together.  The residual of the whole block stack is the
-  sum of the blocks' residuals, so forecasting every block forecasts the stack, and a skipped step costs one add
-  for the whole model (nothing is paid per block).  Its error is measured at every computed step as
-  E = sum_b ||r_b - r^_b||_1 / sum_b ||r_b||_1 (the blocks' own sums, so no extra reduce), made a unit error
-  u = E / (g^(p+1) w(s)) with w the profile's mean change curve (the U-shape, resampled to this run's steps and
-  normalised to mean 1; flat without a profile), and the next step is skipped while the errors accumulated since
-  the last computed step, sum_k u k^(p+1) w(s + k), stay under ``threshold`` and the run under ``max_run``.
+- ``"step"`` (default): all blocks skip together or run together, so the engine caches one residual for the
+  whole block stack R = h_out - h_in (``whole_steps``): a skipped step costs one add for the whole model and a
+  computed one a single subtraction.  The stack's forecast error is measured at every computed step as
+  E = ||R - R^||_1 / ||R||_1 (errors of the blocks may cancel in the sum, as they do in the output), made a unit
+  error u = E / (g^(p+1) w(s)) with w the profile's mean change curve (the U-shape, resampled to this run's steps
+  and normalised to mean 1; flat without a profile), and the next step is skipped while the errors accumulated
+  since the last computed step, sum_k u k^(p+1) w(s + k), stay under ``threshold`` and the run under ``max_run``.
   That is MagCache's accumulated-error rule with two changes: the error is measured on this very video rather
   than calibrated once per model (ERTACache's point), and its rise and fall over the schedule comes from the
-  profile.  (A first-order forecast, ``order=1``, is available; plain reuse measured better on tiny.)
+  profile.  (A first-order forecast, ``order=1``, is available; plain reuse measured better on tiny: its
+  one-step forecast errs 3-8x less, yet the videos came out 3-6 dB worse at equal compute -- the extrapolation
+  overshoots where the residual turns, late in sampling.)
+
+One knob.  ``threshold`` is the budget; by default the run limit and the warm-up follow it, so one number sweeps
+from near-lossless to fast.  Up to the reference budget (0.4) runs are capped at 2 steps and the first 20% of
+steps always run (tiny's sweep: longer runs or shorter warm-ups lose more than the budget saves there); above it
+both scale with the budget: max run round(2 t / 0.4), warm-up 20% * 0.4 / t of the steps (at least 2 steps).  An
+explicit ``max_run`` or ``warmup_fraction`` overrides the ladder.
 """
 
 from __future__ import annotations
@@ -45,20 +53,30 @@ from .base import CachePolicy, DecisionState, all_blocks
 @dataclass
 class AdaptiveConfig:
     """Defaults tuned on tiny (BENCHMARKS.md): whole steps, plain reuse (first-order forecasts of the stack lost
-    5-8 dB at equal compute there), runs of at most 2 skipped steps, the first quarter of the steps always run."""
+    3-8 dB at equal compute there), run limit and warm-up from the budget (``ladder``), no forced final step (the
+    last step, at sigma ~ 0, is the cheapest of all to skip on tiny)."""
 
     threshold: float = 0.4
     profile: CacheProfile | None = None
     foreground_scale: float = 0.5
     background_scale: float = 1.0
     order: int = 0  # forecast order for skipped blocks (0: reuse, 1: first-order Taylor)
-    max_run: int = 2
-    warmup_fraction: float = 0.25
-    final_steps: int = 1
+    max_run: int | None = None  # None: from the budget (ladder)
+    warmup_fraction: float | None = None  # None: from the budget (ladder)
+    final_steps: int = 0
     granularity: str = "step"  # "step": every block skips or runs together; "block": each block alone
 
 
 GRANULARITIES = ("step", "block")
+REFERENCE_BUDGET = 0.4  # up to this budget: runs of at most 2, a 20% warm-up
+
+
+def ladder(config: AdaptiveConfig) -> tuple[int, float]:
+    """(max_run, warmup_fraction) for the config's budget, where the config leaves them to it."""
+    stretch = max(1.0, config.threshold / REFERENCE_BUDGET)
+    max_run = config.max_run if config.max_run is not None else round(2 * stretch)
+    warmup = config.warmup_fraction if config.warmup_fraction is not None else 0.2 / stretch
+    return max_run, warmup
 
 
 def change_prior(profile: CacheProfile | None, num_steps: int) -> np.ndarray:
@@ -88,11 +106,14 @@ class AdaptivePolicy(CachePolicy):
     indicator = "forecast"
 
     def __init__(self, config: AdaptiveConfig):
-        if (not config.threshold >= 0 or config.max_run < 0 or config.order not in (0, 1, 2)
-                or config.granularity not in GRANULARITIES):
+        if (not config.threshold >= 0 or (config.max_run is not None and config.max_run < 0)
+                or config.order not in (0, 1, 2) or config.granularity not in GRANULARITIES
+                or (config.warmup_fraction is not None and not 0 <= config.warmup_fraction <= 1)):
             raise ValueError(f"bad adaptive config: {config} (granularity: one of {', '.join(GRANULARITIES)})")
         self.config = config
         self.forecast_order = config.order
+        self.whole_steps = config.granularity == "step"
+        self.max_run, self.warmup_fraction = ladder(config)
 
     def block_thresholds(self, num_blocks: int) -> np.ndarray:
         c = self.config
@@ -105,7 +126,7 @@ class AdaptivePolicy(CachePolicy):
         state = super().new_state(num_blocks, num_steps)
         state.unit_error = np.full(num_blocks, np.nan)
         state.thresholds = self.block_thresholds(num_blocks)
-        state.warmup = max(2, round(self.config.warmup_fraction * num_steps))
+        state.warmup = max(2, round(self.warmup_fraction * num_steps))
         state.prior = change_prior(self.config.profile, num_steps)
         state.step_unit_error = np.nan  # step granularity: unit error of the whole stack's forecast
         state.step_spent = 0.0  # step granularity: predicted error accumulated since the last computed step
@@ -118,8 +139,8 @@ class AdaptivePolicy(CachePolicy):
         fresh = ~np.isnan(measured)
         # super() divided by the gap once; the error of a forecast over g steps grows like g^(p+1)
         state.unit_error[fresh] = measured[fresh] * gap[fresh] / gap[fresh].astype(float) ** power
-        if fresh.all():  # every block ran and was compared with its forecast: the stack's error at this step
-            stack_error = sums[:, 0].sum() / sums[:, 1].sum()
+        if self.whole_steps and fresh[0]:  # the stack ran and was compared with its forecast (row 0)
+            stack_error = sums[0, 0] / sums[0, 1]
             g = float(gap.max())
             state.step_unit_error = stack_error / (g**power * prior_at(state, step))
         return measured
@@ -138,7 +159,7 @@ class AdaptivePolicy(CachePolicy):
             return self.decide_step(state, nxt, computed)
         run = state.reuse_run + 1  # length of the run if the block is skipped at nxt
         predicted = state.unit_error * run.astype(float) ** (c.order + 1)
-        skip = ~np.isnan(predicted) & (predicted < state.thresholds) & (run <= c.max_run)
+        skip = ~np.isnan(predicted) & (predicted < state.thresholds) & (run <= self.max_run)
         return (~skip).astype(np.int8)
 
     def decide_step(self, state: DecisionState, nxt: int, computed: np.ndarray) -> np.ndarray:
@@ -148,14 +169,14 @@ class AdaptivePolicy(CachePolicy):
             state.step_spent = 0.0
         run = int(state.reuse_run.max()) + 1  # steps since the last computed one, if nxt is skipped
         predicted = state.step_unit_error * run ** (c.order + 1) * prior_at(state, nxt)
-        if np.isnan(predicted) or run > c.max_run or state.step_spent + predicted >= c.threshold:
+        if np.isnan(predicted) or run > self.max_run or state.step_spent + predicted >= c.threshold:
             return all_blocks(state.num_blocks)
         state.step_spent += predicted
         return np.zeros(state.num_blocks, dtype=np.int8)
 
     def describe(self) -> dict:
         c = self.config
-        return {"policy": self.name, "threshold": c.threshold, "order": c.order, "max_run": c.max_run,
+        return {"policy": self.name, "threshold": c.threshold, "order": c.order, "max_run": self.max_run,
                 "granularity": c.granularity,
                 "foreground_scale": c.foreground_scale, "background_scale": c.background_scale,
-                "warmup_fraction": c.warmup_fraction, "final_steps": c.final_steps}
+                "warmup_fraction": self.warmup_fraction, "final_steps": c.final_steps}

@@ -44,6 +44,9 @@ class CachePolicy(ABC):
     indicator: str | None = "residual"
     #: how a skipped block's residual is predicted: 0 reuses the last one, 1-2 is a Taylor forecast of that order
     forecast_order: int = 0
+    #: True when every mask is all ones or all zeros: the engine then caches the whole stack's residual once, and
+    #: files the stack's indicator sums in row 0 (the other rows stay zero)
+    whole_steps: bool = False
 
     def new_state(self, num_blocks: int, num_steps: int) -> DecisionState:
         return DecisionState(num_blocks, num_steps)

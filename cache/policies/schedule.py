@@ -85,6 +85,7 @@ so full steps are 0, 5, 10, ... and the first forecasts (one point of history) a
 class TaylorSeerPolicy(CachePolicy):
     name = "taylorseer"
     indicator = None
+    whole_steps = True  # a forecast of every block is a forecast of the stack (the series is linear)
 
     def __init__(self, config: TaylorSeerConfig):
         if config.interval < 1 or config.order not in (0, 1, 2):
