@@ -84,10 +84,11 @@ class BlockMemory:
                 new.append(diff / gap if gap != 1.0 else diff)
         self.terms, self.step = new, step
 
-    def predict(self, step: int) -> torch.Tensor:
-        """sum_i d_i k^i / i!, k = steps since the last computation (just d_0 when order is 0)."""
+    def predict(self, step: int, damping: float = 1.0) -> torch.Tensor:
+        """d_0 + damping * sum_{i>=1} d_i k^i / i!, k = steps since the last computation (just d_0 when order
+        is 0; damping 1 is the plain Taylor series)."""
         out = self.terms[0]
-        k, factor = float(step - self.step), 1.0
+        k, factor = float(step - self.step), damping
         for i in range(1, len(self.terms)):
             factor *= k / i
             out = out + self.terms[i] * factor
@@ -152,8 +153,9 @@ class BranchState(BaseState):
     def predicted_run_residual(self, start: int) -> torch.Tensor:
         """Sum of the run's predicted residuals.  Plain reuse (order 0) does not depend on the step, so the sum is
         kept and reused until a block of the run runs again: a run skipped on many steps costs one add per step."""
+        damping = self.policy.forecast_damping
         if self.policy.whole_steps:
-            return self.stack.predict(self.step)
+            return self.stack.predict(self.step, damping)
         end = self.run_end[start]
         blocks = range(start, end + 1)
         static = all(len(self.memory[b].terms) == 1 for b in blocks)
@@ -161,9 +163,9 @@ class BranchState(BaseState):
         versions = tuple(self.memory[b].step for b in blocks)
         if static and key in self.run_sums and self.run_sums[key][0] == versions:
             return self.run_sums[key][1]
-        total = self.memory[start].predict(self.step)
+        total = self.memory[start].predict(self.step, damping)
         for b in blocks[1:]:
-            total = total + self.memory[b].predict(self.step)
+            total = total + self.memory[b].predict(self.step, damping)
         if static and len(blocks) > 1:
             self.run_sums = {k: v for k, v in self.run_sums.items() if not set(range(k[0], k[1] + 1)) & set(blocks)}
             self.run_sums[key] = (versions, total)
@@ -294,8 +296,8 @@ class CacheEngine:
             delta = residual - memory.terms[0]  # shared by the indicator and the derivative update
             if kind == "residual":
                 state.sums[b] = (delta.abs().sum(dtype=torch.float32), memory.terms[0].abs().sum(dtype=torch.float32))
-            else:  # forecast error: r - (d_0 + sum_i d_i g^i / i!) = delta - sum_i ...
-                error, factor, gap = delta, 1.0, float(state.step - memory.step)
+            else:  # forecast error: r - (d_0 + damping sum_i d_i g^i / i!) = delta - damping sum_i ...
+                error, factor, gap = delta, self.policy.forecast_damping, float(state.step - memory.step)
                 for i in range(1, len(memory.terms)):
                     factor *= gap / i
                     error = error - (memory.terms[i] * factor if factor != 1.0 else memory.terms[i])

@@ -225,3 +225,47 @@ def test_whole_step_policy_with_a_mixed_mask_is_refused(pipe):
     with pytest.raises(RuntimeError, match="declares whole steps but planned"):
         run_calls(pipe.transformer, [(torch.randn(1, 6, 4, 16, 16), torch.tensor([500.0]), torch.randn(1, 16, 32))] * 2,
                   Broken([1, 0, 1, 1, 1, 1]))
+
+
+class DampedForecastProbe(CachePolicy):
+    """Computes every step and measures the error of a half-damped first-order forecast of the stack."""
+
+    name = "damped-probe"
+    indicator = "forecast"
+    forecast_order = 1
+    forecast_damping = 0.5
+    whole_steps = True
+
+    def decide(self, state, step, computed, sums):
+        return np.ones(state.num_blocks, dtype=np.int8)
+
+
+def test_forecast_indicator_measures_the_damped_forecast_it_would_use(pipe):
+    transformer = pipe.transformer
+    torch.manual_seed(0)
+    text, t = torch.randn(1, 16, 32), torch.tensor([500.0])
+    xs = [torch.randn(1, transformer.config.in_channels, 4, 16, 16) for _ in range(4)]
+    edges = []
+    hooks = [transformer.blocks[0].register_forward_pre_hook(lambda m, a: edges.append(a[0])),
+             transformer.blocks[-1].register_forward_hook(lambda m, a, o: edges.append(o))]
+    with torch.no_grad():
+        for x in xs[:3]:
+            transformer(x, t, text, return_dict=False)
+    for h in hooks:
+        h.remove()
+    r0, r1, r2 = (edges[2 * i + 1].double() - edges[2 * i].double() for i in range(3))
+    seen = []
+    engine = cache.CacheEngine(transformer, DampedForecastProbe(), reduce=lambda v: seen.append(v.clone()) or v)
+    engine.attach()
+    try:
+        with torch.no_grad():
+            for step, x in enumerate(xs):
+                with transformer.cache_context("cond", step_index=step, num_inference_steps=4):
+                    transformer(x, t, text, return_dict=False)
+    finally:
+        engine.detach()
+    step2 = seen[-1].reshape(-1, 2)  # reduced at step 3: step 2's sums, the stack's in row 0
+    expected = (r2 - (r1 + 0.5 * (r1 - r0))).abs().sum()
+    assert float(step2[0, 0]) == pytest.approx(float(expected), rel=1e-4)
+    assert float(step2[0, 1]) == pytest.approx(float(r2.abs().sum()), rel=1e-4)
+    assert float(step2[1:].abs().sum()) == 0.0

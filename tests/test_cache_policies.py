@@ -150,7 +150,21 @@ def test_adaptive_threshold_zero_never_skips():
     assert drive(policy, 3, 10, lambda s, m: rel([1e-9] * 3)).all()
 
 
-@pytest.mark.parametrize("bad", [dict(threshold=-1.0), dict(order=3), dict(max_run=-1), dict(granularity="frame")])
+def test_adaptive_budget_sets_run_limit_and_warmup_unless_given():
+    from ditfarm.cache.policies.adaptive import ladder
+
+    assert ladder(AdaptiveConfig(threshold=0.1)) == (2, 0.2)
+    assert ladder(AdaptiveConfig(threshold=0.4)) == (2, 0.2)
+    assert ladder(AdaptiveConfig(threshold=1.6)) == (8, 0.05)
+    assert ladder(AdaptiveConfig(threshold=1.6, max_run=3, warmup_fraction=0.3)) == (3, 0.3)
+    # a large budget with a tiny error: runs grow to the ladder's limit after a warm-up of 2 of 20 steps
+    fast = drive(AdaptivePolicy(AdaptiveConfig(threshold=1.6)), 3, 20, stack_error_sums(0.001, 0))
+    assert [int(m[0]) for m in fast] == [1, 1] + [0] * 8 + [1] + [0] * 8 + [1]
+    assert AdaptivePolicy(AdaptiveConfig()).whole_steps and not AdaptivePolicy(AdaptiveConfig(granularity="block")).whole_steps
+
+
+@pytest.mark.parametrize("bad", [dict(threshold=-1.0), dict(order=3), dict(max_run=-1), dict(granularity="frame"),
+                                 dict(warmup_fraction=1.5)])
 def test_adaptive_rejects_bad_config(bad):
     with pytest.raises(ValueError):
         AdaptivePolicy(AdaptiveConfig(**bad))

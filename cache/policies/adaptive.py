@@ -1,8 +1,8 @@
 """``adaptive``: ditfarm's own policy.  Per block, skip while the *predicted error of skipping* stays in budget.
 
 What it measures.  Whenever a block runs, the engine compares its fresh residual r(s) with what the cache would
-have used had the block been skipped, the forecast r^(s) from its history (plain reuse at order 0, TaylorSeer's
-first-order extrapolation at order 1), and reduces
+have used had the block been skipped, the forecast r^(s) from its history (plain reuse at order 0; at order 1 a
+damped first-order extrapolation r(s0) + a k (r(s0) - r(s_prev)) / gap, with a = ``damping``), and reduces
 
     e_b(s) = ||r_b(s) - r^_b(s)||_1 / ||r_b(s)||_1
 
@@ -29,13 +29,16 @@ Two granularities share that machinery (``granularity``):
   since the last computed step, sum_k u k^(p+1) w(s + k), stay under ``threshold`` and the run under ``max_run``.
   That is MagCache's accumulated-error rule with two changes: the error is measured on this very video rather
   than calibrated once per model (ERTACache's point), and its rise and fall over the schedule comes from the
-  profile.  (A first-order forecast, ``order=1``, is available; plain reuse measured better on tiny: its
-  one-step forecast errs 3-8x less, yet the videos came out 3-6 dB worse at equal compute -- the extrapolation
-  overshoots where the residual turns, late in sampling.)
+  profile.
+
+The forecast.  TaylorSeer's full first-order extrapolation (damping 1) errs 3-8x less than plain reuse one step
+ahead, yet on tiny its videos came out 3-6 dB *worse* at equal compute, while plain reuse lags.  Damping the
+derivative to 0.4 of its value beat both: +2 to +7 dB over plain reuse on fixed schedules of 14-17 computed steps
+(held-out prompts not used by the bench; BENCHMARKS.md).  The predicted error grows like g^(1 + order * damping).
 
 One knob.  ``threshold`` is the budget; by default the run limit and the warm-up follow it, so one number sweeps
 from near-lossless to fast.  Up to the reference budget (0.4) runs are capped at 2 steps and the first 20% of
-steps always run (tiny's sweep: longer runs or shorter warm-ups lose more than the budget saves there); above it
+steps always run (tiny's sweeps: longer runs or shorter warm-ups lose more than the budget saves there); above it
 both scale with the budget: max run round(2 t / 0.4), warm-up 20% * 0.4 / t of the steps (at least 2 steps).  An
 explicit ``max_run`` or ``warmup_fraction`` overrides the ladder.
 """
@@ -52,15 +55,16 @@ from .base import CachePolicy, DecisionState, all_blocks
 
 @dataclass
 class AdaptiveConfig:
-    """Defaults tuned on tiny (BENCHMARKS.md): whole steps, plain reuse (first-order forecasts of the stack lost
-    3-8 dB at equal compute there), run limit and warm-up from the budget (``ladder``), no forced final step (the
-    last step, at sigma ~ 0, is the cheapest of all to skip on tiny)."""
+    """Defaults tuned on tiny with prompts the bench does not use (BENCHMARKS.md): whole steps, a first-order
+    forecast damped to 0.4, run limit and warm-up from the budget (``ladder``), no forced final step (the last
+    step, at sigma ~ 0, is among the cheapest to skip on tiny).  Budget 0.2 computes about 47% of the blocks."""
 
-    threshold: float = 0.4
+    threshold: float = 0.2
     profile: CacheProfile | None = None
     foreground_scale: float = 0.5
     background_scale: float = 1.0
-    order: int = 0  # forecast order for skipped blocks (0: reuse, 1: first-order Taylor)
+    order: int = 1  # forecast order for skipped blocks (0: reuse, 1: first-order Taylor)
+    damping: float = 0.4  # scale of the forecast's derivative terms (1: TaylorSeer's series)
     max_run: int | None = None  # None: from the budget (ladder)
     warmup_fraction: float | None = None  # None: from the budget (ladder)
     final_steps: int = 0
@@ -108,10 +112,14 @@ class AdaptivePolicy(CachePolicy):
     def __init__(self, config: AdaptiveConfig):
         if (not config.threshold >= 0 or (config.max_run is not None and config.max_run < 0)
                 or config.order not in (0, 1, 2) or config.granularity not in GRANULARITIES
-                or (config.warmup_fraction is not None and not 0 <= config.warmup_fraction <= 1)):
+                or (config.warmup_fraction is not None and not 0 <= config.warmup_fraction <= 1)
+                or not 0 <= config.damping <= 1):
             raise ValueError(f"bad adaptive config: {config} (granularity: one of {', '.join(GRANULARITIES)})")
         self.config = config
         self.forecast_order = config.order
+        self.forecast_damping = config.damping
+        # a forecast of order p errs like g^(p+1) over g steps; damping its derivative terms moves that towards g^1
+        self.error_power = 1 + config.order * config.damping
         self.whole_steps = config.granularity == "step"
         self.max_run, self.warmup_fraction = ladder(config)
 
@@ -135,7 +143,7 @@ class AdaptivePolicy(CachePolicy):
     def observe(self, state: DecisionState, step: int, computed: np.ndarray, sums: np.ndarray) -> np.ndarray:
         gap = np.maximum(step - state.last_computed, 1)
         measured = super().observe(state, step, computed, sums)  # numerator/denominator/gap, NaN where unmeasured
-        power = self.config.order + 1
+        power = self.error_power
         fresh = ~np.isnan(measured)
         # super() divided by the gap once; the error of a forecast over g steps grows like g^(p+1)
         state.unit_error[fresh] = measured[fresh] * gap[fresh] / gap[fresh].astype(float) ** power
@@ -158,7 +166,7 @@ class AdaptivePolicy(CachePolicy):
         if c.granularity == "step":
             return self.decide_step(state, nxt, computed)
         run = state.reuse_run + 1  # length of the run if the block is skipped at nxt
-        predicted = state.unit_error * run.astype(float) ** (c.order + 1)
+        predicted = state.unit_error * run.astype(float) ** self.error_power
         skip = ~np.isnan(predicted) & (predicted < state.thresholds) & (run <= self.max_run)
         return (~skip).astype(np.int8)
 
@@ -168,7 +176,7 @@ class AdaptivePolicy(CachePolicy):
         if computed.all():
             state.step_spent = 0.0
         run = int(state.reuse_run.max()) + 1  # steps since the last computed one, if nxt is skipped
-        predicted = state.step_unit_error * run ** (c.order + 1) * prior_at(state, nxt)
+        predicted = state.step_unit_error * run**self.error_power * prior_at(state, nxt)
         if np.isnan(predicted) or run > self.max_run or state.step_spent + predicted >= c.threshold:
             return all_blocks(state.num_blocks)
         state.step_spent += predicted
@@ -176,7 +184,8 @@ class AdaptivePolicy(CachePolicy):
 
     def describe(self) -> dict:
         c = self.config
-        return {"policy": self.name, "threshold": c.threshold, "order": c.order, "max_run": self.max_run,
+        return {"policy": self.name, "threshold": c.threshold, "order": c.order, "damping": c.damping,
+                "max_run": self.max_run,
                 "granularity": c.granularity,
                 "foreground_scale": c.foreground_scale, "background_scale": c.background_scale,
                 "warmup_fraction": self.warmup_fraction, "final_steps": c.final_steps}

@@ -44,6 +44,8 @@ class CachePolicy(ABC):
     indicator: str | None = "residual"
     #: how a skipped block's residual is predicted: 0 reuses the last one, 1-2 is a Taylor forecast of that order
     forecast_order: int = 0
+    #: scale of the forecast's derivative terms (1: the Taylor series; below 1: a damped extrapolation)
+    forecast_damping: float = 1.0
     #: True when every mask is all ones or all zeros: the engine then caches the whole stack's residual once, and
     #: files the stack's indicator sums in row 0 (the other rows stay zero)
     whole_steps: bool = False
