@@ -2,6 +2,10 @@
 forecast the skipped ones, separated from any policy's decisions.
 
     python benchmarks/forecast_schedules.py --cases-seed 777 --json benchmarks/forecast-schedules-777.json
+    python benchmarks/forecast_schedules.py --single-skips --json benchmarks/single-skips-777.json
+
+With ``--single-skips`` it instead computes every step but one, for each step in turn, with plain reuse: what
+skipping that one step costs the video (where in the schedule errors hurt most).
 
 Every schedule computes whole steps (both CFG branches) at the listed steps and skips the others; a skipped step
 adds the forecast stack residual r(s0) + a k (r(s0) - r(s_prev)) / gap (a = damping; 0 is plain reuse, 1 is
@@ -49,6 +53,7 @@ def main():
     p.add_argument("--cases-seed", type=int, default=777)
     p.add_argument("--videos", type=int, default=4)
     p.add_argument("--dampings", default="0,0.4,1")
+    p.add_argument("--single-skips", action="store_true", help="skip one step at a time instead")
     p.add_argument("--json")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -56,8 +61,13 @@ def main():
     cases = [(s.prompt, seed) for s, seed in held_out_cases(args.videos, seed=args.cases_seed)]
     refs = {c: pipe.generate(c[0], seed=c[1]) for c in cases}
     rows = []
-    for name, steps in SCHEDULES.items():
-        for damping in (float(d) for d in args.dampings.split(",")):
+    schedules = SCHEDULES
+    dampings = [float(d) for d in args.dampings.split(",")]
+    if args.single_skips:
+        schedules = {f"all but step {s}": [i for i in range(30) if i != s] for s in range(1, 30)}
+        dampings = [0.0]
+    for name, steps in schedules.items():
+        for damping in dampings:
             engine = cache.CacheEngine(pipe.transformer, FixedSchedule(steps, damping))
             engine.attach()
             try:

@@ -32,7 +32,7 @@ WAN21_1_3B = dict(
 )
 VAE_STRIDE = (4, 8, 8)  # Wan2.1's VAE: 4x in time (after the first frame), 8x in space
 TEXT_TOKENS = 512
-DEFAULT_METHODS = "none,bwcache:0,adaptive:0,bwcache:0.15,taylorseer:5,adaptive:0.2"
+DEFAULT_METHODS = "none,bwcache:0,adaptive:0,bwcache:0.15,taylorseer:5,adaptive:0.5"
 
 
 def latent_shape(frames: int, height: int, width: int) -> tuple[int, ...]:

@@ -6,7 +6,7 @@ Each policy has one knob that trades speed for fidelity, and good defaults for e
     profiling   the refresh interval right after warm-up, T_max (it shrinks to T_min = 2 at the end)
     taylorseer  the interval N between full steps
     adaptive    the error budget: predicted relative L1 error of the forecast stack residual, accumulated over a
-                run of skipped steps (per block with granularity "block"); above 0.4 it also lengthens runs and
+                run of skipped steps (per block with granularity "block"); above 0.5 it also lengthens runs and
                 shortens the warm-up
 """
 
@@ -19,7 +19,7 @@ from .profile import CacheProfile
 
 POLICIES = ("none", "bwcache", "profiling", "taylorseer", "adaptive")
 KNOB_NAMES = {"bwcache": "threshold", "profiling": "max_interval", "taylorseer": "interval", "adaptive": "threshold"}
-DEFAULT_KNOBS = {"bwcache": 0.15, "profiling": 6, "taylorseer": 5, "adaptive": 0.2}
+DEFAULT_KNOBS = {"bwcache": 0.15, "profiling": 6, "taylorseer": 5, "adaptive": 0.5}
 
 
 def resolve_knob(policy: str, knob: float | None = None) -> float | int | None:

@@ -116,12 +116,12 @@ def stack_error_sums(unit_error, order):
 
 
 def test_adaptive_step_granularity_skips_whole_steps_while_accumulated_error_fits():
-    config = AdaptiveConfig(threshold=0.1, order=0, max_run=3, warmup_fraction=0.2, final_steps=1)
+    config = AdaptiveConfig(threshold=0.1, order=0, max_run=3, warmup_fraction=0.2, final_steps=1, growth=0)
     masks = drive(AdaptivePolicy(config), 3, 12, stack_error_sums(0.02, order=0))
     assert all(m.all() or not m.any() for m in masks)  # every block together
     # after warm-up: skip while 0.02 * (1 + 2 + ...) < 0.1 -> two skipped steps, then a computed one; last step runs
     assert [int(m[0]) for m in masks] == [1, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 1]
-    tight = AdaptiveConfig(threshold=0.1, order=0, max_run=1, warmup_fraction=0.2, final_steps=1)
+    tight = AdaptiveConfig(threshold=0.1, order=0, max_run=1, warmup_fraction=0.2, final_steps=1, growth=0)
     assert [int(m[0]) for m in drive(AdaptivePolicy(tight), 3, 12, stack_error_sums(0.02, 0))][2:6] == [0, 1, 0, 1]
 
 
@@ -137,9 +137,9 @@ def test_adaptive_step_granularity_spends_less_where_the_profile_says_steps_chan
     assert change_prior(None, 7).tolist() == [1.0] * 7
     # the same measured errors; entering the fast part (step 8 on) the shaped policy expects 4x the error there, so
     # it spends its budget after one skipped step and computes step 9, where the flat one skips 8 and 9
-    flat = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.1, order=0, warmup_fraction=0.2, final_steps=1)), 3, 12,
+    flat = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.1, order=0, warmup_fraction=0.2, final_steps=1, growth=0)), 3, 12,
                  stack_error_sums(0.02, 0))
-    shaped = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.1, order=0, warmup_fraction=0.2, final_steps=1, profile=prof)), 3, 12,
+    shaped = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.1, order=0, warmup_fraction=0.2, final_steps=1, growth=0, profile=prof)), 3, 12,
                    stack_error_sums(0.02, 0))
     assert [int(m[0]) for m in flat] == [1, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 1]
     assert [int(m[0]) for m in shaped] == [1, 1, 0, 0, 1, 0, 0, 1, 0, 1, 0, 1]
@@ -150,21 +150,24 @@ def test_adaptive_threshold_zero_never_skips():
     assert drive(policy, 3, 10, lambda s, m: rel([1e-9] * 3)).all()
 
 
-def test_adaptive_budget_sets_run_limit_and_warmup_unless_given():
+def test_adaptive_budget_sets_run_limit_warmup_and_growth_unless_given():
     from ditfarm.cache.policies.adaptive import ladder
 
-    assert ladder(AdaptiveConfig(threshold=0.1)) == (2, 0.2)
-    assert ladder(AdaptiveConfig(threshold=0.4)) == (2, 0.2)
-    assert ladder(AdaptiveConfig(threshold=1.6)) == (8, 0.05)
-    assert ladder(AdaptiveConfig(threshold=1.6, max_run=3, warmup_fraction=0.3)) == (3, 0.3)
-    # a large budget with a tiny error: runs grow to the ladder's limit after a warm-up of 2 of 20 steps
+    assert ladder(AdaptiveConfig(threshold=0.1)) == (3, 0.24, 0.5)
+    assert ladder(AdaptiveConfig(threshold=0.5)) == (3, 0.24, 0.5)
+    assert ladder(AdaptiveConfig(threshold=2.0)) == (12, 0.1, 2.0)  # the warm-up's floor
+    assert ladder(AdaptiveConfig(threshold=2.0, max_run=3, warmup_fraction=0.3, growth=0)) == (3, 0.3, 0)
+    # a tiny error, so only the run limits bind: after 2 warm-up steps of 20 (the 10% floor), runs of 1, 2, 4, 5, ...
     fast = drive(AdaptivePolicy(AdaptiveConfig(threshold=1.6)), 3, 20, stack_error_sums(0.001, 0))
-    assert [int(m[0]) for m in fast] == [1, 1] + [0] * 8 + [1] + [0] * 8 + [1]
+    assert [int(m[0]) for m in fast] == [1, 1, 0, 1, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0]
+    # growth 0.5 at the reference budget: runs 1, 1, 2, 2, 3, 3 (max_run 3) after a 24% warm-up
+    ramp = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.5)), 3, 25, stack_error_sums(0.001, 0))
+    assert [int(m[0]) for m in ramp] == [1] * 6 + [0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0]
     assert AdaptivePolicy(AdaptiveConfig()).whole_steps and not AdaptivePolicy(AdaptiveConfig(granularity="block")).whole_steps
 
 
 @pytest.mark.parametrize("bad", [dict(threshold=-1.0), dict(order=3), dict(max_run=-1), dict(granularity="frame"),
-                                 dict(warmup_fraction=1.5)])
+                                 dict(warmup_fraction=1.5), dict(growth=-1.0), dict(damping=2.0)])
 def test_adaptive_rejects_bad_config(bad):
     with pytest.raises(ValueError):
         AdaptivePolicy(AdaptiveConfig(**bad))

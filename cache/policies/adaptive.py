@@ -26,21 +26,25 @@ Two granularities share that machinery (``granularity``):
   E = ||R - R^||_1 / ||R||_1 (errors of the blocks may cancel in the sum, as they do in the output), made a unit
   error u = E / (g^(p+1) w(s)) with w the profile's mean change curve (the U-shape, resampled to this run's steps
   and normalised to mean 1; flat without a profile), and the next step is skipped while the errors accumulated
-  since the last computed step, sum_k u k^(p+1) w(s + k), stay under ``threshold`` and the run under ``max_run``.
+  since the last computed step, sum_k u k^(p+1) w(s + k), stay under ``threshold`` and the run under its limit.
   That is MagCache's accumulated-error rule with two changes: the error is measured on this very video rather
   than calibrated once per model (ERTACache's point), and its rise and fall over the schedule comes from the
-  profile.
+  profile.  Runs start short and grow: the k-th run after warm-up may be 1 + floor(``growth`` (k - 1)) steps long
+  (at most ``max_run``).  Where a run sits matters as much as the forecast: on tiny, errors made right after the
+  warm-up cost the most (skipping step 6 alone costs 45 dB of PSNR, step 15 alone 64 dB), and with the same 14
+  computed steps of 30, "alternate, then let runs grow" gave 42.7 dB where "every third step" gave 40.2 dB.
 
 The forecast.  TaylorSeer's full first-order extrapolation (damping 1) errs 3-8x less than plain reuse one step
 ahead, yet on tiny its videos came out 3-6 dB *worse* at equal compute, while plain reuse lags.  Damping the
 derivative to 0.4 of its value beat both: +2 to +7 dB over plain reuse on fixed schedules of 14-17 computed steps
 (held-out prompts not used by the bench; BENCHMARKS.md).  The predicted error grows like g^(1 + order * damping).
 
-One knob.  ``threshold`` is the budget; by default the run limit and the warm-up follow it, so one number sweeps
-from near-lossless to fast.  Up to the reference budget (0.4) runs are capped at 2 steps and the first 20% of
-steps always run (tiny's sweeps: longer runs or shorter warm-ups lose more than the budget saves there); above it
-both scale with the budget: max run round(2 t / 0.4), warm-up 20% * 0.4 / t of the steps (at least 2 steps).  An
-explicit ``max_run`` or ``warmup_fraction`` overrides the ladder.
+One knob.  ``threshold`` is the budget; by default the run limit, the warm-up and the growth of runs follow it,
+so one number sweeps from near-lossless to fast (``ladder``).  Up to the reference budget (0.5) the first 24% of
+steps always run, runs grow by one step every second run and stop at 3 (tiny's sweeps: longer runs or shorter
+warm-ups lose more than the budget saves there); above it, with s = t / 0.5: max run round(3 s), warm-up 24% / s
+of the steps but never under 10% (skipping step 1 or 2 of 30 alone costs 25 dB), growth 0.5 s.  An explicit ``max_run``, ``warmup_fraction`` or ``growth`` overrides
+the ladder.
 """
 
 from __future__ import annotations
@@ -56,10 +60,11 @@ from .base import CachePolicy, DecisionState, all_blocks
 @dataclass
 class AdaptiveConfig:
     """Defaults tuned on tiny with prompts the bench does not use (BENCHMARKS.md): whole steps, a first-order
-    forecast damped to 0.4, run limit and warm-up from the budget (``ladder``), no forced final step (the last
-    step, at sigma ~ 0, is among the cheapest to skip on tiny).  Budget 0.2 computes about 47% of the blocks."""
+    forecast damped to 0.4, run limit, warm-up and growth from the budget (``ladder``), no forced final step (the
+    last step, at sigma ~ 0, is among the cheapest to skip on tiny).  Budget 0.5 computes about 47% of the
+    blocks of a 30-step video (about 2x)."""
 
-    threshold: float = 0.2
+    threshold: float = 0.5
     profile: CacheProfile | None = None
     foreground_scale: float = 0.5
     background_scale: float = 1.0
@@ -68,19 +73,21 @@ class AdaptiveConfig:
     max_run: int | None = None  # None: from the budget (ladder)
     warmup_fraction: float | None = None  # None: from the budget (ladder)
     final_steps: int = 0
+    growth: float | None = None  # step granularity: a run may be 1 + floor(growth * runs so far) long; None: ladder
     granularity: str = "step"  # "step": every block skips or runs together; "block": each block alone
 
 
 GRANULARITIES = ("step", "block")
-REFERENCE_BUDGET = 0.4  # up to this budget: runs of at most 2, a 20% warm-up
+REFERENCE_BUDGET = 0.5  # up to this budget: a 24% warm-up, runs growing by one every second run, at most 3
 
 
-def ladder(config: AdaptiveConfig) -> tuple[int, float]:
-    """(max_run, warmup_fraction) for the config's budget, where the config leaves them to it."""
+def ladder(config: AdaptiveConfig) -> tuple[int, float, float]:
+    """(max_run, warmup_fraction, growth) for the config's budget, where the config leaves them to it."""
     stretch = max(1.0, config.threshold / REFERENCE_BUDGET)
-    max_run = config.max_run if config.max_run is not None else round(2 * stretch)
-    warmup = config.warmup_fraction if config.warmup_fraction is not None else 0.2 / stretch
-    return max_run, warmup
+    max_run = config.max_run if config.max_run is not None else round(3 * stretch)
+    warmup = config.warmup_fraction if config.warmup_fraction is not None else max(0.24 / stretch, 0.1)
+    growth = config.growth if config.growth is not None else 0.5 * stretch
+    return max_run, warmup, growth
 
 
 def change_prior(profile: CacheProfile | None, num_steps: int) -> np.ndarray:
@@ -113,7 +120,7 @@ class AdaptivePolicy(CachePolicy):
         if (not config.threshold >= 0 or (config.max_run is not None and config.max_run < 0)
                 or config.order not in (0, 1, 2) or config.granularity not in GRANULARITIES
                 or (config.warmup_fraction is not None and not 0 <= config.warmup_fraction <= 1)
-                or not 0 <= config.damping <= 1):
+                or not 0 <= config.damping <= 1 or (config.growth is not None and not config.growth >= 0)):
             raise ValueError(f"bad adaptive config: {config} (granularity: one of {', '.join(GRANULARITIES)})")
         self.config = config
         self.forecast_order = config.order
@@ -121,7 +128,7 @@ class AdaptivePolicy(CachePolicy):
         # a forecast of order p errs like g^(p+1) over g steps; damping its derivative terms moves that towards g^1
         self.error_power = 1 + config.order * config.damping
         self.whole_steps = config.granularity == "step"
-        self.max_run, self.warmup_fraction = ladder(config)
+        self.max_run, self.warmup_fraction, self.growth = ladder(config)
 
     def block_thresholds(self, num_blocks: int) -> np.ndarray:
         c = self.config
@@ -138,6 +145,8 @@ class AdaptivePolicy(CachePolicy):
         state.prior = change_prior(self.config.profile, num_steps)
         state.step_unit_error = np.nan  # step granularity: unit error of the whole stack's forecast
         state.step_spent = 0.0  # step granularity: predicted error accumulated since the last computed step
+        state.runs_done = 0  # step granularity: runs of skipped steps finished so far (an integer: ranks agree)
+        state.in_run = False  # step granularity: the last decision skipped
         return state
 
     def observe(self, state: DecisionState, step: int, computed: np.ndarray, sums: np.ndarray) -> np.ndarray:
@@ -174,12 +183,15 @@ class AdaptivePolicy(CachePolicy):
         """Skip every block at ``nxt`` if the accumulated predicted error of the stack's forecast stays in budget."""
         c = self.config
         if computed.all():
-            state.step_spent = 0.0
+            state.runs_done += state.in_run
+            state.in_run, state.step_spent = False, 0.0
         run = int(state.reuse_run.max()) + 1  # steps since the last computed one, if nxt is skipped
         predicted = state.step_unit_error * run**self.error_power * prior_at(state, nxt)
-        if np.isnan(predicted) or run > self.max_run or state.step_spent + predicted >= c.threshold:
+        limit = self.max_run if self.growth <= 0 else min(self.max_run, 1 + int(self.growth * state.runs_done))
+        if np.isnan(predicted) or run > limit or state.step_spent + predicted >= c.threshold:
             return all_blocks(state.num_blocks)
         state.step_spent += predicted
+        state.in_run = True
         return np.zeros(state.num_blocks, dtype=np.int8)
 
     def describe(self) -> dict:
@@ -188,4 +200,4 @@ class AdaptivePolicy(CachePolicy):
                 "max_run": self.max_run,
                 "granularity": c.granularity,
                 "foreground_scale": c.foreground_scale, "background_scale": c.background_scale,
-                "warmup_fraction": self.warmup_fraction, "final_steps": c.final_steps}
+                "warmup_fraction": self.warmup_fraction, "growth": self.growth, "final_steps": c.final_steps}
