@@ -3,9 +3,11 @@ forecast the skipped ones, separated from any policy's decisions.
 
     python benchmarks/forecast_schedules.py --cases-seed 777 --json benchmarks/forecast-schedules-777.json
     python benchmarks/forecast_schedules.py --single-skips --json benchmarks/single-skips-777.json
+    python benchmarks/forecast_schedules.py --fast --dampings 0.4,1 --json benchmarks/forecast-schedules-fast-777.json
 
 With ``--single-skips`` it instead computes every step but one, for each step in turn, with plain reuse: what
-skipping that one step costs the video (where in the schedule errors hurt most).
+skipping that one step costs the video (where in the schedule errors hurt most).  With ``--fast`` it runs
+schedules of 5-7 computed steps (the > 4x end, where TaylorSeer competes).
 
 Every schedule computes whole steps (both CFG branches) at the listed steps and skips the others; a skipped step
 adds the forecast stack residual r(s0) + a k (r(s0) - r(s_prev)) / gap (a = damping; 0 is plain reuse, 1 is
@@ -31,6 +33,14 @@ SCHEDULES = {  # computed steps of 30
     "MagCache-like, 17 steps (M17)": list(range(9)) + [10, 12, 14, 16, 18, 20, 22, 26],
 }
 
+FAST_SCHEDULES = {
+    "TaylorSeer N=5 (6)": [0, 5, 10, 15, 20, 25],
+    "TaylorSeer N=6 (5)": [0, 6, 12, 18, 24],
+    "3 warm-up, then every 7th (6)": [0, 1, 2, 9, 16, 23],
+    "3 warm-up, then every 5th (7)": [0, 1, 2, 7, 12, 17, 22],
+    "2 warm-up, then every 8th (5)": [0, 1, 9, 17, 25],
+}
+
 
 class FixedSchedule(CachePolicy):
     """Whole steps at fixed positions; no indicator."""
@@ -54,6 +64,7 @@ def main():
     p.add_argument("--videos", type=int, default=4)
     p.add_argument("--dampings", default="0,0.4,1")
     p.add_argument("--single-skips", action="store_true", help="skip one step at a time instead")
+    p.add_argument("--fast", action="store_true", help="schedules of 5-7 computed steps instead")
     p.add_argument("--json")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -61,7 +72,7 @@ def main():
     cases = [(s.prompt, seed) for s, seed in held_out_cases(args.videos, seed=args.cases_seed)]
     refs = {c: pipe.generate(c[0], seed=c[1]) for c in cases}
     rows = []
-    schedules = SCHEDULES
+    schedules = FAST_SCHEDULES if args.fast else SCHEDULES
     dampings = [float(d) for d in args.dampings.split(",")]
     if args.single_skips:
         schedules = {f"all but step {s}": [i for i in range(30) if i != s] for s in range(1, 30)}

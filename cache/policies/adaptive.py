@@ -1,4 +1,4 @@
-"""``adaptive``: ditfarm's own policy.  Per block, skip while the *predicted error of skipping* stays in budget.
+"""``adaptive``: ditfarm's own policy.  Skip whole steps (or single blocks) while the predicted error stays in budget.
 
 What it measures.  Whenever a block runs, the engine compares its fresh residual r(s) with what the cache would
 have used had the block been skipped, the forecast r^(s) from its history (plain reuse at order 0; at order 1 a
@@ -30,9 +30,10 @@ Two granularities share that machinery (``granularity``):
   That is MagCache's accumulated-error rule with two changes: the error is measured on this very video rather
   than calibrated once per model (ERTACache's point), and its rise and fall over the schedule comes from the
   profile.  Runs start short and grow: the k-th run after warm-up may be 1 + floor(``growth`` (k - 1)) steps long
-  (at most ``max_run``).  Where a run sits matters as much as the forecast: on tiny, errors made right after the
-  warm-up cost the most (skipping step 6 alone costs 45 dB of PSNR, step 15 alone 64 dB), and with the same 14
-  computed steps of 30, "alternate, then let runs grow" gave 42.7 dB where "every third step" gave 40.2 dB.
+  (at most ``max_run``).  Where a run sits matters as much as the forecast: on tiny, errors made early cost the
+  most (benchmarks/single-skips-777.json: skipping only step 1 or 2 of 30 leaves 23-26 dB, only one of steps 7-10
+  about 48 dB, only a middle step 65-69 dB), and with the same 14 computed steps of 30, "alternate, then let runs
+  grow" gave 42.7 dB where "every third step" gave 40.2 dB.
 
 The forecast.  TaylorSeer's full first-order extrapolation (damping 1) errs 3-8x less than plain reuse one step
 ahead, yet on tiny its videos came out 3-6 dB *worse* at equal compute, while plain reuse lags.  Damping the
@@ -43,8 +44,8 @@ One knob.  ``threshold`` is the budget; by default the run limit, the warm-up an
 so one number sweeps from near-lossless to fast (``ladder``).  Up to the reference budget (0.5) the first 24% of
 steps always run, runs grow by one step every second run and stop at 3 (tiny's sweeps: longer runs or shorter
 warm-ups lose more than the budget saves there); above it, with s = t / 0.5: max run round(3 s), warm-up 24% / s
-of the steps but never under 10% (skipping step 1 or 2 of 30 alone costs 25 dB), growth 0.5 s.  An explicit ``max_run``, ``warmup_fraction`` or ``growth`` overrides
-the ladder.
+of the steps but never under 10% (skipping step 1 or 2 of 30 alone leaves 23-26 dB), growth 0.5 s.  An explicit
+``max_run``, ``warmup_fraction`` or ``growth`` overrides the ladder.
 """
 
 from __future__ import annotations
