@@ -17,11 +17,21 @@ import torch.distributed as dist
 FIXED_POINT_SCALE = 2.0**20
 
 
+def backend_device(group=None) -> torch.device | None:
+    """The device a collective's tensors must live on: NCCL takes only CUDA tensors (this rank's device), gloo
+    takes CPU or CUDA.  ``None``: whatever device the tensor is on will do."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return None
+
+
 def fixed_point_all_reduce(vector: torch.Tensor, group=None) -> torch.Tensor:
-    """Sum a float vector across the group exactly (in int64 fixed point); returns float64, same on every rank."""
+    """Sum a float vector across the group exactly (in int64 fixed point); returns float64, same on every rank,
+    on the vector's own device (the engine's sums may sit on the CPU while the backend is NCCL)."""
     ints = torch.round(vector.double() * FIXED_POINT_SCALE).to(torch.int64)
+    ints = ints.to(backend_device(group) or ints.device)
     dist.all_reduce(ints, op=dist.ReduceOp.SUM, group=group)
-    return ints.double() / FIXED_POINT_SCALE
+    return ints.to(vector.device).double() / FIXED_POINT_SCALE
 
 
 def make_cache_reduce(group=None):

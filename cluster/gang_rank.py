@@ -14,6 +14,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .collectives import backend_device
+
 
 @dataclass(frozen=True)
 class RankConfig:
@@ -25,23 +27,28 @@ class RankConfig:
     timeout_s: float = 120.0
 
 
-def gpu_attention_kernel() -> str:
-    """yunchang's flash-attention kernel where flash-attn is installed, else torch's flash SDPA (Ulysses only:
-    the ring needs the log-sum-exp that only the flash-attn kernels return)."""
+def gpu_attention_kernel(dtype: torch.dtype = torch.bfloat16) -> str:
+    """yunchang's flash-attention kernel where flash-attn is installed, else torch's own fused kernels: flash
+    SDPA for half precision, memory-efficient SDPA for float32 (flash SDPA refuses float32)."""
     import importlib.util
 
-    return "fa" if importlib.util.find_spec("flash_attn") is not None else "torch_flash"
+    if importlib.util.find_spec("flash_attn") is not None and dtype in (torch.float16, torch.bfloat16):
+        return "fa"
+    return "torch_flash" if dtype in (torch.float16, torch.bfloat16) else "torch_efficient"
 
 
 def broadcast_tensors(tensors: list[torch.Tensor] | None, src: int = 0, group=None) -> list[torch.Tensor]:
-    """Send rank ``src``'s tensors to every rank (shapes and dtypes first, so receivers need not know them)."""
+    """Send rank ``src``'s tensors to every rank (shapes and dtypes first, so receivers need not know them); they
+    travel on the backend's device and come back on the CPU."""
     meta = [[(tuple(t.shape), t.dtype) for t in tensors] if tensors is not None else None]
     dist.broadcast_object_list(meta, src=src, group=group)
+    device = backend_device(group) or torch.device("cpu")
     if dist.get_rank(group) != src:
         tensors = [torch.empty(shape, dtype=dtype) for shape, dtype in meta[0]]
-    for t in tensors:
+    moved = [t.to(device) for t in tensors]
+    for t in moved:
         dist.broadcast(t, src=src, group=group)
-    return tensors
+    return [t.cpu() for t in moved]
 
 
 class RankRenderer:
@@ -55,7 +62,8 @@ class RankRenderer:
         self.rank, self.world, self.config = rank, world, config
         self.pipe = load_pipeline(config.model, device=config.device)
         if world > 1:
-            attn = gpu_attention_kernel() if config.device.startswith("cuda") else "torch_math"
+            cuda = config.device.startswith("cuda")
+            attn = gpu_attention_kernel(self.pipe.transformer.dtype) if cuda else "torch_math"
             enable_sequence_parallel(self.pipe.transformer, SequenceParallelConfig(world, attn_type=attn),
                                      timeout=timedelta(seconds=config.timeout_s))
             self._wrap_text_encoder()

@@ -87,3 +87,35 @@ def _try_ring(rank, world, model, attn_type):
 def test_ring_with_torch_kernels_is_refused(random_model_folder, attn_type):
     messages = run_local_gang(_try_ring, 2, str(random_model_folder), attn_type)
     assert all(m and "ring attention" in m and "Ulysses" in m for m in messages)
+
+
+def reduce_and_broadcast(rank, world):
+    import torch
+
+    from ditfarm.cluster.collectives import backend_device, fixed_point_all_reduce
+    from ditfarm.cluster.gang_rank import broadcast_tensors
+
+    summed = fixed_point_all_reduce(torch.tensor([0.5 + rank, 1e-3], dtype=torch.float64))
+    received = broadcast_tensors([torch.arange(4.0).reshape(2, 2)] if rank == 0 else None)
+    return backend_device(), summed.tolist(), [t.tolist() for t in received]
+
+
+def test_collectives_sum_exactly_and_broadcast_to_every_rank():
+    results = run_local_gang(reduce_and_broadcast, 2)
+    for device, summed, received in results:
+        assert device is None  # gloo takes tensors where they are; NCCL would move them to this rank's GPU
+        assert summed[0] == 2.0 and abs(summed[1] - 2e-3) < 2e-6  # fixed point: 2^-20 resolution
+        assert received == [[[0.0, 1.0], [2.0, 3.0]]]
+    assert results[0][1] == results[1][1]  # bit-identical on both ranks
+
+
+def test_gpu_attention_kernel_follows_the_dtype():
+    import importlib.util
+
+    import torch
+
+    from ditfarm.cluster.gang_rank import gpu_attention_kernel
+
+    assert gpu_attention_kernel(torch.float32) == "torch_efficient"  # flash SDPA refuses fp32
+    half = "fa" if importlib.util.find_spec("flash_attn") is not None else "torch_flash"
+    assert gpu_attention_kernel(torch.bfloat16) == gpu_attention_kernel(torch.float16) == half
