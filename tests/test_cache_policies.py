@@ -116,12 +116,12 @@ def stack_error_sums(unit_error, order):
 
 
 def test_adaptive_step_granularity_skips_whole_steps_while_accumulated_error_fits():
-    config = AdaptiveConfig(threshold=0.1, order=0, max_run=3, warmup_fraction=0.2, final_steps=1, growth=0)
+    config = AdaptiveConfig(threshold=0.1, order=0, max_run=3, warmup_fraction=0.2, final_steps=1, growth=0, first_run=3)
     masks = drive(AdaptivePolicy(config), 3, 12, stack_error_sums(0.02, order=0))
     assert all(m.all() or not m.any() for m in masks)  # every block together
     # after warm-up: skip while 0.02 * (1 + 2 + ...) < 0.1 -> two skipped steps, then a computed one; last step runs
     assert [int(m[0]) for m in masks] == [1, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 1]
-    tight = AdaptiveConfig(threshold=0.1, order=0, max_run=1, warmup_fraction=0.2, final_steps=1, growth=0)
+    tight = AdaptiveConfig(threshold=0.1, order=0, max_run=1, warmup_fraction=0.2, final_steps=1, growth=0, first_run=1)
     assert [int(m[0]) for m in drive(AdaptivePolicy(tight), 3, 12, stack_error_sums(0.02, 0))][2:6] == [0, 1, 0, 1]
 
 
@@ -137,9 +137,10 @@ def test_adaptive_step_granularity_spends_less_where_the_profile_says_steps_chan
     assert change_prior(None, 7).tolist() == [1.0] * 7
     # the same measured errors; entering the fast part (step 8 on) the shaped policy expects 4x the error there, so
     # it spends its budget after one skipped step and computes step 9, where the flat one skips 8 and 9
-    flat = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.1, order=0, warmup_fraction=0.2, final_steps=1, growth=0)), 3, 12,
+    flat = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.1, order=0, warmup_fraction=0.2, final_steps=1, growth=0, first_run=3)), 3, 12,
                  stack_error_sums(0.02, 0))
-    shaped = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.1, order=0, warmup_fraction=0.2, final_steps=1, growth=0, profile=prof)), 3, 12,
+    shaped = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.1, order=0, warmup_fraction=0.2, final_steps=1, growth=0, first_run=3,
+                                                 profile=prof)), 3, 12,
                    stack_error_sums(0.02, 0))
     assert [int(m[0]) for m in flat] == [1, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 1]
     assert [int(m[0]) for m in shaped] == [1, 1, 0, 0, 1, 0, 0, 1, 0, 1, 0, 1]
@@ -150,24 +151,50 @@ def test_adaptive_threshold_zero_never_skips():
     assert drive(policy, 3, 10, lambda s, m: rel([1e-9] * 3)).all()
 
 
-def test_adaptive_budget_sets_run_limit_warmup_and_growth_unless_given():
-    from ditfarm.cache.policies.adaptive import ladder
+def test_adaptive_budget_picks_its_rung_of_the_ladder_unless_the_config_says_otherwise():
+    from ditfarm.cache.policies.adaptive import LADDER, ladder
 
-    assert ladder(AdaptiveConfig(threshold=0.1)) == (3, 0.24, 0.5)
-    assert ladder(AdaptiveConfig(threshold=0.5)) == (3, 0.24, 0.5)
-    assert ladder(AdaptiveConfig(threshold=2.0)) == (12, 0.1, 2.0)  # the warm-up's floor
-    assert ladder(AdaptiveConfig(threshold=2.0, max_run=3, warmup_fraction=0.3, growth=0)) == (3, 0.3, 0)
-    # a tiny error, so only the run limits bind: after 2 warm-up steps of 20 (the 10% floor), runs of 1, 2, 4, 5, ...
-    fast = drive(AdaptivePolicy(AdaptiveConfig(threshold=1.6)), 3, 20, stack_error_sums(0.001, 0))
-    assert [int(m[0]) for m in fast] == [1, 1, 0, 1, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0]
-    # growth 0.5 at the reference budget: runs 1, 1, 2, 2, 3, 3 (max_run 3) after a 24% warm-up
-    ramp = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.5)), 3, 25, stack_error_sums(0.001, 0))
-    assert [int(m[0]) for m in ramp] == [1] * 6 + [0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0]
+    assert ladder(AdaptiveConfig(threshold=0.1)) == ladder(AdaptiveConfig(threshold=0.5)) == LADDER[0]
+    assert ladder(AdaptiveConfig(threshold=0.65)) == LADDER[1] and ladder(AdaptiveConfig(threshold=99)) == LADDER[-1]
+    mine = ladder(AdaptiveConfig(threshold=2.0, max_run=3, warmup_fraction=0.3, growth=0, first_run=2))
+    assert (mine.max_run, mine.warmup_fraction, mine.growth, mine.first_run) == (3, 0.3, 0, 2)
+    assert [r.budget for r in LADDER] == sorted(r.budget for r in LADDER)
+    assert [r.computed_of_30 for r in LADDER] == list(range(14, 4, -1))
+
+
+def computed_steps(masks):
+    return [i for i, m in enumerate(masks) if m.all()]
+
+
+@pytest.mark.parametrize("rung", range(10))
+def test_each_rung_computes_the_searched_schedule_when_errors_are_small(rung):
+    """With a tiny forecast error only the rung's run limits bind: each rung computes the schedule the search
+    picked at its count (benchmarks/schedule-search-*.jsonl)."""
+    from ditfarm.cache.policies.adaptive import LADDER
+
+    searched = {14: [0, 1, 2, 3, 4, 5, 6, 7, 9, 12, 16, 20, 24, 28], 13: [0, 1, 2, 3, 4, 5, 6, 8, 11, 15, 19, 23, 27],
+                12: [0, 1, 2, 3, 4, 5, 8, 11, 15, 19, 23, 27], 11: [0, 1, 2, 3, 4, 7, 11, 15, 19, 23, 27],
+                10: [0, 1, 2, 3, 5, 8, 12, 17, 22, 27], 9: [0, 1, 2, 3, 6, 10, 15, 21, 27],
+                8: [0, 1, 2, 3, 6, 11, 18, 26], 7: [0, 1, 2, 3, 8, 15, 23], 6: [0, 1, 2, 8, 15, 23],
+                5: [0, 1, 2, 11, 20]}
+    r = LADDER[rung]
+    masks = drive(AdaptivePolicy(AdaptiveConfig(threshold=max(r.budget, 0.5))), 3, 30, stack_error_sums(1e-4, 0))
+    assert computed_steps(masks) == searched[r.computed_of_30]
+
+
+def test_a_large_forecast_error_cuts_a_long_run_short():
+    """The fastest rung allows runs of 8 after step 2, with the budget scaled to what such runs cost; a video whose
+    forecast errs far more than tiny's (unit error 0.03-0.05) computes more often."""
+    calm = drive(AdaptivePolicy(AdaptiveConfig(threshold=3.0)), 3, 30, stack_error_sums(0.04, 1))
+    rough = drive(AdaptivePolicy(AdaptiveConfig(threshold=3.0)), 3, 30, stack_error_sums(2.0, 1))
+    assert computed_steps(calm) == [0, 1, 2, 11, 20]
+    assert len(computed_steps(rough)) > 6
     assert AdaptivePolicy(AdaptiveConfig()).whole_steps and not AdaptivePolicy(AdaptiveConfig(granularity="block")).whole_steps
 
 
 @pytest.mark.parametrize("bad", [dict(threshold=-1.0), dict(order=3), dict(max_run=-1), dict(granularity="frame"),
-                                 dict(warmup_fraction=1.5), dict(growth=-1.0), dict(damping=2.0)])
+                                 dict(warmup_fraction=1.5), dict(growth=-1.0), dict(damping=2.0),
+                                 dict(first_run=0)])
 def test_adaptive_rejects_bad_config(bad):
     with pytest.raises(ValueError):
         AdaptivePolicy(AdaptiveConfig(**bad))

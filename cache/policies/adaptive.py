@@ -26,31 +26,31 @@ Two granularities share that machinery (``granularity``):
   E = ||R - R^||_1 / ||R||_1 (errors of the blocks may cancel in the sum, as they do in the output), made a unit
   error u = E / (g^(p+1) w(s)) with w the profile's mean change curve (the U-shape, resampled to this run's steps
   and normalised to mean 1; flat without a profile), and the next step is skipped while the errors accumulated
-  since the last computed step, sum_k u k^(p+1) w(s + k), stay under ``threshold`` and the run under its limit.
+  since the last computed step, sum_k u k^(p+1) w(s + k), stay in budget and the run under its limit.
   That is MagCache's accumulated-error rule with two changes: the error is measured on this very video rather
   than calibrated once per model (ERTACache's point), and its rise and fall over the schedule comes from the
-  profile.  Runs start short and grow: the k-th run after warm-up may be 1 + floor(``growth`` (k - 1)) steps long
-  (at most ``max_run``).  Where a run sits matters as much as the forecast: on tiny, errors made early cost the
-  most (benchmarks/single-skips-777.json: skipping only step 1 or 2 of 30 leaves 23-26 dB, only one of steps 7-10
-  about 48 dB, only a middle step 65-69 dB), and with the same 14 computed steps of 30, "alternate, then let runs
-  grow" gave 42.7 dB where "every third step" gave 40.2 dB.
+  profile.  The run limits follow the budget's rung of a searched ladder (below).  Where a run sits matters as
+  much as the forecast: on tiny, errors made early cost the most (benchmarks/single-skips-777.json: skipping only
+  step 1 or 2 of 30 leaves 23-26 dB, only one of steps 7-10 about 48 dB, only a middle step 65-69 dB).
 
 The forecast.  TaylorSeer's full first-order extrapolation (damping 1) errs 3-8x less than plain reuse one step
 ahead, yet on tiny its videos came out 3-6 dB *worse* at equal compute, while plain reuse lags.  Damping the
 derivative to 0.4 of its value beat both: +2 to +7 dB over plain reuse on fixed schedules of 14-17 computed steps
 (held-out prompts not used by the bench; BENCHMARKS.md).  The predicted error grows like g^(1 + order * damping).
 
-One knob.  ``threshold`` is the budget; by default the run limit, the warm-up and the growth of runs follow it,
-so one number sweeps from near-lossless to fast (``ladder``).  Up to the reference budget (0.5) the first 24% of
-steps always run, runs grow by one step every second run and stop at 3 (tiny's sweeps: longer runs or shorter
-warm-ups lose more than the budget saves there); above it, with s = t / 0.5: max run round(3 s), warm-up 24% / s
-of the steps but never under 10% (skipping step 1 or 2 of 30 alone leaves 23-26 dB), growth 0.5 s.  An explicit
-``max_run``, ``warmup_fraction`` or ``growth`` overrides the ladder.
+One knob.  ``threshold`` is the budget.  Up to 0.5 it is only the error budget, over the reference schedule
+shape: an 8-of-30-step warm-up, then runs of 1, 2, 3, 3, ... skipped steps (at 0.5 the error rarely binds and a
+30-step video computes 14 steps).  From 0.6 to 3 it also climbs ``LADDER``: nine more schedule shapes, each the best
+of 493 candidates at its count of computed steps (13 down to 5 of 30) on held-out tiny videos the bench does not
+use; the warm-up shrinks to 3 steps and runs lengthen.  The error budget grows with the rung's run length, so the
+indicator cuts a run short only where this video's forecast errs unusually.  Any of ``warmup_fraction``,
+``first_run``, ``growth`` and ``max_run`` set explicitly overrides the rung.  Run lengths are in steps as searched
+at 30 steps; the warm-up is a fraction of the steps.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -61,9 +61,9 @@ from .base import CachePolicy, DecisionState, all_blocks
 @dataclass
 class AdaptiveConfig:
     """Defaults tuned on tiny with prompts the bench does not use (BENCHMARKS.md): whole steps, a first-order
-    forecast damped to 0.4, run limit, warm-up and growth from the budget (``ladder``), no forced final step (the
+    forecast damped to 0.4, warm-up and run limits from the budget's rung (``ladder``), no forced final step (the
     last step, at sigma ~ 0, is among the cheapest to skip on tiny).  Budget 0.5 computes about 47% of the
-    blocks of a 30-step video (about 2x)."""
+    blocks of a 30-step video (about 2x), 0.6 about 43%."""
 
     threshold: float = 0.5
     profile: CacheProfile | None = None
@@ -74,21 +74,54 @@ class AdaptiveConfig:
     max_run: int | None = None  # None: from the budget (ladder)
     warmup_fraction: float | None = None  # None: from the budget (ladder)
     final_steps: int = 0
-    growth: float | None = None  # step granularity: a run may be 1 + floor(growth * runs so far) long; None: ladder
+    first_run: int | None = None  # step granularity: the first run's limit; None: ladder
+    growth: float | None = None  # step granularity: a run may be first_run + floor(growth * runs so far); None: ladder
     granularity: str = "step"  # "step": every block skips or runs together; "block": each block alone
 
 
 GRANULARITIES = ("step", "block")
-REFERENCE_BUDGET = 0.5  # up to this budget: a 24% warm-up, runs growing by one every second run, at most 3
 
 
-def ladder(config: AdaptiveConfig) -> tuple[int, float, float]:
-    """(max_run, warmup_fraction, growth) for the config's budget, where the config leaves them to it."""
-    stretch = max(1.0, config.threshold / REFERENCE_BUDGET)
-    max_run = config.max_run if config.max_run is not None else round(3 * stretch)
-    warmup = config.warmup_fraction if config.warmup_fraction is not None else max(0.24 / stretch, 0.1)
-    growth = config.growth if config.growth is not None else 0.5 * stretch
-    return max_run, warmup, growth
+@dataclass(frozen=True)
+class Rung:
+    """One budget's schedule shape (step granularity): compute the first ``warmup_fraction`` of the steps, then
+    after each computed step allow a run of min(``max_run``, ``first_run`` + floor(``growth`` * runs so far))
+    skipped steps.  ``computed_of_30``: what it computes of a 30-step video when no error stops a run early."""
+
+    budget: float  # the rung applies from this threshold up (to the next rung's)
+    warmup_fraction: float
+    first_run: int
+    growth: float
+    max_run: int
+    computed_of_30: int
+
+
+# Searched, not guessed: benchmarks/schedule_search.py rendered the 493 schedules of this shape that compute at
+# most 16 of 30 steps on tiny (cases seeds 777 and 999; the bench's 4242 was not used) and each rung is the shape
+# that did best on both seeds at its count (benchmarks/schedule-search-777.jsonl, -999.jsonl; BENCHMARKS.md).
+# What they share: the warm-up shrinks from 8 to 3 steps as the budget grows, but never below 3 (an error at
+# step 1 or 2 costs the most); runs grow by about one step per run; only the fastest rungs start with long runs.
+LADDER = (
+    Rung(0.0, 8 / 30, 1, 1.0, 3, 14),
+    Rung(0.6, 7 / 30, 1, 1.0, 3, 13),
+    Rung(0.7, 6 / 30, 2, 0.5, 3, 12),
+    Rung(0.8, 5 / 30, 2, 1.0, 3, 11),
+    Rung(0.9, 4 / 30, 1, 1.0, 4, 10),
+    Rung(1.0, 4 / 30, 2, 1.0, 5, 9),
+    Rung(1.25, 4 / 30, 2, 2.0, 7, 8),
+    Rung(1.5, 4 / 30, 4, 2.0, 7, 7),
+    Rung(2.0, 3 / 30, 5, 1.0, 7, 6),
+    Rung(3.0, 3 / 30, 8, 0.5, 9, 5),
+)
+
+
+def ladder(config: AdaptiveConfig) -> Rung:
+    """The schedule shape for the config's budget: the highest rung whose budget it reaches, with any of
+    ``warmup_fraction``, ``first_run``, ``growth``, ``max_run`` the config sets explicitly overriding the rung's."""
+    rung = [r for r in LADDER if config.threshold >= r.budget][-1]
+    chosen = {name: getattr(config, name) for name in ("warmup_fraction", "first_run", "growth", "max_run")
+              if getattr(config, name) is not None}
+    return replace(rung, **chosen)
 
 
 def change_prior(profile: CacheProfile | None, num_steps: int) -> np.ndarray:
@@ -121,7 +154,8 @@ class AdaptivePolicy(CachePolicy):
         if (not config.threshold >= 0 or (config.max_run is not None and config.max_run < 0)
                 or config.order not in (0, 1, 2) or config.granularity not in GRANULARITIES
                 or (config.warmup_fraction is not None and not 0 <= config.warmup_fraction <= 1)
-                or not 0 <= config.damping <= 1 or (config.growth is not None and not config.growth >= 0)):
+                or not 0 <= config.damping <= 1 or (config.growth is not None and not config.growth >= 0)
+                or (config.first_run is not None and config.first_run < 1)):
             raise ValueError(f"bad adaptive config: {config} (granularity: one of {', '.join(GRANULARITIES)})")
         self.config = config
         self.forecast_order = config.order
@@ -129,7 +163,13 @@ class AdaptivePolicy(CachePolicy):
         # a forecast of order p errs like g^(p+1) over g steps; damping its derivative terms moves that towards g^1
         self.error_power = 1 + config.order * config.damping
         self.whole_steps = config.granularity == "step"
-        self.max_run, self.warmup_fraction, self.growth = ladder(config)
+        self.rung = ladder(config)
+        self.max_run, self.warmup_fraction = self.rung.max_run, self.rung.warmup_fraction
+        self.first_run, self.growth = self.rung.first_run, self.rung.growth
+        # the budget is for runs of the reference rung's length; a run k times longer, with the same unit error,
+        # accumulates about k^(1 + error_power) times the error, so longer rungs get that much more room (their
+        # speed is the budget's choice; the indicator still ends a run whose errors are unusually large)
+        self.step_budget = config.threshold * max(1.0, self.max_run / LADDER[0].max_run) ** (1 + self.error_power)
 
     def block_thresholds(self, num_blocks: int) -> np.ndarray:
         c = self.config
@@ -182,14 +222,13 @@ class AdaptivePolicy(CachePolicy):
 
     def decide_step(self, state: DecisionState, nxt: int, computed: np.ndarray) -> np.ndarray:
         """Skip every block at ``nxt`` if the accumulated predicted error of the stack's forecast stays in budget."""
-        c = self.config
         if computed.all():
             state.runs_done += state.in_run
             state.in_run, state.step_spent = False, 0.0
         run = int(state.reuse_run.max()) + 1  # steps since the last computed one, if nxt is skipped
         predicted = state.step_unit_error * run**self.error_power * prior_at(state, nxt)
-        limit = self.max_run if self.growth <= 0 else min(self.max_run, 1 + int(self.growth * state.runs_done))
-        if np.isnan(predicted) or run > limit or state.step_spent + predicted >= c.threshold:
+        limit = min(self.max_run, self.first_run + int(self.growth * state.runs_done))
+        if np.isnan(predicted) or run > limit or state.step_spent + predicted >= self.step_budget:
             return all_blocks(state.num_blocks)
         state.step_spent += predicted
         state.in_run = True
@@ -201,4 +240,5 @@ class AdaptivePolicy(CachePolicy):
                 "max_run": self.max_run,
                 "granularity": c.granularity,
                 "foreground_scale": c.foreground_scale, "background_scale": c.background_scale,
-                "warmup_fraction": self.warmup_fraction, "growth": self.growth, "final_steps": c.final_steps}
+                "warmup_fraction": self.warmup_fraction, "first_run": self.first_run, "growth": self.growth,
+                "final_steps": c.final_steps}
