@@ -22,6 +22,8 @@ Policies that only ever skip whole steps (``CachePolicy.whole_steps``: every mas
 cheaper path: the engine keeps one residual for the whole block stack (last block's output minus first block's
 input) and sums its indicator on that, instead of one residual, one difference and two norms per block.  A skipped
 step is then one add, and a computed one a single subtraction (plus the indicator where the policy wants it).
+A whole-step policy that also sets ``reuse_output`` skips the transformer call itself on a skipped step and hands
+back the branch's last output (the stack residual and its indicator are still kept at computed steps).
 """
 
 from __future__ import annotations
@@ -112,6 +114,7 @@ class BranchState(BaseState):
         self.memory = [BlockMemory() for _ in range(self.num_blocks)]
         self.stack = BlockMemory()  # whole-step policies: the residual of the whole block stack
         self.stack_input: torch.Tensor | None = None
+        self.output = None  # reuse_output policies: the transformer's output at the last computed step
         self.step = -1
         self.num_steps = 0
         self.measure = np.ones(self.num_blocks, dtype=bool)  # which blocks sum their indicator this step
@@ -173,7 +176,9 @@ class BranchState(BaseState):
 
     def nbytes(self) -> int:
         run_bytes = sum(t.numel() * t.element_size() for _, t in self.run_sums.values())
-        return sum(m.nbytes() for m in self.memory) + self.stack.nbytes() + run_bytes
+        output = self.output[0] if isinstance(self.output, tuple) else getattr(self.output, "sample", None)
+        output_bytes = output.numel() * output.element_size() if output is not None else 0
+        return sum(m.nbytes() for m in self.memory) + self.stack.nbytes() + run_bytes + output_bytes
 
 
 class StepHook(ModelHook):
@@ -200,6 +205,17 @@ class StepHook(ModelHook):
         state.begin_step(step, num_steps)
         state.decision.branch = context.name
         return args, kwargs
+
+    def new_forward(self, module, *args, **kwargs):
+        """Policies that reuse the output skip the whole call on a skipped step (every rank alike: the plan is
+        the same everywhere, so no rank enters a collective the others skip)."""
+        if not self.engine.policy.reuse_output:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        state: BranchState = self.state_manager.get_state()
+        if state.output is not None and not state.plan.any():
+            return state.output
+        state.output = self.fn_ref.original_forward(*args, **kwargs)
+        return state.output
 
     def post_forward(self, module, output):
         self.engine.end_step(self.state_manager.context.name, self.state_manager.get_state())
@@ -254,6 +270,8 @@ class CacheEngine:
         self.policy = policy
         self.reduce = reduce
         self.blocks = list(transformer.blocks)
+        if policy.reuse_output and not policy.whole_steps:
+            raise ValueError(f"{policy.name}: reusing the transformer's output needs whole-step decisions")
         self.state_manager = StateManager(BranchState, (len(self.blocks), policy))
         self.stats = CacheStats()
         self.last_video = CacheStats()

@@ -8,7 +8,7 @@ from diffusers import WanTransformer3DModel
 import ditfarm
 from ditfarm import cache
 from ditfarm.cache.metrics import psnr
-from ditfarm.cache.policies import TaylorSeerPolicy
+from ditfarm.cache.policies import AdaptivePolicy, TaylorSeerPolicy
 from ditfarm.cache.policies.base import CachePolicy
 from ditfarm.cache.profile import BlockProfile
 from ditfarm.pipelines.tiny.model_config import TRANSFORMER_CONFIG
@@ -269,3 +269,48 @@ def test_forecast_indicator_measures_the_damped_forecast_it_would_use(pipe):
     assert float(step2[0, 0]) == pytest.approx(float(expected), rel=1e-4)
     assert float(step2[0, 1]) == pytest.approx(float(r2.abs().sum()), rel=1e-4)
     assert float(step2[1:].abs().sum()) == 0.0
+
+
+class EveryThirdStep(CachePolicy):
+    """Whole steps: computes steps 0, 3, 6, ... and reuses the model's output in between."""
+
+    name = "every-third"
+    indicator = "forecast"
+    whole_steps = True
+    reuse_output = True
+
+    def decide(self, state, step, computed, sums):
+        return (np.ones if (step + 1) % 3 == 0 else np.zeros)(state.num_blocks, dtype=np.int8)
+
+
+def test_reuse_output_skips_the_whole_call_and_returns_the_last_output(pipe):
+    transformer = pipe.transformer
+    torch.manual_seed(0)
+    inputs = [(torch.randn(1, 6, 4, 16, 16), torch.tensor([900.0 - 100 * s]), torch.randn(1, 16, 32)) for s in range(7)]
+    embeds = []
+    hook = transformer.patch_embedding.register_forward_hook(lambda m, a, o: embeds.append(1))
+    try:
+        with torch.no_grad():
+            outs, calls = run_calls(transformer, inputs, EveryThirdStep())
+    finally:
+        hook.remove()
+    assert len(embeds) == 3 and len(calls) == 3 * len(transformer.blocks)  # steps 0, 3, 6 only, embeddings too
+    for skipped, source in ((1, 0), (2, 0), (4, 3), (5, 3)):
+        assert torch.equal(outs[skipped], outs[source])
+    assert not torch.equal(outs[3], outs[0])
+    with pytest.raises(ValueError, match="needs whole-step decisions"):
+        cache.CacheEngine(transformer, type("Mixed", (ScriptedPolicy,), {"reuse_output": True})([1, 0, 1, 1, 1, 1]))
+
+
+def test_adaptive_fastest_rungs_reuse_the_output_and_render(pipe):
+    fast = cache.AdaptiveConfig(threshold=3.0)
+    assert AdaptivePolicy(fast).reuse_output and not AdaptivePolicy(cache.AdaptiveConfig()).reuse_output
+    assert not AdaptivePolicy(cache.AdaptiveConfig(threshold=3.0, granularity="block")).reuse_output
+    cache.enable(pipe, fast)
+    try:
+        frames = pipe.generate(PROMPT, seed=4, steps=12)
+        stats = cache.last_video_stats(pipe)
+    finally:
+        cache.disable(pipe)
+    assert np.isfinite(frames).all() and 0 < stats.skipped_fraction < 1
+    assert stats.peak_bytes > 0

@@ -112,3 +112,19 @@ def test_bench_cache_methods_filter(tmp_path, random_model_folder):
                                                          ("adaptive-block", 0.1), ("fewer-steps", 4)]
     with pytest.raises(ValueError, match="unknown method family 'magcash'"):
         cli(["bench", "cache", "--json", str(out), "--methods", "magcash"])
+
+
+def test_target_check_reads_the_bar_and_the_rows_adaptive_does_not_match():
+    from ditfarm.cache.bench import Row, target_check
+
+    def row(family, speedup, psnr, computed=0.5):
+        return Row(family=family, knob=0.0, speedup=speedup, computed=computed, psnr=psnr, ssim=0.9, videos=1)
+
+    rows = [row("adaptive", 1.0, float("inf"), 1.0), row("adaptive", 2.1, 41.0), row("adaptive", 4.0, 20.0),
+            row("magcache", 1.4, 45.0), row("magcache", 1.7, 39.0), row("taylorseer", 4.5, 19.0),
+            row("fbcache", 1.01, float("inf"), 1.0)]
+    check = target_check(rows)
+    assert check["bar_psnr"] == 39.0  # magcache 1.4x is under the 1.5x bar speed
+    assert check["fastest_at_bar"] == 2.1
+    # magcache 1.4x at 45 dB and taylorseer 4.5x are matched by no adaptive row; fbcache computed everything
+    assert check["dominated_by"] == ["magcache 0: 1.40x 45.00 dB", "taylorseer 0: 4.50x 19.00 dB"]

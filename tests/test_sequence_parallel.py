@@ -28,6 +28,17 @@ def test_sp2_matches_sp1_and_ranks_agree(random_model_folder, policy, knob):
         assert two[0]["peak_bytes"] == two[1]["peak_bytes"] == one["peak_bytes"] // 2
 
 
+def test_sp2_skips_whole_calls_alike_on_every_rank(random_model_folder):
+    """adaptive's fastest rung skips the whole transformer call (collectives included) on skipped steps: every
+    rank must skip the same calls, or one would wait in an all-to-all the other never enters."""
+    args = (str(random_model_folder), PROMPT, 5, dict(steps=12), "adaptive", 3.0)
+    (one,) = run_local_gang(render_on_rank, 1, *args)
+    two = run_local_gang(render_on_rank, 2, *args)
+    assert two[0]["masks"] == two[1]["masks"] == one["masks"]
+    assert 0 < one["skipped_fraction"] < 1
+    assert psnr(one["frames"], two[0]["frames"]) >= 60
+
+
 def nudge_rank_one(rank, vector):
     """Rank 1 sees its local sums 1e-6 (relative) off: a float rounding difference between ranks."""
     return vector * (1 + 1e-6) if rank == 1 else vector

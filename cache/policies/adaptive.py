@@ -38,14 +38,16 @@ ahead, yet on tiny its videos came out 3-6 dB *worse* at equal compute, while pl
 derivative to 0.4 of its value beat both: +2 to +7 dB over plain reuse on fixed schedules of 14-17 computed steps
 (held-out prompts not used by the bench; BENCHMARKS.md).  The predicted error grows like g^(1 + order * damping).
 
-One knob.  ``threshold`` is the budget.  Up to 0.5 it is only the error budget, over the reference schedule
-shape: an 8-of-30-step warm-up, then runs of 1, 2, 3, 3, ... skipped steps (at 0.5 the error rarely binds and a
-30-step video computes 14 steps).  From 0.6 to 3 it also climbs ``LADDER``: nine more schedule shapes, each the best
-of 493 candidates at its count of computed steps (13 down to 5 of 30) on held-out tiny videos the bench does not
-use; the warm-up shrinks to 3 steps and runs lengthen.  The error budget grows with the rung's run length, so the
-indicator cuts a run short only where this video's forecast errs unusually.  Any of ``warmup_fraction``,
-``first_run``, ``growth`` and ``max_run`` set explicitly overrides the rung.  Run lengths are in steps as searched
-at 30 steps; the warm-up is a fraction of the steps.
+One knob.  ``threshold`` is the budget.  Below 0.5 it is only the error budget, over a gentle schedule shape: a
+7-of-30-step warm-up, then runs of at most 1, 1, 2, 2, 3, 3, ... skipped steps.  From 0.5 to 3 it also climbs
+``LADDER``: schedule shapes each the best of 493 candidates at its count of computed steps (14 down to 5 of 30) on
+held-out tiny videos the bench does not use (at 0.5: an 8-step warm-up, then runs of 1, 2, 3, 3, ...; the error
+rarely binds there and a 30-step video computes 14 steps); up the ladder the warm-up shrinks to 3 steps and runs
+lengthen.  The error budget grows with the rung's run length, so the
+indicator cuts a run short only where this video's forecast errs unusually.  The three fastest rungs skip
+whole transformer calls and reuse the model's output instead of forecasting the stack (``reuse_output``).  Any of
+``warmup_fraction``, ``first_run``, ``growth``, ``max_run`` and ``reuse_output`` set explicitly overrides the
+rung.  Run lengths are in steps as searched at 30 steps; the warm-up is a fraction of the steps.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class AdaptiveConfig:
     max_run: int | None = None  # None: from the budget (ladder)
     warmup_fraction: float | None = None  # None: from the budget (ladder)
     final_steps: int = 0
+    reuse_output: bool | None = None  # step granularity: skipped steps reuse the model's output; None: ladder
     first_run: int | None = None  # step granularity: the first run's limit; None: ladder
     growth: float | None = None  # step granularity: a run may be first_run + floor(growth * runs so far); None: ladder
     granularity: str = "step"  # "step": every block skips or runs together; "block": each block alone
@@ -94,32 +97,42 @@ class Rung:
     growth: float
     max_run: int
     computed_of_30: int
+    reuse_output: bool = False  # skipped steps reuse the model's output instead of forecasting the stack
 
 
 # Searched, not guessed: benchmarks/schedule_search.py rendered the 493 schedules of this shape that compute at
 # most 16 of 30 steps on tiny (cases seeds 777 and 999; the bench's 4242 was not used) and each rung is the shape
 # that did best on both seeds at its count (benchmarks/schedule-search-777.jsonl, -999.jsonl; BENCHMARKS.md).
-# What they share: the warm-up shrinks from 8 to 3 steps as the budget grows, but never below 3 (an error at
+# Below 0.5 the error budget, not the run limits, decides most skips, and there the gentler shape of the first
+# rung keeps more fidelity at the same compute (tuning seed 777: budget 0.1 -> 60.0% computed at 44.8 dB against
+# 63.3% at 43.7 with the 0.5 rung's shape; 0.2 -> 50.0% at 43.8 against 50.8% at 41.3).  What they share: the warm-up shrinks from 8 to 3 steps as the budget grows, but never below 3 (an error at
 # step 1 or 2 costs the most); runs grow by about one step per run; only the fastest rungs start with long runs.
 LADDER = (
-    Rung(0.0, 8 / 30, 1, 1.0, 3, 14),
+    Rung(0.0, 7 / 30, 1, 0.5, 3, 14),  # where the error budget binds: session 4's shape (tuned on seed 777)
+    Rung(0.5, 8 / 30, 1, 1.0, 3, 14),
     Rung(0.6, 7 / 30, 1, 1.0, 3, 13),
     Rung(0.7, 6 / 30, 2, 0.5, 3, 12),
     Rung(0.8, 5 / 30, 2, 1.0, 3, 11),
     Rung(0.9, 4 / 30, 1, 1.0, 4, 10),
     Rung(1.0, 4 / 30, 2, 1.0, 5, 9),
     Rung(1.25, 4 / 30, 2, 2.0, 7, 8),
-    Rung(1.5, 4 / 30, 4, 2.0, 7, 7),
-    Rung(2.0, 3 / 30, 5, 1.0, 7, 6),
-    Rung(3.0, 3 / 30, 8, 0.5, 9, 5),
+    Rung(1.5, 4 / 30, 4, 2.0, 7, 7, reuse_output=True),
+    Rung(2.0, 3 / 30, 5, 1.0, 7, 6, reuse_output=True),
+    Rung(3.0, 3 / 30, 8, 0.5, 9, 5, reuse_output=True),
 )
+# The last three skip runs of 4-9 steps.  Over runs that long, reusing the model's output (the sampler then takes
+# one straight step across the run, like a coarser schedule placed where it hurts least) kept more fidelity than
+# forecasting the stack, and a skipped step no longer pays for embeddings and head (tuning seed 777, 4 videos:
+# 29.8 / 26.1 / 23.8 dB against 26.7 / 23.9 / 21.0; at the 1.25 and 1.0 rungs the stack forecast was better,
+# 30.9 and 32.9 against 30.3 and 30.9).
 
 
 def ladder(config: AdaptiveConfig) -> Rung:
     """The schedule shape for the config's budget: the highest rung whose budget it reaches, with any of
     ``warmup_fraction``, ``first_run``, ``growth``, ``max_run`` the config sets explicitly overriding the rung's."""
     rung = [r for r in LADDER if config.threshold >= r.budget][-1]
-    chosen = {name: getattr(config, name) for name in ("warmup_fraction", "first_run", "growth", "max_run")
+    chosen = {name: getattr(config, name) for name in ("warmup_fraction", "first_run", "growth", "max_run",
+                                                       "reuse_output")
               if getattr(config, name) is not None}
     return replace(rung, **chosen)
 
@@ -166,6 +179,7 @@ class AdaptivePolicy(CachePolicy):
         self.rung = ladder(config)
         self.max_run, self.warmup_fraction = self.rung.max_run, self.rung.warmup_fraction
         self.first_run, self.growth = self.rung.first_run, self.rung.growth
+        self.reuse_output = self.whole_steps and self.rung.reuse_output
         # the budget is for runs of the reference rung's length; a run k times longer, with the same unit error,
         # accumulates about k^(1 + error_power) times the error, so longer rungs get that much more room (their
         # speed is the budget's choice; the indicator still ends a run whose errors are unusually large)
@@ -241,4 +255,4 @@ class AdaptivePolicy(CachePolicy):
                 "granularity": c.granularity,
                 "foreground_scale": c.foreground_scale, "background_scale": c.background_scale,
                 "warmup_fraction": self.warmup_fraction, "first_run": self.first_run, "growth": self.growth,
-                "final_steps": c.final_steps}
+                "reuse_output": self.reuse_output, "final_steps": c.final_steps}

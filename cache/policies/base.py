@@ -49,6 +49,10 @@ class CachePolicy(ABC):
     #: True when every mask is all ones or all zeros: the engine then caches the whole stack's residual once, and
     #: files the stack's indicator sums in row 0 (the other rows stay zero)
     whole_steps: bool = False
+    #: whole-step policies only: a skipped step returns the transformer's last output of its branch (plain reuse
+    #: of the model's prediction, so the sampler takes the step with it) instead of running the embeddings, the
+    #: forecast stack and the head; a skipped step then costs next to nothing
+    reuse_output: bool = False
 
     def new_state(self, num_blocks: int, num_steps: int) -> DecisionState:
         return DecisionState(num_blocks, num_steps)
