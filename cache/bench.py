@@ -127,7 +127,7 @@ def method_grid(pipe, steps: int, guidance_scale: float, profile, calibration_pr
         "bwcache": [0.1, 0.15, 0.2, 0.25, 0.3],
         "profiling": [2, 3, 4, 6, 8],
         "taylorseer": [2, 3, 4, 5, 6],
-        "adaptive": [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0],
+        "adaptive": [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0],
         "adaptive-block": [0.0, 0.02, 0.04, 0.06, 0.08, 0.12, 0.16, 0.24, 0.32],
         "fbcache": [0.02, 0.05, 0.08, 0.12, 0.2],
         "diffusers-taylorseer": [2, 3, 4, 5],

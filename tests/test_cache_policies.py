@@ -160,7 +160,7 @@ def test_adaptive_budget_picks_its_rung_of_the_ladder_unless_the_config_says_oth
     mine = ladder(AdaptiveConfig(threshold=2.0, max_run=3, warmup_fraction=0.3, growth=0, first_run=2))
     assert (mine.max_run, mine.warmup_fraction, mine.growth, mine.first_run) == (3, 0.3, 0, 2)
     assert [r.budget for r in LADDER] == sorted(r.budget for r in LADDER)
-    assert [r.computed_of_30 for r in LADDER] == [14] + list(range(14, 4, -1))
+    assert [r.computed_of_30 for r in LADDER] == [14] + list(range(14, 3, -1))
 
 
 def computed_steps(masks):
@@ -171,11 +171,11 @@ SEARCHED = [  # per rung: the schedule benchmarks/schedule-search-*.jsonl picked
     [0, 1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 24, 28], [0, 1, 2, 3, 4, 5, 6, 7, 9, 12, 16, 20, 24, 28],
     [0, 1, 2, 3, 4, 5, 6, 8, 11, 15, 19, 23, 27], [0, 1, 2, 3, 4, 5, 8, 11, 15, 19, 23, 27],
     [0, 1, 2, 3, 4, 7, 11, 15, 19, 23, 27], [0, 1, 2, 3, 5, 8, 12, 17, 22, 27], [0, 1, 2, 3, 6, 10, 15, 21, 27],
-    [0, 1, 2, 3, 6, 11, 18, 26], [0, 1, 2, 3, 8, 15, 23], [0, 1, 2, 8, 15, 23], [0, 1, 2, 11, 20],
+    [0, 1, 2, 3, 6, 11, 18, 26], [0, 1, 2, 3, 8, 15, 23], [0, 1, 2, 8, 15, 23], [0, 1, 2, 11, 20], [0, 1, 2, 16],
 ]
 
 
-@pytest.mark.parametrize("rung", range(11))
+@pytest.mark.parametrize("rung", range(12))
 def test_each_rung_computes_its_searched_schedule_when_errors_are_small(rung):
     """With a tiny forecast error only the rung's run limits bind."""
     from ditfarm.cache.policies.adaptive import LADDER
