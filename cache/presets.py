@@ -6,8 +6,8 @@ Each policy has one knob that trades speed for fidelity, and good defaults for e
     profiling   the refresh interval right after warm-up, T_max (it shrinks to T_min = 2 at the end)
     taylorseer  the interval N between full steps
     adaptive    the error budget: predicted relative L1 error of the forecast stack residual, accumulated over a
-                run of skipped steps (per block with granularity "block"); from 0.6 to 3 it also climbs a ladder
-                of searched schedule shapes, 13 down to 5 computed steps of 30 (0.5: 14)
+                run of skipped steps (per block with granularity "block"); from 0.5 to 4 it also climbs a ladder
+                of searched schedule shapes, 14 down to 4 computed steps of 30
 """
 
 from __future__ import annotations

@@ -34,6 +34,15 @@ def pipe(random_model_folder):
     return ditfarm.load_pipeline(random_model_folder)
 
 
+def render_cached(pipe, config, seed, steps):
+    """One video with the cache enabled (then disabled): its frames and the cache's stats for it."""
+    cache.enable(pipe, config)
+    try:
+        return pipe.generate(PROMPT, seed=seed, steps=steps), cache.last_video_stats(pipe)
+    finally:
+        cache.disable(pipe)
+
+
 def run_calls(transformer, inputs, policy):
     """Call the transformer once per step under cache_context, with the engine attached."""
     engine = cache.CacheEngine(transformer, policy)
@@ -78,12 +87,7 @@ def test_skipped_run_adds_the_cached_residual_once(pipe):
 )
 def test_computing_every_block_reproduces_the_uncached_video(pipe, config):
     base = pipe.generate(PROMPT, seed=3, steps=6)
-    cache.enable(pipe, config)
-    try:
-        cached = pipe.generate(PROMPT, seed=3, steps=6)
-        stats = cache.last_video_stats(pipe)
-    finally:
-        cache.disable(pipe)
+    cached, stats = render_cached(pipe, config, seed=3, steps=6)
     assert np.array_equal(base, cached)
     assert stats.skipped == 0 and stats.computed == 6 * 6 * 2  # blocks x steps x CFG branches
     assert np.array_equal(pipe.generate(PROMPT, seed=3, steps=6), base)  # disabled cleanly
@@ -306,11 +310,6 @@ def test_adaptive_fastest_rungs_reuse_the_output_and_render(pipe):
     fast = cache.AdaptiveConfig(threshold=3.0)
     assert AdaptivePolicy(fast).reuse_output and not AdaptivePolicy(cache.AdaptiveConfig()).reuse_output
     assert not AdaptivePolicy(cache.AdaptiveConfig(threshold=3.0, granularity="block")).reuse_output
-    cache.enable(pipe, fast)
-    try:
-        frames = pipe.generate(PROMPT, seed=4, steps=12)
-        stats = cache.last_video_stats(pipe)
-    finally:
-        cache.disable(pipe)
+    frames, stats = render_cached(pipe, fast, seed=4, steps=12)
     assert np.isfinite(frames).all() and 0 < stats.skipped_fraction < 1
     assert stats.peak_bytes > 0
