@@ -105,8 +105,9 @@ class Rung:
 # that did best on both seeds at its count (benchmarks/schedule-search-777.jsonl, -999.jsonl; BENCHMARKS.md).
 # Below 0.5 the error budget, not the run limits, decides most skips, and there the gentler shape of the first
 # rung keeps more fidelity at the same compute (tuning seed 777: budget 0.1 -> 60.0% computed at 44.8 dB against
-# 63.3% at 43.7 with the 0.5 rung's shape; 0.2 -> 50.0% at 43.8 against 50.8% at 41.3).  What they share: the warm-up shrinks from 8 to 3 steps as the budget grows, but never below 3 (an error at
-# step 1 or 2 costs the most); runs grow by about one step per run; only the fastest rungs start with long runs.
+# 63.3% at 43.7 with the 0.5 rung's shape; 0.2 -> 50.0% at 43.8 against 50.8% at 41.3).  What the searched rungs
+# share: the warm-up shrinks from 8 to 3 steps as the budget grows, but never below 3 (an error at step 1 or 2
+# costs the most); runs grow by about one step per run; only the fastest rungs start with long runs.
 LADDER = (
     Rung(0.0, 7 / 30, 1, 0.5, 3, 14),  # where the error budget binds: session 4's shape (tuned on seed 777)
     Rung(0.5, 8 / 30, 1, 1.0, 3, 14),
@@ -131,7 +132,8 @@ LADDER = (
 
 def ladder(config: AdaptiveConfig) -> Rung:
     """The schedule shape for the config's budget: the highest rung whose budget it reaches, with any of
-    ``warmup_fraction``, ``first_run``, ``growth``, ``max_run`` the config sets explicitly overriding the rung's."""
+    ``warmup_fraction``, ``first_run``, ``growth``, ``max_run``, ``reuse_output`` the config sets explicitly
+    overriding the rung's."""
     rung = [r for r in LADDER if config.threshold >= r.budget][-1]
     chosen = {name: getattr(config, name) for name in ("warmup_fraction", "first_run", "growth", "max_run",
                                                        "reuse_output")
