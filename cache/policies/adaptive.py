@@ -181,13 +181,11 @@ class AdaptivePolicy(CachePolicy):
         self.error_power = 1 + config.order * config.damping
         self.whole_steps = config.granularity == "step"
         self.rung = ladder(config)
-        self.max_run, self.warmup_fraction = self.rung.max_run, self.rung.warmup_fraction
-        self.first_run, self.growth = self.rung.first_run, self.rung.growth
         self.reuse_output = self.whole_steps and self.rung.reuse_output
         # the budget is for runs of the reference rung's length; a run k times longer, with the same unit error,
         # accumulates about k^(1 + error_power) times the error, so longer rungs get that much more room (their
         # speed is the budget's choice; the indicator still ends a run whose errors are unusually large)
-        self.step_budget = config.threshold * max(1.0, self.max_run / LADDER[0].max_run) ** (1 + self.error_power)
+        self.step_budget = config.threshold * max(1.0, self.rung.max_run / LADDER[0].max_run) ** (1 + self.error_power)
 
     def block_thresholds(self, num_blocks: int) -> np.ndarray:
         c = self.config
@@ -200,7 +198,7 @@ class AdaptivePolicy(CachePolicy):
         state = super().new_state(num_blocks, num_steps)
         state.unit_error = np.full(num_blocks, np.nan)
         state.thresholds = self.block_thresholds(num_blocks)
-        state.warmup = max(2, round(self.warmup_fraction * num_steps))
+        state.warmup = max(2, round(self.rung.warmup_fraction * num_steps))
         state.prior = change_prior(self.config.profile, num_steps)
         state.step_unit_error = np.nan  # step granularity: unit error of the whole stack's forecast
         state.step_spent = 0.0  # step granularity: predicted error accumulated since the last computed step
@@ -235,7 +233,7 @@ class AdaptivePolicy(CachePolicy):
             return self.decide_step(state, nxt, computed)
         run = state.reuse_run + 1  # length of the run if the block is skipped at nxt
         predicted = state.unit_error * run.astype(float) ** self.error_power
-        skip = ~np.isnan(predicted) & (predicted < state.thresholds) & (run <= self.max_run)
+        skip = ~np.isnan(predicted) & (predicted < state.thresholds) & (run <= self.rung.max_run)
         return (~skip).astype(np.int8)
 
     def decide_step(self, state: DecisionState, nxt: int, computed: np.ndarray) -> np.ndarray:
@@ -245,7 +243,8 @@ class AdaptivePolicy(CachePolicy):
             state.in_run, state.step_spent = False, 0.0
         run = int(state.reuse_run.max()) + 1  # steps since the last computed one, if nxt is skipped
         predicted = state.step_unit_error * run**self.error_power * prior_at(state, nxt)
-        limit = min(self.max_run, self.first_run + int(self.growth * state.runs_done))
+        r = self.rung
+        limit = min(r.max_run, r.first_run + int(r.growth * state.runs_done))
         if np.isnan(predicted) or run > limit or state.step_spent + predicted >= self.step_budget:
             return all_blocks(state.num_blocks)
         state.step_spent += predicted
@@ -255,8 +254,9 @@ class AdaptivePolicy(CachePolicy):
     def describe(self) -> dict:
         c = self.config
         return {"policy": self.name, "threshold": c.threshold, "order": c.order, "damping": c.damping,
-                "max_run": self.max_run,
+                "max_run": self.rung.max_run,
                 "granularity": c.granularity,
                 "foreground_scale": c.foreground_scale, "background_scale": c.background_scale,
-                "warmup_fraction": self.warmup_fraction, "first_run": self.first_run, "growth": self.growth,
+                "warmup_fraction": self.rung.warmup_fraction, "first_run": self.rung.first_run,
+                "growth": self.rung.growth,
                 "reuse_output": self.reuse_output, "final_steps": c.final_steps}
