@@ -167,7 +167,7 @@ def computed_steps(masks):
     return [i for i, m in enumerate(masks) if m.all()]
 
 
-SEARCHED = [  # per rung: the schedule benchmarks/schedule-search-*.jsonl picked at its count (the first: session 4's)
+SEARCHED = [  # per rung: the schedule benchmarks/schedule-search-*.jsonl picked at its count (first: the gentler shape)
     [0, 1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 24, 28], [0, 1, 2, 3, 4, 5, 6, 7, 9, 12, 16, 20, 24, 28],
     [0, 1, 2, 3, 4, 5, 6, 8, 11, 15, 19, 23, 27], [0, 1, 2, 3, 4, 5, 8, 11, 15, 19, 23, 27],
     [0, 1, 2, 3, 4, 7, 11, 15, 19, 23, 27], [0, 1, 2, 3, 5, 8, 12, 17, 22, 27], [0, 1, 2, 3, 6, 10, 15, 21, 27],

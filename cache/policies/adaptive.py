@@ -109,7 +109,7 @@ class Rung:
 # share: the warm-up shrinks from 8 to 3 steps as the budget grows, but never below 3 (an error at step 1 or 2
 # costs the most); runs grow by about one step per run; only the fastest rungs start with long runs.
 LADDER = (
-    Rung(0.0, 7 / 30, 1, 0.5, 3, 14),  # where the error budget binds: session 4's shape (tuned on seed 777)
+    Rung(0.0, 7 / 30, 1, 0.5, 3, 14),  # where the error budget binds: the gentler shape (tuned on seed 777)
     Rung(0.5, 8 / 30, 1, 1.0, 3, 14),
     Rung(0.6, 7 / 30, 1, 1.0, 3, 13),
     Rung(0.7, 6 / 30, 2, 0.5, 3, 12),

@@ -1,10 +1,11 @@
 """Preconditioning of the ``tiny`` transformer (EDM's c_skip / c_out / c_in, worked out for rectified flow).
 
 Sampling wants the velocity v = eps - x0 at x_s = (1 - s) x0 + s eps.  Asked for v directly, a small pixel-space
-model must copy the noise of its input to its output, which at high noise is almost all of v; the 1 M parameter
-``tiny`` of sessions 1-2 did this badly (at s = 0.98 its error was a third above that of the plain prior mean of
-the data), and the first steps of sampling, where layout and direction of motion are decided, suffered.  So, as
-EDM does for x0, the transformer's output F only carries what cannot be had linearly from its input:
+model must copy the noise of its input to its output, which at high noise is almost all of v; the first,
+un-preconditioned 1 M parameter ``tiny`` did this badly (at s = 0.98 its error was a third above that of the plain
+prior mean of the data), and the first steps of sampling, where layout and direction of motion are decided,
+suffered.  So, as EDM does for x0, the transformer's output F only carries what cannot be had linearly from its
+input:
 
     v = skip(s) * x_s + out(s) * F(in(s) * x_s)
 

@@ -5,7 +5,7 @@
 The run directory holds ``state.pt`` (model, EMA, optimiser, step; rewritten atomically every
 ``--checkpoint-every`` steps), ``loss.csv`` (one line per logged step) and ``ema/`` (the EMA weights as a model
 folder that ``ditfarm.load_pipeline`` reads).  Running the same command again resumes from the last checkpoint:
-sessions on this project end without warning, so a run is never more than one checkpoint interval from safety.
+training runs can be killed without warning, so a run is never more than one checkpoint interval from safety.
 Data and noise for step k are drawn from generators seeded by (seed, k), so a resumed run sees the same batches
 as an uninterrupted one.
 
