@@ -41,6 +41,7 @@ class GangMember:
         self.rank, self.world, self.config = rank, world, config
         self.store = None
         self.renderer = None
+        self.outputs = {}  # OutputLocation -> its store, opened once per gang member
 
     def open_store(self) -> tuple[str, int]:
         """Rank 0: listen on a free port of this node; returns (node address, port)."""
@@ -70,13 +71,29 @@ class GangMember:
         self.renderer = RankRenderer(self.rank, self.world, self.config)
         return self.rank
 
-    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "") -> dict:
-        """Rank 0 returns the frames; a ValueError (bad prompt or settings, raised alike on every rank before
-        any collective) comes back as {"error": ...}: the row fails, the gang stays healthy."""
+    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", publish=None) -> dict:
+        """Every rank renders its shard; rank 0 returns the frames, or with ``publish`` (output location, video
+        id, run settings) encodes and stores the mp4 itself and returns only its URI: raw frames never travel
+        to the driver.  A ValueError (bad prompt or settings, raised alike on every rank before any collective)
+        comes back as {"error": ...} and a storage failure as {"storage_error": ...}: the row fails, the gang
+        stays healthy."""
+        from ..jobs.storage import StorageError
+
         try:
-            return self.renderer.render(prompt, seed, sampler, negative_prompt)
+            result = self.renderer.render(prompt, seed, sampler, negative_prompt)
         except ValueError as err:
             return {"error": str(err)}
+        if publish is not None and self.rank == 0:
+            from ..jobs.driver import publish_video
+
+            location, video_id, settings = publish
+            store = self.outputs.get(location) or self.outputs.setdefault(location, location.open())
+            try:
+                result["uri"] = publish_video(store, video_id, result.pop("frames"), settings)
+            except (StorageError, ValueError) as err:
+                return {"storage_error": str(err)}
+            result["frames"] = None
+        return result
 
     def pid(self) -> int:
         import os
@@ -92,6 +109,7 @@ class GangConfig:
     cpus_per_rank: float = 1.0
     start_timeout_s: float = 300.0
     call_timeout_s: float = 600.0
+    env_vars: tuple[tuple[str, str], ...] = ()  # the driver's storage settings (AWS_*), for every rank's runtime env
 
 
 class Gang:
@@ -116,6 +134,7 @@ class Gang:
                 num_cpus=config.cpus_per_rank,
                 num_gpus=config.gpus_per_rank,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=i),
+                runtime_env={"env_vars": dict(config.env_vars)} if config.env_vars else None,
             ).remote(i, config.sp, config.rank, max(1, int(config.cpus_per_rank)))
             for i in range(config.sp)
         ]
@@ -133,12 +152,17 @@ class Gang:
             self.kill()
             raise GangFailure(f"{self.name}: a rank failed: {err}") from err
 
-    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "") -> dict:
-        """Every rank renders its shard; returns rank 0's result (frames, settings, cache stats)."""
-        refs = [m.render.remote(prompt, seed, sampler, negative_prompt) for m in self.members]
+    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", publish=None) -> dict:
+        """Every rank renders its shard; returns rank 0's result (frames or the stored URI, settings, cache
+        stats)."""
+        from ..jobs.storage import StorageError
+
+        refs = [m.render.remote(prompt, seed, sampler, negative_prompt, publish) for m in self.members]
         result = self._call(refs, self.config.call_timeout_s)[0]
         if "error" in result:
             raise RowError(result["error"])
+        if "storage_error" in result:
+            raise StorageError(result["storage_error"])
         return result
 
     def pids(self) -> list[int]:
@@ -161,11 +185,12 @@ class GangPool:
         self.gangs = [Gang(config, f"gang-{i}") for i in range(gangs)]
         self.replaced = 0
 
-    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", gang: int = 0) -> dict:
+    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", gang: int = 0,
+               publish=None) -> dict:
         last = None
         for attempt in range(self.max_attempts):
             try:
-                return self.gangs[gang].render(prompt, seed, sampler, negative_prompt)
+                return self.gangs[gang].render(prompt, seed, sampler, negative_prompt, publish)
             except GangFailure as err:
                 last = err
                 log.warning("%s; starting a new gang and rendering the video again (attempt %d)", err, attempt + 2)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import queue
 
-from ..jobs.driver import RenderedVideo, RenderSettings, sampler_overrides
+from ..jobs.driver import sampler_overrides
 from ..jobs.manifest import RenderTask
+from ..jobs.storage import OutputLocation, storage_env
+from ..jobs.types import RenderedVideo, RenderSettings
 from .gang import GangConfig, GangPool
 from .gang_rank import RankConfig
 
@@ -19,7 +21,8 @@ def gang_config(settings: RenderSettings) -> GangConfig:
     on_gpu = settings.device.startswith("cuda")
     rank = RankConfig(model=settings.model, device=settings.device, cache=settings.cache,
                       cache_knob=settings.cache_knob, profile=settings.profile, timeout_s=settings.collective_timeout_s)
-    return GangConfig(sp=settings.sp, rank=rank, gpus_per_rank=1.0 if on_gpu else 0.0, cpus_per_rank=1.0)
+    return GangConfig(sp=settings.sp, rank=rank, gpus_per_rank=1.0 if on_gpu else 0.0, cpus_per_rank=1.0,
+                      env_vars=tuple(sorted(storage_env().items())))
 
 
 class GangRenderer:
@@ -37,16 +40,16 @@ class GangRenderer:
         for i in range(settings.gangs):
             self._free.put(i)
 
-    def render(self, task: RenderTask, settings: RenderSettings) -> RenderedVideo:
+    def render(self, task: RenderTask, settings: RenderSettings, out: OutputLocation) -> RenderedVideo:
         gang = self._free.get()
         try:
             result = self.pool.render(task.prompt, task.seed, sampler_overrides(task, settings), task.negative_prompt,
-                                      gang=gang)
+                                      gang=gang, publish=(out, task.id, settings))
             self.videos_per_gang[gang] += 1
         finally:
             self._free.put(gang)
         s = result["settings"]
-        return RenderedVideo(result["frames"], task.seed, s["num_frames"], s["height"], s["width"], s["steps"],
+        return RenderedVideo(result["uri"], task.seed, s["num_frames"], s["height"], s["width"], s["steps"],
                              str(settings.model), result["skipped_fraction"])
 
     def close(self) -> None:

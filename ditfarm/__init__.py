@@ -7,6 +7,9 @@ The public face is small on purpose:
     frames = pipe.generate("red circle moving left on blue background", seed=0)   # uint8 (T, H, W, 3)
     ditfarm.write_mp4(frames, "out.mp4", upscale=8)
 
+    for row in ditfarm.render(["red circle moving left on blue background"], out="s3://bucket/run"):
+        print(row["status"], row["uri"])          # rows as videos finish; ditfarm.read_results(out) later
+
 Names are imported lazily so that ``import ditfarm`` (and ``ditfarm --help``) stays fast.
 """
 
@@ -20,8 +23,10 @@ _EXPORTS = {
     "load_pipeline": "ditfarm.pipelines.loading",
     "write_mp4": "ditfarm.pipelines.video_io",
     "read_mp4": "ditfarm.pipelines.video_io",
+    "render": "ditfarm.jobs.api",
+    "read_results": "ditfarm.jobs.results",
     "render_manifest": "ditfarm.jobs.driver",
-    "RenderSettings": "ditfarm.jobs.driver",
+    "RenderSettings": "ditfarm.jobs.types",
 }
 
 __all__ = ["__version__", *_EXPORTS]

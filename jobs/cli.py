@@ -1,7 +1,9 @@
 """The ``ditfarm`` command.
 
-    ditfarm render MANIFEST.parquet --out DIR      render every row of a manifest (rerun: skips ids already ok)
-    ditfarm render --prompt "..." --out DIR        render one prompt
+    ditfarm render MANIFEST --out OUT              render every row of a manifest (rerun: skips ids already ok)
+    ditfarm render MANIFEST --out OUT --dry-run    validate every row, render nothing
+    ditfarm render --prompt "..." --out OUT        render one prompt
+    ditfarm status OUT                             counts per status, and the failed rows' errors
     ditfarm profile --model tiny --prompts P.txt --out PROFILE.json   profile blocks for caching
     ditfarm bench cache --model tiny --json OUT.json                  speed/fidelity of every cache
     ditfarm bench sp --policy adaptive --json OUT.json                the cache's speedup at sp=1 and sp=2
@@ -22,11 +24,19 @@ from ..cache.presets import POLICIES
 
 def _add_render(sub) -> None:
     p = sub.add_parser("render", help="render a Parquet manifest or one --prompt into --out DIR")
-    p.add_argument("manifest", nargs="?", type=Path, help="Parquet manifest (columns id, prompt, ...)")
+    p.add_argument("manifest", nargs="?",
+                   help="Parquet manifest: a file, a folder of files, s3://bucket/key.parquet or s3://bucket/prefix/")
     p.add_argument("--prompt", help="render this one prompt instead of a manifest")
     p.add_argument("--id", dest="video_id", help="with --prompt: the video id (default: derived from the prompt)")
     p.add_argument("--seed", type=int, help="with --prompt: the seed (default: derived from the id)")
-    p.add_argument("--out", type=Path, required=True, help="output folder: videos/ and results/ go here")
+    p.add_argument("--out", required=True, help="output folder or s3://bucket/prefix: videos/ and results/ go here")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the whole manifest against the model and the output; load no model, write nothing")
+    p.add_argument("--overwrite", action="store_true", help="render every row again, even ids already ok")
+    p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some rows failed")
+    p.add_argument("--flush-every", type=int, default=32, help="write a results part every N rows (default 32)")
+    p.add_argument("--flush-seconds", type=float, default=60.0,
+                   help="... or this many seconds after the oldest unwritten row (default 60)")
     p.add_argument("--model", default="tiny", help="built-in model name or model folder (default: tiny)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (default: the model's)")
@@ -55,56 +65,95 @@ def _add_render(sub) -> None:
 def cmd_render(args) -> int:
     from .driver import RenderSettings, prompt_task, render_manifest, render_tasks
     from .manifest import ManifestError
+    from .storage import StorageError, redact
+
+    def fail(message) -> int:
+        print(f"ditfarm render: {redact(str(message))}", file=sys.stderr)
+        return 2
 
     if (args.manifest is None) == (args.prompt is None):
-        print("ditfarm render: give either a MANIFEST or --prompt, not both and not neither", file=sys.stderr)
-        return 2
-    if args.upscale < 1 or args.fps < 1:
-        print("ditfarm render: --upscale and --fps must be positive integers", file=sys.stderr)
-        return 2
-    settings = RenderSettings(
-        model=args.model,
-        num_frames=args.num_frames,
-        height=args.height,
-        width=args.width,
-        steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        upscale=args.upscale,
-        fps=args.fps,
-        device=args.device,
-        cache=args.cache,
-        cache_knob=args.cache_threshold,
-        profile=args.profile,
-        sp=args.sp,
-        gangs=args.gangs if args.gangs is not None else (1 if args.sp > 1 else 0),
-        collective_timeout_s=args.collective_timeout,
-    )
+        return fail("give either a MANIFEST or --prompt, not both and not neither")
     try:
+        settings = RenderSettings(
+            model=args.model,
+            num_frames=args.num_frames,
+            height=args.height,
+            width=args.width,
+            steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            upscale=args.upscale,
+            fps=args.fps,
+            device=args.device,
+            flush_every=args.flush_every,
+            flush_seconds=args.flush_seconds,
+            cache=args.cache,
+            cache_knob=args.cache_threshold,
+            profile=args.profile,
+            sp=args.sp,
+            gangs=args.gangs if args.gangs is not None else (1 if args.sp > 1 else 0),
+            collective_timeout_s=args.collective_timeout,
+        )
         from ..cache.presets import resolve_knob
 
         resolve_knob(args.cache, args.cache_threshold)
         settings.validate()
     except ValueError as err:
-        print(f"ditfarm render: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     try:
+        if args.dry_run:
+            if args.prompt is not None:
+                return fail("--dry-run checks a MANIFEST")
+            from .dry_run import dry_run
+
+            report = dry_run(args.manifest, args.out, settings, overwrite=args.overwrite)
+            for line in report.lines():
+                print(line)
+            return 1 if report.would_fail else 0
         if args.prompt is not None:
             task = prompt_task(args.prompt, seed=args.seed, video_id=args.video_id)
-            summary = render_tasks([task], args.out, settings, total=1, progress=not args.no_progress)
+            summary = render_tasks([task], args.out, settings, total=1, progress=not args.no_progress,
+                                   overwrite=args.overwrite)
         else:
-            summary = render_manifest(args.manifest, args.out, settings, progress=not args.no_progress)
-    except (ManifestError, ValueError, FileNotFoundError) as err:  # bad manifest, model, cache setup or profile
-        print(f"ditfarm render: {err}", file=sys.stderr)
-        return 2
-    print(
-        f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped; "
-        f"videos in {args.out / 'videos'}, results in {args.out / 'results'}"
-    )
+            summary = render_manifest(args.manifest, args.out, settings, progress=not args.no_progress,
+                                      overwrite=args.overwrite)
+    except (ManifestError, StorageError, ValueError, FileNotFoundError) as err:  # manifest, output, model, profile
+        return fail(err)
+    out = summary.out.rstrip("/")
+    print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped; "
+          f"videos in {out}/videos, results in {out}/results")
     for error in summary.errors[:20]:
         print(f"  failed: {error}", file=sys.stderr)
-    if len(summary.errors) > 20:
-        print(f"  ... and {len(summary.errors) - 20} more (see the results table)", file=sys.stderr)
-    return 1 if summary.failed else 0
+    if summary.failed > 20:
+        print(f"  ... and {summary.failed - 20} more (see the results table)", file=sys.stderr)
+    return 1 if summary.failed and not args.allow_failures else 0
+
+
+def _add_status(sub) -> None:
+    p = sub.add_parser("status", help="counts per status in OUT's results, and the failed rows' errors")
+    p.add_argument("out", help="output folder or s3://bucket/prefix")
+    p.add_argument("--errors", type=int, default=20, help="failed rows to list (default 20)")
+
+
+def cmd_status(args) -> int:
+    from collections import Counter
+
+    from .results import read_results
+    from .storage import StorageError, redact
+
+    try:
+        table = read_results(args.out)
+    except (StorageError, OSError, ValueError) as err:
+        print(f"ditfarm status: {redact(str(err))}", file=sys.stderr)
+        return 2
+    counts = Counter(table.column("status").to_pylist())
+    print(f"{args.out}: {table.num_rows} ids: " + ", ".join(f"{counts[s]} {s}" for s in sorted(counts)) if counts
+          else f"{args.out}: no results yet")
+    failed = [r for r in table.select(["id", "error", "status"]).to_pylist() if r["status"] == "failed"]
+    for row in failed[: args.errors]:
+        print(f"  failed {row['id']}: {row['error']}")
+    if len(failed) > args.errors:
+        print(f"  ... and {len(failed) - args.errors} more")
+    return 0
 
 
 def _add_profile(sub) -> None:
@@ -168,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ditfarm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_render(sub)
+    _add_status(sub)
     _add_profile(sub)
     sub.add_parser("eval-adherence", help="prompt adherence of a tiny-grammar model", add_help=False)
     sub.add_parser("train-tiny", help="train the built-in tiny model (resumable)", add_help=False)
@@ -201,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         train_main(argv[1:])
         return 0
     args = build_parser().parse_args(argv)
-    return {"render": cmd_render, "profile": cmd_profile}[args.command](args)
+    return {"render": cmd_render, "status": cmd_status, "profile": cmd_profile}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Schema (``id`` and ``prompt`` required, the rest optional; any other column is carried into the results):
 
-    id               string, unique, [A-Za-z0-9._-]{1,128}: names the video file, so it must be path-safe
+    id               string, unique, [A-Za-z0-9._-]{1,128}, no leading '.' or '..': names the video file
     prompt           string, non-empty
     seed             integer (missing or null: derived from the id, so a rerun draws the same noise)
     negative_prompt  string
@@ -17,15 +17,16 @@ out-of-range number) becomes a ``failed`` result naming the row and the problem,
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+from .storage import arrow_s3_filesystem, check_video_id, is_s3, redact, split_s3_uri
+
 REQUIRED_COLUMNS = ("id", "prompt")
 INTEGER_COLUMNS = ("seed", "num_frames", "height", "width", "steps")
 OPTIONAL_COLUMNS = ("seed", "negative_prompt", "num_frames", "height", "width", "steps", "guidance_scale")
@@ -106,30 +107,98 @@ def check_schema(schema: pa.Schema, source: str) -> list[str]:
 
 
 class Manifest:
-    """A validated Parquet manifest, streamed in record batches so a million rows never sit in memory at once."""
+    """A validated Parquet manifest: one file, a folder of files, an ``s3://`` object or every Parquet object under
+    an ``s3://`` prefix.  Rows are streamed in record batches through a pyarrow dataset, so a million rows never sit
+    in memory at once; only the ids seen so far are kept, to fail duplicates (the first occurrence wins)."""
 
-    def __init__(self, path: str | Path, filesystem=None):
-        self.source = str(path)
+    def __init__(self, source: str | Path, batch_size: int = 4096):
+        self.source = str(source)
+        self.batch_size = batch_size
+        self.files, self.filesystem = manifest_files(self.source)
+        schemas = []
+        for path in self.files:
+            try:
+                schema = pq.read_schema(path, filesystem=self.filesystem)
+            except (pa.ArrowInvalid, OSError) as err:
+                raise ManifestError(f"manifest {self._name(path)} is not a readable Parquet file: {redact(str(err))}") from None
+            check_schema(schema, self._name(path))
+            schemas.append(schema)
         try:
-            self._file = pq.ParquetFile(path, filesystem=filesystem) if filesystem else pq.ParquetFile(path)
-        except FileNotFoundError as err:
-            raise ManifestError(f"manifest {self.source} does not exist") from err
-        except (pa.ArrowInvalid, OSError) as err:
-            raise ManifestError(f"manifest {self.source} is not a readable Parquet file: {err}") from err
-        self.schema = self._file.schema_arrow
+            self.schema = pa.unify_schemas(schemas)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+            raise ManifestError(f"manifest {self.source}: its files disagree on column types: {err}") from None
         self.extra_columns = check_schema(self.schema, self.source)
+        self._dataset = ds.dataset(self.files, schema=self.schema, format="parquet", filesystem=self.filesystem)
+
+    def _name(self, path: str) -> str:
+        return f"s3://{path}" if is_s3(self.source) else path
 
     @property
     def num_rows(self) -> int:
-        return self._file.metadata.num_rows
+        return self._dataset.count_rows()
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        try:
+            yield from self._dataset.to_batches(batch_size=self.batch_size, use_threads=False)
+        except OSError as err:
+            raise ManifestError(f"manifest {self.source} could not be read: {redact(str(err))}") from None
 
     def __iter__(self) -> Iterator[RenderTask | RowProblem]:
         seen: dict[str, int] = {}
         row = 0
-        for batch in self._file.iter_batches(batch_size=1024):
+        for batch in self.batches():
             for record in batch.to_pylist():
                 yield validate_row(row, record, self.extra_columns, seen)
                 row += 1
+
+
+class TableManifest(Manifest):
+    """A manifest that is already in memory (a pyarrow Table), checked and validated exactly like a file."""
+
+    def __init__(self, table: pa.Table, source: str = "<table>", batch_size: int = 4096):
+        self.source, self.batch_size, self.table = source, batch_size, table
+        self.schema = table.schema
+        self.extra_columns = check_schema(self.schema, self.source)
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        yield from self.table.to_batches(max_chunksize=self.batch_size)
+
+
+def manifest_files(source: str) -> tuple[list[str], object]:
+    """(Parquet files in read order, their pyarrow filesystem) for a manifest source; raises ManifestError for
+    a source that does not exist or holds no Parquet files, and StorageError-worded ManifestErrors for access."""
+    import pyarrow.fs as pafs
+
+    if is_s3(source):
+        bucket, key = split_s3_uri(source)
+        filesystem = arrow_s3_filesystem()
+        path = f"{bucket}/{key}" if key else bucket
+        try:
+            info = filesystem.get_file_info(path)
+            if info.type == pafs.FileType.File and not source.endswith("/"):
+                return [path], filesystem
+            if info.type == pafs.FileType.NotFound:
+                raise ManifestError(f"manifest {source} does not exist (no such object or prefix)")
+            found = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+        except OSError as err:
+            raise ManifestError(f"manifest {source} cannot be read: {redact(str(err))}") from None
+        files = sorted(f.path for f in found if f.type == pafs.FileType.File and f.path.endswith(".parquet"))
+        if not files:
+            raise ManifestError(f"manifest {source}: no .parquet objects under this prefix")
+        return files, filesystem
+    local = Path(source)
+    if local.is_dir():
+        files = sorted(str(p) for p in local.rglob("*.parquet") if not p.name.startswith("."))
+        if not files:
+            raise ManifestError(f"manifest folder {source} holds no .parquet files")
+        return files, pafs.LocalFileSystem()
+    if not local.exists():
+        raise ManifestError(f"manifest {source} does not exist")
+    return [str(local.resolve())], pafs.LocalFileSystem()
 
 
 def validate_row(row: int, record: dict, extra_columns: list[str], seen: dict[str, int]) -> RenderTask | RowProblem:
@@ -141,10 +210,9 @@ def validate_row(row: int, record: dict, extra_columns: list[str], seen: dict[st
     def problem(message: str) -> RowProblem:
         return RowProblem(row, video_id, f"{where}: {message}", extra)
 
-    if video_id is None:
-        return problem("id is missing (null)")
-    if not ID_PATTERN.fullmatch(video_id):
-        return problem("id must match [A-Za-z0-9._-]{1,128} (it names the output file)")
+    id_problem = check_video_id(video_id)
+    if id_problem:
+        return problem(id_problem)
     if video_id in seen:
         return problem(f"id duplicates row {seen[video_id]}")
     seen[video_id] = row

@@ -24,9 +24,9 @@ class VideoPipelineMixin:
 
     def check_sizes(self, settings: SamplerSettings) -> None:
         """Refuse sizes the model cannot render; the default checks the transformer's patch grid."""
-        patch = self.transformer.config.patch_size
-        if settings.height % patch[1] or settings.width % patch[2] or settings.num_frames % patch[0]:
-            raise ValueError(f"height and width must be multiples of the patch size {tuple(patch)}")
+        from .checks import check_patch_grid
+
+        check_patch_grid(settings, tuple(self.transformer.config.patch_size))
 
     # -- shared ---------------------------------------------------------------------------------------------------
     @property

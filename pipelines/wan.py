@@ -67,16 +67,10 @@ class WanVideoPipeline(VideoPipelineMixin):
             raise ValueError("prompt is empty")
 
     def check_sizes(self, settings: SamplerSettings) -> None:
-        temporal = self.pipe.vae_scale_factor_temporal
-        if (settings.num_frames - 1) % temporal:
-            raise ValueError(f"num_frames must be {temporal}k + 1 for this VAE, got {settings.num_frames}")
-        patch = self.transformer.config.patch_size
-        multiple = self.pipe.vae_scale_factor_spatial * max(patch[1], patch[2])
-        if settings.height % multiple or settings.width % multiple:
-            raise ValueError(
-                f"height and width must be multiples of {multiple} (VAE {self.pipe.vae_scale_factor_spatial}x "
-                f"times patch {patch[1]}x{patch[2]}), got {settings.height}x{settings.width}"
-            )
+        from .checks import check_wan_sizes
+
+        check_wan_sizes(settings, self.pipe.vae_scale_factor_temporal, self.pipe.vae_scale_factor_spatial,
+                        tuple(self.transformer.config.patch_size))
 
     def _latent_settings(self, s: SamplerSettings) -> SamplerSettings:
         temporal, spatial = self.pipe.vae_scale_factor_temporal, self.pipe.vae_scale_factor_spatial

@@ -5,7 +5,7 @@ import pytest
 
 from ditfarm.jobs.cli import main as cli
 from ditfarm.jobs.driver import LocalRenderer, RenderSettings, render_manifest
-from ditfarm.jobs.results import read_results
+from ditfarm.jobs.results import read_all_results
 from ditfarm.pipelines.video_io import read_mp4
 
 PROMPTS = ["red circle moving left on blue background", "white square moving up on green gradient background"]
@@ -16,9 +16,9 @@ class CountingRenderer(LocalRenderer):
         super().__init__(settings)
         self.rendered = []
 
-    def render(self, task, settings):
+    def render(self, task, settings, out):
         self.rendered.append(task.id)
-        return super().render(task, settings)
+        return super().render(task, settings, out)
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_render_resume_and_results_table(manifest, tmp_path, random_model_folder
     assert v2.shape == (4, 64, 64, 3)  # the row's own num_frames, upscaled 2x
     assert not (out / "videos" / "bad.mp4").exists()
 
-    table = read_results(out / "results").to_pylist()
+    table = read_all_results(out).to_pylist()
     by_id = {r["id"]: r for r in table}
     assert by_id["v1"]["status"] == "ok" and by_id["v1"]["frames"] == 8 and by_id["v1"]["steps"] == 2
     assert by_id["v1"]["uri"] == str((out / "videos" / "v1.mp4").resolve())
@@ -65,8 +65,8 @@ def test_render_resume_and_results_table(manifest, tmp_path, random_model_folder
     second = render_manifest(manifest, out, settings, renderer=renderer, progress=False)
     assert renderer.rendered == ["bad", "v4"]
     assert (second.ok, second.failed, second.skipped) == (1, 1, 2)
-    statuses = [(r["id"], r["status"]) for r in read_results(out / "results").to_pylist()[4:]]
-    assert statuses == [("v1", "skipped"), ("v2", "skipped"), ("bad", "failed"), ("v4", "ok")]
+    statuses = [(r["id"], r["status"]) for r in read_all_results(out).to_pylist()[4:]]
+    assert statuses == [("bad", "failed"), ("v4", "ok")]  # skips are counted, not written
 
 
 def test_cli_renders_and_reports(manifest, tmp_path, random_model_folder, capsys):
@@ -95,7 +95,7 @@ def test_cli_single_prompt(tmp_path, random_model_folder, capsys):
     assert code == 0
     frames = read_mp4(out / "videos" / "hello.mp4")
     assert frames.shape == (8, 32, 32, 3) and np.isfinite(frames).all()
-    assert read_results(out / "results").to_pylist()[0]["seed"] == 4
+    assert read_all_results(out).to_pylist()[0]["seed"] == 4
 
 
 def test_cli_needs_manifest_or_prompt(tmp_path, capsys):
@@ -107,7 +107,7 @@ def test_cli_cache_policy_is_recorded_per_video(tmp_path, random_model_folder, c
     base = ["render", "--prompt", PROMPTS[0], "--model", str(random_model_folder), "--steps", "6", "--no-progress"]
     out = tmp_path / "cached"
     assert cli(base + ["--out", str(out), "--cache", "taylorseer", "--cache-threshold", "2"]) == 0
-    row = read_results(out / "results").to_pylist()[0]
+    row = read_all_results(out).to_pylist()[0]
     assert row["cache"] == "taylorseer" and row["cache_knob"] == 2
     assert row["skipped_fraction"] == pytest.approx(0.5)  # full steps 0, 2, 4 of 6
     capsys.readouterr()

@@ -68,7 +68,7 @@ def _manifest(path, prompts):
 
 def test_manifest_on_a_gang_matches_one_process_and_bad_rows_fail_alone(ray_cluster, random_model_folder, tmp_path):
     from ditfarm.jobs.driver import RenderSettings, render_manifest
-    from ditfarm.jobs.results import read_results
+    from ditfarm.jobs.results import read_all_results
     from ditfarm.pipelines.video_io import read_mp4
 
     manifest = _manifest(tmp_path / "m.parquet", [PROMPT, "purple circle moving up on red background",
@@ -78,8 +78,8 @@ def test_manifest_on_a_gang_matches_one_process_and_bad_rows_fail_alone(ray_clus
     local = render_manifest(manifest, tmp_path / "local", RenderSettings(**common), progress=False)
     assert (on_gang.ok, on_gang.failed) == (2, 1) == (local.ok, local.failed)
     assert "purple" in on_gang.errors[0] and "row 1" in on_gang.errors[0]
-    rows = {r["id"]: r for r in read_results(tmp_path / "sp2" / "results").to_pylist()}
-    local_rows = {r["id"]: r for r in read_results(tmp_path / "local" / "results").to_pylist()}
+    rows = {r["id"]: r for r in read_all_results(tmp_path / "sp2").to_pylist()}
+    local_rows = {r["id"]: r for r in read_all_results(tmp_path / "local").to_pylist()}
     for vid in ("v0", "v2"):
         assert rows[vid]["status"] == "ok"
         assert rows[vid]["skipped_fraction"] == local_rows[vid]["skipped_fraction"]

@@ -70,7 +70,7 @@ def test_bad_rows_fail_alone_with_row_and_problem(tmp_path):
     out = rows(path)
     assert isinstance(out[0], RenderTask)
     problems = {r.row: r.error for r in out if isinstance(r, RowProblem)}
-    assert problems[1] == "row 1 (id 'bad id'): id must match [A-Za-z0-9._-]{1,128} (it names the output file)"
+    assert problems[1] == "row 1 (id 'bad id'): id must match [A-Za-z0-9._-]{1,128} (it names the output file; no '/', no spaces)"
     assert problems[2] == "row 2: id is missing (null)"
     assert problems[3] == "row 3 (id 'ok1'): id duplicates row 0"
     assert problems[4] == "row 4 (id 'empty'): prompt is empty"
@@ -79,3 +79,11 @@ def test_bad_rows_fail_alone_with_row_and_problem(tmp_path):
     assert "id must match" in problems[7]
     assert problems[8] == "row 8 (id 'ok2'): prompt is empty"
     assert set(problems) == set(range(1, 9))
+
+
+@pytest.mark.parametrize("bad_id", ["a/b", "../x", "..", ".", ".hidden", "a..b", "has space", "back\\slash", ""])
+def test_ids_that_could_leave_the_output_fail_their_row(tmp_path, bad_id):
+    path = write(tmp_path / "m.parquet", {"id": [bad_id, "fine"], "prompt": ["p", "p"]})
+    problem, fine = rows(path)
+    assert isinstance(problem, RowProblem) and isinstance(fine, RenderTask)
+    assert problem.error.startswith("row 0") and "id must" in problem.error

@@ -6,7 +6,7 @@ import pytest
 import ditfarm
 from ditfarm import cache
 from ditfarm.jobs.cli import main as cli
-from ditfarm.jobs.results import read_results
+from ditfarm.jobs.results import read_all_results
 from ditfarm.pipelines.wan import WanVideoPipeline, make_small_wan_folder
 
 
@@ -55,7 +55,7 @@ def test_render_and_profile_commands_on_a_wan_folder(wan_folder, tmp_path):
     out = tmp_path / "out"
     assert cli(["render", "--prompt", "a white dog in the forest", "--model", str(wan_folder), "--out", str(out),
                 "--steps", "4", "--upscale", "1", "--cache", "adaptive", "--no-progress"]) == 0
-    row = read_results(out / "results").to_pylist()[0]
+    row = read_all_results(out).to_pylist()[0]
     assert row["status"] == "ok" and row["frames"] == 9 and row["cache"] == "adaptive"
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red car on the street\na white cat in the sea\n")

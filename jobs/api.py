@@ -1,0 +1,79 @@
+"""The Python API for large prompt lists: ``ditfarm.render`` and ``ditfarm.read_results``.
+
+    import ditfarm
+    for row in ditfarm.render(["red circle moving left on blue background", ...], out="s3://bucket/run1",
+                              cache="adaptive", steps=30):
+        print(row["id"], row["status"], row["uri"])
+    table = ditfarm.read_results("s3://bucket/run1")   # latest row per id
+
+Everything that would stop the run (settings, the prompts' schema, access to the output) raises when
+``render`` is called, before anything renders; rows then come back as their videos finish.  A prompt given as
+a plain string gets an id derived from the prompt and the run's settings, so the same request has the same id
+and a rerun skips it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+
+from .driver import RenderJob, manifest_job, request_id
+from .manifest import ManifestError, TableManifest
+from .results import read_results, results_schema
+from .types import RenderSettings
+
+__all__ = ["render", "read_results"]
+
+SETTING_NAMES = {f.name for f in dataclasses.fields(RenderSettings)}
+
+
+def _settings(model: str, cache: str, sp: int, gangs: int | None, options: dict) -> RenderSettings:
+    unknown = sorted(set(options) - SETTING_NAMES)
+    if unknown:
+        raise TypeError(f"ditfarm.render() got unknown setting(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(sorted(SETTING_NAMES - {'model', 'cache', 'sp', 'gangs'}))}")
+    gangs = gangs if gangs is not None else (1 if sp > 1 else 0)
+    return RenderSettings(model=model, cache=cache, sp=sp, gangs=gangs, **options)
+
+
+def _as_table(prompts, settings: RenderSettings) -> pa.Table:
+    if isinstance(prompts, pa.Table):
+        return prompts
+    if type(prompts).__name__ == "DataFrame" and hasattr(prompts, "to_dict"):  # pandas, without importing it
+        return pa.Table.from_pandas(prompts, preserve_index=False)
+    prompts = list(prompts)
+    if not prompts:
+        raise ManifestError("ditfarm.render(): no prompts given")
+    if all(isinstance(p, str) for p in prompts):
+        return pa.table({"id": [request_id(p, settings) for p in prompts], "prompt": prompts})
+    if all(isinstance(p, dict) for p in prompts):
+        if not any("id" in p for p in prompts):  # manifest columns without ids: derive them like strings
+            keys = ("negative_prompt", "seed", "num_frames", "height", "width", "steps", "guidance_scale")
+            prompts = [{"id": request_id(str(p.get("prompt")), settings, **{k: p.get(k) for k in keys}), **p}
+                       for p in prompts]
+        try:
+            return pa.Table.from_pylist(prompts)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+            raise ManifestError(f"ditfarm.render(): the prompt dicts do not form a table: {err}") from None
+    raise ManifestError("ditfarm.render(): prompts must be strings, dicts of manifest columns, a pyarrow Table, "
+                        "a pandas DataFrame, or a manifest path or URI")
+
+
+def render(prompts, out, model: str = "tiny", cache: str = "none", sp: int = 1, gangs: int | None = None,
+           overwrite: bool = False, progress: bool = False, renderer=None, **options) -> Iterator[dict]:
+    """Render prompts into ``out`` (a folder or ``s3://bucket/prefix``); returns an iterator of result rows.
+
+    ``prompts``: a list of strings, a list of dicts (manifest columns), a pyarrow Table, a pandas DataFrame, or a
+    manifest path or URI.  ``options``: any RenderSettings field (steps, guidance_scale, num_frames, height,
+    width, cache_knob, profile, upscale, fps, device, flush_every, flush_seconds, collective_timeout_s)."""
+    settings = _settings(model, cache, sp, gangs, options)
+    if isinstance(prompts, (str, Path)):
+        job = manifest_job(str(prompts), out, settings, renderer, progress=progress, overwrite=overwrite)
+    else:
+        manifest = TableManifest(_as_table(prompts, settings))
+        job = RenderJob(manifest, out, settings, renderer, results_schema(manifest.schema, manifest.extra_columns),
+                        total=manifest.num_rows, progress=progress, overwrite=overwrite)
+    return iter(job)

@@ -1,0 +1,89 @@
+"""``ditfarm render --dry-run``: validate a whole manifest against a model and an output, rendering nothing.
+
+Every row goes through the manifest's own checks (id, duplicates, empty prompt, numbers) and the model's refusals
+read from its configuration (``pipelines.checks``: an unknown word for ``tiny``, a size the model cannot take),
+then is classed as would render, would skip (an ``ok`` row with its video already in the output) or would fail.
+Nothing is loaded but configs, nothing is written, and memory holds only the ids seen and the failure groups.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+from .driver import sampler_overrides
+from .manifest import Manifest, RowProblem
+from .results import completed_ids
+from .storage import open_output
+from .types import RenderSettings
+
+EXAMPLES_PER_REASON = 5
+_ROW_PREFIX = re.compile(r"^row \d+( \(id .*?\))?: ")
+
+
+@dataclass
+class FailureGroup:
+    count: int = 0
+    examples: list[str] = field(default_factory=list)  # "row N (id X)" of the first few
+
+
+@dataclass
+class DryRunReport:
+    source: str
+    would_render: int = 0
+    would_skip: int = 0
+    would_fail: int = 0
+    failures: dict[str, FailureGroup] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return self.would_render + self.would_skip + self.would_fail
+
+    def add_failure(self, row: int, video_id, message: str) -> None:
+        reason = _ROW_PREFIX.sub("", message)
+        group = self.failures.setdefault(reason, FailureGroup())
+        group.count += 1
+        self.would_fail += 1
+        if len(group.examples) < EXAMPLES_PER_REASON:
+            group.examples.append(f"row {row}" + (f" (id {video_id!r})" if isinstance(video_id, str) else ""))
+
+    def lines(self) -> list[str]:
+        out = [f"{self.source}: {self.total} rows: would render {self.would_render}, would skip {self.would_skip} "
+               f"(already ok), would fail {self.would_fail} ({self.seconds:.1f} s)"]
+        for reason, group in sorted(self.failures.items(), key=lambda kv: -kv[1].count):
+            more = f", ... {group.count - len(group.examples)} more" if group.count > len(group.examples) else ""
+            out.append(f"  {group.count} x {reason}: {', '.join(group.examples)}{more}")
+        return out
+
+
+def dry_run(manifest_source, out, settings: RenderSettings = RenderSettings(), overwrite: bool = False) -> DryRunReport:
+    """Classify every row; raises ManifestError / StorageError / ValueError for what would stop the real run."""
+    from ..pipelines.checks import model_checks
+
+    start = time.perf_counter()
+    settings.validate()
+    manifest = Manifest(manifest_source)
+    checks = model_checks(settings.model)
+    store = open_output(out)
+    done = set() if overwrite else completed_ids(store)
+    report = DryRunReport(source=manifest.source)
+    for task in manifest:
+        if isinstance(task, RowProblem):
+            report.add_failure(task.row, task.id, task.error)
+            continue
+        try:
+            checks.check_prompt(task.prompt)
+            if task.negative_prompt:
+                checks.check_prompt(task.negative_prompt)
+            checks.settings(**sampler_overrides(task, settings))
+        except ValueError as err:
+            report.add_failure(task.row, task.id, str(err))
+            continue
+        if task.id in done:
+            report.would_skip += 1
+        else:
+            report.would_render += 1
+    report.seconds = time.perf_counter() - start
+    return report

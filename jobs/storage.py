@@ -1,0 +1,390 @@
+"""Where a job's output lives: a local folder or an ``s3://bucket/prefix``, behind one small interface.
+
+An output location holds ``videos/<id>.mp4`` and ``results/part-<run>-<n>.parquet``.  Everything a job writes
+goes through an ``OutputStore``:
+
+* a video is encoded into a temporary file and then *published* whole (a rename on disk; one PUT or a multipart
+  upload that is aborted on failure in S3), so a reader never sees half a video;
+* a results part is written whole the same way;
+* a rerun learns what exists with one listing of ``videos/`` and one read of every part under ``results/``,
+  never one request per id.
+
+Keys are built only from the prefix and ids that passed ``check_video_id``, and are checked again to lie under
+the prefix, so nothing can be written outside the output location.
+
+S3 access is boto3's (endpoint, credentials, region and profile from the standard ``AWS_*`` variables and
+files).  Error messages name the bucket, key and the service's error code, never a credential; ``redact``
+scrubs any secret that a library might have put into a message anyway.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+VIDEOS, RESULTS = "videos", "results"
+TEMP_MARK = ".tmp-"  # local temporary files carry this; a run clears stale ones at its start
+SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+MULTIPART_THRESHOLD = 16 * 1024 * 1024
+
+
+class StorageError(RuntimeError):
+    """The output location (or a manifest's) cannot be read or written: missing bucket, refused access,
+    unreachable endpoint.  The message names the location and the service's reason, never a credential."""
+
+
+def check_video_id(video_id: object) -> str | None:
+    """The problem with an id as a file name, or None: ids name objects, so they must be path-safe."""
+    if not isinstance(video_id, str):
+        return "id is missing (null)"
+    if not ID_PATTERN.fullmatch(video_id):
+        return "id must match [A-Za-z0-9._-]{1,128} (it names the output file; no '/', no spaces)"
+    if video_id.startswith(".") or ".." in video_id:
+        return "id must not start with '.' or contain '..' (it names the output file)"
+    return None
+
+
+def redact(text: str) -> str:
+    """``text`` with the values of secret AWS variables replaced, for anything that is printed or stored."""
+    for name in SECRET_VARIABLES:
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def storage_env() -> dict[str, str]:
+    """The storage settings of this process (AWS_* variables) that remote workers need to reach the same store.
+    They travel in Ray's runtime environment and are never printed."""
+    return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+
+
+def is_s3(uri: str | os.PathLike) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix/`` -> ("bucket", "some/prefix")."""
+    if not is_s3(uri):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, prefix = str(uri)[5:].partition("/")
+    if not bucket:
+        raise ValueError(f"s3 URI without a bucket: {uri!r}")
+    return bucket, prefix.strip("/")
+
+
+def s3_client():
+    """A boto3 S3 client with standard retries (transient errors are retried with backoff)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10, read_timeout=60)
+    return boto3.session.Session().client("s3", config=config)
+
+
+def describe_s3_error(err: Exception, action: str, where: str) -> str:
+    """A one-line reason for a failed S3 call: the error code and message, or the connection problem."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    if isinstance(err, ClientError):
+        info = err.response.get("Error", {})
+        code, message = info.get("Code", "?"), info.get("Message", "")
+        return redact(f"cannot {action} {where}: {code}" + (f" ({message})" if message else ""))
+    if isinstance(err, EndpointConnectionError):
+        return redact(f"cannot {action} {where}: the S3 endpoint cannot be reached ({err})")
+    if isinstance(err, NoCredentialsError):
+        return f"cannot {action} {where}: no AWS credentials found"
+    return redact(f"cannot {action} {where}: {type(err).__name__}: {err}")
+
+
+@dataclass(frozen=True)
+class OutputLocation:
+    """A picklable description of an output location; ``open()`` gives the store in whatever process needs it
+    (the driver, or rank 0 of a gang on another node)."""
+
+    uri: str
+
+    def __post_init__(self):
+        if is_s3(self.uri):
+            split_s3_uri(self.uri)  # raises on a URI without a bucket
+
+    @property
+    def is_s3(self) -> bool:
+        return is_s3(self.uri)
+
+    def open(self) -> "OutputStore":
+        if self.is_s3:
+            bucket, prefix = split_s3_uri(self.uri)
+            return S3Store(bucket, prefix)
+        return LocalStore(Path(self.uri))
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.uri.rstrip("/"), *parts])
+
+
+class OutputStore:
+    """What the driver and the renderers need from an output location."""
+
+    location: OutputLocation
+
+    def check_writable(self) -> None:  # raise StorageError before anything renders
+        raise NotImplementedError
+
+    def store_video(self, video_id: str, write) -> str:
+        """Publish the file that ``write(path)`` creates as ``videos/<id>.mp4``; returns its URI."""
+        raise NotImplementedError
+
+    def video_ids(self) -> set[str]:
+        raise NotImplementedError
+
+    def delete_video(self, video_id: str) -> None:
+        raise NotImplementedError
+
+    def write_part(self, name: str, table: pa.Table) -> str:
+        raise NotImplementedError
+
+    def part_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def read_part(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        raise NotImplementedError
+
+    def clear_unfinished(self) -> int:
+        """Remove what killed runs left behind (temporary files, unfinished multipart uploads)."""
+        raise NotImplementedError
+
+    def video_uri(self, video_id: str) -> str:
+        return self.location.join(VIDEOS, f"{video_id}.mp4")
+
+    def read_results(self, columns: list[str] | None = None) -> list[pa.Table]:
+        return [self.read_part(name, columns) for name in self.part_names()]
+
+
+def _checked_name(video_id: str) -> str:
+    problem = check_video_id(video_id)
+    if problem:
+        raise ValueError(f"refusing to store video {video_id!r}: {problem}")
+    return f"{video_id}.mp4"
+
+
+class LocalStore(OutputStore):
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.location = OutputLocation(str(self.root.resolve()))
+        self.videos = self.root / VIDEOS
+        self.results = self.root / RESULTS
+
+    def check_writable(self) -> None:
+        try:
+            self.videos.mkdir(parents=True, exist_ok=True)
+            self.results.mkdir(parents=True, exist_ok=True)
+            probe = self.results / f"{TEMP_MARK}probe-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise StorageError(f"cannot write to output folder {self.root}: {err}") from err
+
+    def store_video(self, video_id: str, write) -> str:
+        target = self.videos / _checked_name(video_id)
+        tmp = self.videos / f"{TEMP_MARK}{uuid.uuid4().hex}-{target.name}"
+        try:
+            write(tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return str(target.resolve())
+
+    def video_uri(self, video_id: str) -> str:
+        return str((self.videos / f"{video_id}.mp4").resolve())
+
+    def video_ids(self) -> set[str]:
+        if not self.videos.is_dir():
+            return set()
+        return {p.name[:-4] for p in os.scandir(self.videos) if p.name.endswith(".mp4") and not p.name.startswith(".")}
+
+    def delete_video(self, video_id: str) -> None:
+        (self.videos / _checked_name(video_id)).unlink(missing_ok=True)
+
+    def write_part(self, name: str, table: pa.Table) -> str:
+        path = self.results / name
+        tmp = self.results / f"{TEMP_MARK}{uuid.uuid4().hex}-{name}"
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return str(path)
+
+    def part_names(self) -> list[str]:
+        if not self.results.is_dir():
+            return []
+        return sorted(p.name for p in self.results.glob("part-*.parquet"))
+
+    def read_part(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self.results / name, columns=columns)
+
+    def clear_unfinished(self) -> int:
+        removed = 0
+        for folder in (self.videos, self.results):
+            if folder.is_dir():
+                for path in folder.iterdir():  # ours (.tmp-*) and write_mp4's own (.<name>.<pid>.tmp.mp4)
+                    if path.name.startswith(".") and ".tmp" in path.name and path.is_file():
+                        path.unlink(missing_ok=True)
+                        removed += 1
+        return removed
+
+
+class S3Store(OutputStore):
+    def __init__(self, bucket: str, prefix: str, client=None):
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.location = OutputLocation(f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}")
+        self._client = client
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = s3_client()
+        return self._client
+
+    def _key(self, *parts: str) -> str:
+        key = "/".join(([self.prefix] if self.prefix else []) + list(parts))
+        if any(p in ("", ".", "..") for p in key.split("/")) or not key.startswith(self.prefix):
+            raise ValueError(f"refusing key {key!r}: it would leave s3://{self.bucket}/{self.prefix}")
+        return key
+
+    def _where(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def check_writable(self) -> None:
+        key = self._key(RESULTS, f"{TEMP_MARK}probe-{uuid.uuid4().hex}")
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=b"")
+        except Exception as err:
+            raise StorageError(describe_s3_error(err, "write to", self.location.uri)) from None
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as err:
+            raise StorageError(describe_s3_error(err, "delete from", self.location.uri)) from None
+
+    def store_video(self, video_id: str, write) -> str:
+        key = self._key(VIDEOS, _checked_name(video_id))
+        with tempfile.TemporaryDirectory(prefix="ditfarm-") as tmp:
+            path = Path(tmp) / f"{video_id}.mp4"
+            write(path)
+            self._upload(path, key)
+        return self._where(key)
+
+    def _upload(self, path: Path, key: str) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD,
+                                use_threads=False)
+        try:
+            self.client.upload_file(str(path), self.bucket, key, Config=config)
+        except Exception as err:
+            self._abort_uploads(key)
+            raise StorageError(describe_s3_error(err, "upload", self._where(key))) from None
+
+    def _abort_uploads(self, key_prefix: str) -> int:
+        """Abort unfinished multipart uploads under key_prefix (boto3 aborts its own; this also catches a
+        process killed between parts)."""
+        aborted = 0
+        try:
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
+                                                                                     Prefix=key_prefix):
+                for upload in page.get("Uploads", []):
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                       UploadId=upload["UploadId"])
+                    aborted += 1
+        except Exception:  # best effort: the upload's own error is the one to report
+            pass
+        return aborted
+
+    def _list(self, folder: str) -> Iterable[dict]:
+        prefix = self._key(folder) + "/"
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                yield from page.get("Contents", [])
+        except Exception as err:
+            raise StorageError(describe_s3_error(err, "list", self._where(prefix))) from None
+
+    def video_ids(self) -> set[str]:
+        start = len(self._key(VIDEOS)) + 1
+        ids = set()
+        for obj in self._list(VIDEOS):
+            name = obj["Key"][start:]
+            if name.endswith(".mp4") and "/" not in name:
+                ids.add(name[:-4])
+        return ids
+
+    def delete_video(self, video_id: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(VIDEOS, _checked_name(video_id)))
+
+    def write_part(self, name: str, table: pa.Table) -> str:
+        key = self._key(RESULTS, name)
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        try:  # one PUT: the part appears whole or not at all
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=buffer.getvalue())
+        except Exception as err:
+            raise StorageError(describe_s3_error(err, "write results part", self._where(key))) from None
+        return self._where(key)
+
+    def part_names(self) -> list[str]:
+        start = len(self._key(RESULTS)) + 1
+        return sorted(
+            obj["Key"][start:] for obj in self._list(RESULTS)
+            if obj["Key"][start:].startswith("part-") and obj["Key"].endswith(".parquet")
+        )
+
+    def read_part(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        key = self._key(RESULTS, name)
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except Exception as err:
+            raise StorageError(describe_s3_error(err, "read results part", self._where(key))) from None
+        return pq.read_table(pa.BufferReader(body), columns=columns)
+
+    def clear_unfinished(self) -> int:
+        return self._abort_uploads(self._key(VIDEOS) + "/") + self._abort_uploads(self._key(RESULTS) + "/")
+
+
+def open_output(out: str | os.PathLike) -> OutputStore:
+    return OutputLocation(str(out)).open()
+
+
+def arrow_s3_filesystem():
+    """pyarrow's S3 filesystem configured as boto3 would be: the same endpoint (``AWS_ENDPOINT_URL``, ...),
+    region and credentials (environment, profile, instance role), resolved once through a boto3 session, with
+    short connect timeouts so an unreachable endpoint fails in seconds instead of retrying for minutes."""
+    import boto3
+    import pyarrow.fs as pafs
+
+    session = boto3.session.Session()
+    client = session.client("s3")
+    kwargs = {"region": client.meta.region_name or "us-east-1", "connect_timeout": 5, "request_timeout": 60,
+              "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3)}
+    endpoint = client.meta.endpoint_url
+    if endpoint and not endpoint.endswith("amazonaws.com"):
+        kwargs["endpoint_override"] = endpoint
+    credentials = session.get_credentials()
+    if credentials is not None:
+        frozen = credentials.get_frozen_credentials()
+        kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key)
+        if frozen.token:
+            kwargs["session_token"] = frozen.token
+    else:
+        kwargs["anonymous"] = True
+    return pafs.S3FileSystem(**kwargs)

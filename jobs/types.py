@@ -1,0 +1,58 @@
+"""The contract between the driver and the renderers (in-process or Ray gangs): run settings in, a stored video's
+description out.  Both sides import it; it imports neither."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Run-wide choices; a manifest row's own values win over these, and these over the model's defaults."""
+
+    model: str = "tiny"
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    upscale: int = 8
+    fps: int = 8
+    device: str = "cpu"
+    flush_every: int = 32  # a results part is written after this many rows ...
+    flush_seconds: float = 60.0  # ... or this long after the oldest unwritten row, whichever comes first
+    cache: str = "none"  # block-cache policy (ditfarm.cache.presets.POLICIES)
+    cache_knob: float | None = None  # the policy's speed/fidelity knob (None: its default)
+    profile: str | None = None  # cache profile JSON (None: the model's shipped profile, if any)
+    sp: int = 1  # sequence-parallel ranks per video (a gang)
+    gangs: int = 0  # Ray gangs rendering side by side; 0 renders in this process without Ray (sp must be 1)
+    collective_timeout_s: float = 300.0  # every collective of a gang gives up after this long
+
+    def validate(self) -> None:
+        if not isinstance(self.sp, int) or self.sp < 1:
+            raise ValueError(f"sp must be a positive integer, got {self.sp!r}")
+        if not isinstance(self.gangs, int) or self.gangs < 0:
+            raise ValueError(f"gangs must be a non-negative integer, got {self.gangs!r}")
+        if self.sp > 1 and self.gangs == 0:
+            raise ValueError("sequence parallelism (sp > 1) runs on Ray gangs: give gangs >= 1")
+        if not isinstance(self.upscale, int) or self.upscale < 1 or not isinstance(self.fps, int) or self.fps < 1:
+            raise ValueError("upscale and fps must be positive integers")
+        if not isinstance(self.flush_every, int) or self.flush_every < 1:
+            raise ValueError(f"flush_every must be a positive integer, got {self.flush_every!r}")
+        if not self.flush_seconds > 0:
+            raise ValueError(f"flush_seconds must be positive, got {self.flush_seconds!r}")
+
+
+@dataclass
+class RenderedVideo:
+    """A video that is already stored at ``uri`` (by whichever process decoded it), and what it was rendered
+    with.  Frames never travel back to the driver."""
+
+    uri: str
+    seed: int
+    num_frames: int
+    height: int
+    width: int
+    steps: int
+    model: str
+    skipped_fraction: float | None = None

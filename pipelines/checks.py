@@ -1,0 +1,86 @@
+"""What a model refuses, decided from its folder's configuration alone: no weights are loaded.
+
+``ditfarm render --dry-run`` validates a million rows against a model without loading it, and the loaded
+pipelines refuse the same rows with the same messages: both call the size rules below, so the dry run cannot
+drift from what a render would do.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .denoise import SamplerSettings
+
+
+def check_patch_grid(settings: SamplerSettings, patch: tuple[int, int, int]) -> None:
+    """A pixel-space transformer (tiny) takes sizes that are multiples of its patch."""
+    if settings.height % patch[1] or settings.width % patch[2] or settings.num_frames % patch[0]:
+        raise ValueError(f"height and width must be multiples of the patch size {tuple(patch)}")
+
+
+def check_wan_sizes(settings: SamplerSettings, temporal: int, spatial: int, patch: tuple[int, int, int]) -> None:
+    """Wan2.1: frames 4k + 1 (the VAE's temporal factor), height and width multiples of VAE x patch."""
+    if (settings.num_frames - 1) % temporal:
+        raise ValueError(f"num_frames must be {temporal}k + 1 for this VAE, got {settings.num_frames}")
+    multiple = spatial * max(patch[1], patch[2])
+    if settings.height % multiple or settings.width % multiple:
+        raise ValueError(
+            f"height and width must be multiples of {multiple} (VAE {spatial}x times patch {patch[1]}x{patch[2]}), "
+            f"got {settings.height}x{settings.width}"
+        )
+
+
+def wan_vae_factors(vae_config: dict) -> tuple[int, int]:
+    """(temporal, spatial) downsampling of a Wan VAE, as diffusers' WanPipeline derives them."""
+    downsample = vae_config.get("temperal_downsample", [False, True, True])
+    return 2 ** sum(bool(d) for d in downsample), 2 ** len(downsample)
+
+
+@dataclass
+class ModelChecks:
+    """A model's refusals: ``check_prompt`` raises for a prompt it cannot read, ``settings`` resolves a row's
+    overrides against the model's defaults and raises for sizes it cannot take."""
+
+    defaults: SamplerSettings
+    check_sizes: Callable[[SamplerSettings], None]
+    check_prompt: Callable[[str], None]
+
+    def settings(self, **overrides) -> SamplerSettings:
+        values = {k: v for k, v in overrides.items() if v is not None}
+        merged = SamplerSettings(**{**self.defaults.__dict__, **values})
+        merged.validate()
+        self.check_sizes(merged)
+        return merged
+
+
+def _nonempty(prompt: str) -> None:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("prompt is empty")
+
+
+def model_checks(name_or_path: str | Path) -> ModelChecks:
+    """The checks of a built-in model or model folder, read from its JSON configs (and, for tiny, its 8 KB word
+    table); an ``s3://`` model is fetched to this node's model cache first."""
+    from .loading import resolve_model_folder
+    from .wan import WAN_DEFAULTS, is_wan_folder
+
+    folder = resolve_model_folder(name_or_path)
+    transformer = json.loads((folder / "transformer" / "config.json").read_text())
+    patch = tuple(transformer.get("patch_size", (1, 2, 2)))
+    card_path = folder / "ditfarm_model.json"
+    card = json.loads(card_path.read_text()) if card_path.exists() else {}
+    if is_wan_folder(folder):
+        temporal, spatial = wan_vae_factors(json.loads((folder / "vae" / "config.json").read_text()))
+        defaults = SamplerSettings(**{**WAN_DEFAULTS.__dict__, **card.get("defaults", {})})
+        return ModelChecks(defaults, lambda s: check_wan_sizes(s, temporal, spatial, patch), _nonempty)
+    if card.get("kind") != "tiny":
+        raise ValueError(f"{folder} is neither a ditfarm tiny folder nor a diffusers Wan folder")
+    from .tiny.weights import load_text_encoder
+
+    encoder = load_text_encoder(folder)
+    d = card["defaults"]
+    defaults = SamplerSettings(d["num_frames"], d["height"], d["width"], d["steps"], d["guidance_scale"])
+    return ModelChecks(defaults, lambda s: check_patch_grid(s, patch), encoder.token_ids)
