@@ -1,0 +1,252 @@
+"""Object storage end to end on moto's real S3 server (127.0.0.1): manifests in, videos and results out."""
+
+import io
+import os
+import uuid
+
+import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ditfarm.jobs.cli import main as cli
+from ditfarm.jobs.driver import LocalRenderer, RenderSettings, render_manifest
+from ditfarm.jobs.manifest import Manifest, ManifestError, RenderTask, RowProblem
+from ditfarm.jobs.results import read_all_results, read_results
+from ditfarm.jobs.storage import S3Store, StorageError
+from ditfarm.pipelines.video_io import read_mp4
+
+GOOD = "red circle moving left on blue background"
+
+
+@pytest.fixture
+def s3(s3_endpoint):
+    return boto3.client("s3")
+
+
+@pytest.fixture
+def bucket(s3):
+    name = "b-" + uuid.uuid4().hex[:12]
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def put_parquet(s3, bucket, key, table):
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    s3.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
+    return f"s3://{bucket}/{key}"
+
+
+def keys(s3, bucket, prefix=""):
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+def unfinished_uploads(s3, bucket):
+    return s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+class CountingRenderer(LocalRenderer):
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.rendered = []
+
+    def render(self, task, settings, out):
+        self.rendered.append(task.id)
+        return super().render(task, settings, out)
+
+
+def test_manifest_from_an_object_a_prefix_and_a_local_folder(s3, bucket, tmp_path):
+    first = pa.table({"id": ["a", "b"], "prompt": [GOOD, GOOD], "tag": ["x", "y"]})
+    second = pa.table({"id": ["c", "a"], "prompt": [GOOD, GOOD], "tag": ["z", "w"]})
+    put_parquet(s3, bucket, "m/part-0.parquet", first)
+    put_parquet(s3, bucket, "m/part-1.parquet", second)
+    s3.put_object(Bucket=bucket, Key="m/README.txt", Body=b"not a manifest")  # ignored: not .parquet
+    (tmp_path / "m").mkdir()
+    pq.write_table(first, tmp_path / "m" / "part-0.parquet")
+    pq.write_table(second, tmp_path / "m" / "part-1.parquet")
+    for source in (f"s3://{bucket}/m/", f"s3://{bucket}/m", str(tmp_path / "m")):
+        manifest = Manifest(source, batch_size=1)  # one row per batch: duplicates are caught across batches too
+        rows = list(manifest)
+        assert manifest.num_rows == 4 and manifest.extra_columns == ["tag"]
+        assert [r.id for r in rows] == ["a", "b", "c", "a"]
+        assert all(isinstance(r, RenderTask) for r in rows[:3]) and isinstance(rows[3], RowProblem)
+        assert rows[3].error == "row 3 (id 'a'): id duplicates row 0"  # the first one wins
+    single = list(Manifest(f"s3://{bucket}/m/part-1.parquet"))
+    assert [r.id for r in single] == ["c", "a"] and all(isinstance(r, RenderTask) for r in single)
+
+
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda s3, b: f"s3://{b}/missing.parquet", "does not exist"),
+        (lambda s3, b: f"s3://{b}/nothing-here/", "does not exist"),
+        (lambda s3, b: s3.put_object(Bucket=b, Key="x.parquet", Body=b"hello, not parquet") and f"s3://{b}/x.parquet",
+         "is not a readable Parquet file"),
+        (lambda s3, b: put_parquet(s3, b, "n.parquet", pa.table({"id": ["a"]})), "missing required column(s) prompt"),
+        (lambda s3, b: put_parquet(s3, b, "t.parquet", pa.table({"id": ["a"], "prompt": [GOOD], "seed": ["1"]})),
+         "column 'seed' has type string; expected an integer type"),
+        (lambda s3, b: s3.put_object(Bucket=b, Key="e/readme.txt", Body=b"x") and f"s3://{b}/e/", "no .parquet objects"),
+    ],
+)
+def test_manifest_problems_on_s3_stop_the_run_before_anything_renders(s3, bucket, make, fragment, capsys):
+    source = make(s3, bucket)
+    with pytest.raises(ManifestError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        Manifest(source)
+    assert cli(["render", source, "--out", f"s3://{bucket}/out", "--no-progress"]) == 2
+    assert fragment in capsys.readouterr().err
+    assert keys(s3, bucket, "out/") == []
+
+
+def test_unreachable_endpoint_and_missing_output_bucket_are_clear(s3, bucket, tmp_path, monkeypatch, capsys):
+    manifest = put_parquet(s3, bucket, "m.parquet", pa.table({"id": ["a"], "prompt": [GOOD]}))
+    assert cli(["render", manifest, "--out", "s3://no-such-bucket-here/out", "--no-progress"]) == 2
+    assert "NoSuchBucket" in capsys.readouterr().err
+    local = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": ["a"], "prompt": [GOOD]}), local)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    assert cli(["render", manifest, "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "cannot be read" in capsys.readouterr().err
+    assert cli(["render", str(local), "--out", f"s3://{bucket}/out", "--no-progress"]) == 2
+    assert "endpoint cannot be reached" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "videos").exists() or not any((tmp_path / "o" / "videos").iterdir())
+
+
+def test_s3_in_s3_out_resume_and_rerender_of_deleted_videos(s3, bucket, random_model_folder):
+    rows = {"id": ["v0", "v1", "bad", "v3"], "prompt": [GOOD, GOOD, "purple circle moving left on blue background", GOOD],
+            "batch": ["a", "a", "b", "b"]}
+    manifest = put_parquet(s3, bucket, "in/m.parquet", pa.table(rows))
+    out = f"s3://{bucket}/runs/one"
+    settings = RenderSettings(model=str(random_model_folder), steps=1, upscale=2)
+    renderer = CountingRenderer(settings)
+    first = render_manifest(manifest, out, settings, renderer=renderer, progress=False)
+    assert (first.ok, first.failed, first.skipped) == (3, 1, 0)
+    assert keys(s3, bucket, "runs/one/videos/") == [f"runs/one/videos/{v}.mp4" for v in ("v0", "v1", "v3")]
+    body = s3.get_object(Bucket=bucket, Key="runs/one/videos/v1.mp4")["Body"].read()
+    path = f"/tmp/{uuid.uuid4().hex}.mp4"
+    with open(path, "wb") as f:
+        f.write(body)
+    assert read_mp4(path).shape == (8, 64, 64, 3)
+    os.unlink(path)
+    table = read_results(out)
+    by_id = {r["id"]: r for r in table.to_pylist()}
+    assert by_id["v1"]["uri"] == f"{out}/videos/v1.mp4" and by_id["v1"]["batch"] == "a"
+    assert by_id["bad"]["status"] == "failed" and "purple" in by_id["bad"]["error"]
+
+    renderer.rendered.clear()
+    again = render_manifest(manifest, out, settings, renderer=renderer, progress=False)
+    assert renderer.rendered == ["bad"] and (again.ok, again.failed, again.skipped) == (0, 1, 3)
+
+    for vid in ("v0", "v3"):
+        s3.delete_object(Bucket=bucket, Key=f"runs/one/videos/{vid}.mp4")
+    renderer.rendered.clear()
+    third = render_manifest(manifest, out, settings, renderer=renderer, progress=False)
+    assert renderer.rendered == ["v0", "bad", "v3"] and third.ok == 2
+    latest = {r["id"]: r["status"] for r in read_results(out).to_pylist()}
+    assert latest == {"v0": "ok", "v1": "ok", "bad": "failed", "v3": "ok"}
+    parts = keys(s3, bucket, "runs/one/results/")
+    assert all(k.startswith("runs/one/results/part-") and k.endswith(".parquet") for k in parts)
+    assert keys(s3, bucket) == sorted(parts + [f"runs/one/videos/{v}.mp4" for v in ("v0", "v1", "v3")] + ["in/m.parquet"])
+
+
+def test_a_failed_multipart_upload_fails_the_row_and_leaves_nothing(s3, bucket, monkeypatch, tmp_path):
+    import ditfarm.jobs.storage as storage
+
+    monkeypatch.setattr(storage, "MULTIPART_THRESHOLD", 5 * 1024 * 1024)  # S3's smallest part
+    store = S3Store(bucket, "out")
+    calls = []
+
+    def refuse_second_part(params, **kwargs):
+        calls.append(params.get("PartNumber"))
+        if len(calls) == 2:
+            raise ConnectionError("injected: the connection dropped")
+
+    store.client.meta.events.register("before-parameter-build.s3.UploadPart", refuse_second_part)
+    with pytest.raises(StorageError, match="cannot upload s3://.*/out/videos/big.mp4"):
+        store.store_video("big", lambda path: path.write_bytes(os.urandom(11 * 1024 * 1024)))
+    assert len(calls) >= 2
+    assert keys(s3, bucket) == [] and unfinished_uploads(s3, bucket) == []
+    assert store.store_video("small", lambda path: path.write_bytes(b"x" * 100)).endswith("/out/videos/small.mp4")
+
+
+def test_dry_run_counts_groups_and_writes_nothing(s3, bucket, random_model_folder, capsys):
+    ids = ["v0", "v1", "dup", "dup", "bad word", "purple", "size", "empty", "v8"]
+    prompts = [GOOD, GOOD, GOOD, GOOD, GOOD, "purple circle moving left on blue background", GOOD, "", GOOD]
+    table = pa.table({"id": ids, "prompt": prompts,
+                      "height": pa.array([None] * 6 + [30, None, None], pa.int64())})
+    manifest = put_parquet(s3, bucket, "m.parquet", table)
+    out = f"s3://{bucket}/out"
+    assert render_manifest(put_parquet(s3, bucket, "first.parquet", table.slice(0, 1)), out,
+                           RenderSettings(model=str(random_model_folder), steps=1, upscale=2), progress=False).ok == 1
+    before = keys(s3, bucket)
+    assert cli(["render", manifest, "--out", out, "--dry-run", "--model", str(random_model_folder)]) == 1
+    printed = capsys.readouterr().out
+    assert "9 rows: would render 3, would skip 1 (already ok), would fail 5" in printed
+    assert "1 x id duplicates row 2: row 3 (id 'dup')" in printed
+    assert "unknown word(s) 'purple'" in printed and "row 5 (id 'purple')" in printed
+    assert "multiples of the patch size" in printed and "row 6 (id 'size')" in printed
+    assert "prompt is empty: row 7 (id 'empty')" in printed and "row 4 (id 'bad word')" in printed
+    assert keys(s3, bucket) == before  # nothing written
+    clean = put_parquet(s3, bucket, "clean.parquet", table.slice(0, 2))
+    assert cli(["render", clean, "--out", out, "--dry-run", "--model", str(random_model_folder)]) == 0
+
+
+def test_python_api_strings_dicts_tables_and_frames(tmp_path, random_model_folder):
+    import pandas as pd
+
+    import ditfarm
+
+    out = tmp_path / "api"
+    common = dict(out=out, model=str(random_model_folder), steps=1, upscale=2)
+    rows = list(ditfarm.render([GOOD, "white square moving up on green gradient background"], **common))
+    assert [r["status"] for r in rows] == ["ok", "ok"] and rows[0]["id"].startswith("p-")
+    again = list(ditfarm.render([GOOD], **common))
+    assert again[0]["status"] == "skipped" and again[0]["id"] == rows[0]["id"]  # same request, same id
+    other = list(ditfarm.render([GOOD], **{**common, "steps": 2}))
+    assert other[0]["status"] == "ok" and other[0]["id"] != rows[0]["id"]  # other settings, other id
+
+    dicts = list(ditfarm.render([{"id": "d1", "prompt": GOOD, "seed": 3, "tag": "t"}], **common))
+    assert dicts[0]["status"] == "ok" and dicts[0]["seed"] == 3 and dicts[0]["tag"] == "t"
+    table_rows = list(ditfarm.render(pa.table({"id": ["t1"], "prompt": [GOOD]}), **common))
+    frame_rows = list(ditfarm.render(pd.DataFrame({"id": ["f1", "f2"], "prompt": [GOOD, "purple"]}), **common))
+    assert table_rows[0]["status"] == "ok" and [r["status"] for r in frame_rows] == ["ok", "failed"]
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": ["m1"], "prompt": [GOOD]}), manifest)
+    assert [r["status"] for r in ditfarm.render(str(manifest), **common)] == ["ok"]
+
+    latest = ditfarm.read_results(out)
+    assert sorted(latest.column("id").to_pylist()) == sorted(
+        [rows[0]["id"], rows[1]["id"], other[0]["id"], "d1", "t1", "f1", "f2", "m1"])
+
+    with pytest.raises(ManifestError, match="missing required column"):  # raises at the call, before rendering
+        ditfarm.render(pa.table({"id": ["x"], "text": [GOOD]}), **common)
+    with pytest.raises(TypeError, match="unknown setting"):
+        ditfarm.render([GOOD], **common, stepz=3)
+
+
+def test_results_are_flushed_by_time_while_videos_take_long(tmp_path):
+    import time
+
+    from ditfarm.jobs.driver import render_tasks
+    from ditfarm.jobs.manifest import RenderTask
+    from ditfarm.jobs.types import RenderedVideo
+
+    out = tmp_path / "slow"
+    seen_parts = []
+
+    class SlowRenderer:
+        capacity = 1
+
+        def render(self, task, settings, location):
+            seen_parts.append(len(list((out / "results").glob("part-*.parquet"))))
+            time.sleep(0.6)
+            uri = location.open().store_video(task.id, lambda p: p.write_bytes(b"mp4"))
+            return RenderedVideo(uri, task.seed, 1, 2, 2, 1, "fake", 0.0)
+
+    tasks = [RenderTask(row=i, id=f"s{i}", prompt=GOOD, seed=i) for i in range(4)]
+    settings = RenderSettings(flush_every=1000, flush_seconds=0.3)
+    summary = render_tasks(tasks, out, settings, renderer=SlowRenderer(), progress=False)
+    assert summary.ok == 4
+    assert seen_parts[-1] >= 2  # rows reached the store during the run, not only at its end
+    assert read_all_results(out).num_rows == 4
