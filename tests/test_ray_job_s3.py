@@ -1,0 +1,130 @@
+"""`ray job submit -- ditfarm render s3://... --out s3://... --gangs 2` against a real Ray head and moto's S3 server,
+both on loopback.  The job shares no files with the submitter: the manifest, the videos and the results live in the
+bucket, the model is the bundled one, and the storage settings reach the job (and its gang actors) only through
+the runtime environment.  The secret key is recognisable, and must appear nowhere a person or a log could see it."""
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ditfarm.jobs.results import read_all_results
+from ditfarm.pipelines.video_io import read_mp4
+
+SECRET = "SECRETzq9x-recognisable-ditfarm-key"
+GOOD = ["red circle moving left on blue background", "white square moving up on green gradient background",
+        "yellow triangle moving right on black background", "blue circle moving down on white background"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head(s3_endpoint):
+    """A Ray head on loopback ports with token authentication, started as a user would (`ray start --head`)."""
+    bin_dir = Path(sys.executable).parent
+    temp_dir = Path(tempfile.mkdtemp(prefix="rj-", dir="/tmp"))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex,
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0"}
+    for name in [k for k in env if k.startswith("AWS_")]:  # the cluster knows nothing of the bucket by itself
+        env.pop(name)
+    dashboard = free_port()
+    subprocess.run(
+        [bin_dir / "ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=3", f"--temp-dir={temp_dir}",
+         "--include-dashboard=true", "--disable-usage-stats"],
+        check=True, env=env, capture_output=True, timeout=180,
+    )
+    yield {"address": f"http://127.0.0.1:{dashboard}", "env": env, "bin": bin_dir}
+    subprocess.run([bin_dir / "ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def submit(head, args: list[str], aws: dict) -> subprocess.CompletedProcess:
+    runtime_env = json.dumps({"env_vars": aws})
+    return subprocess.run(
+        [head["bin"] / "ray", "job", "submit", "--address", head["address"], "--runtime-env-json", runtime_env,
+         "--", "ditfarm", "render", *args],
+        env=head["env"], capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_ray_job_submit_reads_and_writes_s3_exactly_once(ray_head, s3_endpoint, tmp_path):
+    aws = {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "AKIDTEST", "AWS_SECRET_ACCESS_KEY": SECRET,
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="AKIDTEST", aws_secret_access_key=SECRET,
+                      region_name="us-east-1")
+    bucket = "job-" + uuid.uuid4().hex[:10]
+    s3.create_bucket(Bucket=bucket)
+    ids = [f"v{i:02d}" for i in range(12)]
+    prompts = [GOOD[i % 4] for i in range(12)]
+    prompts[3] = "purple circle moving left on blue background"  # unknown word
+    ids[7] = "bad id"  # a space: it would name a file badly
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"id": ids, "prompt": prompts, "seed": pa.array(range(12), pa.int64())}), buffer)
+    s3.put_object(Bucket=bucket, Key="manifests/m.parquet", Body=buffer.getvalue())
+    args = [f"s3://{bucket}/manifests/m.parquet", "--out", f"s3://{bucket}/out", "--gangs", "2", "--steps", "2",
+            "--upscale", "2", "--no-progress"]
+
+    first = submit(ray_head, args, aws)
+    logs = first.stdout + first.stderr
+    assert "10 ok, 2 failed, 0 skipped" in logs, logs[-3000:]
+    videos = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/videos/")["Contents"])
+    good = [i for i in ids if i not in ("v03", "bad id")]
+    assert videos == [f"out/videos/{i}.mp4" for i in good]
+    for key in videos[:3]:
+        path = tmp_path / Path(key).name
+        s3.download_file(bucket, key, str(path))
+        assert read_mp4(path).shape == (8, 64, 64, 3)
+    env_before = dict(os.environ)
+    os.environ.update(aws)
+    try:
+        rows = read_all_results(f"s3://{bucket}/out").to_pylist()
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+    assert len(rows) == 12
+    errors = {r["id"]: r["error"] for r in rows if r["status"] == "failed"}
+    assert set(errors) == {"v03", "bad id"}
+    assert "unknown word(s) 'purple'" in errors["v03"] and "id must match" in errors["bad id"]
+
+    second = submit(ray_head, args, aws)
+    assert "0 ok, 2 failed, 10 skipped" in second.stdout + second.stderr
+
+    for vid in ("v01", "v10"):
+        s3.delete_object(Bucket=bucket, Key=f"out/videos/{vid}.mp4")
+    third = submit(ray_head, args, aws)
+    assert "2 ok, 2 failed, 8 skipped" in third.stdout + third.stderr
+    assert len(s3.list_objects_v2(Bucket=bucket, Prefix="out/videos/")["Contents"]) == 10
+
+    # The secret is nowhere: not in what the submitter saw, the job logs, the results or any object.
+    listing = subprocess.run(
+        [sys.executable, "-c", "import json, sys, ray.job_submission as j; "
+         "print(json.dumps([x.submission_id for x in j.JobSubmissionClient(sys.argv[1]).list_jobs()]))",
+         ray_head["address"]],
+        env=ray_head["env"], capture_output=True, text=True, check=True,
+    )
+    job_logs = [
+        subprocess.run([ray_head["bin"] / "ray", "job", "logs", "--address", ray_head["address"], job],
+                       env=ray_head["env"], capture_output=True, text=True).stdout
+        for job in json.loads(listing.stdout.strip().splitlines()[-1])
+    ]
+    assert len(job_logs) >= 3 and any("10 ok" in log for log in job_logs)
+    seen = "".join([first.stdout, first.stderr, second.stdout, second.stderr, third.stdout, third.stderr, *job_logs])
+    assert SECRET not in seen
+    for obj in s3.list_objects_v2(Bucket=bucket)["Contents"]:
+        assert SECRET.encode() not in s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
