@@ -1,0 +1,100 @@
+"""A driver SIGKILLed mid-manifest, then rerun: exactly one ``ok`` row and one video per good id, and nothing
+unfinished left behind (no temporary files, no multipart uploads), on S3 and on a local folder."""
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+
+import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ditfarm.jobs.results import read_all_results
+
+PROMPTS = ["red circle moving left on blue background", "white square moving up on green gradient background"]
+N = 10
+
+
+def manifest_table():
+    ids = [f"k{i}" for i in range(N)] + ["bad"]
+    prompts = [PROMPTS[i % 2] for i in range(N)] + ["purple circle moving left on blue background"]
+    return pa.table({"id": ids, "prompt": prompts})
+
+
+def start(manifest: str, out: str, model) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ditfarm.jobs.cli", "render", manifest, "--out", out, "--model", str(model),
+         "--steps", "12", "--upscale", "2", "--flush-every", "3", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def kill_after(proc: subprocess.Popen, count_videos, videos: int, timeout_s: float = 240) -> int:
+    deadline = time.monotonic() + timeout_s
+    while count_videos() < videos:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the driver stored too few videos in time"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return count_videos()
+
+
+def check_exactly_once(out: str) -> None:
+    rows = read_all_results(out).to_pylist()
+    ok = Counter(r["id"] for r in rows if r["status"] == "ok")
+    assert ok == Counter({f"k{i}": 1 for i in range(N)}), ok
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_sigkill_of_the_driver_then_rerun_renders_each_id_exactly_once(where, s3_endpoint, random_model_folder,
+                                                                       tmp_path):
+    s3 = boto3.client("s3")
+    if where == "s3":
+        bucket = "kill-" + uuid.uuid4().hex[:10]
+        s3.create_bucket(Bucket=bucket)
+        buffer = io.BytesIO()
+        pq.write_table(manifest_table(), buffer)
+        s3.put_object(Bucket=bucket, Key="m.parquet", Body=buffer.getvalue())
+        manifest, out = f"s3://{bucket}/m.parquet", f"s3://{bucket}/out"
+
+        def count_videos():
+            return s3.list_objects_v2(Bucket=bucket, Prefix="out/videos/").get("KeyCount", 0)
+    else:
+        manifest, out = str(tmp_path / "m.parquet"), str(tmp_path / "out")
+        pq.write_table(manifest_table(), manifest)
+
+        def count_videos():
+            folder = tmp_path / "out" / "videos"
+            return len([p for p in folder.iterdir() if p.name.endswith(".mp4") and not p.name.startswith(".")]) \
+                if folder.is_dir() else 0
+
+    stored = kill_after(start(manifest, out, random_model_folder), count_videos, 4)
+    assert 4 <= stored < N
+    ok_rows = [r for r in read_all_results(out).to_pylist() if r["status"] == "ok"]
+    assert len(ok_rows) <= stored  # a row is written only after its video is stored
+    if where == "s3":  # what a driver killed during a multipart upload leaves behind
+        s3.create_multipart_upload(Bucket=bucket, Key="out/videos/k9.mp4")
+    else:
+        (tmp_path / "out" / "videos" / ".tmp-dead-k9.mp4").write_bytes(b"half a video")
+
+    rerun = start(manifest, out, random_model_folder)
+    stdout, stderr = rerun.communicate(timeout=600)
+    assert rerun.returncode == 1, stderr  # the bad row fails again; nothing else does
+    check_exactly_once(out)
+    if where == "s3":
+        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"])
+        videos = [k for k in keys if k.startswith("out/videos/")]
+        assert videos == sorted(f"out/videos/k{i}.mp4" for i in range(N))
+        assert all(k.startswith("out/results/part-") and k.endswith(".parquet") for k in keys if k not in videos)
+        assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    else:
+        names = sorted(os.listdir(tmp_path / "out" / "videos"))
+        assert names == sorted(f"k{i}.mp4" for i in range(N))
+        assert all(n.startswith("part-") for n in os.listdir(tmp_path / "out" / "results"))
