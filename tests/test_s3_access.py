@@ -1,0 +1,88 @@
+"""Access problems on S3 stop a run before anything renders (exit 2) with an error naming the problem.
+
+moto's server enforces IAM here (``INITIAL_NO_AUTH_ACTION_COUNT``: only the setup's own requests go through
+unauthenticated), so bad credentials are refused and a read-only user cannot write its output."""
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+SETUP_ACTIONS = 5  # create bucket, put manifest, create user, put its policy, create its key
+SECRET_MARK = "ditfarm-never-print-me"
+
+
+@pytest.fixture(scope="module")
+def iam_s3(tmp_path_factory):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_ACTIONS)},
+                              stdout=log, stderr=log)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        admin = dict(endpoint_url=endpoint, aws_access_key_id="setup", aws_secret_access_key="setup",
+                     region_name="us-east-1")
+        s3, iam = boto3.client("s3", **admin), boto3.client("iam", **admin)
+        s3.create_bucket(Bucket="readonly")
+        buffer = io.BytesIO()
+        pq.write_table(pa.table({"id": ["a"], "prompt": ["red circle moving left on blue background"]}), buffer)
+        s3.put_object(Bucket="readonly", Key="m.parquet", Body=buffer.getvalue())
+        iam.create_user(UserName="reader")
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*", "Action": [
+            "s3:GetObject", "s3:ListBucket", "s3:ListBucketMultipartUploads"]}]}
+        iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        yield {"endpoint": endpoint, "reader": (key["AccessKeyId"], key["SecretAccessKey"])}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def render(iam_s3, key_id, secret, *args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ENDPOINT_URL=iam_s3["endpoint"], AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret,
+               AWS_DEFAULT_REGION="us-east-1")
+    proc = subprocess.run([sys.executable, "-m", "ditfarm.jobs.cli", "render", *args, "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert secret not in proc.stdout + proc.stderr
+    return proc
+
+
+def test_bad_credentials_stop_the_run_with_a_clear_error(iam_s3, tmp_path):
+    bad_secret = SECRET_MARK + "-bad"
+    proc = render(iam_s3, "AKIANOSUCHKEY", bad_secret, "s3://readonly/m.parquet", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2, proc.stderr
+    assert "manifest s3://readonly/m.parquet cannot be read" in proc.stderr
+    assert not (tmp_path / "o").exists()
+    local = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": ["a"], "prompt": ["red circle moving left on blue background"]}), local)
+    proc = render(iam_s3, "AKIANOSUCHKEY", bad_secret, str(local), "--out", "s3://readonly/out")
+    assert proc.returncode == 2 and "cannot write to s3://readonly/out: InvalidAccessKeyId" in proc.stderr
+
+
+def test_an_output_that_refuses_writes_stops_the_run_before_rendering(iam_s3):
+    key_id, secret = iam_s3["reader"]
+    proc = render(iam_s3, key_id, secret, "s3://readonly/m.parquet", "--out", "s3://readonly/out")
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot write to s3://readonly/out: AccessDenied" in proc.stderr
+    reader = boto3.client("s3", endpoint_url=iam_s3["endpoint"], aws_access_key_id=key_id,
+                          aws_secret_access_key=secret, region_name="us-east-1")
+    assert [o["Key"] for o in reader.list_objects_v2(Bucket="readonly")["Contents"]] == ["m.parquet"]
