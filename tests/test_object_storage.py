@@ -250,3 +250,17 @@ def test_results_are_flushed_by_time_while_videos_take_long(tmp_path):
     assert summary.ok == 4
     assert seen_parts[-1] >= 2  # rows reached the store during the run, not only at its end
     assert read_all_results(out).num_rows == 4
+
+
+def test_status_prints_counts_and_failed_rows(s3, bucket, random_model_folder, capsys):
+    table = pa.table({"id": ["s0", "s1", "sbad"], "prompt": [GOOD, GOOD, "purple circle moving left on blue background"]})
+    manifest = put_parquet(s3, bucket, "m.parquet", table)
+    out = f"s3://{bucket}/out"
+    render_manifest(manifest, out, RenderSettings(model=str(random_model_folder), steps=1, upscale=2), progress=False)
+    capsys.readouterr()
+    assert cli(["status", out]) == 0
+    printed = capsys.readouterr().out
+    assert f"{out}: 3 ids: 1 failed, 2 ok" in printed
+    assert "failed sbad: row 2 (id 'sbad'): unknown word(s) 'purple'" in printed
+    assert cli(["status", "s3://no-such-bucket-at-all/out"]) == 2
+    assert "NoSuchBucket" in capsys.readouterr().err

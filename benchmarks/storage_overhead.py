@@ -1,0 +1,147 @@
+"""What object storage costs a job, and what a million-row dry run costs, on moto's S3 server (127.0.0.1).
+
+1. Overhead: the same rows rendered twice with one loaded `tiny` pipeline: render only (the pipeline's frames,
+   nothing stored), then the whole job (S3 manifest in, mp4 encode + upload, results parts to S3).  The difference
+   per video is the driver's and the storage's time; the target is at most 5% of the render time.
+2. Dry run: a 1,000,000-row manifest (local file, then the same object on S3) validated by `ditfarm render
+   --dry-run` in a child process; peak RSS (the child's ru_maxrss) and wall time.
+
+    python benchmarks/storage_overhead.py --videos 8 --rows 1000000 --json benchmarks/storage-overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PROMPTS = ["red circle moving left on blue background", "white square moving up on green gradient background",
+           "yellow triangle moving right on black background", "blue circle moving down on white background"]
+
+
+def start_s3():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="bench",
+                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    import boto3
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="bench")
+    return server, s3
+
+
+def put_table(s3, key: str, table: pa.Table) -> str:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    s3.put_object(Bucket="bench", Key=key, Body=buffer.getvalue())
+    return f"s3://bench/{key}"
+
+
+def overhead(s3, videos: int, steps: int | None) -> dict:
+    from ditfarm.jobs.driver import LocalRenderer, RenderSettings, render_manifest
+    from ditfarm.jobs.manifest import Manifest
+
+    table = pa.table({"id": [f"o{i}" for i in range(videos)], "prompt": [PROMPTS[i % 4] for i in range(videos)]})
+    manifest = put_table(s3, "overhead/m.parquet", table)
+    settings = RenderSettings(model="tiny", steps=steps)
+    renderer = LocalRenderer(settings)
+    tasks = list(Manifest(manifest))
+    renderer.frames(tasks[0], settings)  # warm-up, not counted
+    start = time.perf_counter()
+    for task in tasks:
+        renderer.frames(task, settings)
+    render_only = time.perf_counter() - start
+    start = time.perf_counter()
+    summary = render_manifest(manifest, "s3://bench/overhead/out", settings, renderer=renderer, progress=False)
+    whole_job = time.perf_counter() - start
+    assert summary.ok == videos, summary
+    per_video_render = render_only / videos
+    per_video_overhead = (whole_job - render_only) / videos
+    return {"videos": videos, "steps": steps, "render_only_s": round(render_only, 3), "whole_job_s": round(whole_job, 3),
+            "render_s_per_video": round(per_video_render, 4), "overhead_s_per_video": round(per_video_overhead, 4),
+            "overhead_pct": round(100 * per_video_overhead / per_video_render, 2)}
+
+
+def million_rows(rows: int) -> pa.Table:
+    ids = pa.array([f"row-{i:07d}" for i in range(rows)])
+    prompts = pa.array([PROMPTS[i % 4] if i % 1000 else "purple circle moving left on blue background"
+                        for i in range(rows)])
+    return pa.table({"id": ids, "prompt": prompts, "seed": pa.array(range(rows), pa.int64())})
+
+
+CHILD = """
+import resource, sys
+from ditfarm.jobs.cli import main
+code = main(sys.argv[1:])
+print("PEAK_RSS_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def dry_run_child(manifest: str, out: str) -> dict:
+    """`ditfarm render --dry-run` in a fresh process that reports its own peak RSS."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", CHILD, "render", manifest, "--out", out, "--dry-run"],
+                          capture_output=True, text=True, env=os.environ.copy())
+    seconds = time.perf_counter() - start
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(proc.stderr)
+    peak_kib = int(proc.stderr.rsplit("PEAK_RSS_KIB", 1)[1].split()[0])
+    return {"manifest": "S3 object" if manifest.startswith("s3://") else "local file", "seconds": round(seconds, 1),
+            "peak_rss_mib": round(peak_kib / 1024, 1), "summary": proc.stdout.splitlines()[0].split(": ", 1)[1]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--videos", type=int, default=8)
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the model's, 30)")
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    server, s3 = start_s3()
+    try:
+        result = {"date": str(date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU",
+                  "overhead": overhead(s3, args.videos, args.steps), "dry_run": []}
+        o = result["overhead"]
+        print(f"| videos | render only | whole job (S3 in/out) | render / video | driver + storage / video | overhead |")
+        print(f"|---|---|---|---|---|---|")
+        print(f"| {o['videos']} | {o['render_only_s']} s | {o['whole_job_s']} s | {o['render_s_per_video']} s | "
+              f"{o['overhead_s_per_video']} s | {o['overhead_pct']}% |")
+        with tempfile.TemporaryDirectory() as tmp:
+            table = million_rows(args.rows)
+            local = Path(tmp) / "million.parquet"
+            pq.write_table(table, local)
+            remote = put_table(s3, "million/m.parquet", table)
+            del table
+            for manifest in (str(local), remote):
+                result["dry_run"].append({"rows": args.rows, **dry_run_child(manifest, str(Path(tmp) / "out"))})
+        print()
+        print("| dry run | rows | seconds | peak RSS | summary |")
+        print("|---|---|---|---|---|")
+        for d in result["dry_run"]:
+            print(f"| {d['manifest']} | {d['rows']:,} | {d['seconds']} | {d['peak_rss_mib']} MiB | {d['summary']} |")
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
