@@ -19,6 +19,7 @@ scrubs any secret that a library might have put into a message anyway.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -84,7 +85,13 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def s3_client():
-    """A boto3 S3 client with standard retries (transient errors are retried with backoff)."""
+    """A boto3 S3 client with standard retries (transient errors are retried with backoff).  One per process and
+    set of AWS_* settings: clients are thread-safe and cost ~50 ms each to build."""
+    return _cached_client(tuple(sorted(storage_env().items())))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_client(settings: tuple):
     import boto3
     from botocore.config import Config
 
@@ -166,8 +173,16 @@ class OutputStore:
     def video_uri(self, video_id: str) -> str:
         return self.location.join(VIDEOS, f"{video_id}.mp4")
 
-    def read_results(self, columns: list[str] | None = None) -> list[pa.Table]:
-        return [self.read_part(name, columns) for name in self.part_names()]
+    def read_results(self, columns: list[str] | None = None, threads: int = 16) -> list[pa.Table]:
+        """Every part, in name order; read concurrently, since a long-lived output holds many small parts and
+        each is one request."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        names = self.part_names()
+        if len(names) <= 1:
+            return [self.read_part(name, columns) for name in names]
+        with ThreadPoolExecutor(max_workers=min(threads, len(names)), thread_name_prefix="results") as pool:
+            return list(pool.map(lambda name: self.read_part(name, columns), names))
 
 
 def _checked_name(video_id: str) -> str:
@@ -373,7 +388,7 @@ def arrow_s3_filesystem():
     import pyarrow.fs as pafs
 
     session = boto3.session.Session()
-    client = session.client("s3")
+    client = s3_client()
     kwargs = {"region": client.meta.region_name or "us-east-1", "connect_timeout": 5, "request_timeout": 60,
               "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3)}
     endpoint = client.meta.endpoint_url

@@ -34,11 +34,9 @@ class VideoPipelineMixin:
         return next(self.transformer.parameters()).device
 
     def settings(self, **overrides) -> SamplerSettings:
-        values = {k: v for k, v in overrides.items() if v is not None}
-        merged = SamplerSettings(**{**self.defaults.__dict__, **values})
-        merged.validate()
-        self.check_sizes(merged)
-        return merged
+        from .checks import resolve_settings
+
+        return resolve_settings(self.defaults, self.check_sizes, overrides)
 
     def default_cache_profile(self) -> Path | None:
         """The cache profile shipped in the model folder, if any (``ditfarm profile`` writes one)."""

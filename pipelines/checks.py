@@ -49,11 +49,16 @@ class ModelChecks:
     check_prompt: Callable[[str], None]
 
     def settings(self, **overrides) -> SamplerSettings:
-        values = {k: v for k, v in overrides.items() if v is not None}
-        merged = SamplerSettings(**{**self.defaults.__dict__, **values})
-        merged.validate()
-        self.check_sizes(merged)
-        return merged
+        return resolve_settings(self.defaults, self.check_sizes, overrides)
+
+
+def resolve_settings(defaults: SamplerSettings, check_sizes, overrides: dict) -> SamplerSettings:
+    """The defaults with the given (non-None) overrides, validated, and refused where the model cannot take them."""
+    values = {k: v for k, v in overrides.items() if v is not None}
+    merged = SamplerSettings(**{**defaults.__dict__, **values})
+    merged.validate()
+    check_sizes(merged)
+    return merged
 
 
 def _nonempty(prompt: str) -> None:
