@@ -86,3 +86,23 @@ def test_an_output_that_refuses_writes_stops_the_run_before_rendering(iam_s3):
     reader = boto3.client("s3", endpoint_url=iam_s3["endpoint"], aws_access_key_id=key_id,
                           aws_secret_access_key=secret, region_name="us-east-1")
     assert [o["Key"] for o in reader.list_objects_v2(Bucket="readonly")["Contents"]] == ["m.parquet"]
+
+
+def test_credentials_from_a_named_profile_reach_both_boto3_and_pyarrow(iam_s3, tmp_path):
+    """AWS_PROFILE + a shared credentials file, no key variables: the manifest (pyarrow) and the output listing
+    (boto3) are both read with the profile's read-only key."""
+    key_id, secret = iam_s3["reader"]
+    credentials = tmp_path / "credentials"
+    credentials.write_text(f"[reader]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n"
+                           f"[nobody]\naws_access_key_id = AKIANOBODY\naws_secret_access_key = {SECRET_MARK}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ENDPOINT_URL=iam_s3["endpoint"], AWS_SHARED_CREDENTIALS_FILE=str(credentials),
+               AWS_CONFIG_FILE=str(tmp_path / "no-config"), AWS_DEFAULT_REGION="us-east-1")
+    args = [sys.executable, "-m", "ditfarm.jobs.cli", "render", "s3://readonly/m.parquet", "--out", "s3://readonly/out",
+            "--dry-run"]
+    ok = subprocess.run(args, env={**env, "AWS_PROFILE": "reader"}, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert "1 rows: would render 1, would skip 0 (already ok), would fail 0" in ok.stdout
+    refused = subprocess.run(args, env={**env, "AWS_PROFILE": "nobody"}, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "cannot be read" in refused.stderr
+    assert SECRET_MARK not in refused.stdout + refused.stderr
