@@ -264,3 +264,26 @@ def test_status_prints_counts_and_failed_rows(s3, bucket, random_model_folder, c
     assert "failed sbad: row 2 (id 'sbad'): unknown word(s) 'purple'" in printed
     assert cli(["status", "s3://no-such-bucket-at-all/out"]) == 2
     assert "NoSuchBucket" in capsys.readouterr().err
+
+
+def test_cli_s3_output_goes_to_the_bucket_not_a_local_folder(s3, bucket, tmp_path, random_model_folder,
+                                                             monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": ["c0"], "prompt": [GOOD]}), manifest)
+    out = f"s3://{bucket}/cli"
+    args = ["render", str(manifest), "--out", out, "--model", str(random_model_folder), "--steps", "1", "--no-progress"]
+    assert cli(args) == 0
+    assert f"1 ok, 0 failed, 0 skipped; videos in {out}/videos, results in {out}/results" in capsys.readouterr().out
+    assert keys(s3, bucket, "cli/videos/") == ["cli/videos/c0.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.parquet"]  # no local folder named "s3:"
+
+
+def test_gangs_carry_the_drivers_storage_settings(monkeypatch):
+    from ditfarm.cluster.gang_renderer import gang_config
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1234")
+    monkeypatch.setenv("AWS_PROFILE", "farm")
+    env = dict(gang_config(RenderSettings(sp=2, gangs=1)).env_vars)
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1234" and env["AWS_PROFILE"] == "farm"
+    assert all(k.startswith("AWS_") for k in env)
