@@ -25,13 +25,23 @@ def backend_device(group=None) -> torch.device | None:
     return None
 
 
+def to_fixed_point(vector: torch.Tensor) -> torch.Tensor:
+    """A rank's float sums as the int64 it contributes to the reduce."""
+    return torch.round(vector.double() * FIXED_POINT_SCALE).to(torch.int64)
+
+
+def from_fixed_point(ints: torch.Tensor) -> torch.Tensor:
+    """The reduced integers as the float64 the policy decides on (a pure function: same bits in, same bits out)."""
+    return ints.double() / FIXED_POINT_SCALE
+
+
 def fixed_point_all_reduce(vector: torch.Tensor, group=None) -> torch.Tensor:
     """Sum a float vector across the group exactly (in int64 fixed point); returns float64, same on every rank,
     on the vector's own device (the engine's sums may sit on the CPU while the backend is NCCL)."""
-    ints = torch.round(vector.double() * FIXED_POINT_SCALE).to(torch.int64)
+    ints = to_fixed_point(vector)
     ints = ints.to(backend_device(group) or ints.device)
     dist.all_reduce(ints, op=dist.ReduceOp.SUM, group=group)
-    return ints.to(vector.device).double() / FIXED_POINT_SCALE
+    return from_fixed_point(ints.to(vector.device))
 
 
 def make_cache_reduce(group=None):

@@ -52,7 +52,7 @@ def broadcast_tensors(tensors: list[torch.Tensor] | None, src: int = 0, group=No
 
 
 class RankRenderer:
-    def __init__(self, rank: int, world: int, config: RankConfig, reduce_perturbation=None):
+    def __init__(self, rank: int, world: int, config: RankConfig):
         from ..cache import enable
         from ..cache.presets import build_config
         from ..pipelines.loading import load_pipeline
@@ -68,9 +68,6 @@ class RankRenderer:
                                      timeout=timedelta(seconds=config.timeout_s))
             self._wrap_text_encoder()
         reduce = make_cache_reduce() if world > 1 else (lambda v: v)
-        if reduce_perturbation is not None:
-            inner = reduce
-            reduce = lambda v: inner(reduce_perturbation(rank, v))  # noqa: E731
         profile = config.profile or self.pipe.default_cache_profile()
         self.cache = enable(self.pipe, build_config(config.cache, config.cache_knob, profile), reduce=reduce)
 

@@ -6,9 +6,8 @@ from .gang_rank import RankConfig, RankRenderer
 
 
 def render_on_rank(rank: int, world: int, model: str, prompt: str, seed: int, sampler: dict, cache_policy: str = "none",
-                   cache_knob=None, timeout_s: float = 60.0, perturb=None):
+                   cache_knob=None, timeout_s: float = 60.0):
     """Every rank loads the model, shards it, enables the cache with the all-reduce, and renders.  Returns the
-    frames (rank 0 only), this rank's per-step compute masks and its cache's peak bytes.  ``perturb`` (tests)
-    maps the local indicator vector before the all-reduce, to show the ranks still agree."""
+    frames (rank 0 only), this rank's per-step compute masks and its cache's peak bytes."""
     config = RankConfig(model=model, cache=cache_policy, cache_knob=cache_knob, timeout_s=timeout_s)
-    return RankRenderer(rank, world, config, reduce_perturbation=perturb).render(prompt, seed, sampler)
+    return RankRenderer(rank, world, config).render(prompt, seed, sampler)

@@ -39,16 +39,41 @@ def test_sp2_skips_whole_calls_alike_on_every_rank(random_model_folder):
     assert psnr(one["frames"], two[0]["frames"]) >= 60
 
 
-def nudge_rank_one(rank, vector):
-    """Rank 1 sees its local sums 1e-6 (relative) off: a float rounding difference between ranks."""
-    return vector * (1 + 1e-6) if rank == 1 else vector
+def test_fixed_point_sums_are_bit_identical_in_any_order_where_float_sums_flip_a_decision():
+    """What makes ranks agree: the reduce's result cannot depend on the order in which a backend adds the ranks'
+    contributions.  Float sums of the same contributions in two orders differ in the last bit, and a threshold
+    between them turns that bit into two decisions; the fixed-point integers are the same in every order."""
+    import itertools
 
+    import torch
 
-def test_ranks_agree_when_local_sums_differ_slightly(random_model_folder):
-    args = (str(random_model_folder), PROMPT, 5, SAMPLER, "adaptive", 0.2, 60.0, nudge_rank_one)
-    two = run_local_gang(render_on_rank, 2, *args)
-    assert two[0]["masks"] == two[1]["masks"]
-    assert two[0]["frames"] is not None
+    from ditfarm.cluster.collectives import from_fixed_point, to_fixed_point
+
+    contributions = [torch.tensor([0.1, 3.0e-1], dtype=torch.float64), torch.tensor([0.2, 1.0e-1], dtype=torch.float64),
+                     torch.tensor([0.3, 2.0e-1], dtype=torch.float64)]  # three ranks' local sums (two rows)
+
+    def float_sum(order):
+        total = torch.zeros(2, dtype=torch.float64)
+        for i in order:
+            total = total + contributions[i]
+        return total
+
+    def fixed_sum(order):
+        total = torch.zeros(2, dtype=torch.int64)
+        for i in order:
+            total = total + to_fixed_point(contributions[i])
+        return total
+
+    orders = list(itertools.permutations(range(3)))
+    floats = {tuple(float_sum(o).tolist()) for o in orders}
+    assert len(floats) > 1  # the float reduce depends on the order: (0.1 + 0.2) + 0.3 != 0.1 + (0.2 + 0.3)
+    threshold = 0.6  # a policy's "skip while the accumulated change is within the budget"
+    decisions = {tuple((torch.tensor(f, dtype=torch.float64) <= threshold).tolist()) for f in floats}
+    assert len(decisions) >= 2  # ... and two ranks adding in two orders would decide differently: a hang
+    fixed = {tuple(fixed_sum(o).tolist()) for o in orders}
+    assert len(fixed) == 1  # every order, the same integers
+    decided = {tuple((from_fixed_point(fixed_sum(o)) <= threshold).tolist()) for o in orders}
+    assert len(decided) == 1
 
 
 def stall_rank_one(rank, world, seconds):
