@@ -311,5 +311,5 @@ def test_adaptive_fastest_rungs_reuse_the_output_and_render(pipe):
     assert AdaptivePolicy(fast).reuse_output and not AdaptivePolicy(cache.AdaptiveConfig()).reuse_output
     assert not AdaptivePolicy(cache.AdaptiveConfig(threshold=3.0, granularity="block")).reuse_output
     frames, stats = render_cached(pipe, fast, seed=4, steps=12)
-    assert np.isfinite(frames).all() and 0 < stats.skipped_fraction < 1
+    assert frames.std() > 0 and 0 < stats.skipped_fraction < 1  # fidelity floors: tests/test_cache_fidelity.py
     assert stats.peak_bytes > 0

@@ -96,7 +96,6 @@ def test_bench_steps_on_small_wan_shapes(tmp_path):
     result = json.loads(out.read_text())
     rows = {r["method"]: r for r in result["rows"]}
     assert result["latents"] == [1, 16, 2, 8, 8] and result["tokens"] == 2 * 4 * 4
-    assert rows["none"]["time_vs_none"] == 1.0
     assert rows["none"]["computed_fraction"] == rows["bwcache:0"]["computed_fraction"] == 1.0
     assert rows["taylorseer:5"]["computed_fraction"] < 0.5  # of 5 steps only step 0 is a full one
     with pytest.raises(ValueError, match="frames = 4k \\+ 1"):

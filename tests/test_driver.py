@@ -94,7 +94,7 @@ def test_cli_single_prompt(tmp_path, random_model_folder, capsys):
     )
     assert code == 0
     frames = read_mp4(out / "videos" / "hello.mp4")
-    assert frames.shape == (8, 32, 32, 3) and np.isfinite(frames).all()
+    assert frames.shape == (8, 32, 32, 3) and frames.std() > 0  # a real picture, not a blank
     assert read_all_results(out).to_pylist()[0]["seed"] == 4
 
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-yaml = pytest.importorskip("yaml")
+import yaml
 
-from ditfarm.jobs.cli import build_parser  # noqa: E402
+from ditfarm.jobs.cli import build_parser
 
 INFRA = Path(__file__).resolve().parents[1] / "infra"
 

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-boto3 = pytest.importorskip("boto3")
-pytest.importorskip("moto")
+import boto3
 
 
 def _upload(folder: Path, bucket: str, prefix: str) -> None:

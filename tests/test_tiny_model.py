@@ -13,19 +13,19 @@ from ditfarm.pipelines.tiny.scenes import render_scene
 def test_shipped_profile_belongs_to_the_shipped_model(tiny_pipe):
     profile = CacheProfile.load(tiny_pipe.default_cache_profile())
     assert profile.model == model_identity(tiny_pipe.transformer)
-    assert profile.mask_iou is not None and profile.mask_iou >= 0.6
     assert 0 < len(profile.foreground_blocks) < len(profile.blocks)
 
 
 def test_shipped_model_follows_held_out_prompts(tiny_pipe):
-    # BENCHMARKS.md has 100% per attribute on 60 held-out pairs; 16 other pairs here, with a margin for CPU numerics.
+    # BENCHMARKS.md has 100% per attribute on 60 held-out pairs, and these 16 other pairs measure 16/16; one miss
+    # per attribute is the margin for CPU numerics, two would be a regression.
     summary = summarise(evaluate(tiny_pipe, held_out_cases(16, seed=2026)))
     for attribute in ("foreground_colour", "direction", "background_colour"):
-        assert summary[attribute] >= 0.875, summary
+        assert summary[attribute] >= 15 / 16, summary
 
 
 def test_masks_from_the_model_match_the_generators_masks(tiny_pipe):
     rng = np.random.default_rng(7)
     scenes = [render_scene(spec, rng) for spec, _ in held_out_cases(6, seed=7)]
     with torch.no_grad():
-        assert check_masks_on_references(tiny_pipe, scenes) >= 0.6
+        assert check_masks_on_references(tiny_pipe, scenes) >= 0.8  # measured 0.872 (computed here, not read)
