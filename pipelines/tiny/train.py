@@ -136,6 +136,20 @@ def batches(first: int, args: argparse.Namespace):
                                             pin_memory=args.device.startswith("cuda")))
 
 
+def truncate_log(log_path: Path, step: int) -> None:
+    """Keep the loss log's lines up to ``step``: a run killed between checkpoints logged steps that its resume
+    trains again, and their lines must not appear twice.  Rewritten whole (temp + rename)."""
+    with open(log_path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step] if rows else []
+    if len(kept) == len(rows):
+        return
+    tmp = log_path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(kept)
+    os.replace(tmp, log_path)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.threads:
@@ -175,6 +189,8 @@ def main(argv=None) -> None:
     ema_params, model_params = list(ema.parameters()), list(model.parameters())
 
     log_path = args.run_dir / "loss.csv"
+    if state and log_path.exists():
+        truncate_log(log_path, step)
     new_log = not log_path.exists()
     log_file = open(log_path, "a", newline="")
     log = csv.writer(log_file)
@@ -221,6 +237,7 @@ def main(argv=None) -> None:
             sec = (time.time() - tick) / len(losses)
             mean_loss = torch.stack(losses).mean().item()
             log.writerow([step, f"{mean_loss:.5f}", f"{opt.param_groups[0]['lr']:.2e}", f"{sec:.3f}"])
+            log_file.flush()  # a person tailing the log sees every line; a resume drops those past its checkpoint
             print(f"step {step} loss {mean_loss:.4f} {sec:.3f}s/step", flush=True)
             losses, tick = [], time.time()
         if step % args.checkpoint_every == 0 or step == args.steps:
