@@ -62,8 +62,37 @@ def _add_render(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def settings_from_args(args):
+    """The run's RenderSettings from ``ditfarm render``'s flags, validated (ValueError names the bad one)."""
+    from ..cache.presets import resolve_knob
+    from .driver import RenderSettings
+
+    settings = RenderSettings(
+        model=args.model,
+        num_frames=args.num_frames,
+        height=args.height,
+        width=args.width,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        upscale=args.upscale,
+        fps=args.fps,
+        device=args.device,
+        flush_every=args.flush_every,
+        flush_seconds=args.flush_seconds,
+        cache=args.cache,
+        cache_knob=args.cache_threshold,
+        profile=args.profile,
+        sp=args.sp,
+        gangs=args.gangs if args.gangs is not None else (1 if args.sp > 1 else 0),  # sp > 1 needs a gang
+        collective_timeout_s=args.collective_timeout,
+    )
+    resolve_knob(args.cache, args.cache_threshold)
+    settings.validate()
+    return settings
+
+
 def cmd_render(args) -> int:
-    from .driver import RenderSettings, prompt_task, render_manifest, render_tasks
+    from .driver import prompt_task, render_manifest, render_tasks
     from .manifest import ManifestError
     from .storage import StorageError, redact
 
@@ -74,29 +103,7 @@ def cmd_render(args) -> int:
     if (args.manifest is None) == (args.prompt is None):
         return fail("give either a MANIFEST or --prompt, not both and not neither")
     try:
-        settings = RenderSettings(
-            model=args.model,
-            num_frames=args.num_frames,
-            height=args.height,
-            width=args.width,
-            steps=args.steps,
-            guidance_scale=args.guidance_scale,
-            upscale=args.upscale,
-            fps=args.fps,
-            device=args.device,
-            flush_every=args.flush_every,
-            flush_seconds=args.flush_seconds,
-            cache=args.cache,
-            cache_knob=args.cache_threshold,
-            profile=args.profile,
-            sp=args.sp,
-            gangs=args.gangs if args.gangs is not None else (1 if args.sp > 1 else 0),
-            collective_timeout_s=args.collective_timeout,
-        )
-        from ..cache.presets import resolve_knob
-
-        resolve_knob(args.cache, args.cache_threshold)
-        settings.validate()
+        settings = settings_from_args(args)
     except ValueError as err:
         return fail(err)
     try:
