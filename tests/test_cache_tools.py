@@ -65,7 +65,9 @@ def test_profile_command_on_a_model_folder(tmp_path, random_model_folder, capsys
     profile = CacheProfile.load(out)
     assert len(profile.blocks) == 6 and len(profile.blocks[0].change) == 6
     assert 1 <= len(profile.foreground_blocks) <= 3  # 20-50% of blocks
-    assert all(0 <= b.r_attn <= 1 for b in profile.blocks)
+    foreground = {b.index for b in profile.blocks if b.block_class == "foreground"}
+    assert foreground == set(profile.foreground_blocks)  # the class follows R_attn against the threshold:
+    assert all((b.r_attn >= profile.r_attn_threshold) == (b.index in foreground) for b in profile.blocks)
     assert (tmp_path / "profile.png").stat().st_size > 10_000
     bad = tmp_path / "bad.txt"
     bad.write_text("purple circle moving left on blue background\n")
