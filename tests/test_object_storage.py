@@ -287,3 +287,33 @@ def test_gangs_carry_the_drivers_storage_settings(monkeypatch):
     env = dict(gang_config(RenderSettings(sp=2, gangs=1)).env_vars)
     assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1234" and env["AWS_PROFILE"] == "farm"
     assert all(k.startswith("AWS_") for k in env)
+
+
+def test_overwrite_renders_everything_again_and_an_upload_failure_fails_only_its_row(s3, bucket, random_model_folder,
+                                                                                   monkeypatch):
+    table = pa.table({"id": ["w0", "w1", "w2"], "prompt": [GOOD] * 3})
+    manifest = put_parquet(s3, bucket, "m.parquet", table)
+    out = f"s3://{bucket}/out"
+    settings = RenderSettings(model=str(random_model_folder), steps=1, upscale=2)
+    renderer = CountingRenderer(settings)
+    assert render_manifest(manifest, out, settings, renderer=renderer, progress=False).ok == 3
+    renderer.rendered.clear()
+    again = render_manifest(manifest, out, settings, renderer=renderer, progress=False, overwrite=True)
+    assert renderer.rendered == ["w0", "w1", "w2"] and (again.ok, again.skipped) == (3, 0)
+
+    upload = S3Store._upload
+
+    def refuse_w1(self, path, key):
+        if key.endswith("/w1.mp4"):
+            raise StorageError(f"cannot upload s3://{self.bucket}/{key}: SlowDown (injected)")
+        return upload(self, path, key)
+
+    monkeypatch.setattr(S3Store, "_upload", refuse_w1)
+    s3.delete_object(Bucket=bucket, Key="out/videos/w1.mp4")
+    s3.delete_object(Bucket=bucket, Key="out/videos/w2.mp4")
+    third = render_manifest(manifest, out, settings, renderer=renderer, progress=False)
+    assert (third.ok, third.failed, third.skipped) == (1, 1, 1)
+    assert "row 1 (id 'w1'): cannot upload" in third.errors[0] and "SlowDown" in third.errors[0]
+    latest = {r["id"]: r["status"] for r in read_results(out).to_pylist()}
+    assert latest == {"w0": "ok", "w1": "failed", "w2": "ok"}
+    assert keys(s3, bucket, "out/videos/") == ["out/videos/w0.mp4", "out/videos/w2.mp4"]
