@@ -2,7 +2,9 @@
 
 1. Overhead: the same rows rendered twice with one loaded `tiny` pipeline: render only (the pipeline's frames,
    nothing stored), then the whole job (S3 manifest in, mp4 encode + upload, results parts to S3).  The difference
-   per video is the driver's and the storage's time; the target is at most 5% of the render time.
+   per video is the driver's and the storage's time; the target is at most 5% of the render time.  Wall time
+   on a shared 2-core machine moves by several percent between rounds, so the CPU time of this process and its
+   ffmpeg children (paired per round) and the time spent inside the storage calls are reported beside it.
 2. Dry run: a 1,000,000-row manifest (local file, then the same object on S3) validated by `ditfarm render
    --dry-run` in a child process; peak RSS (the child's ru_maxrss) and wall time.
 
@@ -16,6 +18,7 @@ import io
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -80,6 +83,12 @@ class Timed:
         setattr(owner, name, wrapper)
 
 
+def cpu_seconds() -> float:
+    """This process's CPU time and that of its finished children (the ffmpeg encoders), user + system."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def overhead(s3, videos: int, steps: int | None, rounds: int) -> dict:
     """Alternating rounds of render-only and the whole job (fresh output each round); medians, plus the time
     measured inside the job's own storage calls."""
@@ -98,16 +107,18 @@ def overhead(s3, videos: int, steps: int | None, rounds: int) -> dict:
     renderer.frames(tasks[0], settings)  # warm-up, not counted
     publish = Timed(driver, "publish_video")  # encode the mp4 + upload it
     parts = Timed(S3Store, "write_part")
-    render_only, whole_job, per_job = [], [], []
+    render_only, whole_job, per_job, cpu_render, cpu_job = [], [], [], [], []
     for r in range(rounds):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         for task in tasks:
             renderer.frames(task, settings)
         render_only.append(time.perf_counter() - start)
+        cpu_render.append(cpu_seconds() - cpu)
         out = f"s3://bench/overhead/out-{r}"
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         summary = render_manifest(manifest, out, settings, renderer=renderer, progress=False)
         whole_job.append(time.perf_counter() - start)
+        cpu_job.append(cpu_seconds() - cpu)
         assert summary.ok == videos, summary
         start = time.perf_counter()  # a rerun renders nothing: what every job pays once (checks, listing, results)
         assert render_manifest(manifest, out, settings, renderer=renderer, progress=False).skipped == videos
@@ -116,13 +127,41 @@ def overhead(s3, videos: int, steps: int | None, rounds: int) -> dict:
     per_video_render = render_s / videos
     per_video_overhead = (job_s - render_s) / videos
     measured = (publish.seconds + parts.seconds) / (rounds * videos)
+    cpu_extra = statistics.median(j - r for r, j in zip(cpu_render, cpu_job)) / videos
+    cpu_per_video = statistics.median(cpu_render) / videos
     return {"videos": videos, "steps": steps, "rounds": rounds,
             "render_only_s": [round(x, 3) for x in render_only], "whole_job_s": [round(x, 3) for x in whole_job],
             "per_job_fixed_s": round(fixed_s, 3), "render_s_per_video": round(per_video_render, 4),
             "overhead_s_per_video": round(per_video_overhead, 4),
             "overhead_pct": round(100 * per_video_overhead / per_video_render, 2),
+            "cpu_render_s": [round(x, 3) for x in cpu_render], "cpu_job_s": [round(x, 3) for x in cpu_job],
+            "cpu_overhead_s_per_video": round(cpu_extra, 4), "cpu_overhead_pct": round(100 * cpu_extra / cpu_per_video, 2),
             "storage_calls_s_per_video": round(measured, 4),
             "storage_calls_pct": round(100 * measured / per_video_render, 2)}
+
+
+def encode_cost(frames: int, height: int, width: int, repeats: int = 3) -> dict:
+    """One Wan2.1-sized video (81 x 480 x 832 by default): raw bytes, mp4 bytes and the encode time on this CPU.
+    The frames are a moving colour gradient with noise, closer to a rendered video than flat colour or pure noise."""
+    import numpy as np
+
+    from ditfarm.pipelines.video_io import write_mp4
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    video = np.empty((frames, height, width, 3), np.uint8)
+    for t in range(frames):
+        base = np.stack([(x + 4 * t) / width, y / height, (x + y - 3 * t) / (width + height)], -1) % 1.0
+        video[t] = np.clip(base * 255 + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            path = write_mp4(video, Path(tmp) / "v.mp4", fps=16, upscale=1)
+            times.append(time.perf_counter() - start)
+        size = path.stat().st_size
+    return {"frames": frames, "height": height, "width": width, "raw_mib": round(video.nbytes / 2**20, 1),
+            "mp4_mib": round(size / 2**20, 2), "encode_s": round(min(times), 2)}
 
 
 def million_rows(rows: int) -> pa.Table:
@@ -160,6 +199,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's, 30)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating render-only / whole-job rounds")
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--encode", default="81x480x832", help="FRAMESxHEIGHTxWIDTH of the full-size encode check")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -168,12 +208,12 @@ def main(argv=None) -> int:
         result = {"date": str(date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU",
                   "overhead": overhead(s3, args.videos, args.steps, args.rounds), "dry_run": []}
         o = result["overhead"]
-        print("| videos x rounds | render / video | whole job - render only, per video (median) | per job (a rerun) "
-              "| encode + upload + results parts, per video (measured inside the job) |")
-        print("|---|---|---|---|---|")
+        print("| videos x rounds | render / video | job - render only, wall, per video | job - render only, CPU "
+              "(with ffmpeg), per video | encode + upload + parts, timed inside the job | per job (a rerun) |")
+        print("|---|---|---|---|---|---|")
         print(f"| {o['videos']} x {o['rounds']} | {o['render_s_per_video']} s | {o['overhead_s_per_video']} s "
-              f"({o['overhead_pct']}%) | {o['per_job_fixed_s']} s | {o['storage_calls_s_per_video']} s "
-              f"({o['storage_calls_pct']}%) |")
+              f"({o['overhead_pct']}%) | {o['cpu_overhead_s_per_video']} s ({o['cpu_overhead_pct']}%) | "
+              f"{o['storage_calls_s_per_video']} s ({o['storage_calls_pct']}%) | {o['per_job_fixed_s']} s |")
         with tempfile.TemporaryDirectory() as tmp:
             table = million_rows(args.rows)
             local = Path(tmp) / "million.parquet"
@@ -187,6 +227,12 @@ def main(argv=None) -> int:
         print("|---|---|---|---|---|")
         for d in result["dry_run"]:
             print(f"| {d['manifest']} | {d['rows']:,} | {d['seconds']} | {d['peak_rss_mib']} MiB | {d['summary']} |")
+        f, h, w = (int(v) for v in args.encode.split("x"))
+        e = result["encode"] = encode_cost(f, h, w)
+        print()
+        print("| one video | raw frames | mp4 | encode (best of 3) |")
+        print("|---|---|---|---|")
+        print(f"| {e['frames']} x {e['height']} x {e['width']} | {e['raw_mib']} MiB | {e['mp4_mib']} MiB | {e['encode_s']} s |")
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
     finally:

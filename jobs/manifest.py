@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from .storage import arrow_s3_filesystem, check_video_id, is_s3, redact, split_s3_uri
+from ..uris import is_s3, split_s3_uri
+from .storage import arrow_s3_filesystem, check_video_id, redact
 
 REQUIRED_COLUMNS = ("id", "prompt")
 INTEGER_COLUMNS = ("seed", "num_frames", "height", "width", "steps")

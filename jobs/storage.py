@@ -20,6 +20,7 @@ scrubs any secret that a library might have put into a message anyway.
 from __future__ import annotations
 
 import functools
+from abc import ABC, abstractmethod
 import io
 import os
 import re
@@ -31,6 +32,8 @@ from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from ..uris import is_s3, split_s3_uri
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 VIDEOS, RESULTS = "videos", "results"
@@ -68,20 +71,6 @@ def storage_env() -> dict[str, str]:
     """The storage settings of this process (AWS_* variables) that remote workers need to reach the same store.
     They travel in Ray's runtime environment and are never printed."""
     return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
-
-
-def is_s3(uri: str | os.PathLike) -> bool:
-    return str(uri).startswith("s3://")
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/some/prefix/`` -> ("bucket", "some/prefix")."""
-    if not is_s3(uri):
-        raise ValueError(f"not an s3:// URI: {uri!r}")
-    bucket, _, prefix = str(uri)[5:].partition("/")
-    if not bucket:
-        raise ValueError(f"s3 URI without a bucket: {uri!r}")
-    return bucket, prefix.strip("/")
 
 
 def s3_client():
@@ -139,36 +128,38 @@ class OutputLocation:
         return "/".join([self.uri.rstrip("/"), *parts])
 
 
-class OutputStore:
+class OutputStore(ABC):
     """What the driver and the renderers need from an output location."""
 
     location: OutputLocation
 
-    def check_writable(self) -> None:  # raise StorageError before anything renders
-        raise NotImplementedError
+    @abstractmethod
+    def check_writable(self) -> None:
+        """Raise StorageError (before anything renders) if this location cannot be written."""
 
+    @abstractmethod
     def store_video(self, video_id: str, write) -> str:
         """Publish the file that ``write(path)`` creates as ``videos/<id>.mp4``; returns its URI."""
-        raise NotImplementedError
 
+    @abstractmethod
     def video_ids(self) -> set[str]:
-        raise NotImplementedError
+        """Ids with a stored video: one listing of videos/."""
 
-    def delete_video(self, video_id: str) -> None:
-        raise NotImplementedError
-
+    @abstractmethod
     def write_part(self, name: str, table: pa.Table) -> str:
-        raise NotImplementedError
+        """Write one results part whole; returns where it went."""
 
+    @abstractmethod
     def part_names(self) -> list[str]:
-        raise NotImplementedError
+        """The results parts present, in name (= time) order."""
 
+    @abstractmethod
     def read_part(self, name: str, columns: list[str] | None = None) -> pa.Table:
-        raise NotImplementedError
+        """One results part (only ``columns``, when given)."""
 
+    @abstractmethod
     def clear_unfinished(self) -> int:
         """Remove what killed runs left behind (temporary files, unfinished multipart uploads)."""
-        raise NotImplementedError
 
     def video_uri(self, video_id: str) -> str:
         return self.location.join(VIDEOS, f"{video_id}.mp4")
@@ -227,9 +218,6 @@ class LocalStore(OutputStore):
         if not self.videos.is_dir():
             return set()
         return {p.name[:-4] for p in os.scandir(self.videos) if p.name.endswith(".mp4") and not p.name.startswith(".")}
-
-    def delete_video(self, video_id: str) -> None:
-        (self.videos / _checked_name(video_id)).unlink(missing_ok=True)
 
     def write_part(self, name: str, table: pa.Table) -> str:
         path = self.results / name
@@ -343,9 +331,6 @@ class S3Store(OutputStore):
             if name.endswith(".mp4") and "/" not in name:
                 ids.add(name[:-4])
         return ids
-
-    def delete_video(self, video_id: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(VIDEOS, _checked_name(video_id)))
 
     def write_part(self, name: str, table: pa.Table) -> str:
         key = self._key(RESULTS, name)

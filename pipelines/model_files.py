@@ -19,6 +19,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..uris import split_s3_uri
+
 CACHE_ENV = "DITFARM_MODEL_CACHE"
 
 
@@ -30,15 +32,6 @@ class FetchedModel:
 
 def model_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ditfarm" / "models")
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    if not uri.startswith("s3://"):
-        raise ValueError(f"not an s3:// URI: {uri!r}")
-    bucket, _, prefix = uri[5:].partition("/")
-    if not bucket:
-        raise ValueError(f"s3 URI without a bucket: {uri!r}")
-    return bucket, prefix.strip("/")
 
 
 def fetch_model(uri: str, cache_dir: Path | None = None) -> FetchedModel:
