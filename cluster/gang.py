@@ -25,7 +25,14 @@ log = logging.getLogger(__name__)
 
 
 class GangFailure(RuntimeError):
-    """A gang could not finish a call; it has been killed."""
+    """A gang could not finish a call; it has been killed.  ``attempts``: renders of the video so far."""
+
+    def __init__(self, message: str, attempts: int = 1):
+        super().__init__(message)
+        self.attempts = attempts
+
+
+FAULT_ENV = "DITFARM_TEST_FAULT"  # tests only: "kill-rank:<rank>:<video id>" makes that rank exit mid-render
 
 
 class RowError(ValueError):
@@ -79,6 +86,7 @@ class GangMember:
         stays healthy."""
         from ..jobs.storage import StorageError
 
+        self._inject_fault(publish)
         try:
             result = self.renderer.render(prompt, seed, sampler, negative_prompt)
         except ValueError as err:
@@ -94,6 +102,17 @@ class GangMember:
                 return {"storage_error": str(err)}
             result["frames"] = None
         return result
+
+    def _inject_fault(self, publish) -> None:
+        """The fault-injection hook: only a test sets FAULT_ENV, to make a row that kills every gang it touches."""
+        import os
+
+        fault = os.environ.get(FAULT_ENV)
+        if not fault or publish is None:
+            return
+        kind, rank, video_id = fault.split(":", 2)
+        if kind == "kill-rank" and int(rank) == self.rank and publish[1] == video_id:
+            os._exit(1)
 
     def pid(self) -> int:
         import os
@@ -157,6 +176,8 @@ class Gang:
         stats)."""
         from ..jobs.storage import StorageError
 
+        if not self.members:
+            raise GangFailure(f"{self.name} was killed")
         refs = [m.render.remote(prompt, seed, sampler, negative_prompt, publish) for m in self.members]
         result = self._call(refs, self.config.call_timeout_s)[0]
         if "error" in result:
@@ -181,6 +202,7 @@ class GangPool:
     """G gangs side by side (data parallel across gangs); a failed gang is replaced and its video restarted."""
 
     def __init__(self, config: GangConfig, gangs: int = 1, max_attempts: int = 3):
+        """``max_attempts``: renders of one video before it fails for good (1 + the run's retries)."""
         self.config, self.max_attempts = config, max_attempts
         self.gangs = [Gang(config, f"gang-{i}") for i in range(gangs)]
         self.replaced = 0
@@ -188,15 +210,18 @@ class GangPool:
     def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", gang: int = 0,
                publish=None) -> dict:
         last = None
-        for attempt in range(self.max_attempts):
+        for attempt in range(1, self.max_attempts + 1):
             try:
-                return self.gangs[gang].render(prompt, seed, sampler, negative_prompt, publish)
+                result = self.gangs[gang].render(prompt, seed, sampler, negative_prompt, publish)
+                result["attempts"] = attempt
+                return result
             except GangFailure as err:
                 last = err
-                log.warning("%s; starting a new gang and rendering the video again (attempt %d)", err, attempt + 2)
-                self.gangs[gang] = Gang(self.config, f"gang-{gang}-r{self.replaced + 1}")
+                more = attempt < self.max_attempts
+                log.warning("%s; starting a new gang%s", err, " and rendering the video again" if more else "")
+                self.gangs[gang] = Gang(self.config, f"gang-{gang}-r{self.replaced + 1}")  # the slot stays usable
                 self.replaced += 1
-        raise GangFailure(f"video failed on {self.max_attempts} gangs in a row: {last}")
+        raise GangFailure(f"video failed on {self.max_attempts} gang(s) in a row: {last}", attempts=self.max_attempts)
 
     def shutdown(self) -> None:
         for g in self.gangs:

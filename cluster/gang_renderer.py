@@ -6,6 +6,7 @@ gang, renders on it (``GangPool`` replaces the gang and starts the video again i
 
 from __future__ import annotations
 
+import os
 import queue
 
 from ..jobs.driver import sampler_overrides
@@ -22,7 +23,13 @@ def gang_config(settings: RenderSettings) -> GangConfig:
     rank = RankConfig(model=settings.model, device=settings.device, cache=settings.cache,
                       cache_knob=settings.cache_knob, profile=settings.profile, timeout_s=settings.collective_timeout_s)
     return GangConfig(sp=settings.sp, rank=rank, gpus_per_rank=1.0 if on_gpu else 0.0, cpus_per_rank=1.0,
-                      env_vars=tuple(sorted(storage_env().items())))
+                      env_vars=tuple(sorted(worker_env().items())))
+
+
+def worker_env() -> dict[str, str]:
+    """What every rank must see as the driver does: storage settings (AWS_*) and ditfarm's own (DITFARM_*: the
+    model cache folder, and the fault hook that only tests set)."""
+    return {**storage_env(), **{k: v for k, v in os.environ.items() if k.startswith("DITFARM_")}}
 
 
 class GangRenderer:
@@ -33,7 +40,7 @@ class GangRenderer:
 
         if not ray.is_initialized():  # RAY_ADDRESS or a `ray start` cluster on this node, else a local one
             ray.init(log_to_driver=False)
-        self.pool = GangPool(gang_config(settings), gangs=settings.gangs)
+        self.pool = GangPool(gang_config(settings), gangs=settings.gangs, max_attempts=settings.retries + 1)
         self.capacity = settings.gangs
         self.videos_per_gang = [0] * settings.gangs
         self._free: queue.Queue[int] = queue.Queue()
@@ -50,7 +57,7 @@ class GangRenderer:
             self._free.put(gang)
         s = result["settings"]
         return RenderedVideo(result["uri"], task.seed, s["num_frames"], s["height"], s["width"], s["steps"],
-                             str(settings.model), result["skipped_fraction"])
+                             str(settings.model), result["skipped_fraction"], result["attempts"])
 
     def close(self) -> None:
         self.pool.shutdown()

@@ -59,6 +59,8 @@ def _add_render(sub) -> None:
                    help="gangs rendering side by side on Ray (default: 1 when --sp > 1, else 0: in this process)")
     p.add_argument("--collective-timeout", type=float, default=300.0,
                    help="seconds a gang's collective may wait before the gang is replaced (default 300)")
+    p.add_argument("--retries", type=int, default=2,
+                   help="render a video again on a fresh gang up to N more times when its gang fails (default 2)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -85,6 +87,7 @@ def settings_from_args(args):
         sp=args.sp,
         gangs=args.gangs if args.gangs is not None else (1 if args.sp > 1 else 0),  # sp > 1 needs a gang
         collective_timeout_s=args.collective_timeout,
+        retries=args.retries,
     )
     resolve_knob(args.cache, args.cache_threshold)
     settings.validate()

@@ -199,11 +199,12 @@ class RenderJob:
             try:
                 video, seconds = future.result()
             except (ValueError, RuntimeError) as err:  # bad row, storage error, or a gang that failed for good
-                return record(task, STATUS_FAILED, error=redact(f"row {task.row} (id {task.id!r}): {err}"))
+                return record(task, STATUS_FAILED, error=redact(f"row {task.row} (id {task.id!r}): {err}"),
+                              attempts=getattr(err, "attempts", 1))
             return record(task, STATUS_OK, uri=video.uri, frames=video.num_frames, height=video.height,
                           width=video.width, steps=video.steps, model=video.model, seconds=seconds,
                           cache=settings.cache, cache_knob=resolve_knob(settings.cache, settings.cache_knob),
-                          skipped_fraction=video.skipped_fraction)
+                          skipped_fraction=video.skipped_fraction, attempts=video.attempts)
 
         def render_one(task: RenderTask):
             start = time.perf_counter()
@@ -216,7 +217,7 @@ class RenderJob:
             with writer:
                 for task in self.tasks:
                     if isinstance(task, RowProblem):
-                        yield record(task, STATUS_FAILED, error=task.error)
+                        yield record(task, STATUS_FAILED, error=task.error, attempts=0)
                         continue
                     if task.id in self.done:
                         yield record(task, STATUS_SKIPPED, uri=self.store.video_uri(task.id))

@@ -37,6 +37,7 @@ RESULT_SCHEMA = pa.schema(
         ("cache", pa.string()),
         ("cache_knob", pa.float64()),
         ("skipped_fraction", pa.float64()),
+        ("attempts", pa.int32()),
     ]
 )
 

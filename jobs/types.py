@@ -27,6 +27,7 @@ class RenderSettings:
     sp: int = 1  # sequence-parallel ranks per video (a gang)
     gangs: int = 0  # Ray gangs rendering side by side; 0 renders in this process without Ray (sp must be 1)
     collective_timeout_s: float = 300.0  # every collective of a gang gives up after this long
+    retries: int = 2  # a video whose gang fails is rendered again on a fresh gang up to this many more times
 
     def validate(self) -> None:
         if not isinstance(self.sp, int) or self.sp < 1:
@@ -39,6 +40,8 @@ class RenderSettings:
             raise ValueError("upscale and fps must be positive integers")
         if not isinstance(self.flush_every, int) or self.flush_every < 1:
             raise ValueError(f"flush_every must be a positive integer, got {self.flush_every!r}")
+        if not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"retries must be a non-negative integer, got {self.retries!r}")
         if not self.flush_seconds > 0:
             raise ValueError(f"flush_seconds must be positive, got {self.flush_seconds!r}")
 
@@ -56,3 +59,4 @@ class RenderedVideo:
     steps: int
     model: str
     skipped_fraction: float | None = None
+    attempts: int = 1  # renders it took: 1, plus one per gang that failed under it

@@ -118,3 +118,29 @@ def test_two_gangs_render_side_by_side(ray_cluster, random_model_folder, tmp_pat
     spans = sorted(renderer.spans)
     overlaps = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1:] if b[0] < a[1]]
     assert overlaps, f"no two renders overlapped: {spans}"
+
+
+def test_a_poison_row_fails_after_its_retries_and_every_other_row_renders(ray_cluster, random_model_folder, tmp_path,
+                                                                          monkeypatch):
+    """A row whose rank dies every time (the test-only fault hook) is rendered on 1 + --retries gangs, each of
+    which is replaced; then it fails with the gang's error and its attempts, and the other gang keeps going."""
+    from ditfarm.cluster.gang import FAULT_ENV
+    from ditfarm.cluster.gang_renderer import GangRenderer
+    from ditfarm.jobs.driver import RenderSettings, render_manifest
+    from ditfarm.jobs.results import read_results
+
+    monkeypatch.setenv(FAULT_ENV, "kill-rank:0:v1")
+    manifest = _manifest(tmp_path / "m.parquet", [PROMPT] * 4)
+    settings = RenderSettings(model=str(random_model_folder), steps=4, sp=1, gangs=2, retries=1)
+    renderer = GangRenderer(settings)
+    try:
+        summary = render_manifest(manifest, tmp_path / "out", settings, renderer=renderer, progress=False)
+        replaced = renderer.pool.replaced
+    finally:
+        renderer.close()
+    assert (summary.ok, summary.failed) == (3, 1)
+    assert replaced == 2  # one gang per attempt of the poison row
+    rows = {r["id"]: r for r in read_results(tmp_path / "out").to_pylist()}
+    assert rows["v1"]["status"] == "failed" and rows["v1"]["attempts"] == 2
+    assert "failed on 2 gang(s) in a row" in rows["v1"]["error"] and "a rank failed" in rows["v1"]["error"]
+    assert all(rows[v]["status"] == "ok" and rows[v]["attempts"] == 1 for v in ("v0", "v2", "v3"))

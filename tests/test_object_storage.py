@@ -286,7 +286,7 @@ def test_gangs_carry_the_drivers_storage_settings(monkeypatch):
     monkeypatch.setenv("AWS_PROFILE", "farm")
     env = dict(gang_config(RenderSettings(sp=2, gangs=1)).env_vars)
     assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1234" and env["AWS_PROFILE"] == "farm"
-    assert all(k.startswith("AWS_") for k in env)
+    assert all(k.startswith(("AWS_", "DITFARM_")) for k in env)
 
 
 def test_overwrite_renders_everything_again_and_an_upload_failure_fails_only_its_row(s3, bucket, random_model_folder,
