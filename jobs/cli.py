@@ -94,6 +94,41 @@ def settings_from_args(args):
     return settings
 
 
+class Stopped(BaseException):
+    """SIGTERM (``ray job stop``, Kubernetes) or SIGINT arrived: stop now, keep what is stored, exit 128 + signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum, frame):
+    raise Stopped(signum)
+
+
+def stop_on_signals():
+    """Turn SIGTERM and SIGINT into Stopped in the main thread; returns a function that restores the handlers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    return lambda: [signal.signal(sig, handler) for sig, handler in previous.items()]
+
+
+def abandon_renders(code: int) -> None:
+    """Exit now if a render thread is still at work: letting the interpreter finalise under a thread inside torch
+    aborts the process, and its exit code would no longer say that it was stopped.  Results are already flushed."""
+    import os
+    import threading
+
+    if any(t.name.startswith("render-") and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def cmd_render(args) -> int:
     from .driver import prompt_task, render_manifest, render_tasks
     from .manifest import ManifestError
@@ -109,6 +144,7 @@ def cmd_render(args) -> int:
         settings = settings_from_args(args)
     except ValueError as err:
         return fail(err)
+    restore = stop_on_signals()
     try:
         if args.dry_run:
             if args.prompt is not None:
@@ -128,6 +164,16 @@ def cmd_render(args) -> int:
                                       overwrite=args.overwrite)
     except (ManifestError, StorageError, ValueError, FileNotFoundError) as err:  # manifest, output, model, profile
         return fail(err)
+    except Stopped as stop:
+        import signal
+
+        name = signal.Signals(stop.signum).name
+        print(f"ditfarm render: stopped by {name}; videos stored so far keep their results rows, and the same "
+              "command resumes", file=sys.stderr)
+        abandon_renders(128 + stop.signum)
+        return 128 + stop.signum
+    finally:
+        restore()
     out = summary.out.rstrip("/")
     print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped; "
           f"videos in {out}/videos, results in {out}/results")

@@ -17,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Protocol
 
@@ -127,6 +128,23 @@ def request_id(prompt: str, settings: RenderSettings, **row) -> str:
     return "p-" + hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+def start_render(fn, task) -> Future:
+    """Run ``fn(task)`` on a daemon thread: a job that is stopped (SIGTERM, Ctrl-C) abandons its videos in flight
+    instead of waiting minutes for them, and the process can exit at once."""
+    future: Future = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn(task))
+        except BaseException as err:  # handed to the driver thread, which decides
+            future.set_exception(err)
+
+    threading.Thread(target=run, name=f"render-{task.id}", daemon=True).start()
+    return future
+
+
 def _result_row(task: RenderTask | RowProblem, status: str, **values) -> dict:
     row = {"id": task.id, "status": status, "uri": None, "error": None, "seed": getattr(task, "seed", None)}
     row.update(values)
@@ -211,8 +229,7 @@ class RenderJob:
             video = renderer.render(task, settings, location)
             return video, round(time.perf_counter() - start, 3)
 
-        pool = None
-        capacity = 1
+        capacity = None
         try:
             with writer:
                 for task in self.tasks:
@@ -224,18 +241,14 @@ class RenderJob:
                         continue
                     if renderer is None:
                         renderer = self.renderer = make_renderer(settings)
-                    if pool is None:
-                        capacity = max(1, renderer.capacity)
-                        pool = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="render")
+                    capacity = capacity or max(1, renderer.capacity)
                     while len(in_flight) >= capacity:
                         yield finish_one()
-                    in_flight[pool.submit(render_one, task)] = task
+                    in_flight[start_render(render_one, task)] = task
                     writer.flush_if_due()
                 while in_flight:
                     yield finish_one()
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+        finally:  # on a stop or an error, videos still in flight are abandoned (their gangs are closed below)
             if own_renderer and renderer is not None:
                 renderer.close()
             bar.close()

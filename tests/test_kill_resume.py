@@ -98,3 +98,33 @@ def test_sigkill_of_the_driver_then_rerun_renders_each_id_exactly_once(where, s3
         names = sorted(os.listdir(tmp_path / "out" / "videos"))
         assert names == sorted(f"k{i}.mp4" for i in range(N))
         assert all(n.startswith("part-") for n in os.listdir(tmp_path / "out" / "results"))
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_or_ctrl_c_stops_within_seconds_keeps_stored_rows_and_a_rerun_resumes(signum, code,
+                                                                                     random_model_folder, tmp_path):
+    manifest, out = str(tmp_path / "m.parquet"), str(tmp_path / "out")
+    pq.write_table(manifest_table(), manifest)
+    videos = tmp_path / "out" / "videos"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ditfarm.jobs.cli", "render", manifest, "--out", out, "--model", str(random_model_folder),
+         "--steps", "40", "--upscale", "2", "--no-progress"],  # default flush: nothing is written before the stop
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not (videos.is_dir() and len([p for p in videos.iterdir() if not p.name.startswith(".")]) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert time.monotonic() - sent < 10, "the stop waited for the video in flight"
+    assert "stopped by" in stderr and "resumes" in stderr
+    ok = [r["id"] for r in read_all_results(out).to_pylist() if r["status"] == "ok"]
+    assert len(ok) >= 2  # the rows of stored videos were flushed on the way out
+    assert all((videos / f"{i}.mp4").exists() for i in ok)
+    rerun = start(manifest, out, random_model_folder)
+    rerun.communicate(timeout=600)
+    assert rerun.returncode == 1  # the bad row
+    check_exactly_once(out)
