@@ -59,5 +59,9 @@ class GangRenderer:
         return RenderedVideo(result["uri"], task.seed, s["num_frames"], s["height"], s["width"], s["steps"],
                              str(settings.model), result["skipped_fraction"], result["attempts"])
 
+    def gang_health(self) -> tuple[int, int]:
+        """(gangs alive, gangs replaced so far), for the progress line."""
+        return sum(1 for g in self.pool.gangs if g.members), self.pool.replaced
+
     def close(self) -> None:
         self.pool.shutdown()

@@ -161,11 +161,11 @@ class RenderJob:
 
     def __init__(self, tasks: Iterable[RenderTask | RowProblem], out, settings: RenderSettings = RenderSettings(),
                  renderer: Renderer | None = None, schema=RESULT_SCHEMA, total: int | None = None,
-                 progress: bool = True, overwrite: bool = False):
+                 progress: bool = True, overwrite: bool = False, progress_seconds: float = 30.0):
         settings.validate()
         resolve_knob(settings.cache, settings.cache_knob)
         self.tasks, self.settings, self.renderer, self.total = tasks, settings, renderer, total
-        self.progress, self.overwrite = progress, overwrite
+        self.progress, self.overwrite, self.progress_seconds = progress, overwrite, progress_seconds
         self.store = open_output(out)
         self.store.check_writable()
         self.store.clear_unfinished()
@@ -180,10 +180,11 @@ class RenderJob:
         return self.summary
 
     def __iter__(self) -> Iterator[dict]:
-        from tqdm import tqdm
+        from .progress import Progress
 
         settings, summary, writer = self.settings, self.summary, self.writer
-        bar = tqdm(total=self.total, disable=not self.progress, unit="video", dynamic_ncols=True)
+        bar = Progress(self.total, enabled=self.progress, interval_s=self.progress_seconds,
+                       gangs=lambda: getattr(renderer, "gang_health", lambda: None)())
         own_renderer = self.renderer is None
         renderer = self.renderer
         in_flight: dict[Future, RenderTask] = {}
@@ -201,17 +202,18 @@ class RenderJob:
                     summary.failed += 1
                     if len(summary.errors) < MAX_KEPT_ERRORS:
                         summary.errors.append(error)
-            bar.set_postfix(ok=summary.ok, failed=summary.failed, skipped=summary.skipped, refresh=False)
-            bar.update(1)
+            bar.add(status, values.get("skipped_fraction"))
             return row
 
         def finish_one() -> dict:
             """Wait for any render in flight (flushing results when they are due) and record it."""
             while True:
-                done, _ = wait(in_flight, timeout=writer.seconds_until_due(), return_when=FIRST_COMPLETED)
+                due = [t for t in (writer.seconds_until_due(), bar.seconds_until_due()) if t is not None]
+                done, _ = wait(in_flight, timeout=min(due) if due else None, return_when=FIRST_COMPLETED)
                 if done:
                     break
-                writer.flush()
+                writer.flush_if_due()
+                bar.tick()
             future = next(iter(done))
             task = in_flight.pop(future)
             try:

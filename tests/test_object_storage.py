@@ -317,3 +317,33 @@ def test_overwrite_renders_everything_again_and_an_upload_failure_fails_only_its
     latest = {r["id"]: r["status"] for r in read_results(out).to_pylist()}
     assert latest == {"w0": "ok", "w1": "failed", "w2": "ok"}
     assert keys(s3, bucket, "out/videos/") == ["out/videos/w0.mp4", "out/videos/w2.mp4"]
+
+
+def test_off_a_terminal_progress_is_one_plain_line_per_interval(tmp_path, capsys):
+    import re
+    import time
+
+    from ditfarm.jobs.driver import RenderJob
+    from ditfarm.jobs.manifest import RenderTask
+    from ditfarm.jobs.types import RenderedVideo
+
+    class SlowRenderer:
+        capacity = 1
+
+        def gang_health(self):
+            return (2, 1)
+
+        def render(self, task, settings, location):
+            time.sleep(0.5)
+            uri = location.open().store_video(task.id, lambda p: p.write_bytes(b"mp4"))
+            return RenderedVideo(uri, task.seed, 1, 2, 2, 1, "fake", 0.25)
+
+    tasks = [RenderTask(row=i, id=f"p{i}", prompt=GOOD, seed=i) for i in range(4)]
+    job = RenderJob(tasks, tmp_path / "out", RenderSettings(), renderer=SlowRenderer(), total=4, progress=True,
+                    progress_seconds=0.3)
+    assert job.run().ok == 4
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("progress: ")]
+    assert 4 <= len(lines) <= 12  # about one per 0.3 s over ~2 s, plus the last; no bar fragments
+    assert lines[-1].startswith("progress: 4/4 rows: 4 ok, 0 failed, 0 skipped; ")
+    assert re.search(r"[0-9.]+ videos/min; ETA 0\.0 min; gangs 2 alive, 1 replaced; cache skipped 25\.0%$", lines[-1])
+    assert "\r" not in capsys.readouterr().err
