@@ -55,12 +55,21 @@ def ray_head(s3_endpoint):
 
 
 def submit(head, args: list[str], aws: dict) -> subprocess.CompletedProcess:
+    """`ray job submit`, waiting for the head's job agent: `ray start` returns before the agent has registered,
+    and a submission in that window is refused with "No available agent" (nothing runs, so a retry is safe)."""
+    import time
+
     runtime_env = json.dumps({"env_vars": aws})
-    return subprocess.run(
-        [head["bin"] / "ray", "job", "submit", "--address", head["address"], "--runtime-env-json", runtime_env,
-         "--", "ditfarm", "render", *args],
-        env=head["env"], capture_output=True, text=True, timeout=600,
-    )
+    deadline = time.monotonic() + 120
+    while True:
+        proc = subprocess.run(
+            [head["bin"] / "ray", "job", "submit", "--address", head["address"], "--runtime-env-json", runtime_env,
+             "--", "ditfarm", "render", *args],
+            env=head["env"], capture_output=True, text=True, timeout=600,
+        )
+        if "No available agent" not in proc.stderr + proc.stdout or time.monotonic() > deadline:
+            return proc
+        time.sleep(2)
 
 
 def test_ray_job_submit_reads_and_writes_s3_exactly_once(ray_head, s3_endpoint, tmp_path):
