@@ -26,6 +26,24 @@ def gang_config(settings: RenderSettings) -> GangConfig:
                       env_vars=tuple(sorted(worker_env().items())))
 
 
+def auto_gang_count(nodes: list[dict], config: GangConfig, driver_node_id: str | None = None) -> int:
+    """How many gangs the cluster can hold now: a gang packs onto one node (STRICT_PACK), so each alive node holds
+    floor(GPUs / sp) gangs on GPU runs, floor(CPUs / sp) on CPU runs, with one CPU of the driver's own node left
+    to the driver.  At least one, so a job on a busy cluster waits for room instead of refusing to start."""
+    total = 0
+    for node in nodes:
+        if not node.get("Alive", node.get("alive", False)):
+            continue
+        resources = node.get("Resources", {})
+        if config.gpus_per_rank:
+            per_node = int(resources.get("GPU", 0) // (config.gpus_per_rank * config.sp))
+        else:
+            cpus = resources.get("CPU", 0) - (1 if node.get("NodeID") == driver_node_id else 0)
+            per_node = int(max(0, cpus) // (config.cpus_per_rank * config.sp))
+        total += per_node
+    return max(1, total)
+
+
 def worker_env() -> dict[str, str]:
     """What every rank must see as the driver does: storage settings (AWS_*) and ditfarm's own (DITFARM_*: the
     model cache folder, and the fault hook that only tests set)."""
@@ -40,11 +58,14 @@ class GangRenderer:
 
         if not ray.is_initialized():  # RAY_ADDRESS or a `ray start` cluster on this node, else a local one
             ray.init(log_to_driver=False)
-        self.pool = GangPool(gang_config(settings), gangs=settings.gangs, max_attempts=settings.retries + 1)
-        self.capacity = settings.gangs
-        self.videos_per_gang = [0] * settings.gangs
+        config = gang_config(settings)
+        gangs = settings.gangs if settings.gangs != "auto" else auto_gang_count(ray.nodes(), config,
+                                                                                  ray.get_runtime_context().get_node_id())
+        self.pool = GangPool(config, gangs=gangs, max_attempts=settings.retries + 1)
+        self.capacity = gangs
+        self.videos_per_gang = [0] * gangs
         self._free: queue.Queue[int] = queue.Queue()
-        for i in range(settings.gangs):
+        for i in range(gangs):
             self._free.put(i)
 
     def render(self, task: RenderTask, settings: RenderSettings, out: OutputLocation) -> RenderedVideo:

@@ -30,7 +30,7 @@ __all__ = ["render", "read_results"]
 SETTING_NAMES = {f.name for f in dataclasses.fields(RenderSettings)}
 
 
-def _settings(model: str, cache: str, sp: int, gangs: int | None, options: dict) -> RenderSettings:
+def _settings(model: str, cache: str, sp: int, gangs: int | str | None, options: dict) -> RenderSettings:
     unknown = sorted(set(options) - SETTING_NAMES)
     if unknown:
         raise TypeError(f"ditfarm.render() got unknown setting(s) {', '.join(unknown)}; "
@@ -62,7 +62,7 @@ def _as_table(prompts, settings: RenderSettings) -> pa.Table:
                         "a pandas DataFrame, or a manifest path or URI")
 
 
-def render(prompts, out, model: str = "tiny", cache: str = "none", sp: int = 1, gangs: int | None = None,
+def render(prompts, out, model: str = "tiny", cache: str = "none", sp: int = 1, gangs: int | str | None = None,
            overwrite: bool = False, progress: bool = False, renderer=None, **options) -> Iterator[dict]:
     """Render prompts into ``out`` (a folder or ``s3://bucket/prefix``); returns an iterator of result rows.
 

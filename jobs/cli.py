@@ -22,6 +22,19 @@ from .. import __version__
 from ..cache.presets import POLICIES
 
 
+def gangs_value(text: str):
+    """--gangs: a non-negative integer or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer or 'auto', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer or 'auto', got {text!r}")
+    return value
+
+
 def _add_render(sub) -> None:
     p = sub.add_parser("render", help="render a Parquet manifest or one --prompt into --out DIR")
     p.add_argument("manifest", nargs="?",
@@ -55,8 +68,10 @@ def _add_render(sub) -> None:
     p.add_argument("--profile", help="cache profile JSON from `ditfarm profile` (default: the model's shipped one)")
     p.add_argument("--sp", type=int, default=1,
                    help="sequence-parallel ranks per video (a gang of Ray actors; one GPU each, or one CPU)")
-    p.add_argument("--gangs", type=int,
-                   help="gangs rendering side by side on Ray (default: 1 when --sp > 1, else 0: in this process)")
+    p.add_argument("--gangs", type=gangs_value,
+                   help="gangs rendering side by side on Ray, or 'auto': as many as the cluster holds (GPUs / sp on "
+                        "GPU nodes, CPUs / sp otherwise, the driver's CPU left out); default: 1 when --sp > 1, "
+                        "else 0 (in this process)")
     p.add_argument("--collective-timeout", type=float, default=300.0,
                    help="seconds a gang's collective may wait before the gang is replaced (default 300)")
     p.add_argument("--retries", type=int, default=2,

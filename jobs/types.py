@@ -25,15 +25,16 @@ class RenderSettings:
     cache_knob: float | None = None  # the policy's speed/fidelity knob (None: its default)
     profile: str | None = None  # cache profile JSON (None: the model's shipped profile, if any)
     sp: int = 1  # sequence-parallel ranks per video (a gang)
-    gangs: int = 0  # Ray gangs rendering side by side; 0 renders in this process without Ray (sp must be 1)
+    gangs: int | str = 0  # Ray gangs side by side; 0: in this process without Ray (sp must be 1); "auto": as many
+    # as the cluster holds
     collective_timeout_s: float = 300.0  # every collective of a gang gives up after this long
     retries: int = 2  # a video whose gang fails is rendered again on a fresh gang up to this many more times
 
     def validate(self) -> None:
         if not isinstance(self.sp, int) or self.sp < 1:
             raise ValueError(f"sp must be a positive integer, got {self.sp!r}")
-        if not isinstance(self.gangs, int) or self.gangs < 0:
-            raise ValueError(f"gangs must be a non-negative integer, got {self.gangs!r}")
+        if self.gangs != "auto" and (not isinstance(self.gangs, int) or self.gangs < 0):
+            raise ValueError(f"gangs must be a non-negative integer or 'auto', got {self.gangs!r}")
         if self.sp > 1 and self.gangs == 0:
             raise ValueError("sequence parallelism (sp > 1) runs on Ray gangs: give gangs >= 1")
         if not isinstance(self.upscale, int) or self.upscale < 1 or not isinstance(self.fps, int) or self.fps < 1:
