@@ -4,21 +4,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from ditfarm.jobs.cli import main as cli
-from ditfarm.jobs.driver import LocalRenderer, RenderSettings, render_manifest
+from ditfarm.jobs.driver import RenderSettings, render_manifest
 from ditfarm.jobs.results import read_all_results
 from ditfarm.pipelines.video_io import read_mp4
+from helpers import CountingRenderer
 
 PROMPTS = ["red circle moving left on blue background", "white square moving up on green gradient background"]
 
-
-class CountingRenderer(LocalRenderer):
-    def __init__(self, settings):
-        super().__init__(settings)
-        self.rendered = []
-
-    def render(self, task, settings, out):
-        self.rendered.append(task.id)
-        return super().render(task, settings, out)
 
 
 @pytest.fixture

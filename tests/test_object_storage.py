@@ -10,11 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from ditfarm.jobs.cli import main as cli
-from ditfarm.jobs.driver import LocalRenderer, RenderSettings, render_manifest
+from ditfarm.jobs.driver import RenderSettings, render_manifest
 from ditfarm.jobs.manifest import Manifest, ManifestError, RenderTask, RowProblem
 from ditfarm.jobs.results import read_all_results, read_results
 from ditfarm.jobs.storage import S3Store, StorageError
 from ditfarm.pipelines.video_io import read_mp4
+from helpers import CountingRenderer
 
 GOOD = "red circle moving left on blue background"
 
@@ -46,15 +47,6 @@ def keys(s3, bucket, prefix=""):
 def unfinished_uploads(s3, bucket):
     return s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
 
-
-class CountingRenderer(LocalRenderer):
-    def __init__(self, settings):
-        super().__init__(settings)
-        self.rendered = []
-
-    def render(self, task, settings, out):
-        self.rendered.append(task.id)
-        return super().render(task, settings, out)
 
 
 def test_manifest_from_an_object_a_prefix_and_a_local_folder(s3, bucket, tmp_path):

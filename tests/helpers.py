@@ -1,0 +1,15 @@
+"""Test doubles shared by several test modules (pytest puts this folder on sys.path)."""
+
+from ditfarm.jobs.driver import LocalRenderer
+
+
+class CountingRenderer(LocalRenderer):
+    """The in-process renderer, remembering which ids it was asked to render."""
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.rendered = []
+
+    def render(self, task, settings, out):
+        self.rendered.append(task.id)
+        return super().render(task, settings, out)
