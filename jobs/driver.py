@@ -18,6 +18,7 @@ import hashlib
 import json
 import time
 import threading
+from datetime import datetime, timezone
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Protocol
@@ -146,7 +147,8 @@ def start_render(fn, task) -> Future:
 
 
 def _result_row(task: RenderTask | RowProblem, status: str, **values) -> dict:
-    row = {"id": task.id, "status": status, "uri": None, "error": None, "seed": getattr(task, "seed", None)}
+    row = {"id": task.id, "status": status, "uri": None, "error": None, "seed": getattr(task, "seed", None),
+           "finished_at": datetime.now(timezone.utc)}
     row.update(values)
     row.update(task.extra)
     return row

@@ -38,6 +38,7 @@ RESULT_SCHEMA = pa.schema(
         ("cache_knob", pa.float64()),
         ("skipped_fraction", pa.float64()),
         ("attempts", pa.int32()),
+        ("finished_at", pa.timestamp("ms", tz="UTC")),  # when the row was recorded: throughput over time
     ]
 )
 
