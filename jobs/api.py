@@ -21,6 +21,7 @@ from typing import Iterator
 import pyarrow as pa
 
 from .driver import RenderJob, manifest_job, request_id
+from .lease import DEFAULT_TTL_S
 from .manifest import ManifestError, TableManifest
 from .results import read_results, results_schema
 from .types import RenderSettings
@@ -63,17 +64,23 @@ def _as_table(prompts, settings: RenderSettings) -> pa.Table:
 
 
 def render(prompts, out, model: str = "tiny", cache: str = "none", sp: int = 1, gangs: int | str | None = None,
-           overwrite: bool = False, progress: bool = False, renderer=None, **options) -> Iterator[dict]:
+           overwrite: bool = False, progress: bool = False, renderer=None, force: bool = False,
+           lease_ttl_s: float = DEFAULT_TTL_S, **options) -> Iterator[dict]:
     """Render prompts into ``out`` (a folder or ``s3://bucket/prefix``); returns an iterator of result rows.
 
     ``prompts``: a list of strings, a list of dicts (manifest columns), a pyarrow Table, a pandas DataFrame, or a
     manifest path or URI.  ``options``: any RenderSettings field (steps, guidance_scale, num_frames, height,
-    width, cache_knob, profile, upscale, fps, device, flush_every, flush_seconds, collective_timeout_s)."""
+    width, cache_knob, profile, upscale, fps, device, flush_every, flush_seconds, collective_timeout_s).
+
+    The run holds ``out``'s lease while it renders: a second run on the same output refuses (LeaseHeld) unless
+    ``force``.  The lease is given back when the iterator is exhausted or garbage-collected."""
     settings = _settings(model, cache, sp, gangs, options)
     if isinstance(prompts, (str, Path)):
-        job = manifest_job(str(prompts), out, settings, renderer, progress=progress, overwrite=overwrite)
+        job = manifest_job(str(prompts), out, settings, renderer, progress=progress, overwrite=overwrite,
+                           force=force, lease_ttl_s=lease_ttl_s)
     else:
         manifest = TableManifest(_as_table(prompts, settings))
         job = RenderJob(manifest, out, settings, renderer, results_schema(manifest.schema, manifest.extra_columns),
-                        total=manifest.num_rows, progress=progress, overwrite=overwrite)
+                        total=manifest.num_rows, progress=progress, overwrite=overwrite, force=force,
+                        lease_ttl_s=lease_ttl_s)
     return iter(job)

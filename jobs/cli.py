@@ -76,6 +76,12 @@ def _add_render(sub) -> None:
                    help="seconds a gang's collective may wait before the gang is replaced (default 300)")
     p.add_argument("--retries", type=int, default=2,
                    help="render a video again on a fresh gang up to N more times when its gang fails (default 2)")
+    p.add_argument("--force", action="store_true",
+                   help="take the output's lease even if another run holds it (only when that run is known to be "
+                        "gone: two runs on one output render the same ids twice)")
+    p.add_argument("--lease-seconds", type=float, default=120.0,
+                   help="this run's hold on --out lapses after this many seconds without a renewal, and another "
+                        "run may then take over (it renews every quarter of that; default 120)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -173,10 +179,10 @@ def cmd_render(args) -> int:
         if args.prompt is not None:
             task = prompt_task(args.prompt, seed=args.seed, video_id=args.video_id)
             summary = render_tasks([task], args.out, settings, total=1, progress=not args.no_progress,
-                                   overwrite=args.overwrite)
+                                   overwrite=args.overwrite, force=args.force, lease_ttl_s=args.lease_seconds)
         else:
             summary = render_manifest(args.manifest, args.out, settings, progress=not args.no_progress,
-                                      overwrite=args.overwrite)
+                                      overwrite=args.overwrite, force=args.force, lease_ttl_s=args.lease_seconds)
     except (ManifestError, StorageError, ValueError, FileNotFoundError) as err:  # manifest, output, model, profile
         return fail(err)
     except Stopped as stop:
@@ -205,6 +211,21 @@ def _add_status(sub) -> None:
     p.add_argument("--errors", type=int, default=20, help="failed rows to list (default 20)")
 
 
+def lease_line(out: str) -> str:
+    """Who holds the output now, as ``ditfarm status`` says it."""
+    from .lease import current_holder
+    from .storage import StorageError, open_output
+
+    try:
+        seen = current_holder(open_output(out))
+    except StorageError as err:
+        return f"lease: unknown ({err})"
+    if seen is None or seen.holder.released:
+        return "lease: free (no run is rendering into this output)"
+    state = "stale: the next run takes it over" if seen.stale else "a run is rendering into this output"
+    return f"lease: held by {seen.holder.describe()}, renewed {seen.age_s:.0f} s ago ({state})"
+
+
 def cmd_status(args) -> int:
     from collections import Counter
 
@@ -219,6 +240,7 @@ def cmd_status(args) -> int:
     counts = Counter(table.column("status").to_pylist())
     print(f"{args.out}: {table.num_rows} ids: " + ", ".join(f"{counts[s]} {s}" for s in sorted(counts)) if counts
           else f"{args.out}: no results yet")
+    print(lease_line(args.out))
     failed = [r for r in table.select(["id", "error", "status"]).to_pylist() if r["status"] == "failed"]
     for row in failed[: args.errors]:
         print(f"  failed {row['id']}: {row['error']}")

@@ -18,6 +18,7 @@ import hashlib
 import json
 import time
 import threading
+import weakref
 from datetime import datetime, timezone
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import numpy as np
 
 from ..cache import last_video_stats
 from ..cache.presets import resolve_knob
+from .lease import DEFAULT_TTL_S, Lease
 from .manifest import Manifest, RenderTask, RowProblem, seed_from_id
 from .results import RESULT_SCHEMA, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, ResultsWriter, completed_ids, results_schema
 from .storage import OutputLocation, OutputStore, open_output, redact
@@ -163,18 +165,33 @@ class RenderJob:
 
     def __init__(self, tasks: Iterable[RenderTask | RowProblem], out, settings: RenderSettings = RenderSettings(),
                  renderer: Renderer | None = None, schema=RESULT_SCHEMA, total: int | None = None,
-                 progress: bool = True, overwrite: bool = False, progress_seconds: float = 30.0):
+                 progress: bool = True, overwrite: bool = False, progress_seconds: float = 30.0,
+                 force: bool = False, lease_ttl_s: float = DEFAULT_TTL_S):
+        """``force``: take the output's lease even from a live run; ``lease_ttl_s``: how long this run's lease
+        stays valid without a renewal (it renews every quarter of that)."""
         settings.validate()
         resolve_knob(settings.cache, settings.cache_knob)
         self.tasks, self.settings, self.renderer, self.total = tasks, settings, renderer, total
         self.progress, self.overwrite, self.progress_seconds = progress, overwrite, progress_seconds
         self.store = open_output(out)
         self.store.check_writable()
-        self.store.clear_unfinished()
-        self.done = set() if overwrite else completed_ids(self.store)
         self.writer = ResultsWriter(self.store, schema=schema, flush_every=settings.flush_every,
                                     flush_seconds=settings.flush_seconds)
+        # One run per output: nothing below may run beside another live run (it clears unfinished uploads).
+        self.lease = Lease(self.store, self.writer.run_id, ttl_s=lease_ttl_s, force=force).acquire()
+        self.lease.start_renewing()
+        self._release = weakref.finalize(self, self.lease.release)  # also when the job is never iterated
+        try:
+            self.store.clear_unfinished()
+            self.done = set() if overwrite else completed_ids(self.store)
+        except BaseException:
+            self.close()
+            raise
         self.summary = RunSummary(out=self.store.location.uri)
+
+    def close(self) -> None:
+        """Give the output's lease back (iterating to the end, or stopping, does this too)."""
+        self._release()
 
     def run(self) -> RunSummary:
         for _ in self:
@@ -209,6 +226,7 @@ class RenderJob:
 
         def finish_one() -> dict:
             """Wait for any render in flight (flushing results when they are due) and record it."""
+            self.lease.check()
             while True:
                 due = [t for t in (writer.seconds_until_due(), bar.seconds_until_due()) if t is not None]
                 done, _ = wait(in_flight, timeout=min(due) if due else None, return_when=FIRST_COMPLETED)
@@ -256,25 +274,28 @@ class RenderJob:
             if own_renderer and renderer is not None:
                 renderer.close()
             bar.close()
+            self.close()
 
 
 def render_tasks(tasks, out, settings: RenderSettings = RenderSettings(), renderer: Renderer | None = None,
                  schema=RESULT_SCHEMA, total: int | None = None, progress: bool = True,
-                 overwrite: bool = False) -> RunSummary:
-    """Render tasks into ``out`` (a folder or ``s3://`` prefix); ids already ok there are skipped."""
-    return RenderJob(tasks, out, settings, renderer, schema, total, progress, overwrite).run()
+                 overwrite: bool = False, **job_options) -> RunSummary:
+    """Render tasks into ``out`` (a folder or ``s3://`` prefix); ids already ok there are skipped.
+    ``job_options``: RenderJob's (force, lease_ttl_s, progress_seconds)."""
+    return RenderJob(tasks, out, settings, renderer, schema, total, progress, overwrite, **job_options).run()
 
 
 def manifest_job(manifest_source, out, settings: RenderSettings = RenderSettings(), renderer: Renderer | None = None,
-                 progress: bool = True, overwrite: bool = False) -> RenderJob:
+                 progress: bool = True, overwrite: bool = False, **job_options) -> RenderJob:
     """Validate the manifest's schema and the output's access (failing before any rendering); the job to run."""
     manifest = Manifest(manifest_source)
     schema = results_schema(manifest.schema, manifest.extra_columns)
     return RenderJob(manifest, out, settings, renderer, schema, total=manifest.num_rows, progress=progress,
-                     overwrite=overwrite)
+                     overwrite=overwrite, **job_options)
 
 
 def render_manifest(manifest_source, out, settings: RenderSettings = RenderSettings(),
-                    renderer: Renderer | None = None, progress: bool = True, overwrite: bool = False) -> RunSummary:
+                    renderer: Renderer | None = None, progress: bool = True, overwrite: bool = False,
+                    **job_options) -> RunSummary:
     """Render every row of a manifest (file, folder or ``s3://``) into ``out``, resumably."""
-    return manifest_job(manifest_source, out, settings, renderer, progress, overwrite).run()
+    return manifest_job(manifest_source, out, settings, renderer, progress, overwrite, **job_options).run()

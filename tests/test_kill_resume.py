@@ -1,5 +1,6 @@
 """A driver SIGKILLed mid-manifest, then rerun: exactly one ``ok`` row and one video per good id, and nothing
-unfinished left behind (no temporary files, no multipart uploads), on S3 and on a local folder."""
+unfinished left behind (no temporary files, no multipart uploads), on S3 and on a local folder.  While the
+killed run's lease is fresh, a second run refuses; once it is stale, the rerun takes over."""
 
 import io
 import os
@@ -27,19 +28,22 @@ def manifest_table():
     return pa.table({"id": ids, "prompt": prompts})
 
 
-def start(manifest: str, out: str, model) -> subprocess.Popen:
+def start(manifest: str, out: str, model, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "ditfarm.jobs.cli", "render", manifest, "--out", out, "--model", str(model),
-         "--steps", "12", "--upscale", "2", "--flush-every", "3", "--no-progress"],
+         "--steps", "12", "--upscale", "2", "--flush-every", "3", "--no-progress", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 
-def kill_after(proc: subprocess.Popen, count_videos, videos: int, timeout_s: float = 240) -> int:
+def kill_after(proc: subprocess.Popen, count_videos, videos: int, timeout_s: float = 240, meanwhile=None) -> int:
     deadline = time.monotonic() + timeout_s
     while count_videos() < videos:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the driver stored too few videos in time"
+        if meanwhile is not None and count_videos() >= 1:
+            meanwhile()
+            meanwhile = None
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -75,8 +79,20 @@ def test_sigkill_of_the_driver_then_rerun_renders_each_id_exactly_once(where, s3
             return len([p for p in folder.iterdir() if p.name.endswith(".mp4") and not p.name.startswith(".")]) \
                 if folder.is_dir() else 0
 
-    stored = kill_after(start(manifest, out, random_model_folder), count_videos, 4)
+    def refused(proc: subprocess.Popen, holder_pid: int) -> None:
+        """A run on an output another live run holds refuses at once, naming the holder; it renders nothing."""
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 2, stderr
+        assert "is held by run " in stderr and f"pid {holder_pid}" in stderr and "--force" in stderr, stderr
+
+    holder = start(manifest, out, random_model_folder, "--lease-seconds", "4")
+    stored = kill_after(holder, count_videos, 4, meanwhile=lambda: refused(start(manifest, out, random_model_folder),
+                                                                          holder.pid))
     assert 4 <= stored < N
+    killed_at = time.monotonic()
+    refused(start(manifest, out, random_model_folder), holder.pid)  # SIGKILLed, but its lease is not stale yet
+    assert time.monotonic() - killed_at < 4, "too slow to see the lease still fresh"
+    time.sleep(max(0.0, 4.5 - (time.monotonic() - killed_at)))  # now it is: the next run takes over
     ok_rows = [r for r in read_all_results(out).to_pylist() if r["status"] == "ok"]
     assert len(ok_rows) <= stored  # a row is written only after its video is stored
     if where == "s3":  # what a driver killed during a multipart upload leaves behind
@@ -88,7 +104,7 @@ def test_sigkill_of_the_driver_then_rerun_renders_each_id_exactly_once(where, s3
     stdout, stderr = rerun.communicate(timeout=600)
     assert rerun.returncode == 1, stderr  # the bad row fails again; nothing else does
     check_exactly_once(out)
-    if where == "s3":
+    if where == "s3":  # (the lease was given back at the end: no lease.json either)
         keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"])
         videos = [k for k in keys if k.startswith("out/videos/")]
         assert videos == sorted(f"out/videos/k{i}.mp4" for i in range(N))
@@ -98,6 +114,7 @@ def test_sigkill_of_the_driver_then_rerun_renders_each_id_exactly_once(where, s3
         names = sorted(os.listdir(tmp_path / "out" / "videos"))
         assert names == sorted(f"k{i}.mp4" for i in range(N))
         assert all(n.startswith("part-") for n in os.listdir(tmp_path / "out" / "results"))
+        assert sorted(os.listdir(tmp_path / "out")) == ["results", "videos"]  # the lease was given back
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])

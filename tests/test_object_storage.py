@@ -254,6 +254,14 @@ def test_status_prints_counts_and_failed_rows(s3, bucket, random_model_folder, c
     printed = capsys.readouterr().out
     assert f"{out}: 3 ids: 1 failed, 2 ok" in printed
     assert "failed sbad: row 2 (id 'sbad'): unknown word(s) 'purple'" in printed
+    assert "lease: free" in printed
+    from ditfarm.jobs.lease import Lease
+    from ditfarm.jobs.storage import open_output
+
+    held = Lease(open_output(out), "run-live").acquire()
+    assert cli(["status", out]) == 0
+    assert f"lease: held by run run-live (host {held.holder.host}, pid {held.holder.pid}" in capsys.readouterr().out
+    held.release()
     assert cli(["status", "s3://no-such-bucket-at-all/out"]) == 2
     assert "NoSuchBucket" in capsys.readouterr().err
 

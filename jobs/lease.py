@@ -1,0 +1,344 @@
+"""One run per output: a lease object that the running job holds and renews, so overlapping runs cannot render the
+same ids twice.
+
+Two scheduled runs on the same ``--out`` (a nightly trigger that fires while yesterday's run is still going, a
+retry of a job that is not dead) would both list the output, both find the same ids missing, and both render them.
+So a run takes ``OUT/lease.json`` before it touches anything:
+
+* no lease, or a released one: the run takes it (a create that fails if the object exists: ``If-None-Match: *``
+  on S3, an exclusive create on disk);
+* a lease renewed within its holder's ``ttl_s``: the run refuses, naming the holder (run id, host, pid, Ray job);
+* a stale lease (its holder died without releasing it: SIGKILL, a lost node): the run takes it over by a
+  compare-and-swap on the version it read (``If-Match: <etag>`` on S3, a short exclusive lock file on disk), so of
+  two runs that both saw it stale exactly one wins.
+
+The holder renews every ``ttl_s / 4`` by the same compare-and-swap; a renewal that finds another run's lease has
+lost it (it was stale long enough to be taken over), and the job stops rather than render beside the new holder.
+Staleness is judged by the storage's own clock (S3's ``Last-Modified`` against the response's ``Date``; a file's
+mtime against this machine's clock), never by the holder's clock.  ``force`` takes the lease whatever holds it:
+the documented escape hatch for a lease whose holder is known to be gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+from .storage import LocalStore, OutputStore, S3Store, StorageError, describe_s3_error
+
+LEASE_NAME = "lease.json"
+DEFAULT_TTL_S = 120.0
+
+
+class LeaseHeld(StorageError):
+    """Another live run holds the output; the message names it."""
+
+
+class LeaseLost(StorageError):
+    """This run's lease was taken over by another run (it looked stale): stop writing to the output."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds an output: enough for a person to find the run (and kill it, or wait)."""
+
+    run_id: str
+    host: str
+    pid: int
+    ray_job: str | None
+    started_at: str
+    ttl_s: float
+    renewals: int = 0
+    released: bool = False
+
+    def describe(self) -> str:
+        job = f", Ray job {self.ray_job}" if self.ray_job else ""
+        return f"run {self.run_id} (host {self.host}, pid {self.pid}{job}, started {self.started_at})"
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Holder":
+        try:
+            fields = json.loads(data)
+            return cls(**{k: fields[k] for k in cls.__dataclass_fields__ if k in fields})
+        except (ValueError, TypeError, KeyError):
+            # An unreadable lease is treated as held by an unknown run: refuse until it is stale (or --force).
+            return cls(run_id="unknown (unreadable lease)", host="?", pid=-1, ray_job=None, started_at="?",
+                       ttl_s=DEFAULT_TTL_S)
+
+
+def ray_job_id() -> str | None:
+    """The Ray job submission id when this process is a ``ray job submit`` entrypoint."""
+    config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not config:
+        return None
+    try:
+        return json.loads(config).get("metadata", {}).get("job_submission_id")
+    except ValueError:
+        return None
+
+
+def _digest(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The lease object as read: its holder, an opaque version for compare-and-swap, and its age in seconds."""
+
+    holder: Holder
+    version: str
+    age_s: float
+
+    @property
+    def stale(self) -> bool:
+        return self.holder.released or self.age_s > self.holder.ttl_s
+
+
+class LocalLeaseFile:
+    """The lease as a file: exclusive create, and compare-and-swap under a lock file held for milliseconds."""
+
+    LOCK_STALE_S = 30.0  # a lock file this old was left by a process killed inside the critical section
+
+    def __init__(self, root: Path):
+        self.path = Path(root) / LEASE_NAME
+        self.lock = Path(root) / (LEASE_NAME + ".lock")
+
+    def where(self) -> str:
+        return str(self.path)
+
+    def read(self) -> Seen | None:
+        try:
+            data = self.path.read_bytes()
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        return Seen(Holder.from_bytes(data), _digest(data), max(0.0, age))
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """Hold the lock file for one read-compare-write (milliseconds)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                os.close(os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                break
+            except FileExistsError:
+                try:
+                    if time.time() - self.lock.stat().st_mtime > self.LOCK_STALE_S:
+                        self.lock.unlink(missing_ok=True)
+                        continue
+                except FileNotFoundError:
+                    continue
+                if time.monotonic() > deadline:
+                    raise StorageError(f"cannot lock {self.lock}: another run keeps it locked") from None
+                time.sleep(0.01)
+        try:
+            yield
+        finally:
+            self.lock.unlink(missing_ok=True)
+
+    def _write(self, data: bytes) -> str:
+        tmp = self.path.with_name(f".tmp-{uuid.uuid4().hex}-{LEASE_NAME}")
+        tmp.write_bytes(data)
+        os.replace(tmp, self.path)
+        return _digest(data)
+
+    def create(self, data: bytes) -> str | None:
+        """Write the lease if none exists; its version, or None when one does."""
+        with self._locked():
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return None
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return _digest(data)
+
+    def replace(self, data: bytes, version: str | None) -> str | None:
+        """Write the lease if it is still at ``version`` (None: whatever it is); its new version, or None."""
+        with self._locked():
+            seen = self.read()
+            if version is not None and (seen is None or seen.version != version):
+                return None
+            return self._write(data)
+
+    def delete(self, version: str) -> None:
+        with self._locked():
+            seen = self.read()
+            if seen is not None and seen.version == version:
+                self.path.unlink(missing_ok=True)
+
+
+class S3LeaseObject:
+    """The lease as an S3 object: ``If-None-Match: *`` to create, ``If-Match: <etag>`` to renew or take over."""
+
+    def __init__(self, store: S3Store):
+        self.client, self.bucket, self.key = store.client, store.bucket, store._key(LEASE_NAME)
+
+    def where(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    def read(self) -> Seen | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self.key)
+            data = response["Body"].read()
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise StorageError(describe_s3_error(err, "read the lease", self.where())) from None
+        except Exception as err:
+            raise StorageError(describe_s3_error(err, "read the lease", self.where())) from None
+        server_now = response["ResponseMetadata"].get("HTTPHeaders", {}).get("date")
+        now = parsedate_to_datetime(server_now) if server_now else datetime.now(timezone.utc)
+        age = (now - response["LastModified"]).total_seconds()
+        return Seen(Holder.from_bytes(data), response["ETag"], max(0.0, age))
+
+    def _put(self, data: bytes, **condition) -> str | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data, **condition)["ETag"]
+        except ClientError as err:
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status in (409, 412) or err.response.get("Error", {}).get("Code") in (
+                    "PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
+                return None  # someone else wrote (or removed) the lease first
+            raise StorageError(describe_s3_error(err, "write the lease", self.where())) from None
+        except Exception as err:
+            raise StorageError(describe_s3_error(err, "write the lease", self.where())) from None
+
+    def create(self, data: bytes) -> str | None:
+        return self._put(data, IfNoneMatch="*")
+
+    def replace(self, data: bytes, version: str | None) -> str | None:
+        return self._put(data, IfMatch=version) if version is not None else self._put(data)
+
+    def delete(self, version: str) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=version)
+        except ClientError:
+            pass  # already taken over or gone: nothing of ours to remove
+
+
+def lease_object(store: OutputStore):
+    if isinstance(store, S3Store):
+        return S3LeaseObject(store)
+    if isinstance(store, LocalStore):
+        return LocalLeaseFile(store.root)
+    raise TypeError(f"no lease for {type(store).__name__}")
+
+
+class Lease:
+    """This run's hold on one output.  ``acquire()`` (raises LeaseHeld), then ``start_renewing()``; ``release()``
+    at the end.  ``lost`` is set (and ``check()`` raises LeaseLost) once another run has taken it over."""
+
+    def __init__(self, store: OutputStore, run_id: str, ttl_s: float = DEFAULT_TTL_S, force: bool = False):
+        if not ttl_s > 0:
+            raise ValueError(f"lease ttl must be > 0 seconds, got {ttl_s}")
+        self.obj = lease_object(store)
+        self.force = force
+        self.holder = Holder(run_id=run_id, host=socket.gethostname(), pid=os.getpid(), ray_job=ray_job_id(),
+                             started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), ttl_s=ttl_s)
+        self.version: str | None = None
+        self.took_over: Holder | None = None  # the stale (or forced-out) holder this run replaced
+        self.lost: Holder | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def acquire(self) -> "Lease":
+        data = self.holder.to_bytes()
+        for _ in range(5):  # each turn loses only to a run that changed the lease meanwhile
+            seen = self.obj.read()
+            if seen is None:
+                self.version = self.obj.create(data)
+            elif seen.stale or self.force:
+                self.version = self.obj.replace(data, seen.version)
+                if self.version is not None and not seen.holder.released:
+                    self.took_over = seen.holder
+            else:
+                raise LeaseHeld(
+                    f"{self.obj.where()} is held by {seen.holder.describe()}, renewed {seen.age_s:.0f} s ago: another "
+                    f"run is rendering into this output.  It is taken as dead after {seen.holder.ttl_s:.0f} s without "
+                    "a renewal; wait for it, stop it, or pass --force if it is known to be gone")
+            if self.version is not None:
+                return self
+        raise LeaseHeld(f"{self.obj.where()}: other runs keep changing the lease; try again")
+
+    def renew(self) -> bool:
+        """One renewal; False (and ``lost`` set) when another run holds the lease now."""
+        with self._lock:
+            if self.lost is not None or self.version is None:
+                return False
+            self.holder = Holder(**{**asdict(self.holder), "renewals": self.holder.renewals + 1})
+            version = self.obj.replace(self.holder.to_bytes(), self.version)
+            if version is None:
+                seen = self.obj.read()
+                self.lost = seen.holder if seen is not None else self.holder
+                return False
+            self.version = version
+            return True
+
+    def start_renewing(self) -> None:
+        def loop() -> None:
+            interval = self.holder.ttl_s / 4
+            while not self._stop.wait(interval):
+                try:
+                    if not self.renew():
+                        return
+                except StorageError:
+                    continue  # a transient storage error: the next renewal may succeed before the lease goes stale
+
+        self._thread = threading.Thread(target=loop, name="ditfarm-lease", daemon=True)
+        self._thread.start()
+
+    def check(self) -> None:
+        if self.lost is not None:
+            raise LeaseLost(f"{self.obj.where()} was taken over by {self.lost.describe()} while this run held it "
+                            f"(no renewal reached the storage for {self.holder.ttl_s:.0f} s); stopping so that the "
+                            "two runs do not render the same ids")
+
+    def release(self) -> None:
+        """Stop renewing and remove the lease if it is still ours (a released lease is free to take at once)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            if self.version is not None and self.lost is None:
+                released = Holder(**{**asdict(self.holder), "released": True})
+                version = self.obj.replace(released.to_bytes(), self.version)
+                if version is not None:
+                    self.obj.delete(version)
+            self.version = None
+
+    def __enter__(self) -> "Lease":
+        self.acquire()
+        self.start_renewing()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def current_holder(store: OutputStore) -> Seen | None:
+    """The lease on ``store`` as it is now (None: no run holds it), for ``ditfarm status``."""
+    return lease_object(store).read()

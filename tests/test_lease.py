@@ -1,0 +1,137 @@
+"""One run per output: the lease refuses a second live run (naming the holder), is taken over once stale by
+exactly one contender, is lost by a holder that stopped renewing, and is given back at the end, on a local folder
+and on S3 (moto, which honours If-None-Match and If-Match)."""
+
+import threading
+import time
+import uuid
+
+import boto3
+import pytest
+
+from ditfarm.jobs.driver import RenderJob, RenderSettings, prompt_task
+from ditfarm.jobs.lease import LEASE_NAME, Holder, Lease, LeaseHeld, LeaseLost, current_holder, lease_object
+from ditfarm.jobs.storage import open_output
+from helpers import CountingRenderer
+
+
+@pytest.fixture(params=["local", "s3"])
+def out(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "out")
+    request.getfixturevalue("s3_endpoint")
+    bucket = "lease-" + uuid.uuid4().hex[:10]
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/out"
+
+
+def test_a_second_run_refuses_naming_the_holder_and_may_take_the_lease_once_it_is_given_back(out):
+    store = open_output(out)
+    first = Lease(store, "run-one").acquire()
+    with pytest.raises(LeaseHeld) as refused:
+        Lease(store, "run-two").acquire()
+    message = str(refused.value)
+    assert "held by run run-one" in message and f"pid {first.holder.pid}" in message and "--force" in message
+    assert current_holder(store).holder.run_id == "run-one"
+    first.release()
+    assert current_holder(store) is None  # removed, not just marked
+    second = Lease(store, "run-two").acquire()
+    assert second.took_over is None and current_holder(store).holder.run_id == "run-two"
+    second.release()
+
+
+def test_a_stale_lease_is_taken_over_and_its_old_holder_learns_it_lost(out):
+    store = open_output(out)
+    dead = Lease(store, "run-dead", ttl_s=1.0).acquire()  # never renews: as if SIGKILLed
+    with pytest.raises(LeaseHeld):
+        Lease(store, "run-early").acquire()
+    time.sleep(2.2)  # S3's Last-Modified has one-second resolution
+    taker = Lease(store, "run-new").acquire()
+    assert taker.took_over.run_id == "run-dead"
+    assert dead.renew() is False and dead.lost.run_id == "run-new"
+    with pytest.raises(LeaseLost, match="taken over by run run-new"):
+        dead.check()
+    dead.release()  # must not remove the new holder's lease
+    assert current_holder(store).holder.run_id == "run-new"
+    assert taker.renew() is True and current_holder(store).holder.renewals == 1
+    taker.release()
+
+
+def test_renewal_keeps_a_lease_fresh_past_its_ttl(out):
+    store = open_output(out)
+    with Lease(store, "run-live", ttl_s=2.0):  # renews every 0.5 s
+        time.sleep(3.5)
+        with pytest.raises(LeaseHeld):
+            Lease(store, "run-late").acquire()
+        assert current_holder(store).holder.renewals >= 3
+    assert current_holder(store) is None
+
+
+def test_force_takes_a_live_lease(out):
+    store = open_output(out)
+    live = Lease(store, "run-live").acquire()
+    forced = Lease(store, "run-forced", force=True).acquire()
+    assert forced.took_over.run_id == "run-live"
+    assert live.renew() is False
+    forced.release()
+
+
+def test_an_unreadable_lease_is_treated_as_held_until_stale(tmp_path):
+    store = open_output(str(tmp_path / "out"))
+    store.check_writable()
+    (tmp_path / "out" / LEASE_NAME).write_text("not json")
+    with pytest.raises(LeaseHeld, match="unreadable lease"):
+        Lease(store, "run-two").acquire()
+    Lease(store, "run-forced", force=True).acquire().release()
+
+
+def test_of_two_runs_that_see_a_stale_lease_exactly_one_takes_it(tmp_path):
+    store = open_output(str(tmp_path / "out"))
+    store.check_writable()
+    for trial in range(20):
+        stale = Holder(run_id=f"dead-{trial}", host="h", pid=1, ray_job=None, started_at="?", ttl_s=0.0)
+        (tmp_path / "out" / LEASE_NAME).write_bytes(stale.to_bytes())
+        time.sleep(0.01)
+        barrier, won, refused = threading.Barrier(2), [], []
+
+        def contend(name):
+            barrier.wait()
+            try:
+                won.append(Lease(store, name).acquire())
+            except LeaseHeld:
+                refused.append(name)
+
+        threads = [threading.Thread(target=contend, args=(f"run-{trial}-{i}",)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(won) == 1 and len(refused) == 1, (won, refused)
+        assert current_holder(store).holder.run_id == won[0].holder.run_id
+        won[0].release()
+
+
+def test_a_job_that_loses_its_lease_stops_before_rendering_beside_the_new_holder(tmp_path):
+    out = str(tmp_path / "out")
+    tasks = [prompt_task("red circle moving left on blue background", video_id=f"v{i}") for i in range(6)]
+    settings = RenderSettings(steps=4, upscale=1)
+    renderer = CountingRenderer(settings)
+    job = RenderJob(tasks, out, settings, renderer=renderer, progress=False, lease_ttl_s=600)
+    rows = iter(job)
+    next(rows)
+    Lease(job.store, "run-intruder", force=True).acquire()
+    assert job.lease.renew() is False  # what the renewal thread sees at its next turn
+    with pytest.raises(LeaseLost, match="run-intruder"):
+        list(rows)
+    assert len(renderer.rendered) <= 2  # the one in flight may finish; nothing new starts
+    assert lease_object(job.store).read().holder.run_id == "run-intruder"  # its lease is left alone
+
+
+def test_an_unstarted_job_gives_its_lease_back_when_dropped(tmp_path):
+    out = str(tmp_path / "out")
+    job = RenderJob([prompt_task("red circle moving left on blue background")], out, RenderSettings(),
+                    renderer=object(), progress=False)
+    assert current_holder(job.store) is not None
+    store = job.store
+    del job
+    assert current_holder(store) is None
