@@ -161,6 +161,11 @@ class OutputStore(ABC):
     def clear_unfinished(self) -> int:
         """Remove what killed runs left behind (temporary files, unfinished multipart uploads)."""
 
+    @abstractmethod
+    def write_text(self, name: str, text: str) -> str:
+        """Publish ``text`` (UTF-8) whole as the file ``name`` at the top of the location (a report, say), replacing
+        any older one, so a reader sees the old or the new file, never half of one; returns its URI."""
+
     def video_uri(self, video_id: str) -> str:
         return self.location.join(VIDEOS, f"{video_id}.mp4")
 
@@ -181,6 +186,15 @@ def _checked_name(video_id: str) -> str:
     if problem:
         raise ValueError(f"refusing to store video {video_id!r}: {problem}")
     return f"{video_id}.mp4"
+
+
+def _checked_file_name(name: str) -> str:
+    """A top-level file name (``report.html``): path-safe like an id, and not one of the store's folders."""
+    problem = check_video_id(name)
+    if problem or name in (VIDEOS, RESULTS):
+        raise ValueError(f"refusing to write {name!r} at the top of the output: "
+                         f"{problem or 'it names a folder of the output'}")
+    return name
 
 
 class LocalStore(OutputStore):
@@ -237,6 +251,18 @@ class LocalStore(OutputStore):
 
     def read_part(self, name: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(self.results / name, columns=columns)
+
+    def write_text(self, name: str, text: str) -> str:
+        target = self.root / _checked_file_name(name)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f"{TEMP_MARK}{uuid.uuid4().hex}-{name}"
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return str(target.resolve())
 
     def clear_unfinished(self) -> int:
         removed = 0
@@ -356,6 +382,18 @@ class S3Store(OutputStore):
         except Exception as err:
             raise StorageError(describe_s3_error(err, "read results part", self._where(key))) from None
         return pq.read_table(pa.BufferReader(body), columns=columns)
+
+    def write_text(self, name: str, text: str) -> str:
+        import mimetypes
+
+        key = self._key(_checked_file_name(name))
+        kind = mimetypes.guess_type(name)[0] or "text/plain"
+        try:  # one PUT: the object is replaced whole
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=text.encode("utf-8"),
+                                   ContentType=f"{kind}; charset=utf-8")
+        except Exception as err:
+            raise StorageError(describe_s3_error(err, "write", self._where(key))) from None
+        return self._where(key)
 
     def clear_unfinished(self) -> int:
         return self._abort_uploads(self._key(VIDEOS) + "/") + self._abort_uploads(self._key(RESULTS) + "/")
