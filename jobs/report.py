@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import math
-import struct
 import tempfile
-import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -246,30 +245,23 @@ def pick_frames(path: Path, frames: int | None) -> list[np.ndarray]:
     return picked + [picked[-1]] * (3 - len(picked))  # a one- or two-frame video still shows three images
 
 
-def thumbnail(frame: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
-    """Shrink by a whole factor (box average) until the longer side fits ``side``: cheap, and sharp enough."""
-    factor = max(1, math.ceil(max(frame.shape[:2]) / side))
-    if factor == 1:
-        return frame
-    h, w = (frame.shape[0] // factor) * factor, (frame.shape[1] // factor) * factor
-    blocks = frame[:h, :w].reshape(h // factor, factor, w // factor, factor, 3).astype(np.float32)
-    return blocks.mean(axis=(1, 3)).round().astype(np.uint8)
+def thumbnail(frame: np.ndarray, side: int = THUMB_SIDE):
+    """The frame as a PIL image whose longer side fits ``side`` (box filter: cheap, and sharp enough)."""
+    from PIL import Image
+
+    image = Image.fromarray(np.ascontiguousarray(frame))
+    image.thumbnail((side, side), Image.Resampling.BOX)
+    return image
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    """An RGB uint8 image as PNG (no imaging library needed for a few small thumbnails)."""
-    h, w, _ = image.shape
-    raw = b"".join(b"\x00" + image[y].tobytes() for y in range(h))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+def png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
 
 
-def png_data_uri(image: np.ndarray) -> str:
-    return "data:image/png;base64," + base64.b64encode(png_bytes(np.ascontiguousarray(image))).decode("ascii")
+def png_data_uri(image) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
 
 
 # ------------------------------------------------------------------------------------------------------- charts
