@@ -166,13 +166,15 @@ class RenderJob:
     def __init__(self, tasks: Iterable[RenderTask | RowProblem], out, settings: RenderSettings = RenderSettings(),
                  renderer: Renderer | None = None, schema=RESULT_SCHEMA, total: int | None = None,
                  progress: bool = True, overwrite: bool = False, progress_seconds: float = 30.0,
-                 force: bool = False, lease_ttl_s: float = DEFAULT_TTL_S):
+                 force: bool = False, lease_ttl_s: float = DEFAULT_TTL_S, report_seconds: float | None = 300.0):
         """``force``: take the output's lease even from a live run; ``lease_ttl_s``: how long this run's lease
-        stays valid without a renewal (it renews every quarter of that)."""
+        stays valid without a renewal (it renews every quarter of that); ``report_seconds``: how often
+        ``OUT/report.html`` is rewritten while the run goes (None: only at the end of a run that finishes)."""
         settings.validate()
         resolve_knob(settings.cache, settings.cache_knob)
         self.tasks, self.settings, self.renderer, self.total = tasks, settings, renderer, total
         self.progress, self.overwrite, self.progress_seconds = progress, overwrite, progress_seconds
+        self.report_seconds = report_seconds
         self.store = open_output(out)
         self.store.check_writable()
         self.writer = ResultsWriter(self.store, schema=schema, flush_every=settings.flush_every,
@@ -201,9 +203,17 @@ class RenderJob:
     def __iter__(self) -> Iterator[dict]:
         from .progress import Progress
 
+        from .metrics import JobMetrics
+        from .report_refresher import ReportRefresher
+
         settings, summary, writer = self.settings, self.summary, self.writer
-        bar = Progress(self.total, enabled=self.progress, interval_s=self.progress_seconds,
-                       gangs=lambda: getattr(renderer, "gang_health", lambda: None)())
+
+        def gangs():
+            return getattr(renderer, "gang_health", lambda: None)()
+
+        bar = Progress(self.total, enabled=self.progress, interval_s=self.progress_seconds, gangs=gangs)
+        metrics = JobMetrics(self.store.location.uri)
+        report = ReportRefresher(self.store, interval_s=self.report_seconds or 0.0)
         own_renderer = self.renderer is None
         renderer = self.renderer
         in_flight: dict[Future, RenderTask] = {}
@@ -222,18 +232,24 @@ class RenderJob:
                     if len(summary.errors) < MAX_KEPT_ERRORS:
                         summary.errors.append(error)
             bar.add(status, values.get("skipped_fraction"))
+            metrics.finished(status, values.get("seconds") if status == STATUS_OK else None)
+            metrics.state(len(in_flight), gangs())
             return row
 
         def finish_one() -> dict:
             """Wait for any render in flight (flushing results when they are due) and record it."""
             self.lease.check()
             while True:
-                due = [t for t in (writer.seconds_until_due(), bar.seconds_until_due()) if t is not None]
+                due = [t for t in (writer.seconds_until_due(), bar.seconds_until_due(),
+                                   report.seconds_until_due() if self.report_seconds else None) if t is not None]
                 done, _ = wait(in_flight, timeout=min(due) if due else None, return_when=FIRST_COMPLETED)
                 if done:
                     break
                 writer.flush_if_due()
                 bar.tick()
+                metrics.state(len(in_flight), gangs())
+                if self.report_seconds:
+                    report.refresh_if_due()
             future = next(iter(done))
             task = in_flight.pop(future)
             try:
@@ -267,12 +283,16 @@ class RenderJob:
                     while len(in_flight) >= capacity:
                         yield finish_one()
                     in_flight[start_render(render_one, task)] = task
+                    metrics.state(len(in_flight), gangs())
                     writer.flush_if_due()
                 while in_flight:
                     yield finish_one()
+                writer.flush()
+                report.final()  # after the last rows are flushed: the page shows the whole run
         finally:  # on a stop or an error, videos still in flight are abandoned (their gangs are closed below)
             if own_renderer and renderer is not None:
                 renderer.close()
+            metrics.state(0, gangs())
             bar.close()
             self.close()
 

@@ -13,3 +13,12 @@ class CountingRenderer(LocalRenderer):
     def render(self, task, settings, out):
         self.rendered.append(task.id)
         return super().render(task, settings, out)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a service a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

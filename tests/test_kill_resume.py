@@ -104,17 +104,18 @@ def test_sigkill_of_the_driver_then_rerun_renders_each_id_exactly_once(where, s3
     stdout, stderr = rerun.communicate(timeout=600)
     assert rerun.returncode == 1, stderr  # the bad row fails again; nothing else does
     check_exactly_once(out)
-    if where == "s3":  # (the lease was given back at the end: no lease.json either)
+    if where == "s3":  # (the lease was given back at the end: no lease.json)
         keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"])
         videos = [k for k in keys if k.startswith("out/videos/")]
         assert videos == sorted(f"out/videos/k{i}.mp4" for i in range(N))
-        assert all(k.startswith("out/results/part-") and k.endswith(".parquet") for k in keys if k not in videos)
+        others = [k for k in keys if k not in videos and k != "out/report.html"]
+        assert all(k.startswith("out/results/part-") and k.endswith(".parquet") for k in others), others
         assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     else:
         names = sorted(os.listdir(tmp_path / "out" / "videos"))
         assert names == sorted(f"k{i}.mp4" for i in range(N))
         assert all(n.startswith("part-") for n in os.listdir(tmp_path / "out" / "results"))
-        assert sorted(os.listdir(tmp_path / "out")) == ["results", "videos"]  # the lease was given back
+        assert sorted(os.listdir(tmp_path / "out")) == ["report.html", "results", "videos"]  # no lease left
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])

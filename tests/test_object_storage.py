@@ -139,7 +139,8 @@ def test_s3_in_s3_out_resume_and_rerender_of_deleted_videos(s3, bucket, random_m
     assert latest == {"v0": "ok", "v1": "ok", "bad": "failed", "v3": "ok"}
     parts = keys(s3, bucket, "runs/one/results/")
     assert all(k.startswith("runs/one/results/part-") and k.endswith(".parquet") for k in parts)
-    assert keys(s3, bucket) == sorted(parts + [f"runs/one/videos/{v}.mp4" for v in ("v0", "v1", "v3")] + ["in/m.parquet"])
+    videos = [f"runs/one/videos/{v}.mp4" for v in ("v0", "v1", "v3")]
+    assert keys(s3, bucket) == sorted(parts + videos + ["in/m.parquet", "runs/one/report.html"])
 
 
 def test_a_failed_multipart_upload_fails_the_row_and_leaves_nothing(s3, bucket, monkeypatch, tmp_path):

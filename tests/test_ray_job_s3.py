@@ -7,7 +7,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,17 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from ditfarm.jobs.results import read_all_results
+from helpers import free_port
 from ditfarm.pipelines.video_io import read_mp4
 
 SECRET = "SECRETzq9x-recognisable-ditfarm-key"
 GOOD = ["red circle moving left on blue background", "white square moving up on green gradient background",
         "yellow triangle moving right on black background", "blue circle moving down on white background"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -242,3 +242,37 @@ def test_report_on_s3(s3_endpoint, browser, tmp_path):
         assert_decoded(contact)
     top = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="runs/one/", Delimiter="/").get("Contents", [])]
     assert [k for k in top if "report" in k] == ["runs/one/report.html"]
+
+
+def test_the_report_is_refreshed_while_a_job_runs_and_written_whole_at_its_end(tmp_path):
+    """With ``report_seconds`` the page appears (and is rewritten) mid-run without holding the driver up; the
+    end of the run writes the final one."""
+    import re
+    import time
+
+    from ditfarm.jobs.driver import RenderJob
+
+    class SlowRenderer:
+        capacity = 1
+
+        def render(self, task, settings, out):
+            time.sleep(0.3)
+            store = out.open()
+            frames = np.zeros((3, 8, 8, 3), np.uint8)
+            uri = publish_video(store, task.id, frames, settings)
+            return RenderedVideo(uri, task.seed, 3, 8, 8, 1, "fake", 0.0)
+
+    def shown_ok(path):
+        match = re.search(r'id="total-ok"[^>]*data-value="(\d+)"', path.read_text()) if path.exists() else None
+        return int(match.group(1)) if match else None
+
+    out = tmp_path / "out"
+    tasks = [prompt_task(GOOD[0], video_id=f"r{i}") for i in range(8)]
+    settings = RenderSettings(upscale=1, flush_every=1)
+    job = RenderJob(tasks, str(out), settings, renderer=SlowRenderer(), progress=False, report_seconds=0.2)
+    seen_mid_run = []
+    for i, _row in enumerate(job):
+        if i >= 2:
+            seen_mid_run.append(shown_ok(out / "report.html"))
+    assert any(n is not None and 0 < n < 8 for n in seen_mid_run), seen_mid_run
+    assert shown_ok(out / "report.html") == 8
