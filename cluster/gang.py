@@ -13,12 +13,16 @@ new gang in its place and renders the video again from the start.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 
 import ray
 
+from ..jobs.types import NoRenderersLeft
 from .gang_rank import RankConfig
 
 log = logging.getLogger(__name__)
@@ -127,6 +131,7 @@ class GangConfig:
     gpus_per_rank: float = 0.0
     cpus_per_rank: float = 1.0
     start_timeout_s: float = 300.0
+    replace_timeout_s: float = 60.0  # how long a failed gang's replacement may wait for room before it is retired
     call_timeout_s: float = 600.0
     env_vars: tuple[tuple[str, str], ...] = ()  # the driver's storage settings (AWS_*), for every rank's runtime env
 
@@ -134,20 +139,23 @@ class GangConfig:
 class Gang:
     """N actors, one placement group, one process group, one model copy per rank."""
 
-    def __init__(self, config: GangConfig, name: str = "gang"):
+    def __init__(self, config: GangConfig, name: str = "gang", start_timeout_s: float | None = None):
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.config, self.name = config, name
+        start_timeout_s = config.start_timeout_s if start_timeout_s is None else start_timeout_s
         bundle = {"CPU": config.cpus_per_rank}
         if config.gpus_per_rank:
             bundle["GPU"] = config.gpus_per_rank
-        self.placement_group = placement_group([bundle] * config.sp, strategy="STRICT_PACK")
+        self.members = []
+        self.placement_group = placement_group([bundle] * config.sp, strategy="STRICT_PACK", name=name)
         try:
-            ray.get(self.placement_group.ready(), timeout=config.start_timeout_s)
+            ray.get(self.placement_group.ready(), timeout=start_timeout_s)
         except ray.exceptions.GetTimeoutError as err:
             self.kill()
-            raise GangFailure(f"{name}: no node can hold {config.sp} bundles of {bundle} together") from err
+            raise GangFailure(f"{name}: no node could hold {config.sp} bundle(s) of {bundle} together within "
+                              f"{start_timeout_s:.0f} s") from err
         self.members = [
             GangMember.options(
                 num_cpus=config.cpus_per_rank,
@@ -157,8 +165,8 @@ class Gang:
             ).remote(i, config.sp, config.rank, max(1, int(config.cpus_per_rank)))
             for i in range(config.sp)
         ]
-        host, port = self._call([self.members[0].open_store.remote()], config.start_timeout_s)[0]
-        self._call([m.join.remote(host, port) for m in self.members], config.start_timeout_s)
+        host, port = self._call([self.members[0].open_store.remote()], start_timeout_s)[0]
+        self._call([m.join.remote(host, port) for m in self.members], start_timeout_s)
 
     def _call(self, refs, timeout_s: float) -> list:
         ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
@@ -190,41 +198,161 @@ class Gang:
         return self._call([m.pid.remote() for m in self.members], 30)
 
     def kill(self) -> None:
+        """Kill every rank and remove the placement group (also one still pending: none outlives the job)."""
         from ray.util.placement_group import remove_placement_group
 
-        for m in getattr(self, "members", []):
+        for m in self.members:
             ray.kill(m, no_restart=True)
-        remove_placement_group(self.placement_group)
         self.members = []
+        try:
+            remove_placement_group(self.placement_group)
+        except Exception as err:  # noqa: BLE001 - Ray itself is going away; nothing is left to remove
+            log.debug("%s: placement group not removed: %s", self.name, err)
+
+
+class NoGangsLeft(NoRenderersLeft):
+    """Every gang failed and none could be started in its place (the cluster lost its nodes): the job stops; its
+    remaining rows are left for a rerun rather than failed."""
 
 
 class GangPool:
-    """G gangs side by side (data parallel across gangs); a failed gang is replaced and its video restarted."""
+    """Gangs side by side (data parallel across gangs).  A video borrows whichever gang is free.  A gang that
+    fails is killed whole and replaced where the cluster has room (waiting up to ``replace_timeout_s``), else
+    retired, and its video is rendered again from the start on the next free gang: a lost node's videos go back
+    to the queue, and the job finishes on the gangs it still has.  ``grow()`` adds gangs (nodes that joined)."""
 
     def __init__(self, config: GangConfig, gangs: int = 1, max_attempts: int = 3):
         """``max_attempts``: renders of one video before it fails for good (1 + the run's retries)."""
         self.config, self.max_attempts = config, max_attempts
-        self.gangs = [Gang(config, f"gang-{i}") for i in range(gangs)]
-        self.replaced = 0
+        self.replaced = self.retired = 0
+        self.videos_by_gang: dict[str, int] = {}
+        self._cond = threading.Condition()
+        self._starting = 0  # gangs being started (replacements, growth)
+        self._closed = False
+        self._names = itertools.count()
+        self.gangs: list[Gang] = []
+        self._free: list[Gang] = []
+        try:
+            for _ in range(gangs):
+                self._add(Gang(config, self._name()))
+        except BaseException:
+            self.shutdown()
+            raise
 
-    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", gang: int = 0,
-               publish=None) -> dict:
+    def _name(self) -> str:
+        return f"ditfarm-gang-{next(self._names)}-{uuid.uuid4().hex[:6]}"
+
+    def _add(self, gang: Gang, was_starting: bool = False, replacement: bool = False) -> None:
+        """Put a started gang to work (in one step with ending its 'starting' count, so that a borrower never
+        sees neither)."""
+        with self._cond:
+            self._starting -= was_starting
+            self.replaced += replacement
+            if self._closed:
+                gang.kill()
+            else:
+                self.gangs.append(gang)
+                self._free.append(gang)
+            self._cond.notify_all()
+
+    def _start_failed(self, retire: bool) -> None:
+        with self._cond:
+            self._starting -= 1
+            self.retired += retire
+            self._cond.notify_all()
+
+    @property
+    def alive(self) -> int:
+        return len(self.gangs)
+
+    @property
+    def capacity(self) -> int:
+        """Videos that can render at once: the live gangs and those being started."""
+        with self._cond:
+            return len(self.gangs) + self._starting
+
+    def borrow(self) -> Gang:
+        with self._cond:
+            while not self._free:
+                if self._closed:
+                    raise GangFailure("the gang pool was shut down")
+                if not self.gangs and not self._starting:
+                    raise NoGangsLeft(f"no gang is left ({self.retired} retired: the cluster has no room for one of "
+                                      f"{self.config.sp} rank(s)); the rows not rendered yet are left for a rerun")
+                self._cond.wait(timeout=5)
+            return self._free.pop(0)
+
+    def give_back(self, gang: Gang) -> None:
+        with self._cond:
+            if gang in self.gangs:
+                self._free.append(gang)
+                self._cond.notify_all()
+
+    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", publish=None) -> dict:
         last = None
         for attempt in range(1, self.max_attempts + 1):
+            gang = self.borrow()
             try:
-                result = self.gangs[gang].render(prompt, seed, sampler, negative_prompt, publish)
-                result["attempts"] = attempt
-                return result
+                result = gang.render(prompt, seed, sampler, negative_prompt, publish)
             except GangFailure as err:
                 last = err
                 more = attempt < self.max_attempts
-                log.warning("%s; starting a new gang%s", err, " and rendering the video again" if more else "")
-                self.gangs[gang] = Gang(self.config, f"gang-{gang}-r{self.replaced + 1}")  # the slot stays usable
-                self.replaced += 1
+                log.warning("%s; replacing the gang%s", err, " and rendering the video again" if more else "")
+                self.replace(gang)
+                continue
+            except BaseException:
+                self.give_back(gang)  # a bad row or a storage error: the gang is fine
+                raise
+            self.give_back(gang)
+            with self._cond:
+                self.videos_by_gang[gang.name] = self.videos_by_gang.get(gang.name, 0) + 1
+            result["attempts"] = attempt
+            return result
         raise GangFailure(f"video failed on {self.max_attempts} gang(s) in a row: {last}", attempts=self.max_attempts)
 
+    def replace(self, dead: Gang) -> None:
+        """Take a failed gang out and start one in its place, or retire the slot when there is no room."""
+        dead.kill()
+        with self._cond:
+            if dead in self.gangs:
+                self.gangs.remove(dead)
+            if dead in self._free:
+                self._free.remove(dead)
+            self._starting += 1
+        try:
+            gang = Gang(self.config, self._name(), start_timeout_s=self.config.replace_timeout_s)
+        except GangFailure as err:
+            log.warning("%s: no room for a replacement gang (%s); going on with %d gang(s)", dead.name, err,
+                        self.alive)
+            self._start_failed(retire=True)
+            return
+        self._add(gang, was_starting=True, replacement=True)
+
+    def grow(self, gangs: int) -> int:
+        """Start up to ``gangs`` more gangs (one at a time, each waiting for room up to ``replace_timeout_s``);
+        returns how many started."""
+        started = 0
+        for _ in range(gangs):
+            with self._cond:
+                if self._closed:
+                    break
+                self._starting += 1
+            try:
+                gang = Gang(self.config, self._name(), start_timeout_s=self.config.replace_timeout_s)
+            except GangFailure as err:
+                log.info("no room for another gang yet: %s", err)
+                self._start_failed(retire=False)
+                break
+            self._add(gang, was_starting=True)
+            started += 1
+        return started
+
     def shutdown(self) -> None:
-        for g in self.gangs:
+        with self._cond:
+            self._closed = True
+            gangs, self.gangs, self._free = self.gangs, [], []
+            self._cond.notify_all()
+        for g in gangs:
             g.kill()
 
 

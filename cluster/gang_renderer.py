@@ -1,13 +1,16 @@
 """The batch driver's renderer made of Ray gangs: G gangs of N sequence-parallel ranks, G videos in flight.
 
 ``jobs.driver`` asks a renderer for one video at a time from up to ``capacity`` threads; each call borrows a free
-gang, renders on it (``GangPool`` replaces the gang and starts the video again if it fails) and gives it back.
+gang, renders on it and gives it back.  ``GangPool`` replaces a gang that fails (or retires it when the cluster has
+no room) and renders the video again on the next free gang.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
-import queue
+import threading
 
 from ..jobs.driver import sampler_overrides
 from ..jobs.manifest import RenderTask
@@ -15,6 +18,8 @@ from ..jobs.storage import OutputLocation, storage_env
 from ..jobs.types import RenderedVideo, RenderSettings
 from .gang import GangConfig, GangPool
 from .gang_rank import RankConfig
+
+log = logging.getLogger(__name__)
 
 
 def gang_config(settings: RenderSettings) -> GangConfig:
@@ -51,38 +56,64 @@ def worker_env() -> dict[str, str]:
 
 
 class GangRenderer:
-    """Starts (or joins) Ray, then ``settings.gangs`` gangs; ``close()`` stops them."""
+    """Starts (or joins) Ray, then ``settings.gangs`` gangs; ``close()`` stops them.
 
-    def __init__(self, settings: RenderSettings):
+    With ``gangs="auto"`` a watcher thread looks at the cluster every ``grow_interval_s`` and starts the gangs
+    that nodes which joined since can hold (an autoscaling cluster), so the job uses what it is given."""
+
+    def __init__(self, settings: RenderSettings, replace_timeout_s: float | None = None, grow_interval_s: float = 30.0):
         import ray
 
         if not ray.is_initialized():  # RAY_ADDRESS or a `ray start` cluster on this node, else a local one
             ray.init(log_to_driver=False)
         config = gang_config(settings)
-        gangs = settings.gangs if settings.gangs != "auto" else auto_gang_count(ray.nodes(), config,
-                                                                                  ray.get_runtime_context().get_node_id())
+        if replace_timeout_s is not None:
+            config = dataclasses.replace(config, replace_timeout_s=replace_timeout_s)
+        self.config, self.auto = config, settings.gangs == "auto"
+        self.driver_node = ray.get_runtime_context().get_node_id()
+        gangs = self.cluster_holds() if self.auto else settings.gangs
         self.pool = GangPool(config, gangs=gangs, max_attempts=settings.retries + 1)
-        self.capacity = gangs
-        self.videos_per_gang = [0] * gangs
-        self._free: queue.Queue[int] = queue.Queue()
-        for i in range(gangs):
-            self._free.put(i)
+        self._stop = threading.Event()
+        self._watcher = None
+        if self.auto:
+            self._watcher = threading.Thread(target=self._watch, args=(grow_interval_s,), name="ditfarm-grow",
+                                             daemon=True)
+            self._watcher.start()
+
+    def cluster_holds(self) -> int:
+        import ray
+
+        return auto_gang_count(ray.nodes(), self.config, self.driver_node)
+
+    def _watch(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                missing = self.cluster_holds() - self.pool.capacity
+                if missing > 0 and self.pool.grow(missing):
+                    log.info("the cluster grew: %d gang(s) now", self.pool.alive)
+            except Exception as err:  # noqa: BLE001 - growing is an optimisation; the job goes on as it is
+                log.warning("could not start more gangs: %s", err)
+
+    @property
+    def capacity(self) -> int:
+        """How many videos the driver should keep in flight now (the pool grows and shrinks)."""
+        return self.pool.capacity
+
+    @property
+    def videos_per_gang(self) -> list[int]:
+        return list(self.pool.videos_by_gang.values())
 
     def render(self, task: RenderTask, settings: RenderSettings, out: OutputLocation) -> RenderedVideo:
-        gang = self._free.get()
-        try:
-            result = self.pool.render(task.prompt, task.seed, sampler_overrides(task, settings), task.negative_prompt,
-                                      gang=gang, publish=(out, task.id, settings))
-            self.videos_per_gang[gang] += 1
-        finally:
-            self._free.put(gang)
+        result = self.pool.render(task.prompt, task.seed, sampler_overrides(task, settings), task.negative_prompt,
+                                  publish=(out, task.id, settings))
         s = result["settings"]
         return RenderedVideo(result["uri"], task.seed, s["num_frames"], s["height"], s["width"], s["steps"],
                              str(settings.model), result["skipped_fraction"], result["attempts"])
 
     def gang_health(self) -> tuple[int, int]:
-        """(gangs alive, gangs replaced so far), for the progress line."""
-        return sum(1 for g in self.pool.gangs if g.members), self.pool.replaced
+        """(gangs alive, gangs replaced so far), for the progress line and the metrics."""
+        return self.pool.alive, self.pool.replaced
 
     def close(self) -> None:
+        self._stop.set()
         self.pool.shutdown()

@@ -154,6 +154,7 @@ def cmd_render(args) -> int:
     from .driver import prompt_task, render_manifest, render_tasks
     from .manifest import ManifestError
     from .storage import StorageError, redact
+    from .types import EXIT_TRY_LATER, NoRenderersLeft
 
     def fail(message) -> int:
         print(f"ditfarm render: {redact(str(message))}", file=sys.stderr)
@@ -185,6 +186,9 @@ def cmd_render(args) -> int:
                                       overwrite=args.overwrite, force=args.force, lease_ttl_s=args.lease_seconds)
     except (ManifestError, StorageError, ValueError, FileNotFoundError) as err:  # manifest, output, model, profile
         return fail(err)
+    except NoRenderersLeft as err:
+        print(f"ditfarm render: {redact(str(err))}", file=sys.stderr)
+        return EXIT_TRY_LATER
     except Stopped as stop:
         import signal
 

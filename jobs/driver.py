@@ -267,7 +267,6 @@ class RenderJob:
             video = renderer.render(task, settings, location)
             return video, round(time.perf_counter() - start, 3)
 
-        capacity = None
         try:
             with writer:
                 for task in self.tasks:
@@ -279,8 +278,7 @@ class RenderJob:
                         continue
                     if renderer is None:
                         renderer = self.renderer = make_renderer(settings)
-                    capacity = capacity or max(1, renderer.capacity)
-                    while len(in_flight) >= capacity:
+                    while len(in_flight) >= max(1, renderer.capacity):  # gang pools grow and shrink
                         yield finish_one()
                     in_flight[start_render(render_one, task)] = task
                     metrics.state(len(in_flight), gangs())

@@ -5,6 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+EXIT_TRY_LATER = 75  # EX_TEMPFAIL: nothing is wrong with the job, the cluster could not run it; a rerun resumes
+
+
+class NoRenderersLeft(Exception):
+    """Nothing is left to render on (every gang failed and the cluster has no room for another).  Not a row's
+    failure: the job stops, and the rows it did not render are left for a rerun instead of being failed."""
+
 
 @dataclass(frozen=True)
 class RenderSettings:
