@@ -123,6 +123,9 @@ class GangMember:
 
         return os.getpid()
 
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
 
 @dataclass(frozen=True)
 class GangConfig:
