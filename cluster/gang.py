@@ -43,7 +43,7 @@ class RowError(ValueError):
     """The video's own input is bad (prompt, sizes); every rank refused it and the gang is still usable."""
 
 
-@ray.remote(max_restarts=0, max_task_retries=0)
+@ray.remote(max_restarts=0, max_task_retries=0, concurrency_groups={"publish": 1})
 class GangMember:
     def __init__(self, rank: int, world: int, config: RankConfig, threads: int = 1):
         import torch
@@ -53,6 +53,7 @@ class GangMember:
         self.store = None
         self.renderer = None
         self.outputs = {}  # OutputLocation -> its store, opened once per gang member
+        self.pending = {}  # rank 0, deferred publishing: ticket -> (latents, publish)
 
     def open_store(self) -> tuple[str, int]:
         """Rank 0: listen on a free port of this node; returns (node address, port)."""
@@ -82,30 +83,50 @@ class GangMember:
         self.renderer = RankRenderer(self.rank, self.world, self.config)
         return self.rank
 
-    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", publish=None) -> dict:
+    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", publish=None,
+               defer: bool = False) -> dict:
         """Every rank renders its shard; rank 0 returns the frames, or with ``publish`` (output location, video
         id, run settings) encodes and stores the mp4 itself and returns only its URI: raw frames never travel
-        to the driver.  A ValueError (bad prompt or settings, raised alike on every rank before any collective)
-        comes back as {"error": ...} and a storage failure as {"storage_error": ...}: the row fails, the gang
-        stays healthy."""
-        from ..jobs.storage import StorageError
-
+        to the driver.  With ``defer`` rank 0 keeps the latents and returns a "ticket" at once; ``publish_video``
+        then decodes, encodes and stores them on another thread while the gang denoises the next video.  A
+        ValueError (bad prompt or settings, raised alike on every rank before any collective) comes back as
+        {"error": ...} and a storage failure as {"storage_error": ...}: the row fails, the gang stays healthy."""
         self._inject_fault(publish)
+        defer = defer and publish is not None
         try:
-            result = self.renderer.render(prompt, seed, sampler, negative_prompt)
+            result = self.renderer.render(prompt, seed, sampler, negative_prompt, decode=not defer)
         except ValueError as err:
             return {"error": str(err)}
-        if publish is not None and self.rank == 0:
-            from ..jobs.driver import publish_video
+        if publish is None or self.rank != 0:
+            return result
+        if defer:
+            import uuid
 
-            location, video_id, settings = publish
-            store = self.outputs.get(location) or self.outputs.setdefault(location, location.open())
-            try:
-                result["uri"] = publish_video(store, video_id, result.pop("frames"), settings)
-            except (StorageError, ValueError) as err:
-                return {"storage_error": str(err)}
-            result["frames"] = None
+            ticket = uuid.uuid4().hex
+            self.pending[ticket] = (result.pop("latents"), publish)
+            result["ticket"] = ticket
+            return result
+        result.update(self._store(result.pop("frames"), publish))
+        result["frames"] = None
         return result
+
+    @ray.method(concurrency_group="publish")
+    def publish_video(self, ticket: str) -> dict:
+        """Rank 0: decode, encode and store a deferred video (beside the next render); {"uri"} or
+        {"storage_error"}."""
+        latents, publish = self.pending.pop(ticket)
+        return self._store(self.renderer.pipe.decode(latents), publish)
+
+    def _store(self, frames, publish) -> dict:
+        from ..jobs.driver import publish_video
+        from ..jobs.storage import StorageError
+
+        location, video_id, settings = publish
+        store = self.outputs.get(location) or self.outputs.setdefault(location, location.open())
+        try:
+            return {"uri": publish_video(store, video_id, frames, settings)}
+        except (StorageError, ValueError) as err:
+            return {"storage_error": str(err)}
 
     def _inject_fault(self, publish) -> None:
         """The fault-injection hook: only a test sets FAULT_ENV, to make a row that kills every gang it touches."""
@@ -182,15 +203,33 @@ class Gang:
             self.kill()
             raise GangFailure(f"{self.name}: a rank failed: {err}") from err
 
-    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", publish=None) -> dict:
-        """Every rank renders its shard; returns rank 0's result (frames or the stored URI, settings, cache
-        stats)."""
-        from ..jobs.storage import StorageError
-
+    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", publish=None,
+               defer: bool = False) -> dict:
+        """Every rank renders its shard; returns rank 0's result (frames or the stored URI, or with ``defer`` a
+        ticket for ``finish``; settings, cache stats)."""
         if not self.members:
             raise GangFailure(f"{self.name} was killed")
-        refs = [m.render.remote(prompt, seed, sampler, negative_prompt, publish) for m in self.members]
-        result = self._call(refs, self.config.call_timeout_s)[0]
+        refs = [m.render.remote(prompt, seed, sampler, negative_prompt, publish, defer) for m in self.members]
+        return self._checked(self._call(refs, self.config.call_timeout_s)[0])
+
+    def finish(self, ticket: str) -> dict:
+        """Wait for rank 0 to store a deferred video; {"uri": ...}.  Other calls may run on the gang meanwhile."""
+        members = self.members
+        if not members:
+            raise GangFailure(f"{self.name} was killed before it stored the video")
+        ref = members[0].publish_video.remote(ticket)
+        ready, _ = ray.wait([ref], timeout=self.config.call_timeout_s)
+        if not ready:
+            raise GangFailure(f"{self.name}: rank 0 did not store the video within {self.config.call_timeout_s:.0f} s")
+        try:
+            return self._checked(ray.get(ref))
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
+            raise GangFailure(f"{self.name}: rank 0 failed while storing the video: {err}") from err
+
+    @staticmethod
+    def _checked(result: dict) -> dict:
+        from ..jobs.storage import StorageError
+
         if "error" in result:
             raise RowError(result["error"])
         if "storage_error" in result:
@@ -291,12 +330,16 @@ class GangPool:
                 self._free.append(gang)
                 self._cond.notify_all()
 
-    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", publish=None) -> dict:
+    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", publish=None,
+               overlap: bool = False) -> dict:
+        """Render one video on whichever gang is free.  With ``overlap`` (and ``publish``) the gang is given back
+        as soon as its loop ends, and this call waits for rank 0 to store the video while the gang already
+        denoises another one."""
         last = None
         for attempt in range(1, self.max_attempts + 1):
             gang = self.borrow()
             try:
-                result = gang.render(prompt, seed, sampler, negative_prompt, publish)
+                result = gang.render(prompt, seed, sampler, negative_prompt, publish, defer=overlap)
             except GangFailure as err:
                 last = err
                 more = attempt < self.max_attempts
@@ -307,6 +350,13 @@ class GangPool:
                 self.give_back(gang)  # a bad row or a storage error: the gang is fine
                 raise
             self.give_back(gang)
+            if "ticket" in result:
+                try:
+                    result.update(gang.finish(result.pop("ticket")))
+                except GangFailure as err:  # whoever holds the gang next finds it dead and replaces it
+                    last = err
+                    log.warning("%s; rendering the video again", err)
+                    continue
             with self._cond:
                 self.videos_by_gang[gang.name] = self.videos_by_gang.get(gang.name, 0) + 1
             result["attempts"] = attempt

@@ -88,8 +88,9 @@ class RankRenderer:
 
         self.pipe.encode_prompt = encode_once
 
-    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "") -> dict:
-        """Denoise this rank's shard of one video; rank 0 decodes and returns the frames."""
+    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", decode: bool = True) -> dict:
+        """Denoise this rank's shard of one video; rank 0 decodes and returns the frames (``decode=False``: the
+        latents instead, as "latents", for a decode that runs beside the next video's loop)."""
         from ..cache import last_video_stats
 
         # Every rank validates, identically and before any collective: a bad row fails on all ranks at once
@@ -101,7 +102,8 @@ class RankRenderer:
         latents = self.pipe.generate_latents(prompt, seed, settings, negative_prompt)
         stats = last_video_stats(self.pipe)
         return {
-            "frames": self.pipe.decode(latents) if self.rank == 0 else None,
+            "frames": self.pipe.decode(latents) if self.rank == 0 and decode else None,
+            "latents": latents if self.rank == 0 and not decode else None,
             "settings": settings.__dict__,
             "masks": stats.masks if stats else {},
             "peak_bytes": stats.peak_bytes if stats else 0,

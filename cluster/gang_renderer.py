@@ -69,7 +69,7 @@ class GangRenderer:
         config = gang_config(settings)
         if replace_timeout_s is not None:
             config = dataclasses.replace(config, replace_timeout_s=replace_timeout_s)
-        self.config, self.auto = config, settings.gangs == "auto"
+        self.config, self.auto, self.overlap = config, settings.gangs == "auto", settings.overlap
         self.driver_node = ray.get_runtime_context().get_node_id()
         gangs = self.cluster_holds() if self.auto else settings.gangs
         self.pool = GangPool(config, gangs=gangs, max_attempts=settings.retries + 1)
@@ -96,8 +96,9 @@ class GangRenderer:
 
     @property
     def capacity(self) -> int:
-        """How many videos the driver should keep in flight now (the pool grows and shrinks)."""
-        return self.pool.capacity
+        """How many videos the driver should keep in flight now (the pool grows and shrinks): two per gang with
+        overlap, one denoising and one being stored."""
+        return self.pool.capacity * (2 if self.overlap else 1)
 
     @property
     def videos_per_gang(self) -> list[int]:
@@ -105,7 +106,7 @@ class GangRenderer:
 
     def render(self, task: RenderTask, settings: RenderSettings, out: OutputLocation) -> RenderedVideo:
         result = self.pool.render(task.prompt, task.seed, sampler_overrides(task, settings), task.negative_prompt,
-                                  publish=(out, task.id, settings))
+                                  publish=(out, task.id, settings), overlap=settings.overlap)
         s = result["settings"]
         return RenderedVideo(result["uri"], task.seed, s["num_frames"], s["height"], s["width"], s["steps"],
                              str(settings.model), result["skipped_fraction"], result["attempts"])

@@ -76,6 +76,9 @@ def _add_render(sub) -> None:
                    help="seconds a gang's collective may wait before the gang is replaced (default 300)")
     p.add_argument("--retries", type=int, default=2,
                    help="render a video again on a fresh gang up to N more times when its gang fails (default 2)")
+    p.add_argument("--no-overlap", action="store_true",
+                   help="run each video's fixed costs (text encoding, decoding, mp4 encoding, storing) between "
+                        "denoising loops instead of beside the next loop (for a GPU without memory for both)")
     p.add_argument("--force", action="store_true",
                    help="take the output's lease even if another run holds it (only when that run is known to be "
                         "gone: two runs on one output render the same ids twice)")
@@ -109,6 +112,7 @@ def settings_from_args(args):
         gangs=args.gangs if args.gangs is not None else (1 if args.sp > 1 else 0),  # sp > 1 needs a gang
         collective_timeout_s=args.collective_timeout,
         retries=args.retries,
+        overlap=not args.no_overlap,
     )
     resolve_knob(args.cache, args.cache_threshold)
     settings.validate()

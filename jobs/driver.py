@@ -81,9 +81,11 @@ def make_renderer(settings: RenderSettings) -> Renderer:
 
 
 class LocalRenderer:
-    """Renders in this process with one pipeline loaded once, and stores each video itself."""
+    """Renders in this process with one pipeline loaded once, and stores each video itself.
 
-    capacity = 1
+    The denoising loop is the only part that needs the model exclusively, so with ``settings.overlap`` two videos
+    are in flight: while one's loop runs, the other's fixed costs run beside it (its text is encoded before its
+    loop; its frames are decoded, encoded as mp4 and stored after), and the loop never waits on I/O."""
 
     def __init__(self, settings: RenderSettings):
         from ..cache import enable
@@ -93,18 +95,26 @@ class LocalRenderer:
         self.pipe = load_pipeline(settings.model, device=settings.device)
         profile = settings.profile or self.pipe.default_cache_profile()
         self.cache = enable(self.pipe, build_config(settings.cache, settings.cache_knob, profile))
+        self.capacity = 2 if settings.overlap else 1
+        self._loop = threading.Lock()  # one denoising loop at a time: the model and its cache state are shared
+        self.loop_seconds: list[float] = []  # per video, for benchmarks: the loop alone
         self._stores: dict[OutputLocation, OutputStore] = {}
 
     def frames(self, task: RenderTask, settings: RenderSettings):
         """(frames, sampler settings, skipped fraction) of one task."""
-        self.pipe.check_prompt(task.prompt)
+        pipe = self.pipe
+        pipe.check_prompt(task.prompt)
         if task.negative_prompt:
-            self.pipe.check_prompt(task.negative_prompt)
-        s = self.pipe.settings(**sampler_overrides(task, settings))
-        frames = self.pipe.generate(task.prompt, seed=task.seed, negative_prompt=task.negative_prompt,
-                                    num_frames=s.num_frames, height=s.height, width=s.width, steps=s.steps,
-                                    guidance_scale=s.guidance_scale)
-        skipped = last_video_stats(self.pipe).skipped_fraction if self.cache is not None else 0.0
+            pipe.check_prompt(task.negative_prompt)
+        s = pipe.settings(**sampler_overrides(task, settings))
+        with torch_no_grad():
+            embeddings = pipe.encode_prompt(task.prompt, task.negative_prompt, s.guidance_scale)
+            with self._loop:
+                start = time.perf_counter()
+                latents = pipe.generate_latents(task.prompt, task.seed, s, task.negative_prompt, embeddings=embeddings)
+                skipped = last_video_stats(pipe).skipped_fraction if self.cache is not None else 0.0
+                self.loop_seconds.append(time.perf_counter() - start)
+            frames = pipe.decode(latents)
         return frames, s, skipped
 
     def render(self, task: RenderTask, settings: RenderSettings, out: OutputLocation) -> RenderedVideo:
@@ -115,6 +125,12 @@ class LocalRenderer:
 
     def close(self) -> None:
         pass
+
+
+def torch_no_grad():
+    import torch
+
+    return torch.no_grad()
 
 
 def prompt_task(prompt: str, seed: int | None = None, video_id: str | None = None) -> RenderTask:
@@ -251,7 +267,9 @@ class RenderJob:
                 if self.report_seconds:
                     report.refresh_if_due()
             future = next(iter(done))
-            task = in_flight.pop(future)
+            return record_done(future, in_flight.pop(future))
+
+        def record_done(future: Future, task: RenderTask) -> dict:
             try:
                 video, seconds = future.result()
             except (ValueError, RuntimeError) as err:  # bad row, storage error, or a gang that failed for good
@@ -269,22 +287,28 @@ class RenderJob:
 
         try:
             with writer:
-                for task in self.tasks:
-                    if isinstance(task, RowProblem):
-                        yield record(task, STATUS_FAILED, error=task.error, attempts=0)
-                        continue
-                    if task.id in self.done:
-                        yield record(task, STATUS_SKIPPED, uri=self.store.video_uri(task.id))
-                        continue
-                    if renderer is None:
-                        renderer = self.renderer = make_renderer(settings)
-                    while len(in_flight) >= max(1, renderer.capacity):  # gang pools grow and shrink
+                try:
+                    for task in self.tasks:
+                        if isinstance(task, RowProblem):
+                            yield record(task, STATUS_FAILED, error=task.error, attempts=0)
+                            continue
+                        if task.id in self.done:
+                            yield record(task, STATUS_SKIPPED, uri=self.store.video_uri(task.id))
+                            continue
+                        if renderer is None:
+                            renderer = self.renderer = make_renderer(settings)
+                        while len(in_flight) >= max(1, renderer.capacity):  # gang pools grow and shrink
+                            yield finish_one()
+                        in_flight[start_render(render_one, task)] = task
+                        metrics.state(len(in_flight), gangs())
+                        writer.flush_if_due()
+                    while in_flight:
                         yield finish_one()
-                    in_flight[start_render(render_one, task)] = task
-                    metrics.state(len(in_flight), gangs())
-                    writer.flush_if_due()
-                while in_flight:
-                    yield finish_one()
+                except BaseException:  # a stop or an error: videos already stored keep their rows
+                    for future, task in list(in_flight.items()):
+                        if future.done() and future.exception() is None:
+                            record_done(future, in_flight.pop(future))
+                    raise
                 writer.flush()
                 report.final()  # after the last rows are flushed: the page shows the whole run
         finally:  # on a stop or an error, videos still in flight are abandoned (their gangs are closed below)

@@ -36,6 +36,8 @@ class RenderSettings:
     # as the cluster holds
     collective_timeout_s: float = 300.0  # every collective of a gang gives up after this long
     retries: int = 2  # a video whose gang fails is rendered again on a fresh gang up to this many more times
+    overlap: bool = True  # a video's fixed costs (text encoding, decoding, mp4 encoding, storing) run beside the
+    # next video's denoising loop; False: between loops (a GPU without memory for two videos at once)
 
     def validate(self) -> None:
         if not isinstance(self.sp, int) or self.sp < 1:

@@ -51,11 +51,14 @@ class VideoPipelineMixin:
 
     @torch.no_grad()
     def generate_latents(self, prompt: str, seed: int, settings: SamplerSettings, negative_prompt: str = "",
-                         on_step=None, start_step: int = 0, init: torch.Tensor | None = None) -> torch.Tensor:
+                         on_step=None, start_step: int = 0, init: torch.Tensor | None = None,
+                         embeddings: tuple | None = None) -> torch.Tensor:
         """The final latents.  With ``init`` (clean latents) and ``start_step`` the run starts from ``init``
-        noised to that step's sigma (SDEdit) instead of from pure noise."""
+        noised to that step's sigma (SDEdit) instead of from pure noise.  ``embeddings``: ``encode_prompt``'s
+        result computed ahead (while another video's loop ran), else it is computed here."""
         s = settings
-        cond, uncond = self.encode_prompt(prompt, negative_prompt, s.guidance_scale)
+        cond, uncond = embeddings if embeddings is not None else self.encode_prompt(prompt, negative_prompt,
+                                                                                    s.guidance_scale)
         latents = initial_noise(self.latent_shape(s), seed, self.execution_device, torch.float32)
         if init is not None:
             sigma = float(self.scheduler_sigmas(s.steps)[start_step])

@@ -123,7 +123,7 @@ def test_a_job_that_loses_its_lease_stops_before_rendering_beside_the_new_holder
     assert job.lease.renew() is False  # what the renewal thread sees at its next turn
     with pytest.raises(LeaseLost, match="run-intruder"):
         list(rows)
-    assert len(renderer.rendered) <= 2  # the one in flight may finish; nothing new starts
+    assert len(renderer.rendered) <= 1 + renderer.capacity  # those in flight may finish; nothing new starts
     assert lease_object(job.store).read().holder.run_id == "run-intruder"  # its lease is left alone
 
 

@@ -203,7 +203,7 @@ def test_python_api_strings_dicts_tables_and_frames(tmp_path, random_model_folde
     assert dicts[0]["status"] == "ok" and dicts[0]["seed"] == 3 and dicts[0]["tag"] == "t"
     table_rows = list(ditfarm.render(pa.table({"id": ["t1"], "prompt": [GOOD]}), **common))
     frame_rows = list(ditfarm.render(pd.DataFrame({"id": ["f1", "f2"], "prompt": [GOOD, "purple"]}), **common))
-    assert table_rows[0]["status"] == "ok" and [r["status"] for r in frame_rows] == ["ok", "failed"]
+    assert table_rows[0]["status"] == "ok" and {r["id"]: r["status"] for r in frame_rows} == {"f1": "ok", "f2": "failed"}
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.table({"id": ["m1"], "prompt": [GOOD]}), manifest)
     assert [r["status"] for r in ditfarm.render(str(manifest), **common)] == ["ok"]
