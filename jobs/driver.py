@@ -14,6 +14,7 @@ without its row, which the rerun renders again into the same key: one ``ok`` row
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import time
@@ -145,6 +146,18 @@ def request_id(prompt: str, settings: RenderSettings, **row) -> str:
     key = {"prompt": prompt, "model": settings.model, "cache": settings.cache, "knob": settings.cache_knob,
            **sampler_overrides(RenderTask(0, "", prompt, 0), settings), **{k: v for k, v in row.items() if v is not None}}
     return "p-" + hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _wait_for_renders(timeout_s: float = 900.0) -> None:
+    """At interpreter exit, let abandoned renders finish (at most a video each): finalising the interpreter under a
+    thread that is inside torch aborts the process.  A stopped CLI run does not get here (it exits at once)."""
+    deadline = time.monotonic() + timeout_s
+    for thread in threading.enumerate():
+        if thread.name.startswith("render-") and thread.is_alive():
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+atexit.register(_wait_for_renders)
 
 
 def start_render(fn, task) -> Future:
