@@ -14,6 +14,7 @@ import threading
 
 from ..jobs.driver import sampler_overrides
 from ..jobs.manifest import RenderTask
+from ..jobs.stopping import reclaim_signals
 from ..jobs.storage import OutputLocation, storage_env
 from ..jobs.types import RenderedVideo, RenderSettings
 from .gang import GangConfig, GangPool
@@ -66,6 +67,7 @@ class GangRenderer:
 
         if not ray.is_initialized():  # RAY_ADDRESS or a `ray start` cluster on this node, else a local one
             ray.init(log_to_driver=False)
+            reclaim_signals()  # ray.init replaced the run's SIGTERM handler with a bare exit
         config = gang_config(settings)
         if replace_timeout_s is not None:
             config = dataclasses.replace(config, replace_timeout_s=replace_timeout_s)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..cache.presets import POLICIES
+from .stopping import Stopped, stop_on_signals
 
 
 def gangs_value(text: str):
@@ -117,29 +118,6 @@ def settings_from_args(args):
     resolve_knob(args.cache, args.cache_threshold)
     settings.validate()
     return settings
-
-
-class Stopped(BaseException):
-    """SIGTERM (``ray job stop``, Kubernetes) or SIGINT arrived: stop now, keep what is stored, exit 128 + signal."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _stop(signum, frame):
-    raise Stopped(signum)
-
-
-def stop_on_signals():
-    """Turn SIGTERM and SIGINT into Stopped in the main thread; returns a function that restores the handlers."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    return lambda: [signal.signal(sig, handler) for sig, handler in previous.items()]
 
 
 def abandon_renders(code: int) -> None:

@@ -131,3 +131,70 @@ def test_ray_job_submit_reads_and_writes_s3_exactly_once(ray_head, s3_endpoint, 
     assert SECRET not in seen
     for obj in s3.list_objects_v2(Bucket=bucket)["Contents"]:
         assert SECRET.encode() not in s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+
+
+def test_ray_job_stop_ends_the_job_removes_its_gangs_and_a_rerun_resumes(ray_head, s3_endpoint):
+    """`ray job stop` mid-job: the job stops within seconds, its placement groups are removed, its lease is given
+    back (the rerun does not wait for it to go stale), and the rerun renders each remaining id exactly once."""
+    import time
+
+    aws = {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "AKIDTEST", "AWS_SECRET_ACCESS_KEY": SECRET,
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="AKIDTEST", aws_secret_access_key=SECRET,
+                      region_name="us-east-1")
+    bucket = "stop-" + uuid.uuid4().hex[:10]
+    s3.create_bucket(Bucket=bucket)
+    ids = [f"s{i:02d}" for i in range(10)]
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"id": ids, "prompt": [GOOD[i % 4] for i in range(10)]}), buffer)
+    s3.put_object(Bucket=bucket, Key="m.parquet", Body=buffer.getvalue())
+    args = [f"s3://{bucket}/m.parquet", "--out", f"s3://{bucket}/out", "--gangs", "2", "--steps", "40",
+            "--upscale", "2", "--no-progress", "--flush-every", "1"]
+    ray = [str(ray_head["bin"] / "ray")]
+    address = ["--address", ray_head["address"]]
+    submission = f"stop-{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + 120
+    while True:  # the head's job agent may not be registered yet
+        proc = subprocess.run([*ray, "job", "submit", *address, "--no-wait", "--submission-id", submission,
+                               "--runtime-env-json", json.dumps({"env_vars": aws}), "--", "ditfarm", "render", *args],
+                              env=ray_head["env"], capture_output=True, text=True, timeout=120)
+        if "No available agent" not in proc.stdout + proc.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert proc.returncode == 0, proc.stderr
+
+    def stored() -> int:
+        return s3.list_objects_v2(Bucket=bucket, Prefix="out/videos/").get("KeyCount", 0)
+
+    deadline = time.monotonic() + 300
+    while stored() < 2:
+        assert time.monotonic() < deadline, "the job stored too few videos in time"
+        time.sleep(0.2)
+    assert stored() < len(ids), "the job finished before it could be stopped"
+    sent = time.monotonic()
+    subprocess.run([*ray, "job", "stop", *address, submission], env=ray_head["env"], capture_output=True,
+                   text=True, timeout=120, check=True)
+    status = subprocess.run([*ray, "job", "status", *address, submission], env=ray_head["env"],
+                            capture_output=True, text=True, timeout=60)
+    assert "was stopped" in status.stdout + status.stderr and time.monotonic() - sent < 30, status
+    groups = json.loads(subprocess.run([*ray, "list", "placement-groups", *address, "--format", "json"],
+                                       env=ray_head["env"], capture_output=True, text=True, timeout=60,
+                                       check=True).stdout)
+    assert [g for g in groups if g["state"] != "REMOVED"] == [], groups
+    logs = subprocess.run([*ray, "job", "logs", *address, submission], env=ray_head["env"], capture_output=True,
+                          text=True, timeout=60).stdout
+    assert "stopped by SIGTERM" in logs, logs[-2000:]
+
+    rerun = submit(ray_head, args[:-2], aws)  # at once: the stopped run gave its lease back
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    env_before = dict(os.environ)
+    os.environ.update(aws)
+    try:
+        rows = read_all_results(f"s3://{bucket}/out").to_pylist()
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+    ok = sorted(r["id"] for r in rows if r["status"] == "ok")
+    assert ok == ids  # each id ok exactly once
+    videos = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/videos/")["Contents"])
+    assert videos == [f"out/videos/{i}.mp4" for i in ids]
