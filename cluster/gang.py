@@ -276,10 +276,17 @@ class GangPool:
         self._free: list[Gang] = []
         try:
             for _ in range(gangs):
-                self._add(Gang(config, self._name()))
+                try:
+                    self._add(Gang(config, self._name()))
+                except GangFailure as err:  # the cluster holds fewer than asked for (now): go on with those
+                    log.warning("%s; starting with %d gang(s)", err, len(self.gangs))
+                    break
         except BaseException:
             self.shutdown()
             raise
+        if not self.gangs:
+            raise NoGangsLeft(f"no gang could start: no node had room for {config.sp} rank(s) within "
+                              f"{config.start_timeout_s:.0f} s; nothing was rendered, and a rerun starts afresh")
 
     def _name(self) -> str:
         return f"ditfarm-gang-{next(self._names)}-{uuid.uuid4().hex[:6]}"

@@ -43,7 +43,8 @@ def test_auto_on_a_live_cluster_starts_what_it_holds(random_model_folder):
     try:
         renderer = GangRenderer(RenderSettings(model=str(random_model_folder), sp=1, gangs="auto"))
         try:
-            assert renderer.capacity == len(renderer.pool.gangs) == 2  # 3 CPUs, one left to the driver
+            assert renderer.pool.capacity == len(renderer.pool.gangs) == 2  # 3 CPUs, one left to the driver
+            assert renderer.capacity == 4  # two videos in flight per gang: one denoising, one being stored
         finally:
             renderer.close()
     finally:

@@ -54,7 +54,7 @@ def submit(head, args: list[str], aws: dict) -> subprocess.CompletedProcess:
     import time
 
     runtime_env = json.dumps({"env_vars": aws})
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while True:
         proc = subprocess.run(
             [head["bin"] / "ray", "job", "submit", "--address", head["address"], "--runtime-env-json", runtime_env,
@@ -153,8 +153,8 @@ def test_ray_job_stop_ends_the_job_removes_its_gangs_and_a_rerun_resumes(ray_hea
     ray = [str(ray_head["bin"] / "ray")]
     address = ["--address", ray_head["address"]]
     submission = f"stop-{uuid.uuid4().hex[:8]}"
-    deadline = time.monotonic() + 120
-    while True:  # the head's job agent may not be registered yet
+    deadline = time.monotonic() + 300
+    while True:  # the head's job agent may not be registered yet (minutes on a loaded machine)
         proc = subprocess.run([*ray, "job", "submit", *address, "--no-wait", "--submission-id", submission,
                                "--runtime-env-json", json.dumps({"env_vars": aws}), "--", "ditfarm", "render", *args],
                               env=ray_head["env"], capture_output=True, text=True, timeout=120)
