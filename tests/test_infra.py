@@ -435,7 +435,7 @@ def ray_head_with_fake_ditfarm():
     )
     address = f"http://127.0.0.1:{dashboard}"
     try:
-        deadline = time.monotonic() + 120  # `ray start` returns before the job agent takes submissions
+        deadline = time.monotonic() + 300  # `ray start` returns before the job agent takes submissions
         while True:
             probe = subprocess.run([venv_bin / "ray", "job", "submit", "--address", address, "--", "true"],
                                    env=env, capture_output=True, text=True, timeout=120)
