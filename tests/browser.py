@@ -106,7 +106,7 @@ class Chromium:
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:
             try:
-                os.killpg(self.process.pid, signal.SIGTERM)  # the session started with it: the browser's own children
+                os.killpg(self.process.pid, signal.SIGTERM)  # its process group: the browser's own children
                 self.process.wait(10)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 try:

@@ -48,6 +48,26 @@ def ray_head(s3_endpoint):
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def job_credentials(endpoint: str):
+    """The job's storage settings (with the recognisable secret) and a boto3 client of the test's own using them."""
+    aws = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "AKIDTEST", "AWS_SECRET_ACCESS_KEY": SECRET,
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="AKIDTEST", aws_secret_access_key=SECRET,
+                      region_name="us-east-1")
+    return aws, s3
+
+
+def results_as_the_job(aws: dict, out: str) -> list[dict]:
+    """Every results row under ``out``, read with the job's settings (this process's own are restored after)."""
+    env_before = dict(os.environ)
+    os.environ.update(aws)
+    try:
+        return read_all_results(out).to_pylist()
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+
+
 def submit(head, args: list[str], aws: dict) -> subprocess.CompletedProcess:
     """`ray job submit`, waiting for the head's job agent: `ray start` returns before the agent has registered,
     and a submission in that window is refused with "No available agent" (nothing runs, so a retry is safe)."""
@@ -67,10 +87,7 @@ def submit(head, args: list[str], aws: dict) -> subprocess.CompletedProcess:
 
 
 def test_ray_job_submit_reads_and_writes_s3_exactly_once(ray_head, s3_endpoint, tmp_path):
-    aws = {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "AKIDTEST", "AWS_SECRET_ACCESS_KEY": SECRET,
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="AKIDTEST", aws_secret_access_key=SECRET,
-                      region_name="us-east-1")
+    aws, s3 = job_credentials(s3_endpoint)
     bucket = "job-" + uuid.uuid4().hex[:10]
     s3.create_bucket(Bucket=bucket)
     ids = [f"v{i:02d}" for i in range(12)]
@@ -93,13 +110,7 @@ def test_ray_job_submit_reads_and_writes_s3_exactly_once(ray_head, s3_endpoint, 
         path = tmp_path / Path(key).name
         s3.download_file(bucket, key, str(path))
         assert read_mp4(path).shape == (8, 64, 64, 3)
-    env_before = dict(os.environ)
-    os.environ.update(aws)
-    try:
-        rows = read_all_results(f"s3://{bucket}/out").to_pylist()
-    finally:
-        os.environ.clear()
-        os.environ.update(env_before)
+    rows = results_as_the_job(aws, f"s3://{bucket}/out")
     assert len(rows) == 12
     errors = {r["id"]: r["error"] for r in rows if r["status"] == "failed"}
     assert set(errors) == {"v03", "bad id"}
@@ -138,10 +149,7 @@ def test_ray_job_stop_ends_the_job_removes_its_gangs_and_a_rerun_resumes(ray_hea
     back (the rerun does not wait for it to go stale), and the rerun renders each remaining id exactly once."""
     import time
 
-    aws = {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "AKIDTEST", "AWS_SECRET_ACCESS_KEY": SECRET,
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="AKIDTEST", aws_secret_access_key=SECRET,
-                      region_name="us-east-1")
+    aws, s3 = job_credentials(s3_endpoint)
     bucket = "stop-" + uuid.uuid4().hex[:10]
     s3.create_bucket(Bucket=bucket)
     ids = [f"s{i:02d}" for i in range(10)]
@@ -187,13 +195,7 @@ def test_ray_job_stop_ends_the_job_removes_its_gangs_and_a_rerun_resumes(ray_hea
 
     rerun = submit(ray_head, args[:-2], aws)  # at once: the stopped run gave its lease back
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
-    env_before = dict(os.environ)
-    os.environ.update(aws)
-    try:
-        rows = read_all_results(f"s3://{bucket}/out").to_pylist()
-    finally:
-        os.environ.clear()
-        os.environ.update(env_before)
+    rows = results_as_the_job(aws, f"s3://{bucket}/out")
     ok = sorted(r["id"] for r in rows if r["status"] == "ok")
     assert ok == ids  # each id ok exactly once
     videos = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/videos/")["Contents"])
