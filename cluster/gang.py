@@ -83,8 +83,18 @@ class GangMember:
         self.renderer = RankRenderer(self.rank, self.world, self.config)
         return self.rank
 
+    @ray.method(concurrency_group="publish")
+    def encode_text(self, prompt: str, sampler: dict, negative_prompt: str = "") -> tuple | None:
+        """Rank 0: the embeddings of a video's text, encoded beside the loop now running (see ``Gang.encode``);
+        None for a bad row or when encoding failed: the render then encodes (and reports) it itself."""
+        try:
+            return self.renderer.encode_text(prompt, sampler, negative_prompt)
+        except Exception as err:  # noqa: BLE001 - the render encodes again and raises where it belongs
+            log.warning("encoding the text ahead failed (%s); the render encodes it", err)
+            return None
+
     def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", publish=None,
-               defer: bool = False) -> dict:
+               defer: bool = False, embeddings: tuple | None = None) -> dict:
         """Every rank renders its shard; rank 0 returns the frames, or with ``publish`` (output location, video
         id, run settings) encodes and stores the mp4 itself and returns only its URI: raw frames never travel
         to the driver.  With ``defer`` rank 0 keeps the latents and returns a "ticket" at once; ``publish_video``
@@ -94,11 +104,13 @@ class GangMember:
         self._inject_fault(publish)
         defer = defer and publish is not None
         try:
-            result = self.renderer.render(prompt, seed, sampler, negative_prompt, decode=not defer)
+            result = self.renderer.render(prompt, seed, sampler, negative_prompt, decode=not defer,
+                                          embeddings=embeddings if self.rank == 0 else None)
         except ValueError as err:
             return {"error": str(err)}
         if publish is None or self.rank != 0:
             return result
+        result["text_ahead"] = embeddings is not None
         if defer:
             import uuid
 
@@ -204,13 +216,20 @@ class Gang:
             raise GangFailure(f"{self.name}: a rank failed: {err}") from err
 
     def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", publish=None,
-               defer: bool = False) -> dict:
+               defer: bool = False, embeddings: tuple | None = None) -> dict:
         """Every rank renders its shard; returns rank 0's result (frames or the stored URI, or with ``defer`` a
-        ticket for ``finish``; settings, cache stats)."""
+        ticket for ``finish``; settings, cache stats).  ``embeddings``: the text encoded ahead (``encode``)."""
         if not self.members:
             raise GangFailure(f"{self.name} was killed")
-        refs = [m.render.remote(prompt, seed, sampler, negative_prompt, publish, defer) for m in self.members]
+        refs = [m.render.remote(prompt, seed, sampler, negative_prompt, publish, defer, embeddings if i == 0 else None)
+                for i, m in enumerate(self.members)]
         return self._checked(self._call(refs, self.config.call_timeout_s)[0])
+
+    def encode(self, prompt: str, sampler: dict, negative_prompt: str = ""):
+        """Start encoding a video's text on rank 0, beside whatever the gang is denoising; an ObjectRef of the
+        embeddings (or None), or None when the gang is gone.  Whichever gang renders the video may use them."""
+        members = self.members
+        return members[0].encode_text.remote(prompt, sampler, negative_prompt) if members else None
 
     def finish(self, ticket: str) -> dict:
         """Wait for rank 0 to store a deferred video; {"uri": ...}.  Other calls may run on the gang meanwhile."""
@@ -272,21 +291,43 @@ class GangPool:
         self._starting = 0  # gangs being started (replacements, growth)
         self._closed = False
         self._names = itertools.count()
+        self._encoders = itertools.count()  # round robin of the gangs that encode text ahead
         self.gangs: list[Gang] = []
         self._free: list[Gang] = []
         try:
-            for _ in range(gangs):
-                try:
-                    self._add(Gang(config, self._name()))
-                except GangFailure as err:  # the cluster holds fewer than asked for (now): go on with those
-                    log.warning("%s; starting with %d gang(s)", err, len(self.gangs))
-                    break
+            self._start_together(gangs)
         except BaseException:
             self.shutdown()
             raise
         if not self.gangs:
             raise NoGangsLeft(f"no gang could start: no node had room for {config.sp} rank(s) within "
                               f"{config.start_timeout_s:.0f} s; nothing was rendered, and a rerun starts afresh")
+
+    def _start_together(self, gangs: int) -> None:
+        """Start the first gangs at once (each loads its model copy in parallel); go on with those that started
+        when the cluster holds fewer than asked for.  A gang that finishes starting after an interrupt is killed
+        (``_add`` on a closed pool)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=max(1, gangs), thread_name_prefix="ditfarm-gang-start")
+        futures = [pool.submit(Gang, self.config, self._name()) for _ in range(gangs)]
+        failures = []
+        try:
+            for future in futures:
+                try:
+                    self._add(future.result())
+                except GangFailure as err:  # the cluster holds fewer than asked for (now): go on with those
+                    failures.append(err)
+        except BaseException:
+            with self._cond:
+                self._closed = True
+            for future in futures:
+                future.add_done_callback(lambda f: not f.cancelled() and f.exception() is None and f.result().kill())
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        if failures and self.gangs:
+            log.warning("%s; starting with %d gang(s)", failures[0], len(self.gangs))
 
     def _name(self) -> str:
         return f"ditfarm-gang-{next(self._names)}-{uuid.uuid4().hex[:6]}"
@@ -341,12 +382,16 @@ class GangPool:
                overlap: bool = False) -> dict:
         """Render one video on whichever gang is free.  With ``overlap`` (and ``publish``) the gang is given back
         as soon as its loop ends, and this call waits for rank 0 to store the video while the gang already
-        denoises another one."""
+        denoises another one; the video's text is encoded ahead, on some gang's rank 0 beside its loop, while
+        this call waits for a free gang."""
         last = None
+        ahead = self._encode_ahead(prompt, sampler, negative_prompt) if overlap and publish is not None else None
         for attempt in range(1, self.max_attempts + 1):
             gang = self.borrow()
+            embeddings, ahead = self._embeddings(ahead), None
             try:
-                result = gang.render(prompt, seed, sampler, negative_prompt, publish, defer=overlap)
+                result = gang.render(prompt, seed, sampler, negative_prompt, publish, defer=overlap,
+                                     embeddings=embeddings)
             except GangFailure as err:
                 last = err
                 more = attempt < self.max_attempts
@@ -369,6 +414,25 @@ class GangPool:
             result["attempts"] = attempt
             return result
         raise GangFailure(f"video failed on {self.max_attempts} gang(s) in a row: {last}", attempts=self.max_attempts)
+
+    def _encode_ahead(self, prompt: str, sampler: dict, negative_prompt: str):
+        """Ask the next gang in turn to encode the text now (its rank 0's publishing thread, beside its loop)."""
+        with self._cond:
+            if not self.gangs:
+                return None
+            gang = self.gangs[next(self._encoders) % len(self.gangs)]
+        return gang.encode(prompt, sampler, negative_prompt)
+
+    def _embeddings(self, ahead):
+        """The embeddings encoded ahead, or None (none asked for, bad row, or their gang died): the render then
+        encodes the text itself."""
+        if ahead is None:
+            return None
+        try:
+            return ray.get(ahead, timeout=self.config.call_timeout_s)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as err:
+            log.info("the text encoded ahead is lost (%s); the render encodes it", err)
+            return None
 
     def replace(self, dead: Gang) -> None:
         """Take a failed gang out and start one in its place, or retire the slot when there is no room."""

@@ -73,24 +73,43 @@ class RankRenderer:
 
     def _wrap_text_encoder(self) -> None:
         """Encode on rank 0 only and broadcast the embeddings to the other ranks."""
-        encode = self.pipe.encode_prompt
+        self._encode_on_rank0 = self.pipe.encode_prompt
 
         def encode_once(prompt, negative_prompt="", guidance_scale=1.0):
-            local = None
-            if self.rank == 0:
-                cond, uncond = encode(prompt, negative_prompt, guidance_scale)
-                local = [cond.cpu()] + ([uncond.cpu()] if uncond is not None else [])
-            received = broadcast_tensors(local)
-            device = self.pipe.execution_device
-            cond = received[0].to(device)
-            uncond = received[1].to(device) if len(received) > 1 else None
-            return cond, uncond
+            return self._shared_embeddings(prompt, negative_prompt, guidance_scale, None)
 
         self.pipe.encode_prompt = encode_once
 
-    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", decode: bool = True) -> dict:
+    def _shared_embeddings(self, prompt: str, negative_prompt: str, guidance_scale: float, ahead) -> tuple:
+        """Rank 0's embeddings (``ahead``: computed beforehand, else encoded now) on every rank."""
+        local = None
+        if self.rank == 0:
+            cond, uncond = ahead if ahead is not None else self._encode_on_rank0(prompt, negative_prompt,
+                                                                                 guidance_scale)
+            local = [cond.cpu()] + ([uncond.cpu()] if uncond is not None else [])
+        received = broadcast_tensors(local)
+        device = self.pipe.execution_device
+        return received[0].to(device), (received[1].to(device) if len(received) > 1 else None)
+
+    def encode_text(self, prompt: str, sampler: dict, negative_prompt: str = "") -> tuple | None:
+        """Rank 0, ahead of the video's render (beside another video's loop): its text embeddings on the CPU, or
+        None when the row is bad (its render then fails with the error on every rank alike)."""
+        try:
+            self.pipe.check_prompt(prompt)
+            if negative_prompt:
+                self.pipe.check_prompt(negative_prompt)
+            settings = self.pipe.settings(**sampler)
+        except ValueError:
+            return None
+        encode = getattr(self, "_encode_on_rank0", self.pipe.encode_prompt)
+        cond, uncond = encode(prompt, negative_prompt, settings.guidance_scale)
+        return cond.cpu(), (uncond.cpu() if uncond is not None else None)
+
+    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", decode: bool = True,
+               embeddings: tuple | None = None) -> dict:
         """Denoise this rank's shard of one video; rank 0 decodes and returns the frames (``decode=False``: the
-        latents instead, as "latents", for a decode that runs beside the next video's loop)."""
+        latents instead, as "latents", for a decode that runs beside the next video's loop).  ``embeddings``
+        (rank 0 only): ``encode_text``'s result, computed while the previous video denoised."""
         from ..cache import last_video_stats
 
         # Every rank validates, identically and before any collective: a bad row fails on all ranks at once
@@ -99,7 +118,12 @@ class RankRenderer:
         if negative_prompt:
             self.pipe.check_prompt(negative_prompt)
         settings = self.pipe.settings(**sampler)
-        latents = self.pipe.generate_latents(prompt, seed, settings, negative_prompt)
+        if self.world > 1:  # every rank takes part in the broadcast, whether or not rank 0 encoded ahead
+            embeddings = self._shared_embeddings(prompt, negative_prompt, settings.guidance_scale, embeddings)
+        elif embeddings is not None:
+            device = self.pipe.execution_device
+            embeddings = tuple(e.to(device) if e is not None else None for e in embeddings)
+        latents = self.pipe.generate_latents(prompt, seed, settings, negative_prompt, embeddings=embeddings)
         stats = last_video_stats(self.pipe)
         return {
             "frames": self.pipe.decode(latents) if self.rank == 0 and decode else None,

@@ -58,6 +58,30 @@ def test_gang_renders_like_one_process_and_survives_a_killed_rank(ray_cluster, r
         pool.shutdown()
 
 
+def test_a_gang_encodes_the_next_text_ahead_and_renders_the_same_video(ray_cluster, random_model_folder, tmp_path):
+    """With overlap a video's text is encoded on rank 0 beside the previous loop and handed to the render: the
+    stored video and its cache masks are those of a render that encoded the text itself."""
+    from ditfarm.jobs.driver import RenderSettings
+    from ditfarm.jobs.storage import OutputLocation
+    from ditfarm.pipelines.video_io import read_mp4
+
+    config = GangConfig(sp=2, rank=RankConfig(model=str(random_model_folder), cache="adaptive", cache_knob=0.2,
+                                              timeout_s=20), call_timeout_s=120)
+    settings = RenderSettings(model=str(random_model_folder), steps=6)
+    pool = GangPool(config, gangs=1)
+    try:
+        results = {}
+        for overlap in (True, False):
+            out = OutputLocation(str(tmp_path / f"overlap-{overlap}"))
+            results[overlap] = pool.render(PROMPT, 3, dict(steps=6), publish=(out, "v", settings), overlap=overlap)
+    finally:
+        pool.shutdown()
+    assert results[True]["text_ahead"] and not results[False]["text_ahead"]
+    assert results[True]["masks"] == results[False]["masks"]
+    frames = [read_mp4(tmp_path / f"overlap-{o}" / "videos" / "v.mp4") for o in (True, False)]
+    assert (frames[0] == frames[1]).all()
+
+
 def _manifest(path, prompts):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -144,3 +168,28 @@ def test_a_poison_row_fails_after_its_retries_and_every_other_row_renders(ray_cl
     assert rows["v1"]["status"] == "failed" and rows["v1"]["attempts"] == 2
     assert "failed on 2 gang(s) in a row" in rows["v1"]["error"] and "a rank failed" in rows["v1"]["error"]
     assert all(rows[v]["status"] == "ok" and rows[v]["attempts"] == 1 for v in ("v0", "v2", "v3"))
+
+
+def test_gangs_start_together_and_a_pool_goes_on_with_those_the_cluster_holds(ray_cluster, random_model_folder):
+    """Three gangs of one CPU asked of a 2-CPU cluster: two start (loading their models at the same time, so the
+    pool is up in the third's timeout plus well under two gangs' starts: one after the other it takes at least the
+    timeout plus two), the third times out, its placement group is removed, and the pool renders on two."""
+    timeout_s = 20
+
+    def start(gangs: int) -> tuple[GangPool, float]:
+        t0 = time.monotonic()
+        pool = GangPool(GangConfig(sp=1, rank=RankConfig(model=str(random_model_folder)), start_timeout_s=timeout_s,
+                                   call_timeout_s=120), gangs=gangs)
+        return pool, time.monotonic() - t0
+
+    one, one_seconds = start(1)
+    one.shutdown()
+    pool, seconds = start(3)
+    try:
+        assert pool.alive == 2
+        groups = [g["name"] for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
+        assert len(groups) == 2, groups
+        assert seconds < timeout_s + 1.5 * one_seconds, (seconds, one_seconds)
+        assert pool.render(PROMPT, 1, dict(steps=2))["frames"] is not None
+    finally:
+        pool.shutdown()

@@ -192,6 +192,28 @@ def test_rayjob_reads_and_writes_s3_with_credentials_from_a_secret():
             assert all(n.startswith("AWS_") for n in env)
 
 
+def test_clusters_authenticate_with_the_token_the_submitter_uses_and_run_the_pinned_ray():
+    """Ray 2.60 authenticates by default: the long-lived cluster takes its token from the Secret the scheduled
+    submitter reads (same name, KubeRay's key ``auth_token``), the RayJob has KubeRay make one, and both run the
+    Ray that the images pin (head, workers and drivers must agree)."""
+    import re
+
+    (cluster,) = [d for d in yaml.safe_load_all((INFRA / "kuberay" / "raycluster.yaml").read_text()) if d]
+    (job,) = [d for d in yaml.safe_load_all(RAYJOB.read_text()) if d]
+    assert cluster["spec"]["authOptions"]["mode"] == "token"
+    assert job["spec"]["rayClusterSpec"]["authOptions"]["mode"] == "token"
+    (container,) = cronjob()["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["RAY_AUTH_MODE"]["value"] == "token"
+    ref = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": cluster["spec"]["authOptions"]["secretName"], "key": "auth_token"}
+    versions = {cluster["spec"]["rayVersion"], job["spec"]["rayClusterSpec"]["rayVersion"]}
+    for dockerfile in ("Dockerfile", "Dockerfile.gpu"):
+        (pinned,) = re.findall(r'"ray\[default\]==([0-9.]+)"', (INFRA / dockerfile).read_text())
+        versions.add(pinned)
+    assert len(versions) == 1, versions
+
+
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
 def test_images_copy_everything_the_build_reads(dockerfile):
     """`pip install .` in the image reads setup.py (package discovery) and every mapped folder."""
