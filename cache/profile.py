@@ -61,7 +61,9 @@ class CacheProfile:
     def background_blocks(self) -> list[int]:
         return [b.index for b in self.blocks if b.block_class == BACKGROUND]
 
-    def check_model(self, transformer: torch.nn.Module, source: str = "profile") -> None:
+    def check_model(self, transformer: torch.nn.Module, source: str | None = None) -> None:
+        """Refuse a profile measured on another model (named by the file it was loaded from, where known)."""
+        source = source or (f"profile {self.source}" if getattr(self, "source", None) else "profile")
         actual = model_identity(transformer)
         if actual != self.model:
             raise ProfileMismatchError(
@@ -87,4 +89,6 @@ class CacheProfile:
         if data.get("format") != FORMAT:
             raise ValueError(f"{path} is not a ditfarm cache profile (format {data.get('format')!r}, want {FORMAT})")
         data["blocks"] = [BlockProfile(**b) for b in data["blocks"]]
-        return cls(**data)
+        profile = cls(**data)
+        profile.source = str(path)  # not a field: names the file in errors, never saved
+        return profile

@@ -13,6 +13,7 @@ new gang in its place and renders the video again from the start.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -126,8 +127,15 @@ class GangMember:
     def publish_video(self, ticket: str) -> dict:
         """Rank 0: decode, encode and store a deferred video (beside the next render); {"uri"} or
         {"storage_error"}."""
+        import torch
+
+        from ..pipelines.phases import PhaseClock
+
         latents, publish = self.pending.pop(ticket)
-        return self._store(self.renderer.pipe.decode(latents), publish)
+        clock = PhaseClock(self.renderer.pipe.execution_device)
+        with torch.no_grad(), clock.phase("decode"):
+            frames = self.renderer.pipe.decode(latents)
+        return {**self._store(frames, publish), "decode_seconds": clock.seconds["decode"]}
 
     def _store(self, frames, publish) -> dict:
         from ..jobs.driver import publish_video
@@ -136,7 +144,7 @@ class GangMember:
         location, video_id, settings = publish
         store = self.outputs.get(location) or self.outputs.setdefault(location, location.open())
         try:
-            return {"uri": publish_video(store, video_id, frames, settings)}
+            return {"uri": publish_video(store, video_id, frames, settings, self.renderer.pipe.video)}
         except (StorageError, ValueError) as err:
             return {"storage_error": str(err)}
 
@@ -385,13 +393,15 @@ class GangPool:
         denoises another one; the video's text is encoded ahead, on some gang's rank 0 beside its loop, while
         this call waits for a free gang."""
         last = None
-        ahead = self._encode_ahead(prompt, sampler, negative_prompt) if overlap and publish is not None else None
+        # "where memory allows": an offloaded text encoder would visit the accelerator beside another loop
+        encode_ahead = overlap and publish is not None and not self.config.rank.offload_text_encoder
+        ahead = self._encode_ahead(prompt, sampler, negative_prompt) if encode_ahead else None
         for attempt in range(1, self.max_attempts + 1):
             gang = self.borrow()
-            embeddings, ahead = self._embeddings(ahead), None
+            encoded, ahead = self._embeddings(ahead), None
             try:
                 result = gang.render(prompt, seed, sampler, negative_prompt, publish, defer=overlap,
-                                     embeddings=embeddings)
+                                     embeddings=encoded["embeddings"] if encoded else None)
             except GangFailure as err:
                 last = err
                 more = attempt < self.max_attempts
@@ -409,6 +419,10 @@ class GangPool:
                     last = err
                     log.warning("%s; rendering the video again", err)
                     continue
+            if result.get("phases") is not None:
+                result["phases"] = dataclasses.replace(
+                    result["phases"], **({"text_seconds": round(encoded["seconds"], 4)} if encoded else {}),
+                    **({"decode_seconds": round(result.pop("decode_seconds"), 4)} if "decode_seconds" in result else {}))
             with self._cond:
                 self.videos_by_gang[gang.name] = self.videos_by_gang.get(gang.name, 0) + 1
             result["attempts"] = attempt

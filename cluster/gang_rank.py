@@ -25,6 +25,8 @@ class RankConfig:
     cache_knob: float | None = None
     profile: str | None = None
     timeout_s: float = 120.0
+    dtype: str = "auto"
+    offload_text_encoder: bool = False
 
 
 def gpu_attention_kernel(dtype: torch.dtype = torch.bfloat16) -> str:
@@ -60,7 +62,9 @@ class RankRenderer:
         from .sequence_parallel import SequenceParallelConfig, enable_sequence_parallel
 
         self.rank, self.world, self.config = rank, world, config
-        self.pipe = load_pipeline(config.model, device=config.device)
+        # only rank 0 encodes text and decodes video: the other ranks load the transformer alone
+        self.pipe = load_pipeline(config.model, device=config.device, dtype=config.dtype, encode_and_decode=rank == 0,
+                                  offload_text_encoder=config.offload_text_encoder)
         if world > 1:
             cuda = config.device.startswith("cuda")
             attn = gpu_attention_kernel(self.pipe.transformer.dtype) if cuda else "torch_math"
@@ -91,9 +95,12 @@ class RankRenderer:
         device = self.pipe.execution_device
         return received[0].to(device), (received[1].to(device) if len(received) > 1 else None)
 
-    def encode_text(self, prompt: str, sampler: dict, negative_prompt: str = "") -> tuple | None:
-        """Rank 0, ahead of the video's render (beside another video's loop): its text embeddings on the CPU, or
-        None when the row is bad (its render then fails with the error on every rank alike)."""
+    def encode_text(self, prompt: str, sampler: dict, negative_prompt: str = "") -> dict | None:
+        """Rank 0, ahead of the video's render (beside another video's loop): {"embeddings": (cond, uncond) on
+        the CPU, "seconds"}, or None when the row is bad (its render then fails with the error on every rank
+        alike)."""
+        from ..pipelines.phases import PhaseClock
+
         try:
             self.pipe.check_prompt(prompt)
             if negative_prompt:
@@ -102,15 +109,20 @@ class RankRenderer:
         except ValueError:
             return None
         encode = getattr(self, "_encode_on_rank0", self.pipe.encode_prompt)
-        cond, uncond = encode(prompt, negative_prompt, settings.guidance_scale)
-        return cond.cpu(), (uncond.cpu() if uncond is not None else None)
+        clock = PhaseClock(self.pipe.execution_device)
+        with torch.no_grad(), clock.phase("text"):
+            cond, uncond = encode(prompt, negative_prompt, settings.guidance_scale)
+            embeddings = cond.cpu(), (uncond.cpu() if uncond is not None else None)
+        return {"embeddings": embeddings, "seconds": clock.seconds["text"]}
 
     def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", decode: bool = True,
                embeddings: tuple | None = None) -> dict:
         """Denoise this rank's shard of one video; rank 0 decodes and returns the frames (``decode=False``: the
         latents instead, as "latents", for a decode that runs beside the next video's loop).  ``embeddings``
-        (rank 0 only): ``encode_text``'s result, computed while the previous video denoised."""
+        (rank 0 only): ``encode_text``'s embeddings, computed while the previous video denoised.  Rank 0's
+        "phases" are its VideoPhases (text seconds only where it encoded here)."""
         from ..cache import last_video_stats
+        from ..pipelines.phases import PhaseClock
 
         # Every rank validates, identically and before any collective: a bad row fails on all ranks at once
         # instead of leaving the others waiting for rank 0 in a broadcast.
@@ -118,18 +130,37 @@ class RankRenderer:
         if negative_prompt:
             self.pipe.check_prompt(negative_prompt)
         settings = self.pipe.settings(**sampler)
-        if self.world > 1:  # every rank takes part in the broadcast, whether or not rank 0 encoded ahead
-            embeddings = self._shared_embeddings(prompt, negative_prompt, settings.guidance_scale, embeddings)
-        elif embeddings is not None:
-            device = self.pipe.execution_device
-            embeddings = tuple(e.to(device) if e is not None else None for e in embeddings)
-        latents = self.pipe.generate_latents(prompt, seed, settings, negative_prompt, embeddings=embeddings)
+        clock = PhaseClock(self.pipe.execution_device)
+        clock.reset_peak()
+        with torch.no_grad():
+            if self.world > 1:  # every rank takes part in the broadcast, whether or not rank 0 encoded ahead
+                with clock.phase("text") if embeddings is None else _nothing():
+                    embeddings = self._shared_embeddings(prompt, negative_prompt, settings.guidance_scale, embeddings)
+            elif embeddings is not None:
+                device = self.pipe.execution_device
+                embeddings = tuple(e.to(device) if e is not None else None for e in embeddings)
+            else:
+                with clock.phase("text"):
+                    embeddings = self.pipe.encode_prompt(prompt, negative_prompt, settings.guidance_scale)
+            with clock.phase("denoise"):
+                latents = self.pipe.generate_latents(prompt, seed, settings, negative_prompt, embeddings=embeddings)
+            frames = None
+            if self.rank == 0 and decode:
+                with clock.phase("decode"):
+                    frames = self.pipe.decode(latents)
         stats = last_video_stats(self.pipe)
         return {
-            "frames": self.pipe.decode(latents) if self.rank == 0 and decode else None,
+            "frames": frames,
             "latents": latents if self.rank == 0 and not decode else None,
             "settings": settings.__dict__,
             "masks": stats.masks if stats else {},
             "peak_bytes": stats.peak_bytes if stats else 0,
             "skipped_fraction": stats.skipped_fraction if stats else 0.0,
+            "phases": clock.phases(),
         }
+
+
+def _nothing():
+    from contextlib import nullcontext
+
+    return nullcontext()

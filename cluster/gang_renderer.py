@@ -27,7 +27,8 @@ def gang_config(settings: RenderSettings) -> GangConfig:
     """One rank per GPU on GPU devices, one CPU each otherwise."""
     on_gpu = settings.device.startswith("cuda")
     rank = RankConfig(model=settings.model, device=settings.device, cache=settings.cache,
-                      cache_knob=settings.cache_knob, profile=settings.profile, timeout_s=settings.collective_timeout_s)
+                      cache_knob=settings.cache_knob, profile=settings.profile, timeout_s=settings.collective_timeout_s,
+                      dtype=settings.dtype, offload_text_encoder=settings.offload_text_encoder)
     return GangConfig(sp=settings.sp, rank=rank, gpus_per_rank=1.0 if on_gpu else 0.0, cpus_per_rank=1.0,
                       env_vars=tuple(sorted(worker_env().items())))
 
@@ -111,7 +112,8 @@ class GangRenderer:
                                   publish=(out, task.id, settings), overlap=settings.overlap)
         s = result["settings"]
         return RenderedVideo(result["uri"], task.seed, s["num_frames"], s["height"], s["width"], s["steps"],
-                             str(settings.model), result["skipped_fraction"], result["attempts"])
+                             str(settings.model), result["skipped_fraction"], result["attempts"],
+                             phases=result.get("phases"))
 
     def gang_health(self) -> tuple[int, int]:
         """(gangs alive, gangs replaced so far), for the progress line and the metrics."""

@@ -70,7 +70,8 @@ def render(prompts, out, model: str = "tiny", cache: str = "none", sp: int = 1, 
 
     ``prompts``: a list of strings, a list of dicts (manifest columns), a pyarrow Table, a pandas DataFrame, or a
     manifest path or URI.  ``options``: any RenderSettings field (steps, guidance_scale, num_frames, height,
-    width, cache_knob, profile, upscale, fps, device, flush_every, flush_seconds, collective_timeout_s).
+    width, cache_knob, profile, upscale, fps (None: the model's), device, dtype, offload_text_encoder, flush_every,
+    flush_seconds, collective_timeout_s).
 
     The run holds ``out``'s lease while it renders: a second run on the same output refuses (LeaseHeld) unless
     ``force``.  The lease is given back when the iterator is exhausted or garbage-collected."""

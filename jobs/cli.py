@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..cache.presets import POLICIES
+from ..pipelines.precision import DTYPE_NAMES
 from .stopping import Stopped, stop_on_signals
 
 
@@ -57,9 +58,15 @@ def _add_render(sub) -> None:
     p.add_argument("--num-frames", type=int)
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
-    p.add_argument("--upscale", type=int, default=8, help="integer nearest-neighbour upscale of the mp4 (default 8)")
-    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--upscale", type=int,
+                   help="integer nearest-neighbour upscale of the mp4 (default: the model's; tiny 8, Wan2.1 1)")
+    p.add_argument("--fps", type=int, help="frames per second of the mp4 (default: the model's; tiny 8, Wan2.1 16)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_NAMES,
+                   help="transformer and text encoder precision; auto: bf16 on CUDA, fp32 on CPU (a Wan VAE is "
+                        "always fp32)")
+    p.add_argument("--offload-text-encoder", action="store_true",
+                   help="keep the text encoder in host memory between prompts (it visits the GPU to encode)")
     p.add_argument("--cache", default="none", choices=POLICIES, help="block-cache policy (default: none)")
     p.add_argument(
         "--cache-threshold",
@@ -104,6 +111,8 @@ def settings_from_args(args):
         upscale=args.upscale,
         fps=args.fps,
         device=args.device,
+        dtype=args.dtype,
+        offload_text_encoder=args.offload_text_encoder,
         flush_every=args.flush_every,
         flush_seconds=args.flush_seconds,
         cache=args.cache,

@@ -66,11 +66,14 @@ def sampler_overrides(task: RenderTask, settings: RenderSettings) -> dict:
     return {n: getattr(task, n) if getattr(task, n) is not None else getattr(settings, n) for n in names}
 
 
-def publish_video(store: OutputStore, video_id: str, frames: np.ndarray, settings: RenderSettings) -> str:
-    """Encode the frames as an mp4 once and store it as ``videos/<id>.mp4``; returns its URI."""
+def publish_video(store: OutputStore, video_id: str, frames: np.ndarray, settings: RenderSettings, video) -> str:
+    """Encode the frames as an mp4 once and store it as ``videos/<id>.mp4``; returns its URI.  ``video``: the
+    model's VideoDefaults (fps and upscale where the run sets none)."""
     from ..pipelines.video_io import write_mp4
 
-    return store.store_video(video_id, lambda path: write_mp4(frames, path, fps=settings.fps, upscale=settings.upscale))
+    fps = settings.fps or video.fps
+    upscale = settings.upscale or video.upscale
+    return store.store_video(video_id, lambda path: write_mp4(frames, path, fps=fps, upscale=upscale))
 
 
 def make_renderer(settings: RenderSettings) -> Renderer:
@@ -93,36 +96,52 @@ class LocalRenderer:
         from ..cache.presets import build_config
         from ..pipelines.loading import load_pipeline
 
-        self.pipe = load_pipeline(settings.model, device=settings.device)
+        self.pipe = load_pipeline(settings.model, device=settings.device, dtype=settings.dtype,
+                                  offload_text_encoder=settings.offload_text_encoder)
         profile = settings.profile or self.pipe.default_cache_profile()
         self.cache = enable(self.pipe, build_config(settings.cache, settings.cache_knob, profile))
         self.capacity = 2 if settings.overlap else 1
+        # an offloaded text encoder visits the accelerator only in the loop's turn, never beside another loop
+        self.encode_in_turn = settings.offload_text_encoder
         self._loop = threading.Lock()  # one denoising loop at a time: the model and its cache state are shared
         self.loop_seconds: list[float] = []  # per video, for benchmarks: the loop alone
         self._stores: dict[OutputLocation, OutputStore] = {}
 
     def frames(self, task: RenderTask, settings: RenderSettings):
-        """(frames, sampler settings, skipped fraction) of one task."""
+        """(frames, sampler settings, skipped fraction, VideoPhases) of one task."""
+        from ..pipelines.phases import PhaseClock
+
         pipe = self.pipe
         pipe.check_prompt(task.prompt)
         if task.negative_prompt:
             pipe.check_prompt(task.negative_prompt)
         s = pipe.settings(**sampler_overrides(task, settings))
+        clock = PhaseClock(pipe.execution_device)
         with torch_no_grad():
-            embeddings = pipe.encode_prompt(task.prompt, task.negative_prompt, s.guidance_scale)
+            embeddings = None
+            if not self.encode_in_turn:
+                with clock.phase("text"):
+                    embeddings = pipe.encode_prompt(task.prompt, task.negative_prompt, s.guidance_scale)
             with self._loop:
-                start = time.perf_counter()
-                latents = pipe.generate_latents(task.prompt, task.seed, s, task.negative_prompt, embeddings=embeddings)
+                clock.reset_peak()
+                if embeddings is None:
+                    with clock.phase("text"):
+                        embeddings = pipe.encode_prompt(task.prompt, task.negative_prompt, s.guidance_scale)
+                with clock.phase("denoise"):
+                    latents = pipe.generate_latents(task.prompt, task.seed, s, task.negative_prompt,
+                                                    embeddings=embeddings)
                 skipped = last_video_stats(pipe).skipped_fraction if self.cache is not None else 0.0
-                self.loop_seconds.append(time.perf_counter() - start)
-            frames = pipe.decode(latents)
-        return frames, s, skipped
+                self.loop_seconds.append(clock.seconds["denoise"])
+            with clock.phase("decode"):
+                frames = pipe.decode(latents)
+        return frames, s, skipped, clock.phases()
 
     def render(self, task: RenderTask, settings: RenderSettings, out: OutputLocation) -> RenderedVideo:
-        frames, s, skipped = self.frames(task, settings)
+        frames, s, skipped, phases = self.frames(task, settings)
         store = self._stores.get(out) or self._stores.setdefault(out, out.open())
-        uri = publish_video(store, task.id, frames, settings)
-        return RenderedVideo(uri, task.seed, s.num_frames, s.height, s.width, s.steps, str(settings.model), skipped)
+        uri = publish_video(store, task.id, frames, settings, self.pipe.video)
+        return RenderedVideo(uri, task.seed, s.num_frames, s.height, s.width, s.steps, str(settings.model), skipped,
+                             phases=phases)
 
     def close(self) -> None:
         pass
@@ -291,7 +310,8 @@ class RenderJob:
             return record(task, STATUS_OK, uri=video.uri, frames=video.num_frames, height=video.height,
                           width=video.width, steps=video.steps, model=video.model, seconds=seconds,
                           cache=settings.cache, cache_knob=resolve_knob(settings.cache, settings.cache_knob),
-                          skipped_fraction=video.skipped_fraction, attempts=video.attempts)
+                          skipped_fraction=video.skipped_fraction, attempts=video.attempts,
+                          **(video.phases.as_row() if video.phases is not None else {}))
 
         def render_one(task: RenderTask):
             start = time.perf_counter()

@@ -33,7 +33,8 @@ INTEGER_COLUMNS = ("seed", "num_frames", "height", "width", "steps")
 OPTIONAL_COLUMNS = ("seed", "negative_prompt", "num_frames", "height", "width", "steps", "guidance_scale")
 RESULT_COLUMNS = (
     "id", "status", "uri", "error", "seed", "frames", "height", "width", "steps", "model", "seconds",
-    "cache", "cache_knob", "skipped_fraction", "attempts", "finished_at",
+    "cache", "cache_knob", "skipped_fraction", "attempts", "finished_at", "text_seconds", "denoise_seconds",
+    "decode_seconds", "peak_gpu_bytes",
 )
 MAX_SEED = 2**63 - 1
 

@@ -39,6 +39,10 @@ RESULT_SCHEMA = pa.schema(
         ("skipped_fraction", pa.float64()),
         ("attempts", pa.int32()),
         ("finished_at", pa.timestamp("ms", tz="UTC")),  # when the row was recorded: throughput over time
+        ("text_seconds", pa.float64()),  # the video's phases on rank 0 (VideoPhases)
+        ("denoise_seconds", pa.float64()),
+        ("decode_seconds", pa.float64()),
+        ("peak_gpu_bytes", pa.int64()),  # rank 0's peak accelerator memory during the loop; null on the CPU
     ]
 )
 

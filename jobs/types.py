@@ -23,9 +23,11 @@ class RenderSettings:
     width: int | None = None
     steps: int | None = None
     guidance_scale: float | None = None
-    upscale: int = 8
-    fps: int = 8
+    upscale: int | None = None  # None: the model's (its card: tiny 8, Wan2.1 1)
+    fps: int | None = None  # None: the model's (tiny 8, Wan2.1 16)
     device: str = "cpu"
+    dtype: str = "auto"  # pipelines.precision: auto (bf16 on CUDA, float32 on CPU), bf16, fp16, fp32
+    offload_text_encoder: bool = False  # the text encoder waits in host memory between prompts
     flush_every: int = 32  # a results part is written after this many rows ...
     flush_seconds: float = 60.0  # ... or this long after the oldest unwritten row, whichever comes first
     cache: str = "none"  # block-cache policy (ditfarm.cache.presets.POLICIES)
@@ -46,8 +48,14 @@ class RenderSettings:
             raise ValueError(f"gangs must be a non-negative integer or 'auto', got {self.gangs!r}")
         if self.sp > 1 and self.gangs == 0:
             raise ValueError("sequence parallelism (sp > 1) runs on Ray gangs: give gangs >= 1")
-        if not isinstance(self.upscale, int) or self.upscale < 1 or not isinstance(self.fps, int) or self.fps < 1:
-            raise ValueError("upscale and fps must be positive integers")
+        for name in ("upscale", "fps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer (or None: the model's), got {value!r}")
+        from ..pipelines.precision import DTYPE_NAMES
+
+        if self.dtype not in DTYPE_NAMES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
         if not isinstance(self.flush_every, int) or self.flush_every < 1:
             raise ValueError(f"flush_every must be a positive integer, got {self.flush_every!r}")
         if not isinstance(self.retries, int) or self.retries < 0:
@@ -70,3 +78,19 @@ class RenderedVideo:
     model: str
     skipped_fraction: float | None = None
     attempts: int = 1  # renders it took: 1, plus one per gang that failed under it
+    phases: "VideoPhases | None" = None  # where its time went, and rank 0's peak accelerator memory
+
+
+@dataclass(frozen=True)
+class VideoPhases:
+    """Seconds a video spent in text encoding, denoising and decoding (on rank 0), and the most accelerator
+    memory rank 0 held during its loop (None on the CPU).  Results columns of the same names."""
+
+    text_seconds: float | None = None
+    denoise_seconds: float | None = None
+    decode_seconds: float | None = None
+    peak_gpu_bytes: int | None = None
+
+    def as_row(self) -> dict:
+        return {"text_seconds": self.text_seconds, "denoise_seconds": self.denoise_seconds,
+                "decode_seconds": self.decode_seconds, "peak_gpu_bytes": self.peak_gpu_bytes}

@@ -7,6 +7,7 @@ every model (settings resolution, seeding, the denoising loop, SDEdit starts, ca
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,18 @@ from .denoise import SamplerSettings, denoise, initial_noise
 CACHE_PROFILE_FILE = "cache_profile.json"
 
 
+@dataclass(frozen=True)
+class VideoDefaults:
+    """How a model's frames become an mp4 unless a run says otherwise: the frame rate it was trained at and an
+    integer nearest-neighbour upscale (a 32x32 model is unwatchable at its own size; a 480p one is not)."""
+
+    fps: int
+    upscale: int
+
+
 class VideoPipelineMixin:
     defaults: SamplerSettings
+    video: VideoDefaults = VideoDefaults(fps=16, upscale=1)
     folder: str | None = None
     model_name: str = "model"
 

@@ -29,14 +29,20 @@ def resolve_model_folder(name_or_path: str | Path) -> Path:
     return folder
 
 
-def load_pipeline(name_or_path: str | Path = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32):
+def load_pipeline(name_or_path: str | Path = "tiny", device: str = "cpu", dtype: str | torch.dtype = "auto",
+                  encode_and_decode: bool = True, offload_text_encoder: bool = False):
     """Load a model for rendering.  ``"tiny"`` is the built-in model; a path is a model folder: a ditfarm ``tiny``
-    folder, or a diffusers Wan2.1 folder (model_index.json naming WanPipeline)."""
+    folder, or a diffusers Wan2.1 folder (model_index.json naming WanPipeline), checked before loading
+    (``folder_checks``).  ``dtype``: ``pipelines.precision`` (``auto``: bf16 on CUDA, float32 on the CPU; a Wan
+    VAE is float32 always).  ``encode_and_decode=False``: the transformer alone, for gang ranks other than 0 (a
+    Wan folder's text encoder and VAE are not loaded).  ``offload_text_encoder``: it waits in host memory."""
+    from .precision import resolve_precision
     from .wan import WanVideoPipeline, is_wan_folder
 
     folder = resolve_model_folder(name_or_path)
     if is_wan_folder(folder):
-        return WanVideoPipeline.from_folder(folder, device=device, dtype=dtype)
+        return WanVideoPipeline.from_folder(folder, device=device, dtype=dtype, encode_and_decode=encode_and_decode,
+                                            offload_text_encoder=offload_text_encoder)
     card = folder / "ditfarm_model.json"
     if not card.exists():
         raise ValueError(
@@ -48,5 +54,6 @@ def load_pipeline(name_or_path: str | Path = "tiny", device: str = "cpu", dtype:
 
     kind = read_model_card(folder).get("kind")
     if kind == "tiny":
-        return TinyVideoPipeline.from_folder(folder, device=device, dtype=dtype)
+        # tiny's word encoder is also its vocabulary: every rank keeps it to refuse a bad row alike (8 KB)
+        return TinyVideoPipeline.from_folder(folder, device=device, dtype=resolve_precision(dtype, device).transformer)
     raise ValueError(f"model folder {folder} has kind {kind!r}; this ditfarm reads: tiny, and Wan folders")

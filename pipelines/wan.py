@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import VideoPipelineMixin
+from .base import VideoDefaults, VideoPipelineMixin
 from .denoise import SamplerSettings
+from .precision import resolve_precision
 
 WAN_DEFAULTS = SamplerSettings(num_frames=81, height=480, width=832, steps=50, guidance_scale=5.0)
+WAN_VIDEO = VideoDefaults(fps=16, upscale=1)  # Wan2.1 is trained on 16-fps clips and decodes at full size
 MAX_SEQUENCE_LENGTH = 512
 
 
@@ -32,12 +34,16 @@ class WanVideoPipeline(VideoPipelineMixin):
     """Renders free-text prompts with a Wan2.1 model folder."""
 
     def __init__(self, pipe, folder: str | None = None, defaults: SamplerSettings = WAN_DEFAULTS,
-                 max_sequence_length: int = MAX_SEQUENCE_LENGTH):
+                 max_sequence_length: int = MAX_SEQUENCE_LENGTH, video: VideoDefaults = WAN_VIDEO,
+                 vae_factors: tuple[int, int] = (4, 8), offload_text_encoder: bool = False):
         self.pipe = pipe
         self.folder = folder
         self.defaults = defaults
+        self.video = video
         self.model_name = Path(folder).name if folder else "wan"
         self.max_sequence_length = max_sequence_length
+        self.vae_factors = vae_factors  # (temporal, spatial), from the VAE's config even where no VAE is loaded
+        self.offload_text_encoder = offload_text_encoder
 
     @property
     def transformer(self):
@@ -47,20 +53,47 @@ class WanVideoPipeline(VideoPipelineMixin):
     def scheduler(self):
         return self.pipe.scheduler
 
+    @property
+    def holds_text_encoder(self) -> bool:
+        return getattr(self.pipe, "text_encoder", None) is not None
+
+    @property
+    def holds_vae(self) -> bool:
+        return getattr(self.pipe, "vae", None) is not None
+
     @classmethod
-    def from_folder(cls, folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    def from_folder(cls, folder: str | Path, device: str = "cpu", dtype: str | torch.dtype = "auto",
+                    encode_and_decode: bool = True, offload_text_encoder: bool = False):
+        """``encode_and_decode=False`` loads the transformer and scheduler only (gang ranks other than 0, which
+        receive the text embeddings and never decode).  The VAE decodes tiled (diffusers' AutoencoderKLWan
+        tiling), so long 720p videos decode beside a large transformer.  ``offload_text_encoder``: the text
+        encoder lives in host memory and visits ``device`` only while it encodes."""
         from diffusers import AutoencoderKLWan, WanPipeline
+        from transformers import UMT5EncoderModel
+
+        from .checks import wan_vae_factors
+        from .folder_checks import check_wan_folder
 
         folder = Path(folder)
-        vae = AutoencoderKLWan.from_pretrained(folder / "vae", torch_dtype=torch.float32)  # diffusers: VAE in fp32
-        pipe = WanPipeline.from_pretrained(folder, vae=vae, torch_dtype=dtype).to(device)
-        defaults, max_len = WAN_DEFAULTS, MAX_SEQUENCE_LENGTH
-        card = folder / "ditfarm_model.json"
-        if card.exists():
-            data = json.loads(card.read_text())
-            defaults = SamplerSettings(**{**WAN_DEFAULTS.__dict__, **data.get("defaults", {})})
-            max_len = data.get("max_sequence_length", max_len)
-        return cls(pipe, str(folder), defaults, max_len)
+        card = check_wan_folder(folder)
+        precision = resolve_precision(dtype, device)
+        if encode_and_decode:
+            vae = AutoencoderKLWan.from_pretrained(folder / "vae", dtype=precision.vae)
+            vae.enable_tiling()
+            text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", dtype=precision.text_encoder)
+            components = dict(vae=vae, text_encoder=text_encoder)
+        else:
+            components = dict(vae=None, text_encoder=None, tokenizer=None)
+        pipe = WanPipeline.from_pretrained(folder, dtype=precision.transformer, **components)
+        pipe.transformer.to(device)
+        if encode_and_decode:
+            pipe.vae.to(device)
+            pipe.text_encoder.to("cpu" if offload_text_encoder else device)
+        defaults = SamplerSettings(**{**WAN_DEFAULTS.__dict__, **card.get("defaults", {})})
+        video = VideoDefaults(**{**WAN_VIDEO.__dict__, **card.get("video", {})})
+        factors = wan_vae_factors(json.loads((folder / "vae" / "config.json").read_text()))
+        return cls(pipe, str(folder), defaults, card.get("max_sequence_length", MAX_SEQUENCE_LENGTH), video, factors,
+                   offload_text_encoder and encode_and_decode)
 
     def check_prompt(self, prompt: str) -> None:
         if not isinstance(prompt, str) or not prompt.strip():
@@ -69,11 +102,10 @@ class WanVideoPipeline(VideoPipelineMixin):
     def check_sizes(self, settings: SamplerSettings) -> None:
         from .checks import check_wan_sizes
 
-        check_wan_sizes(settings, self.pipe.vae_scale_factor_temporal, self.pipe.vae_scale_factor_spatial,
-                        tuple(self.transformer.config.patch_size))
+        check_wan_sizes(settings, *self.vae_factors, tuple(self.transformer.config.patch_size))
 
     def _latent_settings(self, s: SamplerSettings) -> SamplerSettings:
-        temporal, spatial = self.pipe.vae_scale_factor_temporal, self.pipe.vae_scale_factor_spatial
+        temporal, spatial = self.vae_factors
         return SamplerSettings((s.num_frames - 1) // temporal + 1, s.height // spatial, s.width // spatial,
                                s.steps, s.guidance_scale)
 
@@ -82,17 +114,29 @@ class WanVideoPipeline(VideoPipelineMixin):
         return (1, self.transformer.config.in_channels, ls.num_frames, ls.height, ls.width)
 
     def encode_prompt(self, prompt: str, negative_prompt: str = "", guidance_scale: float = 1.0):
-        cond, uncond = self.pipe.encode_prompt(
-            prompt,
-            negative_prompt or "",
-            do_classifier_free_guidance=guidance_scale > 1.0,
-            max_sequence_length=self.max_sequence_length,
-            device=self.execution_device,
-            dtype=self.transformer.dtype,
-        )
+        """(cond, uncond) embeddings; uncond is None without CFG (guidance 1: one transformer pass per step)."""
+        if not self.holds_text_encoder:
+            raise RuntimeError("this pipeline was loaded without its text encoder (a gang rank other than 0)")
+        encoder = self.pipe.text_encoder
+        if self.offload_text_encoder:
+            encoder.to(self.execution_device)
+        try:
+            cond, uncond = self.pipe.encode_prompt(
+                prompt,
+                negative_prompt or "",
+                do_classifier_free_guidance=guidance_scale > 1.0,
+                max_sequence_length=self.max_sequence_length,
+                device=self.execution_device,
+                dtype=self.transformer.dtype,
+            )
+        finally:
+            if self.offload_text_encoder:
+                encoder.to("cpu")
         return cond, uncond
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
+        if not self.holds_vae:
+            raise RuntimeError("this pipeline was loaded without its VAE (a gang rank other than 0)")
         vae = self.pipe.vae
         latents = latents.to(next(vae.parameters()).device, vae.dtype)
         mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
@@ -131,6 +175,7 @@ def make_small_wan_folder(folder: str | Path, seed: int = 0, layers: int = 4) ->
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
     pipe.save_pretrained(folder)
     card = {"kind": "wan", "defaults": {"num_frames": 9, "height": 64, "width": 64, "steps": 10,
-                                        "guidance_scale": 5.0}, "max_sequence_length": 32}
+                                        "guidance_scale": 5.0}, "max_sequence_length": 32,
+            "video": {"fps": 16, "upscale": 1}}
     (folder / "ditfarm_model.json").write_text(json.dumps(card, indent=2) + "\n")
     return folder

@@ -32,6 +32,15 @@ def random_model_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def small_wan_folder(tmp_path_factory):
+    """A complete diffusers Wan folder with random weights and small dimensions (read it, don't change it:
+    tests that break folders copy it first)."""
+    from ditfarm.pipelines.wan import make_small_wan_folder
+
+    return make_small_wan_folder(tmp_path_factory.mktemp("small-wan-shared"))
+
+
+@pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 endpoint on loopback (moto's server); boto3 in this process and in its children finds it
     through the standard AWS_* variables."""

@@ -8,11 +8,11 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 
-from ..base import VideoPipelineMixin
+from ..base import VideoDefaults, VideoPipelineMixin
 from ..denoise import SamplerSettings
 from .model_config import POSITION_CHANNELS, position_grid
 from .text_encoder import WordTextEncoder
-from .weights import SAMPLER_DEFAULTS, load_scheduler, load_text_encoder, read_model_card
+from .weights import SAMPLER_DEFAULTS, VIDEO_DEFAULTS, load_scheduler, load_text_encoder, read_model_card
 
 
 def _sampler_defaults(values: dict) -> SamplerSettings:
@@ -46,6 +46,7 @@ class TinyVideoPipeline(VideoPipelineMixin, DiffusionPipeline):
             text_encoder=load_text_encoder(folder),
         )
         pipe.defaults = _sampler_defaults(card["defaults"])
+        pipe.video = VideoDefaults(**{**VIDEO_DEFAULTS, **card.get("video", {})})
         pipe.model_name = card.get("name", folder.name)
         pipe.folder = str(folder)
         return pipe.to(device)

@@ -21,6 +21,7 @@ BUNDLED_FOLDER = Path(__file__).parent / "weights"
 MODEL_CARD = "ditfarm_model.json"
 SAMPLER_DEFAULTS = dict(num_frames=8, height=32, width=32, steps=30, guidance_scale=3.0)
 SCHEDULER_SHIFT = 1.0
+VIDEO_DEFAULTS = dict(fps=8, upscale=8)  # 32x32 frames are shown at 256x256; 8 frames last a second
 
 
 def save_model_folder(folder: Path, transformer: WanTransformer3DModel, text_encoder: WordTextEncoder,
@@ -39,7 +40,8 @@ def save_model_folder(folder: Path, transformer: WanTransformer3DModel, text_enc
     scheduler.save_pretrained(folder / "scheduler")
     card = folder / MODEL_CARD
     if not card.exists():
-        card.write_text(json.dumps({"kind": "tiny", "name": "tiny", "defaults": SAMPLER_DEFAULTS}, indent=2) + "\n")
+        card.write_text(json.dumps({"kind": "tiny", "name": "tiny", "defaults": SAMPLER_DEFAULTS,
+                                    "video": VIDEO_DEFAULTS}, indent=2) + "\n")
 
 
 def read_model_card(folder: Path) -> dict:

@@ -1,0 +1,108 @@
+"""A broken model folder fails at load, before any rendering, with an error that names the file and the problem."""
+
+import json
+import shutil
+
+import pytest
+
+from ditfarm.jobs.cli import main as cli
+from ditfarm.pipelines.folder_checks import ModelFolderError, check_wan_folder
+from ditfarm.pipelines.loading import load_pipeline
+
+
+@pytest.fixture
+def folder(small_wan_folder, tmp_path):
+    copy = tmp_path / "wan"
+    shutil.copytree(small_wan_folder, copy)
+    return copy
+
+
+def test_a_whole_small_folder_passes(small_wan_folder):
+    assert check_wan_folder(small_wan_folder)["kind"] == "wan"
+
+
+def test_a_missing_component(folder):
+    shutil.rmtree(folder / "vae")
+    with pytest.raises(ModelFolderError, match=r"wan/vae: missing \(model_index.json names a vae component\)"):
+        load_pipeline(folder)
+
+
+def test_a_component_the_index_does_not_name(folder):
+    index = json.loads((folder / "model_index.json").read_text())
+    index["text_encoder"] = [None, None]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelFolderError, match=r"model_index.json: names no 'text_encoder' component"):
+        load_pipeline(folder)
+
+
+def test_missing_weights(folder):
+    (folder / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(ModelFolderError, match=r"transformer: no weights \(diffusion_pytorch_model.safetensors"):
+        load_pipeline(folder)
+
+
+def test_a_config_that_does_not_match_the_weights(folder):
+    config_path = folder / "transformer" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["attention_head_dim"] = 32  # the weights were made with 16
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ModelFolderError) as err:
+        load_pipeline(folder)
+    message = str(err.value)
+    assert "transformer/config.json does not match the weights" in message and "shape mismatch" in message
+    assert "is [32, 16, 1, 2, 2] in diffusion_pytorch_model.safetensors but [64, 16, 1, 2, 2] by the config" in message
+
+
+def test_more_layers_in_the_config_than_in_the_weights(folder):
+    config_path = folder / "text_encoder" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["num_layers"] = 2
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ModelFolderError, match=r"text_encoder/config.json does not match .* are not in the weights "
+                                               r"\(e.g. encoder.block.1"):
+        load_pipeline(folder)
+
+
+def test_truncated_safetensors(folder):
+    path = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFolderError, match=r"vae/diffusion_pytorch_model.safetensors: truncated: its header "
+                                               r"promises \d+ bytes, the file holds \d+"):
+        load_pipeline(folder)
+
+
+def test_a_missing_shard_of_a_sharded_component(folder):
+    (folder / "text_encoder" / "model.safetensors").rename(folder / "text_encoder" / "model-00001-of-00002.safetensors")
+    index = {"weight_map": {"shared.weight": "model-00001-of-00002.safetensors",
+                            "encoder.final_layer_norm.weight": "model-00002-of-00002.safetensors"}}
+    (folder / "text_encoder" / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelFolderError, match=r"model-00002-of-00002.safetensors: missing \(named by "
+                                               r"model.safetensors.index.json\)"):
+        load_pipeline(folder)
+
+
+def test_a_config_that_is_not_json(folder):
+    (folder / "vae" / "config.json").write_text("{not json")
+    with pytest.raises(ModelFolderError, match=r"vae/config.json: not valid JSON"):
+        load_pipeline(folder)
+
+
+def test_the_cli_refuses_a_bad_folder_before_rendering(folder, tmp_path, capsys):
+    (folder / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 4)
+    out = tmp_path / "out"
+    assert cli(["render", "--prompt", "a red cat", "--out", str(out), "--model", str(folder), "--no-progress"]) == 2
+    assert "diffusion_pytorch_model.safetensors: truncated" in capsys.readouterr().err
+    assert not (out / "videos").exists() or not any((out / "videos").iterdir())
+
+
+def test_a_profile_from_another_model_is_refused_at_load(small_wan_folder, tmp_path, capsys):
+    """tiny's shipped profile given to a Wan folder: refused when the renderer starts, naming the profile file."""
+    from ditfarm.pipelines.tiny.weights import BUNDLED_FOLDER
+
+    profile = BUNDLED_FOLDER / "cache_profile.json"
+    code = cli(["render", "--prompt", "a red cat", "--out", str(tmp_path / "out"), "--model", str(small_wan_folder),
+                "--cache", "adaptive", "--profile", str(profile), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert str(profile) in err and "was measured on WanTransformer3DModel with 8 blocks" in err
