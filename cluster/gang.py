@@ -159,6 +159,11 @@ class GangMember:
         if kind == "kill-rank" and int(rank) == self.rank and publish[1] == video_id:
             os._exit(1)
 
+    def holds(self) -> dict:
+        """Which components this rank loaded: only rank 0 needs the text encoder and the VAE."""
+        pipe = self.renderer.pipe
+        return {"text_encoder": bool(pipe.holds_text_encoder), "vae": bool(pipe.holds_vae)}
+
     def pid(self) -> int:
         import os
 

@@ -30,6 +30,8 @@ class VideoDefaults:
 class VideoPipelineMixin:
     defaults: SamplerSettings
     video: VideoDefaults = VideoDefaults(fps=16, upscale=1)
+    holds_text_encoder = True  # False where a gang rank loaded the transformer alone
+    holds_vae = True
     folder: str | None = None
     model_name: str = "model"
 

@@ -92,7 +92,9 @@ def _denoise_loop(transformer, scheduler, latents, prompt_embeds, negative_promp
                   on_step, start_step=0, condition=None) -> torch.Tensor:
     scheduler.set_timesteps(steps, device=latents.device)
     scheduler.set_begin_index(start_step)
-    model_dtype = next(transformer.parameters()).dtype
+    # diffusers' ``dtype`` is the compute dtype: a bf16 Wan keeps a few small modules (time embedder, norms) in
+    # float32, so its first parameter does not tell
+    model_dtype = getattr(transformer, "dtype", None) or next(transformer.parameters()).dtype
     use_cfg = guidance_scale > 1.0 and negative_prompt_embeds is not None
     for i, t in enumerate(scheduler.timesteps):
         if i < start_step:

@@ -82,6 +82,31 @@ def test_a_gang_encodes_the_next_text_ahead_and_renders_the_same_video(ray_clust
     assert (frames[0] == frames[1]).all()
 
 
+def test_on_a_wan_gang_only_rank_0_holds_the_text_encoder_and_vae(ray_cluster, small_wan_folder, tmp_path):
+    """sp=2 on a Wan folder: rank 1 loads the transformer alone, and the video is the one sp=1 renders."""
+    from ditfarm.jobs.driver import RenderSettings, render_manifest
+    from ditfarm.jobs.results import read_all_results
+    from ditfarm.pipelines.video_io import read_mp4
+
+    prompt = "a red cat moving left"
+    config = GangConfig(sp=2, rank=RankConfig(model=str(small_wan_folder), timeout_s=20), call_timeout_s=120)
+    pool = GangPool(config, gangs=1)
+    try:
+        holds = ray.get([m.holds.remote() for m in pool.gangs[0].members])
+    finally:
+        pool.shutdown()
+    assert holds == [{"text_encoder": True, "vae": True}, {"text_encoder": False, "vae": False}]
+
+    manifest = _manifest(tmp_path / "m.parquet", [prompt])
+    common = dict(model=str(small_wan_folder), steps=3)
+    assert render_manifest(manifest, tmp_path / "sp2", RenderSettings(sp=2, gangs=1, **common), progress=False).ok == 1
+    assert render_manifest(manifest, tmp_path / "sp1", RenderSettings(**common), progress=False).ok == 1
+    a, b = (read_mp4(tmp_path / run / "videos" / "v0.mp4") for run in ("sp2", "sp1"))
+    assert psnr(a, b) >= 50
+    (row,) = read_all_results(tmp_path / "sp2").to_pylist()
+    assert row["text_seconds"] > 0 and row["denoise_seconds"] > 0 and row["decode_seconds"] > 0
+
+
 def _manifest(path, prompts):
     import pyarrow as pa
     import pyarrow.parquet as pq
