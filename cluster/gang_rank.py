@@ -8,6 +8,7 @@ shard, and the shards are gathered inside the transformer.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -15,6 +16,8 @@ import torch
 import torch.distributed as dist
 
 from .collectives import backend_device
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -27,16 +30,7 @@ class RankConfig:
     timeout_s: float = 120.0
     dtype: str = "auto"
     offload_text_encoder: bool = False
-
-
-def gpu_attention_kernel(dtype: torch.dtype = torch.bfloat16) -> str:
-    """yunchang's flash-attention kernel where flash-attn is installed, else torch's own fused kernels: flash
-    SDPA for half precision, memory-efficient SDPA for float32 (flash SDPA refuses float32)."""
-    import importlib.util
-
-    if importlib.util.find_spec("flash_attn") is not None and dtype in (torch.float16, torch.bfloat16):
-        return "fa"
-    return "torch_flash" if dtype in (torch.float16, torch.bfloat16) else "torch_efficient"
+    compile: str | None = None  # torch.compile backend for the repeated blocks (pipelines.compile); None: eager
 
 
 def broadcast_tensors(tensors: list[torch.Tensor] | None, src: int = 0, group=None) -> list[torch.Tensor]:
@@ -57,6 +51,8 @@ class RankRenderer:
     def __init__(self, rank: int, world: int, config: RankConfig):
         from ..cache import enable
         from ..cache.presets import build_config
+        from ..pipelines.attention import apply_attention, choose_attention
+        from ..pipelines.compile import compile_blocks
         from ..pipelines.loading import load_pipeline
         from .collectives import make_cache_reduce
         from .sequence_parallel import SequenceParallelConfig, enable_sequence_parallel
@@ -65,12 +61,19 @@ class RankRenderer:
         # only rank 0 encodes text and decodes video: the other ranks load the transformer alone
         self.pipe = load_pipeline(config.model, device=config.device, dtype=config.dtype, encode_and_decode=rank == 0,
                                   offload_text_encoder=config.offload_text_encoder)
+        choice = choose_attention(config.device, self.pipe.transformer.dtype)
+        apply_attention(self.pipe.transformer, choice)
         if world > 1:
-            cuda = config.device.startswith("cuda")
-            attn = gpu_attention_kernel(self.pipe.transformer.dtype) if cuda else "torch_math"
-            enable_sequence_parallel(self.pipe.transformer, SequenceParallelConfig(world, attn_type=attn),
+            enable_sequence_parallel(self.pipe.transformer,
+                                     SequenceParallelConfig(world, attn_type=choice.sp_kernel,
+                                                            long_context=choice.long_context),
                                      timeout=timedelta(seconds=config.timeout_s))
             self._wrap_text_encoder()
+        if rank == 0:  # once per gang
+            log.info("gang of %d: %s; %s", world, choice.describe(),
+                     f"blocks compiled ({config.compile})" if config.compile else "blocks eager")
+        if config.compile:
+            compile_blocks(self.pipe.transformer, backend=config.compile)
         reduce = make_cache_reduce() if world > 1 else (lambda v: v)
         profile = config.profile or self.pipe.default_cache_profile()
         self.cache = enable(self.pipe, build_config(config.cache, config.cache_knob, profile), reduce=reduce)
@@ -122,6 +125,7 @@ class RankRenderer:
         (rank 0 only): ``encode_text``'s embeddings, computed while the previous video denoised.  Rank 0's
         "phases" are its VideoPhases (text seconds only where it encoded here)."""
         from ..cache import last_video_stats
+        from ..pipelines.compile import compiled_graphs
         from ..pipelines.phases import PhaseClock
 
         # Every rank validates, identically and before any collective: a bad row fails on all ranks at once
@@ -157,6 +161,7 @@ class RankRenderer:
             "peak_bytes": stats.peak_bytes if stats else 0,
             "skipped_fraction": stats.skipped_fraction if stats else 0.0,
             "phases": clock.phases(),
+            "compiled_graphs": compiled_graphs() if self.config.compile else None,
         }
 
 

@@ -14,6 +14,7 @@ log-sum-exp), so on CPU only Ulysses degrees are accepted.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -23,7 +24,9 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from ..pipelines.rotary import apply_wan_rotary
-from .collectives import all_gather_sequence
+from .collectives import all_gather_sequence, backend_device
+
+log = logging.getLogger(__name__)
 
 SP_HOOK = "ditfarm_sequence_parallel"
 
@@ -33,6 +36,7 @@ class SequenceParallelConfig:
     ulysses_degree: int
     ring_degree: int = 1
     attn_type: str = "torch_math"  # yunchang AttnType name; "fa" (flash attention) on GPU
+    long_context: str = "yunchang"  # or "xfuser": xFuserLongContextAttention, where it passes its self-check
 
 
 class UlyssesSelfAttnProcessor:
@@ -132,8 +136,59 @@ def enable_sequence_parallel(transformer, config: SequenceParallelConfig, group=
         from yunchang import set_seq_parallel_pg
 
         set_seq_parallel_pg(config.ulysses_degree, config.ring_degree, dist.get_rank(), world)
-    attention = LongContextAttention(attn_type=AttnType.from_string(config.attn_type))
+    attention = long_context_attention(config, group, lambda: LongContextAttention(
+        attn_type=AttnType.from_string(config.attn_type)))
     for block in transformer.blocks:
         block.attn1.set_processor(UlyssesSelfAttnProcessor(attention))
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(SequenceParallelHook(group), SP_HOOK)
 
+
+
+def long_context_attention(config: SequenceParallelConfig, group, yunchang_attention):
+    """The sharded self-attention: xfuser's where asked for and working on every rank, else yunchang's.
+
+    xfuser's class has changed its call signature and its dependence on xfuser's own runtime between releases,
+    so it is built and checked against yunchang's on a small random problem first; the ranks then vote (one
+    all-reduce of an integer), so either every rank uses it or none does."""
+    fallback = yunchang_attention()
+    if config.long_context != "xfuser":
+        return fallback
+    candidate, problem = _xfuser_attention(config, fallback)
+    vote = torch.tensor([0 if candidate is not None else 1], dtype=torch.int64)
+    device = backend_device(group)
+    vote = vote.to(device) if device is not None else vote
+    dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=group)
+    if int(vote.item()) == 0:
+        log.info("sharded self-attention: xfuser's xFuserLongContextAttention (%s)", config.attn_type)
+        return candidate
+    log.warning("sharded self-attention: yunchang's LongContextAttention (xfuser's was not usable on every rank%s)",
+                f": {problem}" if problem else "")
+    return fallback
+
+
+def _xfuser_attention(config: SequenceParallelConfig, reference):
+    """(callable(q, k, v), None) if xFuserLongContextAttention builds and agrees with ``reference``, else
+    (None, why)."""
+    import inspect
+
+    try:
+        from xfuser.core.long_ctx_attention import xFuserLongContextAttention
+        from yunchang.kernels import AttnType
+
+        impl = xFuserLongContextAttention(attn_type=AttnType.from_string(config.attn_type))
+        takes_attn = next(iter(inspect.signature(impl.forward).parameters)) == "attn"
+
+        def attention(query, key, value):
+            return impl(None, query, key, value) if takes_attn else impl(query, key, value)
+
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+        gen = torch.Generator(device="cpu").manual_seed(1234 + dist.get_rank())
+        heads = 8 * config.ulysses_degree
+        q, k, v = (torch.randn(1, 256, heads, 64, generator=gen).to(device or "cpu", torch.bfloat16)
+                   for _ in range(3))
+        got, want = attention(q, k, v), reference(q, k, v)
+        if not torch.allclose(got.float(), want.float(), atol=3e-2, rtol=3e-2):
+            return None, f"its output differs from yunchang's by up to {(got - want).abs().max().item():.3g}"
+        return attention, None
+    except Exception as err:  # noqa: BLE001 - any failure means: use yunchang's
+        return None, f"{type(err).__name__}: {err}"

@@ -65,6 +65,9 @@ def _add_render(sub) -> None:
     p.add_argument("--dtype", default="auto", choices=DTYPE_NAMES,
                    help="transformer and text encoder precision; auto: bf16 on CUDA, fp32 on CPU (a Wan VAE is "
                         "always fp32)")
+    p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                   help="compile the transformer's repeated blocks with torch.compile (default backend: inductor); "
+                        "caches and sequence parallelism keep working, and a video's steps add no recompilation")
     p.add_argument("--offload-text-encoder", action="store_true",
                    help="keep the text encoder in host memory between prompts (it visits the GPU to encode)")
     p.add_argument("--cache", default="none", choices=POLICIES, help="block-cache policy (default: none)")
@@ -113,6 +116,7 @@ def settings_from_args(args):
         device=args.device,
         dtype=args.dtype,
         offload_text_encoder=args.offload_text_encoder,
+        compile=args.compile,
         flush_every=args.flush_every,
         flush_seconds=args.flush_seconds,
         cache=args.cache,

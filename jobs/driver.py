@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
+import logging
 import time
 import threading
 import weakref
@@ -37,6 +38,8 @@ from .types import RenderedVideo, RenderSettings
 
 __all__ = ["RenderSettings", "RenderedVideo", "RunSummary", "RenderJob", "LocalRenderer", "render_manifest",
            "render_tasks", "prompt_task", "publish_video", "sampler_overrides"]
+
+log = logging.getLogger(__name__)
 
 MAX_KEPT_ERRORS = 1000  # the summary keeps this many messages; the results table keeps them all
 
@@ -94,10 +97,18 @@ class LocalRenderer:
     def __init__(self, settings: RenderSettings):
         from ..cache import enable
         from ..cache.presets import build_config
+        from ..pipelines.attention import apply_attention, choose_attention
+        from ..pipelines.compile import compile_blocks
         from ..pipelines.loading import load_pipeline
 
         self.pipe = load_pipeline(settings.model, device=settings.device, dtype=settings.dtype,
                                   offload_text_encoder=settings.offload_text_encoder)
+        choice = choose_attention(settings.device, self.pipe.transformer.dtype)
+        apply_attention(self.pipe.transformer, choice)
+        log.info("%s; %s", choice.describe(),
+                 f"blocks compiled ({settings.compile})" if settings.compile else "blocks eager")
+        if settings.compile:
+            compile_blocks(self.pipe.transformer, backend=settings.compile)
         profile = settings.profile or self.pipe.default_cache_profile()
         self.cache = enable(self.pipe, build_config(settings.cache, settings.cache_knob, profile))
         self.capacity = 2 if settings.overlap else 1

@@ -28,6 +28,7 @@ class RenderSettings:
     device: str = "cpu"
     dtype: str = "auto"  # pipelines.precision: auto (bf16 on CUDA, float32 on CPU), bf16, fp16, fp32
     offload_text_encoder: bool = False  # the text encoder waits in host memory between prompts
+    compile: str | None = None  # torch.compile backend for the transformer's repeated blocks ("inductor"); None: eager
     flush_every: int = 32  # a results part is written after this many rows ...
     flush_seconds: float = 60.0  # ... or this long after the oldest unwritten row, whichever comes first
     cache: str = "none"  # block-cache policy (ditfarm.cache.presets.POLICIES)

@@ -145,13 +145,20 @@ def test_collectives_sum_exactly_and_broadcast_to_every_rank():
     assert results[0][1] == results[1][1]  # bit-identical on both ranks
 
 
-def test_gpu_attention_kernel_follows_the_dtype():
-    import importlib.util
-
+def test_attention_choice_follows_device_dtype_and_what_is_installed():
     import torch
 
-    from ditfarm.cluster.gang_rank import gpu_attention_kernel
+    from ditfarm.pipelines.attention import choose_attention
 
-    assert gpu_attention_kernel(torch.float32) == "torch_efficient"  # flash SDPA refuses fp32
-    half = "fa" if importlib.util.find_spec("flash_attn") is not None else "torch_flash"
-    assert gpu_attention_kernel(torch.bfloat16) == gpu_attention_kernel(torch.float16) == half
+    def having(*modules):
+        return lambda name: name in modules
+
+    assert choose_attention("cpu", torch.bfloat16, having("flash_attn")).sp_kernel == "torch_math"
+    assert choose_attention("cuda", torch.float32, having("flash_attn")).sp_kernel == "torch_efficient"
+    fa3 = choose_attention("cuda", torch.bfloat16, having("flash_attn_interface", "flash_attn", "xfuser"))
+    assert (fa3.backend, fa3.sp_kernel, fa3.long_context) == ("_flash_3", "fa3", "xfuser")
+    fa2 = choose_attention("cuda:1", torch.float16, having("flash_attn"))
+    assert (fa2.backend, fa2.sp_kernel, fa2.long_context) == ("flash", "fa", "yunchang")
+    sdpa = choose_attention("cuda", torch.bfloat16, having())
+    assert (sdpa.backend, sdpa.sp_kernel) == ("_native_flash", "torch_flash")
+    assert "torch_flash" in sdpa.describe()
