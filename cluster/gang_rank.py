@@ -31,6 +31,7 @@ class RankConfig:
     dtype: str = "auto"
     offload_text_encoder: bool = False
     compile: str | None = None  # torch.compile backend for the repeated blocks (pipelines.compile); None: eager
+    cfg_parallel: bool = False  # the two CFG passes on two halves of the gang at once (cluster.cfg_parallel)
 
 
 def broadcast_tensors(tensors: list[torch.Tensor] | None, src: int = 0, group=None) -> list[torch.Tensor]:
@@ -54,6 +55,7 @@ class RankRenderer:
         from ..pipelines.attention import apply_attention, choose_attention
         from ..pipelines.compile import compile_blocks
         from ..pipelines.loading import load_pipeline
+        from .cfg_parallel import CfgSplit, make_cfg_cache_reduce, make_cfg_groups
         from .collectives import make_cache_reduce
         from .sequence_parallel import SequenceParallelConfig, enable_sequence_parallel
 
@@ -63,18 +65,27 @@ class RankRenderer:
                                   offload_text_encoder=config.offload_text_encoder)
         choice = choose_attention(config.device, self.pipe.transformer.dtype)
         apply_attention(self.pipe.transformer, choice)
-        if world > 1:
+        timeout = timedelta(seconds=config.timeout_s)
+        reduce = make_cache_reduce() if world > 1 else (lambda v: v)
+        ulysses, sp_group = world, None
+        if config.cfg_parallel:
+            groups = make_cfg_groups(timeout)
+            ulysses, sp_group = groups.half_size, groups.branch_group
+            self.pipe.guidance_split = CfgSplit(groups)
+            reduce = make_cfg_cache_reduce(groups)
+        if ulysses > 1:
             enable_sequence_parallel(self.pipe.transformer,
-                                     SequenceParallelConfig(world, attn_type=choice.sp_kernel,
+                                     SequenceParallelConfig(ulysses, attn_type=choice.sp_kernel,
                                                             long_context=choice.long_context),
-                                     timeout=timedelta(seconds=config.timeout_s))
+                                     group=sp_group, timeout=timeout)
+        if world > 1:
             self._wrap_text_encoder()
         if rank == 0:  # once per gang
-            log.info("gang of %d: %s; %s", world, choice.describe(),
+            layout = f"2 CFG halves x Ulysses {ulysses}" if config.cfg_parallel else f"Ulysses {ulysses}"
+            log.info("gang of %d (%s): %s; %s", world, layout, choice.describe(),
                      f"blocks compiled ({config.compile})" if config.compile else "blocks eager")
         if config.compile:
             compile_blocks(self.pipe.transformer, backend=config.compile)
-        reduce = make_cache_reduce() if world > 1 else (lambda v: v)
         profile = config.profile or self.pipe.default_cache_profile()
         self.cache = enable(self.pipe, build_config(config.cache, config.cache_knob, profile), reduce=reduce)
 

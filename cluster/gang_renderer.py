@@ -29,7 +29,7 @@ def gang_config(settings: RenderSettings) -> GangConfig:
     rank = RankConfig(model=settings.model, device=settings.device, cache=settings.cache,
                       cache_knob=settings.cache_knob, profile=settings.profile, timeout_s=settings.collective_timeout_s,
                       dtype=settings.dtype, offload_text_encoder=settings.offload_text_encoder,
-                      compile=settings.compile)
+                      compile=settings.compile, cfg_parallel=settings.cfg_parallel)
     return GangConfig(sp=settings.sp, rank=rank, gpus_per_rank=1.0 if on_gpu else 0.0, cpus_per_rank=1.0,
                       env_vars=tuple(sorted(worker_env().items())))
 

@@ -79,6 +79,9 @@ def _add_render(sub) -> None:
     p.add_argument("--profile", help="cache profile JSON from `ditfarm profile` (default: the model's shipped one)")
     p.add_argument("--sp", type=int, default=1,
                    help="sequence-parallel ranks per video (a gang of Ray actors; one GPU each, or one CPU)")
+    p.add_argument("--cfg-parallel", action="store_true",
+                   help="run the cond and uncond passes on the two halves of each gang at once (--sp 2U: Ulysses "
+                        "of degree U in each half)")
     p.add_argument("--gangs", type=gangs_value,
                    help="gangs rendering side by side on Ray, or 'auto': as many as the cluster holds (GPUs / sp on "
                         "GPU nodes, CPUs / sp otherwise, the driver's CPU left out); default: 1 when --sp > 1, "
@@ -117,6 +120,7 @@ def settings_from_args(args):
         dtype=args.dtype,
         offload_text_encoder=args.offload_text_encoder,
         compile=args.compile,
+        cfg_parallel=args.cfg_parallel,
         flush_every=args.flush_every,
         flush_seconds=args.flush_seconds,
         cache=args.cache,

@@ -29,6 +29,7 @@ class RenderSettings:
     dtype: str = "auto"  # pipelines.precision: auto (bf16 on CUDA, float32 on CPU), bf16, fp16, fp32
     offload_text_encoder: bool = False  # the text encoder waits in host memory between prompts
     compile: str | None = None  # torch.compile backend for the transformer's repeated blocks ("inductor"); None: eager
+    cfg_parallel: bool = False  # a gang's two halves run the cond and uncond passes at once (sp = 2 x Ulysses)
     flush_every: int = 32  # a results part is written after this many rows ...
     flush_seconds: float = 60.0  # ... or this long after the oldest unwritten row, whichever comes first
     cache: str = "none"  # block-cache policy (ditfarm.cache.presets.POLICIES)
@@ -47,6 +48,8 @@ class RenderSettings:
             raise ValueError(f"sp must be a positive integer, got {self.sp!r}")
         if self.gangs != "auto" and (not isinstance(self.gangs, int) or self.gangs < 0):
             raise ValueError(f"gangs must be a non-negative integer or 'auto', got {self.gangs!r}")
+        if self.cfg_parallel and (self.sp < 2 or self.sp % 2):
+            raise ValueError(f"cfg_parallel splits a gang in two halves: sp must be even and >= 2, got {self.sp}")
         if self.sp > 1 and self.gangs == 0:
             raise ValueError("sequence parallelism (sp > 1) runs on Ray gangs: give gangs >= 1")
         for name in ("upscale", "fps"):

@@ -31,6 +31,7 @@ class VideoPipelineMixin:
     defaults: SamplerSettings
     video: VideoDefaults = VideoDefaults(fps=16, upscale=1)
     holds_text_encoder = True  # False where a gang rank loaded the transformer alone
+    guidance_split = None  # a GuidanceSplit under CFG parallelism: this rank runs one CFG branch
     holds_vae = True
     folder: str | None = None
     model_name: str = "model"
@@ -77,7 +78,7 @@ class VideoPipelineMixin:
             sigma = float(self.scheduler_sigmas(s.steps)[start_step])
             latents = (1 - sigma) * init.to(latents) + sigma * latents
         return denoise(self.transformer, self.scheduler, latents, cond, uncond, s.steps, s.guidance_scale, on_step,
-                       start_step, self.transformer_condition(latents))
+                       start_step, self.transformer_condition(latents), self.guidance_split)
 
     def transformer_condition(self, latents: torch.Tensor) -> torch.Tensor | None:
         """Extra input channels the transformer reads beside the latents (none for text-to-video Wan)."""

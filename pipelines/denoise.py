@@ -9,7 +9,7 @@ parallelism attach to ``transformer``; nothing here needs to know about either.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 
@@ -73,23 +73,34 @@ def denoise(
     on_step: StepCallback | None = None,
     start_step: int = 0,
     condition: torch.Tensor | None = None,
+    split: "GuidanceSplit | None" = None,
 ) -> torch.Tensor:
     """Run ``steps`` scheduler steps from ``latents`` and return the final latents (in the scheduler's dtype).
 
     ``start_step`` > 0 starts part-way (SDEdit): ``latents`` must then be noised to ``scheduler.sigmas[start_step]``.
     ``condition`` (channels the model reads but does not denoise) is concatenated to the latents on the channel axis
-    at every call, as diffusers' Wan image-to-video pipeline does with its image condition.
+    at every call, as diffusers' Wan image-to-video pipeline does with its image condition.  ``split``: CFG
+    parallelism, this process runs one branch per step (GuidanceSplit).
     """
     reset_caches(transformer)  # a new video: no state from the previous one may leak into this one
     try:
         return _denoise_loop(transformer, scheduler, latents, prompt_embeds, negative_prompt_embeds, steps,
-                             guidance_scale, on_step, start_step, condition)
+                             guidance_scale, on_step, start_step, condition, split)
     finally:
         reset_caches(transformer)  # free cached tensors; cache stats of this video stay readable
 
 
+class GuidanceSplit(Protocol):
+    """CFG parallelism (``ditfarm.cluster.cfg_parallel``): this process runs one branch ("cond" or "uncond") and
+    ``exchange`` returns both branches' predictions, (cond, uncond), identical on every rank."""
+
+    branch: str
+
+    def exchange(self, prediction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 def _denoise_loop(transformer, scheduler, latents, prompt_embeds, negative_prompt_embeds, steps, guidance_scale,
-                  on_step, start_step=0, condition=None) -> torch.Tensor:
+                  on_step, start_step=0, condition=None, split: GuidanceSplit | None = None) -> torch.Tensor:
     scheduler.set_timesteps(steps, device=latents.device)
     scheduler.set_begin_index(start_step)
     # diffusers' ``dtype`` is the compute dtype: a bf16 Wan keeps a few small modules (time embedder, norms) in
@@ -102,6 +113,17 @@ def _denoise_loop(transformer, scheduler, latents, prompt_embeds, negative_promp
         model_input = transformer_input(scheduler, latents, t, condition, model_dtype)
         timestep = t.expand(latents.shape[0])
         context = {"step_index": i, "sigma": float(scheduler.sigmas[i]), "num_inference_steps": steps}
+        if use_cfg and split is not None:  # this rank's branch only; the other half of the gang runs the other
+            embeds = prompt_embeds if split.branch == "cond" else negative_prompt_embeds
+            with transformer.cache_context(split.branch, **context):
+                mine = transformer(hidden_states=model_input, timestep=timestep, encoder_hidden_states=embeds,
+                                   return_dict=False)[0]
+            noise_cond, noise_uncond = split.exchange(mine)
+            noise_pred = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+            latents = scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
+            if on_step is not None:
+                on_step(i, latents)
+            continue
         with transformer.cache_context("cond", **context):
             noise_pred = transformer(
                 hidden_states=model_input, timestep=timestep, encoder_hidden_states=prompt_embeds, return_dict=False
