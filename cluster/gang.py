@@ -193,6 +193,7 @@ class Gang:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.config, self.name = config, name
+        self.started_at = time.monotonic()
         start_timeout_s = config.start_timeout_s if start_timeout_s is None else start_timeout_s
         bundle = {"CPU": config.cpus_per_rank}
         if config.gpus_per_rank:
@@ -216,6 +217,8 @@ class Gang:
         ]
         host, port = self._call([self.members[0].open_store.remote()], start_timeout_s)[0]
         self._call([m.join.remote(host, port) for m in self.members], start_timeout_s)
+        self.ready_at = time.monotonic()
+        log.info("%s: %d rank(s) ready in %.1f s", name, config.sp, self.ready_at - self.started_at)
 
     def _call(self, refs, timeout_s: float) -> list:
         ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
