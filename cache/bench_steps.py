@@ -24,14 +24,8 @@ import torch
 from . import disable, enable, last_video_stats
 from .presets import build_config
 
-# diffusers' Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json
-WAN21_1_3B = dict(
-    patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
-    text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
-)
-VAE_STRIDE = (4, 8, 8)  # Wan2.1's VAE: 4x in time (after the first frame), 8x in space
-TEXT_TOKENS = 512
+from ..pipelines.wan_configs import TEXT_TOKENS, VAE_STRIDE, WAN21_1_3B
+
 DEFAULT_METHODS = "none,bwcache:0,adaptive:0,bwcache:0.15,taylorseer:5,adaptive:0.5"
 
 

@@ -8,6 +8,7 @@
     ditfarm bench cache --model tiny --json OUT.json                  speed/fidelity of every cache
     ditfarm bench sp --policy adaptive --json OUT.json                the cache's speedup at sp=1 and sp=2
     ditfarm bench steps --device cuda --json OUT.json                 per-step times on the Wan2.1-1.3B shapes
+    ditfarm bench gpu --json OUT.json                                 a step and a video of Wan2.1 on one GPU
     ditfarm eval-adherence --model tiny --n 60     prompt adherence of the tiny model on held-out prompts
     ditfarm train-tiny --run-dir runs/tiny         (re)train the built-in model, resumably
 """
@@ -317,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile(sub)
     sub.add_parser("eval-adherence", help="prompt adherence of a tiny-grammar model", add_help=False)
     sub.add_parser("train-tiny", help="train the built-in tiny model (resumable)", add_help=False)
-    sub.add_parser("bench", help="`bench cache`: speed and fidelity of every cache policy; `bench sp`: the cache under sequence parallelism; `bench steps`: per-step times on Wan2.1 shapes", add_help=False)
+    sub.add_parser("bench", help="`bench cache`: speed and fidelity of every cache policy; `bench sp`: the cache under sequence parallelism; `bench steps`: per-step times on Wan2.1 shapes; `bench gpu`: a step and a whole video of Wan2.1 (1.3B, 14B) on one GPU", add_help=False)
     return parser
 
 
@@ -337,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         from ..cluster.bench_sp import main as bench_sp_main
 
         return bench_sp_main(argv[2:])
+    if argv[:2] == ["bench", "gpu"]:
+        from ..pipelines.bench_gpu import main as bench_gpu_main
+
+        return bench_gpu_main(argv[2:])
     if argv[:2] == ["bench", "steps"]:
         from ..cache.bench_steps import main as bench_steps_main
 

@@ -146,36 +146,55 @@ class WanVideoPipeline(VideoPipelineMixin):
         return video.permute(1, 2, 3, 0).cpu().numpy()
 
 
+SMALL_TRANSFORMER = dict(
+    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16, out_channels=16,
+    text_dim=32, freq_dim=32, ffn_dim=64, num_layers=4, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
+)
+SMALL_TEXT_ENCODER = dict(d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2, relative_attention_num_buckets=8)
+SMALL_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1)
+WORDS = ("a the red green blue yellow white black circle square triangle cat dog car moving left right up down on "
+         "and in with background gradient of sky sea city street forest").split()
+
+
 def make_small_wan_folder(folder: str | Path, seed: int = 0, layers: int = 4) -> Path:
     """A complete diffusers Wan folder with random weights and small dimensions: transformer 2 heads x 16 wide,
     VAE base width 8 (same 4x temporal, 8x spatial compression as Wan2.1), a one-layer UMT5 and a word-level
     tokenizer.  Loads with WanPipeline.from_pretrained and load_pipeline like a real Wan2.1 folder."""
+    card = {"kind": "wan", "defaults": {"num_frames": 9, "height": 64, "width": 64, "steps": 10,
+                                        "guidance_scale": 5.0}, "max_sequence_length": 32,
+            "video": {"fps": 16, "upscale": 1}}
+    return make_wan_folder(folder, {**SMALL_TRANSFORMER, "num_layers": layers}, SMALL_TEXT_ENCODER, SMALL_VAE, card,
+                           seed=seed)
+
+
+def make_wan_folder(folder: str | Path, transformer_config: dict, text_encoder_config: dict, vae_config: dict,
+                    card: dict | None = None, seed: int = 0, device: str = "cpu",
+                    dtype: torch.dtype = torch.float32) -> Path:
+    """A diffusers Wan folder with random weights of the given component configs (the real Wan2.1 ones in
+    ``wan_configs`` give the real shapes) and a word-level tokenizer of ``WORDS`` (the encoder's vocabulary
+    is the config's; the tokenizer only uses its first ids).  ``device`` builds the weights there (fast for
+    billions of parameters on a GPU); the transformer and text encoder are saved in ``dtype``, the VAE in
+    float32."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
     folder = Path(folder)
     torch.manual_seed(seed)
-    words = ["<pad>", "</s>", "<unk>"] + sorted(set(
-        "a the red green blue yellow white black circle square triangle cat dog car moving left right up down on "
-        "and in with background gradient of sky sea city street forest".split()))
+    words = ["<pad>", "</s>", "<unk>"] + sorted(set(WORDS))
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
                                         unk_token="<unk>")
-    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(words), d_model=32, d_kv=16, d_ff=64, num_layers=1,
-                                               num_heads=2, relative_attention_num_buckets=8))
-    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1)
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16, out_channels=16,
-        text_dim=32, freq_dim=32, ffn_dim=64, num_layers=layers, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
-    )
+    text_config = {"vocab_size": len(words), **text_encoder_config}
+    with torch.device(device):
+        text_encoder = UMT5EncoderModel(UMT5Config(**text_config)).to(dtype)
+        vae = AutoencoderKLWan(**vae_config)
+        transformer = WanTransformer3DModel(**transformer_config).to(dtype)
     pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
     pipe.save_pretrained(folder)
-    card = {"kind": "wan", "defaults": {"num_frames": 9, "height": 64, "width": 64, "steps": 10,
-                                        "guidance_scale": 5.0}, "max_sequence_length": 32,
-            "video": {"fps": 16, "upscale": 1}}
-    (folder / "ditfarm_model.json").write_text(json.dumps(card, indent=2) + "\n")
+    if card is not None:
+        (folder / "ditfarm_model.json").write_text(json.dumps(card, indent=2) + "\n")
     return folder

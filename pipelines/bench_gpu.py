@@ -1,0 +1,385 @@
+"""``ditfarm bench gpu``: what a denoising step and a whole video cost on one GPU, with random Wan2.1 weights.
+
+    ditfarm bench gpu --json benchmarks/bench-gpu-h200.json          # at most 8 minutes on one H200
+
+Time does not depend on trained weights, so the published Wan2.1 configs (``wan_configs``) are built with random
+weights; nothing is downloaded.  Three sections, each skipped with a note when the time budget runs out:
+
+1. **Wan2.1-1.3B at 480x832x81** (32,760 tokens): seconds per denoising step (two CFG calls and the scheduler
+   step) of plain diffusers (the transformer called as WanPipeline calls it, no hooks); ditfarm with ``none``
+   (its one loop, ``pipelines.denoise``); ditfarm with ``--compile`` and the best attention kernel
+   (``pipelines.attention``); and each cache policy at threshold 0 on the compiled model, where every block is
+   computed and the time over ``compiled`` is the policy's bookkeeping (``adaptive:1e-9`` measures its
+   indicator at every step yet never skips).
+2. **Wan2.1-14B at 720x1280x81** (75,600 tokens) with ``--blocks14`` of its 40 blocks (what fits the budget):
+   the same rows, measured, and scaled to 40 blocks by the per-block time (head and embeddings, a small share,
+   are counted 40/K times over, so the scaled figure errs high).
+3. **One whole video** of the 1.3B config with Wan2.1's real UMT5-XXL and VAE configs (random weights), written
+   as a model folder and loaded through ``load_pipeline`` (folder checks, bf16, tiled VAE decode): seconds and
+   peak GPU memory of text encoding, ``--video-steps`` denoising steps (scaled to 50 in the table), and decoding.
+
+``--small`` runs the same code on tiny shapes (for the CPU test that keeps this script honest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .wan_configs import TEXT_TOKENS, UMT5_XXL, VAE_STRIDE, WAN21_1_3B, WAN21_14B
+
+POLICY_ROWS = ("bwcache:0", "adaptive:0", "adaptive:1e-9", "adaptive-block:0", "taylorseer:1", "profiling:1")
+PROMPT = "a red cat moving left on the street"
+
+
+@dataclass(frozen=True)
+class Shapes:
+    transformer_14b: dict
+    transformer_1_3b: dict
+    text_encoder: dict
+    vae: dict
+    video_1_3b: tuple[int, int, int]
+    video_14b: tuple[int, int, int]
+    text_tokens: int
+
+
+REAL = Shapes(WAN21_14B, WAN21_1_3B, UMT5_XXL, {}, (81, 480, 832), (81, 720, 1280), TEXT_TOKENS)
+SMALL = Shapes(  # the same code on shapes a CPU runs in seconds
+    {**WAN21_14B, "num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 64, "text_dim": 32, "freq_dim": 32},
+    {**WAN21_1_3B, "num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 64, "text_dim": 32, "freq_dim": 32,
+     "num_layers": 2},
+    dict(d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2, relative_attention_num_buckets=8),
+    dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1),
+    (9, 64, 64), (9, 64, 96), 16,
+)
+
+
+class Budget:
+    def __init__(self, seconds: float):
+        self.deadline = time.monotonic() + seconds
+
+    @property
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def latent_shape(frames: int, height: int, width: int) -> tuple[int, ...]:
+    return (1, 16, (frames - 1) // VAE_STRIDE[0] + 1, height // VAE_STRIDE[1], width // VAE_STRIDE[2])
+
+
+def random_transformer(config: dict, layers: int, device: torch.device, dtype: torch.dtype):
+    """A Wan transformer of ``config`` with ``layers`` blocks, random weights, in ``dtype`` except the modules
+    diffusers keeps in float32 for Wan (as ``from_pretrained(dtype=...)`` leaves them)."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = WanTransformer3DModel(**{**config, "num_layers": layers})
+    model.to(dtype)
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, module in model.named_modules():
+        if keep & set(name.split(".")):
+            module.float()
+    return model.eval().requires_grad_(False)
+
+
+def scheduler():
+    from diffusers import UniPCMultistepScheduler  # WanPipeline's
+
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
+                                   num_train_timesteps=1000)
+
+
+def plain_diffusers_loop(transformer, latents, cond, uncond, steps: int, guidance: float):
+    """WanPipeline.__call__'s loop, as diffusers writes it (no hooks, no ditfarm)."""
+    sched = scheduler()
+    sched.set_timesteps(steps, device=latents.device)
+    dtype = transformer.dtype
+    for t in sched.timesteps:
+        latent_model_input = latents.to(dtype)
+        timestep = t.expand(latents.shape[0])
+        with transformer.cache_context("cond"):
+            noise_pred = transformer(hidden_states=latent_model_input, timestep=timestep, encoder_hidden_states=cond,
+                                     attention_kwargs=None, return_dict=False)[0]
+        with transformer.cache_context("uncond"):
+            noise_uncond = transformer(hidden_states=latent_model_input, timestep=timestep,
+                                       encoder_hidden_states=uncond, attention_kwargs=None, return_dict=False)[0]
+        noise_pred = noise_uncond + guidance * (noise_pred - noise_uncond)
+        latents = sched.step(noise_pred, t, latents, return_dict=False)[0]
+    return latents
+
+
+def ditfarm_loop(transformer, latents, cond, uncond, steps: int, guidance: float):
+    from .denoise import denoise
+
+    sched = scheduler()
+    return denoise(transformer, sched, latents, cond, uncond, steps, guidance)
+
+
+def seconds_per_step(loop, transformer, inputs, steps: int, repeats: int, device) -> tuple[float, float]:
+    """(median seconds per step over ``repeats`` loops of ``steps``, seconds of the warm-up loop)."""
+    synchronize(device)
+    start = time.perf_counter()
+    loop(transformer, *inputs, 2, 5.0)
+    synchronize(device)
+    warmup = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        loop(transformer, *inputs, steps, 5.0)
+        synchronize(device)
+        times.append((time.perf_counter() - start) / steps)
+    return statistics.median(times), warmup
+
+
+def policy_config(row: str, transformer):
+    """"adaptive-block:0" and friends -> a cache config that computes every block."""
+    from ..cache.policies import AdaptiveConfig
+    from ..cache.presets import build_config
+    from ..cache.profile import BACKGROUND, BlockProfile, CacheProfile, model_identity
+
+    name, _, knob = row.partition(":")
+    if name == "adaptive-block":
+        return AdaptiveConfig(threshold=float(knob), granularity="block")
+    profile = None
+    if name == "profiling":  # every block background, refreshed every step: computes all, pays the bookkeeping
+        n = len(transformer.blocks)
+        profile = CacheProfile(model=model_identity(transformer), r_attn_threshold=0.5,
+                               blocks=[BlockProfile(i, 0.0, BACKGROUND, [math.nan]) for i in range(n)])
+    return build_config(name, float(knob), profile)
+
+
+def step_rows(transformer, shape, text_dim: int, text_tokens: int, device, args, budget: Budget, log,
+              scale: float = 1.0) -> list[dict]:
+    """The rows of one section: plain, none, compiled, then each policy on the compiled model."""
+    from ..cache import disable, enable, last_video_stats
+    from .attention import apply_attention, choose_attention
+    from .compile import compile_blocks, compiled_graphs
+
+    gen = torch.Generator().manual_seed(0)
+    dtype = transformer.dtype
+    latents = torch.randn(shape, generator=gen).to(device)
+    cond, uncond = (torch.randn(1, text_tokens, text_dim, generator=gen).to(device, dtype) for _ in range(2))
+    inputs = (latents, cond, uncond)
+    rows = []
+
+    def add(method: str, loop, note: str = "", extra: dict | None = None):
+        if budget.left < args.reserve_seconds:
+            rows.append({"method": method, "skipped": "time budget"})
+            log(f"  {method}: skipped (time budget)")
+            return
+        torch.cuda.reset_peak_memory_stats(device) if device.type == "cuda" else None
+        per_step, warmup = seconds_per_step(loop, transformer, inputs, args.steps, args.repeats, device)
+        row = {"method": method, "seconds_per_step": per_step, "scaled_seconds_per_step": per_step * scale,
+               "warmup_seconds": warmup, "note": note, **(extra or {})}
+        if device.type == "cuda":
+            row["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
+        rows.append(row)
+        log(f"  {method}: {per_step:.3f} s/step" + (f" ({per_step * scale:.3f} scaled)" if scale != 1 else "")
+            + f", warm-up {warmup:.1f} s")
+
+    add("diffusers", plain_diffusers_loop, "WanPipeline's loop, no hooks")
+    add("ditfarm none", ditfarm_loop)
+    choice = choose_attention(device, dtype)
+    apply_attention(transformer, choice)
+    compile_blocks(transformer, backend=args.compile_backend)
+    add("ditfarm compiled", ditfarm_loop, f"{args.compile_backend}; {choice.describe()}")
+    graphs_before = compiled_graphs()  # the compiled row's warm-up built them
+    base = rows[-1].get("seconds_per_step")
+    for policy in POLICY_ROWS:
+        enable(transformer, policy_config(policy, transformer))
+        add(f"compiled + {policy}", ditfarm_loop)
+        stats = last_video_stats(transformer)
+        if "seconds_per_step" in rows[-1]:
+            rows[-1]["computed_fraction"] = 1.0 - (stats.skipped_fraction if stats else 0.0)
+            if base:
+                rows[-1]["vs_compiled"] = rows[-1]["seconds_per_step"] / base
+        disable(transformer)
+    rows.append({"method": "graphs built while the policies ran", "graphs": compiled_graphs() - graphs_before})
+    return rows
+
+
+def whole_video(shapes: Shapes, device, dtype, args, budget: Budget, log) -> dict:
+    """Write a 1.3B-config folder with the real text encoder and VAE configs, load it as a user would, render."""
+    from .loading import load_pipeline
+    from .wan import make_wan_folder
+
+    frames, height, width = shapes.video_1_3b
+    card = {"kind": "wan", "defaults": {"num_frames": frames, "height": height, "width": width, "steps": 50,
+                                        "guidance_scale": 5.0}, "max_sequence_length": shapes.text_tokens}
+    result = {"steps": args.video_steps, "video": [frames, height, width]}
+    with tempfile.TemporaryDirectory(prefix="ditfarm-bench-wan-") as tmp:
+        start = time.perf_counter()
+        folder = make_wan_folder(Path(tmp) / "wan", shapes.transformer_1_3b, shapes.text_encoder, shapes.vae, card,
+                                 device=str(device), dtype=dtype)
+        result["write_seconds"] = time.perf_counter() - start
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        start = time.perf_counter()
+        pipe = load_pipeline(folder, device=str(device), dtype="bf16" if dtype == torch.bfloat16 else "fp32")
+        result["load_seconds"] = time.perf_counter() - start
+        settings = pipe.settings(steps=args.video_steps)
+        phases = {}
+
+        def phase(name, fn):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            t0 = time.perf_counter()
+            value = fn()
+            synchronize(device)
+            phases[name] = {"seconds": time.perf_counter() - t0}
+            if device.type == "cuda":
+                phases[name]["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
+            log(f"  {name}: {phases[name]['seconds']:.2f} s")
+            return value
+
+        with torch.no_grad():
+            embeddings = phase("text", lambda: pipe.encode_prompt(PROMPT, "", settings.guidance_scale))
+            latents = phase("denoise", lambda: pipe.generate_latents(PROMPT, 0, settings, embeddings=embeddings))
+            if budget.left > args.reserve_seconds:
+                video = phase("decode", lambda: pipe.decode(latents))
+                result["decoded_shape"] = list(video.shape)
+            else:
+                phases["decode"] = {"skipped": "time budget"}
+        phases["denoise"]["seconds_per_step"] = phases["denoise"]["seconds"] / args.video_steps
+        result["phases"] = phases
+        result["vae_tiling"] = bool(pipe.pipe.vae.use_tiling)
+    return result
+
+
+def run(args: argparse.Namespace, log=print) -> dict:
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    shapes = SMALL if args.small else REAL
+    budget = Budget(args.budget_seconds)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    result = {"device": name, "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""),
+              "steps": args.steps, "repeats": args.repeats, "budget_seconds": args.budget_seconds, "sections": {}}
+    try:
+        import diffusers
+
+        result["diffusers"] = diffusers.__version__
+    except ImportError:
+        pass
+
+    def section(key: str, title: str, fn):
+        if budget.left < args.reserve_seconds:
+            result["sections"][key] = {"title": title, "skipped": "time budget"}
+            log(f"{title}: skipped (time budget)")
+            return
+        log(title)
+        start = time.perf_counter()
+        result["sections"][key] = {"title": title, **fn(), "seconds": time.perf_counter() - start}
+        torch._dynamo.reset()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def wan_1_3b():
+        frames, height, width = shapes.video_1_3b
+        t = random_transformer(shapes.transformer_1_3b, shapes.transformer_1_3b["num_layers"], device, dtype)
+        shape = latent_shape(frames, height, width)
+        rows = step_rows(t, shape, shapes.transformer_1_3b["text_dim"], shapes.text_tokens, device, args, budget, log)
+        del t
+        return {"blocks": shapes.transformer_1_3b["num_layers"], "latents": list(shape), "tokens": tokens(shape),
+                "rows": rows}
+
+    def wan_14b():
+        frames, height, width = shapes.video_14b
+        full = shapes.transformer_14b["num_layers"]
+        t = random_transformer(shapes.transformer_14b, args.blocks14, device, dtype)
+        shape = latent_shape(frames, height, width)
+        rows = step_rows(t, shape, shapes.transformer_14b["text_dim"], shapes.text_tokens, device, args, budget, log,
+                         scale=full / args.blocks14)
+        del t
+        return {"blocks": args.blocks14, "of_blocks": full, "latents": list(shape), "tokens": tokens(shape),
+                "scaled_to": full, "rows": rows}
+
+    section("wan2.1-1.3b", f"Wan2.1-1.3B, {'x'.join(map(str, shapes.video_1_3b))}", wan_1_3b)
+    section("wan2.1-14b", f"Wan2.1-14B ({args.blocks14} of {shapes.transformer_14b['num_layers']} blocks), "
+                          f"{'x'.join(map(str, shapes.video_14b))}", wan_14b)
+    section("video-1.3b", "One video, Wan2.1-1.3B with UMT5-XXL and the Wan VAE (random weights)",
+            lambda: whole_video(shapes, device, dtype, args, budget, log))
+    return result
+
+
+def tokens(latents: tuple[int, ...]) -> int:
+    p_t, p_h, p_w = WAN21_1_3B["patch_size"]
+    return (latents[2] // p_t) * (latents[3] // p_h) * (latents[4] // p_w)
+
+
+def markdown_table(result: dict) -> str:
+    lines = []
+    for key, sec in result["sections"].items():
+        lines.append(f"\n{sec['title']}" + (f": skipped ({sec['skipped']})" if "skipped" in sec else ""))
+        if "rows" in sec:
+            scaled = "scaled_to" in sec
+            lines += ["| method | s/step | " + ("s/step at 40 blocks | " if scaled else "") + "vs compiled | peak GiB |",
+                      "|---|---|" + ("---|" if scaled else "") + "---|---|"]
+            for r in sec["rows"]:
+                if "seconds_per_step" not in r:
+                    if "graphs" in r:
+                        lines.append(f"| {r['method']} | {r['graphs']} |" + (" |" if scaled else "") + " | |")
+                    else:
+                        lines.append(f"| {r['method']} | skipped |" + (" |" if scaled else "") + " | |")
+                    continue
+                peak = f"{r['peak_gpu_bytes'] / 2**30:.1f}" if "peak_gpu_bytes" in r else ""
+                vs = f"{r['vs_compiled']:.3f}" if "vs_compiled" in r else ""
+                lines.append(f"| {r['method']} | {r['seconds_per_step']:.3f} | "
+                             + (f"{r['scaled_seconds_per_step']:.3f} | " if scaled else "") + f"{vs} | {peak} |")
+        if "phases" in sec:
+            lines += ["| phase | seconds | peak GiB |", "|---|---|---|"]
+            for name, p in sec["phases"].items():
+                if "skipped" in p:
+                    lines.append(f"| {name} | skipped | |")
+                    continue
+                peak = f"{p['peak_gpu_bytes'] / 2**30:.1f}" if "peak_gpu_bytes" in p else ""
+                label = f"{name} ({sec['steps']} steps; {p['seconds_per_step'] * 50:.1f} s at 50)" if name == "denoise" \
+                    else name
+                lines.append(f"| {label} | {p['seconds']:.2f} | {peak} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="ditfarm bench gpu", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per loop (default 3)")
+    p.add_argument("--repeats", type=int, default=2, help="timed loops per row; the median is reported")
+    p.add_argument("--blocks14", type=int, default=4, help="blocks of Wan2.1-14B to build (default 4 of 40)")
+    p.add_argument("--video-steps", type=int, default=4, help="denoising steps of the whole video (default 4)")
+    p.add_argument("--compile-backend", default="inductor")
+    p.add_argument("--budget-seconds", type=float, default=450.0,
+                   help="stop starting new rows after this long (default 450: the whole run stays under 8 min)")
+    p.add_argument("--reserve-seconds", type=float, default=30.0, help="a row starts only with this much left")
+    p.add_argument("--small", action="store_true", help="tiny shapes (the CPU test)")
+    p.add_argument("--json", type=Path, help="write the result here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    print(markdown_table(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,30 @@
+"""`ditfarm bench gpu` runs here on tiny shapes: the same code the H200 runs, every row and phase present."""
+
+import json
+
+from ditfarm.jobs.cli import main as cli
+from ditfarm.pipelines.bench_gpu import POLICY_ROWS
+
+
+def test_bench_gpu_on_small_shapes(tmp_path, capsys):
+    out = tmp_path / "gpu.json"
+    assert cli(["bench", "gpu", "--small", "--device", "cpu", "--compile-backend", "eager", "--steps", "1",
+                "--repeats", "1", "--video-steps", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    sections = result["sections"]
+    assert set(sections) == {"wan2.1-1.3b", "wan2.1-14b", "video-1.3b"}
+    for key in ("wan2.1-1.3b", "wan2.1-14b"):
+        rows = {r["method"]: r for r in sections[key]["rows"]}
+        expected = {"diffusers", "ditfarm none", "ditfarm compiled"} | {f"compiled + {p}" for p in POLICY_ROWS}
+        assert expected <= set(rows), set(rows)
+        for name in expected:
+            assert rows[name]["seconds_per_step"] > 0, name
+        for policy in POLICY_ROWS:  # at threshold 0 every block is computed: only the bookkeeping is timed
+            assert rows[f"compiled + {policy}"]["computed_fraction"] == 1.0, policy
+        assert rows["graphs built while the policies ran"]["graphs"] == 0  # no policy forces a recompile
+    assert sections["wan2.1-14b"]["scaled_to"] == 40 and sections["wan2.1-14b"]["blocks"] == 4
+    video = sections["video-1.3b"]
+    assert video["decoded_shape"] == [9, 64, 64, 3] and video["vae_tiling"]
+    assert {"text", "denoise", "decode"} <= set(video["phases"])
+    printed = capsys.readouterr().out
+    assert "| diffusers |" in printed and "| decode |" in printed
