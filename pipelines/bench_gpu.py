@@ -13,7 +13,7 @@ weights; nothing is downloaded.  Three sections, each skipped with a note when t
    indicator at every step yet never skips).
 2. **Wan2.1-14B at 720x1280x81** (75,600 tokens) with ``--blocks14`` of its 40 blocks (what fits the budget):
    the same rows, measured, and scaled to 40 blocks by the per-block time (head and embeddings, a small share,
-   are counted 40/K times over, so the scaled figure errs high).
+   are counted 40/K times over, so the scaled figure errs high).  It runs last: what the budget leaves.
 3. **One whole video** of the 1.3B config with Wan2.1's real UMT5-XXL and VAE configs (random weights), written
    as a model folder and loaded through ``load_pipeline`` (folder checks, bf16, tiled VAE decode): seconds and
    peak GPU memory of text encoding, ``--video-steps`` denoising steps (scaled to 50 in the table), and decoding.
@@ -130,10 +130,10 @@ def ditfarm_loop(transformer, latents, cond, uncond, steps: int, guidance: float
 
 
 def seconds_per_step(loop, transformer, inputs, steps: int, repeats: int, device) -> tuple[float, float]:
-    """(median seconds per step over ``repeats`` loops of ``steps``, seconds of the warm-up loop)."""
+    """(median seconds per step over ``repeats`` loops of ``steps``, seconds of the one-step warm-up loop)."""
     synchronize(device)
     start = time.perf_counter()
-    loop(transformer, *inputs, 2, 5.0)
+    loop(transformer, *inputs, 1, 5.0)
     synchronize(device)
     warmup = time.perf_counter() - start
     times = []
@@ -164,7 +164,7 @@ def policy_config(row: str, transformer):
 
 
 def step_rows(transformer, shape, text_dim: int, text_tokens: int, device, args, budget: Budget, log,
-              scale: float = 1.0) -> list[dict]:
+              scale: float = 1.0, steps: int = 3, repeats: int = 2) -> list[dict]:
     """The rows of one section: plain, none, compiled, then each policy on the compiled model."""
     from ..cache import disable, enable, last_video_stats
     from .attention import apply_attention, choose_attention
@@ -182,8 +182,14 @@ def step_rows(transformer, shape, text_dim: int, text_tokens: int, device, args,
             rows.append({"method": method, "skipped": "time budget"})
             log(f"  {method}: skipped (time budget)")
             return
-        torch.cuda.reset_peak_memory_stats(device) if device.type == "cuda" else None
-        per_step, warmup = seconds_per_step(loop, transformer, inputs, args.steps, args.repeats, device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            per_step, warmup = seconds_per_step(loop, transformer, inputs, steps, repeats, device)
+        except Exception as err:  # noqa: BLE001 - one row's failure is a finding; the other rows still run
+            rows.append({"method": method, "error": f"{type(err).__name__}: {err}"[:2000]})
+            log(f"  {method}: FAILED {type(err).__name__}: {err}")
+            return
         row = {"method": method, "seconds_per_step": per_step, "scaled_seconds_per_step": per_step * scale,
                "warmup_seconds": warmup, "note": note, **(extra or {})}
         if device.type == "cuda":
@@ -195,7 +201,11 @@ def step_rows(transformer, shape, text_dim: int, text_tokens: int, device, args,
     add("diffusers", plain_diffusers_loop, "WanPipeline's loop, no hooks")
     add("ditfarm none", ditfarm_loop)
     choice = choose_attention(device, dtype)
-    apply_attention(transformer, choice)
+    try:
+        apply_attention(transformer, choice)
+    except Exception as err:  # noqa: BLE001 - record it and go on with the model's own attention
+        rows.append({"method": f"attention backend {choice.backend}", "error": f"{type(err).__name__}: {err}"})
+        log(f"  attention backend {choice.backend}: FAILED {err}")
     compile_blocks(transformer, backend=args.compile_backend)
     add("ditfarm compiled", ditfarm_loop, f"{args.compile_backend}; {choice.describe()}")
     graphs_before = compiled_graphs()  # the compiled row's warm-up built them
@@ -284,7 +294,14 @@ def run(args: argparse.Namespace, log=print) -> dict:
             return
         log(title)
         start = time.perf_counter()
-        result["sections"][key] = {"title": title, **fn(), "seconds": time.perf_counter() - start}
+        try:
+            result["sections"][key] = {"title": title, **fn(), "seconds": time.perf_counter() - start}
+        except Exception as err:  # noqa: BLE001 - a section's failure is a finding; the next section still runs
+            import traceback
+
+            result["sections"][key] = {"title": title, "skipped": f"failed: {type(err).__name__}: {err}"[:300],
+                                       "traceback": traceback.format_exc()[-4000:]}
+            log(f"{title}: FAILED\n{traceback.format_exc()}")
         torch._dynamo.reset()
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -293,7 +310,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
         frames, height, width = shapes.video_1_3b
         t = random_transformer(shapes.transformer_1_3b, shapes.transformer_1_3b["num_layers"], device, dtype)
         shape = latent_shape(frames, height, width)
-        rows = step_rows(t, shape, shapes.transformer_1_3b["text_dim"], shapes.text_tokens, device, args, budget, log)
+        rows = step_rows(t, shape, shapes.transformer_1_3b["text_dim"], shapes.text_tokens, device, args, budget, log,
+                         steps=args.steps, repeats=args.repeats)
         del t
         return {"blocks": shapes.transformer_1_3b["num_layers"], "latents": list(shape), "tokens": tokens(shape),
                 "rows": rows}
@@ -304,16 +322,16 @@ def run(args: argparse.Namespace, log=print) -> dict:
         t = random_transformer(shapes.transformer_14b, args.blocks14, device, dtype)
         shape = latent_shape(frames, height, width)
         rows = step_rows(t, shape, shapes.transformer_14b["text_dim"], shapes.text_tokens, device, args, budget, log,
-                         scale=full / args.blocks14)
+                         scale=full / args.blocks14, steps=args.steps14, repeats=1)
         del t
         return {"blocks": args.blocks14, "of_blocks": full, "latents": list(shape), "tokens": tokens(shape),
                 "scaled_to": full, "rows": rows}
 
     section("wan2.1-1.3b", f"Wan2.1-1.3B, {'x'.join(map(str, shapes.video_1_3b))}", wan_1_3b)
-    section("wan2.1-14b", f"Wan2.1-14B ({args.blocks14} of {shapes.transformer_14b['num_layers']} blocks), "
-                          f"{'x'.join(map(str, shapes.video_14b))}", wan_14b)
     section("video-1.3b", "One video, Wan2.1-1.3B with UMT5-XXL and the Wan VAE (random weights)",
             lambda: whole_video(shapes, device, dtype, args, budget, log))
+    section("wan2.1-14b", f"Wan2.1-14B ({args.blocks14} of {shapes.transformer_14b['num_layers']} blocks), "
+                          f"{'x'.join(map(str, shapes.video_14b))}", wan_14b)
     return result
 
 
@@ -332,7 +350,10 @@ def markdown_table(result: dict) -> str:
                       "|---|---|" + ("---|" if scaled else "") + "---|---|"]
             for r in sec["rows"]:
                 if "seconds_per_step" not in r:
-                    if "graphs" in r:
+                    if "error" in r:
+                        lines.append(f"| {r['method']} | FAILED: {r['error'][:80]} |" + (" |" if scaled else "")
+                                     + " | |")
+                    elif "graphs" in r:
                         lines.append(f"| {r['method']} | {r['graphs']} |" + (" |" if scaled else "") + " | |")
                     else:
                         lines.append(f"| {r['method']} | skipped |" + (" |" if scaled else "") + " | |")
@@ -358,8 +379,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="ditfarm bench gpu", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per loop (default 3)")
-    p.add_argument("--repeats", type=int, default=2, help="timed loops per row; the median is reported")
+    p.add_argument("--steps", type=int, default=3, help="1.3B: timed steps per loop (default 3)")
+    p.add_argument("--repeats", type=int, default=2, help="1.3B: timed loops per row; the median is reported")
+    p.add_argument("--steps14", type=int, default=2, help="14B: timed steps of the one timed loop (default 2)")
     p.add_argument("--blocks14", type=int, default=4, help="blocks of Wan2.1-14B to build (default 4 of 40)")
     p.add_argument("--video-steps", type=int, default=4, help="denoising steps of the whole video (default 4)")
     p.add_argument("--compile-backend", default="inductor")
