@@ -115,9 +115,9 @@ def method_grid(pipe, steps: int, guidance_scale: float, profile, calibration_pr
 
     def ours(policy, knob):
         if policy == "adaptive-block":  # the adaptive policy deciding per block instead of per step
-            config = replace(build_config("adaptive", knob, profile), granularity="block")
+            config = replace(build_config("adaptive", knob, profile, pipe.cache_settings), granularity="block")
         else:
-            config = build_config(policy, knob, profile)
+            config = build_config(policy, knob, profile, pipe.cache_settings)
         return Method(policy, knob, lambda p: enable(p, config))
 
     def diffusers_cache(family, knob, config):

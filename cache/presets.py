@@ -6,15 +6,17 @@ Each policy has one knob that trades speed for fidelity, and good defaults for e
     profiling   the refresh interval right after warm-up, T_max (it shrinks to T_min = 2 at the end)
     taylorseer  the interval N between full steps
     adaptive    the error budget: predicted relative L1 error of the forecast stack residual, accumulated over a
-                run of skipped steps (per block with granularity "block"); from 0.5 to 4 it also climbs a ladder
-                of searched schedule shapes, 14 down to 4 computed steps of 30
+                run of skipped steps (per block with granularity "block"); it also picks a rung of the model's
+                ladder of schedule shapes (tiny's card: searched, 14 down to 4 computed steps of 30)
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from .policies import AdaptiveConfig, BWCacheConfig, ProfilingConfig, TaylorSeerConfig
+from .policies.adaptive import Ladder
 from .profile import CacheProfile
 
 POLICIES = ("none", "bwcache", "profiling", "taylorseer", "adaptive")
@@ -38,19 +40,46 @@ def resolve_knob(policy: str, knob: float | None = None) -> float | int | None:
     return float(value)
 
 
-def build_config(policy: str, knob: float | None = None, profile: CacheProfile | str | Path | None = None):
-    """The config for ``policy`` (None for "none"); ``profile`` is required by profiling, used by adaptive."""
+@dataclass(frozen=True)
+class ModelCacheSettings:
+    """What a model's card says about caching.  ``reference_steps``: the video length that step-counted knobs
+    (TaylorSeer's and ProfilingDiT's intervals) mean: the base model's own schedule (tiny 30, Wan2.1 50, also for
+    a distilled folder; its card may say otherwise); other lengths scale them.
+    ``adaptive_ladder``: the ladder searched for this model (None: GENERIC_LADDER)."""
+
+    reference_steps: int | None = None
+    adaptive_ladder: Ladder | None = None
+
+    @classmethod
+    def from_card(cls, card: dict, default_steps: int | None) -> "ModelCacheSettings":
+        section = card.get("cache", {})
+        ladder = section.get("adaptive", {}).get("ladder")
+        return cls(section.get("reference_steps", default_steps), Ladder.from_card(ladder) if ladder else None)
+
+
+def build_config(policy: str, knob: float | None = None, profile: CacheProfile | str | Path | None = None,
+                 model: ModelCacheSettings | None = None):
+    """The config for ``policy`` (None for "none"); ``profile`` is required by profiling, used by adaptive;
+    ``model``: the model card's cache settings (``pipe.cache_settings``)."""
     value = resolve_knob(policy, knob)
     if value is None:
         return None
+    model = model or ModelCacheSettings()
     if isinstance(profile, (str, Path)):
         profile = CacheProfile.load(profile)
     if policy == "bwcache":
         return BWCacheConfig(threshold=value)
     if policy == "taylorseer":
-        return TaylorSeerConfig(interval=value)
+        return TaylorSeerConfig(interval=value, reference_steps=model.reference_steps)
     if policy == "profiling":
         if profile is None:
             raise ValueError("the profiling policy needs a profile: pass --profile PROFILE.json (see `ditfarm profile`)")
-        return ProfilingConfig(profile=profile, max_interval=value, min_interval=min(2, value))
-    return AdaptiveConfig(threshold=value, profile=profile)
+        return ProfilingConfig(profile=profile, max_interval=value, min_interval=min(2, value),
+                               reference_steps=model.reference_steps)
+    return AdaptiveConfig(threshold=value, profile=profile, ladder=model.adaptive_ladder)
+
+
+def config_for(pipe, policy: str, knob: float | None = None, profile: CacheProfile | str | Path | None = None):
+    """``build_config`` for a loaded model: its shipped profile unless one is given, and its card's settings."""
+    return build_config(policy, knob, profile or pipe.default_cache_profile(),
+                        getattr(pipe, "cache_settings", None))

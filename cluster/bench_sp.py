@@ -24,7 +24,7 @@ def _bench_rank(rank: int, world: int, model: str, policy: str, knob, cases, sam
     import torch.distributed as dist
 
     from ..cache import disable, enable, last_video_stats
-    from ..cache.presets import build_config
+    from ..cache.presets import config_for
     from .collectives import make_cache_reduce
     from .gang_rank import RankConfig, RankRenderer
 
@@ -38,7 +38,7 @@ def _bench_rank(rank: int, world: int, model: str, policy: str, knob, cases, sam
         wire["bytes"] += vector.numel() * 8  # sent as int64 fixed point
         return inner(vector)
 
-    config = build_config(policy, knob, pipe.default_cache_profile())
+    config = config_for(pipe, policy, knob)
     out = {"none": [], policy: []}
     renderer.render(cases[0][0], cases[0][1], sampler)  # warm-up: allocator, thread pools, first-call paths
     for prompt, seed in cases:

@@ -51,7 +51,7 @@ def broadcast_tensors(tensors: list[torch.Tensor] | None, src: int = 0, group=No
 class RankRenderer:
     def __init__(self, rank: int, world: int, config: RankConfig):
         from ..cache import enable
-        from ..cache.presets import build_config
+        from ..cache.presets import config_for
         from ..pipelines.attention import apply_attention, choose_attention
         from ..pipelines.compile import compile_blocks
         from ..pipelines.loading import load_pipeline
@@ -86,8 +86,8 @@ class RankRenderer:
                      f"blocks compiled ({config.compile})" if config.compile else "blocks eager")
         if config.compile:
             compile_blocks(self.pipe.transformer, backend=config.compile)
-        profile = config.profile or self.pipe.default_cache_profile()
-        self.cache = enable(self.pipe, build_config(config.cache, config.cache_knob, profile), reduce=reduce)
+        self.cache = enable(self.pipe, config_for(self.pipe, config.cache, config.cache_knob, config.profile),
+                            reduce=reduce)
 
     def _wrap_text_encoder(self) -> None:
         """Encode on rank 0 only and broadcast the embeddings to the other ranks."""

@@ -96,7 +96,7 @@ class LocalRenderer:
 
     def __init__(self, settings: RenderSettings):
         from ..cache import enable
-        from ..cache.presets import build_config
+        from ..cache.presets import config_for
         from ..pipelines.attention import apply_attention, choose_attention
         from ..pipelines.compile import compile_blocks
         from ..pipelines.loading import load_pipeline
@@ -109,8 +109,7 @@ class LocalRenderer:
                  f"blocks compiled ({settings.compile})" if settings.compile else "blocks eager")
         if settings.compile:
             compile_blocks(self.pipe.transformer, backend=settings.compile)
-        profile = settings.profile or self.pipe.default_cache_profile()
-        self.cache = enable(self.pipe, build_config(settings.cache, settings.cache_knob, profile))
+        self.cache = enable(self.pipe, config_for(self.pipe, settings.cache, settings.cache_knob, settings.profile))
         self.capacity = 2 if settings.overlap else 1
         # an offloaded text encoder visits the accelerator only in the loop's turn, never beside another loop
         self.encode_in_turn = settings.offload_text_encoder

@@ -32,6 +32,7 @@ class VideoPipelineMixin:
     video: VideoDefaults = VideoDefaults(fps=16, upscale=1)
     holds_text_encoder = True  # False where a gang rank loaded the transformer alone
     guidance_split = None  # a GuidanceSplit under CFG parallelism: this rank runs one CFG branch
+    cache_settings = None  # the card's ModelCacheSettings (cache.presets): reference steps, a searched ladder
     holds_vae = True
     folder: str | None = None
     model_name: str = "model"

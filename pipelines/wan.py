@@ -71,6 +71,7 @@ class WanVideoPipeline(VideoPipelineMixin):
         from diffusers import AutoencoderKLWan, WanPipeline
         from transformers import UMT5EncoderModel
 
+        from ..cache.presets import ModelCacheSettings
         from .checks import wan_vae_factors
         from .folder_checks import check_wan_folder
 
@@ -92,8 +93,11 @@ class WanVideoPipeline(VideoPipelineMixin):
         defaults = SamplerSettings(**{**WAN_DEFAULTS.__dict__, **card.get("defaults", {})})
         video = VideoDefaults(**{**WAN_VIDEO.__dict__, **card.get("video", {})})
         factors = wan_vae_factors(json.loads((folder / "vae" / "config.json").read_text()))
-        return cls(pipe, str(folder), defaults, card.get("max_sequence_length", MAX_SEQUENCE_LENGTH), video, factors,
+        made = cls(pipe, str(folder), defaults, card.get("max_sequence_length", MAX_SEQUENCE_LENGTH), video, factors,
                    offload_text_encoder and encode_and_decode)
+        # step-counted knobs mean steps of Wan's own 50-step schedule, also in a distilled folder's card
+        made.cache_settings = ModelCacheSettings.from_card(card, WAN_DEFAULTS.steps)
+        return made
 
     def check_prompt(self, prompt: str) -> None:
         if not isinstance(prompt, str) or not prompt.strip():
@@ -189,9 +193,11 @@ def make_wan_folder(folder: str | Path, transformer_config: dict, text_encoder_c
                                         unk_token="<unk>")
     text_config = {"vocab_size": len(words), **text_encoder_config}
     with torch.device(device):
-        text_encoder = UMT5EncoderModel(UMT5Config(**text_config)).to(dtype)
+        text_encoder = UMT5EncoderModel(UMT5Config(**text_config))
         vae = AutoencoderKLWan(**vae_config)
-        transformer = WanTransformer3DModel(**transformer_config).to(dtype)
+        transformer = WanTransformer3DModel(**transformer_config)
+    if dtype != torch.float32:  # loading with dtype=float32 later upcasts what Wan keeps in float32
+        text_encoder, transformer = text_encoder.to(dtype), transformer.to(dtype)
     pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
     pipe.save_pretrained(folder)

@@ -22,3 +22,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def tiny_ladder():
+    """adaptive's ladder from the shipped tiny card (searched at 30 steps; fractions of the schedule)."""
+    from ditfarm.cache.presets import ModelCacheSettings
+    from ditfarm.pipelines.tiny.weights import BUNDLED_FOLDER, read_model_card
+
+    return ModelCacheSettings.from_card(read_model_card(BUNDLED_FOLDER), 30).adaptive_ladder

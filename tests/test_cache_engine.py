@@ -11,6 +11,7 @@ from ditfarm.cache.metrics import psnr
 from ditfarm.cache.policies import AdaptivePolicy, TaylorSeerPolicy
 from ditfarm.cache.policies.base import CachePolicy
 from ditfarm.cache.profile import BlockProfile
+from helpers import tiny_ladder
 from ditfarm.pipelines.tiny.model_config import TRANSFORMER_CONFIG
 
 PROMPT = "red circle moving left on blue background"
@@ -126,7 +127,8 @@ def test_cfg_branches_keep_separate_state(pipe):
 
 def test_reduce_seam_steers_the_decisions(pipe):
     def masks_with(reduce):
-        cache.enable(pipe, cache.AdaptiveConfig(threshold=0.3, warmup_fraction=0.0), reduce=reduce)
+        cache.enable(pipe, cache.AdaptiveConfig(threshold=0.3, warmup_fraction=0.0, first_run=0.1, max_run=0.3),
+                     reduce=reduce)  # runs of 1 to 3 of the 10 steps
         try:
             pipe.generate(PROMPT, seed=2, steps=10)
             return cache.last_video_stats(pipe)
@@ -307,9 +309,9 @@ def test_reuse_output_skips_the_whole_call_and_returns_the_last_output(pipe):
 
 
 def test_adaptive_fastest_rungs_reuse_the_output_and_render(pipe):
-    fast = cache.AdaptiveConfig(threshold=3.0)
-    assert AdaptivePolicy(fast).reuse_output and not AdaptivePolicy(cache.AdaptiveConfig()).reuse_output
-    assert not AdaptivePolicy(cache.AdaptiveConfig(threshold=3.0, granularity="block")).reuse_output
+    fast = cache.AdaptiveConfig(threshold=3.0, ladder=tiny_ladder())
+    assert AdaptivePolicy(fast).reuse_output and not AdaptivePolicy(cache.AdaptiveConfig(ladder=tiny_ladder())).reuse_output
+    assert not AdaptivePolicy(cache.AdaptiveConfig(threshold=3.0, granularity="block", ladder=tiny_ladder())).reuse_output
     frames, stats = render_cached(pipe, fast, seed=4, steps=12)
     assert frames.std() > 0 and 0 < stats.skipped_fraction < 1  # fidelity floors: tests/test_cache_fidelity.py
     assert stats.peak_bytes > 0

@@ -6,6 +6,10 @@ import pytest
 from ditfarm.cache import AdaptiveConfig, BWCacheConfig, CacheProfile, ProfilingConfig, TaylorSeerConfig
 from ditfarm.cache.policies import AdaptivePolicy, BWCachePolicy, ProfilingPolicy, TaylorSeerPolicy
 from ditfarm.cache.profile import BACKGROUND, FOREGROUND, BlockProfile
+from ditfarm.cache.policies.adaptive import Ladder, Rung
+from helpers import tiny_ladder
+
+TINY = tiny_ladder()
 
 
 def drive(policy, num_blocks, num_steps, sums_at):
@@ -81,7 +85,7 @@ def test_taylorseer_full_every_n_steps():
 
 def test_adaptive_skips_by_predicted_error_per_block_and_class():
     config = AdaptiveConfig(
-        threshold=0.1, order=0, max_run=3, warmup_fraction=0.2, final_steps=1,
+        threshold=0.1, order=0, max_run=3 / 12, warmup_fraction=0.2, final_steps=1,
         profile=profile([BACKGROUND, BACKGROUND, FOREGROUND]), foreground_scale=0.5, granularity="block",
     )
     policy = AdaptivePolicy(config)
@@ -116,12 +120,13 @@ def stack_error_sums(unit_error, order):
 
 
 def test_adaptive_step_granularity_skips_whole_steps_while_accumulated_error_fits():
-    config = AdaptiveConfig(threshold=0.1, order=0, max_run=3, warmup_fraction=0.2, final_steps=1, growth=0, first_run=3)
+    runs_of_3 = Ladder((Rung(0.0, warmup_fraction=0.2, first_run=3 / 12, growth=0.0, max_run=3 / 12),))
+    config = AdaptiveConfig(threshold=0.1, order=0, final_steps=1, ladder=runs_of_3)  # fractions of the 12 steps
     masks = drive(AdaptivePolicy(config), 3, 12, stack_error_sums(0.02, order=0))
     assert all(m.all() or not m.any() for m in masks)  # every block together
     # after warm-up: skip while 0.02 * (1 + 2 + ...) < 0.1 -> two skipped steps, then a computed one; last step runs
     assert [int(m[0]) for m in masks] == [1, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 1]
-    tight = AdaptiveConfig(threshold=0.1, order=0, max_run=1, warmup_fraction=0.2, final_steps=1, growth=0, first_run=1)
+    tight = AdaptiveConfig(threshold=0.1, order=0, max_run=1 / 12, final_steps=1, first_run=1 / 12, ladder=runs_of_3)
     assert [int(m[0]) for m in drive(AdaptivePolicy(tight), 3, 12, stack_error_sums(0.02, 0))][2:6] == [0, 1, 0, 1]
 
 
@@ -137,9 +142,10 @@ def test_adaptive_step_granularity_spends_less_where_the_profile_says_steps_chan
     assert change_prior(None, 7).tolist() == [1.0] * 7
     # the same measured errors; entering the fast part (step 8 on) the shaped policy expects 4x the error there, so
     # it spends its budget after one skipped step and computes step 9, where the flat one skips 8 and 9
-    flat = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.1, order=0, warmup_fraction=0.2, final_steps=1, growth=0, first_run=3)), 3, 12,
+    runs_of_3 = Ladder((Rung(0.0, warmup_fraction=0.2, first_run=3 / 12, growth=0.0, max_run=3 / 12),))
+    flat = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.1, order=0, final_steps=1, ladder=runs_of_3)), 3, 12,
                  stack_error_sums(0.02, 0))
-    shaped = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.1, order=0, warmup_fraction=0.2, final_steps=1, growth=0, first_run=3,
+    shaped = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.1, order=0, final_steps=1, ladder=runs_of_3,
                                                  profile=prof)), 3, 12,
                    stack_error_sums(0.02, 0))
     assert [int(m[0]) for m in flat] == [1, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 1]
@@ -152,15 +158,18 @@ def test_adaptive_threshold_zero_never_skips():
 
 
 def test_adaptive_budget_picks_its_rung_of_the_ladder_unless_the_config_says_otherwise():
-    from ditfarm.cache.policies.adaptive import LADDER, ladder
+    from ditfarm.cache.policies.adaptive import GENERIC_LADDER, ladder
 
-    assert ladder(AdaptiveConfig(threshold=0.1)) == ladder(AdaptiveConfig(threshold=0.49)) == LADDER[0]
-    assert ladder(AdaptiveConfig(threshold=0.5)) == LADDER[1] and ladder(AdaptiveConfig(threshold=0.65)) == LADDER[2]
-    assert ladder(AdaptiveConfig(threshold=99)) == LADDER[-1]
-    mine = ladder(AdaptiveConfig(threshold=2.0, max_run=3, warmup_fraction=0.3, growth=0, first_run=2))
-    assert (mine.max_run, mine.warmup_fraction, mine.growth, mine.first_run) == (3, 0.3, 0, 2)
-    assert [r.budget for r in LADDER] == sorted(r.budget for r in LADDER)
-    assert [r.computed_of_30 for r in LADDER] == [14] + list(range(14, 3, -1))
+    rungs = TINY.rungs
+    assert ladder(AdaptiveConfig(threshold=0.1, ladder=TINY)) == ladder(AdaptiveConfig(threshold=0.49, ladder=TINY)) == rungs[0]
+    assert ladder(AdaptiveConfig(threshold=0.5, ladder=TINY)) == rungs[1]
+    assert ladder(AdaptiveConfig(threshold=0.65, ladder=TINY)) == rungs[2]
+    assert ladder(AdaptiveConfig(threshold=99, ladder=TINY)) == rungs[-1]
+    mine = ladder(AdaptiveConfig(threshold=2.0, max_run=0.1, warmup_fraction=0.3, growth=0, first_run=0.05,
+                                 ladder=TINY))
+    assert (mine.max_run, mine.warmup_fraction, mine.growth, mine.first_run) == (0.1, 0.3, 0, 0.05)
+    assert [r.budget for r in rungs] == sorted(r.budget for r in rungs)
+    assert ladder(AdaptiveConfig(threshold=3.0)) == GENERIC_LADDER.rungs[0]  # a model without its own ladder
 
 
 def computed_steps(masks):
@@ -178,19 +187,17 @@ SEARCHED = [  # per rung: the schedule benchmarks/schedule-search-*.jsonl picked
 @pytest.mark.parametrize("rung", range(12))
 def test_each_rung_computes_its_searched_schedule_when_errors_are_small(rung):
     """With a tiny forecast error only the rung's run limits bind."""
-    from ditfarm.cache.policies.adaptive import LADDER
-
-    r = LADDER[rung]
-    masks = drive(AdaptivePolicy(AdaptiveConfig(threshold=r.budget or 0.3)), 3, 30, stack_error_sums(1e-4, 0))
+    r = TINY.rungs[rung]
+    masks = drive(AdaptivePolicy(AdaptiveConfig(threshold=r.budget or 0.3, ladder=TINY)), 3, 30,
+                  stack_error_sums(1e-4, 0))
     assert computed_steps(masks) == SEARCHED[rung]
-    assert len(SEARCHED[rung]) == r.computed_of_30
 
 
 def test_a_large_forecast_error_cuts_a_long_run_short():
     """The fastest rung allows runs of 8 after step 2, with the budget scaled to what such runs cost; a video whose
     forecast errs far more than tiny's (unit error 0.03-0.05) computes more often."""
-    calm = drive(AdaptivePolicy(AdaptiveConfig(threshold=3.0)), 3, 30, stack_error_sums(0.04, 1))
-    rough = drive(AdaptivePolicy(AdaptiveConfig(threshold=3.0)), 3, 30, stack_error_sums(2.0, 1))
+    calm = drive(AdaptivePolicy(AdaptiveConfig(threshold=3.0, ladder=TINY)), 3, 30, stack_error_sums(0.04, 1))
+    rough = drive(AdaptivePolicy(AdaptiveConfig(threshold=3.0, ladder=TINY)), 3, 30, stack_error_sums(2.0, 1))
     assert computed_steps(calm) == [0, 1, 2, 11, 20]
     assert len(computed_steps(rough)) > 6
     assert AdaptivePolicy(AdaptiveConfig()).whole_steps and not AdaptivePolicy(AdaptiveConfig(granularity="block")).whole_steps
@@ -202,3 +209,34 @@ def test_a_large_forecast_error_cuts_a_long_run_short():
 def test_adaptive_rejects_bad_config(bad):
     with pytest.raises(ValueError):
         AdaptivePolicy(AdaptiveConfig(**bad))
+
+
+def test_step_counted_knobs_are_fractions_of_the_schedule():
+    """TaylorSeer's interval and ProfilingDiT's refresh intervals are steps of the model's reference schedule:
+    the same fraction at other lengths, never below every step."""
+    from ditfarm.cache.policies.schedule import scaled_interval
+
+    assert scaled_interval(5, 50, 50) == 5 and scaled_interval(5, 30, 50) == 3 and scaled_interval(5, 100, 50) == 10
+    assert scaled_interval(5, 4, 50) == 1  # a 4-step distilled schedule: every step
+    assert scaled_interval(5, 4, None) == 5  # no reference: as given
+    ts = TaylorSeerPolicy(TaylorSeerConfig(interval=5, reference_steps=30))
+    masks = drive(ts, 3, 60, lambda s, m: np.zeros((3, 2)))
+    assert np.flatnonzero(masks.all(axis=1)).tolist() == list(range(0, 60, 10))
+
+
+def test_adaptive_run_limits_scale_with_the_steps():
+    """tiny's ladder at 50 steps: the same schedule shape as at 30, runs 50/30 as long; at 4 steps nothing runs
+    long enough to skip a step."""
+    rung = TINY.rung_for(0.5)
+    assert [rung.run_limit(30, r) for r in range(4)] == [1, 2, 3, 3]
+    assert [rung.run_limit(50, r) for r in range(4)] == [1, 3, 5, 5]
+    assert all(rung.run_limit(4, r) == 0 for r in range(4))
+    masks = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.5, ladder=TINY)), 3, 50, stack_error_sums(1e-4, 0))
+    computed = computed_steps(masks)
+    assert computed[:13] == list(range(13))  # warm-up: 8/30 of 50 steps
+    assert abs(len(computed) / 50 - 14 / 30) < 0.1  # about the share it computes of 30 (20 of 50: 40% vs 47%)
+    for budget in (0.1, 0.5, 1.0, 2.0):  # a 4-step video: every rung up to 2.0 computes every step ...
+        assert drive(AdaptivePolicy(AdaptiveConfig(threshold=budget, ladder=TINY)), 3, 4,
+                     stack_error_sums(1e-4, 0)).all(), budget
+    fastest = drive(AdaptivePolicy(AdaptiveConfig(threshold=4.0, ladder=TINY)), 3, 4, stack_error_sums(1e-4, 0))
+    assert fastest.all(axis=1).sum() >= 3  # ... and the fastest skips at most one (4 of 30 computed at 30 steps)

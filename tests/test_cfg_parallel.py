@@ -30,9 +30,9 @@ def render_counting_decisions(rank, world, model, cfg_parallel, steps, policy="a
 @pytest.fixture(scope="module")
 def one_process(tiny_pipe):
     from ditfarm import cache
-    from ditfarm.cache.presets import build_config
+    from ditfarm.cache.presets import config_for
 
-    cache.enable(tiny_pipe, build_config("adaptive", None, tiny_pipe.default_cache_profile()))
+    cache.enable(tiny_pipe, config_for(tiny_pipe, "adaptive"))
     try:
         frames = tiny_pipe.generate(PROMPT, seed=11, steps=12)
         masks = cache.last_video_stats(tiny_pipe).masks

@@ -159,3 +159,30 @@ def test_a_distilled_folder_runs_one_pass_per_step(small_wan_folder, tmp_path):
         handle.remove()
     assert len(calls) == 4
     assert set(cache.last_video_stats(pipe).masks) == {"cond"}
+
+
+@pytest.mark.parametrize("policy", ["adaptive", "bwcache", "taylorseer", "profiling"])
+def test_every_policy_computes_every_step_of_a_4_step_video(small_wan_folder, tmp_path, policy):
+    """At its default knob each policy leaves a 4-step distilled video alone: their schedules are fractions of
+    the schedule (a skipped step would carry a quarter of the trajectory), not step counts set at 30 or 50."""
+    import math
+
+    from ditfarm import cache
+    from ditfarm.cache.presets import config_for
+    from ditfarm.cache.profile import BACKGROUND, BlockProfile, CacheProfile, model_identity
+
+    folder = tmp_path / "distilled"
+    shutil.copytree(small_wan_folder, folder)
+    card = json.loads((folder / "ditfarm_model.json").read_text())
+    card["defaults"].update(steps=4, guidance_scale=1.0)
+    (folder / "ditfarm_model.json").write_text(json.dumps(card))
+    pipe = load_pipeline(folder)
+    profile = CacheProfile(model=model_identity(pipe.transformer), r_attn_threshold=0.5,
+                           blocks=[BlockProfile(i, 0.0, BACKGROUND, [math.nan] * 4) for i in range(4)])
+    cache.enable(pipe, config_for(pipe, policy, None, profile if policy == "profiling" else None))
+    try:
+        pipe.generate("a red cat", seed=0)
+        stats = cache.last_video_stats(pipe)
+    finally:
+        cache.disable(pipe)
+    assert stats.skipped == 0 and len(stats.masks["cond"]) == 4, stats.masks

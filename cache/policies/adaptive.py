@@ -38,20 +38,22 @@ ahead, yet on tiny its videos came out 3-6 dB *worse* at equal compute, while pl
 derivative to 0.4 of its value beat both: +2 to +7 dB over plain reuse on fixed schedules of 14-17 computed steps
 (held-out prompts not used by the bench; BENCHMARKS.md).  The predicted error grows like g^(1 + order * damping).
 
-One knob.  ``threshold`` is the budget.  Below 0.5 it is only the error budget, over a gentle schedule shape: a
-7-of-30-step warm-up, then runs of at most 1, 1, 2, 2, 3, 3, ... skipped steps.  From 0.5 to 4 it also climbs
-``LADDER``: schedule shapes, each the best of 493 candidates at its count of computed steps (14 down to 5 of 30,
-and a 4-step rung beyond) on held-out tiny videos the bench does not use.  At 0.5: an 8-step warm-up, then runs
-of 1, 2, 3, 3, ... (the error rarely binds there and a 30-step video computes 14 steps); up the ladder the
-warm-up shrinks to 3 steps and runs lengthen.  The error budget grows with the rung's run length, so the
-indicator cuts a run short only where this video's forecast errs unusually.  The four fastest rungs skip whole
-transformer calls and reuse the model's output instead of forecasting the stack (``reuse_output``).  Any of
-``warmup_fraction``, ``first_run``, ``growth``, ``max_run`` and ``reuse_output`` set explicitly overrides the
-rung.  Run lengths are in steps as searched at 30 steps; the warm-up is a fraction of the steps.
+One knob.  ``threshold`` is the budget; it also picks a rung of a *ladder* of schedule shapes (warm-up, then
+runs of skipped steps that lengthen as the video goes).  Every part of a shape is a fraction of the schedule,
+not a count of steps, so a ladder carries over to other step counts: a run limit of 0.1 is 3 steps of 30 and 5
+of 50, and at 4 steps (a step-distilled model) it is under one step, so every step is computed, which is what
+a few-step schedule needs (each of its steps carries a quarter of the trajectory).  A model's card may ship the
+ladder searched for it (tiny's, from benchmarks/schedule_search.py at 30 steps, lives in tiny's card); any other
+model gets ``GENERIC_LADDER``, one plain shape with the budget alone deciding how far it goes.  The error
+budget grows with the rung's run length, so the indicator cuts a run short only where this video's forecast
+errs unusually.  Rungs marked ``reuse_output`` skip whole transformer calls and reuse the model's output instead
+of forecasting the stack.  Any of ``warmup_fraction``, ``first_run``, ``growth``, ``max_run`` and
+``reuse_output`` set explicitly overrides the rung.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -60,12 +62,61 @@ from ..profile import CacheProfile
 from .base import CachePolicy, DecisionState, all_blocks
 
 
+@dataclass(frozen=True)
+class Rung:
+    """One budget's schedule shape (step granularity), in fractions of the video's steps: compute the first
+    ``warmup_fraction`` of the steps, then after each computed step allow a run of skipped steps of at most
+    min(``max_run``, ``first_run`` + ``growth`` * runs so far) of the schedule (rounded down to whole steps)."""
+
+    budget: float  # the rung applies from this threshold up (to the next rung's)
+    warmup_fraction: float
+    first_run: float
+    growth: float
+    max_run: float
+    reuse_output: bool = False  # skipped steps reuse the model's output instead of forecasting the stack
+
+    def run_limit(self, num_steps: int, runs_done: int) -> int:
+        """Skipped steps allowed in the next run of a ``num_steps``-step video (an integer: ranks agree)."""
+        fraction = min(self.max_run, self.first_run + self.growth * runs_done)
+        return int(math.floor(fraction * num_steps + 1e-9))
+
+    def max_run_steps(self, num_steps: int) -> int:
+        return int(math.floor(self.max_run * num_steps + 1e-9))
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """Rungs by rising budget, and where they come from."""
+
+    rungs: tuple[Rung, ...]
+    source: str = ""
+
+    def rung_for(self, threshold: float) -> Rung:
+        return [r for r in self.rungs if threshold >= r.budget][-1]
+
+    @classmethod
+    def from_card(cls, data: dict) -> "Ladder":
+        """A ladder as a model card writes it: rungs in steps of ``of_steps`` (as they were searched), read as
+        fractions of the schedule."""
+        n = float(data["of_steps"])
+        rungs = tuple(Rung(r["budget"], r["warmup"] / n, r["first_run"] / n, r["growth"] / n, r["max_run"] / n,
+                           bool(r.get("reuse_output", False))) for r in data["rungs"])
+        if not rungs or rungs[0].budget != 0 or [r.budget for r in rungs] != sorted(r.budget for r in rungs):
+            raise ValueError("a ladder's rungs must start at budget 0 and rise")
+        return cls(rungs, data.get("source", ""))
+
+
+# For models whose card ships no ladder: one plain shape, not searched (a fifth of the schedule computed first,
+# as caching papers warm up for 10-20%; then runs of a twenty-fifth of the schedule, growing by a fiftieth per
+# run up to a tenth), and the error budget alone sets the speed.
+GENERIC_LADDER = Ladder((Rung(0.0, 0.2, 0.04, 0.02, 0.1),), "generic: not searched on any model")
+
+
 @dataclass
 class AdaptiveConfig:
-    """Defaults tuned on tiny with prompts the bench does not use (BENCHMARKS.md): whole steps, a first-order
-    forecast damped to 0.4, warm-up and run limits from the budget's rung (``ladder``), no forced final step (the
-    last step, at sigma ~ 0, is among the cheapest to skip on tiny).  Budget 0.5 computes about 47% of the
-    blocks of a 30-step video (about 2x), 0.6 about 43%."""
+    """Whole steps, a first-order forecast damped to 0.4 (the better of plain reuse and TaylorSeer's full series
+    on tiny, the one model measured; BENCHMARKS.md), the schedule shape from the budget's rung of ``ladder``
+    (the model card's, else GENERIC_LADDER), no forced final step."""
 
     threshold: float = 0.5
     profile: CacheProfile | None = None
@@ -73,68 +124,24 @@ class AdaptiveConfig:
     background_scale: float = 1.0
     order: int = 1  # forecast order for skipped blocks (0: reuse, 1: first-order Taylor)
     damping: float = 0.4  # scale of the forecast's derivative terms (1: TaylorSeer's series)
-    max_run: int | None = None  # None: from the budget (ladder)
-    warmup_fraction: float | None = None  # None: from the budget (ladder)
+    max_run: float | None = None  # fraction of the steps; None: from the rung
+    warmup_fraction: float | None = None  # None: from the rung
     final_steps: int = 0
-    reuse_output: bool | None = None  # step granularity: skipped steps reuse the model's output; None: ladder
-    first_run: int | None = None  # step granularity: the first run's limit; None: ladder
-    growth: float | None = None  # step granularity: a run may be first_run + floor(growth * runs so far); None: ladder
+    reuse_output: bool | None = None  # step granularity: skipped steps reuse the model's output; None: the rung's
+    first_run: float | None = None  # step granularity: the first run's limit, a fraction of the steps; None: rung's
+    growth: float | None = None  # step granularity: added to the run limit per finished run (fraction); None: rung's
     granularity: str = "step"  # "step": every block skips or runs together; "block": each block alone
+    ladder: Ladder | None = None  # None: GENERIC_LADDER
 
 
 GRANULARITIES = ("step", "block")
 
 
-@dataclass(frozen=True)
-class Rung:
-    """One budget's schedule shape (step granularity): compute the first ``warmup_fraction`` of the steps, then
-    after each computed step allow a run of min(``max_run``, ``first_run`` + floor(``growth`` * runs so far))
-    skipped steps.  ``computed_of_30``: what it computes of a 30-step video when no error stops a run early."""
-
-    budget: float  # the rung applies from this threshold up (to the next rung's)
-    warmup_fraction: float
-    first_run: int
-    growth: float
-    max_run: int
-    computed_of_30: int
-    reuse_output: bool = False  # skipped steps reuse the model's output instead of forecasting the stack
-
-
-# Searched, not guessed: benchmarks/schedule_search.py rendered the 493 schedules of this shape that compute at
-# most 16 of 30 steps on tiny (cases seeds 777 and 999; the bench's 4242 was not used) and each rung is the shape
-# that did best on both seeds at its count (benchmarks/schedule-search-777.jsonl, -999.jsonl; BENCHMARKS.md).
-# Below 0.5 the error budget, not the run limits, decides most skips, and there the gentler shape of the first
-# rung keeps more fidelity at the same compute (tuning seed 777: budget 0.1 -> 60.0% computed at 44.8 dB against
-# 63.3% at 43.7 with the 0.5 rung's shape; 0.2 -> 50.0% at 43.8 against 50.8% at 41.3).  What the searched rungs
-# share: the warm-up shrinks from 8 to 3 steps as the budget grows, but never below 3 (an error at step 1 or 2
-# costs the most); runs grow by about one step per run; only the fastest rungs start with long runs.
-LADDER = (
-    Rung(0.0, 7 / 30, 1, 0.5, 3, 14),  # where the error budget binds: the gentler shape (tuned on seed 777)
-    Rung(0.5, 8 / 30, 1, 1.0, 3, 14),
-    Rung(0.6, 7 / 30, 1, 1.0, 3, 13),
-    Rung(0.7, 6 / 30, 2, 0.5, 3, 12),
-    Rung(0.8, 5 / 30, 2, 1.0, 3, 11),
-    Rung(0.9, 4 / 30, 1, 1.0, 4, 10),
-    Rung(1.0, 4 / 30, 2, 1.0, 5, 9),
-    Rung(1.25, 4 / 30, 2, 2.0, 7, 8),
-    Rung(1.5, 4 / 30, 4, 2.0, 7, 7, reuse_output=True),
-    Rung(2.0, 3 / 30, 5, 1.0, 7, 6, reuse_output=True),
-    Rung(3.0, 3 / 30, 8, 0.5, 9, 5, reuse_output=True),
-    Rung(4.0, 3 / 30, 13, 0.0, 13, 4, reuse_output=True),
-)
-# The last four skip runs of 4-13 steps.  Over runs that long, reusing the model's output (the sampler then takes
-# one straight step across the run, like a coarser schedule placed where it hurts least) kept more fidelity than
-# forecasting the stack, and a skipped step no longer pays for embeddings and head (tuning seed 777, 4 videos:
-# 29.8 / 26.1 / 23.8 dB against 26.7 / 23.9 / 21.0; at the 1.25 and 1.0 rungs the stack forecast was better,
-# 30.9 and 32.9 against 30.3 and 30.9).  The 4-step rung (0, 1, 2, 16) was picked from a handful of 3- and 4-step
-# shapes with output reuse (seeds 777 / 999: 21.7 / 16.8 dB, where sampling 5 steps gives 16.7 / 17.0).
-
-
 def ladder(config: AdaptiveConfig) -> Rung:
-    """The schedule shape for the config's budget: the highest rung whose budget it reaches, with any of
-    ``warmup_fraction``, ``first_run``, ``growth``, ``max_run``, ``reuse_output`` the config sets explicitly
-    overriding the rung's."""
-    rung = [r for r in LADDER if config.threshold >= r.budget][-1]
+    """The schedule shape for the config's budget: the highest rung of its ladder whose budget it reaches, with
+    any of ``warmup_fraction``, ``first_run``, ``growth``, ``max_run``, ``reuse_output`` the config sets
+    explicitly overriding the rung's."""
+    rung = (config.ladder or GENERIC_LADDER).rung_for(config.threshold)
     chosen = {name: getattr(config, name) for name in ("warmup_fraction", "first_run", "growth", "max_run",
                                                        "reuse_output")
               if getattr(config, name) is not None}
@@ -172,7 +179,7 @@ class AdaptivePolicy(CachePolicy):
                 or config.order not in (0, 1, 2) or config.granularity not in GRANULARITIES
                 or (config.warmup_fraction is not None and not 0 <= config.warmup_fraction <= 1)
                 or not 0 <= config.damping <= 1 or (config.growth is not None and not config.growth >= 0)
-                or (config.first_run is not None and config.first_run < 1)):
+                or (config.first_run is not None and not config.first_run > 0)):
             raise ValueError(f"bad adaptive config: {config} (granularity: one of {', '.join(GRANULARITIES)})")
         self.config = config
         self.forecast_order = config.order
@@ -185,7 +192,8 @@ class AdaptivePolicy(CachePolicy):
         # the budget is for runs of the reference rung's length; a run k times longer, with the same unit error,
         # accumulates about k^(1 + error_power) times the error, so longer rungs get that much more room (their
         # speed is the budget's choice; the indicator still ends a run whose errors are unusually large)
-        self.step_budget = config.threshold * max(1.0, self.rung.max_run / LADDER[0].max_run) ** (1 + self.error_power)
+        base = (config.ladder or GENERIC_LADDER).rungs[0]
+        self.step_budget = config.threshold * max(1.0, self.rung.max_run / base.max_run) ** (1 + self.error_power)
 
     def block_thresholds(self, num_blocks: int) -> np.ndarray:
         c = self.config
@@ -233,7 +241,7 @@ class AdaptivePolicy(CachePolicy):
             return self.decide_step(state, nxt, computed)
         run = state.reuse_run + 1  # length of the run if the block is skipped at nxt
         predicted = state.unit_error * run.astype(float) ** self.error_power
-        skip = ~np.isnan(predicted) & (predicted < state.thresholds) & (run <= self.rung.max_run)
+        skip = ~np.isnan(predicted) & (predicted < state.thresholds) & (run <= self.rung.max_run_steps(state.num_steps))
         return (~skip).astype(np.int8)
 
     def decide_step(self, state: DecisionState, nxt: int, computed: np.ndarray) -> np.ndarray:
@@ -243,8 +251,7 @@ class AdaptivePolicy(CachePolicy):
             state.in_run, state.step_spent = False, 0.0
         run = int(state.reuse_run.max()) + 1  # steps since the last computed one, if nxt is skipped
         predicted = state.step_unit_error * run**self.error_power * prior_at(state, nxt)
-        r = self.rung
-        limit = min(r.max_run, r.first_run + int(r.growth * state.runs_done))
+        limit = self.rung.run_limit(state.num_steps, state.runs_done)
         if np.isnan(predicted) or run > limit or state.step_spent + predicted >= self.step_budget:
             return all_blocks(state.num_blocks)
         state.step_spent += predicted

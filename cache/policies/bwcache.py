@@ -17,6 +17,7 @@ code.  Per CFG branch the engine keeps separate state, so each branch makes its 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +54,9 @@ class BWCachePolicy(CachePolicy):
         return state
 
     def reuse_steps(self, num_steps: int) -> int:
-        return max(1, round(self.config.reuse_fraction * num_steps))
+        """R, rounded half up; 0 (never reuse) where R is under half a step, as at 4 steps: a reused step of a
+        few-step schedule carries a large share of the trajectory."""
+        return int(math.floor(self.config.reuse_fraction * num_steps + 0.5))
 
     def wants_indicator(self, state: DecisionState, step: int) -> np.ndarray:
         """The indicator blocks, from the step that stores the outputs the first free decision compares with, up to
@@ -73,7 +76,7 @@ class BWCachePolicy(CachePolicy):
             numerator, denominator = sums[idx, 0], sums[idx, 1]
             if (denominator > 0).all():
                 arl1 = float(np.mean(numerator / denominator))
-                if arl1 < c.threshold:
+                if arl1 < c.threshold and self.reuse_steps(state.num_steps) > 0:
                     state.reuse_left = self.reuse_steps(state.num_steps)
                     if state.guard_from == state.num_steps:
                         remaining = state.num_steps - nxt

@@ -28,6 +28,16 @@ class ProfilingConfig:
     max_interval: int = 6
     min_interval: int = 2
     warmup_fraction: float = 0.12
+    reference_steps: int | None = None  # the intervals are steps of a video this long (the model's default);
+    # other step counts scale them (never below 1); None: as given at any count
+
+
+def scaled_interval(interval: int, num_steps: int, reference_steps: int | None) -> int:
+    """An interval set for ``reference_steps``-step videos, at ``num_steps``: the same fraction of the schedule.
+    A 4-step distilled video gets interval 1 (every step computed) from TaylorSeer's 5 of 50."""
+    if not reference_steps:
+        return interval
+    return max(1, round(interval * num_steps / reference_steps))
 
 
 class ProfilingPolicy(CachePolicy):
@@ -44,12 +54,14 @@ class ProfilingPolicy(CachePolicy):
         """Warm-up steps, then refresh steps from s0 on with a linearly shrinking interval (with
         max_interval == min_interval this is the released code's s < s0 or (s - s0) % interval == 0)."""
         c = self.config
+        hi = scaled_interval(c.max_interval, num_steps, c.reference_steps)
+        lo = min(hi, scaled_interval(c.min_interval, num_steps, c.reference_steps))
         warmup = max(1, round(c.warmup_fraction * num_steps))
         steps, s = set(range(warmup)), warmup
         while s < num_steps:
             steps.add(s)
             progress = (s - warmup) / max(1, num_steps - warmup)
-            s += max(c.min_interval, round(c.max_interval - (c.max_interval - c.min_interval) * progress))
+            s += max(lo, round(hi - (hi - lo) * progress))
         return steps
 
     def decide(self, state: DecisionState, step: int, computed, sums) -> np.ndarray:
@@ -80,6 +92,7 @@ so full steps are 0, 5, 10, ... and the first forecasts (one point of history) a
     order: int = 1
     warmup_steps: int = 1
     final_steps: int = 0  # steps at the end always computed (0: as the paper)
+    reference_steps: int | None = None  # ``interval`` is in steps of a video this long; None: as given
 
 
 class TaylorSeerPolicy(CachePolicy):
@@ -95,7 +108,8 @@ class TaylorSeerPolicy(CachePolicy):
 
     def decide(self, state: DecisionState, step: int, computed, sums) -> np.ndarray:
         c, nxt = self.config, step + 1
-        full = nxt < c.warmup_steps or nxt % c.interval == 0 or nxt >= state.num_steps - c.final_steps
+        interval = scaled_interval(c.interval, state.num_steps, c.reference_steps)
+        full = nxt < c.warmup_steps or nxt % interval == 0 or nxt >= state.num_steps - c.final_steps
         return all_blocks(state.num_blocks) if full else np.zeros(state.num_blocks, dtype=np.int8)
 
     def describe(self) -> dict:

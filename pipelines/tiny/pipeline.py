@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 
+from ...cache.presets import ModelCacheSettings
 from ..base import VideoDefaults, VideoPipelineMixin
 from ..denoise import SamplerSettings
 from .model_config import POSITION_CHANNELS, position_grid
@@ -47,6 +48,7 @@ class TinyVideoPipeline(VideoPipelineMixin, DiffusionPipeline):
         )
         pipe.defaults = _sampler_defaults(card["defaults"])
         pipe.video = VideoDefaults(**{**VIDEO_DEFAULTS, **card.get("video", {})})
+        pipe.cache_settings = ModelCacheSettings.from_card(card, pipe.defaults.steps)
         pipe.model_name = card.get("name", folder.name)
         pipe.folder = str(folder)
         return pipe.to(device)
