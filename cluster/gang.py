@@ -401,18 +401,19 @@ class GangPool:
         denoises another one; the video's text is encoded ahead, on some gang's rank 0 beside its loop, while
         this call waits for a free gang."""
         last = None
+        failed = lost = 0  # renders whose gang failed under them; finished loops lost with their gang
         # "where memory allows": an offloaded text encoder would visit the accelerator beside another loop
         encode_ahead = overlap and publish is not None and not self.config.rank.offload_text_encoder
         ahead = self._encode_ahead(prompt, sampler, negative_prompt) if encode_ahead else None
-        for attempt in range(1, self.max_attempts + 1):
+        while failed < self.max_attempts and lost < self.max_attempts:
             gang = self.borrow()
             encoded, ahead = self._embeddings(ahead), None
             try:
                 result = gang.render(prompt, seed, sampler, negative_prompt, publish, defer=overlap,
                                      embeddings=encoded["embeddings"] if encoded else None)
             except GangFailure as err:
-                last = err
-                more = attempt < self.max_attempts
+                last, failed = err, failed + 1
+                more = failed < self.max_attempts
                 log.warning("%s; replacing the gang%s", err, " and rendering the video again" if more else "")
                 self.replace(gang)
                 continue
@@ -424,8 +425,10 @@ class GangPool:
                 try:
                     result.update(gang.finish(result.pop("ticket")))
                 except GangFailure as err:  # whoever holds the gang next finds it dead and replaces it
-                    last = err
-                    log.warning("%s; rendering the video again", err)
+                    # The loop had finished: the gang died under the next video (a poison row, an OOM there),
+                    # so this video's attempts do not count it, or a bad neighbour could fail a good row.
+                    last, lost = err, lost + 1
+                    log.warning("%s; its loop had finished: rendering the video again", err)
                     continue
             if result.get("phases") is not None:
                 result["phases"] = dataclasses.replace(
@@ -433,9 +436,9 @@ class GangPool:
                     **({"decode_seconds": round(result.pop("decode_seconds"), 4)} if "decode_seconds" in result else {}))
             with self._cond:
                 self.videos_by_gang[gang.name] = self.videos_by_gang.get(gang.name, 0) + 1
-            result["attempts"] = attempt
+            result["attempts"] = failed + 1
             return result
-        raise GangFailure(f"video failed on {self.max_attempts} gang(s) in a row: {last}", attempts=self.max_attempts)
+        raise GangFailure(f"video failed on {failed + lost} gang(s) in a row: {last}", attempts=failed + lost)
 
     def _encode_ahead(self, prompt: str, sampler: dict, negative_prompt: str):
         """Ask the next gang in turn to encode the text now (its rank 0's publishing thread, beside its loop)."""

@@ -28,6 +28,14 @@ def random_model_folder(tmp_path_factory):
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("random-tiny")
     save_model_folder(folder, WanTransformer3DModel(**{**TRANSFORMER_CONFIG, "num_layers": 6}), WordTextEncoder())
+    # tiny's searched ladder too, so the engine tests see its rungs (output reuse among them)
+    import json
+
+    from ditfarm.pipelines.tiny.weights import BUNDLED_FOLDER, read_model_card
+
+    card = read_model_card(folder)
+    card["cache"] = read_model_card(BUNDLED_FOLDER)["cache"]
+    (folder / "ditfarm_model.json").write_text(json.dumps(card, indent=2))
     return folder
 
 

@@ -29,10 +29,17 @@ def synthetic_profile(transformer) -> CacheProfile:
 
 @pytest.fixture(scope="module")
 def pipes(small_wan_folder):
+    import torch
+
+    torch._dynamo.reset()  # graphs other tests compiled in this process are not ours to count
     eager = load_pipeline(small_wan_folder)
     compiled = load_pipeline(small_wan_folder)
     assert compile_blocks(compiled.transformer, backend="eager") == len(compiled.transformer.blocks)
+    START["graphs"] = compiled_graphs()
     return eager, compiled
+
+
+START = {}
 
 
 @pytest.mark.parametrize("policy, knob", [("adaptive", 0.5), ("bwcache", 0.2), ("taylorseer", 3), ("profiling", 3),
@@ -53,7 +60,7 @@ def test_compiled_blocks_render_the_same_video_with_every_policy_and_never_recom
         finally:
             cache.disable(pipe)
     assert compiled_graphs() == before, "a 10-step video recompiled"
-    assert compiled_graphs() <= 2  # one graph serves every block and both CFG branches (2: head-room for torch)
+    assert compiled_graphs() - START["graphs"] <= 2  # one graph serves every block and both CFG branches
     assert masks["compiled"] == masks["eager"]
     assert psnr(videos["eager"], videos["compiled"]) >= 60
 
