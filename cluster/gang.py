@@ -67,8 +67,9 @@ class GangMember:
                                    wait_for_workers=False)
         return host, self.store.port
 
-    def join(self, host: str, port: int) -> int:
-        """Join the gang's process group and load the model (once; it then renders many videos)."""
+    def join(self, host: str, port: int) -> str:
+        """Join the gang's process group and load the model (once; it then renders many videos); returns what
+        the rank runs (dtype, layout, attention kernels, compilation)."""
         from datetime import timedelta
 
         import torch.distributed as dist
@@ -82,7 +83,7 @@ class GangMember:
             backend = "nccl" if self.config.device.startswith("cuda") else "gloo"
             dist.init_process_group(backend, store=self.store, rank=self.rank, world_size=self.world, timeout=timeout)
         self.renderer = RankRenderer(self.rank, self.world, self.config)
-        return self.rank
+        return self.renderer.description
 
     @ray.method(concurrency_group="publish")
     def encode_text(self, prompt: str, sampler: dict, negative_prompt: str = "") -> tuple | None:
@@ -216,9 +217,9 @@ class Gang:
             for i in range(config.sp)
         ]
         host, port = self._call([self.members[0].open_store.remote()], start_timeout_s)[0]
-        self._call([m.join.remote(host, port) for m in self.members], start_timeout_s)
+        self.description = self._call([m.join.remote(host, port) for m in self.members], start_timeout_s)[0]
         self.ready_at = time.monotonic()
-        log.info("%s: %d rank(s) ready in %.1f s", name, config.sp, self.ready_at - self.started_at)
+        log.info("%s ready in %.1f s: %s", name, self.ready_at - self.started_at, self.description)
 
     def _call(self, refs, timeout_s: float) -> list:
         ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)

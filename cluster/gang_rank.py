@@ -80,10 +80,10 @@ class RankRenderer:
                                      group=sp_group, timeout=timeout)
         if world > 1:
             self._wrap_text_encoder()
-        if rank == 0:  # once per gang
-            layout = f"2 CFG halves x Ulysses {ulysses}" if config.cfg_parallel else f"Ulysses {ulysses}"
-            log.info("gang of %d (%s): %s; %s", world, layout, choice.describe(),
-                     f"blocks compiled ({config.compile})" if config.compile else "blocks eager")
+        layout = f"2 CFG halves x Ulysses {ulysses}" if config.cfg_parallel else f"Ulysses {ulysses}"
+        # what the gang runs, for the driver to log once per gang (RankRenderer.describe)
+        self.description = (f"{world} rank(s), {layout}, {self.pipe.transformer.dtype}; {choice.describe()}; "
+                            + (f"blocks compiled ({config.compile})" if config.compile else "blocks eager"))
         if config.compile:
             compile_blocks(self.pipe.transformer, backend=config.compile)
         self.cache = enable(self.pipe, config_for(self.pipe, config.cache, config.cache_knob, config.profile),

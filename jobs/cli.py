@@ -150,6 +150,30 @@ def abandon_renders(code: int) -> None:
         os._exit(code)
 
 
+def show_logs() -> None:
+    """ditfarm's own INFO lines (gangs started and what each runs, the cluster growing) on stderr, where `ray
+    job logs` and Kubernetes show them; other libraries keep their levels."""
+    import logging
+
+    class CurrentStderr(logging.StreamHandler):
+        """Writes to whatever sys.stderr is at the time (a test's capture, a redirected stream)."""
+
+        @property
+        def stream(self):
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, _value):
+            pass
+
+    logger = logging.getLogger("ditfarm")
+    if not logger.handlers:
+        handler = CurrentStderr()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def cmd_render(args) -> int:
     from .driver import prompt_task, render_manifest, render_tasks
     from .manifest import ManifestError
@@ -162,6 +186,7 @@ def cmd_render(args) -> int:
 
     if (args.manifest is None) == (args.prompt is None):
         return fail("give either a MANIFEST or --prompt, not both and not neither")
+    show_logs()
     try:
         settings = settings_from_args(args)
     except ValueError as err:

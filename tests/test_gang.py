@@ -210,3 +210,20 @@ def test_gangs_start_together_and_a_pool_goes_on_with_those_the_cluster_holds(ra
         assert pool.render(PROMPT, 1, dict(steps=2))["frames"] is not None
     finally:
         pool.shutdown()
+
+
+def test_what_a_gang_runs_is_logged_once_per_gang(ray_cluster, random_model_folder, caplog):
+    """The driver logs each gang's layout, dtype, attention kernels and compilation once, when it is ready."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="ditfarm")
+    pool = GangPool(GangConfig(sp=2, rank=RankConfig(model=str(random_model_folder)), call_timeout_s=120), gangs=1)
+    try:
+        pool.render(PROMPT, 1, dict(steps=2))
+        pool.render(PROMPT, 2, dict(steps=2))
+    finally:
+        pool.shutdown()
+    lines = [r.getMessage() for r in caplog.records if "attention:" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "2 rank(s), Ulysses 2, torch.float32" in lines[0] and "torch_math kernel" in lines[0]
+    assert "blocks eager" in lines[0]
