@@ -162,3 +162,28 @@ def test_attention_choice_follows_device_dtype_and_what_is_installed():
     sdpa = choose_attention("cuda", torch.bfloat16, having())
     assert (sdpa.backend, sdpa.sp_kernel) == ("_native_flash", "torch_flash")
     assert "torch_flash" in sdpa.describe()
+
+
+def _xfuser_fallback_on_rank(rank, world, model):
+    from datetime import timedelta
+
+    from ditfarm.cluster.sequence_parallel import SequenceParallelConfig, enable_sequence_parallel
+    from ditfarm.pipelines.loading import load_pipeline
+
+    pipe = load_pipeline(model)
+    enable_sequence_parallel(pipe.transformer, SequenceParallelConfig(world, long_context="xfuser"),
+                             timeout=timedelta(seconds=60))
+    attention = pipe.transformer.blocks[0].attn1.processor.attention
+    frames = pipe.generate(PROMPT, seed=5, steps=4)  # every rank: the attention's all-to-alls need both
+    return type(attention).__name__, frames
+
+
+def test_xfuser_attention_falls_back_to_yunchang_on_every_rank_when_it_cannot_run(random_model_folder):
+    """xfuser cannot even be imported without an accelerator: every rank votes for yunchang's attention, and
+    the video is the one a single process renders."""
+    import ditfarm
+
+    results = run_local_gang(_xfuser_fallback_on_rank, 2, str(random_model_folder))
+    assert [name for name, _ in results] == ["LongContextAttention", "LongContextAttention"]
+    reference = ditfarm.load_pipeline(random_model_folder).generate(PROMPT, seed=5, steps=4)
+    assert psnr(reference, results[0][1]) >= 60
