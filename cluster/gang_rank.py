@@ -8,7 +8,6 @@ shard, and the shards are gathered inside the transformer.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -16,8 +15,6 @@ import torch
 import torch.distributed as dist
 
 from .collectives import backend_device
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,7 +78,7 @@ class RankRenderer:
         if world > 1:
             self._wrap_text_encoder()
         layout = f"2 CFG halves x Ulysses {ulysses}" if config.cfg_parallel else f"Ulysses {ulysses}"
-        # what the gang runs, for the driver to log once per gang (RankRenderer.describe)
+        # what the gang runs, for the driver to log once per gang
         self.description = (f"{world} rank(s), {layout}, {self.pipe.transformer.dtype}; {choice.describe()}; "
                             + (f"blocks compiled ({config.compile})" if config.compile else "blocks eager"))
         if config.compile:
