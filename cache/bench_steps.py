@@ -50,19 +50,10 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_transformer(layers: int, device: torch.device, dtype: torch.dtype, seed: int = 0):
-    from diffusers import WanTransformer3DModel
+def build_transformer(layers: int, device: torch.device, dtype: torch.dtype):
+    from ..pipelines.bench_gpu import random_transformer
 
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = WanTransformer3DModel(**{**WAN21_1_3B, "num_layers": layers})
-    model.to(dtype)
-    # As from_pretrained(torch_dtype=...) does: the modules diffusers keeps in float32 for Wan stay there.
-    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
-    for name, module in model.named_modules():
-        if keep & set(name.split(".")):
-            module.float()
-    return model.eval().requires_grad_(False)
+    return random_transformer(WAN21_1_3B, layers, device, dtype)
 
 
 def timed_video(transformer, latents, cond, uncond, steps: int, guidance_scale: float, device) -> float:

@@ -138,17 +138,22 @@ def test_results_rows_record_each_phase(small_wan_folder, tmp_path):
     assert row["peak_gpu_bytes"] is None  # no GPU here
 
 
-def test_a_distilled_folder_runs_one_pass_per_step(small_wan_folder, tmp_path):
-    """A card saying guidance_scale 1 (step-distilled, no CFG): one transformer call per step, no uncond
-    embeddings, no second cache state."""
-    from ditfarm import cache
-
+def distilled_folder(small_wan_folder, tmp_path):
+    """The small Wan folder with a step-distilled card: 4 steps, guidance 1."""
     folder = tmp_path / "distilled"
     shutil.copytree(small_wan_folder, folder)
     card = json.loads((folder / "ditfarm_model.json").read_text())
     card["defaults"].update(steps=4, guidance_scale=1.0)
     (folder / "ditfarm_model.json").write_text(json.dumps(card))
-    pipe = load_pipeline(folder)
+    return folder
+
+
+def test_a_distilled_folder_runs_one_pass_per_step(small_wan_folder, tmp_path):
+    """A card saying guidance_scale 1 (step-distilled, no CFG): one transformer call per step, no uncond
+    embeddings, no second cache state."""
+    from ditfarm import cache
+
+    pipe = load_pipeline(distilled_folder(small_wan_folder, tmp_path))
     assert pipe.encode_prompt("a cat", guidance_scale=pipe.defaults.guidance_scale)[1] is None
     calls = []
     handle = pipe.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
@@ -171,12 +176,7 @@ def test_every_policy_computes_every_step_of_a_4_step_video(small_wan_folder, tm
     from ditfarm.cache.presets import config_for
     from ditfarm.cache.profile import BACKGROUND, BlockProfile, CacheProfile, model_identity
 
-    folder = tmp_path / "distilled"
-    shutil.copytree(small_wan_folder, folder)
-    card = json.loads((folder / "ditfarm_model.json").read_text())
-    card["defaults"].update(steps=4, guidance_scale=1.0)
-    (folder / "ditfarm_model.json").write_text(json.dumps(card))
-    pipe = load_pipeline(folder)
+    pipe = load_pipeline(distilled_folder(small_wan_folder, tmp_path))
     profile = CacheProfile(model=model_identity(pipe.transformer), r_attn_threshold=0.5,
                            blocks=[BlockProfile(i, 0.0, BACKGROUND, [math.nan] * 4) for i in range(4)])
     cache.enable(pipe, config_for(pipe, policy, None, profile if policy == "profiling" else None))
