@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import torch
 
+from ..pipelines.denoise import SIGMA_SCHEDULE_ATTR
 from .engine import CacheEngine, CacheStats, Reduce, identity_reduce
 from .policies import (
     POLICY_FOR_CONFIG,
     AdaptiveConfig,
     BWCacheConfig,
+    ERTACacheConfig,
     ProfilingConfig,
     TaylorSeerConfig,
 )
@@ -29,6 +31,7 @@ __all__ = [
     "CacheEngine",
     "CacheProfile",
     "CacheStats",
+    "ERTACacheConfig",
     "ProfileMismatchError",
     "ProfilingConfig",
     "TaylorSeerConfig",
@@ -65,6 +68,8 @@ def enable(pipe_or_transformer, config, reduce: Reduce = identity_reduce) -> Cac
     engine = CacheEngine(transformer, policy_cls(config), reduce)
     engine.attach()
     setattr(transformer, ENGINE_ATTR, engine)
+    if engine.policy.adjusts_sigmas:
+        setattr(transformer, SIGMA_SCHEDULE_ATTR, engine.policy.adjust_sigmas)
     return engine
 
 
@@ -75,6 +80,8 @@ def disable(pipe_or_transformer) -> None:
     if engine is not None:
         engine.detach()
         delattr(transformer, ENGINE_ATTR)
+    if hasattr(transformer, SIGMA_SCHEDULE_ATTR):
+        delattr(transformer, SIGMA_SCHEDULE_ATTR)
 
 
 def last_video_stats(pipe_or_transformer) -> CacheStats | None:

@@ -8,10 +8,12 @@ For each method and knob value, on the same transformer, prompts and seeds:
   projection, so it counts diffusers' caches the same way as ours);
 - PSNR (whole-video MSE) and SSIM of the frames against the uncached video of the same prompt and seed.
 
-Methods: ditfarm's bwcache, profiling, taylorseer and adaptive; diffusers' FirstBlockCache, TaylorSeerCache (on
-attn1/attn2/ffn, since its default patterns match nothing in Wan) and MagCache (calibrated first, as diffusers
-documents: a calibrate=True run whose printed ratios are then passed back); and the plainest rival, the same
-sampler with fewer steps.
+Methods: ditfarm's bwcache, profiling, taylorseer, adaptive and ertacache (with the paper's ablation: uniform reuse,
+the offline schedule, + timestep adjustment; from the calibration in the profile); diffusers' FirstBlockCache,
+TaylorSeerCache (on attn1/attn2/ffn, since its default patterns match nothing in Wan), MagCache (calibrated first,
+as diffusers documents: a calibrate=True run whose printed ratios are then passed back) and Pyramid Attention
+Broadcast (its hook with one state per CFG branch, ``cache/pab.py``; knob: attn1's range N, attn2's N + 4); and the
+plainest rival, the same sampler with fewer steps.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 
 from . import disable, enable
 from .metrics import psnr, ssim
+from .pab import enable_pab
 from .presets import build_config
 
 
@@ -105,8 +108,11 @@ def parse_method_filter(text: str | None) -> dict[str, list[float] | None] | Non
     return chosen
 
 
-GRID_FAMILIES = ("bwcache", "profiling", "taylorseer", "adaptive", "adaptive-block", "fbcache",
-                 "diffusers-taylorseer", "magcache", "fewer-steps")
+#: ERTACache's ablation (the paper's Table 3): each family is ``ertacache`` with one more of its parts off
+ERTACACHE_VARIANTS = {"ertacache": "full", "ertacache-offline-dt": "offline+dt", "ertacache-offline": "offline",
+                      "ertacache-uniform": "uniform"}
+GRID_FAMILIES = ("bwcache", "profiling", "taylorseer", "adaptive", "adaptive-block", *ERTACACHE_VARIANTS, "pab",
+                 "fbcache", "diffusers-taylorseer", "magcache", "fewer-steps")
 
 
 def method_grid(pipe, steps: int, guidance_scale: float, profile, calibration_prompt: str, quick: bool = False,
@@ -116,6 +122,9 @@ def method_grid(pipe, steps: int, guidance_scale: float, profile, calibration_pr
     def ours(policy, knob):
         if policy == "adaptive-block":  # the adaptive policy deciding per block instead of per step
             config = replace(build_config("adaptive", knob, profile, pipe.cache_settings), granularity="block")
+        elif policy in ERTACACHE_VARIANTS:
+            config = replace(build_config("ertacache", knob, profile, pipe.cache_settings),
+                             variant=ERTACACHE_VARIANTS[policy])
         else:
             config = build_config(policy, knob, profile, pipe.cache_settings)
         return Method(policy, knob, lambda p: enable(p, config))
@@ -129,6 +138,11 @@ def method_grid(pipe, steps: int, guidance_scale: float, profile, calibration_pr
         "taylorseer": [2, 3, 4, 5, 6],
         "adaptive": [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0],
         "adaptive-block": [0.0, 0.02, 0.04, 0.06, 0.08, 0.12, 0.16, 0.24, 0.32],
+        "ertacache": [0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3, 0.4],  # as calibrated in tiny's profile
+        "ertacache-offline-dt": [0.15, 0.2, 0.3],
+        "ertacache-offline": [0.15, 0.2, 0.3],
+        "ertacache-uniform": [0.15, 0.2, 0.3],
+        "pab": [2, 3, 4, 5, 6],
         "fbcache": [0.02, 0.05, 0.08, 0.12, 0.2],
         "diffusers-taylorseer": [2, 3, 4, 5],
         "magcache": [0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.25],
@@ -140,10 +154,12 @@ def method_grid(pipe, steps: int, guidance_scale: float, profile, calibration_pr
         grid = {k: (only[k] if only[k] is not None else v) if k in only else [] for k, v in grid.items()}
     grid["fewer-steps"] = [int(k) for k in grid["fewer-steps"]]
     methods = []
-    for policy in ("bwcache", "profiling", "taylorseer", "adaptive", "adaptive-block"):
-        if policy == "profiling" and profile is None:
+    calibrated = profile is not None and profile.ertacache is not None
+    for policy in ("bwcache", "profiling", "taylorseer", "adaptive", "adaptive-block", *ERTACACHE_VARIANTS):
+        if (policy == "profiling" and profile is None) or (policy in ERTACACHE_VARIANTS and not calibrated):
             continue
         methods += [ours(policy, k) for k in grid[policy]]
+    methods += [Method("pab", k, lambda p, k=k: enable_pab(p, spatial=int(k))) for k in grid["pab"]]
     methods += [diffusers_cache("fbcache", k, FirstBlockCacheConfig(threshold=k)) for k in grid["fbcache"]]
     wan_modules = [r"blocks\.\d+\.attn1", r"blocks\.\d+\.attn2", r"blocks\.\d+\.ffn"]
     methods += [

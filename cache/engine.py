@@ -158,7 +158,7 @@ class BranchState(BaseState):
         kept and reused until a block of the run runs again: a run skipped on many steps costs one add per step."""
         damping = self.policy.forecast_damping
         if self.policy.whole_steps:
-            return self.stack.predict(self.step, damping)
+            return self.policy.correct_stack(self.decision, self.step, self.stack.predict(self.step, damping))
         end = self.run_end[start]
         blocks = range(start, end + 1)
         static = all(len(self.memory[b].terms) == 1 for b in blocks)

@@ -5,6 +5,8 @@ Each policy has one knob that trades speed for fidelity, and good defaults for e
     bwcache     threshold delta on the mean relative L1 change of block outputs (0.15 slow, 0.20 mid, 0.25 fast)
     profiling   the refresh interval right after warm-up, T_max (it shrinks to T_min = 2 at the end)
     taylorseer  the interval N between full steps
+    ertacache   lambda, the calibrated reuse threshold on the stack residual's relative L1 error (0.08, the
+                paper's for Wan2.1-1.3B; the profile must carry a calibration at it: `ditfarm calibrate ertacache`)
     adaptive    the error budget: predicted relative L1 error of the forecast stack residual, accumulated over a
                 run of skipped steps (per block with granularity "block"); it also picks a rung of the model's
                 ladder of schedule shapes (tiny's card: searched, 14 down to 4 computed steps of 30)
@@ -15,13 +17,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .policies import AdaptiveConfig, BWCacheConfig, ProfilingConfig, TaylorSeerConfig
+from .policies import AdaptiveConfig, BWCacheConfig, ERTACacheConfig, ERTACachePolicy, ProfilingConfig, TaylorSeerConfig
 from .policies.adaptive import Ladder
 from .profile import CacheProfile
 
-POLICIES = ("none", "bwcache", "profiling", "taylorseer", "adaptive")
-KNOB_NAMES = {"bwcache": "threshold", "profiling": "max_interval", "taylorseer": "interval", "adaptive": "threshold"}
-DEFAULT_KNOBS = {"bwcache": 0.15, "profiling": 6, "taylorseer": 5, "adaptive": 0.5}
+POLICIES = ("none", "bwcache", "profiling", "taylorseer", "adaptive", "ertacache")
+KNOB_NAMES = {"bwcache": "threshold", "profiling": "max_interval", "taylorseer": "interval", "adaptive": "threshold",
+              "ertacache": "lambda"}
+# ertacache: the paper's lambda for Wan2.1-1.3B; any value must be calibrated in the profile
+DEFAULT_KNOBS = {"bwcache": 0.15, "profiling": 6, "taylorseer": 5, "adaptive": 0.5, "ertacache": 0.08}
 
 
 def resolve_knob(policy: str, knob: float | None = None) -> float | int | None:
@@ -76,6 +80,13 @@ def build_config(policy: str, knob: float | None = None, profile: CacheProfile |
             raise ValueError("the profiling policy needs a profile: pass --profile PROFILE.json (see `ditfarm profile`)")
         return ProfilingConfig(profile=profile, max_interval=value, min_interval=min(2, value),
                                reference_steps=model.reference_steps)
+    if policy == "ertacache":
+        if profile is None:
+            raise ValueError("the ertacache policy needs a profile with its calibration: pass --profile PROFILE.json "
+                             "(see `ditfarm calibrate ertacache`)")
+        config = ERTACacheConfig(threshold=value, profile=profile)
+        ERTACachePolicy(config)  # refuses a profile without a calibration at this lambda, before any rendering
+        return config
     return AdaptiveConfig(threshold=value, profile=profile, ladder=model.adaptive_ladder)
 
 

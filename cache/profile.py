@@ -51,6 +51,7 @@ class CacheProfile:
     r_attn_threshold: float
     calibration: dict = field(default_factory=dict)
     mask_iou: float | None = None  # foreground mask vs ground truth, where the model's data generator knows it
+    ertacache: dict | None = None  # ERTACache's calibration (cache/policies/ertacache.py, `ditfarm calibrate`)
     format: str = FORMAT
 
     @property

@@ -35,6 +35,24 @@ class SamplerSettings:
 
 StepCallback = Callable[[int, torch.Tensor], None]
 
+#: A transformer may carry a function under this attribute that maps the scheduler's noise levels (one per step
+#: plus the final one, as a float64 array) to the ones to sample at: a cache policy that shortens the intervals of
+#: the steps it reuses (ERTACache) sets it.
+SIGMA_SCHEDULE_ATTR = "_ditfarm_sigma_schedule"
+
+
+def apply_sigma_schedule(scheduler, adjust: Callable) -> None:
+    """Replace the scheduler's sigmas (and the timesteps they stand for, t = sigma * num_train_timesteps, as in
+    diffusers' flow-matching schedulers) by ``adjust(sigmas)``."""
+    sigmas = getattr(scheduler, "sigmas", None)
+    if sigmas is None or len(sigmas) != len(scheduler.timesteps) + 1:
+        raise ValueError(f"{type(scheduler).__name__} keeps no per-step sigmas; this cache policy changes the noise "
+                         "schedule and needs a flow-matching scheduler")
+    new = torch.as_tensor(adjust(sigmas.detach().cpu().double().numpy()))
+    scheduler.sigmas = new.to(dtype=sigmas.dtype, device=sigmas.device)
+    scale = scheduler.config.num_train_timesteps
+    scheduler.timesteps = (new[:-1] * scale).to(dtype=scheduler.timesteps.dtype, device=scheduler.timesteps.device)
+
 
 def initial_noise(shape: tuple[int, ...], seed: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Gaussian noise drawn on the CPU from the seed alone, so every device and every rank draws the same."""
@@ -102,6 +120,9 @@ class GuidanceSplit(Protocol):
 def _denoise_loop(transformer, scheduler, latents, prompt_embeds, negative_prompt_embeds, steps, guidance_scale,
                   on_step, start_step=0, condition=None, split: GuidanceSplit | None = None) -> torch.Tensor:
     scheduler.set_timesteps(steps, device=latents.device)
+    adjust = getattr(transformer, SIGMA_SCHEDULE_ATTR, None)
+    if adjust is not None:
+        apply_sigma_schedule(scheduler, adjust)
     scheduler.set_begin_index(start_step)
     # diffusers' ``dtype`` is the compute dtype: a bf16 Wan keeps a few small modules (time embedder, norms) in
     # float32, so its first parameter does not tell

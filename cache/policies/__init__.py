@@ -3,6 +3,7 @@
 from .adaptive import AdaptiveConfig, AdaptivePolicy
 from .base import CachePolicy, DecisionState
 from .bwcache import BWCacheConfig, BWCachePolicy
+from .ertacache import ERTACacheConfig, ERTACachePolicy
 from .schedule import ProfilingConfig, ProfilingPolicy, TaylorSeerConfig, TaylorSeerPolicy
 
 POLICY_FOR_CONFIG = {
@@ -10,6 +11,7 @@ POLICY_FOR_CONFIG = {
     ProfilingConfig: ProfilingPolicy,
     TaylorSeerConfig: TaylorSeerPolicy,
     AdaptiveConfig: AdaptivePolicy,
+    ERTACacheConfig: ERTACachePolicy,
 }
 
 __all__ = [
@@ -19,6 +21,8 @@ __all__ = [
     "BWCachePolicy",
     "CachePolicy",
     "DecisionState",
+    "ERTACacheConfig",
+    "ERTACachePolicy",
     "POLICY_FOR_CONFIG",
     "ProfilingConfig",
     "ProfilingPolicy",

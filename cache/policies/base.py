@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 
 @dataclass
@@ -81,6 +82,19 @@ class CachePolicy(ABC):
     @abstractmethod
     def decide(self, state: DecisionState, step: int, computed: np.ndarray, sums: np.ndarray) -> np.ndarray:
         """Given the reduced sums of step ``step``, return the int8 mask (1 = compute) for step ``step + 1``."""
+
+    def correct_stack(self, state: DecisionState, step: int, residual: torch.Tensor) -> torch.Tensor:
+        """Whole-step policies: the stack residual a skipped ``step`` adds, from the cached one (ERTACache's
+        rectification); by default the cached residual as it is.  Must depend on integers and tables every rank
+        holds alike."""
+        return residual
+
+    #: True when the policy changes the sampler's noise schedule (``adjust_sigmas``, called before sampling)
+    adjusts_sigmas: bool = False
+
+    def adjust_sigmas(self, sigmas: np.ndarray) -> np.ndarray:
+        """The noise levels to sample at (one per step plus the final one), from the scheduler's own."""
+        return sigmas
 
     def describe(self) -> dict:
         return {"policy": self.name}

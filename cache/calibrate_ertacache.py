@@ -1,0 +1,323 @@
+"""``ditfarm calibrate ertacache``: measure what ERTACache needs, on the model itself, into its cache profile.
+
+Two kinds of calibration run per prompt (cache/policies/ertacache.py has the equations):
+
+1. Full compute.  Each CFG branch's stack residual R(s) = h_out - h_in is kept for every step, and the pairwise
+   sums N[i, s] = ||R(i) - R(s)||_1 and D[s] = ||R(s)||_1 are added up over prompts and branches.  Any lambda's
+   reuse schedule follows from (N, D) by the offline walk.
+2. For each lambda, sampling along the cached trajectory: computed steps refresh the cached residual R~; at a
+   reused step the transformer runs twice on the same input, once fully (the truth: R and the output) and once
+   with the blocks replaced by R~ (the output the sampler then takes, so later steps see the cache's own
+   history, as at inference).  This gives phi_s from sum ||v~ - v||_1 / sum ||v_s - v_{s-1}||_1 on the guided
+   velocity the sampler steps with (the model output for Wan's flow matching; v = skip x + out F for tiny's
+   preconditioned output), and per branch and channel the least-squares sums of eps = R~ - R against R~.
+
+The calibration runs in one process: the whole of every step's residual is at hand, so nothing needs reducing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
+
+from .policies.ertacache import offline_schedule, rectification_from_sums
+
+TAP = "ditfarm_ertacache_calibration"
+
+
+class _BranchTap(BaseState):
+    def __init__(self):
+        super().__init__()
+        self.reset()
+
+    def reset(self, *args, **kwargs) -> None:
+        self.stack_input: torch.Tensor | None = None
+        self.residual: torch.Tensor | None = None  # the stack residual of the call that just ran
+        self.history: list[torch.Tensor] = []  # record mode: every step's residual (CPU, float32)
+        self.cached: torch.Tensor | None = None  # shadow mode: R~
+
+
+@dataclass
+class _Sums:
+    """What the shadow runs add up for one lambda: phi's numerator and denominator per step, and per branch and
+    reused step the (5, channels) least-squares sums (n, sum r, sum eps, sum r^2, sum r*eps)."""
+
+    phi_numerator: np.ndarray
+    phi_denominator: np.ndarray
+    rectify: dict
+
+
+class _Tap:
+    """Hooks on the transformer and its blocks: record residuals, or stand in for the stack with R~."""
+
+    def __init__(self, transformer):
+        self.transformer = transformer
+        self.blocks = list(transformer.blocks)
+        self.state_manager = StateManager(_BranchTap)
+        self.mode = "record"  # or "shadow"
+        self.skip_blocks = False
+        self.reused: set[int] = set()
+        self.sums: _Sums | None = None
+        self.truth: dict[str, torch.Tensor] = {}  # shadow mode: this step's true output per branch
+        self.current_step = -1
+        self.previous_velocity: torch.Tensor | None = None
+
+    def observe_step(self, scheduler, guidance_scale: float, model_output, timestep, sample) -> None:
+        """At the sampler's step: phi's sums from the guided velocity the sampler takes (the cached one at a
+        reused step) and the true one at the same point, v = the scheduler's ``velocity`` where it has one
+        (tiny's preconditioning), else the model output itself (flow matching: Wan)."""
+        truth = self.truth.get("cond")
+        if "uncond" in self.truth:
+            truth = self.truth["uncond"] + guidance_scale * (truth - self.truth["uncond"])
+        to_velocity = getattr(scheduler, "velocity", None)
+        if to_velocity is not None:
+            true_v = to_velocity(truth, timestep, sample).float()
+            taken_v = to_velocity(model_output, timestep, sample).float()
+        else:
+            true_v, taken_v = truth, model_output.float()
+        step = self.current_step
+        if step in self.reused and self.previous_velocity is not None:
+            self.sums.phi_numerator[step] += float((taken_v - true_v).abs().sum())
+            self.sums.phi_denominator[step] += float((true_v - self.previous_velocity).abs().sum())
+        self.previous_velocity = true_v
+        self.truth = {}
+
+    def attach(self) -> None:
+        HookRegistry.check_if_exists_or_initialize(self.transformer).register_hook(_TransformerTap(self), TAP)
+        for i, block in enumerate(self.blocks):
+            HookRegistry.check_if_exists_or_initialize(block).register_hook(_BlockTap(self, i), TAP)
+
+    def detach(self) -> None:
+        HookRegistry.check_if_exists_or_initialize(self.transformer).remove_hook(TAP, recurse=False)
+        for block in self.blocks:
+            HookRegistry.check_if_exists_or_initialize(block).remove_hook(TAP, recurse=False)
+        self.state_manager.reset()
+
+
+class _TransformerTap(ModelHook):
+    _is_stateful = True
+
+    def __init__(self, tap: _Tap):
+        super().__init__()
+        self.tap = tap
+        self.state_manager = tap.state_manager
+
+    def new_forward(self, module, *args, **kwargs):
+        tap, state = self.tap, self.state_manager.get_state()
+        context = self.state_manager.context
+        step, branch = int(context.step_index), context.name
+        forward = self.fn_ref.original_forward
+        output = forward(*args, **kwargs)  # every block computed: the truth at this input
+        truth = _first(output).detach().float()
+        if tap.mode == "record":
+            state.history.append(state.residual.detach().float().cpu())
+            return output
+        if step in tap.reused and state.cached is not None:
+            tap.skip_blocks = True
+            try:
+                output = forward(*args, **kwargs)
+            finally:
+                tap.skip_blocks = False
+            sums = tap.sums
+            r = state.cached.double().reshape(-1, state.cached.shape[-1])
+            eps = r - state.residual.double().reshape(-1, r.shape[-1])
+            table = sums.rectify.setdefault(branch, {})
+            add = torch.stack([torch.full_like(r[0], r.shape[0]), r.sum(0), eps.sum(0), (r * r).sum(0),
+                               (r * eps).sum(0)]).cpu().numpy()
+            table[step] = table.get(step, 0) + add
+        else:
+            state.cached = state.residual.detach()
+        tap.truth[branch] = truth
+        tap.current_step = step
+        return output
+
+    def reset_state(self, module):
+        self.state_manager.reset()
+        return module
+
+
+class _BlockTap(ModelHook):
+    _is_stateful = True
+
+    def __init__(self, tap: _Tap, index: int):
+        super().__init__()
+        self.tap = tap
+        self.state_manager = tap.state_manager
+        self.index = index
+        self.last = index == len(tap.blocks) - 1
+
+    def new_forward(self, module, hidden_states, *args, **kwargs):
+        state = self.state_manager.get_state()
+        if self.tap.skip_blocks:
+            return hidden_states + state.cached.to(hidden_states.dtype) if self.index == 0 else hidden_states
+        if self.index == 0:
+            state.stack_input = hidden_states
+        output = self.fn_ref.original_forward(hidden_states, *args, **kwargs)
+        if self.last:
+            state.residual = output - state.stack_input
+            state.stack_input = None
+        return output
+
+    def reset_state(self, module):
+        return module
+
+
+@contextlib.contextmanager
+def _observing_steps(scheduler, tap: _Tap, guidance_scale: float):
+    """Let ``tap`` see every ``scheduler.step`` call (the guided output and the sample) while sampling."""
+    original = scheduler.step
+
+    def step(model_output, timestep, sample, *args, **kwargs):
+        tap.observe_step(scheduler, guidance_scale, model_output, timestep, sample)
+        return original(model_output, timestep, sample, *args, **kwargs)
+
+    scheduler.step = step
+    try:
+        yield
+    finally:
+        del scheduler.step
+
+
+def _first(output) -> torch.Tensor:
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    return getattr(output, "sample", output)
+
+
+def _pairwise(history: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    steps = len(history)
+    numerator, denominator = np.zeros((steps, steps)), np.zeros(steps)
+    for s in range(steps):
+        denominator[s] = float(history[s].abs().sum(dtype=torch.float64))
+        for i in range(s):
+            numerator[i, s] = float((history[i] - history[s]).abs().sum(dtype=torch.float64))
+    return numerator, denominator
+
+
+def _round(values) -> list:
+    return [float(f"{v:.6g}") for v in np.asarray(values, dtype=np.float64).ravel()]
+
+
+def calibrate_ertacache(pipe, prompts: list[str], lambdas: list[float], seeds: list[int] | None = None,
+                        steps: int | None = None, guidance_scale: float | None = None, log=print) -> dict:
+    """The ``ertacache`` section of a cache profile: pairwise residual sums and, per lambda, the reuse schedule,
+    phi per step and the per-channel rectification of each branch."""
+    if not prompts:
+        raise ValueError("ERTACache calibration needs at least one prompt")
+    if not lambdas or any(not lam > 0 for lam in lambdas):
+        raise ValueError(f"ERTACache thresholds (lambda) must be positive, got {lambdas}")
+    settings = pipe.settings(steps=steps, guidance_scale=guidance_scale)
+    seeds = list(seeds) if seeds is not None else list(range(len(prompts)))
+    tap = _Tap(pipe.transformer)
+    tap.attach()
+    try:
+        numerator, denominator = np.zeros((settings.steps, settings.steps)), np.zeros(settings.steps)
+        for prompt, seed in zip(prompts, seeds):
+            tap.mode = "record"
+            histories = {}
+
+            def keep(i, latents):
+                histories.update({name: s.history for name, s in tap.state_manager._state_cache.items()})
+
+            pipe.generate_latents(prompt, seed=seed, settings=settings, on_step=keep)
+            for history in histories.values():
+                n, d = _pairwise(history)
+                numerator, denominator = numerator + n, denominator + d
+        log(f"ertacache: residual errors of {len(prompts)} full-compute videos recorded")
+        entries = []
+        for lam in lambdas:
+            reused = offline_schedule(numerator, denominator, lam)
+            tap.mode, tap.reused = "shadow", set(reused)
+            tap.sums = _Sums(np.zeros(settings.steps), np.zeros(settings.steps), {})
+            if reused:
+                for prompt, seed in zip(prompts, seeds):
+                    tap.previous_velocity = None
+                    with _observing_steps(pipe.scheduler, tap, settings.guidance_scale):
+                        pipe.generate_latents(prompt, seed=seed, settings=settings)
+            sums = tap.sums
+            phi = np.ones(settings.steps)
+            for s in reused:
+                if sums.phi_denominator[s] > 0:
+                    phi[s] = float(np.clip(1.0 - sums.phi_numerator[s] / sums.phi_denominator[s], 0.0, 1.0))
+            rectify = {}
+            for branch, table in sums.rectify.items():
+                rectify[branch] = {}
+                for s, rows in sorted(table.items()):
+                    k, b = rectification_from_sums(rows)
+                    rectify[branch][str(s)] = {"k": _round(k), "b": _round(b)}
+            entries.append({"lambda": float(lam), "reused": reused, "phi": _round(phi), "rectify": rectify})
+            log(f"ertacache: lambda {lam:g} reuses {len(reused)} of {settings.steps} steps {reused}")
+    finally:
+        tap.detach()
+    return {"steps": settings.steps, "guidance_scale": settings.guidance_scale, "prompts": list(prompts),
+            "seeds": seeds, "numerator": [_round(row) for row in numerator], "denominator": _round(denominator),
+            "entries": entries}
+
+
+def main(argv=None) -> int:
+    """``ditfarm calibrate ertacache``: add an ERTACache calibration to a copy of a model's cache profile."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    from ..pipelines.loading import load_pipeline
+    from .profile import CacheProfile
+
+    p = argparse.ArgumentParser(prog="ditfarm calibrate ertacache", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--profile", type=Path, help="profile to extend (default: the model's shipped one)")
+    p.add_argument("--out", type=Path, required=True, help="profile JSON to write (the input plus the calibration)")
+    p.add_argument("--lambdas", default="0.08",
+                   help="comma-separated reuse thresholds to calibrate (default 0.08, the paper's for Wan2.1-1.3B)")
+    p.add_argument("--prompts", type=Path, help="text file, one prompt per line (default: the profile's own)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--guidance-scale", type=float)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+
+    def fail(message: str) -> int:
+        print(f"ditfarm calibrate ertacache: {message}", file=sys.stderr)
+        return 2
+
+    try:
+        lambdas = [float(x) for x in args.lambdas.split(",") if x.strip()]
+    except ValueError:
+        return fail(f"--lambdas takes comma-separated numbers, got {args.lambdas!r}")
+    pipe = load_pipeline(args.model, device=args.device)
+    source = args.profile or pipe.default_cache_profile()
+    if source is None:
+        return fail(f"model {args.model} ships no cache profile; pass --profile (see `ditfarm profile`)")
+    try:
+        profile = CacheProfile.load(source)
+        profile.check_model(pipe.transformer)
+    except (FileNotFoundError, ValueError) as err:
+        return fail(str(err))
+    if args.prompts:
+        if not args.prompts.exists():
+            return fail(f"prompts file {args.prompts} does not exist")
+        prompts = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
+        seeds = None
+    else:
+        prompts, seeds = profile.calibration.get("prompts", []), profile.calibration.get("seeds")
+    if not prompts:
+        return fail("no calibration prompts: pass --prompts P.txt")
+    for prompt in prompts:
+        try:
+            pipe.check_prompt(prompt)
+        except ValueError as err:
+            return fail(str(err))
+    try:
+        profile.ertacache = calibrate_ertacache(pipe, prompts, lambdas, seeds=seeds, steps=args.steps,
+                                                guidance_scale=args.guidance_scale)
+    except ValueError as err:
+        return fail(str(err))
+    profile.save(args.out)
+    print(f"wrote {args.out}: ERTACache calibrated at lambda {', '.join(f'{x:g}' for x in lambdas)} "
+          f"for {profile.ertacache['steps']}-step videos")
+    return 0
