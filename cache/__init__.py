@@ -11,22 +11,26 @@ from __future__ import annotations
 
 import torch
 
+from ..pipelines.compile import COMPILED_ATTR
 from ..pipelines.denoise import SIGMA_SCHEDULE_ATTR
 from .engine import CacheEngine, CacheStats, Reduce, identity_reduce
 from .policies import (
     POLICY_FOR_CONFIG,
     AdaptiveConfig,
+    BACConfig,
     BWCacheConfig,
     ERTACacheConfig,
     ProfilingConfig,
     TaylorSeerConfig,
 )
 from .profile import CacheProfile, ProfileMismatchError, model_identity
+from .units import UnitCacheEngine, UnitPolicy
 
 ENGINE_ATTR = "_ditfarm_cache_engine"
 
 __all__ = [
     "AdaptiveConfig",
+    "BACConfig",
     "BWCacheConfig",
     "CacheEngine",
     "CacheProfile",
@@ -47,7 +51,7 @@ def _transformer(pipe_or_transformer) -> torch.nn.Module:
     return getattr(pipe_or_transformer, "transformer", pipe_or_transformer)
 
 
-def engine_of(pipe_or_transformer) -> CacheEngine | None:
+def engine_of(pipe_or_transformer) -> CacheEngine | UnitCacheEngine | None:
     return getattr(_transformer(pipe_or_transformer), ENGINE_ATTR, None)
 
 
@@ -65,7 +69,14 @@ def enable(pipe_or_transformer, config, reduce: Reduce = identity_reduce) -> Cac
         profile.check_model(transformer)
     if not hasattr(transformer, "blocks"):
         raise TypeError(f"{type(transformer).__name__} has no `blocks`; ditfarm caches attach to DiT block lists")
-    engine = CacheEngine(transformer, policy_cls(config), reduce)
+    policy = policy_cls(config)
+    if isinstance(policy, UnitPolicy):  # fixed per-unit schedules: nothing to reduce
+        if getattr(transformer, COMPILED_ATTR, None):
+            raise ValueError(f"{policy.name} caches the attention and FFN inside each block, and the blocks are "
+                             "compiled whole (--compile): render it with eager blocks")
+        engine = UnitCacheEngine(transformer, policy)
+    else:
+        engine = CacheEngine(transformer, policy, reduce)
     engine.attach()
     setattr(transformer, ENGINE_ATTR, engine)
     if engine.policy.adjusts_sigmas:

@@ -5,11 +5,13 @@ For each method and knob value, on the same transformer, prompts and seeds:
 - speedup: wall time of the denoising loop without cache divided by with it, measured interleaved (an uncached
   run right before each cached run, so both see the same machine load) and taken as the median over videos;
 - computed: the fraction of block computations that ran (counted at each block's self-attention query
-  projection, so it counts diffusers' caches the same way as ours);
+  projection, so it counts diffusers' caches the same way as ours; for unit caches, BAC, HarmoniCa and PAB, it is
+  the share of self-attention calls, the units that cost most);
 - PSNR (whole-video MSE) and SSIM of the frames against the uncached video of the same prompt and seed.
 
-Methods: ditfarm's bwcache, profiling, taylorseer, adaptive and ertacache (with the paper's ablation: uniform reuse,
-the offline schedule, + timestep adjustment; from the calibration in the profile); diffusers' FirstBlockCache,
+Methods: ditfarm's bwcache, profiling, taylorseer, adaptive, ertacache (with the paper's ablation: uniform reuse,
+the offline schedule, + timestep adjustment) and bac (with its ablation: uniform, unified ACS, block-wise ACS),
+both from the calibrations in the profile; diffusers' FirstBlockCache,
 TaylorSeerCache (on attn1/attn2/ffn, since its default patterns match nothing in Wan), MagCache (calibrated first,
 as diffusers documents: a calibrate=True run whose printed ratios are then passed back) and Pyramid Attention
 Broadcast (its hook with one state per CFG branch, ``cache/pab.py``; knob: attn1's range N, attn2's N + 4); and the
@@ -111,7 +113,10 @@ def parse_method_filter(text: str | None) -> dict[str, list[float] | None] | Non
 #: ERTACache's ablation (the paper's Table 3): each family is ``ertacache`` with one more of its parts off
 ERTACACHE_VARIANTS = {"ertacache": "full", "ertacache-offline-dt": "offline+dt", "ertacache-offline": "offline",
                       "ertacache-uniform": "uniform"}
-GRID_FAMILIES = ("bwcache", "profiling", "taylorseer", "adaptive", "adaptive-block", *ERTACACHE_VARIANTS, "pab",
+#: BAC's ablation: uniform updates, one ACS schedule for all units, ACS per unit, + bubbling union (``bac``)
+BAC_VARIANTS = {"bac": "full", "bac-blockwise": "blockwise", "bac-unified": "unified", "bac-uniform": "uniform"}
+GRID_FAMILIES = ("bwcache", "profiling", "taylorseer", "adaptive", "adaptive-block", *ERTACACHE_VARIANTS,
+                 *BAC_VARIANTS, "pab",
                  "fbcache", "diffusers-taylorseer", "magcache", "fewer-steps")
 
 
@@ -122,6 +127,8 @@ def method_grid(pipe, steps: int, guidance_scale: float, profile, calibration_pr
     def ours(policy, knob):
         if policy == "adaptive-block":  # the adaptive policy deciding per block instead of per step
             config = replace(build_config("adaptive", knob, profile, pipe.cache_settings), granularity="block")
+        elif policy in BAC_VARIANTS:
+            config = replace(build_config("bac", knob, profile, pipe.cache_settings), variant=BAC_VARIANTS[policy])
         elif policy in ERTACACHE_VARIANTS:
             config = replace(build_config("ertacache", knob, profile, pipe.cache_settings),
                              variant=ERTACACHE_VARIANTS[policy])
@@ -142,6 +149,10 @@ def method_grid(pipe, steps: int, guidance_scale: float, profile, calibration_pr
         "ertacache-offline-dt": [0.15, 0.2, 0.3],
         "ertacache-offline": [0.15, 0.2, 0.3],
         "ertacache-uniform": [0.15, 0.2, 0.3],
+        "bac": [0.6, 0.5, 0.4, 0.33, 0.25, 0.2],
+        "bac-blockwise": [0.5, 0.33],
+        "bac-unified": [0.5, 0.33],
+        "bac-uniform": [0.5, 0.33],
         "pab": [2, 3, 4, 5, 6],
         "fbcache": [0.02, 0.05, 0.08, 0.12, 0.2],
         "diffusers-taylorseer": [2, 3, 4, 5],
@@ -154,9 +165,10 @@ def method_grid(pipe, steps: int, guidance_scale: float, profile, calibration_pr
         grid = {k: (only[k] if only[k] is not None else v) if k in only else [] for k, v in grid.items()}
     grid["fewer-steps"] = [int(k) for k in grid["fewer-steps"]]
     methods = []
-    calibrated = profile is not None and profile.ertacache is not None
-    for policy in ("bwcache", "profiling", "taylorseer", "adaptive", "adaptive-block", *ERTACACHE_VARIANTS):
-        if (policy == "profiling" and profile is None) or (policy in ERTACACHE_VARIANTS and not calibrated):
+    for policy in ("bwcache", "profiling", "taylorseer", "adaptive", "adaptive-block", *ERTACACHE_VARIANTS,
+                   *BAC_VARIANTS):
+        needs = "ertacache" if policy in ERTACACHE_VARIANTS else "bac" if policy in BAC_VARIANTS else None
+        if (policy == "profiling" and profile is None) or (needs and getattr(profile, needs, None) is None):
             continue
         methods += [ours(policy, k) for k in grid[policy]]
     methods += [Method("pab", k, lambda p, k=k: enable_pab(p, spatial=int(k))) for k in grid["pab"]]

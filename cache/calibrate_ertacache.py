@@ -1,4 +1,4 @@
-"""``ditfarm calibrate ertacache``: measure what ERTACache needs, on the model itself, into its cache profile.
+"""ERTACache's calibration (``ditfarm calibrate ertacache``): measure what ERTACache needs, on the model itself, into its cache profile.
 
 Two kinds of calibration run per prompt (cache/policies/ertacache.py has the equations):
 
@@ -258,66 +258,3 @@ def calibrate_ertacache(pipe, prompts: list[str], lambdas: list[float], seeds: l
             "seeds": seeds, "numerator": [_round(row) for row in numerator], "denominator": _round(denominator),
             "entries": entries}
 
-
-def main(argv=None) -> int:
-    """``ditfarm calibrate ertacache``: add an ERTACache calibration to a copy of a model's cache profile."""
-    import argparse
-    import sys
-    from pathlib import Path
-
-    from ..pipelines.loading import load_pipeline
-    from .profile import CacheProfile
-
-    p = argparse.ArgumentParser(prog="ditfarm calibrate ertacache", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny")
-    p.add_argument("--profile", type=Path, help="profile to extend (default: the model's shipped one)")
-    p.add_argument("--out", type=Path, required=True, help="profile JSON to write (the input plus the calibration)")
-    p.add_argument("--lambdas", default="0.08",
-                   help="comma-separated reuse thresholds to calibrate (default 0.08, the paper's for Wan2.1-1.3B)")
-    p.add_argument("--prompts", type=Path, help="text file, one prompt per line (default: the profile's own)")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--guidance-scale", type=float)
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
-
-    def fail(message: str) -> int:
-        print(f"ditfarm calibrate ertacache: {message}", file=sys.stderr)
-        return 2
-
-    try:
-        lambdas = [float(x) for x in args.lambdas.split(",") if x.strip()]
-    except ValueError:
-        return fail(f"--lambdas takes comma-separated numbers, got {args.lambdas!r}")
-    pipe = load_pipeline(args.model, device=args.device)
-    source = args.profile or pipe.default_cache_profile()
-    if source is None:
-        return fail(f"model {args.model} ships no cache profile; pass --profile (see `ditfarm profile`)")
-    try:
-        profile = CacheProfile.load(source)
-        profile.check_model(pipe.transformer)
-    except (FileNotFoundError, ValueError) as err:
-        return fail(str(err))
-    if args.prompts:
-        if not args.prompts.exists():
-            return fail(f"prompts file {args.prompts} does not exist")
-        prompts = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
-        seeds = None
-    else:
-        prompts, seeds = profile.calibration.get("prompts", []), profile.calibration.get("seeds")
-    if not prompts:
-        return fail("no calibration prompts: pass --prompts P.txt")
-    for prompt in prompts:
-        try:
-            pipe.check_prompt(prompt)
-        except ValueError as err:
-            return fail(str(err))
-    try:
-        profile.ertacache = calibrate_ertacache(pipe, prompts, lambdas, seeds=seeds, steps=args.steps,
-                                                guidance_scale=args.guidance_scale)
-    except ValueError as err:
-        return fail(str(err))
-    profile.save(args.out)
-    print(f"wrote {args.out}: ERTACache calibrated at lambda {', '.join(f'{x:g}' for x in lambdas)} "
-          f"for {profile.ertacache['steps']}-step videos")
-    return 0

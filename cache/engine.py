@@ -29,7 +29,6 @@ back the branch's last output (the stack residual and its indicator are still ke
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -38,6 +37,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from .policies.base import CachePolicy, DecisionState, all_blocks
+from .stats import CacheStats
 
 STEP_HOOK = "ditfarm_cache_step"
 BLOCK_HOOK = "ditfarm_cache_block"
@@ -47,21 +47,6 @@ Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 def identity_reduce(vector: torch.Tensor) -> torch.Tensor:
     return vector
-
-
-@dataclass
-class CacheStats:
-    """Per video, summed over CFG branches: block computations run and skipped, and the most bytes held."""
-
-    computed: int = 0
-    skipped: int = 0
-    peak_bytes: int = 0
-    masks: dict[str, list[list[int]]] = field(default_factory=dict)  # branch -> per-step compute masks
-
-    @property
-    def skipped_fraction(self) -> float:
-        total = self.computed + self.skipped
-        return self.skipped / total if total else 0.0
 
 
 class BlockMemory:

@@ -7,6 +7,8 @@ Each policy has one knob that trades speed for fidelity, and good defaults for e
     taylorseer  the interval N between full steps
     ertacache   lambda, the calibrated reuse threshold on the stack residual's relative L1 error (0.08, the
                 paper's for Wan2.1-1.3B; the profile must carry a calibration at it: `ditfarm calibrate ertacache`)
+    bac         the fraction of steps on which each unit (attn1, attn2, ffn of every block) updates its cache
+                (0.3); the profile must carry a BAC calibration (`ditfarm calibrate bac`)
     adaptive    the error budget: predicted relative L1 error of the forecast stack residual, accumulated over a
                 run of skipped steps (per block with granularity "block"); it also picks a rung of the model's
                 ladder of schedule shapes (tiny's card: searched, 14 down to 4 computed steps of 30)
@@ -17,15 +19,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .policies import AdaptiveConfig, BWCacheConfig, ERTACacheConfig, ERTACachePolicy, ProfilingConfig, TaylorSeerConfig
+from .policies import AdaptiveConfig, BACConfig, BACPolicy, BWCacheConfig, ERTACacheConfig, ERTACachePolicy, ProfilingConfig, TaylorSeerConfig
 from .policies.adaptive import Ladder
 from .profile import CacheProfile
 
-POLICIES = ("none", "bwcache", "profiling", "taylorseer", "adaptive", "ertacache")
+POLICIES = ("none", "bwcache", "profiling", "taylorseer", "adaptive", "ertacache", "bac")
 KNOB_NAMES = {"bwcache": "threshold", "profiling": "max_interval", "taylorseer": "interval", "adaptive": "threshold",
-              "ertacache": "lambda"}
+              "ertacache": "lambda", "bac": "updates"}
 # ertacache: the paper's lambda for Wan2.1-1.3B; any value must be calibrated in the profile
-DEFAULT_KNOBS = {"bwcache": 0.15, "profiling": 6, "taylorseer": 5, "adaptive": 0.5, "ertacache": 0.08}
+# bac: the fraction of steps each unit updates on
+DEFAULT_KNOBS = {"bwcache": 0.15, "profiling": 6, "taylorseer": 5, "adaptive": 0.5, "ertacache": 0.08, "bac": 0.3}
 
 
 def resolve_knob(policy: str, knob: float | None = None) -> float | int | None:
@@ -80,6 +83,13 @@ def build_config(policy: str, knob: float | None = None, profile: CacheProfile |
             raise ValueError("the profiling policy needs a profile: pass --profile PROFILE.json (see `ditfarm profile`)")
         return ProfilingConfig(profile=profile, max_interval=value, min_interval=min(2, value),
                                reference_steps=model.reference_steps)
+    if policy == "bac":
+        if profile is None:
+            raise ValueError("the bac policy needs a profile with its calibration: pass --profile PROFILE.json "
+                             "(see `ditfarm calibrate bac`)")
+        config = BACConfig(updates=value, profile=profile)
+        BACPolicy(config)  # refuses a profile without a BAC calibration, or a knob out of range
+        return config
     if policy == "ertacache":
         if profile is None:
             raise ValueError("the ertacache policy needs a profile with its calibration: pass --profile PROFILE.json "

@@ -52,6 +52,7 @@ class CacheProfile:
     calibration: dict = field(default_factory=dict)
     mask_iou: float | None = None  # foreground mask vs ground truth, where the model's data generator knows it
     ertacache: dict | None = None  # ERTACache's calibration (cache/policies/ertacache.py, `ditfarm calibrate`)
+    bac: dict | None = None  # BAC's per-unit similarity and volatility (cache/policies/bac.py, `ditfarm calibrate`)
     format: str = FORMAT
 
     @property

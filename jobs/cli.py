@@ -6,6 +6,7 @@
     ditfarm status OUT                             counts per status, and the failed rows' errors
     ditfarm profile --model tiny --prompts P.txt --out PROFILE.json   profile blocks for caching
     ditfarm calibrate ertacache --model tiny --lambdas 0.1,0.2 --out P.json   ERTACache's calibration
+    ditfarm calibrate bac --model tiny --out P.json                           BAC's calibration
     ditfarm bench cache --model tiny --json OUT.json                  speed/fidelity of every cache
     ditfarm bench sp --policy adaptive --json OUT.json                the cache's speedup at sp=1 and sp=2
     ditfarm bench steps --device cuda --json OUT.json                 per-step times on the Wan2.1-1.3B shapes
@@ -343,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(sub)
     _add_profile(sub)
     sub.add_parser("eval-adherence", help="prompt adherence of a tiny-grammar model", add_help=False)
-    sub.add_parser("calibrate", help="`calibrate ertacache`: ERTACache's offline calibration, into a cache profile",
+    sub.add_parser("calibrate", help="`calibrate ertacache|bac`: a caching method's offline calibration, into a cache profile",
                    add_help=False)
     sub.add_parser("train-tiny", help="train the built-in tiny model (resumable)", add_help=False)
     sub.add_parser("bench", help="`bench cache`: speed and fidelity of every cache policy; `bench sp`: the cache under sequence parallelism; `bench steps`: per-step times on Wan2.1 shapes; `bench gpu`: a step and a whole video of Wan2.1 (1.3B, 14B) on one GPU", add_help=False)
@@ -374,10 +375,10 @@ def main(argv: list[str] | None = None) -> int:
         from ..cache.bench_steps import main as bench_steps_main
 
         return bench_steps_main(argv[2:])
-    if argv[:2] == ["calibrate", "ertacache"]:
-        from ..cache.calibrate_ertacache import main as calibrate_main
+    if argv[:1] == ["calibrate"]:
+        from ..cache.calibrate import main as calibrate_main
 
-        return calibrate_main(argv[2:])
+        return calibrate_main(argv[1:])
     if argv[:1] == ["train-tiny"]:
         from ..pipelines.tiny.train import main as train_main
 

@@ -82,7 +82,7 @@ def test_bench_cache_quick_run(tmp_path, random_model_folder):
                 "--steps", "12", "--quick"]) == 0
     rows = json.loads(out.read_text())["rows"]
     families = {r["family"] for r in rows}
-    assert {"bwcache", "taylorseer", "adaptive", "fbcache", "diffusers-taylorseer", "magcache", "fewer-steps"} <= families
+    assert {"bwcache", "taylorseer", "adaptive", "pab", "fbcache", "diffusers-taylorseer", "magcache", "fewer-steps"} <= families
     exact = next(r for r in rows if r["family"] == "adaptive" and r["knob"] == 0.0)
     assert exact["computed"] == 1.0 and exact["psnr"] == float("inf")
     taylor = next(r for r in rows if r["family"] == "taylorseer" and r["knob"] == 4)  # 4 of 30: every 2nd of 12

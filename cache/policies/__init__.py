@@ -1,6 +1,7 @@
 """Cache policies: one config dataclass and one policy class each."""
 
 from .adaptive import AdaptiveConfig, AdaptivePolicy
+from .bac import BACConfig, BACPolicy
 from .base import CachePolicy, DecisionState
 from .bwcache import BWCacheConfig, BWCachePolicy
 from .ertacache import ERTACacheConfig, ERTACachePolicy
@@ -12,11 +13,14 @@ POLICY_FOR_CONFIG = {
     TaylorSeerConfig: TaylorSeerPolicy,
     AdaptiveConfig: AdaptivePolicy,
     ERTACacheConfig: ERTACachePolicy,
+    BACConfig: BACPolicy,
 }
 
 __all__ = [
     "AdaptiveConfig",
     "AdaptivePolicy",
+    "BACConfig",
+    "BACPolicy",
     "BWCacheConfig",
     "BWCachePolicy",
     "CachePolicy",
