@@ -20,6 +20,7 @@ from .policies import (
     BACConfig,
     BWCacheConfig,
     ERTACacheConfig,
+    HarmoniCaConfig,
     ProfilingConfig,
     TaylorSeerConfig,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "CacheProfile",
     "CacheStats",
     "ERTACacheConfig",
+    "HarmoniCaConfig",
     "ProfileMismatchError",
     "ProfilingConfig",
     "TaylorSeerConfig",
@@ -64,9 +66,9 @@ def enable(pipe_or_transformer, config, reduce: Reduce = identity_reduce) -> Cac
     policy_cls = POLICY_FOR_CONFIG.get(type(config))
     if policy_cls is None:
         raise TypeError(f"not a cache config: {config!r}; use one of {', '.join(c.__name__ for c in POLICY_FOR_CONFIG)}")
-    profile = getattr(config, "profile", None)
-    if profile is not None:
-        profile.check_model(transformer)
+    for trained in (getattr(config, "profile", None), getattr(config, "router", None)):
+        if trained is not None:  # measured or trained on one model: refused by another
+            trained.check_model(transformer)
     if not hasattr(transformer, "blocks"):
         raise TypeError(f"{type(transformer).__name__} has no `blocks`; ditfarm caches attach to DiT block lists")
     policy = policy_cls(config)

@@ -10,8 +10,8 @@ For each method and knob value, on the same transformer, prompts and seeds:
 - PSNR (whole-video MSE) and SSIM of the frames against the uncached video of the same prompt and seed.
 
 Methods: ditfarm's bwcache, profiling, taylorseer, adaptive, ertacache (with the paper's ablation: uniform reuse,
-the offline schedule, + timestep adjustment) and bac (with its ablation: uniform, unified ACS, block-wise ACS),
-both from the calibrations in the profile; diffusers' FirstBlockCache,
+the offline schedule, + timestep adjustment), bac (with its ablation: uniform, unified ACS, block-wise ACS), both
+from the calibrations in the profile, and harmonica (the router beside the profile, at several thresholds tau); diffusers' FirstBlockCache,
 TaylorSeerCache (on attn1/attn2/ffn, since its default patterns match nothing in Wan), MagCache (calibrated first,
 as diffusers documents: a calibrate=True run whose printed ratios are then passed back) and Pyramid Attention
 Broadcast (its hook with one state per CFG branch, ``cache/pab.py``; knob: attn1's range N, attn2's N + 4); and the
@@ -37,6 +37,7 @@ import torch
 from . import disable, enable
 from .metrics import psnr, ssim
 from .pab import enable_pab
+from .policies.harmonica import router_beside
 from .presets import build_config
 
 
@@ -116,7 +117,7 @@ ERTACACHE_VARIANTS = {"ertacache": "full", "ertacache-offline-dt": "offline+dt",
 #: BAC's ablation: uniform updates, one ACS schedule for all units, ACS per unit, + bubbling union (``bac``)
 BAC_VARIANTS = {"bac": "full", "bac-blockwise": "blockwise", "bac-unified": "unified", "bac-uniform": "uniform"}
 GRID_FAMILIES = ("bwcache", "profiling", "taylorseer", "adaptive", "adaptive-block", *ERTACACHE_VARIANTS,
-                 *BAC_VARIANTS, "pab",
+                 *BAC_VARIANTS, "harmonica", "pab",
                  "fbcache", "diffusers-taylorseer", "magcache", "fewer-steps")
 
 
@@ -153,6 +154,7 @@ def method_grid(pipe, steps: int, guidance_scale: float, profile, calibration_pr
         "bac-blockwise": [0.5, 0.33],
         "bac-unified": [0.5, 0.33],
         "bac-uniform": [0.5, 0.33],
+        "harmonica": [0.1, 0.3, 0.5, 0.7, 0.9],  # the trained router's threshold tau
         "pab": [2, 3, 4, 5, 6],
         "fbcache": [0.02, 0.05, 0.08, 0.12, 0.2],
         "diffusers-taylorseer": [2, 3, 4, 5],
@@ -171,6 +173,8 @@ def method_grid(pipe, steps: int, guidance_scale: float, profile, calibration_pr
         if (policy == "profiling" and profile is None) or (needs and getattr(profile, needs, None) is None):
             continue
         methods += [ours(policy, k) for k in grid[policy]]
+    if profile is not None and getattr(profile, "source", None) and router_beside(profile).exists():
+        methods += [ours("harmonica", k) for k in grid["harmonica"]]
     methods += [Method("pab", k, lambda p, k=k: enable_pab(p, spatial=int(k))) for k in grid["pab"]]
     methods += [diffusers_cache("fbcache", k, FirstBlockCacheConfig(threshold=k)) for k in grid["fbcache"]]
     wan_modules = [r"blocks\.\d+\.attn1", r"blocks\.\d+\.attn2", r"blocks\.\d+\.ffn"]
@@ -310,19 +314,56 @@ def main(argv=None) -> int:
     calibration = sample_scene_spec(np.random.default_rng(99)).prompt  # a training-split prompt
     methods = method_grid(pipe, settings.steps, settings.guidance_scale, profile, calibration, args.quick, only)
     rows = run_benchmark(pipe, cases, methods, settings.steps, settings.guidance_scale)
-    table = markdown_table(rows)
-    print(table)
+    run = {"model": str(args.model), "steps": settings.steps, "guidance_scale": settings.guidance_scale,
+           "threads": args.threads, "cases": cases, "profile": str(profile_path) if profile_path else None}
+    report(run, rows, args.json, args.png)
+    return 0
+
+
+def report(run: dict, rows: list[Row], json_path: Path, png: Path | None = None) -> dict:
+    """Print the table and the target reading, write the JSON and the frontier plot."""
+    print(markdown_table(rows))
     families = {r.family for r in rows}
     check = target_check(rows) if "adaptive" in families and len(families) > 1 else None
     if check:
         print(f"\nbar (best other PSNR at >= 1.5x): {check['bar_psnr']:.2f} dB; adaptive's fastest at or above it: "
               f"{check['fastest_at_bar']:.2f}x; other rows no adaptive row matches in both speed and PSNR: "
               f"{', '.join(check['dominated_by']) or 'none'}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "model": str(args.model), "steps": settings.steps, "guidance_scale": settings.guidance_scale,
-        "threads": args.threads, "cases": cases, "profile": str(profile_path) if profile_path else None,
-        "rows": [asdict(r) for r in rows], "target_check": check,
-    }, indent=2))
-    frontier_plot(rows, args.png or args.json.with_suffix(".png"))
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    result = {**run, "rows": [asdict(r) for r in rows], "target_check": check}
+    json_path.write_text(json.dumps(result, indent=2))
+    frontier_plot(rows, png or json_path.with_suffix(".png"))
+    return result
+
+
+def merge_runs(paths: list[Path]) -> tuple[dict, list[Row]]:
+    """Rows of several runs of the same setting (model, steps, guidance, prompts and seeds) as one: the grid split
+    over processes, or a family added later."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    keys = ("model", "steps", "guidance_scale", "cases", "profile")
+    for path, other in zip(paths[1:], runs[1:]):
+        differ = [k for k in keys if json.loads(json.dumps(other.get(k))) != json.loads(json.dumps(runs[0].get(k)))]
+        if differ:
+            raise ValueError(f"{path} ran another setting than {paths[0]} ({', '.join(differ)} differ)")
+    rows = [Row(**r) for run in runs for r in run["rows"]]
+    seen = set()
+    for r in rows:
+        if (r.family, r.knob) in seen:
+            raise ValueError(f"{r.family} {r.knob:g} is in more than one of the runs")
+        seen.add((r.family, r.knob))
+    order = {family: i for i, family in enumerate(GRID_FAMILIES)}
+    rows.sort(key=lambda r: order.get(r.family, len(order)))
+    run = {k: runs[0].get(k) for k in keys} | {"threads": runs[0].get("threads"), "merged_from": [str(p) for p in paths]}
+    return run, rows
+
+
+def merge_main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="ditfarm bench cache-merge",
+                                description="one table, plot and target reading from several `bench cache` runs")
+    p.add_argument("runs", type=Path, nargs="+", help="JSON files written by `ditfarm bench cache`")
+    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--png", type=Path)
+    args = p.parse_args(argv)
+    run, rows = merge_runs(args.runs)
+    report(run, rows, args.json, args.png)
     return 0

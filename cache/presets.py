@@ -9,6 +9,8 @@ Each policy has one knob that trades speed for fidelity, and good defaults for e
                 paper's for Wan2.1-1.3B; the profile must carry a calibration at it: `ditfarm calibrate ertacache`)
     bac         the fraction of steps on which each unit (attn1, attn2, ffn of every block) updates its cache
                 (0.3); the profile must carry a BAC calibration (`ditfarm calibrate bac`)
+    harmonica   the threshold tau on the trained router's probabilities (0.1); the router lies beside the profile
+                (harmonica_router.json, `ditfarm train-router`)
     adaptive    the error budget: predicted relative L1 error of the forecast stack residual, accumulated over a
                 run of skipped steps (per block with granularity "block"); it also picks a rung of the model's
                 ladder of schedule shapes (tiny's card: searched, 14 down to 4 computed steps of 30)
@@ -19,16 +21,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .policies import AdaptiveConfig, BACConfig, BACPolicy, BWCacheConfig, ERTACacheConfig, ERTACachePolicy, ProfilingConfig, TaylorSeerConfig
+from .policies import (
+    AdaptiveConfig,
+    BACConfig,
+    BACPolicy,
+    BWCacheConfig,
+    ERTACacheConfig,
+    ERTACachePolicy,
+    HarmoniCaConfig,
+    HarmoniCaPolicy,
+    ProfilingConfig,
+    TaylorSeerConfig,
+)
 from .policies.adaptive import Ladder
+from .policies.harmonica import Router, router_beside
 from .profile import CacheProfile
 
-POLICIES = ("none", "bwcache", "profiling", "taylorseer", "adaptive", "ertacache", "bac")
+POLICIES = ("none", "bwcache", "profiling", "taylorseer", "adaptive", "ertacache", "bac", "harmonica")
 KNOB_NAMES = {"bwcache": "threshold", "profiling": "max_interval", "taylorseer": "interval", "adaptive": "threshold",
-              "ertacache": "lambda", "bac": "updates"}
+              "ertacache": "lambda", "bac": "updates", "harmonica": "threshold"}
 # ertacache: the paper's lambda for Wan2.1-1.3B; any value must be calibrated in the profile
-# bac: the fraction of steps each unit updates on
-DEFAULT_KNOBS = {"bwcache": 0.15, "profiling": 6, "taylorseer": 5, "adaptive": 0.5, "ertacache": 0.08, "bac": 0.3}
+# bac: the fraction of steps each unit updates on; harmonica: the router threshold of the released code's README
+DEFAULT_KNOBS = {"bwcache": 0.15, "profiling": 6, "taylorseer": 5, "adaptive": 0.5, "ertacache": 0.08, "bac": 0.3,
+                 "harmonica": 0.1}
 
 
 def resolve_knob(policy: str, knob: float | None = None) -> float | int | None:
@@ -83,6 +98,13 @@ def build_config(policy: str, knob: float | None = None, profile: CacheProfile |
             raise ValueError("the profiling policy needs a profile: pass --profile PROFILE.json (see `ditfarm profile`)")
         return ProfilingConfig(profile=profile, max_interval=value, min_interval=min(2, value),
                                reference_steps=model.reference_steps)
+    if policy == "harmonica":
+        if profile is None:
+            raise ValueError("the harmonica policy reads its router beside the cache profile: pass --profile "
+                             "PROFILE.json (see `ditfarm train-router`)")
+        config = HarmoniCaConfig(threshold=value, router=Router.load(router_beside(profile)))
+        HarmoniCaPolicy(config)  # refuses a threshold out of range before any rendering
+        return config
     if policy == "bac":
         if profile is None:
             raise ValueError("the bac policy needs a profile with its calibration: pass --profile PROFILE.json "

@@ -13,6 +13,7 @@
     ditfarm bench gpu --json OUT.json                                 a step and a video of Wan2.1 on one GPU
     ditfarm eval-adherence --model tiny --n 60     prompt adherence of the tiny model on held-out prompts
     ditfarm train-tiny --run-dir runs/tiny         (re)train the built-in model, resumably
+    ditfarm train-router --model tiny              train HarmoniCa's router (beside the profile), resumably
 """
 
 from __future__ import annotations
@@ -346,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("eval-adherence", help="prompt adherence of a tiny-grammar model", add_help=False)
     sub.add_parser("calibrate", help="`calibrate ertacache|bac`: a caching method's offline calibration, into a cache profile",
                    add_help=False)
+    sub.add_parser("train-router", help="train HarmoniCa's cache router on a model (resumable)", add_help=False)
     sub.add_parser("train-tiny", help="train the built-in tiny model (resumable)", add_help=False)
     sub.add_parser("bench", help="`bench cache`: speed and fidelity of every cache policy; `bench sp`: the cache under sequence parallelism; `bench steps`: per-step times on Wan2.1 shapes; `bench gpu`: a step and a whole video of Wan2.1 (1.3B, 14B) on one GPU", add_help=False)
     return parser
@@ -359,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
 
         adherence_main(argv[1:])
         return 0
+    if argv[:2] == ["bench", "cache-merge"]:
+        from ..cache.bench import merge_main
+
+        return merge_main(argv[2:])
     if argv[:2] == ["bench", "cache"]:
         from ..cache.bench import main as bench_main
 
@@ -379,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         from ..cache.calibrate import main as calibrate_main
 
         return calibrate_main(argv[1:])
+    if argv[:1] == ["train-router"]:
+        from ..cache.train_router import main as train_router_main
+
+        return train_router_main(argv[1:])
     if argv[:1] == ["train-tiny"]:
         from ..pipelines.tiny.train import main as train_main
 

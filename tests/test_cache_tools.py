@@ -129,3 +129,25 @@ def test_target_check_reads_the_bar_and_the_rows_adaptive_does_not_match():
     assert check["fastest_at_bar"] == 2.1
     # magcache 1.4x at 45 dB and taylorseer 4.5x are matched by no adaptive row; fbcache computed everything
     assert check["dominated_by"] == ["magcache 0: 1.40x 45.00 dB", "taylorseer 0: 4.50x 19.00 dB"]
+
+
+def test_bench_runs_of_one_setting_merge_into_one_table(tmp_path):
+    from ditfarm.cache.bench import merge_runs
+
+    def run(path, rows, steps=30):
+        setting = {"model": "tiny", "steps": steps, "guidance_scale": 3.0, "cases": [["a prompt", 1]],
+                   "profile": None, "threads": 1}
+        path.write_text(json.dumps({**setting, "rows": [
+            {"family": f, "knob": k, "speedup": 2.0, "computed": 0.5, "psnr": 30.0, "ssim": 0.9, "videos": 1}
+            for f, k in rows]}))
+        return path
+
+    a = run(tmp_path / "a.json", [("fewer-steps", 15), ("adaptive", 0.5)])
+    b = run(tmp_path / "b.json", [("bac", 0.5), ("pab", 2)])
+    setting, rows = merge_runs([a, b])
+    assert [(r.family, r.knob) for r in rows] == [("adaptive", 0.5), ("bac", 0.5), ("pab", 2), ("fewer-steps", 15)]
+    assert setting["steps"] == 30 and setting["merged_from"] == [str(a), str(b)]
+    with pytest.raises(ValueError, match=r"ran another setting .*\(steps differ\)"):
+        merge_runs([a, run(tmp_path / "c.json", [("bac", 0.3)], steps=50)])
+    with pytest.raises(ValueError, match="adaptive 0.5 is in more than one"):
+        merge_runs([a, run(tmp_path / "d.json", [("adaptive", 0.5)])])

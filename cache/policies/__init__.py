@@ -5,6 +5,7 @@ from .bac import BACConfig, BACPolicy
 from .base import CachePolicy, DecisionState
 from .bwcache import BWCacheConfig, BWCachePolicy
 from .ertacache import ERTACacheConfig, ERTACachePolicy
+from .harmonica import HarmoniCaConfig, HarmoniCaPolicy
 from .schedule import ProfilingConfig, ProfilingPolicy, TaylorSeerConfig, TaylorSeerPolicy
 
 POLICY_FOR_CONFIG = {
@@ -14,6 +15,7 @@ POLICY_FOR_CONFIG = {
     AdaptiveConfig: AdaptivePolicy,
     ERTACacheConfig: ERTACachePolicy,
     BACConfig: BACPolicy,
+    HarmoniCaConfig: HarmoniCaPolicy,
 }
 
 __all__ = [
@@ -27,6 +29,8 @@ __all__ = [
     "DecisionState",
     "ERTACacheConfig",
     "ERTACachePolicy",
+    "HarmoniCaConfig",
+    "HarmoniCaPolicy",
     "POLICY_FOR_CONFIG",
     "ProfilingConfig",
     "ProfilingPolicy",

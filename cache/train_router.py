@@ -1,0 +1,381 @@
+"""``ditfarm train-router``: train HarmoniCa's router on a model, resumably.
+
+Step-wise denoising training (SDT), as in the released code, image-free.  Each iteration samples one video from
+noise with a training prompt.  Step 0 computes every unit (its logit is fixed at 5, not trained) and fills the
+caches.  At every later step t, on the same x_t:
+
+- teacher: every unit computed, caches untouched -> eps_T (CFG-combined);
+- student: each unit outputs r fresh + (1 - r) cached with r = sigmoid(P[t, u]), and refreshes its cache with the
+  fresh output where r > tau_train (0.1) -> eps_S (CFG-combined).
+
+The loss of step t is the image error proxy objective, L_t = lambda(t) mean (eps_T - eps_S)^2 / mean eps_T^2 +
+beta mean_u r[t, u], and the sampler steps on eps_S (detached), so later steps see the caches and the trajectory
+that the router's own earlier decisions produced, as at inference.  Gradients reach only P (AdamW); after each
+iteration P is clamped to [-5, 5].
+
+lambda(t) (IEPO) is refreshed every ``lambda_every`` iterations: from fixed noise, the final latents with the router
+softly on for the steps >= i, against those with it on for the steps > i; lambda(i) is the mean squared difference,
+the final video's error that caching at step i adds given the caching after it (T samplings per refresh).  Two
+deviations, both to make beta mean the same on any model: the MSE term is relative to the teacher's mean square,
+and lambda is normalised to mean 1.
+
+One rollout computes each transformer call three times (teacher, student, and the student's backward), so an
+iteration costs about three videos; tiny at 30 steps trains in minutes on two CPU cores.  A checkpoint
+(``run_dir/checkpoint.pt``) after every ``save_every`` iterations makes a rerun continue where the last stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
+
+from ..pipelines.denoise import initial_noise, reset_caches, transformer_input
+from .policies.harmonica import Router
+from .profile import model_identity
+from .units import unit_modules
+
+HOOK = "ditfarm_router_training"
+FIXED_LOGIT = 5.0
+
+
+@dataclass
+class RouterTraining:
+    """What a run trains: ``beta`` trades the video's error against cache use (larger: more reuse)."""
+
+    iterations: int = 120
+    beta: float = 0.3
+    lr: float = 0.2
+    tau_train: float = 0.1
+    lambda_every: int = 40
+    save_every: int = 5
+    seed: int = 0
+
+
+class _Branch(BaseState):
+    def __init__(self, num_units: int):
+        super().__init__()
+        self.num_units = num_units
+        self.reset()
+
+    def reset(self, *args, **kwargs) -> None:
+        self.outputs: list[torch.Tensor | None] = [None] * self.num_units
+
+
+class _BlendHook(ModelHook):
+    """On one unit: the teacher's plain output, or the student's blend of fresh and cached."""
+
+    _is_stateful = True
+
+    def __init__(self, blender: "_Blender", index: int):
+        super().__init__()
+        self.blender = blender
+        self.state_manager = blender.state_manager
+        self.index = index
+
+    def new_forward(self, module, *args, **kwargs):
+        fresh = self.fn_ref.original_forward(*args, **kwargs)
+        weights = self.blender.weights
+        if weights is None:  # teacher
+            return fresh
+        state = self.state_manager.get_state()
+        u, cached = self.index, state.outputs[self.index]
+        if cached is None:
+            state.outputs[u] = fresh.detach()
+            return fresh
+        r = weights[u]
+        if float(r.detach()) > self.blender.tau_train:
+            state.outputs[u] = fresh.detach()
+        return r * fresh + (1 - r) * cached
+
+    def reset_state(self, module):
+        self.state_manager.reset()
+        return module
+
+
+class _Blender:
+    def __init__(self, transformer, tau_train: float):
+        self.units = unit_modules(transformer)
+        self.state_manager = StateManager(_Branch, (len(self.units),))
+        self.weights: torch.Tensor | None = None  # None: the teacher (no cache read or written)
+        self.tau_train = tau_train
+
+    def attach(self):
+        for i, module in enumerate(self.units):
+            HookRegistry.check_if_exists_or_initialize(module).register_hook(_BlendHook(self, i), HOOK)
+
+    def detach(self):
+        for module in self.units:
+            HookRegistry.check_if_exists_or_initialize(module).remove_hook(HOOK, recurse=False)
+        self.state_manager.reset()
+
+
+class RouterTrainer:
+    """SDT with IEPO on one pipe.  ``prompts``: training prompts, drawn in turn."""
+
+    def __init__(self, pipe, prompts: list[str], config: RouterTraining, run_dir: Path,
+                 steps: int | None = None, guidance_scale: float | None = None, log=print):
+        if not prompts:
+            raise ValueError("router training needs at least one prompt")
+        self.pipe, self.prompts, self.config, self.run_dir, self.log = pipe, prompts, config, Path(run_dir), log
+        self.settings = pipe.settings(steps=steps, guidance_scale=guidance_scale)
+        self.transformer = pipe.transformer
+        self.blender = _Blender(self.transformer, config.tau_train)
+        self.num_units = len(self.blender.units)
+        self._all = torch.ones(self.num_units)  # r = 1 everywhere: computes every unit and refreshes its cache
+        steps = self.settings.steps
+        generator = torch.Generator().manual_seed(config.seed)
+        logits = torch.randn(steps, self.num_units, generator=generator).clamp(-5, 5)
+        logits[0] = FIXED_LOGIT
+        self.logits = torch.nn.Parameter(logits)
+        self.optimizer = torch.optim.AdamW([self.logits], lr=config.lr)
+        self.lam = torch.ones(steps)
+        self.iteration = 0
+        self.history: list[dict] = []
+        self.identity = model_identity(self.transformer)
+        self._resume()
+
+    # -- checkpoints --------------------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def _run_key(self) -> dict:
+        c = self.config
+        return {"model": self.identity, "steps": self.settings.steps, "guidance_scale": self.settings.guidance_scale,
+                "beta": c.beta, "tau_train": c.tau_train, "units": self.num_units}
+
+    def _resume(self) -> None:
+        if not self.checkpoint_path.exists():
+            return
+        saved = torch.load(self.checkpoint_path, weights_only=False)
+        if saved["key"] != self._run_key():
+            raise ValueError(f"{self.checkpoint_path} holds a run of another model or setting ({saved['key']}); "
+                             f"this one is {self._run_key()}: use another --run-dir")
+        with torch.no_grad():
+            self.logits.copy_(saved["logits"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.lam = saved["lambda"]
+        self.iteration = saved["iteration"]
+        self.history = saved["history"]
+        self.log(f"train-router: resuming {self.checkpoint_path} at iteration {self.iteration}")
+
+    def save_checkpoint(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save({"key": self._run_key(), "logits": self.logits.detach().clone(),
+                    "optimizer": self.optimizer.state_dict(), "lambda": self.lam, "iteration": self.iteration,
+                    "history": self.history}, tmp)
+        tmp.replace(self.checkpoint_path)  # a kill mid-write leaves the previous checkpoint
+
+    # -- one sampling run ---------------------------------------------------------------------------------------
+    def _branches(self, prompt: str):
+        s = self.settings
+        cond, uncond = self.pipe.encode_prompt(prompt, "", s.guidance_scale)
+        use_cfg = s.guidance_scale > 1.0 and uncond is not None
+        return [("cond", cond)] + ([("uncond", uncond)] if use_cfg else [])
+
+    def _predict(self, branches, latents, t, step: int):
+        """The CFG-combined prediction at (latents, t) under the blender's current weights."""
+        scheduler, s = self.pipe.scheduler, self.settings
+        dtype = self.transformer.dtype
+        model_input = transformer_input(scheduler, latents, t, self.pipe.transformer_condition(latents), dtype)
+        outputs = {}
+        for name, embeds in branches:
+            with self.transformer.cache_context(name, step_index=step, num_inference_steps=s.steps):
+                outputs[name] = self.transformer(hidden_states=model_input, timestep=t.expand(latents.shape[0]),
+                                                 encoder_hidden_states=embeds, return_dict=False)[0].float()
+        if "uncond" in outputs:
+            return outputs["uncond"] + s.guidance_scale * (outputs["cond"] - outputs["uncond"])
+        return outputs["cond"]
+
+    def _rollout(self, prompt: str, seed: int, weights_at, train: bool = False, backward: bool = True):
+        """Sample one video; ``weights_at(step)`` gives the router weights of a step (None: all computed).  With
+        ``train``, the router's own weights are used and every step's IEPO loss is computed (and, with
+        ``backward``, backpropagated into the logits); returns (final latents, [(error, usage, loss)] per step)."""
+        scheduler, s = self.pipe.scheduler, self.settings
+        branches = self._branches(prompt)
+        latents = initial_noise(self.pipe.latent_shape(s), seed, self.pipe.execution_device, torch.float32)
+        scheduler.set_timesteps(s.steps, device=latents.device)
+        scheduler.set_begin_index(0)
+        reset_caches(self.transformer)
+        losses = []
+        for i, t in enumerate(scheduler.timesteps):
+            if train and i > 0:
+                self.blender.weights = None
+                with torch.no_grad():
+                    teacher = self._predict(branches, latents, t, i)
+                with torch.set_grad_enabled(backward):
+                    self.blender.weights = torch.sigmoid(self.logits[i])
+                    student = self._predict(branches, latents, t, i)
+                    error = (teacher - student).pow(2).mean() / teacher.pow(2).mean().clamp_min(1e-12)
+                    usage = self.blender.weights.mean()
+                    loss = self.lam[i] * error + self.config.beta * usage
+                    if backward:
+                        (loss / (s.steps - 1)).backward()
+                losses.append((float(error.detach()), float(usage.detach()), float(loss.detach())))
+                prediction = student.detach()
+            else:  # step 0 of training (every unit computed: fills the caches), or a sampling run
+                with torch.no_grad():
+                    weights = weights_at(i) if weights_at is not None else None
+                    self.blender.weights = self._all if weights is None else weights
+                    prediction = self._predict(branches, latents, t, i)
+            with torch.no_grad():
+                latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
+        self.blender.weights = None
+        reset_caches(self.transformer)
+        return latents, losses
+
+    def refresh_lambda(self) -> None:
+        """IEPO's lambda(i): the final latents' error that the router adds at step i, given it on after i."""
+        with self._blending():
+            self._refresh_lambda()
+
+    def _refresh_lambda(self) -> None:
+        steps = self.settings.steps
+        probabilities = torch.sigmoid(self.logits.detach())
+        prompt, seed = self.prompts[0], 10_000 + self.config.seed
+        reference, _ = self._rollout(prompt, seed, lambda i: None)
+        previous, lam = reference, torch.zeros(steps)
+        for start in range(steps - 1, 0, -1):
+            final, _ = self._rollout(prompt, seed, lambda i, start=start: probabilities[i] if i >= start else None)
+            lam[start] = (final - previous).pow(2).mean()
+            previous = final
+        mean = lam[1:].mean()
+        self.lam = lam / mean if mean > 0 else torch.ones(steps)
+        self.lam[0] = 0.0
+        self.log(f"train-router: lambda refreshed (max/mean {float(self.lam.max()):.2f})")
+
+    @contextlib.contextmanager
+    def _blending(self):
+        self.blender.attach()
+        try:
+            yield
+        finally:
+            self.blender.detach()
+
+    def evaluate(self, prompt: str, seed: int) -> float:
+        """The IEPO loss of the current router on one (prompt, seed), no update: what training lowers."""
+        with self._blending():
+            _, losses = self._rollout(prompt, seed, None, train=True, backward=False)
+        return float(np.mean([loss for _, _, loss in losses]))
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def train(self, until: int | None = None) -> list[dict]:
+        c = self.config
+        until = c.iterations if until is None else min(until, c.iterations)
+        with self._blending():
+            while self.iteration < until:
+                if self.iteration % c.lambda_every == 0:
+                    self._refresh_lambda()
+                start = time.perf_counter()
+                prompt = self.prompts[self.iteration % len(self.prompts)]
+                self.optimizer.zero_grad()
+                _, losses = self._rollout(prompt, c.seed * 100_003 + self.iteration, None, train=True)
+                self.logits.grad[0] = 0.0
+                self.optimizer.step()
+                with torch.no_grad():
+                    self.logits.clamp_(-5, 5)
+                    self.logits[0] = FIXED_LOGIT
+                error, usage, loss = (float(np.mean(col)) for col in zip(*losses))
+                self.iteration += 1
+                self.history.append({"iteration": self.iteration, "loss": loss, "error": error, "usage": usage,
+                                     "seconds": time.perf_counter() - start})
+                self.log(f"train-router: iteration {self.iteration}/{c.iterations} loss {loss:.4f} "
+                         f"(relative error {error:.4f}, mean r {usage:.3f})")
+                if self.iteration % c.save_every == 0 or self.iteration == until:
+                    self.save_checkpoint()
+        return self.history
+
+    def router(self) -> Router:
+        c = self.config
+        return Router(model=self.identity, logits=self.logits.detach().tolist(),
+                      training={**asdict(c), "steps": self.settings.steps,
+                                "guidance_scale": self.settings.guidance_scale, "iterations_done": self.iteration,
+                                "final_loss": self.history[-1]["loss"] if self.history else math.nan})
+
+
+def tiny_training_prompts(n: int = 64, seed: int = 7) -> list[str]:
+    """Prompts from tiny's training split (the bench's held-out prompts are never among them)."""
+    from ..pipelines.tiny.scenes import sample_scene_spec
+
+    rng = np.random.default_rng(seed)
+    return [sample_scene_spec(rng).prompt for _ in range(n)]
+
+
+def main(argv=None) -> int:
+    from ..pipelines.loading import load_pipeline
+    from .policies.harmonica import ROUTER_FILE
+
+    p = argparse.ArgumentParser(prog="ditfarm train-router", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = RouterTraining()
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--run-dir", type=Path, default=Path("runs/router"), help="checkpoints; a rerun resumes here")
+    p.add_argument("--out", type=Path, help=f"router to write (default: {ROUTER_FILE} beside the model's profile)")
+    p.add_argument("--prompts", type=Path, help="training prompts, one per line (tiny: its training split)")
+    p.add_argument("--iterations", type=int, default=defaults.iterations)
+    p.add_argument("--beta", type=float, default=defaults.beta, help="cache-use weight: larger reuses more")
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--lambda-every", type=int, default=defaults.lambda_every)
+    p.add_argument("--save-every", type=int, default=defaults.save_every)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--guidance-scale", type=float)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    args = p.parse_args(argv)
+
+    def fail(message: str) -> int:
+        print(f"ditfarm train-router: {message}", file=sys.stderr)
+        return 2
+
+    for name in ("iterations", "lambda_every", "save_every"):
+        if getattr(args, name) < 1:
+            return fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not args.beta >= 0:
+        return fail(f"--beta must be >= 0, got {args.beta}")
+    if args.prompts and not args.prompts.exists():
+        return fail(f"prompts file {args.prompts} does not exist")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = load_pipeline(args.model, device=args.device)
+    if args.prompts:
+        prompts = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
+    elif getattr(pipe, "model_name", "") == "tiny":
+        prompts = tiny_training_prompts()
+    else:
+        return fail(f"model {args.model} has no built-in training prompts: pass --prompts P.txt")
+    for prompt in prompts:
+        try:
+            pipe.check_prompt(prompt)
+        except ValueError as err:
+            return fail(str(err))
+    out = args.out
+    if out is None:
+        profile = pipe.default_cache_profile()
+        if profile is None:
+            return fail(f"model {args.model} ships no cache profile to put the router beside: pass --out")
+        out = Path(profile).with_name(ROUTER_FILE)
+    config = RouterTraining(iterations=args.iterations, beta=args.beta, lr=args.lr, lambda_every=args.lambda_every,
+                            save_every=args.save_every, seed=args.seed)
+    try:
+        trainer = RouterTrainer(pipe, prompts, config, args.run_dir, steps=args.steps,
+                                guidance_scale=args.guidance_scale)
+    except ValueError as err:
+        return fail(str(err))
+    trainer.train()
+    router = trainer.router()
+    router.save(out)
+    table = router.probabilities() > 0.1
+    print(f"wrote {out}: at tau 0.1 the router computes {table[1:].mean():.1%} of the units after step 0")
+    return 0
