@@ -38,6 +38,7 @@ from diffusers.hooks.hooks import BaseState, StateManager
 
 from .policies.base import CachePolicy, DecisionState, all_blocks
 from .stats import CacheStats
+from .steps import StepCounter
 
 STEP_HOOK = "ditfarm_cache_step"
 BLOCK_HOOK = "ditfarm_cache_block"
@@ -175,16 +176,12 @@ class StepHook(ModelHook):
         super().__init__()
         self.engine = engine
         self.state_manager = engine.state_manager
-        self._calls: dict[str, int] = {}
+        self.steps = StepCounter()
 
     def pre_forward(self, module, *args, **kwargs):
         context = self.state_manager.context
         state: BranchState = self.state_manager.get_state()
-        if context.step_index is not None:
-            step = int(context.step_index)
-        else:  # a caller without step information: count this branch's calls
-            step = self._calls.get(context.name, 0)
-            self._calls[context.name] = step + 1
+        step = self.steps.step_of(context)
         num_steps = int(context.num_inference_steps or 0)
         self.engine.decide_pending(step)
         state.begin_step(step, num_steps)
@@ -209,7 +206,7 @@ class StepHook(ModelHook):
     def reset_state(self, module):
         self.engine.finish_video()
         self.state_manager.reset()
-        self._calls = {}
+        self.steps.reset()
         return module
 
 

@@ -22,6 +22,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from .stats import CacheStats
+from .steps import StepCounter
 
 UNIT_KINDS = ("attn1", "attn2", "ffn")
 STEP_HOOK = "ditfarm_unit_cache_step"
@@ -88,16 +89,12 @@ class UnitStepHook(ModelHook):
         super().__init__()
         self.engine = engine
         self.state_manager = engine.state_manager
-        self._calls: dict[str, int] = {}
+        self.steps = StepCounter()
 
     def pre_forward(self, module, *args, **kwargs):
         context = self.state_manager.context
         state: UnitBranchState = self.state_manager.get_state()
-        if context.step_index is not None:
-            step = int(context.step_index)
-        else:
-            step = self._calls.get(context.name, 0)
-            self._calls[context.name] = step + 1
+        step = self.steps.step_of(context)
         state.step = step
         state.mask = self.engine.row(step, int(context.num_inference_steps or step + 1)).copy()
         never = np.array([o is None for o in state.outputs])
@@ -112,7 +109,7 @@ class UnitStepHook(ModelHook):
     def reset_state(self, module):
         self.engine.finish_video()
         self.state_manager.reset()
-        self._calls = {}
+        self.steps.reset()
         return module
 
 
