@@ -265,6 +265,7 @@ class CacheEngine:
         HookRegistry.check_if_exists_or_initialize(self.transformer).register_hook(StepHook(self), STEP_HOOK)
         for i, block in enumerate(self.blocks):
             HookRegistry.check_if_exists_or_initialize(block).register_hook(BlockHook(self, i), BLOCK_HOOK)
+        HookRegistry.check_if_exists_or_initialize(self.transformer).invalidate_child_registries_cache()
 
     def detach(self) -> None:
         self.finish_video()

@@ -108,6 +108,7 @@ class _BlendHook(ModelHook):
 
 class _Blender:
     def __init__(self, transformer, tau_train: float):
+        self.transformer = transformer
         self.units = unit_modules(transformer)
         self.state_manager = StateManager(_Branch, (len(self.units),))
         self.weights: torch.Tensor | None = None  # None: the teacher (no cache read or written)
@@ -116,6 +117,9 @@ class _Blender:
     def attach(self):
         for i, module in enumerate(self.units):
             HookRegistry.check_if_exists_or_initialize(module).register_hook(_BlendHook(self, i), HOOK)
+        # the blend hooks hold their own StateManager: the transformer's cache_context reaches them only through
+        # its list of child registries, which diffusers caches and which new registries make stale
+        HookRegistry.check_if_exists_or_initialize(self.transformer).invalidate_child_registries_cache()
 
     def detach(self):
         for module in self.units:

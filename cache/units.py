@@ -164,6 +164,7 @@ class UnitCacheEngine:
         HookRegistry.check_if_exists_or_initialize(self.transformer).register_hook(UnitStepHook(self), STEP_HOOK)
         for i, module in enumerate(self.units):
             HookRegistry.check_if_exists_or_initialize(module).register_hook(UnitHook(self, i), UNIT_HOOK)
+        HookRegistry.check_if_exists_or_initialize(self.transformer).invalidate_child_registries_cache()
 
     def detach(self) -> None:
         self.finish_video()

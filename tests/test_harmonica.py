@@ -1,7 +1,5 @@
 """HarmoniCa: the router's schedule, its file and model check, training on CPU (loss falls, resume), and SP."""
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -48,7 +46,7 @@ def test_a_router_lives_beside_the_profile_and_another_model_refuses_it(tiny_pip
 
 
 def trainer(pipe, run_dir, **changes):
-    config = RouterTraining(**{"iterations": 4, "beta": 0.3, "lr": 0.3, "lambda_every": 100, "save_every": 1,
+    config = RouterTraining(**{"iterations": 4, "beta": 0.1, "lr": 0.3, "lambda_every": 100, "save_every": 1,
                                **changes})
     return RouterTrainer(pipe, [PROMPT], config, run_dir, steps=6, log=lambda *a: None)
 
@@ -71,33 +69,3 @@ def test_training_lowers_the_loss_and_resumes_where_it_stopped(tiny_pipe, tmp_pa
     assert router.model == model_identity(tiny_pipe.transformer) and router.steps == 6
     with pytest.raises(ValueError, match="holds a run of another model or setting"):
         trainer(tiny_pipe, tmp_path / "run", beta=0.9)
-
-
-def test_a_trained_router_gives_the_same_schedule_on_both_ranks(random_model_folder, tmp_path):
-    from ditfarm.cache.metrics import psnr
-    from ditfarm.cluster.local import run_local_gang
-    from ditfarm.cluster.render_sp import render_on_rank
-    from ditfarm.pipelines.loading import load_pipeline
-
-    folder = tmp_path / "model"
-    shutil.copytree(random_model_folder, folder)
-    pipe = load_pipeline(str(folder))
-    CacheProfile(model=model_identity(pipe.transformer), blocks=[], r_attn_threshold=0.5).save(
-        folder / "cache_profile.json")
-    run = trainer(pipe, tmp_path / "run", iterations=1)
-    run.train()
-    router = run.router()
-    router.save(folder / ROUTER_FILE)
-    tau = float(np.median(router.probabilities()[1:]))  # a threshold that reuses about half of the units
-    args = (str(folder), PROMPT, 5, dict(steps=6), "harmonica", tau)
-    (one,) = run_local_gang(render_on_rank, 1, *args)
-    two = run_local_gang(render_on_rank, 2, *args)
-    assert two[0]["masks"] == two[1]["masks"] == one["masks"]
-    expected = HarmoniCaPolicy(HarmoniCaConfig(threshold=tau, router=router)).schedule(6, router_units(router))
-    assert one["masks"]["cond"] == expected.tolist()
-    assert 0 < expected[1:].mean() < 1
-    assert psnr(one["frames"], two[0]["frames"]) >= 60
-
-
-def router_units(router):
-    return len(router.logits[0])
