@@ -268,16 +268,20 @@ def frontier_plot(rows: list[Row], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for family in dict.fromkeys(r.family for r in rows):
+    fig, ax = plt.subplots(figsize=(9, 6))
+    families = list(dict.fromkeys(r.family for r in rows))
+    colours = plt.get_cmap("tab20").colors  # 20 distinct colours, then the line styles tell families apart
+    styles = ("-", "--", ":", "-.")
+    for i, family in enumerate(families):
         pts = sorted((r.speedup, r.psnr) for r in rows if r.family == family and np.isfinite(r.psnr))
         if pts:
-            style = dict(lw=2.5, marker="o") if family == "adaptive" else dict(lw=1.2, marker=".")
+            style = (dict(lw=3, marker="o", color="black", zorder=5) if family == "adaptive" else
+                     dict(lw=1.3, marker=".", color=colours[i % 20], ls=styles[(i // 20 + i) % 4]))
             ax.plot(*zip(*pts), label=family, **style)
     ax.set(xlabel="wall-clock speedup of the denoising loop (x)", ylabel="PSNR vs uncached (dB)",
            title="speed vs fidelity, held-out prompts")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
