@@ -8,6 +8,7 @@
     ditfarm calibrate ertacache --model tiny --lambdas 0.1,0.2 --out P.json   ERTACache's calibration
     ditfarm calibrate bac --model tiny --out P.json                           BAC's calibration
     ditfarm bench cache --model tiny --json OUT.json                  speed/fidelity of every cache
+    ditfarm bench cache-merge A.json B.json --json OUT.json           one table from split bench runs
     ditfarm bench sp --policy adaptive --json OUT.json                the cache's speedup at sp=1 and sp=2
     ditfarm bench steps --device cuda --json OUT.json                 per-step times on the Wan2.1-1.3B shapes
     ditfarm bench gpu --json OUT.json                                 a step and a video of Wan2.1 on one GPU
