@@ -113,10 +113,10 @@ class _TransformerTap(ModelHook):
         step, branch = int(context.step_index), context.name
         forward = self.fn_ref.original_forward
         output = forward(*args, **kwargs)  # every block computed: the truth at this input
-        truth = _first(output).detach().float()
         if tap.mode == "record":
             state.history.append(state.residual.detach().float().cpu())
             return output
+        truth = _first(output).detach().float()
         if step in tap.reused and state.cached is not None:
             tap.skip_blocks = True
             try:
