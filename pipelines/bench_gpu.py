@@ -8,9 +8,11 @@ weights; nothing is downloaded.  Three sections, each skipped with a note when t
 1. **Wan2.1-1.3B at 480x832x81** (32,760 tokens): seconds per denoising step (two CFG calls and the scheduler
    step) of plain diffusers (the transformer called as WanPipeline calls it, no hooks); ditfarm with ``none``
    (its one loop, ``pipelines.denoise``); ditfarm with ``--compile`` and the best attention kernel
-   (``pipelines.attention``); and each cache policy at threshold 0 on the compiled model, where every block is
-   computed and the time over ``compiled`` is the policy's bookkeeping (``adaptive:1e-9`` measures its
-   indicator at every step yet never skips).
+   (``pipelines.attention``); and each cache policy at a knob where every block is computed, so the time over
+   its base is the policy's bookkeeping (``adaptive:1e-9`` measures its indicator at every step yet never
+   skips).  The base is ``compiled`` for the policies that cache whole blocks; the unit caches (BAC,
+   HarmoniCa) hook inside the blocks, which compiled blocks refuse, and are timed on the eager blocks against
+   ``none``.  The calibrated policies get calibrations that compute everything (``policy_config``).
 2. **Wan2.1-14B at 720x1280x81** (75,600 tokens) with ``--blocks14`` of its 40 blocks (what fits the budget):
    the same rows, measured, and scaled to 40 blocks by the per-block time (head and embeddings, a small share,
    are counted 40/K times over, so the scaled figure errs high).  It runs last: what the budget leaves.
@@ -36,7 +38,11 @@ import torch
 
 from .wan_configs import TEXT_TOKENS, UMT5_XXL, VAE_STRIDE, WAN21_1_3B, WAN21_14B
 
-POLICY_ROWS = ("bwcache:0", "adaptive:0", "adaptive:1e-9", "adaptive-block:0", "taylorseer:1", "profiling:1")
+POLICY_ROWS = ("bwcache:0", "adaptive:0", "adaptive:1e-9", "adaptive-block:0", "taylorseer:1", "profiling:1",
+               "ertacache:0")
+# Unit caches hook the attention and FFN inside each block, which compiled blocks do not allow: they are timed on
+# the eager blocks, against "ditfarm none".
+EAGER_POLICY_ROWS = ("bac:1", "harmonica:0")
 PROMPT = "a red cat moving left on the street"
 
 
@@ -129,8 +135,12 @@ def ditfarm_loop(transformer, latents, cond, uncond, steps: int, guidance: float
     return denoise(transformer, sched, latents, cond, uncond, steps, guidance)
 
 
-def seconds_per_step(loop, transformer, inputs, steps: int, repeats: int, device) -> tuple[float, float]:
-    """(median seconds per step over ``repeats`` loops of ``steps``, seconds of the one-step warm-up loop)."""
+def seconds_per_step(loop, transformer, inputs, steps: int, repeats: int, device,
+                     prepare=None) -> tuple[float, float]:
+    """(median seconds per step over ``repeats`` loops of ``steps``, seconds of the one-step warm-up loop);
+    ``prepare(steps)``, untimed, before each loop (a calibrated cache is calibrated for one step count)."""
+    if prepare:
+        prepare(1)
     synchronize(device)
     start = time.perf_counter()
     loop(transformer, *inputs, 1, 5.0)
@@ -138,6 +148,8 @@ def seconds_per_step(loop, transformer, inputs, steps: int, repeats: int, device
     warmup = time.perf_counter() - start
     times = []
     for _ in range(repeats):
+        if prepare:
+            prepare(steps)
         synchronize(device)
         start = time.perf_counter()
         loop(transformer, *inputs, steps, 5.0)
@@ -146,27 +158,44 @@ def seconds_per_step(loop, transformer, inputs, steps: int, repeats: int, device
     return statistics.median(times), warmup
 
 
-def policy_config(row: str, transformer):
-    """"adaptive-block:0" and friends -> a cache config that computes every block."""
-    from ..cache.policies import AdaptiveConfig
+def policy_config(row: str, transformer, steps: int):
+    """"adaptive-block:0" and friends -> a cache config that computes every block of a ``steps``-step video.
+
+    The calibrated policies get calibrations that compute everything and change nothing (ERTACache: nothing reused
+    at lambda 0, phi 1; BAC: every unit updates on every step; HarmoniCa: a router sure of every unit), so the row
+    times their bookkeeping alone on a model that has no calibration of its own."""
+    import numpy as np
+
+    from ..cache.policies import AdaptiveConfig, HarmoniCaConfig
+    from ..cache.policies.harmonica import Router
     from ..cache.presets import build_config
     from ..cache.profile import BACKGROUND, BlockProfile, CacheProfile, model_identity
+    from ..cache.units import UNIT_KINDS
 
     name, _, knob = row.partition(":")
     if name == "adaptive-block":
         return AdaptiveConfig(threshold=float(knob), granularity="block")
-    profile = None
-    if name == "profiling":  # every block background, refreshed every step: computes all, pays the bookkeeping
-        n = len(transformer.blocks)
-        profile = CacheProfile(model=model_identity(transformer), r_attn_threshold=0.5,
-                               blocks=[BlockProfile(i, 0.0, BACKGROUND, [math.nan]) for i in range(n)])
-    return build_config(name, float(knob), profile)
+    n = len(transformer.blocks)
+    units = n * len(UNIT_KINDS)
+    # every block background, refreshed every step (profiling:1): computes all, pays the bookkeeping
+    profile = CacheProfile(model=model_identity(transformer), r_attn_threshold=0.5,
+                           blocks=[BlockProfile(i, 0.0, BACKGROUND, [math.nan]) for i in range(n)])
+    if name == "ertacache":
+        profile.ertacache = {"steps": steps, "entries": [{"lambda": float(knob), "reused": [], "phi": [1.0] * steps,
+                                                          "rectify": {}}]}
+    if name == "bac":
+        profile.bac = {"steps": steps, "similarity": np.ones((units, steps, steps)).tolist(),
+                       "volatility": [0.0] * units}
+    if name == "harmonica":
+        router = Router(model=model_identity(transformer), logits=[[10.0] * units for _ in range(steps)])
+        return HarmoniCaConfig(threshold=float(knob), router=router)
+    return build_config(name, float(knob), profile if name in ("profiling", "ertacache", "bac") else None)
 
 
 def step_rows(transformer, shape, text_dim: int, text_tokens: int, device, args, budget: Budget, log,
               scale: float = 1.0, steps: int = 3, repeats: int = 2) -> list[dict]:
-    """The rows of one section: plain, none, compiled, then each policy on the compiled model."""
-    from ..cache import disable, enable, last_video_stats
+    """The rows of one section: plain, none, the unit caches on the eager blocks, compiled, then each other policy
+    on the compiled model."""
     from .attention import apply_attention, choose_attention
     from .compile import compile_blocks, compiled_graphs
 
@@ -177,7 +206,7 @@ def step_rows(transformer, shape, text_dim: int, text_tokens: int, device, args,
     inputs = (latents, cond, uncond)
     rows = []
 
-    def add(method: str, loop, note: str = "", extra: dict | None = None):
+    def add(method: str, loop, note: str = "", extra: dict | None = None, prepare=None):
         if budget.left < args.reserve_seconds:
             rows.append({"method": method, "skipped": "time budget"})
             log(f"  {method}: skipped (time budget)")
@@ -185,7 +214,7 @@ def step_rows(transformer, shape, text_dim: int, text_tokens: int, device, args,
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         try:
-            per_step, warmup = seconds_per_step(loop, transformer, inputs, steps, repeats, device)
+            per_step, warmup = seconds_per_step(loop, transformer, inputs, steps, repeats, device, prepare)
         except Exception as err:  # noqa: BLE001 - one row's failure is a finding; the other rows still run
             rows.append({"method": method, "error": f"{type(err).__name__}: {err}"[:2000]})
             log(f"  {method}: FAILED {type(err).__name__}: {err}")
@@ -200,6 +229,7 @@ def step_rows(transformer, shape, text_dim: int, text_tokens: int, device, args,
 
     add("diffusers", plain_diffusers_loop, "WanPipeline's loop, no hooks")
     add("ditfarm none", ditfarm_loop)
+    policy_rows(transformer, EAGER_POLICY_ROWS, "eager", steps, add, rows, "vs_none", log)
     choice = choose_attention(device, dtype)
     try:
         apply_attention(transformer, choice)
@@ -209,18 +239,34 @@ def step_rows(transformer, shape, text_dim: int, text_tokens: int, device, args,
     compile_blocks(transformer, backend=args.compile_backend)
     add("ditfarm compiled", ditfarm_loop, f"{args.compile_backend}; {choice.describe()}")
     graphs_before = compiled_graphs()  # the compiled row's warm-up built them
+    policy_rows(transformer, POLICY_ROWS, "compiled", steps, add, rows, "vs_compiled", log)
+    rows.append({"method": "graphs built while the policies ran", "graphs": compiled_graphs() - graphs_before})
+    return rows
+
+
+def policy_rows(transformer, policies, prefix: str, steps: int, add, rows: list[dict], versus: str, log) -> None:
+    """One row per policy at a knob that computes every block, each relative to the row before them."""
+    from ..cache import disable, enable, last_video_stats
+
     base = rows[-1].get("seconds_per_step")
-    for policy in POLICY_ROWS:
-        enable(transformer, policy_config(policy, transformer))
-        add(f"compiled + {policy}", ditfarm_loop)
-        stats = last_video_stats(transformer)
+    for policy in policies:
+        method = f"{prefix} + {policy}"
+        try:
+            enable(transformer, policy_config(policy, transformer, steps))
+        except Exception as err:  # noqa: BLE001 - a policy that will not attach is a finding; the others still run
+            rows.append({"method": method, "error": f"{type(err).__name__}: {err}"[:2000]})
+            log(f"  {method}: FAILED to attach: {type(err).__name__}: {err}")
+            continue
+        try:
+            add(method, ditfarm_loop,
+                prepare=lambda n, policy=policy: enable(transformer, policy_config(policy, transformer, n)))
+            stats = last_video_stats(transformer)
+        finally:
+            disable(transformer)
         if "seconds_per_step" in rows[-1]:
             rows[-1]["computed_fraction"] = 1.0 - (stats.skipped_fraction if stats else 0.0)
             if base:
-                rows[-1]["vs_compiled"] = rows[-1]["seconds_per_step"] / base
-        disable(transformer)
-    rows.append({"method": "graphs built while the policies ran", "graphs": compiled_graphs() - graphs_before})
-    return rows
+                rows[-1][versus] = rows[-1]["seconds_per_step"] / base
 
 
 def whole_video(shapes: Shapes, device, dtype, args, budget: Budget, log) -> dict:
@@ -346,7 +392,7 @@ def markdown_table(result: dict) -> str:
         lines.append(f"\n{sec['title']}" + (f": skipped ({sec['skipped']})" if "skipped" in sec else ""))
         if "rows" in sec:
             scaled = "scaled_to" in sec
-            lines += ["| method | s/step | " + ("s/step at 40 blocks | " if scaled else "") + "vs compiled | peak GiB |",
+            lines += ["| method | s/step | " + ("s/step at 40 blocks | " if scaled else "") + "vs base | peak GiB |",
                       "|---|---|" + ("---|" if scaled else "") + "---|---|"]
             for r in sec["rows"]:
                 if "seconds_per_step" not in r:
@@ -359,7 +405,7 @@ def markdown_table(result: dict) -> str:
                         lines.append(f"| {r['method']} | skipped |" + (" |" if scaled else "") + " | |")
                     continue
                 peak = f"{r['peak_gpu_bytes'] / 2**30:.1f}" if "peak_gpu_bytes" in r else ""
-                vs = f"{r['vs_compiled']:.3f}" if "vs_compiled" in r else ""
+                vs = next((f"{r[k]:.3f}" for k in ("vs_compiled", "vs_none") if k in r), "")
                 lines.append(f"| {r['method']} | {r['seconds_per_step']:.3f} | "
                              + (f"{r['scaled_seconds_per_step']:.3f} | " if scaled else "") + f"{vs} | {peak} |")
         if "phases" in sec:

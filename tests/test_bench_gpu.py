@@ -2,25 +2,29 @@
 
 import json
 
+from ditfarm.cache.presets import POLICIES
 from ditfarm.jobs.cli import main as cli
-from ditfarm.pipelines.bench_gpu import POLICY_ROWS
+from ditfarm.pipelines.bench_gpu import EAGER_POLICY_ROWS, POLICY_ROWS
 
 
 def test_bench_gpu_on_small_shapes(tmp_path, capsys):
     out = tmp_path / "gpu.json"
-    assert cli(["bench", "gpu", "--small", "--device", "cpu", "--compile-backend", "eager", "--steps", "1",
+    assert cli(["bench", "gpu", "--small", "--device", "cpu", "--compile-backend", "eager", "--steps", "2",
                 "--repeats", "1", "--video-steps", "2", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     sections = result["sections"]
     assert set(sections) == {"wan2.1-1.3b", "wan2.1-14b", "video-1.3b"}
     for key in ("wan2.1-1.3b", "wan2.1-14b"):
         rows = {r["method"]: r for r in sections[key]["rows"]}
-        expected = {"diffusers", "ditfarm none", "ditfarm compiled"} | {f"compiled + {p}" for p in POLICY_ROWS}
+        policy_rows = [f"compiled + {p}" for p in POLICY_ROWS] + [f"eager + {p}" for p in EAGER_POLICY_ROWS]
+        expected = {"diffusers", "ditfarm none", "ditfarm compiled", *policy_rows}
         assert expected <= set(rows), set(rows)
         for name in expected:
             assert rows[name]["seconds_per_step"] > 0, name
-        for policy in POLICY_ROWS:  # at threshold 0 every block is computed: only the bookkeeping is timed
-            assert rows[f"compiled + {policy}"]["computed_fraction"] == 1.0, policy
+        for name in policy_rows:  # at these knobs every block is computed: only the bookkeeping is timed
+            assert rows[name]["computed_fraction"] == 1.0, name
+        timed = {p.partition(":")[0] for p in POLICY_ROWS + EAGER_POLICY_ROWS}
+        assert set(POLICIES) - {"none"} <= timed  # every policy a user can pick has its bookkeeping timed
         assert rows["graphs built while the policies ran"]["graphs"] == 0  # no policy forces a recompile
     assert sections["wan2.1-14b"]["scaled_to"] == 40 and sections["wan2.1-14b"]["blocks"] == 4
     video = sections["video-1.3b"]
