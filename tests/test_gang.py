@@ -199,7 +199,7 @@ def test_gangs_start_together_and_a_pool_goes_on_with_those_the_cluster_holds(ra
     """Three gangs of one CPU asked of a 2-CPU cluster: two start at the same time (their starts overlap; one
     after the other, the second would begin when the first was ready), the third times out, its placement group
     is removed, and the pool renders on two."""
-    pool = GangPool(GangConfig(sp=1, rank=RankConfig(model=str(random_model_folder)), start_timeout_s=60,
+    pool = GangPool(GangConfig(sp=1, rank=RankConfig(model=str(random_model_folder)), start_timeout_s=30,
                                call_timeout_s=120), gangs=3)
     try:
         assert pool.alive == 2

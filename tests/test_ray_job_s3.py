@@ -116,13 +116,11 @@ def test_ray_job_submit_reads_and_writes_s3_exactly_once(ray_head, s3_endpoint, 
     assert set(errors) == {"v03", "bad id"}
     assert "unknown word(s) 'purple'" in errors["v03"] and "id must match" in errors["bad id"]
 
-    second = submit(ray_head, args, aws)
-    assert "0 ok, 2 failed, 10 skipped" in second.stdout + second.stderr
-
+    # A rerun skips the stored videos and renders again only the ones whose mp4 has gone.
     for vid in ("v01", "v10"):
         s3.delete_object(Bucket=bucket, Key=f"out/videos/{vid}.mp4")
-    third = submit(ray_head, args, aws)
-    assert "2 ok, 2 failed, 8 skipped" in third.stdout + third.stderr
+    second = submit(ray_head, args, aws)
+    assert "2 ok, 2 failed, 8 skipped" in second.stdout + second.stderr
     assert len(s3.list_objects_v2(Bucket=bucket, Prefix="out/videos/")["Contents"]) == 10
 
     # The secret is nowhere: not in what the submitter saw, the job logs, the results or any object.
@@ -137,8 +135,8 @@ def test_ray_job_submit_reads_and_writes_s3_exactly_once(ray_head, s3_endpoint, 
                        env=ray_head["env"], capture_output=True, text=True).stdout
         for job in json.loads(listing.stdout.strip().splitlines()[-1])
     ]
-    assert len(job_logs) >= 3 and any("10 ok" in log for log in job_logs)
-    seen = "".join([first.stdout, first.stderr, second.stdout, second.stderr, third.stdout, third.stderr, *job_logs])
+    assert len(job_logs) >= 2 and any("10 ok" in log for log in job_logs)
+    seen = "".join([first.stdout, first.stderr, second.stdout, second.stderr, *job_logs])
     assert SECRET not in seen
     for obj in s3.list_objects_v2(Bucket=bucket)["Contents"]:
         assert SECRET.encode() not in s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
@@ -193,7 +191,9 @@ def test_ray_job_stop_ends_the_job_removes_its_gangs_and_a_rerun_resumes(ray_hea
                           text=True, timeout=60).stdout
     assert "stopped by SIGTERM" in logs, logs[-2000:]
 
-    rerun = submit(ray_head, args[:-2], aws)  # at once: the stopped run gave its lease back
+    # at once (the stopped run gave its lease back), and at 2 steps: what is left need not take 40 steps to show
+    # that each id renders exactly once
+    rerun = submit(ray_head, [a if a != "40" else "2" for a in args[:-2]], aws)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     rows = results_as_the_job(aws, f"s3://{bucket}/out")
     ok = sorted(r["id"] for r in rows if r["status"] == "ok")
