@@ -229,7 +229,7 @@ def step_rows(transformer, shape, text_dim: int, text_tokens: int, device, args,
 
     add("diffusers", plain_diffusers_loop, "WanPipeline's loop, no hooks")
     add("ditfarm none", ditfarm_loop)
-    policy_rows(transformer, EAGER_POLICY_ROWS, "eager", steps, add, rows, "vs_none", log)
+    policy_rows(transformer, EAGER_POLICY_ROWS, "eager", add, rows, "vs_none")
     choice = choose_attention(device, dtype)
     try:
         apply_attention(transformer, choice)
@@ -239,26 +239,19 @@ def step_rows(transformer, shape, text_dim: int, text_tokens: int, device, args,
     compile_blocks(transformer, backend=args.compile_backend)
     add("ditfarm compiled", ditfarm_loop, f"{args.compile_backend}; {choice.describe()}")
     graphs_before = compiled_graphs()  # the compiled row's warm-up built them
-    policy_rows(transformer, POLICY_ROWS, "compiled", steps, add, rows, "vs_compiled", log)
+    policy_rows(transformer, POLICY_ROWS, "compiled", add, rows, "vs_compiled")
     rows.append({"method": "graphs built while the policies ran", "graphs": compiled_graphs() - graphs_before})
     return rows
 
 
-def policy_rows(transformer, policies, prefix: str, steps: int, add, rows: list[dict], versus: str, log) -> None:
+def policy_rows(transformer, policies, prefix: str, add, rows: list[dict], versus: str) -> None:
     """One row per policy at a knob that computes every block, each relative to the row before them."""
     from ..cache import disable, enable, last_video_stats
 
     base = rows[-1].get("seconds_per_step")
     for policy in policies:
-        method = f"{prefix} + {policy}"
-        try:
-            enable(transformer, policy_config(policy, transformer, steps))
-        except Exception as err:  # noqa: BLE001 - a policy that will not attach is a finding; the others still run
-            rows.append({"method": method, "error": f"{type(err).__name__}: {err}"[:2000]})
-            log(f"  {method}: FAILED to attach: {type(err).__name__}: {err}")
-            continue
-        try:
-            add(method, ditfarm_loop,
+        try:  # attached before each loop (by ``prepare``); one that will not attach becomes its row's error
+            add(f"{prefix} + {policy}", ditfarm_loop,
                 prepare=lambda n, policy=policy: enable(transformer, policy_config(policy, transformer, n)))
             stats = last_video_stats(transformer)
         finally:
