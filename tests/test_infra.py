@@ -208,10 +208,12 @@ def test_clusters_authenticate_with_the_token_the_submitter_uses_and_run_the_pin
     ref = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": cluster["spec"]["authOptions"]["secretName"], "key": "auth_token"}
     versions = {cluster["spec"]["rayVersion"], job["spec"]["rayClusterSpec"]["rayVersion"]}
-    for dockerfile in ("Dockerfile", "Dockerfile.gpu"):
-        (pinned,) = re.findall(r'"ray\[default\]==([0-9.]+)"', (INFRA / dockerfile).read_text())
-        versions.add(pinned)
+    (pinned,) = re.findall(r"^ray==([0-9.]+)$", (INFRA.parent / "constraints.txt").read_text(), re.M)
+    versions.add(pinned)
     assert len(versions) == 1, versions
+    for dockerfile in ("Dockerfile", "Dockerfile.gpu"):  # the images install at the constraints' versions
+        installs = [line for line in (INFRA / dockerfile).read_text().splitlines() if "pip install" in line]
+        assert installs and all("-c constraints.txt" in line for line in installs), dockerfile
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
@@ -221,7 +223,18 @@ def test_images_copy_everything_the_build_reads(dockerfile):
     for line in (INFRA / dockerfile).read_text().splitlines():
         if line.startswith("COPY "):
             copied.update(line.split()[1:-1])
-    assert {"pyproject.toml", "setup.py", "README.md", "ditfarm", "pipelines", "cache", "cluster", "jobs"} <= copied
+    assert {"pyproject.toml", "setup.py", "README.md", "constraints.txt", "ditfarm", "pipelines", "cache", "cluster",
+            "jobs"} <= copied
+    ignored = {line.strip() for line in (INFRA.parent / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".git", "build", ".venv"} <= ignored and not copied & ignored  # a small context that has what is copied
+
+
+def test_the_cpu_image_installs_the_torch_the_constraints_pin():
+    import re
+
+    (pinned,) = re.findall(r"^torch==(\S+)$", (INFRA.parent / "constraints.txt").read_text(), re.M)
+    assert re.findall(r"torch==(\S+)", (INFRA / "Dockerfile").read_text()) == [pinned]
 
 
 def test_readme_commands_are_valid():
@@ -271,14 +284,13 @@ def dag_constant(node: ast.AST):
     return ast.literal_eval(node)
 
 
-def dag_script(day: str) -> str:
-    """The BashOperator's bash_command, with the one Jinja template it uses ({{ ds }}) rendered."""
-    (operator,) = [c for name, c in dag_calls().items() if name == "BashOperator"]
+def dag_script() -> str:
+    """The DAG's submit script (it reads the day from DITFARM_DAY, which the task sets from {{ ds }})."""
+    (operator,) = [c for name, c in dag_calls().items() if name == "PythonOperator"]
     kwargs = {k.arg: k.value for k in operator.keywords}
-    script = dag_constant(kwargs["bash_command"])
-    assert "{%" not in script and "{#" not in script
-    script = script.replace("{{ ds }}", day)
-    assert "{{" not in script, "a template the test does not render"
+    assert kwargs["python_callable"].id == "submit"
+    script = dag_constant(ast.Name("SUBMIT"))
+    assert "{{" not in script and "{%" not in script, "the script is run as it is, not templated"
     return script
 
 
@@ -305,9 +317,13 @@ def test_dag_runs_one_at_a_time_with_retries_and_skips_a_held_output():
     assert dag_constant(dag["catchup"]) is False
     default_args = {ast.literal_eval(k): v for k, v in zip(dag["default_args"].keys, dag["default_args"].values)}
     assert ast.literal_eval(default_args["retries"]) >= 3
-    operator = {k.arg: k.value for k in calls["BashOperator"].keywords}
-    assert dag_constant(operator["skip_on_exit_code"]) == [99]
-    script = dag_script("2025-06-01")
+    operator = {k.arg: k.value for k in calls["PythonOperator"].keywords}
+    op_kwargs = dag_constant(operator["op_kwargs"])
+    assert op_kwargs["day"] == "{{ ds }}"  # the run's logical date: its trigger time under CronTriggerTimetable
+    schedule = dag["schedule"]
+    assert schedule.func.id == "CronTriggerTimetable" and dag_constant(schedule.args[0]) == "0 1 * * *"
+    assert {k.arg: dag_constant(k.value) for k in schedule.keywords} == {"timezone": "UTC"}  # the CronJob's clock
+    script = dag_script()
     assert "is held by run " in script and "exit 99" in script and "exit 75" in script
 
 
@@ -393,7 +409,7 @@ def test_submit_script_turns_ditfarm_exit_codes_into_outcomes(scheduler, case, f
     """The script as the scheduler runs it (CronJob args / the DAG's bash_command), `ray` faked: a held output
     is a skip, no room (or no answer) a retry-later 75, the rest passed on."""
     day = "2025-06-01"
-    script = cron_script() if scheduler == "cronjob" else dag_script(day)
+    script = cron_script() if scheduler == "cronjob" else dag_script()
     logs, cron_code, dag_code = CASES[case]
     if logs is None:
         logs = lease_refusal(tmp_path)

@@ -1,35 +1,42 @@
 """The nightly CronJob (nightly-cronjob.yaml) as an Airflow DAG: each day, submit that day's manifest to the
-long-lived Ray cluster with `ray job submit` and wait for the render.
+long-lived Ray cluster with `ray job submit` and wait for the render.  It loads on Airflow 2.11 and 3.x alike.
 
+- The day: a run triggered at 01:00 UTC on 2026-12-06 renders 2026-12-06, the day the CronJob's ``date -u``
+  names.  ``CronTriggerTimetable`` makes the run's logical date its trigger time on both Airflow 2 and 3 (Airflow
+  2's default cron timetable would name the day before: the start of the data interval), and ``{{ ds }}`` is that
+  date.  A retry, a clear or a backfill of a run keeps its logical date, so it resumes that day's output: ids
+  already ok are skipped; a manual trigger renders the day it is triggered.
 - ``max_active_runs=1``: one run of this DAG at a time.  Like the CronJob's ``concurrencyPolicy: Forbid`` this
   guards only what Airflow sees: the render is a Ray job on the cluster, and it goes on when the task's process
   dies (a worker restart, a timeout, a task marked failed by hand).  The lease on ``--out`` is the real guard: a
   second render on the same output while the first is alive exits 2 with "... is held by run ..." before
-  touching anything, and the task then ends as *skipped* (exit 99, ``skip_on_exit_code``): the previous run is
-  still going, nothing failed.
-- ``{{ ds }}`` (the run's logical date) names the manifest and the output, so a retry, a clear or a backfill
-  of a day resumes that day's output: ids already ok are skipped.
-- Exit codes: 0 done; 99 skipped (the output is held by a run that is still alive); 75 no room on the cluster
-  for any gang, or no job result at all (cluster unreachable): retried after ``retry_delay``, growing, and the
-  retry resumes; 2 bad input; 1 some rows failed after ditfarm's own --retries (see OUT/report.html); 130/143
-  stopped.  Airflow retries every failure alike: a retry of 2 fails again at once, a retry of 1 renders only the
-  failed rows again.
+  touching anything, and the task then ends as *skipped*: the previous run is still going, nothing failed.
+- Exit codes of the submit script, and what the task does with them (``outcome``): 0 success; 99 skipped (the
+  output is held by a run that is still alive); 75 (no room on the cluster for any gang, or no job result at
+  all: the cluster was unreachable) is the one failure Airflow retries, after ``retry_delay``, growing, and the
+  retry resumes; 2 bad input, 1 rows failed after ditfarm's own --retries (see OUT/report.html), 130/143
+  stopped on purpose: failed at once, whatever retries are left (retrying cannot help, or a person stopped it).
 - Settings (Airflow Variables): ``ditfarm_ray_address`` (e.g. http://ditfarm-head-svc:8265) and
   ``ditfarm_ray_auth_token`` (the cluster's token; Airflow masks Variables whose name contains "token").
 """
 
 from datetime import datetime, timedelta
 
+import os
+import subprocess
+
 from airflow import DAG
+from airflow.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+from airflow.timetables.trigger import CronTriggerTimetable
 
 try:  # Airflow 3
-    from airflow.providers.standard.operators.bash import BashOperator
+    from airflow.providers.standard.operators.python import PythonOperator
 except ImportError:  # Airflow 2
-    from airflow.operators.bash import BashOperator
+    from airflow.operators.python import PythonOperator
 
 SUBMIT = r"""
 set -uo pipefail
-day="{{ ds }}"
+day="$DITFARM_DAY"
 submission="ditfarm-$day-$(date -u +%H%M%S)"
 log="$(mktemp)"
 {
@@ -61,9 +68,38 @@ case "$code" in
 esac
 """
 
+SKIPPED = 99  # the output is held by a run that is still alive
+RETRIED = (75,)  # no room for any gang, or no job result at all: a later try can succeed
+
+
+def outcome(code: int) -> str:
+    """What the task does with the submit script's exit code: success, skip, retry or fail."""
+    if code == 0:
+        return "success"
+    if code == SKIPPED:
+        return "skip"
+    return "retry" if code in RETRIED else "fail"
+
+
+def submit(day: str, ray_address: str, ray_auth_token: str) -> None:
+    """Run the submit script for ``day``; its output goes to the task's log.  A code that retrying cannot help
+    fails the task at once (AirflowFailException ends it whatever retries are left)."""
+    env = {**os.environ, "DITFARM_DAY": day, "RAY_ADDRESS": ray_address, "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": ray_auth_token}  # os.environ keeps PATH: the `ray` CLI of the cluster's version
+    code = subprocess.run(["bash", "-c", SUBMIT], env=env).returncode
+    result = outcome(code)
+    if result == "skip":
+        raise AirflowSkipException(f"s3://renders/out/{day} is held by a run that is still going")
+    if result == "retry":
+        raise AirflowException(f"the render of {day} found no room on the cluster or no answer (exit {code}); "
+                               "retried, and the retry resumes")
+    if result == "fail":
+        raise AirflowFailException(f"the render of {day} failed with exit {code}; not retried (see the log)")
+
+
 with DAG(
     dag_id="ditfarm_nightly",
-    schedule="0 1 * * *",
+    schedule=CronTriggerTimetable("0 1 * * *", timezone="UTC"),  # {{ ds }} = the day of the trigger
     start_date=datetime(2025, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -75,15 +111,13 @@ with DAG(
     },
     tags=["ditfarm"],
 ) as dag:
-    BashOperator(
+    PythonOperator(
         task_id="render",
-        bash_command=SUBMIT,
-        skip_on_exit_code=[99],
-        env={
-            "RAY_ADDRESS": "{{ var.value.ditfarm_ray_address }}",
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN": "{{ var.value.ditfarm_ray_auth_token }}",
+        python_callable=submit,
+        op_kwargs={
+            "day": "{{ ds }}",
+            "ray_address": "{{ var.value.ditfarm_ray_address }}",
+            "ray_auth_token": "{{ var.value.ditfarm_ray_auth_token }}",
         },
-        append_env=True,  # keep PATH (the `ray` CLI, of the cluster's Ray version) and the rest
         execution_timeout=timedelta(hours=20),  # the Ray job goes on after a timeout; the retry then skips
     )
