@@ -37,6 +37,7 @@ class GangFailure(RuntimeError):
         self.attempts = attempts
 
 
+ROOM_LOG_INTERVAL_S = 30.0  # a gang waiting for a node with room says so this often
 FAULT_ENV = "DITFARM_TEST_FAULT"  # tests only: "kill-rank:<rank>:<video id>" makes that rank exit mid-render
 
 
@@ -201,12 +202,10 @@ class Gang:
             bundle["GPU"] = config.gpus_per_rank
         self.members = []
         self.placement_group = placement_group([bundle] * config.sp, strategy="STRICT_PACK", name=name)
-        try:
-            ray.get(self.placement_group.ready(), timeout=start_timeout_s)
-        except ray.exceptions.GetTimeoutError as err:
+        if not self._wait_for_room(bundle, start_timeout_s):
             self.kill()
             raise GangFailure(f"{name}: no node could hold {config.sp} bundle(s) of {bundle} together within "
-                              f"{start_timeout_s:.0f} s") from err
+                              f"{start_timeout_s:.0f} s")
         self.members = [
             GangMember.options(
                 num_cpus=config.cpus_per_rank,
@@ -220,6 +219,22 @@ class Gang:
         self.description = self._call([m.join.remote(host, port) for m in self.members], start_timeout_s)[0]
         self.ready_at = time.monotonic()
         log.info("%s ready in %.1f s: %s", name, self.ready_at - self.started_at, self.description)
+
+    def _wait_for_room(self, bundle: dict, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the placement group, saying so every ``ROOM_LOG_INTERVAL_S``: on an
+        autoscaling cluster the pending group is what makes the autoscaler add a node, which takes minutes."""
+        ready = self.placement_group.ready()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            done, _ = ray.wait([ready], timeout=max(0.0, min(ROOM_LOG_INTERVAL_S, left)))
+            if done:
+                ray.get(done[0])
+                return True
+            if left <= ROOM_LOG_INTERVAL_S:
+                return False
+            log.info("%s: waiting for a node with room for %d bundle(s) of %s (%.0f s of %.0f s)", self.name,
+                     self.config.sp, bundle, time.monotonic() - self.started_at, timeout_s)
 
     def _call(self, refs, timeout_s: float) -> list:
         ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)

@@ -31,7 +31,7 @@ def gang_config(settings: RenderSettings) -> GangConfig:
                       dtype=settings.dtype, offload_text_encoder=settings.offload_text_encoder,
                       compile=settings.compile, cfg_parallel=settings.cfg_parallel)
     return GangConfig(sp=settings.sp, rank=rank, gpus_per_rank=1.0 if on_gpu else 0.0, cpus_per_rank=1.0,
-                      env_vars=tuple(sorted(worker_env().items())))
+                      start_timeout_s=settings.start_timeout_s, env_vars=tuple(sorted(worker_env().items())))
 
 
 def auto_gang_count(nodes: list[dict], config: GangConfig, driver_node_id: str | None = None) -> int:

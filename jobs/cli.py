@@ -93,6 +93,9 @@ def _add_render(sub) -> None:
                         "else 0 (in this process)")
     p.add_argument("--collective-timeout", type=float, default=300.0,
                    help="seconds a gang's collective may wait before the gang is replaced (default 300)")
+    p.add_argument("--start-timeout", type=float, default=600.0,
+                   help="seconds the first gangs may wait for a node with room, e.g. one an autoscaling cluster "
+                        "adds for them (logged while it lasts); then exit 75, and a rerun resumes (default 600)")
     p.add_argument("--retries", type=int, default=2,
                    help="render a video again on a fresh gang up to N more times when its gang fails (default 2)")
     p.add_argument("--no-overlap", action="store_true",
@@ -134,6 +137,7 @@ def settings_from_args(args):
         sp=args.sp,
         gangs=args.gangs if args.gangs is not None else (1 if args.sp > 1 else 0),  # sp > 1 needs a gang
         collective_timeout_s=args.collective_timeout,
+        start_timeout_s=args.start_timeout,
         retries=args.retries,
         overlap=not args.no_overlap,
     )

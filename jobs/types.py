@@ -39,6 +39,7 @@ class RenderSettings:
     gangs: int | str = 0  # Ray gangs side by side; 0: in this process without Ray (sp must be 1); "auto": as many
     # as the cluster holds
     collective_timeout_s: float = 300.0  # every collective of a gang gives up after this long
+    start_timeout_s: float = 600.0  # the first gangs wait this long for a node with room (one an autoscaler adds)
     retries: int = 2  # a video whose gang fails is rendered again on a fresh gang up to this many more times
     overlap: bool = True  # a video's fixed costs (text encoding, decoding, mp4 encoding, storing) run beside the
     # next video's denoising loop; False: between loops (a GPU without memory for two videos at once)
@@ -64,6 +65,8 @@ class RenderSettings:
             raise ValueError(f"flush_every must be a positive integer, got {self.flush_every!r}")
         if not isinstance(self.retries, int) or self.retries < 0:
             raise ValueError(f"retries must be a non-negative integer, got {self.retries!r}")
+        if not self.start_timeout_s > 0:
+            raise ValueError(f"start_timeout_s must be positive, got {self.start_timeout_s!r}")
         if not self.flush_seconds > 0:
             raise ValueError(f"flush_seconds must be positive, got {self.flush_seconds!r}")
 

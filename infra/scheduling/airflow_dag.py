@@ -42,7 +42,7 @@ log="$(mktemp)"
 {
   ray job submit --address "$RAY_ADDRESS" --submission-id "$submission" -- \
     ditfarm render "s3://renders/manifests/$day/" --out "s3://renders/out/$day" \
-    --model s3://models/wan2.1-t2v-1.3b --device cuda --sp 4 --gangs auto --cache adaptive --no-progress
+    --model s3://models/wan2.1-t2v-1.3b --device cuda --sp 4 --gangs auto --start-timeout 1800 --cache adaptive --no-progress
 } 2>&1 | tee "$log"
 submitted=${PIPESTATUS[0]}
 if [ "$submitted" -eq 0 ]; then
