@@ -241,3 +241,81 @@ def test_no_file_scales_with_ray_ups_min_workers_flag():
         if path.is_file():
             commands = [line for line in path.read_text(errors="replace").splitlines() if "ray up infra/" in line]
             assert not [c for c in commands if "--min-workers" in c], path
+
+
+# --- command lines -------------------------------------------------------------------------------------------
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, body) of each ``` block of a Markdown text."""
+    blocks, language, lines = [], None, []
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if language is None:
+                language, lines = line[3:].strip(), []
+            else:
+                blocks.append((language, "\n".join(lines)))
+                language = None
+        elif language is not None:
+            lines.append(line)
+    return blocks
+
+
+class Parsed(Exception):
+    """Raised in place of running a command once its parser accepted the command line."""
+
+
+def parse_as_the_cli(argv: list[str], monkeypatch) -> str:
+    """Run `ditfarm argv` through the CLI's own dispatch (subcommands such as `calibrate` and `bench` have
+    parsers of their own) and stop as soon as a parser accepted it; returns the subcommand.  SystemExit on an
+    unknown subcommand, flag or value."""
+    import argparse
+
+    from ditfarm.jobs.cli import main
+
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise Parsed(parse(self, args, namespace))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+        with pytest.raises(Parsed):
+            main(argv)
+    return argv[0]
+
+
+def test_every_ditfarm_command_in_the_readme_parses_with_the_cli(monkeypatch):
+    """Every `ditfarm ...` line in the README's shell blocks (render, status, profile, calibrate, bench, ...),
+    parsed by the parser the CLI hands it to."""
+    from collections import Counter
+
+    from test_infra import ditfarm_commands
+
+    checked = Counter()
+    for language, block in fenced_blocks((ROOT / "README.md").read_text()):
+        if language not in ("bash", "sh", "shell", ""):  # python blocks import ditfarm
+            continue
+        for line in block.replace("\\\n", " ").splitlines():
+            for argv in ditfarm_commands(line.split(" #")[0]):
+                checked[parse_as_the_cli(argv, monkeypatch)] += 1
+    assert {"render", "status", "profile", "calibrate", "train-router", "bench"} <= set(checked), checked
+
+
+def test_a_misspelt_flag_fails_the_command_check(monkeypatch):
+    with pytest.raises(SystemExit):
+        parse_as_the_cli(["calibrate", "ertacache", "--model", "tiny", "--lambads", "0.1", "--out", "p.json"],
+                         monkeypatch)
+
+
+def test_every_infra_example_renders_wan_with_a_cache():
+    """No example in infra/ falls back to the built-in tiny model or to no cache."""
+    from ditfarm.jobs.cli import build_parser
+    from test_infra import INFRA_FILES, commands_in
+
+    found = 0
+    for path in INFRA_FILES:
+        for argv in commands_in(path):
+            args = build_parser().parse_args(argv)
+            assert args.model.startswith("s3://models/wan") and args.cache != "none", (path.name, argv)
+            found += 1
+    assert found >= 6
