@@ -140,13 +140,18 @@ class GangMember:
         return {**self._store(frames, publish), "decode_seconds": clock.seconds["decode"]}
 
     def _store(self, frames, publish) -> dict:
-        from ..jobs.driver import publish_video
+        from ..jobs.driver import lease_fence, publish_video
+        from ..jobs.lease import LeaseLost
         from ..jobs.storage import StorageError
 
         location, video_id, settings = publish
         store = self.outputs.get(location) or self.outputs.setdefault(location, location.open())
         try:
-            return {"uri": publish_video(store, video_id, frames, settings, self.renderer.pipe.video)}
+            stored = publish_video(store, video_id, frames, settings, self.renderer.pipe.video,
+                                   fence=lease_fence(location, store))
+            return {"uri": stored.uri, "video_bytes": stored.size}
+        except LeaseLost as err:
+            return {"lease_lost": str(err)}
         except (StorageError, ValueError) as err:
             return {"storage_error": str(err)}
 
@@ -283,6 +288,10 @@ class Gang:
 
         if "error" in result:
             raise RowError(result["error"])
+        if "lease_lost" in result:
+            from ..jobs.lease import LeaseLost
+
+            raise LeaseLost(result["lease_lost"])
         if "storage_error" in result:
             raise StorageError(result["storage_error"])
         return result

@@ -114,7 +114,7 @@ class GangRenderer:
         s = result["settings"]
         return RenderedVideo(result["uri"], task.seed, s["num_frames"], s["height"], s["width"], s["steps"],
                              str(settings.model), result["skipped_fraction"], result["attempts"],
-                             phases=result.get("phases"))
+                             phases=result.get("phases"), video_bytes=result.get("video_bytes"))
 
     def gang_health(self) -> tuple[int, int]:
         """(gangs alive, gangs replaced so far), for the progress line and the metrics."""

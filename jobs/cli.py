@@ -186,7 +186,8 @@ def cmd_render(args) -> int:
     from .driver import prompt_task, render_manifest, render_tasks
     from .manifest import ManifestError
     from .storage import StorageError, redact
-    from .types import EXIT_TRY_LATER, NoRenderersLeft
+    from .lease import LeaseLost
+    from .types import EXIT_LEASE_LOST, EXIT_TRY_LATER, NoRenderersLeft, RunAborted
 
     def fail(message) -> int:
         print(f"ditfarm render: {redact(str(message))}", file=sys.stderr)
@@ -217,11 +218,18 @@ def cmd_render(args) -> int:
         else:
             summary = render_manifest(args.manifest, args.out, settings, progress=not args.no_progress,
                                       overwrite=args.overwrite, force=args.force, lease_ttl_s=args.lease_seconds)
+    except LeaseLost as err:  # a StorageError: before the clause below
+        print(f"ditfarm render: lost the output's lease: {redact(str(err))}; what this run stored before it lost "
+              "the lease keeps its rows", file=sys.stderr)
+        return EXIT_LEASE_LOST
     except (ManifestError, StorageError, ValueError, FileNotFoundError) as err:  # manifest, output, model, profile
         return fail(err)
     except NoRenderersLeft as err:
         print(f"ditfarm render: {redact(str(err))}", file=sys.stderr)
         return EXIT_TRY_LATER
+    except RunAborted as err:
+        print(f"ditfarm render: stopped partway: {redact(str(err))}", file=sys.stderr)
+        return err.exit_code
     except Stopped as stop:
         import signal
 
@@ -233,13 +241,14 @@ def cmd_render(args) -> int:
     finally:
         restore()
     out = summary.out.rstrip("/")
-    print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped; "
+    duplicates = f", {summary.duplicates} duplicate" if summary.duplicates else ""
+    print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped{duplicates}; "
           f"videos in {out}/videos, results in {out}/results")
     for error in summary.errors[:20]:
         print(f"  failed: {error}", file=sys.stderr)
     if summary.failed > 20:
         print(f"  ... and {summary.failed - 20} more (see the results table)", file=sys.stderr)
-    return 1 if summary.failed and not args.allow_failures else 0
+    return 1 if (summary.failed or summary.duplicates) and not args.allow_failures else 0
 
 
 def _add_status(sub) -> None:
@@ -266,17 +275,21 @@ def lease_line(out: str) -> str:
 def cmd_status(args) -> int:
     from collections import Counter
 
-    from .results import read_results
+    from .results import best_per_id, duplicate_rows, read_all_results
     from .storage import StorageError, redact
 
     try:
-        table = read_results(args.out)
+        rows = read_all_results(args.out)
     except (StorageError, OSError, ValueError) as err:
         print(f"ditfarm status: {redact(str(err))}", file=sys.stderr)
         return 2
+    table, duplicates = best_per_id(rows), duplicate_rows(rows)
     counts = Counter(table.column("status").to_pylist())
     print(f"{args.out}: {table.num_rows} ids: " + ", ".join(f"{counts[s]} {s}" for s in sorted(counts)) if counts
           else f"{args.out}: no results yet")
+    if duplicates.num_rows:
+        print(f"  {duplicates.num_rows} duplicate manifest row(s), not rendered: "
+              + "; ".join(duplicates.column("error").to_pylist()[: args.errors]))
     print(lease_line(args.out))
     failed = [r for r in table.select(["id", "error", "status"]).to_pylist() if r["status"] == "failed"]
     for row in failed[: args.errors]:

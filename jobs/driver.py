@@ -15,6 +15,7 @@ without its row, which the rerun renders again into the same key: one ``ok`` row
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import hashlib
 import json
 import logging
@@ -30,11 +31,12 @@ import numpy as np
 
 from ..cache import last_video_stats
 from ..cache.presets import resolve_knob
-from .lease import DEFAULT_TTL_S, Lease
-from .manifest import Manifest, RenderTask, RowProblem, seed_from_id
-from .results import RESULT_SCHEMA, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, ResultsWriter, completed_ids, results_schema
-from .storage import OutputLocation, OutputStore, open_output, redact
-from .types import RenderedVideo, RenderSettings
+from .lease import DEFAULT_TTL_S, Lease, LeaseFence, LeaseLost
+from .manifest import Manifest, ManifestError, RenderTask, RowProblem, seed_from_id
+from .results import (RESULT_SCHEMA, STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, ResultsWriter,
+                      output_state, results_schema)
+from .storage import OutputLocation, OutputStore, StorageError, StoredVideo, open_output, redact
+from .types import EXIT_MANIFEST_FAILED, EXIT_OUTPUT_FAILED, RenderedVideo, RenderSettings, RunAborted
 
 __all__ = ["RenderSettings", "RenderedVideo", "RunSummary", "RenderJob", "LocalRenderer", "render_manifest",
            "render_tasks", "prompt_task", "publish_video", "sampler_overrides"]
@@ -42,6 +44,7 @@ __all__ = ["RenderSettings", "RenderedVideo", "RunSummary", "RenderJob", "LocalR
 log = logging.getLogger(__name__)
 
 MAX_KEPT_ERRORS = 1000  # the summary keeps this many messages; the results table keeps them all
+ENCODE_ATTEMPTS = 2  # encodes (and stores) of one video before its row fails
 
 
 @dataclass
@@ -49,12 +52,13 @@ class RunSummary:
     ok: int = 0
     failed: int = 0
     skipped: int = 0
+    duplicates: int = 0  # manifest rows whose id an earlier row has (recorded once per id)
     errors: list[str] = field(default_factory=list)
     out: str | None = None
 
     @property
     def total(self) -> int:
-        return self.ok + self.failed + self.skipped
+        return self.ok + self.failed + self.skipped + self.duplicates
 
 
 class Renderer(Protocol):
@@ -69,14 +73,34 @@ def sampler_overrides(task: RenderTask, settings: RenderSettings) -> dict:
     return {n: getattr(task, n) if getattr(task, n) is not None else getattr(settings, n) for n in names}
 
 
-def publish_video(store: OutputStore, video_id: str, frames: np.ndarray, settings: RenderSettings, video) -> str:
-    """Encode the frames as an mp4 once and store it as ``videos/<id>.mp4``; returns its URI.  ``video``: the
-    model's VideoDefaults (fps and upscale where the run sets none)."""
+def publish_video(store: OutputStore, video_id: str, frames: np.ndarray, settings: RenderSettings, video,
+                  fence=None) -> StoredVideo:
+    """Encode the frames as an mp4 once, verify it and store it as ``videos/<id>.mp4``.  ``video``: the model's
+    VideoDefaults (fps and upscale where the run sets none); ``fence``: the run's lease check, run right before
+    the video is published.  A failed encode is tried once more (a killed encoder may pass the second time; a
+    full or read-only disk fails both, by name), then it is the row's StorageError."""
     from ..pipelines.video_io import write_mp4
 
     fps = settings.fps or video.fps
     upscale = settings.upscale or video.upscale
-    return store.store_video(video_id, lambda path: write_mp4(frames, path, fps=fps, upscale=upscale))
+    for attempt in range(ENCODE_ATTEMPTS):
+        try:
+            return store.store_video(video_id, lambda path: write_mp4(frames, path, fps=fps, upscale=upscale),
+                                     fence=fence)
+        except StorageError as err:
+            if isinstance(err, LeaseLost) or attempt + 1 == ENCODE_ATTEMPTS:
+                raise
+            log.warning("storing video %s failed (%s); trying once more", video_id, err)
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
+
+
+def lease_fence(out: OutputLocation, store: OutputStore):
+    """The check to run right before publishing into ``out`` (None: a location no run holds a lease on)."""
+    if out.writer_run is None:
+        return None
+    fence = LeaseFence(out.writer_run)
+    return lambda: fence.check(store)
 
 
 def make_renderer(settings: RenderSettings) -> Renderer:
@@ -149,9 +173,9 @@ class LocalRenderer:
     def render(self, task: RenderTask, settings: RenderSettings, out: OutputLocation) -> RenderedVideo:
         frames, s, skipped, phases = self.frames(task, settings)
         store = self._stores.get(out) or self._stores.setdefault(out, out.open())
-        uri = publish_video(store, task.id, frames, settings, self.pipe.video)
-        return RenderedVideo(uri, task.seed, s.num_frames, s.height, s.width, s.steps, str(settings.model), skipped,
-                             phases=phases)
+        stored = publish_video(store, task.id, frames, settings, self.pipe.video, fence=lease_fence(out, store))
+        return RenderedVideo(stored.uri, task.seed, s.num_frames, s.height, s.width, s.steps, str(settings.model),
+                             skipped, phases=phases, video_bytes=stored.size)
 
     def close(self) -> None:
         pass
@@ -242,8 +266,13 @@ class RenderJob:
         self.lease.start_renewing()
         self._release = weakref.finalize(self, self.lease.release)  # also when the job is never iterated
         try:
+            if self.lease.took_over is not None:  # what the paused holder may still write is not counted
+                self.store.fence_run(self.lease.took_over.run_id, by=self.writer.run_id)
+            self.writer.fence = self.lease.ensure_held
             self.store.clear_unfinished()
-            self.done = set() if overwrite else completed_ids(self.store)
+            state = output_state(self.store)
+            self.done = set() if overwrite else state.done
+            self.reported_duplicates = state.duplicates
         except BaseException:
             self.close()
             raise
@@ -275,12 +304,19 @@ class RenderJob:
         own_renderer = self.renderer is None
         renderer = self.renderer
         in_flight: dict[Future, RenderTask] = {}
-        location = self.store.location
+        location = dataclasses.replace(self.store.location, writer_run=self.writer.run_id)  # publishing checks the lease
 
         def record(task, status: str, error: str | None = None, **values) -> dict:
             row = _result_row(task, status, error=error, **values)
             if status == STATUS_SKIPPED:
                 summary.skipped += 1
+            elif status == STATUS_DUPLICATE:
+                summary.duplicates += 1
+                if task.id not in self.reported_duplicates:  # once per id, not once per rerun
+                    self.reported_duplicates.add(task.id)
+                    writer.add(row)
+                if len(summary.errors) < MAX_KEPT_ERRORS:
+                    summary.errors.append(error)
             else:
                 writer.add(row)
                 if status == STATUS_OK:
@@ -314,6 +350,8 @@ class RenderJob:
         def record_done(future: Future, task: RenderTask) -> dict:
             try:
                 video, seconds = future.result()
+            except LeaseLost:  # another run owns the output now: stop, record nothing more
+                raise
             except (ValueError, RuntimeError) as err:  # bad row, storage error, or a gang that failed for good
                 return record(task, STATUS_FAILED, error=redact(f"row {task.row} (id {task.id!r}): {err}"),
                               attempts=getattr(err, "attempts", 1))
@@ -321,7 +359,7 @@ class RenderJob:
                           width=video.width, steps=video.steps, model=video.model, seconds=seconds,
                           cache=settings.cache, cache_knob=resolve_knob(settings.cache, settings.cache_knob),
                           skipped_fraction=video.skipped_fraction, attempts=video.attempts,
-                          **(video.phases.as_row() if video.phases is not None else {}))
+                          video_bytes=video.video_bytes, **(video.phases.as_row() if video.phases is not None else {}))
 
         def render_one(task: RenderTask):
             start = time.perf_counter()
@@ -333,7 +371,8 @@ class RenderJob:
                 try:
                     for task in self.tasks:
                         if isinstance(task, RowProblem):
-                            yield record(task, STATUS_FAILED, error=task.error, attempts=0)
+                            yield record(task, STATUS_DUPLICATE if task.duplicate else STATUS_FAILED,
+                                         error=task.error, attempts=0)
                             continue
                         if task.id in self.done:
                             yield record(task, STATUS_SKIPPED, uri=self.store.video_uri(task.id))
@@ -354,6 +393,17 @@ class RenderJob:
                     raise
                 writer.flush()
                 report.final()  # after the last rows are flushed: the page shows the whole run
+        except LeaseLost:
+            raise
+        except ManifestError as err:  # a row group past the first that cannot be read
+            if summary.total == 0:
+                raise
+            raise RunAborted(EXIT_MANIFEST_FAILED, f"the manifest could not be read past its first {summary.total} "
+                             f"row(s): {err}; the videos stored so far keep their rows, and a rerun resumes once the "
+                             "manifest is mended") from None
+        except StorageError as err:  # results could not be written: a full disk, a dead endpoint
+            raise RunAborted(EXIT_OUTPUT_FAILED, f"the output stopped taking writes after {summary.ok} video(s) were "
+                             f"stored: {err}; rows not written are rendered again by a rerun") from None
         finally:  # on a stop or an error, videos still in flight are abandoned (their gangs are closed below)
             if own_renderer and renderer is not None:
                 renderer.close()

@@ -47,6 +47,35 @@ class LeaseLost(StorageError):
     """This run's lease was taken over by another run (it looked stale): stop writing to the output."""
 
 
+#: A write is allowed only while the lease was renewed within this fraction of its ttl: a take-over needs the whole
+#: ttl, so the write has at least the rest (a quarter of the ttl) to land before anyone may take the output.
+FENCE_FRACTION = 0.75
+
+
+@dataclass(frozen=True)
+class LeaseFence:
+    """The check a run makes right before it publishes a video or writes a results part: the output's lease still
+    names this run and was renewed recently enough that no other run can take it over before the write lands.
+
+    It reads the lease object itself (no version needed), so it travels with a video to whichever process
+    publishes it (rank 0 of a gang on another node).  A run that was paused past its lease (a VM pause, a stall
+    longer than the ttl) wakes, fails this check, and writes nothing; the run that took over has fenced its
+    results (``OutputStore.fence_run``), so a part it still wrote is not counted."""
+
+    run_id: str
+
+    def check(self, store: OutputStore) -> None:
+        seen = lease_object(store).read()
+        if seen is None or seen.holder.run_id != self.run_id or seen.holder.released:
+            holder = seen.holder.describe() if seen is not None and not seen.holder.released else "no run"
+            raise LeaseLost(f"this run ({self.run_id}) no longer holds {lease_object(store).where()}: it is held by "
+                            f"{holder} now; stopping without writing, so that two runs do not publish the same ids")
+        if seen.age_s > FENCE_FRACTION * seen.holder.ttl_s:
+            raise LeaseLost(f"this run's lease on {lease_object(store).where()} was last renewed {seen.age_s:.0f} s ago "
+                            f"(ttl {seen.holder.ttl_s:.0f} s): another run may take it over at any moment, so this "
+                            "run stops without writing")
+
+
 @dataclass(frozen=True)
 class Holder:
     """Who holds an output: enough for a person to find the run (and kill it, or wait)."""
@@ -111,7 +140,7 @@ class Seen:
 class LocalLeaseFile:
     """The lease as a file: exclusive create, and compare-and-swap under a lock file held for milliseconds."""
 
-    LOCK_STALE_S = 30.0  # a lock file this old was left by a process killed inside the critical section
+    LOCK_STALE_S = 10.0  # a lock file this old was left by a process killed or paused inside the critical section
 
     def __init__(self, root: Path):
         self.path = Path(root) / LEASE_NAME
@@ -130,12 +159,20 @@ class LocalLeaseFile:
 
     @contextlib.contextmanager
     def _locked(self):
-        """Hold the lock file for one read-compare-write (milliseconds)."""
+        """Hold the lock file for one read-compare-write (milliseconds); yields a check that the lock is still
+        this process's.  A lock older than LOCK_STALE_S is broken (its holder was killed, or paused: a VM pause, a
+        SIGSTOP), so the wait is bounded; a holder that wakes after its lock was broken sees the check fail and
+        writes nothing."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + 10
+        token = uuid.uuid4().hex.encode()
+        deadline = time.monotonic() + self.LOCK_STALE_S + 5
         while True:
             try:
-                os.close(os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                try:
+                    os.write(fd, token)
+                finally:
+                    os.close(fd)
                 break
             except FileExistsError:
                 try:
@@ -147,10 +184,18 @@ class LocalLeaseFile:
                 if time.monotonic() > deadline:
                     raise StorageError(f"cannot lock {self.lock}: another run keeps it locked") from None
                 time.sleep(0.01)
+
+        def still_mine() -> bool:
+            try:
+                return self.lock.read_bytes() == token
+            except FileNotFoundError:
+                return False
+
         try:
-            yield
+            yield still_mine
         finally:
-            self.lock.unlink(missing_ok=True)
+            if still_mine():  # never the lock of a run that broke ours
+                self.lock.unlink(missing_ok=True)
 
     def _write(self, data: bytes) -> str:
         tmp = self.path.with_name(f".tmp-{uuid.uuid4().hex}-{LEASE_NAME}")
@@ -160,7 +205,9 @@ class LocalLeaseFile:
 
     def create(self, data: bytes) -> str | None:
         """Write the lease if none exists; its version, or None when one does."""
-        with self._locked():
+        with self._locked() as still_mine:
+            if not still_mine():
+                return None
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
@@ -171,16 +218,18 @@ class LocalLeaseFile:
 
     def replace(self, data: bytes, version: str | None) -> str | None:
         """Write the lease if it is still at ``version`` (None: whatever it is); its new version, or None."""
-        with self._locked():
+        with self._locked() as still_mine:
             seen = self.read()
             if version is not None and (seen is None or seen.version != version):
+                return None
+            if not still_mine():  # paused inside past LOCK_STALE_S: another run may have taken over since
                 return None
             return self._write(data)
 
     def delete(self, version: str) -> None:
-        with self._locked():
+        with self._locked() as still_mine:
             seen = self.read()
-            if seen is not None and seen.version == version:
+            if seen is not None and seen.version == version and still_mine():
                 self.path.unlink(missing_ok=True)
 
 
@@ -310,6 +359,14 @@ class Lease:
 
         self._thread = threading.Thread(target=loop, name="ditfarm-lease", daemon=True)
         self._thread.start()
+
+    def ensure_held(self) -> None:
+        """Renew now, and raise LeaseLost unless this run still holds the lease: the check before each results
+        part.  A successful renewal leaves the write a whole ttl before anyone may take the output over."""
+        self.check()
+        if not self.renew():
+            self.check()
+            raise LeaseLost(f"{self.obj.where()}: this run no longer holds the lease")
 
     def check(self) -> None:
         if self.lost is not None:

@@ -26,17 +26,16 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ..uris import is_s3, split_s3_uri
+from .results import RESERVED_PREFIX, RESULT_SCHEMA
 from .storage import arrow_s3_filesystem, check_video_id, redact
 
 REQUIRED_COLUMNS = ("id", "prompt")
 INTEGER_COLUMNS = ("seed", "num_frames", "height", "width", "steps")
 OPTIONAL_COLUMNS = ("seed", "negative_prompt", "num_frames", "height", "width", "steps", "guidance_scale")
-RESULT_COLUMNS = (
-    "id", "status", "uri", "error", "seed", "frames", "height", "width", "steps", "model", "seconds",
-    "cache", "cache_knob", "skipped_fraction", "attempts", "finished_at", "text_seconds", "denoise_seconds",
-    "decode_seconds", "peak_gpu_bytes",
-)
+RESULT_COLUMNS = tuple(RESULT_SCHEMA.names)
 MAX_SEED = 2**63 - 1
+MAX_GUIDANCE = 100.0  # classifier-free guidance past this saturates every model into noise
+MAX_SHOWN_CHARS = 120  # an id or prompt quoted in an error message is cut to this many characters
 
 
 class ManifestError(ValueError):
@@ -68,6 +67,13 @@ class RowProblem:
     id: str | None
     error: str
     extra: dict = field(default_factory=dict)
+    duplicate: bool = False  # the id is an earlier row's: recorded once per id, as a duplicate
+
+
+def shown(value, limit: int = MAX_SHOWN_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a megabyte id or prompt must not become a megabyte message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def seed_from_id(video_id: str) -> int:
@@ -103,6 +109,10 @@ def check_schema(schema: pa.Schema, source: str) -> list[str]:
     clashes = [n for n in extra if n in RESULT_COLUMNS]
     if clashes:
         problems.append(f"column(s) {', '.join(clashes)} would overwrite results columns of the same name")
+    reserved = [n for n in names if n.startswith(RESERVED_PREFIX)]
+    if reserved:
+        problems.append(f"column name(s) {', '.join(reserved)}: names starting with {RESERVED_PREFIX!r} are reserved "
+                        "for ditfarm's own use; rename them")
     if problems:
         raise ManifestError(f"manifest {source}: " + "; ".join(problems))
     return extra
@@ -207,16 +217,16 @@ def validate_row(row: int, record: dict, extra_columns: list[str], seen: dict[st
     """Turn one manifest record into a RenderTask, or a RowProblem naming the row and what is wrong."""
     extra = {name: record.get(name) for name in extra_columns}
     video_id = record.get("id")
-    where = f"row {row}" + (f" (id {video_id!r})" if isinstance(video_id, str) else "")
+    where = f"row {row}" + (f" (id {shown(video_id)})" if isinstance(video_id, str) else "")
 
-    def problem(message: str) -> RowProblem:
-        return RowProblem(row, video_id, f"{where}: {message}", extra)
+    def problem(message: str, duplicate: bool = False) -> RowProblem:
+        return RowProblem(row, video_id, f"{where}: {message}", extra, duplicate)
 
     id_problem = check_video_id(video_id)
     if id_problem:
         return problem(id_problem)
     if video_id in seen:
-        return problem(f"id duplicates row {seen[video_id]}")
+        return problem(f"id duplicates row {seen[video_id]}", duplicate=True)
     seen[video_id] = row
     prompt = record.get("prompt")
     if prompt is None or not prompt.strip():
@@ -231,8 +241,8 @@ def validate_row(row: int, record: dict, extra_columns: list[str], seen: dict[st
     if seed is not None and not 0 <= seed <= MAX_SEED:
         return problem(f"seed must be in [0, 2**63), got {seed}")
     guidance = record.get("guidance_scale")
-    if guidance is not None and not guidance >= 0:  # also catches NaN
-        return problem(f"guidance_scale must be >= 0, got {guidance}")
+    if guidance is not None and not 0 <= guidance <= MAX_GUIDANCE:  # also catches NaN and infinities
+        return problem(f"guidance_scale must be a finite number in [0, {MAX_GUIDANCE:g}], got {guidance}")
     return RenderTask(
         row=row,
         id=video_id,

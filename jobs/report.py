@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..uris import split_s3_uri
-from .results import STATUS_FAILED, STATUS_OK, latest_per_id, read_all_results
+from .results import STATUS_FAILED, STATUS_OK, best_per_id, duplicate_rows, read_all_results
 from .storage import OutputStore, S3Store, check_video_id, open_output
 
 REPORT_NAME = "report.html"
@@ -72,6 +72,7 @@ class Summary:
     throughput: "Throughput | None" = None
     untimed_rows: int = 0  # rows without finished_at (parts written before it existed)
     earlier_rows: int = 0  # rows finished before started_at (earlier runs)
+    duplicates: int = 0  # manifest rows whose id an earlier row has (each recorded once)
     generated_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 
@@ -91,8 +92,8 @@ def column(table: pa.Table, name: str, kind: pa.DataType) -> pa.ChunkedArray:
 
 
 def summarise(table: pa.Table, started_at: datetime | None = None) -> Summary:
-    """Totals from the latest row per id; retries and throughput from every row (each row is one attempt)."""
-    latest = latest_per_id(table)
+    """Totals from each id's best row (ok wins); retries and throughput from every row (each row is one attempt)."""
+    latest = best_per_id(table)
     status = column(latest, "status", pa.string())
     ok = latest.filter(pc.fill_null(pc.equal(status, STATUS_OK), False))
     failed = latest.filter(pc.fill_null(pc.equal(status, STATUS_FAILED), False))
@@ -103,7 +104,7 @@ def summarise(table: pa.Table, started_at: datetime | None = None) -> Summary:
         ids=latest.num_rows, ok=ok.num_rows, failed=failed.num_rows, rows=table.num_rows, retries=retries,
         seconds=values(ok, "seconds"), skipped=values(ok, "skipped_fraction"),
         failures=failure_rows(failed), ok_rows=ok_row_infos(ok),
-        throughput=throughput, untimed_rows=untimed, earlier_rows=earlier)
+        throughput=throughput, untimed_rows=untimed, earlier_rows=earlier, duplicates=duplicate_rows(table).num_rows)
 
 
 def values(table: pa.Table, name: str) -> np.ndarray:
@@ -467,9 +468,11 @@ def totals_html(s: Summary) -> str:
     items = [("total-ids", "ids", s.ids, ""), ("total-ok", "ok", s.ok, "ok"),
              ("total-failed", "failed", s.failed, "failed"), ("total-rows", "result rows", s.rows, ""),
              ("total-retries", "attempts beyond the first", s.retries, "")]
+    if s.duplicates:
+        items.append(("total-duplicates", "duplicate manifest rows", s.duplicates, "failed"))
     cards = "".join(f'<div class="total {cls}"><span class="value" id="{key}" data-value="{value}">{value:,}</span>'
                     f'<span class="name">{name}</span></div>' for key, name, value, cls in items)
-    return f'<section id="totals"><h2>Totals (latest row per id)</h2><div class="totals">{cards}</div></section>'
+    return f'<section id="totals"><h2>Totals (each id&#39;s best row: ok wins)</h2><div class="totals">{cards}</div></section>'
 
 
 def throughput_html(s: Summary) -> str:

@@ -3,14 +3,15 @@
 Parts (``OUT/results/part-<run>-<n>.parquet``) are written whole, after ``flush_every`` rows or ``flush_seconds``
 after the oldest unwritten row, whichever comes first, so a crash loses at most a minute of rows even when each
 video takes minutes.  Nothing is ever rewritten.  A rerun does not write rows for what it skips: a daily rerun of
-a million-row manifest writes only what it rendered.  ``read_results`` gives the latest row per id (parts sort by
-their run's UTC start, rows within a part in the order they were written).
+a million-row manifest writes only what it rendered.  ``read_results`` gives each id's best row (its latest ``ok``
+row, else its latest row; parts sort by their run's UTC start, rows within a part in the order they were written).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
@@ -20,6 +21,7 @@ import pyarrow.compute as pc
 from .storage import OutputStore, open_output
 
 STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
+STATUS_DUPLICATE = "duplicate"  # a manifest row whose id an earlier row already has; recorded once per id
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -43,8 +45,11 @@ RESULT_SCHEMA = pa.schema(
         ("denoise_seconds", pa.float64()),
         ("decode_seconds", pa.float64()),
         ("peak_gpu_bytes", pa.int64()),  # rank 0's peak accelerator memory during the loop; null on the CPU
+        ("video_bytes", pa.int64()),  # the stored mp4's size: a rerun renders again a video that is not this size
     ]
 )
+MIN_MP4_BYTES = 256  # smaller than any whole H.264 mp4: judged for ok rows that recorded no size
+RESERVED_PREFIX = "__"  # column names ditfarm uses internally while reading results
 
 
 def results_schema(manifest_schema: pa.Schema, extra_columns: list[str]) -> pa.Schema:
@@ -57,32 +62,101 @@ def _store(out) -> OutputStore:
 
 
 def read_all_results(out, columns: list[str] | None = None) -> pa.Table:
-    """Every row of every part under ``out`` (a folder, an ``s3://`` prefix or a store), oldest first."""
+    """Every row of every part under ``out`` (a folder, an ``s3://`` prefix or a store), oldest first.
+
+    Parts of different runs may disagree on the manifest's extra columns (a column added, dropped, or of another
+    type): missing columns read as nulls, and a column whose type changed is read as strings in every part, so
+    the results stay readable whatever later manifests carry."""
     parts = _store(out).read_results(columns)
     if not parts:
         return RESULT_SCHEMA.empty_table() if columns is None else pa.schema([RESULT_SCHEMA.field(c) for c in columns]).empty_table()
-    return pa.concat_tables(parts, promote_options="default")
+    return pa.concat_tables(_agreeing(parts), promote_options="default")
 
 
-def latest_per_id(table: pa.Table) -> pa.Table:
-    """The last row of each id, in the order of those rows."""
+def _agreeing(parts: list[pa.Table]) -> list[pa.Table]:
+    """The parts with every column of one name at one type: conflicting extra columns become strings."""
+    types: dict[str, set] = {}
+    for part in parts:
+        for f in part.schema:
+            types.setdefault(f.name, set()).add(f.type)
+    conflicting = {name for name, kinds in types.items()
+                   if len(kinds - {pa.null()}) > 1 and name not in RESULT_SCHEMA.names}
+    if not conflicting:
+        return parts
+    return [_with_strings(part, conflicting & set(part.schema.names)) for part in parts]
+
+
+def _with_strings(part: pa.Table, names: set[str]) -> pa.Table:
+    for name in names:
+        i = part.schema.get_field_index(name)
+        column = part.column(i)
+        try:
+            text = pc.cast(column, pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # nested values: their Python form
+            text = pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())
+        part = part.set_column(i, pa.field(name, pa.string()), text)
+    return part
+
+
+def best_per_id(table: pa.Table) -> pa.Table:
+    """Each id's state: its latest ``ok`` row if it has one (a later failure, such as a duplicate manifest row or a
+    failed rerun, never hides a stored video), else its latest row; in the order of those rows.  Rows of
+    ``duplicate`` status describe manifest rows, not videos, and are left out."""
     if table.num_rows == 0:
         return table
-    indexed = table.append_column("__row", pa.array(range(table.num_rows), pa.int64()))
-    last = indexed.group_by("id").aggregate([("__row", "max")]).column("__row_max")
-    return table.take(pa.array(np.sort(last.to_numpy())))
+    status = table.column("status")
+    index = pa.array(range(table.num_rows), pa.int64())
+    videos = pc.invert(pc.fill_null(pc.equal(status, STATUS_DUPLICATE), False))
+    ok = pc.fill_null(pc.equal(status, STATUS_OK), False)
+    # rank: ok rows after every other row, then by position; the max of (ok, row) per id is its best row
+    rank = pc.add(pc.multiply(pc.cast(ok, pa.int64()), table.num_rows), index)
+    keyed = pa.table({"id": table.column("id"), "rank": rank}).filter(videos)
+    if keyed.num_rows == 0:
+        return table.slice(0, 0)
+    best = keyed.group_by("id").aggregate([("rank", "max")]).column("rank_max").to_numpy()
+    return table.take(pa.array(np.sort(best % table.num_rows)))
+
+
+def duplicate_rows(table: pa.Table) -> pa.Table:
+    """The manifest rows recorded as duplicates of an earlier row's id (one row each)."""
+    if table.num_rows == 0:
+        return table
+    return table.filter(pc.fill_null(pc.equal(table.column("status"), STATUS_DUPLICATE), False))
 
 
 def read_results(out) -> pa.Table:
-    """The latest results row of every id under ``out``."""
-    return latest_per_id(read_all_results(out))
+    """Each id's state under ``out``: its best results row (``best_per_id``)."""
+    return best_per_id(read_all_results(out))
+
+
+@dataclass(frozen=True)
+class OutputState:
+    """What a rerun needs from an output: the ids whose video is stored whole, and the ids already recorded as
+    duplicates (their manifest rows are not recorded again)."""
+
+    done: set[str]
+    duplicates: set[str]
+
+
+def output_state(store: OutputStore) -> OutputState:
+    """One listing of videos/ and one read of results/.  An id is done when its latest ``ok`` row's video is
+    stored at the size that row recorded (rows without a size: at least MIN_MP4_BYTES), so a video that was
+    truncated, replaced or deleted since is rendered again."""
+    table = read_all_results(store, columns=["id", "status", "video_bytes"])
+    duplicates = set(duplicate_rows(table).column("id").to_pylist())
+    ok = table.filter(pc.fill_null(pc.equal(table.column("status"), STATUS_OK), False))
+    if ok.num_rows == 0:
+        return OutputState(set(), duplicates)
+    recorded = dict(zip(ok.column("id").to_pylist(), ok.column("video_bytes").to_pylist()))  # the latest wins
+    sizes = store.video_sizes()
+    done = {i for i, size in recorded.items()
+            if i in sizes and (sizes[i] == size if size is not None else sizes[i] >= MIN_MP4_BYTES)}
+    return OutputState(done, duplicates)
 
 
 def completed_ids(store: OutputStore) -> set[str]:
-    """Ids with an ``ok`` row whose video is still present: one listing of videos/ and one read of results/."""
-    table = read_all_results(store, columns=["id", "status"])
-    ok = table.filter(pc.equal(table.column("status"), STATUS_OK)).column("id").to_pylist()
-    return set(ok) & store.video_ids() if ok else set()
+    """Ids whose video is stored whole (``output_state``)."""
+    return output_state(store).done
 
 
 def new_run_id() -> str:
@@ -101,6 +175,7 @@ class ResultsWriter:
         self.parts: list[str] = []
         self.run_id = new_run_id()
         self._oldest: float | None = None  # monotonic time of the oldest unwritten row
+        self.fence = None  # called before each part is written; raises to stop the write (the run's lease check)
 
     def add(self, row: dict) -> None:
         if not self.rows:
@@ -122,6 +197,8 @@ class ResultsWriter:
     def flush(self) -> None:
         if not self.rows:
             return
+        if self.fence is not None:  # right before the write: a run that lost the output's lease writes nothing
+            self.fence()
         table = pa.Table.from_pylist(self.rows, schema=self.schema)
         self.parts.append(self.store.write_part(f"part-{self.run_id}-{len(self.parts):05d}.parquet", table))
         self.rows = []

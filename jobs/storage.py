@@ -20,6 +20,7 @@ scrubs any secret that a library might have put into a message anyway.
 from __future__ import annotations
 
 import functools
+import json
 from abc import ABC, abstractmethod
 import io
 import os
@@ -38,6 +39,8 @@ from ..uris import is_s3, split_s3_uri
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 VIDEOS, RESULTS = "videos", "results"
 TEMP_MARK = ".tmp-"  # local temporary files carry this; a run clears stale ones at its start
+PART_PREFIX, FENCE_PREFIX = "part-", "fence-"  # results/ holds parts and the fences of runs that lost the lease
+LOCAL_TEMP_PREFIX = "ditfarm-"  # an S3 run's temporary folders under the system's temp dir (cleared likewise)
 SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 
@@ -104,11 +107,26 @@ def describe_s3_error(err: Exception, action: str, where: str) -> str:
 
 
 @dataclass(frozen=True)
+class StoredVideo:
+    """A published video: where it is and its size as the storage reports it (a rerun compares the two)."""
+
+    uri: str
+    size: int
+
+
+def _write_failure(err: BaseException, what: str) -> StorageError:
+    """An OSError from writing (a full disk, a read-only folder, a failed encode) as the row's StorageError."""
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return StorageError(f"cannot write {what}: {reason}")
+
+
+@dataclass(frozen=True)
 class OutputLocation:
     """A picklable description of an output location; ``open()`` gives the store in whatever process needs it
     (the driver, or rank 0 of a gang on another node)."""
 
     uri: str
+    writer_run: str | None = None  # the run publishing here: each video is published only while it holds the lease
 
     def __post_init__(self):
         if is_s3(self.uri):
@@ -138,20 +156,66 @@ class OutputStore(ABC):
         """Raise StorageError (before anything renders) if this location cannot be written."""
 
     @abstractmethod
-    def store_video(self, video_id: str, write) -> str:
-        """Publish the file that ``write(path)`` creates as ``videos/<id>.mp4``; returns its URI."""
+    def store_video(self, video_id: str, write, fence=None) -> "StoredVideo":
+        """Publish the file that ``write(path)`` creates as ``videos/<id>.mp4`` and read its size back.
+
+        ``fence()`` (when given) runs right before the file is published and raises to stop it (a run that lost
+        the output's lease publishes nothing).  A failure to write, publish or read back is a StorageError that
+        names the key; nothing is left at the key by a failed call that was not there before."""
 
     @abstractmethod
+    def video_sizes(self) -> dict[str, int]:
+        """Stored videos and their sizes in bytes: one listing of videos/."""
+
     def video_ids(self) -> set[str]:
-        """Ids with a stored video: one listing of videos/."""
+        """Ids with a stored video."""
+        return set(self.video_sizes())
 
     @abstractmethod
     def write_part(self, name: str, table: pa.Table) -> str:
         """Write one results part whole; returns where it went."""
 
     @abstractmethod
+    def results_names(self) -> list[str]:
+        """The names of the files under results/ (parts and fences; temporary files excluded): one listing."""
+
+    @abstractmethod
+    def write_results_file(self, name: str, data: bytes) -> str:
+        """Publish ``data`` whole as results/<name>; returns where it went."""
+
+    @abstractmethod
+    def read_results_file(self, name: str) -> bytes:
+        """The bytes of results/<name>."""
+
     def part_names(self) -> list[str]:
         """The results parts present, in name (= time) order."""
+        return sorted(n for n in self.results_names() if n.startswith(PART_PREFIX) and n.endswith(".parquet"))
+
+    def counted_part_names(self) -> list[str]:
+        """The parts a reader counts: every part, less those a fenced-out run wrote after it lost the lease.
+
+        When a run takes over a lease whose holder stopped renewing (a paused VM, a stalled S3), it writes
+        ``results/fence-<old run>.json`` listing the old run's parts as they were at the take-over.  The old run
+        checks its lease before every write and so normally writes nothing more; a part that it still managed
+        to write (it paused between its check and its write) is absent from that list and is not counted."""
+        names = self.results_names()
+        parts = sorted(n for n in names if n.startswith(PART_PREFIX) and n.endswith(".parquet"))
+        fences = [n for n in names if n.startswith(FENCE_PREFIX) and n.endswith(".json")]
+        if not fences:
+            return parts
+        allowed = {}
+        for name in fences:
+            try:
+                allowed[name[len(FENCE_PREFIX):-len(".json")]] = set(json.loads(self.read_results_file(name))["parts"])
+            except (ValueError, KeyError, TypeError):  # a damaged fence fences the run's parts out entirely
+                allowed[name[len(FENCE_PREFIX):-len(".json")]] = set()
+        return [n for n in parts if part_run(n) not in allowed or n in allowed[part_run(n)]]
+
+    def fence_run(self, run_id: str, by: str) -> str:
+        """Record ``run_id``'s parts as they are now: any it writes later is not counted (``counted_part_names``)."""
+        parts = [n for n in self.part_names() if part_run(n) == run_id]
+        data = json.dumps({"run": run_id, "fenced_by": by, "parts": parts}, indent=1).encode()
+        return self.write_results_file(f"{FENCE_PREFIX}{run_id}.json", data)
 
     @abstractmethod
     def read_part(self, name: str, columns: list[str] | None = None) -> pa.Table:
@@ -174,11 +238,25 @@ class OutputStore(ABC):
         each is one request."""
         from concurrent.futures import ThreadPoolExecutor
 
-        names = self.part_names()
+        names = self.counted_part_names()
         if len(names) <= 1:
             return [self.read_part(name, columns) for name in names]
         with ThreadPoolExecutor(max_workers=min(threads, len(names)), thread_name_prefix="results") as pool:
             return list(pool.map(lambda name: self.read_part(name, columns), names))
+
+
+def part_run(name: str) -> str:
+    """The run id in a part's name, ``part-<run>-<n>.parquet``."""
+    return name[len(PART_PREFIX):].rsplit("-", 1)[0]
+
+
+def read_parquet_columns(source, columns: list[str] | None) -> pa.Table:
+    """A Parquet file's ``columns`` that it has (all of them for None): parts written before a column was added
+    lack it, and the reader fills it with nulls."""
+    file = pq.ParquetFile(source)
+    if columns is None:
+        return file.read()
+    return file.read(columns=[c for c in columns if c in file.schema_arrow.names])
 
 
 def _checked_name(video_id: str) -> str:
@@ -214,43 +292,57 @@ class LocalStore(OutputStore):
         except OSError as err:
             raise StorageError(f"cannot write to output folder {self.root}: {err}") from err
 
-    def store_video(self, video_id: str, write) -> str:
+    def store_video(self, video_id: str, write, fence=None) -> StoredVideo:
         target = self.videos / _checked_name(video_id)
         tmp = self.videos / f"{TEMP_MARK}{uuid.uuid4().hex}-{target.name}"
         try:
             write(tmp)
+            size = tmp.stat().st_size
+            if fence is not None:
+                fence()
             os.replace(tmp, target)
-        except BaseException:
+        except OSError as err:
+            raise _write_failure(err, f"{VIDEOS}/{target.name} in {self.root}") from None
+        finally:
             tmp.unlink(missing_ok=True)
-            raise
-        return str(target.resolve())
+        return StoredVideo(str(target.resolve()), size)
 
     def video_uri(self, video_id: str) -> str:
         return str((self.videos / f"{video_id}.mp4").resolve())
 
-    def video_ids(self) -> set[str]:
+    def video_sizes(self) -> dict[str, int]:
         if not self.videos.is_dir():
-            return set()
-        return {p.name[:-4] for p in os.scandir(self.videos) if p.name.endswith(".mp4") and not p.name.startswith(".")}
+            return {}
+        return {p.name[:-4]: p.stat().st_size for p in os.scandir(self.videos)
+                if p.name.endswith(".mp4") and not p.name.startswith(".")}
 
     def write_part(self, name: str, table: pa.Table) -> str:
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        return self.write_results_file(name, buffer.getvalue())
+
+    def write_results_file(self, name: str, data: bytes) -> str:
         path = self.results / name
         tmp = self.results / f"{TEMP_MARK}{uuid.uuid4().hex}-{name}"
         try:
-            pq.write_table(table, tmp)
+            tmp.write_bytes(data)
             os.replace(tmp, path)
-        except BaseException:
+        except OSError as err:
+            raise _write_failure(err, f"{RESULTS}/{name} in {self.root}") from None
+        finally:
             tmp.unlink(missing_ok=True)
-            raise
         return str(path)
 
-    def part_names(self) -> list[str]:
+    def read_results_file(self, name: str) -> bytes:
+        return (self.results / name).read_bytes()
+
+    def results_names(self) -> list[str]:
         if not self.results.is_dir():
             return []
-        return sorted(p.name for p in self.results.glob("part-*.parquet"))
+        return [p.name for p in os.scandir(self.results) if not p.name.startswith(".") and p.is_file()]
 
     def read_part(self, name: str, columns: list[str] | None = None) -> pa.Table:
-        return pq.read_table(self.results / name, columns=columns)
+        return read_parquet_columns(self.results / name, columns)
 
     def write_text(self, name: str, text: str) -> str:
         target = self.root / _checked_file_name(name)
@@ -307,13 +399,31 @@ class S3Store(OutputStore):
         except Exception as err:
             raise StorageError(describe_s3_error(err, "delete from", self.location.uri)) from None
 
-    def store_video(self, video_id: str, write) -> str:
+    def store_video(self, video_id: str, write, fence=None) -> StoredVideo:
         key = self._key(VIDEOS, _checked_name(video_id))
-        with tempfile.TemporaryDirectory(prefix="ditfarm-") as tmp:
-            path = Path(tmp) / f"{video_id}.mp4"
-            write(path)
-            self._upload(path, key)
-        return self._where(key)
+        try:
+            with tempfile.TemporaryDirectory(prefix=LOCAL_TEMP_PREFIX) as tmp:
+                path = Path(tmp) / f"{video_id}.mp4"
+                write(path)
+                size = path.stat().st_size
+                if fence is not None:
+                    fence()
+                self._upload(path, key)
+        except OSError as err:  # the local temporary folder: full, read-only, or the encoder failed
+            raise _write_failure(err, f"{self._where(key)} (its local temporary file)") from None
+        stored = self._stored_size(key)
+        if stored != size:
+            raise StorageError(f"{self._where(key)} holds {stored} bytes after its upload of {size}")
+        return StoredVideo(self._where(key), size)
+
+    def _stored_size(self, key: str) -> int | None:
+        """The size of the object at ``key`` as a listing shows it (the permission a rerun needs anyway; a HEAD
+        would need read access to the videos); None when it is absent."""
+        try:
+            listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=10)
+        except Exception as err:
+            raise StorageError(describe_s3_error(err, "read back", self._where(key))) from None
+        return next((int(o["Size"]) for o in listed.get("Contents", []) if o["Key"] == key), None)
 
     def _upload(self, path: Path, key: str) -> None:
         from boto3.s3.transfer import TransferConfig
@@ -349,39 +459,42 @@ class S3Store(OutputStore):
         except Exception as err:
             raise StorageError(describe_s3_error(err, "list", self._where(prefix))) from None
 
-    def video_ids(self) -> set[str]:
+    def video_sizes(self) -> dict[str, int]:
         start = len(self._key(VIDEOS)) + 1
-        ids = set()
+        sizes = {}
         for obj in self._list(VIDEOS):
             name = obj["Key"][start:]
             if name.endswith(".mp4") and "/" not in name:
-                ids.add(name[:-4])
-        return ids
+                sizes[name[:-4]] = int(obj.get("Size", 0))
+        return sizes
 
     def write_part(self, name: str, table: pa.Table) -> str:
-        key = self._key(RESULTS, name)
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
-        try:  # one PUT: the part appears whole or not at all
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=buffer.getvalue())
+        return self.write_results_file(name, buffer.getvalue())
+
+    def write_results_file(self, name: str, data: bytes) -> str:
+        key = self._key(RESULTS, name)
+        try:  # one PUT: the file appears whole or not at all
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
         except Exception as err:
-            raise StorageError(describe_s3_error(err, "write results part", self._where(key))) from None
+            raise StorageError(describe_s3_error(err, "write results file", self._where(key))) from None
         return self._where(key)
 
-    def part_names(self) -> list[str]:
-        start = len(self._key(RESULTS)) + 1
-        return sorted(
-            obj["Key"][start:] for obj in self._list(RESULTS)
-            if obj["Key"][start:].startswith("part-") and obj["Key"].endswith(".parquet")
-        )
-
-    def read_part(self, name: str, columns: list[str] | None = None) -> pa.Table:
+    def read_results_file(self, name: str) -> bytes:
         key = self._key(RESULTS, name)
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except Exception as err:
-            raise StorageError(describe_s3_error(err, "read results part", self._where(key))) from None
-        return pq.read_table(pa.BufferReader(body), columns=columns)
+            raise StorageError(describe_s3_error(err, "read", self._where(key))) from None
+
+    def results_names(self) -> list[str]:
+        start = len(self._key(RESULTS)) + 1
+        return [obj["Key"][start:] for obj in self._list(RESULTS)
+                if "/" not in obj["Key"][start:] and not obj["Key"][start:].startswith(".")]
+
+    def read_part(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        return read_parquet_columns(pa.BufferReader(self.read_results_file(name)), columns)
 
     def write_text(self, name: str, text: str) -> str:
         import mimetypes

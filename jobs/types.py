@@ -6,6 +6,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 EXIT_TRY_LATER = 75  # EX_TEMPFAIL: nothing is wrong with the job, the cluster could not run it; a rerun resumes
+EXIT_LEASE_LOST = 3  # another run took the output over while this one held it (this run was paused or cut off)
+EXIT_MANIFEST_FAILED = 4  # the manifest broke partway (a corrupt row group); what was stored before it stays
+EXIT_OUTPUT_FAILED = 5  # the output stopped taking writes partway (a full disk, a dead endpoint)
+
+
+class RunAborted(Exception):
+    """The run stopped partway for a reason of the whole run, after some rows were done; ``exit_code`` says which
+    (EXIT_MANIFEST_FAILED, EXIT_OUTPUT_FAILED).  What was stored keeps its rows, and a rerun resumes."""
+
+    def __init__(self, exit_code: int, message: str):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class NoRenderersLeft(Exception):
@@ -86,6 +98,7 @@ class RenderedVideo:
     skipped_fraction: float | None = None
     attempts: int = 1  # renders it took: 1, plus one per gang that failed under it
     phases: "VideoPhases | None" = None  # where its time went, and rank 0's peak accelerator memory
+    video_bytes: int | None = None  # the stored mp4's size, read back from the storage after publishing
 
 
 @dataclass(frozen=True)

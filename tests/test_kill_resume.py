@@ -109,12 +109,16 @@ def test_sigkill_of_the_driver_then_rerun_renders_each_id_exactly_once(where, s3
         videos = [k for k in keys if k.startswith("out/videos/")]
         assert videos == sorted(f"out/videos/k{i}.mp4" for i in range(N))
         others = [k for k in keys if k not in videos and k != "out/report.html"]
-        assert all(k.startswith("out/results/part-") and k.endswith(".parquet") for k in others), others
+        fences = [k for k in others if k.startswith("out/results/fence-") and k.endswith(".json")]
+        assert len(fences) == 1, others  # the take-over fenced the killed run's parts
+        assert all(k.startswith("out/results/part-") and k.endswith(".parquet") for k in others if k not in fences)
         assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     else:
         names = sorted(os.listdir(tmp_path / "out" / "videos"))
         assert names == sorted(f"k{i}.mp4" for i in range(N))
-        assert all(n.startswith("part-") for n in os.listdir(tmp_path / "out" / "results"))
+        results = os.listdir(tmp_path / "out" / "results")
+        assert len([n for n in results if n.startswith("fence-")]) == 1, results  # the killed run, fenced
+        assert all(n.startswith(("part-", "fence-")) for n in results), results
         assert sorted(os.listdir(tmp_path / "out")) == ["report.html", "results", "videos"]  # no lease left
 
 

@@ -160,7 +160,7 @@ def test_a_failed_multipart_upload_fails_the_row_and_leaves_nothing(s3, bucket, 
         store.store_video("big", lambda path: path.write_bytes(os.urandom(11 * 1024 * 1024)))
     assert len(calls) >= 2
     assert keys(s3, bucket) == [] and unfinished_uploads(s3, bucket) == []
-    assert store.store_video("small", lambda path: path.write_bytes(b"x" * 100)).endswith("/out/videos/small.mp4")
+    assert store.store_video("small", lambda path: path.write_bytes(b"x" * 100)).uri.endswith("/out/videos/small.mp4")
 
 
 def test_dry_run_counts_groups_and_writes_nothing(s3, bucket, random_model_folder, capsys):
@@ -234,7 +234,7 @@ def test_results_are_flushed_by_time_while_videos_take_long(tmp_path):
         def render(self, task, settings, location):
             seen_parts.append(len(list((out / "results").glob("part-*.parquet"))))
             time.sleep(0.6)
-            uri = location.open().store_video(task.id, lambda p: p.write_bytes(b"mp4"))
+            uri = location.open().store_video(task.id, lambda p: p.write_bytes(b"mp4")).uri
             return RenderedVideo(uri, task.seed, 1, 2, 2, 1, "fake", 0.0)
 
     tasks = [RenderTask(row=i, id=f"s{i}", prompt=GOOD, seed=i) for i in range(4)]
@@ -315,9 +315,15 @@ def test_overwrite_renders_everything_again_and_an_upload_failure_fails_only_its
     third = render_manifest(manifest, out, settings, renderer=renderer, progress=False)
     assert (third.ok, third.failed, third.skipped) == (1, 1, 1)
     assert "row 1 (id 'w1'): cannot upload" in third.errors[0] and "SlowDown" in third.errors[0]
-    latest = {r["id"]: r["status"] for r in read_results(out).to_pylist()}
-    assert latest == {"w0": "ok", "w1": "failed", "w2": "ok"}
+    rows = read_all_results(out).to_pylist()
+    assert [(r["id"], r["status"]) for r in rows[-2:]] in ([("w1", "failed"), ("w2", "ok")],
+                                                          [("w2", "ok"), ("w1", "failed")])
     assert keys(s3, bucket, "out/videos/") == ["out/videos/w0.mp4", "out/videos/w2.mp4"]
+    # an id's state is its best row: w1's earlier ok row wins over the failed rerun, and the rerun renders it again
+    assert {r["id"]: r["status"] for r in read_results(out).to_pylist()} == {"w0": "ok", "w1": "ok", "w2": "ok"}
+    monkeypatch.setattr(S3Store, "_upload", upload)
+    fourth = render_manifest(manifest, out, settings, renderer=renderer, progress=False)
+    assert (fourth.ok, fourth.skipped) == (1, 2)
 
 
 def test_off_a_terminal_progress_is_one_plain_line_per_interval(tmp_path, capsys):
@@ -336,7 +342,7 @@ def test_off_a_terminal_progress_is_one_plain_line_per_interval(tmp_path, capsys
 
         def render(self, task, settings, location):
             time.sleep(0.5)
-            uri = location.open().store_video(task.id, lambda p: p.write_bytes(b"mp4"))
+            uri = location.open().store_video(task.id, lambda p: p.write_bytes(b"mp4")).uri
             return RenderedVideo(uri, task.seed, 1, 2, 2, 1, "fake", 0.25)
 
     tasks = [RenderTask(row=i, id=f"p{i}", prompt=GOOD, seed=i) for i in range(4)]

@@ -214,7 +214,7 @@ class FakeRenderer:
             raise ValueError("unknown word(s) 'purple'")
         frames = np.zeros((6, 16, 16, 3), np.uint8)
         frames[np.arange(6), :, np.arange(6) * 2] = 255  # a bar moving right
-        uri = publish_video(out.open(), task.id, frames, settings, VideoDefaults(fps=8, upscale=1))
+        uri = publish_video(out.open(), task.id, frames, settings, VideoDefaults(fps=8, upscale=1)).uri
         return RenderedVideo(uri, task.seed, 6, 16, 16, 1, "fake", 0.25)
 
 
@@ -260,7 +260,7 @@ def test_the_report_is_refreshed_while_a_job_runs_and_written_whole_at_its_end(t
             time.sleep(0.3)
             store = out.open()
             frames = np.zeros((3, 8, 8, 3), np.uint8)
-            uri = publish_video(store, task.id, frames, settings, VideoDefaults(fps=8, upscale=1))
+            uri = publish_video(store, task.id, frames, settings, VideoDefaults(fps=8, upscale=1)).uri
             return RenderedVideo(uri, task.seed, 3, 8, 8, 1, "fake", 0.0)
 
     def shown_ok(path):

@@ -1,0 +1,236 @@
+"""Nothing wrong recorded as ok: a failed or truncated encode is never published (the row fails by name and a
+rerun renders it), an ok row whose stored video is gone or cut short is rendered again, a run paused past its
+lease publishes nothing after it wakes and exits with its own code, and a duplicate manifest row never hides the
+first occurrence's video."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ditfarm.jobs.driver import LocalRenderer, RenderSettings, render_manifest
+from ditfarm.jobs.results import read_all_results, read_results
+from ditfarm.pipelines.video_io import EncodeError, read_mp4, write_mp4
+
+PROMPTS = ["red circle moving left on blue background", "white square moving up on green gradient background"]
+REAL_FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+
+# A stand-in for ffmpeg: encodes with the real one, then does what a full disk or a killed encoder does.
+FAKE_FFMPEG = """#!/bin/bash
+out="${@: -1}"
+if [ "$out" = "-" ]; then exec "%(real)s" "$@"; fi   # reading a file back: the real one
+"%(real)s" "$@" || exit $?
+case "%(fault)s" in
+  truncate) truncate -s 16384 "$out" ;;           # exit 0, a cut-short file (the disk filled up)
+  fail) truncate -s 16384 "$out"; exit 1 ;;       # the encoder says it failed
+esac
+"""
+
+
+@pytest.fixture
+def faulty_encoder(tmp_path, monkeypatch):
+    def install(fault: str):
+        script = tmp_path / f"ffmpeg-{fault}"
+        script.write_text(FAKE_FFMPEG % {"real": REAL_FFMPEG, "fault": fault})
+        script.chmod(0o755)
+        monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", lambda: str(script))
+
+    return install
+
+
+def frames(t: int = 24, size: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (t, size, size, 3), dtype=np.uint8)  # noise: many bytes per frame
+
+
+@pytest.mark.parametrize("fault", ["truncate", "fail"])
+def test_a_failed_or_cut_short_encode_raises_and_leaves_nothing(fault, faulty_encoder, tmp_path):
+    faulty_encoder(fault)
+    target = tmp_path / "v.mp4"
+    with pytest.raises(EncodeError):
+        write_mp4(frames(), target)
+    assert list(tmp_path.glob("*.mp4")) == [] and not any(p.name.startswith(".v.mp4") for p in tmp_path.iterdir())
+
+
+def test_a_whole_encode_reads_back_with_every_frame(tmp_path):
+    path = write_mp4(frames(t=10, size=32), tmp_path / "v.mp4")
+    assert read_mp4(path).shape == (10, 32, 32, 3)
+
+
+def write_manifest(path: Path, ids: list[str]) -> None:
+    pq.write_table(pa.table({"id": ids, "prompt": [PROMPTS[i % 2] for i in range(len(ids))]}), path)
+
+
+@pytest.fixture
+def tiny_job(tmp_path, random_model_folder):
+    manifest, out = tmp_path / "m.parquet", tmp_path / "out"
+    write_manifest(manifest, ["e0", "e1", "e2"])
+    settings = RenderSettings(model=str(random_model_folder), steps=2, upscale=2)
+    renderer = LocalRenderer(settings)
+    return lambda: render_manifest(manifest, out, settings, renderer=renderer, progress=False), out
+
+
+def test_a_bad_encode_fails_its_row_by_name_and_the_rerun_renders_it(tiny_job, faulty_encoder, monkeypatch):
+    run, out = tiny_job
+    faulty_encoder("truncate")
+    summary = run()
+    assert (summary.ok, summary.failed) == (0, 3)
+    assert all("does not read back as a whole video" in e for e in summary.errors), summary.errors
+    assert not (out / "videos").exists() or [p for p in (out / "videos").iterdir()] == []
+    monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", lambda: REAL_FFMPEG)
+    again = run()
+    assert (again.ok, again.failed, again.skipped) == (3, 0, 0)
+    assert {r["id"]: r["status"] for r in read_results(out).to_pylist()} == {"e0": "ok", "e1": "ok", "e2": "ok"}
+
+
+def test_an_ok_row_whose_video_is_gone_or_cut_short_is_rendered_again(tiny_job):
+    run, out = tiny_job
+    assert run().ok == 3
+    rows = {r["id"]: r for r in read_results(out).to_pylist()}
+    assert all(r["video_bytes"] == (out / "videos" / f"{i}.mp4").stat().st_size for i, r in rows.items())
+    (out / "videos" / "e0.mp4").unlink()
+    with open(out / "videos" / "e1.mp4", "r+b") as f:
+        f.truncate(100)
+    again = run()
+    assert (again.ok, again.skipped) == (2, 1)
+    assert all(read_mp4(out / "videos" / f"{i}.mp4").shape[0] == 8 for i in ("e0", "e1", "e2"))
+
+
+def test_a_duplicate_id_never_hides_the_first_rows_video(tmp_path, random_model_folder, capsys):
+    from ditfarm.jobs.cli import main as cli
+
+    manifest, out = tmp_path / "m.parquet", tmp_path / "out"
+    write_manifest(manifest, ["d0", "d1", "d0"])
+    settings = RenderSettings(model=str(random_model_folder), steps=2, upscale=2)
+    renderer = LocalRenderer(settings)
+    for _ in range(2):  # the rerun skips d0 and d1 and does not record the duplicate again
+        summary = render_manifest(manifest, out, settings, renderer=renderer, progress=False)
+        assert summary.duplicates == 1 and summary.failed == 0
+    assert {r["id"]: r["status"] for r in read_results(out).to_pylist()} == {"d0": "ok", "d1": "ok"}
+    statuses = Counter((r["id"], r["status"]) for r in read_all_results(out).to_pylist())
+    assert statuses[("d0", "duplicate")] == 1 and statuses[("d0", "ok")] == 1
+    capsys.readouterr()
+    assert cli(["status", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 ids: 2 ok" in printed and "1 duplicate manifest row(s)" in printed and "id duplicates row 0" in printed
+
+
+@pytest.mark.slow
+def test_a_run_paused_past_its_lease_publishes_nothing_after_it_wakes(tmp_path, random_model_folder):
+    """SIGSTOP a run, let a second run take its stale lease over and finish, SIGCONT the first: it stops at its
+    next write with exit 3 (lease lost), and every id has exactly one counted ok row and one video."""
+    manifest, out = tmp_path / "m.parquet", tmp_path / "out"
+    ids = [f"p{i}" for i in range(8)]
+    write_manifest(manifest, ids)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def start(*extra):
+        return subprocess.Popen([sys.executable, "-m", "ditfarm.jobs.cli", "render", str(manifest), "--out", str(out),
+                                 "--model", str(random_model_folder), "--steps", "6", "--upscale", "2",
+                                 "--flush-every", "1", "--lease-seconds", "4", "--no-progress", *extra],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    def stored() -> int:
+        folder = out / "videos"
+        return len([p for p in folder.iterdir() if p.suffix == ".mp4" and not p.name.startswith(".")]) \
+            if folder.is_dir() else 0
+
+    first = start()
+    deadline = time.monotonic() + 240
+    while stored() < 2:
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(6)  # past the 4 s ttl: the lease looks abandoned
+        second = start()
+        out2, err2 = second.communicate(timeout=300)
+        assert second.returncode == 0, err2[-3000:]
+    finally:
+        first.send_signal(signal.SIGCONT)
+    out1, err1 = first.communicate(timeout=120)
+    assert first.returncode == 3, (first.returncode, err1[-3000:])
+    assert "lost the output's lease" in err1
+    ok = Counter(r["id"] for r in read_all_results(out).to_pylist() if r["status"] == "ok")
+    assert ok == Counter({i: 1 for i in ids}), ok
+    assert sorted(p.name for p in (out / "videos").iterdir()) == sorted(f"{i}.mp4" for i in ids)
+    assert all(read_mp4(out / "videos" / f"{i}.mp4").shape[0] == 8 for i in ids)
+
+
+def test_a_lease_lock_held_by_a_paused_process_is_broken_and_its_holder_writes_nothing(tmp_path):
+    from ditfarm.jobs.lease import LocalLeaseFile
+
+    paused, taker = LocalLeaseFile(tmp_path), LocalLeaseFile(tmp_path)
+    paused.LOCK_STALE_S = taker.LOCK_STALE_S = 0.3
+    with paused._locked() as still_mine:
+        assert still_mine()
+        time.sleep(0.5)  # paused inside the critical section, past the stale age
+        assert taker.create(b'{"run_id": "taker"}') is not None  # broke the lock, wrote the lease
+        assert not still_mine()  # so the paused holder's compare-and-swap writes nothing
+    assert (tmp_path / "lease.json").read_bytes() == b'{"run_id": "taker"}'
+
+
+def test_a_part_written_after_the_run_was_fenced_is_not_counted(tmp_path):
+    """The run that takes a stale lease over records the old run's parts as they are (fence-<run>.json); a part
+    the old run still writes afterwards (it paused between its lease check and its write) is never counted."""
+    from ditfarm.jobs.results import RESULT_SCHEMA, new_run_id, read_all_results
+    from ditfarm.jobs.storage import open_output
+
+    store = open_output(str(tmp_path / "out"))
+    store.check_writable()  # makes the folders, as a run does before it writes
+    old, new = new_run_id(), new_run_id()
+
+    def part(run: str, n: int, video_id: str):
+        row = {name: None for name in RESULT_SCHEMA.names} | {"id": video_id, "status": "ok"}
+        store.write_part(f"part-{run}-{n:05d}.parquet", pa.Table.from_pylist([row], schema=RESULT_SCHEMA))
+
+    part(old, 0, "a")
+    store.fence_run(old, by=new)
+    part(old, 1, "b")  # written after the take-over: not counted
+    part(new, 0, "b")
+    rows = [(r["id"], r["status"]) for r in read_all_results(store).to_pylist()]
+    assert rows == [("a", "ok"), ("b", "ok")]
+    assert len(store.part_names()) == 3 and len(store.counted_part_names()) == 2
+
+
+def test_non_finite_guidance_and_reserved_columns_are_refused_by_name(tmp_path, random_model_folder):
+    from ditfarm.jobs.manifest import ManifestError
+
+    settings = RenderSettings(model=str(random_model_folder), steps=2, upscale=2)
+    renderer = LocalRenderer(settings)
+    manifest, out = tmp_path / "m.parquet", tmp_path / "out"
+    pq.write_table(pa.table({"id": ["g0", "g1", "g2"], "prompt": PROMPTS + PROMPTS[:1],
+                             "guidance_scale": [float("inf"), float("nan"), 4.0]}), manifest)
+    summary = render_manifest(manifest, out, settings, renderer=renderer, progress=False)
+    assert (summary.ok, summary.failed) == (1, 2)
+    assert all("guidance_scale must be a finite number" in e for e in summary.errors), summary.errors
+
+    reserved = tmp_path / "reserved.parquet"
+    pq.write_table(pa.table({"id": ["r0"], "prompt": PROMPTS[:1], "__row": [1]}), reserved)
+    with pytest.raises(ManifestError, match="__row.*reserved"):
+        render_manifest(reserved, tmp_path / "out2", settings, renderer=renderer, progress=False)
+
+
+def test_results_stay_readable_when_an_extra_column_changes_type_between_runs(tmp_path, random_model_folder, capsys):
+    from ditfarm.jobs.cli import main as cli
+
+    settings = RenderSettings(model=str(random_model_folder), steps=2, upscale=2)
+    renderer = LocalRenderer(settings)
+    out = tmp_path / "out"
+    for n, tags in enumerate(([1], ["blue"])):
+        manifest = tmp_path / f"m{n}.parquet"
+        pq.write_table(pa.table({"id": [f"t{n}"], "prompt": PROMPTS[:1], "tag": tags}), manifest)
+        assert render_manifest(manifest, out, settings, renderer=renderer, progress=False).ok == 1
+    rows = {r["id"]: r["tag"] for r in read_results(out).to_pylist()}
+    assert rows == {"t0": "1", "t1": "blue"}
+    assert cli(["status", str(out)]) == 0 and "2 ids: 2 ok" in capsys.readouterr().out
