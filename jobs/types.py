@@ -65,10 +65,12 @@ class RenderSettings:
             raise ValueError(f"cfg_parallel splits a gang in two halves: sp must be even and >= 2, got {self.sp}")
         if self.sp > 1 and self.gangs == 0:
             raise ValueError("sequence parallelism (sp > 1) runs on Ray gangs: give gangs >= 1")
-        for name in ("upscale", "fps"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
+        for name in ("upscale", "fps", "num_frames", "height", "width", "steps"):  # a bad run-wide value refuses the
+            value = getattr(self, name)                                             # run, not every row
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be a positive integer (or None: the model's), got {value!r}")
+        if self.guidance_scale is not None and not 0 <= self.guidance_scale <= 100:  # NaN and infinities too
+            raise ValueError(f"guidance_scale must be a finite number in [0, 100], got {self.guidance_scale!r}")
         from ..pipelines.precision import DTYPE_NAMES
 
         if self.dtype not in DTYPE_NAMES:

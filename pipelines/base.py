@@ -41,7 +41,8 @@ class VideoPipelineMixin:
         """Refuse sizes the model cannot render; the default checks the transformer's patch grid."""
         from .checks import check_patch_grid
 
-        check_patch_grid(settings, tuple(self.transformer.config.patch_size))
+        config = self.transformer.config
+        check_patch_grid(settings, tuple(config.patch_size), config.rope_max_seq_len)
 
     # -- shared ---------------------------------------------------------------------------------------------------
     @property

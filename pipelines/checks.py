@@ -15,14 +15,32 @@ from typing import Callable
 from .denoise import SamplerSettings
 
 
-def check_patch_grid(settings: SamplerSettings, patch: tuple[int, int, int]) -> None:
-    """A pixel-space transformer (tiny) takes sizes that are multiples of its patch."""
+DEFAULT_ROPE_POSITIONS = 1024  # diffusers' WanTransformer3DModel default rope_max_seq_len
+
+
+def check_rope_reach(sizes: dict[str, tuple[int, int]], rope_positions: int) -> None:
+    """Each axis of the patch grid (``name: (patches, pixels or frames per patch)``) within the transformer's
+    rotary table: past it the model has no position to give a token, and the render would fail deep inside."""
+    for name, (patches, per_patch) in sizes.items():
+        if patches > rope_positions:
+            raise ValueError(f"{name} is too large for this model: {patches} positions along it, more than the "
+                             f"{rope_positions} its rotary embedding has (at most {rope_positions * per_patch})")
+
+
+def check_patch_grid(settings: SamplerSettings, patch: tuple[int, int, int],
+                     rope_positions: int = DEFAULT_ROPE_POSITIONS) -> None:
+    """A pixel-space transformer (tiny) takes sizes that are multiples of its patch, within its rotary table."""
     if settings.height % patch[1] or settings.width % patch[2] or settings.num_frames % patch[0]:
         raise ValueError(f"height and width must be multiples of the patch size {tuple(patch)}")
+    check_rope_reach({"num_frames": (settings.num_frames // patch[0], patch[0]),
+                      "height": (settings.height // patch[1], patch[1]),
+                      "width": (settings.width // patch[2], patch[2])}, rope_positions)
 
 
-def check_wan_sizes(settings: SamplerSettings, temporal: int, spatial: int, patch: tuple[int, int, int]) -> None:
-    """Wan2.1: frames 4k + 1 (the VAE's temporal factor), height and width multiples of VAE x patch."""
+def check_wan_sizes(settings: SamplerSettings, temporal: int, spatial: int, patch: tuple[int, int, int],
+                    rope_positions: int = DEFAULT_ROPE_POSITIONS) -> None:
+    """Wan2.1: frames 4k + 1 (the VAE's temporal factor), height and width multiples of VAE x patch, and a latent
+    patch grid within the transformer's rotary table."""
     if (settings.num_frames - 1) % temporal:
         raise ValueError(f"num_frames must be {temporal}k + 1 for this VAE, got {settings.num_frames}")
     multiple = spatial * max(patch[1], patch[2])
@@ -31,6 +49,10 @@ def check_wan_sizes(settings: SamplerSettings, temporal: int, spatial: int, patc
             f"height and width must be multiples of {multiple} (VAE {spatial}x times patch {patch[1]}x{patch[2]}), "
             f"got {settings.height}x{settings.width}"
         )
+    latent_frames = (settings.num_frames - 1) // temporal + 1
+    check_rope_reach({"num_frames": (latent_frames // patch[0], temporal * patch[0]),
+                      "height": (settings.height // (spatial * patch[1]), spatial * patch[1]),
+                      "width": (settings.width // (spatial * patch[2]), spatial * patch[2])}, rope_positions)
 
 
 def wan_vae_factors(vae_config: dict) -> tuple[int, int]:
@@ -75,12 +97,13 @@ def model_checks(name_or_path: str | Path) -> ModelChecks:
     folder = resolve_model_folder(name_or_path)
     transformer = json.loads((folder / "transformer" / "config.json").read_text())
     patch = tuple(transformer.get("patch_size", (1, 2, 2)))
+    rope = transformer.get("rope_max_seq_len", DEFAULT_ROPE_POSITIONS)
     card_path = folder / "ditfarm_model.json"
     card = json.loads(card_path.read_text()) if card_path.exists() else {}
     if is_wan_folder(folder):
         temporal, spatial = wan_vae_factors(json.loads((folder / "vae" / "config.json").read_text()))
         defaults = SamplerSettings(**{**WAN_DEFAULTS.__dict__, **card.get("defaults", {})})
-        return ModelChecks(defaults, lambda s: check_wan_sizes(s, temporal, spatial, patch), _nonempty)
+        return ModelChecks(defaults, lambda s: check_wan_sizes(s, temporal, spatial, patch, rope), _nonempty)
     if card.get("kind") != "tiny":
         raise ValueError(f"{folder} is neither a ditfarm tiny folder nor a diffusers Wan folder")
     from .tiny.weights import load_text_encoder
@@ -88,4 +111,4 @@ def model_checks(name_or_path: str | Path) -> ModelChecks:
     encoder = load_text_encoder(folder)
     d = card["defaults"]
     defaults = SamplerSettings(d["num_frames"], d["height"], d["width"], d["steps"], d["guidance_scale"])
-    return ModelChecks(defaults, lambda s: check_patch_grid(s, patch), encoder.token_ids)
+    return ModelChecks(defaults, lambda s: check_patch_grid(s, patch, rope), encoder.token_ids)

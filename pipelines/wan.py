@@ -106,7 +106,8 @@ class WanVideoPipeline(VideoPipelineMixin):
     def check_sizes(self, settings: SamplerSettings) -> None:
         from .checks import check_wan_sizes
 
-        check_wan_sizes(settings, *self.vae_factors, tuple(self.transformer.config.patch_size))
+        config = self.transformer.config
+        check_wan_sizes(settings, *self.vae_factors, tuple(config.patch_size), config.rope_max_seq_len)
 
     def _latent_settings(self, s: SamplerSettings) -> SamplerSettings:
         temporal, spatial = self.vae_factors

@@ -234,3 +234,27 @@ def test_results_stay_readable_when_an_extra_column_changes_type_between_runs(tm
     rows = {r["id"]: r["tag"] for r in read_results(out).to_pylist()}
     assert rows == {"t0": "1", "t1": "blue"}
     assert cli(["status", str(out)]) == 0 and "2 ids: 2 ok" in capsys.readouterr().out
+
+
+def test_bad_run_settings_refuse_the_run_and_an_oversized_row_gets_a_size_error(tmp_path, random_model_folder,
+                                                                                capsys):
+    from ditfarm.jobs.cli import main as cli
+    from ditfarm.pipelines.checks import model_checks
+
+    manifest, out = tmp_path / "m.parquet", tmp_path / "out"
+    write_manifest(manifest, ["s0"])
+    for flags in (["--steps", "0"], ["--height", "-8"], ["--guidance-scale", "inf"]):
+        assert cli(["render", str(manifest), "--out", str(out), "--model", str(random_model_folder), *flags]) == 2
+        assert "must be" in capsys.readouterr().err
+        assert not out.exists()  # refused before anything was written
+    for checks in (model_checks(random_model_folder), LocalRenderer(RenderSettings(
+            model=str(random_model_folder))).pipe):  # the dry run's checks and the loaded model's agree
+        with pytest.raises(ValueError, match="height is too large for this model"):
+            checks.settings(height=100000)
+
+
+def test_a_wan_folder_refuses_sizes_past_its_rotary_table(small_wan_folder):
+    from ditfarm.pipelines.checks import model_checks
+
+    with pytest.raises(ValueError, match="width is too large for this model"):
+        model_checks(small_wan_folder).settings(width=16 * 1024)
