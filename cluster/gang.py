@@ -56,6 +56,10 @@ class GangMember:
         self.renderer = None
         self.outputs = {}  # OutputLocation -> its store, opened once per gang member
         self.pending = {}  # rank 0, deferred publishing: ticket -> (latents, publish)
+        if rank == 0:  # rank 0 publishes: clear what ranks killed on this node left in its temp dir
+            from ..jobs.storage import clear_local_temp
+
+            clear_local_temp()
 
     def open_store(self) -> tuple[str, int]:
         """Rank 0: listen on a free port of this node; returns (node address, port)."""

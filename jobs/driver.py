@@ -35,7 +35,7 @@ from .lease import DEFAULT_TTL_S, Lease, LeaseFence, LeaseLost
 from .manifest import Manifest, ManifestError, RenderTask, RowProblem, seed_from_id
 from .results import (RESULT_SCHEMA, STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, ResultsWriter,
                       output_state, results_schema)
-from .storage import OutputLocation, OutputStore, StorageError, StoredVideo, open_output, redact
+from .storage import OutputLocation, OutputStore, StorageError, StoredVideo, clear_local_temp, open_output, redact
 from .types import EXIT_MANIFEST_FAILED, EXIT_OUTPUT_FAILED, RenderedVideo, RenderSettings, RunAborted
 
 __all__ = ["RenderSettings", "RenderedVideo", "RunSummary", "RenderJob", "LocalRenderer", "render_manifest",
@@ -270,6 +270,7 @@ class RenderJob:
                 self.store.fence_run(self.lease.took_over.run_id, by=self.writer.run_id)
             self.writer.fence = self.lease.ensure_held
             self.store.clear_unfinished()
+            clear_local_temp()  # what killed S3 runs on this node left in the temp dir
             state = output_state(self.store)
             self.done = set() if overwrite else state.done
             self.reported_duplicates = state.duplicates

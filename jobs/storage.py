@@ -40,7 +40,7 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 VIDEOS, RESULTS = "videos", "results"
 TEMP_MARK = ".tmp-"  # local temporary files carry this; a run clears stale ones at its start
 PART_PREFIX, FENCE_PREFIX = "part-", "fence-"  # results/ holds parts and the fences of runs that lost the lease
-LOCAL_TEMP_PREFIX = "ditfarm-"  # an S3 run's temporary folders under the system's temp dir (cleared likewise)
+LOCAL_TEMP_PREFIX = "ditfarm-video-"  # + "<pid>-": a process's temporary folders for S3 uploads, under the temp dir
 SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 
@@ -259,6 +259,30 @@ def read_parquet_columns(source, columns: list[str] | None) -> pa.Table:
     return file.read(columns=[c for c in columns if c in file.schema_arrow.names])
 
 
+def clear_local_temp(root: str | os.PathLike | None = None) -> int:
+    """Remove the temporary folders that dead processes left under the temp dir (a killed S3 run's encodes, each
+    named by the pid that made it); a live process's folders are left alone.  Returns how many were removed."""
+    import shutil
+
+    removed = 0
+    for path in Path(root or tempfile.gettempdir()).glob(f"{LOCAL_TEMP_PREFIX}*"):
+        pid = path.name[len(LOCAL_TEMP_PREFIX):].split("-", 1)[0]
+        if path.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 def _checked_name(video_id: str) -> str:
     problem = check_video_id(video_id)
     if problem:
@@ -358,7 +382,7 @@ class LocalStore(OutputStore):
 
     def clear_unfinished(self) -> int:
         removed = 0
-        for folder in (self.videos, self.results):
+        for folder in (self.videos, self.results, self.root):  # the root: write_text's temporary files
             if folder.is_dir():
                 for path in folder.iterdir():  # ours (.tmp-*) and write_mp4's own (.<name>.<pid>.tmp.mp4)
                     if path.name.startswith(".") and ".tmp" in path.name and path.is_file():
@@ -402,7 +426,7 @@ class S3Store(OutputStore):
     def store_video(self, video_id: str, write, fence=None) -> StoredVideo:
         key = self._key(VIDEOS, _checked_name(video_id))
         try:
-            with tempfile.TemporaryDirectory(prefix=LOCAL_TEMP_PREFIX) as tmp:
+            with tempfile.TemporaryDirectory(prefix=f"{LOCAL_TEMP_PREFIX}{os.getpid()}-") as tmp:
                 path = Path(tmp) / f"{video_id}.mp4"
                 write(path)
                 size = path.stat().st_size

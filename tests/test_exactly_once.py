@@ -258,3 +258,52 @@ def test_a_wan_folder_refuses_sizes_past_its_rotary_table(small_wan_folder):
 
     with pytest.raises(ValueError, match="width is too large for this model"):
         model_checks(small_wan_folder).settings(width=16 * 1024)
+
+
+def test_a_killed_runs_leftovers_are_removed_when_the_next_run_starts(tmp_path, random_model_folder, monkeypatch):
+    """Temporary folders of dead processes under the temp dir (a killed S3 run's encodes) and temporary files at
+    the output's top (a report being written) go; a live process's temporary folder stays."""
+    import tempfile
+
+    from ditfarm.jobs.storage import LOCAL_TEMP_PREFIX
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = temp / f"{LOCAL_TEMP_PREFIX}{dead.pid}-abc"
+    live = temp / f"{LOCAL_TEMP_PREFIX}{os.getpid()}-def"
+    for folder in (left, live):
+        folder.mkdir()
+        (folder / "v.mp4").write_bytes(b"x" * 100)
+    manifest, out = tmp_path / "m.parquet", tmp_path / "out"
+    write_manifest(manifest, ["l0"])
+    out.mkdir()
+    (out / ".tmp-0123-report.html").write_text("half a report")
+    settings = RenderSettings(model=str(random_model_folder), steps=2, upscale=2)
+    assert render_manifest(manifest, out, settings, renderer=LocalRenderer(settings), progress=False).ok == 1
+    assert not left.exists() and live.exists()
+    assert not list(out.glob(".tmp-*"))
+
+
+def test_a_crash_releases_the_lease(tmp_path):
+    """An unexpected error inside the run ends it with its traceback, and the output's lease is given back, so the
+    next run starts at once instead of waiting out the ttl."""
+    from ditfarm.jobs.manifest import RenderTask
+    from ditfarm.jobs.driver import render_tasks
+
+    class Crashing:
+        capacity = 1
+
+        def render(self, task, settings, out):
+            raise KeyError("a bug")
+
+        def close(self):
+            pass
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyError):
+        render_tasks([RenderTask(row=0, id="c0", prompt=PROMPTS[0], seed=0)], out, RenderSettings(),
+                     renderer=Crashing(), progress=False)
+    assert not (out / "lease.json").exists()
