@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from ..uris import is_s3, split_s3_uri
 from .results import RESERVED_PREFIX, RESULT_SCHEMA
-from .storage import arrow_s3_filesystem, check_video_id, redact
+from .storage import StorageError, arrow_s3_filesystem, check_video_id, probe_s3, redact
 
 REQUIRED_COLUMNS = ("id", "prompt")
 INTEGER_COLUMNS = ("seed", "num_frames", "height", "width", "steps")
@@ -187,6 +187,10 @@ def manifest_files(source: str) -> tuple[list[str], object]:
 
     if is_s3(source):
         bucket, key = split_s3_uri(source)
+        try:
+            probe_s3(bucket, key, source)  # a silent endpoint is refused in seconds, before pyarrow waits on it
+        except StorageError as err:
+            raise ManifestError(f"manifest {source} cannot be read: {err}") from None
         filesystem = arrow_s3_filesystem()
         path = f"{bucket}/{key}" if key else bucket
         try:

@@ -76,19 +76,44 @@ def storage_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
 
 
-def s3_client():
-    """A boto3 S3 client with standard retries (transient errors are retried with backoff).  One per process and
-    set of AWS_* settings: clients are thread-safe and cost ~50 ms each to build."""
-    return _cached_client(tuple(sorted(storage_env().items())))
+# (connect timeout s, read timeout s, attempts): every call is bounded.  A stalled endpoint (one that accepts
+# connections and never answers) costs a call at most attempts x (connect + read) plus backoff.
+CALL_TIMEOUTS = (5, 30, 4)
+PROBE_TIMEOUTS = (3, 5, 2)  # the start-up probe: an endpoint that does not answer is refused in seconds
+
+
+def s3_client(probe: bool = False):
+    """A boto3 S3 client with connect and read timeouts and standard retries (transient errors are retried with
+    backoff); ``probe``: the start-up check's, whose short timeouts refuse a silent endpoint in seconds.  One per
+    process, kind and set of AWS_* settings: clients are thread-safe and cost ~50 ms each to build."""
+    return _cached_client(tuple(sorted(storage_env().items())), PROBE_TIMEOUTS if probe else CALL_TIMEOUTS)
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_client(settings: tuple):
+def _cached_client(settings: tuple, timeouts: tuple[int, int, int]):
     import boto3
     from botocore.config import Config
 
-    config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10, read_timeout=60)
+    connect, read, attempts = timeouts
+    config = Config(retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=connect,
+                    read_timeout=read)
     return boto3.session.Session().client("s3", config=config)
+
+
+def probe_s3(bucket: str, prefix: str, where: str) -> None:
+    """One listing with the probe's short timeouts: StorageError in seconds when the endpoint does not answer
+    (before any slower call would wait on it), naming the endpoint but no credential."""
+    client = s3_client(probe=True)
+    try:
+        client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    except Exception as err:
+        from botocore.exceptions import ClientError
+
+        if isinstance(err, ClientError):  # it answered (access denied, no such bucket): the callers say what
+            return
+        connect, read, attempts = PROBE_TIMEOUTS
+        raise StorageError(describe_s3_error(err, f"reach {client.meta.endpoint_url} for", where)
+                           + f" (no answer within {connect + read} s, {attempts} tries)") from None
 
 
 def describe_s3_error(err: Exception, action: str, where: str) -> str:
@@ -413,6 +438,7 @@ class S3Store(OutputStore):
         return f"s3://{self.bucket}/{key}"
 
     def check_writable(self) -> None:
+        probe_s3(self.bucket, self.prefix, self.location.uri)
         key = self._key(RESULTS, f"{TEMP_MARK}probe-{uuid.uuid4().hex}")
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=b"")
@@ -549,7 +575,7 @@ def arrow_s3_filesystem():
 
     session = boto3.session.Session()
     client = s3_client()
-    kwargs = {"region": client.meta.region_name or "us-east-1", "connect_timeout": 5, "request_timeout": 60,
+    kwargs = {"region": client.meta.region_name or "us-east-1", "connect_timeout": 5, "request_timeout": 30,
               "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3)}
     endpoint = client.meta.endpoint_url
     if endpoint and not endpoint.endswith("amazonaws.com"):
