@@ -302,7 +302,7 @@ def test_cronjob_forbids_overlap_and_acts_on_the_exit_code():
     rules = job["podFailurePolicy"]["rules"]
     fail = [r for r in rules if r["action"] == "FailJob"]
     (codes,) = [r["onExitCodes"] for r in fail]
-    assert codes["operator"] == "In" and {1, 2} <= set(codes["values"]) and 75 not in codes["values"]
+    assert codes["operator"] == "In" and set(codes["values"]) == {1, 2, 3, 4, 130, 143}  # 5 and 75 are retried
     assert job["backoffLimit"] >= 3  # 75 is retried
     script = cron_script()
     assert "is held by run " in script and "exit 75" in script and "--force" not in script
@@ -347,7 +347,8 @@ print("-" * 40 + "\nJob '%s' submitted successfully\n" % job + "-" * 40)
 print("Tailing logs until the job exits (disable with --no-wait):")
 logs = os.environ.get("FAKE_RAY_LOGS", "")
 print(logs)
-code = {{"ok": 0, "held": 2, "bad-input": 2, "rows-failed": 1, "no-room": 75, "sigterm": 143}}.get(case)
+code = {{"ok": 0, "held": 2, "bad-input": 2, "rows-failed": 1, "no-room": 75, "sigterm": 143, "lease-lost": 3,
+         "manifest-broken": 4, "output-failed": 5}}.get(case)
 if case == "stopped":
     print("Job '%s' was stopped" % job)
     sys.exit(0)
@@ -386,6 +387,9 @@ CASES = {
     "unreachable": ("", 75, 75),
     "stopped": ("ditfarm render: stopped by SIGTERM", 143, 143),
     "sigterm": ("ditfarm render: stopped by SIGTERM", 143, 143),
+    "lease-lost": ("ditfarm render: lost the output's lease: ...", 3, 3),
+    "manifest-broken": ("ditfarm render: stopped partway: the manifest could not be read past ...", 4, 4),
+    "output-failed": ("ditfarm render: stopped partway: the output stopped taking writes ...", 5, 5),
 }
 
 

@@ -209,7 +209,8 @@ def airflow_report(version: str, dag_file: Path, tmp_path: Path) -> dict:
 
 # What Airflow does with each outcome of the submit script: only "no room" and "no answer" are worth a retry.
 AIRFLOW_OUTCOMES = {"ok": "success", "held": "skip", "bad-input": "fail", "rows-failed": "fail",
-                    "no-room": "retry", "unreachable": "retry", "stopped": "fail", "sigterm": "fail"}
+                    "no-room": "retry", "unreachable": "retry", "stopped": "fail", "sigterm": "fail",
+                    "lease-lost": "fail", "manifest-broken": "fail", "output-failed": "retry"}
 
 
 @pytest.mark.slow

@@ -13,9 +13,10 @@ long-lived Ray cluster with `ray job submit` and wait for the render.  It loads 
   touching anything, and the task then ends as *skipped*: the previous run is still going, nothing failed.
 - Exit codes of the submit script, and what the task does with them (``outcome``): 0 success; 99 skipped (the
   output is held by a run that is still alive); 75 (no room on the cluster for any gang, or no job result at
-  all: the cluster was unreachable) is the one failure Airflow retries, after ``retry_delay``, growing, and the
-  retry resumes; 2 bad input, 1 rows failed after ditfarm's own --retries (see OUT/report.html), 130/143
-  stopped on purpose: failed at once, whatever retries are left (retrying cannot help, or a person stopped it).
+  all: the cluster was unreachable) and 5 (the output stopped taking writes partway) are the failures Airflow
+  retries, after ``retry_delay``, growing, and the retry resumes; 2 bad input, 1 rows failed after ditfarm's own
+  --retries (see OUT/report.html), 3 the lease was taken over, 4 a corrupt manifest, 130/143 stopped on
+  purpose: failed at once, whatever retries are left (retrying cannot help, or a person stopped it).
 - Settings (Airflow Variables): ``ditfarm_ray_address`` (e.g. http://ditfarm-head-svc:8265) and
   ``ditfarm_ray_auth_token`` (the cluster's token; Airflow masks Variables whose name contains "token").
 """
@@ -69,7 +70,7 @@ esac
 """
 
 SKIPPED = 99  # the output is held by a run that is still alive
-RETRIED = (75,)  # no room for any gang, or no job result at all: a later try can succeed
+RETRIED = (5, 75)  # the output stopped taking writes; no room for any gang, or no job result: a later try can pass
 
 
 def outcome(code: int) -> str:
