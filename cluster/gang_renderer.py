@@ -15,7 +15,7 @@ import threading
 from ..jobs.driver import sampler_overrides
 from ..jobs.manifest import RenderTask
 from ..jobs.stopping import reclaim_signals
-from ..jobs.storage import OutputLocation, storage_env
+from ..jobs.storage import CREDENTIAL_VARIABLES, OutputLocation, shareable_storage_env
 from ..jobs.types import RenderedVideo, RenderSettings
 from .gang import GangConfig, GangPool
 from .gang_rank import RankConfig
@@ -53,9 +53,27 @@ def auto_gang_count(nodes: list[dict], config: GangConfig, driver_node_id: str |
 
 
 def worker_env() -> dict[str, str]:
-    """What every rank must see as the driver does: storage settings (AWS_*) and ditfarm's own (DITFARM_*: the
-    model cache folder, and the fault hook that only tests set)."""
-    return {**storage_env(), **{k: v for k, v in os.environ.items() if k.startswith("DITFARM_")}}
+    """What every rank must see as the driver does: which store (endpoint, region, profile, credentials file;
+    never a key: Ray logs runtime envs) and ditfarm's own settings (DITFARM_*: the model cache folder, and the
+    fault hook that only tests set).  Ranks find their credentials where their node keeps them."""
+    return {**shareable_storage_env(), **{k: v for k, v in os.environ.items() if k.startswith("DITFARM_")}}
+
+
+def warn_of_credentials_in_job_env() -> None:
+    """A job submitted with keys in its runtime env (`--runtime-env-json '{"env_vars": {"AWS_SECRET_...`) has
+    already shown them in `ray job list` and Ray's logs; say so, so the next submission leaves them out."""
+    import ray
+
+    try:
+        env_vars = (ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}
+    except Exception:  # noqa: BLE001 - only a warning depends on it
+        return
+    leaked = sorted(k for k in env_vars if k in CREDENTIAL_VARIABLES)
+    if leaked:
+        log.warning("this job's Ray runtime environment carries %s: Ray shows its variables in `ray job list` and "
+                    "its logs. Give the nodes their credentials instead (their environment, an instance role, or "
+                    "AWS_SHARED_CREDENTIALS_FILE naming an owner-only file; README: Object storage and "
+                    "credentials), and rotate this key.", ", ".join(leaked))
 
 
 class GangRenderer:
@@ -70,6 +88,7 @@ class GangRenderer:
         if not ray.is_initialized():  # RAY_ADDRESS or a `ray start` cluster on this node, else a local one
             ray.init(log_to_driver=False)
             reclaim_signals()  # ray.init replaced the run's SIGTERM handler with a bare exit
+        warn_of_credentials_in_job_env()
         config = gang_config(settings)
         if replace_timeout_s is not None:
             config = dataclasses.replace(config, replace_timeout_s=replace_timeout_s)

@@ -70,10 +70,38 @@ def redact(text: str) -> str:
     return text
 
 
+# What may travel to remote workers: which store and where the credentials are, never the credentials.  Ray
+# writes a runtime environment's variables in plain text to its logs (runtime_env_agent.log) and shows them in
+# its state API (`ray list actors --detail`), so keys and tokens reach workers another way: the nodes' own
+# environment, an instance role, or a credentials file on every node (AWS_SHARED_CREDENTIALS_FILE, owner-only).
+# An allow-list rather than a deny-list: a credential variable added to boto3 later stays at home by default.
+SHAREABLE_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+                      "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_CA_BUNDLE", "AWS_MAX_ATTEMPTS",
+                      "AWS_RETRY_MODE")
+CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", *SECRET_VARIABLES)
+
+
 def storage_env() -> dict[str, str]:
-    """The storage settings of this process (AWS_* variables) that remote workers need to reach the same store.
-    They travel in Ray's runtime environment and are never printed."""
+    """Every storage setting of this process (AWS_* variables), credentials included: what its clients use."""
     return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+
+
+def shareable_storage_env() -> dict[str, str]:
+    """The storage settings remote workers get from this process: which endpoint, region and profile, and the
+    path of a credentials file, but no key or token (see SHAREABLE_SETTINGS)."""
+    return {k: v for k, v in os.environ.items() if k in SHAREABLE_SETTINGS}
+
+
+def check_credentials_file() -> None:
+    """Refuse a credentials file named by AWS_SHARED_CREDENTIALS_FILE that others may read: it holds the secret
+    every node uses, so it must be its owner's alone (mode 0600), as ssh insists for its keys."""
+    path = os.environ.get("AWS_SHARED_CREDENTIALS_FILE")
+    if not path or not os.path.exists(path):
+        return
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:
+        raise StorageError(f"the credentials file {path} (AWS_SHARED_CREDENTIALS_FILE) may be read by others "
+                           f"(mode {mode:04o}): make it its owner's alone with `chmod 600 {path}`")
 
 
 # (connect timeout s, read timeout s, attempts): every call is bounded.  A stalled endpoint (one that accepts
@@ -103,6 +131,7 @@ def _cached_client(settings: tuple, timeouts: tuple[int, int, int]):
 def probe_s3(bucket: str, prefix: str, where: str) -> None:
     """One listing with the probe's short timeouts: StorageError in seconds when the endpoint does not answer
     (before any slower call would wait on it), naming the endpoint but no credential."""
+    check_credentials_file()
     client = s3_client(probe=True)
     try:
         client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
@@ -127,7 +156,10 @@ def describe_s3_error(err: Exception, action: str, where: str) -> str:
     if isinstance(err, EndpointConnectionError):
         return redact(f"cannot {action} {where}: the S3 endpoint cannot be reached ({err})")
     if isinstance(err, NoCredentialsError):
-        return f"cannot {action} {where}: no AWS credentials found"
+        import socket
+
+        return (f"cannot {action} {where}: no AWS credentials found on {socket.gethostname()} (each node needs its "
+                f"own: its environment, an instance role, or AWS_SHARED_CREDENTIALS_FILE naming an owner-only file)")
     return redact(f"cannot {action} {where}: {type(err).__name__}: {err}")
 
 

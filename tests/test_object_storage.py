@@ -280,14 +280,64 @@ def test_cli_s3_output_goes_to_the_bucket_not_a_local_folder(s3, bucket, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.parquet"]  # no local folder named "s3:"
 
 
-def test_gangs_carry_the_drivers_storage_settings(monkeypatch):
+def test_gangs_carry_which_store_but_never_a_key(monkeypatch, tmp_path):
+    """Ray writes runtime env variables to its logs and state API, so ranks get the endpoint, region, profile and
+    the path of a credentials file from the driver, and find keys and tokens on their own node."""
     from ditfarm.cluster.gang_renderer import gang_config
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1234")
     monkeypatch.setenv("AWS_PROFILE", "farm")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    for name, value in [("AWS_ACCESS_KEY_ID", "AKIDX"), ("AWS_SECRET_ACCESS_KEY", "s3cr3t-value"),
+                        ("AWS_SESSION_TOKEN", "t0ken-value"), ("AWS_SECURITY_TOKEN", "t0ken-value"),
+                        ("AWS_SOME_FUTURE_SECRET", "future-value")]:
+        monkeypatch.setenv(name, value)
     env = dict(gang_config(RenderSettings(sp=2, gangs=1)).env_vars)
     assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1234" and env["AWS_PROFILE"] == "farm"
+    assert env["AWS_SHARED_CREDENTIALS_FILE"] == str(tmp_path / "credentials")
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                "AWS_SOME_FUTURE_SECRET"} & set(env)
+    assert not any(v.endswith("-value") for v in env.values())
     assert all(k.startswith(("AWS_", "DITFARM_")) for k in env)
+
+
+def test_a_credentials_file_others_can_read_is_refused_and_an_owner_only_one_works(s3, bucket, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """The file every node reads its key from (AWS_SHARED_CREDENTIALS_FILE) must be its owner's alone."""
+    manifest = put_parquet(s3, bucket, "m.parquet", pa.table({"id": ["a"], "prompt": [GOOD]}))
+    credentials = tmp_path / "credentials"
+    credentials.write_text("[default]\naws_access_key_id = test\naws_secret_access_key = test\n")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    credentials.chmod(0o644)
+    out = f"s3://{bucket}/creds-out"
+    assert cli(["render", manifest, "--out", out, "--no-progress", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"the credentials file {credentials}" in err and "mode 0644" in err and "chmod 600" in err, err
+    assert keys(s3, bucket, "creds-out/") == []
+    credentials.chmod(0o600)
+    assert cli(["render", manifest, "--out", out, "--no-progress", "--steps", "1"]) == 0
+    assert keys(s3, bucket, "creds-out/videos/") == ["creds-out/videos/a.mp4"]
+
+
+def test_a_job_whose_runtime_env_carries_a_key_is_told_so(monkeypatch, caplog):
+    import ray
+
+    from ditfarm.cluster.gang_renderer import warn_of_credentials_in_job_env
+
+    class Context:
+        def __init__(self, env_vars):
+            self.runtime_env = {"env_vars": env_vars}
+
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: Context({"AWS_ENDPOINT_URL": "http://x"}))
+    warn_of_credentials_in_job_env()
+    assert "runtime environment carries" not in caplog.text
+    monkeypatch.setattr(ray, "get_runtime_context",
+                        lambda: Context({"AWS_SECRET_ACCESS_KEY": "s3cr3t-value", "AWS_ACCESS_KEY_ID": "AKIDX"}))
+    warn_of_credentials_in_job_env()
+    assert "runtime environment carries AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY" in caplog.text
+    assert "s3cr3t-value" not in caplog.text and "rotate" in caplog.text
 
 
 def test_overwrite_renders_everything_again_and_an_upload_failure_fails_only_its_row(s3, bucket, random_model_folder,

@@ -1,7 +1,8 @@
 """`ray job submit -- ditfarm render s3://... --out s3://... --gangs 2` against a real Ray head and moto's S3 server,
 both on loopback.  The job shares no files with the submitter: the manifest, the videos and the results live in the
-bucket, the model is the bundled one, and the storage settings reach the job (and its gang actors) only through
-the runtime environment.  The secret key is recognisable, and must appear nowhere a person or a log could see it."""
+bucket and the model is the bundled one.  The nodes hold the credentials (as a KubeRay pod's environment or an
+instance role would); the job names only the endpoint.  The secret key is recognisable, and must appear nowhere a
+person or a log could see it: not in Ray's session folder, its state API, the job's output or the bucket."""
 
 import io
 import json
@@ -36,6 +37,7 @@ def ray_head(s3_endpoint):
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0"}
     for name in [k for k in env if k.startswith("AWS_")]:  # the cluster knows nothing of the bucket by itself
         env.pop(name)
+    env.update(NODE_CREDENTIALS)  # but its nodes hold credentials, as a pod's environment or an instance role would
     dashboard = free_port()
     subprocess.run(
         [bin_dir / "ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
@@ -43,24 +45,28 @@ def ray_head(s3_endpoint):
          "--include-dashboard=true", "--disable-usage-stats"],
         check=True, env=env, capture_output=True, timeout=180,
     )
-    yield {"address": f"http://127.0.0.1:{dashboard}", "env": env, "bin": bin_dir}
-    subprocess.run([bin_dir / "ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+    submitter = {k: v for k, v in env.items() if k not in NODE_CREDENTIALS}
+    yield {"address": f"http://127.0.0.1:{dashboard}", "env": submitter, "bin": bin_dir, "temp_dir": temp_dir}
+    subprocess.run([bin_dir / "ray", "stop", "--force"], env=submitter, capture_output=True, timeout=120)
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+NODE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIDTEST", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
+
+
 def job_credentials(endpoint: str):
-    """The job's storage settings (with the recognisable secret) and a boto3 client of the test's own using them."""
-    aws = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "AKIDTEST", "AWS_SECRET_ACCESS_KEY": SECRET,
-           "AWS_DEFAULT_REGION": "us-east-1"}
+    """What a job is given (the endpoint: no key travels with a job), what the nodes hold besides (the
+    credentials, in their environment), and a boto3 client of the test's own using them."""
+    job = {"AWS_ENDPOINT_URL": endpoint}
     s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="AKIDTEST", aws_secret_access_key=SECRET,
                       region_name="us-east-1")
-    return aws, s3
+    return job, s3
 
 
 def results_as_the_job(aws: dict, out: str) -> list[dict]:
     """Every results row under ``out``, read with the job's settings (this process's own are restored after)."""
     env_before = dict(os.environ)
-    os.environ.update(aws)
+    os.environ.update({**NODE_CREDENTIALS, **aws})
     try:
         return read_all_results(out).to_pylist()
     finally:
@@ -68,7 +74,7 @@ def results_as_the_job(aws: dict, out: str) -> list[dict]:
         os.environ.update(env_before)
 
 
-def submit(head, args: list[str], aws: dict) -> subprocess.CompletedProcess:
+def submit(head, args: list[str], aws: dict, entrypoint: tuple[str, ...] = ("ditfarm", "render")) -> subprocess.CompletedProcess:
     """`ray job submit`, waiting for the head's job agent: `ray start` returns before the agent has registered,
     and a submission in that window is refused with "No available agent" (nothing runs, so a retry is safe)."""
     import time
@@ -78,7 +84,7 @@ def submit(head, args: list[str], aws: dict) -> subprocess.CompletedProcess:
     while True:
         proc = subprocess.run(
             [head["bin"] / "ray", "job", "submit", "--address", head["address"], "--runtime-env-json", runtime_env,
-             "--", "ditfarm", "render", *args],
+             "--", *entrypoint, *args],
             env=head["env"], capture_output=True, text=True, timeout=600,
         )
         if "No available agent" not in proc.stderr + proc.stdout or time.monotonic() > deadline:
@@ -140,6 +146,40 @@ def test_ray_job_submit_reads_and_writes_s3_exactly_once(ray_head, s3_endpoint, 
     assert SECRET not in seen
     for obj in s3.list_objects_v2(Bucket=bucket)["Contents"]:
         assert SECRET.encode() not in s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+
+    # Nor in what Ray keeps and shows: every file of its session folder (logs included) and its state API.  A job
+    # whose runtime env carries a canary shows that both places would reveal a secret that travelled that way.
+    canary = "CANARYq7w-" + uuid.uuid4().hex
+    control = submit(ray_head, ["-c", "print('control job')"], {"DITFARM_CANARY": canary}, entrypoint=("python",))
+    assert control.returncode == 0, control.stdout[-2000:] + control.stderr[-2000:]
+    canary_seen = places_showing(ray_head, canary)
+    assert any(p.startswith("session:") for p in canary_seen) and any(p.startswith("ray list") for p in canary_seen), \
+        canary_seen
+    assert places_showing(ray_head, SECRET) == []
+
+
+def places_showing(head, text: str) -> list[str]:
+    """Where Ray lets anyone see ``text``: files under the head's temp dir (sessions and their logs), and the
+    state API's detailed listings."""
+    found = []
+    for path in sorted(Path(head["temp_dir"]).rglob("*")):
+        try:
+            if path.is_file() and not path.is_symlink() and text.encode() in path.read_bytes():
+                found.append(f"session:{path.relative_to(head['temp_dir'])}")
+        except OSError:  # a socket or a file removed while walking
+            continue
+    address = ["--address", head["address"]]
+    for what in ("actors", "jobs", "tasks", "workers", "placement-groups"):
+        listing = subprocess.run([head["bin"] / "ray", "list", what, "--detail", "--format", "json", "--limit", "10000",
+                                  *address], env=head["env"], capture_output=True, text=True, timeout=120)
+        assert listing.returncode == 0, listing.stderr[-2000:]
+        if text in listing.stdout:
+            found.append(f"ray list {what}")
+    jobs = subprocess.run([head["bin"] / "ray", "job", "list", *address], env=head["env"], capture_output=True,
+                          text=True, timeout=120)
+    if text in jobs.stdout + jobs.stderr:
+        found.append("ray job list")
+    return found
 
 
 def test_ray_job_stop_ends_the_job_removes_its_gangs_and_a_rerun_resumes(ray_head, s3_endpoint):

@@ -138,3 +138,22 @@ def test_gangs_default_and_collective_timeout_reach_the_ray_path():
     assert config.rank.timeout_s == 7.5 and config.sp == 2  # every rank's process group and store use it
     with pytest.raises(ValueError, match="gangs >= 1"):
         settings_from_args(render_args("--sp", "2", "--gangs", "0"))
+
+
+def test_no_recipe_puts_a_key_in_a_ray_runtime_env():
+    """Ray prints runtime env variables in its logs and state API, so the README's and infra/'s recipes pass only
+    what is not secret that way (keys live on the nodes)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "README.md", *sorted(p for p in (root / "infra").rglob("*") if p.is_file())]
+    runtime_envs = []
+    for path in files:
+        text = path.read_text(errors="replace")
+        runtime_envs += [(path.name, m.group(0)) for m in re.finditer(r"--runtime-env-json\s+'[^']*'", text)]
+        runtime_envs += [(path.name, m.group(0)) for m in re.finditer(r"runtimeEnvYAML:[^\n]*\n(?:\s{4,}[^\n]*\n)*", text)]
+    assert any(name == "README.md" for name, _ in runtime_envs)  # the recipe is still there to check
+    for name, recipe in runtime_envs:
+        for credential in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+            assert credential not in recipe, f"{name}: {recipe}"
