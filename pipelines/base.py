@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .denoise import SamplerSettings, denoise, initial_noise
+from .denoise import SamplerSettings, check_finite_latents, denoise, initial_noise
 
 CACHE_PROFILE_FILE = "cache_profile.json"
 
@@ -79,8 +79,10 @@ class VideoPipelineMixin:
         if init is not None:
             sigma = float(self.scheduler_sigmas(s.steps)[start_step])
             latents = (1 - sigma) * init.to(latents) + sigma * latents
-        return denoise(self.transformer, self.scheduler, latents, cond, uncond, s.steps, s.guidance_scale, on_step,
-                       start_step, self.transformer_condition(latents), self.guidance_split)
+        latents = denoise(self.transformer, self.scheduler, latents, cond, uncond, s.steps, s.guidance_scale,
+                          on_step, start_step, self.transformer_condition(latents), self.guidance_split)
+        check_finite_latents(latents)
+        return latents
 
     def transformer_condition(self, latents: torch.Tensor) -> torch.Tensor | None:
         """Extra input channels the transformer reads beside the latents (none for text-to-video Wan)."""

@@ -162,3 +162,18 @@ def _denoise_loop(transformer, scheduler, latents, prompt_embeds, negative_promp
         if on_step is not None:
             on_step(i, latents)
     return latents
+
+
+def check_finite_latents(latents: torch.Tensor) -> None:
+    """A ValueError (the row's error) when the loop ended in NaN or inf: decoded, they make a black or noisy video
+    that would otherwise be stored as ok.  Checked once after the loop (one device sync per video, not one per
+    step).  Under sequence parallelism every rank holds the whole gathered latents, so every rank decides alike,
+    and no collective follows the loop before rank 0 decodes."""
+    finite = torch.isfinite(latents)
+    if bool(finite.all()):
+        return
+    nan, total = int(torch.isnan(latents).sum()), latents.numel()
+    inf = total - int(finite.sum()) - nan
+    raise ValueError(f"the denoising loop ended in non-finite latents ({nan} NaN and {inf} inf of {total} values): "
+                     f"the model overflowed on this row (its prompt, guidance or sizes), or its weights are broken; "
+                     f"nothing was stored")

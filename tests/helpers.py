@@ -30,3 +30,19 @@ def tiny_ladder():
     from ditfarm.pipelines.tiny.weights import BUNDLED_FOLDER, read_model_card
 
     return ModelCacheSettings.from_card(read_model_card(BUNDLED_FOLDER), 30).adaptive_ladder
+
+
+def poisoned_model_folder(source, dest, word: str = "triangle"):
+    """A copy of a tiny-architecture folder whose text encoder maps ``word`` to inf: any prompt with that word
+    drives the loop to NaN (as broken weights or an overflow would), every other prompt renders as before."""
+    import shutil
+
+    import safetensors.torch
+
+    from ditfarm.pipelines.tiny.vocab import VOCABULARY
+
+    shutil.copytree(source, dest)
+    tables = safetensors.torch.load_file(dest / "text_encoder.safetensors")
+    tables["word_table"][list(VOCABULARY).index(word)] = float("inf")
+    safetensors.torch.save_file(tables, dest / "text_encoder.safetensors")
+    return dest

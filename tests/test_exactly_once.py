@@ -221,6 +221,23 @@ def test_non_finite_guidance_and_reserved_columns_are_refused_by_name(tmp_path, 
         render_manifest(reserved, tmp_path / "out2", settings, renderer=renderer, progress=False)
 
 
+def test_a_video_whose_latents_go_non_finite_fails_its_row_and_nothing_is_stored(tmp_path, random_model_folder):
+    from helpers import poisoned_model_folder
+
+    folder = poisoned_model_folder(random_model_folder, tmp_path / "poisoned")
+    settings = RenderSettings(model=str(folder), steps=2, upscale=2)
+    manifest, out = tmp_path / "m.parquet", tmp_path / "out"
+    pq.write_table(pa.table({"id": ["n0", "n1", "n2"],
+                             "prompt": [PROMPTS[0], "yellow triangle moving right on black background", PROMPTS[1]]}),
+                   manifest)
+    summary = render_manifest(manifest, out, settings, renderer=LocalRenderer(settings), progress=False)
+    assert (summary.ok, summary.failed) == (2, 1), summary.errors
+    assert "non-finite latents" in summary.errors[0] and "NaN" in summary.errors[0], summary.errors
+    rows = {r["id"]: r for r in read_results(out).to_pylist()}
+    assert rows["n1"]["status"] == "failed" and rows["n1"]["uri"] is None
+    assert sorted(p.name for p in (out / "videos").iterdir()) == ["n0.mp4", "n2.mp4"]
+
+
 def test_results_stay_readable_when_an_extra_column_changes_type_between_runs(tmp_path, random_model_folder, capsys):
     from ditfarm.jobs.cli import main as cli
 

@@ -195,6 +195,31 @@ def test_a_poison_row_fails_after_its_retries_and_every_other_row_renders(ray_cl
     assert all(rows[v]["status"] == "ok" and rows[v]["attempts"] == 1 for v in ("v0", "v2", "v3"))
 
 
+def test_a_row_whose_latents_go_non_finite_fails_on_every_rank_and_the_gang_goes_on(ray_cluster, random_model_folder,
+                                                                                    tmp_path):
+    """Both ranks hold the gathered latents, so both refuse the NaN video alike after the loop: the row fails once
+    by name, no gang is replaced, and the next rows render on the same gang."""
+    from ditfarm.cluster.gang_renderer import GangRenderer
+    from ditfarm.jobs.driver import RenderSettings, render_manifest
+    from ditfarm.jobs.results import read_results
+    from helpers import poisoned_model_folder
+
+    folder = poisoned_model_folder(random_model_folder, tmp_path / "poisoned")
+    manifest = _manifest(tmp_path / "m.parquet", [PROMPT, "yellow triangle moving right on black background", PROMPT])
+    settings = RenderSettings(model=str(folder), steps=2, sp=2, gangs=1, retries=1)
+    renderer = GangRenderer(settings)
+    try:
+        summary = render_manifest(manifest, tmp_path / "out", settings, renderer=renderer, progress=False)
+        replaced = renderer.pool.replaced
+    finally:
+        renderer.close()
+    assert (summary.ok, summary.failed, replaced) == (2, 1, 0), summary.errors
+    rows = {r["id"]: r for r in read_results(tmp_path / "out").to_pylist()}
+    assert rows["v1"]["status"] == "failed" and rows["v1"]["attempts"] == 1
+    assert "non-finite latents" in rows["v1"]["error"]
+    assert sorted(p.name for p in (tmp_path / "out" / "videos").iterdir()) == ["v0.mp4", "v2.mp4"]
+
+
 def test_gangs_start_together_and_a_pool_goes_on_with_those_the_cluster_holds(ray_cluster, random_model_folder):
     """Three gangs of one CPU asked of a 2-CPU cluster: two start at the same time (their starts overlap; one
     after the other, the second would begin when the first was ready), the third times out, its placement group
