@@ -59,6 +59,8 @@ def _add_render(sub) -> None:
                    help="... or this many seconds after the oldest unwritten row (default 60)")
     p.add_argument("--model", default="tiny", help="built-in model name or model folder (default: tiny)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    p.add_argument("--max-steps", type=int, default=1000,
+                   help="refuse a row (or run) that asks for more denoising steps than this (default 1000)")
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--num-frames", type=int)
     p.add_argument("--height", type=int)
@@ -121,6 +123,7 @@ def settings_from_args(args):
         height=args.height,
         width=args.width,
         steps=args.steps,
+        max_steps=args.max_steps,
         guidance_scale=args.guidance_scale,
         upscale=args.upscale,
         fps=args.fps,

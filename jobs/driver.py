@@ -36,7 +36,8 @@ from .manifest import Manifest, ManifestError, RenderTask, RowProblem, seed_from
 from .results import (RESULT_SCHEMA, STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, ResultsWriter,
                       output_state, results_schema)
 from .storage import OutputLocation, OutputStore, StorageError, StoredVideo, clear_local_temp, open_output, redact
-from .types import EXIT_MANIFEST_FAILED, EXIT_OUTPUT_FAILED, RenderedVideo, RenderSettings, RunAborted
+from .types import (EXIT_MANIFEST_FAILED, EXIT_OUTPUT_FAILED, RenderedVideo, RenderSettings, RunAborted,
+                    check_step_cap)
 
 __all__ = ["RenderSettings", "RenderedVideo", "RunSummary", "RenderJob", "LocalRenderer", "render_manifest",
            "render_tasks", "prompt_task", "publish_video", "sampler_overrides"]
@@ -70,7 +71,9 @@ class Renderer(Protocol):
 def sampler_overrides(task: RenderTask, settings: RenderSettings) -> dict:
     """The row's own sampler values where it has them, else the run's (None: the model's default)."""
     names = ("num_frames", "height", "width", "steps", "guidance_scale")
-    return {n: getattr(task, n) if getattr(task, n) is not None else getattr(settings, n) for n in names}
+    overrides = {n: getattr(task, n) if getattr(task, n) is not None else getattr(settings, n) for n in names}
+    check_step_cap(overrides["steps"], settings.max_steps)
+    return overrides
 
 
 def publish_video(store: OutputStore, video_id: str, frames: np.ndarray, settings: RenderSettings, video,

@@ -53,6 +53,7 @@ class RenderSettings:
     collective_timeout_s: float = 300.0  # every collective of a gang gives up after this long
     start_timeout_s: float = 600.0  # the first gangs wait this long for a node with room (one an autoscaler adds)
     retries: int = 2  # a video whose gang fails is rendered again on a fresh gang up to this many more times
+    max_steps: int = 1000  # no row may ask for more steps (a typo of 10**9 would allocate its schedule and hang)
     overlap: bool = True  # a video's fixed costs (text encoding, decoding, mp4 encoding, storing) run beside the
     # next video's denoising loop; False: between loops (a GPU without memory for two videos at once)
 
@@ -69,6 +70,9 @@ class RenderSettings:
             value = getattr(self, name)                                             # run, not every row
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be a positive integer (or None: the model's), got {value!r}")
+        if not isinstance(self.max_steps, int) or isinstance(self.max_steps, bool) or self.max_steps < 1:
+            raise ValueError(f"max_steps must be a positive integer, got {self.max_steps!r}")
+        check_step_cap(self.steps, self.max_steps)
         if self.guidance_scale is not None and not 0 <= self.guidance_scale <= 100:  # NaN and infinities too
             raise ValueError(f"guidance_scale must be a finite number in [0, 100], got {self.guidance_scale!r}")
         from ..pipelines.precision import DTYPE_NAMES
@@ -83,6 +87,13 @@ class RenderSettings:
             raise ValueError(f"start_timeout_s must be positive, got {self.start_timeout_s!r}")
         if not self.flush_seconds > 0:
             raise ValueError(f"flush_seconds must be positive, got {self.flush_seconds!r}")
+
+
+def check_step_cap(steps: int | None, max_steps: int) -> None:
+    """A run's or a row's steps within the run's cap: a schedule of 10**9 steps allocates gigabytes before the
+    first step and would hold the job for years."""
+    if isinstance(steps, int) and steps > max_steps:
+        raise ValueError(f"steps {steps} is more than this run's cap of {max_steps} (--max-steps)")
 
 
 @dataclass

@@ -36,13 +36,14 @@ class VideoPipelineMixin:
     holds_vae = True
     folder: str | None = None
     model_name: str = "model"
+    limits: dict[str, int] | None = None  # the largest size per axis (checks.py); None: the family's
 
     def check_sizes(self, settings: SamplerSettings) -> None:
         """Refuse sizes the model cannot render; the default checks the transformer's patch grid."""
         from .checks import check_patch_grid
 
         config = self.transformer.config
-        check_patch_grid(settings, tuple(config.patch_size), config.rope_max_seq_len)
+        check_patch_grid(settings, tuple(config.patch_size), config.rope_max_seq_len, self.limits)
 
     # -- shared ---------------------------------------------------------------------------------------------------
     @property

@@ -17,6 +17,35 @@ from .denoise import SamplerSettings
 
 DEFAULT_ROPE_POSITIONS = 1024  # diffusers' WanTransformer3DModel default rope_max_seq_len
 
+# The largest size along each axis a model takes, unless its card's "limits" says otherwise.  Past these a model
+# renders noise (its relative rotary positions stretched far beyond training) while the loop holds the job for
+# hours.  tiny was trained on 8 frames of 32x32 and takes up to 4x that along each axis; Wan2.1 and Wan2.2 were
+# trained at 480p and 720p in either orientation, so no side past 1280 (their frame count is bounded by the
+# rotary table and by memory).
+TINY_LIMITS = {"num_frames": 32, "height": 128, "width": 128}
+WAN_LIMITS = {"height": 1280, "width": 1280}
+
+
+def card_limits(card: dict, family: dict[str, int], where: str) -> dict[str, int]:
+    """The limits a model card declares (``"limits": {"height": 1024, ...}``), else its family's; a malformed
+    entry is refused at load, naming the folder, rather than failing every row."""
+    limits = card.get("limits", family)
+    axes = ("num_frames", "height", "width")
+    if not isinstance(limits, dict) or any(k not in axes or isinstance(v, bool) or not isinstance(v, int) or v < 1
+                                           for k, v in limits.items()):
+        raise ValueError(f"{where}: \"limits\" must map some of {', '.join(axes)} to positive integers, got "
+                         f"{limits!r}")
+    return limits
+
+
+def check_limits(settings: SamplerSettings, limits: dict[str, int]) -> None:
+    """Each size within the model's declared largest (``limits``: axis name -> largest value)."""
+    for name, largest in limits.items():
+        value = getattr(settings, name)
+        if value > largest:
+            raise ValueError(f"{name} {value} is more than this model takes: at most {largest} (the model's "
+                             f"limits; a model folder's ditfarm_model.json may declare its own)")
+
 
 def check_rope_reach(sizes: dict[str, tuple[int, int]], rope_positions: int) -> None:
     """Each axis of the patch grid (``name: (patches, pixels or frames per patch)``) within the transformer's
@@ -28,17 +57,19 @@ def check_rope_reach(sizes: dict[str, tuple[int, int]], rope_positions: int) -> 
 
 
 def check_patch_grid(settings: SamplerSettings, patch: tuple[int, int, int],
-                     rope_positions: int = DEFAULT_ROPE_POSITIONS) -> None:
-    """A pixel-space transformer (tiny) takes sizes that are multiples of its patch, within its rotary table."""
+                     rope_positions: int = DEFAULT_ROPE_POSITIONS, limits: dict[str, int] | None = None) -> None:
+    """A pixel-space transformer (tiny) takes sizes that are multiples of its patch, within its rotary table and
+    its declared limits."""
     if settings.height % patch[1] or settings.width % patch[2] or settings.num_frames % patch[0]:
         raise ValueError(f"height and width must be multiples of the patch size {tuple(patch)}")
     check_rope_reach({"num_frames": (settings.num_frames // patch[0], patch[0]),
                       "height": (settings.height // patch[1], patch[1]),
                       "width": (settings.width // patch[2], patch[2])}, rope_positions)
+    check_limits(settings, TINY_LIMITS if limits is None else limits)
 
 
 def check_wan_sizes(settings: SamplerSettings, temporal: int, spatial: int, patch: tuple[int, int, int],
-                    rope_positions: int = DEFAULT_ROPE_POSITIONS) -> None:
+                    rope_positions: int = DEFAULT_ROPE_POSITIONS, limits: dict[str, int] | None = None) -> None:
     """Wan2.1: frames 4k + 1 (the VAE's temporal factor), height and width multiples of VAE x patch, and a latent
     patch grid within the transformer's rotary table."""
     if (settings.num_frames - 1) % temporal:
@@ -53,6 +84,7 @@ def check_wan_sizes(settings: SamplerSettings, temporal: int, spatial: int, patc
     check_rope_reach({"num_frames": (latent_frames // patch[0], temporal * patch[0]),
                       "height": (settings.height // (spatial * patch[1]), spatial * patch[1]),
                       "width": (settings.width // (spatial * patch[2]), spatial * patch[2])}, rope_positions)
+    check_limits(settings, WAN_LIMITS if limits is None else limits)
 
 
 def wan_vae_factors(vae_config: dict) -> tuple[int, int]:
@@ -103,7 +135,8 @@ def model_checks(name_or_path: str | Path) -> ModelChecks:
     if is_wan_folder(folder):
         temporal, spatial = wan_vae_factors(json.loads((folder / "vae" / "config.json").read_text()))
         defaults = SamplerSettings(**{**WAN_DEFAULTS.__dict__, **card.get("defaults", {})})
-        return ModelChecks(defaults, lambda s: check_wan_sizes(s, temporal, spatial, patch, rope), _nonempty)
+        limits = card_limits(card, WAN_LIMITS, str(card_path))
+        return ModelChecks(defaults, lambda s: check_wan_sizes(s, temporal, spatial, patch, rope, limits), _nonempty)
     if card.get("kind") != "tiny":
         raise ValueError(f"{folder} is neither a ditfarm tiny folder nor a diffusers Wan folder")
     from .tiny.weights import load_text_encoder
@@ -111,4 +144,5 @@ def model_checks(name_or_path: str | Path) -> ModelChecks:
     encoder = load_text_encoder(folder)
     d = card["defaults"]
     defaults = SamplerSettings(d["num_frames"], d["height"], d["width"], d["steps"], d["guidance_scale"])
-    return ModelChecks(defaults, lambda s: check_patch_grid(s, patch, rope), encoder.token_ids)
+    limits = card_limits(card, TINY_LIMITS, str(card_path))
+    return ModelChecks(defaults, lambda s: check_patch_grid(s, patch, rope, limits), encoder.token_ids)

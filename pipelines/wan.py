@@ -72,7 +72,7 @@ class WanVideoPipeline(VideoPipelineMixin):
         from transformers import UMT5EncoderModel
 
         from ..cache.presets import ModelCacheSettings
-        from .checks import wan_vae_factors
+        from .checks import WAN_LIMITS, card_limits, wan_vae_factors
         from .folder_checks import check_wan_folder
 
         folder = Path(folder)
@@ -97,6 +97,7 @@ class WanVideoPipeline(VideoPipelineMixin):
                    offload_text_encoder and encode_and_decode)
         # step-counted knobs mean steps of Wan's own 50-step schedule, also in a distilled folder's card
         made.cache_settings = ModelCacheSettings.from_card(card, WAN_DEFAULTS.steps)
+        made.limits = card_limits(card, WAN_LIMITS, str(folder / "ditfarm_model.json"))
         return made
 
     def check_prompt(self, prompt: str) -> None:
@@ -107,7 +108,7 @@ class WanVideoPipeline(VideoPipelineMixin):
         from .checks import check_wan_sizes
 
         config = self.transformer.config
-        check_wan_sizes(settings, *self.vae_factors, tuple(config.patch_size), config.rope_max_seq_len)
+        check_wan_sizes(settings, *self.vae_factors, tuple(config.patch_size), config.rope_max_seq_len, self.limits)
 
     def _latent_settings(self, s: SamplerSettings) -> SamplerSettings:
         temporal, spatial = self.vae_factors

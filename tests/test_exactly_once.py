@@ -277,6 +277,65 @@ def test_a_wan_folder_refuses_sizes_past_its_rotary_table(small_wan_folder):
         model_checks(small_wan_folder).settings(width=16 * 1024)
 
 
+def test_rows_past_the_models_limits_or_the_step_cap_fail_by_name_and_the_rest_render(tmp_path, random_model_folder,
+                                                                                      capsys):
+    """The dry run and the run refuse alike: a 1024x1024 tiny row (past the card's limits), 40 frames, and
+    steps=10**9 (past --max-steps) each fail as their row, and the good rows around them render."""
+    from ditfarm.jobs.cli import main as cli
+
+    manifest, out = tmp_path / "m.parquet", tmp_path / "out"
+    pq.write_table(pa.table({"id": ["ok0", "big", "long", "slow", "ok1"], "prompt": PROMPTS[:1] * 5,
+                             "height": pa.array([None, 1024, None, None, None], pa.int64()),
+                             "width": pa.array([None, 1024, None, None, None], pa.int64()),
+                             "num_frames": pa.array([None, None, 40, None, None], pa.int64()),
+                             "steps": pa.array([2, 2, 2, 10**9, 2], pa.int64())}), manifest)
+    args = ["render", str(manifest), "--out", str(out), "--model", str(random_model_folder), "--no-progress"]
+    assert cli([*args, "--dry-run"]) == 1  # rows that would fail
+    dry = capsys.readouterr()
+    assert cli(args) == 1
+    run = capsys.readouterr()
+    rows = {r["id"]: r for r in read_results(out).to_pylist()}
+    assert [i for i, r in rows.items() if r["status"] == "ok"] == ["ok0", "ok1"]
+    for vid, message in [("big", "height 1024 is more than this model takes: at most 128"),
+                         ("long", "num_frames 40 is more than this model takes: at most 32"),
+                         ("slow", "steps 1000000000 is more than this run's cap of 1000 (--max-steps)")]:
+        assert message in rows[vid]["error"], rows[vid]
+        assert message in dry.out + dry.err, dry  # the dry run says the same
+    assert cli([*args, "--steps", "2000"]) == 2  # a run-wide value past the cap refuses the run
+    assert "steps 2000 is more than this run's cap of 1000" in capsys.readouterr().err
+    assert cli([*args, "--max-steps", "0"]) == 2
+    assert "max_steps must be a positive integer" in capsys.readouterr().err
+
+
+def test_a_model_card_declares_its_own_limits_and_a_malformed_one_is_refused_at_load(tmp_path, random_model_folder,
+                                                                                      small_wan_folder):
+    import json
+    import shutil
+
+    from ditfarm.pipelines.checks import model_checks
+    from ditfarm.pipelines.loading import load_pipeline
+
+    tiny = tmp_path / "tiny"
+    shutil.copytree(random_model_folder, tiny)
+    card = json.loads((tiny / "ditfarm_model.json").read_text())
+    (tiny / "ditfarm_model.json").write_text(json.dumps({**card, "limits": {"height": 48}}))
+    for checks in (model_checks(tiny), load_pipeline(str(tiny))):  # the dry run's checks and the loaded model's
+        assert checks.settings(height=48, width=128).height == 48
+        with pytest.raises(ValueError, match="height 64 is more than this model takes: at most 48"):
+            checks.settings(height=64)
+    (tiny / "ditfarm_model.json").write_text(json.dumps({**card, "limits": {"height": "big"}}))
+    for load in (model_checks, load_pipeline):
+        with pytest.raises(ValueError, match='ditfarm_model.json: "limits" must map'):
+            load(str(tiny))
+
+    wan = tmp_path / "wan"
+    shutil.copytree(small_wan_folder, wan)
+    (wan / "ditfarm_model.json").write_text(json.dumps({"limits": {"width": 32}}))
+    with pytest.raises(ValueError, match="width 48 is more than this model takes: at most 32"):
+        model_checks(wan).settings(width=48)
+    assert model_checks(small_wan_folder).settings(width=48).width == 48
+
+
 def test_a_killed_runs_leftovers_are_removed_when_the_next_run_starts(tmp_path, random_model_folder, monkeypatch):
     """Temporary folders of dead processes under the temp dir (a killed S3 run's encodes) and temporary files at
     the output's top (a report being written) go; a live process's temporary folder stays."""

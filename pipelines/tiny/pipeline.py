@@ -10,6 +10,7 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, WanTra
 
 from ...cache.presets import ModelCacheSettings
 from ..base import VideoDefaults, VideoPipelineMixin
+from ..checks import TINY_LIMITS, card_limits
 from ..denoise import SamplerSettings
 from .model_config import POSITION_CHANNELS, position_grid
 from .text_encoder import WordTextEncoder
@@ -50,6 +51,7 @@ class TinyVideoPipeline(VideoPipelineMixin, DiffusionPipeline):
         pipe.video = VideoDefaults(**{**VIDEO_DEFAULTS, **card.get("video", {})})
         pipe.cache_settings = ModelCacheSettings.from_card(card, pipe.defaults.steps)
         pipe.model_name = card.get("name", folder.name)
+        pipe.limits = card_limits(card, TINY_LIMITS, str(folder / "ditfarm_model.json"))
         pipe.folder = str(folder)
         return pipe.to(device)
 
