@@ -95,6 +95,18 @@ class RankRenderer:
 
         self.pipe.encode_prompt = encode_once
 
+    def _gang_available_bytes(self) -> int:
+        """The least memory any rank of the gang has free: every rank then refuses or renders a video alike (an
+        integer all-reduced, before the video's first broadcast), never one rank alone."""
+        from ..pipelines.memory import available_bytes
+
+        available = available_bytes(self.pipe.execution_device)
+        if self.world == 1:
+            return available
+        value = torch.tensor([available], dtype=torch.int64, device=backend_device(None) or torch.device("cpu"))
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return int(value.item())
+
     def _shared_embeddings(self, prompt: str, negative_prompt: str, guidance_scale: float, ahead) -> tuple:
         """Rank 0's embeddings (``ahead``: computed beforehand, else encoded now) on every rank."""
         local = None
@@ -142,6 +154,7 @@ class RankRenderer:
         if negative_prompt:
             self.pipe.check_prompt(negative_prompt)
         settings = self.pipe.settings(**sampler)
+        self.pipe.check_memory(settings, self._gang_available_bytes())
         clock = PhaseClock(self.pipe.execution_device)
         clock.reset_peak()
         with torch.no_grad():

@@ -153,6 +153,7 @@ class LocalRenderer:
         if task.negative_prompt:
             pipe.check_prompt(task.negative_prompt)
         s = pipe.settings(**sampler_overrides(task, settings))
+        pipe.check_memory(s)
         clock = PhaseClock(pipe.execution_device)
         with torch_no_grad():
             embeddings = None
@@ -356,8 +357,10 @@ class RenderJob:
                 video, seconds = future.result()
             except LeaseLost:  # another run owns the output now: stop, record nothing more
                 raise
-            except (ValueError, RuntimeError) as err:  # bad row, storage error, or a gang that failed for good
-                return record(task, STATUS_FAILED, error=redact(f"row {task.row} (id {task.id!r}): {err}"),
+            except (ValueError, RuntimeError, MemoryError) as err:  # bad row, storage error, a gang that failed
+                # for good, or a row that ran out of memory past the estimate (the next rows may be smaller)
+                reason = err if not isinstance(err, MemoryError) else f"out of memory ({err or 'MemoryError'})"
+                return record(task, STATUS_FAILED, error=redact(f"row {task.row} (id {task.id!r}): {reason}"),
                               attempts=getattr(err, "attempts", 1))
             return record(task, STATUS_OK, uri=video.uri, frames=video.num_frames, height=video.height,
                           width=video.width, steps=video.steps, model=video.model, seconds=seconds,

@@ -45,6 +45,26 @@ class VideoPipelineMixin:
         config = self.transformer.config
         check_patch_grid(settings, tuple(config.patch_size), config.rope_max_seq_len, self.limits)
 
+    def minimum_bytes(self, settings: SamplerSettings) -> int:
+        """The least memory a video of ``settings`` needs on the execution device (memory.py)."""
+        from .memory import minimum_video_bytes
+
+        config = self.transformer.config
+        element = next(self.transformer.parameters()).element_size()
+        return minimum_video_bytes(self.latent_shape(settings), tuple(config.patch_size),
+                                   config.num_attention_heads * config.attention_head_dim, config.ffn_dim, element,
+                                   settings.num_frames, settings.height, settings.width)
+
+    def check_memory(self, settings: SamplerSettings, available: int | None = None) -> None:
+        """Refuse (ValueError) a video that cannot fit in ``available`` bytes (default: what the execution device
+        has free now); a gang passes the least any of its ranks has, so every rank decides alike."""
+        from .memory import available_bytes, check_fits
+
+        device = self.execution_device
+        available = available_bytes(device) if available is None else available
+        check_fits(self.minimum_bytes(settings), available, device,
+                   f"a video of {settings.num_frames} frames of {settings.height}x{settings.width}")
+
     # -- shared ---------------------------------------------------------------------------------------------------
     @property
     def execution_device(self) -> torch.device:

@@ -307,6 +307,51 @@ def test_rows_past_the_models_limits_or_the_step_cap_fail_by_name_and_the_rest_r
     assert "max_steps must be a positive integer" in capsys.readouterr().err
 
 
+LIMITED_RENDER = """
+import resource, sys
+import diffusers, torch  # what every render loads, before the limit is set from the size they give the process
+from ditfarm.jobs.cli import main
+from ditfarm.pipelines.memory import _status_kib
+room = int(float(sys.argv[1]) * 2 ** 30)
+resource.setrlimit(resource.RLIMIT_AS, (_status_kib("VmSize") * 1024 + room,) * 2)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_under_a_memory_limit_a_row_that_cannot_fit_fails_by_name_and_the_rows_after_it_render(
+        tmp_path, random_model_folder):
+    """In a subprocess whose address space is capped (RLIMIT_AS: this machine has no swap, so a row allowed to
+    allocate freely would take it down): a 256-frame 256x256 row, which the folder's card allows, is refused by
+    the memory estimate before its loop; steps=10**9 and a million frames are refused by the cap and the rotary
+    table; the good rows before and after them render, and the command exits 1, not with a traceback."""
+    import json
+    import shutil
+
+    folder = tmp_path / "long-tiny"
+    shutil.copytree(random_model_folder, folder)
+    card = json.loads((folder / "ditfarm_model.json").read_text())
+    (folder / "ditfarm_model.json").write_text(json.dumps({**card, "limits": {"num_frames": 256, "height": 256,
+                                                                              "width": 256}}))
+    manifest, out = tmp_path / "m.parquet", tmp_path / "out"
+    pq.write_table(pa.table({"id": ["ok0", "huge", "forever", "million", "ok1"], "prompt": PROMPTS[:1] * 5,
+                             "num_frames": pa.array([None, 256, None, 10**6, None], pa.int64()),
+                             "height": pa.array([None, 256, None, None, None], pa.int64()),
+                             "width": pa.array([None, 256, None, None, None], pa.int64()),
+                             "steps": pa.array([2, 2, 10**9, 2, 2], pa.int64())}), manifest)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", LIMITED_RENDER, "3", "render", str(manifest), "--out", str(out),
+                           "--model", str(folder), "--no-progress"], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    rows = {r["id"]: r for r in read_results(out).to_pylist()}
+    assert [i for i, r in rows.items() if r["status"] == "ok"] == ["ok0", "ok1"]
+    assert "a video of 256 frames of 256x256 needs at least" in rows["huge"]["error"], rows["huge"]
+    assert "GiB available there" in rows["huge"]["error"]
+    assert "more than this run's cap of 1000" in rows["forever"]["error"]
+    assert "num_frames is too large for this model" in rows["million"]["error"]
+
+
 def test_a_model_card_declares_its_own_limits_and_a_malformed_one_is_refused_at_load(tmp_path, random_model_folder,
                                                                                       small_wan_folder):
     import json
