@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import ray
 
 from ..jobs.types import NoRenderersLeft
+from ..pipelines.deadline import default_timeout_s
 from .gang_rank import RankConfig
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class GangMember:
             return None
 
     def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", publish=None,
-               defer: bool = False, embeddings: tuple | None = None) -> dict:
+               defer: bool = False, embeddings: tuple | None = None, timeout_s: float | None = None) -> dict:
         """Every rank renders its shard; rank 0 returns the frames, or with ``publish`` (output location, video
         id, run settings) encodes and stores the mp4 itself and returns only its URI: raw frames never travel
         to the driver.  With ``defer`` rank 0 keeps the latents and returns a "ticket" at once; ``publish_video``
@@ -112,7 +113,7 @@ class GangMember:
         defer = defer and publish is not None
         try:
             result = self.renderer.render(prompt, seed, sampler, negative_prompt, decode=not defer,
-                                          embeddings=embeddings if self.rank == 0 else None)
+                                          embeddings=embeddings if self.rank == 0 else None, timeout_s=timeout_s)
         except ValueError as err:
             return {"error": str(err)}
         if publish is None or self.rank != 0:
@@ -128,6 +129,10 @@ class GangMember:
         result.update(self._store(result.pop("frames"), publish))
         result["frames"] = None
         return result
+
+    def model_defaults(self):
+        """The model's default SamplerSettings (what a row's missing sizes and steps become)."""
+        return self.renderer.pipe.defaults
 
     @ray.method(concurrency_group="publish")
     def publish_video(self, ticket: str) -> dict:
@@ -226,6 +231,7 @@ class Gang:
         ]
         host, port = self._call([self.members[0].open_store.remote()], start_timeout_s)[0]
         self.description = self._call([m.join.remote(host, port) for m in self.members], start_timeout_s)[0]
+        self.model_defaults = self._call([self.members[0].model_defaults.remote()], start_timeout_s)[0]
         self.ready_at = time.monotonic()
         log.info("%s ready in %.1f s: %s", name, self.ready_at - self.started_at, self.description)
 
@@ -257,14 +263,19 @@ class Gang:
             raise GangFailure(f"{self.name}: a rank failed: {err}") from err
 
     def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", publish=None,
-               defer: bool = False, embeddings: tuple | None = None) -> dict:
+               defer: bool = False, embeddings: tuple | None = None, timeout_s: float | None = None) -> dict:
         """Every rank renders its shard; returns rank 0's result (frames or the stored URI, or with ``defer`` a
-        ticket for ``finish``; settings, cache stats).  ``embeddings``: the text encoded ahead (``encode``)."""
+        ticket for ``finish``; settings, cache stats).  ``embeddings``: the text encoded ahead (``encode``).
+        ``timeout_s``: the video's loop limit, the same number on every rank (pipelines.deadline); the call
+        itself waits that long plus a collective's timeout and the call limit, so the ranks' clean row error
+        comes first and a hung rank is still found."""
         if not self.members:
             raise GangFailure(f"{self.name} was killed")
-        refs = [m.render.remote(prompt, seed, sampler, negative_prompt, publish, defer, embeddings if i == 0 else None)
+        refs = [m.render.remote(prompt, seed, sampler, negative_prompt, publish, defer, embeddings if i == 0 else None,
+                                timeout_s)
                 for i, m in enumerate(self.members)]
-        return self._checked(self._call(refs, self.config.call_timeout_s)[0])
+        wait_s = self.config.call_timeout_s + (timeout_s + self.config.rank.timeout_s if timeout_s else 0.0)
+        return self._checked(self._call(refs, wait_s)[0])
 
     def encode(self, prompt: str, sampler: dict, negative_prompt: str = ""):
         """Start encoding a video's text on rank 0, beside whatever the gang is denoising; an ObjectRef of the
@@ -424,7 +435,7 @@ class GangPool:
                 self._cond.notify_all()
 
     def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", publish=None,
-               overlap: bool = False) -> dict:
+               overlap: bool = False, video_timeout_s: float | None = None) -> dict:
         """Render one video on whichever gang is free.  With ``overlap`` (and ``publish``) the gang is given back
         as soon as its loop ends, and this call waits for rank 0 to store the video while the gang already
         denoises another one; the video's text is encoded ahead, on some gang's rank 0 beside its loop, while
@@ -437,9 +448,10 @@ class GangPool:
         while failed < self.max_attempts and lost < self.max_attempts:
             gang = self.borrow()
             encoded, ahead = self._embeddings(ahead), None
+            timeout_s = video_timeout_s or default_timeout_s(gang.model_defaults, sampler)
             try:
                 result = gang.render(prompt, seed, sampler, negative_prompt, publish, defer=overlap,
-                                     embeddings=encoded["embeddings"] if encoded else None)
+                                     embeddings=encoded["embeddings"] if encoded else None, timeout_s=timeout_s)
             except GangFailure as err:
                 last, failed = err, failed + 1
                 more = failed < self.max_attempts

@@ -14,6 +14,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ..pipelines.deadline import VideoDeadline
 from .collectives import backend_device
 
 
@@ -107,6 +108,12 @@ class RankRenderer:
         dist.all_reduce(value, op=dist.ReduceOp.MIN)
         return int(value.item())
 
+    def _any_rank_late(self, late: bool) -> bool:
+        """True on every rank when any rank's clock passed the video's deadline (one int all-reduced)."""
+        flag = torch.tensor([int(late)], dtype=torch.int32, device=backend_device(None) or torch.device("cpu"))
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
     def _shared_embeddings(self, prompt: str, negative_prompt: str, guidance_scale: float, ahead) -> tuple:
         """Rank 0's embeddings (``ahead``: computed beforehand, else encoded now) on every rank."""
         local = None
@@ -139,7 +146,7 @@ class RankRenderer:
         return {"embeddings": embeddings, "seconds": clock.seconds["text"]}
 
     def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", decode: bool = True,
-               embeddings: tuple | None = None) -> dict:
+               embeddings: tuple | None = None, timeout_s: float | None = None) -> dict:
         """Denoise this rank's shard of one video; rank 0 decodes and returns the frames (``decode=False``: the
         latents instead, as "latents", for a decode that runs beside the next video's loop).  ``embeddings``
         (rank 0 only): ``encode_text``'s embeddings, computed while the previous video denoised.  Rank 0's
@@ -167,8 +174,12 @@ class RankRenderer:
             else:
                 with clock.phase("text"):
                     embeddings = self.pipe.encode_prompt(prompt, negative_prompt, settings.guidance_scale)
+            deadline = None
+            if timeout_s:  # the driver's number, the same on every rank; the ranks vote at every step
+                deadline = VideoDeadline(timeout_s, settings.steps, self._any_rank_late if self.world > 1 else None)
             with clock.phase("denoise"):
-                latents = self.pipe.generate_latents(prompt, seed, settings, negative_prompt, embeddings=embeddings)
+                latents = self.pipe.generate_latents(prompt, seed, settings, negative_prompt, on_step=deadline,
+                                                     embeddings=embeddings)
             frames = None
             if self.rank == 0 and decode:
                 with clock.phase("decode"):

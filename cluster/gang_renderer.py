@@ -129,7 +129,8 @@ class GangRenderer:
 
     def render(self, task: RenderTask, settings: RenderSettings, out: OutputLocation) -> RenderedVideo:
         result = self.pool.render(task.prompt, task.seed, sampler_overrides(task, settings), task.negative_prompt,
-                                  publish=(out, task.id, settings), overlap=settings.overlap)
+                                  publish=(out, task.id, settings), overlap=settings.overlap,
+                                  video_timeout_s=settings.video_timeout_s)
         s = result["settings"]
         return RenderedVideo(result["uri"], task.seed, s["num_frames"], s["height"], s["width"], s["steps"],
                              str(settings.model), result["skipped_fraction"], result["attempts"],

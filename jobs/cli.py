@@ -98,6 +98,9 @@ def _add_render(sub) -> None:
     p.add_argument("--start-timeout", type=float, default=600.0,
                    help="seconds the first gangs may wait for a node with room, e.g. one an autoscaling cluster "
                         "adds for them (logged while it lasts); then exit 75, and a rerun resumes (default 600)")
+    p.add_argument("--video-timeout", type=float, metavar="SECONDS",
+                   help="a video whose denoising loop runs longer fails as its row (default: 2 hours for a video "
+                        "of the model's default size and steps, more in proportion for larger rows)")
     p.add_argument("--retries", type=int, default=2,
                    help="render a video again on a fresh gang up to N more times when its gang fails (default 2)")
     p.add_argument("--no-overlap", action="store_true",
@@ -142,6 +145,7 @@ def settings_from_args(args):
         collective_timeout_s=args.collective_timeout,
         start_timeout_s=args.start_timeout,
         retries=args.retries,
+        video_timeout_s=args.video_timeout,
         overlap=not args.no_overlap,
     )
     resolve_knob(args.cache, args.cache_threshold)

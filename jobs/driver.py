@@ -146,6 +146,7 @@ class LocalRenderer:
 
     def frames(self, task: RenderTask, settings: RenderSettings):
         """(frames, sampler settings, skipped fraction, VideoPhases) of one task."""
+        from ..pipelines.deadline import VideoDeadline, default_timeout_s
         from ..pipelines.phases import PhaseClock
 
         pipe = self.pipe
@@ -165,9 +166,11 @@ class LocalRenderer:
                 if embeddings is None:
                     with clock.phase("text"):
                         embeddings = pipe.encode_prompt(task.prompt, task.negative_prompt, s.guidance_scale)
+                deadline = VideoDeadline(settings.video_timeout_s or default_timeout_s(pipe.defaults, s.__dict__),
+                                         s.steps)
                 with clock.phase("denoise"):
                     latents = pipe.generate_latents(task.prompt, task.seed, s, task.negative_prompt,
-                                                    embeddings=embeddings)
+                                                    on_step=deadline, embeddings=embeddings)
                 skipped = last_video_stats(pipe).skipped_fraction if self.cache is not None else 0.0
                 self.loop_seconds.append(clock.seconds["denoise"])
             with clock.phase("decode"):

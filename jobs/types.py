@@ -53,6 +53,7 @@ class RenderSettings:
     collective_timeout_s: float = 300.0  # every collective of a gang gives up after this long
     start_timeout_s: float = 600.0  # the first gangs wait this long for a node with room (one an autoscaler adds)
     retries: int = 2  # a video whose gang fails is rendered again on a fresh gang up to this many more times
+    video_timeout_s: float | None = None  # a video's loop fails as its row past this; None: scaled to its size
     max_steps: int = 1000  # no row may ask for more steps (a typo of 10**9 would allocate its schedule and hang)
     overlap: bool = True  # a video's fixed costs (text encoding, decoding, mp4 encoding, storing) run beside the
     # next video's denoising loop; False: between loops (a GPU without memory for two videos at once)
@@ -85,6 +86,8 @@ class RenderSettings:
             raise ValueError(f"retries must be a non-negative integer, got {self.retries!r}")
         if not self.start_timeout_s > 0:
             raise ValueError(f"start_timeout_s must be positive, got {self.start_timeout_s!r}")
+        if self.video_timeout_s is not None and not 0 < self.video_timeout_s < float("inf"):
+            raise ValueError(f"video_timeout_s must be a positive number of seconds, got {self.video_timeout_s!r}")
         if not self.flush_seconds > 0:
             raise ValueError(f"flush_seconds must be positive, got {self.flush_seconds!r}")
 

@@ -352,6 +352,31 @@ def test_under_a_memory_limit_a_row_that_cannot_fit_fails_by_name_and_the_rows_a
     assert "num_frames is too large for this model" in rows["million"]["error"]
 
 
+def test_a_video_past_its_time_limit_fails_as_its_row_and_the_next_rows_render(tmp_path, random_model_folder,
+                                                                               capsys):
+    from ditfarm.jobs.cli import main as cli
+    from ditfarm.pipelines.deadline import DEFAULT_VIDEO_TIMEOUT_S, default_timeout_s
+    from ditfarm.pipelines.denoise import SamplerSettings
+
+    manifest, out = tmp_path / "m.parquet", tmp_path / "out"
+    pq.write_table(pa.table({"id": ["q0", "slow", "q1"], "prompt": PROMPTS[:1] * 3,
+                             "steps": pa.array([2, 1000, 2], pa.int64())}), manifest)
+    args = ["render", str(manifest), "--out", str(out), "--model", str(random_model_folder), "--no-progress"]
+    assert cli([*args, "--video-timeout", "1"]) == 1
+    rows = {r["id"]: r for r in read_results(out).to_pylist()}
+    assert [i for i, r in rows.items() if r["status"] == "ok"] == ["q0", "q1"]
+    assert "ran past its time limit of 1 s after step" in rows["slow"]["error"] and "of 1000" in rows["slow"]["error"]
+    assert rows["slow"]["attempts"] == 1
+    assert cli([*args, "--video-timeout", "0"]) == 2
+    assert "video_timeout_s must be a positive number" in capsys.readouterr().err
+
+    # the default grows with the row's work (frames x height x width x steps), never below the base
+    defaults = SamplerSettings(8, 32, 32, 30, 3.0)
+    assert default_timeout_s(defaults, {"steps": None}) == DEFAULT_VIDEO_TIMEOUT_S
+    assert default_timeout_s(defaults, {"steps": 60, "height": 64}) == 4 * DEFAULT_VIDEO_TIMEOUT_S
+    assert default_timeout_s(defaults, {"steps": 2}) == DEFAULT_VIDEO_TIMEOUT_S
+
+
 def test_a_model_card_declares_its_own_limits_and_a_malformed_one_is_refused_at_load(tmp_path, random_model_folder,
                                                                                       small_wan_folder):
     import json

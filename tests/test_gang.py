@@ -220,6 +220,32 @@ def test_a_row_whose_latents_go_non_finite_fails_on_every_rank_and_the_gang_goes
     assert sorted(p.name for p in (tmp_path / "out" / "videos").iterdir()) == ["v0.mp4", "v2.mp4"]
 
 
+def test_a_video_past_its_time_limit_stops_on_every_rank_at_once_and_the_gang_goes_on(ray_cluster,
+                                                                                       random_model_folder, tmp_path):
+    """The ranks vote at every step, so both stop at the same step: the row fails once by name (no rank is left
+    in a collective, so the gang is not replaced) and the next rows render on the same gang."""
+    from ditfarm.cluster.gang_renderer import GangRenderer
+    from ditfarm.jobs.driver import RenderSettings, render_manifest
+    from ditfarm.jobs.results import read_results
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": ["v0", "v1", "v2"], "prompt": [PROMPT] * 3,
+                             "steps": pa.array([2, 1000, 2], pa.int64())}), manifest)
+    settings = RenderSettings(model=str(random_model_folder), sp=2, gangs=1, retries=1, video_timeout_s=2.0)
+    renderer = GangRenderer(settings)
+    try:
+        summary = render_manifest(manifest, tmp_path / "out", settings, renderer=renderer, progress=False)
+        replaced = renderer.pool.replaced
+    finally:
+        renderer.close()
+    assert (summary.ok, summary.failed, replaced) == (2, 1, 0), summary.errors
+    rows = {r["id"]: r for r in read_results(tmp_path / "out").to_pylist()}
+    assert rows["v1"]["attempts"] == 1 and "ran past its time limit of 2 s" in rows["v1"]["error"]
+
+
 def test_gangs_start_together_and_a_pool_goes_on_with_those_the_cluster_holds(ray_cluster, random_model_folder):
     """Three gangs of one CPU asked of a 2-CPU cluster: two start at the same time (their starts overlap; one
     after the other, the second would begin when the first was ready), the third times out, its placement group
