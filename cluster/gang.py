@@ -299,7 +299,7 @@ class Gang:
 
     @staticmethod
     def _checked(result: dict) -> dict:
-        from ..jobs.storage import StorageError
+        from ..jobs.storage import OutputFull, StorageError, is_full
 
         if "error" in result:
             raise RowError(result["error"])
@@ -307,8 +307,8 @@ class Gang:
             from ..jobs.lease import LeaseLost
 
             raise LeaseLost(result["lease_lost"])
-        if "storage_error" in result:
-            raise StorageError(result["storage_error"])
+        if "storage_error" in result:  # rank 0 said why in words: a full disk stops the run, like the driver's own
+            raise (OutputFull if is_full(result["storage_error"]) else StorageError)(result["storage_error"])
         return result
 
     def pids(self) -> list[int]:

@@ -35,7 +35,8 @@ from .lease import DEFAULT_TTL_S, Lease, LeaseFence, LeaseLost
 from .manifest import Manifest, ManifestError, RenderTask, RowProblem, seed_from_id
 from .results import (RESULT_SCHEMA, STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, ResultsWriter,
                       output_state, results_schema)
-from .storage import OutputLocation, OutputStore, StorageError, StoredVideo, clear_local_temp, open_output, redact
+from .storage import (OutputFull, OutputLocation, OutputStore, StorageError, StoredVideo, clear_local_temp,
+                      open_output, redact)
 from .types import (EXIT_MANIFEST_FAILED, EXIT_OUTPUT_FAILED, RenderedVideo, RenderSettings, RunAborted,
                     check_step_cap)
 
@@ -81,7 +82,7 @@ def publish_video(store: OutputStore, video_id: str, frames: np.ndarray, setting
     """Encode the frames as an mp4 once, verify it and store it as ``videos/<id>.mp4``.  ``video``: the model's
     VideoDefaults (fps and upscale where the run sets none); ``fence``: the run's lease check, run right before
     the video is published.  A failed encode is tried once more (a killed encoder may pass the second time; a
-    full or read-only disk fails both, by name), then it is the row's StorageError."""
+    read-only disk fails both, by name), then it is the row's StorageError; a full disk is OutputFull at once."""
     from ..pipelines.video_io import write_mp4
 
     fps = settings.fps or video.fps
@@ -91,7 +92,7 @@ def publish_video(store: OutputStore, video_id: str, frames: np.ndarray, setting
             return store.store_video(video_id, lambda path: write_mp4(frames, path, fps=fps, upscale=upscale),
                                      fence=fence)
         except StorageError as err:
-            if isinstance(err, LeaseLost) or attempt + 1 == ENCODE_ATTEMPTS:
+            if isinstance(err, (LeaseLost, OutputFull)) or attempt + 1 == ENCODE_ATTEMPTS:
                 raise
             log.warning("storing video %s failed (%s); trying once more", video_id, err)
             time.sleep(1.0)
@@ -188,6 +189,12 @@ class LocalRenderer:
         pass
 
 
+def end_run(store: OutputStore, lease) -> None:
+    """Give back the space set aside, then the lease (which may need that space to be written)."""
+    store.release_reserve()
+    lease.release()
+
+
 def torch_no_grad():
     import torch
 
@@ -271,13 +278,14 @@ class RenderJob:
         # One run per output: nothing below may run beside another live run (it clears unfinished uploads).
         self.lease = Lease(self.store, self.writer.run_id, ttl_s=lease_ttl_s, force=force).acquire()
         self.lease.start_renewing()
-        self._release = weakref.finalize(self, self.lease.release)  # also when the job is never iterated
+        self._release = weakref.finalize(self, end_run, self.store, self.lease)  # also when never iterated
         try:
             if self.lease.took_over is not None:  # what the paused holder may still write is not counted
                 self.store.fence_run(self.lease.took_over.run_id, by=self.writer.run_id)
             self.writer.fence = self.lease.ensure_held
             self.store.clear_unfinished()
             clear_local_temp()  # what killed S3 runs on this node left in the temp dir
+            self.store.reserve_space()  # a disk that fills mid-run still takes the last rows and the lease's release
             state = output_state(self.store)
             self.done = set() if overwrite else state.done
             self.reported_duplicates = state.duplicates
@@ -289,6 +297,14 @@ class RenderJob:
     def close(self) -> None:
         """Give the output's lease back (iterating to the end, or stopping, does this too)."""
         self._release()
+
+    def _output_full(self, err: OutputFull) -> None:
+        """The disk is full: give back the space set aside, so the rows of the stored videos and the lease's
+        release can still be written while the run stops."""
+        if not getattr(self, "_full", False):
+            self._full = True
+            log.warning("%s: the output's disk is full; stopping after writing the rows of the videos stored", err)
+        self.store.release_reserve()
 
     def run(self) -> RunSummary:
         for _ in self:
@@ -360,6 +376,10 @@ class RenderJob:
                 video, seconds = future.result()
             except LeaseLost:  # another run owns the output now: stop, record nothing more
                 raise
+            except OutputFull as err:  # this row failed, and so would every next one: record it and stop
+                self._output_full(err)
+                record(task, STATUS_FAILED, error=redact(f"row {task.row} (id {task.id!r}): {err}"))
+                raise
             except (ValueError, RuntimeError, MemoryError) as err:  # bad row, storage error, a gang that failed
                 # for good, or a row that ran out of memory past the estimate (the next rows may be smaller)
                 reason = err if not isinstance(err, MemoryError) else f"out of memory ({err or 'MemoryError'})"
@@ -411,6 +431,15 @@ class RenderJob:
             raise RunAborted(EXIT_MANIFEST_FAILED, f"the manifest could not be read past its first {summary.total} "
                              f"row(s): {err}; the videos stored so far keep their rows, and a rerun resumes once the "
                              "manifest is mended") from None
+        except OutputFull as err:  # a video, a results part or the lease hit a full disk
+            self._output_full(err)
+            try:
+                writer.flush()  # in the room set aside (a no-op when the exit of `with writer` managed it)
+                kept = "their rows are written"
+            except StorageError:
+                kept = "their rows could not be written, so a rerun renders them again"
+            raise RunAborted(EXIT_OUTPUT_FAILED, f"the output's disk is full ({err}) after {summary.ok} video(s) were "
+                             f"stored; {kept}.  Free space and rerun: it resumes") from None
         except StorageError as err:  # results could not be written: a full disk, a dead endpoint
             raise RunAborted(EXIT_OUTPUT_FAILED, f"the output stopped taking writes after {summary.ok} video(s) were "
                              f"stored: {err}; rows not written are rendered again by a rerun") from None

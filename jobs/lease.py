@@ -22,7 +22,9 @@ the documented escape hatch for a lease whose holder is known to be gone.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import logging
 import os
 import socket
 import threading
@@ -33,7 +35,9 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
-from .storage import LocalStore, OutputStore, S3Store, StorageError, describe_s3_error
+from .storage import LocalStore, OutputFull, OutputStore, S3Store, StorageError, describe_s3_error, is_full
+
+log = logging.getLogger(__name__)
 
 LEASE_NAME = "lease.json"
 DEFAULT_TTL_S = 120.0
@@ -137,6 +141,20 @@ class Seen:
         return self.holder.released or self.age_s > self.holder.ttl_s
 
 
+def _storage_errors(method):
+    """A lease file's OSError (a full disk, a read-only folder) as the StorageError the lease's callers handle:
+    a renewal that fails is retried, a run that cannot write its lease stops with exit 5."""
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as err:
+            reason = err.strerror or str(err)
+            raise (OutputFull if is_full(err) else StorageError)(f"cannot write the lease {self.path}: {reason}") \
+                from None
+    return wrapped
+
+
 class LocalLeaseFile:
     """The lease as a file: exclusive create, and compare-and-swap under a lock file held for milliseconds."""
 
@@ -203,6 +221,7 @@ class LocalLeaseFile:
         os.replace(tmp, self.path)
         return _digest(data)
 
+    @_storage_errors
     def create(self, data: bytes) -> str | None:
         """Write the lease if none exists; its version, or None when one does."""
         with self._locked() as still_mine:
@@ -216,6 +235,7 @@ class LocalLeaseFile:
                 f.write(data)
             return _digest(data)
 
+    @_storage_errors
     def replace(self, data: bytes, version: str | None) -> str | None:
         """Write the lease if it is still at ``version`` (None: whatever it is); its new version, or None."""
         with self._locked() as still_mine:
@@ -226,6 +246,7 @@ class LocalLeaseFile:
                 return None
             return self._write(data)
 
+    @_storage_errors
     def delete(self, version: str) -> None:
         with self._locked() as still_mine:
             seen = self.read()
@@ -381,10 +402,14 @@ class Lease:
             self._thread.join(timeout=5)
         with self._lock:
             if self.version is not None and self.lost is None:
-                released = Holder(**{**asdict(self.holder), "released": True})
-                version = self.obj.replace(released.to_bytes(), self.version)
-                if version is not None:
-                    self.obj.delete(version)
+                try:
+                    released = Holder(**{**asdict(self.holder), "released": True})
+                    version = self.obj.replace(released.to_bytes(), self.version)
+                    if version is not None:
+                        self.obj.delete(version)
+                except StorageError as err:  # the run is ending anyway: the lease lapses after its ttl instead
+                    log.warning("could not give the lease back (%s); another run may take it over after %.0f s",
+                                err, self.holder.ttl_s)
             self.version = None
 
     def __enter__(self) -> "Lease":

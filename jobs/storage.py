@@ -19,6 +19,8 @@ scrubs any secret that a library might have put into a message anyway.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import json
 from abc import ABC, abstractmethod
@@ -48,6 +50,24 @@ MULTIPART_THRESHOLD = 16 * 1024 * 1024
 class StorageError(RuntimeError):
     """The output location (or a manifest's) cannot be read or written: missing bucket, refused access,
     unreachable endpoint.  The message names the location and the service's reason, never a credential."""
+
+
+class OutputFull(StorageError):
+    """The output's disk (or quota) is full: every later write would fail too, so the run stops (exit 5) once it
+    has written the rows of the videos already stored, using the space it set aside at its start."""
+
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+FULL_MESSAGES = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))  # as ffmpeg's log and gangs' messages say
+RESERVE_BYTES = 1024 * 1024  # set aside on a local output at the start: room for the last rows and the lease
+
+
+def is_full(err: BaseException | str) -> bool:
+    """Whether a failed write failed because the disk or quota is full (by errno, or by message where the error
+    came through ffmpeg or another process)."""
+    if isinstance(err, OSError) and err.errno in FULL_ERRNOS:
+        return True
+    return any(m in str(err) for m in FULL_MESSAGES)
 
 
 def check_video_id(video_id: object) -> str | None:
@@ -174,7 +194,7 @@ class StoredVideo:
 def _write_failure(err: BaseException, what: str) -> StorageError:
     """An OSError from writing (a full disk, a read-only folder, a failed encode) as the row's StorageError."""
     reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-    return StorageError(f"cannot write {what}: {reason}")
+    return (OutputFull if is_full(err) else StorageError)(f"cannot write {what}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -211,6 +231,13 @@ class OutputStore(ABC):
     @abstractmethod
     def check_writable(self) -> None:
         """Raise StorageError (before anything renders) if this location cannot be written."""
+
+    def reserve_space(self) -> None:
+        """Set space aside for the end of the run (its last results part, the lease's release), so that a disk
+        that fills mid-run still takes them (``release_reserve``).  Object stores do not fill: nothing to do."""
+
+    def release_reserve(self) -> None:
+        """Give the space set aside back (when the disk is full, or the run ends)."""
 
     @abstractmethod
     def store_video(self, video_id: str, write, fence=None) -> "StoredVideo":
@@ -316,6 +343,22 @@ def read_parquet_columns(source, columns: list[str] | None) -> pa.Table:
     return file.read(columns=[c for c in columns if c in file.schema_arrow.names])
 
 
+def probe_folder(folder: Path, what: str) -> None:
+    """Create ``folder`` if need be, then write a byte to a file in it and remove it: StorageError naming
+    ``what`` when that fails (read-only, full, not a folder).  Root ignores permission bits, not a read-only
+    mount or a full disk, so a write is the only honest check."""
+    probe = Path(folder) / f"{TEMP_MARK}probe-{uuid.uuid4().hex}"
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"\0")
+        probe.unlink()
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+        reason = err.strerror or str(err)
+        raise (OutputFull if is_full(err) else StorageError)(f"cannot write to {what}: {reason}") from None
+
+
 def clear_local_temp(root: str | os.PathLike | None = None) -> int:
     """Remove the temporary folders that dead processes left under the temp dir (a killed S3 run's encodes, each
     named by the pid that made it); a live process's folders are left alone.  Returns how many were removed."""
@@ -364,14 +407,32 @@ class LocalStore(OutputStore):
         self.results = self.root / RESULTS
 
     def check_writable(self) -> None:
+        """Write and remove a small file in every folder a run writes (the top for the lease and the report,
+        videos/, results/), so a read-only or full folder stops the run before anything renders."""
+        for folder in (self.root, self.videos, self.results):
+            probe_folder(folder, f"output folder {folder}")
+
+    def reserve_space(self) -> None:
+        self._reserve = self.root / f"{TEMP_MARK}reserve-{uuid.uuid4().hex}"
         try:
-            self.videos.mkdir(parents=True, exist_ok=True)
-            self.results.mkdir(parents=True, exist_ok=True)
-            probe = self.results / f"{TEMP_MARK}probe-{uuid.uuid4().hex}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            fd = os.open(self._reserve, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            try:
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(fd, 0, RESERVE_BYTES)  # blocks taken now, not at the first write
+                else:
+                    os.write(fd, os.urandom(RESERVE_BYTES))
+            finally:
+                os.close(fd)
         except OSError as err:
-            raise StorageError(f"cannot write to output folder {self.root}: {err}") from err
+            self.release_reserve()
+            raise _write_failure(err, f"{RESERVE_BYTES // 1024} KiB of room for the end of the run in "
+                                      f"{self.root}") from None
+
+    def release_reserve(self) -> None:
+        reserve = getattr(self, "_reserve", None)
+        if reserve is not None:
+            reserve.unlink(missing_ok=True)
+            self._reserve = None
 
     def store_video(self, video_id: str, write, fence=None) -> StoredVideo:
         target = self.videos / _checked_name(video_id)
@@ -470,6 +531,8 @@ class S3Store(OutputStore):
         return f"s3://{self.bucket}/{key}"
 
     def check_writable(self) -> None:
+        probe_folder(Path(tempfile.gettempdir()), f"the temporary folder {tempfile.gettempdir()} (where videos are "
+                                                  f"encoded before their upload)")
         probe_s3(self.bucket, self.prefix, self.location.uri)
         key = self._key(RESULTS, f"{TEMP_MARK}probe-{uuid.uuid4().hex}")
         try:
