@@ -35,6 +35,7 @@ from .lease import DEFAULT_TTL_S, Lease, LeaseFence, LeaseLost
 from .manifest import Manifest, ManifestError, RenderTask, RowProblem, seed_from_id
 from .results import (RESULT_SCHEMA, STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, ResultsWriter,
                       output_state, results_schema)
+from ..text import cut
 from .storage import (OutputFull, OutputLocation, OutputStore, StorageError, StoredVideo, clear_local_temp,
                       open_output, redact)
 from .types import (EXIT_MANIFEST_FAILED, EXIT_OUTPUT_FAILED, RenderedVideo, RenderSettings, RunAborted,
@@ -189,6 +190,14 @@ class LocalRenderer:
         pass
 
 
+def _until_broken(tasks: Iterable) -> Iterator:
+    """The tasks, then the ManifestError that stopped them (as the last item) instead of raising it."""
+    try:
+        yield from tasks
+    except ManifestError as err:
+        yield err
+
+
 def end_run(store: OutputStore, lease) -> None:
     """Give back the space set aside, then the lease (which may need that space to be written)."""
     store.release_reserve()
@@ -244,10 +253,16 @@ def start_render(fn, task) -> Future:
     return future
 
 
+MAX_ID_CHARS = 1024  # a valid id has at most 128; an invalid one is kept this long in its failed row
+
+
 def _result_row(task: RenderTask | RowProblem, status: str, **values) -> dict:
-    row = {"id": task.id, "status": status, "uri": None, "error": None, "seed": getattr(task, "seed", None),
+    video_id = task.id if not isinstance(task.id, str) else cut(task.id, MAX_ID_CHARS)  # a bad id may be huge
+    row = {"id": video_id, "status": status, "uri": None, "error": None, "seed": getattr(task, "seed", None),
            "finished_at": datetime.now(timezone.utc)}
     row.update(values)
+    if isinstance(row["error"], str):
+        row["error"] = cut(row["error"])
     row.update(task.extra)
     return row
 
@@ -399,7 +414,11 @@ class RenderJob:
         try:
             with writer:
                 try:
-                    for task in self.tasks:
+                    broken = None  # the manifest's error once it cannot be read further
+                    for task in _until_broken(self.tasks):
+                        if isinstance(task, ManifestError):  # the rows read before it still render and count
+                            broken = task
+                            break
                         if isinstance(task, RowProblem):
                             yield record(task, STATUS_DUPLICATE if task.duplicate else STATUS_FAILED,
                                          error=task.error, attempts=0)
@@ -416,6 +435,8 @@ class RenderJob:
                         writer.flush_if_due()
                     while in_flight:
                         yield finish_one()
+                    if broken is not None:
+                        raise broken
                 except BaseException:  # a stop or an error: videos already stored keep their rows
                     for future, task in list(in_flight.items()):
                         if future.done() and future.exception() is None:

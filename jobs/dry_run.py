@@ -64,7 +64,7 @@ def dry_run(manifest_source, out, settings: RenderSettings = RenderSettings(), o
 
     start = time.perf_counter()
     settings.validate()
-    manifest = Manifest(manifest_source)
+    manifest = Manifest(manifest_source, readahead=True)
     checks = model_checks(settings.model)
     store = open_output(out)
     done = set() if overwrite else completed_ids(store)

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from ..uris import is_s3, split_s3_uri
 from .results import RESERVED_PREFIX, RESULT_SCHEMA
+from ..text import shown
 from .storage import StorageError, arrow_s3_filesystem, check_video_id, probe_s3, redact
 
 REQUIRED_COLUMNS = ("id", "prompt")
@@ -35,7 +36,6 @@ OPTIONAL_COLUMNS = ("seed", "negative_prompt", "num_frames", "height", "width", 
 RESULT_COLUMNS = tuple(RESULT_SCHEMA.names)
 MAX_SEED = 2**63 - 1
 MAX_GUIDANCE = 100.0  # classifier-free guidance past this saturates every model into noise
-MAX_SHOWN_CHARS = 120  # an id or prompt quoted in an error message is cut to this many characters
 
 
 class ManifestError(ValueError):
@@ -68,12 +68,6 @@ class RowProblem:
     error: str
     extra: dict = field(default_factory=dict)
     duplicate: bool = False  # the id is an earlier row's: recorded once per id, as a duplicate
-
-
-def shown(value, limit: int = MAX_SHOWN_CHARS) -> str:
-    """``repr(value)`` cut to ``limit`` characters: a megabyte id or prompt must not become a megabyte message."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def seed_from_id(video_id: str) -> int:
@@ -123,9 +117,13 @@ class Manifest:
     an ``s3://`` prefix.  Rows are streamed in record batches through a pyarrow dataset, so a million rows never sit
     in memory at once; only the ids seen so far are kept, to fail duplicates (the first occurrence wins)."""
 
-    def __init__(self, source: str | Path, batch_size: int = 4096):
+    def __init__(self, source: str | Path, batch_size: int = 4096, readahead: bool = False):
+        """``readahead``: let pyarrow read batches and files ahead (a dry run, which only reads).  A render reads
+        one batch at a time: rendering dominates anyway, and a corrupt file or row group past the first then
+        surfaces only where it is reached, after the rows before it were rendered and recorded (exit 4), not
+        before the first row."""
         self.source = str(source)
-        self.batch_size = batch_size
+        self.batch_size, self.readahead = batch_size, readahead
         self.files, self.filesystem = manifest_files(self.source)
         schemas = []
         for path in self.files:
@@ -151,7 +149,8 @@ class Manifest:
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         try:
-            yield from self._dataset.to_batches(batch_size=self.batch_size, use_threads=False)
+            ahead = {} if self.readahead else {"batch_readahead": 0, "fragment_readahead": 0}
+            yield from self._dataset.to_batches(batch_size=self.batch_size, use_threads=False, **ahead)
         except OSError as err:
             raise ManifestError(f"manifest {self.source} could not be read: {redact(str(err))}") from None
 

@@ -453,3 +453,59 @@ def test_a_crash_releases_the_lease(tmp_path):
         render_tasks([RenderTask(row=0, id="c0", prompt=PROMPTS[0], seed=0)], out, RenderSettings(),
                      renderer=Crashing(), progress=False)
     assert not (out / "lease.json").exists()
+
+
+def corrupt_row_groups(path: Path, first: int = 1) -> None:
+    """Overwrite the data pages of row groups ``first``.. with garbage, leaving the footer readable: the file
+    opens, its schema and row count read, and decoding fails only when that row group is reached."""
+    metadata = pq.ParquetFile(path).metadata
+    data = bytearray(path.read_bytes())
+    for g in range(first, metadata.num_row_groups):
+        for c in range(metadata.num_columns):
+            column = metadata.row_group(g).column(c)
+            start = column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset
+            data[start:start + column.total_compressed_size] = b"\xff" * column.total_compressed_size
+    path.write_bytes(bytes(data))
+
+
+def test_a_manifest_that_breaks_partway_keeps_what_was_rendered_exits_4_and_resumes_once_mended(tmp_path, capsys):
+    from ditfarm.jobs.cli import main as cli
+
+    folder, out = tmp_path / "manifest", tmp_path / "out"
+    folder.mkdir()
+    write_manifest(folder / "a.parquet", ["a0", "a1", "a2"])
+    pq.write_table(pa.table({"id": ["b0", "b1", "b2", "b3"], "prompt": PROMPTS[:1] * 4}), folder / "b.parquet",
+                   row_group_size=2)
+    good_b = (folder / "b.parquet").read_bytes()
+    corrupt_row_groups(folder / "b.parquet", first=0)
+    args = ["render", str(folder), "--out", str(out), "--steps", "2", "--no-progress"]
+    assert cli(args) == 4
+    err = capsys.readouterr().err
+    assert "the manifest could not be read past its first 3 row(s)" in err and "a rerun resumes" in err, err
+    assert "Traceback" not in err
+    rows = read_all_results(out).to_pylist()
+    assert sorted(r["id"] for r in rows if r["status"] == "ok") == ["a0", "a1", "a2"]
+    assert not (out / "lease.json").exists()
+
+    (folder / "b.parquet").write_bytes(good_b)  # mended
+    assert cli(args) == 0
+    assert "4 ok, 0 failed, 3 skipped" in capsys.readouterr().out
+    ok = Counter(r["id"] for r in read_all_results(out).to_pylist() if r["status"] == "ok")
+    assert sorted(ok) == ["a0", "a1", "a2", "b0", "b1", "b2", "b3"] and set(ok.values()) == {1}
+
+
+def test_a_megabyte_id_or_prompt_makes_a_short_error_and_a_small_results_row(tmp_path, capsys):
+    from ditfarm.jobs.cli import main as cli
+
+    manifest, out = tmp_path / "m.parquet", tmp_path / "out"
+    pq.write_table(pa.table({"id": ["ok0", "x" * 10**6, "bigprompt"],
+                             "prompt": [PROMPTS[0], PROMPTS[0], "red " + "y" * 10**6]}), manifest)
+    assert cli(["render", str(manifest), "--out", str(out), "--steps", "2", "--no-progress"]) == 1
+    printed = capsys.readouterr()
+    assert len(printed.out) + len(printed.err) < 4000
+    assert "(1000002 characters)" in printed.out + printed.err
+    rows = {r["id"][:9]: r for r in read_all_results(out).to_pylist()}
+    assert rows["ok0"]["status"] == "ok"
+    assert len(rows["xxxxxxxxx"]["id"]) < 1100 and "id must match" in rows["xxxxxxxxx"]["error"]
+    assert len(rows["bigprompt"]["error"]) < 2100 and "unknown word(s)" in rows["bigprompt"]["error"]
+    assert sum(p.stat().st_size for p in (out / "results").iterdir()) < 50_000

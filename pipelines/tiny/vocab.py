@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...text import cut, shown
+
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (1.0, 0.0, 0.0),
     "green": (0.0, 0.8, 0.0),
@@ -67,7 +69,8 @@ def tokenize(prompt: str) -> list[str]:
     unknown = [w for w in words if w not in VOCABULARY]
     if unknown:
         raise PromptError(
-            f"unknown word(s) {', '.join(repr(w) for w in dict.fromkeys(unknown))} in prompt {prompt!r}; "
+            f"unknown word(s) {cut(', '.join(shown(w) for w in dict.fromkeys(unknown)), 400)} in prompt "
+            f"{shown(prompt)}; "
             f"the tiny model knows only: {' '.join(VOCABULARY)}"
         )
     return words
