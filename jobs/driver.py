@@ -337,9 +337,9 @@ class RenderJob:
         def gangs():
             return getattr(renderer, "gang_health", lambda: None)()
 
-        bar = Progress(self.total, enabled=self.progress, interval_s=self.progress_seconds, gangs=gangs)
         metrics = JobMetrics(self.store.location.uri)
         report = ReportRefresher(self.store, interval_s=self.report_seconds or 0.0)
+        bar = Progress(self.total, enabled=self.progress, interval_s=self.progress_seconds, gangs=gangs)
         own_renderer = self.renderer is None
         renderer = self.renderer
         in_flight: dict[Future, RenderTask] = {}
@@ -373,13 +373,12 @@ class RenderJob:
             """Wait for any render in flight (flushing results when they are due) and record it."""
             self.lease.check()
             while True:
-                due = [t for t in (writer.seconds_until_due(), bar.seconds_until_due(),
+                due = [t for t in (writer.seconds_until_due(),
                                    report.seconds_until_due() if self.report_seconds else None) if t is not None]
                 done, _ = wait(in_flight, timeout=min(due) if due else None, return_when=FIRST_COMPLETED)
                 if done:
                     break
                 writer.flush_if_due()
-                bar.tick()
                 metrics.state(len(in_flight), gangs())
                 if self.report_seconds:
                     report.refresh_if_due()

@@ -36,6 +36,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from .storage import LocalStore, OutputFull, OutputStore, S3Store, StorageError, describe_s3_error, is_full
+from .waits import waiting_on
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +261,10 @@ class S3LeaseObject:
     def __init__(self, store: S3Store):
         self.client, self.bucket, self.key = store.client, store.bucket, store._key(LEASE_NAME)
 
+    def _waiting(self, doing: str):
+        """Register a lease call that may stall, for the progress line (waits.py)."""
+        return waiting_on(f"{doing} the lease {self.where()} (endpoint {self.client.meta.endpoint_url})")
+
     def where(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
 
@@ -267,7 +272,8 @@ class S3LeaseObject:
         from botocore.exceptions import ClientError
 
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self.key)
+            with self._waiting("reading"):
+                response = self.client.get_object(Bucket=self.bucket, Key=self.key)
             data = response["Body"].read()
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
@@ -284,7 +290,8 @@ class S3LeaseObject:
         from botocore.exceptions import ClientError
 
         try:
-            return self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data, **condition)["ETag"]
+            with self._waiting("writing"):
+                return self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data, **condition)["ETag"]
         except ClientError as err:
             status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status in (409, 412) or err.response.get("Error", {}).get("Code") in (
@@ -304,7 +311,8 @@ class S3LeaseObject:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=version)
+            with self._waiting("removing"):
+                self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=version)
         except ClientError:
             pass  # already taken over or gone: nothing of ours to remove
 

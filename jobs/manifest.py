@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from ..uris import is_s3, split_s3_uri
 from .results import RESERVED_PREFIX, RESULT_SCHEMA
 from ..text import shown
+from .waits import waiting_on
 from .storage import StorageError, arrow_s3_filesystem, check_video_id, probe_s3, redact
 
 REQUIRED_COLUMNS = ("id", "prompt")
@@ -150,7 +151,13 @@ class Manifest:
     def batches(self) -> Iterator[pa.RecordBatch]:
         try:
             ahead = {} if self.readahead else {"batch_readahead": 0, "fragment_readahead": 0}
-            yield from self._dataset.to_batches(batch_size=self.batch_size, use_threads=False, **ahead)
+            batches = iter(self._dataset.to_batches(batch_size=self.batch_size, use_threads=False, **ahead))
+            while True:
+                with waiting_on(f"reading the manifest {self.source}"):
+                    batch = next(batches, None)
+                if batch is None:
+                    return
+                yield batch
         except OSError as err:
             raise ManifestError(f"manifest {self.source} could not be read: {redact(str(err))}") from None
 

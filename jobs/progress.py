@@ -2,13 +2,18 @@
 
 ``ray job logs`` and Kubernetes logs are not terminals: a bar redrawn with carriage returns becomes thousands of
 fragments there.  Off a terminal the run prints one self-contained line per interval instead: counts of total,
-throughput, ETA, the gangs' health and the mean cache skip fraction.
+throughput, ETA, the gangs' health, the mean cache skip fraction, and what the run has been waiting on for more
+than a few seconds (waits.py).  The lines come from a thread of their own, so a run whose main thread is stuck
+in a stalled storage call still says so.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
+
+from .waits import oldest_wait
 
 
 class Progress:
@@ -26,6 +31,21 @@ class Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="video", dynamic_ncols=True, file=self.stream)
+        self._stop = threading.Event()
+        self._thread = None
+        if enabled:
+            self._thread = threading.Thread(target=self._every_interval, name="ditfarm-progress", daemon=True)
+            self._thread.start()
+
+    def _every_interval(self) -> None:
+        """A plain line per interval; on a terminal, the bar's note of what the run waits on."""
+        interval = self.interval_s if self.bar is None else min(self.interval_s, 5.0)
+        while not self._stop.wait(interval):
+            if self.bar is None:
+                self.print_line()
+            else:
+                wait = oldest_wait()
+                self.bar.set_postfix_str(f"waiting {wait}" if wait else "", refresh=True)
 
     def add(self, status: str, skipped_fraction: float | None = None) -> None:
         if status == "ok":
@@ -38,18 +58,6 @@ class Progress:
         if self.bar is not None:
             self.bar.set_postfix(ok=self.ok, failed=self.failed, skipped=self.skipped, refresh=False)
             self.bar.update(1)
-        else:
-            self.tick()
-
-    def seconds_until_due(self) -> float | None:
-        """When the next plain line is due (None: no plain lines)."""
-        if not self.enabled or self.bar is not None:
-            return None
-        return max(0.0, self.interval_s - (time.monotonic() - self.last_line))
-
-    def tick(self) -> None:
-        if self.seconds_until_due() == 0.0:
-            self.print_line()
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.start
@@ -66,6 +74,9 @@ class Progress:
             parts.append(f"gangs {health[0]} alive, {health[1]} replaced")
         if self.ok:
             parts.append(f"cache skipped {self.skip_sum / self.ok:.1%}")
+        wait = oldest_wait()
+        if wait:
+            parts.append(f"waiting {wait}")
         return "progress: " + "; ".join(parts)
 
     def print_line(self) -> None:
@@ -73,6 +84,9 @@ class Progress:
         self.last_line = time.monotonic()
 
     def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
         if self.bar is not None:
             self.bar.close()
         elif self.enabled:

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..uris import is_s3, split_s3_uri
+from .waits import waiting_on
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 VIDEOS, RESULTS = "videos", "results"
@@ -530,6 +531,10 @@ class S3Store(OutputStore):
     def _where(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
+    def _waiting(self, doing: str, key: str):
+        """Register a call that may stall, for the progress line (waits.py)."""
+        return waiting_on(f"{doing} {self._where(key)} (endpoint {self.client.meta.endpoint_url})")
+
     def check_writable(self) -> None:
         probe_folder(Path(tempfile.gettempdir()), f"the temporary folder {tempfile.gettempdir()} (where videos are "
                                                   f"encoded before their upload)")
@@ -565,7 +570,8 @@ class S3Store(OutputStore):
         """The size of the object at ``key`` as a listing shows it (the permission a rerun needs anyway; a HEAD
         would need read access to the videos); None when it is absent."""
         try:
-            listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=10)
+            with self._waiting("reading back", key):
+                listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=10)
         except Exception as err:
             raise StorageError(describe_s3_error(err, "read back", self._where(key))) from None
         return next((int(o["Size"]) for o in listed.get("Contents", []) if o["Key"] == key), None)
@@ -576,7 +582,8 @@ class S3Store(OutputStore):
         config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD,
                                 use_threads=False)
         try:
-            self.client.upload_file(str(path), self.bucket, key, Config=config)
+            with self._waiting("uploading", key):
+                self.client.upload_file(str(path), self.bucket, key, Config=config)
         except Exception as err:
             self._abort_uploads(key)
             raise StorageError(describe_s3_error(err, "upload", self._where(key))) from None
@@ -599,7 +606,9 @@ class S3Store(OutputStore):
     def _list(self, folder: str) -> Iterable[dict]:
         prefix = self._key(folder) + "/"
         try:
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            with self._waiting("listing", prefix):
+                pages = list(self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix))
+            for page in pages:
                 yield from page.get("Contents", [])
         except Exception as err:
             raise StorageError(describe_s3_error(err, "list", self._where(prefix))) from None
@@ -621,7 +630,8 @@ class S3Store(OutputStore):
     def write_results_file(self, name: str, data: bytes) -> str:
         key = self._key(RESULTS, name)
         try:  # one PUT: the file appears whole or not at all
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+            with self._waiting("writing", key):
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
         except Exception as err:
             raise StorageError(describe_s3_error(err, "write results file", self._where(key))) from None
         return self._where(key)
@@ -629,7 +639,8 @@ class S3Store(OutputStore):
     def read_results_file(self, name: str) -> bytes:
         key = self._key(RESULTS, name)
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            with self._waiting("reading", key):
+                return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except Exception as err:
             raise StorageError(describe_s3_error(err, "read", self._where(key))) from None
 
@@ -647,8 +658,9 @@ class S3Store(OutputStore):
         key = self._key(_checked_file_name(name))
         kind = mimetypes.guess_type(name)[0] or "text/plain"
         try:  # one PUT: the object is replaced whole
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=text.encode("utf-8"),
-                                   ContentType=f"{kind}; charset=utf-8")
+            with self._waiting("writing", key):
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=text.encode("utf-8"),
+                                       ContentType=f"{kind}; charset=utf-8")
         except Exception as err:
             raise StorageError(describe_s3_error(err, "write", self._where(key))) from None
         return self._where(key)
