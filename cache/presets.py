@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..choices import POLICIES  # noqa: F401 - the policy names live apart from the policies
 from .policies import (
     AdaptiveConfig,
     BACConfig,
@@ -37,7 +38,6 @@ from .policies.adaptive import Ladder
 from .policies.harmonica import Router, router_beside
 from .profile import CacheProfile
 
-POLICIES = ("none", "bwcache", "profiling", "taylorseer", "adaptive", "ertacache", "bac", "harmonica")
 KNOB_NAMES = {"bwcache": "threshold", "profiling": "max_interval", "taylorseer": "interval", "adaptive": "threshold",
               "ertacache": "lambda", "bac": "updates", "harmonica": "threshold"}
 # ertacache: the paper's lambda for Wan2.1-1.3B; any value must be calibrated in the profile

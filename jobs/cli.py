@@ -24,8 +24,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..cache.presets import POLICIES
-from ..pipelines.precision import DTYPE_NAMES
+from ..choices import DTYPE_NAMES, POLICIES
 from .stopping import Stopped, stop_on_signals
 
 

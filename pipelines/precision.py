@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-DTYPE_NAMES = ("auto", "bf16", "fp16", "fp32")
+from ..choices import DTYPE_NAMES  # noqa: F401 - the names live apart from torch
+
 _TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
