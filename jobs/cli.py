@@ -282,10 +282,14 @@ def cmd_status(args) -> int:
     from collections import Counter
 
     from .results import best_per_id, duplicate_rows, read_all_results
-    from .storage import StorageError, redact
+    from .storage import StorageError, open_output, redact
 
     try:
         rows = read_all_results(args.out)
+        if rows.num_rows == 0 and not open_output(args.out).exists():
+            print(f"ditfarm status: {args.out} does not exist: no run has written there (check the path)",
+                  file=sys.stderr)
+            return 2
     except (StorageError, OSError, ValueError) as err:
         print(f"ditfarm status: {redact(str(err))}", file=sys.stderr)
         return 2

@@ -233,6 +233,10 @@ class OutputStore(ABC):
     def check_writable(self) -> None:
         """Raise StorageError (before anything renders) if this location cannot be written."""
 
+    @abstractmethod
+    def exists(self) -> bool:
+        """Whether anything was ever written here (a folder, or any object under the prefix)."""
+
     def reserve_space(self) -> None:
         """Set space aside for the end of the run (its last results part, the lease's release), so that a disk
         that fills mid-run still takes them (``release_reserve``).  Object stores do not fill: nothing to do."""
@@ -413,6 +417,9 @@ class LocalStore(OutputStore):
         for folder in (self.root, self.videos, self.results):
             probe_folder(folder, f"output folder {folder}")
 
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
     def reserve_space(self) -> None:
         self._reserve = self.root / f"{TEMP_MARK}reserve-{uuid.uuid4().hex}"
         try:
@@ -565,6 +572,15 @@ class S3Store(OutputStore):
         if stored != size:
             raise StorageError(f"{self._where(key)} holds {stored} bytes after its upload of {size}")
         return StoredVideo(self._where(key), size)
+
+    def exists(self) -> bool:
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        try:
+            with self._waiting("listing", prefix):
+                listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
+        except Exception as err:
+            raise StorageError(describe_s3_error(err, "list", self.location.uri)) from None
+        return listed.get("KeyCount", 0) > 0
 
     def _stored_size(self, key: str) -> int | None:
         """The size of the object at ``key`` as a listing shows it (the permission a rerun needs anyway; a HEAD

@@ -404,3 +404,14 @@ def test_off_a_terminal_progress_is_one_plain_line_per_interval(tmp_path, capsys
     assert lines[-1].startswith("progress: 4/4 rows: 4 ok, 0 failed, 0 skipped; ")
     assert re.search(r"[0-9.]+ videos/min; ETA 0\.0 min; gangs 2 alive, 1 replaced; cache skipped 25\.0%$", lines[-1])
     assert "\r" not in capsys.readouterr().err
+
+
+def test_status_of_an_output_that_does_not_exist_says_so_and_exits_2(s3, bucket, tmp_path, capsys):
+    for out in (str(tmp_path / "never-written"), f"s3://{bucket}/never-written"):
+        assert cli(["status", out]) == 2
+        assert f"{out} does not exist" in capsys.readouterr().err
+    assert cli(["status", "s3://no-such-bucket-here/out"]) == 2
+    assert "NoSuchBucket" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()  # a folder a run is about to fill: no results yet, not an error
+    assert cli(["status", str(tmp_path / "empty")]) == 0
+    assert "no results yet" in capsys.readouterr().out
