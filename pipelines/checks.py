@@ -132,6 +132,10 @@ def model_checks(name_or_path: str | Path) -> ModelChecks:
     rope = transformer.get("rope_max_seq_len", DEFAULT_ROPE_POSITIONS)
     card_path = folder / "ditfarm_model.json"
     card = json.loads(card_path.read_text()) if card_path.exists() else {}
+    if (folder / "model_index.json").exists():  # the dry run refuses what the load would
+        from .folder_checks import check_wan_index
+
+        check_wan_index(json.loads((folder / "model_index.json").read_text()), folder / "model_index.json")
     if is_wan_folder(folder):
         temporal, spatial = wan_vae_factors(json.loads((folder / "vae" / "config.json").read_text()))
         defaults = SamplerSettings(**{**WAN_DEFAULTS.__dict__, **card.get("defaults", {})})

@@ -137,11 +137,43 @@ def _aliases(model) -> dict[str, set[str]]:
     return {name: names for names in groups.values() for name in names}
 
 
+# model_index.json fields ditfarm reads; every other field must be absent or unset (null, false, [null, null]), or
+# the folder is refused: a field ditfarm ignored would make it render something other than what diffusers renders.
+HANDLED_INDEX_FIELDS = ("_class_name", "_diffusers_version", "_name_or_path")
+UNSUPPORTED_INDEX_FIELDS = {
+    "transformer_2": "a second expert transformer (Wan2.2 A14B's low-noise expert)",
+    "boundary_ratio": "the step where Wan2.2 A14B switches experts",
+    "expand_timesteps": "per-token timesteps (Wan2.2 TI2V-5B)",
+    "image_encoder": "an image encoder (image-to-video)",
+    "image_processor": "an image processor (image-to-video)",
+}
+
+
+def check_wan_index(index: dict, index_path: Path) -> None:
+    """Refuse a diffusers folder whose model_index.json asks for what ditfarm does not do yet (another pipeline
+    class; a second expert, per-token timesteps, image conditioning), naming every such field."""
+    class_name = index.get("_class_name")
+    if class_name != "WanPipeline":
+        raise ModelFolderError(f"{index_path}: _class_name {class_name!r} is not supported: ditfarm renders "
+                               "diffusers WanPipeline folders (text-to-video with one transformer)")
+    unsupported = []
+    for key, value in index.items():
+        if key in HANDLED_INDEX_FIELDS or key in WAN_COMPONENTS:
+            continue
+        unset = value is None or value is False or (isinstance(value, list) and all(v is None for v in value))
+        if not unset:
+            unsupported.append(f"{key}={value!r} ({UNSUPPORTED_INDEX_FIELDS.get(key, 'a field ditfarm does not read')})")
+    if unsupported:
+        raise ModelFolderError(f"{index_path}: not supported yet: {'; '.join(unsupported)}.  ditfarm would render "
+                               "this folder unlike diffusers does, so it refuses it")
+
+
 def check_wan_folder(folder: Path) -> dict:
     """Check a diffusers Wan folder before it is loaded; returns its ditfarm card ({} without one)."""
     folder = Path(folder)
     index_path = folder / "model_index.json"
     index = read_json(index_path, "a diffusers model folder names its components there")
+    check_wan_index(index, index_path)
     for name in WAN_COMPONENTS:
         entry = index.get(name)
         if not entry or entry[0] is None:

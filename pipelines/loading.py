@@ -36,10 +36,14 @@ def load_pipeline(name_or_path: str | Path = "tiny", device: str = "cpu", dtype:
     (``folder_checks``).  ``dtype``: ``pipelines.precision`` (``auto``: bf16 on CUDA, float32 on the CPU; a Wan
     VAE is float32 always).  ``encode_and_decode=False``: the transformer alone, for gang ranks other than 0 (a
     Wan folder's text encoder and VAE are not loaded).  ``offload_text_encoder``: it waits in host memory."""
+    from .folder_checks import check_wan_index, read_json
     from .precision import resolve_precision
     from .wan import WanVideoPipeline, is_wan_folder
 
     folder = resolve_model_folder(name_or_path)
+    if (folder / "model_index.json").exists():  # a diffusers folder: a Wan text-to-video one, or refused by name
+        check_wan_index(read_json(folder / "model_index.json", "a diffusers model folder names its components there"),
+                        folder / "model_index.json")
     if is_wan_folder(folder):
         return WanVideoPipeline.from_folder(folder, device=device, dtype=dtype, encode_and_decode=encode_and_decode,
                                             offload_text_encoder=offload_text_encoder)

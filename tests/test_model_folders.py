@@ -106,3 +106,41 @@ def test_a_profile_from_another_model_is_refused_at_load(small_wan_folder, tmp_p
     err = capsys.readouterr().err
     assert code == 2, err
     assert str(profile) in err and "was measured on WanTransformer3DModel with 8 blocks" in err
+
+
+@pytest.mark.parametrize("fields, named", [
+    ({"transformer_2": ["diffusers", "WanTransformer3DModel"], "boundary_ratio": 0.875},
+     ["transformer_2=['diffusers', 'WanTransformer3DModel'] (a second expert", "boundary_ratio=0.875"]),
+    ({"expand_timesteps": True}, ["expand_timesteps=True (per-token timesteps (Wan2.2 TI2V-5B))"]),
+    ({"image_encoder": ["transformers", "CLIPVisionModel"]}, ["image_encoder=", "(image-to-video)"]),
+    ({"some_future_field": 3}, ["some_future_field=3 (a field ditfarm does not read)"]),
+    ({"_class_name": "WanImageToVideoPipeline"}, ["_class_name 'WanImageToVideoPipeline' is not supported"]),
+])
+def test_a_wan22_or_other_folder_ditfarm_would_render_wrong_is_refused_by_name(folder, tmp_path, capsys, fields,
+                                                                              named):
+    """Wan2.2 A14B (two experts), TI2V-5B (per-token timesteps), image-to-video and unknown fields: the load, the
+    dry run and the CLI refuse them (exit 2), naming each field, before anything renders."""
+    from ditfarm.pipelines.checks import model_checks
+
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, **fields}))
+    for load in (load_pipeline, model_checks):
+        with pytest.raises(ModelFolderError) as refused:
+            load(str(folder))
+        assert all(n in str(refused.value) for n in named), str(refused.value)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out, manifest = tmp_path / "out", tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": ["a"], "prompt": ["a red cat"]}), manifest)
+    for dry in ([], ["--dry-run"]):
+        assert cli(["render", str(manifest), "--out", str(out), "--model", str(folder), "--no-progress", *dry]) == 2
+        assert named[0] in capsys.readouterr().err
+    assert not (out / "videos").exists() or not any((out / "videos").iterdir())
+
+
+def test_unset_wan22_fields_as_diffusers_writes_them_for_wan21_are_accepted(folder):
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["transformer_2"] == [None, None] and index["boundary_ratio"] is None  # diffusers' own save
+    assert not index["expand_timesteps"]
+    check_wan_folder(folder)
