@@ -274,7 +274,12 @@ def lease_line(out: str) -> str:
         return f"lease: unknown ({err})"
     if seen is None or seen.holder.released:
         return "lease: free (no run is rendering into this output)"
-    state = "stale: the next run takes it over" if seen.stale else "a run is rendering into this output"
+    if seen.holder.gone():
+        state = "its process is gone from this host: the next run takes it over at once"
+    elif seen.stale:
+        state = "stale: the next run takes it over"
+    else:
+        state = "a run is rendering into this output"
     return f"lease: held by {seen.holder.describe()}, renewed {seen.age_s:.0f} s ago ({state})"
 
 

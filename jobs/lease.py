@@ -93,6 +93,18 @@ class Holder:
     ttl_s: float
     renewals: int = 0
     released: bool = False
+    process: str | None = None  # this_process(): which process on which boot, to see at once that it is gone
+
+    def gone(self) -> bool:
+        """Whether the holder's process is known to be dead: it ran on this host, under this boot and pid
+        namespace, and no process with its pid and start time exists now (a kill -9, a crash).  Anywhere else
+        (another host, another container's namespace) nothing can be known, and the ttl decides."""
+        if self.released or not self.process or self.host != socket.gethostname():
+            return False
+        mine = this_process()
+        if mine is None or self.process.rsplit(":", 2)[0] != mine.rsplit(":", 2)[0]:
+            return False
+        return process_identity(self.pid) != self.process
 
     def describe(self) -> str:
         job = f", Ray job {self.ray_job}" if self.ray_job else ""
@@ -110,6 +122,23 @@ class Holder:
             # An unreadable lease is treated as held by an unknown run: refuse until it is stale (or --force).
             return cls(run_id="unknown (unreadable lease)", host="?", pid=-1, ray_job=None, started_at="?",
                        ttl_s=DEFAULT_TTL_S)
+
+
+def process_identity(pid: int) -> str | None:
+    """"<boot id>:<pid namespace>:<pid>:<start time>" of a live process on this host, or None when there is no
+    such process (or no /proc to ask).  The start time (clock ticks after boot) tells a reused pid apart."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    start = stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name in parentheses
+    return f"{boot}:{namespace}:{pid}:{start}"
+
+
+def this_process() -> str | None:
+    return process_identity(os.getpid())
 
 
 def ray_job_id() -> str | None:
@@ -139,7 +168,7 @@ class Seen:
 
     @property
     def stale(self) -> bool:
-        return self.holder.released or self.age_s > self.holder.ttl_s
+        return self.holder.released or self.age_s > self.holder.ttl_s or self.holder.gone()
 
 
 def _storage_errors(method):
@@ -335,7 +364,8 @@ class Lease:
         self.obj = lease_object(store)
         self.force = force
         self.holder = Holder(run_id=run_id, host=socket.gethostname(), pid=os.getpid(), ray_job=ray_job_id(),
-                             started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), ttl_s=ttl_s)
+                             started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), ttl_s=ttl_s,
+                             process=this_process())
         self.version: str | None = None
         self.took_over: Holder | None = None  # the stale (or forced-out) holder this run replaced
         self.lost: Holder | None = None

@@ -135,3 +135,53 @@ def test_an_unstarted_job_gives_its_lease_back_when_dropped(tmp_path):
     store = job.store
     del job
     assert current_holder(store) is None
+
+
+def test_a_run_killed_on_this_host_is_taken_over_at_once_and_status_says_its_process_is_gone(tmp_path, capsys):
+    """kill -9 leaves the lease behind; its holder's pid and start time on this host show the process is gone, so
+    the next run takes over at once (not after the ttl) and `ditfarm status` says why."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ditfarm.jobs.cli import main as cli
+
+    manifest, out = tmp_path / "m.parquet", tmp_path / "out"
+    pq.write_table(pa.table({"id": [f"k{i}" for i in range(50)],
+                             "prompt": ["red circle moving left on blue background"] * 50}), manifest)
+    proc = subprocess.Popen([sys.executable, "-m", "ditfarm.jobs.cli", "render", str(manifest), "--out", str(out),
+                             "--steps", "30", "--no-progress", "--lease-seconds", "600"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / LEASE_NAME).exists() or not (out / "videos").exists():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    seen = current_holder(open_output(out))
+    assert seen is not None and not seen.holder.released and seen.age_s < 600 and seen.holder.gone()
+    assert cli(["status", str(out)]) == 0
+    assert "its process is gone from this host: the next run takes it over at once" in capsys.readouterr().out
+    started = time.monotonic()
+    lease = Lease(open_output(out), "next-run", ttl_s=600).acquire()
+    assert time.monotonic() - started < 5 and lease.took_over is not None and lease.took_over.pid == proc.pid
+    lease.release()
+
+
+def test_a_live_holder_a_reused_pid_and_another_host(tmp_path):
+    import dataclasses
+    import os
+
+    from ditfarm.jobs.lease import this_process
+
+    live = Holder(run_id="r", host=__import__("socket").gethostname(), pid=os.getpid(), ray_job=None, started_at="-",
+                  ttl_s=120, process=this_process())
+    assert not live.gone()  # this very process
+    boot_ns_pid, start = live.process.rsplit(":", 1)
+    assert dataclasses.replace(live, process=f"{boot_ns_pid}:{int(start) + 1}").gone()  # the pid was reused since
+    assert not dataclasses.replace(live, host="another-host", process=f"{boot_ns_pid}:1").gone()  # nothing known
+    assert not dataclasses.replace(live, process=None).gone()  # a holder from before identities: the ttl decides
