@@ -30,7 +30,8 @@ def gang_config(settings: RenderSettings) -> GangConfig:
                       cache_knob=settings.cache_knob, profile=settings.profile, timeout_s=settings.collective_timeout_s,
                       dtype=settings.dtype, offload_text_encoder=settings.offload_text_encoder,
                       compile=settings.compile, cfg_parallel=settings.cfg_parallel)
-    return GangConfig(sp=settings.sp, rank=rank, gpus_per_rank=1.0 if on_gpu else 0.0, cpus_per_rank=1.0,
+    return GangConfig(sp=settings.sp, rank=rank, gpus_per_rank=1.0 if on_gpu else 0.0,
+                      cpus_per_rank=float(settings.threads or 1),  # a rank's torch threads are the CPUs Ray gives it
                       start_timeout_s=settings.start_timeout_s, env_vars=tuple(sorted(worker_env().items())))
 
 

@@ -68,6 +68,9 @@ def _add_render(sub) -> None:
                    help="integer nearest-neighbour upscale of the mp4 (default: the model's; tiny 8, Wan2.1 1)")
     p.add_argument("--fps", type=int, help="frames per second of the mp4 (default: the model's; tiny 8, Wan2.1 16)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads per render (a gang rank also takes this many Ray CPUs); default: the "
+                        "CPUs this process may use less one (in process), the rank's one CPU (gangs)")
     p.add_argument("--dtype", default="auto", choices=DTYPE_NAMES,
                    help="transformer and text encoder precision; auto: bf16 on CUDA, fp32 on CPU (a Wan VAE is "
                         "always fp32)")
@@ -130,6 +133,7 @@ def settings_from_args(args):
         upscale=args.upscale,
         fps=args.fps,
         device=args.device,
+        threads=args.threads,
         dtype=args.dtype,
         offload_text_encoder=args.offload_text_encoder,
         compile=args.compile,

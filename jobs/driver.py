@@ -129,7 +129,11 @@ class LocalRenderer:
         from ..pipelines.attention import apply_attention, choose_attention
         from ..pipelines.compile import compile_blocks
         from ..pipelines.loading import load_pipeline
+        from ..pipelines.threads import set_threads, usable_cpus
 
+        threads = set_threads(settings.threads)
+        log.info("torch threads: %d (%s; this process may use %d CPU(s))", threads,
+                 "--threads" if settings.threads else "the default", usable_cpus())
         self.pipe = load_pipeline(settings.model, device=settings.device, dtype=settings.dtype,
                                   offload_text_encoder=settings.offload_text_encoder)
         choice = choose_attention(settings.device, self.pipe.transformer.dtype)

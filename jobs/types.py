@@ -54,6 +54,7 @@ class RenderSettings:
     start_timeout_s: float = 600.0  # the first gangs wait this long for a node with room (one an autoscaler adds)
     retries: int = 2  # a video whose gang fails is rendered again on a fresh gang up to this many more times
     video_timeout_s: float | None = None  # a video's loop fails as its row past this; None: scaled to its size
+    threads: int | None = None  # torch CPU threads per render (gang rank: also its Ray CPUs); None: what it is given
     max_steps: int = 1000  # no row may ask for more steps (a typo of 10**9 would allocate its schedule and hang)
     overlap: bool = True  # a video's fixed costs (text encoding, decoding, mp4 encoding, storing) run beside the
     # next video's denoising loop; False: between loops (a GPU without memory for two videos at once)
@@ -67,7 +68,7 @@ class RenderSettings:
             raise ValueError(f"cfg_parallel splits a gang in two halves: sp must be even and >= 2, got {self.sp}")
         if self.sp > 1 and self.gangs == 0:
             raise ValueError("sequence parallelism (sp > 1) runs on Ray gangs: give gangs >= 1")
-        for name in ("upscale", "fps", "num_frames", "height", "width", "steps"):  # a bad run-wide value refuses the
+        for name in ("upscale", "fps", "num_frames", "height", "width", "steps", "threads"):  # a bad run-wide value refuses the
             value = getattr(self, name)                                             # run, not every row
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be a positive integer (or None: the model's), got {value!r}")
