@@ -84,3 +84,32 @@ def test_wheel_imports_and_renders_without_the_editable_finder(wheel, tmp_path):
         check=True, cwd=tmp_path, env=env,
     )
     assert len(list((out / "videos").glob("*.mp4"))) == 1
+
+
+def test_a_script_beside_a_clone_named_ditfarm_imports_ditfarm(tmp_path):
+    """~/src/ditfarm (a clone) and ~/src/try.py: the script's folder comes first on sys.path, so the clone must
+    import as the package itself, never as an empty namespace package that hides the installed one."""
+    import shutil
+    import subprocess
+    import sys
+
+    clone = tmp_path / "src" / "ditfarm"
+    for name in ["__init__.py", *MAPPED_FOLDERS]:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, clone / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            clone.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, clone / name)
+    script = clone.parent / "try.py"
+    script.write_text(
+        "import ditfarm, ditfarm.jobs.cli, ditfarm.uris\n"
+        "print(ditfarm.__version__, ditfarm.jobs.cli.__file__, ditfarm.uris.__file__)\n"
+        "pipe = ditfarm.load_pipeline('tiny')\n"
+        "print(pipe.generate('red circle moving left on blue background', seed=0, steps=1).shape)\n")
+    proc = subprocess.run([sys.executable, str(script)], cwd=clone.parent, capture_output=True, text=True,
+                          timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    version, cli_file, uris_file = proc.stdout.splitlines()[0].split()
+    assert cli_file == str(clone / "jobs" / "cli.py") and uris_file == str(clone / "ditfarm" / "uris.py")
+    assert proc.stdout.splitlines()[1] == "(8, 32, 32, 3)"
