@@ -58,6 +58,9 @@ class UnitPolicy(ABC):
     def schedule(self, num_steps: int, num_units: int) -> np.ndarray:
         """(num_steps, num_units) int8: 1 computes the unit at that step; row 0 must be all ones."""
 
+    def check_steps(self, num_steps: int) -> None:
+        """Raise (ValueError) for a video length this policy cannot serve (a calibration made for another)."""
+
     def adjust_sigmas(self, sigmas):
         return sigmas
 

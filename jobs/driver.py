@@ -33,6 +33,7 @@ from ..cache import last_video_stats
 from ..cache.presets import resolve_knob
 from .lease import DEFAULT_TTL_S, Lease, LeaseFence, LeaseLost
 from .manifest import Manifest, ManifestError, RenderTask, RowProblem, seed_from_id
+from .run_checks import check_run
 from .results import (RESULT_SCHEMA, STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, ResultsWriter,
                       output_state, results_schema)
 from ..text import cut
@@ -287,6 +288,8 @@ class RenderJob:
         ``OUT/report.html`` is rewritten while the run goes (None: only at the end of a run that finishes)."""
         settings.validate()
         resolve_knob(settings.cache, settings.cache_knob)
+        if renderer is None:  # what every row would fail stops the run here, as in the dry run (a given renderer
+            check_run(settings)  # was made, and checked, by its caller)
         self.tasks, self.settings, self.renderer, self.total = tasks, settings, renderer, total
         self.progress, self.overwrite, self.progress_seconds = progress, overwrite, progress_seconds
         self.report_seconds = report_seconds

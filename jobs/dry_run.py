@@ -12,7 +12,6 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from .driver import sampler_overrides
 from .manifest import Manifest, RowProblem
 from .results import completed_ids
 from .storage import open_output
@@ -60,12 +59,11 @@ class DryRunReport:
 
 def dry_run(manifest_source, out, settings: RenderSettings = RenderSettings(), overwrite: bool = False) -> DryRunReport:
     """Classify every row; raises ManifestError / StorageError / ValueError for what would stop the real run."""
-    from ..pipelines.checks import model_checks
+    from .run_checks import check_run
 
     start = time.perf_counter()
-    settings.validate()
+    checks = check_run(settings, read_model=True)  # what the run refuses as a whole, it refuses here alike
     manifest = Manifest(manifest_source, readahead=True)
-    checks = model_checks(settings.model)
     store = open_output(out)
     done = set() if overwrite else completed_ids(store)
     report = DryRunReport(source=manifest.source)
@@ -74,10 +72,7 @@ def dry_run(manifest_source, out, settings: RenderSettings = RenderSettings(), o
             report.add_failure(task.row, task.id, task.error)
             continue
         try:
-            checks.check_prompt(task.prompt)
-            if task.negative_prompt:
-                checks.check_prompt(task.negative_prompt)
-            checks.settings(**sampler_overrides(task, settings))
+            checks.check_row(task, settings)
         except ValueError as err:
             report.add_failure(task.row, task.id, str(err))
             continue

@@ -149,17 +149,28 @@ class Manifest:
         return self._dataset.count_rows()
 
     def batches(self) -> Iterator[pa.RecordBatch]:
+        """Record batches in the unified schema.  Without ``readahead`` the files are read one after another,
+        each only once the rows before it were consumed, so a broken file surfaces where it is."""
+        if self.readahead:
+            yield from self._read(self._dataset.to_batches(batch_size=self.batch_size, use_threads=False),
+                                  self.source)
+            return
+        for path in self.files:
+            single = ds.dataset([path], schema=self.schema, format="parquet", filesystem=self.filesystem)
+            yield from self._read(single.to_batches(batch_size=self.batch_size, use_threads=False,
+                                                    batch_readahead=0, fragment_readahead=0), self._name(path))
+
+    def _read(self, batches, where: str) -> Iterator[pa.RecordBatch]:
+        batches = iter(batches)
         try:
-            ahead = {} if self.readahead else {"batch_readahead": 0, "fragment_readahead": 0}
-            batches = iter(self._dataset.to_batches(batch_size=self.batch_size, use_threads=False, **ahead))
             while True:
-                with waiting_on(f"reading the manifest {self.source}"):
+                with waiting_on(f"reading the manifest {where}"):
                     batch = next(batches, None)
                 if batch is None:
                     return
                 yield batch
         except OSError as err:
-            raise ManifestError(f"manifest {self.source} could not be read: {redact(str(err))}") from None
+            raise ManifestError(f"manifest {where} could not be read: {redact(str(err))}") from None
 
     def __iter__(self) -> Iterator[RenderTask | RowProblem]:
         seen: dict[str, int] = {}

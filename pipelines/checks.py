@@ -101,6 +101,8 @@ class ModelChecks:
     defaults: SamplerSettings
     check_sizes: Callable[[SamplerSettings], None]
     check_prompt: Callable[[str], None]
+    cache_settings: object = None  # the card's ModelCacheSettings, as the loaded pipeline has them
+    cache_profile: Path | None = None  # the profile shipped in the folder, if any
 
     def settings(self, **overrides) -> SamplerSettings:
         return resolve_settings(self.defaults, self.check_sizes, overrides)
@@ -140,7 +142,8 @@ def model_checks(name_or_path: str | Path) -> ModelChecks:
         temporal, spatial = wan_vae_factors(json.loads((folder / "vae" / "config.json").read_text()))
         defaults = SamplerSettings(**{**WAN_DEFAULTS.__dict__, **card.get("defaults", {})})
         limits = card_limits(card, WAN_LIMITS, str(card_path))
-        return ModelChecks(defaults, lambda s: check_wan_sizes(s, temporal, spatial, patch, rope, limits), _nonempty)
+        return ModelChecks(defaults, lambda s: check_wan_sizes(s, temporal, spatial, patch, rope, limits), _nonempty,
+                           *_cache_settings(folder, card, WAN_DEFAULTS.steps))
     if card.get("kind") != "tiny":
         raise ValueError(f"{folder} is neither a ditfarm tiny folder nor a diffusers Wan folder")
     from .tiny.weights import load_text_encoder
@@ -149,4 +152,14 @@ def model_checks(name_or_path: str | Path) -> ModelChecks:
     d = card["defaults"]
     defaults = SamplerSettings(d["num_frames"], d["height"], d["width"], d["steps"], d["guidance_scale"])
     limits = card_limits(card, TINY_LIMITS, str(card_path))
-    return ModelChecks(defaults, lambda s: check_patch_grid(s, patch, rope, limits), encoder.token_ids)
+    return ModelChecks(defaults, lambda s: check_patch_grid(s, patch, rope, limits), encoder.token_ids,
+                       *_cache_settings(folder, card, defaults.steps))
+
+
+def _cache_settings(folder: Path, card: dict, reference_steps: int) -> tuple:
+    """(ModelCacheSettings, shipped profile or None) as the loaded pipelines derive them (from_folder)."""
+    from ..cache.presets import ModelCacheSettings
+    from .base import CACHE_PROFILE_FILE
+
+    profile = folder / CACHE_PROFILE_FILE
+    return ModelCacheSettings.from_card(card, reference_steps), profile if profile.exists() else None

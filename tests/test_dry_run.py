@@ -49,3 +49,51 @@ def test_dry_run_on_a_wan_folder_names_the_sizes_it_refuses(wan_folder, tmp_path
     reasons = " | ".join(report.failures)
     assert "num_frames must be 4k + 1" in reasons and "multiples of 16" in reasons
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+
+def run_settings_cases(tmp_path):
+    import json
+
+    from ditfarm.pipelines.tiny.weights import BUNDLED_FOLDER
+
+    profile = json.loads((BUNDLED_FOLDER / "cache_profile.json").read_text())
+    profile.pop("ertacache")
+    uncalibrated = tmp_path / "no-ertacache.json"
+    uncalibrated.write_text(json.dumps(profile))
+    return [
+        (["--device", "cuda"], "--device cuda: no CUDA device is usable here"),
+        (["--cache", "profiling", "--profile", str(tmp_path / "missing.json")], "missing.json does not exist"),
+        (["--cache", "ertacache", "--profile", str(uncalibrated)], "holds no ERTACache calibration"),
+        (["--cache", "ertacache", "--steps", "12"], "was calibrated for 30-step videos; this video has 12 steps"),
+        (["--cache", "bac", "--steps", "12"], "was calibrated for 30-step videos; this video has 12 steps"),
+    ]
+
+
+def test_what_the_run_refuses_the_dry_run_refuses_alike_and_neither_writes_anything(tmp_path, capsys):
+    """Each setting every row would fail: the dry run and the run both exit 2 with the same message, before the
+    output is touched (the run no longer fails row after row, or with a traceback)."""
+    from ditfarm.jobs.cli import main as cli
+
+    manifest, out = tmp_path / "m.parquet", tmp_path / "out"
+    pq.write_table(pa.table({"id": ["a", "b"], "prompt": ["red circle moving left on blue background"] * 2}), manifest)
+    for flags, message in run_settings_cases(tmp_path):
+        for dry in (["--dry-run"], []):
+            assert cli(["render", str(manifest), "--out", str(out), "--no-progress", *flags, *dry]) == 2, flags
+            err = capsys.readouterr().err
+            assert message in err and "Traceback" not in err, (flags, dry, err)
+        assert not out.exists()
+
+
+def test_a_rows_own_steps_are_checked_against_the_caches_calibration(tmp_path, capsys):
+    from ditfarm.jobs.cli import main as cli
+    from ditfarm.jobs.results import read_results
+
+    manifest, out = tmp_path / "m.parquet", tmp_path / "out"
+    pq.write_table(pa.table({"id": ["a", "b"], "prompt": ["red circle moving left on blue background"] * 2,
+                             "steps": pa.array([None, 12], pa.int64())}), manifest)
+    args = ["render", str(manifest), "--out", str(out), "--no-progress", "--cache", "ertacache"]
+    assert cli([*args, "--dry-run"]) == 1
+    assert "1 x ERTACache in" in capsys.readouterr().out
+    assert cli(args) == 1
+    rows = {r["id"]: r for r in read_results(out).to_pylist()}
+    assert rows["a"]["status"] == "ok" and "calibrated for 30-step videos" in rows["b"]["error"]

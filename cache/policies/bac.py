@@ -119,11 +119,14 @@ class BACPolicy(UnitPolicy):
     def updates_for(self, num_steps: int) -> int:
         return max(1, round(self.config.updates * num_steps))
 
-    def unit_schedules(self, num_steps: int) -> list[set[int]]:
+    def check_steps(self, num_steps: int) -> None:
         if num_steps != self.steps:
             raise BACCalibrationError(
                 f"BAC in {self._where} was calibrated for {self.steps}-step videos; this video has {num_steps} "
                 f"steps: calibrate at {num_steps} steps or render with --steps {self.steps}")
+
+    def unit_schedules(self, num_steps: int) -> list[set[int]]:
+        self.check_steps(num_steps)
         similarity = np.asarray(self.calibration["similarity"], dtype=np.float64)
         m = self.updates_for(num_steps)
         variant = self.config.variant

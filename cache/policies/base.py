@@ -55,6 +55,9 @@ class CachePolicy(ABC):
     #: forecast stack and the head; a skipped step then costs next to nothing
     reuse_output: bool = False
 
+    def check_steps(self, num_steps: int) -> None:
+        """Raise (ValueError) for a video length this policy cannot serve (a calibration made for another)."""
+
     def new_state(self, num_blocks: int, num_steps: int) -> DecisionState:
         return DecisionState(num_blocks, num_steps)
 

@@ -140,7 +140,7 @@ class ERTACachePolicy(CachePolicy):
             f"{self._profile_name()} has ERTACache calibrated at lambda {have}, not {threshold:g}; "
             f"run `ditfarm calibrate ertacache --lambdas {threshold:g}` or pick a calibrated value")
 
-    def _check_steps(self, num_steps: int) -> None:
+    def check_steps(self, num_steps: int) -> None:
         if num_steps != self.steps:
             raise ERTACacheCalibrationError(
                 f"ERTACache in {self._profile_name()} was calibrated for {self.steps}-step videos; this video has "
@@ -148,7 +148,7 @@ class ERTACachePolicy(CachePolicy):
                 f"{num_steps} steps or render with --steps {self.steps}")
 
     def new_state(self, num_blocks: int, num_steps: int) -> DecisionState:
-        self._check_steps(num_steps)
+        self.check_steps(num_steps)
         return super().new_state(num_blocks, num_steps)
 
     def decide(self, state: DecisionState, step: int, computed, sums) -> np.ndarray:
@@ -162,7 +162,7 @@ class ERTACachePolicy(CachePolicy):
 
     def adjust_sigmas(self, sigmas: np.ndarray) -> np.ndarray:
         """(b) for a schedule of ``len(sigmas) - 1`` steps (called by the denoising loop before sampling)."""
-        self._check_steps(len(sigmas) - 1)
+        self.check_steps(len(sigmas) - 1)
         if not self.adjusts_sigmas:
             return np.asarray(sigmas, dtype=np.float64)
         return adjusted_sigmas(sigmas, self.phi)
