@@ -53,6 +53,60 @@ def auto_gang_count(nodes: list[dict], config: GangConfig, driver_node_id: str |
     return max(1, total)
 
 
+def largest_node(nodes: list[dict], config: GangConfig) -> tuple[int, str]:
+    """(ranks of this gang's shape the largest alive node could hold if it were idle, that node's description)."""
+    best = (0, "no node is alive")
+    for node in nodes:
+        if not node.get("Alive", node.get("alive", False)):
+            continue
+        resources = node.get("Resources", {})
+        cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+        holds = int(cpus // config.cpus_per_rank) if config.cpus_per_rank else config.sp
+        if config.gpus_per_rank:
+            holds = min(holds, int(gpus // config.gpus_per_rank))
+        described = f"{node.get('NodeManagerAddress', '?')} with {cpus:g} CPU(s) and {gpus:g} GPU(s)"
+        if holds > best[0] or best[1] == "no node is alive":
+            best = (holds, described)
+    return best
+
+
+def cluster_can_grow() -> bool:
+    """Whether an autoscaler watches this cluster.  Every head's monitor publishes a status in the GCS's key-value
+    store; only one that runs an autoscaler (v1: ``ray up``, KubeRay) adds its ``autoscaler_report``, and
+    autoscaler v2 marks itself there."""
+    import json
+
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        status = _internal_kv_get("__autoscaling_status")
+        if status is not None and "autoscaler_report" in json.loads(status):
+            return True
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+        return bool(is_autoscaler_v2(fetch_from_server=True))
+    except Exception:  # noqa: BLE001 - an older or newer Ray: assume it may grow, and wait as before
+        return True
+
+
+def check_room(config: GangConfig) -> None:
+    """Say at once when no node could hold one gang even idle: a cluster without an autoscaler never will
+    (ValueError: exit 2, naming the largest node); with one, the run waits for the node it adds, and says so."""
+    import ray
+
+    holds, largest = largest_node(ray.nodes(), config)
+    if holds >= config.sp:
+        return
+    shape = f"{config.sp} rank(s) of {config.cpus_per_rank:g} CPU" + (
+        f" and {config.gpus_per_rank:g} GPU" if config.gpus_per_rank else "")
+    message = f"no node of this Ray cluster can hold a gang of {shape}: the largest, {largest}, holds {holds}"
+    if not cluster_can_grow():
+        remedy = f"render with --sp {holds} or fewer, or add larger nodes" if holds else "add nodes with room for it"
+        raise ValueError(f"{message}; the cluster has no autoscaler, so none ever will: {remedy}")
+    log.warning("%s; waiting up to %.0f s (--start-timeout) for the node an autoscaler adds", message,
+                config.start_timeout_s)
+
+
 def worker_env() -> dict[str, str]:
     """What every rank must see as the driver does: which store (endpoint, region, profile, credentials file;
     never a key: Ray logs runtime envs) and ditfarm's own settings (DITFARM_*: the model cache folder, and the
@@ -93,6 +147,7 @@ class GangRenderer:
         config = gang_config(settings)
         if replace_timeout_s is not None:
             config = dataclasses.replace(config, replace_timeout_s=replace_timeout_s)
+        check_room(config)
         self.config, self.auto, self.overlap = config, settings.gangs == "auto", settings.overlap
         self.driver_node = ray.get_runtime_context().get_node_id()
         gangs = self.cluster_holds() if self.auto else settings.gangs

@@ -37,19 +37,42 @@ def empty_cluster(monkeypatch):
 
 @pytest.mark.slow
 def test_auto_gangs_wait_for_the_node_an_autoscaler_adds_and_give_up_when_none_comes(empty_cluster, caplog,
-                                                                                      random_model_folder, tmp_path):
+                                                                                      random_model_folder, tmp_path,
+                                                                                      monkeypatch):
     settings = RenderSettings(model=str(random_model_folder), steps=2, upscale=2, gangs="auto", start_timeout_s=4)
     caplog.set_level(logging.INFO, logger="ditfarm.cluster.gang")
 
-    # No autoscaler: the wait ends at --start-timeout (the CLI's exit 75: a rerun resumes), nothing left behind.
+    # No autoscaler: no node could ever hold a gang, and the run says so at once, naming the largest node.
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=r"no node of this Ray cluster can hold a gang of 1 rank\(s\) of 1 CPU: "
+                                         r"the largest, .* with 0 CPU\(s\) and 0 GPU\(s\), holds 0; the cluster "
+                                         r"has no autoscaler"):
+        GangRenderer(settings)
+    assert time.monotonic() - started < 10
+    assert placement_groups_left() == []
+
+    # An autoscaler (Ray's publishes a status with its report; the head's bare monitor, running here too, would
+    # overwrite a fake one, so the detection is faked and checked on its own below): the run waits for the node
+    # it adds, saying so at once; a pending group no node answers ends at --start-timeout (the CLI's exit 75).
+    from ditfarm.cluster import gang_renderer
+    from ray.experimental import internal_kv
+
+    real_get = internal_kv._internal_kv_get
+    monkeypatch.setattr(internal_kv, "_internal_kv_get", lambda key, *a, **k: b'{"autoscaler_report": {}}'
+                        if key == "__autoscaling_status" else real_get(key, *a, **k))
+    assert gang_renderer.cluster_can_grow()
+    monkeypatch.setattr(internal_kv, "_internal_kv_get", real_get)
+    monkeypatch.setattr(gang_renderer, "cluster_can_grow", lambda: True)
     started = time.monotonic()
     with pytest.raises(NoGangsLeft, match="within 4 s"):
         GangRenderer(settings)
     assert 4 <= time.monotonic() - started < 30
     assert placement_groups_left() == []
     assert [r for r in caplog.records if "waiting for a node with room for 1 bundle(s)" in r.getMessage()]
+    assert [r for r in caplog.records if "waiting up to 4 s (--start-timeout) for the node an autoscaler adds"
+            in r.getMessage()]
 
-    # An autoscaler: the pending group is answered with a node a few seconds later; the gang starts on it.
+    # The pending group is answered with a node a few seconds later; the gang starts on it.
     caplog.clear()
     settings = RenderSettings(model=str(random_model_folder), steps=2, upscale=2, gangs="auto", start_timeout_s=120)
     made = {}

@@ -278,3 +278,16 @@ def test_what_a_gang_runs_is_logged_once_per_gang(ray_cluster, random_model_fold
     assert len(lines) == 1, lines
     assert "2 rank(s), Ulysses 2, torch.float32" in lines[0] and "torch_math kernel" in lines[0]
     assert "blocks eager" in lines[0]
+
+
+def test_a_gang_no_node_can_hold_is_refused_at_once_naming_the_largest_node(ray_cluster, random_model_folder):
+    """--sp 4 on a 2-CPU node of a cluster without an autoscaler: said at once (exit 2 from the CLI), not after
+    the start timeout in silence."""
+    from ditfarm.cluster.gang_renderer import GangRenderer
+    from ditfarm.jobs.driver import RenderSettings
+
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=r"can hold a gang of 4 rank\(s\) of 1 CPU: the largest, .* with 2 CPU\(s\) "
+                                         r"and 0 GPU\(s\), holds 2; .* render with --sp 2 or fewer"):
+        GangRenderer(RenderSettings(model=str(random_model_folder), sp=4, gangs=1, start_timeout_s=300))
+    assert time.monotonic() - started < 10
