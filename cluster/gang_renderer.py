@@ -71,17 +71,20 @@ def largest_node(nodes: list[dict], config: GangConfig) -> tuple[int, str]:
 
 
 def cluster_can_grow() -> bool:
-    """Whether an autoscaler watches this cluster.  Every head's monitor publishes a status in the GCS's key-value
-    store; only one that runs an autoscaler (v1: ``ray up``, KubeRay) adds its ``autoscaler_report``, and
-    autoscaler v2 marks itself there."""
+    """Whether an autoscaler that can add nodes watches this cluster.  Every head's monitor publishes a status in
+    the GCS's key-value store.  Without an autoscaling config (``ray start``, ``ray.init``) it runs Ray's read-only
+    provider, whose node types are the nodes themselves (``node_<id>``, ``format_readonly_node_type``); with one
+    (``ray up``, KubeRay) the types are the config's.  Autoscaler v2 marks itself in the store."""
     import json
 
     from ray.experimental.internal_kv import _internal_kv_get
 
     try:
         status = _internal_kv_get("__autoscaling_status")
-        if status is not None and "autoscaler_report" in json.loads(status):
-            return True
+        report = json.loads(status).get("autoscaler_report") if status is not None else None
+        if report is not None:
+            mapping = report.get("node_type_mapping") or {}
+            return not mapping or any(kind != f"node_{node}" for node, kind in mapping.items())
         from ray.autoscaler.v2.utils import is_autoscaler_v2
 
         return bool(is_autoscaler_v2(fetch_from_server=True))

@@ -399,12 +399,12 @@ class RenderJob:
                 raise
             except OutputFull as err:  # this row failed, and so would every next one: record it and stop
                 self._output_full(err)
-                record(task, STATUS_FAILED, error=redact(f"row {task.row} (id {task.id!r}): {err}"))
+                record(task, STATUS_FAILED, error=redact(f"{task.where}: {err}"))
                 raise
             except (ValueError, RuntimeError, MemoryError) as err:  # bad row, storage error, a gang that failed
                 # for good, or a row that ran out of memory past the estimate (the next rows may be smaller)
                 reason = err if not isinstance(err, MemoryError) else f"out of memory ({err or 'MemoryError'})"
-                return record(task, STATUS_FAILED, error=redact(f"row {task.row} (id {task.id!r}): {reason}"),
+                return record(task, STATUS_FAILED, error=redact(f"{task.where}: {reason}"),
                               attempts=getattr(err, "attempts", 1))
             return record(task, STATUS_OK, uri=video.uri, frames=video.num_frames, height=video.height,
                           width=video.width, steps=video.steps, model=video.model, seconds=seconds,

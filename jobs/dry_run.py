@@ -8,17 +8,15 @@ Nothing is loaded but configs, nothing is written, and memory holds only the ids
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 
-from .manifest import Manifest, RowProblem
+from .manifest import Manifest, RowProblem, describe_row
 from .results import completed_ids
 from .storage import open_output
 from .types import RenderSettings
 
 EXAMPLES_PER_REASON = 5
-_ROW_PREFIX = re.compile(r"^row \d+( \(id .*?\))?: ")
 
 
 @dataclass
@@ -40,13 +38,14 @@ class DryRunReport:
     def total(self) -> int:
         return self.would_render + self.would_skip + self.would_fail
 
-    def add_failure(self, row: int, video_id, message: str) -> None:
-        reason = _ROW_PREFIX.sub("", message)
+    def add_failure(self, where: str, message: str) -> None:
+        """``where``: the row as messages name it (``describe_row``); ``message`` with or without that prefix."""
+        reason = message[len(where) + 2:] if message.startswith(f"{where}: ") else message
         group = self.failures.setdefault(reason, FailureGroup())
         group.count += 1
         self.would_fail += 1
         if len(group.examples) < EXAMPLES_PER_REASON:
-            group.examples.append(f"row {row}" + (f" (id {video_id!r})" if isinstance(video_id, str) else ""))
+            group.examples.append(where)
 
     def lines(self) -> list[str]:
         out = [f"{self.source}: {self.total} rows: would render {self.would_render}, would skip {self.would_skip} "
@@ -69,12 +68,12 @@ def dry_run(manifest_source, out, settings: RenderSettings = RenderSettings(), o
     report = DryRunReport(source=manifest.source)
     for task in manifest:
         if isinstance(task, RowProblem):
-            report.add_failure(task.row, task.id, task.error)
+            report.add_failure(describe_row(task.row, task.id, task.origin), task.error)
             continue
         try:
             checks.check_row(task, settings)
         except ValueError as err:
-            report.add_failure(task.row, task.id, str(err))
+            report.add_failure(task.where, str(err))
             continue
         if task.id in done:
             report.would_skip += 1

@@ -58,6 +58,12 @@ class RenderTask:
     steps: int | None = None
     guidance_scale: float | None = None
     extra: dict = field(default_factory=dict)
+    origin: str | None = None  # "<file> row <n>" in a manifest of several files
+
+    @property
+    def where(self) -> str:
+        """The row as messages name it (``describe_row``)."""
+        return describe_row(self.row, self.id, self.origin)
 
 
 @dataclass
@@ -69,6 +75,7 @@ class RowProblem:
     error: str
     extra: dict = field(default_factory=dict)
     duplicate: bool = False  # the id is an earlier row's: recorded once per id, as a duplicate
+    origin: str | None = None  # "<file> row <n>" in a manifest of several files
 
 
 def seed_from_id(video_id: str) -> int:
@@ -148,17 +155,17 @@ class Manifest:
     def num_rows(self) -> int:
         return self._dataset.count_rows()
 
-    def batches(self) -> Iterator[pa.RecordBatch]:
-        """Record batches in the unified schema.  Without ``readahead`` the files are read one after another,
-        each only once the rows before it were consumed, so a broken file surfaces where it is."""
-        if self.readahead:
-            yield from self._read(self._dataset.to_batches(batch_size=self.batch_size, use_threads=False),
-                                  self.source)
-            return
+    def batches(self) -> Iterator[tuple[str | None, pa.RecordBatch]]:
+        """(file, record batch) in the unified schema; the file is None for a one-file manifest.  Files are read
+        one after another, each once the rows before it were consumed, so a broken file surfaces where it is;
+        ``readahead`` lets pyarrow read ahead within a file."""
+        ahead = {} if self.readahead else {"batch_readahead": 0, "fragment_readahead": 0}
         for path in self.files:
             single = ds.dataset([path], schema=self.schema, format="parquet", filesystem=self.filesystem)
-            yield from self._read(single.to_batches(batch_size=self.batch_size, use_threads=False,
-                                                    batch_readahead=0, fragment_readahead=0), self._name(path))
+            name = self._name(path)
+            label = Path(path).name if len(self.files) > 1 else None
+            for batch in self._read(single.to_batches(batch_size=self.batch_size, use_threads=False, **ahead), name):
+                yield label, batch
 
     def _read(self, batches, where: str) -> Iterator[pa.RecordBatch]:
         batches = iter(batches)
@@ -174,11 +181,15 @@ class Manifest:
 
     def __iter__(self) -> Iterator[RenderTask | RowProblem]:
         seen: dict[str, int] = {}
-        row = 0
-        for batch in self.batches():
+        row, current, file_row = 0, None, 0
+        for label, batch in self.batches():
+            if label != current:
+                current, file_row = label, 0
             for record in batch.to_pylist():
-                yield validate_row(row, record, self.extra_columns, seen)
+                origin = f"{label} row {file_row}" if label is not None else None
+                yield validate_row(row, record, self.extra_columns, seen, origin)
                 row += 1
+                file_row += 1
 
 
 class TableManifest(Manifest):
@@ -193,8 +204,9 @@ class TableManifest(Manifest):
     def num_rows(self) -> int:
         return self.table.num_rows
 
-    def batches(self) -> Iterator[pa.RecordBatch]:
-        yield from self.table.to_batches(max_chunksize=self.batch_size)
+    def batches(self) -> Iterator[tuple[str | None, pa.RecordBatch]]:
+        for batch in self.table.to_batches(max_chunksize=self.batch_size):
+            yield None, batch
 
 
 def manifest_files(source: str) -> tuple[list[str], object]:
@@ -234,14 +246,24 @@ def manifest_files(source: str) -> tuple[list[str], object]:
     return [str(local.resolve())], pafs.LocalFileSystem()
 
 
-def validate_row(row: int, record: dict, extra_columns: list[str], seen: dict[str, int]) -> RenderTask | RowProblem:
+def describe_row(row: int, video_id, origin: str | None = None) -> str:
+    """How messages name a row: its number in the manifest, its file and number there (a folder or prefix of
+    files), and its id."""
+    details = [origin] if origin else []
+    if isinstance(video_id, str):
+        details.append(f"id {shown(video_id)}")
+    return f"row {row}" + (f" ({'; '.join(details)})" if details else "")
+
+
+def validate_row(row: int, record: dict, extra_columns: list[str], seen: dict[str, int],
+                 origin: str | None = None) -> RenderTask | RowProblem:
     """Turn one manifest record into a RenderTask, or a RowProblem naming the row and what is wrong."""
     extra = {name: record.get(name) for name in extra_columns}
     video_id = record.get("id")
-    where = f"row {row}" + (f" (id {shown(video_id)})" if isinstance(video_id, str) else "")
+    where = describe_row(row, video_id, origin)
 
     def problem(message: str, duplicate: bool = False) -> RowProblem:
-        return RowProblem(row, video_id, f"{where}: {message}", extra, duplicate)
+        return RowProblem(row, video_id, f"{where}: {message}", extra, duplicate, origin)
 
     id_problem = check_video_id(video_id)
     if id_problem:
@@ -272,5 +294,6 @@ def validate_row(row: int, record: dict, extra_columns: list[str], seen: dict[st
         negative_prompt=record.get("negative_prompt") or "",
         guidance_scale=None if guidance is None else float(guidance),
         extra=extra,
+        origin=origin,
         **numbers,
     )

@@ -4,6 +4,7 @@ bounded by --start-timeout and logged while it lasts.  The autoscaler here is a 
 placement group and answers it with a node (``ray.cluster_utils.Cluster.add_node``) some seconds later, as Ray's
 autoscaler does with a fresh pod or instance."""
 
+import json
 import logging
 import threading
 import time
@@ -58,9 +59,12 @@ def test_auto_gangs_wait_for_the_node_an_autoscaler_adds_and_give_up_when_none_c
     from ray.experimental import internal_kv
 
     real_get = internal_kv._internal_kv_get
-    monkeypatch.setattr(internal_kv, "_internal_kv_get", lambda key, *a, **k: b'{"autoscaler_report": {}}'
-                        if key == "__autoscaling_status" else real_get(key, *a, **k))
-    assert gang_renderer.cluster_can_grow()
+    for mapping, grows in (({"ab12": "node_ab12"}, False), ({"ab12": "node_ab12", "cd34": "gpu-8x"}, True)):
+        status = json.dumps({"autoscaler_report": {"node_type_mapping": mapping}}).encode()
+        monkeypatch.setattr(internal_kv, "_internal_kv_get",
+                            lambda key, *a, status=status, **k: status if key == "__autoscaling_status"
+                            else real_get(key, *a, **k))
+        assert gang_renderer.cluster_can_grow() == grows  # Ray's read-only provider names types node_<id>
     monkeypatch.setattr(internal_kv, "_internal_kv_get", real_get)
     monkeypatch.setattr(gang_renderer, "cluster_can_grow", lambda: True)
     started = time.monotonic()

@@ -87,3 +87,25 @@ def test_ids_that_could_leave_the_output_fail_their_row(tmp_path, bad_id):
     problem, fine = rows(path)
     assert isinstance(problem, RowProblem) and isinstance(fine, RenderTask)
     assert problem.error.startswith("row 0") and "id must" in problem.error
+
+
+def test_a_row_of_a_folder_manifest_is_named_by_its_file_and_its_row_there(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ditfarm.jobs.cli import main as cli
+    from ditfarm.jobs.results import read_results
+
+    good = "red circle moving left on blue background"
+    folder = tmp_path / "manifest"
+    folder.mkdir()
+    pq.write_table(pa.table({"id": ["a0", "a1"], "prompt": [good, good]}), folder / "a.parquet")
+    pq.write_table(pa.table({"id": ["b0", "b 1", "b2"], "prompt": [good, good, "purple cat"]}), folder / "b.parquet")
+    args = ["render", str(folder), "--out", str(tmp_path / "out"), "--steps", "1", "--no-progress"]
+    assert cli([*args, "--dry-run"]) == 1
+    dry = capsys.readouterr().out
+    assert "row 3 (b.parquet row 1; id 'b 1')" in dry and "row 4 (b.parquet row 2; id 'b2')" in dry, dry
+    assert cli(args) == 1
+    errors = {r["id"]: r["error"] for r in read_results(tmp_path / "out").to_pylist() if r["status"] == "failed"}
+    assert errors["b2"].startswith("row 4 (b.parquet row 2; id 'b2'): unknown word(s)"), errors
+    assert errors["b 1"].startswith("row 3 (b.parquet row 1; id 'b 1'): id must match"), errors

@@ -64,7 +64,7 @@ def test_manifest_from_an_object_a_prefix_and_a_local_folder(s3, bucket, tmp_pat
         assert manifest.num_rows == 4 and manifest.extra_columns == ["tag"]
         assert [r.id for r in rows] == ["a", "b", "c", "a"]
         assert all(isinstance(r, RenderTask) for r in rows[:3]) and isinstance(rows[3], RowProblem)
-        assert rows[3].error == "row 3 (id 'a'): id duplicates row 0"  # the first one wins
+        assert rows[3].error == "row 3 (part-1.parquet row 1; id 'a'): id duplicates row 0"  # the first wins
     single = list(Manifest(f"s3://{bucket}/m/part-1.parquet"))
     assert [r.id for r in single] == ["c", "a"] and all(isinstance(r, RenderTask) for r in single)
 
