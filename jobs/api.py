@@ -84,4 +84,32 @@ def render(prompts, out, model: str = "tiny", cache: str = "none", sp: int = 1, 
         job = RenderJob(manifest, out, settings, renderer, results_schema(manifest.schema, manifest.extra_columns),
                         total=manifest.num_rows, progress=progress, overwrite=overwrite, force=force,
                         lease_ttl_s=lease_ttl_s)
-    return iter(job)
+    return RenderRows(job)
+
+
+class RenderRows:
+    """The rows of a ``render`` call as they finish.  Rendering happens while they are read: an iterator that is
+    dropped unread rendered nothing, which is said (a UserWarning) rather than left silent."""
+
+    def __init__(self, job: RenderJob):
+        self.job, self._rows, self._started = job, iter(job), False
+
+    def __iter__(self) -> "RenderRows":
+        return self
+
+    def __next__(self) -> dict:
+        self._started = True
+        return next(self._rows)
+
+    @property
+    def summary(self):
+        """The run's counts so far (ok, failed, skipped)."""
+        return self.job.summary
+
+    def __del__(self):
+        if not getattr(self, "_started", True):
+            import warnings
+
+            warnings.warn("ditfarm.render(...) returned rows that were never read, so nothing was rendered: "
+                          "iterate them (`for row in ditfarm.render(...)`) or `list(...)` them", UserWarning,
+                          stacklevel=2)

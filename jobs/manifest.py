@@ -230,7 +230,9 @@ def manifest_files(source: str) -> tuple[list[str], object]:
                 raise ManifestError(f"manifest {source} does not exist (no such object or prefix)")
             found = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
         except OSError as err:
-            raise ManifestError(f"manifest {source} cannot be read: {redact(str(err))}") from None
+            denied = "ACCESS_DENIED" in str(err) or "AccessDenied" in str(err)
+            reason = "access denied (the credentials may not read or list it)" if denied else redact(str(err))
+            raise ManifestError(f"manifest {source} cannot be read: {reason}") from None
         files = sorted(f.path for f in found if f.type == pafs.FileType.File and f.path.endswith(".parquet"))
         if not files:
             raise ManifestError(f"manifest {source}: no .parquet objects under this prefix")

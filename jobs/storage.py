@@ -149,6 +149,16 @@ def _cached_client(settings: tuple, timeouts: tuple[int, int, int]):
     return boto3.session.Session().client("s3", config=config)
 
 
+# Answers that no retry or other call can get past, named for what a person must fix.
+FATAL_S3_CODES = {
+    "NoSuchBucket": "",  # the service's own message says it
+    "InvalidAccessKeyId": "the access key is not known to this endpoint: check the credentials",
+    "SignatureDoesNotMatch": "the secret key does not match the access key: check the credentials",
+    "ExpiredToken": "the session token has expired: renew the credentials",
+    "InvalidToken": "the session token is not valid: renew the credentials",
+}
+
+
 def probe_s3(bucket: str, prefix: str, where: str) -> None:
     """One listing with the probe's short timeouts: StorageError in seconds when the endpoint does not answer
     (before any slower call would wait on it), naming the endpoint but no credential."""
@@ -157,10 +167,16 @@ def probe_s3(bucket: str, prefix: str, where: str) -> None:
     try:
         client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
     except Exception as err:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError, NoCredentialsError
 
-        if isinstance(err, ClientError):  # it answered (access denied, no such bucket): the callers say what
-            return
+        if isinstance(err, NoCredentialsError):
+            raise StorageError(describe_s3_error(err, "access", where)) from None
+        if isinstance(err, ClientError):  # it answered: what is certain to stop every call is said here
+            code = err.response.get("Error", {}).get("Code", "")
+            if code in FATAL_S3_CODES:
+                hint = f" ({FATAL_S3_CODES[code]})" if FATAL_S3_CODES[code] else ""
+                raise StorageError(describe_s3_error(err, "access", where) + hint) from None
+            return  # access denied to a listing, say: the callers' own calls say what they cannot do
         connect, read, attempts = PROBE_TIMEOUTS
         raise StorageError(describe_s3_error(err, f"reach {client.meta.endpoint_url} for", where)
                            + f" (no answer within {connect + read} s, {attempts} tries)") from None

@@ -415,3 +415,42 @@ def test_status_of_an_output_that_does_not_exist_says_so_and_exits_2(s3, bucket,
     (tmp_path / "empty").mkdir()  # a folder a run is about to fill: no results yet, not an error
     assert cli(["status", str(tmp_path / "empty")]) == 0
     assert "no results yet" in capsys.readouterr().out
+
+
+def test_a_missing_bucket_or_missing_credentials_for_a_manifest_are_said_as_such(s3, bucket, tmp_path, monkeypatch,
+                                                                                  capsys):
+    from ditfarm.jobs import storage
+
+    assert cli(["render", "s3://no-such-bucket-here/m.parquet", "--out", str(tmp_path / "o"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "NoSuchBucket" in err and "not a readable Parquet file" not in err, err
+    manifest = put_parquet(s3, bucket, "m.parquet", pa.table({"id": ["a"], "prompt": [GOOD]}))
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    storage._cached_client.cache_clear()
+    assert cli(["render", manifest, "--out", str(tmp_path / "o"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "no AWS credentials found" in err and "no answer within" not in err, err
+
+
+def test_render_rows_dropped_unread_warn_that_nothing_was_rendered(tmp_path):
+    import gc
+    import warnings
+
+    import ditfarm
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = ditfarm.render([GOOD], out=str(tmp_path / "never"), steps=1)
+        del rows
+        gc.collect()
+        assert [w for w in caught if "never read, so nothing was rendered" in str(w.message)]
+        caught.clear()
+        rows = ditfarm.render([GOOD], out=str(tmp_path / "read"), steps=1)
+        assert [r["status"] for r in rows] == ["ok"] and rows.summary.ok == 1
+        del rows
+        gc.collect()
+        assert not [w for w in caught if "never read" in str(w.message)]
+    assert not (tmp_path / "never" / "videos").exists() or not any((tmp_path / "never" / "videos").iterdir())

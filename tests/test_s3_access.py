@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-SETUP_ACTIONS = 5  # create bucket, put manifest, create user, put its policy, create its key
+SETUP_ACTIONS = 7  # create bucket, put manifest, create user, put its policy, create its key; a user, its key
 SECRET_MARK = "ditfarm-never-print-me"
 
 
@@ -49,7 +49,10 @@ def iam_s3(tmp_path_factory):
             "s3:GetObject", "s3:ListBucket", "s3:ListBucketMultipartUploads"]}]}
         iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps(policy))
         key = iam.create_access_key(UserName="reader")["AccessKey"]
-        yield {"endpoint": endpoint, "reader": (key["AccessKeyId"], key["SecretAccessKey"])}
+        iam.create_user(UserName="stranger")  # no policy: may do nothing
+        stranger = iam.create_access_key(UserName="stranger")["AccessKey"]
+        yield {"endpoint": endpoint, "reader": (key["AccessKeyId"], key["SecretAccessKey"]),
+               "stranger": (stranger["AccessKeyId"], stranger["SecretAccessKey"])}
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -71,11 +74,21 @@ def test_bad_credentials_stop_the_run_with_a_clear_error(iam_s3, tmp_path):
     proc = render(iam_s3, "AKIANOSUCHKEY", bad_secret, "s3://readonly/m.parquet", "--out", str(tmp_path / "o"))
     assert proc.returncode == 2, proc.stderr
     assert "manifest s3://readonly/m.parquet cannot be read" in proc.stderr
+    assert "InvalidAccessKeyId" in proc.stderr and "check the credentials" in proc.stderr, proc.stderr
+    assert "not a readable Parquet file" not in proc.stderr
     assert not (tmp_path / "o").exists()
     local = tmp_path / "m.parquet"
     pq.write_table(pa.table({"id": ["a"], "prompt": ["red circle moving left on blue background"]}), local)
     proc = render(iam_s3, "AKIANOSUCHKEY", bad_secret, str(local), "--out", "s3://readonly/out")
-    assert proc.returncode == 2 and "cannot write to s3://readonly/out: InvalidAccessKeyId" in proc.stderr
+    assert proc.returncode == 2 and "s3://readonly/out: InvalidAccessKeyId" in proc.stderr, proc.stderr
+
+
+def test_a_manifest_the_credentials_may_not_read_says_access_denied(iam_s3, tmp_path):
+    key_id, secret = iam_s3["stranger"]
+    proc = render(iam_s3, key_id, secret, "s3://readonly/m.parquet", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2, proc.stderr
+    assert "manifest s3://readonly/m.parquet cannot be read: access denied" in proc.stderr, proc.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_an_output_that_refuses_writes_stops_the_run_before_rendering(iam_s3):
@@ -95,6 +108,7 @@ def test_credentials_from_a_named_profile_reach_both_boto3_and_pyarrow(iam_s3, t
     credentials = tmp_path / "credentials"
     credentials.write_text(f"[reader]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n"
                            f"[nobody]\naws_access_key_id = AKIANOBODY\naws_secret_access_key = {SECRET_MARK}\n")
+    credentials.chmod(0o600)  # ditfarm refuses a credentials file others may read
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_ENDPOINT_URL=iam_s3["endpoint"], AWS_SHARED_CREDENTIALS_FILE=str(credentials),
                AWS_CONFIG_FILE=str(tmp_path / "no-config"), AWS_DEFAULT_REGION="us-east-1")
