@@ -254,6 +254,11 @@ def cmd_render(args) -> int:
     duplicates = f", {summary.duplicates} duplicate" if summary.duplicates else ""
     print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped{duplicates}; "
           f"videos in {out}/videos, results in {out}/results")
+    if summary.skipped_with_other_settings:
+        differ = "; ".join(f"{name} {stored!r} where this run has {wanted!r} ({count} row(s))"
+                           for name, (count, (stored, wanted)) in sorted(summary.other_settings.items()))
+        print(f"  {summary.skipped_with_other_settings} skipped row(s) were rendered with other settings: {differ}.  "
+              "They were kept; --overwrite renders every row again with this run's settings", file=sys.stderr)
     for error in summary.errors[:20]:
         print(f"  failed: {error}", file=sys.stderr)
     if summary.failed > 20:
@@ -287,6 +292,24 @@ def lease_line(out: str) -> str:
     return f"lease: held by {seen.holder.describe()}, renewed {seen.age_s:.0f} s ago ({state})"
 
 
+def stored_settings_line(table) -> str | None:
+    """What the ok rows were rendered with, each setting's values and how many rows have each, so a rerun with
+    other settings is no surprise (it keeps them; --overwrite renders them again)."""
+    from collections import Counter
+
+    from .results import SETTING_COLUMNS
+
+    ok = [r for r in table.to_pylist() if r["status"] == "ok"]
+    if not ok:
+        return None
+    parts = []
+    for column in SETTING_COLUMNS:
+        counts = Counter(r.get(column) for r in ok if r.get(column) is not None)
+        if counts:
+            parts.append(f"{column} " + ", ".join(f"{value} x{n}" for value, n in counts.most_common()))
+    return f"  ok rows rendered with: {'; '.join(parts)}" if parts else None
+
+
 def cmd_status(args) -> int:
     from collections import Counter
 
@@ -310,6 +333,9 @@ def cmd_status(args) -> int:
         print(f"  {duplicates.num_rows} duplicate manifest row(s), not rendered: "
               + "; ".join(duplicates.column("error").to_pylist()[: args.errors]))
     print(lease_line(args.out))
+    settings = stored_settings_line(table)
+    if settings:
+        print(settings)
     failed = [r for r in table.select(["id", "error", "status"]).to_pylist() if r["status"] == "failed"]
     for row in failed[: args.errors]:
         print(f"  failed {row['id']}: {row['error']}")

@@ -59,6 +59,8 @@ class RunSummary:
     duplicates: int = 0  # manifest rows whose id an earlier row has (recorded once per id)
     errors: list[str] = field(default_factory=list)
     out: str | None = None
+    skipped_with_other_settings: int = 0  # skipped rows whose stored video another setting made
+    other_settings: dict = field(default_factory=dict)  # setting -> (rows, (stored value, this run's value))
 
     @property
     def total(self) -> int:
@@ -288,8 +290,9 @@ class RenderJob:
         ``OUT/report.html`` is rewritten while the run goes (None: only at the end of a run that finishes)."""
         settings.validate()
         resolve_knob(settings.cache, settings.cache_knob)
-        if renderer is None:  # what every row would fail stops the run here, as in the dry run (a given renderer
-            check_run(settings)  # was made, and checked, by its caller)
+        # what every row would fail stops the run here, as in the dry run (a given renderer was made, and checked,
+        # by its caller)
+        self.checks = check_run(settings) if renderer is None else None
         self.tasks, self.settings, self.renderer, self.total = tasks, settings, renderer, total
         self.progress, self.overwrite, self.progress_seconds = progress, overwrite, progress_seconds
         self.report_seconds = report_seconds
@@ -311,6 +314,7 @@ class RenderJob:
             state = output_state(self.store)
             self.done = set() if overwrite else state.done
             self.reported_duplicates = state.duplicates
+            self.stored_settings = state.settings or {}
         except BaseException:
             self.close()
             raise
@@ -319,6 +323,29 @@ class RenderJob:
     def close(self) -> None:
         """Give the output's lease back (iterating to the end, or stopping, does this too)."""
         self._release()
+
+    def _note_other_settings(self, task: RenderTask) -> None:
+        """Count a skipped row whose stored video was rendered with other settings than this run would use (a
+        rerun with another --steps, --cache, knob, model or size skips it all the same; the summary says so)."""
+        stored = self.stored_settings.get(task.id)
+        if not stored:
+            return
+        s = self.settings
+        defaults = self.checks.model.defaults if self.checks is not None and self.checks.model is not None else None
+        overrides = sampler_overrides(task, s)
+        wanted = {"model": str(s.model), "cache": s.cache, "cache_knob": resolve_knob(s.cache, s.cache_knob)}
+        for column, name in (("steps", "steps"), ("frames", "num_frames"), ("height", "height"),
+                             ("width", "width")):
+            value = overrides[name] if overrides[name] is not None else getattr(defaults, name, None)
+            if value is not None:
+                wanted[column] = value
+        differ = [k for k, v in wanted.items() if k in stored and stored[k] != v
+                  and not (k == "cache_knob" and stored.get("cache") != wanted["cache"])]  # said by the cache
+        for name in differ:
+            count, example = self.summary.other_settings.get(name, (0, (stored[name], wanted[name])))
+            self.summary.other_settings[name] = (count + 1, example)
+        if differ:
+            self.summary.skipped_with_other_settings += 1
 
     def _output_full(self, err: OutputFull) -> None:
         """The disk is full: give back the space set aside, so the rows of the stored videos and the lease's
@@ -430,6 +457,7 @@ class RenderJob:
                                          error=task.error, attempts=0)
                             continue
                         if task.id in self.done:
+                            self._note_other_settings(task)
                             yield record(task, STATUS_SKIPPED, uri=self.store.video_uri(task.id))
                             continue
                         if renderer is None:

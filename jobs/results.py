@@ -136,22 +136,27 @@ class OutputState:
 
     done: set[str]
     duplicates: set[str]
+    settings: dict = None  # id -> {setting: value} of its latest ok row (SETTING_COLUMNS)
+
+
+SETTING_COLUMNS = ("model", "steps", "frames", "height", "width", "cache", "cache_knob")  # what a rerun compares
 
 
 def output_state(store: OutputStore) -> OutputState:
     """One listing of videos/ and one read of results/.  An id is done when its latest ``ok`` row's video is
     stored at the size that row recorded (rows without a size: at least MIN_MP4_BYTES), so a video that was
     truncated, replaced or deleted since is rendered again."""
-    table = read_all_results(store, columns=["id", "status", "video_bytes"])
+    table = read_all_results(store, columns=["id", "status", "video_bytes", *SETTING_COLUMNS])
     duplicates = set(duplicate_rows(table).column("id").to_pylist())
     ok = table.filter(pc.fill_null(pc.equal(table.column("status"), STATUS_OK), False))
     if ok.num_rows == 0:
-        return OutputState(set(), duplicates)
+        return OutputState(set(), duplicates, {})
     recorded = dict(zip(ok.column("id").to_pylist(), ok.column("video_bytes").to_pylist()))  # the latest wins
+    settings = {row["id"]: {k: row.get(k) for k in SETTING_COLUMNS} for row in ok.to_pylist()}
     sizes = store.video_sizes()
     done = {i for i, size in recorded.items()
             if i in sizes and (sizes[i] == size if size is not None else sizes[i] >= MIN_MP4_BYTES)}
-    return OutputState(done, duplicates)
+    return OutputState(done, duplicates, settings)
 
 
 def completed_ids(store: OutputStore) -> set[str]:

@@ -509,3 +509,27 @@ def test_a_megabyte_id_or_prompt_makes_a_short_error_and_a_small_results_row(tmp
     assert len(rows["xxxxxxxxx"]["id"]) < 1100 and "id must match" in rows["xxxxxxxxx"]["error"]
     assert len(rows["bigprompt"]["error"]) < 2100 and "unknown word(s)" in rows["bigprompt"]["error"]
     assert sum(p.stat().st_size for p in (out / "results").iterdir()) < 50_000
+
+
+def test_a_rerun_with_other_settings_says_which_stored_rows_differ_and_status_shows_them(tmp_path,
+                                                                                          random_model_folder,
+                                                                                          capsys):
+    from ditfarm.jobs.cli import main as cli
+
+    manifest, out = tmp_path / "m.parquet", tmp_path / "out"
+    pq.write_table(pa.table({"id": ["s0", "s1", "s2"], "prompt": PROMPTS[:1] * 3,
+                             "steps": pa.array([None, None, 3], pa.int64())}), manifest)
+    args = ["render", str(manifest), "--out", str(out), "--model", str(random_model_folder), "--no-progress"]
+    assert cli([*args, "--steps", "2"]) == 0
+    capsys.readouterr()
+    assert cli([*args, "--steps", "2"]) == 0  # the same settings: nothing to say
+    assert "other settings" not in capsys.readouterr().err
+    assert cli([*args, "--steps", "4", "--cache", "bwcache"]) == 0
+    err = capsys.readouterr().err
+    assert "3 skipped row(s) were rendered with other settings" in err, err
+    assert "cache 'none' where this run has 'bwcache' (3 row(s))" in err
+    assert "steps 2 where this run has 4 (2 row(s))" in err  # s2 has steps 3 of its own, rendered as such
+    assert "cache_knob" not in err and "--overwrite renders every row again" in err
+    assert cli(["status", str(out)]) == 0
+    assert "ok rows rendered with: model " in (printed := capsys.readouterr().out)
+    assert "steps 2 x2, 3 x1" in printed and "cache none x3" in printed, printed
