@@ -155,10 +155,11 @@ class GangMember:
 
         location, video_id, settings = publish
         store = self.outputs.get(location) or self.outputs.setdefault(location, location.open())
+        started = time.perf_counter()
         try:
             stored = publish_video(store, video_id, frames, settings, self.renderer.pipe.video,
                                    fence=lease_fence(location, store))
-            return {"uri": stored.uri, "video_bytes": stored.size}
+            return {"uri": stored.uri, "video_bytes": stored.size, "store_seconds": time.perf_counter() - started}
         except LeaseLost as err:
             return {"lease_lost": str(err)}
         except (StorageError, ValueError) as err:
@@ -474,7 +475,8 @@ class GangPool:
             if result.get("phases") is not None:
                 result["phases"] = dataclasses.replace(
                     result["phases"], **({"text_seconds": round(encoded["seconds"], 4)} if encoded else {}),
-                    **({"decode_seconds": round(result.pop("decode_seconds"), 4)} if "decode_seconds" in result else {}))
+                    **({"decode_seconds": round(result.pop("decode_seconds"), 4)} if "decode_seconds" in result else {}),
+                    **({"store_seconds": round(result.pop("store_seconds"), 4)} if "store_seconds" in result else {}))
             with self._cond:
                 self.videos_by_gang[gang.name] = self.videos_by_gang.get(gang.name, 0) + 1
             result["attempts"] = failed + 1

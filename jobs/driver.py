@@ -189,7 +189,9 @@ class LocalRenderer:
     def render(self, task: RenderTask, settings: RenderSettings, out: OutputLocation) -> RenderedVideo:
         frames, s, skipped, phases = self.frames(task, settings)
         store = self._stores.get(out) or self._stores.setdefault(out, out.open())
+        started = time.perf_counter()
         stored = publish_video(store, task.id, frames, settings, self.pipe.video, fence=lease_fence(out, store))
+        phases = dataclasses.replace(phases, store_seconds=round(time.perf_counter() - started, 4))
         return RenderedVideo(stored.uri, task.seed, s.num_frames, s.height, s.width, s.steps, str(settings.model),
                              skipped, phases=phases, video_bytes=stored.size)
 
@@ -434,7 +436,9 @@ class RenderJob:
                 return record(task, STATUS_FAILED, error=redact(f"{task.where}: {reason}"),
                               attempts=getattr(err, "attempts", 1))
             return record(task, STATUS_OK, uri=video.uri, frames=video.num_frames, height=video.height,
-                          width=video.width, steps=video.steps, model=video.model, seconds=seconds,
+                          width=video.width, steps=video.steps, model=video.model,
+                          seconds=(video.phases.own_seconds() if video.phases is not None else None) or seconds,
+                          wall_seconds=seconds,
                           cache=settings.cache, cache_knob=resolve_knob(settings.cache, settings.cache_knob),
                           skipped_fraction=video.skipped_fraction, attempts=video.attempts,
                           video_bytes=video.video_bytes, **(video.phases.as_row() if video.phases is not None else {}))

@@ -35,7 +35,7 @@ RESULT_SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("steps", pa.int32()),
         ("model", pa.string()),
-        ("seconds", pa.float64()),
+        ("seconds", pa.float64()),  # the video's own cost: its phases (VideoPhases.own_seconds)
         ("cache", pa.string()),
         ("cache_knob", pa.float64()),
         ("skipped_fraction", pa.float64()),
@@ -46,6 +46,8 @@ RESULT_SCHEMA = pa.schema(
         ("decode_seconds", pa.float64()),
         ("peak_gpu_bytes", pa.int64()),  # rank 0's peak accelerator memory during the loop; null on the CPU
         ("video_bytes", pa.int64()),  # the stored mp4's size: a rerun renders again a video that is not this size
+        ("store_seconds", pa.float64()),  # encoding, verifying and publishing the mp4
+        ("wall_seconds", pa.float64()),  # from the render's start to its stored video, waits for others included
     ]
 )
 MIN_MP4_BYTES = 256  # smaller than any whole H.264 mp4: judged for ok rows that recorded no size

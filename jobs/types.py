@@ -120,14 +120,23 @@ class RenderedVideo:
 
 @dataclass(frozen=True)
 class VideoPhases:
-    """Seconds a video spent in text encoding, denoising and decoding (on rank 0), and the most accelerator
-    memory rank 0 held during its loop (None on the CPU).  Results columns of the same names."""
+    """Seconds a video spent in text encoding, denoising, decoding and storing (on rank 0), and the most
+    accelerator memory rank 0 held during its loop (None on the CPU).  Results columns of the same names."""
 
     text_seconds: float | None = None
     denoise_seconds: float | None = None
     decode_seconds: float | None = None
     peak_gpu_bytes: int | None = None
+    store_seconds: float | None = None  # encoding the mp4, verifying it and publishing it
 
     def as_row(self) -> dict:
         return {"text_seconds": self.text_seconds, "denoise_seconds": self.denoise_seconds,
-                "decode_seconds": self.decode_seconds, "peak_gpu_bytes": self.peak_gpu_bytes}
+                "decode_seconds": self.decode_seconds, "peak_gpu_bytes": self.peak_gpu_bytes,
+                "store_seconds": self.store_seconds}
+
+    def own_seconds(self) -> float | None:
+        """The video's own cost: its phases added up, not the time it also spent waiting for a loop or a
+        publisher busy with another video (None when no phase was measured)."""
+        parts = [v for v in (self.text_seconds, self.denoise_seconds, self.decode_seconds, self.store_seconds)
+                 if v is not None]
+        return round(sum(parts), 4) if parts else None

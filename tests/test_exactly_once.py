@@ -533,3 +533,17 @@ def test_a_rerun_with_other_settings_says_which_stored_rows_differ_and_status_sh
     assert cli(["status", str(out)]) == 0
     assert "ok rows rendered with: model " in (printed := capsys.readouterr().out)
     assert "steps 2 x2, 3 x1" in printed and "cache none x3" in printed, printed
+
+
+def test_seconds_count_a_videos_own_cost_and_wall_seconds_its_whole_wait(tmp_path, random_model_folder):
+    """With a video's fixed costs beside the next loop, the time from a render's start to its stored video also
+    holds the other video's loop; `seconds` (and the report) count the video's own phases, `wall_seconds` all."""
+    manifest, out = tmp_path / "m.parquet", tmp_path / "out"
+    write_manifest(manifest, [f"w{i}" for i in range(4)])
+    settings = RenderSettings(model=str(random_model_folder), steps=4)
+    assert render_manifest(manifest, out, settings, progress=False).ok == 4
+    for row in read_results(out).to_pylist():
+        phases = [row[k] for k in ("text_seconds", "denoise_seconds", "decode_seconds", "store_seconds")]
+        assert all(v is not None and v >= 0 for v in phases), row
+        assert row["seconds"] == pytest.approx(sum(phases), abs=2e-3)
+        assert row["wall_seconds"] >= row["denoise_seconds"] and row["store_seconds"] > 0

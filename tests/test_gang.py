@@ -218,6 +218,9 @@ def test_a_row_whose_latents_go_non_finite_fails_on_every_rank_and_the_gang_goes
     assert rows["v1"]["status"] == "failed" and rows["v1"]["attempts"] == 1
     assert "non-finite latents" in rows["v1"]["error"]
     assert sorted(p.name for p in (tmp_path / "out" / "videos").iterdir()) == ["v0.mp4", "v2.mp4"]
+    assert rows["v0"]["store_seconds"] > 0 and rows["v0"]["wall_seconds"] > 0  # rank 0 timed its store
+    assert rows["v0"]["seconds"] == pytest.approx(sum(rows["v0"][k] for k in (
+        "text_seconds", "denoise_seconds", "decode_seconds", "store_seconds")), abs=2e-3)
 
 
 def test_a_video_past_its_time_limit_stops_on_every_rank_at_once_and_the_gang_goes_on(ray_cluster,
