@@ -244,8 +244,8 @@ def cmd_render(args) -> int:
         import signal
 
         name = signal.Signals(stop.signum).name
-        print(f"ditfarm render: stopped by {name}; videos stored so far keep their results rows, and the same "
-              "command resumes", file=sys.stderr)
+        print(f"ditfarm render: stopped by {name}; videos stored so far keep their results rows (report: "
+              f"{args.out.rstrip('/')}/report.html), and the same command resumes", file=sys.stderr)
         abandon_renders(128 + stop.signum)
         return 128 + stop.signum
     finally:
@@ -253,7 +253,7 @@ def cmd_render(args) -> int:
     out = summary.out.rstrip("/")
     duplicates = f", {summary.duplicates} duplicate" if summary.duplicates else ""
     print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped{duplicates}; "
-          f"videos in {out}/videos, results in {out}/results")
+          f"videos in {out}/videos, results in {out}/results, report {out}/report.html")
     if summary.skipped_with_other_settings:
         differ = "; ".join(f"{name} {stored!r} where this run has {wanted!r} ({count} row(s))"
                            for name, (count, (stored, wanted)) in sorted(summary.other_settings.items()))

@@ -34,6 +34,7 @@ from ..cache.presets import resolve_knob
 from .lease import DEFAULT_TTL_S, Lease, LeaseFence, LeaseLost
 from .manifest import Manifest, ManifestError, RenderTask, RowProblem, seed_from_id
 from .run_checks import check_run
+from .stopping import Stopped
 from .results import (RESULT_SCHEMA, STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, ResultsWriter,
                       output_state, results_schema)
 from ..text import cut
@@ -482,11 +483,15 @@ class RenderJob:
                     raise
                 writer.flush()
                 report.final()  # after the last rows are flushed: the page shows the whole run
-        except LeaseLost:
+        except LeaseLost:  # the output is another run's now: not even its report is this run's to write
+            raise
+        except Stopped:
+            report.final()  # a stopped run leaves the page of what is stored (its rows were flushed above)
             raise
         except ManifestError as err:  # a row group past the first that cannot be read
             if summary.total == 0:
                 raise
+            report.final()
             raise RunAborted(EXIT_MANIFEST_FAILED, f"the manifest could not be read past its first {summary.total} "
                              f"row(s): {err}; the videos stored so far keep their rows, and a rerun resumes once the "
                              "manifest is mended") from None

@@ -74,6 +74,7 @@ class Summary:
     earlier_rows: int = 0  # rows finished before started_at (earlier runs)
     duplicates: int = 0  # manifest rows whose id an earlier row has (each recorded once)
     generated_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    this_run: bool = False  # the throughput section covers the current run alone (the rest covers every run)
 
 
 @dataclass
@@ -104,7 +105,8 @@ def summarise(table: pa.Table, started_at: datetime | None = None) -> Summary:
         ids=latest.num_rows, ok=ok.num_rows, failed=failed.num_rows, rows=table.num_rows, retries=retries,
         seconds=values(ok, "seconds"), skipped=values(ok, "skipped_fraction"),
         failures=failure_rows(failed), ok_rows=ok_row_infos(ok),
-        throughput=throughput, untimed_rows=untimed, earlier_rows=earlier, duplicates=duplicate_rows(table).num_rows)
+        throughput=throughput, untimed_rows=untimed, earlier_rows=earlier, duplicates=duplicate_rows(table).num_rows,
+        this_run=started_at is not None)
 
 
 def values(table: pa.Table, name: str) -> np.ndarray:
@@ -490,7 +492,11 @@ def throughput_html(s: Summary) -> str:
             f'<p class="legend note"><span style="background:{OK_COLOUR}"></span>ok'
             f'<span style="background:{FAILED_COLOUR}"></span>failed &middot; {int(t.ok.sum()):,} ok in '
             f'{_duration(minutes * 60)} ({t.ok.sum() / max(minutes, 1e-9):.2f} per minute on average)</p>')
-    return (f'<section id="throughput"><h2>Throughput</h2>{chart}'
+    title = "This run's throughput" if s.this_run else "Throughput"
+    if s.this_run and s.throughput is not None and not (s.throughput.ok.sum() + s.throughput.failed.sum()):
+        notes.insert(0, "This run has rendered nothing new: the ids it met were done already.  The totals, the "
+                        "distributions, the failures and the contact sheet cover every run's rows.")
+    return (f'<section id="throughput"><h2>{title}</h2>{chart}'
             + "".join(f'<p class="note">{n}</p>' for n in notes) + "</section>")
 
 

@@ -277,3 +277,40 @@ def test_the_report_is_refreshed_while_a_job_runs_and_written_whole_at_its_end(t
             seen_mid_run.append(shown_ok(out / "report.html"))
     assert any(n is not None and 0 < n < 8 for n in seen_mid_run), seen_mid_run
     assert shown_ok(out / "report.html") == 8
+
+
+def test_a_stopped_run_writes_its_report_and_a_rerun_with_nothing_new_keeps_every_runs_rows(tmp_path):
+    """SIGTERM mid-run: the run exits 143 after writing report.html with what it stored, and says where.  A rerun
+    that renders nothing new rewrites the page with every run's totals, saying this run added nothing."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pyarrow.parquet as pq
+
+    manifest, out = tmp_path / "m.parquet", tmp_path / "out"
+    prompt = "red circle moving left on blue background"
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(12)], "prompt": [prompt] * 12}), manifest)
+    command = [sys.executable, "-m", "ditfarm.jobs.cli", "render", str(manifest), "--out", str(out), "--steps", "10",
+               "--no-progress", "--flush-every", "1"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list((out / "videos").glob("*.mp4"))) < 2 if (out / "videos").exists() else True:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert f"report: {out}/report.html" in stderr, stderr[-2000:]
+    stored = len(read_results(out))
+    page = (out / "report.html").read_text()
+    assert re.search(rf'id="total-ok" data-value="{stored}"', page), stored
+
+    finished = subprocess.run(command[:-2], capture_output=True, text=True, timeout=600)  # the rest of the rows
+    assert finished.returncode == 0 and f"report {out}/report.html" in finished.stdout, finished.stderr[-2000:]
+    again = subprocess.run(command[:-2], capture_output=True, text=True, timeout=600)  # nothing new
+    assert "0 ok, 0 failed, 12 skipped" in again.stdout, again.stdout
+    page = (out / "report.html").read_text()
+    assert 'id="total-ok" data-value="12"' in page and "This run has rendered nothing new" in page
