@@ -110,6 +110,39 @@ def check_room(config: GangConfig) -> None:
                 config.start_timeout_s)
 
 
+def check_room_ahead(settings: RenderSettings) -> None:
+    """The dry run's ``check_room``: on the cluster the run would join (RAY_ADDRESS, or a `ray start` cluster on
+    this node), or else on the local cluster it would start here (this machine's CPUs and GPUs)."""
+    import ray
+
+    config = gang_config(settings)
+    if ray.is_initialized():
+        check_room(config)
+        return
+    try:
+        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError):  # no cluster to join: the run would start one here
+        from ..pipelines.threads import usable_cpus
+
+        gpus = 0
+        if config.gpus_per_rank:
+            import torch
+
+            gpus = torch.cuda.device_count()
+        node = {"Alive": True, "NodeManagerAddress": "this machine (a local Ray cluster)",
+                "Resources": {"CPU": float(usable_cpus()), "GPU": float(gpus)}}
+        holds, largest = largest_node([node], config)
+        if holds < config.sp:
+            raise ValueError(f"no node of the local Ray cluster this run would start can hold a gang of "
+                             f"{config.sp} rank(s): {largest} holds {holds}; render with --sp {max(1, holds)} or "
+                             "fewer, or join a larger cluster (RAY_ADDRESS)") from None
+        return
+    try:
+        check_room(config)
+    finally:
+        ray.shutdown()
+
+
 def worker_env() -> dict[str, str]:
     """What every rank must see as the driver does: which store (endpoint, region, profile, credentials file;
     never a key: Ray logs runtime envs) and ditfarm's own settings (DITFARM_*: the model cache folder, and the

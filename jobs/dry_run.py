@@ -62,6 +62,10 @@ def dry_run(manifest_source, out, settings: RenderSettings = RenderSettings(), o
 
     start = time.perf_counter()
     checks = check_run(settings, read_model=True)  # what the run refuses as a whole, it refuses here alike
+    if settings.gangs != 0:  # and a gang no node of the cluster could hold
+        from ..cluster.gang_renderer import check_room_ahead
+
+        check_room_ahead(settings)
     manifest = Manifest(manifest_source, readahead=True)
     store = open_output(out)
     done = set() if overwrite else completed_ids(store)

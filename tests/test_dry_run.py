@@ -97,3 +97,17 @@ def test_a_rows_own_steps_are_checked_against_the_caches_calibration(tmp_path, c
     assert cli(args) == 1
     rows = {r["id"]: r for r in read_results(out).to_pylist()}
     assert rows["a"]["status"] == "ok" and "calibrated for 30-step videos" in rows["b"]["error"]
+
+
+def test_the_dry_run_refuses_a_gang_no_node_could_hold(tmp_path, capsys):
+    """No cluster to join: the run would start a local one of this machine's CPUs, which cannot hold a gang of
+    one rank more than that; the dry run says so (exit 2), as the run would at once."""
+    from ditfarm.jobs.cli import main as cli
+    from ditfarm.pipelines.threads import usable_cpus
+
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": ["a"], "prompt": ["red circle moving left on blue background"]}), manifest)
+    too_many = usable_cpus() + 1
+    assert cli(["render", str(manifest), "--out", str(tmp_path / "out"), "--dry-run", "--sp", str(too_many)]) == 2
+    err = capsys.readouterr().err
+    assert f"can hold a gang of {too_many} rank(s)" in err and f"--sp {too_many - 1} or fewer" in err, err
