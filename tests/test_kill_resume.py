@@ -89,10 +89,8 @@ def test_sigkill_of_the_driver_then_rerun_renders_each_id_exactly_once(where, s3
     stored = kill_after(holder, count_videos, 4, meanwhile=lambda: refused(start(manifest, out, random_model_folder),
                                                                           holder.pid))
     assert 4 <= stored < N
-    killed_at = time.monotonic()
-    refused(start(manifest, out, random_model_folder), holder.pid)  # SIGKILLed, but its lease is not stale yet
-    assert time.monotonic() - killed_at < 12, "too slow to see the lease still fresh"
-    time.sleep(max(0.0, 12.5 - (time.monotonic() - killed_at)))  # now it is: the next run takes over
+    # SIGKILLed on this host: its lease is still fresh, but its process is gone (pid and start time), so the next run
+    # takes over at once instead of waiting the 12 s (tests/test_lease.py: a holder elsewhere waits for the ttl)
     ok_rows = [r for r in read_all_results(out).to_pylist() if r["status"] == "ok"]
     assert len(ok_rows) <= stored  # a row is written only after its video is stored
     if where == "s3":  # what a driver killed during a multipart upload leaves behind
