@@ -57,20 +57,21 @@ def check_fits(needed: int, available: int, device: torch.device | str, what: st
                          f"or on a device with more memory")
 
 
-def _meminfo_kib(field: str) -> int:
-    with open("/proc/meminfo") as f:
+def _proc_kib(path: str, field: str) -> int:
+    """A "Field:  N kB" line's N from a /proc file (0 when absent)."""
+    with open(path) as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def _meminfo_kib(field: str) -> int:
+    return _proc_kib("/proc/meminfo", field)
 
 
 def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
+    return _proc_kib("/proc/self/status", field)
 
 
 def _cgroup_headroom() -> int | None:
