@@ -116,6 +116,18 @@ def _manifest(path, prompts):
     return path
 
 
+def render_on_gangs(manifest, out, settings):
+    """(the run's summary, gangs replaced during it) of a manifest rendered on a GangRenderer closed after."""
+    from ditfarm.cluster.gang_renderer import GangRenderer
+    from ditfarm.jobs.driver import render_manifest
+
+    renderer = GangRenderer(settings)
+    try:
+        return render_manifest(manifest, out, settings, renderer=renderer, progress=False), renderer.pool.replaced
+    finally:
+        renderer.close()
+
+
 def test_manifest_on_a_gang_matches_one_process_and_bad_rows_fail_alone(ray_cluster, random_model_folder, tmp_path):
     from ditfarm.jobs.driver import RenderSettings, render_manifest
     from ditfarm.jobs.results import read_all_results
@@ -174,19 +186,13 @@ def test_a_poison_row_fails_after_its_retries_and_every_other_row_renders(ray_cl
     """A row whose rank dies every time (the test-only fault hook) is rendered on 1 + --retries gangs, each of
     which is replaced; then it fails with the gang's error and its attempts, and the other gang keeps going."""
     from ditfarm.cluster.gang import FAULT_ENV
-    from ditfarm.cluster.gang_renderer import GangRenderer
-    from ditfarm.jobs.driver import RenderSettings, render_manifest
+    from ditfarm.jobs.driver import RenderSettings
     from ditfarm.jobs.results import read_results
 
     monkeypatch.setenv(FAULT_ENV, "kill-rank:0:v1")
     manifest = _manifest(tmp_path / "m.parquet", [PROMPT] * 4)
     settings = RenderSettings(model=str(random_model_folder), steps=4, sp=1, gangs=2, retries=1)
-    renderer = GangRenderer(settings)
-    try:
-        summary = render_manifest(manifest, tmp_path / "out", settings, renderer=renderer, progress=False)
-        replaced = renderer.pool.replaced
-    finally:
-        renderer.close()
+    summary, replaced = render_on_gangs(manifest, tmp_path / "out", settings)
     assert (summary.ok, summary.failed) == (3, 1)
     assert replaced == 2  # one gang per attempt of the poison row
     rows = {r["id"]: r for r in read_results(tmp_path / "out").to_pylist()}
@@ -199,20 +205,14 @@ def test_a_row_whose_latents_go_non_finite_fails_on_every_rank_and_the_gang_goes
                                                                                     tmp_path):
     """Both ranks hold the gathered latents, so both refuse the NaN video alike after the loop: the row fails once
     by name, no gang is replaced, and the next rows render on the same gang."""
-    from ditfarm.cluster.gang_renderer import GangRenderer
-    from ditfarm.jobs.driver import RenderSettings, render_manifest
+    from ditfarm.jobs.driver import RenderSettings
     from ditfarm.jobs.results import read_results
     from helpers import poisoned_model_folder
 
     folder = poisoned_model_folder(random_model_folder, tmp_path / "poisoned")
     manifest = _manifest(tmp_path / "m.parquet", [PROMPT, "yellow triangle moving right on black background", PROMPT])
     settings = RenderSettings(model=str(folder), steps=2, sp=2, gangs=1, retries=1)
-    renderer = GangRenderer(settings)
-    try:
-        summary = render_manifest(manifest, tmp_path / "out", settings, renderer=renderer, progress=False)
-        replaced = renderer.pool.replaced
-    finally:
-        renderer.close()
+    summary, replaced = render_on_gangs(manifest, tmp_path / "out", settings)
     assert (summary.ok, summary.failed, replaced) == (2, 1, 0), summary.errors
     rows = {r["id"]: r for r in read_results(tmp_path / "out").to_pylist()}
     assert rows["v1"]["status"] == "failed" and rows["v1"]["attempts"] == 1
@@ -227,8 +227,7 @@ def test_a_video_past_its_time_limit_stops_on_every_rank_at_once_and_the_gang_go
                                                                                        random_model_folder, tmp_path):
     """The ranks vote at every step, so both stop at the same step: the row fails once by name (no rank is left
     in a collective, so the gang is not replaced) and the next rows render on the same gang."""
-    from ditfarm.cluster.gang_renderer import GangRenderer
-    from ditfarm.jobs.driver import RenderSettings, render_manifest
+    from ditfarm.jobs.driver import RenderSettings
     from ditfarm.jobs.results import read_results
 
     import pyarrow as pa
@@ -238,12 +237,7 @@ def test_a_video_past_its_time_limit_stops_on_every_rank_at_once_and_the_gang_go
     pq.write_table(pa.table({"id": ["v0", "v1", "v2"], "prompt": [PROMPT] * 3,
                              "steps": pa.array([2, 1000, 2], pa.int64())}), manifest)
     settings = RenderSettings(model=str(random_model_folder), sp=2, gangs=1, retries=1, video_timeout_s=2.0)
-    renderer = GangRenderer(settings)
-    try:
-        summary = render_manifest(manifest, tmp_path / "out", settings, renderer=renderer, progress=False)
-        replaced = renderer.pool.replaced
-    finally:
-        renderer.close()
+    summary, replaced = render_on_gangs(manifest, tmp_path / "out", settings)
     assert (summary.ok, summary.failed, replaced) == (2, 1, 0), summary.errors
     rows = {r["id"]: r for r in read_results(tmp_path / "out").to_pylist()}
     assert rows["v1"]["attempts"] == 1 and "ran past its time limit of 2 s" in rows["v1"]["error"]

@@ -44,7 +44,7 @@ def test_a_read_only_videos_folder_stops_the_run_before_anything_renders(tmp_pat
     rc = cli(["render", str(manifest(tmp_path / "m.parquet", 3)), "--out", str(out), "--steps", "2", "--no-progress"])
     assert rc == 2
     err = capsys.readouterr().err
-    # (the path as shown has the moto secret "test", set by other tests of the session, redacted)
+    # (the path as shown has the moto secret "test", which the s3_endpoint fixture may have set, redacted)
     assert "cannot write to output folder " in err and "/out/videos: Read-only file system" in err, err
     assert "Traceback" not in err
     assert not (out / "results").exists() or not any((out / "results").iterdir())
