@@ -10,12 +10,14 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
-MAPPED = {  # import package -> folder
+MAPPED = {  # import package -> folder; docs/architecture.md orders them in layers
     "ditfarm": "ditfarm",
+    "ditfarm.storage": "storage",
+    "ditfarm.pipelines": "pipelines",
     "ditfarm.cache": "cache",
+    "ditfarm.worker": "worker",
     "ditfarm.cluster": "cluster",
     "ditfarm.jobs": "jobs",
-    "ditfarm.pipelines": "pipelines",
 }
 SKIPPED_DIRS = {"__pycache__"}
 SKIPPED_SUFFIXES = {".py", ".pyc", ".pyo"}

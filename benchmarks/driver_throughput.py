@@ -74,7 +74,7 @@ def store_bytes(store, video_id: str, data: bytes) -> str:
 
 
 def answered(task, uri: str):
-    from ditfarm.jobs.types import RenderedVideo
+    from ditfarm.types import RenderedVideo
 
     return RenderedVideo(uri, task.seed, 8, 32, 32, 30, "tiny", 0.0)
 
@@ -123,7 +123,7 @@ class RayRenderer:
     def __init__(self, capacity: int, video: bytes | None):
         import ray
 
-        from ditfarm.jobs.storage import storage_env
+        from ditfarm.storage.stores import storage_env
 
         Answerer = ray_answerer()
         env = {"env_vars": storage_env()}
@@ -221,7 +221,7 @@ def capacities(args) -> list[int]:
 def throughput(s3, args, video: bytes, server_pid: int | None) -> list[dict]:
     import ray
 
-    from ditfarm.jobs.types import RenderSettings
+    from ditfarm.types import RenderSettings
 
     table = pa.table({"id": [f"v{i:07d}" for i in range(args.videos)],
                       "prompt": [PROMPTS[i % 4] for i in range(args.videos)],
@@ -415,7 +415,7 @@ def listing(store, ids: int, per_part: int, target_ids: int) -> dict:
 
 def resume_listing(s3, args) -> list[dict]:
     """Each store filled in two halves, listed after each: the second point shows how the costs grow with size."""
-    from ditfarm.jobs.storage import LocalStore, S3Store
+    from ditfarm.storage.stores import LocalStore, S3Store
 
     rows = []
     s3.create_bucket(Bucket="bench-listing")  # its own bucket: moto scans a whole bucket on every list page
@@ -457,7 +457,7 @@ def put_cost(video: bytes, calls: int) -> list[dict]:
     upload_file) against a plain put_object of the same bytes; moto's CPU beside it."""
     import psutil
 
-    from ditfarm.jobs.storage import S3Store
+    from ditfarm.storage.stores import S3Store
 
     store = S3Store("bench", f"put-cost-{uuid.uuid4().hex[:6]}")
     server = next((p for p in psutil.Process().children() if "moto" in " ".join(p.cmdline())), None)

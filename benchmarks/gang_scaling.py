@@ -114,7 +114,7 @@ def timed_job(job_tasks, out: Path, settings, renderer) -> dict:
 
 
 def gangs_run(gangs: int, args, root: Path) -> dict:
-    from ditfarm.cluster.gang_renderer import GangRenderer
+    from ditfarm.jobs.gang_renderer import GangRenderer
     from ditfarm.jobs.driver import RenderSettings
 
     settings = RenderSettings(model=args.model, steps=args.steps, gangs=gangs, sp=1, overlap=args.overlap)

@@ -97,7 +97,7 @@ def overhead(s3, videos: int, steps: int | None, rounds: int) -> dict:
     from ditfarm.jobs import driver
     from ditfarm.jobs.driver import LocalRenderer, RenderSettings, render_manifest
     from ditfarm.jobs.manifest import Manifest
-    from ditfarm.jobs.storage import S3Store
+    from ditfarm.storage.stores import S3Store
 
     table = pa.table({"id": [f"o{i}" for i in range(videos)], "prompt": [PROMPTS[i % 4] for i in range(videos)]})
     manifest = put_table(s3, "overhead/m.parquet", table)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..pipelines.compile import COMPILED_ATTR
+from ..pipelines.compile import CACHE_ENGINE_ATTR, COMPILED_ATTR
 from ..pipelines.denoise import SIGMA_SCHEDULE_ATTR
 from .engine import CacheEngine, CacheStats, Reduce, identity_reduce
 from .policies import (
@@ -27,7 +27,7 @@ from .policies import (
 from .profile import CacheProfile, ProfileMismatchError, model_identity
 from .units import UnitCacheEngine, UnitPolicy
 
-ENGINE_ATTR = "_ditfarm_cache_engine"
+ENGINE_ATTR = CACHE_ENGINE_ATTR
 
 __all__ = [
     "AdaptiveConfig",

@@ -18,10 +18,10 @@ Each policy has one knob that trades speed for fidelity, and good defaults for e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..choices import POLICIES  # noqa: F401 - the policy names live apart from the policies
+from ..pipelines.cache_card import ModelCacheSettings
 from .policies import (
     AdaptiveConfig,
     BACConfig,
@@ -34,7 +34,6 @@ from .policies import (
     ProfilingConfig,
     TaylorSeerConfig,
 )
-from .policies.adaptive import Ladder
 from .policies.harmonica import Router, router_beside
 from .profile import CacheProfile
 
@@ -60,23 +59,6 @@ def resolve_knob(policy: str, knob: float | None = None) -> float | int | None:
     if not value >= 0:
         raise ValueError(f"the {policy} knob ({KNOB_NAMES[policy]}) must be >= 0, got {value}")
     return float(value)
-
-
-@dataclass(frozen=True)
-class ModelCacheSettings:
-    """What a model's card says about caching.  ``reference_steps``: the video length that step-counted knobs
-    (TaylorSeer's and ProfilingDiT's intervals) mean: the base model's own schedule (tiny 30, Wan2.1 50, also for
-    a distilled folder; its card may say otherwise); other lengths scale them.
-    ``adaptive_ladder``: the ladder searched for this model (None: GENERIC_LADDER)."""
-
-    reference_steps: int | None = None
-    adaptive_ladder: Ladder | None = None
-
-    @classmethod
-    def from_card(cls, card: dict, default_steps: int | None) -> "ModelCacheSettings":
-        section = card.get("cache", {})
-        ladder = section.get("adaptive", {}).get("ladder")
-        return cls(section.get("reference_steps", default_steps), Ladder.from_card(ladder) if ladder else None)
 
 
 def build_config(policy: str, knob: float | None = None, profile: CacheProfile | str | Path | None = None,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import ray
 
-from ..jobs.types import NoRenderersLeft
+from ..types import NoRenderersLeft
 from ..pipelines.deadline import default_timeout_s
 from .gang_rank import RankConfig
 
@@ -58,7 +58,7 @@ class GangMember:
         self.outputs = {}  # OutputLocation -> its store, opened once per gang member
         self.pending = {}  # rank 0, deferred publishing: ticket -> (latents, publish)
         if rank == 0:  # rank 0 publishes: clear what ranks killed on this node left in its temp dir
-            from ..jobs.storage import clear_local_temp
+            from ..storage.stores import clear_local_temp
 
             clear_local_temp()
 
@@ -149,9 +149,9 @@ class GangMember:
         return {**self._store(frames, publish), "decode_seconds": clock.seconds["decode"]}
 
     def _store(self, frames, publish) -> dict:
-        from ..jobs.driver import lease_fence, publish_video
-        from ..jobs.lease import LeaseLost
-        from ..jobs.storage import StorageError
+        from ..worker.publish import lease_fence, publish_video
+        from ..storage.lease import LeaseLost
+        from ..storage.stores import StorageError
 
         location, video_id, settings = publish
         store = self.outputs.get(location) or self.outputs.setdefault(location, location.open())
@@ -300,12 +300,12 @@ class Gang:
 
     @staticmethod
     def _checked(result: dict) -> dict:
-        from ..jobs.storage import OutputFull, StorageError, is_full
+        from ..storage.stores import OutputFull, StorageError, is_full
 
         if "error" in result:
             raise RowError(result["error"])
         if "lease_lost" in result:
-            from ..jobs.lease import LeaseLost
+            from ..storage.lease import LeaseLost
 
             raise LeaseLost(result["lease_lost"])
         if "storage_error" in result:  # rank 0 said why in words: a full disk stops the run, like the driver's own

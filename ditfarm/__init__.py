@@ -26,7 +26,7 @@ _EXPORTS = {
     "render": "ditfarm.jobs.api",
     "read_results": "ditfarm.jobs.results",
     "render_manifest": "ditfarm.jobs.driver",
-    "RenderSettings": "ditfarm.jobs.types",
+    "RenderSettings": "ditfarm.types",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -21,10 +21,10 @@ from typing import Iterator
 import pyarrow as pa
 
 from .driver import RenderJob, manifest_job, request_id
-from .lease import DEFAULT_TTL_S
+from ..storage.lease import DEFAULT_TTL_S
 from .manifest import ManifestError, TableManifest
 from .results import read_results, results_schema
-from .types import RenderSettings
+from ..types import RenderSettings
 
 __all__ = ["render", "read_results"]
 

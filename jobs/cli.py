@@ -195,9 +195,9 @@ def show_logs() -> None:
 def cmd_render(args) -> int:
     from .driver import prompt_task, render_manifest, render_tasks
     from .manifest import ManifestError
-    from .storage import StorageError, redact
-    from .lease import LeaseLost
-    from .types import EXIT_LEASE_LOST, EXIT_TRY_LATER, NoRenderersLeft, RunAborted
+    from ..storage.stores import StorageError, redact
+    from ..storage.lease import LeaseLost
+    from ..types import EXIT_LEASE_LOST, EXIT_TRY_LATER, NoRenderersLeft, RunAborted
 
     def fail(message) -> int:
         print(f"ditfarm render: {redact(str(message))}", file=sys.stderr)
@@ -274,8 +274,8 @@ def _add_status(sub) -> None:
 
 def lease_line(out: str) -> str:
     """Who holds the output now, as ``ditfarm status`` says it."""
-    from .lease import current_holder
-    from .storage import StorageError, open_output
+    from ..storage.lease import current_holder
+    from ..storage.stores import StorageError, open_output
 
     try:
         seen = current_holder(open_output(out))
@@ -314,7 +314,7 @@ def cmd_status(args) -> int:
     from collections import Counter
 
     from .results import best_per_id, duplicate_rows, read_all_results
-    from .storage import StorageError, open_output, redact
+    from ..storage.stores import StorageError, open_output, redact
 
     try:
         rows = read_all_results(args.out)

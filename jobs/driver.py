@@ -3,7 +3,7 @@
 The driver owns bookkeeping only: which rows to skip, what each results row says, when a part is flushed.
 Rendering goes through a renderer (``render(task, settings, out) -> RenderedVideo``, called from up to
 ``capacity`` threads at once) that also *stores* the video: ``LocalRenderer`` renders, encodes and uploads in
-this process; ``ditfarm.cluster.gang_renderer.GangRenderer`` has rank 0 of a Ray gang do it on its own node.  Only
+this process; ``ditfarm.jobs.gang_renderer.GangRenderer`` has rank 0 of a Ray gang do it on its own node.  Only
 the URI and the row's values come back, never frames.  A results row is written only after its video is stored,
 and by this thread only.
 
@@ -27,21 +27,20 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Protocol
 
-import numpy as np
 
 from ..cache import last_video_stats
 from ..cache.presets import resolve_knob
-from .lease import DEFAULT_TTL_S, Lease, LeaseFence, LeaseLost
-from .manifest import Manifest, ManifestError, RenderTask, RowProblem, seed_from_id
+from ..storage.lease import DEFAULT_TTL_S, Lease, LeaseLost
+from ..worker.publish import lease_fence, publish_video
+from .manifest import Manifest, ManifestError, RenderTask, RowProblem, sampler_overrides, seed_from_id
 from .run_checks import check_run
 from .stopping import Stopped
 from .results import (RESULT_SCHEMA, STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, ResultsWriter,
                       output_state, results_schema)
 from ..text import cut
-from .storage import (OutputFull, OutputLocation, OutputStore, StorageError, StoredVideo, clear_local_temp,
+from ..storage.stores import (OutputFull, OutputLocation, OutputStore, StorageError, clear_local_temp,
                       open_output, redact)
-from .types import (EXIT_MANIFEST_FAILED, EXIT_OUTPUT_FAILED, RenderedVideo, RenderSettings, RunAborted,
-                    check_step_cap)
+from ..types import (EXIT_MANIFEST_FAILED, EXIT_OUTPUT_FAILED, RenderedVideo, RenderSettings, RunAborted)
 
 __all__ = ["RenderSettings", "RenderedVideo", "RunSummary", "RenderJob", "LocalRenderer", "render_manifest",
            "render_tasks", "prompt_task", "publish_video", "sampler_overrides"]
@@ -49,7 +48,6 @@ __all__ = ["RenderSettings", "RenderedVideo", "RunSummary", "RenderJob", "LocalR
 log = logging.getLogger(__name__)
 
 MAX_KEPT_ERRORS = 1000  # the summary keeps this many messages; the results table keeps them all
-ENCODE_ATTEMPTS = 2  # encodes (and stores) of one video before its row fails
 
 
 @dataclass
@@ -74,48 +72,10 @@ class Renderer(Protocol):
     def render(self, task: RenderTask, settings: RenderSettings, out: OutputLocation) -> RenderedVideo: ...
 
 
-def sampler_overrides(task: RenderTask, settings: RenderSettings) -> dict:
-    """The row's own sampler values where it has them, else the run's (None: the model's default)."""
-    names = ("num_frames", "height", "width", "steps", "guidance_scale")
-    overrides = {n: getattr(task, n) if getattr(task, n) is not None else getattr(settings, n) for n in names}
-    check_step_cap(overrides["steps"], settings.max_steps)
-    return overrides
-
-
-def publish_video(store: OutputStore, video_id: str, frames: np.ndarray, settings: RenderSettings, video,
-                  fence=None) -> StoredVideo:
-    """Encode the frames as an mp4 once, verify it and store it as ``videos/<id>.mp4``.  ``video``: the model's
-    VideoDefaults (fps and upscale where the run sets none); ``fence``: the run's lease check, run right before
-    the video is published.  A failed encode is tried once more (a killed encoder may pass the second time; a
-    read-only disk fails both, by name), then it is the row's StorageError; a full disk is OutputFull at once."""
-    from ..pipelines.video_io import write_mp4
-
-    fps = settings.fps or video.fps
-    upscale = settings.upscale or video.upscale
-    for attempt in range(ENCODE_ATTEMPTS):
-        try:
-            return store.store_video(video_id, lambda path: write_mp4(frames, path, fps=fps, upscale=upscale),
-                                     fence=fence)
-        except StorageError as err:
-            if isinstance(err, (LeaseLost, OutputFull)) or attempt + 1 == ENCODE_ATTEMPTS:
-                raise
-            log.warning("storing video %s failed (%s); trying once more", video_id, err)
-            time.sleep(1.0)
-    raise AssertionError("unreachable")
-
-
-def lease_fence(out: OutputLocation, store: OutputStore):
-    """The check to run right before publishing into ``out`` (None: a location no run holds a lease on)."""
-    if out.writer_run is None:
-        return None
-    fence = LeaseFence(out.writer_run)
-    return lambda: fence.check(store)
-
-
 def make_renderer(settings: RenderSettings) -> Renderer:
     if settings.gangs == 0:
         return LocalRenderer(settings)
-    from ..cluster.gang_renderer import GangRenderer
+    from .gang_renderer import GangRenderer
 
     return GangRenderer(settings)
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from .manifest import Manifest, RowProblem, describe_row
 from .results import completed_ids
-from .storage import open_output
-from .types import RenderSettings
+from ..storage.stores import open_output
+from ..types import RenderSettings
 
 EXAMPLES_PER_REASON = 5
 
@@ -63,7 +63,7 @@ def dry_run(manifest_source, out, settings: RenderSettings = RenderSettings(), o
     start = time.perf_counter()
     checks = check_run(settings, read_model=True)  # what the run refuses as a whole, it refuses here alike
     if settings.gangs != 0:  # and a gang no node of the cluster could hold
-        from ..cluster.gang_renderer import check_room_ahead
+        from .gang_renderer import check_room_ahead
 
         check_room_ahead(settings)
     manifest = Manifest(manifest_source, readahead=True)

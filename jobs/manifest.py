@@ -28,8 +28,9 @@ import pyarrow.parquet as pq
 from ..uris import is_s3, split_s3_uri
 from .results import RESERVED_PREFIX, RESULT_SCHEMA
 from ..text import shown
-from .waits import waiting_on
-from .storage import StorageError, arrow_s3_filesystem, check_video_id, probe_s3, redact
+from ..storage.waits import waiting_on
+from ..storage.stores import StorageError, arrow_s3_filesystem, check_video_id, probe_s3, redact
+from ..types import RenderSettings, check_step_cap
 
 REQUIRED_COLUMNS = ("id", "prompt")
 INTEGER_COLUMNS = ("seed", "num_frames", "height", "width", "steps")
@@ -299,3 +300,11 @@ def validate_row(row: int, record: dict, extra_columns: list[str], seen: dict[st
         origin=origin,
         **numbers,
     )
+
+
+def sampler_overrides(task: RenderTask, settings: RenderSettings) -> dict:
+    """The row's own sampler values where it has them, else the run's (None: the model's default)."""
+    names = ("num_frames", "height", "width", "steps", "guidance_scale")
+    overrides = {n: getattr(task, n) if getattr(task, n) is not None else getattr(settings, n) for n in names}
+    check_step_cap(overrides["steps"], settings.max_steps)
+    return overrides

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from .waits import oldest_wait
+from ..storage.waits import oldest_wait
 
 
 class Progress:

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from ..uris import split_s3_uri
 from .results import STATUS_FAILED, STATUS_OK, best_per_id, duplicate_rows, read_all_results
-from .storage import OutputStore, S3Store, check_video_id, open_output
+from ..storage.stores import OutputStore, S3Store, check_video_id, open_output
 
 REPORT_NAME = "report.html"
 MAX_FAILURES = 200  # rows of the failures table; the rest are counted

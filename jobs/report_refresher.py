@@ -13,7 +13,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from .storage import OutputStore, redact
+from ..storage.stores import OutputStore, redact
 
 log = logging.getLogger(__name__)
 

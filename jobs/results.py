@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .storage import OutputStore, open_output
+from ..storage.stores import OutputStore, open_output
 
 STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
 STATUS_DUPLICATE = "duplicate"  # a manifest row whose id an earlier row already has; recorded once per id

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..uris import is_s3
-from .types import RenderSettings
+from ..types import RenderSettings
 
 
 @dataclass
@@ -25,7 +25,7 @@ class RunChecks:
 
     def check_row(self, task, settings: RenderSettings):
         """The row's sampler settings, or ValueError naming what the model or the cache refuses."""
-        from .driver import sampler_overrides
+        from .manifest import sampler_overrides
 
         overrides = sampler_overrides(task, settings)
         if self.model is None:
@@ -78,7 +78,7 @@ def check_run(settings: RenderSettings, read_model: bool = False) -> RunChecks:
         check_device(settings.device)
     if not read_model and not model_is_visible(settings):
         return RunChecks(None, None)
-    from ..pipelines.checks import model_checks
+    from ..pipelines.model_checks import model_checks
 
     model = model_checks(settings.model)
     config = build_config(settings.cache, settings.cache_knob, settings.profile or model.cache_profile,

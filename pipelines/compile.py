@@ -17,14 +17,13 @@ import torch
 log = logging.getLogger(__name__)
 
 COMPILED_ATTR = "_ditfarm_compiled"
+CACHE_ENGINE_ATTR = "_ditfarm_cache_engine"  # set by ditfarm.cache while its hooks wrap the blocks
 
 
 def compile_blocks(transformer: torch.nn.Module, backend: str = "inductor", mode: str | None = None) -> int:
     """Compile every block of ``transformer.blocks`` in place; returns how many.  Call after sequence
     parallelism (its attention processor is part of the block) and before a cache is enabled."""
-    from ..cache import engine_of
-
-    if engine_of(transformer) is not None:
+    if getattr(transformer, CACHE_ENGINE_ATTR, None) is not None:
         raise RuntimeError("compile the blocks before enabling a cache: its hooks must stay outside the graph")
     if getattr(transformer, COMPILED_ATTR, None):
         return 0

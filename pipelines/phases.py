@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..jobs.types import VideoPhases
+from ..types import VideoPhases
 
 
 class PhaseClock:

@@ -71,7 +71,7 @@ class WanVideoPipeline(VideoPipelineMixin):
         from diffusers import AutoencoderKLWan, WanPipeline
         from transformers import UMT5EncoderModel
 
-        from ..cache.presets import ModelCacheSettings
+        from .cache_card import ModelCacheSettings
         from .checks import WAN_LIMITS, card_limits, wan_vae_factors
         from .folder_checks import check_wan_folder
 

@@ -14,7 +14,7 @@ import ray
 
 from ditfarm.cluster import gang as gang_module
 from ditfarm.cluster.gang import NoGangsLeft
-from ditfarm.cluster.gang_renderer import GangRenderer
+from ditfarm.jobs.gang_renderer import GangRenderer
 from ditfarm.jobs.driver import RenderSettings, manifest_job
 from test_chaos import check_exactly_once, placement_groups_left, write_manifest
 

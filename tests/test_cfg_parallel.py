@@ -65,7 +65,7 @@ def test_four_ranks_are_two_ulysses_halves(one_process):
 
 
 def test_cfg_parallel_needs_an_even_gang():
-    from ditfarm.jobs.types import RenderSettings
+    from ditfarm.types import RenderSettings
 
     with pytest.raises(ValueError, match="sp must be even and >= 2, got 3"):
         RenderSettings(sp=3, gangs=1, cfg_parallel=True).validate()

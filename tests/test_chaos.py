@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from ditfarm.cluster.gang_renderer import GangRenderer
+from ditfarm.jobs.gang_renderer import GangRenderer
 from ditfarm.jobs.driver import RenderSettings, manifest_job
 from ditfarm.jobs.results import read_all_results
 

@@ -5,8 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ditfarm.jobs.dry_run import dry_run
-from ditfarm.jobs.types import RenderSettings
-from ditfarm.pipelines.checks import model_checks
+from ditfarm.types import RenderSettings
+from ditfarm.pipelines.model_checks import model_checks
 from ditfarm.pipelines.loading import load_pipeline
 from ditfarm.pipelines.wan import make_small_wan_folder
 

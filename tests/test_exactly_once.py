@@ -168,7 +168,7 @@ def test_a_run_paused_past_its_lease_publishes_nothing_after_it_wakes(tmp_path, 
 
 
 def test_a_lease_lock_held_by_a_paused_process_is_broken_and_its_holder_writes_nothing(tmp_path):
-    from ditfarm.jobs.lease import LocalLeaseFile
+    from ditfarm.storage.lease import LocalLeaseFile
 
     paused, taker = LocalLeaseFile(tmp_path), LocalLeaseFile(tmp_path)
     paused.LOCK_STALE_S = taker.LOCK_STALE_S = 0.3
@@ -184,7 +184,7 @@ def test_a_part_written_after_the_run_was_fenced_is_not_counted(tmp_path):
     """The run that takes a stale lease over records the old run's parts as they are (fence-<run>.json); a part
     the old run still writes afterwards (it paused between its lease check and its write) is never counted."""
     from ditfarm.jobs.results import RESULT_SCHEMA, new_run_id, read_all_results
-    from ditfarm.jobs.storage import open_output
+    from ditfarm.storage.stores import open_output
 
     store = open_output(str(tmp_path / "out"))
     store.check_writable()  # makes the folders, as a run does before it writes
@@ -256,7 +256,7 @@ def test_results_stay_readable_when_an_extra_column_changes_type_between_runs(tm
 def test_bad_run_settings_refuse_the_run_and_an_oversized_row_gets_a_size_error(tmp_path, random_model_folder,
                                                                                 capsys):
     from ditfarm.jobs.cli import main as cli
-    from ditfarm.pipelines.checks import model_checks
+    from ditfarm.pipelines.model_checks import model_checks
 
     manifest, out = tmp_path / "m.parquet", tmp_path / "out"
     write_manifest(manifest, ["s0"])
@@ -271,7 +271,7 @@ def test_bad_run_settings_refuse_the_run_and_an_oversized_row_gets_a_size_error(
 
 
 def test_a_wan_folder_refuses_sizes_past_its_rotary_table(small_wan_folder):
-    from ditfarm.pipelines.checks import model_checks
+    from ditfarm.pipelines.model_checks import model_checks
 
     with pytest.raises(ValueError, match="width is too large for this model"):
         model_checks(small_wan_folder).settings(width=16 * 1024)
@@ -382,7 +382,7 @@ def test_a_model_card_declares_its_own_limits_and_a_malformed_one_is_refused_at_
     import json
     import shutil
 
-    from ditfarm.pipelines.checks import model_checks
+    from ditfarm.pipelines.model_checks import model_checks
     from ditfarm.pipelines.loading import load_pipeline
 
     tiny = tmp_path / "tiny"
@@ -411,7 +411,7 @@ def test_a_killed_runs_leftovers_are_removed_when_the_next_run_starts(tmp_path, 
     the output's top (a report being written) go; a live process's temporary folder stays."""
     import tempfile
 
-    from ditfarm.jobs.storage import LOCAL_TEMP_PREFIX
+    from ditfarm.storage.stores import LOCAL_TEMP_PREFIX
 
     temp = tmp_path / "temp"
     temp.mkdir()

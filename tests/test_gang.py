@@ -62,7 +62,7 @@ def test_a_gang_encodes_the_next_text_ahead_and_renders_the_same_video(ray_clust
     """With overlap a video's text is encoded on rank 0 beside the previous loop and handed to the render: the
     stored video and its cache masks are those of a render that encoded the text itself."""
     from ditfarm.jobs.driver import RenderSettings
-    from ditfarm.jobs.storage import OutputLocation
+    from ditfarm.storage.stores import OutputLocation
     from ditfarm.pipelines.video_io import read_mp4
 
     config = GangConfig(sp=2, rank=RankConfig(model=str(random_model_folder), cache="adaptive", cache_knob=0.2,
@@ -118,7 +118,7 @@ def _manifest(path, prompts):
 
 def render_on_gangs(manifest, out, settings):
     """(the run's summary, gangs replaced during it) of a manifest rendered on a GangRenderer closed after."""
-    from ditfarm.cluster.gang_renderer import GangRenderer
+    from ditfarm.jobs.gang_renderer import GangRenderer
     from ditfarm.jobs.driver import render_manifest
 
     renderer = GangRenderer(settings)
@@ -154,7 +154,7 @@ def test_manifest_on_a_gang_matches_one_process_and_bad_rows_fail_alone(ray_clus
 def test_two_gangs_render_side_by_side(ray_cluster, random_model_folder, tmp_path):
     """Both gangs hold a video at the same time: some two renders overlap in time (a serial run, one gang after
     the other, would pass a count of videos per gang but not this)."""
-    from ditfarm.cluster.gang_renderer import GangRenderer
+    from ditfarm.jobs.gang_renderer import GangRenderer
     from ditfarm.jobs.driver import RenderSettings, render_manifest
 
     class TimedGangRenderer(GangRenderer):
@@ -280,7 +280,7 @@ def test_what_a_gang_runs_is_logged_once_per_gang(ray_cluster, random_model_fold
 def test_a_gang_no_node_can_hold_is_refused_at_once_naming_the_largest_node(ray_cluster, random_model_folder):
     """--sp 4 on a 2-CPU node of a cluster without an autoscaler: said at once (exit 2 from the CLI), not after
     the start timeout in silence."""
-    from ditfarm.cluster.gang_renderer import GangRenderer
+    from ditfarm.jobs.gang_renderer import GangRenderer
     from ditfarm.jobs.driver import RenderSettings
 
     started = time.monotonic()

@@ -4,7 +4,7 @@ import pytest
 import ray
 
 from ditfarm.cluster.gang import GangConfig
-from ditfarm.cluster.gang_renderer import GangRenderer, auto_gang_count
+from ditfarm.jobs.gang_renderer import GangRenderer, auto_gang_count
 from ditfarm.jobs.cli import build_parser, settings_from_args
 from ditfarm.jobs.driver import RenderSettings
 

@@ -223,8 +223,11 @@ def test_images_copy_everything_the_build_reads(dockerfile):
     for line in (INFRA / dockerfile).read_text().splitlines():
         if line.startswith("COPY "):
             copied.update(line.split()[1:-1])
-    assert {"pyproject.toml", "setup.py", "README.md", "constraints.txt", "ditfarm", "pipelines", "cache", "cluster",
-            "jobs"} <= copied
+    sys.path.insert(0, str(INFRA.parent))
+    from setup import MAPPED  # the folders the build maps to packages
+
+    sys.path.pop(0)
+    assert {"pyproject.toml", "setup.py", "README.md", "constraints.txt", *MAPPED.values()} <= copied
     ignored = {line.strip() for line in (INFRA.parent / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
     assert {".git", "build", ".venv"} <= ignored and not copied & ignored  # a small context that has what is copied
@@ -364,8 +367,8 @@ sys.exit(1)
 
 def lease_refusal(tmp_path) -> str:
     """The message a second run on a held output prints, from the real lease code (not a copy of its text)."""
-    from ditfarm.jobs.lease import Lease, LeaseHeld
-    from ditfarm.jobs.storage import open_output
+    from ditfarm.storage.lease import Lease, LeaseHeld
+    from ditfarm.storage.stores import open_output
 
     store = open_output(str(tmp_path / "held-out"))
     holder = Lease(store, "run-last-night").acquire()

@@ -10,8 +10,8 @@ import boto3
 import pytest
 
 from ditfarm.jobs.driver import RenderJob, RenderSettings, prompt_task
-from ditfarm.jobs.lease import LEASE_NAME, Holder, Lease, LeaseHeld, LeaseLost, current_holder, lease_object
-from ditfarm.jobs.storage import open_output
+from ditfarm.storage.lease import LEASE_NAME, Holder, Lease, LeaseHeld, LeaseLost, current_holder, lease_object
+from ditfarm.storage.stores import open_output
 from helpers import CountingRenderer
 
 
@@ -176,7 +176,7 @@ def test_a_live_holder_a_reused_pid_and_another_host(tmp_path):
     import dataclasses
     import os
 
-    from ditfarm.jobs.lease import this_process
+    from ditfarm.storage.lease import this_process
 
     live = Holder(run_id="r", host=__import__("socket").gethostname(), pid=os.getpid(), ray_job=None, started_at="-",
                   ttl_s=120, process=this_process())

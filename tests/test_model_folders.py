@@ -120,7 +120,7 @@ def test_a_wan22_or_other_folder_ditfarm_would_render_wrong_is_refused_by_name(f
                                                                               named):
     """Wan2.2 A14B (two experts), TI2V-5B (per-token timesteps), image-to-video and unknown fields: the load, the
     dry run and the CLI refuse them (exit 2), naming each field, before anything renders."""
-    from ditfarm.pipelines.checks import model_checks
+    from ditfarm.pipelines.model_checks import model_checks
 
     index = json.loads((folder / "model_index.json").read_text())
     (folder / "model_index.json").write_text(json.dumps({**index, **fields}))

@@ -13,7 +13,7 @@ from ditfarm.jobs.cli import main as cli
 from ditfarm.jobs.driver import RenderSettings, render_manifest
 from ditfarm.jobs.manifest import Manifest, ManifestError, RenderTask, RowProblem
 from ditfarm.jobs.results import read_all_results, read_results
-from ditfarm.jobs.storage import S3Store, StorageError
+from ditfarm.storage.stores import S3Store, StorageError
 from ditfarm.pipelines.video_io import read_mp4
 from helpers import CountingRenderer
 
@@ -144,7 +144,7 @@ def test_s3_in_s3_out_resume_and_rerender_of_deleted_videos(s3, bucket, random_m
 
 
 def test_a_failed_multipart_upload_fails_the_row_and_leaves_nothing(s3, bucket, monkeypatch, tmp_path):
-    import ditfarm.jobs.storage as storage
+    import ditfarm.storage.stores as storage
 
     monkeypatch.setattr(storage, "MULTIPART_THRESHOLD", 5 * 1024 * 1024)  # S3's smallest part
     store = S3Store(bucket, "out")
@@ -223,7 +223,7 @@ def test_results_are_flushed_by_time_while_videos_take_long(tmp_path):
 
     from ditfarm.jobs.driver import render_tasks
     from ditfarm.jobs.manifest import RenderTask
-    from ditfarm.jobs.types import RenderedVideo
+    from ditfarm.types import RenderedVideo
 
     out = tmp_path / "slow"
     seen_parts = []
@@ -256,8 +256,8 @@ def test_status_prints_counts_and_failed_rows(s3, bucket, random_model_folder, c
     assert f"{out}: 3 ids: 1 failed, 2 ok" in printed
     assert "failed sbad: row 2 (id 'sbad'): unknown word(s) 'purple'" in printed
     assert "lease: free" in printed
-    from ditfarm.jobs.lease import Lease
-    from ditfarm.jobs.storage import open_output
+    from ditfarm.storage.lease import Lease
+    from ditfarm.storage.stores import open_output
 
     held = Lease(open_output(out), "run-live").acquire()
     assert cli(["status", out]) == 0
@@ -283,7 +283,7 @@ def test_cli_s3_output_goes_to_the_bucket_not_a_local_folder(s3, bucket, tmp_pat
 def test_gangs_carry_which_store_but_never_a_key(monkeypatch, tmp_path):
     """Ray writes runtime env variables to its logs and state API, so ranks get the endpoint, region, profile and
     the path of a credentials file from the driver, and find keys and tokens on their own node."""
-    from ditfarm.cluster.gang_renderer import gang_config
+    from ditfarm.jobs.gang_renderer import gang_config
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1234")
     monkeypatch.setenv("AWS_PROFILE", "farm")
@@ -324,7 +324,7 @@ def test_a_credentials_file_others_can_read_is_refused_and_an_owner_only_one_wor
 def test_a_job_whose_runtime_env_carries_a_key_is_told_so(monkeypatch, caplog):
     import ray
 
-    from ditfarm.cluster.gang_renderer import warn_of_credentials_in_job_env
+    from ditfarm.jobs.gang_renderer import warn_of_credentials_in_job_env
 
     class Context:
         def __init__(self, env_vars):
@@ -382,7 +382,7 @@ def test_off_a_terminal_progress_is_one_plain_line_per_interval(tmp_path, capsys
 
     from ditfarm.jobs.driver import RenderJob
     from ditfarm.jobs.manifest import RenderTask
-    from ditfarm.jobs.types import RenderedVideo
+    from ditfarm.types import RenderedVideo
 
     class SlowRenderer:
         capacity = 1
@@ -419,7 +419,7 @@ def test_status_of_an_output_that_does_not_exist_says_so_and_exits_2(s3, bucket,
 
 def test_a_missing_bucket_or_missing_credentials_for_a_manifest_are_said_as_such(s3, bucket, tmp_path, monkeypatch,
                                                                                   capsys):
-    from ditfarm.jobs import storage
+    from ditfarm.storage import stores as storage
 
     assert cli(["render", "s3://no-such-bucket-here/m.parquet", "--out", str(tmp_path / "o"), "--dry-run"]) == 2
     err = capsys.readouterr().err

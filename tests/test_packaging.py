@@ -18,8 +18,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MAPPED_FOLDERS = {"ditfarm": "ditfarm", "cache": "ditfarm/cache", "cluster": "ditfarm/cluster", "jobs": "ditfarm/jobs",
-                  "pipelines": "ditfarm/pipelines"}
+sys.path.insert(0, str(ROOT))
+from setup import MAPPED  # noqa: E402 - the package -> folder map the build itself uses
+
+sys.path.pop(0)
+MAPPED_FOLDERS = {folder: package.replace(".", "/") for package, folder in MAPPED.items()}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +64,8 @@ def test_wheel_holds_every_module_and_data_file(wheel):
     assert not missing, f"files missing from the wheel: {missing}"
     top = {n.split("/")[0] for n in names}
     assert top == {"ditfarm", next(n.split("/")[0] for n in names if ".dist-info/" in n)}
-    assert not any(n.startswith(("cache/", "jobs/", "tests/", "cluster/", "pipelines/")) for n in names)
+    assert not any(n.startswith(tuple(f"{folder}/" for folder in [*MAPPED_FOLDERS, "tests"] if folder != "ditfarm"))
+                   for n in names)
 
 
 def test_wheel_imports_and_renders_without_the_editable_finder(wheel, tmp_path):

@@ -128,7 +128,7 @@ def render_args(*extra):
 
 
 def test_gangs_default_and_collective_timeout_reach_the_ray_path():
-    from ditfarm.cluster.gang_renderer import gang_config
+    from ditfarm.jobs.gang_renderer import gang_config
 
     assert settings_from_args(render_args()).gangs == 0  # in-process, no Ray
     two = settings_from_args(render_args("--sp", "2"))

@@ -17,8 +17,8 @@ from ditfarm.jobs.driver import RenderSettings, prompt_task, publish_video, rend
 from ditfarm.pipelines.base import VideoDefaults
 from ditfarm.jobs.report import sample_rows, write_report
 from ditfarm.jobs.results import RESULT_SCHEMA, read_all_results, read_results
-from ditfarm.jobs.storage import S3Store, open_output
-from ditfarm.jobs.types import RenderedVideo
+from ditfarm.storage.stores import S3Store, open_output
+from ditfarm.types import RenderedVideo
 from ditfarm.pipelines.video_io import write_mp4
 
 GOOD = ["red circle moving left on blue background", "white square moving up on green gradient background",

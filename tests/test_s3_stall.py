@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ditfarm.jobs.cli import main as cli
-from ditfarm.jobs.storage import CALL_TIMEOUTS
+from ditfarm.storage.stores import CALL_TIMEOUTS
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import os
 import subprocess
 import sys
 
-from ditfarm.cluster.gang_renderer import gang_config
+from ditfarm.jobs.gang_renderer import gang_config
 from ditfarm.jobs.cli import build_parser, settings_from_args
-from ditfarm.jobs.types import RenderSettings
+from ditfarm.types import RenderSettings
 
 PROBE = """
 import json, os, sys

@@ -53,57 +53,13 @@ of forecasting the stack.  Any of ``warmup_fraction``, ``first_run``, ``growth``
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ...pipelines.cache_card import Ladder, Rung
 from ..profile import CacheProfile
 from .base import CachePolicy, DecisionState, all_blocks
-
-
-@dataclass(frozen=True)
-class Rung:
-    """One budget's schedule shape (step granularity), in fractions of the video's steps: compute the first
-    ``warmup_fraction`` of the steps, then after each computed step allow a run of skipped steps of at most
-    min(``max_run``, ``first_run`` + ``growth`` * runs so far) of the schedule (rounded down to whole steps)."""
-
-    budget: float  # the rung applies from this threshold up (to the next rung's)
-    warmup_fraction: float
-    first_run: float
-    growth: float
-    max_run: float
-    reuse_output: bool = False  # skipped steps reuse the model's output instead of forecasting the stack
-
-    def run_limit(self, num_steps: int, runs_done: int) -> int:
-        """Skipped steps allowed in the next run of a ``num_steps``-step video (an integer: ranks agree)."""
-        fraction = min(self.max_run, self.first_run + self.growth * runs_done)
-        return int(math.floor(fraction * num_steps + 1e-9))
-
-    def max_run_steps(self, num_steps: int) -> int:
-        return int(math.floor(self.max_run * num_steps + 1e-9))
-
-
-@dataclass(frozen=True)
-class Ladder:
-    """Rungs by rising budget, and where they come from."""
-
-    rungs: tuple[Rung, ...]
-    source: str = ""
-
-    def rung_for(self, threshold: float) -> Rung:
-        return [r for r in self.rungs if threshold >= r.budget][-1]
-
-    @classmethod
-    def from_card(cls, data: dict) -> "Ladder":
-        """A ladder as a model card writes it: rungs in steps of ``of_steps`` (as they were searched), read as
-        fractions of the schedule."""
-        n = float(data["of_steps"])
-        rungs = tuple(Rung(r["budget"], r["warmup"] / n, r["first_run"] / n, r["growth"] / n, r["max_run"] / n,
-                           bool(r.get("reuse_output", False))) for r in data["rungs"])
-        if not rungs or rungs[0].budget != 0 or [r.budget for r in rungs] != sorted(r.budget for r in rungs):
-            raise ValueError("a ladder's rungs must start at budget 0 and rise")
-        return cls(rungs, data.get("source", ""))
 
 
 # For models whose card ships no ladder: one plain shape, not searched (a fifth of the schedule computed first,

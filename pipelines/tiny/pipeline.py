@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 
-from ...cache.presets import ModelCacheSettings
+from ..cache_card import ModelCacheSettings
 from ..base import VideoDefaults, VideoPipelineMixin
 from ..checks import TINY_LIMITS, card_limits
 from ..denoise import SamplerSettings

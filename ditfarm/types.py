@@ -77,7 +77,7 @@ class RenderSettings:
         check_step_cap(self.steps, self.max_steps)
         if self.guidance_scale is not None and not 0 <= self.guidance_scale <= 100:  # NaN and infinities too
             raise ValueError(f"guidance_scale must be a finite number in [0, 100], got {self.guidance_scale!r}")
-        from ..pipelines.precision import DTYPE_NAMES
+        from .choices import DTYPE_NAMES
 
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")

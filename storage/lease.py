@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
-from .storage import LocalStore, OutputFull, OutputStore, S3Store, StorageError, describe_s3_error, is_full
+from .stores import LocalStore, OutputFull, OutputStore, S3Store, StorageError, describe_s3_error, is_full
 from .waits import waiting_on
 
 log = logging.getLogger(__name__)

@@ -12,13 +12,13 @@ import logging
 import os
 import threading
 
-from ..jobs.driver import sampler_overrides
-from ..jobs.manifest import RenderTask
-from ..jobs.stopping import reclaim_signals
-from ..jobs.storage import CREDENTIAL_VARIABLES, OutputLocation, shareable_storage_env
-from ..jobs.types import RenderedVideo, RenderSettings
-from .gang import GangConfig, GangPool
-from .gang_rank import RankConfig
+from .manifest import sampler_overrides
+from .manifest import RenderTask
+from .stopping import reclaim_signals
+from ..storage.stores import CREDENTIAL_VARIABLES, OutputLocation, shareable_storage_env
+from ..types import RenderedVideo, RenderSettings
+from ..cluster.gang import GangConfig, GangPool
+from ..cluster.gang_rank import RankConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,48 @@
+"""Publishing one rendered video: encode its frames as an mp4 once, verify it, and store it under the run's lease.
+
+The same code runs wherever a video is decoded: in the driver's process, and on rank 0 of a gang.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from ..pipelines.video_io import write_mp4
+from ..storage.lease import LeaseFence, LeaseLost
+from ..storage.stores import OutputFull, OutputLocation, OutputStore, StorageError, StoredVideo
+from ..types import RenderSettings
+
+log = logging.getLogger(__name__)
+
+ENCODE_ATTEMPTS = 2  # encodes (and stores) of one video before its row fails
+
+
+def publish_video(store: OutputStore, video_id: str, frames: np.ndarray, settings: RenderSettings, video,
+                  fence=None) -> StoredVideo:
+    """Encode the frames as an mp4 once, verify it and store it as ``videos/<id>.mp4``.  ``video``: the model's
+    VideoDefaults (fps and upscale where the run sets none); ``fence``: the run's lease check, run right before
+    the video is published.  A failed encode is tried once more (a killed encoder may pass the second time; a
+    read-only disk fails both, by name), then it is the row's StorageError; a full disk is OutputFull at once."""
+    fps = settings.fps or video.fps
+    upscale = settings.upscale or video.upscale
+    for attempt in range(ENCODE_ATTEMPTS):
+        try:
+            return store.store_video(video_id, lambda path: write_mp4(frames, path, fps=fps, upscale=upscale),
+                                     fence=fence)
+        except StorageError as err:
+            if isinstance(err, (LeaseLost, OutputFull)) or attempt + 1 == ENCODE_ATTEMPTS:
+                raise
+            log.warning("storing video %s failed (%s); trying once more", video_id, err)
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
+
+
+def lease_fence(out: OutputLocation, store: OutputStore):
+    """The check to run right before publishing into ``out`` (None: a location no run holds a lease on)."""
+    if out.writer_run is None:
+        return None
+    fence = LeaseFence(out.writer_run)
+    return lambda: fence.check(store)
