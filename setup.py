@@ -18,6 +18,8 @@ MAPPED = {  # import package -> folder; docs/architecture.md orders them in laye
     "ditfarm.worker": "worker",
     "ditfarm.cluster": "cluster",
     "ditfarm.jobs": "jobs",
+    "ditfarm.tools": "tools",
+    "ditfarm.commands": "commands",
 }
 SKIPPED_DIRS = {"__pycache__"}
 SKIPPED_SUFFIXES = {".py", ".pyc", ".pyo"}

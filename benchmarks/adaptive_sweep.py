@@ -11,7 +11,7 @@ import ditfarm
 from ditfarm import cache
 from ditfarm.cache.metrics import psnr
 from ditfarm.cache.profile import CacheProfile
-from ditfarm.pipelines.tiny.adherence import held_out_cases
+from ditfarm.tools.adherence import held_out_cases
 torch.set_num_threads(1)
 pipe = ditfarm.load_pipeline("tiny")
 prof = CacheProfile.load(pipe.default_cache_profile())

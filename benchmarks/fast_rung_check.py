@@ -8,7 +8,7 @@ import sys, numpy as np, torch
 import ditfarm
 from ditfarm import cache
 from ditfarm.cache.metrics import psnr
-from ditfarm.pipelines.tiny.adherence import held_out_cases
+from ditfarm.tools.adherence import held_out_cases
 from ditfarm.cache.policies import AdaptiveConfig
 torch.set_num_threads(1)
 pipe = ditfarm.load_pipeline("tiny")

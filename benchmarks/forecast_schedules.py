@@ -24,7 +24,7 @@ import ditfarm
 from ditfarm import cache
 from ditfarm.cache.metrics import psnr
 from ditfarm.cache.policies.base import CachePolicy
-from ditfarm.pipelines.tiny.adherence import held_out_cases
+from ditfarm.tools.adherence import held_out_cases
 
 SCHEDULES = {  # computed steps of 30
     "uniform runs of 2 (s4)": list(range(6)) + [8, 11, 14, 17, 20, 23, 26, 28],

@@ -27,7 +27,7 @@ import numpy as np
 
 
 def held_out_prompts(n: int) -> list[tuple[str, int]]:
-    from ditfarm.pipelines.tiny.adherence import held_out_cases
+    from ditfarm.tools.adherence import held_out_cases
 
     return [(spec.prompt, seed) for spec, seed in held_out_cases(n, 777)]
 

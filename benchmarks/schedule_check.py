@@ -7,7 +7,7 @@ sys.path.insert(0, __import__('os').path.dirname(__import__('os').path.abspath(_
 import ditfarm
 from ditfarm import cache
 from ditfarm.cache.metrics import psnr
-from ditfarm.pipelines.tiny.adherence import held_out_cases
+from ditfarm.tools.adherence import held_out_cases
 from forecast_schedules import FixedSchedule
 from schedule_search import run_rule
 torch.set_num_threads(1)

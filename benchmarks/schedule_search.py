@@ -22,7 +22,7 @@ import torch
 import ditfarm
 from ditfarm import cache
 from ditfarm.cache.metrics import psnr
-from ditfarm.pipelines.tiny.adherence import held_out_cases
+from ditfarm.tools.adherence import held_out_cases
 from forecast_schedules import FixedSchedule
 
 WARM = range(2, 9)

@@ -173,7 +173,7 @@ def million_rows(rows: int) -> pa.Table:
 
 CHILD = """
 import resource, sys
-from ditfarm.jobs.cli import main
+from ditfarm.commands.cli import main
 code = main(sys.argv[1:])
 print("PEAK_RSS_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
 sys.exit(code)

@@ -30,7 +30,7 @@ def render_seconds(extra: list[str], steps: int | None) -> float:
     """Wall seconds of one `ditfarm render` of the example manifest into a fresh folder."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # the default as a new user gets it
     with tempfile.TemporaryDirectory() as tmp:
-        args = [sys.executable, "-m", "ditfarm.jobs.cli", "render", str(ROOT / "examples" / "manifest.parquet"),
+        args = [sys.executable, "-m", "ditfarm.commands.cli", "render", str(ROOT / "examples" / "manifest.parquet"),
                 "--out", str(Path(tmp) / "out"), "--no-progress", *extra]
         if steps:
             args += ["--steps", str(steps)]

@@ -3,8 +3,8 @@
 import json
 
 from ditfarm.cache.presets import POLICIES
-from ditfarm.jobs.cli import main as cli
-from ditfarm.pipelines.bench_gpu import EAGER_POLICY_ROWS, POLICY_ROWS
+from ditfarm.commands.cli import main as cli
+from ditfarm.tools.bench_gpu import EAGER_POLICY_ROWS, POLICY_ROWS
 
 
 def test_bench_gpu_on_small_shapes(tmp_path, capsys):

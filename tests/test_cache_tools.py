@@ -8,7 +8,7 @@ import pytest
 from ditfarm.cache import CacheProfile
 from ditfarm.cache.foreground import foreground_mask, mask_iou, otsu_threshold, token_mask
 from ditfarm.cache.metrics import psnr, ssim
-from ditfarm.jobs.cli import main as cli
+from ditfarm.commands.cli import main as cli
 
 
 def test_psnr_and_ssim_known_values():
@@ -116,7 +116,7 @@ def test_bench_cache_methods_filter(tmp_path, random_model_folder):
 
 
 def test_target_check_reads_the_bar_and_the_rows_adaptive_does_not_match():
-    from ditfarm.cache.bench import Row, target_check
+    from ditfarm.tools.bench_cache import Row, target_check
 
     def row(family, speedup, psnr, computed=0.5):
         return Row(family=family, knob=0.0, speedup=speedup, computed=computed, psnr=psnr, ssim=0.9, videos=1)
@@ -132,7 +132,7 @@ def test_target_check_reads_the_bar_and_the_rows_adaptive_does_not_match():
 
 
 def test_bench_runs_of_one_setting_merge_into_one_table(tmp_path):
-    from ditfarm.cache.bench import merge_runs
+    from ditfarm.tools.bench_cache import merge_runs
 
     def run(path, rows, steps=30):
         setting = {"model": "tiny", "steps": steps, "guidance_scale": 3.0, "cases": [["a prompt", 1]],

@@ -18,9 +18,9 @@ STEPS = 6
 
 @pytest.fixture(scope="module")
 def calibrated_folder(random_model_folder, tmp_path_factory):
-    from ditfarm.cache.calibrate_bac import calibrate_bac
-    from ditfarm.cache.calibrate_ertacache import calibrate_ertacache
-    from ditfarm.cache.train_router import RouterTrainer, RouterTraining
+    from ditfarm.tools.calibrate_bac import calibrate_bac
+    from ditfarm.tools.calibrate_ertacache import calibrate_ertacache
+    from ditfarm.tools.train_router import RouterTrainer, RouterTraining
     from ditfarm.pipelines.loading import load_pipeline
 
     folder = tmp_path_factory.mktemp("calibrated") / "model"

@@ -16,7 +16,7 @@ HEAVY = ("torch", "diffusers", "transformers", "ray")
 
 def imported_modules(args: list[str]) -> tuple[set[str], str]:
     """Every module ``ditfarm ARGS`` imports, and what it printed."""
-    code = f"import sys; from ditfarm.jobs.cli import main; sys.exit(main({args!r}))"
+    code = f"import sys; from ditfarm.commands.cli import main; sys.exit(main({args!r}))"
     proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
                           timeout=120)
     modules = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
@@ -30,7 +30,7 @@ def test_the_cli_starts_without_torch_diffusers_or_ray(args, tmp_path):
     with ResultsWriter(out) as writer:  # an output with a row, so status reads real results
         writer.add({"id": "a", "status": "ok"})
     modules, printed = imported_modules([str(out) if a == "OUT" else a for a in args])
-    assert "ditfarm.jobs.cli" in modules  # the listing works
+    assert "ditfarm.commands.cli" in modules  # the listing works
     heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY)
     assert heavy == [], heavy[:10]
     if args == ["render", "--help"]:

@@ -72,7 +72,7 @@ def run_settings_cases(tmp_path):
 def test_what_the_run_refuses_the_dry_run_refuses_alike_and_neither_writes_anything(tmp_path, capsys):
     """Each setting every row would fail: the dry run and the run both exit 2 with the same message, before the
     output is touched (the run no longer fails row after row, or with a traceback)."""
-    from ditfarm.jobs.cli import main as cli
+    from ditfarm.commands.cli import main as cli
 
     manifest, out = tmp_path / "m.parquet", tmp_path / "out"
     pq.write_table(pa.table({"id": ["a", "b"], "prompt": ["red circle moving left on blue background"] * 2}), manifest)
@@ -85,7 +85,7 @@ def test_what_the_run_refuses_the_dry_run_refuses_alike_and_neither_writes_anyth
 
 
 def test_a_rows_own_steps_are_checked_against_the_caches_calibration(tmp_path, capsys):
-    from ditfarm.jobs.cli import main as cli
+    from ditfarm.commands.cli import main as cli
     from ditfarm.jobs.results import read_results
 
     manifest, out = tmp_path / "m.parquet", tmp_path / "out"
@@ -102,7 +102,7 @@ def test_a_rows_own_steps_are_checked_against_the_caches_calibration(tmp_path, c
 def test_the_dry_run_refuses_a_gang_no_node_could_hold(tmp_path, capsys):
     """No cluster to join: the run would start a local one of this machine's CPUs, which cannot hold a gang of
     one rank more than that; the dry run says so (exit 2), as the run would at once."""
-    from ditfarm.jobs.cli import main as cli
+    from ditfarm.commands.cli import main as cli
     from ditfarm.pipelines.threads import usable_cpus
 
     manifest = tmp_path / "m.parquet"

@@ -143,7 +143,7 @@ def test_calibration_on_tiny_feeds_a_run_that_reuses_shifts_and_corrects(tiny_pi
     """End to end on the trained model: calibrate on two prompts at 12 steps, save it in a profile, load it back,
     render: the reused steps are the calibrated ones, the sampler's sigmas moved, and the video stays close."""
     from ditfarm import cache
-    from ditfarm.cache.calibrate_ertacache import calibrate_ertacache
+    from ditfarm.tools.calibrate_ertacache import calibrate_ertacache
     from ditfarm.cache.metrics import psnr
 
     shipped = CacheProfile.load(tiny_pipe.default_cache_profile())
@@ -177,7 +177,7 @@ def test_calibration_on_tiny_feeds_a_run_that_reuses_shifts_and_corrects(tiny_pi
 
 
 def test_calibrate_command_refuses_bad_input_by_name(tmp_path, capsys):
-    from ditfarm.jobs.cli import main
+    from ditfarm.commands.cli import main
 
     out = tmp_path / "p.json"
     assert main(["calibrate", "ertacache", "--lambdas", "0.1,fast", "--out", str(out)]) == 2

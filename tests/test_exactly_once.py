@@ -106,7 +106,7 @@ def test_an_ok_row_whose_video_is_gone_or_cut_short_is_rendered_again(tiny_job):
 
 
 def test_a_duplicate_id_never_hides_the_first_rows_video(tmp_path, random_model_folder, capsys):
-    from ditfarm.jobs.cli import main as cli
+    from ditfarm.commands.cli import main as cli
 
     manifest, out = tmp_path / "m.parquet", tmp_path / "out"
     write_manifest(manifest, ["d0", "d1", "d0"])
@@ -134,7 +134,7 @@ def test_a_run_paused_past_its_lease_publishes_nothing_after_it_wakes(tmp_path, 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def start(*extra):
-        return subprocess.Popen([sys.executable, "-m", "ditfarm.jobs.cli", "render", str(manifest), "--out", str(out),
+        return subprocess.Popen([sys.executable, "-m", "ditfarm.commands.cli", "render", str(manifest), "--out", str(out),
                                  "--model", str(random_model_folder), "--steps", "6", "--upscale", "2",
                                  "--flush-every", "1", "--lease-seconds", "4", "--no-progress", *extra],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -239,7 +239,7 @@ def test_a_video_whose_latents_go_non_finite_fails_its_row_and_nothing_is_stored
 
 
 def test_results_stay_readable_when_an_extra_column_changes_type_between_runs(tmp_path, random_model_folder, capsys):
-    from ditfarm.jobs.cli import main as cli
+    from ditfarm.commands.cli import main as cli
 
     settings = RenderSettings(model=str(random_model_folder), steps=2, upscale=2)
     renderer = LocalRenderer(settings)
@@ -255,7 +255,7 @@ def test_results_stay_readable_when_an_extra_column_changes_type_between_runs(tm
 
 def test_bad_run_settings_refuse_the_run_and_an_oversized_row_gets_a_size_error(tmp_path, random_model_folder,
                                                                                 capsys):
-    from ditfarm.jobs.cli import main as cli
+    from ditfarm.commands.cli import main as cli
     from ditfarm.pipelines.model_checks import model_checks
 
     manifest, out = tmp_path / "m.parquet", tmp_path / "out"
@@ -281,7 +281,7 @@ def test_rows_past_the_models_limits_or_the_step_cap_fail_by_name_and_the_rest_r
                                                                                       capsys):
     """The dry run and the run refuse alike: a 1024x1024 tiny row (past the card's limits), 40 frames, and
     steps=10**9 (past --max-steps) each fail as their row, and the good rows around them render."""
-    from ditfarm.jobs.cli import main as cli
+    from ditfarm.commands.cli import main as cli
 
     manifest, out = tmp_path / "m.parquet", tmp_path / "out"
     pq.write_table(pa.table({"id": ["ok0", "big", "long", "slow", "ok1"], "prompt": PROMPTS[:1] * 5,
@@ -310,7 +310,7 @@ def test_rows_past_the_models_limits_or_the_step_cap_fail_by_name_and_the_rest_r
 LIMITED_RENDER = """
 import resource, sys
 import diffusers, torch  # what every render loads, before the limit is set from the size they give the process
-from ditfarm.jobs.cli import main
+from ditfarm.commands.cli import main
 from ditfarm.pipelines.memory import _status_kib
 room = int(float(sys.argv[1]) * 2 ** 30)
 resource.setrlimit(resource.RLIMIT_AS, (_status_kib("VmSize") * 1024 + room,) * 2)
@@ -354,7 +354,7 @@ def test_under_a_memory_limit_a_row_that_cannot_fit_fails_by_name_and_the_rows_a
 
 def test_a_video_past_its_time_limit_fails_as_its_row_and_the_next_rows_render(tmp_path, random_model_folder,
                                                                                capsys):
-    from ditfarm.jobs.cli import main as cli
+    from ditfarm.commands.cli import main as cli
     from ditfarm.pipelines.deadline import DEFAULT_VIDEO_TIMEOUT_S, default_timeout_s
     from ditfarm.pipelines.denoise import SamplerSettings
 
@@ -469,7 +469,7 @@ def corrupt_row_groups(path: Path, first: int = 1) -> None:
 
 
 def test_a_manifest_that_breaks_partway_keeps_what_was_rendered_exits_4_and_resumes_once_mended(tmp_path, capsys):
-    from ditfarm.jobs.cli import main as cli
+    from ditfarm.commands.cli import main as cli
 
     folder, out = tmp_path / "manifest", tmp_path / "out"
     folder.mkdir()
@@ -495,7 +495,7 @@ def test_a_manifest_that_breaks_partway_keeps_what_was_rendered_exits_4_and_resu
 
 
 def test_a_megabyte_id_or_prompt_makes_a_short_error_and_a_small_results_row(tmp_path, capsys):
-    from ditfarm.jobs.cli import main as cli
+    from ditfarm.commands.cli import main as cli
 
     manifest, out = tmp_path / "m.parquet", tmp_path / "out"
     pq.write_table(pa.table({"id": ["ok0", "x" * 10**6, "bigprompt"],
@@ -514,7 +514,7 @@ def test_a_megabyte_id_or_prompt_makes_a_short_error_and_a_small_results_row(tmp
 def test_a_rerun_with_other_settings_says_which_stored_rows_differ_and_status_shows_them(tmp_path,
                                                                                           random_model_folder,
                                                                                           capsys):
-    from ditfarm.jobs.cli import main as cli
+    from ditfarm.commands.cli import main as cli
 
     manifest, out = tmp_path / "m.parquet", tmp_path / "out"
     pq.write_table(pa.table({"id": ["s0", "s1", "s2"], "prompt": PROMPTS[:1] * 3,

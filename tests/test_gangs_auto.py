@@ -5,7 +5,7 @@ import ray
 
 from ditfarm.cluster.gang import GangConfig
 from ditfarm.jobs.gang_renderer import GangRenderer, auto_gang_count
-from ditfarm.jobs.cli import build_parser, settings_from_args
+from ditfarm.commands.cli import build_parser, settings_from_args
 from ditfarm.jobs.driver import RenderSettings
 
 

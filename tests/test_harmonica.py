@@ -9,7 +9,7 @@ from ditfarm.cache.policies import HarmoniCaPolicy
 from ditfarm.cache.policies.harmonica import ROUTER_FILE, Router, RouterError
 from ditfarm.cache.presets import build_config
 from ditfarm.cache.profile import ProfileMismatchError, model_identity
-from ditfarm.cache.train_router import RouterTrainer, RouterTraining
+from ditfarm.tools.train_router import RouterTrainer, RouterTraining
 
 PROMPT = "red circle moving left on blue background"
 

@@ -23,7 +23,7 @@ import pytest
 
 import yaml
 
-from ditfarm.jobs.cli import build_parser
+from ditfarm.commands.cli import build_parser
 
 INFRA = Path(__file__).resolve().parents[1] / "infra"
 RAY_UP = INFRA / "ray-up" / "gpu-cluster.yaml"
@@ -446,7 +446,7 @@ FAKE_DITFARM = r'''#!{python}
 as the plan file says."""
 import json, os, sys
 
-from ditfarm.jobs.cli import build_parser
+from ditfarm.commands.cli import build_parser
 
 args = build_parser().parse_args(sys.argv[1:])
 plan = json.loads(open(os.environ["FAKE_DITFARM_PLAN"]).read())

@@ -271,7 +271,7 @@ def parse_as_the_cli(argv: list[str], monkeypatch) -> str:
     unknown subcommand, flag or value."""
     import argparse
 
-    from ditfarm.jobs.cli import main
+    from ditfarm.commands.cli import main
 
     parse = argparse.ArgumentParser.parse_args
 
@@ -310,7 +310,7 @@ def test_a_misspelt_flag_fails_the_command_check(monkeypatch):
 
 def test_every_infra_example_renders_wan_with_a_cache():
     """No example in infra/ falls back to the built-in tiny model or to no cache."""
-    from ditfarm.jobs.cli import build_parser
+    from ditfarm.commands.cli import build_parser
     from test_infra import INFRA_FILES, commands_in
 
     found = 0

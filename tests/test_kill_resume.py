@@ -30,7 +30,7 @@ def manifest_table():
 
 def start(manifest: str, out: str, model, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "ditfarm.jobs.cli", "render", manifest, "--out", out, "--model", str(model),
+        [sys.executable, "-m", "ditfarm.commands.cli", "render", manifest, "--out", out, "--model", str(model),
          "--steps", "12", "--upscale", "2", "--flush-every", "3", "--no-progress", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -127,7 +127,7 @@ def test_sigterm_or_ctrl_c_stops_within_seconds_keeps_stored_rows_and_a_rerun_re
     pq.write_table(manifest_table(), manifest)
     videos = tmp_path / "out" / "videos"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ditfarm.jobs.cli", "render", manifest, "--out", out, "--model", str(random_model_folder),
+        [sys.executable, "-m", "ditfarm.commands.cli", "render", manifest, "--out", out, "--model", str(random_model_folder),
          "--steps", "40", "--upscale", "2", "--no-progress"],  # default flush: nothing is written before the stop
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

@@ -148,12 +148,12 @@ def test_a_run_killed_on_this_host_is_taken_over_at_once_and_status_says_its_pro
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ditfarm.jobs.cli import main as cli
+    from ditfarm.commands.cli import main as cli
 
     manifest, out = tmp_path / "m.parquet", tmp_path / "out"
     pq.write_table(pa.table({"id": [f"k{i}" for i in range(50)],
                              "prompt": ["red circle moving left on blue background"] * 50}), manifest)
-    proc = subprocess.Popen([sys.executable, "-m", "ditfarm.jobs.cli", "render", str(manifest), "--out", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "ditfarm.commands.cli", "render", str(manifest), "--out", str(out),
                              "--steps", "30", "--no-progress", "--lease-seconds", "600"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

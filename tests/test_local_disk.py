@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ditfarm.jobs.cli import main as cli
+from ditfarm.commands.cli import main as cli
 from ditfarm.jobs.results import read_all_results, read_results
 
 PROMPT = "red circle moving left on blue background"

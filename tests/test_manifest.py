@@ -93,7 +93,7 @@ def test_a_row_of_a_folder_manifest_is_named_by_its_file_and_its_row_there(tmp_p
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ditfarm.jobs.cli import main as cli
+    from ditfarm.commands.cli import main as cli
     from ditfarm.jobs.results import read_results
 
     good = "red circle moving left on blue background"

@@ -69,7 +69,7 @@ def test_a_jobs_metrics_appear_on_the_ray_nodes_export_with_the_right_counts(ray
     ids = ["m0", "m1", "m2", "bad"]
     pq.write_table(pa.table({"id": ids, "prompt": GOOD + [GOOD[0], "purple circle moving left on blue background"]}),
                    manifest)
-    command = [sys.executable, "-m", "ditfarm.jobs.cli", "render", str(manifest), "--out", out, "--model",
+    command = [sys.executable, "-m", "ditfarm.commands.cli", "render", str(manifest), "--out", out, "--model",
                str(random_model_folder), "--steps", "30", "--upscale", "2", "--gangs", "1", "--no-progress"]
     run = subprocess.Popen(command, env=ray_head_with_metrics["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from ditfarm.jobs.cli import main as cli
+from ditfarm.commands.cli import main as cli
 from ditfarm.pipelines.folder_checks import ModelFolderError, check_wan_folder
 from ditfarm.pipelines.loading import load_pipeline
 

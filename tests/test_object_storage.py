@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ditfarm.jobs.cli import main as cli
+from ditfarm.commands.cli import main as cli
 from ditfarm.jobs.driver import RenderSettings, render_manifest
 from ditfarm.jobs.manifest import Manifest, ManifestError, RenderTask, RowProblem
 from ditfarm.jobs.results import read_all_results, read_results

@@ -1,8 +1,8 @@
 """diffusers' Pyramid Attention Broadcast on tiny's Wan transformer: per CFG branch with ditfarm's states, and why
 diffusers' own single-state hook cannot be used under two-call CFG."""
 
-from ditfarm.cache.bench import clear_caches
-from ditfarm.cache.pab import enable_pab
+from ditfarm.tools.bench_cache import clear_caches
+from ditfarm.tools.pab import enable_pab
 
 PROMPT = "red circle moving left on blue background"
 
@@ -47,7 +47,7 @@ def test_each_branch_reuses_its_own_attention(tiny_pipe):
 def test_diffusers_single_state_hook_hands_uncond_the_cond_attention(tiny_pipe):
     """The reason for the per-branch states: with one state per module, at range 2 every uncond call in the
     timestep range returns the cond call's attention of the same step."""
-    from ditfarm.cache.pab import pab_config
+    from ditfarm.tools.pab import pab_config
 
     calls, computed = attention_calls(tiny_pipe, lambda p: p.transformer.enable_cache(pab_config(p, spatial=2)))
     sources = reused_from(calls, computed)

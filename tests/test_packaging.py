@@ -74,7 +74,7 @@ def test_wheel_imports_and_renders_without_the_editable_finder(wheel, tmp_path):
                    check=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), *site.getsitepackages()])}
     probe = (
-        "import sys, ditfarm.cache, ditfarm.cache.policies, ditfarm.jobs.cli\n"
+        "import sys, ditfarm.cache, ditfarm.cache.policies, ditfarm.commands.cli\n"
         "assert not any('editable' in repr(f).lower() for f in sys.meta_path), sys.meta_path\n"
         "print(ditfarm.cache.__file__); print(ditfarm.cache.policies.__file__)\n"
     )
@@ -83,7 +83,7 @@ def test_wheel_imports_and_renders_without_the_editable_finder(wheel, tmp_path):
     assert len(where) == 2 and all(w.startswith(str(target)) for w in where), where
     out = tmp_path / "out"
     subprocess.run(
-        [sys.executable, "-S", "-m", "ditfarm.jobs.cli", "render", "--prompt", "red circle moving left on blue background",
+        [sys.executable, "-S", "-m", "ditfarm.commands.cli", "render", "--prompt", "red circle moving left on blue background",
          "--out", str(out), "--steps", "2", "--no-progress"],
         check=True, cwd=tmp_path, env=env,
     )
@@ -107,13 +107,13 @@ def test_a_script_beside_a_clone_named_ditfarm_imports_ditfarm(tmp_path):
             shutil.copy(source, clone / name)
     script = clone.parent / "try.py"
     script.write_text(
-        "import ditfarm, ditfarm.jobs.cli, ditfarm.uris\n"
-        "print(ditfarm.__version__, ditfarm.jobs.cli.__file__, ditfarm.uris.__file__)\n"
+        "import ditfarm, ditfarm.commands.cli, ditfarm.uris\n"
+        "print(ditfarm.__version__, ditfarm.commands.cli.__file__, ditfarm.uris.__file__)\n"
         "pipe = ditfarm.load_pipeline('tiny')\n"
         "print(pipe.generate('red circle moving left on blue background', seed=0, steps=1).shape)\n")
     proc = subprocess.run([sys.executable, str(script)], cwd=clone.parent, capture_output=True, text=True,
                           timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     version, cli_file, uris_file = proc.stdout.splitlines()[0].split()
-    assert cli_file == str(clone / "jobs" / "cli.py") and uris_file == str(clone / "ditfarm" / "uris.py")
+    assert cli_file == str(clone / "commands" / "cli.py") and uris_file == str(clone / "ditfarm" / "uris.py")
     assert proc.stdout.splitlines()[1] == "(8, 32, 32, 3)"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ditfarm.jobs.cli import main as cli
+from ditfarm.commands.cli import main as cli
 from ditfarm.jobs.results import read_all_results
 from ditfarm.pipelines.loading import load_pipeline
 from ditfarm.pipelines.precision import resolve_precision

@@ -13,7 +13,7 @@ from ditfarm import cache
 from ditfarm.cache.attention_probe import received_attention
 from ditfarm.cache.profile import BlockProfile
 from ditfarm.cluster.local import run_local_gang
-from ditfarm.jobs.cli import build_parser, main as cli, settings_from_args
+from ditfarm.commands.cli import build_parser, main as cli, settings_from_args
 from ditfarm.jobs.driver import LocalRenderer, RenderSettings, render_manifest
 from ditfarm.jobs.results import read_results
 from ditfarm.pipelines.tiny.model_config import TRANSFORMER_CONFIG

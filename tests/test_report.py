@@ -293,7 +293,7 @@ def test_a_stopped_run_writes_its_report_and_a_rerun_with_nothing_new_keeps_ever
     manifest, out = tmp_path / "m.parquet", tmp_path / "out"
     prompt = "red circle moving left on blue background"
     pq.write_table(pa.table({"id": [f"r{i}" for i in range(12)], "prompt": [prompt] * 12}), manifest)
-    command = [sys.executable, "-m", "ditfarm.jobs.cli", "render", str(manifest), "--out", str(out), "--steps", "10",
+    command = [sys.executable, "-m", "ditfarm.commands.cli", "render", str(manifest), "--out", str(out), "--steps", "10",
                "--no-progress", "--flush-every", "1"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

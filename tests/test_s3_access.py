@@ -63,7 +63,7 @@ def render(iam_s3, key_id, secret, *args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_ENDPOINT_URL=iam_s3["endpoint"], AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret,
                AWS_DEFAULT_REGION="us-east-1")
-    proc = subprocess.run([sys.executable, "-m", "ditfarm.jobs.cli", "render", *args, "--no-progress"],
+    proc = subprocess.run([sys.executable, "-m", "ditfarm.commands.cli", "render", *args, "--no-progress"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert secret not in proc.stdout + proc.stderr
     return proc
@@ -112,7 +112,7 @@ def test_credentials_from_a_named_profile_reach_both_boto3_and_pyarrow(iam_s3, t
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_ENDPOINT_URL=iam_s3["endpoint"], AWS_SHARED_CREDENTIALS_FILE=str(credentials),
                AWS_CONFIG_FILE=str(tmp_path / "no-config"), AWS_DEFAULT_REGION="us-east-1")
-    args = [sys.executable, "-m", "ditfarm.jobs.cli", "render", "s3://readonly/m.parquet", "--out", "s3://readonly/out",
+    args = [sys.executable, "-m", "ditfarm.commands.cli", "render", "s3://readonly/m.parquet", "--out", "s3://readonly/out",
             "--dry-run"]
     ok = subprocess.run(args, env={**env, "AWS_PROFILE": "reader"}, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ditfarm.jobs.cli import main as cli
+from ditfarm.commands.cli import main as cli
 from ditfarm.storage.stores import CALL_TIMEOUTS
 
 

@@ -94,7 +94,7 @@ def test_a_stalled_rank_becomes_a_clear_error_within_the_timeout():
 
 
 def test_bench_sp_one_decision_collective_per_step_and_half_the_cache(random_model_folder):
-    from ditfarm.cluster.bench_sp import run
+    from ditfarm.tools.bench_sp import run
 
     result = run(str(random_model_folder), "adaptive", 0.2, [(PROMPT, 3)],
                  {"steps": 5, "num_frames": 8, "height": 32, "width": 32})

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from ditfarm.jobs.gang_renderer import gang_config
-from ditfarm.jobs.cli import build_parser, settings_from_args
+from ditfarm.commands.cli import build_parser, settings_from_args
 from ditfarm.types import RenderSettings
 
 PROBE = """

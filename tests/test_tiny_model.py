@@ -6,7 +6,7 @@ import torch
 
 from ditfarm.cache import CacheProfile, model_identity
 from ditfarm.cache.profiler import check_masks_on_references
-from ditfarm.pipelines.tiny.adherence import evaluate, held_out_cases, summarise
+from ditfarm.tools.adherence import evaluate, held_out_cases, summarise
 from ditfarm.pipelines.tiny.scenes import render_scene
 
 

@@ -10,7 +10,7 @@ import time
 import torch
 from safetensors.torch import load_file
 
-from ditfarm.pipelines.tiny.train import main as train
+from ditfarm.tools.train_tiny import main as train
 
 SMALL = ["--batch", "2", "--frames", "4", "--height", "16", "--width", "16", "--log-every", "1", "--seed", "3",
          "--precondition", "0.6", "--fg-weight", "4", "--t-mean", "0.5"]
@@ -51,7 +51,7 @@ def test_a_run_killed_between_checkpoints_resumes_to_the_uninterrupted_run(tmp_p
     args = ["--steps", "40", "--checkpoint-every", "10", "--warmup", "2", *SMALL]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     train(["--run-dir", str(straight), *args])
-    proc = subprocess.Popen([sys.executable, "-m", "ditfarm.pipelines.tiny.train", "--run-dir", str(killed), *args],
+    proc = subprocess.Popen([sys.executable, "-m", "ditfarm.tools.train_tiny", "--run-dir", str(killed), *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while not (killed / "state.pt").exists():

@@ -5,7 +5,7 @@ import pytest
 
 import ditfarm
 from ditfarm import cache
-from ditfarm.jobs.cli import main as cli
+from ditfarm.commands.cli import main as cli
 from ditfarm.jobs.results import read_all_results
 from ditfarm.pipelines.wan import WanVideoPipeline, make_small_wan_folder
 

@@ -4,7 +4,7 @@ The router is one logit per (step, unit), P of shape (T, 3N) over the units of `
 It reads no features: at inference unit u computes at step s iff r[s, u] > ``threshold`` (the released code's README:
 0.1), a fixed table, so every rank of a gang follows the same schedule by construction; step 0 always computes.
 One table serves both CFG branches (the released code batches them under one router).  Training lives in
-``cache/train_router.py`` (``ditfarm train-router``).
+``tools/train_router.py`` (``ditfarm train-router``).
 
 The router file sits beside the model's cache profile (``harmonica_router.json``) and carries the model's identity
 (as the profile does): a router trained on one model is refused by another.

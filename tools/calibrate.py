@@ -12,7 +12,7 @@ METHODS = ("ertacache", "bac")
 
 def main(argv=None) -> int:
     from ..pipelines.loading import load_pipeline
-    from .profile import CacheProfile
+    from ..cache.profile import CacheProfile
 
     p = argparse.ArgumentParser(prog="ditfarm calibrate", description=__doc__)
     p.add_argument("method", choices=METHODS)

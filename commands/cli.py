@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..choices import DTYPE_NAMES, POLICIES
-from .stopping import Stopped, stop_on_signals
+from ..jobs.stopping import Stopped, stop_on_signals
 
 
 def gangs_value(text: str):
@@ -120,7 +120,7 @@ def _add_render(sub) -> None:
 def settings_from_args(args):
     """The run's RenderSettings from ``ditfarm render``'s flags, validated (ValueError names the bad one)."""
     from ..cache.presets import resolve_knob
-    from .driver import RenderSettings
+    from ..jobs.driver import RenderSettings
 
     settings = RenderSettings(
         model=args.model,
@@ -193,8 +193,8 @@ def show_logs() -> None:
 
 
 def cmd_render(args) -> int:
-    from .driver import prompt_task, render_manifest, render_tasks
-    from .manifest import ManifestError
+    from ..jobs.driver import prompt_task, render_manifest, render_tasks
+    from ..jobs.manifest import ManifestError
     from ..storage.stores import StorageError, redact
     from ..storage.lease import LeaseLost
     from ..types import EXIT_LEASE_LOST, EXIT_TRY_LATER, NoRenderersLeft, RunAborted
@@ -215,7 +215,7 @@ def cmd_render(args) -> int:
         if args.dry_run:
             if args.prompt is not None:
                 return fail("--dry-run checks a MANIFEST")
-            from .dry_run import dry_run
+            from ..jobs.dry_run import dry_run
 
             report = dry_run(args.manifest, args.out, settings, overwrite=args.overwrite)
             for line in report.lines():
@@ -297,7 +297,7 @@ def stored_settings_line(table) -> str | None:
     other settings is no surprise (it keeps them; --overwrite renders them again)."""
     from collections import Counter
 
-    from .results import SETTING_COLUMNS
+    from ..jobs.results import SETTING_COLUMNS
 
     ok = [r for r in table.to_pylist() if r["status"] == "ok"]
     if not ok:
@@ -313,7 +313,7 @@ def stored_settings_line(table) -> str | None:
 def cmd_status(args) -> int:
     from collections import Counter
 
-    from .results import best_per_id, duplicate_rows, read_all_results
+    from ..jobs.results import best_per_id, duplicate_rows, read_all_results
     from ..storage.stores import StorageError, open_output, redact
 
     try:
@@ -384,7 +384,7 @@ def cmd_profile(args) -> int:
     if args.check_masks and getattr(pipe, "model_name", "") == "tiny":
         import numpy as np
 
-        from ..pipelines.tiny.adherence import held_out_cases
+        from ..tools.adherence import held_out_cases
         from ..pipelines.tiny.scenes import render_scene
 
         scenes = [render_scene(spec, np.random.default_rng(seed)) for spec, seed in held_out_cases(args.check_masks, 777)]
@@ -420,40 +420,40 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # These two own their flags; hand them the rest of the command line untouched.
     if argv[:1] == ["eval-adherence"]:
-        from ..pipelines.tiny.adherence import main as adherence_main
+        from ..tools.adherence import main as adherence_main
 
         adherence_main(argv[1:])
         return 0
     if argv[:2] == ["bench", "cache-merge"]:
-        from ..cache.bench import merge_main
+        from ..tools.bench_cache import merge_main
 
         return merge_main(argv[2:])
     if argv[:2] == ["bench", "cache"]:
-        from ..cache.bench import main as bench_main
+        from ..tools.bench_cache import main as bench_main
 
         return bench_main(argv[2:])
     if argv[:2] == ["bench", "sp"]:
-        from ..cluster.bench_sp import main as bench_sp_main
+        from ..tools.bench_sp import main as bench_sp_main
 
         return bench_sp_main(argv[2:])
     if argv[:2] == ["bench", "gpu"]:
-        from ..pipelines.bench_gpu import main as bench_gpu_main
+        from ..tools.bench_gpu import main as bench_gpu_main
 
         return bench_gpu_main(argv[2:])
     if argv[:2] == ["bench", "steps"]:
-        from ..cache.bench_steps import main as bench_steps_main
+        from ..tools.bench_steps import main as bench_steps_main
 
         return bench_steps_main(argv[2:])
     if argv[:1] == ["calibrate"]:
-        from ..cache.calibrate import main as calibrate_main
+        from ..tools.calibrate import main as calibrate_main
 
         return calibrate_main(argv[1:])
     if argv[:1] == ["train-router"]:
-        from ..cache.train_router import main as train_router_main
+        from ..tools.train_router import main as train_router_main
 
         return train_router_main(argv[1:])
     if argv[:1] == ["train-tiny"]:
-        from ..pipelines.tiny.train import main as train_main
+        from ..tools.train_tiny import main as train_main
 
         train_main(argv[1:])
         return 0

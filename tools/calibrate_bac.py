@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .units import unit_modules
+from ..cache.units import unit_modules
 
 
 def _unit_statistics(features: list[torch.Tensor]) -> tuple[np.ndarray, float]:

@@ -14,7 +14,7 @@ the offline schedule, + timestep adjustment), bac (with its ablation: uniform, u
 from the calibrations in the profile, and harmonica (the router beside the profile, at several thresholds tau); diffusers' FirstBlockCache,
 TaylorSeerCache (on attn1/attn2/ffn, since its default patterns match nothing in Wan), MagCache (calibrated first,
 as diffusers documents: a calibrate=True run whose printed ratios are then passed back) and Pyramid Attention
-Broadcast (its hook with one state per CFG branch, ``cache/pab.py``; knob: attn1's range N, attn2's N + 4); and the
+Broadcast (its hook with one state per CFG branch, ``tools/pab.py``; knob: attn1's range N, attn2's N + 4); and the
 plainest rival, the same sampler with fewer steps.
 """
 
@@ -34,11 +34,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import disable, enable
-from .metrics import psnr, ssim
+from ..cache import disable, enable
+from ..cache.metrics import psnr, ssim
 from .pab import enable_pab
-from .policies.harmonica import router_beside
-from .presets import build_config
+from ..cache.policies.harmonica import router_beside
+from ..cache.presets import build_config
 
 
 @dataclass
@@ -305,9 +305,9 @@ def main(argv=None) -> int:
     only = parse_method_filter(args.methods)
 
     from ..pipelines.loading import load_pipeline
-    from ..pipelines.tiny.adherence import held_out_cases
+    from .adherence import held_out_cases
     from ..pipelines.tiny.scenes import sample_scene_spec
-    from .profile import CacheProfile
+    from ..cache.profile import CacheProfile
 
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)

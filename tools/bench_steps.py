@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from . import disable, enable, last_video_stats
-from .presets import build_config
+from ..cache import disable, enable, last_video_stats
+from ..cache.presets import build_config
 
 from ..pipelines.wan_configs import TEXT_TOKENS, VAE_STRIDE, WAN21_1_3B
 
@@ -51,7 +51,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def build_transformer(layers: int, device: torch.device, dtype: torch.dtype):
-    from ..pipelines.bench_gpu import random_transformer
+    from .bench_gpu import random_transformer
 
     return random_transformer(WAN21_1_3B, layers, device, dtype)
 

@@ -1,6 +1,6 @@
 """Train the built-in ``tiny`` model with rectified flow on synthetic videos, resumably.
 
-    python -m ditfarm.pipelines.tiny.train --run-dir runs/tiny --steps 16000
+    python -m ditfarm.tools.train_tiny --run-dir runs/tiny --steps 16000
 
 The run directory holds ``state.pt`` (model, EMA, optimiser, step; rewritten atomically every
 ``--checkpoint-every`` steps), ``loss.csv`` (one line per logged step) and ``ema/`` (the EMA weights as a model
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from diffusers import WanTransformer3DModel
 
-from .model_config import (
+from ..pipelines.tiny.model_config import (
     DEFAULT_FRAMES,
     DEFAULT_HEIGHT,
     DEFAULT_WIDTH,
@@ -40,10 +40,10 @@ from .model_config import (
     TRANSFORMER_CONFIG,
     position_grid,
 )
-from .preconditioning import coefficients
-from .scenes import training_batch
-from .text_encoder import WordTextEncoder
-from .weights import save_model_folder
+from ..pipelines.tiny.preconditioning import coefficients
+from ..pipelines.tiny.scenes import training_batch
+from ..pipelines.tiny.text_encoder import WordTextEncoder
+from ..pipelines.tiny.weights import save_model_folder
 
 
 def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:

@@ -25,8 +25,8 @@ def _bench_rank(rank: int, world: int, model: str, policy: str, knob, cases, sam
 
     from ..cache import disable, enable, last_video_stats
     from ..cache.presets import config_for
-    from .collectives import make_cache_reduce
-    from .gang_rank import RankConfig, RankRenderer
+    from ..cluster.collectives import make_cache_reduce
+    from ..cluster.gang_rank import RankConfig, RankRenderer
 
     renderer = RankRenderer(rank, world, RankConfig(model=model, cache="none", timeout_s=600))
     pipe = renderer.pipe
@@ -67,7 +67,7 @@ def _bench_rank(rank: int, world: int, model: str, policy: str, knob, cases, sam
 
 def run(model: str, policy: str, knob, cases, sampler: dict, degrees=(1, 2)) -> dict:
     from ..cache.metrics import psnr
-    from .local import run_local_gang
+    from ..cluster.local import run_local_gang
 
     per_sp = {}
     for sp in degrees:
@@ -106,7 +106,7 @@ def run(model: str, policy: str, knob, cases, sampler: dict, degrees=(1, 2)) -> 
 
 def main(argv=None) -> int:
     from ..cache.presets import POLICIES, resolve_knob
-    from ..pipelines.tiny.adherence import held_out_cases
+    from .adherence import held_out_cases
 
     p = argparse.ArgumentParser(prog="ditfarm bench sp", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

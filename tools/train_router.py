@@ -43,9 +43,9 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from ..pipelines.denoise import initial_noise, reset_caches, transformer_input
-from .policies.harmonica import Router
-from .profile import model_identity
-from .units import unit_modules
+from ..cache.policies.harmonica import Router
+from ..cache.profile import model_identity
+from ..cache.units import unit_modules
 
 HOOK = "ditfarm_router_training"
 FIXED_LOGIT = 5.0
@@ -323,7 +323,7 @@ def tiny_training_prompts(n: int = 64, seed: int = 7) -> list[str]:
 
 def main(argv=None) -> int:
     from ..pipelines.loading import load_pipeline
-    from .policies.harmonica import ROUTER_FILE
+    from ..cache.policies.harmonica import ROUTER_FILE
 
     p = argparse.ArgumentParser(prog="ditfarm train-router", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -9,7 +9,7 @@
 - direction: the centroid track of each object's pixels, fitted by a line over the frames, must move mostly
   along the named axis, the named way, by at least a few pixels.
 
-``python -m ditfarm.pipelines.tiny.adherence --n 60`` renders held-out prompt/seed pairs (prompts that the
+``python -m ditfarm.tools.adherence --n 60`` renders held-out prompt/seed pairs (prompts that the
 training split never contains) and prints the rate at which each attribute is right.
 """
 
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .scenes import render_scene, sample_scene_spec
-from .vocab import COLOURS, SceneSpec, parse_prompt
+from ..pipelines.tiny.scenes import render_scene, sample_scene_spec
+from ..pipelines.tiny.vocab import COLOURS, SceneSpec, parse_prompt
 
 PALETTE_NAMES = tuple(COLOURS)
 PALETTE = np.asarray([COLOURS[c] for c in PALETTE_NAMES], dtype=np.float32)
@@ -141,7 +141,7 @@ def main(argv=None) -> None:
     p.add_argument("--json", type=Path, help="write the summary and every verdict here")
     args = p.parse_args(argv)
 
-    from ..loading import load_pipeline
+    from ..pipelines.loading import load_pipeline
 
     pipe = load_pipeline(args.model)
     cases = held_out_cases(args.n, args.seed, args.two_object_prob)

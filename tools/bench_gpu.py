@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from .wan_configs import TEXT_TOKENS, UMT5_XXL, VAE_STRIDE, WAN21_1_3B, WAN21_14B
+from ..pipelines.wan_configs import TEXT_TOKENS, UMT5_XXL, VAE_STRIDE, WAN21_1_3B, WAN21_14B
 
 POLICY_ROWS = ("bwcache:0", "adaptive:0", "adaptive:1e-9", "adaptive-block:0", "taylorseer:1", "profiling:1",
                "ertacache:0")
@@ -129,7 +129,7 @@ def plain_diffusers_loop(transformer, latents, cond, uncond, steps: int, guidanc
 
 
 def ditfarm_loop(transformer, latents, cond, uncond, steps: int, guidance: float):
-    from .denoise import denoise
+    from ..pipelines.denoise import denoise
 
     sched = scheduler()
     return denoise(transformer, sched, latents, cond, uncond, steps, guidance)
@@ -196,8 +196,8 @@ def step_rows(transformer, shape, text_dim: int, text_tokens: int, device, args,
               scale: float = 1.0, steps: int = 3, repeats: int = 2) -> list[dict]:
     """The rows of one section: plain, none, the unit caches on the eager blocks, compiled, then each other policy
     on the compiled model."""
-    from .attention import apply_attention, choose_attention
-    from .compile import compile_blocks, compiled_graphs
+    from ..pipelines.attention import apply_attention, choose_attention
+    from ..pipelines.compile import compile_blocks, compiled_graphs
 
     gen = torch.Generator().manual_seed(0)
     dtype = transformer.dtype
@@ -264,8 +264,8 @@ def policy_rows(transformer, policies, prefix: str, add, rows: list[dict], versu
 
 def whole_video(shapes: Shapes, device, dtype, args, budget: Budget, log) -> dict:
     """Write a 1.3B-config folder with the real text encoder and VAE configs, load it as a user would, render."""
-    from .loading import load_pipeline
-    from .wan import make_wan_folder
+    from ..pipelines.loading import load_pipeline
+    from ..pipelines.wan import make_wan_folder
 
     frames, height, width = shapes.video_1_3b
     card = {"kind": "wan", "defaults": {"num_frames": frames, "height": height, "width": width, "steps": 50,

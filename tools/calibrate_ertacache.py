@@ -25,7 +25,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
-from .policies.ertacache import offline_schedule, rectification_from_sums
+from ..cache.policies.ertacache import offline_schedule, rectification_from_sums
 
 TAP = "ditfarm_ertacache_calibration"
 
