@@ -54,7 +54,11 @@ def _data_files(pkg_dir: Path):
 
 def _data_files_below(folder: Path):
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and not any(part in SKIPPED_DIRS for part in path.parts) and path.suffix not in SKIPPED_SUFFIXES:
+        if (
+            path.is_file()
+            and not any(part in SKIPPED_DIRS for part in path.parts)
+            and path.suffix not in SKIPPED_SUFFIXES
+        ):
             yield path
 
 

@@ -58,8 +58,11 @@ def public_version(version: str) -> str:
 def frozen_pins(freeze_output: str) -> dict[str, str]:
     """What ``pip freeze --all`` lists, less ditfarm and pip themselves, with local labels dropped (setuptools and
     wheel stay: the test extra names them)."""
-    return {name: public_version(version) for name, version in parse_pins(freeze_output).items()
-            if name not in (PROJECT, "pip")}
+    return {
+        name: public_version(version)
+        for name, version in parse_pins(freeze_output).items()
+        if name not in (PROJECT, "pip")
+    }
 
 
 def render_constraints(pins: dict[str, str], python: str) -> str:
@@ -88,8 +91,9 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--torch", help="torch version to install first (default: the one constraints.txt pins)")
     parser.add_argument("--venv", help="where to build the environment (default: a temporary folder, removed after)")
     parser.add_argument("pytest_args", nargs="*", help="after --: arguments for pytest (default: the README's -q)")
@@ -104,35 +108,49 @@ def main(argv: list[str] | None = None) -> int:
         if run([sys.executable, "-m", "venv", "--clear", str(venv)]).returncode:
             return 1
         python = str(venv / "bin" / "python")
-        steps = [[python, "-m", "pip", "install", "-q", "--upgrade", "pip"],
-                 [python, "-m", "pip", "install", "-q", f"torch=={torch}"],
-                 [python, "-m", "pip", "install", "-q", "-e", ".[test]"]]
+        steps = [
+            [python, "-m", "pip", "install", "-q", "--upgrade", "pip"],
+            [python, "-m", "pip", "install", "-q", f"torch=={torch}"],
+            [python, "-m", "pip", "install", "-q", "-e", ".[test]"],
+        ]
         for step in steps:
             if run(step).returncode:
-                print("refresh-constraints: the install from pyproject.toml's ranges failed; constraints.txt is "
-                      "unchanged", file=sys.stderr)
+                print(
+                    "refresh-constraints: the install from pyproject.toml's ranges failed; constraints.txt is "
+                    "unchanged",
+                    file=sys.stderr,
+                )
                 return 1
         freeze = run([python, "-m", "pip", "freeze", "--all"], capture_output=True, text=True, check=True).stdout
         new = frozen_pins(freeze)
         moved = changes(old, new)
         suite = run([python, "-m", "pytest", *(args.pytest_args or ["-q"])])
-        version = run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True,
-                      text=True, check=True).stdout.strip()
+        version = run(
+            [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     finally:
         if not args.venv:
             shutil.rmtree(venv, ignore_errors=True)
 
     if suite.returncode:
-        print(f"refresh-constraints: the suite failed (exit {suite.returncode}); constraints.txt is unchanged.",
-              file=sys.stderr)
-        print("Packages whose versions changed since constraints.txt was written:" if moved
-              else "No package version changed since constraints.txt was written.", file=sys.stderr)
+        print(
+            f"refresh-constraints: the suite failed (exit {suite.returncode}); constraints.txt is unchanged.",
+            file=sys.stderr,
+        )
+        print(
+            "Packages whose versions changed since constraints.txt was written:"
+            if moved
+            else "No package version changed since constraints.txt was written.",
+            file=sys.stderr,
+        )
         for line in moved:
             print(f"  {line}", file=sys.stderr)
         return suite.returncode
     CONSTRAINTS.write_text(render_constraints(new, version))
-    print(f"refresh-constraints: the suite passed; constraints.txt rewritten ({len(new)} pins, "
-          f"{len(moved)} changed)")
+    print(f"refresh-constraints: the suite passed; constraints.txt rewritten ({len(new)} pins, {len(moved)} changed)")
     for line in moved:
         print(f"  {line}")
     return 0

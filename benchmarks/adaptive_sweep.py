@@ -6,31 +6,44 @@ The argument is a Python list of AdaptiveConfig keyword sets (``prof=None`` drop
 whole-step skipping, wall speedup follows the computed fraction (`ditfarm bench cache` measures it).  This is how
 the defaults in cache/policies/adaptive.py were chosen (BENCHMARKS.md).
 """
-import sys, numpy as np, torch
+
+import os
+import sys
+
+import numpy as np
+import torch
+
 import ditfarm
 from ditfarm import cache
 from ditfarm.cache.metrics import psnr
 from ditfarm.cache.profile import CacheProfile
 from ditfarm.tools.adherence import held_out_cases
+
 torch.set_num_threads(1)
 pipe = ditfarm.load_pipeline("tiny")
 prof = CacheProfile.load(pipe.default_cache_profile())
-import os
+
 CASES_SEED = int(os.environ.get("CASES_SEED", 4242))  # 4242: the bench's videos; tune on others (e.g. 777)
 cases = [(s.prompt, seed) for s, seed in held_out_cases(4, seed=CASES_SEED)]
 refs = {c: pipe.generate(c[0], seed=c[1]) for c in cases}
+
+
 def run(**kw):
-    kw2 = dict(kw); p = kw2.pop("prof", prof)
+    kw2 = dict(kw)
+    p = kw2.pop("prof", prof)
     cfg = cache.AdaptiveConfig(profile=p, **kw2)
     cache.enable(pipe, cfg)
     ps, fr, computed_steps = [], [], []
     for c in cases:
         out = pipe.generate(c[0], seed=c[1])
         st = cache.last_video_stats(pipe)
-        ps.append(psnr(refs[c], out)); fr.append(1 - st.skipped_fraction)
+        ps.append(psnr(refs[c], out))
+        fr.append(1 - st.skipped_fraction)
         computed_steps.append([i for i, m in enumerate(st.masks["cond"]) if all(m)])
     cache.disable(pipe)
     print(kw, f"cases {CASES_SEED} computed {np.mean(fr):.3f} psnr {np.mean(ps):.2f}", flush=True)
     print("    computed steps of the first video:", computed_steps[0], flush=True)
+
+
 for kw in eval(sys.argv[1]):
     run(**kw)

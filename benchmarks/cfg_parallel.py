@@ -17,15 +17,20 @@ import statistics
 import time
 from pathlib import Path
 
-PROMPTS = ["red circle moving left on blue background", "white square moving up on green gradient background",
-           "yellow triangle moving right on black background", "blue square moving down on red gradient background"]
+PROMPTS = [
+    "red circle moving left on blue background",
+    "white square moving up on green gradient background",
+    "yellow triangle moving right on black background",
+    "blue square moving down on red gradient background",
+]
 
 
 def render_rank(rank, world, model, cfg_parallel, policy, prompts, steps):
     from ditfarm.cluster.gang_rank import RankConfig, RankRenderer
 
-    renderer = RankRenderer(rank, world, RankConfig(model=model, cache=policy, cfg_parallel=cfg_parallel,
-                                                    timeout_s=600))
+    renderer = RankRenderer(
+        rank, world, RankConfig(model=model, cache=policy, cfg_parallel=cfg_parallel, timeout_s=600)
+    )
     renderer.render(prompts[0], 0, dict(steps=steps))  # warm-up
     out = []
     for i, prompt in enumerate(prompts):
@@ -59,27 +64,54 @@ def main(argv=None) -> int:
     for name, videos in runs.items():
         seconds = statistics.median(v["seconds"] for v in videos)
         fidelity = [psnr(ref["frames"], v["frames"]) for ref, v in zip(runs["sp1"], videos)]
-        rows.append({"config": name, "seconds_per_video": seconds, "all_seconds": [v["seconds"] for v in videos],
-                     "psnr_vs_sp1": min(fidelity)})
+        rows.append(
+            {
+                "config": name,
+                "seconds_per_video": seconds,
+                "all_seconds": [v["seconds"] for v in videos],
+                "psnr_vs_sp1": min(fidelity),
+            }
+        )
     by = {r["config"]: r for r in rows}
     for r in rows:
         r["speedup_vs_sp2"] = by["sp2"]["seconds_per_video"] / r["seconds_per_video"]
         r["speedup_vs_sp1"] = by["sp1"]["seconds_per_video"] / r["seconds_per_video"]
-    masks_equal = all(v["masks"]["cond"] == ref["masks"].get("cond") and cfg[1][i]["masks"].get("uncond") ==
-                      ref["masks"].get("uncond") for i, (v, ref) in enumerate(zip(cfg[0], runs["sp1"]))) \
-        if args.policy != "none" else None
+    masks_equal = (
+        all(
+            v["masks"]["cond"] == ref["masks"].get("cond")
+            and cfg[1][i]["masks"].get("uncond") == ref["masks"].get("uncond")
+            for i, (v, ref) in enumerate(zip(cfg[0], runs["sp1"]))
+        )
+        if args.policy != "none"
+        else None
+    )
     print(f"{args.model}, {args.steps} steps, CFG, policy {args.policy}, {len(prompts)} videos, 1 thread per rank")
     print("| config | s/video | vs sp2 | vs sp1 | min PSNR vs sp1 (dB) |\n|---|---|---|---|---|")
     for r in rows:
         db = "identical" if r["psnr_vs_sp1"] == float("inf") else f"{r['psnr_vs_sp1']:.1f}"
-        print(f"| {r['config']} | {r['seconds_per_video']:.2f} | {r['speedup_vs_sp2']:.2f}x | "
-              f"{r['speedup_vs_sp1']:.2f}x | {db} |")
+        print(
+            f"| {r['config']} | {r['seconds_per_video']:.2f} | {r['speedup_vs_sp2']:.2f}x | "
+            f"{r['speedup_vs_sp1']:.2f}x | {db} |"
+        )
     if masks_equal is not None:
         print(f"cfg2 masks equal sp1's: {masks_equal}")
     if args.json:
-        args.json.write_text(json.dumps({"model": args.model, "steps": args.steps, "policy": args.policy,
-                                         "videos": len(prompts), "rows": rows, "cfg_masks_equal_sp1": masks_equal,
-                                         "torch": torch.__version__}, indent=2, default=float) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "steps": args.steps,
+                    "policy": args.policy,
+                    "videos": len(prompts),
+                    "rows": rows,
+                    "cfg_masks_equal_sp1": masks_equal,
+                    "torch": torch.__version__,
+                },
+                indent=2,
+                default=float,
+            )
+            + "\n"
+        )
     return 0
 
 

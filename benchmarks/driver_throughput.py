@@ -31,12 +31,10 @@ r"""How many videos per second the batch driver sustains when its renderers answ
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
 import queue
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -207,11 +205,18 @@ def run_job(manifest: str, out: str, renderer, settings, progress: bool) -> dict
     n = len(stamps)
     lo, hi = n // 10, (9 * n) // 10
     steady = (hi - lo) / (stamps[hi - 1] - stamps[lo - 1]) if n >= 20 else None
-    return {"ok": s.ok, "failed": s.failed, "skipped": s.skipped, "parts": len(job.writer.parts),
-            "construction_s": round(built - start, 3), "first_row_s": round(stamps[0] - built, 3) if n else None,
-            "end_s": round(end - stamps[-1], 3) if n else None,  # last flush + report.html
-            "whole_s": round(end - start, 3), "videos_per_s_whole": round(s.ok / (end - start), 1),
-            "videos_per_s_steady": round(steady, 1) if steady else None}
+    return {
+        "ok": s.ok,
+        "failed": s.failed,
+        "skipped": s.skipped,
+        "parts": len(job.writer.parts),
+        "construction_s": round(built - start, 3),
+        "first_row_s": round(stamps[0] - built, 3) if n else None,
+        "end_s": round(end - stamps[-1], 3) if n else None,  # last flush + report.html
+        "whole_s": round(end - start, 3),
+        "videos_per_s_whole": round(s.ok / (end - start), 1),
+        "videos_per_s_steady": round(steady, 1) if steady else None,
+    }
 
 
 def capacities(args) -> list[int]:
@@ -223,9 +228,13 @@ def throughput(s3, args, video: bytes, server_pid: int | None) -> list[dict]:
 
     from ditfarm.types import RenderSettings
 
-    table = pa.table({"id": [f"v{i:07d}" for i in range(args.videos)],
-                      "prompt": [PROMPTS[i % 4] for i in range(args.videos)],
-                      "seed": pa.array(range(args.videos), pa.int64())})
+    table = pa.table(
+        {
+            "id": [f"v{i:07d}" for i in range(args.videos)],
+            "prompt": [PROMPTS[i % 4] for i in range(args.videos)],
+            "seed": pa.array(range(args.videos), pa.int64()),
+        }
+    )
     manifest = put_table(s3, "throughput/manifest.parquet", table)
     settings = RenderSettings(model="tiny")  # default flush_every=32, flush_seconds=60
     rows = []
@@ -246,19 +255,27 @@ def throughput(s3, args, video: bytes, server_pid: int | None) -> list[dict]:
         if kind == "ray":
             pids["actors"] = renderer.pids()
         cpu = CpuMeter(pids)
-        row = {"mode": mode, "videos": args.videos, "capacity": capacity, **run_job(manifest, out, renderer,
-                                                                                          settings, args.progress)}
+        row = {
+            "mode": mode,
+            "videos": args.videos,
+            "capacity": capacity,
+            **run_job(manifest, out, renderer, settings, args.progress),
+        }
         row["cpu_ms_per_video"] = cpu.per_video_ms(args.videos)
-        row["machine_busy_cores"] = round(row["cpu_ms_per_video"]["machine (all processes)"] * args.videos
-                                          / 1000 / row["whole_s"], 2)
+        row["machine_busy_cores"] = round(
+            row["cpu_ms_per_video"]["machine (all processes)"] * args.videos / 1000 / row["whole_s"], 2
+        )
         if answer == "put":  # a rerun finds every id ok and renders nothing
             rerun = run_job(manifest, out, renderer, settings, False)
             row["rerun_s"], row["rerun_skipped"] = rerun["whole_s"], rerun["skipped"]
         if kind == "ray":
             renderer.close()
         rows.append(row)
-        print(f"  {mode} x {capacity}: {row['videos_per_s_whole']} videos/s whole, {row['videos_per_s_steady']} steady",
-              file=sys.stderr, flush=True)
+        print(
+            f"  {mode} x {capacity}: {row['videos_per_s_whole']} videos/s whole, {row['videos_per_s_steady']} steady",
+            file=sys.stderr,
+            flush=True,
+        )
     return rows
 
 
@@ -273,13 +290,24 @@ def profile(args, video: bytes, s3_env: dict) -> dict | None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "profile.txt"
-        child = [sys.executable, str(Path(__file__).resolve()), "--videos", str(args.videos), "--capacity",
-                 str(capacities(args)[0]), "--modes", args.profile_mode, "--listing-ids", "0", "--no-profile",
-                 "--child",
-                 "--json", str(Path(tmp) / "child.json")]
+        child = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--videos",
+            str(args.videos),
+            "--capacity",
+            str(capacities(args)[0]),
+            "--modes",
+            args.profile_mode,
+            "--listing-ids",
+            "0",
+            "--no-profile",
+            "--child",
+            "--json",
+            str(Path(tmp) / "child.json"),
+        ]
         record = [pyspy, "record", "--gil", "--format", "raw", "--rate", "200", "-o", str(raw), "--"]
-        proc = subprocess.run([*record, *child],
-                              capture_output=True, text=True, env={**os.environ, **s3_env})
+        proc = subprocess.run([*record, *child], capture_output=True, text=True, env={**os.environ, **s3_env})
         if proc.returncode != 0 or not raw.exists():
             print(proc.stderr[-2000:], file=sys.stderr)
             return None
@@ -311,13 +339,21 @@ def summarise_profile(text: str, top: int = 25) -> dict:
             inclusive[f] = inclusive.get(f, 0) + n
 
     def pct(d):
-        return [{"function": k, "pct": round(100 * v / total, 1)} for k, v in
-                sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+        return [
+            {"function": k, "pct": round(100 * v / total, 1)} for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]
+        ]
 
     threads = {k: round(100 * v / total, 1) for k, v in sorted(by_thread.items(), key=lambda kv: -kv[1])}
-    return {"samples": total, "import_samples_excluded": imports, "setup_samples_excluded": setup, "by_thread": threads,
-            "own": pct(own), "inclusive": pct({k: v for k, v in inclusive.items()
-                                               if "jobs/" in k or "cluster/" in k or "Renderer.render" in k})}
+    return {
+        "samples": total,
+        "import_samples_excluded": imports,
+        "setup_samples_excluded": setup,
+        "by_thread": threads,
+        "own": pct(own),
+        "inclusive": pct(
+            {k: v for k, v in inclusive.items() if "jobs/" in k or "cluster/" in k or "Renderer.render" in k}
+        ),
+    }
 
 
 def clean(frame: str) -> str:
@@ -354,11 +390,29 @@ def make_output(store, first: int, ids: int, per_part: int, local: bool) -> floa
     names = [f"r{i:08d}" for i in range(first, first + ids)]
 
     def part(p: int):
-        chunk = names[p * per_part:(p + 1) * per_part]
-        table = pa.Table.from_pylist([{"id": i, "status": "ok", "uri": store.video_uri(i), "seed": 0, "frames": 8,
-                                       "height": 32, "width": 32, "steps": 30, "model": "tiny", "seconds": 1.0,
-                                       "cache": "none", "skipped_fraction": 0.0, "attempts": 1, "finished_at": now}
-                                      for i in chunk], schema=RESULT_SCHEMA)
+        chunk = names[p * per_part : (p + 1) * per_part]
+        table = pa.Table.from_pylist(
+            [
+                {
+                    "id": i,
+                    "status": "ok",
+                    "uri": store.video_uri(i),
+                    "seed": 0,
+                    "frames": 8,
+                    "height": 32,
+                    "width": 32,
+                    "steps": 30,
+                    "model": "tiny",
+                    "seconds": 1.0,
+                    "cache": "none",
+                    "skipped_fraction": 0.0,
+                    "attempts": 1,
+                    "finished_at": now,
+                }
+                for i in chunk
+            ],
+            schema=RESULT_SCHEMA,
+        )
         store.write_part(f"part-20261201T000000000000-bench-{first:09d}-{p:07d}.parquet", table)
 
     def video(i: str):
@@ -404,13 +458,21 @@ def listing(store, ids: int, per_part: int, target_ids: int) -> dict:
     rest_s = timings["completed_ids_s"] - timings["list_results_s"] - timings["read_parts_s"] - timings["list_videos_s"]
     scale = target_ids / ids
     target_parts = (target_ids + per_part - 1) // per_part
-    return {"ids": ids, "parts": parts, "rows_per_part": per_part, **{k: round(v, 3) for k, v in timings.items()},
-            "per_part_ms": round(1000 * per_part_s, 3), "per_video_id_us": round(1e6 * per_id_s, 2),
-            "python_heap_peak_mib": round(peak / 2**20, 1),
-            "extrapolated": {"ids": target_ids, "parts": target_parts,
-                             "completed_ids_s": round(per_part_s * target_parts + per_id_s * target_ids
-                                                      + max(0.0, rest_s) * scale),
-                             "python_heap_peak_gib": round(peak * scale / 2**30, 2)}}
+    return {
+        "ids": ids,
+        "parts": parts,
+        "rows_per_part": per_part,
+        **{k: round(v, 3) for k, v in timings.items()},
+        "per_part_ms": round(1000 * per_part_s, 3),
+        "per_video_id_us": round(1e6 * per_id_s, 2),
+        "python_heap_peak_mib": round(peak / 2**20, 1),
+        "extrapolated": {
+            "ids": target_ids,
+            "parts": target_parts,
+            "completed_ids_s": round(per_part_s * target_parts + per_id_s * target_ids + max(0.0, rest_s) * scale),
+            "python_heap_peak_gib": round(peak * scale / 2**30, 2),
+        },
+    }
 
 
 def resume_listing(s3, args) -> list[dict]:
@@ -427,10 +489,18 @@ def resume_listing(s3, args) -> list[dict]:
             setup_s = 0.0
             for first, ids in ((0, half), (half, args.listing_ids - half)):
                 setup_s += make_output(store, first, ids, args.listing_rows_per_part, local)
-                rows.append({"store": where, "setup_s": round(setup_s, 1),
-                             **listing(store, first + ids, args.listing_rows_per_part, args.extrapolate_ids)})
-                print(f"  listing on {where}, {first + ids} ids: {rows[-1]['completed_ids_s']} s", file=sys.stderr,
-                      flush=True)
+                rows.append(
+                    {
+                        "store": where,
+                        "setup_s": round(setup_s, 1),
+                        **listing(store, first + ids, args.listing_rows_per_part, args.extrapolate_ids),
+                    }
+                )
+                print(
+                    f"  listing on {where}, {first + ids} ids: {rows[-1]['completed_ids_s']} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return rows
 
 
@@ -443,8 +513,15 @@ def parts_per_day(flush_every: int, flush_seconds: float, rates: list[float]) ->
     for r in rates:
         rows = flush_every if r * flush_seconds >= flush_every - 1 else 1 + int(r * flush_seconds)
         per_day = 86400 * r / rows
-        out.append({"videos_per_s": r, "videos_per_day": round(86400 * r), "rows_per_part": rows,
-                    "parts_per_day": round(per_day), "parts_per_10M_ids": round(10_000_000 / rows)})
+        out.append(
+            {
+                "videos_per_s": r,
+                "videos_per_day": round(86400 * r),
+                "rows_per_part": rows,
+                "parts_per_day": round(per_day),
+                "parts_per_10M_ids": round(10_000_000 / rows),
+            }
+        )
     return out
 
 
@@ -464,7 +541,8 @@ def put_cost(video: bytes, calls: int) -> list[dict]:
     calls_by_name = {
         "store_video (temp file + upload_file), as rank 0 does": lambda i: store_bytes(store, f"s{i}", video),
         "put_object of the bytes": lambda i: store.client.put_object(
-            Bucket="bench", Key=store._key("videos", f"p{i}.mp4"), Body=video),
+            Bucket="bench", Key=store._key("videos", f"p{i}.mp4"), Body=video
+        ),
     }
     out = []
     for name, call in calls_by_name.items():
@@ -475,8 +553,15 @@ def put_cost(video: bytes, calls: int) -> list[dict]:
             call(i)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         moto_s = sum(server.cpu_times()[:2]) - sum(moto[:2]) if server else float("nan")
-        out.append({"call": name, "calls": calls, "wall_ms": round(1000 * wall / calls, 2),
-                    "cpu_ms": round(1000 * cpu / calls, 2), "moto_cpu_ms": round(1000 * moto_s / calls, 2)})
+        out.append(
+            {
+                "call": name,
+                "calls": calls,
+                "wall_ms": round(1000 * wall / calls, 2),
+                "cpu_ms": round(1000 * cpu / calls, 2),
+                "moto_cpu_ms": round(1000 * moto_s / calls, 2),
+            }
+        )
     return out
 
 
@@ -492,8 +577,11 @@ def machine() -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", type=int, default=5000)
-    parser.add_argument("--capacity", default="8", help="renders in flight (actors in ray mode); a comma-separated "
-                        "list runs every mode at each")
+    parser.add_argument(
+        "--capacity",
+        default="8",
+        help="renders in flight (actors in ray mode); a comma-separated list runs every mode at each",
+    )
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--listing-ids", type=int, default=100_000, help="ok ids for the resume listing (0: skip)")
     parser.add_argument("--listing-rows-per-part", type=int, default=32)
@@ -515,9 +603,13 @@ def main(argv=None) -> int:
     s3_env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
     try:
         video = small_mp4()
-        result = {"date": str(date.today()), "machine": machine(), "mp4_bytes": len(video),
-                  "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-                  "settings": {"flush_every": 32, "flush_seconds": 60.0, "capacity": capacities(args)}}
+        result = {
+            "date": str(date.today()),
+            "machine": machine(),
+            "mp4_bytes": len(video),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+            "settings": {"flush_every": 32, "flush_seconds": 60.0, "capacity": capacities(args)},
+        }
         result["throughput"] = throughput(s3, args, video, server.pid if server is not None else None)
         import ray
 
@@ -525,19 +617,25 @@ def main(argv=None) -> int:
         if args.child:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
             return 0
-        print(f"\nDriver throughput, {args.videos} videos, results to moto S3 "
-              f"(flush_every=32); {len(video):,}-byte mp4 per PUT")
-        print("| renderer | capacity | videos/s, whole job | videos/s, steady (rows 10-90%) | construction | end (flush + "
-              "report) | rerun (all skipped) | CPU ms / video: driver process, moto, actors, whole machine | "
-              "busy cores |")
+        print(
+            f"\nDriver throughput, {args.videos} videos, results to moto S3 "
+            f"(flush_every=32); {len(video):,}-byte mp4 per PUT"
+        )
+        print(
+            "| renderer | capacity | videos/s, whole job | videos/s, steady (rows 10-90%) | construction | end (flush + "
+            "report) | rerun (all skipped) | CPU ms / video: driver process, moto, actors, whole machine | "
+            "busy cores |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         for r in result["throughput"]:
             rerun = f"{r['rerun_s']} s" if "rerun_s" in r else "-"
             c = r["cpu_ms_per_video"]
-            print(f"| {r['mode']} | {r['capacity']} | {r['videos_per_s_whole']} | {r['videos_per_s_steady']} | "
-                  f"{r['construction_s']} s"
-                  f" | {r['end_s']} s | {rerun} | {c['driver process']}, {c['moto server']}, {c.get('actors', '-')}, "
-                  f"{c['machine (all processes)']} | {r['machine_busy_cores']} |")
+            print(
+                f"| {r['mode']} | {r['capacity']} | {r['videos_per_s_whole']} | {r['videos_per_s_steady']} | "
+                f"{r['construction_s']} s"
+                f" | {r['end_s']} s | {rerun} | {c['driver process']}, {c['moto server']}, {c.get('actors', '-')}, "
+                f"{c['machine (all processes)']} | {r['machine_busy_cores']} |"
+            )
         save(args.json, result)  # each section as it finishes
         result["put_cost"] = put_cost(video, args.put_calls)
         print(f"\nOne small PUT from the storing process, {args.put_calls} calls in a row, {len(video):,} bytes")
@@ -548,12 +646,14 @@ def main(argv=None) -> int:
         if args.profile:
             p = result["profile"] = profile(args, video, s3_env)
             if p:
-                print(f"\npy-spy, one {args.profile_mode} job ({p['job']['videos_per_s_whole']} videos/s whole under "
-                      f"the "
-                      f"profiler), {p['samples']} samples of the thread holding the driver process's GIL "
-                      f"(left out: {p['import_samples_excluded']} samples of module imports, "
-                      f"{p['setup_samples_excluded']} of "
-                      f"the benchmark's own setup)")
+                print(
+                    f"\npy-spy, one {args.profile_mode} job ({p['job']['videos_per_s_whole']} videos/s whole under "
+                    f"the "
+                    f"profiler), {p['samples']} samples of the thread holding the driver process's GIL "
+                    f"(left out: {p['import_samples_excluded']} samples of module imports, "
+                    f"{p['setup_samples_excluded']} of "
+                    f"the benchmark's own setup)"
+                )
                 print("| thread | share |\n|---|---|")
                 for k, v in p["by_thread"].items():
                     print(f"| {k} | {v}% |")
@@ -566,25 +666,32 @@ def main(argv=None) -> int:
         save(args.json, result)
         if args.listing_ids:
             result["resume_listing"] = resume_listing(s3, args)
-            print(f"\ncompleted_ids(store): ok ids in parts of {args.listing_rows_per_part} rows, one video object "
-                  "each")
-            print("| store | ids | parts | completed_ids | list results/ | read parts | list videos/ | per part | "
-                  f"per video id | Python heap peak | {args.extrapolate_ids:,} ids (extrapolated) |")
+            print(
+                f"\ncompleted_ids(store): ok ids in parts of {args.listing_rows_per_part} rows, one video object each"
+            )
+            print(
+                "| store | ids | parts | completed_ids | list results/ | read parts | list videos/ | per part | "
+                f"per video id | Python heap peak | {args.extrapolate_ids:,} ids (extrapolated) |"
+            )
             print("|---|---|---|---|---|---|---|---|---|---|---|")
             for r in result["resume_listing"]:
                 e = r["extrapolated"]
-                print(f"| {r['store']} | {r['ids']:,} | {r['parts']:,} | {r['completed_ids_s']} s | "
-                      f"{r['list_results_s']} s | "
-                      f"{r['read_parts_s']} s | {r['list_videos_s']} s | {r['per_part_ms']} ms | "
-                      f"{r['per_video_id_us']} us | {r['python_heap_peak_mib']} MiB | {e['completed_ids_s']:.0f} s, "
-                      f"{e['parts']:,} parts, {e['python_heap_peak_gib']} GiB |")
+                print(
+                    f"| {r['store']} | {r['ids']:,} | {r['parts']:,} | {r['completed_ids_s']} s | "
+                    f"{r['list_results_s']} s | "
+                    f"{r['read_parts_s']} s | {r['list_videos_s']} s | {r['per_part_ms']} ms | "
+                    f"{r['per_video_id_us']} us | {r['python_heap_peak_mib']} MiB | {e['completed_ids_s']:.0f} s, "
+                    f"{e['parts']:,} parts, {e['python_heap_peak_gib']} GiB |"
+                )
         rates = [100, 10, 1, 0.5, 0.1, 1 / 60, 1 / 600]
         result["parts_per_day"] = parts_per_day(32, 60.0, rates)
         print("\nResults parts per day (flush_every=32, flush_seconds=60)")
         print("| videos/s | videos/day | rows per part | parts/day | parts per 10M ids |\n|---|---|---|---|---|")
         for r in result["parts_per_day"]:
-            print(f"| {r['videos_per_s']:.4g} | {r['videos_per_day']:,} | {r['rows_per_part']} | "
-                  f"{r['parts_per_day']:,} | {r['parts_per_10M_ids']:,} |")
+            print(
+                f"| {r['videos_per_s']:.4g} | {r['videos_per_day']:,} | {r['rows_per_part']} | "
+                f"{r['parts_per_day']:,} | {r['parts_per_10M_ids']:,} |"
+            )
         result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         save(args.json, result)
     finally:

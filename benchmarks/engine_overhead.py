@@ -22,9 +22,11 @@ import ditfarm
 from ditfarm import cache
 
 PROMPT = "red circle moving left on blue background"
-CONFIGS = {"adaptive (threshold 0)": cache.AdaptiveConfig(threshold=0.0),
-           "adaptive-block (threshold 0)": cache.AdaptiveConfig(threshold=0.0, granularity="block"),
-           "bwcache (threshold 0)": cache.BWCacheConfig(threshold=0.0)}
+CONFIGS = {
+    "adaptive (threshold 0)": cache.AdaptiveConfig(threshold=0.0),
+    "adaptive-block (threshold 0)": cache.AdaptiveConfig(threshold=0.0, granularity="block"),
+    "bwcache (threshold 0)": cache.BWCacheConfig(threshold=0.0),
+}
 
 
 def main() -> None:
@@ -50,8 +52,10 @@ def main() -> None:
             times[name].append(video_seconds())
             cache.disable(pipe)
     base = statistics.median(times["none"])
-    rows = [{"method": name, "median_seconds": statistics.median(t), "overhead": statistics.median(t) / base - 1}
-            for name, t in times.items()]
+    rows = [
+        {"method": name, "median_seconds": statistics.median(t), "overhead": statistics.median(t) / base - 1}
+        for name, t in times.items()
+    ]
 
     cache.enable(pipe, CONFIGS["adaptive (threshold 0)"])
     profiler = cProfile.Profile()
@@ -68,9 +72,19 @@ def main() -> None:
         print(f"| {r['method']} | {r['median_seconds']:.3f} | {r['overhead']:+.1%} |")
     print(f"engine functions' own time in a profiled adaptive video: {engine / total:.1%}")
     if args.json:
-        args.json.write_text(json.dumps({"repeats": args.repeats, "threads": args.threads, "rows": rows,
-                                         "engine_self_time_share": engine / total,
-                                         "all_seconds": times}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "repeats": args.repeats,
+                    "threads": args.threads,
+                    "rows": rows,
+                    "engine_self_time_share": engine / total,
+                    "all_seconds": times,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

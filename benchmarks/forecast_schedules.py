@@ -14,6 +14,7 @@ adds the forecast stack residual r(s0) + a k (r(s0) - r(s_prev)) / gap (a = damp
 TaylorSeer's first-order series).  PSNR is against the uncached video.  This is where adaptive's damping 0.4 comes
 from (cache/policies/adaptive.py; tuned on cases seed 777, which the bench (seed 4242) does not use).
 """
+
 import argparse
 import json
 
@@ -85,8 +86,15 @@ def main():
                 scores = [psnr(refs[c], pipe.generate(c[0], seed=c[1])) for c in cases]
             finally:
                 engine.detach()
-            rows.append({"schedule": name, "computed_steps": len(steps), "damping": damping,
-                         "psnr": float(np.mean(scores)), "per_video": scores})
+            rows.append(
+                {
+                    "schedule": name,
+                    "computed_steps": len(steps),
+                    "damping": damping,
+                    "psnr": float(np.mean(scores)),
+                    "per_video": scores,
+                }
+            )
             print(f"| {name} | {len(steps)} | {damping:g} | {np.mean(scores):.2f} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -37,15 +37,18 @@ from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-PROMPTS = ["red circle moving left on blue background", "white square moving up on green gradient background",
-           "yellow triangle moving right on black background", "blue circle moving down on white background"]
+PROMPTS = [
+    "red circle moving left on blue background",
+    "white square moving up on green gradient background",
+    "yellow triangle moving right on black background",
+    "blue circle moving down on white background",
+]
 
 
 def tasks(prefix: str, n: int):
     from ditfarm.jobs.manifest import RenderTask
 
-    return [RenderTask(row=i, id=f"{prefix}{i:04d}", prompt=PROMPTS[i % len(PROMPTS)], seed=1000 + i)
-            for i in range(n)]
+    return [RenderTask(row=i, id=f"{prefix}{i:04d}", prompt=PROMPTS[i % len(PROMPTS)], seed=1000 + i) for i in range(n)]
 
 
 def probe_actor(member) -> dict:
@@ -57,9 +60,13 @@ def probe_actor(member) -> dict:
 
         import torch
 
-        return {"pid": os.getpid(), "torch_threads": torch.get_num_threads(),
-                "torch_interop_threads": torch.get_num_interop_threads(),
-                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "affinity_cpus": len(os.sched_getaffinity(0))}
+        return {
+            "pid": os.getpid(),
+            "torch_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "affinity_cpus": len(os.sched_getaffinity(0)),
+        }
 
     return ray.get(member.__ray_call__.remote(probe))
 
@@ -106,16 +113,21 @@ def timed_job(job_tasks, out: Path, settings, renderer) -> dict:
     seconds = [r["seconds"] for r in rows]
     render_s, whole_s = last - start, end - start
     n = len(job_tasks)
-    return {"videos": n, "render_s": round(render_s, 2), "whole_s": round(whole_s, 2),
-            "videos_per_min": round(60 * n / render_s, 2), "videos_per_min_whole": round(60 * n / whole_s, 2),
-            "wall_s_per_video": round(render_s / n, 3),
-            "row_seconds_median": round(statistics.median(seconds), 3),  # a render() call: waiting for a gang too
-            "row_seconds_min": round(min(seconds), 3)}
+    return {
+        "videos": n,
+        "render_s": round(render_s, 2),
+        "whole_s": round(whole_s, 2),
+        "videos_per_min": round(60 * n / render_s, 2),
+        "videos_per_min_whole": round(60 * n / whole_s, 2),
+        "wall_s_per_video": round(render_s / n, 3),
+        "row_seconds_median": round(statistics.median(seconds), 3),  # a render() call: waiting for a gang too
+        "row_seconds_min": round(min(seconds), 3),
+    }
 
 
 def gangs_run(gangs: int, args, root: Path) -> dict:
-    from ditfarm.jobs.gang_renderer import GangRenderer
     from ditfarm.jobs.driver import RenderSettings
+    from ditfarm.jobs.gang_renderer import GangRenderer
 
     settings = RenderSettings(model=args.model, steps=args.steps, gangs=gangs, sp=1, overlap=args.overlap)
     start = time.perf_counter()
@@ -132,9 +144,16 @@ def gangs_run(gangs: int, args, root: Path) -> dict:
         by_gang = [n - warm.get(name, 0) for name, n in renderer.pool.videos_by_gang.items()]
     finally:
         renderer.close()
-    return {"gangs": gangs, "start_s": round(started_s, 1), "warm_up_videos_per_gang": list(warm.values()),
-            **result, "gang_s_per_video": round(result["render_s"] * gangs / args.videos, 3),
-            "videos_per_gang": by_gang, "actors": probes, "busy_cores": used}
+    return {
+        "gangs": gangs,
+        "start_s": round(started_s, 1),
+        "warm_up_videos_per_gang": list(warm.values()),
+        **result,
+        "gang_s_per_video": round(result["render_s"] * gangs / args.videos, 3),
+        "videos_per_gang": by_gang,
+        "actors": probes,
+        "busy_cores": used,
+    }
 
 
 def local_run(args, root: Path) -> dict:
@@ -148,8 +167,12 @@ def local_run(args, root: Path) -> dict:
     timed_job(tasks("warm0-", 1), root / "warm-local", settings, renderer)
     cpu = Cpu({"driver process": os.getpid()})
     result = timed_job(tasks("v", args.videos), root / "out-local", settings, renderer)
-    return {"gangs": 0, "renderer": "LocalRenderer (no Ray), 1 torch thread", **result,
-            "busy_cores": cpu.cores(result["whole_s"])}
+    return {
+        "gangs": 0,
+        "renderer": "LocalRenderer (no Ray), 1 torch thread",
+        **result,
+        "busy_cores": cpu.cores(result["whole_s"]),
+    }
 
 
 def machine() -> str:
@@ -167,21 +190,35 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's, 30)")
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs given to the local Ray")
-    parser.add_argument("--no-overlap", dest="overlap", action="store_false",
-                        help="one video per gang at a time (the default keeps two in flight)")
+    parser.add_argument(
+        "--no-overlap",
+        dest="overlap",
+        action="store_false",
+        help="one video per gang at a time (the default keeps two in flight)",
+    )
     parser.add_argument("--local", action="store_true", help="also the same videos on LocalRenderer, no Ray")
     parser.add_argument("--json", type=Path, default=HERE / "gang-scaling.json")
     args = parser.parse_args(argv)
     import ray
 
-    ray.init(address="local", num_cpus=args.num_cpus, log_to_driver=False,  # never a `ray start` cluster
-             include_dashboard=False)
+    ray.init(
+        address="local",
+        num_cpus=args.num_cpus,
+        log_to_driver=False,  # never a `ray start` cluster
+        include_dashboard=False,
+    )
     counts = [int(g) for g in args.gangs.split(",")]
-    result = {"date": str(date.today()),
-              "machine": machine(),
-              "ray_num_cpus": args.num_cpus, "model": args.model, "steps": args.steps, "overlap": args.overlap,
-              "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"], "load_average_at_start": list(os.getloadavg()),
-              "runs": []}
+    result = {
+        "date": str(date.today()),
+        "machine": machine(),
+        "ray_num_cpus": args.num_cpus,
+        "model": args.model,
+        "steps": args.steps,
+        "overlap": args.overlap,
+        "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"],
+        "load_average_at_start": list(os.getloadavg()),
+        "runs": [],
+    }
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for g in counts:
@@ -197,26 +234,35 @@ def main(argv=None) -> int:
     if 1 in by and 2 in by:
         result["ratio_2_over_1"] = round(by[2]["videos_per_min"] / by[1]["videos_per_min"], 2)
         result["ratio_2_over_1_whole"] = round(by[2]["videos_per_min_whole"] / by[1]["videos_per_min_whole"], 2)
-    print(f"\n{args.model}, {args.videos} videos per run (+1 warm-up per gang, not counted), sp=1, Ray num_cpus="
-          f"{args.num_cpus}, overlap={args.overlap}, OMP_NUM_THREADS={result['OMP_NUM_THREADS']}")
-    print("| gangs | videos/min (render) | videos/min (whole job) | wall s / video | gang-s / video | row seconds, "
-          "median | videos per gang | busy cores: actors, driver, machine | gang start |")
+    print(
+        f"\n{args.model}, {args.videos} videos per run (+1 warm-up per gang, not counted), sp=1, Ray num_cpus="
+        f"{args.num_cpus}, overlap={args.overlap}, OMP_NUM_THREADS={result['OMP_NUM_THREADS']}"
+    )
+    print(
+        "| gangs | videos/min (render) | videos/min (whole job) | wall s / video | gang-s / video | row seconds, "
+        "median | videos per gang | busy cores: actors, driver, machine | gang start |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in result["runs"]:
         c = r["busy_cores"]
         actors = " + ".join(str(v) for k, v in c.items() if k.startswith("actor")) or "-"
-        print(f"| {r['gangs'] or 'local'} | {r['videos_per_min']} | {r['videos_per_min_whole']} | "
-              f"{r['wall_s_per_video']} | {r.get('gang_s_per_video', '-')} | {r['row_seconds_median']} | "
-              f"{r.get('videos_per_gang', '-')} | {actors}, {c['driver process']}, {c['machine']} | "
-              f"{r.get('start_s', '-')} s |")
+        print(
+            f"| {r['gangs'] or 'local'} | {r['videos_per_min']} | {r['videos_per_min_whole']} | "
+            f"{r['wall_s_per_video']} | {r.get('gang_s_per_video', '-')} | {r['row_seconds_median']} | "
+            f"{r.get('videos_per_gang', '-')} | {actors}, {c['driver process']}, {c['machine']} | "
+            f"{r.get('start_s', '-')} s |"
+        )
     if "ratio_2_over_1" in result:
-        print(f"\n2 gangs / 1 gang: {result['ratio_2_over_1']}x (render), {result['ratio_2_over_1_whole']}x "
-              "(whole job)")
+        print(
+            f"\n2 gangs / 1 gang: {result['ratio_2_over_1']}x (render), {result['ratio_2_over_1_whole']}x (whole job)"
+        )
     for r in result["runs"]:
         for a in r.get("actors", []):
-            print(f"  gangs={r['gangs']} actor pid {a['pid']}: torch threads {a['torch_threads']}, interop "
-                  f"{a['torch_interop_threads']}, OMP_NUM_THREADS={a['OMP_NUM_THREADS']}, "
-                  f"affinity {a['affinity_cpus']} CPUs")
+            print(
+                f"  gangs={r['gangs']} actor pid {a['pid']}: torch threads {a['torch_threads']}, interop "
+                f"{a['torch_interop_threads']}, OMP_NUM_THREADS={a['OMP_NUM_THREADS']}, "
+                f"affinity {a['affinity_cpus']} CPUs"
+            )
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

@@ -64,8 +64,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="ditfarm-overlap-") as tmp:
         for cache in ("none", args.cache):
             for overlap in (False, True):
-                settings = RenderSettings(model=args.model, cache=cache, cache_knob=args.knob if cache != "none" else None,
-                                          overlap=overlap)
+                settings = RenderSettings(
+                    model=args.model, cache=cache, cache_knob=args.knob if cache != "none" else None, overlap=overlap
+                )
                 renderer = LocalRenderer(settings)
                 run_job(renderer, prompts[:2], settings, Path(tmp) / f"warm-{cache}-{overlap}")
                 best = None
@@ -74,11 +75,23 @@ def main(argv=None) -> int:
                     if best is None or wall < best[0]:
                         best = (wall, loops, seconds)
                 wall, loops, seconds = best
-                rows.append({"cache": cache, "overlap": overlap, "videos": len(prompts), "wall_s": round(wall, 2),
-                             "videos_per_min": round(60 * len(prompts) / wall, 2), "loop_s": round(loops, 2),
-                             "loop_share": round(loops / wall, 3), "row_seconds_mean": round(float(np.mean(seconds)), 3)})
-                print(f"{cache:>9} overlap={overlap!s:<5} {rows[-1]['videos_per_min']:7.2f} videos/min  "
-                      f"loops {loops:6.2f} s of {wall:6.2f} s", flush=True)
+                rows.append(
+                    {
+                        "cache": cache,
+                        "overlap": overlap,
+                        "videos": len(prompts),
+                        "wall_s": round(wall, 2),
+                        "videos_per_min": round(60 * len(prompts) / wall, 2),
+                        "loop_s": round(loops, 2),
+                        "loop_share": round(loops / wall, 3),
+                        "row_seconds_mean": round(float(np.mean(seconds)), 3),
+                    }
+                )
+                print(
+                    f"{cache:>9} overlap={overlap!s:<5} {rows[-1]['videos_per_min']:7.2f} videos/min  "
+                    f"loops {loops:6.2f} s of {wall:6.2f} s",
+                    flush=True,
+                )
 
     def row(cache, overlap):
         return next(r for r in rows if r["cache"] == cache and r["overlap"] == overlap)
@@ -88,19 +101,30 @@ def main(argv=None) -> int:
     for overlap in (False, True):
         job_speedup = row(args.cache, overlap)["videos_per_min"] / row("none", overlap)["videos_per_min"]
         summary["overlap" if overlap else "between_loops"] = {
-            "job_speedup": round(job_speedup, 3), "loop_speedup": round(loop_speedup, 3),
-            "fraction_of_loop_speedup": round(job_speedup / loop_speedup, 3)}
+            "job_speedup": round(job_speedup, 3),
+            "loop_speedup": round(loop_speedup, 3),
+            "fraction_of_loop_speedup": round(job_speedup / loop_speedup, 3),
+        }
     print()
     print(f"| fixed costs | job speedup ({args.cache} vs none) | loop-only speedup | fraction |")
     print("|---|---|---|---|")
     for name, s in summary.items():
-        print(f"| {name.replace('_', ' ')} | {s['job_speedup']:.2f}x | {s['loop_speedup']:.2f}x | "
-              f"{100 * s['fraction_of_loop_speedup']:.1f}% |")
-    result = {"command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
-              "date": date.today().isoformat(), "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
-              "model": args.model, "cache": args.cache, "knob": args.knob, "rows": rows, "summary": summary,
-              "target": "with overlap, job speedup >= 95% of the loop-only speedup",
-              "met": summary["overlap"]["fraction_of_loop_speedup"] >= 0.95}
+        print(
+            f"| {name.replace('_', ' ')} | {s['job_speedup']:.2f}x | {s['loop_speedup']:.2f}x | "
+            f"{100 * s['fraction_of_loop_speedup']:.1f}% |"
+        )
+    result = {
+        "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+        "date": date.today().isoformat(),
+        "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
+        "model": args.model,
+        "cache": args.cache,
+        "knob": args.knob,
+        "rows": rows,
+        "summary": summary,
+        "target": "with overlap, job speedup >= 95% of the loop-only speedup",
+        "met": summary["overlap"]["fraction_of_loop_speedup"] >= 0.95,
+    }
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}; target met: {result['met']}")
     return 0

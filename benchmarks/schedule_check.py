@@ -1,19 +1,30 @@
 """Candidate 12-14-step schedules (from benchmarks/schedule-search-*.jsonl) on more held-out `tiny` videos.
 
-    python benchmarks/schedule_check.py --cases-seeds 31337,2024 --json benchmarks/schedule-check-31337-2024.jsonl
+python benchmarks/schedule_check.py --cases-seeds 31337,2024 --json benchmarks/schedule-check-31337-2024.jsonl
 """
-import sys, json, numpy as np, torch
-sys.path.insert(0, __import__('os').path.dirname(__import__('os').path.abspath(__file__)))
+
+import argparse
+import json
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.abspath(__file__)))
+from forecast_schedules import FixedSchedule
+from schedule_search import run_rule
+
 import ditfarm
 from ditfarm import cache
 from ditfarm.cache.metrics import psnr
 from ditfarm.tools.adherence import held_out_cases
-from forecast_schedules import FixedSchedule
-from schedule_search import run_rule
+
 torch.set_num_threads(1)
 pipe = ditfarm.load_pipeline("tiny")
-import argparse
-ap = argparse.ArgumentParser(description="Candidate 12-14-step schedules on more held-out tiny videos (4 per cases seed), damped forecast 0.4.")
+
+ap = argparse.ArgumentParser(
+    description="Candidate 12-14-step schedules on more held-out tiny videos (4 per cases seed), damped forecast 0.4."
+)
 ap.add_argument("--cases-seeds", default="31337,2024")
 ap.add_argument("--json", required=True)
 args = ap.parse_args()
@@ -21,26 +32,30 @@ seeds = [int(x) for x in args.cases_seeds.split(",")]
 cases = [(s.prompt, seed) for S in seeds for s, seed in held_out_cases(4, seed=S)]
 refs = {c: pipe.generate(c[0], seed=c[1]) for c in cases}
 cands = {
- "14 (8,1,1,3)": run_rule(30, 8, 1, 1, 3),
- "14 (8,2,1/3,3)": run_rule(30, 8, 2, 1/3, 3),
- "14 (6,1,0.5,2)": run_rule(30, 6, 1, 0.5, 2),
- "14 (7,1,0.5,3)": run_rule(30, 7, 1, 0.5, 3),
- "14 T3": tuple(list(range(7)) + [8, 10, 13, 17, 21, 25, 28]),
- "13 (7,1,1,3)": run_rule(30, 7, 1, 1, 3),
- "13 (7,1,2,3)": run_rule(30, 7, 1, 2, 3),
- "13 (8,3,0,3)": run_rule(30, 8, 3, 0, 3),
- "13 (4,1,0.5,2)": run_rule(30, 4, 1, 0.5, 2),
- "13 T3-1": tuple(list(range(7)) + [8, 10, 13, 17, 21, 25]),
- "12 (6,2,0.5,3)": run_rule(30, 6, 2, 0.5, 3),
- "12 (6,1,2,3)": run_rule(30, 6, 1, 2, 3),
- "12 (5,1,0.5,4)": run_rule(30, 5, 1, 0.5, 4),
+    "14 (8,1,1,3)": run_rule(30, 8, 1, 1, 3),
+    "14 (8,2,1/3,3)": run_rule(30, 8, 2, 1 / 3, 3),
+    "14 (6,1,0.5,2)": run_rule(30, 6, 1, 0.5, 2),
+    "14 (7,1,0.5,3)": run_rule(30, 7, 1, 0.5, 3),
+    "14 T3": tuple(list(range(7)) + [8, 10, 13, 17, 21, 25, 28]),
+    "13 (7,1,1,3)": run_rule(30, 7, 1, 1, 3),
+    "13 (7,1,2,3)": run_rule(30, 7, 1, 2, 3),
+    "13 (8,3,0,3)": run_rule(30, 8, 3, 0, 3),
+    "13 (4,1,0.5,2)": run_rule(30, 4, 1, 0.5, 2),
+    "13 T3-1": tuple(list(range(7)) + [8, 10, 13, 17, 21, 25]),
+    "12 (6,2,0.5,3)": run_rule(30, 6, 2, 0.5, 3),
+    "12 (6,1,2,3)": run_rule(30, 6, 1, 2, 3),
+    "12 (5,1,0.5,4)": run_rule(30, 5, 1, 0.5, 4),
 }
 out = open(args.json, "w")
 for name, steps in cands.items():
-    engine = cache.CacheEngine(pipe.transformer, FixedSchedule(steps, 0.4)); engine.attach()
+    engine = cache.CacheEngine(pipe.transformer, FixedSchedule(steps, 0.4))
+    engine.attach()
     try:
         scores = [psnr(refs[c], pipe.generate(c[0], seed=c[1])) for c in cases]
     finally:
         engine.detach()
     print(f"{name:18s} {len(steps)} {np.mean(scores):6.2f}  {' '.join(f'{x:.1f}' for x in scores)}", flush=True)
-    out.write(json.dumps({"name": name, "steps": list(steps), "psnr": float(np.mean(scores)), "per_video": scores}) + "\n"); out.flush()
+    out.write(
+        json.dumps({"name": name, "steps": list(steps), "psnr": float(np.mean(scores)), "per_video": scores}) + "\n"
+    )
+    out.flush()

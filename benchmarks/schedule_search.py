@@ -10,6 +10,7 @@ use adaptive's forecast (first order, damping 0.4; ``--damping``).  Only fidelit
 video against the uncached one); time follows the computed count (BENCHMARKS.md), so the search can run on a
 GPU.  Results stream to the JSON-lines file, one schedule per line, so a cut-off run keeps what it did.
 """
+
 import argparse
 import itertools
 import json
@@ -18,12 +19,12 @@ import time
 
 import numpy as np
 import torch
+from forecast_schedules import FixedSchedule
 
 import ditfarm
 from ditfarm import cache
 from ditfarm.cache.metrics import psnr
 from ditfarm.tools.adherence import held_out_cases
-from forecast_schedules import FixedSchedule
 
 WARM = range(2, 9)
 FIRST = range(1, 10)
@@ -71,7 +72,7 @@ def main():
     refs = {c: pipe.generate(c[0], seed=c[1]) for c in cases}
     schedules = list(family(30, args.max_count).items())
     random.Random(0).shuffle(schedules)  # a cut-off run still covers every count
-    schedules = schedules[args.offset: args.offset + args.limit if args.limit else None]
+    schedules = schedules[args.offset : args.offset + args.limit if args.limit else None]
     print(f"{len(schedules)} schedules x {len(cases)} videos", flush=True)
     start = time.time()
     with open(args.json, "w") as out:
@@ -82,9 +83,15 @@ def main():
                 scores = [psnr(refs[c], pipe.generate(c[0], seed=c[1])) for c in cases]
             finally:
                 engine.detach()
-            row = {"count": len(steps), "steps": list(steps), "rule": dict(zip(("warm", "first", "growth", "max_run"),
-                   rule)), "damping": args.damping, "cases_seed": args.cases_seed,
-                   "psnr": float(np.mean(scores)), "per_video": [float(s) for s in scores]}
+            row = {
+                "count": len(steps),
+                "steps": list(steps),
+                "rule": dict(zip(("warm", "first", "growth", "max_run"), rule)),
+                "damping": args.damping,
+                "cases_seed": args.cases_seed,
+                "psnr": float(np.mean(scores)),
+                "per_video": [float(s) for s in scores],
+            }
             out.write(json.dumps(row) + "\n")
             out.flush()
     print(f"done in {time.time() - start:.0f} s", flush=True)

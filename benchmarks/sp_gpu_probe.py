@@ -9,7 +9,12 @@
 3. `tiny` rendered at sp = 1 and sp = 2 on CUDA with three policies: PSNR of sp = 2 against sp = 1, identical masks.
 Ring attention cannot be checked this way: gloo has no point-to-point send of CUDA tensors.
 """
-import json, os, sys, time
+
+import json
+import os
+import sys
+import time
+
 import torch
 
 PROMPT = "red circle moving left on blue background"
@@ -18,31 +23,40 @@ PROMPT = "red circle moving left on blue background"
 def attn_check(rank, world, dtype_name, ulysses, ring, attn):
     from yunchang import LongContextAttention, set_seq_parallel_pg
     from yunchang.kernels import AttnType
+
     dtype = getattr(torch, dtype_name)
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 4096, 8, 64, device="cuda", dtype=dtype) for _ in range(3))
-    ref = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    ).transpose(1, 2)
     set_seq_parallel_pg(ulysses, ring, rank, world)
     n = 4096 // world
     sl = slice(rank * n, (rank + 1) * n)
-    out = LongContextAttention(attn_type=AttnType.from_string(attn))(q[:, sl].contiguous(), k[:, sl].contiguous(), v[:, sl].contiguous())
+    out = LongContextAttention(attn_type=AttnType.from_string(attn))(
+        q[:, sl].contiguous(), k[:, sl].contiguous(), v[:, sl].contiguous()
+    )
     return float((out.float() - ref[:, sl].float()).abs().max())
 
 
 def render_fn(rank, world, policy, knob):
     from ditfarm.cluster.gang_rank import RankConfig, RankRenderer
+
     r = RankRenderer(rank, world, RankConfig(model="tiny", device="cuda", cache=policy, cache_knob=knob))
     sampler = dict(steps=10)
     r.render(PROMPT, 5, sampler)
-    torch.cuda.synchronize(); t = time.time()
+    torch.cuda.synchronize()
+    t = time.time()
     out = r.render(PROMPT, 5, sampler)
-    torch.cuda.synchronize(); out["seconds"] = time.time() - t
+    torch.cuda.synchronize()
+    out["seconds"] = time.time() - t
     return out
 
 
 def nccl_cpu_inputs(rank, world):
     from ditfarm.cluster.collectives import fixed_point_all_reduce
     from ditfarm.cluster.gang_rank import broadcast_tensors
+
     v = torch.tensor([1.5, 2.25], dtype=torch.float64)
     r = fixed_point_all_reduce(v)
     b = broadcast_tensors([torch.arange(3.0)])
@@ -50,9 +64,11 @@ def nccl_cpu_inputs(rank, world):
 
 
 if __name__ == "__main__":
+    import torch.distributed as dist
+
     from ditfarm.cache.metrics import psnr
     from ditfarm.cluster.local import run_local_gang
-    import torch.distributed as dist
+
     res = {}
     # 1. NCCL, one rank: CPU inputs to the cache reduce and the text broadcast
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533")
@@ -62,8 +78,10 @@ if __name__ == "__main__":
     dist.destroy_process_group()
     print(res, flush=True)
     # 2. yunchang kernels on CUDA, two gloo ranks on one GPU
-    for dtype, u, rg, attn in [("bfloat16", 2, 1, "torch_flash"), ("float32", 2, 1, "torch_efficient"),
-                               ]:
+    for dtype, u, rg, attn in [
+        ("bfloat16", 2, 1, "torch_flash"),
+        ("float32", 2, 1, "torch_efficient"),
+    ]:
         key = f"attn {dtype} ulysses{u} ring{rg} {attn}"
         try:
             res[key] = run_local_gang(attn_check, 2, dtype, u, rg, attn, timeout_s=120)
@@ -75,10 +93,13 @@ if __name__ == "__main__":
         try:
             (one,) = run_local_gang(render_fn, 1, policy, knob, timeout_s=300)
             two = run_local_gang(render_fn, 2, policy, knob, timeout_s=300)
-            res[f"render {policy}"] = {"psnr_sp2_vs_sp1": float(psnr(one["frames"], two[0]["frames"])),
-                                       "masks_equal": two[0]["masks"] == two[1]["masks"] == one["masks"],
-                                       "sec_sp1": one["seconds"], "sec_sp2": two[0]["seconds"],
-                                       "skipped": one["skipped_fraction"]}
+            res[f"render {policy}"] = {
+                "psnr_sp2_vs_sp1": float(psnr(one["frames"], two[0]["frames"])),
+                "masks_equal": two[0]["masks"] == two[1]["masks"] == one["masks"],
+                "sec_sp1": one["seconds"],
+                "sec_sp2": two[0]["seconds"],
+                "skipped": one["skipped_fraction"],
+            }
         except Exception as e:
             res[f"render {policy}"] = f"ERROR {str(e)[:600]}"
         print(policy, res[f"render {policy}"], flush=True)

@@ -29,8 +29,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-PROMPTS = ["red circle moving left on blue background", "white square moving up on green gradient background",
-           "yellow triangle moving right on black background", "blue circle moving down on white background"]
+PROMPTS = [
+    "red circle moving left on blue background",
+    "white square moving up on green gradient background",
+    "yellow triangle moving right on black background",
+    "blue circle moving down on white background",
+]
 
 
 def start_s3():
@@ -42,10 +46,17 @@ def start_s3():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
-                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.environ.update(
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
     for _ in range(200):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -129,15 +140,23 @@ def overhead(s3, videos: int, steps: int | None, rounds: int) -> dict:
     measured = (publish.seconds + parts.seconds) / (rounds * videos)
     cpu_extra = statistics.median(j - r for r, j in zip(cpu_render, cpu_job)) / videos
     cpu_per_video = statistics.median(cpu_render) / videos
-    return {"videos": videos, "steps": steps, "rounds": rounds,
-            "render_only_s": [round(x, 3) for x in render_only], "whole_job_s": [round(x, 3) for x in whole_job],
-            "per_job_fixed_s": round(fixed_s, 3), "render_s_per_video": round(per_video_render, 4),
-            "overhead_s_per_video": round(per_video_overhead, 4),
-            "overhead_pct": round(100 * per_video_overhead / per_video_render, 2),
-            "cpu_render_s": [round(x, 3) for x in cpu_render], "cpu_job_s": [round(x, 3) for x in cpu_job],
-            "cpu_overhead_s_per_video": round(cpu_extra, 4), "cpu_overhead_pct": round(100 * cpu_extra / cpu_per_video, 2),
-            "storage_calls_s_per_video": round(measured, 4),
-            "storage_calls_pct": round(100 * measured / per_video_render, 2)}
+    return {
+        "videos": videos,
+        "steps": steps,
+        "rounds": rounds,
+        "render_only_s": [round(x, 3) for x in render_only],
+        "whole_job_s": [round(x, 3) for x in whole_job],
+        "per_job_fixed_s": round(fixed_s, 3),
+        "render_s_per_video": round(per_video_render, 4),
+        "overhead_s_per_video": round(per_video_overhead, 4),
+        "overhead_pct": round(100 * per_video_overhead / per_video_render, 2),
+        "cpu_render_s": [round(x, 3) for x in cpu_render],
+        "cpu_job_s": [round(x, 3) for x in cpu_job],
+        "cpu_overhead_s_per_video": round(cpu_extra, 4),
+        "cpu_overhead_pct": round(100 * cpu_extra / cpu_per_video, 2),
+        "storage_calls_s_per_video": round(measured, 4),
+        "storage_calls_pct": round(100 * measured / per_video_render, 2),
+    }
 
 
 def encode_cost(frames: int, height: int, width: int, repeats: int = 3) -> dict:
@@ -160,14 +179,21 @@ def encode_cost(frames: int, height: int, width: int, repeats: int = 3) -> dict:
             path = write_mp4(video, Path(tmp) / "v.mp4", fps=16, upscale=1)
             times.append(time.perf_counter() - start)
         size = path.stat().st_size
-    return {"frames": frames, "height": height, "width": width, "raw_mib": round(video.nbytes / 2**20, 1),
-            "mp4_mib": round(size / 2**20, 2), "encode_s": round(min(times), 2)}
+    return {
+        "frames": frames,
+        "height": height,
+        "width": width,
+        "raw_mib": round(video.nbytes / 2**20, 1),
+        "mp4_mib": round(size / 2**20, 2),
+        "encode_s": round(min(times), 2),
+    }
 
 
 def million_rows(rows: int) -> pa.Table:
     ids = pa.array([f"row-{i:07d}" for i in range(rows)])
-    prompts = pa.array([PROMPTS[i % 4] if i % 1000 else "purple circle moving left on blue background"
-                        for i in range(rows)])
+    prompts = pa.array(
+        [PROMPTS[i % 4] if i % 1000 else "purple circle moving left on blue background" for i in range(rows)]
+    )
     return pa.table({"id": ids, "prompt": prompts, "seed": pa.array(range(rows), pa.int64())})
 
 
@@ -183,14 +209,22 @@ sys.exit(code)
 def dry_run_child(manifest: str, out: str) -> dict:
     """`ditfarm render --dry-run` in a fresh process that reports its own peak RSS."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", CHILD, "render", manifest, "--out", out, "--dry-run"],
-                          capture_output=True, text=True, env=os.environ.copy())
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, "render", manifest, "--out", out, "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+    )
     seconds = time.perf_counter() - start
     if proc.returncode not in (0, 1):
         raise RuntimeError(proc.stderr)
     peak_kib = int(proc.stderr.rsplit("PEAK_RSS_KIB", 1)[1].split()[0])
-    return {"manifest": "S3 object" if manifest.startswith("s3://") else "local file", "seconds": round(seconds, 1),
-            "peak_rss_mib": round(peak_kib / 1024, 1), "summary": proc.stdout.splitlines()[0].split(": ", 1)[1]}
+    return {
+        "manifest": "S3 object" if manifest.startswith("s3://") else "local file",
+        "seconds": round(seconds, 1),
+        "peak_rss_mib": round(peak_kib / 1024, 1),
+        "summary": proc.stdout.splitlines()[0].split(": ", 1)[1],
+    }
 
 
 def main(argv=None) -> int:
@@ -205,15 +239,23 @@ def main(argv=None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     server, s3 = start_s3()
     try:
-        result = {"date": str(date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU",
-                  "overhead": overhead(s3, args.videos, args.steps, args.rounds), "dry_run": []}
+        result = {
+            "date": str(date.today()),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU",
+            "overhead": overhead(s3, args.videos, args.steps, args.rounds),
+            "dry_run": [],
+        }
         o = result["overhead"]
-        print("| videos x rounds | render / video | job - render only, wall, per video | job - render only, CPU "
-              "(with ffmpeg), per video | encode + upload + parts, timed inside the job | per job (a rerun) |")
+        print(
+            "| videos x rounds | render / video | job - render only, wall, per video | job - render only, CPU "
+            "(with ffmpeg), per video | encode + upload + parts, timed inside the job | per job (a rerun) |"
+        )
         print("|---|---|---|---|---|---|")
-        print(f"| {o['videos']} x {o['rounds']} | {o['render_s_per_video']} s | {o['overhead_s_per_video']} s "
-              f"({o['overhead_pct']}%) | {o['cpu_overhead_s_per_video']} s ({o['cpu_overhead_pct']}%) | "
-              f"{o['storage_calls_s_per_video']} s ({o['storage_calls_pct']}%) | {o['per_job_fixed_s']} s |")
+        print(
+            f"| {o['videos']} x {o['rounds']} | {o['render_s_per_video']} s | {o['overhead_s_per_video']} s "
+            f"({o['overhead_pct']}%) | {o['cpu_overhead_s_per_video']} s ({o['cpu_overhead_pct']}%) | "
+            f"{o['storage_calls_s_per_video']} s ({o['storage_calls_pct']}%) | {o['per_job_fixed_s']} s |"
+        )
         with tempfile.TemporaryDirectory() as tmp:
             table = million_rows(args.rows)
             local = Path(tmp) / "million.parquet"
@@ -232,7 +274,9 @@ def main(argv=None) -> int:
         print()
         print("| one video | raw frames | mp4 | encode (best of 3) |")
         print("|---|---|---|---|")
-        print(f"| {e['frames']} x {e['height']} x {e['width']} | {e['raw_mib']} MiB | {e['mp4_mib']} MiB | {e['encode_s']} s |")
+        print(
+            f"| {e['frames']} x {e['height']} x {e['width']} | {e['raw_mib']} MiB | {e['mp4_mib']} MiB | {e['encode_s']} s |"
+        )
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
     finally:

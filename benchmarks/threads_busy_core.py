@@ -30,8 +30,17 @@ def render_seconds(extra: list[str], steps: int | None) -> float:
     """Wall seconds of one `ditfarm render` of the example manifest into a fresh folder."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # the default as a new user gets it
     with tempfile.TemporaryDirectory() as tmp:
-        args = [sys.executable, "-m", "ditfarm.commands.cli", "render", str(ROOT / "examples" / "manifest.parquet"),
-                "--out", str(Path(tmp) / "out"), "--no-progress", *extra]
+        args = [
+            sys.executable,
+            "-m",
+            "ditfarm.commands.cli",
+            "render",
+            str(ROOT / "examples" / "manifest.parquet"),
+            "--out",
+            str(Path(tmp) / "out"),
+            "--no-progress",
+            *extra,
+        ]
         if steps:
             args += ["--steps", str(steps)]
         started = time.perf_counter()
@@ -47,18 +56,29 @@ def main() -> int:
     args = parser.parse_args()
     cores = sorted(os.sched_getaffinity(0))
     spinner = subprocess.Popen([sys.executable, "-c", SPIN, str(cores[-1])])
-    configs = {"default": [], "--threads 1": ["--threads", "1"], f"--threads {len(cores)}": ["--threads",
-                                                                                             str(len(cores))]}
+    configs = {
+        "default": [],
+        "--threads 1": ["--threads", "1"],
+        f"--threads {len(cores)}": ["--threads", str(len(cores))],
+    }
     try:
-        seconds = {name: min(render_seconds(extra, args.steps) for _ in range(args.rounds))
-                   for name, extra in configs.items()}
+        seconds = {
+            name: min(render_seconds(extra, args.steps) for _ in range(args.rounds)) for name, extra in configs.items()
+        }
     finally:
         spinner.kill()
     ratio = seconds["default"] / seconds["--threads 1"]
-    result = {"date": date.today().isoformat(), "machine": f"{len(cores)} cores, {platform.machine()}, Python "
-              f"{platform.python_version()}", "busy_core": cores[-1], "steps": args.steps or "model default",
-              "rounds": args.rounds, "seconds": seconds, "default_over_one_thread": round(ratio, 3),
-              "target": 1.3, "met": ratio <= 1.3}
+    result = {
+        "date": date.today().isoformat(),
+        "machine": f"{len(cores)} cores, {platform.machine()}, Python {platform.python_version()}",
+        "busy_core": cores[-1],
+        "steps": args.steps or "model default",
+        "rounds": args.rounds,
+        "seconds": seconds,
+        "default_over_one_thread": round(ratio, 3),
+        "target": 1.3,
+        "met": ratio <= 1.3,
+    }
     print("| threads | seconds |\n|---|---|")
     for name, value in seconds.items():
         print(f"| {name} | {value:.1f} |")

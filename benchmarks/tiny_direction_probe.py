@@ -33,8 +33,10 @@ def prior_gain(n: int = 1500) -> None:
         w = m[..., None].astype(float)
         aware = (((v - v.mean(0)) ** 2) * w).sum() / w.sum() / 3
         without = (((v - blind) ** 2) * w).sum() / w.sum() / 3
-        print(f"prior, {d:5s}: fg-pixel MSE knowing the direction {aware:.3f}, not knowing {without:.3f} "
-              f"({100 * (without - aware) / without:.1f}% lower)")
+        print(
+            f"prior, {d:5s}: fg-pixel MSE knowing the direction {aware:.3f}, not knowing {without:.3f} "
+            f"({100 * (without - aware) / without:.1f}% lower)"
+        )
 
 
 def model_gap(model: str) -> None:
@@ -57,8 +59,10 @@ def model_gap(model: str) -> None:
             if hasattr(sched, "velocity"):  # a preconditioned model: its output stands for a velocity
                 out = sched.velocity(out, t, x)
             errors.append(float((((out - (noise - x0)) ** 2) * m).sum() / m.sum()))
-        print(f"model, noise {s}: fg velocity error true prompt {errors[0]:.4f}, direction swapped {errors[1]:.4f} "
-              f"({100 * (errors[1] - errors[0]) / errors[0]:+.2f}%)")
+        print(
+            f"model, noise {s}: fg velocity error true prompt {errors[0]:.4f}, direction swapped {errors[1]:.4f} "
+            f"({100 * (errors[1] - errors[0]) / errors[0]:+.2f}%)"
+        )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Block caches for ``pipe.transformer``: enable a policy, render, read what was skipped.
 
-    from ditfarm import cache
-    cache.enable(pipe, cache.AdaptiveConfig(threshold=0.4, profile=cache.CacheProfile.load("p.json")))
-    frames = pipe.generate(...)
-    cache.last_video_stats(pipe)   # computed / skipped block computations, bytes held
-    cache.disable(pipe)
+from ditfarm import cache
+cache.enable(pipe, cache.AdaptiveConfig(threshold=0.4, profile=cache.CacheProfile.load("p.json")))
+frames = pipe.generate(...)
+cache.last_video_stats(pipe)   # computed / skipped block computations, bytes held
+cache.disable(pipe)
 """
 
 from __future__ import annotations
@@ -65,7 +65,9 @@ def enable(pipe_or_transformer, config, reduce: Reduce = identity_reduce) -> Cac
         return None
     policy_cls = POLICY_FOR_CONFIG.get(type(config))
     if policy_cls is None:
-        raise TypeError(f"not a cache config: {config!r}; use one of {', '.join(c.__name__ for c in POLICY_FOR_CONFIG)}")
+        raise TypeError(
+            f"not a cache config: {config!r}; use one of {', '.join(c.__name__ for c in POLICY_FOR_CONFIG)}"
+        )
     for trained in (getattr(config, "profile", None), getattr(config, "router", None)):
         if trained is not None:  # measured or trained on one model: refused by another
             trained.check_model(transformer)
@@ -74,8 +76,10 @@ def enable(pipe_or_transformer, config, reduce: Reduce = identity_reduce) -> Cac
     policy = policy_cls(config)
     if isinstance(policy, UnitPolicy):  # fixed per-unit schedules: nothing to reduce
         if getattr(transformer, COMPILED_ATTR, None):
-            raise ValueError(f"{policy.name} caches the attention and FFN inside each block, and the blocks are "
-                             "compiled whole (--compile): render it with eager blocks")
+            raise ValueError(
+                f"{policy.name} caches the attention and FFN inside each block, and the blocks are "
+                "compiled whole (--compile): render it with eager blocks"
+            )
         engine = UnitCacheEngine(transformer, policy)
     else:
         engine = CacheEngine(transformer, policy, reduce)

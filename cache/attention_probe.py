@@ -14,8 +14,13 @@ import torch
 from ..pipelines.rotary import apply_wan_rotary
 
 
-def received_attention(query: torch.Tensor, key: torch.Tensor, max_queries: int = 2048, chunk: int = 256,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+def received_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    max_queries: int = 2048,
+    chunk: int = 256,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Mean attention received per key token (B, N), from (B, N, heads, d) queries and keys."""
     b, n, h, d = query.shape
     if n > max_queries:

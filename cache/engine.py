@@ -29,7 +29,7 @@ back the branch's last output (the stack residual and its indicator are still ke
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -172,7 +172,7 @@ class StepHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, engine: "CacheEngine"):
+    def __init__(self, engine: CacheEngine):
         super().__init__()
         self.engine = engine
         self.state_manager = engine.state_manager
@@ -215,7 +215,7 @@ class BlockHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, engine: "CacheEngine", index: int):
+    def __init__(self, engine: CacheEngine, index: int):
         super().__init__()
         self.engine = engine
         self.state_manager = engine.state_manager
@@ -275,8 +275,14 @@ class CacheEngine:
         self.state_manager.reset()
 
     # -- the per-block and per-step work ------------------------------------------------------------------------
-    def record(self, state: BranchState, b: int, block_input: torch.Tensor, output: torch.Tensor,
-               memory: BlockMemory | None = None) -> None:
+    def record(
+        self,
+        state: BranchState,
+        b: int,
+        block_input: torch.Tensor,
+        output: torch.Tensor,
+        memory: BlockMemory | None = None,
+    ) -> None:
         """Remember a computed block's residual (in ``memory``, by default block ``b``'s) and add its indicator
         sums to row ``b`` of this step's local vector.
 
@@ -290,8 +296,10 @@ class CacheEngine:
         delta = None
         if kind == "output":
             if memory.output is not None:
-                state.sums[b] = ((output - memory.output).abs().sum(dtype=torch.float32),
-                                 memory.output.abs().sum(dtype=torch.float32))
+                state.sums[b] = (
+                    (output - memory.output).abs().sum(dtype=torch.float32),
+                    memory.output.abs().sum(dtype=torch.float32),
+                )
             memory.output = output.detach()
         elif kind is not None and memory.terms:  # (order > 0 without a measurement: update() takes the difference)
             delta = residual - memory.terms[0]  # shared by the indicator and the derivative update
@@ -330,7 +338,7 @@ class CacheEngine:
         reduced = self.reduce(vector).cpu().numpy()
         offset = 0
         for state, filed, computed, local in pending:
-            sums = reduced[offset: offset + local.numel()].reshape(state.num_blocks, 2)
+            sums = reduced[offset : offset + local.numel()].reshape(state.num_blocks, 2)
             offset += local.numel()
             self.policy.observe(state.decision, filed, computed, sums)
             state.next_plan = np.asarray(self.policy.decide(state.decision, filed, computed, sums), dtype=np.int8)

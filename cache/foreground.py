@@ -22,7 +22,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
 MIN_STATIC_SHARE = 0.25  # pass 2 needs at least this share of never-flagged pixels to fill the background from
 
 

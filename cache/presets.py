@@ -37,12 +37,26 @@ from .policies import (
 from .policies.harmonica import Router, router_beside
 from .profile import CacheProfile
 
-KNOB_NAMES = {"bwcache": "threshold", "profiling": "max_interval", "taylorseer": "interval", "adaptive": "threshold",
-              "ertacache": "lambda", "bac": "updates", "harmonica": "threshold"}
+KNOB_NAMES = {
+    "bwcache": "threshold",
+    "profiling": "max_interval",
+    "taylorseer": "interval",
+    "adaptive": "threshold",
+    "ertacache": "lambda",
+    "bac": "updates",
+    "harmonica": "threshold",
+}
 # ertacache: the paper's lambda for Wan2.1-1.3B; any value must be calibrated in the profile
 # bac: the fraction of steps each unit updates on; harmonica: the router threshold of the released code's README
-DEFAULT_KNOBS = {"bwcache": 0.15, "profiling": 6, "taylorseer": 5, "adaptive": 0.5, "ertacache": 0.08, "bac": 0.3,
-                 "harmonica": 0.1}
+DEFAULT_KNOBS = {
+    "bwcache": 0.15,
+    "profiling": 6,
+    "taylorseer": 5,
+    "adaptive": 0.5,
+    "ertacache": 0.08,
+    "bac": 0.3,
+    "harmonica": 0.1,
+}
 
 
 def resolve_knob(policy: str, knob: float | None = None) -> float | int | None:
@@ -61,8 +75,12 @@ def resolve_knob(policy: str, knob: float | None = None) -> float | int | None:
     return float(value)
 
 
-def build_config(policy: str, knob: float | None = None, profile: CacheProfile | str | Path | None = None,
-                 model: ModelCacheSettings | None = None):
+def build_config(
+    policy: str,
+    knob: float | None = None,
+    profile: CacheProfile | str | Path | None = None,
+    model: ModelCacheSettings | None = None,
+):
     """The config for ``policy`` (None for "none"); ``profile`` is required by profiling, used by adaptive;
     ``model``: the model card's cache settings (``pipe.cache_settings``)."""
     value = resolve_knob(policy, knob)
@@ -77,27 +95,36 @@ def build_config(policy: str, knob: float | None = None, profile: CacheProfile |
         return TaylorSeerConfig(interval=value, reference_steps=model.reference_steps)
     if policy == "profiling":
         if profile is None:
-            raise ValueError("the profiling policy needs a profile: pass --profile PROFILE.json (see `ditfarm profile`)")
-        return ProfilingConfig(profile=profile, max_interval=value, min_interval=min(2, value),
-                               reference_steps=model.reference_steps)
+            raise ValueError(
+                "the profiling policy needs a profile: pass --profile PROFILE.json (see `ditfarm profile`)"
+            )
+        return ProfilingConfig(
+            profile=profile, max_interval=value, min_interval=min(2, value), reference_steps=model.reference_steps
+        )
     if policy == "harmonica":
         if profile is None:
-            raise ValueError("the harmonica policy reads its router beside the cache profile: pass --profile "
-                             "PROFILE.json (see `ditfarm train-router`)")
+            raise ValueError(
+                "the harmonica policy reads its router beside the cache profile: pass --profile "
+                "PROFILE.json (see `ditfarm train-router`)"
+            )
         config = HarmoniCaConfig(threshold=value, router=Router.load(router_beside(profile)))
         HarmoniCaPolicy(config)  # refuses a threshold out of range before any rendering
         return config
     if policy == "bac":
         if profile is None:
-            raise ValueError("the bac policy needs a profile with its calibration: pass --profile PROFILE.json "
-                             "(see `ditfarm calibrate bac`)")
+            raise ValueError(
+                "the bac policy needs a profile with its calibration: pass --profile PROFILE.json "
+                "(see `ditfarm calibrate bac`)"
+            )
         config = BACConfig(updates=value, profile=profile)
         BACPolicy(config)  # refuses a profile without a BAC calibration, or a knob out of range
         return config
     if policy == "ertacache":
         if profile is None:
-            raise ValueError("the ertacache policy needs a profile with its calibration: pass --profile PROFILE.json "
-                             "(see `ditfarm calibrate ertacache`)")
+            raise ValueError(
+                "the ertacache policy needs a profile with its calibration: pass --profile PROFILE.json "
+                "(see `ditfarm calibrate ertacache`)"
+            )
         config = ERTACacheConfig(threshold=value, profile=profile)
         ERTACachePolicy(config)  # refuses a profile without a calibration at this lambda, before any rendering
         return config
@@ -106,5 +133,4 @@ def build_config(policy: str, knob: float | None = None, profile: CacheProfile |
 
 def config_for(pipe, policy: str, knob: float | None = None, profile: CacheProfile | str | Path | None = None):
     """``build_config`` for a loaded model: its shipped profile unless one is given, and its card's settings."""
-    return build_config(policy, knob, profile or pipe.default_cache_profile(),
-                        getattr(pipe, "cache_settings", None))
+    return build_config(policy, knob, profile or pipe.default_cache_profile(), getattr(pipe, "cache_settings", None))

@@ -82,7 +82,7 @@ class CacheProfile:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "CacheProfile":
+    def load(cls, path: str | Path) -> CacheProfile:
         path = Path(path)
         try:
             data = json.loads(path.read_text())

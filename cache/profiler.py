@@ -86,9 +86,15 @@ def split_threshold(values: np.ndarray, min_share: float = 0.2, max_share: float
     return float(best)
 
 
-def profile_pipeline(pipe, prompts: list[str], seeds: list[int] | None = None, steps: int | None = None,
-                     guidance_scale: float | None = None, probe_steps: int = 4, max_queries: int = 2048
-                     ) -> ProfileResult:
+def profile_pipeline(
+    pipe,
+    prompts: list[str],
+    seeds: list[int] | None = None,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    probe_steps: int = 4,
+    max_queries: int = 2048,
+) -> ProfileResult:
     """Sample each prompt with full compute and measure every block (see the module docstring)."""
     transformer = pipe.transformer
     settings = pipe.settings(steps=steps, guidance_scale=guidance_scale)
@@ -117,10 +123,12 @@ def profile_pipeline(pipe, prompts: list[str], seeds: list[int] | None = None, s
             fg = token_mask(foreground_mask(latents[0]), patch)
             share = float(fg.float().mean())
             usable = 0 < share < 0.6
-            r_attn = np.array([
-                np.nanmean([r_attn_of(rec, fg) for rec in p.records]) if usable and p.records else math.nan
-                for p in probes
-            ])
+            r_attn = np.array(
+                [
+                    np.nanmean([r_attn_of(rec, fg) for rec in p.records]) if usable and p.records else math.nan
+                    for p in probes
+                ]
+            )
             records.append(VideoRecord(change, r_attn, share))
     finally:
         detach_probes(transformer, probes)
@@ -139,9 +147,14 @@ def profile_pipeline(pipe, prompts: list[str], seeds: list[int] | None = None, s
         model=model_identity(transformer),
         blocks=blocks,
         r_attn_threshold=tau,
-        calibration={"prompts": list(prompts), "seeds": list(seeds), "steps": settings.steps,
-                     "guidance_scale": settings.guidance_scale, "probe_steps": sorted(probe_at),
-                     "mean_foreground_share": float(np.mean([r.foreground_share for r in records]))},
+        calibration={
+            "prompts": list(prompts),
+            "seeds": list(seeds),
+            "steps": settings.steps,
+            "guidance_scale": settings.guidance_scale,
+            "probe_steps": sorted(probe_at),
+            "mean_foreground_share": float(np.mean([r.foreground_share for r in records])),
+        },
     )
     return ProfileResult(profile, records)
 
@@ -174,8 +187,13 @@ def plot_profile(profile: CacheProfile, path) -> None:
     colours = {FOREGROUND: "tab:red", BACKGROUND: "tab:blue"}
     for b in profile.blocks:
         curve = np.array(b.change, dtype=float)
-        left.plot(np.arange(len(curve)), curve, color=colours[b.block_class], alpha=0.35 + 0.6 * b.index / len(profile.blocks),
-                  label=f"block {b.index} ({b.block_class[:2]})")
+        left.plot(
+            np.arange(len(curve)),
+            curve,
+            color=colours[b.block_class],
+            alpha=0.35 + 0.6 * b.index / len(profile.blocks),
+            label=f"block {b.index} ({b.block_class[:2]})",
+        )
     left.set(xlabel="denoising step", ylabel="relative L1 change of block residual", title="change per step (U-shape)")
     left.legend(fontsize=7, ncol=2)
     idx = [b.index for b in profile.blocks]

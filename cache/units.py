@@ -36,8 +36,10 @@ def unit_modules(transformer: torch.nn.Module) -> list[torch.nn.Module]:
         for kind in UNIT_KINDS:
             module = getattr(block, kind, None)
             if module is None:
-                raise TypeError(f"block {i} ({type(block).__name__}) has no `{kind}`; unit caches need Wan-style "
-                                f"blocks with {', '.join(UNIT_KINDS)}")
+                raise TypeError(
+                    f"block {i} ({type(block).__name__}) has no `{kind}`; unit caches need Wan-style "
+                    f"blocks with {', '.join(UNIT_KINDS)}"
+                )
             units.append(module)
     return units
 
@@ -88,7 +90,7 @@ class UnitStepHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, engine: "UnitCacheEngine"):
+    def __init__(self, engine: UnitCacheEngine):
         super().__init__()
         self.engine = engine
         self.state_manager = engine.state_manager
@@ -121,7 +123,7 @@ class UnitHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, engine: "UnitCacheEngine", index: int):
+    def __init__(self, engine: UnitCacheEngine, index: int):
         super().__init__()
         self.engine = engine
         self.state_manager = engine.state_manager
@@ -157,8 +159,10 @@ class UnitCacheEngine:
         if self._table is None or len(self._table) != num_steps:
             table = np.asarray(self.policy.schedule(num_steps, len(self.units)), dtype=np.int8)
             if table.shape != (num_steps, len(self.units)):
-                raise RuntimeError(f"{self.policy.name} gave a {table.shape} schedule for {num_steps} steps and "
-                                   f"{len(self.units)} units")
+                raise RuntimeError(
+                    f"{self.policy.name} gave a {table.shape} schedule for {num_steps} steps and "
+                    f"{len(self.units)} units"
+                )
             table[0] = 1
             self._table = table
         return self._table[min(step, num_steps - 1)]

@@ -72,8 +72,8 @@ def make_cfg_cache_reduce(groups: CfgGroups, group=None):
     def reduce(vector: torch.Tensor) -> torch.Tensor:
         n = vector.numel()
         both = torch.zeros(2 * n, dtype=vector.dtype, device=vector.device)
-        both[groups.half * n:(groups.half + 1) * n] = vector
+        both[groups.half * n : (groups.half + 1) * n] = vector
         total = fixed_point_all_reduce(both, group)
-        return total[groups.half * n:(groups.half + 1) * n]
+        return total[groups.half * n : (groups.half + 1) * n]
 
     return reduce

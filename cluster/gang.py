@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import ray
 
-from ..types import NoRenderersLeft
 from ..pipelines.deadline import default_timeout_s
+from ..types import NoRenderersLeft
 from .gang_rank import RankConfig
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,14 @@ class GangMember:
         import torch.distributed as dist
 
         host = ray.util.get_node_ip_address()
-        self.store = dist.TCPStore(host, 0, self.world, is_master=True, timeout=timedelta(seconds=self.config.timeout_s),
-                                   wait_for_workers=False)
+        self.store = dist.TCPStore(
+            host,
+            0,
+            self.world,
+            is_master=True,
+            timeout=timedelta(seconds=self.config.timeout_s),
+            wait_for_workers=False,
+        )
         return host, self.store.port
 
     def join(self, host: str, port: int) -> str:
@@ -101,8 +107,17 @@ class GangMember:
             log.warning("encoding the text ahead failed (%s); the render encodes it", err)
             return None
 
-    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", publish=None,
-               defer: bool = False, embeddings: tuple | None = None, timeout_s: float | None = None) -> dict:
+    def render(
+        self,
+        prompt: str,
+        seed: int,
+        sampler: dict,
+        negative_prompt: str = "",
+        publish=None,
+        defer: bool = False,
+        embeddings: tuple | None = None,
+        timeout_s: float | None = None,
+    ) -> dict:
         """Every rank renders its shard; rank 0 returns the frames, or with ``publish`` (output location, video
         id, run settings) encodes and stores the mp4 itself and returns only its URI: raw frames never travel
         to the driver.  With ``defer`` rank 0 keeps the latents and returns a "ticket" at once; ``publish_video``
@@ -112,8 +127,15 @@ class GangMember:
         self._inject_fault(publish)
         defer = defer and publish is not None
         try:
-            result = self.renderer.render(prompt, seed, sampler, negative_prompt, decode=not defer,
-                                          embeddings=embeddings if self.rank == 0 else None, timeout_s=timeout_s)
+            result = self.renderer.render(
+                prompt,
+                seed,
+                sampler,
+                negative_prompt,
+                decode=not defer,
+                embeddings=embeddings if self.rank == 0 else None,
+                timeout_s=timeout_s,
+            )
         except ValueError as err:
             return {"error": str(err)}
         if publish is None or self.rank != 0:
@@ -149,16 +171,17 @@ class GangMember:
         return {**self._store(frames, publish), "decode_seconds": clock.seconds["decode"]}
 
     def _store(self, frames, publish) -> dict:
-        from ..worker.publish import lease_fence, publish_video
         from ..storage.lease import LeaseLost
         from ..storage.stores import StorageError
+        from ..worker.publish import lease_fence, publish_video
 
         location, video_id, settings = publish
         store = self.outputs.get(location) or self.outputs.setdefault(location, location.open())
         started = time.perf_counter()
         try:
-            stored = publish_video(store, video_id, frames, settings, self.renderer.pipe.video,
-                                   fence=lease_fence(location, store))
+            stored = publish_video(
+                store, video_id, frames, settings, self.renderer.pipe.video, fence=lease_fence(location, store)
+            )
             return {"uri": stored.uri, "video_bytes": stored.size, "store_seconds": time.perf_counter() - started}
         except LeaseLost as err:
             return {"lease_lost": str(err)}
@@ -219,13 +242,16 @@ class Gang:
         self.placement_group = placement_group([bundle] * config.sp, strategy="STRICT_PACK", name=name)
         if not self._wait_for_room(bundle, start_timeout_s):
             self.kill()
-            raise GangFailure(f"{name}: no node could hold {config.sp} bundle(s) of {bundle} together within "
-                              f"{start_timeout_s:.0f} s")
+            raise GangFailure(
+                f"{name}: no node could hold {config.sp} bundle(s) of {bundle} together within {start_timeout_s:.0f} s"
+            )
         self.members = [
             GangMember.options(
                 num_cpus=config.cpus_per_rank,
                 num_gpus=config.gpus_per_rank,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=i),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    self.placement_group, placement_group_bundle_index=i
+                ),
                 runtime_env={"env_vars": dict(config.env_vars)} if config.env_vars else None,
             ).remote(i, config.sp, config.rank, max(1, int(config.cpus_per_rank)))
             for i in range(config.sp)
@@ -249,22 +275,39 @@ class Gang:
                 return True
             if left <= ROOM_LOG_INTERVAL_S:
                 return False
-            log.info("%s: waiting for a node with room for %d bundle(s) of %s (%.0f s of %.0f s)", self.name,
-                     self.config.sp, bundle, time.monotonic() - self.started_at, timeout_s)
+            log.info(
+                "%s: waiting for a node with room for %d bundle(s) of %s (%.0f s of %.0f s)",
+                self.name,
+                self.config.sp,
+                bundle,
+                time.monotonic() - self.started_at,
+                timeout_s,
+            )
 
     def _call(self, refs, timeout_s: float) -> list:
         ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         if pending:
             self.kill()
-            raise GangFailure(f"{self.name}: {len(pending)} of {len(refs)} ranks did not answer within {timeout_s:.0f} s")
+            raise GangFailure(
+                f"{self.name}: {len(pending)} of {len(refs)} ranks did not answer within {timeout_s:.0f} s"
+            )
         try:
             return ray.get(refs)
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
             self.kill()
             raise GangFailure(f"{self.name}: a rank failed: {err}") from err
 
-    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", publish=None,
-               defer: bool = False, embeddings: tuple | None = None, timeout_s: float | None = None) -> dict:
+    def render(
+        self,
+        prompt: str,
+        seed: int,
+        sampler: dict,
+        negative_prompt: str = "",
+        publish=None,
+        defer: bool = False,
+        embeddings: tuple | None = None,
+        timeout_s: float | None = None,
+    ) -> dict:
         """Every rank renders its shard; returns rank 0's result (frames or the stored URI, or with ``defer`` a
         ticket for ``finish``; settings, cache stats).  ``embeddings``: the text encoded ahead (``encode``).
         ``timeout_s``: the video's loop limit, the same number on every rank (pipelines.deadline); the call
@@ -272,9 +315,12 @@ class Gang:
         comes first and a hung rank is still found."""
         if not self.members:
             raise GangFailure(f"{self.name} was killed")
-        refs = [m.render.remote(prompt, seed, sampler, negative_prompt, publish, defer, embeddings if i == 0 else None,
-                                timeout_s)
-                for i, m in enumerate(self.members)]
+        refs = [
+            m.render.remote(
+                prompt, seed, sampler, negative_prompt, publish, defer, embeddings if i == 0 else None, timeout_s
+            )
+            for i, m in enumerate(self.members)
+        ]
         wait_s = self.config.call_timeout_s + (timeout_s + self.config.rank.timeout_s if timeout_s else 0.0)
         return self._checked(self._call(refs, wait_s)[0])
 
@@ -357,8 +403,10 @@ class GangPool:
             self.shutdown()
             raise
         if not self.gangs:
-            raise NoGangsLeft(f"no gang could start: no node had room for {config.sp} rank(s) within "
-                              f"{config.start_timeout_s:.0f} s; nothing was rendered, and a rerun starts afresh")
+            raise NoGangsLeft(
+                f"no gang could start: no node had room for {config.sp} rank(s) within "
+                f"{config.start_timeout_s:.0f} s; nothing was rendered, and a rerun starts afresh"
+            )
 
     def _start_together(self, gangs: int) -> None:
         """Start the first gangs at once (each loads its model copy in parallel); go on with those that started
@@ -424,8 +472,10 @@ class GangPool:
                 if self._closed:
                     raise GangFailure("the gang pool was shut down")
                 if not self.gangs and not self._starting:
-                    raise NoGangsLeft(f"no gang is left ({self.retired} retired: the cluster has no room for one of "
-                                      f"{self.config.sp} rank(s)); the rows not rendered yet are left for a rerun")
+                    raise NoGangsLeft(
+                        f"no gang is left ({self.retired} retired: the cluster has no room for one of "
+                        f"{self.config.sp} rank(s)); the rows not rendered yet are left for a rerun"
+                    )
                 self._cond.wait(timeout=5)
             return self._free.pop(0)
 
@@ -435,8 +485,16 @@ class GangPool:
                 self._free.append(gang)
                 self._cond.notify_all()
 
-    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", publish=None,
-               overlap: bool = False, video_timeout_s: float | None = None) -> dict:
+    def render(
+        self,
+        prompt: str,
+        seed: int,
+        sampler: dict,
+        negative_prompt: str = "",
+        publish=None,
+        overlap: bool = False,
+        video_timeout_s: float | None = None,
+    ) -> dict:
         """Render one video on whichever gang is free.  With ``overlap`` (and ``publish``) the gang is given back
         as soon as its loop ends, and this call waits for rank 0 to store the video while the gang already
         denoises another one; the video's text is encoded ahead, on some gang's rank 0 beside its loop, while
@@ -451,8 +509,16 @@ class GangPool:
             encoded, ahead = self._embeddings(ahead), None
             timeout_s = video_timeout_s or default_timeout_s(gang.model_defaults, sampler)
             try:
-                result = gang.render(prompt, seed, sampler, negative_prompt, publish, defer=overlap,
-                                     embeddings=encoded["embeddings"] if encoded else None, timeout_s=timeout_s)
+                result = gang.render(
+                    prompt,
+                    seed,
+                    sampler,
+                    negative_prompt,
+                    publish,
+                    defer=overlap,
+                    embeddings=encoded["embeddings"] if encoded else None,
+                    timeout_s=timeout_s,
+                )
             except GangFailure as err:
                 last, failed = err, failed + 1
                 more = failed < self.max_attempts
@@ -474,9 +540,13 @@ class GangPool:
                     continue
             if result.get("phases") is not None:
                 result["phases"] = dataclasses.replace(
-                    result["phases"], **({"text_seconds": round(encoded["seconds"], 4)} if encoded else {}),
-                    **({"decode_seconds": round(result.pop("decode_seconds"), 4)} if "decode_seconds" in result else {}),
-                    **({"store_seconds": round(result.pop("store_seconds"), 4)} if "store_seconds" in result else {}))
+                    result["phases"],
+                    **({"text_seconds": round(encoded["seconds"], 4)} if encoded else {}),
+                    **(
+                        {"decode_seconds": round(result.pop("decode_seconds"), 4)} if "decode_seconds" in result else {}
+                    ),
+                    **({"store_seconds": round(result.pop("store_seconds"), 4)} if "store_seconds" in result else {}),
+                )
             with self._cond:
                 self.videos_by_gang[gang.name] = self.videos_by_gang.get(gang.name, 0) + 1
             result["attempts"] = failed + 1
@@ -514,8 +584,7 @@ class GangPool:
         try:
             gang = Gang(self.config, self._name(), start_timeout_s=self.config.replace_timeout_s)
         except GangFailure as err:
-            log.warning("%s: no room for a replacement gang (%s); going on with %d gang(s)", dead.name, err,
-                        self.alive)
+            log.warning("%s: no room for a replacement gang (%s); going on with %d gang(s)", dead.name, err, self.alive)
             self._start_failed(retire=True)
             return
         self._add(gang, was_starting=True, replacement=True)

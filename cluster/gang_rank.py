@@ -59,8 +59,13 @@ class RankRenderer:
 
         self.rank, self.world, self.config = rank, world, config
         # only rank 0 encodes text and decodes video: the other ranks load the transformer alone
-        self.pipe = load_pipeline(config.model, device=config.device, dtype=config.dtype, encode_and_decode=rank == 0,
-                                  offload_text_encoder=config.offload_text_encoder)
+        self.pipe = load_pipeline(
+            config.model,
+            device=config.device,
+            dtype=config.dtype,
+            encode_and_decode=rank == 0,
+            offload_text_encoder=config.offload_text_encoder,
+        )
         choice = choose_attention(config.device, self.pipe.transformer.dtype)
         apply_attention(self.pipe.transformer, choice)
         timeout = timedelta(seconds=config.timeout_s)
@@ -72,20 +77,24 @@ class RankRenderer:
             self.pipe.guidance_split = CfgSplit(groups)
             reduce = make_cfg_cache_reduce(groups)
         if ulysses > 1:
-            enable_sequence_parallel(self.pipe.transformer,
-                                     SequenceParallelConfig(ulysses, attn_type=choice.sp_kernel,
-                                                            long_context=choice.long_context),
-                                     group=sp_group, timeout=timeout)
+            enable_sequence_parallel(
+                self.pipe.transformer,
+                SequenceParallelConfig(ulysses, attn_type=choice.sp_kernel, long_context=choice.long_context),
+                group=sp_group,
+                timeout=timeout,
+            )
         if world > 1:
             self._wrap_text_encoder()
         layout = f"2 CFG halves x Ulysses {ulysses}" if config.cfg_parallel else f"Ulysses {ulysses}"
         # what the gang runs, for the driver to log once per gang
-        self.description = (f"{world} rank(s), {layout}, {self.pipe.transformer.dtype}; {choice.describe()}; "
-                            + (f"blocks compiled ({config.compile})" if config.compile else "blocks eager"))
+        self.description = f"{world} rank(s), {layout}, {self.pipe.transformer.dtype}; {choice.describe()}; " + (
+            f"blocks compiled ({config.compile})" if config.compile else "blocks eager"
+        )
         if config.compile:
             compile_blocks(self.pipe.transformer, backend=config.compile)
-        self.cache = enable(self.pipe, config_for(self.pipe, config.cache, config.cache_knob, config.profile),
-                            reduce=reduce)
+        self.cache = enable(
+            self.pipe, config_for(self.pipe, config.cache, config.cache_knob, config.profile), reduce=reduce
+        )
 
     def _wrap_text_encoder(self) -> None:
         """Encode on rank 0 only and broadcast the embeddings to the other ranks."""
@@ -118,8 +127,9 @@ class RankRenderer:
         """Rank 0's embeddings (``ahead``: computed beforehand, else encoded now) on every rank."""
         local = None
         if self.rank == 0:
-            cond, uncond = ahead if ahead is not None else self._encode_on_rank0(prompt, negative_prompt,
-                                                                                 guidance_scale)
+            cond, uncond = (
+                ahead if ahead is not None else self._encode_on_rank0(prompt, negative_prompt, guidance_scale)
+            )
             local = [cond.cpu()] + ([uncond.cpu()] if uncond is not None else [])
         received = broadcast_tensors(local)
         device = self.pipe.execution_device
@@ -145,8 +155,16 @@ class RankRenderer:
             embeddings = cond.cpu(), (uncond.cpu() if uncond is not None else None)
         return {"embeddings": embeddings, "seconds": clock.seconds["text"]}
 
-    def render(self, prompt: str, seed: int, sampler: dict, negative_prompt: str = "", decode: bool = True,
-               embeddings: tuple | None = None, timeout_s: float | None = None) -> dict:
+    def render(
+        self,
+        prompt: str,
+        seed: int,
+        sampler: dict,
+        negative_prompt: str = "",
+        decode: bool = True,
+        embeddings: tuple | None = None,
+        timeout_s: float | None = None,
+    ) -> dict:
         """Denoise this rank's shard of one video; rank 0 decodes and returns the frames (``decode=False``: the
         latents instead, as "latents", for a decode that runs beside the next video's loop).  ``embeddings``
         (rank 0 only): ``encode_text``'s embeddings, computed while the previous video denoised.  Rank 0's
@@ -178,8 +196,9 @@ class RankRenderer:
             if timeout_s:  # the driver's number, the same on every rank; the ranks vote at every step
                 deadline = VideoDeadline(timeout_s, settings.steps, self._any_rank_late if self.world > 1 else None)
             with clock.phase("denoise"):
-                latents = self.pipe.generate_latents(prompt, seed, settings, negative_prompt, on_step=deadline,
-                                                     embeddings=embeddings)
+                latents = self.pipe.generate_latents(
+                    prompt, seed, settings, negative_prompt, on_step=deadline, embeddings=embeddings
+                )
             frames = None
             if self.rank == 0 and decode:
                 with clock.phase("decode"):

@@ -26,8 +26,13 @@ def _entry(rank, world, port, timeout_s, threads, fn, args, queue):
 
     torch.set_num_threads(threads)
     try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                                timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(seconds=timeout_s),
+        )
         queue.put((rank, True, fn(rank, world, *args)))
     except BaseException as err:  # report, then let the parent decide
         queue.put((rank, False, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
@@ -41,7 +46,9 @@ def run_local_gang(fn, world: int, *args, timeout_s: float = 60.0, threads: int 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_entry, args=(r, world, port, timeout_s, threads, fn, args, queue)) for r in range(world)]
+    procs = [
+        ctx.Process(target=_entry, args=(r, world, port, timeout_s, threads, fn, args, queue)) for r in range(world)
+    ]
     for p in procs:
         p.start()
     import queue as queue_module

@@ -5,8 +5,17 @@ from __future__ import annotations
 from .gang_rank import RankConfig, RankRenderer
 
 
-def render_on_rank(rank: int, world: int, model: str, prompt: str, seed: int, sampler: dict, cache_policy: str = "none",
-                   cache_knob=None, timeout_s: float = 60.0):
+def render_on_rank(
+    rank: int,
+    world: int,
+    model: str,
+    prompt: str,
+    seed: int,
+    sampler: dict,
+    cache_policy: str = "none",
+    cache_knob=None,
+    timeout_s: float = 60.0,
+):
     """Every rank loads the model, shards it, enables the cache with the all-reduce, and renders.  Returns the
     frames (rank 0 only), this rank's per-step compute masks and its cache's peak bytes."""
     config = RankConfig(model=model, cache=cache_policy, cache_knob=cache_knob, timeout_s=timeout_s)

@@ -64,8 +64,16 @@ class SequenceParallelHook(ModelHook):
         super().__init__()
         self.group = group
 
-    def new_forward(self, model, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image=None,
-                    return_dict=True, attention_kwargs=None):
+    def new_forward(
+        self,
+        model,
+        hidden_states,
+        timestep,
+        encoder_hidden_states,
+        encoder_hidden_states_image=None,
+        return_dict=True,
+        attention_kwargs=None,
+    ):
         n, rank = dist.get_world_size(self.group), dist.get_rank(self.group)
         batch, _, frames, height, width = hidden_states.shape
         p_t, p_h, p_w = model.config.patch_size
@@ -104,8 +112,9 @@ class SequenceParallelHook(ModelHook):
         return Transformer2DModelOutput(sample=output) if return_dict else (output,)
 
 
-def enable_sequence_parallel(transformer, config: SequenceParallelConfig, group=None,
-                             timeout: timedelta = timedelta(seconds=60)) -> None:
+def enable_sequence_parallel(
+    transformer, config: SequenceParallelConfig, group=None, timeout: timedelta = timedelta(seconds=60)
+) -> None:
     """Shard ``transformer`` over ``group`` (every rank calls this with the same config).  Must come before a
     cache is enabled, because the cache's step hook has to wrap the sharded forward."""
     from yunchang import LongContextAttention
@@ -120,8 +129,10 @@ def enable_sequence_parallel(transformer, config: SequenceParallelConfig, group=
     if config.ulysses_degree * config.ring_degree != world:
         raise ValueError(f"ulysses {config.ulysses_degree} x ring {config.ring_degree} != {world} ranks")
     if config.ring_degree > 1 and config.attn_type.startswith("torch"):
-        raise ValueError(f"ring attention with {config.attn_type.upper()} is wrong (yunchang's torch kernels return "
-                         "no log-sum-exp); use a Ulysses degree, ring only with flash-attn kernels on GPU")
+        raise ValueError(
+            f"ring attention with {config.attn_type.upper()} is wrong (yunchang's torch kernels return "
+            "no log-sum-exp); use a Ulysses degree, ring only with flash-attn kernels on GPU"
+        )
     heads = transformer.config.num_attention_heads
     if heads % config.ulysses_degree:
         raise ValueError(f"{heads} attention heads do not split over a Ulysses degree of {config.ulysses_degree}")
@@ -136,12 +147,12 @@ def enable_sequence_parallel(transformer, config: SequenceParallelConfig, group=
         from yunchang import set_seq_parallel_pg
 
         set_seq_parallel_pg(config.ulysses_degree, config.ring_degree, dist.get_rank(), world)
-    attention = long_context_attention(config, group, lambda: LongContextAttention(
-        attn_type=AttnType.from_string(config.attn_type)))
+    attention = long_context_attention(
+        config, group, lambda: LongContextAttention(attn_type=AttnType.from_string(config.attn_type))
+    )
     for block in transformer.blocks:
         block.attn1.set_processor(UlyssesSelfAttnProcessor(attention))
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(SequenceParallelHook(group), SP_HOOK)
-
 
 
 def long_context_attention(config: SequenceParallelConfig, group, yunchang_attention):
@@ -161,8 +172,10 @@ def long_context_attention(config: SequenceParallelConfig, group, yunchang_atten
     if int(vote.item()) == 0:
         log.info("sharded self-attention: xfuser's xFuserLongContextAttention (%s)", config.attn_type)
         return candidate
-    log.warning("sharded self-attention: yunchang's LongContextAttention (xfuser's was not usable on every rank%s)",
-                f": {problem}" if problem else "")
+    log.warning(
+        "sharded self-attention: yunchang's LongContextAttention (xfuser's was not usable on every rank%s)",
+        f": {problem}" if problem else "",
+    )
     return fallback
 
 
@@ -184,8 +197,7 @@ def _xfuser_attention(config: SequenceParallelConfig, reference):
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
         gen = torch.Generator(device="cpu").manual_seed(1234 + dist.get_rank())
         heads = 8 * config.ulysses_degree
-        q, k, v = (torch.randn(1, 256, heads, 64, generator=gen).to(device or "cpu", torch.bfloat16)
-                   for _ in range(3))
+        q, k, v = (torch.randn(1, 256, heads, 64, generator=gen).to(device or "cpu", torch.bfloat16) for _ in range(3))
         got, want = attention(q, k, v), reference(q, k, v)
         if not torch.allclose(got.float(), want.float(), atol=3e-2, rtol=3e-2):
             return None, f"its output differs from yunchang's by up to {(got - want).abs().max().item():.3g}"

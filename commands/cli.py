@@ -1,20 +1,20 @@
 """The ``ditfarm`` command.
 
-    ditfarm render MANIFEST --out OUT              render every row of a manifest (rerun: skips ids already ok)
-    ditfarm render MANIFEST --out OUT --dry-run    validate every row, render nothing
-    ditfarm render --prompt "..." --out OUT        render one prompt
-    ditfarm status OUT                             counts per status, and the failed rows' errors
-    ditfarm profile --model tiny --prompts P.txt --out PROFILE.json   profile blocks for caching
-    ditfarm calibrate ertacache --model tiny --lambdas 0.1,0.2 --out P.json   ERTACache's calibration
-    ditfarm calibrate bac --model tiny --out P.json                           BAC's calibration
-    ditfarm bench cache --model tiny --json OUT.json                  speed/fidelity of every cache
-    ditfarm bench cache-merge A.json B.json --json OUT.json           one table from split bench runs
-    ditfarm bench sp --policy adaptive --json OUT.json                the cache's speedup at sp=1 and sp=2
-    ditfarm bench steps --device cuda --json OUT.json                 per-step times on the Wan2.1-1.3B shapes
-    ditfarm bench gpu --json OUT.json                                 a step and a video of Wan2.1 on one GPU
-    ditfarm eval-adherence --model tiny --n 60     prompt adherence of the tiny model on held-out prompts
-    ditfarm train-tiny --run-dir runs/tiny         (re)train the built-in model, resumably
-    ditfarm train-router --model tiny              train HarmoniCa's router (beside the profile), resumably
+ditfarm render MANIFEST --out OUT              render every row of a manifest (rerun: skips ids already ok)
+ditfarm render MANIFEST --out OUT --dry-run    validate every row, render nothing
+ditfarm render --prompt "..." --out OUT        render one prompt
+ditfarm status OUT                             counts per status, and the failed rows' errors
+ditfarm profile --model tiny --prompts P.txt --out PROFILE.json   profile blocks for caching
+ditfarm calibrate ertacache --model tiny --lambdas 0.1,0.2 --out P.json   ERTACache's calibration
+ditfarm calibrate bac --model tiny --out P.json                           BAC's calibration
+ditfarm bench cache --model tiny --json OUT.json                  speed/fidelity of every cache
+ditfarm bench cache-merge A.json B.json --json OUT.json           one table from split bench runs
+ditfarm bench sp --policy adaptive --json OUT.json                the cache's speedup at sp=1 and sp=2
+ditfarm bench steps --device cuda --json OUT.json                 per-step times on the Wan2.1-1.3B shapes
+ditfarm bench gpu --json OUT.json                                 a step and a video of Wan2.1 on one GPU
+ditfarm eval-adherence --model tiny --n 60     prompt adherence of the tiny model on held-out prompts
+ditfarm train-tiny --run-dir runs/tiny         (re)train the built-in model, resumably
+ditfarm train-router --model tiny              train HarmoniCa's router (beside the profile), resumably
 """
 
 from __future__ import annotations
@@ -43,42 +43,73 @@ def gangs_value(text: str):
 
 def _add_render(sub) -> None:
     p = sub.add_parser("render", help="render a Parquet manifest or one --prompt into --out DIR")
-    p.add_argument("manifest", nargs="?",
-                   help="Parquet manifest: a file, a folder of files, s3://bucket/key.parquet or s3://bucket/prefix/")
+    p.add_argument(
+        "manifest",
+        nargs="?",
+        help="Parquet manifest: a file, a folder of files, s3://bucket/key.parquet or s3://bucket/prefix/",
+    )
     p.add_argument("--prompt", help="render this one prompt instead of a manifest")
     p.add_argument("--id", dest="video_id", help="with --prompt: the video id (default: derived from the prompt)")
     p.add_argument("--seed", type=int, help="with --prompt: the seed (default: derived from the id)")
     p.add_argument("--out", required=True, help="output folder or s3://bucket/prefix: videos/ and results/ go here")
-    p.add_argument("--dry-run", action="store_true",
-                   help="validate the whole manifest against the model and the output; load no model, write nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the whole manifest against the model and the output; load no model, write nothing",
+    )
     p.add_argument("--overwrite", action="store_true", help="render every row again, even ids already ok")
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some rows failed")
     p.add_argument("--flush-every", type=int, default=32, help="write a results part every N rows (default 32)")
-    p.add_argument("--flush-seconds", type=float, default=60.0,
-                   help="... or this many seconds after the oldest unwritten row (default 60)")
+    p.add_argument(
+        "--flush-seconds",
+        type=float,
+        default=60.0,
+        help="... or this many seconds after the oldest unwritten row (default 60)",
+    )
     p.add_argument("--model", default="tiny", help="built-in model name or model folder (default: tiny)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
-    p.add_argument("--max-steps", type=int, default=1000,
-                   help="refuse a row (or run) that asks for more denoising steps than this (default 1000)")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=1000,
+        help="refuse a row (or run) that asks for more denoising steps than this (default 1000)",
+    )
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--num-frames", type=int)
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
-    p.add_argument("--upscale", type=int,
-                   help="integer nearest-neighbour upscale of the mp4 (default: the model's; tiny 8, Wan2.1 1)")
+    p.add_argument(
+        "--upscale",
+        type=int,
+        help="integer nearest-neighbour upscale of the mp4 (default: the model's; tiny 8, Wan2.1 1)",
+    )
     p.add_argument("--fps", type=int, help="frames per second of the mp4 (default: the model's; tiny 8, Wan2.1 16)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int,
-                   help="torch CPU threads per render (a gang rank also takes this many Ray CPUs); default: the "
-                        "CPUs this process may use less one (in process), the rank's one CPU (gangs)")
-    p.add_argument("--dtype", default="auto", choices=DTYPE_NAMES,
-                   help="transformer and text encoder precision; auto: bf16 on CUDA, fp32 on CPU (a Wan VAE is "
-                        "always fp32)")
-    p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
-                   help="compile the transformer's repeated blocks with torch.compile (default backend: inductor); "
-                        "caches and sequence parallelism keep working, and a video's steps add no recompilation")
-    p.add_argument("--offload-text-encoder", action="store_true",
-                   help="keep the text encoder in host memory between prompts (it visits the GPU to encode)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads per render (a gang rank also takes this many Ray CPUs); default: the "
+        "CPUs this process may use less one (in process), the rank's one CPU (gangs)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_NAMES,
+        help="transformer and text encoder precision; auto: bf16 on CUDA, fp32 on CPU (a Wan VAE is always fp32)",
+    )
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        metavar="BACKEND",
+        help="compile the transformer's repeated blocks with torch.compile (default backend: inductor); "
+        "caches and sequence parallelism keep working, and a video's steps add no recompilation",
+    )
+    p.add_argument(
+        "--offload-text-encoder",
+        action="store_true",
+        help="keep the text encoder in host memory between prompts (it visits the GPU to encode)",
+    )
     p.add_argument("--cache", default="none", choices=POLICIES, help="block-cache policy (default: none)")
     p.add_argument(
         "--cache-threshold",
@@ -86,34 +117,70 @@ def _add_render(sub) -> None:
         help="the policy's speed/fidelity knob: bwcache delta, profiling T_max, taylorseer interval, adaptive budget",
     )
     p.add_argument("--profile", help="cache profile JSON from `ditfarm profile` (default: the model's shipped one)")
-    p.add_argument("--sp", type=int, default=1,
-                   help="sequence-parallel ranks per video (a gang of Ray actors; one GPU each, or one CPU)")
-    p.add_argument("--cfg-parallel", action="store_true",
-                   help="run the cond and uncond passes on the two halves of each gang at once (--sp 2U: Ulysses "
-                        "of degree U in each half)")
-    p.add_argument("--gangs", type=gangs_value,
-                   help="gangs rendering side by side on Ray, or 'auto': as many as the cluster holds (GPUs / sp on "
-                        "GPU nodes, CPUs / sp otherwise, the driver's CPU left out); default: 1 when --sp > 1, "
-                        "else 0 (in this process)")
-    p.add_argument("--collective-timeout", type=float, default=300.0,
-                   help="seconds a gang's collective may wait before the gang is replaced (default 300)")
-    p.add_argument("--start-timeout", type=float, default=600.0,
-                   help="seconds the first gangs may wait for a node with room, e.g. one an autoscaling cluster "
-                        "adds for them (logged while it lasts); then exit 75, and a rerun resumes (default 600)")
-    p.add_argument("--video-timeout", type=float, metavar="SECONDS",
-                   help="a video whose denoising loop runs longer fails as its row (default: 2 hours for a video "
-                        "of the model's default size and steps, more in proportion for larger rows)")
-    p.add_argument("--retries", type=int, default=2,
-                   help="render a video again on a fresh gang up to N more times when its gang fails (default 2)")
-    p.add_argument("--no-overlap", action="store_true",
-                   help="run each video's fixed costs (text encoding, decoding, mp4 encoding, storing) between "
-                        "denoising loops instead of beside the next loop (for a GPU without memory for both)")
-    p.add_argument("--force", action="store_true",
-                   help="take the output's lease even if another run holds it (only when that run is known to be "
-                        "gone: two runs on one output render the same ids twice)")
-    p.add_argument("--lease-seconds", type=float, default=120.0,
-                   help="this run's hold on --out lapses after this many seconds without a renewal, and another "
-                        "run may then take over (it renews every quarter of that; default 120)")
+    p.add_argument(
+        "--sp",
+        type=int,
+        default=1,
+        help="sequence-parallel ranks per video (a gang of Ray actors; one GPU each, or one CPU)",
+    )
+    p.add_argument(
+        "--cfg-parallel",
+        action="store_true",
+        help="run the cond and uncond passes on the two halves of each gang at once (--sp 2U: Ulysses "
+        "of degree U in each half)",
+    )
+    p.add_argument(
+        "--gangs",
+        type=gangs_value,
+        help="gangs rendering side by side on Ray, or 'auto': as many as the cluster holds (GPUs / sp on "
+        "GPU nodes, CPUs / sp otherwise, the driver's CPU left out); default: 1 when --sp > 1, "
+        "else 0 (in this process)",
+    )
+    p.add_argument(
+        "--collective-timeout",
+        type=float,
+        default=300.0,
+        help="seconds a gang's collective may wait before the gang is replaced (default 300)",
+    )
+    p.add_argument(
+        "--start-timeout",
+        type=float,
+        default=600.0,
+        help="seconds the first gangs may wait for a node with room, e.g. one an autoscaling cluster "
+        "adds for them (logged while it lasts); then exit 75, and a rerun resumes (default 600)",
+    )
+    p.add_argument(
+        "--video-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="a video whose denoising loop runs longer fails as its row (default: 2 hours for a video "
+        "of the model's default size and steps, more in proportion for larger rows)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="render a video again on a fresh gang up to N more times when its gang fails (default 2)",
+    )
+    p.add_argument(
+        "--no-overlap",
+        action="store_true",
+        help="run each video's fixed costs (text encoding, decoding, mp4 encoding, storing) between "
+        "denoising loops instead of beside the next loop (for a GPU without memory for both)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="take the output's lease even if another run holds it (only when that run is known to be "
+        "gone: two runs on one output render the same ids twice)",
+    )
+    p.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=120.0,
+        help="this run's hold on --out lapses after this many seconds without a renewal, and another "
+        "run may then take over (it renews every quarter of that; default 120)",
+    )
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -195,8 +262,8 @@ def show_logs() -> None:
 def cmd_render(args) -> int:
     from ..jobs.driver import prompt_task, render_manifest, render_tasks
     from ..jobs.manifest import ManifestError
-    from ..storage.stores import StorageError, redact
     from ..storage.lease import LeaseLost
+    from ..storage.stores import StorageError, redact
     from ..types import EXIT_LEASE_LOST, EXIT_TRY_LATER, NoRenderersLeft, RunAborted
 
     def fail(message) -> int:
@@ -223,14 +290,32 @@ def cmd_render(args) -> int:
             return 1 if report.would_fail else 0
         if args.prompt is not None:
             task = prompt_task(args.prompt, seed=args.seed, video_id=args.video_id)
-            summary = render_tasks([task], args.out, settings, total=1, progress=not args.no_progress,
-                                   overwrite=args.overwrite, force=args.force, lease_ttl_s=args.lease_seconds)
+            summary = render_tasks(
+                [task],
+                args.out,
+                settings,
+                total=1,
+                progress=not args.no_progress,
+                overwrite=args.overwrite,
+                force=args.force,
+                lease_ttl_s=args.lease_seconds,
+            )
         else:
-            summary = render_manifest(args.manifest, args.out, settings, progress=not args.no_progress,
-                                      overwrite=args.overwrite, force=args.force, lease_ttl_s=args.lease_seconds)
+            summary = render_manifest(
+                args.manifest,
+                args.out,
+                settings,
+                progress=not args.no_progress,
+                overwrite=args.overwrite,
+                force=args.force,
+                lease_ttl_s=args.lease_seconds,
+            )
     except LeaseLost as err:  # a StorageError: before the clause below
-        print(f"ditfarm render: lost the output's lease: {redact(str(err))}; what this run stored before it lost "
-              "the lease keeps its rows", file=sys.stderr)
+        print(
+            f"ditfarm render: lost the output's lease: {redact(str(err))}; what this run stored before it lost "
+            "the lease keeps its rows",
+            file=sys.stderr,
+        )
         return EXIT_LEASE_LOST
     except (ManifestError, StorageError, ValueError, FileNotFoundError) as err:  # manifest, output, model, profile
         return fail(err)
@@ -244,21 +329,31 @@ def cmd_render(args) -> int:
         import signal
 
         name = signal.Signals(stop.signum).name
-        print(f"ditfarm render: stopped by {name}; videos stored so far keep their results rows (report: "
-              f"{args.out.rstrip('/')}/report.html), and the same command resumes", file=sys.stderr)
+        print(
+            f"ditfarm render: stopped by {name}; videos stored so far keep their results rows (report: "
+            f"{args.out.rstrip('/')}/report.html), and the same command resumes",
+            file=sys.stderr,
+        )
         abandon_renders(128 + stop.signum)
         return 128 + stop.signum
     finally:
         restore()
     out = summary.out.rstrip("/")
     duplicates = f", {summary.duplicates} duplicate" if summary.duplicates else ""
-    print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped{duplicates}; "
-          f"videos in {out}/videos, results in {out}/results, report {out}/report.html")
+    print(
+        f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped{duplicates}; "
+        f"videos in {out}/videos, results in {out}/results, report {out}/report.html"
+    )
     if summary.skipped_with_other_settings:
-        differ = "; ".join(f"{name} {stored!r} where this run has {wanted!r} ({count} row(s))"
-                           for name, (count, (stored, wanted)) in sorted(summary.other_settings.items()))
-        print(f"  {summary.skipped_with_other_settings} skipped row(s) were rendered with other settings: {differ}.  "
-              "They were kept; --overwrite renders every row again with this run's settings", file=sys.stderr)
+        differ = "; ".join(
+            f"{name} {stored!r} where this run has {wanted!r} ({count} row(s))"
+            for name, (count, (stored, wanted)) in sorted(summary.other_settings.items())
+        )
+        print(
+            f"  {summary.skipped_with_other_settings} skipped row(s) were rendered with other settings: {differ}.  "
+            "They were kept; --overwrite renders every row again with this run's settings",
+            file=sys.stderr,
+        )
     for error in summary.errors[:20]:
         print(f"  failed: {error}", file=sys.stderr)
     if summary.failed > 20:
@@ -319,19 +414,25 @@ def cmd_status(args) -> int:
     try:
         rows = read_all_results(args.out)
         if rows.num_rows == 0 and not open_output(args.out).exists():
-            print(f"ditfarm status: {args.out} does not exist: no run has written there (check the path)",
-                  file=sys.stderr)
+            print(
+                f"ditfarm status: {args.out} does not exist: no run has written there (check the path)", file=sys.stderr
+            )
             return 2
     except (StorageError, OSError, ValueError) as err:
         print(f"ditfarm status: {redact(str(err))}", file=sys.stderr)
         return 2
     table, duplicates = best_per_id(rows), duplicate_rows(rows)
     counts = Counter(table.column("status").to_pylist())
-    print(f"{args.out}: {table.num_rows} ids: " + ", ".join(f"{counts[s]} {s}" for s in sorted(counts)) if counts
-          else f"{args.out}: no results yet")
+    print(
+        f"{args.out}: {table.num_rows} ids: " + ", ".join(f"{counts[s]} {s}" for s in sorted(counts))
+        if counts
+        else f"{args.out}: no results yet"
+    )
     if duplicates.num_rows:
-        print(f"  {duplicates.num_rows} duplicate manifest row(s), not rendered: "
-              + "; ".join(duplicates.column("error").to_pylist()[: args.errors]))
+        print(
+            f"  {duplicates.num_rows} duplicate manifest row(s), not rendered: "
+            + "; ".join(duplicates.column("error").to_pylist()[: args.errors])
+        )
     print(lease_line(args.out))
     settings = stored_settings_line(table)
     if settings:
@@ -354,8 +455,12 @@ def _add_profile(sub) -> None:
     p.add_argument("--guidance-scale", type=float)
     p.add_argument("--probe-steps", type=int, default=4, help="steps on which attention is measured")
     p.add_argument("--max-queries", type=int, default=2048, help="queries sampled per attention measurement")
-    p.add_argument("--check-masks", type=int, default=12,
-                   help="tiny only: check the derived foreground mask against the generator's masks on N videos")
+    p.add_argument(
+        "--check-masks",
+        type=int,
+        default=12,
+        help="tiny only: check the derived foreground mask against the generator's masks on N videos",
+    )
     p.add_argument("--device", default="cpu")
 
 
@@ -378,22 +483,32 @@ def cmd_profile(args) -> int:
         except ValueError as err:
             print(f"ditfarm profile: {err}", file=sys.stderr)
             return 2
-    result = profile_pipeline(pipe, prompts, steps=args.steps, guidance_scale=args.guidance_scale,
-                              probe_steps=args.probe_steps, max_queries=args.max_queries)
+    result = profile_pipeline(
+        pipe,
+        prompts,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        probe_steps=args.probe_steps,
+        max_queries=args.max_queries,
+    )
     profile = result.profile
     if args.check_masks and getattr(pipe, "model_name", "") == "tiny":
         import numpy as np
 
-        from ..tools.adherence import held_out_cases
         from ..pipelines.tiny.scenes import render_scene
+        from ..tools.adherence import held_out_cases
 
-        scenes = [render_scene(spec, np.random.default_rng(seed)) for spec, seed in held_out_cases(args.check_masks, 777)]
+        scenes = [
+            render_scene(spec, np.random.default_rng(seed)) for spec, seed in held_out_cases(args.check_masks, 777)
+        ]
         profile.mask_iou = check_masks_on_references(pipe, scenes, steps=args.steps)
     profile.save(args.out)
     png = args.png or args.out.with_suffix(".png")
     plot_profile(profile, png)
-    print(f"{len(profile.blocks)} blocks: foreground {profile.foreground_blocks}, background {profile.background_blocks} "
-          f"(R_attn threshold {profile.r_attn_threshold:.3f})")
+    print(
+        f"{len(profile.blocks)} blocks: foreground {profile.foreground_blocks}, background {profile.background_blocks} "
+        f"(R_attn threshold {profile.r_attn_threshold:.3f})"
+    )
     if profile.mask_iou is not None:
         print(f"foreground mask vs the generator's true masks: mean IoU {profile.mask_iou:.3f}")
     print(f"wrote {args.out} and {png}")
@@ -408,11 +523,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(sub)
     _add_profile(sub)
     sub.add_parser("eval-adherence", help="prompt adherence of a tiny-grammar model", add_help=False)
-    sub.add_parser("calibrate", help="`calibrate ertacache|bac`: a caching method's offline calibration, into a cache profile",
-                   add_help=False)
+    sub.add_parser(
+        "calibrate",
+        help="`calibrate ertacache|bac`: a caching method's offline calibration, into a cache profile",
+        add_help=False,
+    )
     sub.add_parser("train-router", help="train HarmoniCa's cache router on a model (resumable)", add_help=False)
     sub.add_parser("train-tiny", help="train the built-in tiny model (resumable)", add_help=False)
-    sub.add_parser("bench", help="`bench cache`: speed and fidelity of every cache policy; `bench sp`: the cache under sequence parallelism; `bench steps`: per-step times on Wan2.1 shapes; `bench gpu`: a step and a whole video of Wan2.1 (1.3B, 14B) on one GPU", add_help=False)
+    sub.add_parser(
+        "bench",
+        help="`bench cache`: speed and fidelity of every cache policy; `bench sp`: the cache under sequence parallelism; `bench steps`: per-step times on Wan2.1 shapes; `bench gpu`: a step and a whole video of Wan2.1 (1.3B, 14B) on one GPU",
+        add_help=False,
+    )
     return parser
 
 

@@ -68,8 +68,16 @@ class RenderSettings:
             raise ValueError(f"cfg_parallel splits a gang in two halves: sp must be even and >= 2, got {self.sp}")
         if self.sp > 1 and self.gangs == 0:
             raise ValueError("sequence parallelism (sp > 1) runs on Ray gangs: give gangs >= 1")
-        for name in ("upscale", "fps", "num_frames", "height", "width", "steps", "threads"):  # a bad run-wide value refuses the
-            value = getattr(self, name)                                             # run, not every row
+        for name in (
+            "upscale",
+            "fps",
+            "num_frames",
+            "height",
+            "width",
+            "steps",
+            "threads",
+        ):  # a bad run-wide value refuses the
+            value = getattr(self, name)  # run, not every row
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be a positive integer (or None: the model's), got {value!r}")
         if not isinstance(self.max_steps, int) or isinstance(self.max_steps, bool) or self.max_steps < 1:
@@ -114,7 +122,7 @@ class RenderedVideo:
     model: str
     skipped_fraction: float | None = None
     attempts: int = 1  # renders it took: 1, plus one per gang that failed under it
-    phases: "VideoPhases | None" = None  # where its time went, and rank 0's peak accelerator memory
+    phases: VideoPhases | None = None  # where its time went, and rank 0's peak accelerator memory
     video_bytes: int | None = None  # the stored mp4's size, read back from the storage after publishing
 
 
@@ -130,13 +138,20 @@ class VideoPhases:
     store_seconds: float | None = None  # encoding the mp4, verifying it and publishing it
 
     def as_row(self) -> dict:
-        return {"text_seconds": self.text_seconds, "denoise_seconds": self.denoise_seconds,
-                "decode_seconds": self.decode_seconds, "peak_gpu_bytes": self.peak_gpu_bytes,
-                "store_seconds": self.store_seconds}
+        return {
+            "text_seconds": self.text_seconds,
+            "denoise_seconds": self.denoise_seconds,
+            "decode_seconds": self.decode_seconds,
+            "peak_gpu_bytes": self.peak_gpu_bytes,
+            "store_seconds": self.store_seconds,
+        }
 
     def own_seconds(self) -> float | None:
         """The video's own cost: its phases added up, not the time it also spent waiting for a loop or a
         publisher busy with another video (None when no phase was measured)."""
-        parts = [v for v in (self.text_seconds, self.denoise_seconds, self.decode_seconds, self.store_seconds)
-                 if v is not None]
+        parts = [
+            v
+            for v in (self.text_seconds, self.denoise_seconds, self.decode_seconds, self.store_seconds)
+            if v is not None
+        ]
         return round(sum(parts), 4) if parts else None

@@ -15,16 +15,16 @@ and a rerun skips it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 
-from .driver import RenderJob, manifest_job, request_id
 from ..storage.lease import DEFAULT_TTL_S
+from ..types import RenderSettings
+from .driver import RenderJob, manifest_job, request_id
 from .manifest import ManifestError, TableManifest
 from .results import read_results, results_schema
-from ..types import RenderSettings
 
 __all__ = ["render", "read_results"]
 
@@ -34,8 +34,10 @@ SETTING_NAMES = {f.name for f in dataclasses.fields(RenderSettings)}
 def _settings(model: str, cache: str, sp: int, gangs: int | str | None, options: dict) -> RenderSettings:
     unknown = sorted(set(options) - SETTING_NAMES)
     if unknown:
-        raise TypeError(f"ditfarm.render() got unknown setting(s) {', '.join(unknown)}; "
-                        f"known: {', '.join(sorted(SETTING_NAMES - {'model', 'cache', 'sp', 'gangs'}))}")
+        raise TypeError(
+            f"ditfarm.render() got unknown setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(SETTING_NAMES - {'model', 'cache', 'sp', 'gangs'}))}"
+        )
     gangs = gangs if gangs is not None else (1 if sp > 1 else 0)
     return RenderSettings(model=model, cache=cache, sp=sp, gangs=gangs, **options)
 
@@ -53,19 +55,33 @@ def _as_table(prompts, settings: RenderSettings) -> pa.Table:
     if all(isinstance(p, dict) for p in prompts):
         if not any("id" in p for p in prompts):  # manifest columns without ids: derive them like strings
             keys = ("negative_prompt", "seed", "num_frames", "height", "width", "steps", "guidance_scale")
-            prompts = [{"id": request_id(str(p.get("prompt")), settings, **{k: p.get(k) for k in keys}), **p}
-                       for p in prompts]
+            prompts = [
+                {"id": request_id(str(p.get("prompt")), settings, **{k: p.get(k) for k in keys}), **p} for p in prompts
+            ]
         try:
             return pa.Table.from_pylist(prompts)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
             raise ManifestError(f"ditfarm.render(): the prompt dicts do not form a table: {err}") from None
-    raise ManifestError("ditfarm.render(): prompts must be strings, dicts of manifest columns, a pyarrow Table, "
-                        "a pandas DataFrame, or a manifest path or URI")
+    raise ManifestError(
+        "ditfarm.render(): prompts must be strings, dicts of manifest columns, a pyarrow Table, "
+        "a pandas DataFrame, or a manifest path or URI"
+    )
 
 
-def render(prompts, out, model: str = "tiny", cache: str = "none", sp: int = 1, gangs: int | str | None = None,
-           overwrite: bool = False, progress: bool = False, renderer=None, force: bool = False,
-           lease_ttl_s: float = DEFAULT_TTL_S, **options) -> Iterator[dict]:
+def render(
+    prompts,
+    out,
+    model: str = "tiny",
+    cache: str = "none",
+    sp: int = 1,
+    gangs: int | str | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    renderer=None,
+    force: bool = False,
+    lease_ttl_s: float = DEFAULT_TTL_S,
+    **options,
+) -> Iterator[dict]:
     """Render prompts into ``out`` (a folder or ``s3://bucket/prefix``); returns an iterator of result rows.
 
     ``prompts``: a list of strings, a list of dicts (manifest columns), a pyarrow Table, a pandas DataFrame, or a
@@ -77,13 +93,30 @@ def render(prompts, out, model: str = "tiny", cache: str = "none", sp: int = 1, 
     ``force``.  The lease is given back when the iterator is exhausted or garbage-collected."""
     settings = _settings(model, cache, sp, gangs, options)
     if isinstance(prompts, (str, Path)):
-        job = manifest_job(str(prompts), out, settings, renderer, progress=progress, overwrite=overwrite,
-                           force=force, lease_ttl_s=lease_ttl_s)
+        job = manifest_job(
+            str(prompts),
+            out,
+            settings,
+            renderer,
+            progress=progress,
+            overwrite=overwrite,
+            force=force,
+            lease_ttl_s=lease_ttl_s,
+        )
     else:
         manifest = TableManifest(_as_table(prompts, settings))
-        job = RenderJob(manifest, out, settings, renderer, results_schema(manifest.schema, manifest.extra_columns),
-                        total=manifest.num_rows, progress=progress, overwrite=overwrite, force=force,
-                        lease_ttl_s=lease_ttl_s)
+        job = RenderJob(
+            manifest,
+            out,
+            settings,
+            renderer,
+            results_schema(manifest.schema, manifest.extra_columns),
+            total=manifest.num_rows,
+            progress=progress,
+            overwrite=overwrite,
+            force=force,
+            lease_ttl_s=lease_ttl_s,
+        )
     return RenderRows(job)
 
 
@@ -94,7 +127,7 @@ class RenderRows:
     def __init__(self, job: RenderJob):
         self.job, self._rows, self._started = job, iter(job), False
 
-    def __iter__(self) -> "RenderRows":
+    def __iter__(self) -> RenderRows:
         return self
 
     def __next__(self) -> dict:
@@ -110,6 +143,9 @@ class RenderRows:
         if not getattr(self, "_started", True):
             import warnings
 
-            warnings.warn("ditfarm.render(...) returned rows that were never read, so nothing was rendered: "
-                          "iterate them (`for row in ditfarm.render(...)`) or `list(...)` them", UserWarning,
-                          stacklevel=2)
+            warnings.warn(
+                "ditfarm.render(...) returned rows that were never read, so nothing was rendered: "
+                "iterate them (`for row in ditfarm.render(...)`) or `list(...)` them",
+                UserWarning,
+                stacklevel=2,
+            )

@@ -19,31 +19,56 @@ import dataclasses
 import hashlib
 import json
 import logging
-import time
 import threading
+import time
 import weakref
-from datetime import datetime, timezone
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Protocol
-
+from datetime import datetime, timezone
+from typing import Protocol
 
 from ..cache import last_video_stats
 from ..cache.presets import resolve_knob
 from ..storage.lease import DEFAULT_TTL_S, Lease, LeaseLost
+from ..storage.stores import (
+    OutputFull,
+    OutputLocation,
+    OutputStore,
+    StorageError,
+    clear_local_temp,
+    open_output,
+    redact,
+)
+from ..text import cut
+from ..types import EXIT_MANIFEST_FAILED, EXIT_OUTPUT_FAILED, RenderedVideo, RenderSettings, RunAborted
 from ..worker.publish import lease_fence, publish_video
 from .manifest import Manifest, ManifestError, RenderTask, RowProblem, sampler_overrides, seed_from_id
+from .results import (
+    RESULT_SCHEMA,
+    STATUS_DUPLICATE,
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_SKIPPED,
+    ResultsWriter,
+    output_state,
+    results_schema,
+)
 from .run_checks import check_run
 from .stopping import Stopped
-from .results import (RESULT_SCHEMA, STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, ResultsWriter,
-                      output_state, results_schema)
-from ..text import cut
-from ..storage.stores import (OutputFull, OutputLocation, OutputStore, StorageError, clear_local_temp,
-                      open_output, redact)
-from ..types import (EXIT_MANIFEST_FAILED, EXIT_OUTPUT_FAILED, RenderedVideo, RenderSettings, RunAborted)
 
-__all__ = ["RenderSettings", "RenderedVideo", "RunSummary", "RenderJob", "LocalRenderer", "render_manifest",
-           "render_tasks", "prompt_task", "publish_video", "sampler_overrides"]
+__all__ = [
+    "RenderSettings",
+    "RenderedVideo",
+    "RunSummary",
+    "RenderJob",
+    "LocalRenderer",
+    "render_manifest",
+    "render_tasks",
+    "prompt_task",
+    "publish_video",
+    "sampler_overrides",
+]
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +121,23 @@ class LocalRenderer:
         from ..pipelines.threads import set_threads, usable_cpus
 
         threads = set_threads(settings.threads)
-        log.info("torch threads: %d (%s; this process may use %d CPU(s))", threads,
-                 "--threads" if settings.threads else "the default", usable_cpus())
-        self.pipe = load_pipeline(settings.model, device=settings.device, dtype=settings.dtype,
-                                  offload_text_encoder=settings.offload_text_encoder)
+        log.info(
+            "torch threads: %d (%s; this process may use %d CPU(s))",
+            threads,
+            "--threads" if settings.threads else "the default",
+            usable_cpus(),
+        )
+        self.pipe = load_pipeline(
+            settings.model,
+            device=settings.device,
+            dtype=settings.dtype,
+            offload_text_encoder=settings.offload_text_encoder,
+        )
         choice = choose_attention(settings.device, self.pipe.transformer.dtype)
         apply_attention(self.pipe.transformer, choice)
-        log.info("%s; %s", choice.describe(),
-                 f"blocks compiled ({settings.compile})" if settings.compile else "blocks eager")
+        log.info(
+            "%s; %s", choice.describe(), f"blocks compiled ({settings.compile})" if settings.compile else "blocks eager"
+        )
         if settings.compile:
             compile_blocks(self.pipe.transformer, backend=settings.compile)
         self.cache = enable(self.pipe, config_for(self.pipe, settings.cache, settings.cache_knob, settings.profile))
@@ -136,11 +170,13 @@ class LocalRenderer:
                 if embeddings is None:
                     with clock.phase("text"):
                         embeddings = pipe.encode_prompt(task.prompt, task.negative_prompt, s.guidance_scale)
-                deadline = VideoDeadline(settings.video_timeout_s or default_timeout_s(pipe.defaults, s.__dict__),
-                                         s.steps)
+                deadline = VideoDeadline(
+                    settings.video_timeout_s or default_timeout_s(pipe.defaults, s.__dict__), s.steps
+                )
                 with clock.phase("denoise"):
-                    latents = pipe.generate_latents(task.prompt, task.seed, s, task.negative_prompt,
-                                                    on_step=deadline, embeddings=embeddings)
+                    latents = pipe.generate_latents(
+                        task.prompt, task.seed, s, task.negative_prompt, on_step=deadline, embeddings=embeddings
+                    )
                 skipped = last_video_stats(pipe).skipped_fraction if self.cache is not None else 0.0
                 self.loop_seconds.append(clock.seconds["denoise"])
             with clock.phase("decode"):
@@ -153,8 +189,18 @@ class LocalRenderer:
         started = time.perf_counter()
         stored = publish_video(store, task.id, frames, settings, self.pipe.video, fence=lease_fence(out, store))
         phases = dataclasses.replace(phases, store_seconds=round(time.perf_counter() - started, 4))
-        return RenderedVideo(stored.uri, task.seed, s.num_frames, s.height, s.width, s.steps, str(settings.model),
-                             skipped, phases=phases, video_bytes=stored.size)
+        return RenderedVideo(
+            stored.uri,
+            task.seed,
+            s.num_frames,
+            s.height,
+            s.width,
+            s.steps,
+            str(settings.model),
+            skipped,
+            phases=phases,
+            video_bytes=stored.size,
+        )
 
     def close(self) -> None:
         pass
@@ -189,8 +235,14 @@ def prompt_task(prompt: str, seed: int | None = None, video_id: str | None = Non
 def request_id(prompt: str, settings: RenderSettings, **row) -> str:
     """A stable id for a prompt given without one: the same prompt with the same settings (model, sampler values,
     cache) gets the same id, so a rerun skips it, and any change of settings renders anew."""
-    key = {"prompt": prompt, "model": settings.model, "cache": settings.cache, "knob": settings.cache_knob,
-           **sampler_overrides(RenderTask(0, "", prompt, 0), settings), **{k: v for k, v in row.items() if v is not None}}
+    key = {
+        "prompt": prompt,
+        "model": settings.model,
+        "cache": settings.cache,
+        "knob": settings.cache_knob,
+        **sampler_overrides(RenderTask(0, "", prompt, 0), settings),
+        **{k: v for k, v in row.items() if v is not None},
+    }
     return "p-" + hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -228,8 +280,14 @@ MAX_ID_CHARS = 1024  # a valid id has at most 128; an invalid one is kept this l
 
 def _result_row(task: RenderTask | RowProblem, status: str, **values) -> dict:
     video_id = task.id if not isinstance(task.id, str) else cut(task.id, MAX_ID_CHARS)  # a bad id may be huge
-    row = {"id": video_id, "status": status, "uri": None, "error": None, "seed": getattr(task, "seed", None),
-           "finished_at": datetime.now(timezone.utc)}
+    row = {
+        "id": video_id,
+        "status": status,
+        "uri": None,
+        "error": None,
+        "seed": getattr(task, "seed", None),
+        "finished_at": datetime.now(timezone.utc),
+    }
     row.update(values)
     if isinstance(row["error"], str):
         row["error"] = cut(row["error"])
@@ -244,10 +302,21 @@ class RenderJob:
     the resume listing) and raises; iterating yields one result row (a dict) per task as videos finish, skipped
     ones included (those are not written).  ``summary`` counts as it goes."""
 
-    def __init__(self, tasks: Iterable[RenderTask | RowProblem], out, settings: RenderSettings = RenderSettings(),
-                 renderer: Renderer | None = None, schema=RESULT_SCHEMA, total: int | None = None,
-                 progress: bool = True, overwrite: bool = False, progress_seconds: float = 30.0,
-                 force: bool = False, lease_ttl_s: float = DEFAULT_TTL_S, report_seconds: float | None = 300.0):
+    def __init__(
+        self,
+        tasks: Iterable[RenderTask | RowProblem],
+        out,
+        settings: RenderSettings = RenderSettings(),
+        renderer: Renderer | None = None,
+        schema=RESULT_SCHEMA,
+        total: int | None = None,
+        progress: bool = True,
+        overwrite: bool = False,
+        progress_seconds: float = 30.0,
+        force: bool = False,
+        lease_ttl_s: float = DEFAULT_TTL_S,
+        report_seconds: float | None = 300.0,
+    ):
         """``force``: take the output's lease even from a live run; ``lease_ttl_s``: how long this run's lease
         stays valid without a renewal (it renews every quarter of that); ``report_seconds``: how often
         ``OUT/report.html`` is rewritten while the run goes (None: only at the end of a run that finishes)."""
@@ -261,8 +330,9 @@ class RenderJob:
         self.report_seconds = report_seconds
         self.store = open_output(out)
         self.store.check_writable()
-        self.writer = ResultsWriter(self.store, schema=schema, flush_every=settings.flush_every,
-                                    flush_seconds=settings.flush_seconds)
+        self.writer = ResultsWriter(
+            self.store, schema=schema, flush_every=settings.flush_every, flush_seconds=settings.flush_seconds
+        )
         # One run per output: nothing below may run beside another live run (it clears unfinished uploads).
         self.lease = Lease(self.store, self.writer.run_id, ttl_s=lease_ttl_s, force=force).acquire()
         self.lease.start_renewing()
@@ -297,13 +367,15 @@ class RenderJob:
         defaults = self.checks.model.defaults if self.checks is not None and self.checks.model is not None else None
         overrides = sampler_overrides(task, s)
         wanted = {"model": str(s.model), "cache": s.cache, "cache_knob": resolve_knob(s.cache, s.cache_knob)}
-        for column, name in (("steps", "steps"), ("frames", "num_frames"), ("height", "height"),
-                             ("width", "width")):
+        for column, name in (("steps", "steps"), ("frames", "num_frames"), ("height", "height"), ("width", "width")):
             value = overrides[name] if overrides[name] is not None else getattr(defaults, name, None)
             if value is not None:
                 wanted[column] = value
-        differ = [k for k, v in wanted.items() if k in stored and stored[k] != v
-                  and not (k == "cache_knob" and stored.get("cache") != wanted["cache"])]  # said by the cache
+        differ = [
+            k
+            for k, v in wanted.items()
+            if k in stored and stored[k] != v and not (k == "cache_knob" and stored.get("cache") != wanted["cache"])
+        ]  # said by the cache
         for name in differ:
             count, example = self.summary.other_settings.get(name, (0, (stored[name], wanted[name])))
             self.summary.other_settings[name] = (count + 1, example)
@@ -324,9 +396,8 @@ class RenderJob:
         return self.summary
 
     def __iter__(self) -> Iterator[dict]:
-        from .progress import Progress
-
         from .metrics import JobMetrics
+        from .progress import Progress
         from .report_refresher import ReportRefresher
 
         settings, summary, writer = self.settings, self.summary, self.writer
@@ -340,7 +411,9 @@ class RenderJob:
         own_renderer = self.renderer is None
         renderer = self.renderer
         in_flight: dict[Future, RenderTask] = {}
-        location = dataclasses.replace(self.store.location, writer_run=self.writer.run_id)  # publishing checks the lease
+        location = dataclasses.replace(
+            self.store.location, writer_run=self.writer.run_id
+        )  # publishing checks the lease
 
         def record(task, status: str, error: str | None = None, **values) -> dict:
             row = _result_row(task, status, error=error, **values)
@@ -370,8 +443,11 @@ class RenderJob:
             """Wait for any render in flight (flushing results when they are due) and record it."""
             self.lease.check()
             while True:
-                due = [t for t in (writer.seconds_until_due(),
-                                   report.seconds_until_due() if self.report_seconds else None) if t is not None]
+                due = [
+                    t
+                    for t in (writer.seconds_until_due(), report.seconds_until_due() if self.report_seconds else None)
+                    if t is not None
+                ]
                 done, _ = wait(in_flight, timeout=min(due) if due else None, return_when=FIRST_COMPLETED)
                 if done:
                     break
@@ -394,15 +470,27 @@ class RenderJob:
             except (ValueError, RuntimeError, MemoryError) as err:  # bad row, storage error, a gang that failed
                 # for good, or a row that ran out of memory past the estimate (the next rows may be smaller)
                 reason = err if not isinstance(err, MemoryError) else f"out of memory ({err or 'MemoryError'})"
-                return record(task, STATUS_FAILED, error=redact(f"{task.where}: {reason}"),
-                              attempts=getattr(err, "attempts", 1))
-            return record(task, STATUS_OK, uri=video.uri, frames=video.num_frames, height=video.height,
-                          width=video.width, steps=video.steps, model=video.model,
-                          seconds=(video.phases.own_seconds() if video.phases is not None else None) or seconds,
-                          wall_seconds=seconds,
-                          cache=settings.cache, cache_knob=resolve_knob(settings.cache, settings.cache_knob),
-                          skipped_fraction=video.skipped_fraction, attempts=video.attempts,
-                          video_bytes=video.video_bytes, **(video.phases.as_row() if video.phases is not None else {}))
+                return record(
+                    task, STATUS_FAILED, error=redact(f"{task.where}: {reason}"), attempts=getattr(err, "attempts", 1)
+                )
+            return record(
+                task,
+                STATUS_OK,
+                uri=video.uri,
+                frames=video.num_frames,
+                height=video.height,
+                width=video.width,
+                steps=video.steps,
+                model=video.model,
+                seconds=(video.phases.own_seconds() if video.phases is not None else None) or seconds,
+                wall_seconds=seconds,
+                cache=settings.cache,
+                cache_knob=resolve_knob(settings.cache, settings.cache_knob),
+                skipped_fraction=video.skipped_fraction,
+                attempts=video.attempts,
+                video_bytes=video.video_bytes,
+                **(video.phases.as_row() if video.phases is not None else {}),
+            )
 
         def render_one(task: RenderTask):
             start = time.perf_counter()
@@ -418,8 +506,12 @@ class RenderJob:
                             broken = task
                             break
                         if isinstance(task, RowProblem):
-                            yield record(task, STATUS_DUPLICATE if task.duplicate else STATUS_FAILED,
-                                         error=task.error, attempts=0)
+                            yield record(
+                                task,
+                                STATUS_DUPLICATE if task.duplicate else STATUS_FAILED,
+                                error=task.error,
+                                attempts=0,
+                            )
                             continue
                         if task.id in self.done:
                             self._note_other_settings(task)
@@ -437,7 +529,7 @@ class RenderJob:
                     if broken is not None:
                         raise broken
                 except BaseException:  # a stop or an error: videos already stored keep their rows
-                    for future, task in list(in_flight.items()):
+                    for future, _task in list(in_flight.items()):
                         if future.done() and future.exception() is None:
                             record_done(future, in_flight.pop(future))
                     raise
@@ -452,9 +544,12 @@ class RenderJob:
             if summary.total == 0:
                 raise
             report.final()
-            raise RunAborted(EXIT_MANIFEST_FAILED, f"the manifest could not be read past its first {summary.total} "
-                             f"row(s): {err}; the videos stored so far keep their rows, and a rerun resumes once the "
-                             "manifest is mended") from None
+            raise RunAborted(
+                EXIT_MANIFEST_FAILED,
+                f"the manifest could not be read past its first {summary.total} "
+                f"row(s): {err}; the videos stored so far keep their rows, and a rerun resumes once the "
+                "manifest is mended",
+            ) from None
         except OutputFull as err:  # a video, a results part or the lease hit a full disk
             self._output_full(err)
             try:
@@ -462,11 +557,17 @@ class RenderJob:
                 kept = "their rows are written"
             except StorageError:
                 kept = "their rows could not be written, so a rerun renders them again"
-            raise RunAborted(EXIT_OUTPUT_FAILED, f"the output's disk is full ({err}) after {summary.ok} video(s) were "
-                             f"stored; {kept}.  Free space and rerun: it resumes") from None
+            raise RunAborted(
+                EXIT_OUTPUT_FAILED,
+                f"the output's disk is full ({err}) after {summary.ok} video(s) were "
+                f"stored; {kept}.  Free space and rerun: it resumes",
+            ) from None
         except StorageError as err:  # results could not be written: a full disk, a dead endpoint
-            raise RunAborted(EXIT_OUTPUT_FAILED, f"the output stopped taking writes after {summary.ok} video(s) were "
-                             f"stored: {err}; rows not written are rendered again by a rerun") from None
+            raise RunAborted(
+                EXIT_OUTPUT_FAILED,
+                f"the output stopped taking writes after {summary.ok} video(s) were "
+                f"stored: {err}; rows not written are rendered again by a rerun",
+            ) from None
         finally:  # on a stop or an error, videos still in flight are abandoned (their gangs are closed below)
             if own_renderer and renderer is not None:
                 renderer.close()
@@ -475,25 +576,55 @@ class RenderJob:
             self.close()
 
 
-def render_tasks(tasks, out, settings: RenderSettings = RenderSettings(), renderer: Renderer | None = None,
-                 schema=RESULT_SCHEMA, total: int | None = None, progress: bool = True,
-                 overwrite: bool = False, **job_options) -> RunSummary:
+def render_tasks(
+    tasks,
+    out,
+    settings: RenderSettings = RenderSettings(),
+    renderer: Renderer | None = None,
+    schema=RESULT_SCHEMA,
+    total: int | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    **job_options,
+) -> RunSummary:
     """Render tasks into ``out`` (a folder or ``s3://`` prefix); ids already ok there are skipped.
     ``job_options``: RenderJob's (force, lease_ttl_s, progress_seconds)."""
     return RenderJob(tasks, out, settings, renderer, schema, total, progress, overwrite, **job_options).run()
 
 
-def manifest_job(manifest_source, out, settings: RenderSettings = RenderSettings(), renderer: Renderer | None = None,
-                 progress: bool = True, overwrite: bool = False, **job_options) -> RenderJob:
+def manifest_job(
+    manifest_source,
+    out,
+    settings: RenderSettings = RenderSettings(),
+    renderer: Renderer | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    **job_options,
+) -> RenderJob:
     """Validate the manifest's schema and the output's access (failing before any rendering); the job to run."""
     manifest = Manifest(manifest_source)
     schema = results_schema(manifest.schema, manifest.extra_columns)
-    return RenderJob(manifest, out, settings, renderer, schema, total=manifest.num_rows, progress=progress,
-                     overwrite=overwrite, **job_options)
+    return RenderJob(
+        manifest,
+        out,
+        settings,
+        renderer,
+        schema,
+        total=manifest.num_rows,
+        progress=progress,
+        overwrite=overwrite,
+        **job_options,
+    )
 
 
-def render_manifest(manifest_source, out, settings: RenderSettings = RenderSettings(),
-                    renderer: Renderer | None = None, progress: bool = True, overwrite: bool = False,
-                    **job_options) -> RunSummary:
+def render_manifest(
+    manifest_source,
+    out,
+    settings: RenderSettings = RenderSettings(),
+    renderer: Renderer | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    **job_options,
+) -> RunSummary:
     """Render every row of a manifest (file, folder or ``s3://``) into ``out``, resumably."""
     return manifest_job(manifest_source, out, settings, renderer, progress, overwrite, **job_options).run()

@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .manifest import Manifest, RowProblem, describe_row
-from .results import completed_ids
 from ..storage.stores import open_output
 from ..types import RenderSettings
+from .manifest import Manifest, RowProblem, describe_row
+from .results import completed_ids
 
 EXAMPLES_PER_REASON = 5
 
@@ -40,7 +40,7 @@ class DryRunReport:
 
     def add_failure(self, where: str, message: str) -> None:
         """``where``: the row as messages name it (``describe_row``); ``message`` with or without that prefix."""
-        reason = message[len(where) + 2:] if message.startswith(f"{where}: ") else message
+        reason = message[len(where) + 2 :] if message.startswith(f"{where}: ") else message
         group = self.failures.setdefault(reason, FailureGroup())
         group.count += 1
         self.would_fail += 1
@@ -48,8 +48,10 @@ class DryRunReport:
             group.examples.append(where)
 
     def lines(self) -> list[str]:
-        out = [f"{self.source}: {self.total} rows: would render {self.would_render}, would skip {self.would_skip} "
-               f"(already ok), would fail {self.would_fail} ({self.seconds:.1f} s)"]
+        out = [
+            f"{self.source}: {self.total} rows: would render {self.would_render}, would skip {self.would_skip} "
+            f"(already ok), would fail {self.would_fail} ({self.seconds:.1f} s)"
+        ]
         for reason, group in sorted(self.failures.items(), key=lambda kv: -kv[1].count):
             more = f", ... {group.count - len(group.examples)} more" if group.count > len(group.examples) else ""
             out.append(f"  {group.count} x {reason}: {', '.join(group.examples)}{more}")

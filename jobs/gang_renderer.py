@@ -12,13 +12,12 @@ import logging
 import os
 import threading
 
-from .manifest import sampler_overrides
-from .manifest import RenderTask
-from .stopping import reclaim_signals
-from ..storage.stores import CREDENTIAL_VARIABLES, OutputLocation, shareable_storage_env
-from ..types import RenderedVideo, RenderSettings
 from ..cluster.gang import GangConfig, GangPool
 from ..cluster.gang_rank import RankConfig
+from ..storage.stores import CREDENTIAL_VARIABLES, OutputLocation, shareable_storage_env
+from ..types import RenderedVideo, RenderSettings
+from .manifest import RenderTask, sampler_overrides
+from .stopping import reclaim_signals
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +25,26 @@ log = logging.getLogger(__name__)
 def gang_config(settings: RenderSettings) -> GangConfig:
     """One rank per GPU on GPU devices, one CPU each otherwise."""
     on_gpu = settings.device.startswith("cuda")
-    rank = RankConfig(model=settings.model, device=settings.device, cache=settings.cache,
-                      cache_knob=settings.cache_knob, profile=settings.profile, timeout_s=settings.collective_timeout_s,
-                      dtype=settings.dtype, offload_text_encoder=settings.offload_text_encoder,
-                      compile=settings.compile, cfg_parallel=settings.cfg_parallel)
-    return GangConfig(sp=settings.sp, rank=rank, gpus_per_rank=1.0 if on_gpu else 0.0,
-                      cpus_per_rank=float(settings.threads or 1),  # a rank's torch threads are the CPUs Ray gives it
-                      start_timeout_s=settings.start_timeout_s, env_vars=tuple(sorted(worker_env().items())))
+    rank = RankConfig(
+        model=settings.model,
+        device=settings.device,
+        cache=settings.cache,
+        cache_knob=settings.cache_knob,
+        profile=settings.profile,
+        timeout_s=settings.collective_timeout_s,
+        dtype=settings.dtype,
+        offload_text_encoder=settings.offload_text_encoder,
+        compile=settings.compile,
+        cfg_parallel=settings.cfg_parallel,
+    )
+    return GangConfig(
+        sp=settings.sp,
+        rank=rank,
+        gpus_per_rank=1.0 if on_gpu else 0.0,
+        cpus_per_rank=float(settings.threads or 1),  # a rank's torch threads are the CPUs Ray gives it
+        start_timeout_s=settings.start_timeout_s,
+        env_vars=tuple(sorted(worker_env().items())),
+    )
 
 
 def auto_gang_count(nodes: list[dict], config: GangConfig, driver_node_id: str | None = None) -> int:
@@ -101,13 +113,15 @@ def check_room(config: GangConfig) -> None:
     if holds >= config.sp:
         return
     shape = f"{config.sp} rank(s) of {config.cpus_per_rank:g} CPU" + (
-        f" and {config.gpus_per_rank:g} GPU" if config.gpus_per_rank else "")
+        f" and {config.gpus_per_rank:g} GPU" if config.gpus_per_rank else ""
+    )
     message = f"no node of this Ray cluster can hold a gang of {shape}: the largest, {largest}, holds {holds}"
     if not cluster_can_grow():
         remedy = f"render with --sp {holds} or fewer, or add larger nodes" if holds else "add nodes with room for it"
         raise ValueError(f"{message}; the cluster has no autoscaler, so none ever will: {remedy}")
-    log.warning("%s; waiting up to %.0f s (--start-timeout) for the node an autoscaler adds", message,
-                config.start_timeout_s)
+    log.warning(
+        "%s; waiting up to %.0f s (--start-timeout) for the node an autoscaler adds", message, config.start_timeout_s
+    )
 
 
 def check_room_ahead(settings: RenderSettings) -> None:
@@ -129,13 +143,18 @@ def check_room_ahead(settings: RenderSettings) -> None:
             import torch
 
             gpus = torch.cuda.device_count()
-        node = {"Alive": True, "NodeManagerAddress": "this machine (a local Ray cluster)",
-                "Resources": {"CPU": float(usable_cpus()), "GPU": float(gpus)}}
+        node = {
+            "Alive": True,
+            "NodeManagerAddress": "this machine (a local Ray cluster)",
+            "Resources": {"CPU": float(usable_cpus()), "GPU": float(gpus)},
+        }
         holds, largest = largest_node([node], config)
         if holds < config.sp:
-            raise ValueError(f"no node of the local Ray cluster this run would start can hold a gang of "
-                             f"{config.sp} rank(s): {largest} holds {holds}; render with --sp {max(1, holds)} or "
-                             "fewer, or join a larger cluster (RAY_ADDRESS)") from None
+            raise ValueError(
+                f"no node of the local Ray cluster this run would start can hold a gang of "
+                f"{config.sp} rank(s): {largest} holds {holds}; render with --sp {max(1, holds)} or "
+                "fewer, or join a larger cluster (RAY_ADDRESS)"
+            ) from None
         return
     try:
         check_room(config)
@@ -161,10 +180,13 @@ def warn_of_credentials_in_job_env() -> None:
         return
     leaked = sorted(k for k in env_vars if k in CREDENTIAL_VARIABLES)
     if leaked:
-        log.warning("this job's Ray runtime environment carries %s: Ray shows its variables in `ray job list` and "
-                    "its logs. Give the nodes their credentials instead (their environment, an instance role, or "
-                    "AWS_SHARED_CREDENTIALS_FILE naming an owner-only file; README: Object storage and "
-                    "credentials), and rotate this key.", ", ".join(leaked))
+        log.warning(
+            "this job's Ray runtime environment carries %s: Ray shows its variables in `ray job list` and "
+            "its logs. Give the nodes their credentials instead (their environment, an instance role, or "
+            "AWS_SHARED_CREDENTIALS_FILE naming an owner-only file; README: Object storage and "
+            "credentials), and rotate this key.",
+            ", ".join(leaked),
+        )
 
 
 class GangRenderer:
@@ -191,8 +213,9 @@ class GangRenderer:
         self._stop = threading.Event()
         self._watcher = None
         if self.auto:
-            self._watcher = threading.Thread(target=self._watch, args=(grow_interval_s,), name="ditfarm-grow",
-                                             daemon=True)
+            self._watcher = threading.Thread(
+                target=self._watch, args=(grow_interval_s,), name="ditfarm-grow", daemon=True
+            )
             self._watcher.start()
 
     def cluster_holds(self) -> int:
@@ -220,13 +243,29 @@ class GangRenderer:
         return list(self.pool.videos_by_gang.values())
 
     def render(self, task: RenderTask, settings: RenderSettings, out: OutputLocation) -> RenderedVideo:
-        result = self.pool.render(task.prompt, task.seed, sampler_overrides(task, settings), task.negative_prompt,
-                                  publish=(out, task.id, settings), overlap=settings.overlap,
-                                  video_timeout_s=settings.video_timeout_s)
+        result = self.pool.render(
+            task.prompt,
+            task.seed,
+            sampler_overrides(task, settings),
+            task.negative_prompt,
+            publish=(out, task.id, settings),
+            overlap=settings.overlap,
+            video_timeout_s=settings.video_timeout_s,
+        )
         s = result["settings"]
-        return RenderedVideo(result["uri"], task.seed, s["num_frames"], s["height"], s["width"], s["steps"],
-                             str(settings.model), result["skipped_fraction"], result["attempts"],
-                             phases=result.get("phases"), video_bytes=result.get("video_bytes"))
+        return RenderedVideo(
+            result["uri"],
+            task.seed,
+            s["num_frames"],
+            s["height"],
+            s["width"],
+            s["steps"],
+            str(settings.model),
+            result["skipped_fraction"],
+            result["attempts"],
+            phases=result.get("phases"),
+            video_bytes=result.get("video_bytes"),
+        )
 
     def gang_health(self) -> tuple[int, int]:
         """(gangs alive, gangs replaced so far), for the progress line and the metrics."""

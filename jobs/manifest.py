@@ -17,20 +17,20 @@ out-of-range number) becomes a ``failed`` result naming the row and the problem,
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from ..storage.stores import StorageError, arrow_s3_filesystem, check_video_id, probe_s3, redact
+from ..storage.waits import waiting_on
+from ..text import shown
+from ..types import RenderSettings, check_step_cap
 from ..uris import is_s3, split_s3_uri
 from .results import RESERVED_PREFIX, RESULT_SCHEMA
-from ..text import shown
-from ..storage.waits import waiting_on
-from ..storage.stores import StorageError, arrow_s3_filesystem, check_video_id, probe_s3, redact
-from ..types import RenderSettings, check_step_cap
 
 REQUIRED_COLUMNS = ("id", "prompt")
 INTEGER_COLUMNS = ("seed", "num_frames", "height", "width", "steps")
@@ -114,8 +114,10 @@ def check_schema(schema: pa.Schema, source: str) -> list[str]:
         problems.append(f"column(s) {', '.join(clashes)} would overwrite results columns of the same name")
     reserved = [n for n in names if n.startswith(RESERVED_PREFIX)]
     if reserved:
-        problems.append(f"column name(s) {', '.join(reserved)}: names starting with {RESERVED_PREFIX!r} are reserved "
-                        "for ditfarm's own use; rename them")
+        problems.append(
+            f"column name(s) {', '.join(reserved)}: names starting with {RESERVED_PREFIX!r} are reserved "
+            "for ditfarm's own use; rename them"
+        )
     if problems:
         raise ManifestError(f"manifest {source}: " + "; ".join(problems))
     return extra
@@ -139,7 +141,9 @@ class Manifest:
             try:
                 schema = pq.read_schema(path, filesystem=self.filesystem)
             except (pa.ArrowInvalid, OSError) as err:
-                raise ManifestError(f"manifest {self._name(path)} is not a readable Parquet file: {redact(str(err))}") from None
+                raise ManifestError(
+                    f"manifest {self._name(path)} is not a readable Parquet file: {redact(str(err))}"
+                ) from None
             check_schema(schema, self._name(path))
             schemas.append(schema)
         try:
@@ -258,8 +262,9 @@ def describe_row(row: int, video_id, origin: str | None = None) -> str:
     return f"row {row}" + (f" ({'; '.join(details)})" if details else "")
 
 
-def validate_row(row: int, record: dict, extra_columns: list[str], seen: dict[str, int],
-                 origin: str | None = None) -> RenderTask | RowProblem:
+def validate_row(
+    row: int, record: dict, extra_columns: list[str], seen: dict[str, int], origin: str | None = None
+) -> RenderTask | RowProblem:
     """Turn one manifest record into a RenderTask, or a RowProblem naming the row and what is wrong."""
     extra = {name: record.get(name) for name in extra_columns}
     video_id = record.get("id")

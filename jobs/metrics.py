@@ -40,17 +40,26 @@ class JobMetrics:
             return True
         if not ray_is_up():
             return False
-        from ray.util.metrics import Counter as RayCounter, Gauge, Histogram
+        from ray.util.metrics import Counter as RayCounter
+        from ray.util.metrics import Gauge, Histogram
 
         self.series = {
-            "videos": RayCounter("ditfarm_videos", description="Videos finished, by status (ok, failed, skipped).",
-                                 tag_keys=("out", "status")),
-            "seconds": Histogram("ditfarm_render_seconds", description="Seconds from a video's start to its stored mp4.",
-                                 boundaries=RENDER_SECONDS_BOUNDARIES, tag_keys=("out",)),
+            "videos": RayCounter(
+                "ditfarm_videos",
+                description="Videos finished, by status (ok, failed, skipped).",
+                tag_keys=("out", "status"),
+            ),
+            "seconds": Histogram(
+                "ditfarm_render_seconds",
+                description="Seconds from a video's start to its stored mp4.",
+                boundaries=RENDER_SECONDS_BOUNDARIES,
+                tag_keys=("out",),
+            ),
             "in_flight": Gauge("ditfarm_videos_in_flight", description="Videos rendering now.", tag_keys=("out",)),
             "gangs_alive": Gauge("ditfarm_gangs_alive", description="Gangs able to render.", tag_keys=("out",)),
-            "gangs_replaced": Gauge("ditfarm_gangs_replaced", description="Gangs replaced after a failure so far.",
-                                    tag_keys=("out",)),
+            "gangs_replaced": Gauge(
+                "ditfarm_gangs_replaced", description="Gangs replaced after a failure so far.", tag_keys=("out",)
+            ),
         }
         for status, n in self.pending.items():
             self.series["videos"].inc(n, tags={**self.tags, "status": status})

@@ -17,8 +17,7 @@ from ..storage.waits import oldest_wait
 
 
 class Progress:
-    def __init__(self, total: int | None, enabled: bool = True, interval_s: float = 30.0, stream=None,
-                 gangs=None):
+    def __init__(self, total: int | None, enabled: bool = True, interval_s: float = 30.0, stream=None, gangs=None):
         """``gangs``: a callable giving (alive, replaced), or None while no gangs render (in-process)."""
         self.stream = stream or sys.stderr
         self.total, self.interval_s, self.gangs = total, interval_s, gangs
@@ -65,8 +64,10 @@ class Progress:
         rendered = self.ok + self.failed
         per_minute = 60 * rendered / elapsed if elapsed > 0 else 0.0
         of = f"/{self.total}" if self.total is not None else ""
-        parts = [f"{done}{of} rows: {self.ok} ok, {self.failed} failed, {self.skipped} skipped",
-                 f"{per_minute:.1f} videos/min"]
+        parts = [
+            f"{done}{of} rows: {self.ok} ok, {self.failed} failed, {self.skipped} skipped",
+            f"{per_minute:.1f} videos/min",
+        ]
         if self.total is not None and per_minute > 0:
             parts.append(f"ETA {max(0, self.total - done) / per_minute:.1f} min")
         health = self.gangs() if self.gangs is not None else None

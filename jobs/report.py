@@ -28,9 +28,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..storage.stores import OutputStore, S3Store, check_video_id, open_output
 from ..uris import split_s3_uri
 from .results import STATUS_FAILED, STATUS_OK, best_per_id, duplicate_rows, read_all_results
-from ..storage.stores import OutputStore, S3Store, check_video_id, open_output
 
 REPORT_NAME = "report.html"
 MAX_FAILURES = 200  # rows of the failures table; the rest are counted
@@ -69,7 +69,7 @@ class Summary:
     skipped: np.ndarray  # cache skip fraction per ok video that has one
     failures: list[dict]  # latest failed rows, newest first, at most MAX_FAILURES
     ok_rows: pa.Table  # latest ok rows (id, seed, seconds, skipped_fraction, frames), sorted by id
-    throughput: "Throughput | None" = None
+    throughput: Throughput | None = None
     untimed_rows: int = 0  # rows without finished_at (parts written before it existed)
     earlier_rows: int = 0  # rows finished before started_at (earlier runs)
     duplicates: int = 0  # manifest rows whose id an earlier row has (each recorded once)
@@ -102,11 +102,21 @@ def summarise(table: pa.Table, started_at: datetime | None = None) -> Summary:
     retries = int(pc.sum(pc.max_element_wise(pc.subtract(attempts, 1), 0)).as_py() or 0)
     throughput, untimed, earlier = throughput_bins(table, started_at)
     return Summary(
-        ids=latest.num_rows, ok=ok.num_rows, failed=failed.num_rows, rows=table.num_rows, retries=retries,
-        seconds=values(ok, "seconds"), skipped=values(ok, "skipped_fraction"),
-        failures=failure_rows(failed), ok_rows=ok_row_infos(ok),
-        throughput=throughput, untimed_rows=untimed, earlier_rows=earlier, duplicates=duplicate_rows(table).num_rows,
-        this_run=started_at is not None)
+        ids=latest.num_rows,
+        ok=ok.num_rows,
+        failed=failed.num_rows,
+        rows=table.num_rows,
+        retries=retries,
+        seconds=values(ok, "seconds"),
+        skipped=values(ok, "skipped_fraction"),
+        failures=failure_rows(failed),
+        ok_rows=ok_row_infos(ok),
+        throughput=throughput,
+        untimed_rows=untimed,
+        earlier_rows=earlier,
+        duplicates=duplicate_rows(table).num_rows,
+        this_run=started_at is not None,
+    )
 
 
 def values(table: pa.Table, name: str) -> np.ndarray:
@@ -119,16 +129,33 @@ def failure_rows(failed: pa.Table) -> list[dict]:
     """The newest MAX_FAILURES failed rows (the table is in write order, so the newest are last)."""
     names = ["id", "error", "attempts", "finished_at"]
     tail = failed.slice(max(0, failed.num_rows - MAX_FAILURES))
-    rows = pa.table({n: column(tail, n, pa.string() if n in ("id", "error") else
-                               pa.int32() if n == "attempts" else pa.timestamp("ms", tz="UTC")) for n in names})
+    rows = pa.table(
+        {
+            n: column(
+                tail,
+                n,
+                pa.string()
+                if n in ("id", "error")
+                else pa.int32()
+                if n == "attempts"
+                else pa.timestamp("ms", tz="UTC"),
+            )
+            for n in names
+        }
+    )
     return rows.to_pylist()[::-1]
 
 
 def ok_row_infos(ok: pa.Table) -> pa.Table:
     """The columns the contact sheet captions need, sorted by id (kept as a table: only the sample becomes
     Python objects, however many videos there are)."""
-    kinds = {"id": pa.string(), "seed": pa.int64(), "seconds": pa.float64(), "skipped_fraction": pa.float64(),
-             "frames": pa.int32()}
+    kinds = {
+        "id": pa.string(),
+        "seed": pa.int64(),
+        "seconds": pa.float64(),
+        "skipped_fraction": pa.float64(),
+        "frames": pa.int32(),
+    }
     table = pa.table({n: column(ok, n, k) for n, k in kinds.items()})
     return table.take(pc.sort_indices(table, [("id", "ascending")])) if table.num_rows else table
 
@@ -275,8 +302,10 @@ OK_COLOUR, FAILED_COLOUR, BAR_COLOUR = "#2f7d6d", "#c2423b", "#4a6fa5"
 
 
 def _svg(chart_id: str, label: str, body: list[str], width: int = CHART_W) -> str:
-    return (f'<svg id="{chart_id}" class="chart" viewBox="0 0 {width} {CHART_H}" role="img" '
-            f'aria-label="{html.escape(label)}" xmlns="http://www.w3.org/2000/svg">' + "".join(body) + "</svg>")
+    return (
+        f'<svg id="{chart_id}" class="chart" viewBox="0 0 {width} {CHART_H}" role="img" '
+        f'aria-label="{html.escape(label)}" xmlns="http://www.w3.org/2000/svg">' + "".join(body) + "</svg>"
+    )
 
 
 def _axes(width: int, y_max: float, y_step: float, y_label: str) -> list[str]:
@@ -290,8 +319,10 @@ def _axes(width: int, y_max: float, y_step: float, y_label: str) -> list[str]:
         out.append(f'<line class="grid" x1="{x0}" y1="{y:.1f}" x2="{x1}" y2="{y:.1f}"/>')
         out.append(f'<text class="tick" x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end">{_number(value)}</text>')
     out.append(f'<line class="axis" x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}"/>')
-    out.append(f'<text class="label" x="12" y="{(y0 + y1) / 2:.1f}" transform="rotate(-90 12 {(y0 + y1) / 2:.1f})" '
-               f'text-anchor="middle">{html.escape(y_label)}</text>')
+    out.append(
+        f'<text class="label" x="12" y="{(y0 + y1) / 2:.1f}" transform="rotate(-90 12 {(y0 + y1) / 2:.1f})" '
+        f'text-anchor="middle">{html.escape(y_label)}</text>'
+    )
     return out
 
 
@@ -338,18 +369,26 @@ def throughput_svg(t: Throughput) -> str:
         offset = _duration(i * t.bin_s)
         tip = f"+{offset}: {_number(a)} ok/min, {_number(b)} failed/min"
         if a:
-            body.append(f'<rect class="ok" x="{x:.1f}" y="{y0 - a * scale:.1f}" width="{w:.1f}" '
-                        f'height="{a * scale:.1f}" fill="{OK_COLOUR}"><title>{tip}</title></rect>')
+            body.append(
+                f'<rect class="ok" x="{x:.1f}" y="{y0 - a * scale:.1f}" width="{w:.1f}" '
+                f'height="{a * scale:.1f}" fill="{OK_COLOUR}"><title>{tip}</title></rect>'
+            )
         if b:
-            body.append(f'<rect class="failed" x="{x:.1f}" y="{y0 - (a + b) * scale:.1f}" width="{w:.1f}" '
-                        f'height="{b * scale:.1f}" fill="{FAILED_COLOUR}"><title>{tip}</title></rect>')
+            body.append(
+                f'<rect class="failed" x="{x:.1f}" y="{y0 - (a + b) * scale:.1f}" width="{w:.1f}" '
+                f'height="{b * scale:.1f}" fill="{FAILED_COLOUR}"><title>{tip}</title></rect>'
+            )
     every = math.ceil(len(ok) / 6)  # bins per labelled tick: at most about seven labels, on bin edges
     edges = list(range(0, len(ok) + 1, every))
     for edge in edges:
-        body.append(f'<text class="tick" x="{x0 + edge * step:.1f}" y="{y0 + 16}" '
-                    f'text-anchor="{_anchor(edge, len(ok))}">+{_duration(edge * t.bin_s)}</text>')
-    body.append(f'<text class="label" x="{(x0 + x1) / 2:.1f}" y="{CHART_H - 2}" text-anchor="middle">'
-                f'time since {t.start:%Y-%m-%d %H:%M:%S} UTC ({_duration(t.bin_s)} bins)</text>')
+        body.append(
+            f'<text class="tick" x="{x0 + edge * step:.1f}" y="{y0 + 16}" '
+            f'text-anchor="{_anchor(edge, len(ok))}">+{_duration(edge * t.bin_s)}</text>'
+        )
+    body.append(
+        f'<text class="label" x="{(x0 + x1) / 2:.1f}" y="{CHART_H - 2}" text-anchor="middle">'
+        f"time since {t.start:%Y-%m-%d %H:%M:%S} UTC ({_duration(t.bin_s)} bins)</text>"
+    )
     return _svg("chart-throughput", "videos finished per minute over time", body)
 
 
@@ -358,8 +397,15 @@ def _anchor(i: int, last: int) -> str:
     return "start" if i == 0 else "end" if i == last else "middle"
 
 
-def histogram_svg(chart_id: str, data: np.ndarray, x_label: str, lo: float | None = None, hi: float | None = None,
-                  bins: int | None = None, percent: bool = False) -> str:
+def histogram_svg(
+    chart_id: str,
+    data: np.ndarray,
+    x_label: str,
+    lo: float | None = None,
+    hi: float | None = None,
+    bins: int | None = None,
+    percent: bool = False,
+) -> str:
     """Counts of ``data`` in equal bins over [lo, hi] (the data's range when not given); by default about two
     bins per square root of the count, 5 to 20."""
     width = HIST_W
@@ -378,15 +424,21 @@ def histogram_svg(chart_id: str, data: np.ndarray, x_label: str, lo: float | Non
     body = _axes(width, y_max, y_step, "videos")
     for i, c in enumerate(counts):
         if c:
-            body.append(f'<rect class="bar" x="{x0 + i * step + 1:.1f}" y="{y0 - c * scale:.1f}" '
-                        f'width="{max(step - 2, 0.5):.1f}" height="{c * scale:.1f}" fill="{BAR_COLOUR}">'
-                        f'<title>{fmt(edges[i])} to {fmt(edges[i + 1])}: {c}</title></rect>')
+            body.append(
+                f'<rect class="bar" x="{x0 + i * step + 1:.1f}" y="{y0 - c * scale:.1f}" '
+                f'width="{max(step - 2, 0.5):.1f}" height="{c * scale:.1f}" fill="{BAR_COLOUR}">'
+                f"<title>{fmt(edges[i])} to {fmt(edges[i + 1])}: {c}</title></rect>"
+            )
     for i in range(5):
         x = x0 + (x1 - x0) * i / 4
-        body.append(f'<text class="tick" x="{x:.1f}" y="{y0 + 16}" text-anchor="{_anchor(i, 4)}">'
-                    f'{fmt(lo + (hi - lo) * i / 4)}</text>')
-    body.append(f'<text class="label" x="{(x0 + x1) / 2:.1f}" y="{CHART_H - 2}" text-anchor="middle">'
-                f'{html.escape(x_label)}</text>')
+        body.append(
+            f'<text class="tick" x="{x:.1f}" y="{y0 + 16}" text-anchor="{_anchor(i, 4)}">'
+            f"{fmt(lo + (hi - lo) * i / 4)}</text>"
+        )
+    body.append(
+        f'<text class="label" x="{(x0 + x1) / 2:.1f}" y="{CHART_H - 2}" text-anchor="middle">'
+        f"{html.escape(x_label)}</text>"
+    )
     return _svg(chart_id, x_label, body, width)
 
 
@@ -442,38 +494,58 @@ POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 def render_page(location: str, s: Summary, sheet: list[ContactEntry]) -> str:
     """The whole page; every value that came from the results table is escaped here."""
     e = html.escape
-    return "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f'<meta http-equiv="Content-Security-Policy" content="{POLICY}">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>ditfarm report: {e(location)}</title>",
-        f"<style>{CSS}</style></head><body><main>",
-        f'<header><h1>Render report</h1><p><code>{e(location)}</code> &middot; generated '
-        f'{s.generated_at:%Y-%m-%d %H:%M:%S} UTC</p></header>',
-        totals_html(s),
-        throughput_html(s),
-        '<div class="row charts">',
-        distribution_html("Seconds per video", histogram_svg("hist-seconds", s.seconds, "seconds per video")
-                          if len(s.seconds) else None, s.seconds, lambda v: f"{v:.2f} s"),
-        distribution_html("Cache skip fraction", histogram_svg("hist-skip", s.skipped, "fraction of block "
-                          "computations skipped", 0.0, 1.0, bins=20, percent=True) if len(s.skipped) else None,
-                          s.skipped, lambda v: f"{v * 100:.1f}%"),
-        "</div>",
-        failures_html(s),
-        sheet_html(sheet, s.ok_rows.num_rows),
-        "</main></body></html>",
-    ])
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f'<meta http-equiv="Content-Security-Policy" content="{POLICY}">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>ditfarm report: {e(location)}</title>",
+            f"<style>{CSS}</style></head><body><main>",
+            f"<header><h1>Render report</h1><p><code>{e(location)}</code> &middot; generated "
+            f"{s.generated_at:%Y-%m-%d %H:%M:%S} UTC</p></header>",
+            totals_html(s),
+            throughput_html(s),
+            '<div class="row charts">',
+            distribution_html(
+                "Seconds per video",
+                histogram_svg("hist-seconds", s.seconds, "seconds per video") if len(s.seconds) else None,
+                s.seconds,
+                lambda v: f"{v:.2f} s",
+            ),
+            distribution_html(
+                "Cache skip fraction",
+                histogram_svg(
+                    "hist-skip", s.skipped, "fraction of block computations skipped", 0.0, 1.0, bins=20, percent=True
+                )
+                if len(s.skipped)
+                else None,
+                s.skipped,
+                lambda v: f"{v * 100:.1f}%",
+            ),
+            "</div>",
+            failures_html(s),
+            sheet_html(sheet, s.ok_rows.num_rows),
+            "</main></body></html>",
+        ]
+    )
 
 
 def totals_html(s: Summary) -> str:
-    items = [("total-ids", "ids", s.ids, ""), ("total-ok", "ok", s.ok, "ok"),
-             ("total-failed", "failed", s.failed, "failed"), ("total-rows", "result rows", s.rows, ""),
-             ("total-retries", "attempts beyond the first", s.retries, "")]
+    items = [
+        ("total-ids", "ids", s.ids, ""),
+        ("total-ok", "ok", s.ok, "ok"),
+        ("total-failed", "failed", s.failed, "failed"),
+        ("total-rows", "result rows", s.rows, ""),
+        ("total-retries", "attempts beyond the first", s.retries, ""),
+    ]
     if s.duplicates:
         items.append(("total-duplicates", "duplicate manifest rows", s.duplicates, "failed"))
-    cards = "".join(f'<div class="total {cls}"><span class="value" id="{key}" data-value="{value}">{value:,}</span>'
-                    f'<span class="name">{name}</span></div>' for key, name, value, cls in items)
+    cards = "".join(
+        f'<div class="total {cls}"><span class="value" id="{key}" data-value="{value}">{value:,}</span>'
+        f'<span class="name">{name}</span></div>'
+        for key, name, value, cls in items
+    )
     return f'<section id="totals"><h2>Totals (each id&#39;s best row: ok wins)</h2><div class="totals">{cards}</div></section>'
 
 
@@ -491,20 +563,29 @@ def throughput_html(s: Summary) -> str:
         chart = throughput_svg(t) + (
             f'<p class="legend note"><span style="background:{OK_COLOUR}"></span>ok'
             f'<span style="background:{FAILED_COLOUR}"></span>failed &middot; {int(t.ok.sum()):,} ok in '
-            f'{_duration(minutes * 60)} ({t.ok.sum() / max(minutes, 1e-9):.2f} per minute on average)</p>')
+            f"{_duration(minutes * 60)} ({t.ok.sum() / max(minutes, 1e-9):.2f} per minute on average)</p>"
+        )
     title = "This run's throughput" if s.this_run else "Throughput"
     if s.this_run and s.throughput is not None and not (s.throughput.ok.sum() + s.throughput.failed.sum()):
-        notes.insert(0, "This run has rendered nothing new: the ids it met were done already.  The totals, the "
-                        "distributions, the failures and the contact sheet cover every run's rows.")
-    return (f'<section id="throughput"><h2>{title}</h2>{chart}'
-            + "".join(f'<p class="note">{n}</p>' for n in notes) + "</section>")
+        notes.insert(
+            0,
+            "This run has rendered nothing new: the ids it met were done already.  The totals, the "
+            "distributions, the failures and the contact sheet cover every run's rows.",
+        )
+    return (
+        f'<section id="throughput"><h2>{title}</h2>{chart}'
+        + "".join(f'<p class="note">{n}</p>' for n in notes)
+        + "</section>"
+    )
 
 
 def distribution_html(title: str, svg: str | None, data: np.ndarray, fmt) -> str:
     if svg is None:
         return f'<section><h2>{title}</h2><p class="note">No values recorded.</p></section>'
-    stats = (f"{len(data):,} videos &middot; median {fmt(float(np.median(data)))} &middot; "
-             f"p90 {fmt(float(np.percentile(data, 90)))} &middot; mean {fmt(float(data.mean()))}")
+    stats = (
+        f"{len(data):,} videos &middot; median {fmt(float(np.median(data)))} &middot; "
+        f"p90 {fmt(float(np.percentile(data, 90)))} &middot; mean {fmt(float(data.mean()))}"
+    )
     return f'<section><h2>{title}</h2>{svg}<p class="stats">{stats}</p></section>'
 
 
@@ -514,9 +595,11 @@ def failures_html(s: Summary) -> str:
     rows = "".join(failure_row_html(r) for r in s.failures)
     more = s.failed - len(s.failures)
     tail = f'<p class="note" id="failures-more">and {more:,} more</p>' if more > 0 else ""
-    return (f'<section id="failures"><h2>Failures ({_count(s.failed, "id")}, newest first)</h2><table>'
-            f"<thead><tr><th>id</th><th>attempts</th><th>finished (UTC)</th><th>error</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table>{tail}</section>")
+    return (
+        f'<section id="failures"><h2>Failures ({_count(s.failed, "id")}, newest first)</h2><table>'
+        f"<thead><tr><th>id</th><th>attempts</th><th>finished (UTC)</th><th>error</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>{tail}</section>"
+    )
 
 
 def _count(n: int, noun: str) -> str:
@@ -527,31 +610,41 @@ def failure_row_html(r: dict) -> str:
     e = html.escape
     attempts = "" if r["attempts"] is None else str(r["attempts"])
     finished = "" if r["finished_at"] is None else r["finished_at"].strftime("%Y-%m-%d %H:%M:%S")
-    return (f'<tr><td class="id">{e(str(r["id"]))}</td><td>{attempts}</td><td class="when">{finished}</td>'
-            f'<td class="error">{e(r["error"] or "")}</td></tr>')
+    return (
+        f'<tr><td class="id">{e(str(r["id"]))}</td><td>{attempts}</td><td class="when">{finished}</td>'
+        f'<td class="error">{e(r["error"] or "")}</td></tr>'
+    )
 
 
 def sheet_html(sheet: list[ContactEntry], ok_total: int) -> str:
     if not sheet:
         return '<section id="contact-sheet"><h2>Contact sheet</h2><p class="note">No ok videos yet.</p></section>'
     figures = "".join(contact_html(entry) for entry in sheet)
-    return (f'<section id="contact-sheet"><h2>Contact sheet: first, middle and last frames of {len(sheet)} of '
-            f'{ok_total:,} ok videos</h2><div class="sheet">{figures}</div></section>')
+    return (
+        f'<section id="contact-sheet"><h2>Contact sheet: first, middle and last frames of {len(sheet)} of '
+        f'{ok_total:,} ok videos</h2><div class="sheet">{figures}</div></section>'
+    )
 
 
 def contact_html(entry: ContactEntry) -> str:
     e, row = html.escape, entry.row
     if entry.images:
-        frames = "".join(f'<img src="{uri}" alt="{label} frame of {e(row["id"])}">'
-                         for uri, label in zip(entry.images, ("first", "middle", "last")))
+        frames = "".join(
+            f'<img src="{uri}" alt="{label} frame of {e(row["id"])}">'
+            for uri, label in zip(entry.images, ("first", "middle", "last"))
+        )
     else:
         frames = f'<div class="missing">missing: {e(entry.problem or "no frames")}</div>'
-    info = [f"seed {row['seed']}" if row.get("seed") is not None else None,
-            f"{row['seconds']:.2f} s" if row.get("seconds") is not None else None,
-            f"skip {row['skipped_fraction'] * 100:.0f}%" if row.get("skipped_fraction") is not None else None]
+    info = [
+        f"seed {row['seed']}" if row.get("seed") is not None else None,
+        f"{row['seconds']:.2f} s" if row.get("seconds") is not None else None,
+        f"skip {row['skipped_fraction'] * 100:.0f}%" if row.get("skipped_fraction") is not None else None,
+    ]
     caption = " &middot; ".join(i for i in info if i)
-    return (f'<figure class="contact" data-id="{e(row["id"])}"><div class="frames">{frames}</div>'
-            f'<figcaption><b>{e(row["id"])}</b> {caption}</figcaption></figure>')
+    return (
+        f'<figure class="contact" data-id="{e(row["id"])}"><div class="frames">{frames}</div>'
+        f"<figcaption><b>{e(row['id'])}</b> {caption}</figcaption></figure>"
+    )
 
 
 __all__ = ["write_report", "REPORT_NAME", "summarise", "sample_rows"]

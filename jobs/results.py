@@ -71,7 +71,11 @@ def read_all_results(out, columns: list[str] | None = None) -> pa.Table:
     the results stay readable whatever later manifests carry."""
     parts = _store(out).read_results(columns)
     if not parts:
-        return RESULT_SCHEMA.empty_table() if columns is None else pa.schema([RESULT_SCHEMA.field(c) for c in columns]).empty_table()
+        return (
+            RESULT_SCHEMA.empty_table()
+            if columns is None
+            else pa.schema([RESULT_SCHEMA.field(c) for c in columns]).empty_table()
+        )
     return pa.concat_tables(_agreeing(parts), promote_options="default")
 
 
@@ -81,8 +85,9 @@ def _agreeing(parts: list[pa.Table]) -> list[pa.Table]:
     for part in parts:
         for f in part.schema:
             types.setdefault(f.name, set()).add(f.type)
-    conflicting = {name for name, kinds in types.items()
-                   if len(kinds - {pa.null()}) > 1 and name not in RESULT_SCHEMA.names}
+    conflicting = {
+        name for name, kinds in types.items() if len(kinds - {pa.null()}) > 1 and name not in RESULT_SCHEMA.names
+    }
     if not conflicting:
         return parts
     return [_with_strings(part, conflicting & set(part.schema.names)) for part in parts]
@@ -156,8 +161,11 @@ def output_state(store: OutputStore) -> OutputState:
     recorded = dict(zip(ok.column("id").to_pylist(), ok.column("video_bytes").to_pylist()))  # the latest wins
     settings = {row["id"]: {k: row.get(k) for k in SETTING_COLUMNS} for row in ok.to_pylist()}
     sizes = store.video_sizes()
-    done = {i for i, size in recorded.items()
-            if i in sizes and (sizes[i] == size if size is not None else sizes[i] >= MIN_MP4_BYTES)}
+    done = {
+        i
+        for i, size in recorded.items()
+        if i in sizes and (sizes[i] == size if size is not None else sizes[i] >= MIN_MP4_BYTES)
+    }
     return OutputState(done, duplicates, settings)
 
 
@@ -211,7 +219,7 @@ class ResultsWriter:
         self.rows = []
         self._oldest = None
 
-    def __enter__(self) -> "ResultsWriter":
+    def __enter__(self) -> ResultsWriter:
         return self
 
     def __exit__(self, *exc) -> None:

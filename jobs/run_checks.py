@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..uris import is_s3
 from ..types import RenderSettings
+from ..uris import is_s3
 
 
 @dataclass
@@ -50,8 +50,10 @@ def check_device(device: str) -> None:
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
             build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            raise ValueError(f"--device {device}: no CUDA device is usable here (torch {torch.__version__}, {build}); "
-                             "render with --device cpu, or install a CUDA torch on a machine with a GPU")
+            raise ValueError(
+                f"--device {device}: no CUDA device is usable here (torch {torch.__version__}, {build}); "
+                "render with --device cpu, or install a CUDA torch on a machine with a GPU"
+            )
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
             raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif parsed.type not in ("cpu", "mps", "xpu"):
@@ -81,8 +83,9 @@ def check_run(settings: RenderSettings, read_model: bool = False) -> RunChecks:
     from ..pipelines.model_checks import model_checks
 
     model = model_checks(settings.model)
-    config = build_config(settings.cache, settings.cache_knob, settings.profile or model.cache_profile,
-                          model.cache_settings)
+    config = build_config(
+        settings.cache, settings.cache_knob, settings.profile or model.cache_profile, model.cache_settings
+    )
     policy = POLICY_FOR_CONFIG[type(config)](config) if config is not None else None
     if policy is not None:  # the run's own step count: every row without steps of its own would fail
         policy.check_steps(settings.steps or model.defaults.steps)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -32,12 +32,15 @@ class AttentionChoice:
     long_context: str  # "yunchang" or "xfuser"
 
     def describe(self) -> str:
-        return (f"attention: {self.backend} (diffusers) for unsharded calls; {self.long_context} long-context "
-                f"attention with the {self.sp_kernel} kernel for sharded self-attention")
+        return (
+            f"attention: {self.backend} (diffusers) for unsharded calls; {self.long_context} long-context "
+            f"attention with the {self.sp_kernel} kernel for sharded self-attention"
+        )
 
 
-def choose_attention(device: str | torch.device, dtype: torch.dtype,
-                     available: Callable[[str], bool] = installed) -> AttentionChoice:
+def choose_attention(
+    device: str | torch.device, dtype: torch.dtype, available: Callable[[str], bool] = installed
+) -> AttentionChoice:
     """The kernels for a model on ``device`` whose transformer computes in ``dtype``."""
     if torch.device(device).type != "cuda":
         return AttentionChoice("native", "torch_math", "yunchang")

@@ -51,9 +51,16 @@ class VideoPipelineMixin:
 
         config = self.transformer.config
         element = next(self.transformer.parameters()).element_size()
-        return minimum_video_bytes(self.latent_shape(settings), tuple(config.patch_size),
-                                   config.num_attention_heads * config.attention_head_dim, config.ffn_dim, element,
-                                   settings.num_frames, settings.height, settings.width)
+        return minimum_video_bytes(
+            self.latent_shape(settings),
+            tuple(config.patch_size),
+            config.num_attention_heads * config.attention_head_dim,
+            config.ffn_dim,
+            element,
+            settings.num_frames,
+            settings.height,
+            settings.width,
+        )
 
     def check_memory(self, settings: SamplerSettings, available: int | None = None) -> None:
         """Refuse (ValueError) a video that cannot fit in ``available`` bytes (default: what the execution device
@@ -62,8 +69,12 @@ class VideoPipelineMixin:
 
         device = self.execution_device
         available = available_bytes(device) if available is None else available
-        check_fits(self.minimum_bytes(settings), available, device,
-                   f"a video of {settings.num_frames} frames of {settings.height}x{settings.width}")
+        check_fits(
+            self.minimum_bytes(settings),
+            available,
+            device,
+            f"a video of {settings.num_frames} frames of {settings.height}x{settings.width}",
+        )
 
     # -- shared ---------------------------------------------------------------------------------------------------
     @property
@@ -87,21 +98,41 @@ class VideoPipelineMixin:
         return self.scheduler.sigmas.cpu().numpy()
 
     @torch.no_grad()
-    def generate_latents(self, prompt: str, seed: int, settings: SamplerSettings, negative_prompt: str = "",
-                         on_step=None, start_step: int = 0, init: torch.Tensor | None = None,
-                         embeddings: tuple | None = None) -> torch.Tensor:
+    def generate_latents(
+        self,
+        prompt: str,
+        seed: int,
+        settings: SamplerSettings,
+        negative_prompt: str = "",
+        on_step=None,
+        start_step: int = 0,
+        init: torch.Tensor | None = None,
+        embeddings: tuple | None = None,
+    ) -> torch.Tensor:
         """The final latents.  With ``init`` (clean latents) and ``start_step`` the run starts from ``init``
         noised to that step's sigma (SDEdit) instead of from pure noise.  ``embeddings``: ``encode_prompt``'s
         result computed ahead (while another video's loop ran), else it is computed here."""
         s = settings
-        cond, uncond = embeddings if embeddings is not None else self.encode_prompt(prompt, negative_prompt,
-                                                                                    s.guidance_scale)
+        cond, uncond = (
+            embeddings if embeddings is not None else self.encode_prompt(prompt, negative_prompt, s.guidance_scale)
+        )
         latents = initial_noise(self.latent_shape(s), seed, self.execution_device, torch.float32)
         if init is not None:
             sigma = float(self.scheduler_sigmas(s.steps)[start_step])
             latents = (1 - sigma) * init.to(latents) + sigma * latents
-        latents = denoise(self.transformer, self.scheduler, latents, cond, uncond, s.steps, s.guidance_scale,
-                          on_step, start_step, self.transformer_condition(latents), self.guidance_split)
+        latents = denoise(
+            self.transformer,
+            self.scheduler,
+            latents,
+            cond,
+            uncond,
+            s.steps,
+            s.guidance_scale,
+            on_step,
+            start_step,
+            self.transformer_condition(latents),
+            self.guidance_split,
+        )
         check_finite_latents(latents)
         return latents
 

@@ -44,12 +44,21 @@ class Ladder:
         return [r for r in self.rungs if threshold >= r.budget][-1]
 
     @classmethod
-    def from_card(cls, data: dict) -> "Ladder":
+    def from_card(cls, data: dict) -> Ladder:
         """A ladder as a model card writes it: rungs in steps of ``of_steps`` (as they were searched), read as
         fractions of the schedule."""
         n = float(data["of_steps"])
-        rungs = tuple(Rung(r["budget"], r["warmup"] / n, r["first_run"] / n, r["growth"] / n, r["max_run"] / n,
-                           bool(r.get("reuse_output", False))) for r in data["rungs"])
+        rungs = tuple(
+            Rung(
+                r["budget"],
+                r["warmup"] / n,
+                r["first_run"] / n,
+                r["growth"] / n,
+                r["max_run"] / n,
+                bool(r.get("reuse_output", False)),
+            )
+            for r in data["rungs"]
+        )
         if not rungs or rungs[0].budget != 0 or [r.budget for r in rungs] != sorted(r.budget for r in rungs):
             raise ValueError("a ladder's rungs must start at budget 0 and rise")
         return cls(rungs, data.get("source", ""))
@@ -66,7 +75,7 @@ class ModelCacheSettings:
     adaptive_ladder: Ladder | None = None
 
     @classmethod
-    def from_card(cls, card: dict, default_steps: int | None) -> "ModelCacheSettings":
+    def from_card(cls, card: dict, default_steps: int | None) -> ModelCacheSettings:
         section = card.get("cache", {})
         ladder = section.get("adaptive", {}).get("ladder")
         return cls(section.get("reference_steps", default_steps), Ladder.from_card(ladder) if ladder else None)

@@ -7,12 +7,11 @@ drift from what a render would do.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .denoise import SamplerSettings
-
 
 DEFAULT_ROPE_POSITIONS = 1024  # diffusers' WanTransformer3DModel default rope_max_seq_len
 
@@ -30,10 +29,10 @@ def card_limits(card: dict, family: dict[str, int], where: str) -> dict[str, int
     entry is refused at load, naming the folder, rather than failing every row."""
     limits = card.get("limits", family)
     axes = ("num_frames", "height", "width")
-    if not isinstance(limits, dict) or any(k not in axes or isinstance(v, bool) or not isinstance(v, int) or v < 1
-                                           for k, v in limits.items()):
-        raise ValueError(f"{where}: \"limits\" must map some of {', '.join(axes)} to positive integers, got "
-                         f"{limits!r}")
+    if not isinstance(limits, dict) or any(
+        k not in axes or isinstance(v, bool) or not isinstance(v, int) or v < 1 for k, v in limits.items()
+    ):
+        raise ValueError(f'{where}: "limits" must map some of {", ".join(axes)} to positive integers, got {limits!r}')
     return limits
 
 
@@ -42,8 +41,10 @@ def check_limits(settings: SamplerSettings, limits: dict[str, int]) -> None:
     for name, largest in limits.items():
         value = getattr(settings, name)
         if value > largest:
-            raise ValueError(f"{name} {value} is more than this model takes: at most {largest} (the model's "
-                             f"limits; a model folder's ditfarm_model.json may declare its own)")
+            raise ValueError(
+                f"{name} {value} is more than this model takes: at most {largest} (the model's "
+                f"limits; a model folder's ditfarm_model.json may declare its own)"
+            )
 
 
 def check_rope_reach(sizes: dict[str, tuple[int, int]], rope_positions: int) -> None:
@@ -51,24 +52,41 @@ def check_rope_reach(sizes: dict[str, tuple[int, int]], rope_positions: int) -> 
     rotary table: past it the model has no position to give a token, and the render would fail deep inside."""
     for name, (patches, per_patch) in sizes.items():
         if patches > rope_positions:
-            raise ValueError(f"{name} is too large for this model: {patches} positions along it, more than the "
-                             f"{rope_positions} its rotary embedding has (at most {rope_positions * per_patch})")
+            raise ValueError(
+                f"{name} is too large for this model: {patches} positions along it, more than the "
+                f"{rope_positions} its rotary embedding has (at most {rope_positions * per_patch})"
+            )
 
 
-def check_patch_grid(settings: SamplerSettings, patch: tuple[int, int, int],
-                     rope_positions: int = DEFAULT_ROPE_POSITIONS, limits: dict[str, int] | None = None) -> None:
+def check_patch_grid(
+    settings: SamplerSettings,
+    patch: tuple[int, int, int],
+    rope_positions: int = DEFAULT_ROPE_POSITIONS,
+    limits: dict[str, int] | None = None,
+) -> None:
     """A pixel-space transformer (tiny) takes sizes that are multiples of its patch, within its rotary table and
     its declared limits."""
     if settings.height % patch[1] or settings.width % patch[2] or settings.num_frames % patch[0]:
         raise ValueError(f"height and width must be multiples of the patch size {tuple(patch)}")
-    check_rope_reach({"num_frames": (settings.num_frames // patch[0], patch[0]),
-                      "height": (settings.height // patch[1], patch[1]),
-                      "width": (settings.width // patch[2], patch[2])}, rope_positions)
+    check_rope_reach(
+        {
+            "num_frames": (settings.num_frames // patch[0], patch[0]),
+            "height": (settings.height // patch[1], patch[1]),
+            "width": (settings.width // patch[2], patch[2]),
+        },
+        rope_positions,
+    )
     check_limits(settings, TINY_LIMITS if limits is None else limits)
 
 
-def check_wan_sizes(settings: SamplerSettings, temporal: int, spatial: int, patch: tuple[int, int, int],
-                    rope_positions: int = DEFAULT_ROPE_POSITIONS, limits: dict[str, int] | None = None) -> None:
+def check_wan_sizes(
+    settings: SamplerSettings,
+    temporal: int,
+    spatial: int,
+    patch: tuple[int, int, int],
+    rope_positions: int = DEFAULT_ROPE_POSITIONS,
+    limits: dict[str, int] | None = None,
+) -> None:
     """Wan2.1: frames 4k + 1 (the VAE's temporal factor), height and width multiples of VAE x patch, and a latent
     patch grid within the transformer's rotary table."""
     if (settings.num_frames - 1) % temporal:
@@ -80,9 +98,14 @@ def check_wan_sizes(settings: SamplerSettings, temporal: int, spatial: int, patc
             f"got {settings.height}x{settings.width}"
         )
     latent_frames = (settings.num_frames - 1) // temporal + 1
-    check_rope_reach({"num_frames": (latent_frames // patch[0], temporal * patch[0]),
-                      "height": (settings.height // (spatial * patch[1]), spatial * patch[1]),
-                      "width": (settings.width // (spatial * patch[2]), spatial * patch[2])}, rope_positions)
+    check_rope_reach(
+        {
+            "num_frames": (latent_frames // patch[0], temporal * patch[0]),
+            "height": (settings.height // (spatial * patch[1]), spatial * patch[1]),
+            "width": (settings.width // (spatial * patch[2]), spatial * patch[2]),
+        },
+        rope_positions,
+    )
     check_limits(settings, WAN_LIMITS if limits is None else limits)
 
 

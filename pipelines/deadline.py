@@ -10,7 +10,7 @@ left waiting in a collective.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .denoise import SamplerSettings
 
@@ -47,6 +47,8 @@ class VideoDeadline:
         if self.vote is not None:
             late = self.vote(late)
         if late:
-            raise VideoTimedOut(f"the video ran past its time limit of {self.timeout_s:.0f} s after step {step + 1} "
-                                f"of {self.steps} (--video-timeout; by default it grows with the row's frames, "
-                                f"size and steps)")
+            raise VideoTimedOut(
+                f"the video ran past its time limit of {self.timeout_s:.0f} s after step {step + 1} "
+                f"of {self.steps} (--video-timeout; by default it grows with the row's frames, "
+                f"size and steps)"
+            )

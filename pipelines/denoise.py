@@ -8,8 +8,9 @@ parallelism attach to ``transformer``; nothing here needs to know about either.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -46,8 +47,10 @@ def apply_sigma_schedule(scheduler, adjust: Callable) -> None:
     diffusers' flow-matching schedulers) by ``adjust(sigmas)``."""
     sigmas = getattr(scheduler, "sigmas", None)
     if sigmas is None or len(sigmas) != len(scheduler.timesteps) + 1:
-        raise ValueError(f"{type(scheduler).__name__} keeps no per-step sigmas; this cache policy changes the noise "
-                         "schedule and needs a flow-matching scheduler")
+        raise ValueError(
+            f"{type(scheduler).__name__} keeps no per-step sigmas; this cache policy changes the noise "
+            "schedule and needs a flow-matching scheduler"
+        )
     new = torch.as_tensor(adjust(sigmas.detach().cpu().double().numpy()))
     scheduler.sigmas = new.to(dtype=sigmas.dtype, device=sigmas.device)
     scale = scheduler.config.num_train_timesteps
@@ -66,8 +69,9 @@ def reset_caches(transformer: torch.nn.Module) -> None:
         transformer._reset_stateful_cache()
 
 
-def transformer_input(scheduler, latents: torch.Tensor, t, condition: torch.Tensor | None,
-                      dtype: torch.dtype) -> torch.Tensor:
+def transformer_input(
+    scheduler, latents: torch.Tensor, t, condition: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor:
     """What the transformer reads at timestep ``t``: the latents, scaled if the scheduler preconditions its model
     (diffusers' ``scale_model_input`` convention), with the condition channels concatenated."""
     model_input = latents
@@ -91,7 +95,7 @@ def denoise(
     on_step: StepCallback | None = None,
     start_step: int = 0,
     condition: torch.Tensor | None = None,
-    split: "GuidanceSplit | None" = None,
+    split: GuidanceSplit | None = None,
 ) -> torch.Tensor:
     """Run ``steps`` scheduler steps from ``latents`` and return the final latents (in the scheduler's dtype).
 
@@ -102,8 +106,19 @@ def denoise(
     """
     reset_caches(transformer)  # a new video: no state from the previous one may leak into this one
     try:
-        return _denoise_loop(transformer, scheduler, latents, prompt_embeds, negative_prompt_embeds, steps,
-                             guidance_scale, on_step, start_step, condition, split)
+        return _denoise_loop(
+            transformer,
+            scheduler,
+            latents,
+            prompt_embeds,
+            negative_prompt_embeds,
+            steps,
+            guidance_scale,
+            on_step,
+            start_step,
+            condition,
+            split,
+        )
     finally:
         reset_caches(transformer)  # free cached tensors; cache stats of this video stay readable
 
@@ -117,8 +132,19 @@ class GuidanceSplit(Protocol):
     def exchange(self, prediction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-def _denoise_loop(transformer, scheduler, latents, prompt_embeds, negative_prompt_embeds, steps, guidance_scale,
-                  on_step, start_step=0, condition=None, split: GuidanceSplit | None = None) -> torch.Tensor:
+def _denoise_loop(
+    transformer,
+    scheduler,
+    latents,
+    prompt_embeds,
+    negative_prompt_embeds,
+    steps,
+    guidance_scale,
+    on_step,
+    start_step=0,
+    condition=None,
+    split: GuidanceSplit | None = None,
+) -> torch.Tensor:
     scheduler.set_timesteps(steps, device=latents.device)
     adjust = getattr(transformer, SIGMA_SCHEDULE_ATTR, None)
     if adjust is not None:
@@ -137,8 +163,9 @@ def _denoise_loop(transformer, scheduler, latents, prompt_embeds, negative_promp
         if use_cfg and split is not None:  # this rank's branch only; the other half of the gang runs the other
             embeds = prompt_embeds if split.branch == "cond" else negative_prompt_embeds
             with transformer.cache_context(split.branch, **context):
-                mine = transformer(hidden_states=model_input, timestep=timestep, encoder_hidden_states=embeds,
-                                   return_dict=False)[0]
+                mine = transformer(
+                    hidden_states=model_input, timestep=timestep, encoder_hidden_states=embeds, return_dict=False
+                )[0]
             noise_cond, noise_uncond = split.exchange(mine)
             noise_pred = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
             latents = scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
@@ -174,6 +201,8 @@ def check_finite_latents(latents: torch.Tensor) -> None:
         return
     nan, total = int(torch.isnan(latents).sum()), latents.numel()
     inf = total - int(finite.sum()) - nan
-    raise ValueError(f"the denoising loop ended in non-finite latents ({nan} NaN and {inf} inf of {total} values): "
-                     f"the model overflowed on this row (its prompt, guidance or sizes), or its weights are broken; "
-                     f"nothing was stored")
+    raise ValueError(
+        f"the denoising loop ended in non-finite latents ({nan} NaN and {inf} inf of {total} values): "
+        f"the model overflowed on this row (its prompt, guidance or sizes), or its weights are broken; "
+        f"nothing was stored"
+    )

@@ -18,9 +18,11 @@ import struct
 from pathlib import Path
 
 WAN_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-WEIGHT_COMPONENTS = {"transformer": ("diffusion_pytorch_model", "diffusers", "WanTransformer3DModel"),
-                     "vae": ("diffusion_pytorch_model", "diffusers", "AutoencoderKLWan"),
-                     "text_encoder": ("model", "transformers", "UMT5EncoderModel")}
+WEIGHT_COMPONENTS = {
+    "transformer": ("diffusion_pytorch_model", "diffusers", "WanTransformer3DModel"),
+    "vae": ("diffusion_pytorch_model", "diffusers", "AutoencoderKLWan"),
+    "text_encoder": ("model", "transformers", "UMT5EncoderModel"),
+}
 MAX_LISTED = 3  # mismatching tensors named in one message
 
 
@@ -54,8 +56,10 @@ def safetensors_header(path: Path) -> dict[str, tuple[int, ...]]:
     header.pop("__metadata__", None)
     end = max((int(t["data_offsets"][1]) for t in header.values()), default=0)
     if 8 + length + end > size:
-        raise ModelFolderError(f"{path}: truncated: its header promises {8 + length + end} bytes, the file holds "
-                               f"{size} (an interrupted download or copy?)")
+        raise ModelFolderError(
+            f"{path}: truncated: its header promises {8 + length + end} bytes, the file holds "
+            f"{size} (an interrupted download or copy?)"
+        )
     return {name: tuple(t["shape"]) for name, t in header.items()}
 
 
@@ -115,15 +119,24 @@ def check_weights_match_config(folder: Path, stem: str, library: str, class_name
         return
     parts = []
     if wrong:
-        parts.append("shape mismatch: " + "; ".join(
-            f"{n} is {list(shapes[n])} in {where[n].name} but {list(expected[n])} by the config"
-            for n in wrong[:MAX_LISTED]) + (f" (and {len(wrong) - MAX_LISTED} more)" if len(wrong) > MAX_LISTED else ""))
+        parts.append(
+            "shape mismatch: "
+            + "; ".join(
+                f"{n} is {list(shapes[n])} in {where[n].name} but {list(expected[n])} by the config"
+                for n in wrong[:MAX_LISTED]
+            )
+            + (f" (and {len(wrong) - MAX_LISTED} more)" if len(wrong) > MAX_LISTED else "")
+        )
     if missing:
-        parts.append(f"{len(missing)} tensor(s) the config implies are not in the weights (e.g. "
-                     f"{', '.join(missing[:MAX_LISTED])})")
+        parts.append(
+            f"{len(missing)} tensor(s) the config implies are not in the weights (e.g. "
+            f"{', '.join(missing[:MAX_LISTED])})"
+        )
     if unexpected:
-        parts.append(f"{len(unexpected)} tensor(s) in the weights that the config has no place for (e.g. "
-                     f"{', '.join(unexpected[:MAX_LISTED])})")
+        parts.append(
+            f"{len(unexpected)} tensor(s) in the weights that the config has no place for (e.g. "
+            f"{', '.join(unexpected[:MAX_LISTED])})"
+        )
     raise ModelFolderError(f"{config_path} does not match the weights in {folder}: " + "; ".join(parts))
 
 
@@ -132,7 +145,8 @@ def _aliases(model) -> dict[str, set[str]]:
     ``shared``), under any one of its names."""
     groups: dict[int, set[str]] = {}
     for name, tensor in list(model.named_parameters(remove_duplicate=False)) + list(
-            model.named_buffers(remove_duplicate=False)):
+        model.named_buffers(remove_duplicate=False)
+    ):
         groups.setdefault(id(tensor), set()).add(name)
     return {name: names for names in groups.values() for name in names}
 
@@ -154,18 +168,24 @@ def check_wan_index(index: dict, index_path: Path) -> None:
     class; a second expert, per-token timesteps, image conditioning), naming every such field."""
     class_name = index.get("_class_name")
     if class_name != "WanPipeline":
-        raise ModelFolderError(f"{index_path}: _class_name {class_name!r} is not supported: ditfarm renders "
-                               "diffusers WanPipeline folders (text-to-video with one transformer)")
+        raise ModelFolderError(
+            f"{index_path}: _class_name {class_name!r} is not supported: ditfarm renders "
+            "diffusers WanPipeline folders (text-to-video with one transformer)"
+        )
     unsupported = []
     for key, value in index.items():
         if key in HANDLED_INDEX_FIELDS or key in WAN_COMPONENTS:
             continue
         unset = value is None or value is False or (isinstance(value, list) and all(v is None for v in value))
         if not unset:
-            unsupported.append(f"{key}={value!r} ({UNSUPPORTED_INDEX_FIELDS.get(key, 'a field ditfarm does not read')})")
+            unsupported.append(
+                f"{key}={value!r} ({UNSUPPORTED_INDEX_FIELDS.get(key, 'a field ditfarm does not read')})"
+            )
     if unsupported:
-        raise ModelFolderError(f"{index_path}: not supported yet: {'; '.join(unsupported)}.  ditfarm would render "
-                               "this folder unlike diffusers does, so it refuses it")
+        raise ModelFolderError(
+            f"{index_path}: not supported yet: {'; '.join(unsupported)}.  ditfarm would render "
+            "this folder unlike diffusers does, so it refuses it"
+        )
 
 
 def check_wan_folder(folder: Path) -> dict:
@@ -177,8 +197,10 @@ def check_wan_folder(folder: Path) -> dict:
     for name in WAN_COMPONENTS:
         entry = index.get(name)
         if not entry or entry[0] is None:
-            raise ModelFolderError(f"{index_path}: names no {name!r} component (a Wan text-to-video folder needs "
-                                   f"{', '.join(WAN_COMPONENTS)})")
+            raise ModelFolderError(
+                f"{index_path}: names no {name!r} component (a Wan text-to-video folder needs "
+                f"{', '.join(WAN_COMPONENTS)})"
+            )
         if not (folder / name).is_dir():
             raise ModelFolderError(f"{folder / name}: missing (model_index.json names a {name} component)")
     read_json(folder / "scheduler" / "scheduler_config.json", "the scheduler's config")

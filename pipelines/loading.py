@@ -29,8 +29,13 @@ def resolve_model_folder(name_or_path: str | Path) -> Path:
     return folder
 
 
-def load_pipeline(name_or_path: str | Path = "tiny", device: str = "cpu", dtype: str | torch.dtype = "auto",
-                  encode_and_decode: bool = True, offload_text_encoder: bool = False):
+def load_pipeline(
+    name_or_path: str | Path = "tiny",
+    device: str = "cpu",
+    dtype: str | torch.dtype = "auto",
+    encode_and_decode: bool = True,
+    offload_text_encoder: bool = False,
+):
     """Load a model for rendering.  ``"tiny"`` is the built-in model; a path is a model folder: a ditfarm ``tiny``
     folder, or a diffusers Wan2.1 folder (model_index.json naming WanPipeline), checked before loading
     (``folder_checks``).  ``dtype``: ``pipelines.precision`` (``auto``: bf16 on CUDA, float32 on the CPU; a Wan
@@ -42,11 +47,18 @@ def load_pipeline(name_or_path: str | Path = "tiny", device: str = "cpu", dtype:
 
     folder = resolve_model_folder(name_or_path)
     if (folder / "model_index.json").exists():  # a diffusers folder: a Wan text-to-video one, or refused by name
-        check_wan_index(read_json(folder / "model_index.json", "a diffusers model folder names its components there"),
-                        folder / "model_index.json")
+        check_wan_index(
+            read_json(folder / "model_index.json", "a diffusers model folder names its components there"),
+            folder / "model_index.json",
+        )
     if is_wan_folder(folder):
-        return WanVideoPipeline.from_folder(folder, device=device, dtype=dtype, encode_and_decode=encode_and_decode,
-                                            offload_text_encoder=offload_text_encoder)
+        return WanVideoPipeline.from_folder(
+            folder,
+            device=device,
+            dtype=dtype,
+            encode_and_decode=encode_and_decode,
+            offload_text_encoder=offload_text_encoder,
+        )
     card = folder / "ditfarm_model.json"
     if not card.exists():
         raise ValueError(

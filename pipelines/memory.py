@@ -18,11 +18,19 @@ import resource
 
 import torch
 
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
-def minimum_video_bytes(latent_shape: tuple[int, ...], patch: tuple[int, int, int], width: int, ffn_dim: int,
-                        element_bytes: int, frames: int, height: int, width_px: int) -> int:
+def minimum_video_bytes(
+    latent_shape: tuple[int, ...],
+    patch: tuple[int, int, int],
+    width: int,
+    ffn_dim: int,
+    element_bytes: int,
+    frames: int,
+    height: int,
+    width_px: int,
+) -> int:
     """The floor described above for a transformer of hidden ``width`` and FFN ``ffn_dim`` over a patch grid of
     ``latent_shape`` (batch, channels, frames, height, width), decoded to ``frames`` x ``height`` x ``width_px``."""
     tokens = math.prod(n // p for n, p in zip(latent_shape[2:], patch))
@@ -39,7 +47,7 @@ def available_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    limits = [_meminfo_kib("MemAvailable") * 1024 if os.path.exists("/proc/meminfo") else 2 ** 62]
+    limits = [_meminfo_kib("MemAvailable") * 1024 if os.path.exists("/proc/meminfo") else 2**62]
     cgroup = _cgroup_headroom()
     if cgroup is not None:
         limits.append(cgroup)
@@ -52,9 +60,11 @@ def available_bytes(device: torch.device) -> int:
 def check_fits(needed: int, available: int, device: torch.device | str, what: str) -> None:
     """A ValueError (the row's error) naming both figures when ``needed`` exceeds ``available``."""
     if needed > available:
-        raise ValueError(f"{what} needs at least {needed / GIB:.2f} GiB of memory on {device}, more than the "
-                         f"{available / GIB:.2f} GiB available there: render it smaller (frames, height, width) "
-                         f"or on a device with more memory")
+        raise ValueError(
+            f"{what} needs at least {needed / GIB:.2f} GiB of memory on {device}, more than the "
+            f"{available / GIB:.2f} GiB available there: render it smaller (frames, height, width) "
+            f"or on a device with more memory"
+        )
 
 
 def _proc_kib(path: str, field: str) -> int:

@@ -8,8 +8,16 @@ from pathlib import Path
 
 from .base import CACHE_PROFILE_FILE
 from .cache_card import ModelCacheSettings
-from .checks import (DEFAULT_ROPE_POSITIONS, TINY_LIMITS, WAN_LIMITS, ModelChecks, card_limits, check_patch_grid,
-                     check_wan_sizes, wan_vae_factors)
+from .checks import (
+    DEFAULT_ROPE_POSITIONS,
+    TINY_LIMITS,
+    WAN_LIMITS,
+    ModelChecks,
+    card_limits,
+    check_patch_grid,
+    check_wan_sizes,
+    wan_vae_factors,
+)
 from .denoise import SamplerSettings
 from .folder_checks import check_wan_index
 from .loading import resolve_model_folder
@@ -37,16 +45,24 @@ def model_checks(name_or_path: str | Path) -> ModelChecks:
         temporal, spatial = wan_vae_factors(json.loads((folder / "vae" / "config.json").read_text()))
         defaults = SamplerSettings(**{**WAN_DEFAULTS.__dict__, **card.get("defaults", {})})
         limits = card_limits(card, WAN_LIMITS, str(card_path))
-        return ModelChecks(defaults, lambda s: check_wan_sizes(s, temporal, spatial, patch, rope, limits), _nonempty,
-                           *_cache_settings(folder, card, WAN_DEFAULTS.steps))
+        return ModelChecks(
+            defaults,
+            lambda s: check_wan_sizes(s, temporal, spatial, patch, rope, limits),
+            _nonempty,
+            *_cache_settings(folder, card, WAN_DEFAULTS.steps),
+        )
     if card.get("kind") != "tiny":
         raise ValueError(f"{folder} is neither a ditfarm tiny folder nor a diffusers Wan folder")
     encoder = load_text_encoder(folder)
     d = card["defaults"]
     defaults = SamplerSettings(d["num_frames"], d["height"], d["width"], d["steps"], d["guidance_scale"])
     limits = card_limits(card, TINY_LIMITS, str(card_path))
-    return ModelChecks(defaults, lambda s: check_patch_grid(s, patch, rope, limits), encoder.token_ids,
-                       *_cache_settings(folder, card, defaults.steps))
+    return ModelChecks(
+        defaults,
+        lambda s: check_patch_grid(s, patch, rope, limits),
+        encoder.token_ids,
+        *_cache_settings(folder, card, defaults.steps),
+    )
 
 
 def _cache_settings(folder: Path, card: dict, reference_steps: int) -> tuple:

@@ -64,7 +64,7 @@ def _download_prefix(bucket: str, prefix: str, dest: Path) -> int:
     count = 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/" if prefix else ""):
         for obj in page.get("Contents", []):
-            relative = obj["Key"][len(prefix):].lstrip("/")
+            relative = obj["Key"][len(prefix) :].lstrip("/")
             if not relative or relative.endswith("/"):
                 continue
             path = dest / relative

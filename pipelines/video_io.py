@@ -56,9 +56,35 @@ def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int = 8, upscale
 def _encode(frames: np.ndarray, path: Path, fps: int, crf: int) -> None:
     """Pipe raw RGB frames through ffmpeg (libx264, yuv420p); EncodeError unless it exits 0."""
     t, h, w, _ = frames.shape
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-y", "-v", "error", "-f", "rawvideo", "-vcodec", "rawvideo",
-           "-s", f"{w}x{h}", "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an",
-           "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(crf), "-preset", "veryfast", str(path)]
+    cmd = [
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-nostdin",
+        "-y",
+        "-v",
+        "error",
+        "-f",
+        "rawvideo",
+        "-vcodec",
+        "rawvideo",
+        "-s",
+        f"{w}x{h}",
+        "-pix_fmt",
+        "rgb24",
+        "-r",
+        str(Fraction(fps).limit_denominator()),
+        "-i",
+        "-",
+        "-an",
+        "-vcodec",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-crf",
+        str(crf),
+        "-preset",
+        "veryfast",
+        str(path),
+    ]
     with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty ffmpeg cannot block on a full pipe
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
         try:
@@ -85,8 +111,25 @@ def verify_mp4(path: str | os.PathLike, num_frames: int) -> int:
     size = path.stat().st_size if path.exists() else 0
     if size == 0:
         raise EncodeError(f"{path.name} is empty after encoding")
-    proc = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-stats", "-i", str(path),
-                           "-map", "0:v:0", "-c", "copy", "-f", "null", "-"], capture_output=True)
+    proc = subprocess.run(
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-nostdin",
+            "-v",
+            "error",
+            "-stats",
+            "-i",
+            str(path),
+            "-map",
+            "0:v:0",
+            "-c",
+            "copy",
+            "-f",
+            "null",
+            "-",
+        ],
+        capture_output=True,
+    )
     counted = re.findall(rb"frame=\s*(\d+)", proc.stderr)
     found = int(counted[-1]) if counted else 0
     if proc.returncode != 0 or found != num_frames:

@@ -33,9 +33,16 @@ def is_wan_folder(folder: Path) -> bool:
 class WanVideoPipeline(VideoPipelineMixin):
     """Renders free-text prompts with a Wan2.1 model folder."""
 
-    def __init__(self, pipe, folder: str | None = None, defaults: SamplerSettings = WAN_DEFAULTS,
-                 max_sequence_length: int = MAX_SEQUENCE_LENGTH, video: VideoDefaults = WAN_VIDEO,
-                 vae_factors: tuple[int, int] = (4, 8), offload_text_encoder: bool = False):
+    def __init__(
+        self,
+        pipe,
+        folder: str | None = None,
+        defaults: SamplerSettings = WAN_DEFAULTS,
+        max_sequence_length: int = MAX_SEQUENCE_LENGTH,
+        video: VideoDefaults = WAN_VIDEO,
+        vae_factors: tuple[int, int] = (4, 8),
+        offload_text_encoder: bool = False,
+    ):
         self.pipe = pipe
         self.folder = folder
         self.defaults = defaults
@@ -62,8 +69,14 @@ class WanVideoPipeline(VideoPipelineMixin):
         return getattr(self.pipe, "vae", None) is not None
 
     @classmethod
-    def from_folder(cls, folder: str | Path, device: str = "cpu", dtype: str | torch.dtype = "auto",
-                    encode_and_decode: bool = True, offload_text_encoder: bool = False):
+    def from_folder(
+        cls,
+        folder: str | Path,
+        device: str = "cpu",
+        dtype: str | torch.dtype = "auto",
+        encode_and_decode: bool = True,
+        offload_text_encoder: bool = False,
+    ):
         """``encode_and_decode=False`` loads the transformer and scheduler only (gang ranks other than 0, which
         receive the text embeddings and never decode).  The VAE decodes tiled (diffusers' AutoencoderKLWan
         tiling), so long 720p videos decode beside a large transformer.  ``offload_text_encoder``: the text
@@ -93,8 +106,15 @@ class WanVideoPipeline(VideoPipelineMixin):
         defaults = SamplerSettings(**{**WAN_DEFAULTS.__dict__, **card.get("defaults", {})})
         video = VideoDefaults(**{**WAN_VIDEO.__dict__, **card.get("video", {})})
         factors = wan_vae_factors(json.loads((folder / "vae" / "config.json").read_text()))
-        made = cls(pipe, str(folder), defaults, card.get("max_sequence_length", MAX_SEQUENCE_LENGTH), video, factors,
-                   offload_text_encoder and encode_and_decode)
+        made = cls(
+            pipe,
+            str(folder),
+            defaults,
+            card.get("max_sequence_length", MAX_SEQUENCE_LENGTH),
+            video,
+            factors,
+            offload_text_encoder and encode_and_decode,
+        )
         # step-counted knobs mean steps of Wan's own 50-step schedule, also in a distilled folder's card
         made.cache_settings = ModelCacheSettings.from_card(card, WAN_DEFAULTS.steps)
         made.limits = card_limits(card, WAN_LIMITS, str(folder / "ditfarm_model.json"))
@@ -112,8 +132,9 @@ class WanVideoPipeline(VideoPipelineMixin):
 
     def _latent_settings(self, s: SamplerSettings) -> SamplerSettings:
         temporal, spatial = self.vae_factors
-        return SamplerSettings((s.num_frames - 1) // temporal + 1, s.height // spatial, s.width // spatial,
-                               s.steps, s.guidance_scale)
+        return SamplerSettings(
+            (s.num_frames - 1) // temporal + 1, s.height // spatial, s.width // spatial, s.steps, s.guidance_scale
+        )
 
     def latent_shape(self, settings: SamplerSettings) -> tuple[int, ...]:
         ls = self._latent_settings(settings)
@@ -153,30 +174,52 @@ class WanVideoPipeline(VideoPipelineMixin):
 
 
 SMALL_TRANSFORMER = dict(
-    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16, out_channels=16,
-    text_dim=32, freq_dim=32, ffn_dim=64, num_layers=4, cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=16,
+    in_channels=16,
+    out_channels=16,
+    text_dim=32,
+    freq_dim=32,
+    ffn_dim=64,
+    num_layers=4,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    rope_max_seq_len=64,
 )
 SMALL_TEXT_ENCODER = dict(d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2, relative_attention_num_buckets=8)
 SMALL_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1)
-WORDS = ("a the red green blue yellow white black circle square triangle cat dog car moving left right up down on "
-         "and in with background gradient of sky sea city street forest").split()
+WORDS = (
+    "a the red green blue yellow white black circle square triangle cat dog car moving left right up down on "
+    "and in with background gradient of sky sea city street forest"
+).split()
 
 
 def make_small_wan_folder(folder: str | Path, seed: int = 0, layers: int = 4) -> Path:
     """A complete diffusers Wan folder with random weights and small dimensions: transformer 2 heads x 16 wide,
     VAE base width 8 (same 4x temporal, 8x spatial compression as Wan2.1), a one-layer UMT5 and a word-level
     tokenizer.  Loads with WanPipeline.from_pretrained and load_pipeline like a real Wan2.1 folder."""
-    card = {"kind": "wan", "defaults": {"num_frames": 9, "height": 64, "width": 64, "steps": 10,
-                                        "guidance_scale": 5.0}, "max_sequence_length": 32,
-            "video": {"fps": 16, "upscale": 1}}
-    return make_wan_folder(folder, {**SMALL_TRANSFORMER, "num_layers": layers}, SMALL_TEXT_ENCODER, SMALL_VAE, card,
-                           seed=seed)
+    card = {
+        "kind": "wan",
+        "defaults": {"num_frames": 9, "height": 64, "width": 64, "steps": 10, "guidance_scale": 5.0},
+        "max_sequence_length": 32,
+        "video": {"fps": 16, "upscale": 1},
+    }
+    return make_wan_folder(
+        folder, {**SMALL_TRANSFORMER, "num_layers": layers}, SMALL_TEXT_ENCODER, SMALL_VAE, card, seed=seed
+    )
 
 
-def make_wan_folder(folder: str | Path, transformer_config: dict, text_encoder_config: dict, vae_config: dict,
-                    card: dict | None = None, seed: int = 0, device: str = "cpu",
-                    dtype: torch.dtype = torch.float32) -> Path:
+def make_wan_folder(
+    folder: str | Path,
+    transformer_config: dict,
+    text_encoder_config: dict,
+    vae_config: dict,
+    card: dict | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Path:
     """A diffusers Wan folder with random weights of the given component configs (the real Wan2.1 ones in
     ``wan_configs`` give the real shapes) and a word-level tokenizer of ``WORDS`` (the encoder's vocabulary
     is the config's; the tokenizer only uses its first ids).  ``device`` builds the weights there (fast for
@@ -191,8 +234,9 @@ def make_wan_folder(folder: str | Path, transformer_config: dict, text_encoder_c
     words = ["<pad>", "</s>", "<unk>"] + sorted(set(WORDS))
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
-                                        unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
     text_config = {"vocab_size": len(words), **text_encoder_config}
     with torch.device(device):
         text_encoder = UMT5EncoderModel(UMT5Config(**text_config))
@@ -200,8 +244,13 @@ def make_wan_folder(folder: str | Path, transformer_config: dict, text_encoder_c
         transformer = WanTransformer3DModel(**transformer_config)
     if dtype != torch.float32:  # loading with dtype=float32 later upcasts what Wan keeps in float32
         text_encoder, transformer = text_encoder.to(dtype), transformer.to(dtype)
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                       scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    pipe = WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+    )
     pipe.save_pretrained(folder)
     if card is not None:
         (folder / "ditfarm_model.json").write_text(json.dumps(card, indent=2) + "\n")

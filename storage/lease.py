@@ -73,12 +73,16 @@ class LeaseFence:
         seen = lease_object(store).read()
         if seen is None or seen.holder.run_id != self.run_id or seen.holder.released:
             holder = seen.holder.describe() if seen is not None and not seen.holder.released else "no run"
-            raise LeaseLost(f"this run ({self.run_id}) no longer holds {lease_object(store).where()}: it is held by "
-                            f"{holder} now; stopping without writing, so that two runs do not publish the same ids")
+            raise LeaseLost(
+                f"this run ({self.run_id}) no longer holds {lease_object(store).where()}: it is held by "
+                f"{holder} now; stopping without writing, so that two runs do not publish the same ids"
+            )
         if seen.age_s > FENCE_FRACTION * seen.holder.ttl_s:
-            raise LeaseLost(f"this run's lease on {lease_object(store).where()} was last renewed {seen.age_s:.0f} s ago "
-                            f"(ttl {seen.holder.ttl_s:.0f} s): another run may take it over at any moment, so this "
-                            "run stops without writing")
+            raise LeaseLost(
+                f"this run's lease on {lease_object(store).where()} was last renewed {seen.age_s:.0f} s ago "
+                f"(ttl {seen.holder.ttl_s:.0f} s): another run may take it over at any moment, so this "
+                "run stops without writing"
+            )
 
 
 @dataclass(frozen=True)
@@ -114,18 +118,19 @@ class Holder:
         return json.dumps(asdict(self), sort_keys=True).encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Holder":
+    def from_bytes(cls, data: bytes) -> Holder:
         try:
             fields = json.loads(data)
             return cls(**{k: fields[k] for k in cls.__dataclass_fields__ if k in fields})
         except (ValueError, TypeError, KeyError):
             # An unreadable lease is treated as held by an unknown run: refuse until it is stale (or --force).
-            return cls(run_id="unknown (unreadable lease)", host="?", pid=-1, ray_job=None, started_at="?",
-                       ttl_s=DEFAULT_TTL_S)
+            return cls(
+                run_id="unknown (unreadable lease)", host="?", pid=-1, ray_job=None, started_at="?", ttl_s=DEFAULT_TTL_S
+            )
 
 
 def process_identity(pid: int) -> str | None:
-    """"<boot id>:<pid namespace>:<pid>:<start time>" of a live process on this host, or None when there is no
+    """ "<boot id>:<pid namespace>:<pid>:<start time>" of a live process on this host, or None when there is no
     such process (or no /proc to ask).  The start time (clock ticks after boot) tells a reused pid apart."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -174,14 +179,17 @@ class Seen:
 def _storage_errors(method):
     """A lease file's OSError (a full disk, a read-only folder) as the StorageError the lease's callers handle:
     a renewal that fails is retried, a run that cannot write its lease stops with exit 5."""
+
     @functools.wraps(method)
     def wrapped(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
         except OSError as err:
             reason = err.strerror or str(err)
-            raise (OutputFull if is_full(err) else StorageError)(f"cannot write the lease {self.path}: {reason}") \
-                from None
+            raise (OutputFull if is_full(err) else StorageError)(
+                f"cannot write the lease {self.path}: {reason}"
+            ) from None
+
     return wrapped
 
 
@@ -324,7 +332,10 @@ class S3LeaseObject:
         except ClientError as err:
             status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status in (409, 412) or err.response.get("Error", {}).get("Code") in (
-                    "PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
+                "PreconditionFailed",
+                "ConditionalRequestConflict",
+                "NoSuchKey",
+            ):
                 return None  # someone else wrote (or removed) the lease first
             raise StorageError(describe_s3_error(err, "write the lease", self.where())) from None
         except Exception as err:
@@ -363,9 +374,15 @@ class Lease:
             raise ValueError(f"lease ttl must be > 0 seconds, got {ttl_s}")
         self.obj = lease_object(store)
         self.force = force
-        self.holder = Holder(run_id=run_id, host=socket.gethostname(), pid=os.getpid(), ray_job=ray_job_id(),
-                             started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), ttl_s=ttl_s,
-                             process=this_process())
+        self.holder = Holder(
+            run_id=run_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            ray_job=ray_job_id(),
+            started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            ttl_s=ttl_s,
+            process=this_process(),
+        )
         self.version: str | None = None
         self.took_over: Holder | None = None  # the stale (or forced-out) holder this run replaced
         self.lost: Holder | None = None
@@ -373,7 +390,7 @@ class Lease:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def acquire(self) -> "Lease":
+    def acquire(self) -> Lease:
         data = self.holder.to_bytes()
         for _ in range(5):  # each turn loses only to a run that changed the lease meanwhile
             seen = self.obj.read()
@@ -387,7 +404,8 @@ class Lease:
                 raise LeaseHeld(
                     f"{self.obj.where()} is held by {seen.holder.describe()}, renewed {seen.age_s:.0f} s ago: another "
                     f"run is rendering into this output.  It is taken as dead after {seen.holder.ttl_s:.0f} s without "
-                    "a renewal; wait for it, stop it, or pass --force if it is known to be gone")
+                    "a renewal; wait for it, stop it, or pass --force if it is known to be gone"
+                )
             if self.version is not None:
                 return self
         raise LeaseHeld(f"{self.obj.where()}: other runs keep changing the lease; try again")
@@ -429,9 +447,11 @@ class Lease:
 
     def check(self) -> None:
         if self.lost is not None:
-            raise LeaseLost(f"{self.obj.where()} was taken over by {self.lost.describe()} while this run held it "
-                            f"(no renewal reached the storage for {self.holder.ttl_s:.0f} s); stopping so that the "
-                            "two runs do not render the same ids")
+            raise LeaseLost(
+                f"{self.obj.where()} was taken over by {self.lost.describe()} while this run held it "
+                f"(no renewal reached the storage for {self.holder.ttl_s:.0f} s); stopping so that the "
+                "two runs do not render the same ids"
+            )
 
     def release(self) -> None:
         """Stop renewing and remove the lease if it is still ours (a released lease is free to take at once)."""
@@ -446,11 +466,14 @@ class Lease:
                     if version is not None:
                         self.obj.delete(version)
                 except StorageError as err:  # the run is ending anyway: the lease lapses after its ttl instead
-                    log.warning("could not give the lease back (%s); another run may take it over after %.0f s",
-                                err, self.holder.ttl_s)
+                    log.warning(
+                        "could not give the lease back (%s); another run may take it over after %.0f s",
+                        err,
+                        self.holder.ttl_s,
+                    )
             self.version = None
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         self.acquire()
         self.start_renewing()
         return self

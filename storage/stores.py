@@ -22,16 +22,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import json
-from abc import ABC, abstractmethod
 import io
+import json
 import os
 import re
 import tempfile
 import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -96,9 +96,18 @@ def redact(text: str) -> str:
 # its state API (`ray list actors --detail`), so keys and tokens reach workers another way: the nodes' own
 # environment, an instance role, or a credentials file on every node (AWS_SHARED_CREDENTIALS_FILE, owner-only).
 # An allow-list rather than a deny-list: a credential variable added to boto3 later stays at home by default.
-SHAREABLE_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
-                      "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_CA_BUNDLE", "AWS_MAX_ATTEMPTS",
-                      "AWS_RETRY_MODE")
+SHAREABLE_SETTINGS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+    "AWS_CA_BUNDLE",
+    "AWS_MAX_ATTEMPTS",
+    "AWS_RETRY_MODE",
+)
 CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", *SECRET_VARIABLES)
 
 
@@ -121,8 +130,10 @@ def check_credentials_file() -> None:
         return
     mode = os.stat(path).st_mode & 0o777
     if mode & 0o077:
-        raise StorageError(f"the credentials file {path} (AWS_SHARED_CREDENTIALS_FILE) may be read by others "
-                           f"(mode {mode:04o}): make it its owner's alone with `chmod 600 {path}`")
+        raise StorageError(
+            f"the credentials file {path} (AWS_SHARED_CREDENTIALS_FILE) may be read by others "
+            f"(mode {mode:04o}): make it its owner's alone with `chmod 600 {path}`"
+        )
 
 
 # (connect timeout s, read timeout s, attempts): every call is bounded.  A stalled endpoint (one that accepts
@@ -144,8 +155,7 @@ def _cached_client(settings: tuple, timeouts: tuple[int, int, int]):
     from botocore.config import Config
 
     connect, read, attempts = timeouts
-    config = Config(retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=connect,
-                    read_timeout=read)
+    config = Config(retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=connect, read_timeout=read)
     return boto3.session.Session().client("s3", config=config)
 
 
@@ -178,8 +188,10 @@ def probe_s3(bucket: str, prefix: str, where: str) -> None:
                 raise StorageError(describe_s3_error(err, "access", where) + hint) from None
             return  # access denied to a listing, say: the callers' own calls say what they cannot do
         connect, read, attempts = PROBE_TIMEOUTS
-        raise StorageError(describe_s3_error(err, f"reach {client.meta.endpoint_url} for", where)
-                           + f" (no answer within {connect + read} s, {attempts} tries)") from None
+        raise StorageError(
+            describe_s3_error(err, f"reach {client.meta.endpoint_url} for", where)
+            + f" (no answer within {connect + read} s, {attempts} tries)"
+        ) from None
 
 
 def describe_s3_error(err: Exception, action: str, where: str) -> str:
@@ -195,8 +207,10 @@ def describe_s3_error(err: Exception, action: str, where: str) -> str:
     if isinstance(err, NoCredentialsError):
         import socket
 
-        return (f"cannot {action} {where}: no AWS credentials found on {socket.gethostname()} (each node needs its "
-                f"own: its environment, an instance role, or AWS_SHARED_CREDENTIALS_FILE naming an owner-only file)")
+        return (
+            f"cannot {action} {where}: no AWS credentials found on {socket.gethostname()} (each node needs its "
+            f"own: its environment, an instance role, or AWS_SHARED_CREDENTIALS_FILE naming an owner-only file)"
+        )
     return redact(f"cannot {action} {where}: {type(err).__name__}: {err}")
 
 
@@ -230,7 +244,7 @@ class OutputLocation:
     def is_s3(self) -> bool:
         return is_s3(self.uri)
 
-    def open(self) -> "OutputStore":
+    def open(self) -> OutputStore:
         if self.is_s3:
             bucket, prefix = split_s3_uri(self.uri)
             return S3Store(bucket, prefix)
@@ -261,7 +275,7 @@ class OutputStore(ABC):
         """Give the space set aside back (when the disk is full, or the run ends)."""
 
     @abstractmethod
-    def store_video(self, video_id: str, write, fence=None) -> "StoredVideo":
+    def store_video(self, video_id: str, write, fence=None) -> StoredVideo:
         """Publish the file that ``write(path)`` creates as ``videos/<id>.mp4`` and read its size back.
 
         ``fence()`` (when given) runs right before the file is published and raises to stop it (a run that lost
@@ -311,9 +325,11 @@ class OutputStore(ABC):
         allowed = {}
         for name in fences:
             try:
-                allowed[name[len(FENCE_PREFIX):-len(".json")]] = set(json.loads(self.read_results_file(name))["parts"])
+                allowed[name[len(FENCE_PREFIX) : -len(".json")]] = set(
+                    json.loads(self.read_results_file(name))["parts"]
+                )
             except (ValueError, KeyError, TypeError):  # a damaged fence fences the run's parts out entirely
-                allowed[name[len(FENCE_PREFIX):-len(".json")]] = set()
+                allowed[name[len(FENCE_PREFIX) : -len(".json")]] = set()
         return [n for n in parts if part_run(n) not in allowed or n in allowed[part_run(n)]]
 
     def fence_run(self, run_id: str, by: str) -> str:
@@ -352,7 +368,7 @@ class OutputStore(ABC):
 
 def part_run(name: str) -> str:
     """The run id in a part's name, ``part-<run>-<n>.parquet``."""
-    return name[len(PART_PREFIX):].rsplit("-", 1)[0]
+    return name[len(PART_PREFIX) :].rsplit("-", 1)[0]
 
 
 def read_parquet_columns(source, columns: list[str] | None) -> pa.Table:
@@ -387,7 +403,7 @@ def clear_local_temp(root: str | os.PathLike | None = None) -> int:
 
     removed = 0
     for path in Path(root or tempfile.gettempdir()).glob(f"{LOCAL_TEMP_PREFIX}*"):
-        pid = path.name[len(LOCAL_TEMP_PREFIX):].split("-", 1)[0]
+        pid = path.name[len(LOCAL_TEMP_PREFIX) :].split("-", 1)[0]
         if path.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
             removed += 1
@@ -415,8 +431,9 @@ def _checked_file_name(name: str) -> str:
     """A top-level file name (``report.html``): path-safe like an id, and not one of the store's folders."""
     problem = check_video_id(name)
     if problem or name in (VIDEOS, RESULTS):
-        raise ValueError(f"refusing to write {name!r} at the top of the output: "
-                         f"{problem or 'it names a folder of the output'}")
+        raise ValueError(
+            f"refusing to write {name!r} at the top of the output: {problem or 'it names a folder of the output'}"
+        )
     return name
 
 
@@ -449,8 +466,9 @@ class LocalStore(OutputStore):
                 os.close(fd)
         except OSError as err:
             self.release_reserve()
-            raise _write_failure(err, f"{RESERVE_BYTES // 1024} KiB of room for the end of the run in "
-                                      f"{self.root}") from None
+            raise _write_failure(
+                err, f"{RESERVE_BYTES // 1024} KiB of room for the end of the run in {self.root}"
+            ) from None
 
     def release_reserve(self) -> None:
         reserve = getattr(self, "_reserve", None)
@@ -479,8 +497,11 @@ class LocalStore(OutputStore):
     def video_sizes(self) -> dict[str, int]:
         if not self.videos.is_dir():
             return {}
-        return {p.name[:-4]: p.stat().st_size for p in os.scandir(self.videos)
-                if p.name.endswith(".mp4") and not p.name.startswith(".")}
+        return {
+            p.name[:-4]: p.stat().st_size
+            for p in os.scandir(self.videos)
+            if p.name.endswith(".mp4") and not p.name.startswith(".")
+        }
 
     def write_part(self, name: str, table: pa.Table) -> str:
         buffer = io.BytesIO()
@@ -559,8 +580,10 @@ class S3Store(OutputStore):
         return waiting_on(f"{doing} {self._where(key)} (endpoint {self.client.meta.endpoint_url})")
 
     def check_writable(self) -> None:
-        probe_folder(Path(tempfile.gettempdir()), f"the temporary folder {tempfile.gettempdir()} (where videos are "
-                                                  f"encoded before their upload)")
+        probe_folder(
+            Path(tempfile.gettempdir()),
+            f"the temporary folder {tempfile.gettempdir()} (where videos are encoded before their upload)",
+        )
         probe_s3(self.bucket, self.prefix, self.location.uri)
         key = self._key(RESULTS, f"{TEMP_MARK}probe-{uuid.uuid4().hex}")
         try:
@@ -611,8 +634,9 @@ class S3Store(OutputStore):
     def _upload(self, path: Path, key: str) -> None:
         from boto3.s3.transfer import TransferConfig
 
-        config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD,
-                                use_threads=False)
+        config = TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD, use_threads=False
+        )
         try:
             with self._waiting("uploading", key):
                 self.client.upload_file(str(path), self.bucket, key, Config=config)
@@ -625,11 +649,13 @@ class S3Store(OutputStore):
         process killed between parts)."""
         aborted = 0
         try:
-            for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
-                                                                                     Prefix=key_prefix):
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=key_prefix
+            ):
                 for upload in page.get("Uploads", []):
-                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
-                                                       UploadId=upload["UploadId"])
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
                     aborted += 1
         except Exception:  # best effort: the upload's own error is the one to report
             pass
@@ -678,8 +704,11 @@ class S3Store(OutputStore):
 
     def results_names(self) -> list[str]:
         start = len(self._key(RESULTS)) + 1
-        return [obj["Key"][start:] for obj in self._list(RESULTS)
-                if "/" not in obj["Key"][start:] and not obj["Key"][start:].startswith(".")]
+        return [
+            obj["Key"][start:]
+            for obj in self._list(RESULTS)
+            if "/" not in obj["Key"][start:] and not obj["Key"][start:].startswith(".")
+        ]
 
     def read_part(self, name: str, columns: list[str] | None = None) -> pa.Table:
         return read_parquet_columns(pa.BufferReader(self.read_results_file(name)), columns)
@@ -691,8 +720,9 @@ class S3Store(OutputStore):
         kind = mimetypes.guess_type(name)[0] or "text/plain"
         try:  # one PUT: the object is replaced whole
             with self._waiting("writing", key):
-                self.client.put_object(Bucket=self.bucket, Key=key, Body=text.encode("utf-8"),
-                                       ContentType=f"{kind}; charset=utf-8")
+                self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=text.encode("utf-8"), ContentType=f"{kind}; charset=utf-8"
+                )
         except Exception as err:
             raise StorageError(describe_s3_error(err, "write", self._where(key))) from None
         return self._where(key)
@@ -714,8 +744,12 @@ def arrow_s3_filesystem():
 
     session = boto3.session.Session()
     client = s3_client()
-    kwargs = {"region": client.meta.region_name or "us-east-1", "connect_timeout": 5, "request_timeout": 30,
-              "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3)}
+    kwargs = {
+        "region": client.meta.region_name or "us-east-1",
+        "connect_timeout": 5,
+        "request_timeout": 30,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),
+    }
     endpoint = client.meta.endpoint_url
     if endpoint and not endpoint.endswith("amazonaws.com"):
         kwargs["endpoint_override"] = endpoint

@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 SHOWN_AFTER_S = 5.0  # a wait shorter than this is ordinary latency, not worth a word
 
@@ -35,7 +35,7 @@ def waiting_on(what: str) -> Iterator[None]:
 
 
 def oldest_wait(shown_after_s: float = SHOWN_AFTER_S) -> str | None:
-    """"<seconds> s on <what>" for the oldest wait that has lasted ``shown_after_s``, plus how many others there
+    """ "<seconds> s on <what>" for the oldest wait that has lasted ``shown_after_s``, plus how many others there
     are; None when nothing has waited that long."""
     now = time.monotonic()
     with _lock:

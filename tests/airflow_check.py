@@ -19,8 +19,9 @@ from datetime import datetime, timezone
 
 def main(dag_file: str, fake_ray_bin: str, cases_json: str) -> None:
     home = tempfile.mkdtemp(prefix="airflow-home-")
-    os.environ.update({"AIRFLOW_HOME": home, "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                       "AIRFLOW__CORE__UNIT_TEST_MODE": "True"})
+    os.environ.update(
+        {"AIRFLOW_HOME": home, "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__UNIT_TEST_MODE": "True"}
+    )
     import airflow
     from airflow.exceptions import AirflowException, AirflowFailException, AirflowSkipException
     from airflow.models import DagBag
@@ -29,14 +30,18 @@ def main(dag_file: str, fake_ray_bin: str, cases_json: str) -> None:
     folder = tempfile.mkdtemp(prefix="dags-")
     shutil.copy(dag_file, folder)
     bag = DagBag(dag_folder=folder)
-    report = {"airflow": airflow.__version__, "import_errors": {os.path.basename(k): str(v)
-                                                               for k, v in bag.import_errors.items()},
-              "dags": sorted(bag.dags), "outcomes": {}}
+    report = {
+        "airflow": airflow.__version__,
+        "import_errors": {os.path.basename(k): str(v) for k, v in bag.import_errors.items()},
+        "dags": sorted(bag.dags),
+        "outcomes": {},
+    }
     if "ditfarm_nightly" in bag.dags:
         dag = bag.dags["ditfarm_nightly"]
         after = datetime(2026, 12, 6, 0, 30, tzinfo=timezone.utc)
-        info = dag.timetable.next_dagrun_info(last_automated_data_interval=None,
-                                              restriction=TimeRestriction(earliest=after, latest=None, catchup=True))
+        info = dag.timetable.next_dagrun_info(
+            last_automated_data_interval=None, restriction=TimeRestriction(earliest=after, latest=None, catchup=True)
+        )
         report["first_run"] = {"run_after": info.run_after.isoformat(), "ds": info.logical_date.strftime("%Y-%m-%d")}
         submit = dag.get_task("render").python_callable
         base_path = os.environ["PATH"]

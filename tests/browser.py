@@ -26,9 +26,19 @@ import time
 import urllib.request
 from pathlib import Path
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--mute-audio",
+]
 NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
@@ -41,8 +51,11 @@ def find_chromium() -> str:
     explicit = os.environ.get("CHROMIUM")
     found = explicit if explicit and shutil.which(explicit) else next(filter(None, map(shutil.which, NAMES)), None)
     if not found:
-        raise BrowserMissing("Chromium is not installed (looked for $CHROMIUM and " + ", ".join(NAMES) +
-                             " on PATH); install it with `apt-get install -y chromium` (.ci/run does)")
+        raise BrowserMissing(
+            "Chromium is not installed (looked for $CHROMIUM and "
+            + ", ".join(NAMES)
+            + " on PATH); install it with `apt-get install -y chromium` (.ci/run does)"
+        )
     return found
 
 
@@ -56,7 +69,7 @@ class Chromium:
         self.process: subprocess.Popen | None = None
         self.port: int | None = None
 
-    def __enter__(self) -> "Chromium":
+    def __enter__(self) -> Chromium:
         self.start()
         return self
 
@@ -64,11 +77,18 @@ class Chromium:
         self.close()
 
     def start(self) -> None:
-        args = [self.binary, *FLAGS, f"--user-data-dir={self.profile}", "--remote-debugging-port=0",
-                f"--window-size={self.window[0]},{self.window[1]}", "about:blank"]
+        args = [
+            self.binary,
+            *FLAGS,
+            f"--user-data-dir={self.profile}",
+            "--remote-debugging-port=0",
+            f"--window-size={self.window[0]},{self.window[1]}",
+            "about:blank",
+        ]
         self.log = open(self.profile.with_suffix(".log"), "wb")
-        self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         active = self.profile / "DevToolsActivePort"
         deadline = time.monotonic() + self.timeout_s
         while not (active.is_file() and active.read_text().strip()):
@@ -95,9 +115,11 @@ class Chromium:
         except ValueError:  # /json/close answers in plain text
             return body.decode(errors="replace")
 
-    def open(self, target: str | os.PathLike, settle_s: float = 0.2) -> "Page":
+    def open(self, target: str | os.PathLike, settle_s: float = 0.2) -> Page:
         """A new tab showing ``target`` (a file path or URL), once its load event has fired."""
-        url = str(target) if "://" in str(target) or str(target).startswith("data:") else Path(target).resolve().as_uri()
+        url = (
+            str(target) if "://" in str(target) or str(target).startswith("data:") else Path(target).resolve().as_uri()
+        )
         tab = self._http("/json/new?about:blank", method="PUT")
         page = Page(self, tab["webSocketDebuggerUrl"], tab["id"])
         page.navigate(url, settle_s)
@@ -127,8 +149,9 @@ class Page:
         import websocket  # websocket-client (the test extra)
 
         self.browser, self.target_id = browser, target_id
-        self.ws = websocket.create_connection(ws_url, timeout=browser.timeout_s, suppress_origin=True,
-                                              enable_multithread=False)
+        self.ws = websocket.create_connection(
+            ws_url, timeout=browser.timeout_s, suppress_origin=True, enable_multithread=False
+        )
         self.ids = itertools.count(1)
         self.events: list[dict] = []
         self.errors: list[str] = []  # exceptions, console.error, browser log errors
@@ -209,9 +232,10 @@ class Page:
         import base64
 
         self.send("Emulation.setDeviceMetricsOverride", width=width, height=200, deviceScaleFactor=1, mobile=False)
-        height = int(self.evaluate("Math.ceil(document.documentElement.scrollHeight)"))  # the content's, not the window's
-        self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
-                  mobile=False)
+        height = int(
+            self.evaluate("Math.ceil(document.documentElement.scrollHeight)")
+        )  # the content's, not the window's
+        self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
         shot = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
         path = Path(path)
         path.write_bytes(base64.b64decode(shot["data"]))

@@ -64,9 +64,14 @@ def load(path: Path = REFERENCE_FILE) -> dict[tuple[int, str], dict]:
     from ditfarm.choices import POLICIES
 
     stored = np.load(path)
-    return {(world, policy): {"frames": stored[key(world, policy) + "_frames"],
-                              "masks": json.loads(str(stored[key(world, policy) + "_masks"]))}
-            for world in WORLDS for policy in POLICIES}
+    return {
+        (world, policy): {
+            "frames": stored[key(world, policy) + "_frames"],
+            "masks": json.loads(str(stored[key(world, policy) + "_masks"])),
+        }
+        for world in WORLDS
+        for policy in POLICIES
+    }
 
 
 if __name__ == "__main__":

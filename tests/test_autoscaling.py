@@ -11,12 +11,12 @@ import time
 
 import pytest
 import ray
+from test_chaos import check_exactly_once, placement_groups_left, write_manifest
 
 from ditfarm.cluster import gang as gang_module
 from ditfarm.cluster.gang import NoGangsLeft
-from ditfarm.jobs.gang_renderer import GangRenderer
 from ditfarm.jobs.driver import RenderSettings, manifest_job
-from test_chaos import check_exactly_once, placement_groups_left, write_manifest
+from ditfarm.jobs.gang_renderer import GangRenderer
 
 
 def pending_groups() -> int:
@@ -37,17 +37,20 @@ def empty_cluster(monkeypatch):
 
 
 @pytest.mark.slow
-def test_auto_gangs_wait_for_the_node_an_autoscaler_adds_and_give_up_when_none_comes(empty_cluster, caplog,
-                                                                                      random_model_folder, tmp_path,
-                                                                                      monkeypatch):
+def test_auto_gangs_wait_for_the_node_an_autoscaler_adds_and_give_up_when_none_comes(
+    empty_cluster, caplog, random_model_folder, tmp_path, monkeypatch
+):
     settings = RenderSettings(model=str(random_model_folder), steps=2, upscale=2, gangs="auto", start_timeout_s=4)
     caplog.set_level(logging.INFO, logger="ditfarm.cluster.gang")
 
     # No autoscaler: no node could ever hold a gang, and the run says so at once, naming the largest node.
     started = time.monotonic()
-    with pytest.raises(ValueError, match=r"no node of this Ray cluster can hold a gang of 1 rank\(s\) of 1 CPU: "
-                                         r"the largest, .* with 0 CPU\(s\) and 0 GPU\(s\), holds 0; the cluster "
-                                         r"has no autoscaler"):
+    with pytest.raises(
+        ValueError,
+        match=r"no node of this Ray cluster can hold a gang of 1 rank\(s\) of 1 CPU: "
+        r"the largest, .* with 0 CPU\(s\) and 0 GPU\(s\), holds 0; the cluster "
+        r"has no autoscaler",
+    ):
         GangRenderer(settings)
     assert time.monotonic() - started < 10
     assert placement_groups_left() == []
@@ -55,15 +58,18 @@ def test_auto_gangs_wait_for_the_node_an_autoscaler_adds_and_give_up_when_none_c
     # An autoscaler (Ray's publishes a status with its report; the head's bare monitor, running here too, would
     # overwrite a fake one, so the detection is faked and checked on its own below): the run waits for the node
     # it adds, saying so at once; a pending group no node answers ends at --start-timeout (the CLI's exit 75).
-    from ditfarm.cluster import gang_renderer
     from ray.experimental import internal_kv
+
+    from ditfarm.cluster import gang_renderer
 
     real_get = internal_kv._internal_kv_get
     for mapping, grows in (({"ab12": "node_ab12"}, False), ({"ab12": "node_ab12", "cd34": "gpu-8x"}, True)):
         status = json.dumps({"autoscaler_report": {"node_type_mapping": mapping}}).encode()
-        monkeypatch.setattr(internal_kv, "_internal_kv_get",
-                            lambda key, *a, status=status, **k: status if key == "__autoscaling_status"
-                            else real_get(key, *a, **k))
+        monkeypatch.setattr(
+            internal_kv,
+            "_internal_kv_get",
+            lambda key, *a, status=status, **k: status if key == "__autoscaling_status" else real_get(key, *a, **k),
+        )
         assert gang_renderer.cluster_can_grow() == grows  # Ray's read-only provider names types node_<id>
     monkeypatch.setattr(internal_kv, "_internal_kv_get", real_get)
     monkeypatch.setattr(gang_renderer, "cluster_can_grow", lambda: True)
@@ -73,8 +79,11 @@ def test_auto_gangs_wait_for_the_node_an_autoscaler_adds_and_give_up_when_none_c
     assert 4 <= time.monotonic() - started < 30
     assert placement_groups_left() == []
     assert [r for r in caplog.records if "waiting for a node with room for 1 bundle(s)" in r.getMessage()]
-    assert [r for r in caplog.records if "waiting up to 4 s (--start-timeout) for the node an autoscaler adds"
-            in r.getMessage()]
+    assert [
+        r
+        for r in caplog.records
+        if "waiting up to 4 s (--start-timeout) for the node an autoscaler adds" in r.getMessage()
+    ]
 
     # The pending group is answered with a node a few seconds later; the gang starts on it.
     caplog.clear()

@@ -15,7 +15,7 @@ from ditfarm.cache.presets import build_config
 def coverage(sim, chosen):
     steps = len(sim)
     bounds = list(chosen) + [steps]
-    return sum(sim[bounds[m], bounds[m] + 1:bounds[m + 1]].sum() for m in range(len(chosen)))
+    return sum(sim[bounds[m], bounds[m] + 1 : bounds[m + 1]].sum() for m in range(len(chosen)))
 
 
 def test_acs_finds_the_best_update_steps():
@@ -42,9 +42,12 @@ def test_acs_updates_where_the_features_change():
 
 def unit_calibration(similarities, volatility):
     steps = len(similarities[0])
-    return CacheProfile(model={}, blocks=[], r_attn_threshold=0.5,
-                        bac={"steps": steps, "similarity": [s.tolist() for s in similarities],
-                             "volatility": list(volatility)})
+    return CacheProfile(
+        model={},
+        blocks=[],
+        r_attn_threshold=0.5,
+        bac={"steps": steps, "similarity": [s.tolist() for s in similarities], "volatility": list(volatility)},
+    )
 
 
 def test_bubbling_union_refreshes_the_volatile_upstream_ffn_when_a_downstream_ffn_updates():

@@ -9,8 +9,28 @@ from ditfarm.tools.bench_gpu import EAGER_POLICY_ROWS, POLICY_ROWS
 
 def test_bench_gpu_on_small_shapes(tmp_path, capsys):
     out = tmp_path / "gpu.json"
-    assert cli(["bench", "gpu", "--small", "--device", "cpu", "--compile-backend", "eager", "--steps", "2",
-                "--repeats", "1", "--video-steps", "2", "--json", str(out)]) == 0
+    assert (
+        cli(
+            [
+                "bench",
+                "gpu",
+                "--small",
+                "--device",
+                "cpu",
+                "--compile-backend",
+                "eager",
+                "--steps",
+                "2",
+                "--repeats",
+                "1",
+                "--video-steps",
+                "2",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     sections = result["sections"]
     assert set(sections) == {"wan2.1-1.3b", "wan2.1-14b", "video-1.3b"}

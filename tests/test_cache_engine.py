@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
+from helpers import tiny_ladder
 
 import ditfarm
 from ditfarm import cache
@@ -11,7 +12,6 @@ from ditfarm.cache.metrics import psnr
 from ditfarm.cache.policies import AdaptivePolicy, TaylorSeerPolicy
 from ditfarm.cache.policies.base import CachePolicy
 from ditfarm.cache.profile import BlockProfile
-from helpers import tiny_ladder
 from ditfarm.pipelines.tiny.model_config import TRANSFORMER_CONFIG
 
 PROMPT = "red circle moving left on blue background"
@@ -49,7 +49,9 @@ def run_calls(transformer, inputs, policy):
     engine = cache.CacheEngine(transformer, policy)
     engine.attach()
     calls = []
-    hooks = [b.attn1.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, b in enumerate(transformer.blocks)]
+    hooks = [
+        b.attn1.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, b in enumerate(transformer.blocks)
+    ]
     outs = []
     try:
         for step, (x, t, text) in enumerate(inputs):
@@ -84,7 +86,8 @@ def test_skipped_run_adds_the_cached_residual_once(pipe):
 
 
 @pytest.mark.parametrize(
-    "config", [cache.BWCacheConfig(threshold=0.0), cache.AdaptiveConfig(threshold=0.0), cache.TaylorSeerConfig(interval=1)]
+    "config",
+    [cache.BWCacheConfig(threshold=0.0), cache.AdaptiveConfig(threshold=0.0), cache.TaylorSeerConfig(interval=1)],
 )
 def test_computing_every_block_reproduces_the_uncached_video(pipe, config):
     base = pipe.generate(PROMPT, seed=3, steps=6)
@@ -127,8 +130,9 @@ def test_cfg_branches_keep_separate_state(pipe):
 
 def test_reduce_seam_steers_the_decisions(pipe):
     def masks_with(reduce):
-        cache.enable(pipe, cache.AdaptiveConfig(threshold=0.3, warmup_fraction=0.0, first_run=0.1, max_run=0.3),
-                     reduce=reduce)  # runs of 1 to 3 of the 10 steps
+        cache.enable(
+            pipe, cache.AdaptiveConfig(threshold=0.3, warmup_fraction=0.0, first_run=0.1, max_run=0.3), reduce=reduce
+        )  # runs of 1 to 3 of the 10 steps
         try:
             pipe.generate(PROMPT, seed=2, steps=10)
             return cache.last_video_stats(pipe)
@@ -164,7 +168,9 @@ def test_profile_of_another_model_is_refused(pipe):
 def test_profile_round_trips_through_json(tmp_path, pipe):
     profile = cache.CacheProfile(
         model=cache.model_identity(pipe.transformer),
-        blocks=[BlockProfile(i, 0.1 * i, "foreground" if i % 2 else "background", [float("nan"), 0.1]) for i in range(6)],
+        blocks=[
+            BlockProfile(i, 0.1 * i, "foreground" if i % 2 else "background", [float("nan"), 0.1]) for i in range(6)
+        ],
         r_attn_threshold=0.25,
         mask_iou=0.7,
     )
@@ -229,8 +235,11 @@ def test_whole_step_policy_with_a_mixed_mask_is_refused(pipe):
         whole_steps = True
 
     with pytest.raises(RuntimeError, match="declares whole steps but planned"):
-        run_calls(pipe.transformer, [(torch.randn(1, 6, 4, 16, 16), torch.tensor([500.0]), torch.randn(1, 16, 32))] * 2,
-                  Broken([1, 0, 1, 1, 1, 1]))
+        run_calls(
+            pipe.transformer,
+            [(torch.randn(1, 6, 4, 16, 16), torch.tensor([500.0]), torch.randn(1, 16, 32))] * 2,
+            Broken([1, 0, 1, 1, 1, 1]),
+        )
 
 
 class DampedForecastProbe(CachePolicy):
@@ -252,8 +261,10 @@ def test_forecast_indicator_measures_the_damped_forecast_it_would_use(pipe):
     text, t = torch.randn(1, 16, 32), torch.tensor([500.0])
     xs = [torch.randn(1, transformer.config.in_channels, 4, 16, 16) for _ in range(4)]
     edges = []
-    hooks = [transformer.blocks[0].register_forward_pre_hook(lambda m, a: edges.append(a[0])),
-             transformer.blocks[-1].register_forward_hook(lambda m, a, o: edges.append(o))]
+    hooks = [
+        transformer.blocks[0].register_forward_pre_hook(lambda m, a: edges.append(a[0])),
+        transformer.blocks[-1].register_forward_hook(lambda m, a, o: edges.append(o)),
+    ]
     with torch.no_grad():
         for x in xs[:3]:
             transformer(x, t, text, return_dict=False)
@@ -310,8 +321,13 @@ def test_reuse_output_skips_the_whole_call_and_returns_the_last_output(pipe):
 
 def test_adaptive_fastest_rungs_reuse_the_output_and_render(pipe):
     fast = cache.AdaptiveConfig(threshold=3.0, ladder=tiny_ladder())
-    assert AdaptivePolicy(fast).reuse_output and not AdaptivePolicy(cache.AdaptiveConfig(ladder=tiny_ladder())).reuse_output
-    assert not AdaptivePolicy(cache.AdaptiveConfig(threshold=3.0, granularity="block", ladder=tiny_ladder())).reuse_output
+    assert (
+        AdaptivePolicy(fast).reuse_output
+        and not AdaptivePolicy(cache.AdaptiveConfig(ladder=tiny_ladder())).reuse_output
+    )
+    assert not AdaptivePolicy(
+        cache.AdaptiveConfig(threshold=3.0, granularity="block", ladder=tiny_ladder())
+    ).reuse_output
     frames, stats = render_cached(pipe, fast, seed=4, steps=12)
     assert frames.std() > 0 and 0 < stats.skipped_fraction < 1  # fidelity floors: tests/test_cache_fidelity.py
     assert stats.peak_bytes > 0

@@ -33,8 +33,10 @@ PROMPTS = {"tiny": "red circle moving left on blue background", "wan": "a red ca
 def pipes(tmp_path_factory):
     wan = ditfarm.load_pipeline(make_small_wan_folder(tmp_path_factory.mktemp("fidelity-wan")))
     tiny = ditfarm.load_pipeline("tiny")
-    return {"tiny": (tiny, tiny.generate(PROMPTS["tiny"], seed=3, steps=STEPS)),
-            "wan": (wan, wan.generate(PROMPTS["wan"], seed=3, steps=STEPS))}
+    return {
+        "tiny": (tiny, tiny.generate(PROMPTS["tiny"], seed=3, steps=STEPS)),
+        "wan": (wan, wan.generate(PROMPTS["wan"], seed=3, steps=STEPS)),
+    }
 
 
 @pytest.mark.parametrize("model, policy, knob", list(CASES), ids=lambda v: str(v))

@@ -51,8 +51,10 @@ def watched_run(transformer, policy, steps):
     xs = [torch.randn(1, transformer.config.in_channels, 4, 16, 16) for _ in range(steps)]
     inputs, outputs = [], []
     hooks = [transformer.blocks[0].register_forward_pre_hook(lambda m, a: inputs.append(a[0].double()))]
-    hooks += [b.register_forward_hook(lambda m, a, o, i=i: outputs.append((i, o.double())))
-              for i, b in enumerate(transformer.blocks)]
+    hooks += [
+        b.register_forward_hook(lambda m, a, o, i=i: outputs.append((i, o.double())))
+        for i, b in enumerate(transformer.blocks)
+    ]
     engine = cache.CacheEngine(transformer, policy)
     engine.attach()
     try:
@@ -66,14 +68,14 @@ def watched_run(transformer, policy, steps):
         for h in hooks:
             h.remove()
     n = len(transformer.blocks)
-    per_step = [dict(outputs[s * n:(s + 1) * n]) for s in range(steps)]
+    per_step = [dict(outputs[s * n : (s + 1) * n]) for s in range(steps)]
     assert len(inputs) == steps and all(len(p) == n for p in per_step)
     return inputs, per_step, engine.last_video.masks["cond"]
 
 
 def forecast(residuals: dict[int, torch.Tensor], order: int, damping: float, step: int) -> torch.Tensor:
     """The hand formula, from the residuals of the last order + 1 computed steps (step -> residual)."""
-    steps = sorted(residuals)[-(order + 1):]
+    steps = sorted(residuals)[-(order + 1) :]
     r = [residuals[s] for s in steps]
     last = steps[-1]
     k = step - last
@@ -92,12 +94,15 @@ def close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
     return torch.allclose(actual, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().mean()))
 
 
-@pytest.mark.parametrize("order, damping, computed, skipped", [
-    (1, 0.4, [0, 2, 3], [4, 5, 6]),  # gap 1 before the run
-    (1, 0.4, [0, 1, 3], [4, 5]),  # gap 2: d1 is divided by it
-    (1, 1.0, [0, 1], [2, 3]),
-    (2, 0.4, [0, 1, 2], [3, 4, 5]),
-])
+@pytest.mark.parametrize(
+    "order, damping, computed, skipped",
+    [
+        (1, 0.4, [0, 2, 3], [4, 5, 6]),  # gap 1 before the run
+        (1, 0.4, [0, 1, 3], [4, 5]),  # gap 2: d1 is divided by it
+        (1, 1.0, [0, 1], [2, 3]),
+        (2, 0.4, [0, 1, 2], [3, 4, 5]),
+    ],
+)
 def test_stack_path_forecast_is_the_hand_formula(transformer, order, damping, computed, skipped):
     steps = max(computed + skipped) + 1
     policy = Schedule([c for c in computed if c > 0], order, damping, whole_steps=True)
@@ -122,7 +127,9 @@ def test_block_path_forecast_of_a_skipped_run_is_the_sum_of_hand_formulas(transf
     assert masks[3] == masks[4] == masks[5] == run
     block_in = lambda s, b: inputs[s] if b == 0 else outs[s][b - 1]  # noqa: E731
     for s in (3, 4, 5):
-        predicted = sum(forecast({c: outs[c][b] - block_in(c, b) for c in (0, 1, 2)}, 1, 0.4, s) for b in range(1, n - 1))
+        predicted = sum(
+            forecast({c: outs[c][b] - block_in(c, b) for c in (0, 1, 2)}, 1, 0.4, s) for b in range(1, n - 1)
+        )
         assert close(outs[s][n - 2], outs[s][0] + predicted), f"step {s}"  # the run's last block holds the sum
         for b in range(1, n - 2):  # inside the run nothing is added twice: its first block adds the whole sum
             assert torch.equal(outs[s][b], outs[s][n - 2])

@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
+from helpers import tiny_ladder
 
 from ditfarm.cache import AdaptiveConfig, BWCacheConfig, CacheProfile, ProfilingConfig, TaylorSeerConfig
 from ditfarm.cache.policies import AdaptivePolicy, BWCachePolicy, ProfilingPolicy, TaylorSeerPolicy
-from ditfarm.cache.profile import BACKGROUND, FOREGROUND, BlockProfile
 from ditfarm.cache.policies.adaptive import Ladder, Rung
-from helpers import tiny_ladder
+from ditfarm.cache.profile import BACKGROUND, FOREGROUND, BlockProfile
 
 TINY = tiny_ladder()
 
@@ -85,8 +85,14 @@ def test_taylorseer_full_every_n_steps():
 
 def test_adaptive_skips_by_predicted_error_per_block_and_class():
     config = AdaptiveConfig(
-        threshold=0.1, order=0, max_run=3 / 12, warmup_fraction=0.2, final_steps=1,
-        profile=profile([BACKGROUND, BACKGROUND, FOREGROUND]), foreground_scale=0.5, granularity="block",
+        threshold=0.1,
+        order=0,
+        max_run=3 / 12,
+        warmup_fraction=0.2,
+        final_steps=1,
+        profile=profile([BACKGROUND, BACKGROUND, FOREGROUND]),
+        foreground_scale=0.5,
+        granularity="block",
     )
     policy = AdaptivePolicy(config)
     # block 0: error 0.02 per step (order 0: grows ~ g); block 1: 0.5 (too large); block 2: 0.07, below the
@@ -143,11 +149,18 @@ def test_adaptive_step_granularity_spends_less_where_the_profile_says_steps_chan
     # the same measured errors; entering the fast part (step 8 on) the shaped policy expects 4x the error there, so
     # it spends its budget after one skipped step and computes step 9, where the flat one skips 8 and 9
     runs_of_3 = Ladder((Rung(0.0, warmup_fraction=0.2, first_run=3 / 12, growth=0.0, max_run=3 / 12),))
-    flat = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.1, order=0, final_steps=1, ladder=runs_of_3)), 3, 12,
-                 stack_error_sums(0.02, 0))
-    shaped = drive(AdaptivePolicy(AdaptiveConfig(threshold=0.1, order=0, final_steps=1, ladder=runs_of_3,
-                                                 profile=prof)), 3, 12,
-                   stack_error_sums(0.02, 0))
+    flat = drive(
+        AdaptivePolicy(AdaptiveConfig(threshold=0.1, order=0, final_steps=1, ladder=runs_of_3)),
+        3,
+        12,
+        stack_error_sums(0.02, 0),
+    )
+    shaped = drive(
+        AdaptivePolicy(AdaptiveConfig(threshold=0.1, order=0, final_steps=1, ladder=runs_of_3, profile=prof)),
+        3,
+        12,
+        stack_error_sums(0.02, 0),
+    )
     assert [int(m[0]) for m in flat] == [1, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 1]
     assert [int(m[0]) for m in shaped] == [1, 1, 0, 0, 1, 0, 0, 1, 0, 1, 0, 1]
 
@@ -161,12 +174,17 @@ def test_adaptive_budget_picks_its_rung_of_the_ladder_unless_the_config_says_oth
     from ditfarm.cache.policies.adaptive import GENERIC_LADDER, ladder
 
     rungs = TINY.rungs
-    assert ladder(AdaptiveConfig(threshold=0.1, ladder=TINY)) == ladder(AdaptiveConfig(threshold=0.49, ladder=TINY)) == rungs[0]
+    assert (
+        ladder(AdaptiveConfig(threshold=0.1, ladder=TINY))
+        == ladder(AdaptiveConfig(threshold=0.49, ladder=TINY))
+        == rungs[0]
+    )
     assert ladder(AdaptiveConfig(threshold=0.5, ladder=TINY)) == rungs[1]
     assert ladder(AdaptiveConfig(threshold=0.65, ladder=TINY)) == rungs[2]
     assert ladder(AdaptiveConfig(threshold=99, ladder=TINY)) == rungs[-1]
-    mine = ladder(AdaptiveConfig(threshold=2.0, max_run=0.1, warmup_fraction=0.3, growth=0, first_run=0.05,
-                                 ladder=TINY))
+    mine = ladder(
+        AdaptiveConfig(threshold=2.0, max_run=0.1, warmup_fraction=0.3, growth=0, first_run=0.05, ladder=TINY)
+    )
     assert (mine.max_run, mine.warmup_fraction, mine.growth, mine.first_run) == (0.1, 0.3, 0, 0.05)
     assert [r.budget for r in rungs] == sorted(r.budget for r in rungs)
     assert ladder(AdaptiveConfig(threshold=3.0)) == GENERIC_LADDER.rungs[0]  # a model without its own ladder
@@ -177,10 +195,18 @@ def computed_steps(masks):
 
 
 SEARCHED = [  # per rung: the schedule benchmarks/schedule-search-*.jsonl picked at its count (first: the gentler shape)
-    [0, 1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 24, 28], [0, 1, 2, 3, 4, 5, 6, 7, 9, 12, 16, 20, 24, 28],
-    [0, 1, 2, 3, 4, 5, 6, 8, 11, 15, 19, 23, 27], [0, 1, 2, 3, 4, 5, 8, 11, 15, 19, 23, 27],
-    [0, 1, 2, 3, 4, 7, 11, 15, 19, 23, 27], [0, 1, 2, 3, 5, 8, 12, 17, 22, 27], [0, 1, 2, 3, 6, 10, 15, 21, 27],
-    [0, 1, 2, 3, 6, 11, 18, 26], [0, 1, 2, 3, 8, 15, 23], [0, 1, 2, 8, 15, 23], [0, 1, 2, 11, 20], [0, 1, 2, 16],
+    [0, 1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 24, 28],
+    [0, 1, 2, 3, 4, 5, 6, 7, 9, 12, 16, 20, 24, 28],
+    [0, 1, 2, 3, 4, 5, 6, 8, 11, 15, 19, 23, 27],
+    [0, 1, 2, 3, 4, 5, 8, 11, 15, 19, 23, 27],
+    [0, 1, 2, 3, 4, 7, 11, 15, 19, 23, 27],
+    [0, 1, 2, 3, 5, 8, 12, 17, 22, 27],
+    [0, 1, 2, 3, 6, 10, 15, 21, 27],
+    [0, 1, 2, 3, 6, 11, 18, 26],
+    [0, 1, 2, 3, 8, 15, 23],
+    [0, 1, 2, 8, 15, 23],
+    [0, 1, 2, 11, 20],
+    [0, 1, 2, 16],
 ]
 
 
@@ -188,8 +214,9 @@ SEARCHED = [  # per rung: the schedule benchmarks/schedule-search-*.jsonl picked
 def test_each_rung_computes_its_searched_schedule_when_errors_are_small(rung):
     """With a tiny forecast error only the rung's run limits bind."""
     r = TINY.rungs[rung]
-    masks = drive(AdaptivePolicy(AdaptiveConfig(threshold=r.budget or 0.3, ladder=TINY)), 3, 30,
-                  stack_error_sums(1e-4, 0))
+    masks = drive(
+        AdaptivePolicy(AdaptiveConfig(threshold=r.budget or 0.3, ladder=TINY)), 3, 30, stack_error_sums(1e-4, 0)
+    )
     assert computed_steps(masks) == SEARCHED[rung]
 
 
@@ -200,12 +227,25 @@ def test_a_large_forecast_error_cuts_a_long_run_short():
     rough = drive(AdaptivePolicy(AdaptiveConfig(threshold=3.0, ladder=TINY)), 3, 30, stack_error_sums(2.0, 1))
     assert computed_steps(calm) == [0, 1, 2, 11, 20]
     assert len(computed_steps(rough)) > 6
-    assert AdaptivePolicy(AdaptiveConfig()).whole_steps and not AdaptivePolicy(AdaptiveConfig(granularity="block")).whole_steps
+    assert (
+        AdaptivePolicy(AdaptiveConfig()).whole_steps
+        and not AdaptivePolicy(AdaptiveConfig(granularity="block")).whole_steps
+    )
 
 
-@pytest.mark.parametrize("bad", [dict(threshold=-1.0), dict(order=3), dict(max_run=-1), dict(granularity="frame"),
-                                 dict(warmup_fraction=1.5), dict(growth=-1.0), dict(damping=2.0),
-                                 dict(first_run=0)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(threshold=-1.0),
+        dict(order=3),
+        dict(max_run=-1),
+        dict(granularity="frame"),
+        dict(warmup_fraction=1.5),
+        dict(growth=-1.0),
+        dict(damping=2.0),
+        dict(first_run=0),
+    ],
+)
 def test_adaptive_rejects_bad_config(bad):
     with pytest.raises(ValueError):
         AdaptivePolicy(AdaptiveConfig(**bad))
@@ -236,7 +276,8 @@ def test_adaptive_run_limits_scale_with_the_steps():
     assert computed[:13] == list(range(13))  # warm-up: 8/30 of 50 steps
     assert abs(len(computed) / 50 - 14 / 30) < 0.1  # about the share it computes of 30 (20 of 50: 40% vs 47%)
     for budget in (0.1, 0.5, 1.0, 2.0):  # a 4-step video: every rung up to 2.0 computes every step ...
-        assert drive(AdaptivePolicy(AdaptiveConfig(threshold=budget, ladder=TINY)), 3, 4,
-                     stack_error_sums(1e-4, 0)).all(), budget
+        assert drive(
+            AdaptivePolicy(AdaptiveConfig(threshold=budget, ladder=TINY)), 3, 4, stack_error_sums(1e-4, 0)
+        ).all(), budget
     fastest = drive(AdaptivePolicy(AdaptiveConfig(threshold=4.0, ladder=TINY)), 3, 4, stack_error_sums(1e-4, 0))
     assert fastest.all(axis=1).sum() >= 3  # ... and the fastest skips at most one (4 of 30 computed at 30 steps)

@@ -59,8 +59,23 @@ def test_profile_command_on_a_model_folder(tmp_path, random_model_folder, capsys
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("red circle moving left on blue background\nwhite square moving up on green background\n")
     out = tmp_path / "profile.json"
-    code = cli(["profile", "--model", str(random_model_folder), "--prompts", str(prompts), "--out", str(out),
-                "--steps", "6", "--probe-steps", "2", "--check-masks", "0"])
+    code = cli(
+        [
+            "profile",
+            "--model",
+            str(random_model_folder),
+            "--prompts",
+            str(prompts),
+            "--out",
+            str(out),
+            "--steps",
+            "6",
+            "--probe-steps",
+            "2",
+            "--check-masks",
+            "0",
+        ]
+    )
     assert code == 0
     profile = CacheProfile.load(out)
     assert len(profile.blocks) == 6 and len(profile.blocks[0].change) == 6
@@ -78,11 +93,36 @@ def test_profile_command_on_a_model_folder(tmp_path, random_model_folder, capsys
 @pytest.mark.slow
 def test_bench_cache_quick_run(tmp_path, random_model_folder):
     out = tmp_path / "bench.json"
-    assert cli(["bench", "cache", "--model", str(random_model_folder), "--json", str(out), "--videos", "1",
-                "--steps", "12", "--quick"]) == 0
+    assert (
+        cli(
+            [
+                "bench",
+                "cache",
+                "--model",
+                str(random_model_folder),
+                "--json",
+                str(out),
+                "--videos",
+                "1",
+                "--steps",
+                "12",
+                "--quick",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())["rows"]
     families = {r["family"] for r in rows}
-    assert {"bwcache", "taylorseer", "adaptive", "pab", "fbcache", "diffusers-taylorseer", "magcache", "fewer-steps"} <= families
+    assert {
+        "bwcache",
+        "taylorseer",
+        "adaptive",
+        "pab",
+        "fbcache",
+        "diffusers-taylorseer",
+        "magcache",
+        "fewer-steps",
+    } <= families
     exact = next(r for r in rows if r["family"] == "adaptive" and r["knob"] == 0.0)
     assert exact["computed"] == 1.0 and exact["psnr"] == float("inf")
     taylor = next(r for r in rows if r["family"] == "taylorseer" and r["knob"] == 4)  # 4 of 30: every 2nd of 12
@@ -92,9 +132,35 @@ def test_bench_cache_quick_run(tmp_path, random_model_folder):
 
 def test_bench_steps_on_small_wan_shapes(tmp_path):
     out = tmp_path / "steps.json"
-    assert cli(["bench", "steps", "--device", "cpu", "--dtype", "float32", "--layers", "2", "--frames", "5",
-                "--height", "64", "--width", "64", "--steps", "5", "--repeats", "1",
-                "--methods", "none,bwcache:0,taylorseer:5", "--json", str(out)]) == 0
+    assert (
+        cli(
+            [
+                "bench",
+                "steps",
+                "--device",
+                "cpu",
+                "--dtype",
+                "float32",
+                "--layers",
+                "2",
+                "--frames",
+                "5",
+                "--height",
+                "64",
+                "--width",
+                "64",
+                "--steps",
+                "5",
+                "--repeats",
+                "1",
+                "--methods",
+                "none,bwcache:0,taylorseer:5",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     rows = {r["method"]: r for r in result["rows"]}
     assert result["latents"] == [1, 16, 2, 8, 8] and result["tokens"] == 2 * 4 * 4
@@ -106,11 +172,32 @@ def test_bench_steps_on_small_wan_shapes(tmp_path):
 
 def test_bench_cache_methods_filter(tmp_path, random_model_folder):
     out = tmp_path / "only.json"
-    assert cli(["bench", "cache", "--model", str(random_model_folder), "--json", str(out), "--videos", "1",
-                "--steps", "6", "--methods", "adaptive:0/0.3,adaptive-block:0.1,fewer-steps:4"]) == 0
+    assert (
+        cli(
+            [
+                "bench",
+                "cache",
+                "--model",
+                str(random_model_folder),
+                "--json",
+                str(out),
+                "--videos",
+                "1",
+                "--steps",
+                "6",
+                "--methods",
+                "adaptive:0/0.3,adaptive-block:0.1,fewer-steps:4",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["family"], r["knob"]) for r in rows] == [("adaptive", 0.0), ("adaptive", 0.3),
-                                                         ("adaptive-block", 0.1), ("fewer-steps", 4)]
+    assert [(r["family"], r["knob"]) for r in rows] == [
+        ("adaptive", 0.0),
+        ("adaptive", 0.3),
+        ("adaptive-block", 0.1),
+        ("fewer-steps", 4),
+    ]
     with pytest.raises(ValueError, match="unknown method family 'magcash'"):
         cli(["bench", "cache", "--json", str(out), "--methods", "magcash"])
 
@@ -121,9 +208,15 @@ def test_target_check_reads_the_bar_and_the_rows_adaptive_does_not_match():
     def row(family, speedup, psnr, computed=0.5):
         return Row(family=family, knob=0.0, speedup=speedup, computed=computed, psnr=psnr, ssim=0.9, videos=1)
 
-    rows = [row("adaptive", 1.0, float("inf"), 1.0), row("adaptive", 2.1, 41.0), row("adaptive", 4.0, 20.0),
-            row("magcache", 1.4, 45.0), row("magcache", 1.7, 39.0), row("taylorseer", 4.5, 19.0),
-            row("fbcache", 1.01, float("inf"), 1.0)]
+    rows = [
+        row("adaptive", 1.0, float("inf"), 1.0),
+        row("adaptive", 2.1, 41.0),
+        row("adaptive", 4.0, 20.0),
+        row("magcache", 1.4, 45.0),
+        row("magcache", 1.7, 39.0),
+        row("taylorseer", 4.5, 19.0),
+        row("fbcache", 1.01, float("inf"), 1.0),
+    ]
     check = target_check(rows)
     assert check["bar_psnr"] == 39.0  # magcache 1.4x is under the 1.5x bar speed
     assert check["fastest_at_bar"] == 2.1
@@ -135,11 +228,33 @@ def test_bench_runs_of_one_setting_merge_into_one_table(tmp_path):
     from ditfarm.tools.bench_cache import merge_runs
 
     def run(path, rows, steps=30):
-        setting = {"model": "tiny", "steps": steps, "guidance_scale": 3.0, "cases": [["a prompt", 1]],
-                   "profile": None, "threads": 1}
-        path.write_text(json.dumps({**setting, "rows": [
-            {"family": f, "knob": k, "speedup": 2.0, "computed": 0.5, "psnr": 30.0, "ssim": 0.9, "videos": 1}
-            for f, k in rows]}))
+        setting = {
+            "model": "tiny",
+            "steps": steps,
+            "guidance_scale": 3.0,
+            "cases": [["a prompt", 1]],
+            "profile": None,
+            "threads": 1,
+        }
+        path.write_text(
+            json.dumps(
+                {
+                    **setting,
+                    "rows": [
+                        {
+                            "family": f,
+                            "knob": k,
+                            "speedup": 2.0,
+                            "computed": 0.5,
+                            "psnr": 30.0,
+                            "ssim": 0.9,
+                            "videos": 1,
+                        }
+                        for f, k in rows
+                    ],
+                }
+            )
+        )
         return path
 
     a = run(tmp_path / "a.json", [("fewer-steps", 15), ("adaptive", 0.5)])

@@ -18,10 +18,10 @@ STEPS = 6
 
 @pytest.fixture(scope="module")
 def calibrated_folder(random_model_folder, tmp_path_factory):
+    from ditfarm.pipelines.loading import load_pipeline
     from ditfarm.tools.calibrate_bac import calibrate_bac
     from ditfarm.tools.calibrate_ertacache import calibrate_ertacache
     from ditfarm.tools.train_router import RouterTrainer, RouterTraining
-    from ditfarm.pipelines.loading import load_pipeline
 
     folder = tmp_path_factory.mktemp("calibrated") / "model"
     shutil.copytree(random_model_folder, folder)
@@ -33,8 +33,14 @@ def calibrated_folder(random_model_folder, tmp_path_factory):
     lam = next(e["lambda"] for e in profile.ertacache["entries"] if 0 < len(e["reused"]) < STEPS - 1)
     profile.bac = calibrate_bac(pipe, [PROMPT], steps=STEPS, log=quiet)
     profile.save(folder / "cache_profile.json")
-    trainer = RouterTrainer(pipe, [PROMPT], RouterTraining(iterations=1, lambda_every=100),
-                            tmp_path_factory.mktemp("router-run"), steps=STEPS, log=quiet)
+    trainer = RouterTrainer(
+        pipe,
+        [PROMPT],
+        RouterTraining(iterations=1, lambda_every=100),
+        tmp_path_factory.mktemp("router-run"),
+        steps=STEPS,
+        log=quiet,
+    )
     trainer.train()
     router = trainer.router()
     router.save(folder / ROUTER_FILE)

@@ -13,8 +13,7 @@ def render_counting_decisions(rank, world, model, cfg_parallel, steps, policy="a
     """One video on this rank; also how many times the cache's decision collective ran."""
     from ditfarm.cluster.gang_rank import RankConfig, RankRenderer
 
-    renderer = RankRenderer(rank, world, RankConfig(model=model, cache=policy, cfg_parallel=cfg_parallel,
-                                                    timeout_s=60))
+    renderer = RankRenderer(rank, world, RankConfig(model=model, cache=policy, cfg_parallel=cfg_parallel, timeout_s=60))
     engine = renderer.cache
     calls = []
     reduce = engine.reduce

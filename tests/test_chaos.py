@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from ditfarm.jobs.gang_renderer import GangRenderer
 from ditfarm.jobs.driver import RenderSettings, manifest_job
+from ditfarm.jobs.gang_renderer import GangRenderer
 from ditfarm.jobs.results import read_all_results
 
 PROMPTS = ["red circle moving left on blue background", "white square moving up on green gradient background"]
@@ -100,8 +100,9 @@ def two_node_cluster():
     cluster.shutdown()
 
 
-def test_a_lost_node_s_videos_go_back_to_the_queue_and_the_job_finishes_on_the_gangs_left(two_node_cluster,
-                                                                                        random_model_folder, tmp_path):
+def test_a_lost_node_s_videos_go_back_to_the_queue_and_the_job_finishes_on_the_gangs_left(
+    two_node_cluster, random_model_folder, tmp_path
+):
     """Two one-CPU nodes, one gang on each.  The worker node is removed mid-job: its gang dies, there is no room
     for a replacement (the head's CPU is taken), so the slot is retired and its video renders on the other gang."""
     cluster, worker = two_node_cluster

@@ -5,7 +5,6 @@ process imports), and `render --help` still lists every cache policy."""
 import subprocess
 import sys
 
-import pyarrow as pa
 import pytest
 
 from ditfarm.choices import POLICIES
@@ -17,8 +16,7 @@ HEAVY = ("torch", "diffusers", "transformers", "ray")
 def imported_modules(args: list[str]) -> tuple[set[str], str]:
     """Every module ``ditfarm ARGS`` imports, and what it printed."""
     code = f"import sys; from ditfarm.commands.cli import main; sys.exit(main({args!r}))"
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, timeout=120)
     modules = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     return modules, proc.stdout
 

@@ -22,8 +22,10 @@ PROMPT = "a red cat moving left"
 def synthetic_profile(transformer) -> CacheProfile:
     """Every other block foreground: enough for ProfilingDiT's schedule (quality does not matter here)."""
     n = len(transformer.blocks)
-    blocks = [BlockProfile(i, 0.6 if i % 2 else 0.2, FOREGROUND if i % 2 else BACKGROUND, [math.nan] + [0.1] * 9)
-              for i in range(n)]
+    blocks = [
+        BlockProfile(i, 0.6 if i % 2 else 0.2, FOREGROUND if i % 2 else BACKGROUND, [math.nan] + [0.1] * 9)
+        for i in range(n)
+    ]
     return CacheProfile(model=model_identity(transformer), blocks=blocks, r_attn_threshold=0.5)
 
 
@@ -42,8 +44,9 @@ def pipes(small_wan_folder):
 START = {}
 
 
-@pytest.mark.parametrize("policy, knob", [("adaptive", 0.5), ("bwcache", 0.2), ("taylorseer", 3), ("profiling", 3),
-                                          ("none", None)])
+@pytest.mark.parametrize(
+    "policy, knob", [("adaptive", 0.5), ("bwcache", 0.2), ("taylorseer", 3), ("profiling", 3), ("none", None)]
+)
 def test_compiled_blocks_render_the_same_video_with_every_policy_and_never_recompile(pipes, policy, knob):
     eager, compiled = pipes
     videos, masks = {}, {}

@@ -5,10 +5,10 @@ install commands use it exactly as .ci/run does, and the refresh command rewrite
 import importlib.util
 import re
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -42,7 +42,8 @@ def test_every_dependency_is_pinned_inside_its_range():
         name = canonicalize_name(requirement.name)
         assert name in pins, f"constraints.txt pins no {name}"
         assert requirement.specifier.contains(Version(pins[name]), prereleases=True), (
-            f"constraints.txt pins {name}=={pins[name]}, outside pyproject.toml's {requirement.specifier}")
+            f"constraints.txt pins {name}=={pins[name]}, outside pyproject.toml's {requirement.specifier}"
+        )
     assert pins["moto"] != "5.2.6"  # refuses HeadObject under a policy that grants what AWS requires
 
 
@@ -95,8 +96,11 @@ def fake_steps(monkeypatch, freeze: str, suite_rc: int):
 @pytest.fixture
 def old_constraints(tmp_path, monkeypatch):
     path = tmp_path / "constraints.txt"
-    path.write_text(refresh.render_constraints({"moto": "5.2.5", "pyarrow": "26.0.1", "torch": "2.13.0",
-                                                "six": "1.17.0", "zipp": "3.20.0"}, "3.11"))
+    path.write_text(
+        refresh.render_constraints(
+            {"moto": "5.2.5", "pyarrow": "26.0.1", "torch": "2.13.0", "six": "1.17.0", "zipp": "3.20.0"}, "3.11"
+        )
+    )
     monkeypatch.setattr(refresh, "CONSTRAINTS", path)
     return path
 
@@ -120,5 +124,9 @@ def test_a_passing_suite_rewrites_the_file(old_constraints, monkeypatch, capsys,
     fake_steps(monkeypatch, FREEZE, suite_rc=0)
     assert refresh.main(["--venv", str(tmp_path / "venv"), "--torch", "2.14.0"]) == 0
     assert refresh.parse_pins(old_constraints.read_text()) == {
-        "moto": "5.2.7", "pyarrow": "27.0.0", "torch": "2.13.0", "zipp": "3.20.0"}
+        "moto": "5.2.7",
+        "pyarrow": "27.0.0",
+        "torch": "2.13.0",
+        "zipp": "3.20.0",
+    }
     assert "moto: 5.2.5 -> 5.2.7" in capsys.readouterr().out

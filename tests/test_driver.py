@@ -2,15 +2,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import CountingRenderer
 
 from ditfarm.commands.cli import main as cli
 from ditfarm.jobs.driver import RenderSettings, render_manifest
 from ditfarm.jobs.results import read_all_results
 from ditfarm.pipelines.video_io import read_mp4
-from helpers import CountingRenderer
 
 PROMPTS = ["red circle moving left on blue background", "white square moving up on green gradient background"]
-
 
 
 @pytest.fixture
@@ -133,6 +132,7 @@ def test_fixed_costs_run_beside_the_next_loop_and_change_nothing(tmp_path, rando
             finally:
                 with lock:
                     spans[kind].append((start, time.monotonic()))
+
         return wrapper
 
     monkeypatch.setattr(driver, "publish_video", timed("store", real_store))
@@ -145,7 +145,7 @@ def test_fixed_costs_run_beside_the_next_loop_and_change_nothing(tmp_path, rando
         settings = RenderSettings(model=str(random_model_folder), steps=10, cache="adaptive", overlap=overlap)
         out = tmp_path / f"overlap-{overlap}"
         assert render_tasks(tasks, str(out), settings, progress=False).ok == 4
-        overlapping = [(s, l) for s in spans["store"] for l in spans["loop"] if s[0] < l[1] and l[0] < s[1]]
+        overlapping = [(s, loop) for s in spans["store"] for loop in spans["loop"] if s[0] < loop[1] and loop[0] < s[1]]
         assert bool(overlapping) == overlap, spans
         rows[overlap] = {r["id"]: r for r in read_all_results(out).to_pylist()}
         rows[overlap]["frames"] = {i: read_mp4(out / "videos" / f"o{i}.mp4") for i in range(4)}

@@ -5,13 +5,22 @@ import pyarrow.parquet as pq
 import pytest
 
 from ditfarm.jobs.dry_run import dry_run
-from ditfarm.types import RenderSettings
-from ditfarm.pipelines.model_checks import model_checks
 from ditfarm.pipelines.loading import load_pipeline
+from ditfarm.pipelines.model_checks import model_checks
 from ditfarm.pipelines.wan import make_small_wan_folder
+from ditfarm.types import RenderSettings
 
-CASES = [dict(), dict(num_frames=8), dict(num_frames=13), dict(height=30), dict(height=48, width=80), dict(width=36), dict(width=34),
-         dict(steps=0), dict(guidance_scale=-1.0)]
+CASES = [
+    dict(),
+    dict(num_frames=8),
+    dict(num_frames=13),
+    dict(height=30),
+    dict(height=48, width=80),
+    dict(width=36),
+    dict(width=34),
+    dict(steps=0),
+    dict(guidance_scale=-1.0),
+]
 
 
 def refusal(fn, **overrides):
@@ -41,9 +50,17 @@ def test_config_checks_match_the_loaded_pipeline(which, wan_folder):
 
 def test_dry_run_on_a_wan_folder_names_the_sizes_it_refuses(wan_folder, tmp_path):
     manifest = tmp_path / "m.parquet"
-    pq.write_table(pa.table({"id": ["a", "b", "c"], "prompt": ["a cat on the street"] * 3,
-                             "num_frames": pa.array([None, 8, None], pa.int64()),
-                             "height": pa.array([None, None, 40], pa.int64())}), manifest)
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["a", "b", "c"],
+                "prompt": ["a cat on the street"] * 3,
+                "num_frames": pa.array([None, 8, None], pa.int64()),
+                "height": pa.array([None, None, 40], pa.int64()),
+            }
+        ),
+        manifest,
+    )
     report = dry_run(str(manifest), tmp_path / "out", RenderSettings(model=str(wan_folder)))
     assert (report.would_render, report.would_skip, report.would_fail) == (1, 0, 2)
     reasons = " | ".join(report.failures)
@@ -89,8 +106,16 @@ def test_a_rows_own_steps_are_checked_against_the_caches_calibration(tmp_path, c
     from ditfarm.jobs.results import read_results
 
     manifest, out = tmp_path / "m.parquet", tmp_path / "out"
-    pq.write_table(pa.table({"id": ["a", "b"], "prompt": ["red circle moving left on blue background"] * 2,
-                             "steps": pa.array([None, 12], pa.int64())}), manifest)
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["a", "b"],
+                "prompt": ["red circle moving left on blue background"] * 2,
+                "steps": pa.array([None, 12], pa.int64()),
+            }
+        ),
+        manifest,
+    )
     args = ["render", str(manifest), "--out", str(out), "--no-progress", "--cache", "ertacache"]
     assert cli([*args, "--dry-run"]) == 1
     assert "1 x ERTACache in" in capsys.readouterr().out

@@ -69,15 +69,21 @@ def linear_trajectory(steps=8, tokens=64, channels=6, seed=0):
 
 def ls_sums(cached, truth):
     eps = cached - truth
-    return np.stack([np.full(cached.shape[1], cached.shape[0]), cached.sum(0), eps.sum(0), (cached**2).sum(0),
-                     (cached * eps).sum(0)])
+    return np.stack(
+        [
+            np.full(cached.shape[1], cached.shape[0]),
+            cached.sum(0),
+            eps.sum(0),
+            (cached**2).sum(0),
+            (cached * eps).sum(0),
+        ]
+    )
 
 
 def calibrated_profile(steps, reused, rectify, phi=None):
     phi = np.ones(steps) if phi is None else phi
     entry = {"lambda": 0.1, "reused": reused, "phi": list(phi), "rectify": rectify}
-    return CacheProfile(model={}, blocks=[], r_attn_threshold=0.5,
-                        ertacache={"steps": steps, "entries": [entry]})
+    return CacheProfile(model={}, blocks=[], r_attn_threshold=0.5, ertacache={"steps": steps, "entries": [entry]})
 
 
 def test_rectification_removes_the_error_of_a_reused_step_on_a_linear_trajectory():
@@ -143,8 +149,8 @@ def test_calibration_on_tiny_feeds_a_run_that_reuses_shifts_and_corrects(tiny_pi
     """End to end on the trained model: calibrate on two prompts at 12 steps, save it in a profile, load it back,
     render: the reused steps are the calibrated ones, the sampler's sigmas moved, and the video stays close."""
     from ditfarm import cache
-    from ditfarm.tools.calibrate_ertacache import calibrate_ertacache
     from ditfarm.cache.metrics import psnr
+    from ditfarm.tools.calibrate_ertacache import calibrate_ertacache
 
     shipped = CacheProfile.load(tiny_pipe.default_cache_profile())
     prompts = shipped.calibration["prompts"][:2]
@@ -182,8 +188,10 @@ def test_calibrate_command_refuses_bad_input_by_name(tmp_path, capsys):
     out = tmp_path / "p.json"
     assert main(["calibrate", "ertacache", "--lambdas", "0.1,fast", "--out", str(out)]) == 2
     assert "--lambdas takes comma-separated numbers" in capsys.readouterr().err
-    assert main(["calibrate", "ertacache", "--lambdas", "0.1", "--prompts", str(tmp_path / "none.txt"),
-                 "--out", str(out)]) == 2
+    assert (
+        main(["calibrate", "ertacache", "--lambdas", "0.1", "--prompts", str(tmp_path / "none.txt"), "--out", str(out)])
+        == 2
+    )
     assert "none.txt does not exist" in capsys.readouterr().err
     assert main(["calibrate", "ertacache", "--lambdas", "-0.1", "--out", str(out)]) == 2
     assert "must be positive" in capsys.readouterr().err

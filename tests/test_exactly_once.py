@@ -134,15 +134,41 @@ def test_a_run_paused_past_its_lease_publishes_nothing_after_it_wakes(tmp_path, 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def start(*extra):
-        return subprocess.Popen([sys.executable, "-m", "ditfarm.commands.cli", "render", str(manifest), "--out", str(out),
-                                 "--model", str(random_model_folder), "--steps", "6", "--upscale", "2",
-                                 "--flush-every", "1", "--lease-seconds", "4", "--no-progress", *extra],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ditfarm.commands.cli",
+                "render",
+                str(manifest),
+                "--out",
+                str(out),
+                "--model",
+                str(random_model_folder),
+                "--steps",
+                "6",
+                "--upscale",
+                "2",
+                "--flush-every",
+                "1",
+                "--lease-seconds",
+                "4",
+                "--no-progress",
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
 
     def stored() -> int:
         folder = out / "videos"
-        return len([p for p in folder.iterdir() if p.suffix == ".mp4" and not p.name.startswith(".")]) \
-            if folder.is_dir() else 0
+        return (
+            len([p for p in folder.iterdir() if p.suffix == ".mp4" and not p.name.startswith(".")])
+            if folder.is_dir()
+            else 0
+        )
 
     first = start()
     deadline = time.monotonic() + 240
@@ -209,8 +235,16 @@ def test_non_finite_guidance_and_reserved_columns_are_refused_by_name(tmp_path, 
     settings = RenderSettings(model=str(random_model_folder), steps=2, upscale=2)
     renderer = LocalRenderer(settings)
     manifest, out = tmp_path / "m.parquet", tmp_path / "out"
-    pq.write_table(pa.table({"id": ["g0", "g1", "g2"], "prompt": PROMPTS + PROMPTS[:1],
-                             "guidance_scale": [float("inf"), float("nan"), 4.0]}), manifest)
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["g0", "g1", "g2"],
+                "prompt": PROMPTS + PROMPTS[:1],
+                "guidance_scale": [float("inf"), float("nan"), 4.0],
+            }
+        ),
+        manifest,
+    )
     summary = render_manifest(manifest, out, settings, renderer=renderer, progress=False)
     assert (summary.ok, summary.failed) == (1, 2)
     assert all("guidance_scale must be a finite number" in e for e in summary.errors), summary.errors
@@ -227,9 +261,15 @@ def test_a_video_whose_latents_go_non_finite_fails_its_row_and_nothing_is_stored
     folder = poisoned_model_folder(random_model_folder, tmp_path / "poisoned")
     settings = RenderSettings(model=str(folder), steps=2, upscale=2)
     manifest, out = tmp_path / "m.parquet", tmp_path / "out"
-    pq.write_table(pa.table({"id": ["n0", "n1", "n2"],
-                             "prompt": [PROMPTS[0], "yellow triangle moving right on black background", PROMPTS[1]]}),
-                   manifest)
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["n0", "n1", "n2"],
+                "prompt": [PROMPTS[0], "yellow triangle moving right on black background", PROMPTS[1]],
+            }
+        ),
+        manifest,
+    )
     summary = render_manifest(manifest, out, settings, renderer=LocalRenderer(settings), progress=False)
     assert (summary.ok, summary.failed) == (2, 1), summary.errors
     assert "non-finite latents" in summary.errors[0] and "NaN" in summary.errors[0], summary.errors
@@ -253,8 +293,7 @@ def test_results_stay_readable_when_an_extra_column_changes_type_between_runs(tm
     assert cli(["status", str(out)]) == 0 and "2 ids: 2 ok" in capsys.readouterr().out
 
 
-def test_bad_run_settings_refuse_the_run_and_an_oversized_row_gets_a_size_error(tmp_path, random_model_folder,
-                                                                                capsys):
+def test_bad_run_settings_refuse_the_run_and_an_oversized_row_gets_a_size_error(tmp_path, random_model_folder, capsys):
     from ditfarm.commands.cli import main as cli
     from ditfarm.pipelines.model_checks import model_checks
 
@@ -264,8 +303,10 @@ def test_bad_run_settings_refuse_the_run_and_an_oversized_row_gets_a_size_error(
         assert cli(["render", str(manifest), "--out", str(out), "--model", str(random_model_folder), *flags]) == 2
         assert "must be" in capsys.readouterr().err
         assert not out.exists()  # refused before anything was written
-    for checks in (model_checks(random_model_folder), LocalRenderer(RenderSettings(
-            model=str(random_model_folder))).pipe):  # the dry run's checks and the loaded model's agree
+    for checks in (
+        model_checks(random_model_folder),
+        LocalRenderer(RenderSettings(model=str(random_model_folder))).pipe,
+    ):  # the dry run's checks and the loaded model's agree
         with pytest.raises(ValueError, match="height is too large for this model"):
             checks.settings(height=100000)
 
@@ -277,28 +318,39 @@ def test_a_wan_folder_refuses_sizes_past_its_rotary_table(small_wan_folder):
         model_checks(small_wan_folder).settings(width=16 * 1024)
 
 
-def test_rows_past_the_models_limits_or_the_step_cap_fail_by_name_and_the_rest_render(tmp_path, random_model_folder,
-                                                                                      capsys):
+def test_rows_past_the_models_limits_or_the_step_cap_fail_by_name_and_the_rest_render(
+    tmp_path, random_model_folder, capsys
+):
     """The dry run and the run refuse alike: a 1024x1024 tiny row (past the card's limits), 40 frames, and
     steps=10**9 (past --max-steps) each fail as their row, and the good rows around them render."""
     from ditfarm.commands.cli import main as cli
 
     manifest, out = tmp_path / "m.parquet", tmp_path / "out"
-    pq.write_table(pa.table({"id": ["ok0", "big", "long", "slow", "ok1"], "prompt": PROMPTS[:1] * 5,
-                             "height": pa.array([None, 1024, None, None, None], pa.int64()),
-                             "width": pa.array([None, 1024, None, None, None], pa.int64()),
-                             "num_frames": pa.array([None, None, 40, None, None], pa.int64()),
-                             "steps": pa.array([2, 2, 2, 10**9, 2], pa.int64())}), manifest)
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["ok0", "big", "long", "slow", "ok1"],
+                "prompt": PROMPTS[:1] * 5,
+                "height": pa.array([None, 1024, None, None, None], pa.int64()),
+                "width": pa.array([None, 1024, None, None, None], pa.int64()),
+                "num_frames": pa.array([None, None, 40, None, None], pa.int64()),
+                "steps": pa.array([2, 2, 2, 10**9, 2], pa.int64()),
+            }
+        ),
+        manifest,
+    )
     args = ["render", str(manifest), "--out", str(out), "--model", str(random_model_folder), "--no-progress"]
     assert cli([*args, "--dry-run"]) == 1  # rows that would fail
     dry = capsys.readouterr()
     assert cli(args) == 1
-    run = capsys.readouterr()
+    capsys.readouterr()
     rows = {r["id"]: r for r in read_results(out).to_pylist()}
     assert [i for i, r in rows.items() if r["status"] == "ok"] == ["ok0", "ok1"]
-    for vid, message in [("big", "height 1024 is more than this model takes: at most 128"),
-                         ("long", "num_frames 40 is more than this model takes: at most 32"),
-                         ("slow", "steps 1000000000 is more than this run's cap of 1000 (--max-steps)")]:
+    for vid, message in [
+        ("big", "height 1024 is more than this model takes: at most 128"),
+        ("long", "num_frames 40 is more than this model takes: at most 32"),
+        ("slow", "steps 1000000000 is more than this run's cap of 1000 (--max-steps)"),
+    ]:
         assert message in rows[vid]["error"], rows[vid]
         assert message in dry.out + dry.err, dry  # the dry run says the same
     assert cli([*args, "--steps", "2000"]) == 2  # a run-wide value past the cap refuses the run
@@ -319,7 +371,8 @@ sys.exit(main(sys.argv[2:]))
 
 
 def test_under_a_memory_limit_a_row_that_cannot_fit_fails_by_name_and_the_rows_after_it_render(
-        tmp_path, random_model_folder):
+    tmp_path, random_model_folder
+):
     """In a subprocess whose address space is capped (RLIMIT_AS: this machine has no swap, so a row allowed to
     allocate freely would take it down): a 256-frame 256x256 row, which the folder's card allows, is refused by
     the memory estimate before its loop; steps=10**9 and a million frames are refused by the cap and the rotary
@@ -330,18 +383,43 @@ def test_under_a_memory_limit_a_row_that_cannot_fit_fails_by_name_and_the_rows_a
     folder = tmp_path / "long-tiny"
     shutil.copytree(random_model_folder, folder)
     card = json.loads((folder / "ditfarm_model.json").read_text())
-    (folder / "ditfarm_model.json").write_text(json.dumps({**card, "limits": {"num_frames": 256, "height": 256,
-                                                                              "width": 256}}))
+    (folder / "ditfarm_model.json").write_text(
+        json.dumps({**card, "limits": {"num_frames": 256, "height": 256, "width": 256}})
+    )
     manifest, out = tmp_path / "m.parquet", tmp_path / "out"
-    pq.write_table(pa.table({"id": ["ok0", "huge", "forever", "million", "ok1"], "prompt": PROMPTS[:1] * 5,
-                             "num_frames": pa.array([None, 256, None, 10**6, None], pa.int64()),
-                             "height": pa.array([None, 256, None, None, None], pa.int64()),
-                             "width": pa.array([None, 256, None, None, None], pa.int64()),
-                             "steps": pa.array([2, 2, 10**9, 2, 2], pa.int64())}), manifest)
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["ok0", "huge", "forever", "million", "ok1"],
+                "prompt": PROMPTS[:1] * 5,
+                "num_frames": pa.array([None, 256, None, 10**6, None], pa.int64()),
+                "height": pa.array([None, 256, None, None, None], pa.int64()),
+                "width": pa.array([None, 256, None, None, None], pa.int64()),
+                "steps": pa.array([2, 2, 10**9, 2, 2], pa.int64()),
+            }
+        ),
+        manifest,
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", LIMITED_RENDER, "3", "render", str(manifest), "--out", str(out),
-                           "--model", str(folder), "--no-progress"], capture_output=True, text=True, env=env,
-                          timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LIMITED_RENDER,
+            "3",
+            "render",
+            str(manifest),
+            "--out",
+            str(out),
+            "--model",
+            str(folder),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     rows = {r["id"]: r for r in read_results(out).to_pylist()}
@@ -352,15 +430,16 @@ def test_under_a_memory_limit_a_row_that_cannot_fit_fails_by_name_and_the_rows_a
     assert "num_frames is too large for this model" in rows["million"]["error"]
 
 
-def test_a_video_past_its_time_limit_fails_as_its_row_and_the_next_rows_render(tmp_path, random_model_folder,
-                                                                               capsys):
+def test_a_video_past_its_time_limit_fails_as_its_row_and_the_next_rows_render(tmp_path, random_model_folder, capsys):
     from ditfarm.commands.cli import main as cli
     from ditfarm.pipelines.deadline import DEFAULT_VIDEO_TIMEOUT_S, default_timeout_s
     from ditfarm.pipelines.denoise import SamplerSettings
 
     manifest, out = tmp_path / "m.parquet", tmp_path / "out"
-    pq.write_table(pa.table({"id": ["q0", "slow", "q1"], "prompt": PROMPTS[:1] * 3,
-                             "steps": pa.array([2, 1000, 2], pa.int64())}), manifest)
+    pq.write_table(
+        pa.table({"id": ["q0", "slow", "q1"], "prompt": PROMPTS[:1] * 3, "steps": pa.array([2, 1000, 2], pa.int64())}),
+        manifest,
+    )
     args = ["render", str(manifest), "--out", str(out), "--model", str(random_model_folder), "--no-progress"]
     assert cli([*args, "--video-timeout", "1"]) == 1
     rows = {r["id"]: r for r in read_results(out).to_pylist()}
@@ -377,13 +456,14 @@ def test_a_video_past_its_time_limit_fails_as_its_row_and_the_next_rows_render(t
     assert default_timeout_s(defaults, {"steps": 2}) == DEFAULT_VIDEO_TIMEOUT_S
 
 
-def test_a_model_card_declares_its_own_limits_and_a_malformed_one_is_refused_at_load(tmp_path, random_model_folder,
-                                                                                      small_wan_folder):
+def test_a_model_card_declares_its_own_limits_and_a_malformed_one_is_refused_at_load(
+    tmp_path, random_model_folder, small_wan_folder
+):
     import json
     import shutil
 
-    from ditfarm.pipelines.model_checks import model_checks
     from ditfarm.pipelines.loading import load_pipeline
+    from ditfarm.pipelines.model_checks import model_checks
 
     tiny = tmp_path / "tiny"
     shutil.copytree(random_model_folder, tiny)
@@ -436,8 +516,8 @@ def test_a_killed_runs_leftovers_are_removed_when_the_next_run_starts(tmp_path, 
 def test_a_crash_releases_the_lease(tmp_path):
     """An unexpected error inside the run ends it with its traceback, and the output's lease is given back, so the
     next run starts at once instead of waiting out the ttl."""
-    from ditfarm.jobs.manifest import RenderTask
     from ditfarm.jobs.driver import render_tasks
+    from ditfarm.jobs.manifest import RenderTask
 
     class Crashing:
         capacity = 1
@@ -450,8 +530,13 @@ def test_a_crash_releases_the_lease(tmp_path):
 
     out = tmp_path / "out"
     with pytest.raises(KeyError):
-        render_tasks([RenderTask(row=0, id="c0", prompt=PROMPTS[0], seed=0)], out, RenderSettings(),
-                     renderer=Crashing(), progress=False)
+        render_tasks(
+            [RenderTask(row=0, id="c0", prompt=PROMPTS[0], seed=0)],
+            out,
+            RenderSettings(),
+            renderer=Crashing(),
+            progress=False,
+        )
     assert not (out / "lease.json").exists()
 
 
@@ -464,7 +549,7 @@ def corrupt_row_groups(path: Path, first: int = 1) -> None:
         for c in range(metadata.num_columns):
             column = metadata.row_group(g).column(c)
             start = column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset
-            data[start:start + column.total_compressed_size] = b"\xff" * column.total_compressed_size
+            data[start : start + column.total_compressed_size] = b"\xff" * column.total_compressed_size
     path.write_bytes(bytes(data))
 
 
@@ -474,8 +559,9 @@ def test_a_manifest_that_breaks_partway_keeps_what_was_rendered_exits_4_and_resu
     folder, out = tmp_path / "manifest", tmp_path / "out"
     folder.mkdir()
     write_manifest(folder / "a.parquet", ["a0", "a1", "a2"])
-    pq.write_table(pa.table({"id": ["b0", "b1", "b2", "b3"], "prompt": PROMPTS[:1] * 4}), folder / "b.parquet",
-                   row_group_size=2)
+    pq.write_table(
+        pa.table({"id": ["b0", "b1", "b2", "b3"], "prompt": PROMPTS[:1] * 4}), folder / "b.parquet", row_group_size=2
+    )
     good_b = (folder / "b.parquet").read_bytes()
     corrupt_row_groups(folder / "b.parquet", first=0)
     args = ["render", str(folder), "--out", str(out), "--steps", "2", "--no-progress"]
@@ -498,8 +584,10 @@ def test_a_megabyte_id_or_prompt_makes_a_short_error_and_a_small_results_row(tmp
     from ditfarm.commands.cli import main as cli
 
     manifest, out = tmp_path / "m.parquet", tmp_path / "out"
-    pq.write_table(pa.table({"id": ["ok0", "x" * 10**6, "bigprompt"],
-                             "prompt": [PROMPTS[0], PROMPTS[0], "red " + "y" * 10**6]}), manifest)
+    pq.write_table(
+        pa.table({"id": ["ok0", "x" * 10**6, "bigprompt"], "prompt": [PROMPTS[0], PROMPTS[0], "red " + "y" * 10**6]}),
+        manifest,
+    )
     assert cli(["render", str(manifest), "--out", str(out), "--steps", "2", "--no-progress"]) == 1
     printed = capsys.readouterr()
     assert len(printed.out) + len(printed.err) < 4000
@@ -511,14 +599,16 @@ def test_a_megabyte_id_or_prompt_makes_a_short_error_and_a_small_results_row(tmp
     assert sum(p.stat().st_size for p in (out / "results").iterdir()) < 50_000
 
 
-def test_a_rerun_with_other_settings_says_which_stored_rows_differ_and_status_shows_them(tmp_path,
-                                                                                          random_model_folder,
-                                                                                          capsys):
+def test_a_rerun_with_other_settings_says_which_stored_rows_differ_and_status_shows_them(
+    tmp_path, random_model_folder, capsys
+):
     from ditfarm.commands.cli import main as cli
 
     manifest, out = tmp_path / "m.parquet", tmp_path / "out"
-    pq.write_table(pa.table({"id": ["s0", "s1", "s2"], "prompt": PROMPTS[:1] * 3,
-                             "steps": pa.array([None, None, 3], pa.int64())}), manifest)
+    pq.write_table(
+        pa.table({"id": ["s0", "s1", "s2"], "prompt": PROMPTS[:1] * 3, "steps": pa.array([None, None, 3], pa.int64())}),
+        manifest,
+    )
     args = ["render", str(manifest), "--out", str(out), "--model", str(random_model_folder), "--no-progress"]
     assert cli([*args, "--steps", "2"]) == 0
     capsys.readouterr()

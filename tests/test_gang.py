@@ -5,8 +5,8 @@ import threading
 import time
 
 import pytest
-
 import ray
+
 from ditfarm.cache.metrics import psnr
 from ditfarm.cluster.gang import GangConfig, GangPool, wait_until
 from ditfarm.cluster.gang_rank import RankConfig
@@ -32,10 +32,14 @@ def alive(pid: int) -> bool:
 
 
 def test_gang_renders_like_one_process_and_survives_a_killed_rank(ray_cluster, random_model_folder):
-    config = GangConfig(sp=2, rank=RankConfig(model=str(random_model_folder), cache="adaptive", cache_knob=0.2,
-                                              timeout_s=20), call_timeout_s=120)
-    (reference,) = run_local_gang(render_on_rank, 1, str(random_model_folder), PROMPT, 5, dict(steps=8),
-                                  "adaptive", 0.2)
+    config = GangConfig(
+        sp=2,
+        rank=RankConfig(model=str(random_model_folder), cache="adaptive", cache_knob=0.2, timeout_s=20),
+        call_timeout_s=120,
+    )
+    (reference,) = run_local_gang(
+        render_on_rank, 1, str(random_model_folder), PROMPT, 5, dict(steps=8), "adaptive", 0.2
+    )
     pool = GangPool(config, gangs=1)
     try:
         start = time.monotonic()
@@ -62,11 +66,14 @@ def test_a_gang_encodes_the_next_text_ahead_and_renders_the_same_video(ray_clust
     """With overlap a video's text is encoded on rank 0 beside the previous loop and handed to the render: the
     stored video and its cache masks are those of a render that encoded the text itself."""
     from ditfarm.jobs.driver import RenderSettings
-    from ditfarm.storage.stores import OutputLocation
     from ditfarm.pipelines.video_io import read_mp4
+    from ditfarm.storage.stores import OutputLocation
 
-    config = GangConfig(sp=2, rank=RankConfig(model=str(random_model_folder), cache="adaptive", cache_knob=0.2,
-                                              timeout_s=20), call_timeout_s=120)
+    config = GangConfig(
+        sp=2,
+        rank=RankConfig(model=str(random_model_folder), cache="adaptive", cache_knob=0.2, timeout_s=20),
+        call_timeout_s=120,
+    )
     settings = RenderSettings(model=str(random_model_folder), steps=6)
     pool = GangPool(config, gangs=1)
     try:
@@ -111,15 +118,23 @@ def _manifest(path, prompts):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"id": [f"v{i}" for i in range(len(prompts))], "prompt": prompts,
-                             "seed": pa.array(range(len(prompts)), pa.int64())}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "id": [f"v{i}" for i in range(len(prompts))],
+                "prompt": prompts,
+                "seed": pa.array(range(len(prompts)), pa.int64()),
+            }
+        ),
+        path,
+    )
     return path
 
 
 def render_on_gangs(manifest, out, settings):
     """(the run's summary, gangs replaced during it) of a manifest rendered on a GangRenderer closed after."""
-    from ditfarm.jobs.gang_renderer import GangRenderer
     from ditfarm.jobs.driver import render_manifest
+    from ditfarm.jobs.gang_renderer import GangRenderer
 
     renderer = GangRenderer(settings)
     try:
@@ -133,8 +148,10 @@ def test_manifest_on_a_gang_matches_one_process_and_bad_rows_fail_alone(ray_clus
     from ditfarm.jobs.results import read_all_results
     from ditfarm.pipelines.video_io import read_mp4
 
-    manifest = _manifest(tmp_path / "m.parquet", [PROMPT, "purple circle moving up on red background",
-                                                  "white square moving up on green gradient background"])
+    manifest = _manifest(
+        tmp_path / "m.parquet",
+        [PROMPT, "purple circle moving up on red background", "white square moving up on green gradient background"],
+    )
     common = dict(model=str(random_model_folder), steps=6, cache="adaptive", cache_knob=0.2)
     on_gang = render_manifest(manifest, tmp_path / "sp2", RenderSettings(sp=2, gangs=1, **common), progress=False)
     local = render_manifest(manifest, tmp_path / "local", RenderSettings(**common), progress=False)
@@ -154,8 +171,8 @@ def test_manifest_on_a_gang_matches_one_process_and_bad_rows_fail_alone(ray_clus
 def test_two_gangs_render_side_by_side(ray_cluster, random_model_folder, tmp_path):
     """Both gangs hold a video at the same time: some two renders overlap in time (a serial run, one gang after
     the other, would pass a count of videos per gang but not this)."""
-    from ditfarm.jobs.gang_renderer import GangRenderer
     from ditfarm.jobs.driver import RenderSettings, render_manifest
+    from ditfarm.jobs.gang_renderer import GangRenderer
 
     class TimedGangRenderer(GangRenderer):
         spans = []
@@ -177,12 +194,13 @@ def test_two_gangs_render_side_by_side(ray_cluster, random_model_folder, tmp_pat
     assert summary.ok == 4
     assert sorted(renderer.videos_per_gang) >= [1, 1] and sum(renderer.videos_per_gang) == 4
     spans = sorted(renderer.spans)
-    overlaps = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1:] if b[0] < a[1]]
+    overlaps = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1 :] if b[0] < a[1]]
     assert overlaps, f"no two renders overlapped: {spans}"
 
 
-def test_a_poison_row_fails_after_its_retries_and_every_other_row_renders(ray_cluster, random_model_folder, tmp_path,
-                                                                          monkeypatch):
+def test_a_poison_row_fails_after_its_retries_and_every_other_row_renders(
+    ray_cluster, random_model_folder, tmp_path, monkeypatch
+):
     """A row whose rank dies every time (the test-only fault hook) is rendered on 1 + --retries gangs, each of
     which is replaced; then it fails with the gang's error and its attempts, and the other gang keeps going."""
     from ditfarm.cluster.gang import FAULT_ENV
@@ -201,13 +219,15 @@ def test_a_poison_row_fails_after_its_retries_and_every_other_row_renders(ray_cl
     assert all(rows[v]["status"] == "ok" and rows[v]["attempts"] == 1 for v in ("v0", "v2", "v3"))
 
 
-def test_a_row_whose_latents_go_non_finite_fails_on_every_rank_and_the_gang_goes_on(ray_cluster, random_model_folder,
-                                                                                    tmp_path):
+def test_a_row_whose_latents_go_non_finite_fails_on_every_rank_and_the_gang_goes_on(
+    ray_cluster, random_model_folder, tmp_path
+):
     """Both ranks hold the gathered latents, so both refuse the NaN video alike after the loop: the row fails once
     by name, no gang is replaced, and the next rows render on the same gang."""
+    from helpers import poisoned_model_folder
+
     from ditfarm.jobs.driver import RenderSettings
     from ditfarm.jobs.results import read_results
-    from helpers import poisoned_model_folder
 
     folder = poisoned_model_folder(random_model_folder, tmp_path / "poisoned")
     manifest = _manifest(tmp_path / "m.parquet", [PROMPT, "yellow triangle moving right on black background", PROMPT])
@@ -219,23 +239,27 @@ def test_a_row_whose_latents_go_non_finite_fails_on_every_rank_and_the_gang_goes
     assert "non-finite latents" in rows["v1"]["error"]
     assert sorted(p.name for p in (tmp_path / "out" / "videos").iterdir()) == ["v0.mp4", "v2.mp4"]
     assert rows["v0"]["store_seconds"] > 0 and rows["v0"]["wall_seconds"] > 0  # rank 0 timed its store
-    assert rows["v0"]["seconds"] == pytest.approx(sum(rows["v0"][k] for k in (
-        "text_seconds", "denoise_seconds", "decode_seconds", "store_seconds")), abs=2e-3)
+    assert rows["v0"]["seconds"] == pytest.approx(
+        sum(rows["v0"][k] for k in ("text_seconds", "denoise_seconds", "decode_seconds", "store_seconds")), abs=2e-3
+    )
 
 
-def test_a_video_past_its_time_limit_stops_on_every_rank_at_once_and_the_gang_goes_on(ray_cluster,
-                                                                                       random_model_folder, tmp_path):
+def test_a_video_past_its_time_limit_stops_on_every_rank_at_once_and_the_gang_goes_on(
+    ray_cluster, random_model_folder, tmp_path
+):
     """The ranks vote at every step, so both stop at the same step: the row fails once by name (no rank is left
     in a collective, so the gang is not replaced) and the next rows render on the same gang."""
-    from ditfarm.jobs.driver import RenderSettings
-    from ditfarm.jobs.results import read_results
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from ditfarm.jobs.driver import RenderSettings
+    from ditfarm.jobs.results import read_results
+
     manifest = tmp_path / "m.parquet"
-    pq.write_table(pa.table({"id": ["v0", "v1", "v2"], "prompt": [PROMPT] * 3,
-                             "steps": pa.array([2, 1000, 2], pa.int64())}), manifest)
+    pq.write_table(
+        pa.table({"id": ["v0", "v1", "v2"], "prompt": [PROMPT] * 3, "steps": pa.array([2, 1000, 2], pa.int64())}),
+        manifest,
+    )
     settings = RenderSettings(model=str(random_model_folder), sp=2, gangs=1, retries=1, video_timeout_s=2.0)
     summary, replaced = render_on_gangs(manifest, tmp_path / "out", settings)
     assert (summary.ok, summary.failed, replaced) == (2, 1, 0), summary.errors
@@ -247,8 +271,10 @@ def test_gangs_start_together_and_a_pool_goes_on_with_those_the_cluster_holds(ra
     """Three gangs of one CPU asked of a 2-CPU cluster: two start at the same time (their starts overlap; one
     after the other, the second would begin when the first was ready), the third times out, its placement group
     is removed, and the pool renders on two."""
-    pool = GangPool(GangConfig(sp=1, rank=RankConfig(model=str(random_model_folder)), start_timeout_s=30,
-                               call_timeout_s=120), gangs=3)
+    pool = GangPool(
+        GangConfig(sp=1, rank=RankConfig(model=str(random_model_folder)), start_timeout_s=30, call_timeout_s=120),
+        gangs=3,
+    )
     try:
         assert pool.alive == 2
         groups = [g["name"] for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
@@ -280,11 +306,14 @@ def test_what_a_gang_runs_is_logged_once_per_gang(ray_cluster, random_model_fold
 def test_a_gang_no_node_can_hold_is_refused_at_once_naming_the_largest_node(ray_cluster, random_model_folder):
     """--sp 4 on a 2-CPU node of a cluster without an autoscaler: said at once (exit 2 from the CLI), not after
     the start timeout in silence."""
-    from ditfarm.jobs.gang_renderer import GangRenderer
     from ditfarm.jobs.driver import RenderSettings
+    from ditfarm.jobs.gang_renderer import GangRenderer
 
     started = time.monotonic()
-    with pytest.raises(ValueError, match=r"can hold a gang of 4 rank\(s\) of 1 CPU: the largest, .* with 2 CPU\(s\) "
-                                         r"and 0 GPU\(s\), holds 2; .* render with --sp 2 or fewer"):
+    with pytest.raises(
+        ValueError,
+        match=r"can hold a gang of 4 rank\(s\) of 1 CPU: the largest, .* with 2 CPU\(s\) "
+        r"and 0 GPU\(s\), holds 2; .* render with --sp 2 or fewer",
+    ):
         GangRenderer(RenderSettings(model=str(random_model_folder), sp=4, gangs=1, start_timeout_s=300))
     assert time.monotonic() - started < 10

@@ -4,9 +4,9 @@ import pytest
 import ray
 
 from ditfarm.cluster.gang import GangConfig
-from ditfarm.jobs.gang_renderer import GangRenderer, auto_gang_count
 from ditfarm.commands.cli import build_parser, settings_from_args
 from ditfarm.jobs.driver import RenderSettings
+from ditfarm.jobs.gang_renderer import GangRenderer, auto_gang_count
 
 
 def node(node_id, cpus=0, gpus=0, alive=True):
@@ -16,7 +16,12 @@ def node(node_id, cpus=0, gpus=0, alive=True):
 
 def test_gpu_runs_count_gangs_per_node_and_never_split_one_across_nodes():
     gpu = GangConfig(sp=4, gpus_per_rank=1.0)
-    nodes = [node("head", cpus=8), node("a", cpus=96, gpus=8), node("b", cpus=96, gpus=6), node("c", gpus=8, alive=False)]
+    nodes = [
+        node("head", cpus=8),
+        node("a", cpus=96, gpus=8),
+        node("b", cpus=96, gpus=6),
+        node("c", gpus=8, alive=False),
+    ]
     assert auto_gang_count(nodes, gpu, driver_node_id="head") == 2 + 1  # 6 GPUs hold one gang of 4, not 1.5
     assert auto_gang_count(nodes, GangConfig(sp=8, gpus_per_rank=1.0), "head") == 1
 

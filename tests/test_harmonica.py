@@ -37,7 +37,8 @@ def test_a_router_lives_beside_the_profile_and_another_model_refuses_it(tiny_pip
         cache.enable(tiny_pipe, build_config("harmonica", 0.1, mine))
     assert cache.engine_of(tiny_pipe) is None
     Router(model=model_identity(tiny_pipe.transformer), logits=np.zeros((30, units)).tolist()).save(
-        tmp_path / ROUTER_FILE)
+        tmp_path / ROUTER_FILE
+    )
     engine = cache.enable(tiny_pipe, build_config("harmonica", 0.6, mine))  # sigmoid(0) = 0.5 < 0.6: reuse
     try:
         assert engine.policy.schedule(30, units)[1:].sum() == 0
@@ -46,8 +47,9 @@ def test_a_router_lives_beside_the_profile_and_another_model_refuses_it(tiny_pip
 
 
 def trainer(pipe, run_dir, **changes):
-    config = RouterTraining(**{"iterations": 4, "beta": 0.1, "lr": 0.3, "lambda_every": 100, "save_every": 1,
-                               **changes})
+    config = RouterTraining(
+        **{"iterations": 4, "beta": 0.1, "lr": 0.3, "lambda_every": 100, "save_every": 1, **changes}
+    )
     return RouterTrainer(pipe, [PROMPT], config, run_dir, steps=6, log=lambda *a: None)
 
 

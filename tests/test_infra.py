@@ -20,7 +20,6 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-
 import yaml
 
 from ditfarm.commands.cli import build_parser
@@ -61,15 +60,16 @@ def render_commands(text: str) -> list[list[str]]:
     joined = re.sub(r"\\[ \t]*\n", " ", text)
     found = []
     for match in COMMAND.finditer(joined):
-        line = joined[match.start():].split("\n", 1)[0]
+        line = joined[match.start() :].split("\n", 1)[0]
         found.append(ditfarm_commands(line)[0])
     return found
 
 
 def uncomment(text: str, prefix: str = "#") -> str:
     """Only the comment lines' text (the other lines blank), with the comment marker taken off."""
-    return "\n".join(line.strip()[len(prefix):] if line.strip().startswith(prefix) else ""
-                     for line in text.splitlines())
+    return "\n".join(
+        line.strip()[len(prefix) :] if line.strip().startswith(prefix) else "" for line in text.splitlines()
+    )
 
 
 def strings(node):
@@ -86,8 +86,9 @@ def strings(node):
 def python_texts(source: str) -> list[str]:
     """A Python file's string constants (docstrings, bash_command scripts) and its comments."""
     texts = [n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
-    comments = [t.string[1:] for t in tokenize.generate_tokens(io.StringIO(source).readline)
-                if t.type == tokenize.COMMENT]
+    comments = [
+        t.string[1:] for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT
+    ]
     return texts + ["\n".join(comments)]
 
 
@@ -120,12 +121,20 @@ def test_every_ditfarm_render_command_in_infra_is_one_the_cli_accepts(path):
 def test_the_deployment_files_each_hold_their_commands():
     """Not vacuous: each deployment file has its command found, reading and writing s3:// on the whole cluster."""
     counts = {p.relative_to(INFRA).as_posix(): len(commands_in(p)) for p in INFRA_FILES}
-    for name in ("ray-up/gpu-cluster.yaml", "kuberay/rayjob.yaml", "scheduling/nightly-cronjob.yaml",
-                 "scheduling/airflow_dag.py"):
+    for name in (
+        "ray-up/gpu-cluster.yaml",
+        "kuberay/rayjob.yaml",
+        "scheduling/nightly-cronjob.yaml",
+        "scheduling/airflow_dag.py",
+    ):
         assert counts.get(name, 0) >= 1, name
     assert counts["README.md"] >= 3
-    for name in ("ray-up/gpu-cluster.yaml", "kuberay/rayjob.yaml", "scheduling/nightly-cronjob.yaml",
-                 "scheduling/airflow_dag.py"):
+    for name in (
+        "ray-up/gpu-cluster.yaml",
+        "kuberay/rayjob.yaml",
+        "scheduling/nightly-cronjob.yaml",
+        "scheduling/airflow_dag.py",
+    ):
         for argv in commands_in(INFRA / name):
             args = build_parser().parse_args(argv)
             assert args.manifest.startswith("s3://") and args.out.startswith("s3://"), name
@@ -228,8 +237,11 @@ def test_images_copy_everything_the_build_reads(dockerfile):
 
     sys.path.pop(0)
     assert {"pyproject.toml", "setup.py", "README.md", "constraints.txt", *MAPPED.values()} <= copied
-    ignored = {line.strip() for line in (INFRA.parent / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
+    ignored = {
+        line.strip()
+        for line in (INFRA.parent / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert {".git", "build", ".venv"} <= ignored and not copied & ignored  # a small context that has what is copied
 
 
@@ -255,6 +267,7 @@ def test_readme_commands_are_valid():
 
 
 # --- the schedulers' submit scripts -------------------------------------------------------------------------
+
 
 def cronjob() -> dict:
     (doc,) = [d for d in yaml.safe_load_all(CRONJOB.read_text()) if d]
@@ -406,8 +419,13 @@ def fake_ray(tmp_path):
 
 
 def run_script(script: str, bin_dir: Path, env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", script], env={**env, "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"},
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        ["bash", "-c", script],
+        env={**env, "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.parametrize("scheduler", ["cronjob", "airflow"])
@@ -421,9 +439,15 @@ def test_submit_script_turns_ditfarm_exit_codes_into_outcomes(scheduler, case, f
     if logs is None:
         logs = lease_refusal(tmp_path)
     argv_file = tmp_path / "argv.jsonl"
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "RAY_ADDRESS": "http://ray-head.test:8265",
-           "DITFARM_DAY": day, "FAKE_RAY_CASE": case, "FAKE_RAY_LOGS": logs.replace("<day>", day),
-           "FAKE_RAY_ARGV": str(argv_file)}
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "RAY_ADDRESS": "http://ray-head.test:8265",
+        "DITFARM_DAY": day,
+        "FAKE_RAY_CASE": case,
+        "FAKE_RAY_LOGS": logs.replace("<day>", day),
+        "FAKE_RAY_ARGV": str(argv_file),
+    }
     proc = run_script(script, fake_ray, env)
     expected = cron_code if scheduler == "cronjob" else dag_code
     assert proc.returncode == expected, (proc.returncode, proc.stdout, proc.stderr)
@@ -433,7 +457,7 @@ def test_submit_script_turns_ditfarm_exit_codes_into_outcomes(scheduler, case, f
     (argv,) = [json.loads(line) for line in argv_file.read_text().splitlines()]  # submitted once, no retry loop
     assert argv[:4] == ["job", "submit", "--address", "http://ray-head.test:8265"]
     assert argv[argv.index("--submission-id") + 1].startswith(f"ditfarm-{day}-")
-    command = argv[argv.index("--") + 1:]
+    command = argv[argv.index("--") + 1 :]
     assert command[:2] == ["ditfarm", "render"]
     args = build_parser().parse_args(command[1:])  # the command as expanded by bash, parsed by the CLI
     assert args.manifest == f"s3://renders/manifests/{day}/" and args.out == f"s3://renders/out/{day}"
@@ -468,22 +492,45 @@ def ray_head_with_fake_ditfarm():
     (fake_bin / "ditfarm").write_text(FAKE_DITFARM.format(python=sys.executable))
     (fake_bin / "ditfarm").chmod(0o755)
     plan = temp_dir / "plan.json"
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex,
-           "PATH": f"{fake_bin}{os.pathsep}{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
-           "RAY_USAGE_STATS_ENABLED": "0", "FAKE_DITFARM_PLAN": str(plan)}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex,
+        "PATH": f"{fake_bin}{os.pathsep}{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "FAKE_DITFARM_PLAN": str(plan),
+    }
     dashboard = free_port()
     subprocess.run(
-        [venv_bin / "ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=1", f"--temp-dir={temp_dir}",
-         "--include-dashboard=true", "--disable-usage-stats"],
-        check=True, env=env, capture_output=True, timeout=180,
+        [
+            venv_bin / "ray",
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={free_port()}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            "--num-cpus=1",
+            f"--temp-dir={temp_dir}",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=180,
     )
     address = f"http://127.0.0.1:{dashboard}"
     try:
         deadline = time.monotonic() + 300  # `ray start` returns before the job agent takes submissions
         while True:
-            probe = subprocess.run([venv_bin / "ray", "job", "submit", "--address", address, "--", "true"],
-                                   env=env, capture_output=True, text=True, timeout=120)
+            probe = subprocess.run(
+                [venv_bin / "ray", "job", "submit", "--address", address, "--", "true"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             if probe.returncode == 0:
                 break
             assert time.monotonic() < deadline, probe.stdout + probe.stderr
@@ -495,8 +542,9 @@ def ray_head_with_fake_ditfarm():
 
 
 @pytest.mark.slow
-def test_cronjob_script_reads_ditfarms_exit_code_back_through_a_real_ray_job_submit(ray_head_with_fake_ditfarm,
-                                                                                   tmp_path):
+def test_cronjob_script_reads_ditfarms_exit_code_back_through_a_real_ray_job_submit(
+    ray_head_with_fake_ditfarm, tmp_path
+):
     """Pins what the script relies on in Ray itself: `ray job submit` exits 1 for any failed job and prints the
     entrypoint's code in the status message; the script recovers it (2 held: skip; 75: retry later)."""
     head = ray_head_with_fake_ditfarm
@@ -504,8 +552,11 @@ def test_cronjob_script_reads_ditfarms_exit_code_back_through_a_real_ray_job_sub
     env = {**head["env"], "RAY_ADDRESS": head["address"], "DITFARM_DAY": "2025-06-02"}
     env["PATH"] = f"{head['bin']}{os.pathsep}{env['PATH']}"  # the real `ray` for the submitter
     script = cron_script()
-    for code, stderr, expected in [(2, held, 0), (2, "ditfarm render: manifest: no parquet files", 2),
-                                   (75, "ditfarm render: no gang is left", 75)]:
+    for code, stderr, expected in [
+        (2, held, 0),
+        (2, "ditfarm render: manifest: no parquet files", 2),
+        (75, "ditfarm render: no gang is left", 75),
+    ]:
         head["plan"].write_text(json.dumps({"code": code, "stderr": stderr}))
         time.sleep(1.1)  # submission ids are per second
         proc = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=300)

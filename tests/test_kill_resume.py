@@ -30,9 +30,28 @@ def manifest_table():
 
 def start(manifest: str, out: str, model, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "ditfarm.commands.cli", "render", manifest, "--out", out, "--model", str(model),
-         "--steps", "12", "--upscale", "2", "--flush-every", "3", "--no-progress", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "ditfarm.commands.cli",
+            "render",
+            manifest,
+            "--out",
+            out,
+            "--model",
+            str(model),
+            "--steps",
+            "12",
+            "--upscale",
+            "2",
+            "--flush-every",
+            "3",
+            "--no-progress",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -57,8 +76,9 @@ def check_exactly_once(out: str) -> None:
 
 
 @pytest.mark.parametrize("where", ["s3", "local"])
-def test_sigkill_of_the_driver_then_rerun_renders_each_id_exactly_once(where, s3_endpoint, random_model_folder,
-                                                                       tmp_path):
+def test_sigkill_of_the_driver_then_rerun_renders_each_id_exactly_once(
+    where, s3_endpoint, random_model_folder, tmp_path
+):
     s3 = boto3.client("s3")
     if where == "s3":
         bucket = "kill-" + uuid.uuid4().hex[:10]
@@ -76,8 +96,11 @@ def test_sigkill_of_the_driver_then_rerun_renders_each_id_exactly_once(where, s3
 
         def count_videos():
             folder = tmp_path / "out" / "videos"
-            return len([p for p in folder.iterdir() if p.name.endswith(".mp4") and not p.name.startswith(".")]) \
-                if folder.is_dir() else 0
+            return (
+                len([p for p in folder.iterdir() if p.name.endswith(".mp4") and not p.name.startswith(".")])
+                if folder.is_dir()
+                else 0
+            )
 
     def refused(proc: subprocess.Popen, holder_pid: int) -> None:
         """A run on an output another live run holds refuses at once, naming the holder; it renders nothing."""
@@ -86,8 +109,9 @@ def test_sigkill_of_the_driver_then_rerun_renders_each_id_exactly_once(where, s3
         assert "is held by run " in stderr and f"pid {holder_pid}" in stderr and "--force" in stderr, stderr
 
     holder = start(manifest, out, random_model_folder, "--lease-seconds", "12")
-    stored = kill_after(holder, count_videos, 4, meanwhile=lambda: refused(start(manifest, out, random_model_folder),
-                                                                          holder.pid))
+    stored = kill_after(
+        holder, count_videos, 4, meanwhile=lambda: refused(start(manifest, out, random_model_folder), holder.pid)
+    )
     assert 4 <= stored < N
     # SIGKILLed on this host: its lease is still fresh, but its process is gone (pid and start time), so the next run
     # takes over at once instead of waiting the 12 s (tests/test_lease.py: a holder elsewhere waits for the ttl)
@@ -121,15 +145,32 @@ def test_sigkill_of_the_driver_then_rerun_renders_each_id_exactly_once(where, s3
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_sigterm_or_ctrl_c_stops_within_seconds_keeps_stored_rows_and_a_rerun_resumes(signum, code,
-                                                                                     random_model_folder, tmp_path):
+def test_sigterm_or_ctrl_c_stops_within_seconds_keeps_stored_rows_and_a_rerun_resumes(
+    signum, code, random_model_folder, tmp_path
+):
     manifest, out = str(tmp_path / "m.parquet"), str(tmp_path / "out")
     pq.write_table(manifest_table(), manifest)
     videos = tmp_path / "out" / "videos"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ditfarm.commands.cli", "render", manifest, "--out", out, "--model", str(random_model_folder),
-         "--steps", "40", "--upscale", "2", "--no-progress"],  # default flush: nothing is written before the stop
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "ditfarm.commands.cli",
+            "render",
+            manifest,
+            "--out",
+            out,
+            "--model",
+            str(random_model_folder),
+            "--steps",
+            "40",
+            "--upscale",
+            "2",
+            "--no-progress",
+        ],  # default flush: nothing is written before the stop
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 240
     while not (videos.is_dir() and len([p for p in videos.iterdir() if not p.name.startswith(".")]) >= 2):

@@ -15,8 +15,17 @@ from setup import MAPPED  # noqa: E402 - which folder holds which package
 sys.path.pop(0)
 
 # Bottom first.  A module may import its own layer and the layers below it.
-LAYERS = ("ditfarm", "ditfarm.storage", "ditfarm.pipelines", "ditfarm.cache", "ditfarm.worker", "ditfarm.cluster",
-          "ditfarm.jobs", "ditfarm.tools", "ditfarm.commands")
+LAYERS = (
+    "ditfarm",
+    "ditfarm.storage",
+    "ditfarm.pipelines",
+    "ditfarm.cache",
+    "ditfarm.worker",
+    "ditfarm.cluster",
+    "ditfarm.jobs",
+    "ditfarm.tools",
+    "ditfarm.commands",
+)
 
 
 def module_files(root: Path = ROOT) -> dict[str, Path]:
@@ -39,8 +48,11 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = ".".join(package[:len(package) - node.level + 1] + [node.module or ""]).strip(".") \
-                if node.level else node.module
+            base = (
+                ".".join(package[: len(package) - node.level + 1] + [node.module or ""]).strip(".")
+                if node.level
+                else node.module
+            )
             targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
         else:
             continue
@@ -63,8 +75,12 @@ def layer_of(module: str) -> int:
 
 
 def back_edges(graph: dict[str, set[str]]) -> list[str]:
-    return sorted(f"{a} -> {b} ({LAYERS[layer_of(a)]} must not import {LAYERS[layer_of(b)]})"
-                  for a, targets in graph.items() for b in targets if layer_of(b) > layer_of(a))
+    return sorted(
+        f"{a} -> {b} ({LAYERS[layer_of(a)]} must not import {LAYERS[layer_of(b)]})"
+        for a, targets in graph.items()
+        for b in targets
+        if layer_of(b) > layer_of(a)
+    )
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -135,8 +151,9 @@ def test_the_checks_find_a_back_edge_and_a_cycle_inside_functions(tmp_path):
     original = checks.read_text()
     checks.write_text(original + "\n\ndef _late():\n    from ..jobs.driver import RenderJob\n")
     graph = import_graph(tmp_path)
-    assert back_edges(graph) == ["ditfarm.pipelines.checks -> ditfarm.jobs.driver (ditfarm.pipelines must not "
-                                 "import ditfarm.jobs)"]
+    assert back_edges(graph) == [
+        "ditfarm.pipelines.checks -> ditfarm.jobs.driver (ditfarm.pipelines must not import ditfarm.jobs)"
+    ]
     checks.write_text(original)
     assert back_edges(import_graph(tmp_path)) == [] and cycles(import_graph(tmp_path)) == []
     base = tmp_path / "pipelines" / "denoise.py"

@@ -8,11 +8,11 @@ import uuid
 
 import boto3
 import pytest
+from helpers import CountingRenderer
 
 from ditfarm.jobs.driver import RenderJob, RenderSettings, prompt_task
 from ditfarm.storage.lease import LEASE_NAME, Holder, Lease, LeaseHeld, LeaseLost, current_holder, lease_object
 from ditfarm.storage.stores import open_output
-from helpers import CountingRenderer
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -94,7 +94,7 @@ def test_of_two_runs_that_see_a_stale_lease_exactly_one_takes_it(tmp_path):
         time.sleep(0.01)
         barrier, won, refused = threading.Barrier(2), [], []
 
-        def contend(name):
+        def contend(name, barrier=barrier, won=won, refused=refused):
             barrier.wait()
             try:
                 won.append(Lease(store, name).acquire())
@@ -129,8 +129,13 @@ def test_a_job_that_loses_its_lease_stops_before_rendering_beside_the_new_holder
 
 def test_an_unstarted_job_gives_its_lease_back_when_dropped(tmp_path):
     out = str(tmp_path / "out")
-    job = RenderJob([prompt_task("red circle moving left on blue background")], out, RenderSettings(),
-                    renderer=object(), progress=False)
+    job = RenderJob(
+        [prompt_task("red circle moving left on blue background")],
+        out,
+        RenderSettings(),
+        renderer=object(),
+        progress=False,
+    )
     assert current_holder(job.store) is not None
     store = job.store
     del job
@@ -151,11 +156,28 @@ def test_a_run_killed_on_this_host_is_taken_over_at_once_and_status_says_its_pro
     from ditfarm.commands.cli import main as cli
 
     manifest, out = tmp_path / "m.parquet", tmp_path / "out"
-    pq.write_table(pa.table({"id": [f"k{i}" for i in range(50)],
-                             "prompt": ["red circle moving left on blue background"] * 50}), manifest)
-    proc = subprocess.Popen([sys.executable, "-m", "ditfarm.commands.cli", "render", str(manifest), "--out", str(out),
-                             "--steps", "30", "--no-progress", "--lease-seconds", "600"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pq.write_table(
+        pa.table({"id": [f"k{i}" for i in range(50)], "prompt": ["red circle moving left on blue background"] * 50}),
+        manifest,
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ditfarm.commands.cli",
+            "render",
+            str(manifest),
+            "--out",
+            str(out),
+            "--steps",
+            "30",
+            "--no-progress",
+            "--lease-seconds",
+            "600",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not (out / LEASE_NAME).exists() or not (out / "videos").exists():
         assert time.monotonic() < deadline and proc.poll() is None
@@ -178,8 +200,15 @@ def test_a_live_holder_a_reused_pid_and_another_host(tmp_path):
 
     from ditfarm.storage.lease import this_process
 
-    live = Holder(run_id="r", host=__import__("socket").gethostname(), pid=os.getpid(), ray_job=None, started_at="-",
-                  ttl_s=120, process=this_process())
+    live = Holder(
+        run_id="r",
+        host=__import__("socket").gethostname(),
+        pid=os.getpid(),
+        ray_job=None,
+        started_at="-",
+        ttl_s=120,
+        process=this_process(),
+    )
     assert not live.gone()  # this very process
     boot_ns_pid, start = live.process.rsplit(":", 1)
     assert dataclasses.replace(live, process=f"{boot_ns_pid}:{int(start) + 1}").gone()  # the pid was reused since

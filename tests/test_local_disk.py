@@ -51,8 +51,9 @@ def test_a_read_only_videos_folder_stops_the_run_before_anything_renders(tmp_pat
     assert not (out / "lease.json").exists()
 
 
-def test_a_read_only_temp_folder_stops_an_s3_run_before_anything_renders(tmp_path, mount_tmpfs, s3_endpoint,
-                                                                          monkeypatch, capsys):
+def test_a_read_only_temp_folder_stops_an_s3_run_before_anything_renders(
+    tmp_path, mount_tmpfs, s3_endpoint, monkeypatch, capsys
+):
     import tempfile
 
     import boto3
@@ -61,8 +62,17 @@ def test_a_read_only_temp_folder_stops_an_s3_run_before_anything_renders(tmp_pat
     boto3.client("s3").create_bucket(Bucket=bucket)
     temp = mount_tmpfs(tmp_path / "tmp", "1m", read_only=True)
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
-    rc = cli(["render", str(manifest(tmp_path / "m.parquet", 2)), "--out", f"s3://{bucket}/out", "--steps", "2",
-              "--no-progress"])
+    rc = cli(
+        [
+            "render",
+            str(manifest(tmp_path / "m.parquet", 2)),
+            "--out",
+            f"s3://{bucket}/out",
+            "--steps",
+            "2",
+            "--no-progress",
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     # (the path is shown with the moto secret "test" redacted, as every message is)
@@ -71,8 +81,9 @@ def test_a_read_only_temp_folder_stops_an_s3_run_before_anything_renders(tmp_pat
     assert boto3.client("s3").list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
 
 
-def test_a_disk_that_fills_mid_run_keeps_the_stored_videos_rows_releases_the_lease_and_exits_5(tmp_path,
-                                                                                                mount_tmpfs, capsys):
+def test_a_disk_that_fills_mid_run_keeps_the_stored_videos_rows_releases_the_lease_and_exits_5(
+    tmp_path, mount_tmpfs, capsys
+):
     out = mount_tmpfs(tmp_path / "disk", "1300k") / "out"
     source = manifest(tmp_path / "m.parquet", 40)
     args = ["render", str(source), "--out", str(out), "--steps", "2", "--no-progress", "--flush-every", "4"]

@@ -70,7 +70,10 @@ def test_bad_rows_fail_alone_with_row_and_problem(tmp_path):
     out = rows(path)
     assert isinstance(out[0], RenderTask)
     problems = {r.row: r.error for r in out if isinstance(r, RowProblem)}
-    assert problems[1] == "row 1 (id 'bad id'): id must match [A-Za-z0-9._-]{1,128} (it names the output file; no '/', no spaces)"
+    assert (
+        problems[1]
+        == "row 1 (id 'bad id'): id must match [A-Za-z0-9._-]{1,128} (it names the output file; no '/', no spaces)"
+    )
     assert problems[2] == "row 2: id is missing (null)"
     assert problems[3] == "row 3 (id 'ok1'): id duplicates row 0"
     assert problems[4] == "row 4 (id 'empty'): prompt is empty"

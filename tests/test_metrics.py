@@ -17,7 +17,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from helpers import free_port
 
 GOOD = ["red circle moving left on blue background", "white square moving up on green gradient background"]
@@ -39,8 +38,11 @@ def scrape(port: int) -> dict:
 
 def total(series: dict, name: str, out: str, **labels) -> float:
     """Summed over the run's processes (each driver is its own series)."""
-    return sum(v for got, v in series.get(name, []) if got.get("out") == out
-               and all(got.get(k) == want for k, want in labels.items()))
+    return sum(
+        v
+        for got, v in series.get(name, [])
+        if got.get("out") == out and all(got.get(k) == want for k, want in labels.items())
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,31 +50,69 @@ def ray_head_with_metrics():
     bin_dir = Path(sys.executable).parent
     temp_dir = Path(tempfile.mkdtemp(prefix="rm-", dir="/tmp"))
     gcs, metrics = free_port(), free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex,
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_metrics_report_interval_ms": "500"}  # Ray's default (10 s) would only slow the test down
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_metrics_report_interval_ms": "500",
+    }  # Ray's default (10 s) would only slow the test down
     subprocess.run(
-        [bin_dir / "ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         f"--metrics-export-port={metrics}", "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}",
-         "--num-cpus=2", f"--temp-dir={temp_dir}", "--include-dashboard=true", "--disable-usage-stats"],
-        check=True, env=env, capture_output=True, timeout=180,
+        [
+            bin_dir / "ray",
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs}",
+            f"--metrics-export-port={metrics}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={free_port()}",
+            "--num-cpus=2",
+            f"--temp-dir={temp_dir}",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=180,
     )
     yield {"env": {**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"}, "metrics_port": metrics}
     subprocess.run([bin_dir / "ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_a_jobs_metrics_appear_on_the_ray_nodes_export_with_the_right_counts(ray_head_with_metrics,
-                                                                            random_model_folder, tmp_path):
+def test_a_jobs_metrics_appear_on_the_ray_nodes_export_with_the_right_counts(
+    ray_head_with_metrics, random_model_folder, tmp_path
+):
     port = ray_head_with_metrics["metrics_port"]
     manifest, out = tmp_path / "m.parquet", str(tmp_path / "out")
     ids = ["m0", "m1", "m2", "bad"]
-    pq.write_table(pa.table({"id": ids, "prompt": GOOD + [GOOD[0], "purple circle moving left on blue background"]}),
-                   manifest)
-    command = [sys.executable, "-m", "ditfarm.commands.cli", "render", str(manifest), "--out", out, "--model",
-               str(random_model_folder), "--steps", "30", "--upscale", "2", "--gangs", "1", "--no-progress"]
-    run = subprocess.Popen(command, env=ray_head_with_metrics["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
+    pq.write_table(
+        pa.table({"id": ids, "prompt": GOOD + [GOOD[0], "purple circle moving left on blue background"]}), manifest
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "ditfarm.commands.cli",
+        "render",
+        str(manifest),
+        "--out",
+        out,
+        "--model",
+        str(random_model_folder),
+        "--steps",
+        "30",
+        "--upscale",
+        "2",
+        "--gangs",
+        "1",
+        "--no-progress",
+    ]
+    run = subprocess.Popen(
+        command, env=ray_head_with_metrics["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     most_in_flight = most_gangs = 0.0
     while run.poll() is None:  # while it renders: two videos in flight on one live gang
         series = scrape(port)

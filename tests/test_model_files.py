@@ -3,9 +3,8 @@
 import multiprocessing as mp
 from pathlib import Path
 
-import pytest
-
 import boto3
+import pytest
 
 
 def _upload(folder: Path, bucket: str, prefix: str) -> None:

@@ -58,8 +58,11 @@ def test_more_layers_in_the_config_than_in_the_weights(folder):
     config = json.loads(config_path.read_text())
     config["num_layers"] = 2
     config_path.write_text(json.dumps(config))
-    with pytest.raises(ModelFolderError, match=r"text_encoder/config.json does not match .* are not in the weights "
-                                               r"\(e.g. encoder.block.1"):
+    with pytest.raises(
+        ModelFolderError,
+        match=r"text_encoder/config.json does not match .* are not in the weights "
+        r"\(e.g. encoder.block.1",
+    ):
         load_pipeline(folder)
 
 
@@ -67,18 +70,28 @@ def test_truncated_safetensors(folder):
     path = folder / "vae" / "diffusion_pytorch_model.safetensors"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ModelFolderError, match=r"vae/diffusion_pytorch_model.safetensors: truncated: its header "
-                                               r"promises \d+ bytes, the file holds \d+"):
+    with pytest.raises(
+        ModelFolderError,
+        match=r"vae/diffusion_pytorch_model.safetensors: truncated: its header "
+        r"promises \d+ bytes, the file holds \d+",
+    ):
         load_pipeline(folder)
 
 
 def test_a_missing_shard_of_a_sharded_component(folder):
     (folder / "text_encoder" / "model.safetensors").rename(folder / "text_encoder" / "model-00001-of-00002.safetensors")
-    index = {"weight_map": {"shared.weight": "model-00001-of-00002.safetensors",
-                            "encoder.final_layer_norm.weight": "model-00002-of-00002.safetensors"}}
+    index = {
+        "weight_map": {
+            "shared.weight": "model-00001-of-00002.safetensors",
+            "encoder.final_layer_norm.weight": "model-00002-of-00002.safetensors",
+        }
+    }
     (folder / "text_encoder" / "model.safetensors.index.json").write_text(json.dumps(index))
-    with pytest.raises(ModelFolderError, match=r"model-00002-of-00002.safetensors: missing \(named by "
-                                               r"model.safetensors.index.json\)"):
+    with pytest.raises(
+        ModelFolderError,
+        match=r"model-00002-of-00002.safetensors: missing \(named by "
+        r"model.safetensors.index.json\)",
+    ):
         load_pipeline(folder)
 
 
@@ -101,23 +114,41 @@ def test_a_profile_from_another_model_is_refused_at_load(small_wan_folder, tmp_p
     from ditfarm.pipelines.tiny.weights import BUNDLED_FOLDER
 
     profile = BUNDLED_FOLDER / "cache_profile.json"
-    code = cli(["render", "--prompt", "a red cat", "--out", str(tmp_path / "out"), "--model", str(small_wan_folder),
-                "--cache", "adaptive", "--profile", str(profile), "--no-progress"])
+    code = cli(
+        [
+            "render",
+            "--prompt",
+            "a red cat",
+            "--out",
+            str(tmp_path / "out"),
+            "--model",
+            str(small_wan_folder),
+            "--cache",
+            "adaptive",
+            "--profile",
+            str(profile),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2, err
     assert str(profile) in err and "was measured on WanTransformer3DModel with 8 blocks" in err
 
 
-@pytest.mark.parametrize("fields, named", [
-    ({"transformer_2": ["diffusers", "WanTransformer3DModel"], "boundary_ratio": 0.875},
-     ["transformer_2=['diffusers', 'WanTransformer3DModel'] (a second expert", "boundary_ratio=0.875"]),
-    ({"expand_timesteps": True}, ["expand_timesteps=True (per-token timesteps (Wan2.2 TI2V-5B))"]),
-    ({"image_encoder": ["transformers", "CLIPVisionModel"]}, ["image_encoder=", "(image-to-video)"]),
-    ({"some_future_field": 3}, ["some_future_field=3 (a field ditfarm does not read)"]),
-    ({"_class_name": "WanImageToVideoPipeline"}, ["_class_name 'WanImageToVideoPipeline' is not supported"]),
-])
-def test_a_wan22_or_other_folder_ditfarm_would_render_wrong_is_refused_by_name(folder, tmp_path, capsys, fields,
-                                                                              named):
+@pytest.mark.parametrize(
+    "fields, named",
+    [
+        (
+            {"transformer_2": ["diffusers", "WanTransformer3DModel"], "boundary_ratio": 0.875},
+            ["transformer_2=['diffusers', 'WanTransformer3DModel'] (a second expert", "boundary_ratio=0.875"],
+        ),
+        ({"expand_timesteps": True}, ["expand_timesteps=True (per-token timesteps (Wan2.2 TI2V-5B))"]),
+        ({"image_encoder": ["transformers", "CLIPVisionModel"]}, ["image_encoder=", "(image-to-video)"]),
+        ({"some_future_field": 3}, ["some_future_field=3 (a field ditfarm does not read)"]),
+        ({"_class_name": "WanImageToVideoPipeline"}, ["_class_name 'WanImageToVideoPipeline' is not supported"]),
+    ],
+)
+def test_a_wan22_or_other_folder_ditfarm_would_render_wrong_is_refused_by_name(folder, tmp_path, capsys, fields, named):
     """Wan2.2 A14B (two experts), TI2V-5B (per-token timesteps), image-to-video and unknown fields: the load, the
     dry run and the CLI refuse them (exit 2), naming each field, before anything renders."""
     from ditfarm.pipelines.model_checks import model_checks

@@ -8,14 +8,14 @@ import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import CountingRenderer
 
 from ditfarm.commands.cli import main as cli
 from ditfarm.jobs.driver import RenderSettings, render_manifest
 from ditfarm.jobs.manifest import Manifest, ManifestError, RenderTask, RowProblem
 from ditfarm.jobs.results import read_all_results, read_results
-from ditfarm.storage.stores import S3Store, StorageError
 from ditfarm.pipelines.video_io import read_mp4
-from helpers import CountingRenderer
+from ditfarm.storage.stores import S3Store, StorageError
 
 GOOD = "red circle moving left on blue background"
 
@@ -48,7 +48,6 @@ def unfinished_uploads(s3, bucket):
     return s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
 
 
-
 def test_manifest_from_an_object_a_prefix_and_a_local_folder(s3, bucket, tmp_path):
     first = pa.table({"id": ["a", "b"], "prompt": [GOOD, GOOD], "tag": ["x", "y"]})
     second = pa.table({"id": ["c", "a"], "prompt": [GOOD, GOOD], "tag": ["z", "w"]})
@@ -74,12 +73,21 @@ def test_manifest_from_an_object_a_prefix_and_a_local_folder(s3, bucket, tmp_pat
     [
         (lambda s3, b: f"s3://{b}/missing.parquet", "does not exist"),
         (lambda s3, b: f"s3://{b}/nothing-here/", "does not exist"),
-        (lambda s3, b: s3.put_object(Bucket=b, Key="x.parquet", Body=b"hello, not parquet") and f"s3://{b}/x.parquet",
-         "is not a readable Parquet file"),
+        (
+            lambda s3, b: (
+                s3.put_object(Bucket=b, Key="x.parquet", Body=b"hello, not parquet") and f"s3://{b}/x.parquet"
+            ),
+            "is not a readable Parquet file",
+        ),
         (lambda s3, b: put_parquet(s3, b, "n.parquet", pa.table({"id": ["a"]})), "missing required column(s) prompt"),
-        (lambda s3, b: put_parquet(s3, b, "t.parquet", pa.table({"id": ["a"], "prompt": [GOOD], "seed": ["1"]})),
-         "column 'seed' has type string; expected an integer type"),
-        (lambda s3, b: s3.put_object(Bucket=b, Key="e/readme.txt", Body=b"x") and f"s3://{b}/e/", "no .parquet objects"),
+        (
+            lambda s3, b: put_parquet(s3, b, "t.parquet", pa.table({"id": ["a"], "prompt": [GOOD], "seed": ["1"]})),
+            "column 'seed' has type string; expected an integer type",
+        ),
+        (
+            lambda s3, b: s3.put_object(Bucket=b, Key="e/readme.txt", Body=b"x") and f"s3://{b}/e/",
+            "no .parquet objects",
+        ),
     ],
 )
 def test_manifest_problems_on_s3_stop_the_run_before_anything_renders(s3, bucket, make, fragment, capsys):
@@ -106,8 +114,11 @@ def test_unreachable_endpoint_and_missing_output_bucket_are_clear(s3, bucket, tm
 
 
 def test_s3_in_s3_out_resume_and_rerender_of_deleted_videos(s3, bucket, random_model_folder):
-    rows = {"id": ["v0", "v1", "bad", "v3"], "prompt": [GOOD, GOOD, "purple circle moving left on blue background", GOOD],
-            "batch": ["a", "a", "b", "b"]}
+    rows = {
+        "id": ["v0", "v1", "bad", "v3"],
+        "prompt": [GOOD, GOOD, "purple circle moving left on blue background", GOOD],
+        "batch": ["a", "a", "b", "b"],
+    }
     manifest = put_parquet(s3, bucket, "in/m.parquet", pa.table(rows))
     out = f"s3://{bucket}/runs/one"
     settings = RenderSettings(model=str(random_model_folder), steps=1, upscale=2)
@@ -166,12 +177,18 @@ def test_a_failed_multipart_upload_fails_the_row_and_leaves_nothing(s3, bucket, 
 def test_dry_run_counts_groups_and_writes_nothing(s3, bucket, random_model_folder, capsys):
     ids = ["v0", "v1", "dup", "dup", "bad word", "purple", "size", "empty", "v8"]
     prompts = [GOOD, GOOD, GOOD, GOOD, GOOD, "purple circle moving left on blue background", GOOD, "", GOOD]
-    table = pa.table({"id": ids, "prompt": prompts,
-                      "height": pa.array([None] * 6 + [30, None, None], pa.int64())})
+    table = pa.table({"id": ids, "prompt": prompts, "height": pa.array([None] * 6 + [30, None, None], pa.int64())})
     manifest = put_parquet(s3, bucket, "m.parquet", table)
     out = f"s3://{bucket}/out"
-    assert render_manifest(put_parquet(s3, bucket, "first.parquet", table.slice(0, 1)), out,
-                           RenderSettings(model=str(random_model_folder), steps=1, upscale=2), progress=False).ok == 1
+    assert (
+        render_manifest(
+            put_parquet(s3, bucket, "first.parquet", table.slice(0, 1)),
+            out,
+            RenderSettings(model=str(random_model_folder), steps=1, upscale=2),
+            progress=False,
+        ).ok
+        == 1
+    )
     before = keys(s3, bucket)
     assert cli(["render", manifest, "--out", out, "--dry-run", "--model", str(random_model_folder)]) == 1
     printed = capsys.readouterr().out
@@ -203,14 +220,18 @@ def test_python_api_strings_dicts_tables_and_frames(tmp_path, random_model_folde
     assert dicts[0]["status"] == "ok" and dicts[0]["seed"] == 3 and dicts[0]["tag"] == "t"
     table_rows = list(ditfarm.render(pa.table({"id": ["t1"], "prompt": [GOOD]}), **common))
     frame_rows = list(ditfarm.render(pd.DataFrame({"id": ["f1", "f2"], "prompt": [GOOD, "purple"]}), **common))
-    assert table_rows[0]["status"] == "ok" and {r["id"]: r["status"] for r in frame_rows} == {"f1": "ok", "f2": "failed"}
+    assert table_rows[0]["status"] == "ok" and {r["id"]: r["status"] for r in frame_rows} == {
+        "f1": "ok",
+        "f2": "failed",
+    }
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.table({"id": ["m1"], "prompt": [GOOD]}), manifest)
     assert [r["status"] for r in ditfarm.render(str(manifest), **common)] == ["ok"]
 
     latest = ditfarm.read_results(out)
     assert sorted(latest.column("id").to_pylist()) == sorted(
-        [rows[0]["id"], rows[1]["id"], other[0]["id"], "d1", "t1", "f1", "f2", "m1"])
+        [rows[0]["id"], rows[1]["id"], other[0]["id"], "d1", "t1", "f1", "f2", "m1"]
+    )
 
     with pytest.raises(ManifestError, match="missing required column"):  # raises at the call, before rendering
         ditfarm.render(pa.table({"id": ["x"], "text": [GOOD]}), **common)
@@ -246,7 +267,9 @@ def test_results_are_flushed_by_time_while_videos_take_long(tmp_path):
 
 
 def test_status_prints_counts_and_failed_rows(s3, bucket, random_model_folder, capsys):
-    table = pa.table({"id": ["s0", "s1", "sbad"], "prompt": [GOOD, GOOD, "purple circle moving left on blue background"]})
+    table = pa.table(
+        {"id": ["s0", "s1", "sbad"], "prompt": [GOOD, GOOD, "purple circle moving left on blue background"]}
+    )
     manifest = put_parquet(s3, bucket, "m.parquet", table)
     out = f"s3://{bucket}/out"
     render_manifest(manifest, out, RenderSettings(model=str(random_model_folder), steps=1, upscale=2), progress=False)
@@ -267,8 +290,9 @@ def test_status_prints_counts_and_failed_rows(s3, bucket, random_model_folder, c
     assert "NoSuchBucket" in capsys.readouterr().err
 
 
-def test_cli_s3_output_goes_to_the_bucket_not_a_local_folder(s3, bucket, tmp_path, random_model_folder,
-                                                             monkeypatch, capsys):
+def test_cli_s3_output_goes_to_the_bucket_not_a_local_folder(
+    s3, bucket, tmp_path, random_model_folder, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.table({"id": ["c0"], "prompt": [GOOD]}), manifest)
@@ -288,21 +312,31 @@ def test_gangs_carry_which_store_but_never_a_key(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1234")
     monkeypatch.setenv("AWS_PROFILE", "farm")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
-    for name, value in [("AWS_ACCESS_KEY_ID", "AKIDX"), ("AWS_SECRET_ACCESS_KEY", "s3cr3t-value"),
-                        ("AWS_SESSION_TOKEN", "t0ken-value"), ("AWS_SECURITY_TOKEN", "t0ken-value"),
-                        ("AWS_SOME_FUTURE_SECRET", "future-value")]:
+    for name, value in [
+        ("AWS_ACCESS_KEY_ID", "AKIDX"),
+        ("AWS_SECRET_ACCESS_KEY", "s3cr3t-value"),
+        ("AWS_SESSION_TOKEN", "t0ken-value"),
+        ("AWS_SECURITY_TOKEN", "t0ken-value"),
+        ("AWS_SOME_FUTURE_SECRET", "future-value"),
+    ]:
         monkeypatch.setenv(name, value)
     env = dict(gang_config(RenderSettings(sp=2, gangs=1)).env_vars)
     assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1234" and env["AWS_PROFILE"] == "farm"
     assert env["AWS_SHARED_CREDENTIALS_FILE"] == str(tmp_path / "credentials")
-    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-                "AWS_SOME_FUTURE_SECRET"} & set(env)
+    assert not {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_SOME_FUTURE_SECRET",
+    } & set(env)
     assert not any(v.endswith("-value") for v in env.values())
     assert all(k.startswith(("AWS_", "DITFARM_")) for k in env)
 
 
-def test_a_credentials_file_others_can_read_is_refused_and_an_owner_only_one_works(s3, bucket, tmp_path,
-                                                                                  monkeypatch, capsys):
+def test_a_credentials_file_others_can_read_is_refused_and_an_owner_only_one_works(
+    s3, bucket, tmp_path, monkeypatch, capsys
+):
     """The file every node reads its key from (AWS_SHARED_CREDENTIALS_FILE) must be its owner's alone."""
     manifest = put_parquet(s3, bucket, "m.parquet", pa.table({"id": ["a"], "prompt": [GOOD]}))
     credentials = tmp_path / "credentials"
@@ -333,15 +367,19 @@ def test_a_job_whose_runtime_env_carries_a_key_is_told_so(monkeypatch, caplog):
     monkeypatch.setattr(ray, "get_runtime_context", lambda: Context({"AWS_ENDPOINT_URL": "http://x"}))
     warn_of_credentials_in_job_env()
     assert "runtime environment carries" not in caplog.text
-    monkeypatch.setattr(ray, "get_runtime_context",
-                        lambda: Context({"AWS_SECRET_ACCESS_KEY": "s3cr3t-value", "AWS_ACCESS_KEY_ID": "AKIDX"}))
+    monkeypatch.setattr(
+        ray,
+        "get_runtime_context",
+        lambda: Context({"AWS_SECRET_ACCESS_KEY": "s3cr3t-value", "AWS_ACCESS_KEY_ID": "AKIDX"}),
+    )
     warn_of_credentials_in_job_env()
     assert "runtime environment carries AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY" in caplog.text
     assert "s3cr3t-value" not in caplog.text and "rotate" in caplog.text
 
 
-def test_overwrite_renders_everything_again_and_an_upload_failure_fails_only_its_row(s3, bucket, random_model_folder,
-                                                                                   monkeypatch):
+def test_overwrite_renders_everything_again_and_an_upload_failure_fails_only_its_row(
+    s3, bucket, random_model_folder, monkeypatch
+):
     table = pa.table({"id": ["w0", "w1", "w2"], "prompt": [GOOD] * 3})
     manifest = put_parquet(s3, bucket, "m.parquet", table)
     out = f"s3://{bucket}/out"
@@ -366,8 +404,10 @@ def test_overwrite_renders_everything_again_and_an_upload_failure_fails_only_its
     assert (third.ok, third.failed, third.skipped) == (1, 1, 1)
     assert "row 1 (id 'w1'): cannot upload" in third.errors[0] and "SlowDown" in third.errors[0]
     rows = read_all_results(out).to_pylist()
-    assert [(r["id"], r["status"]) for r in rows[-2:]] in ([("w1", "failed"), ("w2", "ok")],
-                                                          [("w2", "ok"), ("w1", "failed")])
+    assert [(r["id"], r["status"]) for r in rows[-2:]] in (
+        [("w1", "failed"), ("w2", "ok")],
+        [("w2", "ok"), ("w1", "failed")],
+    )
     assert keys(s3, bucket, "out/videos/") == ["out/videos/w0.mp4", "out/videos/w2.mp4"]
     # an id's state is its best row: w1's earlier ok row wins over the failed rerun, and the rerun renders it again
     assert {r["id"]: r["status"] for r in read_results(out).to_pylist()} == {"w0": "ok", "w1": "ok", "w2": "ok"}
@@ -396,8 +436,9 @@ def test_off_a_terminal_progress_is_one_plain_line_per_interval(tmp_path, capsys
             return RenderedVideo(uri, task.seed, 1, 2, 2, 1, "fake", 0.25)
 
     tasks = [RenderTask(row=i, id=f"p{i}", prompt=GOOD, seed=i) for i in range(4)]
-    job = RenderJob(tasks, tmp_path / "out", RenderSettings(), renderer=SlowRenderer(), total=4, progress=True,
-                    progress_seconds=0.3)
+    job = RenderJob(
+        tasks, tmp_path / "out", RenderSettings(), renderer=SlowRenderer(), total=4, progress=True, progress_seconds=0.3
+    )
     assert job.run().ok == 4
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("progress: ")]
     assert 4 <= len(lines) <= 12  # about one per 0.3 s over ~2 s, plus the last; no bar fragments
@@ -417,8 +458,9 @@ def test_status_of_an_output_that_does_not_exist_says_so_and_exits_2(s3, bucket,
     assert "no results yet" in capsys.readouterr().out
 
 
-def test_a_missing_bucket_or_missing_credentials_for_a_manifest_are_said_as_such(s3, bucket, tmp_path, monkeypatch,
-                                                                                  capsys):
+def test_a_missing_bucket_or_missing_credentials_for_a_manifest_are_said_as_such(
+    s3, bucket, tmp_path, monkeypatch, capsys
+):
     from ditfarm.storage import stores as storage
 
     assert cli(["render", "s3://no-such-bucket-here/m.parquet", "--out", str(tmp_path / "o"), "--dry-run"]) == 2

@@ -11,8 +11,10 @@ def attention_calls(pipe, enable, steps=12):
     """(branch, output) of every call of block 0's self-attention, and how many of them computed."""
     calls, computed = [], []
     attn = pipe.transformer.blocks[0].attn1
-    handles = [attn.register_forward_hook(lambda m, a, k, out: calls.append(out), with_kwargs=True),
-               attn.to_q.register_forward_hook(lambda *a: computed.append(len(calls)))]
+    handles = [
+        attn.register_forward_hook(lambda m, a, k, out: calls.append(out), with_kwargs=True),
+        attn.to_q.register_forward_hook(lambda *a: computed.append(len(calls))),
+    ]
     try:
         enable(pipe)
         pipe.generate(PROMPT, seed=1, steps=steps)
@@ -59,5 +61,7 @@ def test_pab_covers_every_attention_module_of_wan_blocks(tiny_pipe):
         assert enable_pab(tiny_pipe, spatial=3) == 2 * len(tiny_pipe.transformer.blocks)
     finally:
         clear_caches(tiny_pipe)
-    assert not any(hasattr(m, "_diffusers_hook") and m._diffusers_hook.get_hook("pyramid_attention_broadcast")
-                   for m in tiny_pipe.transformer.modules())
+    assert not any(
+        hasattr(m, "_diffusers_hook") and m._diffusers_hook.get_hook("pyramid_attention_broadcast")
+        for m in tiny_pipe.transformer.modules()
+    )

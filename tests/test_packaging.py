@@ -30,8 +30,11 @@ def wheel(tmp_path_factory):
     """Built from a clean copy of the sources: an in-tree build/ folder left by an earlier build would otherwise
     fill the wheel with modules the current configuration no longer finds."""
     source = tmp_path_factory.mktemp("src") / "ditfarm"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "out",
-                                                                "runs", "__pycache__"))
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "out", "runs", "__pycache__"),
+    )
     dist = tmp_path_factory.mktemp("dist")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(source)],
@@ -64,28 +67,45 @@ def test_wheel_holds_every_module_and_data_file(wheel):
     assert not missing, f"files missing from the wheel: {missing}"
     top = {n.split("/")[0] for n in names}
     assert top == {"ditfarm", next(n.split("/")[0] for n in names if ".dist-info/" in n)}
-    assert not any(n.startswith(tuple(f"{folder}/" for folder in [*MAPPED_FOLDERS, "tests"] if folder != "ditfarm"))
-                   for n in names)
+    assert not any(
+        n.startswith(tuple(f"{folder}/" for folder in [*MAPPED_FOLDERS, "tests"] if folder != "ditfarm")) for n in names
+    )
 
 
 def test_wheel_imports_and_renders_without_the_editable_finder(wheel, tmp_path):
     target = tmp_path / "installed"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), *site.getsitepackages()])}
     probe = (
         "import sys, ditfarm.cache, ditfarm.cache.policies, ditfarm.commands.cli\n"
         "assert not any('editable' in repr(f).lower() for f in sys.meta_path), sys.meta_path\n"
         "print(ditfarm.cache.__file__); print(ditfarm.cache.policies.__file__)\n"
     )
-    where = subprocess.run([sys.executable, "-S", "-c", probe], check=True, capture_output=True, text=True,
-                           cwd=tmp_path, env=env).stdout.split()
+    where = subprocess.run(
+        [sys.executable, "-S", "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path, env=env
+    ).stdout.split()
     assert len(where) == 2 and all(w.startswith(str(target)) for w in where), where
     out = tmp_path / "out"
     subprocess.run(
-        [sys.executable, "-S", "-m", "ditfarm.commands.cli", "render", "--prompt", "red circle moving left on blue background",
-         "--out", str(out), "--steps", "2", "--no-progress"],
-        check=True, cwd=tmp_path, env=env,
+        [
+            sys.executable,
+            "-S",
+            "-m",
+            "ditfarm.commands.cli",
+            "render",
+            "--prompt",
+            "red circle moving left on blue background",
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--no-progress",
+        ],
+        check=True,
+        cwd=tmp_path,
+        env=env,
     )
     assert len(list((out / "videos").glob("*.mp4"))) == 1
 
@@ -110,9 +130,16 @@ def test_a_script_beside_a_clone_named_ditfarm_imports_ditfarm(tmp_path):
         "import ditfarm, ditfarm.commands.cli, ditfarm.uris\n"
         "print(ditfarm.__version__, ditfarm.commands.cli.__file__, ditfarm.uris.__file__)\n"
         "pipe = ditfarm.load_pipeline('tiny')\n"
-        "print(pipe.generate('red circle moving left on blue background', seed=0, steps=1).shape)\n")
-    proc = subprocess.run([sys.executable, str(script)], cwd=clone.parent, capture_output=True, text=True,
-                          timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+        "print(pipe.generate('red circle moving left on blue background', seed=0, steps=1).shape)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=clone.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     version, cli_file, uris_file = proc.stdout.splitlines()[0].split()
     assert cli_file == str(clone / "commands" / "cli.py") and uris_file == str(clone / "ditfarm" / "uris.py")

@@ -14,10 +14,17 @@ from ditfarm.pipelines.loading import load_pipeline
 from ditfarm.pipelines.precision import resolve_precision
 
 
-@pytest.mark.parametrize("name, device, transformer", [
-    ("auto", "cuda", torch.bfloat16), ("auto", "cuda:3", torch.bfloat16), ("auto", "cpu", torch.float32),
-    ("bf16", "cpu", torch.bfloat16), ("fp16", "cuda", torch.float16), ("fp32", "cuda", torch.float32),
-])
+@pytest.mark.parametrize(
+    "name, device, transformer",
+    [
+        ("auto", "cuda", torch.bfloat16),
+        ("auto", "cuda:3", torch.bfloat16),
+        ("auto", "cpu", torch.float32),
+        ("bf16", "cpu", torch.bfloat16),
+        ("fp16", "cuda", torch.float16),
+        ("fp32", "cuda", torch.float32),
+    ],
+)
 def test_precision_choices(name, device, transformer):
     p = resolve_precision(name, device)
     assert (p.transformer, p.text_encoder, p.vae) == (transformer, transformer, torch.float32)
@@ -46,8 +53,9 @@ def test_a_transformer_only_load_holds_no_text_encoder_or_vae(small_wan_folder):
     bare = load_pipeline(small_wan_folder, encode_and_decode=False)
     assert full.holds_text_encoder and full.holds_vae
     assert not bare.holds_text_encoder and not bare.holds_vae
-    assert sum(p.numel() for p in bare.pipe.components["transformer"].parameters()) == \
-        sum(p.numel() for p in full.transformer.parameters())
+    assert sum(p.numel() for p in bare.pipe.components["transformer"].parameters()) == sum(
+        p.numel() for p in full.transformer.parameters()
+    )
     settings = bare.settings(steps=2)
     assert bare.latent_shape(settings) == full.latent_shape(settings)
     with pytest.raises(ValueError, match="4k \\+ 1"):
@@ -80,7 +88,9 @@ def test_the_vae_decodes_tiled_and_close_to_untiled(small_wan_folder):
     pipe = load_pipeline(small_wan_folder)
     vae = pipe.pipe.vae
     assert vae.use_tiling
-    latents = torch.randn(pipe.latent_shape(pipe.settings(height=128, width=128)), generator=torch.Generator().manual_seed(0))
+    latents = torch.randn(
+        pipe.latent_shape(pipe.settings(height=128, width=128)), generator=torch.Generator().manual_seed(0)
+    )
     calls = []
     tiled = type(vae).tiled_decode
 
@@ -88,8 +98,9 @@ def test_the_vae_decodes_tiled_and_close_to_untiled(small_wan_folder):
         calls.append(1)
         return tiled(self, *args, **kwargs)
 
-    vae.enable_tiling(tile_sample_min_height=64, tile_sample_min_width=64, tile_sample_stride_height=48,
-                      tile_sample_stride_width=48)
+    vae.enable_tiling(
+        tile_sample_min_height=64, tile_sample_min_width=64, tile_sample_stride_height=48, tile_sample_stride_width=48
+    )
     type(vae).tiled_decode = spy
     try:
         in_tiles = pipe.decode(latents)
@@ -122,15 +133,51 @@ def test_fps_and_upscale_come_from_the_model_and_flags_override(small_wan_folder
     }
     for name, (model, expected) in runs.items():
         out = tmp_path / name
-        assert cli(["render", "--prompt", "red circle moving left", "--id", "v", "--out", str(out), "--steps", "1",
-                    "--model", *model, "--no-progress"]) == 0
+        assert (
+            cli(
+                [
+                    "render",
+                    "--prompt",
+                    "red circle moving left",
+                    "--id",
+                    "v",
+                    "--out",
+                    str(out),
+                    "--steps",
+                    "1",
+                    "--model",
+                    *model,
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         assert read_video_meta(out / "videos" / "v.mp4") == expected, name
 
 
 def test_results_rows_record_each_phase(small_wan_folder, tmp_path):
     out = tmp_path / "out"
-    assert cli(["render", "--prompt", "a blue car on the street", "--id", "v", "--out", str(out), "--steps", "2",
-                "--model", str(small_wan_folder), "--dtype", "bf16", "--no-progress"]) == 0
+    assert (
+        cli(
+            [
+                "render",
+                "--prompt",
+                "a blue car on the street",
+                "--id",
+                "v",
+                "--out",
+                str(out),
+                "--steps",
+                "2",
+                "--model",
+                str(small_wan_folder),
+                "--dtype",
+                "bf16",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     (row,) = read_all_results(out).to_pylist()
     for phase in ("text_seconds", "denoise_seconds", "decode_seconds"):
         assert row[phase] > 0, (phase, row)
@@ -177,8 +224,11 @@ def test_every_policy_computes_every_step_of_a_4_step_video(small_wan_folder, tm
     from ditfarm.cache.profile import BACKGROUND, BlockProfile, CacheProfile, model_identity
 
     pipe = load_pipeline(distilled_folder(small_wan_folder, tmp_path))
-    profile = CacheProfile(model=model_identity(pipe.transformer), r_attn_threshold=0.5,
-                           blocks=[BlockProfile(i, 0.0, BACKGROUND, [math.nan] * 4) for i in range(4)])
+    profile = CacheProfile(
+        model=model_identity(pipe.transformer),
+        r_attn_threshold=0.5,
+        blocks=[BlockProfile(i, 0.0, BACKGROUND, [math.nan] * 4) for i in range(4)],
+    )
     cache.enable(pipe, config_for(pipe, policy, None, profile if policy == "profiling" else None))
     try:
         pipe.generate("a red cat", seed=0)

@@ -42,12 +42,17 @@ def test_preconditioned_folder_samples_through_the_loop(tmp_path):
     assert isinstance(pipe.scheduler, PreconditionedFlowMatchScheduler) and pipe.scheduler.config.sigma_data == 0.5
 
     seen = []
-    hook = pipe.transformer.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["hidden_states"]),
-                                                      with_kwargs=True)
+    hook = pipe.transformer.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["hidden_states"]), with_kwargs=True
+    )
     after = {}
     try:
-        frames = pipe.generate("red circle moving left on blue background", seed=3, steps=3,
-                               on_step=lambda i, latents: after.setdefault(i, latents.clone()))
+        frames = pipe.generate(
+            "red circle moving left on blue background",
+            seed=3,
+            steps=3,
+            on_step=lambda i, latents: after.setdefault(i, latents.clone()),
+        )
     finally:
         hook.remove()
     assert frames.shape == (8, 32, 32, 3)

@@ -18,14 +18,18 @@ import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import free_port
 
 from ditfarm.jobs.results import read_all_results
-from helpers import free_port
 from ditfarm.pipelines.video_io import read_mp4
 
 SECRET = "SECRETzq9x-recognisable-ditfarm-key"
-GOOD = ["red circle moving left on blue background", "white square moving up on green gradient background",
-        "yellow triangle moving right on black background", "blue circle moving down on white background"]
+GOOD = [
+    "red circle moving left on blue background",
+    "white square moving up on green gradient background",
+    "yellow triangle moving right on black background",
+    "blue circle moving down on white background",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +37,35 @@ def ray_head(s3_endpoint):
     """A Ray head on loopback ports with token authentication, started as a user would (`ray start --head`)."""
     bin_dir = Path(sys.executable).parent
     temp_dir = Path(tempfile.mkdtemp(prefix="rj-", dir="/tmp"))
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex,
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
     for name in [k for k in env if k.startswith("AWS_")]:  # the cluster knows nothing of the bucket by itself
         env.pop(name)
     env.update(NODE_CREDENTIALS)  # but its nodes hold credentials, as a pod's environment or an instance role would
     dashboard = free_port()
     subprocess.run(
-        [bin_dir / "ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=3", f"--temp-dir={temp_dir}",
-         "--include-dashboard=true", "--disable-usage-stats"],
-        check=True, env=env, capture_output=True, timeout=180,
+        [
+            bin_dir / "ray",
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={free_port()}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            "--num-cpus=3",
+            f"--temp-dir={temp_dir}",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=180,
     )
     submitter = {k: v for k, v in env.items() if k not in NODE_CREDENTIALS}
     yield {"address": f"http://127.0.0.1:{dashboard}", "env": submitter, "bin": bin_dir, "temp_dir": temp_dir}
@@ -58,8 +80,9 @@ def job_credentials(endpoint: str):
     """What a job is given (the endpoint: no key travels with a job), what the nodes hold besides (the
     credentials, in their environment), and a boto3 client of the test's own using them."""
     job = {"AWS_ENDPOINT_URL": endpoint}
-    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="AKIDTEST", aws_secret_access_key=SECRET,
-                      region_name="us-east-1")
+    s3 = boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id="AKIDTEST", aws_secret_access_key=SECRET, region_name="us-east-1"
+    )
     return job, s3
 
 
@@ -74,7 +97,9 @@ def results_as_the_job(aws: dict, out: str) -> list[dict]:
         os.environ.update(env_before)
 
 
-def submit(head, args: list[str], aws: dict, entrypoint: tuple[str, ...] = ("ditfarm", "render")) -> subprocess.CompletedProcess:
+def submit(
+    head, args: list[str], aws: dict, entrypoint: tuple[str, ...] = ("ditfarm", "render")
+) -> subprocess.CompletedProcess:
     """`ray job submit`, waiting for the head's job agent: `ray start` returns before the agent has registered,
     and a submission in that window is refused with "No available agent" (nothing runs, so a retry is safe)."""
     import time
@@ -83,9 +108,22 @@ def submit(head, args: list[str], aws: dict, entrypoint: tuple[str, ...] = ("dit
     deadline = time.monotonic() + 300
     while True:
         proc = subprocess.run(
-            [head["bin"] / "ray", "job", "submit", "--address", head["address"], "--runtime-env-json", runtime_env,
-             "--", *entrypoint, *args],
-            env=head["env"], capture_output=True, text=True, timeout=600,
+            [
+                head["bin"] / "ray",
+                "job",
+                "submit",
+                "--address",
+                head["address"],
+                "--runtime-env-json",
+                runtime_env,
+                "--",
+                *entrypoint,
+                *args,
+            ],
+            env=head["env"],
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         if "No available agent" not in proc.stderr + proc.stdout or time.monotonic() > deadline:
             return proc
@@ -103,8 +141,18 @@ def test_ray_job_submit_reads_and_writes_s3_exactly_once(ray_head, s3_endpoint, 
     buffer = io.BytesIO()
     pq.write_table(pa.table({"id": ids, "prompt": prompts, "seed": pa.array(range(12), pa.int64())}), buffer)
     s3.put_object(Bucket=bucket, Key="manifests/m.parquet", Body=buffer.getvalue())
-    args = [f"s3://{bucket}/manifests/m.parquet", "--out", f"s3://{bucket}/out", "--gangs", "2", "--steps", "2",
-            "--upscale", "2", "--no-progress"]
+    args = [
+        f"s3://{bucket}/manifests/m.parquet",
+        "--out",
+        f"s3://{bucket}/out",
+        "--gangs",
+        "2",
+        "--steps",
+        "2",
+        "--upscale",
+        "2",
+        "--no-progress",
+    ]
 
     first = submit(ray_head, args, aws)
     logs = first.stdout + first.stderr
@@ -131,14 +179,25 @@ def test_ray_job_submit_reads_and_writes_s3_exactly_once(ray_head, s3_endpoint, 
 
     # The secret is nowhere: not in what the submitter saw, the job logs, the results or any object.
     listing = subprocess.run(
-        [sys.executable, "-c", "import json, sys, ray.job_submission as j; "
-         "print(json.dumps([x.submission_id for x in j.JobSubmissionClient(sys.argv[1]).list_jobs()]))",
-         ray_head["address"]],
-        env=ray_head["env"], capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "import json, sys, ray.job_submission as j; "
+            "print(json.dumps([x.submission_id for x in j.JobSubmissionClient(sys.argv[1]).list_jobs()]))",
+            ray_head["address"],
+        ],
+        env=ray_head["env"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     job_logs = [
-        subprocess.run([ray_head["bin"] / "ray", "job", "logs", "--address", ray_head["address"], job],
-                       env=ray_head["env"], capture_output=True, text=True).stdout
+        subprocess.run(
+            [ray_head["bin"] / "ray", "job", "logs", "--address", ray_head["address"], job],
+            env=ray_head["env"],
+            capture_output=True,
+            text=True,
+        ).stdout
         for job in json.loads(listing.stdout.strip().splitlines()[-1])
     ]
     assert len(job_logs) >= 2 and any("10 ok" in log for log in job_logs)
@@ -153,8 +212,9 @@ def test_ray_job_submit_reads_and_writes_s3_exactly_once(ray_head, s3_endpoint, 
     control = submit(ray_head, ["-c", "print('control job')"], {"DITFARM_CANARY": canary}, entrypoint=("python",))
     assert control.returncode == 0, control.stdout[-2000:] + control.stderr[-2000:]
     canary_seen = places_showing(ray_head, canary)
-    assert any(p.startswith("session:") for p in canary_seen) and any(p.startswith("ray list") for p in canary_seen), \
+    assert any(p.startswith("session:") for p in canary_seen) and any(p.startswith("ray list") for p in canary_seen), (
         canary_seen
+    )
     assert places_showing(ray_head, SECRET) == []
 
 
@@ -170,13 +230,19 @@ def places_showing(head, text: str) -> list[str]:
             continue
     address = ["--address", head["address"]]
     for what in ("actors", "jobs", "tasks", "workers", "placement-groups"):
-        listing = subprocess.run([head["bin"] / "ray", "list", what, "--detail", "--format", "json", "--limit", "10000",
-                                  *address], env=head["env"], capture_output=True, text=True, timeout=120)
+        listing = subprocess.run(
+            [head["bin"] / "ray", "list", what, "--detail", "--format", "json", "--limit", "10000", *address],
+            env=head["env"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert listing.returncode == 0, listing.stderr[-2000:]
         if text in listing.stdout:
             found.append(f"ray list {what}")
-    jobs = subprocess.run([head["bin"] / "ray", "job", "list", *address], env=head["env"], capture_output=True,
-                          text=True, timeout=120)
+    jobs = subprocess.run(
+        [head["bin"] / "ray", "job", "list", *address], env=head["env"], capture_output=True, text=True, timeout=120
+    )
     if text in jobs.stdout + jobs.stderr:
         found.append("ray job list")
     return found
@@ -194,16 +260,46 @@ def test_ray_job_stop_ends_the_job_removes_its_gangs_and_a_rerun_resumes(ray_hea
     buffer = io.BytesIO()
     pq.write_table(pa.table({"id": ids, "prompt": [GOOD[i % 4] for i in range(10)]}), buffer)
     s3.put_object(Bucket=bucket, Key="m.parquet", Body=buffer.getvalue())
-    args = [f"s3://{bucket}/m.parquet", "--out", f"s3://{bucket}/out", "--gangs", "2", "--steps", "40",
-            "--upscale", "2", "--no-progress", "--flush-every", "1"]
+    args = [
+        f"s3://{bucket}/m.parquet",
+        "--out",
+        f"s3://{bucket}/out",
+        "--gangs",
+        "2",
+        "--steps",
+        "40",
+        "--upscale",
+        "2",
+        "--no-progress",
+        "--flush-every",
+        "1",
+    ]
     ray = [str(ray_head["bin"] / "ray")]
     address = ["--address", ray_head["address"]]
     submission = f"stop-{uuid.uuid4().hex[:8]}"
     deadline = time.monotonic() + 300
     while True:  # the head's job agent may not be registered yet (minutes on a loaded machine)
-        proc = subprocess.run([*ray, "job", "submit", *address, "--no-wait", "--submission-id", submission,
-                               "--runtime-env-json", json.dumps({"env_vars": aws}), "--", "ditfarm", "render", *args],
-                              env=ray_head["env"], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [
+                *ray,
+                "job",
+                "submit",
+                *address,
+                "--no-wait",
+                "--submission-id",
+                submission,
+                "--runtime-env-json",
+                json.dumps({"env_vars": aws}),
+                "--",
+                "ditfarm",
+                "render",
+                *args,
+            ],
+            env=ray_head["env"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if "No available agent" not in proc.stdout + proc.stderr or time.monotonic() > deadline:
             break
         time.sleep(2)
@@ -218,17 +314,32 @@ def test_ray_job_stop_ends_the_job_removes_its_gangs_and_a_rerun_resumes(ray_hea
         time.sleep(0.2)
     assert stored() < len(ids), "the job finished before it could be stopped"
     sent = time.monotonic()
-    subprocess.run([*ray, "job", "stop", *address, submission], env=ray_head["env"], capture_output=True,
-                   text=True, timeout=120, check=True)
-    status = subprocess.run([*ray, "job", "status", *address, submission], env=ray_head["env"],
-                            capture_output=True, text=True, timeout=60)
+    subprocess.run(
+        [*ray, "job", "stop", *address, submission],
+        env=ray_head["env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    status = subprocess.run(
+        [*ray, "job", "status", *address, submission], env=ray_head["env"], capture_output=True, text=True, timeout=60
+    )
     assert "was stopped" in status.stdout + status.stderr and time.monotonic() - sent < 30, status
-    groups = json.loads(subprocess.run([*ray, "list", "placement-groups", *address, "--format", "json"],
-                                       env=ray_head["env"], capture_output=True, text=True, timeout=60,
-                                       check=True).stdout)
+    groups = json.loads(
+        subprocess.run(
+            [*ray, "list", "placement-groups", *address, "--format", "json"],
+            env=ray_head["env"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    )
     assert [g for g in groups if g["state"] != "REMOVED"] == [], groups
-    logs = subprocess.run([*ray, "job", "logs", *address, submission], env=ray_head["env"], capture_output=True,
-                          text=True, timeout=60).stdout
+    logs = subprocess.run(
+        [*ray, "job", "logs", *address, submission], env=ray_head["env"], capture_output=True, text=True, timeout=60
+    ).stdout
     assert "stopped by SIGTERM" in logs, logs[-2000:]
 
     # at once (the stopped run gave its lease back), and at 2 steps: what is left need not take 40 steps to show

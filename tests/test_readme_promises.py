@@ -13,7 +13,8 @@ from ditfarm import cache
 from ditfarm.cache.attention_probe import received_attention
 from ditfarm.cache.profile import BlockProfile
 from ditfarm.cluster.local import run_local_gang
-from ditfarm.commands.cli import build_parser, main as cli, settings_from_args
+from ditfarm.commands.cli import build_parser, settings_from_args
+from ditfarm.commands.cli import main as cli
 from ditfarm.jobs.driver import LocalRenderer, RenderSettings, render_manifest
 from ditfarm.jobs.results import read_results
 from ditfarm.pipelines.tiny.model_config import TRANSFORMER_CONFIG
@@ -27,15 +28,20 @@ def test_per_row_sampler_values_reach_the_render(tmp_path, random_model_folder):
     """negative_prompt, guidance_scale, height and width of a row are what the text encoder and the denoising
     loop see, and what the video and its results row show."""
     manifest = tmp_path / "m.parquet"
-    pq.write_table(pa.table({
-        "id": ["base", "no-cfg", "negative", "small"],
-        "prompt": [PROMPT] * 4,
-        "seed": pa.array([1, 1, 1, 1], pa.int64()),
-        "guidance_scale": [None, 1.0, None, None],
-        "negative_prompt": [None, None, NEGATIVE, None],
-        "height": pa.array([None, None, None, 16], pa.int64()),
-        "width": pa.array([None, None, None, 24], pa.int64()),
-    }), manifest)
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["base", "no-cfg", "negative", "small"],
+                "prompt": [PROMPT] * 4,
+                "seed": pa.array([1, 1, 1, 1], pa.int64()),
+                "guidance_scale": [None, 1.0, None, None],
+                "negative_prompt": [None, None, NEGATIVE, None],
+                "height": pa.array([None, None, None, 16], pa.int64()),
+                "width": pa.array([None, None, None, 24], pa.int64()),
+            }
+        ),
+        manifest,
+    )
     settings = RenderSettings(model=str(random_model_folder), steps=2, upscale=1, guidance_scale=4.0)
     renderer = LocalRenderer(settings)
     seen = []
@@ -57,15 +63,38 @@ def test_profiling_policy_renders_with_a_profile_file(tmp_path, random_model_fol
     pipe = ditfarm.load_pipeline(random_model_folder)
     profile = cache.CacheProfile(
         model=cache.model_identity(pipe.transformer),
-        blocks=[BlockProfile(i, 0.9 if i < 2 else 0.1, "foreground" if i < 2 else "background", [])
-                for i in range(len(pipe.transformer.blocks))],
+        blocks=[
+            BlockProfile(i, 0.9 if i < 2 else 0.1, "foreground" if i < 2 else "background", [])
+            for i in range(len(pipe.transformer.blocks))
+        ],
         r_attn_threshold=0.5,
     )
     path = tmp_path / "p.json"
     profile.save(path)
     out = tmp_path / "out"
-    assert cli(["render", "--prompt", PROMPT, "--out", str(out), "--model", str(random_model_folder), "--steps", "12",
-                "--cache", "profiling", "--profile", str(path), "--upscale", "1", "--no-progress"]) == 0
+    assert (
+        cli(
+            [
+                "render",
+                "--prompt",
+                PROMPT,
+                "--out",
+                str(out),
+                "--model",
+                str(random_model_folder),
+                "--steps",
+                "12",
+                "--cache",
+                "profiling",
+                "--profile",
+                str(path),
+                "--upscale",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     row = read_results(out).to_pylist()[0]
     assert row["cache"] == "profiling" and row["skipped_fraction"] > 0.1
     assert read_mp4(row["uri"]).shape == (8, 32, 32, 3)
@@ -73,9 +102,14 @@ def test_profiling_policy_renders_with_a_profile_file(tmp_path, random_model_fol
 
 def test_a_profile_is_refused_by_a_model_of_the_same_depth_with_another_config(random_model_folder):
     pipe = ditfarm.load_pipeline(random_model_folder)
-    profile = cache.CacheProfile(model=cache.model_identity(pipe.transformer),
-                                 blocks=[BlockProfile(i, 0.5, "background", []) for i in range(6)], r_attn_threshold=0.5)
-    other = WanTransformer3DModel(**{**TRANSFORMER_CONFIG, "num_layers": 6, "ffn_dim": TRANSFORMER_CONFIG["ffn_dim"] * 2})
+    profile = cache.CacheProfile(
+        model=cache.model_identity(pipe.transformer),
+        blocks=[BlockProfile(i, 0.5, "background", []) for i in range(6)],
+        r_attn_threshold=0.5,
+    )
+    other = WanTransformer3DModel(
+        **{**TRANSFORMER_CONFIG, "num_layers": 6, "ffn_dim": TRANSFORMER_CONFIG["ffn_dim"] * 2}
+    )
     assert len(other.blocks) == len(pipe.transformer.blocks)
     assert cache.model_identity(other)["config_hash"] != profile.model["config_hash"]
     with pytest.raises(cache.ProfileMismatchError):
@@ -153,7 +187,9 @@ def test_no_recipe_puts_a_key_in_a_ray_runtime_env():
     for path in files:
         text = path.read_text(errors="replace")
         runtime_envs += [(path.name, m.group(0)) for m in re.finditer(r"--runtime-env-json\s+'[^']*'", text)]
-        runtime_envs += [(path.name, m.group(0)) for m in re.finditer(r"runtimeEnvYAML:[^\n]*\n(?:\s{4,}[^\n]*\n)*", text)]
+        runtime_envs += [
+            (path.name, m.group(0)) for m in re.finditer(r"runtimeEnvYAML:[^\n]*\n(?:\s{4,}[^\n]*\n)*", text)
+        ]
     assert any(name == "README.md" for name, _ in runtime_envs)  # the recipe is still there to check
     for name, recipe in runtime_envs:
         for credential in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):

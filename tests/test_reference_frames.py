@@ -3,7 +3,6 @@ the same prompt and seed give the same video (and the same cache decisions) what
 
 import numpy as np
 import pytest
-
 from reference_frames import WORLDS, key, load, render_all
 
 # The stored frames were rendered on this project's CI machine type.  A CPU with other vector units (AVX2 vs

@@ -11,18 +11,22 @@ import boto3
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from browser import BrowserMissing, Chromium
+
 from ditfarm.jobs.driver import RenderSettings, prompt_task, publish_video, render_tasks
-from ditfarm.pipelines.base import VideoDefaults
 from ditfarm.jobs.report import sample_rows, write_report
 from ditfarm.jobs.results import RESULT_SCHEMA, read_all_results, read_results
+from ditfarm.pipelines.base import VideoDefaults
+from ditfarm.pipelines.video_io import write_mp4
 from ditfarm.storage.stores import S3Store, open_output
 from ditfarm.types import RenderedVideo
-from ditfarm.pipelines.video_io import write_mp4
 
-GOOD = ["red circle moving left on blue background", "white square moving up on green gradient background",
-        "yellow triangle moving right on black background", "blue circle moving down on white background"]
+GOOD = [
+    "red circle moving left on blue background",
+    "white square moving up on green gradient background",
+    "yellow triangle moving right on black background",
+    "blue circle moving down on white background",
+]
 REFUSED = "purple circle moving left on blue background"  # not in the tiny vocabulary
 HOSTILE = '<script>window.pwned=1</script><img src=x onerror="window.pwned=2"> & </td>'
 
@@ -78,9 +82,13 @@ def expected_totals(out) -> dict:
     """The counts straight from the results table, for comparison with the page."""
     latest = read_results(out).to_pylist()
     every = read_all_results(out).to_pylist()
-    return {"ids": len(latest), "ok": sum(r["status"] == "ok" for r in latest),
-            "failed": sum(r["status"] == "failed" for r in latest), "rows": len(every),
-            "retries": sum(max((r["attempts"] if r["attempts"] is not None else 1) - 1, 0) for r in every)}
+    return {
+        "ids": len(latest),
+        "ok": sum(r["status"] == "ok" for r in latest),
+        "failed": sum(r["status"] == "failed" for r in latest),
+        "rows": len(every),
+        "retries": sum(max((r["attempts"] if r["attempts"] is not None else 1) - 1, 0) for r in every),
+    }
 
 
 def page_totals(facts: dict) -> dict:
@@ -98,8 +106,10 @@ def assert_decoded(contact: dict) -> None:
 def test_the_error_collector_sees_errors_and_requests(browser, tmp_path):
     """An empty error list means something only if a broken page gives a full one."""
     broken = tmp_path / "broken.html"
-    broken.write_text('<!DOCTYPE html><html><body><img src="http://127.0.0.1:9/x.png">'
-                      '<script>console.error("deliberate", 42); null.boom();</script></body></html>')
+    broken.write_text(
+        '<!DOCTYPE html><html><body><img src="http://127.0.0.1:9/x.png">'
+        '<script>console.error("deliberate", 42); null.boom();</script></body></html>'
+    )
     page = browser.open(broken)
     assert any("deliberate 42" in e for e in page.errors), page.errors
     assert any("TypeError" in e and "boom" in e for e in page.errors), page.errors
@@ -107,9 +117,11 @@ def test_the_error_collector_sees_errors_and_requests(browser, tmp_path):
     page.close()
     # The report's own policy (only inline styles and data: images) turns a stray external reference into an error.
     policy = tmp_path / "policy.html"
-    policy.write_text("<!DOCTYPE html><html><head><meta http-equiv=\"Content-Security-Policy\" content=\"default-src "
-                      "'none'; img-src data:; style-src 'unsafe-inline'\"></head><body>"
-                      '<img src="https://example.invalid/x.png"></body></html>')
+    policy.write_text(
+        '<!DOCTYPE html><html><head><meta http-equiv="Content-Security-Policy" content="default-src '
+        "'none'; img-src data:; style-src 'unsafe-inline'\"></head><body>"
+        '<img src="https://example.invalid/x.png"></body></html>'
+    )
     page = browser.open(policy)
     assert any("Content Security Policy" in e for e in page.errors), page.errors
     page.close()
@@ -175,22 +187,45 @@ def test_hostile_errors_old_parts_and_unreadable_videos(browser, tmp_path):
     frames[:, :, :, 1] = np.arange(5, dtype=np.uint8)[:, None, None] * 60  # each frame its own green
     store.store_video("fine", lambda path: write_mp4(frames, path))
     store.store_video("junk", lambda path: path.write_bytes(b"this is not an mp4"))
-    store.write_part("part-0-old.parquet", old_part([
-        {"id": "junk", "status": "ok", "seed": 1, "frames": 8, "seconds": 1.0, "attempts": 1},
-        {"id": "flaky", "status": "failed", "error": "first try", "attempts": 3}]))
+    store.write_part(
+        "part-0-old.parquet",
+        old_part(
+            [
+                {"id": "junk", "status": "ok", "seed": 1, "frames": 8, "seconds": 1.0, "attempts": 1},
+                {"id": "flaky", "status": "failed", "error": "first try", "attempts": 3},
+            ]
+        ),
+    )
     now = datetime.now(timezone.utc)
-    failed = [{"id": f"f{i:03d}", "status": "failed", "error": f"{HOSTILE} #{i}", "attempts": 0,
-               "finished_at": now - timedelta(seconds=205 - i)} for i in range(205)]
-    fresh = [{"id": "fine", "status": "ok", "seed": 7, "frames": None, "seconds": 2.5, "skipped_fraction": 0.4,
-              "attempts": 2, "finished_at": now},
-             {"id": "gone", "status": "ok", "seed": 8, "frames": 8, "seconds": 3.0, "attempts": 1, "finished_at": now},
-             {"id": "flaky", "status": "failed", "error": "second try", "attempts": 1, "finished_at": now}]
+    failed = [
+        {
+            "id": f"f{i:03d}",
+            "status": "failed",
+            "error": f"{HOSTILE} #{i}",
+            "attempts": 0,
+            "finished_at": now - timedelta(seconds=205 - i),
+        }
+        for i in range(205)
+    ]
+    fresh = [
+        {
+            "id": "fine",
+            "status": "ok",
+            "seed": 7,
+            "frames": None,
+            "seconds": 2.5,
+            "skipped_fraction": 0.4,
+            "attempts": 2,
+            "finished_at": now,
+        },
+        {"id": "gone", "status": "ok", "seed": 8, "frames": 8, "seconds": 3.0, "attempts": 1, "finished_at": now},
+        {"id": "flaky", "status": "failed", "error": "second try", "attempts": 1, "finished_at": now},
+    ]
     store.write_part("part-1-new.parquet", pa.Table.from_pylist(failed + fresh, schema=RESULT_SCHEMA))
 
     facts = open_clean(browser, write_report(store))
     assert facts["pwned"] == "undefined" and facts["scripts"] == 0 and facts["external"] == []
-    assert page_totals(facts) == expected_totals(out) == {"ids": 209, "ok": 3, "failed": 206, "rows": 210,
-                                                            "retries": 3}
+    assert page_totals(facts) == expected_totals(out) == {"ids": 209, "ok": 3, "failed": 206, "rows": 210, "retries": 3}
     assert len(facts["failures"]) == 200 and facts["more"] == "and 6 more"
     assert facts["failures"][0] == "second try"  # newest first
     assert facts["failures"][1] == f"{HOSTILE} #204"  # shown literally
@@ -293,8 +328,20 @@ def test_a_stopped_run_writes_its_report_and_a_rerun_with_nothing_new_keeps_ever
     manifest, out = tmp_path / "m.parquet", tmp_path / "out"
     prompt = "red circle moving left on blue background"
     pq.write_table(pa.table({"id": [f"r{i}" for i in range(12)], "prompt": [prompt] * 12}), manifest)
-    command = [sys.executable, "-m", "ditfarm.commands.cli", "render", str(manifest), "--out", str(out), "--steps", "10",
-               "--no-progress", "--flush-every", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "ditfarm.commands.cli",
+        "render",
+        str(manifest),
+        "--out",
+        str(out),
+        "--steps",
+        "10",
+        "--no-progress",
+        "--flush-every",
+        "1",
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while len(list((out / "videos").glob("*.mp4"))) < 2 if (out / "videos").exists() else True:

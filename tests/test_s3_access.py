@@ -26,9 +26,12 @@ def iam_s3(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_ACTIONS)},
-                              stdout=log, stderr=log)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_ACTIONS)},
+        stdout=log,
+        stderr=log,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -37,22 +40,34 @@ def iam_s3(tmp_path_factory):
                 break
             except OSError:
                 time.sleep(0.1)
-        admin = dict(endpoint_url=endpoint, aws_access_key_id="setup", aws_secret_access_key="setup",
-                     region_name="us-east-1")
+        admin = dict(
+            endpoint_url=endpoint, aws_access_key_id="setup", aws_secret_access_key="setup", region_name="us-east-1"
+        )
         s3, iam = boto3.client("s3", **admin), boto3.client("iam", **admin)
         s3.create_bucket(Bucket="readonly")
         buffer = io.BytesIO()
         pq.write_table(pa.table({"id": ["a"], "prompt": ["red circle moving left on blue background"]}), buffer)
         s3.put_object(Bucket="readonly", Key="m.parquet", Body=buffer.getvalue())
         iam.create_user(UserName="reader")
-        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*", "Action": [
-            "s3:GetObject", "s3:ListBucket", "s3:ListBucketMultipartUploads"]}]}
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Resource": "*",
+                    "Action": ["s3:GetObject", "s3:ListBucket", "s3:ListBucketMultipartUploads"],
+                }
+            ],
+        }
         iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps(policy))
         key = iam.create_access_key(UserName="reader")["AccessKey"]
         iam.create_user(UserName="stranger")  # no policy: may do nothing
         stranger = iam.create_access_key(UserName="stranger")["AccessKey"]
-        yield {"endpoint": endpoint, "reader": (key["AccessKeyId"], key["SecretAccessKey"]),
-               "stranger": (stranger["AccessKeyId"], stranger["SecretAccessKey"])}
+        yield {
+            "endpoint": endpoint,
+            "reader": (key["AccessKeyId"], key["SecretAccessKey"]),
+            "stranger": (stranger["AccessKeyId"], stranger["SecretAccessKey"]),
+        }
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -61,10 +76,19 @@ def iam_s3(tmp_path_factory):
 
 def render(iam_s3, key_id, secret, *args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_ENDPOINT_URL=iam_s3["endpoint"], AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret,
-               AWS_DEFAULT_REGION="us-east-1")
-    proc = subprocess.run([sys.executable, "-m", "ditfarm.commands.cli", "render", *args, "--no-progress"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    env.update(
+        AWS_ENDPOINT_URL=iam_s3["endpoint"],
+        AWS_ACCESS_KEY_ID=key_id,
+        AWS_SECRET_ACCESS_KEY=secret,
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "ditfarm.commands.cli", "render", *args, "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert secret not in proc.stdout + proc.stderr
     return proc
 
@@ -96,8 +120,13 @@ def test_an_output_that_refuses_writes_stops_the_run_before_rendering(iam_s3):
     proc = render(iam_s3, key_id, secret, "s3://readonly/m.parquet", "--out", "s3://readonly/out")
     assert proc.returncode == 2, proc.stderr
     assert "cannot write to s3://readonly/out: AccessDenied" in proc.stderr
-    reader = boto3.client("s3", endpoint_url=iam_s3["endpoint"], aws_access_key_id=key_id,
-                          aws_secret_access_key=secret, region_name="us-east-1")
+    reader = boto3.client(
+        "s3",
+        endpoint_url=iam_s3["endpoint"],
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+        region_name="us-east-1",
+    )
     assert [o["Key"] for o in reader.list_objects_v2(Bucket="readonly")["Contents"]] == ["m.parquet"]
 
 
@@ -106,14 +135,28 @@ def test_credentials_from_a_named_profile_reach_both_boto3_and_pyarrow(iam_s3, t
     (boto3) are both read with the profile's read-only key."""
     key_id, secret = iam_s3["reader"]
     credentials = tmp_path / "credentials"
-    credentials.write_text(f"[reader]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n"
-                           f"[nobody]\naws_access_key_id = AKIANOBODY\naws_secret_access_key = {SECRET_MARK}\n")
+    credentials.write_text(
+        f"[reader]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n"
+        f"[nobody]\naws_access_key_id = AKIANOBODY\naws_secret_access_key = {SECRET_MARK}\n"
+    )
     credentials.chmod(0o600)  # ditfarm refuses a credentials file others may read
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_ENDPOINT_URL=iam_s3["endpoint"], AWS_SHARED_CREDENTIALS_FILE=str(credentials),
-               AWS_CONFIG_FILE=str(tmp_path / "no-config"), AWS_DEFAULT_REGION="us-east-1")
-    args = [sys.executable, "-m", "ditfarm.commands.cli", "render", "s3://readonly/m.parquet", "--out", "s3://readonly/out",
-            "--dry-run"]
+    env.update(
+        AWS_ENDPOINT_URL=iam_s3["endpoint"],
+        AWS_SHARED_CREDENTIALS_FILE=str(credentials),
+        AWS_CONFIG_FILE=str(tmp_path / "no-config"),
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    args = [
+        sys.executable,
+        "-m",
+        "ditfarm.commands.cli",
+        "render",
+        "s3://readonly/m.parquet",
+        "--out",
+        "s3://readonly/out",
+        "--dry-run",
+    ]
     ok = subprocess.run(args, env={**env, "AWS_PROFILE": "reader"}, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
     assert "1 rows: would render 1, would skip 0 (already ok), would fail 0" in ok.stdout

@@ -27,14 +27,18 @@ def silent_endpoint(monkeypatch):
         while not stop.is_set():
             try:
                 held.append(server.accept()[0])
-            except socket.timeout:
+            except TimeoutError:
                 pass
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.getsockname()[1]}"
-    for name, value in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "stall", "AWS_SECRET_ACCESS_KEY": "stall-secret",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for name, value in {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": "stall",
+        "AWS_SECRET_ACCESS_KEY": "stall-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(name, value)
     yield url
     stop.set()
@@ -48,8 +52,9 @@ def silent_endpoint(monkeypatch):
 def test_a_silent_endpoint_is_refused_in_seconds(side, silent_endpoint, tmp_path, capsys):
     local = tmp_path / "m.parquet"
     pq.write_table(pa.table({"id": ["a"], "prompt": ["red circle moving left on blue background"]}), local)
-    manifest, out = (str(local), "s3://stalled/out") if side == "output" else ("s3://stalled/m.parquet",
-                                                                              str(tmp_path / "out"))
+    manifest, out = (
+        (str(local), "s3://stalled/out") if side == "output" else ("s3://stalled/m.parquet", str(tmp_path / "out"))
+    )
     started = time.monotonic()
     assert cli(["render", manifest, "--out", out, "--no-progress"]) == 2
     elapsed = time.monotonic() - started
@@ -81,7 +86,7 @@ class SwitchableProxy:
         while not self.stop.is_set():
             try:
                 client = self.server.accept()[0]
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:  # closed
                 return
@@ -116,8 +121,7 @@ class SwitchableProxy:
         self.server.close()
 
 
-def test_a_stall_mid_run_is_named_in_the_progress_line_and_the_run_goes_on(s3_endpoint, tmp_path, monkeypatch,
-                                                                            capsys):
+def test_a_stall_mid_run_is_named_in_the_progress_line_and_the_run_goes_on(s3_endpoint, tmp_path, monkeypatch, capsys):
     """The endpoint pauses after the first video: every progress line meanwhile says which call has waited how
     long, on which endpoint; once it answers again the run finishes, each id stored once."""
     import boto3
@@ -137,8 +141,7 @@ def test_a_stall_mid_run_is_named_in_the_progress_line_and_the_run_goes_on(s3_en
     outcome = {}
 
     def run():
-        outcome["summary"] = render_manifest(manifest, "s3://paused/out", RenderSettings(steps=2),
-                                             progress_seconds=1.0)
+        outcome["summary"] = render_manifest(manifest, "s3://paused/out", RenderSettings(steps=2), progress_seconds=1.0)
 
     runner = threading.Thread(target=run)
     runner.start()
@@ -159,8 +162,9 @@ def test_a_stall_mid_run_is_named_in_the_progress_line_and_the_run_goes_on(s3_en
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("progress: ")]
     waits = [line for line in lines if "; waiting " in line]
     assert waits, lines
-    assert any(f"(endpoint {proxy.url})" in line and " s on " in line and "s3://paused/out" in line
-               for line in waits), waits
+    assert any(
+        f"(endpoint {proxy.url})" in line and " s on " in line and "s3://paused/out" in line for line in waits
+    ), waits
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)  # the proxy is gone
     rows = read_all_results("s3://paused/out").to_pylist()
     ok = [r["id"] for r in rows if r["status"] == "ok"]

@@ -12,9 +12,7 @@ PROMPT = "red circle moving left on blue background"
 SAMPLER = dict(steps=30)  # the card's own count: the policies' schedules are fractions of it
 
 
-@pytest.mark.parametrize(
-    "policy, knob", [("none", None), ("bwcache", 0.3), ("taylorseer", 3), ("adaptive", 0.2)]
-)
+@pytest.mark.parametrize("policy, knob", [("none", None), ("bwcache", 0.3), ("taylorseer", 3), ("adaptive", 0.2)])
 def test_sp2_matches_sp1_and_ranks_agree(random_model_folder, policy, knob):
     args = (str(random_model_folder), PROMPT, 5, SAMPLER, policy, knob)
     (one,) = run_local_gang(render_on_rank, 1, *args)
@@ -49,8 +47,11 @@ def test_fixed_point_sums_are_bit_identical_in_any_order_where_float_sums_flip_a
 
     from ditfarm.cluster.collectives import from_fixed_point, to_fixed_point
 
-    contributions = [torch.tensor([0.1, 3.0e-1], dtype=torch.float64), torch.tensor([0.2, 1.0e-1], dtype=torch.float64),
-                     torch.tensor([0.3, 2.0e-1], dtype=torch.float64)]  # three ranks' local sums (two rows)
+    contributions = [
+        torch.tensor([0.1, 3.0e-1], dtype=torch.float64),
+        torch.tensor([0.2, 1.0e-1], dtype=torch.float64),
+        torch.tensor([0.3, 2.0e-1], dtype=torch.float64),
+    ]  # three ranks' local sums (two rows)
 
     def float_sum(order):
         total = torch.zeros(2, dtype=torch.float64)
@@ -96,8 +97,13 @@ def test_a_stalled_rank_becomes_a_clear_error_within_the_timeout():
 def test_bench_sp_one_decision_collective_per_step_and_half_the_cache(random_model_folder):
     from ditfarm.tools.bench_sp import run
 
-    result = run(str(random_model_folder), "adaptive", 0.2, [(PROMPT, 3)],
-                 {"steps": 5, "num_frames": 8, "height": 32, "width": 32})
+    result = run(
+        str(random_model_folder),
+        "adaptive",
+        0.2,
+        [(PROMPT, 3)],
+        {"steps": 5, "num_frames": 8, "height": 32, "width": 32},
+    )
     sp1, sp2 = result["rows"]
     assert result["masks_match_sp1"] and sp2["masks_identical_on_all_ranks"]
     for row in (sp1, sp2):
@@ -171,8 +177,9 @@ def _xfuser_fallback_on_rank(rank, world, model):
     from ditfarm.pipelines.loading import load_pipeline
 
     pipe = load_pipeline(model)
-    enable_sequence_parallel(pipe.transformer, SequenceParallelConfig(world, long_context="xfuser"),
-                             timeout=timedelta(seconds=60))
+    enable_sequence_parallel(
+        pipe.transformer, SequenceParallelConfig(world, long_context="xfuser"), timeout=timedelta(seconds=60)
+    )
     attention = pipe.transformer.blocks[0].attn1.processor.attention
     frames = pipe.generate(PROMPT, seed=5, steps=4)  # every rank: the attention's all-to-alls need both
     return type(attention).__name__, frames

@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 
-from ditfarm.jobs.gang_renderer import gang_config
 from ditfarm.commands.cli import build_parser, settings_from_args
+from ditfarm.jobs.gang_renderer import gang_config
 from ditfarm.types import RenderSettings
 
 PROBE = """
@@ -26,8 +26,14 @@ def probe(cpus: list[int], threads=None, omp: str | None = None) -> list[int]:
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     if omp is not None:
         env["OMP_NUM_THREADS"] = omp
-    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(cpus), json.dumps(threads)], env=env,
-                          capture_output=True, text=True, timeout=300, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(cpus), json.dumps(threads)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -6,8 +6,8 @@ import torch
 
 from ditfarm.cache import CacheProfile, model_identity
 from ditfarm.cache.profiler import check_masks_on_references
-from ditfarm.tools.adherence import evaluate, held_out_cases, summarise
 from ditfarm.pipelines.tiny.scenes import render_scene
+from ditfarm.tools.adherence import evaluate, held_out_cases, summarise
 
 
 def test_shipped_profile_belongs_to_the_shipped_model(tiny_pipe):

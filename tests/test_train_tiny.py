@@ -12,8 +12,26 @@ from safetensors.torch import load_file
 
 from ditfarm.tools.train_tiny import main as train
 
-SMALL = ["--batch", "2", "--frames", "4", "--height", "16", "--width", "16", "--log-every", "1", "--seed", "3",
-         "--precondition", "0.6", "--fg-weight", "4", "--t-mean", "0.5"]
+SMALL = [
+    "--batch",
+    "2",
+    "--frames",
+    "4",
+    "--height",
+    "16",
+    "--width",
+    "16",
+    "--log-every",
+    "1",
+    "--seed",
+    "3",
+    "--precondition",
+    "0.6",
+    "--fg-weight",
+    "4",
+    "--t-mean",
+    "0.5",
+]
 
 
 def losses(run_dir):
@@ -51,8 +69,11 @@ def test_a_run_killed_between_checkpoints_resumes_to_the_uninterrupted_run(tmp_p
     args = ["--steps", "40", "--checkpoint-every", "10", "--warmup", "2", *SMALL]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     train(["--run-dir", str(straight), *args])
-    proc = subprocess.Popen([sys.executable, "-m", "ditfarm.tools.train_tiny", "--run-dir", str(killed), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ditfarm.tools.train_tiny", "--run-dir", str(killed), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 300
     while not (killed / "state.pt").exists():
         assert proc.poll() is None, proc.stderr.read()

@@ -53,14 +53,49 @@ def test_cache_on_wan_exact_at_threshold_zero_and_skips_above(wan):
 
 def test_render_and_profile_commands_on_a_wan_folder(wan_folder, tmp_path):
     out = tmp_path / "out"
-    assert cli(["render", "--prompt", "a white dog in the forest", "--model", str(wan_folder), "--out", str(out),
-                "--steps", "4", "--upscale", "1", "--cache", "adaptive", "--no-progress"]) == 0
+    assert (
+        cli(
+            [
+                "render",
+                "--prompt",
+                "a white dog in the forest",
+                "--model",
+                str(wan_folder),
+                "--out",
+                str(out),
+                "--steps",
+                "4",
+                "--upscale",
+                "1",
+                "--cache",
+                "adaptive",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     row = read_all_results(out).to_pylist()[0]
     assert row["status"] == "ok" and row["frames"] == 9 and row["cache"] == "adaptive"
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red car on the street\na white cat in the sea\n")
-    assert cli(["profile", "--model", str(wan_folder), "--prompts", str(prompts), "--out", str(tmp_path / "p.json"),
-                "--steps", "6", "--probe-steps", "2"]) == 0
+    assert (
+        cli(
+            [
+                "profile",
+                "--model",
+                str(wan_folder),
+                "--prompts",
+                str(prompts),
+                "--out",
+                str(tmp_path / "p.json"),
+                "--steps",
+                "6",
+                "--probe-steps",
+                "2",
+            ]
+        )
+        == 0
+    )
     profile = cache.CacheProfile.load(tmp_path / "p.json")
     assert profile.model == cache.model_identity(ditfarm.load_pipeline(wan_folder).transformer)
     assert len(profile.blocks) == 4

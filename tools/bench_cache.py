@@ -27,18 +27,18 @@ import io
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ..cache import disable, enable
 from ..cache.metrics import psnr, ssim
-from .pab import enable_pab
 from ..cache.policies.harmonica import router_beside
 from ..cache.presets import build_config
+from .pab import enable_pab
 
 
 @dataclass
@@ -92,14 +92,18 @@ def calibrate_magcache(pipe, prompt: str, seed: int, steps: int, guidance_scale:
     with contextlib.redirect_stdout(printed):
         pipe.generate(prompt, seed=seed, steps=steps, guidance_scale=guidance_scale)
     clear_caches(pipe)
-    lists = [ast.literal_eval(line) for line in printed.getvalue().splitlines() if line.startswith("[") and line.endswith("]")]
+    lists = [
+        ast.literal_eval(line)
+        for line in printed.getvalue().splitlines()
+        if line.startswith("[") and line.endswith("]")
+    ]
     if not lists:
         raise RuntimeError("MagCache calibration printed no ratios")
     return lists[0]
 
 
 def parse_method_filter(text: str | None) -> dict[str, list[float] | None] | None:
-    """"adaptive:0.1/0.2,magcache" -> {"adaptive": [0.1, 0.2], "magcache": None} (None: the family's own grid)."""
+    """ "adaptive:0.1/0.2,magcache" -> {"adaptive": [0.1, 0.2], "magcache": None} (None: the family's own grid)."""
     if not text:
         return None
     chosen = {}
@@ -112,17 +116,40 @@ def parse_method_filter(text: str | None) -> dict[str, list[float] | None] | Non
 
 
 #: ERTACache's ablation (the paper's Table 3): each family is ``ertacache`` with one more of its parts off
-ERTACACHE_VARIANTS = {"ertacache": "full", "ertacache-offline-dt": "offline+dt", "ertacache-offline": "offline",
-                      "ertacache-uniform": "uniform"}
+ERTACACHE_VARIANTS = {
+    "ertacache": "full",
+    "ertacache-offline-dt": "offline+dt",
+    "ertacache-offline": "offline",
+    "ertacache-uniform": "uniform",
+}
 #: BAC's ablation: uniform updates, one ACS schedule for all units, ACS per unit, + bubbling union (``bac``)
 BAC_VARIANTS = {"bac": "full", "bac-blockwise": "blockwise", "bac-unified": "unified", "bac-uniform": "uniform"}
-GRID_FAMILIES = ("bwcache", "profiling", "taylorseer", "adaptive", "adaptive-block", *ERTACACHE_VARIANTS,
-                 *BAC_VARIANTS, "harmonica", "pab",
-                 "fbcache", "diffusers-taylorseer", "magcache", "fewer-steps")
+GRID_FAMILIES = (
+    "bwcache",
+    "profiling",
+    "taylorseer",
+    "adaptive",
+    "adaptive-block",
+    *ERTACACHE_VARIANTS,
+    *BAC_VARIANTS,
+    "harmonica",
+    "pab",
+    "fbcache",
+    "diffusers-taylorseer",
+    "magcache",
+    "fewer-steps",
+)
 
 
-def method_grid(pipe, steps: int, guidance_scale: float, profile, calibration_prompt: str, quick: bool = False,
-                only: dict[str, list[float] | None] | None = None):
+def method_grid(
+    pipe,
+    steps: int,
+    guidance_scale: float,
+    profile,
+    calibration_prompt: str,
+    quick: bool = False,
+    only: dict[str, list[float] | None] | None = None,
+):
     from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
 
     def ours(policy, knob):
@@ -131,8 +158,9 @@ def method_grid(pipe, steps: int, guidance_scale: float, profile, calibration_pr
         elif policy in BAC_VARIANTS:
             config = replace(build_config("bac", knob, profile, pipe.cache_settings), variant=BAC_VARIANTS[policy])
         elif policy in ERTACACHE_VARIANTS:
-            config = replace(build_config("ertacache", knob, profile, pipe.cache_settings),
-                             variant=ERTACACHE_VARIANTS[policy])
+            config = replace(
+                build_config("ertacache", knob, profile, pipe.cache_settings), variant=ERTACACHE_VARIANTS[policy]
+            )
         else:
             config = build_config(policy, knob, profile, pipe.cache_settings)
         return Method(policy, knob, lambda p: enable(p, config))
@@ -167,8 +195,15 @@ def method_grid(pipe, steps: int, guidance_scale: float, profile, calibration_pr
         grid = {k: (only[k] if only[k] is not None else v) if k in only else [] for k, v in grid.items()}
     grid["fewer-steps"] = [int(k) for k in grid["fewer-steps"]]
     methods = []
-    for policy in ("bwcache", "profiling", "taylorseer", "adaptive", "adaptive-block", *ERTACACHE_VARIANTS,
-                   *BAC_VARIANTS):
+    for policy in (
+        "bwcache",
+        "profiling",
+        "taylorseer",
+        "adaptive",
+        "adaptive-block",
+        *ERTACACHE_VARIANTS,
+        *BAC_VARIANTS,
+    ):
         needs = "ertacache" if policy in ERTACACHE_VARIANTS else "bac" if policy in BAC_VARIANTS else None
         if (policy == "profiling" and profile is None) or (needs and getattr(profile, needs, None) is None):
             continue
@@ -235,8 +270,10 @@ def run_benchmark(pipe, cases, methods, steps: int, guidance_scale: float, log=p
             ssim=float(np.mean(ssims)),
             videos=len(cases),
         )
-        log(f"{row.family:>22} {row.knob:>6g}  {row.speedup:5.2f}x  computed {row.computed:5.1%}  "
-            f"PSNR {row.psnr:6.2f}  SSIM {row.ssim:.4f}")
+        log(
+            f"{row.family:>22} {row.knob:>6g}  {row.speedup:5.2f}x  computed {row.computed:5.1%}  "
+            f"PSNR {row.psnr:6.2f}  SSIM {row.ssim:.4f}"
+        )
         rows.append(row)
     return rows
 
@@ -256,10 +293,14 @@ def target_check(rows: list[Row], ours: str = "adaptive", bar_speedup: float = 1
     others = [r for r in rows if r.family != ours]
     bar = max((r.psnr for r in others if r.speedup >= bar_speedup), default=float("nan"))
     at_bar = [r.speedup for r in mine if r.psnr >= bar]
-    beaten = [r for r in others if r.computed < 1.0
-              and not any(m.speedup >= r.speedup and m.psnr >= r.psnr for m in mine)]
-    return {"bar_psnr": bar, "fastest_at_bar": max(at_bar, default=float("nan")),
-            "dominated_by": [f"{r.family} {r.knob:g}: {r.speedup:.2f}x {r.psnr:.2f} dB" for r in beaten]}
+    beaten = [
+        r for r in others if r.computed < 1.0 and not any(m.speedup >= r.speedup and m.psnr >= r.psnr for m in mine)
+    ]
+    return {
+        "bar_psnr": bar,
+        "fastest_at_bar": max(at_bar, default=float("nan")),
+        "dominated_by": [f"{r.family} {r.knob:g}: {r.speedup:.2f}x {r.psnr:.2f} dB" for r in beaten],
+    }
 
 
 def frontier_plot(rows: list[Row], path) -> None:
@@ -275,11 +316,17 @@ def frontier_plot(rows: list[Row], path) -> None:
     for i, family in enumerate(families):
         pts = sorted((r.speedup, r.psnr) for r in rows if r.family == family and np.isfinite(r.psnr))
         if pts:
-            style = (dict(lw=3, marker="o", color="black", zorder=5) if family == "adaptive" else
-                     dict(lw=1.3, marker=".", color=colours[i % 20], ls=styles[(i // 20 + i) % 4]))
+            style = (
+                dict(lw=3, marker="o", color="black", zorder=5)
+                if family == "adaptive"
+                else dict(lw=1.3, marker=".", color=colours[i % 20], ls=styles[(i // 20 + i) % 4])
+            )
             ax.plot(*zip(*pts), label=family, **style)
-    ax.set(xlabel="wall-clock speedup of the denoising loop (x)", ylabel="PSNR vs uncached (dB)",
-           title="speed vs fidelity, held-out prompts")
+    ax.set(
+        xlabel="wall-clock speedup of the denoising loop (x)",
+        ylabel="PSNR vs uncached (dB)",
+        title="speed vs fidelity, held-out prompts",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -288,8 +335,9 @@ def frontier_plot(rows: list[Row], path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="ditfarm bench cache", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="ditfarm bench cache", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="tiny")
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--png", type=Path, help="speedup-vs-PSNR frontier (default: next to --json)")
@@ -299,15 +347,18 @@ def main(argv=None) -> int:
     p.add_argument("--profile", help="cache profile (default: the model's shipped one)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps timings stable on shared CPUs)")
     p.add_argument("--quick", action="store_true", help="every other knob value only")
-    p.add_argument("--methods", help="only these families, optionally with knobs: e.g. adaptive:0.1/0.2,magcache "
-                                     f"(families: {', '.join(GRID_FAMILIES)})")
+    p.add_argument(
+        "--methods",
+        help="only these families, optionally with knobs: e.g. adaptive:0.1/0.2,magcache "
+        f"(families: {', '.join(GRID_FAMILIES)})",
+    )
     args = p.parse_args(argv)
     only = parse_method_filter(args.methods)
 
-    from ..pipelines.loading import load_pipeline
-    from .adherence import held_out_cases
-    from ..pipelines.tiny.scenes import sample_scene_spec
     from ..cache.profile import CacheProfile
+    from ..pipelines.loading import load_pipeline
+    from ..pipelines.tiny.scenes import sample_scene_spec
+    from .adherence import held_out_cases
 
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
@@ -318,8 +369,14 @@ def main(argv=None) -> int:
     calibration = sample_scene_spec(np.random.default_rng(99)).prompt  # a training-split prompt
     methods = method_grid(pipe, settings.steps, settings.guidance_scale, profile, calibration, args.quick, only)
     rows = run_benchmark(pipe, cases, methods, settings.steps, settings.guidance_scale)
-    run = {"model": str(args.model), "steps": settings.steps, "guidance_scale": settings.guidance_scale,
-           "threads": args.threads, "cases": cases, "profile": str(profile_path) if profile_path else None}
+    run = {
+        "model": str(args.model),
+        "steps": settings.steps,
+        "guidance_scale": settings.guidance_scale,
+        "threads": args.threads,
+        "cases": cases,
+        "profile": str(profile_path) if profile_path else None,
+    }
     report(run, rows, args.json, args.png)
     return 0
 
@@ -330,9 +387,11 @@ def report(run: dict, rows: list[Row], json_path: Path, png: Path | None = None)
     families = {r.family for r in rows}
     check = target_check(rows) if "adaptive" in families and len(families) > 1 else None
     if check:
-        print(f"\nbar (best other PSNR at >= 1.5x): {check['bar_psnr']:.2f} dB; adaptive's fastest at or above it: "
-              f"{check['fastest_at_bar']:.2f}x; other rows no adaptive row matches in both speed and PSNR: "
-              f"{', '.join(check['dominated_by']) or 'none'}")
+        print(
+            f"\nbar (best other PSNR at >= 1.5x): {check['bar_psnr']:.2f} dB; adaptive's fastest at or above it: "
+            f"{check['fastest_at_bar']:.2f}x; other rows no adaptive row matches in both speed and PSNR: "
+            f"{', '.join(check['dominated_by']) or 'none'}"
+        )
     json_path.parent.mkdir(parents=True, exist_ok=True)
     result = {**run, "rows": [asdict(r) for r in rows], "target_check": check}
     json_path.write_text(json.dumps(result, indent=2))
@@ -357,13 +416,18 @@ def merge_runs(paths: list[Path]) -> tuple[dict, list[Row]]:
         seen.add((r.family, r.knob))
     order = {family: i for i, family in enumerate(GRID_FAMILIES)}
     rows.sort(key=lambda r: order.get(r.family, len(order)))
-    run = {k: runs[0].get(k) for k in keys} | {"threads": runs[0].get("threads"), "merged_from": [str(p) for p in paths]}
+    run = {k: runs[0].get(k) for k in keys} | {
+        "threads": runs[0].get("threads"),
+        "merged_from": [str(p) for p in paths],
+    }
     return run, rows
 
 
 def merge_main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="ditfarm bench cache-merge",
-                                description="one table, plot and target reading from several `bench cache` runs")
+    p = argparse.ArgumentParser(
+        prog="ditfarm bench cache-merge",
+        description="one table, plot and target reading from several `bench cache` runs",
+    )
     p.add_argument("runs", type=Path, nargs="+", help="JSON files written by `ditfarm bench cache`")
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--png", type=Path)

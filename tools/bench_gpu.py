@@ -38,8 +38,15 @@ import torch
 
 from ..pipelines.wan_configs import TEXT_TOKENS, UMT5_XXL, VAE_STRIDE, WAN21_1_3B, WAN21_14B
 
-POLICY_ROWS = ("bwcache:0", "adaptive:0", "adaptive:1e-9", "adaptive-block:0", "taylorseer:1", "profiling:1",
-               "ertacache:0")
+POLICY_ROWS = (
+    "bwcache:0",
+    "adaptive:0",
+    "adaptive:1e-9",
+    "adaptive-block:0",
+    "taylorseer:1",
+    "profiling:1",
+    "ertacache:0",
+)
 # Unit caches hook the attention and FFN inside each block, which compiled blocks do not allow: they are timed on
 # the eager blocks, against "ditfarm none".
 EAGER_POLICY_ROWS = ("bac:1", "harmonica:0")
@@ -60,11 +67,20 @@ class Shapes:
 REAL = Shapes(WAN21_14B, WAN21_1_3B, UMT5_XXL, {}, (81, 480, 832), (81, 720, 1280), TEXT_TOKENS)
 SMALL = Shapes(  # the same code on shapes a CPU runs in seconds
     {**WAN21_14B, "num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 64, "text_dim": 32, "freq_dim": 32},
-    {**WAN21_1_3B, "num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 64, "text_dim": 32, "freq_dim": 32,
-     "num_layers": 2},
+    {
+        **WAN21_1_3B,
+        "num_attention_heads": 2,
+        "attention_head_dim": 16,
+        "ffn_dim": 64,
+        "text_dim": 32,
+        "freq_dim": 32,
+        "num_layers": 2,
+    },
     dict(d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2, relative_attention_num_buckets=8),
     dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1),
-    (9, 64, 64), (9, 64, 96), 16,
+    (9, 64, 64),
+    (9, 64, 96),
+    16,
 )
 
 
@@ -105,8 +121,9 @@ def random_transformer(config: dict, layers: int, device: torch.device, dtype: t
 def scheduler():
     from diffusers import UniPCMultistepScheduler  # WanPipeline's
 
-    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
-                                   num_train_timesteps=1000)
+    return UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000
+    )
 
 
 def plain_diffusers_loop(transformer, latents, cond, uncond, steps: int, guidance: float):
@@ -118,11 +135,21 @@ def plain_diffusers_loop(transformer, latents, cond, uncond, steps: int, guidanc
         latent_model_input = latents.to(dtype)
         timestep = t.expand(latents.shape[0])
         with transformer.cache_context("cond"):
-            noise_pred = transformer(hidden_states=latent_model_input, timestep=timestep, encoder_hidden_states=cond,
-                                     attention_kwargs=None, return_dict=False)[0]
+            noise_pred = transformer(
+                hidden_states=latent_model_input,
+                timestep=timestep,
+                encoder_hidden_states=cond,
+                attention_kwargs=None,
+                return_dict=False,
+            )[0]
         with transformer.cache_context("uncond"):
-            noise_uncond = transformer(hidden_states=latent_model_input, timestep=timestep,
-                                       encoder_hidden_states=uncond, attention_kwargs=None, return_dict=False)[0]
+            noise_uncond = transformer(
+                hidden_states=latent_model_input,
+                timestep=timestep,
+                encoder_hidden_states=uncond,
+                attention_kwargs=None,
+                return_dict=False,
+            )[0]
         noise_pred = noise_uncond + guidance * (noise_pred - noise_uncond)
         latents = sched.step(noise_pred, t, latents, return_dict=False)[0]
     return latents
@@ -135,8 +162,7 @@ def ditfarm_loop(transformer, latents, cond, uncond, steps: int, guidance: float
     return denoise(transformer, sched, latents, cond, uncond, steps, guidance)
 
 
-def seconds_per_step(loop, transformer, inputs, steps: int, repeats: int, device,
-                     prepare=None) -> tuple[float, float]:
+def seconds_per_step(loop, transformer, inputs, steps: int, repeats: int, device, prepare=None) -> tuple[float, float]:
     """(median seconds per step over ``repeats`` loops of ``steps``, seconds of the one-step warm-up loop);
     ``prepare(steps)``, untimed, before each loop (a calibrated cache is calibrated for one step count)."""
     if prepare:
@@ -159,7 +185,7 @@ def seconds_per_step(loop, transformer, inputs, steps: int, repeats: int, device
 
 
 def policy_config(row: str, transformer, steps: int):
-    """"adaptive-block:0" and friends -> a cache config that computes every block of a ``steps``-step video.
+    """ "adaptive-block:0" and friends -> a cache config that computes every block of a ``steps``-step video.
 
     The calibrated policies get calibrations that compute everything and change nothing (ERTACache: nothing reused
     at lambda 0, phi 1; BAC: every unit updates on every step; HarmoniCa: a router sure of every unit), so the row
@@ -178,22 +204,41 @@ def policy_config(row: str, transformer, steps: int):
     n = len(transformer.blocks)
     units = n * len(UNIT_KINDS)
     # every block background, refreshed every step (profiling:1): computes all, pays the bookkeeping
-    profile = CacheProfile(model=model_identity(transformer), r_attn_threshold=0.5,
-                           blocks=[BlockProfile(i, 0.0, BACKGROUND, [math.nan]) for i in range(n)])
+    profile = CacheProfile(
+        model=model_identity(transformer),
+        r_attn_threshold=0.5,
+        blocks=[BlockProfile(i, 0.0, BACKGROUND, [math.nan]) for i in range(n)],
+    )
     if name == "ertacache":
-        profile.ertacache = {"steps": steps, "entries": [{"lambda": float(knob), "reused": [], "phi": [1.0] * steps,
-                                                          "rectify": {}}]}
+        profile.ertacache = {
+            "steps": steps,
+            "entries": [{"lambda": float(knob), "reused": [], "phi": [1.0] * steps, "rectify": {}}],
+        }
     if name == "bac":
-        profile.bac = {"steps": steps, "similarity": np.ones((units, steps, steps)).tolist(),
-                       "volatility": [0.0] * units}
+        profile.bac = {
+            "steps": steps,
+            "similarity": np.ones((units, steps, steps)).tolist(),
+            "volatility": [0.0] * units,
+        }
     if name == "harmonica":
         router = Router(model=model_identity(transformer), logits=[[10.0] * units for _ in range(steps)])
         return HarmoniCaConfig(threshold=float(knob), router=router)
     return build_config(name, float(knob), profile if name in ("profiling", "ertacache", "bac") else None)
 
 
-def step_rows(transformer, shape, text_dim: int, text_tokens: int, device, args, budget: Budget, log,
-              scale: float = 1.0, steps: int = 3, repeats: int = 2) -> list[dict]:
+def step_rows(
+    transformer,
+    shape,
+    text_dim: int,
+    text_tokens: int,
+    device,
+    args,
+    budget: Budget,
+    log,
+    scale: float = 1.0,
+    steps: int = 3,
+    repeats: int = 2,
+) -> list[dict]:
     """The rows of one section: plain, none, the unit caches on the eager blocks, compiled, then each other policy
     on the compiled model."""
     from ..pipelines.attention import apply_attention, choose_attention
@@ -219,13 +264,22 @@ def step_rows(transformer, shape, text_dim: int, text_tokens: int, device, args,
             rows.append({"method": method, "error": f"{type(err).__name__}: {err}"[:2000]})
             log(f"  {method}: FAILED {type(err).__name__}: {err}")
             return
-        row = {"method": method, "seconds_per_step": per_step, "scaled_seconds_per_step": per_step * scale,
-               "warmup_seconds": warmup, "note": note, **(extra or {})}
+        row = {
+            "method": method,
+            "seconds_per_step": per_step,
+            "scaled_seconds_per_step": per_step * scale,
+            "warmup_seconds": warmup,
+            "note": note,
+            **(extra or {}),
+        }
         if device.type == "cuda":
             row["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
         rows.append(row)
-        log(f"  {method}: {per_step:.3f} s/step" + (f" ({per_step * scale:.3f} scaled)" if scale != 1 else "")
-            + f", warm-up {warmup:.1f} s")
+        log(
+            f"  {method}: {per_step:.3f} s/step"
+            + (f" ({per_step * scale:.3f} scaled)" if scale != 1 else "")
+            + f", warm-up {warmup:.1f} s"
+        )
 
     add("diffusers", plain_diffusers_loop, "WanPipeline's loop, no hooks")
     add("ditfarm none", ditfarm_loop)
@@ -251,8 +305,11 @@ def policy_rows(transformer, policies, prefix: str, add, rows: list[dict], versu
     base = rows[-1].get("seconds_per_step")
     for policy in policies:
         try:  # attached before each loop (by ``prepare``); one that will not attach becomes its row's error
-            add(f"{prefix} + {policy}", ditfarm_loop,
-                prepare=lambda n, policy=policy: enable(transformer, policy_config(policy, transformer, n)))
+            add(
+                f"{prefix} + {policy}",
+                ditfarm_loop,
+                prepare=lambda n, policy=policy: enable(transformer, policy_config(policy, transformer, n)),
+            )
             stats = last_video_stats(transformer)
         finally:
             disable(transformer)
@@ -268,13 +325,23 @@ def whole_video(shapes: Shapes, device, dtype, args, budget: Budget, log) -> dic
     from ..pipelines.wan import make_wan_folder
 
     frames, height, width = shapes.video_1_3b
-    card = {"kind": "wan", "defaults": {"num_frames": frames, "height": height, "width": width, "steps": 50,
-                                        "guidance_scale": 5.0}, "max_sequence_length": shapes.text_tokens}
+    card = {
+        "kind": "wan",
+        "defaults": {"num_frames": frames, "height": height, "width": width, "steps": 50, "guidance_scale": 5.0},
+        "max_sequence_length": shapes.text_tokens,
+    }
     result = {"steps": args.video_steps, "video": [frames, height, width]}
     with tempfile.TemporaryDirectory(prefix="ditfarm-bench-wan-") as tmp:
         start = time.perf_counter()
-        folder = make_wan_folder(Path(tmp) / "wan", shapes.transformer_1_3b, shapes.text_encoder, shapes.vae, card,
-                                 device=str(device), dtype=dtype)
+        folder = make_wan_folder(
+            Path(tmp) / "wan",
+            shapes.transformer_1_3b,
+            shapes.text_encoder,
+            shapes.vae,
+            card,
+            device=str(device),
+            dtype=dtype,
+        )
         result["write_seconds"] = time.perf_counter() - start
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -317,8 +384,15 @@ def run(args: argparse.Namespace, log=print) -> dict:
     shapes = SMALL if args.small else REAL
     budget = Budget(args.budget_seconds)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    result = {"device": name, "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""),
-              "steps": args.steps, "repeats": args.repeats, "budget_seconds": args.budget_seconds, "sections": {}}
+    result = {
+        "device": name,
+        "torch": torch.__version__,
+        "dtype": str(dtype).replace("torch.", ""),
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "budget_seconds": args.budget_seconds,
+        "sections": {},
+    }
     try:
         import diffusers
 
@@ -338,8 +412,11 @@ def run(args: argparse.Namespace, log=print) -> dict:
         except Exception as err:  # noqa: BLE001 - a section's failure is a finding; the next section still runs
             import traceback
 
-            result["sections"][key] = {"title": title, "skipped": f"failed: {type(err).__name__}: {err}"[:300],
-                                       "traceback": traceback.format_exc()[-4000:]}
+            result["sections"][key] = {
+                "title": title,
+                "skipped": f"failed: {type(err).__name__}: {err}"[:300],
+                "traceback": traceback.format_exc()[-4000:],
+            }
             log(f"{title}: FAILED\n{traceback.format_exc()}")
         torch._dynamo.reset()
         if device.type == "cuda":
@@ -349,28 +426,66 @@ def run(args: argparse.Namespace, log=print) -> dict:
         frames, height, width = shapes.video_1_3b
         t = random_transformer(shapes.transformer_1_3b, shapes.transformer_1_3b["num_layers"], device, dtype)
         shape = latent_shape(frames, height, width)
-        rows = step_rows(t, shape, shapes.transformer_1_3b["text_dim"], shapes.text_tokens, device, args, budget, log,
-                         steps=args.steps, repeats=args.repeats)
+        rows = step_rows(
+            t,
+            shape,
+            shapes.transformer_1_3b["text_dim"],
+            shapes.text_tokens,
+            device,
+            args,
+            budget,
+            log,
+            steps=args.steps,
+            repeats=args.repeats,
+        )
         del t
-        return {"blocks": shapes.transformer_1_3b["num_layers"], "latents": list(shape), "tokens": tokens(shape),
-                "rows": rows}
+        return {
+            "blocks": shapes.transformer_1_3b["num_layers"],
+            "latents": list(shape),
+            "tokens": tokens(shape),
+            "rows": rows,
+        }
 
     def wan_14b():
         frames, height, width = shapes.video_14b
         full = shapes.transformer_14b["num_layers"]
         t = random_transformer(shapes.transformer_14b, args.blocks14, device, dtype)
         shape = latent_shape(frames, height, width)
-        rows = step_rows(t, shape, shapes.transformer_14b["text_dim"], shapes.text_tokens, device, args, budget, log,
-                         scale=full / args.blocks14, steps=args.steps14, repeats=1)
+        rows = step_rows(
+            t,
+            shape,
+            shapes.transformer_14b["text_dim"],
+            shapes.text_tokens,
+            device,
+            args,
+            budget,
+            log,
+            scale=full / args.blocks14,
+            steps=args.steps14,
+            repeats=1,
+        )
         del t
-        return {"blocks": args.blocks14, "of_blocks": full, "latents": list(shape), "tokens": tokens(shape),
-                "scaled_to": full, "rows": rows}
+        return {
+            "blocks": args.blocks14,
+            "of_blocks": full,
+            "latents": list(shape),
+            "tokens": tokens(shape),
+            "scaled_to": full,
+            "rows": rows,
+        }
 
     section("wan2.1-1.3b", f"Wan2.1-1.3B, {'x'.join(map(str, shapes.video_1_3b))}", wan_1_3b)
-    section("video-1.3b", "One video, Wan2.1-1.3B with UMT5-XXL and the Wan VAE (random weights)",
-            lambda: whole_video(shapes, device, dtype, args, budget, log))
-    section("wan2.1-14b", f"Wan2.1-14B ({args.blocks14} of {shapes.transformer_14b['num_layers']} blocks), "
-                          f"{'x'.join(map(str, shapes.video_14b))}", wan_14b)
+    section(
+        "video-1.3b",
+        "One video, Wan2.1-1.3B with UMT5-XXL and the Wan VAE (random weights)",
+        lambda: whole_video(shapes, device, dtype, args, budget, log),
+    )
+    section(
+        "wan2.1-14b",
+        f"Wan2.1-14B ({args.blocks14} of {shapes.transformer_14b['num_layers']} blocks), "
+        f"{'x'.join(map(str, shapes.video_14b))}",
+        wan_14b,
+    )
     return result
 
 
@@ -381,17 +496,20 @@ def tokens(latents: tuple[int, ...]) -> int:
 
 def markdown_table(result: dict) -> str:
     lines = []
-    for key, sec in result["sections"].items():
+    for _key, sec in result["sections"].items():
         lines.append(f"\n{sec['title']}" + (f": skipped ({sec['skipped']})" if "skipped" in sec else ""))
         if "rows" in sec:
             scaled = "scaled_to" in sec
-            lines += ["| method | s/step | " + ("s/step at 40 blocks | " if scaled else "") + "vs base | peak GiB |",
-                      "|---|---|" + ("---|" if scaled else "") + "---|---|"]
+            lines += [
+                "| method | s/step | " + ("s/step at 40 blocks | " if scaled else "") + "vs base | peak GiB |",
+                "|---|---|" + ("---|" if scaled else "") + "---|---|",
+            ]
             for r in sec["rows"]:
                 if "seconds_per_step" not in r:
                     if "error" in r:
-                        lines.append(f"| {r['method']} | FAILED: {r['error'][:80]} |" + (" |" if scaled else "")
-                                     + " | |")
+                        lines.append(
+                            f"| {r['method']} | FAILED: {r['error'][:80]} |" + (" |" if scaled else "") + " | |"
+                        )
                     elif "graphs" in r:
                         lines.append(f"| {r['method']} | {r['graphs']} |" + (" |" if scaled else "") + " | |")
                     else:
@@ -399,8 +517,11 @@ def markdown_table(result: dict) -> str:
                     continue
                 peak = f"{r['peak_gpu_bytes'] / 2**30:.1f}" if "peak_gpu_bytes" in r else ""
                 vs = next((f"{r[k]:.3f}" for k in ("vs_compiled", "vs_none") if k in r), "")
-                lines.append(f"| {r['method']} | {r['seconds_per_step']:.3f} | "
-                             + (f"{r['scaled_seconds_per_step']:.3f} | " if scaled else "") + f"{vs} | {peak} |")
+                lines.append(
+                    f"| {r['method']} | {r['seconds_per_step']:.3f} | "
+                    + (f"{r['scaled_seconds_per_step']:.3f} | " if scaled else "")
+                    + f"{vs} | {peak} |"
+                )
         if "phases" in sec:
             lines += ["| phase | seconds | peak GiB |", "|---|---|---|"]
             for name, p in sec["phases"].items():
@@ -408,15 +529,19 @@ def markdown_table(result: dict) -> str:
                     lines.append(f"| {name} | skipped | |")
                     continue
                 peak = f"{p['peak_gpu_bytes'] / 2**30:.1f}" if "peak_gpu_bytes" in p else ""
-                label = f"{name} ({sec['steps']} steps; {p['seconds_per_step'] * 50:.1f} s at 50)" if name == "denoise" \
+                label = (
+                    f"{name} ({sec['steps']} steps; {p['seconds_per_step'] * 50:.1f} s at 50)"
+                    if name == "denoise"
                     else name
+                )
                 lines.append(f"| {label} | {p['seconds']:.2f} | {peak} |")
     return "\n".join(lines)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="ditfarm bench gpu", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="ditfarm bench gpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=3, help="1.3B: timed steps per loop (default 3)")
     p.add_argument("--repeats", type=int, default=2, help="1.3B: timed loops per row; the median is reported")
@@ -424,8 +549,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--blocks14", type=int, default=4, help="blocks of Wan2.1-14B to build (default 4 of 40)")
     p.add_argument("--video-steps", type=int, default=4, help="denoising steps of the whole video (default 4)")
     p.add_argument("--compile-backend", default="inductor")
-    p.add_argument("--budget-seconds", type=float, default=450.0,
-                   help="stop starting new rows after this long (default 450: the whole run stays under 8 min)")
+    p.add_argument(
+        "--budget-seconds",
+        type=float,
+        default=450.0,
+        help="stop starting new rows after this long (default 450: the whole run stays under 8 min)",
+    )
     p.add_argument("--reserve-seconds", type=float, default=30.0, help="a row starts only with this much left")
     p.add_argument("--small", action="store_true", help="tiny shapes (the CPU test)")
     p.add_argument("--json", type=Path, help="write the result here")

@@ -53,15 +53,17 @@ def _bench_rank(rank: int, world: int, model: str, policy: str, knob, cases, sam
             result = renderer.render(prompt, seed, sampler)
             seconds = time.perf_counter() - start
             stats = last_video_stats(pipe) if name != "none" else None
-            out[name].append({
-                "seconds": seconds,
-                "frames": result["frames"],
-                "computed": 1.0 - (stats.skipped_fraction if stats else 0.0),
-                "reduce_calls": wire["calls"],
-                "reduce_bytes": wire["bytes"],
-                "peak_bytes": stats.peak_bytes if stats else 0,
-                "masks": stats.masks if stats else {},
-            })
+            out[name].append(
+                {
+                    "seconds": seconds,
+                    "frames": result["frames"],
+                    "computed": 1.0 - (stats.skipped_fraction if stats else 0.0),
+                    "reduce_calls": wire["calls"],
+                    "reduce_bytes": wire["bytes"],
+                    "peak_bytes": stats.peak_bytes if stats else 0,
+                    "masks": stats.masks if stats else {},
+                }
+            )
     return out
 
 
@@ -80,36 +82,52 @@ def run(model: str, policy: str, knob, cases, sampler: dict, degrees=(1, 2)) -> 
         steps = sampler["steps"]
         none_s = [v["seconds"] for v in lead["none"]]
         pol_s = [v["seconds"] for v in lead[policy]]
-        rows.append({
-            "sp": sp,
-            "none_s_per_video": statistics.median(none_s),
-            "policy_s_per_video": statistics.median(pol_s),
-            "speedup": statistics.median([a / b for a, b in zip(none_s, pol_s)]),
-            "computed": float(np.mean([v["computed"] for v in lead[policy]])),
-            # steps 1..N-1 each start with one reduce of the step before (both CFG branches); step 0 computes all
-            "decision_collectives_per_step": lead[policy][0]["reduce_calls"] / (steps - 1),
-            "decision_bytes_per_step": lead[policy][0]["reduce_bytes"] / max(1, lead[policy][0]["reduce_calls"]),
-            "peak_cache_bytes_per_rank": max(v["peak_bytes"] for r in ranks for v in r[policy]),
-            "masks_identical_on_all_ranks": all(r[policy][i]["masks"] == lead[policy][i]["masks"]
-                                                for r in ranks for i in range(len(cases))),
-            "psnr_none_vs_sp1": min(psnr(ref, v["frames"]) for ref, v in zip(reference, lead["none"])),
-            "psnr_policy_vs_sp1_none": float(np.mean([psnr(ref, v["frames"]) for ref, v in zip(reference, lead[policy])])),
-        })
-    masks_match_sp1 = all(per_sp[d][0][policy][i]["masks"] == per_sp[degrees[0]][0][policy][i]["masks"]
-                          for d in degrees for i in range(len(cases)))
+        rows.append(
+            {
+                "sp": sp,
+                "none_s_per_video": statistics.median(none_s),
+                "policy_s_per_video": statistics.median(pol_s),
+                "speedup": statistics.median([a / b for a, b in zip(none_s, pol_s)]),
+                "computed": float(np.mean([v["computed"] for v in lead[policy]])),
+                # steps 1..N-1 each start with one reduce of the step before (both CFG branches); step 0 computes all
+                "decision_collectives_per_step": lead[policy][0]["reduce_calls"] / (steps - 1),
+                "decision_bytes_per_step": lead[policy][0]["reduce_bytes"] / max(1, lead[policy][0]["reduce_calls"]),
+                "peak_cache_bytes_per_rank": max(v["peak_bytes"] for r in ranks for v in r[policy]),
+                "masks_identical_on_all_ranks": all(
+                    r[policy][i]["masks"] == lead[policy][i]["masks"] for r in ranks for i in range(len(cases))
+                ),
+                "psnr_none_vs_sp1": min(psnr(ref, v["frames"]) for ref, v in zip(reference, lead["none"])),
+                "psnr_policy_vs_sp1_none": float(
+                    np.mean([psnr(ref, v["frames"]) for ref, v in zip(reference, lead[policy])])
+                ),
+            }
+        )
+    masks_match_sp1 = all(
+        per_sp[d][0][policy][i]["masks"] == per_sp[degrees[0]][0][policy][i]["masks"]
+        for d in degrees
+        for i in range(len(cases))
+    )
     base = rows[0]["speedup"]
     for row in rows:
         row["speedup_vs_sp1"] = row["speedup"] / base
-    return {"model": model, "policy": policy, "knob": knob, "sampler": sampler, "videos": len(cases),
-            "masks_match_sp1": masks_match_sp1, "rows": rows}
+    return {
+        "model": model,
+        "policy": policy,
+        "knob": knob,
+        "sampler": sampler,
+        "videos": len(cases),
+        "masks_match_sp1": masks_match_sp1,
+        "rows": rows,
+    }
 
 
 def main(argv=None) -> int:
     from ..cache.presets import POLICIES, resolve_knob
     from .adherence import held_out_cases
 
-    p = argparse.ArgumentParser(prog="ditfarm bench sp", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="ditfarm bench sp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="tiny")
     p.add_argument("--policy", default="adaptive", choices=[c for c in POLICIES if c != "none"])
     p.add_argument("--knob", type=float, help="the policy's knob (default: its preset)")
@@ -126,15 +144,21 @@ def main(argv=None) -> int:
     start = time.time()
     result = run(args.model, args.policy, knob, cases, sampler)
     result["seconds"] = round(time.time() - start, 1)
-    print(f"{args.policy} (knob {knob}) on {args.model}, {args.num_frames}x{args.height}x{args.width}, "
-          f"{args.steps} steps, {len(cases)} videos; one CPU thread per rank, gloo")
-    print("| sp | none s/video | policy s/video | speedup | vs sp=1 | computed | decision collectives/step "
-          "| bytes/step | peak cache bytes/rank | PSNR none vs sp1 |")
+    print(
+        f"{args.policy} (knob {knob}) on {args.model}, {args.num_frames}x{args.height}x{args.width}, "
+        f"{args.steps} steps, {len(cases)} videos; one CPU thread per rank, gloo"
+    )
+    print(
+        "| sp | none s/video | policy s/video | speedup | vs sp=1 | computed | decision collectives/step "
+        "| bytes/step | peak cache bytes/rank | PSNR none vs sp1 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in result["rows"]:
-        print(f"| {r['sp']} | {r['none_s_per_video']:.2f} | {r['policy_s_per_video']:.2f} | {r['speedup']:.2f}x "
-              f"| {r['speedup_vs_sp1']:.1%} | {r['computed']:.1%} | {r['decision_collectives_per_step']:.1f} "
-              f"| {r['decision_bytes_per_step']:.0f} | {r['peak_cache_bytes_per_rank']:,} | {r['psnr_none_vs_sp1']:.1f} |")
+        print(
+            f"| {r['sp']} | {r['none_s_per_video']:.2f} | {r['policy_s_per_video']:.2f} | {r['speedup']:.2f}x "
+            f"| {r['speedup_vs_sp1']:.1%} | {r['computed']:.1%} | {r['decision_collectives_per_step']:.1f} "
+            f"| {r['decision_bytes_per_step']:.0f} | {r['peak_cache_bytes_per_rank']:,} | {r['psnr_none_vs_sp1']:.1f} |"
+        )
     print(f"masks identical across ranks and equal to sp=1's: {result['masks_match_sp1']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,6 @@ import torch
 
 from ..cache import disable, enable, last_video_stats
 from ..cache.presets import build_config
-
 from ..pipelines.wan_configs import TEXT_TOKENS, VAE_STRIDE, WAN21_1_3B
 
 DEFAULT_METHODS = "none,bwcache:0,adaptive:0,bwcache:0.15,taylorseer:5,adaptive:0.5"
@@ -36,7 +35,7 @@ def latent_shape(frames: int, height: int, width: int) -> tuple[int, ...]:
 
 
 def parse_method(text: str) -> tuple[str, float | None]:
-    """"bwcache:0.15" -> ("bwcache", 0.15); "none" -> ("none", None)."""
+    """ "bwcache:0.15" -> ("bwcache", 0.15); "none" -> ("none", None)."""
     policy, _, knob = text.partition(":")
     return policy, (float(knob) if knob else None)
 
@@ -62,8 +61,9 @@ def timed_video(transformer, latents, cond, uncond, steps: int, guidance_scale: 
 
     from ..pipelines.denoise import denoise, reset_caches
 
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
-                                        num_train_timesteps=1000)
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000
+    )
     scheduler.set_timesteps(steps, device=device)
     reset_caches(transformer)
     synchronize(device)
@@ -96,8 +96,9 @@ def run(args: argparse.Namespace, log=print) -> dict:
     for _ in range(args.repeats):
         for name, (policy, knob) in zip(seconds, methods):
             enable(transformer, build_config(policy, knob))
-            seconds[name].append(timed_video(transformer, latents, cond, uncond, args.steps, args.guidance_scale,
-                                             device))
+            seconds[name].append(
+                timed_video(transformer, latents, cond, uncond, args.steps, args.guidance_scale, device)
+            )
             stats = last_video_stats(transformer)
             fractions[name] = 1.0 if stats is None else 1.0 - stats.skipped_fraction
             disable(transformer)
@@ -105,14 +106,28 @@ def run(args: argparse.Namespace, log=print) -> dict:
     rows = []
     for name, times in seconds.items():
         median = statistics.median(times)
-        rows.append({"method": name, "seconds_per_step": median / args.steps, "video_seconds": median,
-                     "all_seconds": times, "computed_fraction": fractions[name],
-                     "time_vs_none": (median / base) if base else None})
+        rows.append(
+            {
+                "method": name,
+                "seconds_per_step": median / args.steps,
+                "video_seconds": median,
+                "all_seconds": times,
+                "computed_fraction": fractions[name],
+                "time_vs_none": (median / base) if base else None,
+            }
+        )
     return {
         "device": device_name(device),
-        "torch": torch.__version__, "dtype": args.dtype, "layers": args.layers,
-        "video": [args.frames, args.height, args.width], "latents": list(shape), "tokens": tokens,
-        "steps": args.steps, "guidance_scale": args.guidance_scale, "repeats": args.repeats, "rows": rows,
+        "torch": torch.__version__,
+        "dtype": args.dtype,
+        "layers": args.layers,
+        "video": [args.frames, args.height, args.width],
+        "latents": list(shape),
+        "tokens": tokens,
+        "steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "repeats": args.repeats,
+        "rows": rows,
     }
 
 
@@ -120,14 +135,17 @@ def markdown_table(result: dict) -> str:
     lines = ["| method | s/step (2 calls) | video s | vs none | blocks computed |", "|---|---|---|---|---|"]
     for r in result["rows"]:
         vs = "" if r["time_vs_none"] is None else f"{r['time_vs_none']:.3f}"
-        lines.append(f"| {r['method']} | {r['seconds_per_step']:.3f} | {r['video_seconds']:.2f} | {vs} | "
-                     f"{r['computed_fraction']:.0%} |")
+        lines.append(
+            f"| {r['method']} | {r['seconds_per_step']:.3f} | {r['video_seconds']:.2f} | {vs} | "
+            f"{r['computed_fraction']:.0%} |"
+        )
     return "\n".join(lines)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="ditfarm bench steps", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="ditfarm bench steps", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--layers", type=int, default=WAN21_1_3B["num_layers"])

@@ -11,16 +11,19 @@ METHODS = ("ertacache", "bac")
 
 
 def main(argv=None) -> int:
-    from ..pipelines.loading import load_pipeline
     from ..cache.profile import CacheProfile
+    from ..pipelines.loading import load_pipeline
 
     p = argparse.ArgumentParser(prog="ditfarm calibrate", description=__doc__)
     p.add_argument("method", choices=METHODS)
     p.add_argument("--model", default="tiny")
     p.add_argument("--profile", type=Path, help="profile to extend (default: the model's shipped one)")
     p.add_argument("--out", type=Path, required=True, help="profile JSON to write (the input plus the calibration)")
-    p.add_argument("--lambdas", default="0.08",
-                   help="ertacache: comma-separated reuse thresholds (default 0.08, the paper's for Wan2.1-1.3B)")
+    p.add_argument(
+        "--lambdas",
+        default="0.08",
+        help="ertacache: comma-separated reuse thresholds (default 0.08, the paper's for Wan2.1-1.3B)",
+    )
     p.add_argument("--max-tokens", type=int, default=1024, help="bac: tokens kept per unit output and step")
     p.add_argument("--prompts", type=Path, help="text file, one prompt per line (default: the profile's own)")
     p.add_argument("--steps", type=int)
@@ -67,15 +70,22 @@ def main(argv=None) -> int:
         if args.method == "ertacache":
             from .calibrate_ertacache import calibrate_ertacache
 
-            profile.ertacache = calibrate_ertacache(pipe, prompts, lambdas, seeds=seeds, steps=args.steps,
-                                                    guidance_scale=args.guidance_scale)
+            profile.ertacache = calibrate_ertacache(
+                pipe, prompts, lambdas, seeds=seeds, steps=args.steps, guidance_scale=args.guidance_scale
+            )
             what = f"ERTACache at lambda {', '.join(f'{x:g}' for x in lambdas)}"
             steps = profile.ertacache["steps"]
         else:
             from .calibrate_bac import calibrate_bac
 
-            profile.bac = calibrate_bac(pipe, prompts, seeds=seeds, steps=args.steps,
-                                        guidance_scale=args.guidance_scale, max_tokens=args.max_tokens)
+            profile.bac = calibrate_bac(
+                pipe,
+                prompts,
+                seeds=seeds,
+                steps=args.steps,
+                guidance_scale=args.guidance_scale,
+                max_tokens=args.max_tokens,
+            )
             what, steps = "BAC", profile.bac["steps"]
     except ValueError as err:
         return fail(str(err))

@@ -24,8 +24,15 @@ def _unit_statistics(features: list[torch.Tensor]) -> tuple[np.ndarray, float]:
     return cosine.numpy(), volatility
 
 
-def calibrate_bac(pipe, prompts: list[str], seeds: list[int] | None = None, steps: int | None = None,
-                  guidance_scale: float | None = None, max_tokens: int = 1024, log=print) -> dict:
+def calibrate_bac(
+    pipe,
+    prompts: list[str],
+    seeds: list[int] | None = None,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    max_tokens: int = 1024,
+    log=print,
+) -> dict:
     """The ``bac`` section of a cache profile."""
     if not prompts:
         raise ValueError("BAC calibration needs at least one prompt")
@@ -48,6 +55,7 @@ def calibrate_bac(pipe, prompts: list[str], seeds: list[int] | None = None, step
             index = torch.linspace(0, tokens - 1, min(tokens, max_tokens)).round().long().to(output.device)
             branch = (calls["n"] - 1) % branches
             records.setdefault((branch, u), []).append(output[:, index].detach().float().cpu())
+
         return hook
 
     handles = [transformer.register_forward_pre_hook(count, with_kwargs=True)]
@@ -60,7 +68,7 @@ def calibrate_bac(pipe, prompts: list[str], seeds: list[int] | None = None, step
             records.clear()
             calls["n"] = 0
             pipe.generate_latents(prompt, seed=seed, settings=settings)
-            for (branch, u), features in records.items():
+            for (_branch, u), features in records.items():
                 cosine, vol = _unit_statistics(features)
                 similarity[u] += cosine
                 volatility[u] += vol
@@ -71,7 +79,12 @@ def calibrate_bac(pipe, prompts: list[str], seeds: list[int] | None = None, step
             h.remove()
     similarity /= count_videos
     volatility /= count_videos
-    return {"steps": settings.steps, "guidance_scale": settings.guidance_scale, "prompts": list(prompts),
-            "seeds": seeds, "max_tokens": max_tokens,
-            "similarity": [[[float(f"{v:.6g}") for v in row] for row in unit] for unit in similarity],
-            "volatility": [float(f"{v:.6g}") for v in volatility]}
+    return {
+        "steps": settings.steps,
+        "guidance_scale": settings.guidance_scale,
+        "prompts": list(prompts),
+        "seeds": seeds,
+        "max_tokens": max_tokens,
+        "similarity": [[[float(f"{v:.6g}") for v in row] for row in unit] for unit in similarity],
+        "volatility": [float(f"{v:.6g}") for v in volatility],
+    }

@@ -127,8 +127,11 @@ class _TransformerTap(ModelHook):
             r = state.cached.double().reshape(-1, state.cached.shape[-1])
             eps = r - state.residual.double().reshape(-1, r.shape[-1])
             table = sums.rectify.setdefault(branch, {})
-            add = torch.stack([torch.full_like(r[0], r.shape[0]), r.sum(0), eps.sum(0), (r * r).sum(0),
-                               (r * eps).sum(0)]).cpu().numpy()
+            add = (
+                torch.stack([torch.full_like(r[0], r.shape[0]), r.sum(0), eps.sum(0), (r * r).sum(0), (r * eps).sum(0)])
+                .cpu()
+                .numpy()
+            )
             table[step] = table.get(step, 0) + add
         else:
             state.cached = state.residual.detach()
@@ -203,8 +206,15 @@ def _round(values) -> list:
     return [float(f"{v:.6g}") for v in np.asarray(values, dtype=np.float64).ravel()]
 
 
-def calibrate_ertacache(pipe, prompts: list[str], lambdas: list[float], seeds: list[int] | None = None,
-                        steps: int | None = None, guidance_scale: float | None = None, log=print) -> dict:
+def calibrate_ertacache(
+    pipe,
+    prompts: list[str],
+    lambdas: list[float],
+    seeds: list[int] | None = None,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    log=print,
+) -> dict:
     """The ``ertacache`` section of a cache profile: pairwise residual sums and, per lambda, the reuse schedule,
     phi per step and the per-channel rectification of each branch."""
     if not prompts:
@@ -221,7 +231,7 @@ def calibrate_ertacache(pipe, prompts: list[str], lambdas: list[float], seeds: l
             tap.mode = "record"
             histories = {}
 
-            def keep(i, latents):
+            def keep(i, latents, histories=histories):
                 histories.update({name: s.history for name, s in tap.state_manager._state_cache.items()})
 
             pipe.generate_latents(prompt, seed=seed, settings=settings, on_step=keep)
@@ -254,7 +264,12 @@ def calibrate_ertacache(pipe, prompts: list[str], lambdas: list[float], seeds: l
             log(f"ertacache: lambda {lam:g} reuses {len(reused)} of {settings.steps} steps {reused}")
     finally:
         tap.detach()
-    return {"steps": settings.steps, "guidance_scale": settings.guidance_scale, "prompts": list(prompts),
-            "seeds": seeds, "numerator": [_round(row) for row in numerator], "denominator": _round(denominator),
-            "entries": entries}
-
+    return {
+        "steps": settings.steps,
+        "guidance_scale": settings.guidance_scale,
+        "prompts": list(prompts),
+        "seeds": seeds,
+        "numerator": [_round(row) for row in numerator],
+        "denominator": _round(denominator),
+        "entries": entries,
+    }

@@ -45,8 +45,9 @@ class PerBranchPyramidAttentionBroadcastHook(PyramidAttentionBroadcastHook):
         return module
 
 
-def pab_config(pipe, spatial: int, cross: int | None = None,
-               timestep_range: tuple[int, int] = TIMESTEP_RANGE) -> PyramidAttentionBroadcastConfig:
+def pab_config(
+    pipe, spatial: int, cross: int | None = None, timestep_range: tuple[int, int] = TIMESTEP_RANGE
+) -> PyramidAttentionBroadcastConfig:
     """PAB over every block's attn1 (range ``spatial``) and attn2 (``cross``, default spatial + 4); the current
     timestep is read from the scheduler (ditfarm's loop keeps none on the pipe)."""
     scheduler = pipe.scheduler
@@ -79,7 +80,8 @@ def enable_pab(pipe, spatial: int, cross: int | None = None) -> int:
             continue
         registry.remove_hook(_PYRAMID_ATTENTION_BROADCAST_HOOK, recurse=False)
         per_branch = PerBranchPyramidAttentionBroadcastHook(
-            hook.timestep_skip_range, hook.block_skip_range, hook.current_timestep_callback)
+            hook.timestep_skip_range, hook.block_skip_range, hook.current_timestep_callback
+        )
         HookRegistry.check_if_exists_or_initialize(module).register_hook(per_branch, _PYRAMID_ATTENTION_BROADCAST_HOOK)
         swapped += 1
     if not swapped:

@@ -42,10 +42,10 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
-from ..pipelines.denoise import initial_noise, reset_caches, transformer_input
 from ..cache.policies.harmonica import Router
 from ..cache.profile import model_identity
 from ..cache.units import unit_modules
+from ..pipelines.denoise import initial_noise, reset_caches, transformer_input
 
 HOOK = "ditfarm_router_training"
 FIXED_LOGIT = 5.0
@@ -80,7 +80,7 @@ class _BlendHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, blender: "_Blender", index: int):
+    def __init__(self, blender: _Blender, index: int):
         super().__init__()
         self.blender = blender
         self.state_manager = blender.state_manager
@@ -130,8 +130,16 @@ class _Blender:
 class RouterTrainer:
     """SDT with IEPO on one pipe.  ``prompts``: training prompts, drawn in turn."""
 
-    def __init__(self, pipe, prompts: list[str], config: RouterTraining, run_dir: Path,
-                 steps: int | None = None, guidance_scale: float | None = None, log=print):
+    def __init__(
+        self,
+        pipe,
+        prompts: list[str],
+        config: RouterTraining,
+        run_dir: Path,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        log=print,
+    ):
         if not prompts:
             raise ValueError("router training needs at least one prompt")
         self.pipe, self.prompts, self.config, self.run_dir, self.log = pipe, prompts, config, Path(run_dir), log
@@ -160,16 +168,25 @@ class RouterTrainer:
 
     def _run_key(self) -> dict:
         c = self.config
-        return {"model": self.identity, "steps": self.settings.steps, "guidance_scale": self.settings.guidance_scale,
-                "beta": c.beta, "tau_train": c.tau_train, "lambda_floor": c.lambda_floor, "units": self.num_units}
+        return {
+            "model": self.identity,
+            "steps": self.settings.steps,
+            "guidance_scale": self.settings.guidance_scale,
+            "beta": c.beta,
+            "tau_train": c.tau_train,
+            "lambda_floor": c.lambda_floor,
+            "units": self.num_units,
+        }
 
     def _resume(self) -> None:
         if not self.checkpoint_path.exists():
             return
         saved = torch.load(self.checkpoint_path, weights_only=False, map_location=self.logits.device)
         if saved["key"] != self._run_key():
-            raise ValueError(f"{self.checkpoint_path} holds a run of another model or setting ({saved['key']}); "
-                             f"this one is {self._run_key()}: use another --run-dir")
+            raise ValueError(
+                f"{self.checkpoint_path} holds a run of another model or setting ({saved['key']}); "
+                f"this one is {self._run_key()}: use another --run-dir"
+            )
         with torch.no_grad():
             self.logits.copy_(saved["logits"])
         self.optimizer.load_state_dict(saved["optimizer"])
@@ -181,9 +198,17 @@ class RouterTrainer:
     def save_checkpoint(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save({"key": self._run_key(), "logits": self.logits.detach().cpu(),
-                    "optimizer": self.optimizer.state_dict(), "lambda": self.lam.cpu(), "iteration": self.iteration,
-                    "history": self.history}, tmp)
+        torch.save(
+            {
+                "key": self._run_key(),
+                "logits": self.logits.detach().cpu(),
+                "optimizer": self.optimizer.state_dict(),
+                "lambda": self.lam.cpu(),
+                "iteration": self.iteration,
+                "history": self.history,
+            },
+            tmp,
+        )
         tmp.replace(self.checkpoint_path)  # a kill mid-write leaves the previous checkpoint
 
     # -- one sampling run ---------------------------------------------------------------------------------------
@@ -201,8 +226,12 @@ class RouterTrainer:
         outputs = {}
         for name, embeds in branches:
             with self.transformer.cache_context(name, step_index=step, num_inference_steps=s.steps):
-                outputs[name] = self.transformer(hidden_states=model_input, timestep=t.expand(latents.shape[0]),
-                                                 encoder_hidden_states=embeds, return_dict=False)[0].float()
+                outputs[name] = self.transformer(
+                    hidden_states=model_input,
+                    timestep=t.expand(latents.shape[0]),
+                    encoder_hidden_states=embeds,
+                    return_dict=False,
+                )[0].float()
         if "uncond" in outputs:
             return outputs["uncond"] + s.guidance_scale * (outputs["cond"] - outputs["uncond"])
         return outputs["cond"]
@@ -297,20 +326,36 @@ class RouterTrainer:
                     self.logits[0] = FIXED_LOGIT
                 error, usage, loss = (float(np.mean(col)) for col in zip(*losses))
                 self.iteration += 1
-                self.history.append({"iteration": self.iteration, "loss": loss, "error": error, "usage": usage,
-                                     "seconds": time.perf_counter() - start})
-                self.log(f"train-router: iteration {self.iteration}/{c.iterations} loss {loss:.4f} "
-                         f"(relative error {error:.4f}, mean r {usage:.3f})")
+                self.history.append(
+                    {
+                        "iteration": self.iteration,
+                        "loss": loss,
+                        "error": error,
+                        "usage": usage,
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
+                self.log(
+                    f"train-router: iteration {self.iteration}/{c.iterations} loss {loss:.4f} "
+                    f"(relative error {error:.4f}, mean r {usage:.3f})"
+                )
                 if self.iteration % c.save_every == 0 or self.iteration == until:
                     self.save_checkpoint()
         return self.history
 
     def router(self) -> Router:
         c = self.config
-        return Router(model=self.identity, logits=self.logits.detach().cpu().tolist(),
-                      training={**asdict(c), "steps": self.settings.steps,
-                                "guidance_scale": self.settings.guidance_scale, "iterations_done": self.iteration,
-                                "final_loss": self.history[-1]["loss"] if self.history else math.nan})
+        return Router(
+            model=self.identity,
+            logits=self.logits.detach().cpu().tolist(),
+            training={
+                **asdict(c),
+                "steps": self.settings.steps,
+                "guidance_scale": self.settings.guidance_scale,
+                "iterations_done": self.iteration,
+                "final_loss": self.history[-1]["loss"] if self.history else math.nan,
+            },
+        )
 
 
 def tiny_training_prompts(n: int = 64, seed: int = 7) -> list[str]:
@@ -322,11 +367,12 @@ def tiny_training_prompts(n: int = 64, seed: int = 7) -> list[str]:
 
 
 def main(argv=None) -> int:
-    from ..pipelines.loading import load_pipeline
     from ..cache.policies.harmonica import ROUTER_FILE
+    from ..pipelines.loading import load_pipeline
 
-    p = argparse.ArgumentParser(prog="ditfarm train-router", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="ditfarm train-router", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     defaults = RouterTraining()
     p.add_argument("--model", default="tiny")
     p.add_argument("--run-dir", type=Path, default=Path("runs/router"), help="checkpoints; a rerun resumes here")
@@ -375,11 +421,18 @@ def main(argv=None) -> int:
         if profile is None:
             return fail(f"model {args.model} ships no cache profile to put the router beside: pass --out")
         out = Path(profile).with_name(ROUTER_FILE)
-    config = RouterTraining(iterations=args.iterations, beta=args.beta, lr=args.lr, lambda_every=args.lambda_every,
-                            save_every=args.save_every, seed=args.seed)
+    config = RouterTraining(
+        iterations=args.iterations,
+        beta=args.beta,
+        lr=args.lr,
+        lambda_every=args.lambda_every,
+        save_every=args.save_every,
+        seed=args.seed,
+    )
     try:
-        trainer = RouterTrainer(pipe, prompts, config, args.run_dir, steps=args.steps,
-                                guidance_scale=args.guidance_scale)
+        trainer = RouterTrainer(
+            pipe, prompts, config, args.run_dir, steps=args.steps, guidance_scale=args.guidance_scale
+        )
     except ValueError as err:
         return fail(str(err))
     trainer.train()

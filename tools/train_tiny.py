@@ -63,7 +63,9 @@ def widen_patch_embedding(state: dict, model: WanTransformer3DModel) -> dict:
     old = state["patch_embedding.weight"]
     new = torch.zeros_like(model.patch_embedding.weight)
     if old.shape[1] > new.shape[1] or old.shape[1] not in (new.shape[1], new.shape[1] - POSITION_CHANNELS):
-        raise ValueError(f"cannot initialise a {new.shape[1]}-channel patch embedding from a {old.shape[1]}-channel one")
+        raise ValueError(
+            f"cannot initialise a {new.shape[1]}-channel patch embedding from a {old.shape[1]}-channel one"
+        )
     new[:, : old.shape[1]] = old
     state["patch_embedding.weight"] = new
     return state
@@ -81,8 +83,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cpu", help="torch device to train on (e.g. cuda)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass (on a GPU)")
-    p.add_argument("--workers", type=int, default=0,
-                   help="data-loader processes rendering the synthetic batches (0: in the training process)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="data-loader processes rendering the synthetic batches (0: in the training process)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (about 1.5x on CPU)")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--log-every", type=int, default=25)
@@ -90,14 +96,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
     p.add_argument("--width", type=int, default=DEFAULT_WIDTH)
     p.add_argument("--uncond-prob", type=float, default=0.1)
-    p.add_argument("--precondition", type=float, default=0.0, metavar="SIGMA_DATA",
-                   help="train F of v = skip x + out F(in x) (preconditioning.py) with this data std; 0: predict v")
+    p.add_argument(
+        "--precondition",
+        type=float,
+        default=0.0,
+        metavar="SIGMA_DATA",
+        help="train F of v = skip x + out F(in x) (preconditioning.py) with this data std; 0: predict v",
+    )
     p.add_argument("--t-mean", type=float, default=0.0, help="location of the logit-normal noise-level draw")
-    p.add_argument("--init-from", type=Path,
-                   help="start a new run from another run's state.pt (weights only; a model trained without the "
-                        "position grid gets zero weights for it, so it starts out computing what it did)")
-    p.add_argument("--fg-weight", type=float, default=1.0,
-                   help="loss weight of foreground pixels relative to background (the shapes are ~8%% of pixels)")
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        help="start a new run from another run's state.pt (weights only; a model trained without the "
+        "position grid gets zero weights for it, so it starts out computing what it did)",
+    )
+    p.add_argument(
+        "--fg-weight",
+        type=float,
+        default=1.0,
+        help="loss weight of foreground pixels relative to background (the shapes are ~8%% of pixels)",
+    )
     return p.parse_args(argv)
 
 
@@ -131,9 +149,16 @@ def batches(first: int, args: argparse.Namespace):
     """Step batches from ``first`` to the end of the run, rendered by ``--workers`` processes (0: inline)."""
     if args.workers == 0:
         return (step_batch(k, args) for k in range(first, args.steps))
-    return iter(torch.utils.data.DataLoader(StepBatches(first, args.steps, args), batch_size=None, shuffle=False,
-                                            num_workers=args.workers, prefetch_factor=4,
-                                            pin_memory=args.device.startswith("cuda")))
+    return iter(
+        torch.utils.data.DataLoader(
+            StepBatches(first, args.steps, args),
+            batch_size=None,
+            shuffle=False,
+            num_workers=args.workers,
+            prefetch_factor=4,
+            pin_memory=args.device.startswith("cuda"),
+        )
+    )
 
 
 def truncate_log(log_path: Path, step: int) -> None:
@@ -199,8 +224,16 @@ def main(argv=None) -> None:
 
     def checkpoint() -> None:
         tmp = state_path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-                    "config": config}, tmp)
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "ema": ema.state_dict(),
+                "opt": opt.state_dict(),
+                "step": step,
+                "config": config,
+            },
+            tmp,
+        )
         os.replace(tmp, state_path)
         save_model_folder(args.run_dir / "ema", ema, text_encoder, sigma_data=args.precondition)
         log_file.flush()

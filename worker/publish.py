@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 ENCODE_ATTEMPTS = 2  # encodes (and stores) of one video before its row fails
 
 
-def publish_video(store: OutputStore, video_id: str, frames: np.ndarray, settings: RenderSettings, video,
-                  fence=None) -> StoredVideo:
+def publish_video(
+    store: OutputStore, video_id: str, frames: np.ndarray, settings: RenderSettings, video, fence=None
+) -> StoredVideo:
     """Encode the frames as an mp4 once, verify it and store it as ``videos/<id>.mp4``.  ``video``: the model's
     VideoDefaults (fps and upscale where the run sets none); ``fence``: the run's lease check, run right before
     the video is published.  A failed encode is tried once more (a killed encoder may pass the second time; a
@@ -30,8 +31,9 @@ def publish_video(store: OutputStore, video_id: str, frames: np.ndarray, setting
     upscale = settings.upscale or video.upscale
     for attempt in range(ENCODE_ATTEMPTS):
         try:
-            return store.store_video(video_id, lambda path: write_mp4(frames, path, fps=fps, upscale=upscale),
-                                     fence=fence)
+            return store.store_video(
+                video_id, lambda path: write_mp4(frames, path, fps=fps, upscale=upscale), fence=fence
+            )
         except StorageError as err:
             if isinstance(err, (LeaseLost, OutputFull)) or attempt + 1 == ENCODE_ATTEMPTS:
                 raise

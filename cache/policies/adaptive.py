@@ -61,7 +61,6 @@ from ...pipelines.cache_card import Ladder, Rung
 from ..profile import CacheProfile
 from .base import CachePolicy, DecisionState, all_blocks
 
-
 # For models whose card ships no ladder: one plain shape, not searched (a fifth of the schedule computed first,
 # as caching papers warm up for 10-20%; then runs of a twenty-fifth of the schedule, growing by a fiftieth per
 # run up to a tenth), and the error budget alone sets the speed.
@@ -98,9 +97,11 @@ def ladder(config: AdaptiveConfig) -> Rung:
     any of ``warmup_fraction``, ``first_run``, ``growth``, ``max_run``, ``reuse_output`` the config sets
     explicitly overriding the rung's."""
     rung = (config.ladder or GENERIC_LADDER).rung_for(config.threshold)
-    chosen = {name: getattr(config, name) for name in ("warmup_fraction", "first_run", "growth", "max_run",
-                                                       "reuse_output")
-              if getattr(config, name) is not None}
+    chosen = {
+        name: getattr(config, name)
+        for name in ("warmup_fraction", "first_run", "growth", "max_run", "reuse_output")
+        if getattr(config, name) is not None
+    }
     return replace(rung, **chosen)
 
 
@@ -131,11 +132,16 @@ class AdaptivePolicy(CachePolicy):
     indicator = "forecast"
 
     def __init__(self, config: AdaptiveConfig):
-        if (not config.threshold >= 0 or (config.max_run is not None and config.max_run < 0)
-                or config.order not in (0, 1, 2) or config.granularity not in GRANULARITIES
-                or (config.warmup_fraction is not None and not 0 <= config.warmup_fraction <= 1)
-                or not 0 <= config.damping <= 1 or (config.growth is not None and not config.growth >= 0)
-                or (config.first_run is not None and not config.first_run > 0)):
+        if (
+            not config.threshold >= 0
+            or (config.max_run is not None and config.max_run < 0)
+            or config.order not in (0, 1, 2)
+            or config.granularity not in GRANULARITIES
+            or (config.warmup_fraction is not None and not 0 <= config.warmup_fraction <= 1)
+            or not 0 <= config.damping <= 1
+            or (config.growth is not None and not config.growth >= 0)
+            or (config.first_run is not None and not config.first_run > 0)
+        ):
             raise ValueError(f"bad adaptive config: {config} (granularity: one of {', '.join(GRANULARITIES)})")
         self.config = config
         self.forecast_order = config.order
@@ -216,10 +222,18 @@ class AdaptivePolicy(CachePolicy):
 
     def describe(self) -> dict:
         c = self.config
-        return {"policy": self.name, "threshold": c.threshold, "order": c.order, "damping": c.damping,
-                "max_run": self.rung.max_run,
-                "granularity": c.granularity,
-                "foreground_scale": c.foreground_scale, "background_scale": c.background_scale,
-                "warmup_fraction": self.rung.warmup_fraction, "first_run": self.rung.first_run,
-                "growth": self.rung.growth,
-                "reuse_output": self.reuse_output, "final_steps": c.final_steps}
+        return {
+            "policy": self.name,
+            "threshold": c.threshold,
+            "order": c.order,
+            "damping": c.damping,
+            "max_run": self.rung.max_run,
+            "granularity": c.granularity,
+            "foreground_scale": c.foreground_scale,
+            "background_scale": c.background_scale,
+            "warmup_fraction": self.rung.warmup_fraction,
+            "first_run": self.rung.first_run,
+            "growth": self.rung.growth,
+            "reuse_output": self.reuse_output,
+            "final_steps": c.final_steps,
+        }

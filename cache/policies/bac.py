@@ -77,7 +77,7 @@ def uniform_updates(steps: int, updates: int) -> list[int]:
 def bubbling_union(schedules: list[set[int]], volatility: np.ndarray, bubbling_units: int) -> list[set[int]]:
     """BU: the ``bubbling_units`` most volatile FFN units also update whenever any later FFN unit does."""
     ffn = [u for u in range(len(schedules)) if UNIT_KINDS[u % len(UNIT_KINDS)] == "ffn"]
-    upstream = sorted(ffn, key=lambda u: -float(volatility[u]))[:max(0, bubbling_units)]
+    upstream = sorted(ffn, key=lambda u: -float(volatility[u]))[: max(0, bubbling_units)]
     merged = [set(s) for s in schedules]
     for u in upstream:
         for v in ffn:
@@ -105,8 +105,9 @@ class BACPolicy(UnitPolicy):
         if config.variant not in VARIANTS:
             raise ValueError(f"unknown bac variant {config.variant!r}; choose one of {', '.join(VARIANTS)}")
         if not 0 < config.updates <= 1:
-            raise ValueError(f"bac's knob is the fraction of steps each unit updates on: 0 < updates <= 1, got "
-                             f"{config.updates}")
+            raise ValueError(
+                f"bac's knob is the fraction of steps each unit updates on: 0 < updates <= 1, got {config.updates}"
+            )
         self.config = config
         source = getattr(config.profile, "source", None)
         self._where = f"profile {source}" if source else "the profile"
@@ -123,7 +124,8 @@ class BACPolicy(UnitPolicy):
         if num_steps != self.steps:
             raise BACCalibrationError(
                 f"BAC in {self._where} was calibrated for {self.steps}-step videos; this video has {num_steps} "
-                f"steps: calibrate at {num_steps} steps or render with --steps {self.steps}")
+                f"steps: calibrate at {num_steps} steps or render with --steps {self.steps}"
+            )
 
     def unit_schedules(self, num_steps: int) -> list[set[int]]:
         self.check_steps(num_steps)
@@ -137,16 +139,18 @@ class BACPolicy(UnitPolicy):
             return [set(shared) for _ in similarity]
         schedules = [set(acs_schedule(sim, m)) for sim in similarity]
         if variant == "full":
-            schedules = bubbling_union(schedules, np.asarray(self.calibration["volatility"]),
-                                       self.config.bubbling_units)
+            schedules = bubbling_union(
+                schedules, np.asarray(self.calibration["volatility"]), self.config.bubbling_units
+            )
         return schedules
 
     def schedule(self, num_steps: int, num_units: int) -> np.ndarray:
         if num_steps not in self._cache:
             schedules = self.unit_schedules(num_steps)
             if len(schedules) != num_units:
-                raise BACCalibrationError(f"{self._where} has BAC data for {len(schedules)} units, the model "
-                                          f"{num_units}")
+                raise BACCalibrationError(
+                    f"{self._where} has BAC data for {len(schedules)} units, the model {num_units}"
+                )
             table = np.zeros((num_steps, num_units), dtype=np.int8)
             for u, steps in enumerate(schedules):
                 table[sorted(steps), u] = 1

@@ -88,5 +88,10 @@ class BWCachePolicy(CachePolicy):
 
     def describe(self) -> dict:
         c = self.config
-        return {"policy": self.name, "threshold": c.threshold, "reuse_fraction": c.reuse_fraction,
-                "warmup_steps": c.warmup_steps, "guard_fraction": c.guard_fraction}
+        return {
+            "policy": self.name,
+            "threshold": c.threshold,
+            "reuse_fraction": c.reuse_fraction,
+            "warmup_steps": c.warmup_steps,
+            "guard_fraction": c.guard_fraction,
+        }

@@ -114,7 +114,8 @@ class ERTACachePolicy(CachePolicy):
         self.calibration = config.profile.ertacache
         if not self.calibration:
             raise ERTACacheCalibrationError(
-                f"{self._profile_name()} holds no ERTACache calibration; run `ditfarm calibrate ertacache` first")
+                f"{self._profile_name()} holds no ERTACache calibration; run `ditfarm calibrate ertacache` first"
+            )
         self.entry = self._entry(config.threshold)
         self.steps = int(self.calibration["steps"])
         if config.variant == "uniform":
@@ -129,7 +130,9 @@ class ERTACachePolicy(CachePolicy):
         self._tensors: dict = {}
 
     def _profile_name(self) -> str:
-        return f"profile {self.config.profile.source}" if getattr(self.config.profile, "source", None) else "the profile"
+        return (
+            f"profile {self.config.profile.source}" if getattr(self.config.profile, "source", None) else "the profile"
+        )
 
     def _entry(self, threshold: float) -> dict:
         for entry in self.calibration["entries"]:
@@ -138,14 +141,16 @@ class ERTACachePolicy(CachePolicy):
         have = ", ".join(f"{e['lambda']:g}" for e in self.calibration["entries"])
         raise ERTACacheCalibrationError(
             f"{self._profile_name()} has ERTACache calibrated at lambda {have}, not {threshold:g}; "
-            f"run `ditfarm calibrate ertacache --lambdas {threshold:g}` or pick a calibrated value")
+            f"run `ditfarm calibrate ertacache --lambdas {threshold:g}` or pick a calibrated value"
+        )
 
     def check_steps(self, num_steps: int) -> None:
         if num_steps != self.steps:
             raise ERTACacheCalibrationError(
                 f"ERTACache in {self._profile_name()} was calibrated for {self.steps}-step videos; this video has "
                 f"{num_steps} steps (its reuse schedule, phi and corrections are per step): calibrate at "
-                f"{num_steps} steps or render with --steps {self.steps}")
+                f"{num_steps} steps or render with --steps {self.steps}"
+            )
 
     def new_state(self, num_blocks: int, num_steps: int) -> DecisionState:
         self.check_steps(num_steps)
@@ -177,11 +182,17 @@ class ERTACachePolicy(CachePolicy):
         key = (state.branch, step, residual.device, residual.dtype)
         if key not in self._tensors:
             k, b = table[step]
-            self._tensors[key] = (torch.as_tensor(1.0 - k, dtype=residual.dtype, device=residual.device),
-                                  torch.as_tensor(b, dtype=residual.dtype, device=residual.device))
+            self._tensors[key] = (
+                torch.as_tensor(1.0 - k, dtype=residual.dtype, device=residual.device),
+                torch.as_tensor(b, dtype=residual.dtype, device=residual.device),
+            )
         keep, offset = self._tensors[key]
         return residual * keep - offset
 
     def describe(self) -> dict:
-        return {"policy": self.name, "lambda": self.config.threshold, "variant": self.config.variant,
-                "reused": sorted(self.reused)}
+        return {
+            "policy": self.name,
+            "lambda": self.config.threshold,
+            "variant": self.config.variant,
+            "reused": sorted(self.reused),
+        }

@@ -53,18 +53,23 @@ class Router:
             raise ProfileMismatchError(
                 f"{where} was trained on {self.model['class']} with {self.model['num_blocks']} blocks (config hash "
                 f"{self.model['config_hash']}), but this model is {actual['class']} with {actual['num_blocks']} "
-                f"blocks (config hash {actual['config_hash']}); train one with `ditfarm train-router`")
+                f"blocks (config hash {actual['config_hash']}); train one with `ditfarm train-router`"
+            )
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"format": self.format, "model": self.model, "training": self.training,
-                "logits": [[float(f"{v:.6g}") for v in row] for row in self.logits]}
+        data = {
+            "format": self.format,
+            "model": self.model,
+            "training": self.training,
+            "logits": [[float(f"{v:.6g}") for v in row] for row in self.logits],
+        }
         path.write_text(json.dumps(data, indent=1) + "\n")
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Router":
+    def load(cls, path: str | Path) -> Router:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -73,7 +78,9 @@ class Router:
         except json.JSONDecodeError as err:
             raise RouterError(f"{path} is not valid JSON ({err})") from None
         if data.get("format") != FORMAT:
-            raise RouterError(f"{path} is not a ditfarm HarmoniCa router (format {data.get('format')!r}, want {FORMAT})")
+            raise RouterError(
+                f"{path} is not a ditfarm HarmoniCa router (format {data.get('format')!r}, want {FORMAT})"
+            )
         router = cls(model=data["model"], logits=data["logits"], training=data.get("training", {}))
         router.source = str(path)
         return router
@@ -83,8 +90,10 @@ def router_beside(profile) -> Path:
     """Where the router of a profile lives: beside the profile file."""
     source = getattr(profile, "source", None) if not isinstance(profile, (str, Path)) else profile
     if not source:
-        raise RouterError("the harmonica policy reads its router beside the cache profile: pass --profile "
-                          "PROFILE.json (with harmonica_router.json next to it)")
+        raise RouterError(
+            "the harmonica policy reads its router beside the cache profile: pass --profile "
+            "PROFILE.json (with harmonica_router.json next to it)"
+        )
     return Path(source).with_name(ROUTER_FILE)
 
 
@@ -113,11 +122,16 @@ class HarmoniCaPolicy(UnitPolicy):
             raise RouterError(
                 f"{where} was trained for {probabilities.shape[0]}-step videos of {probabilities.shape[1]} units; "
                 f"this video has {num_steps} steps and {num_units} units: train one at {num_steps} steps or render "
-                f"with --steps {probabilities.shape[0]}")
+                f"with --steps {probabilities.shape[0]}"
+            )
         table = (probabilities > self.config.threshold).astype(np.int8)
         table[0] = 1
         return table
 
     def describe(self) -> dict:
-        return {"policy": self.name, "threshold": self.config.threshold,
-                "router": getattr(self.router, "source", None), "beta": self.router.training.get("beta")}
+        return {
+            "policy": self.name,
+            "threshold": self.config.threshold,
+            "router": getattr(self.router, "source", None),
+            "beta": self.router.training.get("beta"),
+        }

@@ -46,7 +46,9 @@ class ProfilingPolicy(CachePolicy):
 
     def __init__(self, config: ProfilingConfig):
         if config.min_interval < 1 or config.max_interval < config.min_interval:
-            raise ValueError(f"need 1 <= min_interval <= max_interval, got {config.min_interval}, {config.max_interval}")
+            raise ValueError(
+                f"need 1 <= min_interval <= max_interval, got {config.min_interval}, {config.max_interval}"
+            )
         self.config = config
         self.background = np.array(config.profile.background_blocks, dtype=np.int64)
 
@@ -72,20 +74,25 @@ class ProfilingPolicy(CachePolicy):
 
     def describe(self) -> dict:
         c = self.config
-        return {"policy": self.name, "max_interval": c.max_interval, "min_interval": c.min_interval,
-                "warmup_fraction": c.warmup_fraction, "background_blocks": self.background.tolist()}
+        return {
+            "policy": self.name,
+            "max_interval": c.max_interval,
+            "min_interval": c.min_interval,
+            "warmup_fraction": c.warmup_fraction,
+            "background_blocks": self.background.tolist(),
+        }
 
 
 @dataclass
 class TaylorSeerConfig:
     """TaylorSeer (arXiv 2503.06923), at block granularity.
 
-    All blocks run on the first ``warmup_steps`` steps and on every step s with s % interval == 0; in between, each block's
-    residual is forecast from its values at the last full steps by a Taylor series of order ``order`` whose
-    derivatives are finite differences: d_0 = r, d_i = (d_{i-1} - d_{i-1}^prev) / N, r(s + k) ~ sum_i d_i k^i / i!.
-    (The paper forecasts attention and MLP outputs; a Wan block's residual is their gated sum, so forecasting it
-    is the same series one level up.)  Defaults follow the released code for Wan2.1: N = 5, order 1, first_enhance 1,
-so full steps are 0, 5, 10, ... and the first forecasts (one point of history) are plain reuse.
+        All blocks run on the first ``warmup_steps`` steps and on every step s with s % interval == 0; in between, each block's
+        residual is forecast from its values at the last full steps by a Taylor series of order ``order`` whose
+        derivatives are finite differences: d_0 = r, d_i = (d_{i-1} - d_{i-1}^prev) / N, r(s + k) ~ sum_i d_i k^i / i!.
+        (The paper forecasts attention and MLP outputs; a Wan block's residual is their gated sum, so forecasting it
+        is the same series one level up.)  Defaults follow the released code for Wan2.1: N = 5, order 1, first_enhance 1,
+    so full steps are 0, 5, 10, ... and the first forecasts (one point of history) are plain reuse.
     """
 
     interval: int = 5

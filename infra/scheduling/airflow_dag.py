@@ -21,10 +21,9 @@ long-lived Ray cluster with `ray job submit` and wait for the render.  It loads 
   ``ditfarm_ray_auth_token`` (the cluster's token; Airflow masks Variables whose name contains "token").
 """
 
-from datetime import datetime, timedelta
-
 import os
 import subprocess
+from datetime import datetime, timedelta
 
 from airflow import DAG
 from airflow.exceptions import AirflowException, AirflowFailException, AirflowSkipException
@@ -85,15 +84,22 @@ def outcome(code: int) -> str:
 def submit(day: str, ray_address: str, ray_auth_token: str) -> None:
     """Run the submit script for ``day``; its output goes to the task's log.  A code that retrying cannot help
     fails the task at once (AirflowFailException ends it whatever retries are left)."""
-    env = {**os.environ, "DITFARM_DAY": day, "RAY_ADDRESS": ray_address, "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": ray_auth_token}  # os.environ keeps PATH: the `ray` CLI of the cluster's version
+    env = {
+        **os.environ,
+        "DITFARM_DAY": day,
+        "RAY_ADDRESS": ray_address,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": ray_auth_token,
+    }  # os.environ keeps PATH: the `ray` CLI of the cluster's version
     code = subprocess.run(["bash", "-c", SUBMIT], env=env).returncode
     result = outcome(code)
     if result == "skip":
         raise AirflowSkipException(f"s3://renders/out/{day} is held by a run that is still going")
     if result == "retry":
-        raise AirflowException(f"the render of {day} found no room on the cluster or no answer (exit {code}); "
-                               "retried, and the retry resumes")
+        raise AirflowException(
+            f"the render of {day} found no room on the cluster or no answer (exit {code}); "
+            "retried, and the retry resumes"
+        )
     if result == "fail":
         raise AirflowFailException(f"the render of {day} failed with exit {code}; not retried (see the log)")
 

@@ -36,7 +36,11 @@ POSITION_CHANNELS = 3
 
 def position_grid(batch: int, frames: int, height: int, width: int, dtype=torch.float32, device=None) -> torch.Tensor:
     """(batch, 3, frames, height, width) coordinates t, y, x, each spanning [-1, 1] whatever the size."""
-    axes = [torch.linspace(-1.0, 1.0, n, dtype=dtype, device=device) if n > 1 else torch.zeros(1, dtype=dtype,
-            device=device) for n in (frames, height, width)]
+    axes = [
+        torch.linspace(-1.0, 1.0, n, dtype=dtype, device=device)
+        if n > 1
+        else torch.zeros(1, dtype=dtype, device=device)
+        for n in (frames, height, width)
+    ]
     grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))
     return grid.unsqueeze(0).expand(batch, -1, -1, -1, -1)

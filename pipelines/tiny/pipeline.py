@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 
-from ..cache_card import ModelCacheSettings
 from ..base import VideoDefaults, VideoPipelineMixin
+from ..cache_card import ModelCacheSettings
 from ..checks import TINY_LIMITS, card_limits
 from ..denoise import SamplerSettings
 from .model_config import POSITION_CHANNELS, position_grid
@@ -18,8 +18,9 @@ from .weights import SAMPLER_DEFAULTS, VIDEO_DEFAULTS, load_scheduler, load_text
 
 
 def _sampler_defaults(values: dict) -> SamplerSettings:
-    return SamplerSettings(values["num_frames"], values["height"], values["width"], values["steps"],
-                           values["guidance_scale"])
+    return SamplerSettings(
+        values["num_frames"], values["height"], values["width"], values["steps"], values["guidance_scale"]
+    )
 
 
 class TinyVideoPipeline(VideoPipelineMixin, DiffusionPipeline):
@@ -72,8 +73,10 @@ class TinyVideoPipeline(VideoPipelineMixin, DiffusionPipeline):
         if extra == 0:
             return None
         if extra != POSITION_CHANNELS:
-            raise ValueError(f"a tiny transformer reads 3 or 3 + {POSITION_CHANNELS} channels, this one reads "
-                             f"{self.transformer.config.in_channels}")
+            raise ValueError(
+                f"a tiny transformer reads 3 or 3 + {POSITION_CHANNELS} channels, this one reads "
+                f"{self.transformer.config.in_channels}"
+            )
         batch, _, frames, height, width = latents.shape
         return position_grid(batch, frames, height, width, latents.dtype, latents.device)
 

@@ -1,9 +1,9 @@
 """Reading and writing the ``tiny`` model folder (a diffusers-style layout, so it loads like any model folder).
 
-    <folder>/transformer/config.json + diffusion_pytorch_model.safetensors   (WanTransformer3DModel.save_pretrained)
-    <folder>/text_encoder.safetensors                                        (the word and position tables)
-    <folder>/scheduler/scheduler_config.json                                 (FlowMatchEulerDiscreteScheduler)
-    <folder>/ditfarm_model.json                                              (kind "tiny" and sampler defaults)
+<folder>/transformer/config.json + diffusion_pytorch_model.safetensors   (WanTransformer3DModel.save_pretrained)
+<folder>/text_encoder.safetensors                                        (the word and position tables)
+<folder>/scheduler/scheduler_config.json                                 (FlowMatchEulerDiscreteScheduler)
+<folder>/ditfarm_model.json                                              (kind "tiny" and sampler defaults)
 """
 
 from __future__ import annotations
@@ -24,13 +24,17 @@ SCHEDULER_SHIFT = 1.0
 VIDEO_DEFAULTS = dict(fps=8, upscale=8)  # 32x32 frames are shown at 256x256; 8 frames last a second
 
 
-def save_model_folder(folder: Path, transformer: WanTransformer3DModel, text_encoder: WordTextEncoder,
-                      sigma_data: float = 0.0) -> None:
+def save_model_folder(
+    folder: Path, transformer: WanTransformer3DModel, text_encoder: WordTextEncoder, sigma_data: float = 0.0
+) -> None:
     """Write a loadable model folder; ``sigma_data`` > 0 marks a preconditioned model (preconditioning.py)."""
     folder = Path(folder)
     transformer.save_pretrained(folder / "transformer", safe_serialization=True)
     safetensors.torch.save_file(
-        {"word_table": text_encoder.word_table.contiguous(), "position_table": text_encoder.position_table.contiguous()},
+        {
+            "word_table": text_encoder.word_table.contiguous(),
+            "position_table": text_encoder.position_table.contiguous(),
+        },
         folder / "text_encoder.safetensors",
     )
     if sigma_data:
@@ -40,8 +44,12 @@ def save_model_folder(folder: Path, transformer: WanTransformer3DModel, text_enc
     scheduler.save_pretrained(folder / "scheduler")
     card = folder / MODEL_CARD
     if not card.exists():
-        card.write_text(json.dumps({"kind": "tiny", "name": "tiny", "defaults": SAMPLER_DEFAULTS,
-                                    "video": VIDEO_DEFAULTS}, indent=2) + "\n")
+        card.write_text(
+            json.dumps(
+                {"kind": "tiny", "name": "tiny", "defaults": SAMPLER_DEFAULTS, "video": VIDEO_DEFAULTS}, indent=2
+            )
+            + "\n"
+        )
 
 
 def read_model_card(folder: Path) -> dict:
