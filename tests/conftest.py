@@ -5,6 +5,40 @@ import pytest
 # Tests share two cores with whatever else runs; one thread per test process keeps timings sane.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# Every test names its tier (pyproject.toml's markers): `pytest -m unit` runs the ones that need nothing but this
+# process; the others say what they start.
+TIERS = ("unit", "process", "ray", "s3", "browser")
+
+
+def pytest_collection_modifyitems(config, items):
+    untiered = [item.nodeid for item in items if not any(item.get_closest_marker(tier) for tier in TIERS)]
+    if untiered:
+        raise pytest.UsageError(f"tests without a tier marker ({', '.join(TIERS)}): {', '.join(untiered[:10])}")
+
+
+class OutsideUnitTier(AssertionError):
+    """A unit test tried to start a process or open a network connection."""
+
+
+@pytest.fixture(autouse=True)
+def unit_tests_stay_in_process(request, monkeypatch):
+    """A test marked unit may start no process (Ray, moto, ffmpeg, a CLI) and connect nowhere: it fails if it does."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+    import multiprocessing.process
+    import socket
+    import subprocess
+
+    def refuse(what):
+        def refused(*args, **kwargs):
+            raise OutsideUnitTier(f"a unit test may not {what}; mark it with the tier it needs")
+
+        return refused
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("start a subprocess"))
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse("start a process"))
+    monkeypatch.setattr(socket.socket, "connect", refuse("open a network connection"))
+
 
 @pytest.fixture(scope="session")
 def tiny_pipe():

@@ -18,6 +18,8 @@ from ditfarm.cluster.gang import NoGangsLeft
 from ditfarm.jobs.driver import RenderSettings, manifest_job
 from ditfarm.jobs.gang_renderer import GangRenderer
 
+pytestmark = [pytest.mark.ray]
+
 
 def pending_groups() -> int:
     return sum(pg["state"] == "PENDING" for pg in ray.util.placement_group_table().values())

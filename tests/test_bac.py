@@ -11,6 +11,8 @@ from ditfarm.cache.policies import BACPolicy
 from ditfarm.cache.policies.bac import BACCalibrationError, acs_schedule, bubbling_union
 from ditfarm.cache.presets import build_config
 
+pytestmark = [pytest.mark.unit]
+
 
 def coverage(sim, chosen):
     steps = len(sim)

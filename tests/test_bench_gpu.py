@@ -2,9 +2,13 @@
 
 import json
 
+import pytest
+
 from ditfarm.cache.presets import POLICIES
 from ditfarm.commands.cli import main as cli
 from ditfarm.tools.bench_gpu import EAGER_POLICY_ROWS, POLICY_ROWS
+
+pytestmark = [pytest.mark.unit]
 
 
 def test_bench_gpu_on_small_shapes(tmp_path, capsys):

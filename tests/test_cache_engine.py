@@ -14,6 +14,8 @@ from ditfarm.cache.policies.base import CachePolicy
 from ditfarm.cache.profile import BlockProfile
 from ditfarm.pipelines.tiny.model_config import TRANSFORMER_CONFIG
 
+pytestmark = [pytest.mark.unit]
+
 PROMPT = "red circle moving left on blue background"
 
 

@@ -14,6 +14,8 @@ from ditfarm.cache.metrics import psnr
 from ditfarm.cache.presets import config_for
 from ditfarm.pipelines.wan import make_small_wan_folder
 
+pytestmark = [pytest.mark.unit]
+
 # (model, policy, knob): (measured dB, floor dB)
 CASES = {
     ("tiny", "bwcache", 0.2): (22.2, 19.0),

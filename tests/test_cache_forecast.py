@@ -18,6 +18,8 @@ import ditfarm
 from ditfarm import cache
 from ditfarm.cache.policies.base import CachePolicy
 
+pytestmark = [pytest.mark.unit]
+
 
 @pytest.fixture(scope="module")
 def transformer(random_model_folder):

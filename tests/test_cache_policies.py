@@ -9,6 +9,8 @@ from ditfarm.cache.policies import AdaptivePolicy, BWCachePolicy, ProfilingPolic
 from ditfarm.cache.policies.adaptive import Ladder, Rung
 from ditfarm.cache.profile import BACKGROUND, FOREGROUND, BlockProfile
 
+pytestmark = [pytest.mark.unit]
+
 TINY = tiny_ladder()
 
 

@@ -10,6 +10,8 @@ from ditfarm.cache.foreground import foreground_mask, mask_iou, otsu_threshold, 
 from ditfarm.cache.metrics import psnr, ssim
 from ditfarm.commands.cli import main as cli
 
+pytestmark = [pytest.mark.unit]
+
 
 def test_psnr_and_ssim_known_values():
     a = np.full((2, 16, 16, 3), 100, np.uint8)

@@ -12,6 +12,8 @@ from ditfarm.cache.policies import HarmoniCaConfig, HarmoniCaPolicy
 from ditfarm.cache.policies.harmonica import ROUTER_FILE
 from ditfarm.cache.profile import CacheProfile, model_identity
 
+pytestmark = [pytest.mark.process]
+
 PROMPT = "red circle moving left on blue background"
 STEPS = 6
 

@@ -5,6 +5,8 @@ import pytest
 from ditfarm.cache.metrics import psnr
 from ditfarm.cluster.local import run_local_gang
 
+pytestmark = [pytest.mark.ray, pytest.mark.process]
+
 PROMPT = "red circle moving left on blue background"
 STEPS = 30  # tiny's own count: adaptive's first runs are a thirtieth of the schedule
 

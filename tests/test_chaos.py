@@ -17,6 +17,8 @@ from ditfarm.jobs.driver import RenderSettings, manifest_job
 from ditfarm.jobs.gang_renderer import GangRenderer
 from ditfarm.jobs.results import read_all_results
 
+pytestmark = [pytest.mark.ray]
+
 PROMPTS = ["red circle moving left on blue background", "white square moving up on green gradient background"]
 
 

@@ -10,6 +10,8 @@ import pytest
 from ditfarm.choices import POLICIES
 from ditfarm.jobs.results import ResultsWriter
 
+pytestmark = [pytest.mark.process]
+
 HEAVY = ("torch", "diffusers", "transformers", "ray")
 
 

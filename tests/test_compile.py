@@ -16,6 +16,8 @@ from ditfarm.cluster.local import run_local_gang
 from ditfarm.pipelines.compile import compile_blocks, compiled_graphs
 from ditfarm.pipelines.loading import load_pipeline
 
+pytestmark = [pytest.mark.process]
+
 PROMPT = "a red cat moving left"
 
 

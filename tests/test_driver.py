@@ -9,6 +9,8 @@ from ditfarm.jobs.driver import RenderSettings, render_manifest
 from ditfarm.jobs.results import read_all_results
 from ditfarm.pipelines.video_io import read_mp4
 
+pytestmark = [pytest.mark.process]  # ffmpeg encodes the videos
+
 PROMPTS = ["red circle moving left on blue background", "white square moving up on green gradient background"]
 
 

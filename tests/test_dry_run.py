@@ -10,6 +10,8 @@ from ditfarm.pipelines.model_checks import model_checks
 from ditfarm.pipelines.wan import make_small_wan_folder
 from ditfarm.types import RenderSettings
 
+pytestmark = [pytest.mark.process]  # ffmpeg encodes the videos
+
 CASES = [
     dict(),
     dict(num_frames=8),

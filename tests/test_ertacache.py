@@ -15,6 +15,8 @@ from ditfarm.cache.policies.ertacache import (
 )
 from ditfarm.cache.presets import build_config
 
+pytestmark = [pytest.mark.unit]
+
 
 def rel_matrix(errors):
     """(N, D) whose N[i, s] / D[s] is errors[i][s]."""

@@ -21,6 +21,8 @@ from ditfarm.jobs.driver import LocalRenderer, RenderSettings, render_manifest
 from ditfarm.jobs.results import read_all_results, read_results
 from ditfarm.pipelines.video_io import EncodeError, read_mp4, write_mp4
 
+pytestmark = [pytest.mark.process]
+
 PROMPTS = ["red circle moving left on blue background", "white square moving up on green gradient background"]
 REAL_FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 

@@ -13,6 +13,8 @@ from ditfarm.cluster.gang_rank import RankConfig
 from ditfarm.cluster.local import run_local_gang
 from ditfarm.cluster.render_sp import render_on_rank
 
+pytestmark = [pytest.mark.ray, pytest.mark.process]
+
 PROMPT = "red circle moving left on blue background"
 
 

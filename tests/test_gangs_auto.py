@@ -8,6 +8,8 @@ from ditfarm.commands.cli import build_parser, settings_from_args
 from ditfarm.jobs.driver import RenderSettings
 from ditfarm.jobs.gang_renderer import GangRenderer, auto_gang_count
 
+pytestmark = [pytest.mark.ray]
+
 
 def node(node_id, cpus=0, gpus=0, alive=True):
     resources = {"CPU": float(cpus)} | ({"GPU": float(gpus)} if gpus else {})

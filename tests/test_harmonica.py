@@ -11,6 +11,8 @@ from ditfarm.cache.presets import build_config
 from ditfarm.cache.profile import ProfileMismatchError, model_identity
 from ditfarm.tools.train_router import RouterTrainer, RouterTraining
 
+pytestmark = [pytest.mark.unit]
+
 PROMPT = "red circle moving left on blue background"
 
 

@@ -24,6 +24,8 @@ import yaml
 
 from ditfarm.commands.cli import build_parser
 
+pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.process]
+
 INFRA = Path(__file__).resolve().parents[1] / "infra"
 RAY_UP = INFRA / "ray-up" / "gpu-cluster.yaml"
 CRONJOB = INFRA / "scheduling" / "nightly-cronjob.yaml"

@@ -26,6 +26,8 @@ import pytest
 import yaml
 from test_infra import CASES, CRONJOB, DAG, FAKE_RAY, INFRA, RAY_UP, lease_refusal
 
+pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.process]
+
 DATA = Path(__file__).resolve().parent / "data"
 KUBERAY = DATA / "kuberay-v1.7.0"  # ray-project/kuberay v1.7.0, ray-operator/config/crd/bases
 KUBERNETES_VERSIONS = ("1.29", "1.37")  # the oldest and newest Kubernetes infra/README.md supports

@@ -18,6 +18,8 @@ import pytest
 
 from ditfarm.jobs.results import read_all_results
 
+pytestmark = [pytest.mark.s3, pytest.mark.process]
+
 PROMPTS = ["red circle moving left on blue background", "white square moving up on green gradient background"]
 N = 10
 

@@ -14,6 +14,8 @@ from ditfarm.jobs.driver import RenderJob, RenderSettings, prompt_task
 from ditfarm.storage.lease import LEASE_NAME, Holder, Lease, LeaseHeld, LeaseLost, current_holder, lease_object
 from ditfarm.storage.stores import open_output
 
+pytestmark = [pytest.mark.s3, pytest.mark.process]
+
 
 @pytest.fixture(params=["local", "s3"])
 def out(request, tmp_path):

@@ -13,6 +13,8 @@ import pytest
 from ditfarm.commands.cli import main as cli
 from ditfarm.jobs.results import read_all_results, read_results
 
+pytestmark = [pytest.mark.s3, pytest.mark.process]
+
 PROMPT = "red circle moving left on blue background"
 
 

@@ -4,6 +4,8 @@ import pytest
 
 from ditfarm.jobs.manifest import Manifest, ManifestError, RenderTask, RowProblem, seed_from_id
 
+pytestmark = [pytest.mark.process]  # ffmpeg encodes the videos
+
 
 def write(path, columns):
     pq.write_table(pa.table(columns), path)

@@ -19,6 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import free_port
 
+pytestmark = [pytest.mark.ray, pytest.mark.process]
+
 GOOD = ["red circle moving left on blue background", "white square moving up on green gradient background"]
 SERIES = re.compile(r"^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')

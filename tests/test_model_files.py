@@ -6,6 +6,8 @@ from pathlib import Path
 import boto3
 import pytest
 
+pytestmark = [pytest.mark.s3, pytest.mark.process]
+
 
 def _upload(folder: Path, bucket: str, prefix: str) -> None:
     s3 = boto3.client("s3")

@@ -9,6 +9,8 @@ from ditfarm.commands.cli import main as cli
 from ditfarm.pipelines.folder_checks import ModelFolderError, check_wan_folder
 from ditfarm.pipelines.loading import load_pipeline
 
+pytestmark = [pytest.mark.unit]
+
 
 @pytest.fixture
 def folder(small_wan_folder, tmp_path):

@@ -17,6 +17,8 @@ from ditfarm.jobs.results import read_all_results, read_results
 from ditfarm.pipelines.video_io import read_mp4
 from ditfarm.storage.stores import S3Store, StorageError
 
+pytestmark = [pytest.mark.ray, pytest.mark.s3]
+
 GOOD = "red circle moving left on blue background"
 
 

@@ -1,8 +1,12 @@
 """diffusers' Pyramid Attention Broadcast on tiny's Wan transformer: per CFG branch with ditfarm's states, and why
 diffusers' own single-state hook cannot be used under two-call CFG."""
 
+import pytest
+
 from ditfarm.tools.bench_cache import clear_caches
 from ditfarm.tools.pab import enable_pab
+
+pytestmark = [pytest.mark.unit]
 
 PROMPT = "red circle moving left on blue background"
 

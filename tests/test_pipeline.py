@@ -4,6 +4,8 @@ import pytest
 import ditfarm
 from ditfarm.pipelines.tiny.vocab import PromptError
 
+pytestmark = [pytest.mark.unit]
+
 PROMPT = "red circle moving left on blue background"
 
 

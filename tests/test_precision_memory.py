@@ -13,6 +13,8 @@ from ditfarm.jobs.results import read_all_results
 from ditfarm.pipelines.loading import load_pipeline
 from ditfarm.pipelines.precision import resolve_precision
 
+pytestmark = [pytest.mark.process]  # ffmpeg encodes the videos
+
 
 @pytest.mark.parametrize(
     "name, device, transformer",

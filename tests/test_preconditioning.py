@@ -6,6 +6,8 @@ import torch
 
 from ditfarm.pipelines.tiny.preconditioning import PreconditionedFlowMatchScheduler, coefficients
 
+pytestmark = [pytest.mark.unit]
+
 
 @pytest.mark.parametrize("sigma", [0.02, 0.3, 0.5, 0.8, 0.98])
 def test_target_has_unit_variance_and_no_linear_part_left(sigma):

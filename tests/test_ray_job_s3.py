@@ -23,6 +23,8 @@ from helpers import free_port
 from ditfarm.jobs.results import read_all_results
 from ditfarm.pipelines.video_io import read_mp4
 
+pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.process]
+
 SECRET = "SECRETzq9x-recognisable-ditfarm-key"
 GOOD = [
     "red circle moving left on blue background",

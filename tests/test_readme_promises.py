@@ -20,6 +20,8 @@ from ditfarm.jobs.results import read_results
 from ditfarm.pipelines.tiny.model_config import TRANSFORMER_CONFIG
 from ditfarm.pipelines.video_io import read_mp4
 
+pytestmark = [pytest.mark.ray, pytest.mark.process]
+
 PROMPT = "red circle moving left on blue background"
 NEGATIVE = "blue square moving right on red background"
 

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from reference_frames import WORLDS, key, load, render_all
 
+pytestmark = [pytest.mark.process]
+
 # The stored frames were rendered on this project's CI machine type.  A CPU with other vector units (AVX2 vs
 # AVX-512) may round a float differently deep in the loop: allow one level on a few values, nothing more.
 MOST_LEVELS = 1

@@ -21,6 +21,8 @@ from ditfarm.pipelines.video_io import write_mp4
 from ditfarm.storage.stores import S3Store, open_output
 from ditfarm.types import RenderedVideo
 
+pytestmark = [pytest.mark.s3, pytest.mark.browser, pytest.mark.process]
+
 GOOD = [
     "red circle moving left on blue background",
     "white square moving up on green gradient background",

@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+pytestmark = [pytest.mark.s3, pytest.mark.process]
+
 SETUP_ACTIONS = 7  # create bucket, put manifest, create user, put its policy, create its key; a user, its key
 SECRET_MARK = "ditfarm-never-print-me"
 

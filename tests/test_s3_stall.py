@@ -12,6 +12,8 @@ import pytest
 from ditfarm.commands.cli import main as cli
 from ditfarm.storage.stores import CALL_TIMEOUTS
 
+pytestmark = [pytest.mark.s3]
+
 
 @pytest.fixture
 def silent_endpoint(monkeypatch):

@@ -1,8 +1,11 @@
 import numpy as np
+import pytest
 
 from ditfarm.pipelines.tiny.scenes import is_held_out, render_scene, sample_scene_spec, training_batch
 from ditfarm.pipelines.tiny.vocab import parse_prompt
 from ditfarm.tools.adherence import held_out_cases, judge, judge_ground_truth, summarise
+
+pytestmark = [pytest.mark.unit]
 
 
 def test_training_split_never_contains_held_out_prompts():

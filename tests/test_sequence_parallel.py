@@ -8,6 +8,8 @@ from ditfarm.cache.metrics import psnr
 from ditfarm.cluster.local import run_local_gang
 from ditfarm.cluster.render_sp import render_on_rank
 
+pytestmark = [pytest.mark.process]
+
 PROMPT = "red circle moving left on blue background"
 SAMPLER = dict(steps=30)  # the card's own count: the policies' schedules are fractions of it
 

@@ -6,9 +6,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from ditfarm.commands.cli import build_parser, settings_from_args
 from ditfarm.jobs.gang_renderer import gang_config
 from ditfarm.types import RenderSettings
+
+pytestmark = [pytest.mark.ray, pytest.mark.process]
 
 PROBE = """
 import json, os, sys

@@ -2,12 +2,15 @@
 profile shipped beside it belongs to it."""
 
 import numpy as np
+import pytest
 import torch
 
 from ditfarm.cache import CacheProfile, model_identity
 from ditfarm.cache.profiler import check_masks_on_references
 from ditfarm.pipelines.tiny.scenes import render_scene
 from ditfarm.tools.adherence import evaluate, held_out_cases, summarise
+
+pytestmark = [pytest.mark.unit]
 
 
 def test_shipped_profile_belongs_to_the_shipped_model(tiny_pipe):

@@ -7,10 +7,13 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from ditfarm.tools.train_tiny import main as train
+
+pytestmark = [pytest.mark.process]
 
 SMALL = [
     "--batch",

@@ -3,6 +3,8 @@ import pytest
 
 from ditfarm.pipelines.video_io import read_mp4, write_mp4
 
+pytestmark = [pytest.mark.process]  # ffmpeg encodes the videos
+
 
 def test_mp4_round_trip_with_upscale(tmp_path):
     frames = np.zeros((8, 32, 32, 3), np.uint8)

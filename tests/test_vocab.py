@@ -2,6 +2,8 @@ import pytest
 
 from ditfarm.pipelines.tiny.vocab import VOCABULARY, ObjectSpec, PromptError, SceneSpec, parse_prompt
 
+pytestmark = [pytest.mark.unit]
+
 
 def test_single_object_prompt():
     spec = parse_prompt("Red circle moving left on blue background")

@@ -9,6 +9,8 @@ from ditfarm.commands.cli import main as cli
 from ditfarm.jobs.results import read_all_results
 from ditfarm.pipelines.wan import WanVideoPipeline, make_small_wan_folder
 
+pytestmark = [pytest.mark.process]  # ffmpeg encodes the videos
+
 
 @pytest.fixture(scope="module")
 def wan_folder(tmp_path_factory):
