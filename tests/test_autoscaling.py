@@ -62,7 +62,7 @@ def test_auto_gangs_wait_for_the_node_an_autoscaler_adds_and_give_up_when_none_c
     # it adds, saying so at once; a pending group no node answers ends at --start-timeout (the CLI's exit 75).
     from ray.experimental import internal_kv
 
-    from ditfarm.cluster import gang_renderer
+    from ditfarm.jobs import gang_renderer
 
     real_get = internal_kv._internal_kv_get
     for mapping, grows in (({"ab12": "node_ab12"}, False), ({"ab12": "node_ab12", "cd34": "gpu-8x"}, True)):
