@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..pipelines.adapters import adapter_for
 from ..pipelines.compile import CACHE_ENGINE_ATTR, COMPILED_ATTR
 from ..pipelines.denoise import SIGMA_SCHEDULE_ATTR
 from .engine import CacheEngine, CacheStats, Reduce, identity_reduce
@@ -71,8 +72,7 @@ def enable(pipe_or_transformer, config, reduce: Reduce = identity_reduce) -> Cac
     for trained in (getattr(config, "profile", None), getattr(config, "router", None)):
         if trained is not None:  # measured or trained on one model: refused by another
             trained.check_model(transformer)
-    if not hasattr(transformer, "blocks"):
-        raise TypeError(f"{type(transformer).__name__} has no `blocks`; ditfarm caches attach to DiT block lists")
+    adapter_for(transformer)  # a TypeError naming the class when ditfarm knows no such model family
     policy = policy_cls(config)
     if isinstance(policy, UnitPolicy):  # fixed per-unit schedules: nothing to reduce
         if getattr(transformer, COMPILED_ATTR, None):

@@ -4,14 +4,14 @@ ProfilingDiT scores token i by the mean attention it receives, a_i = (1/N) sum_j
 We compute it for a sample of queries (all of them when N is small) in chunks, so memory stays at chunk x N per
 head, and average over heads.  The probe wraps the block's own attention processor: it recomputes q and k the way
 diffusers' WanAttnProcessor does (projections, RMS norms, rotary embedding) and then calls the original processor,
-so the block's output is unchanged.
+so the block's output is unchanged (the model's adapter computes q and k, ``recording_processor``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..pipelines.rotary import apply_wan_rotary
+from ..pipelines.adapters import adapter_for
 
 
 def received_attention(
@@ -36,35 +36,29 @@ def received_attention(
 
 
 class AttentionProbe:
-    """A drop-in attention processor for WanAttention self-attention that records received attention."""
+    """Records the attention one block's self-attention gives each token, while ``enabled``."""
 
     def __init__(self, original, max_queries: int = 2048):
-        self.original = original
+        self.original = original  # the self-attention's own processor, restored by detach_probes
         self.max_queries = max_queries
         self.enabled = False
         self.records: list[torch.Tensor] = []  # (N,) per recorded call, batch element 0
         self.generator = torch.Generator().manual_seed(0)
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        if self.enabled and encoder_hidden_states is None:
-            with torch.no_grad():
-                query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
-                key = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
-                if rotary_emb is not None:
-                    query, key = apply_wan_rotary(query, *rotary_emb), apply_wan_rotary(key, *rotary_emb)
-                self.records.append(received_attention(query, key, self.max_queries, generator=self.generator)[0].cpu())
-        return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+    def record(self, query: torch.Tensor, key: torch.Tensor) -> None:
+        self.records.append(received_attention(query, key, self.max_queries, generator=self.generator)[0].cpu())
 
 
 def attach_probes(transformer, max_queries: int = 2048) -> list[AttentionProbe]:
+    adapter = adapter_for(transformer)
     probes = []
-    for block in transformer.blocks:
-        probe = AttentionProbe(block.attn1.processor, max_queries)
-        block.attn1.set_processor(probe)
+    for attention in adapter.self_attentions():
+        probe = AttentionProbe(attention.processor, max_queries)
+        attention.set_processor(adapter.recording_processor(probe.original, probe.record, lambda p=probe: p.enabled))
         probes.append(probe)
     return probes
 
 
 def detach_probes(transformer, probes: list[AttentionProbe]) -> None:
-    for block, probe in zip(transformer.blocks, probes):
-        block.attn1.set_processor(probe.original)
+    for attention, probe in zip(adapter_for(transformer).self_attentions(), probes):
+        attention.set_processor(probe.original)

@@ -36,6 +36,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
+from ..pipelines.adapters import adapter_for
 from .policies.base import CachePolicy, DecisionState, all_blocks
 from .stats import CacheStats
 from .steps import StepCounter
@@ -220,7 +221,7 @@ class BlockHook(ModelHook):
         self.engine = engine
         self.state_manager = engine.state_manager
         self.index = index
-        self.last = index == len(engine.blocks) - 1
+        self.last = index == len(engine.block_modules) - 1
 
     def new_forward(self, module, hidden_states, *args, **kwargs):
         state: BranchState = self.state_manager.get_state()
@@ -251,10 +252,10 @@ class CacheEngine:
         self.transformer = transformer
         self.policy = policy
         self.reduce = reduce
-        self.blocks = list(transformer.blocks)
+        self.block_modules = adapter_for(transformer).blocks()
         if policy.reuse_output and not policy.whole_steps:
             raise ValueError(f"{policy.name}: reusing the transformer's output needs whole-step decisions")
-        self.state_manager = StateManager(BranchState, (len(self.blocks), policy))
+        self.state_manager = StateManager(BranchState, (len(self.block_modules), policy))
         self.stats = CacheStats()
         self.last_video = CacheStats()
         # (branch state, step, computed mask, local sums) of calls whose decision waits for the next step's reduce
@@ -263,14 +264,14 @@ class CacheEngine:
     # -- installation -------------------------------------------------------------------------------------------
     def attach(self) -> None:
         HookRegistry.check_if_exists_or_initialize(self.transformer).register_hook(StepHook(self), STEP_HOOK)
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(self.block_modules):
             HookRegistry.check_if_exists_or_initialize(block).register_hook(BlockHook(self, i), BLOCK_HOOK)
         HookRegistry.check_if_exists_or_initialize(self.transformer).invalidate_child_registries_cache()
 
     def detach(self) -> None:
         self.finish_video()
         HookRegistry.check_if_exists_or_initialize(self.transformer).remove_hook(STEP_HOOK, recurse=False)
-        for block in self.blocks:
+        for block in self.block_modules:
             HookRegistry.check_if_exists_or_initialize(block).remove_hook(BLOCK_HOOK, recurse=False)
         self.state_manager.reset()
 

@@ -10,12 +10,13 @@ classes and change curves of one architecture say nothing about another.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from ..pipelines.adapters import adapter_for
 
 FORMAT = "ditfarm-cache-profile/1"
 FOREGROUND, BACKGROUND = "foreground", "background"
@@ -26,14 +27,8 @@ class ProfileMismatchError(ValueError):
 
 
 def model_identity(transformer: torch.nn.Module) -> dict:
-    """Class name, block count and a hash of the architecture config (private keys like paths are left out)."""
-    config = {k: v for k, v in dict(transformer.config).items() if not k.startswith("_")}
-    text = json.dumps(config, sort_keys=True, default=list)
-    return {
-        "class": type(transformer).__name__,
-        "num_blocks": len(transformer.blocks),
-        "config_hash": hashlib.sha256(text.encode()).hexdigest()[:16],
-    }
+    """Class name, block count and a hash of the architecture config (the model's adapter says which)."""
+    return adapter_for(transformer).identity()
 
 
 @dataclass

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..pipelines.adapters import adapter_for
 from .attention_probe import attach_probes, detach_probes
 from .engine import CacheEngine
 from .foreground import foreground_mask, mask_iou, token_mask
@@ -100,7 +101,8 @@ def profile_pipeline(
     settings = pipe.settings(steps=steps, guidance_scale=guidance_scale)
     seeds = seeds or list(range(len(prompts)))
     probe_at = set(np.linspace(settings.steps * 0.3, settings.steps * 0.9, probe_steps).round().astype(int).tolist())
-    patch = tuple(transformer.config.patch_size)
+    adapter = adapter_for(transformer)
+    patch = adapter.patch_size()
     records = []
     recorder = RecordingPolicy()
     engine = CacheEngine(transformer, recorder)
@@ -141,7 +143,7 @@ def profile_pipeline(
     tau = split_threshold(r_attn)
     blocks = [
         BlockProfile(b, float(r_attn[b]), FOREGROUND if r_attn[b] >= tau else BACKGROUND, change[:, b].tolist())
-        for b in range(len(transformer.blocks))
+        for b in range(len(adapter.blocks()))
     ]
     profile = CacheProfile(
         model=model_identity(transformer),

@@ -1,14 +1,14 @@
 """Sub-block caching: reuse the outputs of each block's self-attention, cross-attention and FFN separately.
 
-BAC and HarmoniCa cache the *units* of a DiT block rather than the block: in a Wan block these are ``attn1``
-(self-attention), ``attn2`` (cross-attention) and ``ffn``, each wrapped by the block's own norms, adaLN modulation
-and gates (``WanTransformerBlock.forward``).  A hook on each unit module returns its cached output on a skipped
+BAC and HarmoniCa cache the *units* of a DiT block rather than the block: its self-attention, cross-attention and
+feed-forward (``UNIT_ROLES``; the model's adapter says which modules they are), each wrapped by the block's own
+norms, adaLN modulation and gates.  A hook on each unit module returns its cached output on a skipped
 step, so the norms, the modulation of this step's timestep and the gates still run fresh around it.
 
 Both methods decide offline: a unit policy gives a (steps, units) integer table before sampling (unit u of block b
-is column 3 b + kind: attn1, attn2, ffn), the same for every CFG branch, and on every rank of a gang since it is
+is column 3 b + role, in ``UNIT_ROLES`` order), the same for every CFG branch, and on every rank of a gang since it is
 built from integers and profile data alone; no indicator is measured.  Caches are kept per branch (diffusers'
-``StateManager``, switched by ``cache_context``).  Under sequence parallelism a skipped ``attn1`` skips its
+``StateManager``, switched by ``cache_context``).  Under sequence parallelism a skipped self-attention skips its
 all-to-all on every rank alike.
 """
 
@@ -21,31 +21,17 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
+from ..pipelines.adapters import adapter_for
 from .stats import CacheStats
 from .steps import StepCounter
 
-UNIT_KINDS = ("attn1", "attn2", "ffn")
 STEP_HOOK = "ditfarm_unit_cache_step"
 UNIT_HOOK = "ditfarm_unit_cache"
 
 
 def unit_modules(transformer: torch.nn.Module) -> list[torch.nn.Module]:
-    """Every block's units in order: block 0's attn1, attn2, ffn, then block 1's, ..."""
-    units = []
-    for i, block in enumerate(transformer.blocks):
-        for kind in UNIT_KINDS:
-            module = getattr(block, kind, None)
-            if module is None:
-                raise TypeError(
-                    f"block {i} ({type(block).__name__}) has no `{kind}`; unit caches need Wan-style "
-                    f"blocks with {', '.join(UNIT_KINDS)}"
-                )
-            units.append(module)
-    return units
-
-
-def unit_name(index: int) -> str:
-    return f"blocks.{index // len(UNIT_KINDS)}.{UNIT_KINDS[index % len(UNIT_KINDS)]}"
+    """Every block's units in order: block 0's in ``UNIT_ROLES`` order, then block 1's, ..."""
+    return adapter_for(transformer).unit_modules()
 
 
 class UnitPolicy(ABC):

@@ -1,11 +1,10 @@
-"""Sequence parallelism for WanTransformer3DModel: each rank holds the full weights and 1/N of the tokens.
+"""Sequence parallelism: each rank holds the full weights and 1/N of the tokens.
 
-The plan is diffusers' own ``_cp_plan`` for Wan, carried out with yunchang on any backend (diffusers' context
-parallelism refuses the CPU): after patch embedding, the token sequence and its rotary embeddings are split into
-N contiguous shards; self-attention runs through yunchang's ``LongContextAttention`` (Ulysses: an all-to-all
-turns sequence shards into head shards and back); cross-attention needs no communication, since the text is
-replicated and each query attends to it independently; the shards are gathered after the output projection.
-Timestep and text embeddings are computed on every rank (they are tiny), so no rank waits for another there.
+How a model's sequence is split, how its self-attention computes queries, keys and values, and its forward on a
+shard are the model adapter's (``pipelines.adapters``: for Wan, diffusers' own ``_cp_plan``).  This module
+carries the plan out with yunchang on any backend (diffusers' context parallelism refuses the CPU): the sharded
+self-attention runs through yunchang's ``LongContextAttention`` (Ulysses: an all-to-all turns sequence shards
+into head shards and back), and the shards are gathered with a timed collective after the output projection.
 
 The sequence length must divide by N: zero-padding (what xDiT does) lets padded keys take softmax weight, so the
 result would differ from one GPU.  Ring attention with TORCH_MATH is wrong on CPU (yunchang returns no
@@ -21,9 +20,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
-from ..pipelines.rotary import apply_wan_rotary
+from ..cache import engine_of
+from ..pipelines.adapters import adapter_for
 from .collectives import all_gather_sequence, backend_device
 
 log = logging.getLogger(__name__)
@@ -39,77 +38,15 @@ class SequenceParallelConfig:
     long_context: str = "yunchang"  # or "xfuser": xFuserLongContextAttention, where it passes its self-check
 
 
-class UlyssesSelfAttnProcessor:
-    """diffusers' WanAttnProcessor for self-attention, with the attention call replaced by yunchang's."""
-
-    def __init__(self, long_context_attention):
-        self.attention = long_context_attention
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        if encoder_hidden_states is not None or attention_mask is not None:
-            raise ValueError("the sequence-parallel processor handles self-attention without a mask only")
-        query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
-        key = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
-        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            query, key = apply_wan_rotary(query, *rotary_emb), apply_wan_rotary(key, *rotary_emb)
-        out = self.attention(query, key, value).flatten(2, 3).type_as(query)  # (B, S_local, H, D) in and out
-        return attn.to_out[1](attn.to_out[0](out))
-
-
 class SequenceParallelHook(ModelHook):
-    """Replaces WanTransformer3DModel.forward with the sharded one (same submodules, same maths)."""
+    """Replaces the transformer's forward with its adapter's sharded one (same submodules, same maths)."""
 
-    def __init__(self, group):
+    def __init__(self, sharded_forward):
         super().__init__()
-        self.group = group
+        self.sharded_forward = sharded_forward
 
-    def new_forward(
-        self,
-        model,
-        hidden_states,
-        timestep,
-        encoder_hidden_states,
-        encoder_hidden_states_image=None,
-        return_dict=True,
-        attention_kwargs=None,
-    ):
-        n, rank = dist.get_world_size(self.group), dist.get_rank(self.group)
-        batch, _, frames, height, width = hidden_states.shape
-        p_t, p_h, p_w = model.config.patch_size
-        post_f, post_h, post_w = frames // p_t, height // p_h, width // p_w
-        seq = post_f * post_h * post_w
-        if seq % n:
-            raise ValueError(f"{seq} tokens do not split evenly over {n} ranks; choose sizes or a degree that divide")
-        shard = slice(rank * seq // n, (rank + 1) * seq // n)
-
-        cos, sin = model.rope(hidden_states)
-        rotary_emb = (cos[:, shard], sin[:, shard])
-        x = model.patch_embedding(hidden_states).flatten(2).transpose(1, 2)[:, shard].contiguous()
-        if timestep.ndim == 2:  # Wan2.2 ti2v: per-token timesteps, sharded like the tokens
-            timestep = timestep[:, shard]
-            ts_seq_len = timestep.shape[1]
-            timestep = timestep.flatten()
-        else:
-            ts_seq_len = None
-        temb, timestep_proj, encoder_hidden_states, encoder_hidden_states_image = model.condition_embedder(
-            timestep, encoder_hidden_states, encoder_hidden_states_image, timestep_seq_len=ts_seq_len
-        )
-        timestep_proj = timestep_proj.unflatten(2 if ts_seq_len is not None else 1, (6, -1))
-        if encoder_hidden_states_image is not None:
-            encoder_hidden_states = torch.concat([encoder_hidden_states_image, encoder_hidden_states], dim=1)
-        for block in model.blocks:
-            x = block(x, encoder_hidden_states, timestep_proj, rotary_emb)
-        if temb.ndim == 3:
-            shift, scale = (model.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
-            shift, scale = shift.squeeze(2), scale.squeeze(2)
-        else:
-            shift, scale = (model.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
-        x = (model.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
-        x = all_gather_sequence(model.proj_out(x), self.group, dim=1)
-        x = x.reshape(batch, post_f, post_h, post_w, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        output = x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
-        return Transformer2DModelOutput(sample=output) if return_dict else (output,)
+    def new_forward(self, model, *args, **kwargs):
+        return self.sharded_forward(model, *args, **kwargs)
 
 
 def enable_sequence_parallel(
@@ -121,8 +58,6 @@ def enable_sequence_parallel(
     from yunchang.globals import PROCESS_GROUP
     from yunchang.kernels import AttnType
 
-    from ..cache import engine_of
-
     if engine_of(transformer) is not None:
         raise RuntimeError("enable sequence parallelism before enabling a cache")
     world = dist.get_world_size(group)
@@ -133,7 +68,8 @@ def enable_sequence_parallel(
             f"ring attention with {config.attn_type.upper()} is wrong (yunchang's torch kernels return "
             "no log-sum-exp); use a Ulysses degree, ring only with flash-attn kernels on GPU"
         )
-    heads = transformer.config.num_attention_heads
+    adapter = adapter_for(transformer)
+    heads = adapter.heads()
     if heads % config.ulysses_degree:
         raise ValueError(f"{heads} attention heads do not split over a Ulysses degree of {config.ulysses_degree}")
     if config.ring_degree == 1:
@@ -150,9 +86,10 @@ def enable_sequence_parallel(
     attention = long_context_attention(
         config, group, lambda: LongContextAttention(attn_type=AttnType.from_string(config.attn_type))
     )
-    for block in transformer.blocks:
-        block.attn1.set_processor(UlyssesSelfAttnProcessor(attention))
-    HookRegistry.check_if_exists_or_initialize(transformer).register_hook(SequenceParallelHook(group), SP_HOOK)
+    for self_attention in adapter.self_attentions():
+        self_attention.set_processor(adapter.attention_processor(attention))
+    sharded = adapter.sharded_forward(dist.get_rank(group), world, lambda x: all_gather_sequence(x, group, dim=1))
+    HookRegistry.check_if_exists_or_initialize(transformer).register_hook(SequenceParallelHook(sharded), SP_HOOK)
 
 
 def long_context_attention(config: SequenceParallelConfig, group, yunchang_attention):

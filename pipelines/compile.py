@@ -14,6 +14,8 @@ import logging
 
 import torch
 
+from .adapters import adapter_for
+
 log = logging.getLogger(__name__)
 
 COMPILED_ATTR = "_ditfarm_compiled"
@@ -27,11 +29,12 @@ def compile_blocks(transformer: torch.nn.Module, backend: str = "inductor", mode
         raise RuntimeError("compile the blocks before enabling a cache: its hooks must stay outside the graph")
     if getattr(transformer, COMPILED_ATTR, None):
         return 0
-    for block in transformer.blocks:
+    blocks = adapter_for(transformer).blocks()
+    for block in blocks:
         block.forward = torch.compile(block.forward, backend=backend, mode=mode)
     setattr(transformer, COMPILED_ATTR, backend)
-    log.info("compiled %d transformer blocks (backend %s)", len(transformer.blocks), backend)
-    return len(transformer.blocks)
+    log.info("compiled %d transformer blocks (backend %s)", len(blocks), backend)
+    return len(blocks)
 
 
 def compiled_graphs() -> int:

@@ -128,9 +128,9 @@ def test_a_stall_mid_run_is_named_in_the_progress_line_and_the_run_goes_on(s3_en
     long, on which endpoint; once it answers again the run finishes, each id stored once."""
     import boto3
 
-    from ditfarm.storage import stores as storage
     from ditfarm.jobs.driver import RenderSettings, render_manifest
     from ditfarm.jobs.results import read_all_results
+    from ditfarm.storage import stores as storage
 
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="paused")

@@ -196,13 +196,13 @@ def policy_config(row: str, transformer, steps: int):
     from ..cache.policies.harmonica import Router
     from ..cache.presets import build_config
     from ..cache.profile import BACKGROUND, BlockProfile, CacheProfile, model_identity
-    from ..cache.units import UNIT_KINDS
+    from ..pipelines.adapters import UNIT_ROLES
 
     name, _, knob = row.partition(":")
     if name == "adaptive-block":
         return AdaptiveConfig(threshold=float(knob), granularity="block")
     n = len(transformer.blocks)
-    units = n * len(UNIT_KINDS)
+    units = n * len(UNIT_ROLES)
     # every block background, refreshed every step (profiling:1): computes all, pays the bookkeeping
     profile = CacheProfile(
         model=model_identity(transformer),

@@ -32,8 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...pipelines.adapters import UNIT_ROLES
 from ..profile import CacheProfile
-from ..units import UNIT_KINDS, UnitPolicy
+from ..units import UnitPolicy
 
 VARIANTS = ("uniform", "unified", "blockwise", "full")
 
@@ -76,11 +77,11 @@ def uniform_updates(steps: int, updates: int) -> list[int]:
 
 def bubbling_union(schedules: list[set[int]], volatility: np.ndarray, bubbling_units: int) -> list[set[int]]:
     """BU: the ``bubbling_units`` most volatile FFN units also update whenever any later FFN unit does."""
-    ffn = [u for u in range(len(schedules)) if UNIT_KINDS[u % len(UNIT_KINDS)] == "ffn"]
-    upstream = sorted(ffn, key=lambda u: -float(volatility[u]))[: max(0, bubbling_units)]
+    feed_forward = [u for u in range(len(schedules)) if UNIT_ROLES[u % len(UNIT_ROLES)] == "feed_forward"]
+    upstream = sorted(feed_forward, key=lambda u: -float(volatility[u]))[: max(0, bubbling_units)]
     merged = [set(s) for s in schedules]
     for u in upstream:
-        for v in ffn:
+        for v in feed_forward:
             if v > u:
                 merged[u] |= schedules[v]
     return merged

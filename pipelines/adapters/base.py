@@ -1,0 +1,121 @@
+"""What a transformer family tells the rest of ditfarm about its insides, and the registry that finds it.
+
+The contract (one subclass of ``TransformerAdapter`` per family, registered by transformer class):
+
+- ``blocks()``: the repeated blocks, in order: what block caches hook, what is compiled, what a profile counts.
+- ``units(block)``: a block's units by role (``UNIT_ROLES``: self-attention, cross-attention, feed-forward),
+  the modules unit caches (BAC, HarmoniCa) hook one by one.
+- ``self_attentions()`` and ``attention_processor(attend)``: where self-attention is computed and how: the
+  processor projects queries, keys and values as the model does (norms, rotary embedding) and hands them to
+  ``attend(query, key, value)``.  Sequence parallelism passes a sharded attention; the profiler's probe passes
+  one that records the attention map and then computes the model's own.
+- ``token_count(latent_shape)`` and ``sharded_forward(rank, world, gather)``: how the model's token sequence is
+  split over a gang (contiguous shards of the patch sequence, with its rotary embedding) and gathered back.
+- ``heads()``: attention heads (a Ulysses degree must divide them); ``patch_size()``: latent cells per token;
+  ``recording_processor(original, record, active)``: the attention probe's hook on a self-attention;
+  ``identity()``: what a cache profile or a router trained on this model records to refuse another.
+
+Modelled on cache-dit's ``BlockAdapter`` registry and diffusers' ``_cp_plan`` (a model declaring its split).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+
+import torch
+
+UNIT_ROLES = ("self_attention", "cross_attention", "feed_forward")
+
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (B, S, heads, D) each -> same
+Gather = Callable[[torch.Tensor], torch.Tensor]  # this rank's shard of the sequence (dim 1) -> the whole sequence
+
+
+class TransformerAdapter:
+    """One family's answers (see the module docstring); ``transformer`` is the loaded model."""
+
+    family = "transformer"
+
+    def __init__(self, transformer: torch.nn.Module):
+        self.transformer = transformer
+
+    def blocks(self) -> list[torch.nn.Module]:
+        raise NotImplementedError
+
+    def units(self, block: torch.nn.Module) -> dict[str, torch.nn.Module]:
+        raise NotImplementedError
+
+    def self_attentions(self) -> list[torch.nn.Module]:
+        raise NotImplementedError
+
+    def attention_processor(self, attend: Attend):
+        raise NotImplementedError
+
+    def token_count(self, latent_shape: tuple[int, ...]) -> int:
+        raise NotImplementedError
+
+    def sharded_forward(self, rank: int, world: int, gather: Gather) -> Callable:
+        raise NotImplementedError
+
+    def heads(self) -> int:
+        raise NotImplementedError
+
+    def patch_size(self) -> tuple[int, int, int]:
+        """Latent frames, rows and columns per token: how a latent video becomes the token sequence."""
+        raise NotImplementedError
+
+    def recording_processor(self, original, record, active):
+        """``original``'s self-attention processor that, while ``active()``, first hands each call's (query, key)
+        to ``record``."""
+        raise NotImplementedError
+
+    # -- shared -----------------------------------------------------------------------------------------------
+    def unit_modules(self) -> list[torch.nn.Module]:
+        """Every block's units in order: block 0's in ``UNIT_ROLES`` order, then block 1's, ..."""
+        modules = []
+        for i, block in enumerate(self.blocks()):
+            units = self.units(block)
+            missing = [role for role in UNIT_ROLES if units.get(role) is None]
+            if missing:
+                raise TypeError(
+                    f"block {i} of {self.family} has no {', '.join(missing)} unit; unit caches need all of "
+                    f"{', '.join(UNIT_ROLES)}"
+                )
+            modules += [units[role] for role in UNIT_ROLES]
+        return modules
+
+    def identity(self) -> dict:
+        """Class name, block count and a hash of the architecture config (private keys like paths left out)."""
+        config = {k: v for k, v in dict(self.transformer.config).items() if not k.startswith("_")}
+        text = json.dumps(config, sort_keys=True, default=list)
+        return {
+            "class": type(self.transformer).__name__,
+            "num_blocks": len(self.blocks()),
+            "config_hash": hashlib.sha256(text.encode()).hexdigest()[:16],
+        }
+
+
+_ADAPTERS: dict[type, type[TransformerAdapter]] = {}
+
+
+def register_adapter(transformer_class: type):
+    """Class decorator: the adapter for ``transformer_class`` and its subclasses."""
+
+    def register(adapter_class: type[TransformerAdapter]) -> type[TransformerAdapter]:
+        _ADAPTERS[transformer_class] = adapter_class
+        return adapter_class
+
+    return register
+
+
+def adapter_for(transformer: torch.nn.Module) -> TransformerAdapter:
+    """The adapter of ``transformer``'s family (the nearest registered class in its MRO)."""
+    for cls in type(transformer).__mro__:
+        if cls in _ADAPTERS:
+            return _ADAPTERS[cls](transformer)
+    known = ", ".join(sorted(c.__name__ for c in _ADAPTERS)) or "none"
+    raise TypeError(
+        f"ditfarm has no adapter for {type(transformer).__name__} (it knows: {known}); a model family "
+        "needs one in ditfarm.pipelines.adapters"
+    )
