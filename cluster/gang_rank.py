@@ -8,6 +8,7 @@ shard, and the shards are gathered inside the transformer.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -184,7 +185,7 @@ class RankRenderer:
         clock.reset_peak()
         with torch.no_grad():
             if self.world > 1:  # every rank takes part in the broadcast, whether or not rank 0 encoded ahead
-                with clock.phase("text") if embeddings is None else _nothing():
+                with clock.phase("text") if embeddings is None else nullcontext():
                     embeddings = self._shared_embeddings(prompt, negative_prompt, settings.guidance_scale, embeddings)
             elif embeddings is not None:
                 device = self.pipe.execution_device
@@ -214,9 +215,3 @@ class RankRenderer:
             "phases": clock.phases(),
             "compiled_graphs": compiled_graphs() if self.config.compile else None,
         }
-
-
-def _nothing():
-    from contextlib import nullcontext
-
-    return nullcontext()

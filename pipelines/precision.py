@@ -24,10 +24,6 @@ class Precision:
     text_encoder: torch.dtype
     vae: torch.dtype = torch.float32
 
-    @property
-    def name(self) -> str:
-        return next(n for n, d in _TORCH_DTYPES.items() if d == self.transformer)
-
 
 def resolve_precision(dtype: str | torch.dtype = "auto", device: str = "cpu") -> Precision:
     """The component dtypes for ``dtype`` (a name of ``DTYPE_NAMES`` or a torch dtype) on ``device``."""

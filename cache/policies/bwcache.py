@@ -24,8 +24,6 @@ import numpy as np
 
 from .base import CachePolicy, DecisionState, all_blocks
 
-SPEED_PRESETS = {"slow": 0.15, "mid": 0.20, "fast": 0.25}
-
 
 @dataclass
 class BWCacheConfig:
