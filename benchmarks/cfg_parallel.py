@@ -36,7 +36,7 @@ def render_rank(rank, world, model, cfg_parallel, policy, prompts, steps):
     for i, prompt in enumerate(prompts):
         start = time.perf_counter()
         result = renderer.render(prompt, 100 + i, dict(steps=steps))
-        out.append({"seconds": time.perf_counter() - start, "frames": result["frames"], "masks": result["masks"]})
+        out.append({"seconds": time.perf_counter() - start, "frames": result.frames, "masks": result.masks})
     return out
 
 

@@ -49,8 +49,12 @@ def render_fn(rank, world, policy, knob):
     t = time.time()
     out = r.render(PROMPT, 5, sampler)
     torch.cuda.synchronize()
-    out["seconds"] = time.time() - t
-    return out
+    return {
+        "frames": out.frames,
+        "masks": out.masks,
+        "skipped_fraction": out.skipped_fraction,
+        "seconds": time.time() - t,
+    }
 
 
 def nccl_cpu_inputs(rank, world):

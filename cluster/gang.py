@@ -24,8 +24,22 @@ from dataclasses import dataclass
 import ray
 
 from ..pipelines.deadline import default_timeout_s
+from ..storage.lease import LeaseLost
+from ..storage.stores import StorageError, clear_local_temp
 from ..types import NoRenderersLeft
+from ..worker.publish import lease_fence, publish_video
 from .gang_rank import RankConfig
+from .messages import (
+    EncodedText,
+    Failure,
+    LeaseWasLost,
+    PublishTarget,
+    RowRefused,
+    StoredVideoInfo,
+    StoreFailed,
+    VideoResult,
+    checked,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +56,6 @@ ROOM_LOG_INTERVAL_S = 30.0  # a gang waiting for a node with room says so this o
 FAULT_ENV = "DITFARM_TEST_FAULT"  # tests only: "kill-rank:<rank>:<video id>" makes that rank exit mid-render
 
 
-class RowError(ValueError):
-    """The video's own input is bad (prompt, sizes); every rank refused it and the gang is still usable."""
-
-
 @ray.remote(max_restarts=0, max_task_retries=0, concurrency_groups={"publish": 1})
 class GangMember:
     def __init__(self, rank: int, world: int, config: RankConfig, threads: int = 1):
@@ -58,8 +68,6 @@ class GangMember:
         self.outputs = {}  # OutputLocation -> its store, opened once per gang member
         self.pending = {}  # rank 0, deferred publishing: ticket -> (latents, publish)
         if rank == 0:  # rank 0 publishes: clear what ranks killed on this node left in its temp dir
-            from ..storage.stores import clear_local_temp
-
             clear_local_temp()
 
     def open_store(self) -> tuple[str, int]:
@@ -98,7 +106,7 @@ class GangMember:
         return self.renderer.description
 
     @ray.method(concurrency_group="publish")
-    def encode_text(self, prompt: str, sampler: dict, negative_prompt: str = "") -> tuple | None:
+    def encode_text(self, prompt: str, sampler: dict, negative_prompt: str = "") -> EncodedText | None:
         """Rank 0: the embeddings of a video's text, encoded beside the loop now running (see ``Gang.encode``);
         None for a bad row or when encoding failed: the render then encodes (and reports) it itself."""
         try:
@@ -113,17 +121,17 @@ class GangMember:
         seed: int,
         sampler: dict,
         negative_prompt: str = "",
-        publish=None,
+        publish: PublishTarget | None = None,
         defer: bool = False,
         embeddings: tuple | None = None,
         timeout_s: float | None = None,
-    ) -> dict:
-        """Every rank renders its shard; rank 0 returns the frames, or with ``publish`` (output location, video
-        id, run settings) encodes and stores the mp4 itself and returns only its URI: raw frames never travel
-        to the driver.  With ``defer`` rank 0 keeps the latents and returns a "ticket" at once; ``publish_video``
-        then decodes, encodes and stores them on another thread while the gang denoises the next video.  A
-        ValueError (bad prompt or settings, raised alike on every rank before any collective) comes back as
-        {"error": ...} and a storage failure as {"storage_error": ...}: the row fails, the gang stays healthy."""
+    ) -> VideoResult | Failure:
+        """Every rank renders its shard; rank 0 returns the frames, or with ``publish`` encodes and stores the mp4
+        itself and returns only where: raw frames never travel to the driver.  With ``defer`` rank 0 keeps the
+        latents and returns a ticket at once; ``publish_video`` then decodes, encodes and stores them on another
+        thread while the gang denoises the next video.  A ValueError (bad prompt or settings, raised alike on
+        every rank before any collective) comes back as RowRefused and a storage failure as StoreFailed or
+        LeaseWasLost: the row fails, the gang stays healthy."""
         self._inject_fault(publish)
         defer = defer and publish is not None
         try:
@@ -137,29 +145,27 @@ class GangMember:
                 timeout_s=timeout_s,
             )
         except ValueError as err:
-            return {"error": str(err)}
+            return RowRefused(str(err))
         if publish is None or self.rank != 0:
-            return result
-        result["text_ahead"] = embeddings is not None
+            return VideoResult(result)
         if defer:
-            import uuid
-
             ticket = uuid.uuid4().hex
-            self.pending[ticket] = (result.pop("latents"), publish)
-            result["ticket"] = ticket
-            return result
-        result.update(self._store(result.pop("frames"), publish))
-        result["frames"] = None
-        return result
+            self.pending[ticket] = (result.latents, publish)
+            result.latents = None
+            return VideoResult(result, ticket=ticket, text_ahead=embeddings is not None)
+        frames, result.frames = result.frames, None
+        stored = self._store(frames, publish)
+        if isinstance(stored, Failure):
+            return stored
+        return VideoResult(result, stored=stored, text_ahead=embeddings is not None)
 
     def model_defaults(self):
         """The model's default SamplerSettings (what a row's missing sizes and steps become)."""
         return self.renderer.pipe.defaults
 
     @ray.method(concurrency_group="publish")
-    def publish_video(self, ticket: str) -> dict:
-        """Rank 0: decode, encode and store a deferred video (beside the next render); {"uri"} or
-        {"storage_error"}."""
+    def publish_video(self, ticket: str) -> StoredVideoInfo | Failure:
+        """Rank 0: decode, encode and store a deferred video (beside the next render)."""
         import torch
 
         from ..pipelines.phases import PhaseClock
@@ -168,25 +174,29 @@ class GangMember:
         clock = PhaseClock(self.renderer.pipe.execution_device)
         with torch.no_grad(), clock.phase("decode"):
             frames = self.renderer.pipe.decode(latents)
-        return {**self._store(frames, publish), "decode_seconds": clock.seconds["decode"]}
+        stored = self._store(frames, publish)
+        if isinstance(stored, StoredVideoInfo):
+            stored.decode_seconds = clock.seconds["decode"]
+        return stored
 
-    def _store(self, frames, publish) -> dict:
-        from ..storage.lease import LeaseLost
-        from ..storage.stores import StorageError
-        from ..worker.publish import lease_fence, publish_video
-
-        location, video_id, settings = publish
+    def _store(self, frames, publish: PublishTarget) -> StoredVideoInfo | Failure:
+        location = publish.location
         store = self.outputs.get(location) or self.outputs.setdefault(location, location.open())
         started = time.perf_counter()
         try:
             stored = publish_video(
-                store, video_id, frames, settings, self.renderer.pipe.video, fence=lease_fence(location, store)
+                store,
+                publish.video_id,
+                frames,
+                publish.settings,
+                self.renderer.pipe.video,
+                fence=lease_fence(location, store),
             )
-            return {"uri": stored.uri, "video_bytes": stored.size, "store_seconds": time.perf_counter() - started}
+            return StoredVideoInfo(stored.uri, stored.size, time.perf_counter() - started)
         except LeaseLost as err:
-            return {"lease_lost": str(err)}
+            return LeaseWasLost(str(err))
         except (StorageError, ValueError) as err:
-            return {"storage_error": str(err)}
+            return StoreFailed(str(err))
 
     def _inject_fault(self, publish) -> None:
         """The fault-injection hook: only a test sets FAULT_ENV, to make a row that kills every gang it touches."""
@@ -196,7 +206,7 @@ class GangMember:
         if not fault or publish is None:
             return
         kind, rank, video_id = fault.split(":", 2)
-        if kind == "kill-rank" and int(rank) == self.rank and publish[1] == video_id:
+        if kind == "kill-rank" and int(rank) == self.rank and publish.video_id == video_id:
             os._exit(1)
 
     def holds(self) -> dict:
@@ -303,11 +313,11 @@ class Gang:
         seed: int,
         sampler: dict,
         negative_prompt: str = "",
-        publish=None,
+        publish: PublishTarget | None = None,
         defer: bool = False,
         embeddings: tuple | None = None,
         timeout_s: float | None = None,
-    ) -> dict:
+    ) -> VideoResult:
         """Every rank renders its shard; returns rank 0's result (frames or the stored URI, or with ``defer`` a
         ticket for ``finish``; settings, cache stats).  ``embeddings``: the text encoded ahead (``encode``).
         ``timeout_s``: the video's loop limit, the same number on every rank (pipelines.deadline); the call
@@ -322,7 +332,7 @@ class Gang:
             for i, m in enumerate(self.members)
         ]
         wait_s = self.config.call_timeout_s + (timeout_s + self.config.rank.timeout_s if timeout_s else 0.0)
-        return self._checked(self._call(refs, wait_s)[0])
+        return checked(self._call(refs, wait_s)[0])
 
     def encode(self, prompt: str, sampler: dict, negative_prompt: str = ""):
         """Start encoding a video's text on rank 0, beside whatever the gang is denoising; an ObjectRef of the
@@ -330,8 +340,8 @@ class Gang:
         members = self.members
         return members[0].encode_text.remote(prompt, sampler, negative_prompt) if members else None
 
-    def finish(self, ticket: str) -> dict:
-        """Wait for rank 0 to store a deferred video; {"uri": ...}.  Other calls may run on the gang meanwhile."""
+    def finish(self, ticket: str) -> StoredVideoInfo:
+        """Wait for rank 0 to store a deferred video.  Other calls may run on the gang meanwhile."""
         members = self.members
         if not members:
             raise GangFailure(f"{self.name} was killed before it stored the video")
@@ -340,23 +350,9 @@ class Gang:
         if not ready:
             raise GangFailure(f"{self.name}: rank 0 did not store the video within {self.config.call_timeout_s:.0f} s")
         try:
-            return self._checked(ray.get(ref))
+            return checked(ray.get(ref))
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
             raise GangFailure(f"{self.name}: rank 0 failed while storing the video: {err}") from err
-
-    @staticmethod
-    def _checked(result: dict) -> dict:
-        from ..storage.stores import OutputFull, StorageError, is_full
-
-        if "error" in result:
-            raise RowError(result["error"])
-        if "lease_lost" in result:
-            from ..storage.lease import LeaseLost
-
-            raise LeaseLost(result["lease_lost"])
-        if "storage_error" in result:  # rank 0 said why in words: a full disk stops the run, like the driver's own
-            raise (OutputFull if is_full(result["storage_error"]) else StorageError)(result["storage_error"])
-        return result
 
     def pids(self) -> list[int]:
         return self._call([m.pid.remote() for m in self.members], 30)
@@ -491,10 +487,10 @@ class GangPool:
         seed: int,
         sampler: dict,
         negative_prompt: str = "",
-        publish=None,
+        publish: PublishTarget | None = None,
         overlap: bool = False,
         video_timeout_s: float | None = None,
-    ) -> dict:
+    ) -> VideoResult:
         """Render one video on whichever gang is free.  With ``overlap`` (and ``publish``) the gang is given back
         as soon as its loop ends, and this call waits for rank 0 to store the video while the gang already
         denoises another one; the video's text is encoded ahead, on some gang's rank 0 beside its loop, while
@@ -516,7 +512,7 @@ class GangPool:
                     negative_prompt,
                     publish,
                     defer=overlap,
-                    embeddings=encoded["embeddings"] if encoded else None,
+                    embeddings=encoded.embeddings if encoded else None,
                     timeout_s=timeout_s,
                 )
             except GangFailure as err:
@@ -529,27 +525,28 @@ class GangPool:
                 self.give_back(gang)  # a bad row or a storage error: the gang is fine
                 raise
             self.give_back(gang)
-            if "ticket" in result:
+            if result.ticket is not None:
                 try:
-                    result.update(gang.finish(result.pop("ticket")))
+                    result.stored, result.ticket = gang.finish(result.ticket), None
                 except GangFailure as err:  # whoever holds the gang next finds it dead and replaces it
                     # The loop had finished: the gang died under the next video (a poison row, an OOM there),
                     # so this video's attempts do not count it, or a bad neighbour could fail a good row.
                     last, lost = err, lost + 1
                     log.warning("%s; its loop had finished: rendering the video again", err)
                     continue
-            if result.get("phases") is not None:
-                result["phases"] = dataclasses.replace(
-                    result["phases"],
-                    **({"text_seconds": round(encoded["seconds"], 4)} if encoded else {}),
-                    **(
-                        {"decode_seconds": round(result.pop("decode_seconds"), 4)} if "decode_seconds" in result else {}
-                    ),
-                    **({"store_seconds": round(result.pop("store_seconds"), 4)} if "store_seconds" in result else {}),
+            stored = result.stored
+            if result.rank.phases is not None:
+                measured = {
+                    "text_seconds": encoded.seconds if encoded else None,
+                    "decode_seconds": stored.decode_seconds if stored else None,
+                    "store_seconds": stored.store_seconds if stored else None,
+                }
+                result.rank.phases = dataclasses.replace(
+                    result.rank.phases, **{k: round(v, 4) for k, v in measured.items() if v is not None}
                 )
             with self._cond:
                 self.videos_by_gang[gang.name] = self.videos_by_gang.get(gang.name, 0) + 1
-            result["attempts"] = failed + 1
+            result.attempts = failed + 1
             return result
         raise GangFailure(f"video failed on {failed + lost} gang(s) in a row: {last}", attempts=failed + lost)
 

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from ..pipelines.deadline import VideoDeadline
 from .collectives import backend_device
+from .messages import EncodedText, RankResult
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,8 @@ class RankRenderer:
         device = self.pipe.execution_device
         return received[0].to(device), (received[1].to(device) if len(received) > 1 else None)
 
-    def encode_text(self, prompt: str, sampler: dict, negative_prompt: str = "") -> dict | None:
-        """Rank 0, ahead of the video's render (beside another video's loop): {"embeddings": (cond, uncond) on
-        the CPU, "seconds"}, or None when the row is bad (its render then fails with the error on every rank
+    def encode_text(self, prompt: str, sampler: dict, negative_prompt: str = "") -> EncodedText | None:
+        """Rank 0, ahead of the video's render (beside another video's loop): the embeddings on the CPU, or None when the row is bad (its render then fails with the error on every rank
         alike)."""
         from ..pipelines.phases import PhaseClock
 
@@ -154,7 +154,7 @@ class RankRenderer:
         with torch.no_grad(), clock.phase("text"):
             cond, uncond = encode(prompt, negative_prompt, settings.guidance_scale)
             embeddings = cond.cpu(), (uncond.cpu() if uncond is not None else None)
-        return {"embeddings": embeddings, "seconds": clock.seconds["text"]}
+        return EncodedText(embeddings, clock.seconds["text"])
 
     def render(
         self,
@@ -165,11 +165,11 @@ class RankRenderer:
         decode: bool = True,
         embeddings: tuple | None = None,
         timeout_s: float | None = None,
-    ) -> dict:
+    ) -> RankResult:
         """Denoise this rank's shard of one video; rank 0 decodes and returns the frames (``decode=False``: the
-        latents instead, as "latents", for a decode that runs beside the next video's loop).  ``embeddings``
+        latents instead, for a decode that runs beside the next video's loop).  ``embeddings``
         (rank 0 only): ``encode_text``'s embeddings, computed while the previous video denoised.  Rank 0's
-        "phases" are its VideoPhases (text seconds only where it encoded here)."""
+        phases are its VideoPhases (text seconds only where it encoded here)."""
         from ..cache import last_video_stats
         from ..pipelines.compile import compiled_graphs
         from ..pipelines.phases import PhaseClock
@@ -205,13 +205,13 @@ class RankRenderer:
                 with clock.phase("decode"):
                     frames = self.pipe.decode(latents)
         stats = last_video_stats(self.pipe)
-        return {
-            "frames": frames,
-            "latents": latents if self.rank == 0 and not decode else None,
-            "settings": settings.__dict__,
-            "masks": stats.masks if stats else {},
-            "peak_bytes": stats.peak_bytes if stats else 0,
-            "skipped_fraction": stats.skipped_fraction if stats else 0.0,
-            "phases": clock.phases(),
-            "compiled_graphs": compiled_graphs() if self.config.compile else None,
-        }
+        return RankResult(
+            settings=settings.__dict__,
+            masks=stats.masks if stats else {},
+            peak_bytes=stats.peak_bytes if stats else 0,
+            skipped_fraction=stats.skipped_fraction if stats else 0.0,
+            phases=clock.phases(),
+            frames=frames,
+            latents=latents if self.rank == 0 and not decode else None,
+            compiled_graphs=compiled_graphs() if self.config.compile else None,
+        )

@@ -14,6 +14,7 @@ import threading
 
 from ..cluster.gang import GangConfig, GangPool
 from ..cluster.gang_rank import RankConfig
+from ..cluster.messages import PublishTarget
 from ..storage.stores import CREDENTIAL_VARIABLES, OutputLocation, shareable_storage_env
 from ..types import RenderedVideo, RenderSettings
 from .manifest import RenderTask, sampler_overrides
@@ -248,23 +249,23 @@ class GangRenderer:
             task.seed,
             sampler_overrides(task, settings),
             task.negative_prompt,
-            publish=(out, task.id, settings),
+            publish=PublishTarget(out, task.id, settings),
             overlap=settings.overlap,
             video_timeout_s=settings.video_timeout_s,
         )
-        s = result["settings"]
+        s = result.rank.settings
         return RenderedVideo(
-            result["uri"],
+            result.stored.uri,
             task.seed,
             s["num_frames"],
             s["height"],
             s["width"],
             s["steps"],
             str(settings.model),
-            result["skipped_fraction"],
-            result["attempts"],
-            phases=result.get("phases"),
-            video_bytes=result.get("video_bytes"),
+            result.rank.skipped_fraction,
+            result.attempts,
+            phases=result.rank.phases,
+            video_bytes=result.stored.video_bytes,
         )
 
     def gang_health(self) -> tuple[int, int]:

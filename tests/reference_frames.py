@@ -29,7 +29,7 @@ def render_each_policy(rank: int, world: int) -> dict:
     rendered = {}
     for policy in POLICIES:
         result = render_on_rank(rank, world, "tiny", PROMPT, SEED, {}, policy, None)
-        rendered[policy] = {"frames": result["frames"], "masks": result["masks"]}
+        rendered[policy] = {"frames": result.frames, "masks": result.masks}
     return rendered
 
 

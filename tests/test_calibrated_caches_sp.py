@@ -60,14 +60,14 @@ def test_sp2_matches_sp1_and_both_ranks_follow_one_schedule(calibrated_folder, p
     args = (str(folder), PROMPT, 5, dict(steps=STEPS), policy, knob)
     (one,) = run_local_gang(render_on_rank, 1, *args)
     two = run_local_gang(render_on_rank, 2, *args)
-    assert two[0]["masks"] == two[1]["masks"] == one["masks"]
-    flat = [m for branch in one["masks"].values() for step in branch for m in step]
+    assert two[0].masks == two[1].masks == one.masks
+    flat = [m for branch in one.masks.values() for step in branch for m in step]
     assert 0 < sum(flat) < len(flat)  # the cache really reused something (and not everything)
     if policy == "harmonica":
         units = len(router.logits[0])
         expected = HarmoniCaPolicy(HarmoniCaConfig(threshold=tau, router=router)).schedule(STEPS, units)
-        assert one["masks"]["cond"] == expected.tolist()
+        assert one.masks["cond"] == expected.tolist()
     if policy == "ertacache":
         reused = set(next(e for e in profile.ertacache["entries"] if e["lambda"] == lam)["reused"])
-        assert {s for s, m in enumerate(one["masks"]["cond"]) if not any(m)} == reused
-    assert psnr(one["frames"], two[0]["frames"]) >= 60
+        assert {s for s, m in enumerate(one.masks["cond"]) if not any(m)} == reused
+    assert psnr(one.frames, two[0].frames) >= 60

@@ -26,7 +26,7 @@ def render_counting_decisions(rank, world, model, cfg_parallel, steps, policy="a
 
     engine.reduce = counted
     result = renderer.render(PROMPT, 11, dict(steps=steps))
-    return result["frames"], result["masks"], len(calls)
+    return result.frames, result.masks, len(calls)
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ def compiled_render_on_rank(rank, world, model):
     renderer = RankRenderer(rank, world, RankConfig(model=model, cache="adaptive", cache_knob=0.5, compile="eager"))
     first = renderer.render(PROMPT, 3, dict(steps=10))
     second = renderer.render(PROMPT, 3, dict(steps=10))
-    return first["compiled_graphs"], second["compiled_graphs"], second["frames"], second["masks"]
+    return first.compiled_graphs, second.compiled_graphs, second.frames, second.masks
 
 
 def test_compiled_blocks_under_sequence_parallelism(small_wan_folder):

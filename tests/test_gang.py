@@ -47,8 +47,8 @@ def test_gang_renders_like_one_process_and_survives_a_killed_rank(ray_cluster, r
         start = time.monotonic()
         result = pool.render(PROMPT, 5, dict(steps=8))
         seconds_per_step = (time.monotonic() - start) / 8
-        assert psnr(reference["frames"], result["frames"]) >= 60
-        assert result["masks"] == reference["masks"]
+        assert psnr(reference.frames, result.rank.frames) >= 60
+        assert result.rank.masks == reference.masks
 
         # kill rank 1 while a long video is being rendered: the gang dies whole, a new one renders it again
         old_pids = pool.gangs[0].pids()
@@ -58,8 +58,8 @@ def test_gang_renders_like_one_process_and_survives_a_killed_rank(ray_cluster, r
         assert pool.replaced == 1
         assert wait_until(lambda: not any(alive(p) for p in old_pids), timeout_s=30), "a killed gang left survivors"
         uninterrupted = pool.render(PROMPT, 5, dict(steps=60))  # the new gang, nothing killed
-        assert psnr(uninterrupted["frames"], long_video["frames"]) >= 60  # rendered again from the start
-        assert long_video["masks"] == uninterrupted["masks"]
+        assert psnr(uninterrupted.rank.frames, long_video.rank.frames) >= 60  # rendered again from the start
+        assert long_video.rank.masks == uninterrupted.rank.masks
     finally:
         pool.shutdown()
 
@@ -67,6 +67,7 @@ def test_gang_renders_like_one_process_and_survives_a_killed_rank(ray_cluster, r
 def test_a_gang_encodes_the_next_text_ahead_and_renders_the_same_video(ray_cluster, random_model_folder, tmp_path):
     """With overlap a video's text is encoded on rank 0 beside the previous loop and handed to the render: the
     stored video and its cache masks are those of a render that encoded the text itself."""
+    from ditfarm.cluster.messages import PublishTarget
     from ditfarm.jobs.driver import RenderSettings
     from ditfarm.pipelines.video_io import read_mp4
     from ditfarm.storage.stores import OutputLocation
@@ -82,11 +83,13 @@ def test_a_gang_encodes_the_next_text_ahead_and_renders_the_same_video(ray_clust
         results = {}
         for overlap in (True, False):
             out = OutputLocation(str(tmp_path / f"overlap-{overlap}"))
-            results[overlap] = pool.render(PROMPT, 3, dict(steps=6), publish=(out, "v", settings), overlap=overlap)
+            results[overlap] = pool.render(
+                PROMPT, 3, dict(steps=6), publish=PublishTarget(out, "v", settings), overlap=overlap
+            )
     finally:
         pool.shutdown()
-    assert results[True]["text_ahead"] and not results[False]["text_ahead"]
-    assert results[True]["masks"] == results[False]["masks"]
+    assert results[True].text_ahead and not results[False].text_ahead
+    assert results[True].rank.masks == results[False].rank.masks
     frames = [read_mp4(tmp_path / f"overlap-{o}" / "videos" / "v.mp4") for o in (True, False)]
     assert (frames[0] == frames[1]).all()
 
@@ -283,7 +286,7 @@ def test_gangs_start_together_and_a_pool_goes_on_with_those_the_cluster_holds(ra
         assert sorted(groups) == sorted(g.name for g in pool.gangs), groups
         first, second = sorted(pool.gangs, key=lambda g: g.started_at)
         assert second.started_at < first.ready_at, "the second gang started only after the first was ready"
-        assert pool.render(PROMPT, 1, dict(steps=2))["frames"] is not None
+        assert pool.render(PROMPT, 1, dict(steps=2)).rank.frames is not None
     finally:
         pool.shutdown()
 

@@ -150,7 +150,7 @@ def count_text_and_decode(rank, world, model):
     decode = renderer.pipe.decode
     renderer.pipe.decode = lambda latents: counts.__setitem__("decode", counts["decode"] + 1) or decode(latents)
     result = renderer.render(PROMPT, 3, dict(steps=2))
-    return counts, result["frames"] is not None
+    return counts, result.frames is not None
 
 
 def test_rank_zero_alone_encodes_the_text_and_decodes_the_video(random_model_folder):

@@ -19,13 +19,13 @@ def test_sp2_matches_sp1_and_ranks_agree(random_model_folder, policy, knob):
     args = (str(random_model_folder), PROMPT, 5, SAMPLER, policy, knob)
     (one,) = run_local_gang(render_on_rank, 1, *args)
     two = run_local_gang(render_on_rank, 2, *args)
-    assert psnr(one["frames"], two[0]["frames"]) >= 60
-    assert two[0]["masks"] == two[1]["masks"] == one["masks"]
+    assert psnr(one.frames, two[0].frames) >= 60
+    assert two[0].masks == two[1].masks == one.masks
     if policy != "none":
-        flat = [m for branch in one["masks"].values() for step in branch for m in step]
+        flat = [m for branch in one.masks.values() for step in branch for m in step]
         assert 0 < sum(flat) < len(flat)  # the cache really skipped something (and not everything)
         # each rank caches only its half of the tokens
-        assert two[0]["peak_bytes"] == two[1]["peak_bytes"] == one["peak_bytes"] // 2
+        assert two[0].peak_bytes == two[1].peak_bytes == one.peak_bytes // 2
 
 
 def test_sp2_skips_whole_calls_alike_on_every_rank(random_model_folder):
@@ -34,9 +34,9 @@ def test_sp2_skips_whole_calls_alike_on_every_rank(random_model_folder):
     args = (str(random_model_folder), PROMPT, 5, dict(steps=30), "adaptive", 3.0)
     (one,) = run_local_gang(render_on_rank, 1, *args)
     two = run_local_gang(render_on_rank, 2, *args)
-    assert two[0]["masks"] == two[1]["masks"] == one["masks"]
-    assert 0 < one["skipped_fraction"] < 1
-    assert psnr(one["frames"], two[0]["frames"]) >= 60
+    assert two[0].masks == two[1].masks == one.masks
+    assert 0 < one.skipped_fraction < 1
+    assert psnr(one.frames, two[0].frames) >= 60
 
 
 def test_fixed_point_sums_are_bit_identical_in_any_order_where_float_sums_flip_a_decision():

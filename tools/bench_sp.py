@@ -56,7 +56,7 @@ def _bench_rank(rank: int, world: int, model: str, policy: str, knob, cases, sam
             out[name].append(
                 {
                     "seconds": seconds,
-                    "frames": result["frames"],
+                    "frames": result.frames,
                     "computed": 1.0 - (stats.skipped_fraction if stats else 0.0),
                     "reduce_calls": wire["calls"],
                     "reduce_bytes": wire["bytes"],
