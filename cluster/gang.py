@@ -53,11 +53,13 @@ class GangFailure(RuntimeError):
 
 
 ROOM_LOG_INTERVAL_S = 30.0  # a gang waiting for a node with room says so this often
-FAULT_ENV = "DITFARM_TEST_FAULT"  # tests only: "kill-rank:<rank>:<video id>" makes that rank exit mid-render
+MEMBER_OPTIONS = dict(max_restarts=0, max_task_retries=0, concurrency_groups={"publish": 1})
 
 
-@ray.remote(max_restarts=0, max_task_retries=0, concurrency_groups={"publish": 1})
-class GangMember:
+class RankActor:
+    """One rank of a gang, as a Ray actor (``GangMember``): joins the gang's process group, holds its model copy
+    and renders its shard of every video; rank 0 also encodes the text ahead and publishes the videos."""
+
     def __init__(self, rank: int, world: int, config: RankConfig, threads: int = 1):
         import torch
 
@@ -132,7 +134,6 @@ class GangMember:
         thread while the gang denoises the next video.  A ValueError (bad prompt or settings, raised alike on
         every rank before any collective) comes back as RowRefused and a storage failure as StoreFailed or
         LeaseWasLost: the row fails, the gang stays healthy."""
-        self._inject_fault(publish)
         defer = defer and publish is not None
         try:
             result = self.renderer.render(
@@ -198,17 +199,6 @@ class GangMember:
         except (StorageError, ValueError) as err:
             return StoreFailed(str(err))
 
-    def _inject_fault(self, publish) -> None:
-        """The fault-injection hook: only a test sets FAULT_ENV, to make a row that kills every gang it touches."""
-        import os
-
-        fault = os.environ.get(FAULT_ENV)
-        if not fault or publish is None:
-            return
-        kind, rank, video_id = fault.split(":", 2)
-        if kind == "kill-rank" and int(rank) == self.rank and publish.video_id == video_id:
-            os._exit(1)
-
     def holds(self) -> dict:
         """Which components this rank loaded: only rank 0 needs the text encoder and the VAE."""
         pipe = self.renderer.pipe
@@ -223,6 +213,9 @@ class GangMember:
         return ray.get_runtime_context().get_node_id()
 
 
+GangMember = ray.remote(**MEMBER_OPTIONS)(RankActor)
+
+
 @dataclass(frozen=True)
 class GangConfig:
     sp: int = 1
@@ -233,6 +226,9 @@ class GangConfig:
     replace_timeout_s: float = 60.0  # how long a failed gang's replacement may wait for room before it is retired
     call_timeout_s: float = 600.0
     env_vars: tuple[tuple[str, str], ...] = ()  # the driver's storage settings (AWS_*), for every rank's runtime env
+    member: object = (
+        None  # the actor class each rank runs (a subclass of RankActor under MEMBER_OPTIONS); None: GangMember
+    )
 
 
 class Gang:
@@ -256,14 +252,16 @@ class Gang:
                 f"{name}: no node could hold {config.sp} bundle(s) of {bundle} together within {start_timeout_s:.0f} s"
             )
         self.members = [
-            GangMember.options(
+            (config.member or GangMember)
+            .options(
                 num_cpus=config.cpus_per_rank,
                 num_gpus=config.gpus_per_rank,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     self.placement_group, placement_group_bundle_index=i
                 ),
                 runtime_env={"env_vars": dict(config.env_vars)} if config.env_vars else None,
-            ).remote(i, config.sp, config.rank, max(1, int(config.cpus_per_rank)))
+            )
+            .remote(i, config.sp, config.rank, max(1, int(config.cpus_per_rank)))
             for i in range(config.sp)
         ]
         host, port = self._call([self.members[0].open_store.remote()], start_timeout_s)[0]

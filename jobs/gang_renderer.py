@@ -196,7 +196,13 @@ class GangRenderer:
     With ``gangs="auto"`` a watcher thread looks at the cluster every ``grow_interval_s`` and starts the gangs
     that nodes which joined since can hold (an autoscaling cluster), so the job uses what it is given."""
 
-    def __init__(self, settings: RenderSettings, replace_timeout_s: float | None = None, grow_interval_s: float = 30.0):
+    def __init__(
+        self,
+        settings: RenderSettings,
+        replace_timeout_s: float | None = None,
+        grow_interval_s: float = 30.0,
+        member=None,
+    ):
         import ray
 
         if not ray.is_initialized():  # RAY_ADDRESS or a `ray start` cluster on this node, else a local one
@@ -206,6 +212,8 @@ class GangRenderer:
         config = gang_config(settings)
         if replace_timeout_s is not None:
             config = dataclasses.replace(config, replace_timeout_s=replace_timeout_s)
+        if member is not None:  # another actor class for the ranks (cluster.gang.RankActor's subclass)
+            config = dataclasses.replace(config, member=member)
         check_room(config)
         self.config, self.auto, self.overlap = config, settings.gangs == "auto", settings.overlap
         self.driver_node = ray.get_runtime_context().get_node_id()

@@ -46,3 +46,22 @@ def poisoned_model_folder(source, dest, word: str = "triangle"):
     tables["word_table"][list(VOCABULARY).index(word)] = float("inf")
     safetensors.torch.save_file(tables, dest / "text_encoder.safetensors")
     return dest
+
+
+def rank_that_dies_on(video_id: str, rank: int = 0):
+    """A gang member class whose rank ``rank`` exits as it starts rendering ``video_id``, every time: a row that
+    kills whichever gang renders it (as an out-of-memory kill or a crashing kernel would).  Defined here, the
+    class travels to the Ray workers by value."""
+    import os
+
+    import ray
+
+    from ditfarm.cluster.gang import MEMBER_OPTIONS, RankActor
+
+    class RankThatDies(RankActor):
+        def render(self, prompt, seed, sampler, negative_prompt="", publish=None, *args, **kwargs):
+            if self.rank == rank and publish is not None and publish.video_id == video_id:
+                os._exit(1)
+            return super().render(prompt, seed, sampler, negative_prompt, publish, *args, **kwargs)
+
+    return ray.remote(**MEMBER_OPTIONS)(RankThatDies)

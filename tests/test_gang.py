@@ -136,12 +136,12 @@ def _manifest(path, prompts):
     return path
 
 
-def render_on_gangs(manifest, out, settings):
+def render_on_gangs(manifest, out, settings, member=None):
     """(the run's summary, gangs replaced during it) of a manifest rendered on a GangRenderer closed after."""
     from ditfarm.jobs.driver import render_manifest
     from ditfarm.jobs.gang_renderer import GangRenderer
 
-    renderer = GangRenderer(settings)
+    renderer = GangRenderer(settings, member=member)
     try:
         return render_manifest(manifest, out, settings, renderer=renderer, progress=False), renderer.pool.replaced
     finally:
@@ -203,19 +203,17 @@ def test_two_gangs_render_side_by_side(ray_cluster, random_model_folder, tmp_pat
     assert overlaps, f"no two renders overlapped: {spans}"
 
 
-def test_a_poison_row_fails_after_its_retries_and_every_other_row_renders(
-    ray_cluster, random_model_folder, tmp_path, monkeypatch
-):
-    """A row whose rank dies every time (the test-only fault hook) is rendered on 1 + --retries gangs, each of
+def test_a_poison_row_fails_after_its_retries_and_every_other_row_renders(ray_cluster, random_model_folder, tmp_path):
+    """A row whose rank dies every time (a test's member class) is rendered on 1 + --retries gangs, each of
     which is replaced; then it fails with the gang's error and its attempts, and the other gang keeps going."""
-    from ditfarm.cluster.gang import FAULT_ENV
+    from helpers import rank_that_dies_on
+
     from ditfarm.jobs.driver import RenderSettings
     from ditfarm.jobs.results import read_results
 
-    monkeypatch.setenv(FAULT_ENV, "kill-rank:0:v1")
     manifest = _manifest(tmp_path / "m.parquet", [PROMPT] * 4)
     settings = RenderSettings(model=str(random_model_folder), steps=4, sp=1, gangs=2, retries=1)
-    summary, replaced = render_on_gangs(manifest, tmp_path / "out", settings)
+    summary, replaced = render_on_gangs(manifest, tmp_path / "out", settings, member=rank_that_dies_on("v1"))
     assert (summary.ok, summary.failed) == (3, 1)
     assert replaced == 2  # one gang per attempt of the poison row
     rows = {r["id"]: r for r in read_results(tmp_path / "out").to_pylist()}
