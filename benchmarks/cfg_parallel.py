@@ -26,10 +26,11 @@ PROMPTS = [
 
 
 def render_rank(rank, world, model, cfg_parallel, policy, prompts, steps):
-    from ditfarm.cluster.gang_rank import RankConfig, RankRenderer
+    from ditfarm.cluster.gang_rank import RankRenderer
+    from ditfarm.types import RenderSettings
 
     renderer = RankRenderer(
-        rank, world, RankConfig(model=model, cache=policy, cfg_parallel=cfg_parallel, timeout_s=600)
+        rank, world, RenderSettings(model=model, cache=policy, cfg_parallel=cfg_parallel, collective_timeout_s=600)
     )
     renderer.render(prompts[0], 0, dict(steps=steps))  # warm-up
     out = []

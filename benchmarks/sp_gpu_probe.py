@@ -40,9 +40,10 @@ def attn_check(rank, world, dtype_name, ulysses, ring, attn):
 
 
 def render_fn(rank, world, policy, knob):
-    from ditfarm.cluster.gang_rank import RankConfig, RankRenderer
+    from ditfarm.cluster.gang_rank import RankRenderer
+    from ditfarm.types import RenderSettings
 
-    r = RankRenderer(rank, world, RankConfig(model="tiny", device="cuda", cache=policy, cache_knob=knob))
+    r = RankRenderer(rank, world, RenderSettings(model="tiny", device="cuda", cache=policy, cache_knob=knob))
     sampler = dict(steps=10)
     r.render(PROMPT, 5, sampler)
     torch.cuda.synchronize()

@@ -26,9 +26,8 @@ import ray
 from ..pipelines.deadline import default_timeout_s
 from ..storage.lease import LeaseLost
 from ..storage.stores import StorageError, clear_local_temp
-from ..types import NoRenderersLeft
+from ..types import NoRenderersLeft, RenderSettings
 from ..worker.publish import lease_fence, publish_video
-from .gang_rank import RankConfig
 from .messages import (
     EncodedText,
     Failure,
@@ -60,11 +59,11 @@ class RankActor:
     """One rank of a gang, as a Ray actor (``GangMember``): joins the gang's process group, holds its model copy
     and renders its shard of every video; rank 0 also encodes the text ahead and publishes the videos."""
 
-    def __init__(self, rank: int, world: int, config: RankConfig, threads: int = 1):
+    def __init__(self, rank: int, world: int, settings: RenderSettings, threads: int = 1):
         import torch
 
         torch.set_num_threads(threads)
-        self.rank, self.world, self.config = rank, world, config
+        self.rank, self.world, self.settings = rank, world, settings
         self.store = None
         self.renderer = None
         self.outputs = {}  # OutputLocation -> its store, opened once per gang member
@@ -84,7 +83,7 @@ class RankActor:
             0,
             self.world,
             is_master=True,
-            timeout=timedelta(seconds=self.config.timeout_s),
+            timeout=timedelta(seconds=self.settings.collective_timeout_s),
             wait_for_workers=False,
         )
         return host, self.store.port
@@ -96,15 +95,15 @@ class RankActor:
 
         import torch.distributed as dist
 
-        from .gang_rank import RankRenderer
+        from .gang_rank import RankRenderer  # deferred: torch and the model stack load in the rank's process
 
-        timeout = timedelta(seconds=self.config.timeout_s)
+        timeout = timedelta(seconds=self.settings.collective_timeout_s)
         if self.world > 1:
             if self.store is None:
                 self.store = dist.TCPStore(host, port, self.world, is_master=False, timeout=timeout)
-            backend = "nccl" if self.config.device.startswith("cuda") else "gloo"
+            backend = "nccl" if self.settings.device.startswith("cuda") else "gloo"
             dist.init_process_group(backend, store=self.store, rank=self.rank, world_size=self.world, timeout=timeout)
-        self.renderer = RankRenderer(self.rank, self.world, self.config)
+        self.renderer = RankRenderer(self.rank, self.world, self.settings)
         return self.renderer.description
 
     @ray.method(concurrency_group="publish")
@@ -219,7 +218,7 @@ GangMember = ray.remote(**MEMBER_OPTIONS)(RankActor)
 @dataclass(frozen=True)
 class GangConfig:
     sp: int = 1
-    rank: RankConfig = RankConfig()
+    settings: RenderSettings = RenderSettings()  # what every rank loads and renders with
     gpus_per_rank: float = 0.0
     cpus_per_rank: float = 1.0
     start_timeout_s: float = 300.0
@@ -261,7 +260,7 @@ class Gang:
                 ),
                 runtime_env={"env_vars": dict(config.env_vars)} if config.env_vars else None,
             )
-            .remote(i, config.sp, config.rank, max(1, int(config.cpus_per_rank)))
+            .remote(i, config.sp, config.settings, max(1, int(config.cpus_per_rank)))
             for i in range(config.sp)
         ]
         host, port = self._call([self.members[0].open_store.remote()], start_timeout_s)[0]
@@ -329,7 +328,9 @@ class Gang:
             )
             for i, m in enumerate(self.members)
         ]
-        wait_s = self.config.call_timeout_s + (timeout_s + self.config.rank.timeout_s if timeout_s else 0.0)
+        wait_s = self.config.call_timeout_s + (
+            timeout_s + self.config.settings.collective_timeout_s if timeout_s else 0.0
+        )
         return checked(self._call(refs, wait_s)[0])
 
     def encode(self, prompt: str, sampler: dict, negative_prompt: str = ""):
@@ -496,7 +497,7 @@ class GangPool:
         last = None
         failed = lost = 0  # renders whose gang failed under them; finished loops lost with their gang
         # "where memory allows": an offloaded text encoder would visit the accelerator beside another loop
-        encode_ahead = overlap and publish is not None and not self.config.rank.offload_text_encoder
+        encode_ahead = overlap and publish is not None and not self.config.settings.offload_text_encoder
         ahead = self._encode_ahead(prompt, sampler, negative_prompt) if encode_ahead else None
         while failed < self.max_attempts and lost < self.max_attempts:
             gang = self.borrow()

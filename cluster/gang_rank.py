@@ -9,29 +9,22 @@ shard, and the shards are gathered inside the transformer.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from ..cache import last_video_stats
+from ..pipelines.compile import compiled_graphs
 from ..pipelines.deadline import VideoDeadline
-from .collectives import backend_device
+from ..pipelines.memory import available_bytes
+from ..pipelines.phases import PhaseClock
+from ..types import RenderSettings
+from ..worker.model import load_model
+from .cfg_parallel import CfgSplit, make_cfg_cache_reduce, make_cfg_groups
+from .collectives import backend_device, make_cache_reduce
 from .messages import EncodedText, RankResult
-
-
-@dataclass(frozen=True)
-class RankConfig:
-    model: str = "tiny"
-    device: str = "cpu"
-    cache: str = "none"
-    cache_knob: float | None = None
-    profile: str | None = None
-    timeout_s: float = 120.0
-    dtype: str = "auto"
-    offload_text_encoder: bool = False
-    compile: str | None = None  # torch.compile backend for the repeated blocks (pipelines.compile); None: eager
-    cfg_parallel: bool = False  # the two CFG passes on two halves of the gang at once (cluster.cfg_parallel)
+from .sequence_parallel import SequenceParallelConfig, enable_sequence_parallel
 
 
 def broadcast_tensors(tensors: list[torch.Tensor] | None, src: int = 0, group=None) -> list[torch.Tensor]:
@@ -49,54 +42,36 @@ def broadcast_tensors(tensors: list[torch.Tensor] | None, src: int = 0, group=No
 
 
 class RankRenderer:
-    def __init__(self, rank: int, world: int, config: RankConfig):
-        from ..cache import enable
-        from ..cache.presets import config_for
-        from ..pipelines.attention import apply_attention, choose_attention
-        from ..pipelines.compile import compile_blocks
-        from ..pipelines.loading import load_pipeline
-        from .cfg_parallel import CfgSplit, make_cfg_cache_reduce, make_cfg_groups
-        from .collectives import make_cache_reduce
-        from .sequence_parallel import SequenceParallelConfig, enable_sequence_parallel
-
-        self.rank, self.world, self.config = rank, world, config
+    def __init__(self, rank: int, world: int, settings: RenderSettings):
+        self.rank, self.world, self.settings = rank, world, settings
+        self.layout = f"Ulysses {world}"
         # only rank 0 encodes text and decodes video: the other ranks load the transformer alone
-        self.pipe = load_pipeline(
-            config.model,
-            device=config.device,
-            dtype=config.dtype,
-            encode_and_decode=rank == 0,
-            offload_text_encoder=config.offload_text_encoder,
-        )
-        choice = choose_attention(config.device, self.pipe.transformer.dtype)
-        apply_attention(self.pipe.transformer, choice)
-        timeout = timedelta(seconds=config.timeout_s)
-        reduce = make_cache_reduce() if world > 1 else (lambda v: v)
-        ulysses, sp_group = world, None
-        if config.cfg_parallel:
+        loaded = load_model(settings, encode_and_decode=rank == 0, shard=self._shard)
+        self.pipe, self.cache = loaded.pipe, loaded.cache
+        if world > 1:
+            self._wrap_text_encoder()
+        # what the gang runs, for the driver to log once per gang
+        self.description = f"{world} rank(s), {self.layout}, {loaded.describe(settings)}"
+
+    def _shard(self, pipe, choice):
+        """Sequence parallelism over the gang (under CFG parallelism, over each half); the cache's reduce."""
+        timeout = timedelta(seconds=self.settings.collective_timeout_s)
+        reduce = make_cache_reduce() if self.world > 1 else None
+        ulysses, sp_group = self.world, None
+        if self.settings.cfg_parallel:
             groups = make_cfg_groups(timeout)
             ulysses, sp_group = groups.half_size, groups.branch_group
-            self.pipe.guidance_split = CfgSplit(groups)
+            pipe.guidance_split = CfgSplit(groups)
             reduce = make_cfg_cache_reduce(groups)
+            self.layout = f"2 CFG halves x Ulysses {ulysses}"
         if ulysses > 1:
             enable_sequence_parallel(
-                self.pipe.transformer,
+                pipe.transformer,
                 SequenceParallelConfig(ulysses, attn_type=choice.sp_kernel, long_context=choice.long_context),
                 group=sp_group,
                 timeout=timeout,
             )
-        if world > 1:
-            self._wrap_text_encoder()
-        layout = f"2 CFG halves x Ulysses {ulysses}" if config.cfg_parallel else f"Ulysses {ulysses}"
-        # what the gang runs, for the driver to log once per gang
-        self.description = f"{world} rank(s), {layout}, {self.pipe.transformer.dtype}; {choice.describe()}; " + (
-            f"blocks compiled ({config.compile})" if config.compile else "blocks eager"
-        )
-        if config.compile:
-            compile_blocks(self.pipe.transformer, backend=config.compile)
-        self.cache = enable(
-            self.pipe, config_for(self.pipe, config.cache, config.cache_knob, config.profile), reduce=reduce
-        )
+        return reduce
 
     def _wrap_text_encoder(self) -> None:
         """Encode on rank 0 only and broadcast the embeddings to the other ranks."""
@@ -110,8 +85,6 @@ class RankRenderer:
     def _gang_available_bytes(self) -> int:
         """The least memory any rank of the gang has free: every rank then refuses or renders a video alike (an
         integer all-reduced, before the video's first broadcast), never one rank alone."""
-        from ..pipelines.memory import available_bytes
-
         available = available_bytes(self.pipe.execution_device)
         if self.world == 1:
             return available
@@ -140,8 +113,6 @@ class RankRenderer:
     def encode_text(self, prompt: str, sampler: dict, negative_prompt: str = "") -> EncodedText | None:
         """Rank 0, ahead of the video's render (beside another video's loop): the embeddings on the CPU, or None when the row is bad (its render then fails with the error on every rank
         alike)."""
-        from ..pipelines.phases import PhaseClock
-
         try:
             self.pipe.check_prompt(prompt)
             if negative_prompt:
@@ -170,10 +141,6 @@ class RankRenderer:
         latents instead, for a decode that runs beside the next video's loop).  ``embeddings``
         (rank 0 only): ``encode_text``'s embeddings, computed while the previous video denoised.  Rank 0's
         phases are its VideoPhases (text seconds only where it encoded here)."""
-        from ..cache import last_video_stats
-        from ..pipelines.compile import compiled_graphs
-        from ..pipelines.phases import PhaseClock
-
         # Every rank validates, identically and before any collective: a bad row fails on all ranks at once
         # instead of leaving the others waiting for rank 0 in a broadcast.
         self.pipe.check_prompt(prompt)
@@ -213,5 +180,5 @@ class RankRenderer:
             phases=clock.phases(),
             frames=frames,
             latents=latents if self.rank == 0 and not decode else None,
-            compiled_graphs=compiled_graphs() if self.config.compile else None,
+            compiled_graphs=compiled_graphs() if self.settings.compile else None,
         )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .gang_rank import RankConfig, RankRenderer
+from ..types import RenderSettings
+from .gang_rank import RankRenderer
 
 
 def render_on_rank(
@@ -18,5 +19,5 @@ def render_on_rank(
 ):
     """Every rank loads the model, shards it, enables the cache with the all-reduce, and renders.  Returns the
     frames (rank 0 only), this rank's per-step compute masks and its cache's peak bytes."""
-    config = RankConfig(model=model, cache=cache_policy, cache_knob=cache_knob, timeout_s=timeout_s)
+    config = RenderSettings(model=model, cache=cache_policy, cache_knob=cache_knob, collective_timeout_s=timeout_s)
     return RankRenderer(rank, world, config).render(prompt, seed, sampler)

@@ -113,12 +113,8 @@ class LocalRenderer:
     loop; its frames are decoded, encoded as mp4 and stored after), and the loop never waits on I/O."""
 
     def __init__(self, settings: RenderSettings):
-        from ..cache import enable
-        from ..cache.presets import config_for
-        from ..pipelines.attention import apply_attention, choose_attention
-        from ..pipelines.compile import compile_blocks
-        from ..pipelines.loading import load_pipeline
         from ..pipelines.threads import set_threads, usable_cpus
+        from ..worker.model import load_model  # deferred: torch and the models load with the first renderer
 
         threads = set_threads(settings.threads)
         log.info(
@@ -127,20 +123,9 @@ class LocalRenderer:
             "--threads" if settings.threads else "the default",
             usable_cpus(),
         )
-        self.pipe = load_pipeline(
-            settings.model,
-            device=settings.device,
-            dtype=settings.dtype,
-            offload_text_encoder=settings.offload_text_encoder,
-        )
-        choice = choose_attention(settings.device, self.pipe.transformer.dtype)
-        apply_attention(self.pipe.transformer, choice)
-        log.info(
-            "%s; %s", choice.describe(), f"blocks compiled ({settings.compile})" if settings.compile else "blocks eager"
-        )
-        if settings.compile:
-            compile_blocks(self.pipe.transformer, backend=settings.compile)
-        self.cache = enable(self.pipe, config_for(self.pipe, settings.cache, settings.cache_knob, settings.profile))
+        loaded = load_model(settings)
+        self.pipe, self.cache = loaded.pipe, loaded.cache
+        log.info("%s", loaded.describe(settings))
         self.capacity = 2 if settings.overlap else 1
         # an offloaded text encoder visits the accelerator only in the loop's turn, never beside another loop
         self.encode_in_turn = settings.offload_text_encoder

@@ -13,7 +13,6 @@ import os
 import threading
 
 from ..cluster.gang import GangConfig, GangPool
-from ..cluster.gang_rank import RankConfig
 from ..cluster.messages import PublishTarget
 from ..storage.stores import CREDENTIAL_VARIABLES, OutputLocation, shareable_storage_env
 from ..types import RenderedVideo, RenderSettings
@@ -26,21 +25,9 @@ log = logging.getLogger(__name__)
 def gang_config(settings: RenderSettings) -> GangConfig:
     """One rank per GPU on GPU devices, one CPU each otherwise."""
     on_gpu = settings.device.startswith("cuda")
-    rank = RankConfig(
-        model=settings.model,
-        device=settings.device,
-        cache=settings.cache,
-        cache_knob=settings.cache_knob,
-        profile=settings.profile,
-        timeout_s=settings.collective_timeout_s,
-        dtype=settings.dtype,
-        offload_text_encoder=settings.offload_text_encoder,
-        compile=settings.compile,
-        cfg_parallel=settings.cfg_parallel,
-    )
     return GangConfig(
         sp=settings.sp,
-        rank=rank,
+        settings=settings,
         gpus_per_rank=1.0 if on_gpu else 0.0,
         cpus_per_rank=float(settings.threads or 1),  # a rank's torch threads are the CPUs Ray gives it
         start_timeout_s=settings.start_timeout_s,

@@ -13,9 +13,12 @@ STEPS = 30  # tiny's own count: adaptive's first runs are a thirtieth of the sch
 
 def render_counting_decisions(rank, world, model, cfg_parallel, steps, policy="adaptive"):
     """One video on this rank; also how many times the cache's decision collective ran."""
-    from ditfarm.cluster.gang_rank import RankConfig, RankRenderer
+    from ditfarm.cluster.gang_rank import RankRenderer
+    from ditfarm.types import RenderSettings
 
-    renderer = RankRenderer(rank, world, RankConfig(model=model, cache=policy, cfg_parallel=cfg_parallel, timeout_s=60))
+    renderer = RankRenderer(
+        rank, world, RenderSettings(model=model, cache=policy, cfg_parallel=cfg_parallel, collective_timeout_s=60)
+    )
     engine = renderer.cache
     calls = []
     reduce = engine.reduce

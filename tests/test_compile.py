@@ -71,9 +71,10 @@ def test_compiled_blocks_render_the_same_video_with_every_policy_and_never_recom
 
 
 def compiled_render_on_rank(rank, world, model):
-    from ditfarm.cluster.gang_rank import RankConfig, RankRenderer
+    from ditfarm.cluster.gang_rank import RankRenderer
+    from ditfarm.types import RenderSettings
 
-    renderer = RankRenderer(rank, world, RankConfig(model=model, cache="adaptive", cache_knob=0.5, compile="eager"))
+    renderer = RankRenderer(rank, world, RenderSettings(model=model, cache="adaptive", cache_knob=0.5, compile="eager"))
     first = renderer.render(PROMPT, 3, dict(steps=10))
     second = renderer.render(PROMPT, 3, dict(steps=10))
     return first.compiled_graphs, second.compiled_graphs, second.frames, second.masks

@@ -9,9 +9,9 @@ import ray
 
 from ditfarm.cache.metrics import psnr
 from ditfarm.cluster.gang import GangConfig, GangPool, wait_until
-from ditfarm.cluster.gang_rank import RankConfig
 from ditfarm.cluster.local import run_local_gang
 from ditfarm.cluster.render_sp import render_on_rank
+from ditfarm.types import RenderSettings
 
 pytestmark = [pytest.mark.ray, pytest.mark.process]
 
@@ -36,7 +36,9 @@ def alive(pid: int) -> bool:
 def test_gang_renders_like_one_process_and_survives_a_killed_rank(ray_cluster, random_model_folder):
     config = GangConfig(
         sp=2,
-        rank=RankConfig(model=str(random_model_folder), cache="adaptive", cache_knob=0.2, timeout_s=20),
+        settings=RenderSettings(
+            model=str(random_model_folder), cache="adaptive", cache_knob=0.2, collective_timeout_s=20
+        ),
         call_timeout_s=120,
     )
     (reference,) = run_local_gang(
@@ -74,7 +76,9 @@ def test_a_gang_encodes_the_next_text_ahead_and_renders_the_same_video(ray_clust
 
     config = GangConfig(
         sp=2,
-        rank=RankConfig(model=str(random_model_folder), cache="adaptive", cache_knob=0.2, timeout_s=20),
+        settings=RenderSettings(
+            model=str(random_model_folder), cache="adaptive", cache_knob=0.2, collective_timeout_s=20
+        ),
         call_timeout_s=120,
     )
     settings = RenderSettings(model=str(random_model_folder), steps=6)
@@ -101,7 +105,9 @@ def test_on_a_wan_gang_only_rank_0_holds_the_text_encoder_and_vae(ray_cluster, s
     from ditfarm.pipelines.video_io import read_mp4
 
     prompt = "a red cat moving left"
-    config = GangConfig(sp=2, rank=RankConfig(model=str(small_wan_folder), timeout_s=20), call_timeout_s=120)
+    config = GangConfig(
+        sp=2, settings=RenderSettings(model=str(small_wan_folder), collective_timeout_s=20), call_timeout_s=120
+    )
     pool = GangPool(config, gangs=1)
     try:
         holds = ray.get([m.holds.remote() for m in pool.gangs[0].members])
@@ -275,7 +281,9 @@ def test_gangs_start_together_and_a_pool_goes_on_with_those_the_cluster_holds(ra
     after the other, the second would begin when the first was ready), the third times out, its placement group
     is removed, and the pool renders on two."""
     pool = GangPool(
-        GangConfig(sp=1, rank=RankConfig(model=str(random_model_folder)), start_timeout_s=30, call_timeout_s=120),
+        GangConfig(
+            sp=1, settings=RenderSettings(model=str(random_model_folder)), start_timeout_s=30, call_timeout_s=120
+        ),
         gangs=3,
     )
     try:
@@ -294,7 +302,9 @@ def test_what_a_gang_runs_is_logged_once_per_gang(ray_cluster, random_model_fold
     import logging
 
     caplog.set_level(logging.INFO, logger="ditfarm")
-    pool = GangPool(GangConfig(sp=2, rank=RankConfig(model=str(random_model_folder)), call_timeout_s=120), gangs=1)
+    pool = GangPool(
+        GangConfig(sp=2, settings=RenderSettings(model=str(random_model_folder)), call_timeout_s=120), gangs=1
+    )
     try:
         pool.render(PROMPT, 1, dict(steps=2))
         pool.render(PROMPT, 2, dict(steps=2))

@@ -142,9 +142,10 @@ def test_sampled_received_attention_estimates_the_dense_value():
 
 
 def count_text_and_decode(rank, world, model):
-    from ditfarm.cluster.gang_rank import RankConfig, RankRenderer
+    from ditfarm.cluster.gang_rank import RankRenderer
+    from ditfarm.types import RenderSettings
 
-    renderer = RankRenderer(rank, world, RankConfig(model=model, timeout_s=60))
+    renderer = RankRenderer(rank, world, RenderSettings(model=model, collective_timeout_s=60))
     counts = {"text": 0, "decode": 0}
     renderer.pipe.text_encoder.register_forward_hook(lambda *a: counts.__setitem__("text", counts["text"] + 1))
     decode = renderer.pipe.decode
@@ -172,7 +173,7 @@ def test_gangs_default_and_collective_timeout_reach_the_ray_path():
     assert settings_from_args(render_args("--sp", "2", "--gangs", "3")).gangs == 3
     timed = settings_from_args(render_args("--sp", "2", "--collective-timeout", "7.5"))
     config = gang_config(timed)
-    assert config.rank.timeout_s == 7.5 and config.sp == 2  # every rank's process group and store use it
+    assert config.settings.collective_timeout_s == 7.5 and config.sp == 2  # every rank's process group and store use it
     with pytest.raises(ValueError, match="gangs >= 1"):
         settings_from_args(render_args("--sp", "2", "--gangs", "0"))
 

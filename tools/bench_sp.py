@@ -26,9 +26,10 @@ def _bench_rank(rank: int, world: int, model: str, policy: str, knob, cases, sam
     from ..cache import disable, enable, last_video_stats
     from ..cache.presets import config_for
     from ..cluster.collectives import make_cache_reduce
-    from ..cluster.gang_rank import RankConfig, RankRenderer
+    from ..cluster.gang_rank import RankRenderer
+    from ..types import RenderSettings
 
-    renderer = RankRenderer(rank, world, RankConfig(model=model, cache="none", timeout_s=600))
+    renderer = RankRenderer(rank, world, RenderSettings(model=model, cache="none", collective_timeout_s=600))
     pipe = renderer.pipe
     inner = make_cache_reduce() if world > 1 else (lambda v: v)
     wire = {"calls": 0, "bytes": 0}
