@@ -14,13 +14,12 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ..cache import last_video_stats
 from ..pipelines.compile import compiled_graphs
-from ..pipelines.deadline import VideoDeadline
 from ..pipelines.memory import available_bytes
 from ..pipelines.phases import PhaseClock
 from ..types import RenderSettings
 from ..worker.model import load_model
+from ..worker.video import cache_outcome, checked_settings, decode_video, denoise_video
 from .cfg_parallel import CfgSplit, make_cfg_cache_reduce, make_cfg_groups
 from .collectives import backend_device, make_cache_reduce
 from .messages import EncodedText, RankResult
@@ -143,11 +142,7 @@ class RankRenderer:
         phases are its VideoPhases (text seconds only where it encoded here)."""
         # Every rank validates, identically and before any collective: a bad row fails on all ranks at once
         # instead of leaving the others waiting for rank 0 in a broadcast.
-        self.pipe.check_prompt(prompt)
-        if negative_prompt:
-            self.pipe.check_prompt(negative_prompt)
-        settings = self.pipe.settings(**sampler)
-        self.pipe.check_memory(settings, self._gang_available_bytes())
+        settings = checked_settings(self.pipe, prompt, negative_prompt, sampler, self._gang_available_bytes())
         clock = PhaseClock(self.pipe.execution_device)
         clock.reset_peak()
         with torch.no_grad():
@@ -160,23 +155,18 @@ class RankRenderer:
             else:
                 with clock.phase("text"):
                     embeddings = self.pipe.encode_prompt(prompt, negative_prompt, settings.guidance_scale)
-            deadline = None
-            if timeout_s:  # the driver's number, the same on every rank; the ranks vote at every step
-                deadline = VideoDeadline(timeout_s, settings.steps, self._any_rank_late if self.world > 1 else None)
-            with clock.phase("denoise"):
-                latents = self.pipe.generate_latents(
-                    prompt, seed, settings, negative_prompt, on_step=deadline, embeddings=embeddings
-                )
-            frames = None
-            if self.rank == 0 and decode:
-                with clock.phase("decode"):
-                    frames = self.pipe.decode(latents)
-        stats = last_video_stats(self.pipe)
+            # timeout_s: the driver's number, the same on every rank; the ranks vote at every step
+            vote = self._any_rank_late if self.world > 1 else None
+            latents = denoise_video(
+                self.pipe, clock, prompt, seed, settings, negative_prompt, embeddings, timeout_s, vote
+            )
+            frames = decode_video(self.pipe, clock, latents) if self.rank == 0 and decode else None
+        cache = cache_outcome(self.pipe)
         return RankResult(
             settings=settings.__dict__,
-            masks=stats.masks if stats else {},
-            peak_bytes=stats.peak_bytes if stats else 0,
-            skipped_fraction=stats.skipped_fraction if stats else 0.0,
+            masks=cache.masks,
+            peak_bytes=cache.peak_bytes,
+            skipped_fraction=cache.skipped_fraction,
             phases=clock.phases(),
             frames=frames,
             latents=latents if self.rank == 0 and not decode else None,

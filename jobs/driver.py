@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Protocol
 
-from ..cache import last_video_stats
 from ..cache.presets import resolve_knob
 from ..storage.lease import DEFAULT_TTL_S, Lease, LeaseLost
 from ..storage.stores import (
@@ -135,15 +134,12 @@ class LocalRenderer:
 
     def frames(self, task: RenderTask, settings: RenderSettings):
         """(frames, sampler settings, skipped fraction, VideoPhases) of one task."""
-        from ..pipelines.deadline import VideoDeadline, default_timeout_s
+        from ..pipelines.deadline import default_timeout_s
         from ..pipelines.phases import PhaseClock
+        from ..worker.video import cache_outcome, checked_settings, decode_video, denoise_video
 
         pipe = self.pipe
-        pipe.check_prompt(task.prompt)
-        if task.negative_prompt:
-            pipe.check_prompt(task.negative_prompt)
-        s = pipe.settings(**sampler_overrides(task, settings))
-        pipe.check_memory(s)
+        s = checked_settings(pipe, task.prompt, task.negative_prompt, sampler_overrides(task, settings))
         clock = PhaseClock(pipe.execution_device)
         with torch_no_grad():
             embeddings = None
@@ -155,17 +151,13 @@ class LocalRenderer:
                 if embeddings is None:
                     with clock.phase("text"):
                         embeddings = pipe.encode_prompt(task.prompt, task.negative_prompt, s.guidance_scale)
-                deadline = VideoDeadline(
-                    settings.video_timeout_s or default_timeout_s(pipe.defaults, s.__dict__), s.steps
+                timeout_s = settings.video_timeout_s or default_timeout_s(pipe.defaults, s.__dict__)
+                latents = denoise_video(
+                    pipe, clock, task.prompt, task.seed, s, task.negative_prompt, embeddings, timeout_s
                 )
-                with clock.phase("denoise"):
-                    latents = pipe.generate_latents(
-                        task.prompt, task.seed, s, task.negative_prompt, on_step=deadline, embeddings=embeddings
-                    )
-                skipped = last_video_stats(pipe).skipped_fraction if self.cache is not None else 0.0
+                skipped = cache_outcome(pipe).skipped_fraction
                 self.loop_seconds.append(clock.seconds["denoise"])
-            with clock.phase("decode"):
-                frames = pipe.decode(latents)
+            frames = decode_video(pipe, clock, latents)
         return frames, s, skipped, clock.phases()
 
     def render(self, task: RenderTask, settings: RenderSettings, out: OutputLocation) -> RenderedVideo:

@@ -1,0 +1,64 @@
+"""One video's sequence, the same in the driver's process and on every gang rank: refuse a bad row before any
+work (on a gang, before any collective, so every rank refuses it alike), run the timed loop, decode, and read
+what the cache did."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..cache import last_video_stats
+from ..pipelines.deadline import VideoDeadline
+from ..pipelines.denoise import SamplerSettings
+from ..pipelines.phases import PhaseClock
+
+
+def checked_settings(
+    pipe, prompt: str, negative_prompt: str, sampler: dict, available_bytes: int | None = None
+) -> SamplerSettings:
+    """The video's sampler settings, or ValueError naming what the model refuses: its prompts, its sizes, or a
+    video that cannot fit in ``available_bytes`` (default: what the device has free; a gang passes its least)."""
+    pipe.check_prompt(prompt)
+    if negative_prompt:
+        pipe.check_prompt(negative_prompt)
+    settings = pipe.settings(**sampler)
+    pipe.check_memory(settings, available_bytes)
+    return settings
+
+
+def denoise_video(
+    pipe,
+    clock: PhaseClock,
+    prompt: str,
+    seed: int,
+    settings: SamplerSettings,
+    negative_prompt: str,
+    embeddings: tuple,
+    timeout_s: float | None,
+    vote=None,
+):
+    """The video's final latents, its loop timed as the "denoise" phase and bounded by ``timeout_s`` (checked
+    between steps; ``vote``: a gang's agreement on whether any rank is late)."""
+    deadline = VideoDeadline(timeout_s, settings.steps, vote) if timeout_s else None
+    with clock.phase("denoise"):
+        return pipe.generate_latents(prompt, seed, settings, negative_prompt, on_step=deadline, embeddings=embeddings)
+
+
+def decode_video(pipe, clock: PhaseClock, latents):
+    """uint8 frames (T, H, W, 3), timed as the "decode" phase."""
+    with clock.phase("decode"):
+        return pipe.decode(latents)
+
+
+@dataclass(frozen=True)
+class CacheOutcome:
+    masks: dict  # per CFG branch, per step: which blocks (or units) ran
+    peak_bytes: int  # the most the cache held
+    skipped_fraction: float
+
+
+def cache_outcome(pipe) -> CacheOutcome:
+    """What the cache did during the video just rendered (nothing, without a cache)."""
+    stats = last_video_stats(pipe)
+    if stats is None:
+        return CacheOutcome({}, 0, 0.0)
+    return CacheOutcome(stats.masks, stats.peak_bytes, stats.skipped_fraction)
