@@ -5,9 +5,9 @@ import pytest
 # Tests share two cores with whatever else runs; one thread per test process keeps timings sane.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# Every test names its tier (pyproject.toml's markers): `pytest -m unit` runs the ones that need nothing but this
-# process; the others say what they start.
-TIERS = ("unit", "process", "ray", "s3", "browser")
+# Every test names its tier (pyproject.toml's markers): `pytest -m unit` runs the quick ones that need nothing but
+# this process; `slow` ones stay in process but render or train for long; the others say what they start.
+TIERS = ("unit", "slow", "process", "ray", "s3", "browser")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -10,7 +10,7 @@ from ditfarm.cache.foreground import foreground_mask, mask_iou, otsu_threshold, 
 from ditfarm.cache.metrics import psnr, ssim
 from ditfarm.commands.cli import main as cli
 
-pytestmark = [pytest.mark.unit]
+pytestmark = [pytest.mark.slow]  # in process, but renders or trains for tens of seconds
 
 
 def test_psnr_and_ssim_known_values():

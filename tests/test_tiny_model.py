@@ -10,7 +10,7 @@ from ditfarm.cache.profiler import check_masks_on_references
 from ditfarm.pipelines.tiny.scenes import render_scene
 from ditfarm.tools.adherence import evaluate, held_out_cases, summarise
 
-pytestmark = [pytest.mark.unit]
+pytestmark = [pytest.mark.slow]  # in process, but renders or trains for tens of seconds
 
 
 def test_shipped_profile_belongs_to_the_shipped_model(tiny_pipe):
