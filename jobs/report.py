@@ -19,7 +19,6 @@ import base64
 import html
 import io
 import math
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,8 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..storage.stores import OutputStore, S3Store, check_video_id, open_output
-from ..uris import split_s3_uri
+from ..storage.stores import OutputStore, check_video_id, open_output
 from .results import STATUS_FAILED, STATUS_OK, best_per_id, duplicate_rows, read_all_results
 
 REPORT_NAME = "report.html"
@@ -230,17 +228,11 @@ def contact_entry(store: OutputStore, row: dict) -> ContactEntry:
 
 
 def read_video_frames(store: OutputStore, video_id: str, frames: int | None) -> list[np.ndarray]:
-    """First, middle and last frames of ``videos/<id>.mp4``, fetched to a temporary file from S3."""
+    """First, middle and last frames of ``videos/<id>.mp4`` (an object store's fetched to a temporary file)."""
     problem = check_video_id(video_id)
     if problem:
         raise ValueError(problem)
-    uri = store.video_uri(video_id)
-    if not isinstance(store, S3Store):
-        return pick_frames(Path(uri), frames)
-    bucket, key = split_s3_uri(uri)
-    with tempfile.TemporaryDirectory(prefix="ditfarm-report-") as tmp:
-        path = Path(tmp) / f"{video_id}.mp4"
-        store.client.download_file(bucket, key, str(path))
+    with store.local_video(video_id) as path:
         return pick_frames(path, frames)
 
 

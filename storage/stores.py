@@ -354,6 +354,11 @@ class OutputStore(ABC):
     def video_uri(self, video_id: str) -> str:
         return self.location.join(VIDEOS, f"{video_id}.mp4")
 
+    @abstractmethod
+    def local_video(self, video_id: str):
+        """A context manager giving a local path of ``videos/<id>.mp4`` to read (the file itself, or a temporary
+        copy of an object store's, removed after)."""
+
     def read_results(self, columns: list[str] | None = None, threads: int = 16) -> list[pa.Table]:
         """Every part, in name order; read concurrently, since a long-lived output holds many small parts and
         each is one request."""
@@ -494,6 +499,10 @@ class LocalStore(OutputStore):
     def video_uri(self, video_id: str) -> str:
         return str((self.videos / f"{video_id}.mp4").resolve())
 
+    @contextlib.contextmanager
+    def local_video(self, video_id: str):
+        yield Path(self.video_uri(video_id))
+
     def video_sizes(self) -> dict[str, int]:
         if not self.videos.is_dir():
             return {}
@@ -571,6 +580,14 @@ class S3Store(OutputStore):
         if any(p in ("", ".", "..") for p in key.split("/")) or not key.startswith(self.prefix):
             raise ValueError(f"refusing key {key!r}: it would leave s3://{self.bucket}/{self.prefix}")
         return key
+
+    @contextlib.contextmanager
+    def local_video(self, video_id: str):
+        name = _checked_name(video_id)
+        with tempfile.TemporaryDirectory(prefix="ditfarm-video-") as tmp:
+            path = Path(tmp) / name
+            self.client.download_file(self.bucket, self._key(VIDEOS, name), str(path))
+            yield path
 
     def _where(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
