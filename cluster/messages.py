@@ -7,6 +7,7 @@ one place (``Failure.raise_error``).  A rank that dies is Ray's error, not a mes
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from ..storage.lease import LeaseLost
@@ -73,13 +74,13 @@ class VideoResult:
 
 
 @dataclass(frozen=True)
-class Failure:
+class Failure(ABC):
     """A failure a rank reports and the gang survives."""
 
     message: str
 
-    def raise_error(self):
-        raise NotImplementedError
+    @abstractmethod
+    def raise_error(self): ...
 
 
 class RowRefused(Failure):

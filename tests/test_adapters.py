@@ -158,3 +158,21 @@ def test_a_new_family_is_one_registered_adapter():
     model = OtherDiT()
     assert isinstance(adapter_for(model), OtherAdapter)
     assert unit_modules(model) == [m for layer in model.layers for m in (layer.attn, layer.cross, layer.mlp)]
+
+
+def test_a_family_without_sequence_parallelism_says_so_by_name():
+    class Plain(torch.nn.Module):
+        pass
+
+    @register_adapter(Plain)
+    class PlainAdapter(TransformerAdapter):
+        family = "plain"
+
+        def blocks(self):
+            return []
+
+        def units(self, block):
+            return {}
+
+    with pytest.raises(TypeError, match="the plain model adapter does not say how its token sequence is split"):
+        adapter_for(Plain()).sharded_forward(0, 2, lambda x: x)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import torch
@@ -32,43 +33,48 @@ Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (
 Gather = Callable[[torch.Tensor], torch.Tensor]  # this rank's shard of the sequence (dim 1) -> the whole sequence
 
 
-class TransformerAdapter:
-    """One family's answers (see the module docstring); ``transformer`` is the loaded model."""
+class TransformerAdapter(ABC):
+    """One family's answers (see the module docstring); ``transformer`` is the loaded model.  ``blocks`` and
+    ``units`` are what every cache needs; a family that leaves the others out renders without sequence
+    parallelism or profiling, and says so by name when they are asked for."""
 
     family = "transformer"
 
     def __init__(self, transformer: torch.nn.Module):
         self.transformer = transformer
 
-    def blocks(self) -> list[torch.nn.Module]:
-        raise NotImplementedError
+    @abstractmethod
+    def blocks(self) -> list[torch.nn.Module]: ...
 
-    def units(self, block: torch.nn.Module) -> dict[str, torch.nn.Module]:
-        raise NotImplementedError
+    @abstractmethod
+    def units(self, block: torch.nn.Module) -> dict[str, torch.nn.Module]: ...
 
     def self_attentions(self) -> list[torch.nn.Module]:
-        raise NotImplementedError
+        raise self._unsupported("where its self-attention is (sequence parallelism, the attention probe)")
 
     def attention_processor(self, attend: Attend):
-        raise NotImplementedError
+        raise self._unsupported("how its self-attention computes queries, keys and values (sequence parallelism)")
 
     def token_count(self, latent_shape: tuple[int, ...]) -> int:
-        raise NotImplementedError
+        raise self._unsupported("how many tokens a latent video makes (sequence parallelism)")
 
     def sharded_forward(self, rank: int, world: int, gather: Gather) -> Callable:
-        raise NotImplementedError
+        raise self._unsupported("how its token sequence is split over a gang (sequence parallelism)")
 
     def heads(self) -> int:
-        raise NotImplementedError
+        raise self._unsupported("how many attention heads it has (sequence parallelism)")
 
     def patch_size(self) -> tuple[int, int, int]:
         """Latent frames, rows and columns per token: how a latent video becomes the token sequence."""
-        raise NotImplementedError
+        raise self._unsupported("how a latent video becomes tokens (the profiler)")
 
     def recording_processor(self, original, record, active):
         """``original``'s self-attention processor that, while ``active()``, first hands each call's (query, key)
         to ``record``."""
-        raise NotImplementedError
+        raise self._unsupported("how to watch its self-attention (the profiler's attention probe)")
+
+    def _unsupported(self, what: str) -> TypeError:
+        return TypeError(f"the {self.family} model adapter does not say {what}")
 
     # -- shared -----------------------------------------------------------------------------------------------
     def unit_modules(self) -> list[torch.nn.Module]:
