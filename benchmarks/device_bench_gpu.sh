@@ -1,5 +1,5 @@
 #!/bin/bash
-# `ditfarm bench gpu` on a lent GPU machine (its image has torch, transformers and Triton, not diffusers):
+# `ditfarm bench gpu` on a GPU machine (its image has torch, transformers and Triton, not diffusers):
 # diffusers travels as a wheel in .whl/ (carried), ditfarm is put together from its folders without pip.
 set -o pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
