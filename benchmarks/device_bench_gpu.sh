@@ -7,4 +7,4 @@ mkdir -p /tmp/pkg && cp -r ditfarm /tmp/pkg/ && for d in cache cluster jobs pipe
 export PYTHONPATH=/tmp/pkg:/tmp/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv
 python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
-python3 -m ditfarm.pipelines.bench_gpu --json "$OUT/bench-gpu-h200.json" "$@" 2>&1 | grep -v "^Loading\|Writing model" | tee "$OUT/bench-gpu.log"
+python3 -m ditfarm.commands.cli bench gpu --json "$OUT/bench-gpu-h200.json" "$@" 2>&1 | grep -v "^Loading\|Writing model" | tee "$OUT/bench-gpu.log"

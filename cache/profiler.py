@@ -180,10 +180,10 @@ def check_masks_on_references(pipe, scenes, start_sigma: float = 0.8, steps: int
 
 def plot_profile(profile: CacheProfile, path) -> None:
     """Per-block change curves (left) and R_attn with the threshold (right), coloured by class."""
-    import matplotlib
+    import matplotlib  # deferred: matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     colours = {FOREGROUND: "tab:red", BACKGROUND: "tab:blue"}

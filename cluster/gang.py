@@ -16,16 +16,25 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 
 import ray
+import torch
+import torch.distributed as dist
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ..pipelines.deadline import default_timeout_s
+from ..pipelines.phases import PhaseClock
+from ..storage.errors import StorageError
 from ..storage.lease import LeaseLost
-from ..storage.stores import StorageError, clear_local_temp
+from ..storage.stores import clear_local_temp
 from ..types import NoRenderersLeft, RenderSettings
 from ..worker.publish import lease_fence, publish_video
 from .messages import (
@@ -60,8 +69,6 @@ class RankActor:
     and renders its shard of every video; rank 0 also encodes the text ahead and publishes the videos."""
 
     def __init__(self, rank: int, world: int, settings: RenderSettings, threads: int = 1):
-        import torch
-
         torch.set_num_threads(threads)
         self.rank, self.world, self.settings = rank, world, settings
         self.store = None
@@ -73,10 +80,6 @@ class RankActor:
 
     def open_store(self) -> tuple[str, int]:
         """Rank 0: listen on a free port of this node; returns (node address, port)."""
-        from datetime import timedelta
-
-        import torch.distributed as dist
-
         host = ray.util.get_node_ip_address()
         self.store = dist.TCPStore(
             host,
@@ -91,11 +94,7 @@ class RankActor:
     def join(self, host: str, port: int) -> str:
         """Join the gang's process group and load the model (once; it then renders many videos); returns what
         the rank runs (dtype, layout, attention kernels, compilation)."""
-        from datetime import timedelta
-
-        import torch.distributed as dist
-
-        from .gang_rank import RankRenderer  # deferred: torch and the model stack load in the rank's process
+        from .gang_rank import RankRenderer  # deferred: diffusers (the model stack loads in the rank's process)
 
         timeout = timedelta(seconds=self.settings.collective_timeout_s)
         if self.world > 1:
@@ -166,10 +165,6 @@ class RankActor:
     @ray.method(concurrency_group="publish")
     def publish_video(self, ticket: str) -> StoredVideoInfo | Failure:
         """Rank 0: decode, encode and store a deferred video (beside the next render)."""
-        import torch
-
-        from ..pipelines.phases import PhaseClock
-
         latents, publish = self.pending.pop(ticket)
         clock = PhaseClock(self.renderer.pipe.execution_device)
         with torch.no_grad(), clock.phase("decode"):
@@ -204,8 +199,6 @@ class RankActor:
         return {"text_encoder": bool(pipe.holds_text_encoder), "vae": bool(pipe.holds_vae)}
 
     def pid(self) -> int:
-        import os
-
         return os.getpid()
 
     def node_id(self) -> str:
@@ -234,9 +227,6 @@ class Gang:
     """N actors, one placement group, one process group, one model copy per rank."""
 
     def __init__(self, config: GangConfig, name: str = "gang", start_timeout_s: float | None = None):
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
         self.config, self.name = config, name
         self.started_at = time.monotonic()
         start_timeout_s = config.start_timeout_s if start_timeout_s is None else start_timeout_s
@@ -358,8 +348,6 @@ class Gang:
 
     def kill(self) -> None:
         """Kill every rank and remove the placement group (also one still pending: none outlives the job)."""
-        from ray.util.placement_group import remove_placement_group
-
         for m in self.members:
             ray.kill(m, no_restart=True)
         self.members = []
@@ -407,8 +395,6 @@ class GangPool:
         """Start the first gangs at once (each loads its model copy in parallel); go on with those that started
         when the cluster holds fewer than asked for.  A gang that finishes starting after an interrupt is killed
         (``_add`` on a closed pool)."""
-        from concurrent.futures import ThreadPoolExecutor
-
         pool = ThreadPoolExecutor(max_workers=max(1, gangs), thread_name_prefix="ditfarm-gang-start")
         futures = [pool.submit(Gang, self.config, self._name()) for _ in range(gangs)]
         failures = []

@@ -19,7 +19,7 @@ from ..pipelines.memory import available_bytes
 from ..pipelines.phases import PhaseClock
 from ..types import RenderSettings
 from ..worker.model import load_model
-from ..worker.video import cache_outcome, checked_settings, decode_video, denoise_video
+from ..worker.video import cache_outcome, checked_settings, decode_video, denoise_video, encode_text
 from .cfg_parallel import CfgSplit, make_cfg_cache_reduce, make_cfg_groups
 from .collectives import backend_device, make_cache_reduce
 from .messages import EncodedText, RankResult
@@ -119,10 +119,10 @@ class RankRenderer:
             settings = self.pipe.settings(**sampler)
         except ValueError:
             return None
-        encode = getattr(self, "_encode_on_rank0", self.pipe.encode_prompt)
+        encode = getattr(self, "_encode_on_rank0", None)
         clock = PhaseClock(self.pipe.execution_device)
-        with torch.no_grad(), clock.phase("text"):
-            cond, uncond = encode(prompt, negative_prompt, settings.guidance_scale)
+        with torch.no_grad():
+            cond, uncond = encode_text(self.pipe, clock, prompt, negative_prompt, settings.guidance_scale, encode)
             embeddings = cond.cpu(), (uncond.cpu() if uncond is not None else None)
         return EncodedText(embeddings, clock.seconds["text"])
 
@@ -153,8 +153,7 @@ class RankRenderer:
                 device = self.pipe.execution_device
                 embeddings = tuple(e.to(device) if e is not None else None for e in embeddings)
             else:
-                with clock.phase("text"):
-                    embeddings = self.pipe.encode_prompt(prompt, negative_prompt, settings.guidance_scale)
+                embeddings = encode_text(self.pipe, clock, prompt, negative_prompt, settings.guidance_scale)
             # timeout_s: the driver's number, the same on every rank; the ranks vote at every step
             vote = self._any_rank_late if self.world > 1 else None
             latents = denoise_video(

@@ -7,10 +7,13 @@ world, *args)`` and sends back its result.  A process that fails or times out ma
 
 from __future__ import annotations
 
+import queue as queue_module
 import socket
+import time
 import traceback
 from datetime import timedelta
 
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -22,8 +25,6 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _entry(rank, world, port, timeout_s, threads, fn, args, queue):
-    import torch
-
     torch.set_num_threads(threads)
     try:
         dist.init_process_group(
@@ -51,8 +52,6 @@ def run_local_gang(fn, world: int, *args, timeout_s: float = 60.0, threads: int 
     ]
     for p in procs:
         p.start()
-    import queue as queue_module
-    import time
 
     results, errors = {}, []
     deadline = time.monotonic() + timeout_s * 3 + 60

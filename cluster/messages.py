@@ -10,8 +10,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from ..storage.errors import OutputFull, StorageError, is_full
 from ..storage.lease import LeaseLost
-from ..storage.stores import OutputFull, OutputLocation, StorageError, is_full
+from ..storage.stores import OutputLocation
 from ..types import RenderSettings, VideoPhases
 
 

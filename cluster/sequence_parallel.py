@@ -13,6 +13,7 @@ log-sum-exp), so on CPU only Ulysses degrees are accepted.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -54,9 +55,9 @@ def enable_sequence_parallel(
 ) -> None:
     """Shard ``transformer`` over ``group`` (every rank calls this with the same config).  Must come before a
     cache is enabled, because the cache's step hook has to wrap the sharded forward."""
-    from yunchang import LongContextAttention
-    from yunchang.globals import PROCESS_GROUP
-    from yunchang.kernels import AttnType
+    from yunchang import LongContextAttention  # deferred: yunchang
+    from yunchang.globals import PROCESS_GROUP  # deferred: yunchang
+    from yunchang.kernels import AttnType  # deferred: yunchang
 
     if engine_of(transformer) is not None:
         raise RuntimeError("enable sequence parallelism before enabling a cache")
@@ -80,7 +81,7 @@ def enable_sequence_parallel(
             if r == dist.get_rank():
                 PROCESS_GROUP.RING_PG = single
     else:
-        from yunchang import set_seq_parallel_pg
+        from yunchang import set_seq_parallel_pg  # deferred: yunchang
 
         set_seq_parallel_pg(config.ulysses_degree, config.ring_degree, dist.get_rank(), world)
     attention = long_context_attention(
@@ -119,11 +120,9 @@ def long_context_attention(config: SequenceParallelConfig, group, yunchang_atten
 def _xfuser_attention(config: SequenceParallelConfig, reference):
     """(callable(q, k, v), None) if xFuserLongContextAttention builds and agrees with ``reference``, else
     (None, why)."""
-    import inspect
-
     try:
-        from xfuser.core.long_ctx_attention import xFuserLongContextAttention
-        from yunchang.kernels import AttnType
+        from xfuser.core.long_ctx_attention import xFuserLongContextAttention  # deferred: xfuser
+        from yunchang.kernels import AttnType  # deferred: yunchang
 
         impl = xFuserLongContextAttention(attn_type=AttnType.from_string(config.attn_type))
         takes_attn = next(iter(inspect.signature(impl.forward).parameters)) == "attn"

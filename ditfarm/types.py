@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .choices import DTYPE_NAMES
+
 EXIT_TRY_LATER = 75  # EX_TEMPFAIL: nothing is wrong with the job, the cluster could not run it; a rerun resumes
 EXIT_LEASE_LOST = 3  # another run took the output over while this one held it (this run was paused or cut off)
 EXIT_MANIFEST_FAILED = 4  # the manifest broke partway (a corrupt row group); what was stored before it stays
@@ -85,7 +87,6 @@ class RenderSettings:
         check_step_cap(self.steps, self.max_steps)
         if self.guidance_scale is not None and not 0 <= self.guidance_scale <= 100:  # NaN and infinities too
             raise ValueError(f"guidance_scale must be a finite number in [0, 100], got {self.guidance_scale!r}")
-        from .choices import DTYPE_NAMES
 
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
@@ -124,6 +125,34 @@ class RenderedVideo:
     attempts: int = 1  # renders it took: 1, plus one per gang that failed under it
     phases: VideoPhases | None = None  # where its time went, and rank 0's peak accelerator memory
     video_bytes: int | None = None  # the stored mp4's size, read back from the storage after publishing
+
+    @classmethod
+    def of(
+        cls,
+        uri: str,
+        video_bytes: int | None,
+        seed: int,
+        sampler: dict,
+        model: str,
+        skipped_fraction: float | None,
+        phases: VideoPhases | None,
+        attempts: int = 1,
+    ) -> RenderedVideo:
+        """The record of a stored video, the same whether it was rendered in the driver's process or by a gang
+        (``sampler``: the video's sampler settings as a dict)."""
+        return cls(
+            uri,
+            seed,
+            sampler["num_frames"],
+            sampler["height"],
+            sampler["width"],
+            sampler["steps"],
+            model,
+            skipped_fraction,
+            attempts,
+            phases=phases,
+            video_bytes=video_bytes,
+        )
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ and a rerun skips it.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,8 +142,6 @@ class RenderRows:
 
     def __del__(self):
         if not getattr(self, "_started", True):
-            import warnings
-
             warnings.warn(
                 "ditfarm.render(...) returned rows that were never read, so nothing was rendered: "
                 "iterate them (`for row in ditfarm.render(...)`) or `list(...)` them",

@@ -28,21 +28,24 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Protocol
 
+import torch
+
 from ..cache.presets import resolve_knob
+from ..pipelines.deadline import default_timeout_s
+from ..pipelines.phases import PhaseClock
+from ..pipelines.threads import set_threads, usable_cpus
+from ..storage.errors import OutputFull, StorageError, redact
 from ..storage.lease import DEFAULT_TTL_S, Lease, LeaseLost
-from ..storage.stores import (
-    OutputFull,
-    OutputLocation,
-    OutputStore,
-    StorageError,
-    clear_local_temp,
-    open_output,
-    redact,
-)
+from ..storage.stores import OutputLocation, OutputStore, clear_local_temp, open_output
 from ..text import cut
 from ..types import EXIT_MANIFEST_FAILED, EXIT_OUTPUT_FAILED, RenderedVideo, RenderSettings, RunAborted
+from ..worker.model import load_model
 from ..worker.publish import lease_fence, publish_video
+from ..worker.video import cache_outcome, checked_settings, decode_video, denoise_video, encode_text
 from .manifest import Manifest, ManifestError, RenderTask, RowProblem, sampler_overrides, seed_from_id
+from .metrics import JobMetrics
+from .progress import Progress
+from .report_refresher import ReportRefresher
 from .results import (
     RESULT_SCHEMA,
     STATUS_DUPLICATE,
@@ -99,7 +102,7 @@ class Renderer(Protocol):
 def make_renderer(settings: RenderSettings) -> Renderer:
     if settings.gangs == 0:
         return LocalRenderer(settings)
-    from .gang_renderer import GangRenderer
+    from .gang_renderer import GangRenderer  # deferred: ray
 
     return GangRenderer(settings)
 
@@ -112,9 +115,6 @@ class LocalRenderer:
     loop; its frames are decoded, encoded as mp4 and stored after), and the loop never waits on I/O."""
 
     def __init__(self, settings: RenderSettings):
-        from ..pipelines.threads import set_threads, usable_cpus
-        from ..worker.model import load_model  # deferred: torch and the models load with the first renderer
-
         threads = set_threads(settings.threads)
         log.info(
             "torch threads: %d (%s; this process may use %d CPU(s))",
@@ -134,23 +134,17 @@ class LocalRenderer:
 
     def frames(self, task: RenderTask, settings: RenderSettings):
         """(frames, sampler settings, skipped fraction, VideoPhases) of one task."""
-        from ..pipelines.deadline import default_timeout_s
-        from ..pipelines.phases import PhaseClock
-        from ..worker.video import cache_outcome, checked_settings, decode_video, denoise_video
-
         pipe = self.pipe
         s = checked_settings(pipe, task.prompt, task.negative_prompt, sampler_overrides(task, settings))
         clock = PhaseClock(pipe.execution_device)
         with torch_no_grad():
             embeddings = None
             if not self.encode_in_turn:
-                with clock.phase("text"):
-                    embeddings = pipe.encode_prompt(task.prompt, task.negative_prompt, s.guidance_scale)
+                embeddings = encode_text(pipe, clock, task.prompt, task.negative_prompt, s.guidance_scale)
             with self._loop:
                 clock.reset_peak()
                 if embeddings is None:
-                    with clock.phase("text"):
-                        embeddings = pipe.encode_prompt(task.prompt, task.negative_prompt, s.guidance_scale)
+                    embeddings = encode_text(pipe, clock, task.prompt, task.negative_prompt, s.guidance_scale)
                 timeout_s = settings.video_timeout_s or default_timeout_s(pipe.defaults, s.__dict__)
                 latents = denoise_video(
                     pipe, clock, task.prompt, task.seed, s, task.negative_prompt, embeddings, timeout_s
@@ -166,18 +160,7 @@ class LocalRenderer:
         started = time.perf_counter()
         stored = publish_video(store, task.id, frames, settings, self.pipe.video, fence=lease_fence(out, store))
         phases = dataclasses.replace(phases, store_seconds=round(time.perf_counter() - started, 4))
-        return RenderedVideo(
-            stored.uri,
-            task.seed,
-            s.num_frames,
-            s.height,
-            s.width,
-            s.steps,
-            str(settings.model),
-            skipped,
-            phases=phases,
-            video_bytes=stored.size,
-        )
+        return RenderedVideo.of(stored.uri, stored.size, task.seed, s.__dict__, str(settings.model), skipped, phases)
 
     def close(self) -> None:
         pass
@@ -198,8 +181,6 @@ def end_run(store: OutputStore, lease) -> None:
 
 
 def torch_no_grad():
-    import torch
-
     return torch.no_grad()
 
 
@@ -373,10 +354,6 @@ class RenderJob:
         return self.summary
 
     def __iter__(self) -> Iterator[dict]:
-        from .metrics import JobMetrics
-        from .progress import Progress
-        from .report_refresher import ReportRefresher
-
         settings, summary, writer = self.settings, self.summary, self.writer
 
         def gangs():

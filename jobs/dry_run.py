@@ -15,6 +15,7 @@ from ..storage.stores import open_output
 from ..types import RenderSettings
 from .manifest import Manifest, RowProblem, describe_row
 from .results import completed_ids
+from .run_checks import check_run
 
 EXAMPLES_PER_REASON = 5
 
@@ -60,12 +61,10 @@ class DryRunReport:
 
 def dry_run(manifest_source, out, settings: RenderSettings = RenderSettings(), overwrite: bool = False) -> DryRunReport:
     """Classify every row; raises ManifestError / StorageError / ValueError for what would stop the real run."""
-    from .run_checks import check_run
-
     start = time.perf_counter()
     checks = check_run(settings, read_model=True)  # what the run refuses as a whole, it refuses here alike
     if settings.gangs != 0:  # and a gang no node of the cluster could hold
-        from .gang_renderer import check_room_ahead
+        from .gang_renderer import check_room_ahead  # deferred: torch
 
         check_room_ahead(settings)
     manifest = Manifest(manifest_source, readahead=True)

@@ -8,12 +8,19 @@ no room) and renders the video again on the next free gang.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import threading
 
+import ray
+import torch
+from ray.autoscaler.v2.utils import is_autoscaler_v2
+from ray.experimental.internal_kv import _internal_kv_get
+
 from ..cluster.gang import GangConfig, GangPool
 from ..cluster.messages import PublishTarget
+from ..pipelines.threads import usable_cpus
 from ..storage.stores import CREDENTIAL_VARIABLES, OutputLocation, shareable_storage_env
 from ..types import RenderedVideo, RenderSettings
 from .manifest import RenderTask, sampler_overrides
@@ -75,17 +82,12 @@ def cluster_can_grow() -> bool:
     the GCS's key-value store.  Without an autoscaling config (``ray start``, ``ray.init``) it runs Ray's read-only
     provider, whose node types are the nodes themselves (``node_<id>``, ``format_readonly_node_type``); with one
     (``ray up``, KubeRay) the types are the config's.  Autoscaler v2 marks itself in the store."""
-    import json
-
-    from ray.experimental.internal_kv import _internal_kv_get
-
     try:
         status = _internal_kv_get("__autoscaling_status")
         report = json.loads(status).get("autoscaler_report") if status is not None else None
         if report is not None:
             mapping = report.get("node_type_mapping") or {}
             return not mapping or any(kind != f"node_{node}" for node, kind in mapping.items())
-        from ray.autoscaler.v2.utils import is_autoscaler_v2
 
         return bool(is_autoscaler_v2(fetch_from_server=True))
     except Exception:  # noqa: BLE001 - an older or newer Ray: assume it may grow, and wait as before
@@ -95,8 +97,6 @@ def cluster_can_grow() -> bool:
 def check_room(config: GangConfig) -> None:
     """Say at once when no node could hold one gang even idle: a cluster without an autoscaler never will
     (ValueError: exit 2, naming the largest node); with one, the run waits for the node it adds, and says so."""
-    import ray
-
     holds, largest = largest_node(ray.nodes(), config)
     if holds >= config.sp:
         return
@@ -115,8 +115,6 @@ def check_room(config: GangConfig) -> None:
 def check_room_ahead(settings: RenderSettings) -> None:
     """The dry run's ``check_room``: on the cluster the run would join (RAY_ADDRESS, or a `ray start` cluster on
     this node), or else on the local cluster it would start here (this machine's CPUs and GPUs)."""
-    import ray
-
     config = gang_config(settings)
     if ray.is_initialized():
         check_room(config)
@@ -124,12 +122,8 @@ def check_room_ahead(settings: RenderSettings) -> None:
     try:
         ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError):  # no cluster to join: the run would start one here
-        from ..pipelines.threads import usable_cpus
-
         gpus = 0
         if config.gpus_per_rank:
-            import torch
-
             gpus = torch.cuda.device_count()
         node = {
             "Alive": True,
@@ -160,8 +154,6 @@ def worker_env() -> dict[str, str]:
 def warn_of_credentials_in_job_env() -> None:
     """A job submitted with keys in its runtime env (`--runtime-env-json '{"env_vars": {"AWS_SECRET_...`) has
     already shown them in `ray job list` and Ray's logs; say so, so the next submission leaves them out."""
-    import ray
-
     try:
         env_vars = (ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}
     except Exception:  # noqa: BLE001 - only a warning depends on it
@@ -190,8 +182,6 @@ class GangRenderer:
         grow_interval_s: float = 30.0,
         member=None,
     ):
-        import ray
-
         if not ray.is_initialized():  # RAY_ADDRESS or a `ray start` cluster on this node, else a local one
             ray.init(log_to_driver=False)
             reclaim_signals()  # ray.init replaced the run's SIGTERM handler with a bare exit
@@ -215,8 +205,6 @@ class GangRenderer:
             self._watcher.start()
 
     def cluster_holds(self) -> int:
-        import ray
-
         return auto_gang_count(ray.nodes(), self.config, self.driver_node)
 
     def _watch(self, interval_s: float) -> None:
@@ -248,19 +236,15 @@ class GangRenderer:
             overlap=settings.overlap,
             video_timeout_s=settings.video_timeout_s,
         )
-        s = result.rank.settings
-        return RenderedVideo(
+        return RenderedVideo.of(
             result.stored.uri,
+            result.stored.video_bytes,
             task.seed,
-            s["num_frames"],
-            s["height"],
-            s["width"],
-            s["steps"],
+            result.rank.settings,
             str(settings.model),
             result.rank.skipped_fraction,
+            result.rank.phases,
             result.attempts,
-            phases=result.rank.phases,
-            video_bytes=result.stored.video_bytes,
         )
 
     def gang_health(self) -> tuple[int, int]:

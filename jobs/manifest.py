@@ -25,11 +25,13 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from ..storage.stores import StorageError, arrow_s3_filesystem, check_video_id, probe_s3, redact
+from ..storage.errors import StorageError, redact
+from ..storage.inputs import input_files
+from ..storage.stores import check_video_id
 from ..storage.waits import waiting_on
 from ..text import shown
 from ..types import RenderSettings, check_step_cap
-from ..uris import is_s3, split_s3_uri
+from ..uris import is_s3
 from .results import RESERVED_PREFIX, RESULT_SCHEMA
 
 REQUIRED_COLUMNS = ("id", "prompt")
@@ -215,42 +217,12 @@ class TableManifest(Manifest):
 
 
 def manifest_files(source: str) -> tuple[list[str], object]:
-    """(Parquet files in read order, their pyarrow filesystem) for a manifest source; raises ManifestError for
-    a source that does not exist or holds no Parquet files, and StorageError-worded ManifestErrors for access."""
-    import pyarrow.fs as pafs
-
-    if is_s3(source):
-        bucket, key = split_s3_uri(source)
-        try:
-            probe_s3(bucket, key, source)  # a silent endpoint is refused in seconds, before pyarrow waits on it
-        except StorageError as err:
-            raise ManifestError(f"manifest {source} cannot be read: {err}") from None
-        filesystem = arrow_s3_filesystem()
-        path = f"{bucket}/{key}" if key else bucket
-        try:
-            info = filesystem.get_file_info(path)
-            if info.type == pafs.FileType.File and not source.endswith("/"):
-                return [path], filesystem
-            if info.type == pafs.FileType.NotFound:
-                raise ManifestError(f"manifest {source} does not exist (no such object or prefix)")
-            found = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
-        except OSError as err:
-            denied = "ACCESS_DENIED" in str(err) or "AccessDenied" in str(err)
-            reason = "access denied (the credentials may not read or list it)" if denied else redact(str(err))
-            raise ManifestError(f"manifest {source} cannot be read: {reason}") from None
-        files = sorted(f.path for f in found if f.type == pafs.FileType.File and f.path.endswith(".parquet"))
-        if not files:
-            raise ManifestError(f"manifest {source}: no .parquet objects under this prefix")
-        return files, filesystem
-    local = Path(source)
-    if local.is_dir():
-        files = sorted(str(p) for p in local.rglob("*.parquet") if not p.name.startswith("."))
-        if not files:
-            raise ManifestError(f"manifest folder {source} holds no .parquet files")
-        return files, pafs.LocalFileSystem()
-    if not local.exists():
-        raise ManifestError(f"manifest {source} does not exist")
-    return [str(local.resolve())], pafs.LocalFileSystem()
+    """(Parquet files in read order, their pyarrow filesystem) for a manifest source; raises ManifestError for a
+    source that does not exist, holds no Parquet files or cannot be read."""
+    try:
+        return input_files(source, ".parquet")
+    except StorageError as err:  # InputMissing too: the message starts with the source
+        raise ManifestError(f"manifest {err}") from None
 
 
 def describe_row(row: int, video_id, origin: str | None = None) -> str:

@@ -21,7 +21,7 @@ RENDER_SECONDS_BOUNDARIES = [0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 
 
 def ray_is_up() -> bool:
     try:
-        import ray
+        import ray  # deferred: ray
     except ImportError:
         return False
     return ray.is_initialized()
@@ -40,8 +40,8 @@ class JobMetrics:
             return True
         if not ray_is_up():
             return False
-        from ray.util.metrics import Counter as RayCounter
-        from ray.util.metrics import Gauge, Histogram
+        from ray.util.metrics import Counter as RayCounter  # deferred: ray
+        from ray.util.metrics import Gauge, Histogram  # deferred: ray
 
         self.series = {
             "videos": RayCounter(

@@ -27,7 +27,7 @@ class Progress:
         self.bar = None
         self.enabled = enabled
         if enabled and getattr(self.stream, "isatty", lambda: False)():
-            from tqdm import tqdm
+            from tqdm import tqdm  # deferred: tqdm
 
             self.bar = tqdm(total=total, unit="video", dynamic_ncols=True, file=self.stream)
         self._stop = threading.Event()

@@ -240,7 +240,7 @@ def pick_frames(path: Path, frames: int | None) -> list[np.ndarray]:
     """Decode up to the last needed frame only.  ``frames`` is the count the results row recorded; without it
     the count is estimated from the container's duration and frame rate.  A file shorter than recorded gives its
     last frame for the missing ones."""
-    import imageio_ffmpeg
+    import imageio_ffmpeg  # deferred: imageio_ffmpeg
 
     if not path.is_file():
         raise FileNotFoundError(f"{path.name} is not in the output")
@@ -269,7 +269,7 @@ def pick_frames(path: Path, frames: int | None) -> list[np.ndarray]:
 
 def thumbnail(frame: np.ndarray, side: int = THUMB_SIDE):
     """The frame as a PIL image whose longer side fits ``side`` (box filter: cheap, and sharp enough)."""
-    from PIL import Image
+    from PIL import Image  # deferred: PIL
 
     image = Image.fromarray(np.ascontiguousarray(frame))
     image.thumbnail((side, side), Image.Resampling.BOX)

@@ -13,7 +13,8 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from ..storage.stores import OutputStore, redact
+from ..storage.errors import redact
+from ..storage.stores import OutputStore
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class ReportRefresher:
         return max(0.0, self.interval_s - (time.monotonic() - self._last))
 
     def _write(self) -> None:
-        from .report import write_report
+        from .report import write_report  # deferred: numpy
 
         try:
             write_report(self.store, started_at=self.started_at)

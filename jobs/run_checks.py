@@ -25,7 +25,7 @@ class RunChecks:
 
     def check_row(self, task, settings: RenderSettings):
         """The row's sampler settings, or ValueError naming what the model or the cache refuses."""
-        from .manifest import sampler_overrides
+        from .manifest import sampler_overrides  # deferred: pyarrow
 
         overrides = sampler_overrides(task, settings)
         if self.model is None:
@@ -41,7 +41,7 @@ class RunChecks:
 
 def check_device(device: str) -> None:
     """Refuse a device this process's torch cannot use, naming what it has."""
-    import torch
+    import torch  # deferred: torch
 
     try:
         parsed = torch.device(device)
@@ -71,8 +71,8 @@ def model_is_visible(settings: RenderSettings) -> bool:
 def check_run(settings: RenderSettings, read_model: bool = False) -> RunChecks:
     """Everything the run as a whole would refuse, raised as ValueError (exit 2); the checks for its rows.
     ``read_model``: read the model's configs wherever it is (the dry run, which exists to check every row)."""
-    from ..cache.policies import POLICY_FOR_CONFIG
-    from ..cache.presets import build_config, resolve_knob
+    from ..cache.policies import POLICY_FOR_CONFIG  # deferred: torch
+    from ..cache.presets import build_config, resolve_knob  # deferred: torch
 
     settings.validate()
     resolve_knob(settings.cache, settings.cache_knob)
@@ -80,7 +80,7 @@ def check_run(settings: RenderSettings, read_model: bool = False) -> RunChecks:
         check_device(settings.device)
     if not read_model and not model_is_visible(settings):
         return RunChecks(None, None)
-    from ..pipelines.model_checks import model_checks
+    from ..pipelines.model_checks import model_checks  # deferred: torch
 
     model = model_checks(settings.model)
     config = build_config(

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checks import check_patch_grid, resolve_settings
 from .denoise import SamplerSettings, check_finite_latents, denoise, initial_noise
+from .memory import available_bytes, check_fits, minimum_video_bytes
 
 CACHE_PROFILE_FILE = "cache_profile.json"
 
@@ -40,15 +42,11 @@ class VideoPipelineMixin:
 
     def check_sizes(self, settings: SamplerSettings) -> None:
         """Refuse sizes the model cannot render; the default checks the transformer's patch grid."""
-        from .checks import check_patch_grid
-
         config = self.transformer.config
         check_patch_grid(settings, tuple(config.patch_size), config.rope_max_seq_len, self.limits)
 
     def minimum_bytes(self, settings: SamplerSettings) -> int:
         """The least memory a video of ``settings`` needs on the execution device (memory.py)."""
-        from .memory import minimum_video_bytes
-
         config = self.transformer.config
         element = next(self.transformer.parameters()).element_size()
         return minimum_video_bytes(
@@ -65,8 +63,6 @@ class VideoPipelineMixin:
     def check_memory(self, settings: SamplerSettings, available: int | None = None) -> None:
         """Refuse (ValueError) a video that cannot fit in ``available`` bytes (default: what the execution device
         has free now); a gang passes the least any of its ranks has, so every rank decides alike."""
-        from .memory import available_bytes, check_fits
-
         device = self.execution_device
         available = available_bytes(device) if available is None else available
         check_fits(
@@ -82,8 +78,6 @@ class VideoPipelineMixin:
         return next(self.transformer.parameters()).device
 
     def settings(self, **overrides) -> SamplerSettings:
-        from .checks import resolve_settings
-
         return resolve_settings(self.defaults, self.check_sizes, overrides)
 
     def default_cache_profile(self) -> Path | None:

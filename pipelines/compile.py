@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from torch._dynamo.utils import counters
 
 from .adapters import adapter_for
 
@@ -39,6 +40,4 @@ def compile_blocks(transformer: torch.nn.Module, backend: str = "inductor", mode
 
 def compiled_graphs() -> int:
     """Graphs torch.compile has built in this process so far (recompilations included)."""
-    from torch._dynamo.utils import counters
-
     return int(counters["stats"]["unique_graphs"])

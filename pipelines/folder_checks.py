@@ -87,15 +87,15 @@ def component_weights(folder: Path, stem: str) -> tuple[dict[str, tuple[int, ...
 
 
 def _meta_model(library: str, class_name: str, config_path: Path):
-    import torch
+    import torch  # deferred: torch
 
     with torch.device("meta"):
         if library == "diffusers":
-            import diffusers
+            import diffusers  # deferred: diffusers
 
             cls = getattr(diffusers, class_name)
             return cls.from_config(cls.load_config(config_path.parent))
-        import transformers
+        import transformers  # deferred: transformers
 
         config = transformers.AutoConfig.from_pretrained(config_path.parent)
         return getattr(transformers, class_name)(config)

@@ -6,6 +6,10 @@ from pathlib import Path
 
 import torch
 
+from .folder_checks import check_wan_index, read_json
+from .model_files import fetch_model
+from .precision import resolve_precision
+
 BUILTIN_MODELS = ("tiny",)
 
 
@@ -13,12 +17,10 @@ def resolve_model_folder(name_or_path: str | Path) -> Path:
     """Map a built-in model name to its bundled folder and an ``s3://`` model to this node's copy (fetched once
     per node); anything else must be an existing folder."""
     if str(name_or_path) == "tiny":
-        from .tiny.weights import BUNDLED_FOLDER
+        from .tiny.weights import BUNDLED_FOLDER  # deferred: diffusers
 
         return BUNDLED_FOLDER
     if str(name_or_path).startswith("s3://"):
-        from .model_files import fetch_model
-
         return fetch_model(str(name_or_path)).path
     folder = Path(name_or_path)
     if not folder.is_dir():
@@ -41,9 +43,7 @@ def load_pipeline(
     (``folder_checks``).  ``dtype``: ``pipelines.precision`` (``auto``: bf16 on CUDA, float32 on the CPU; a Wan
     VAE is float32 always).  ``encode_and_decode=False``: the transformer alone, for gang ranks other than 0 (a
     Wan folder's text encoder and VAE are not loaded).  ``offload_text_encoder``: it waits in host memory."""
-    from .folder_checks import check_wan_index, read_json
-    from .precision import resolve_precision
-    from .wan import WanVideoPipeline, is_wan_folder
+    from .wan import WanVideoPipeline, is_wan_folder  # deferred: numpy
 
     folder = resolve_model_folder(name_or_path)
     if (folder / "model_index.json").exists():  # a diffusers folder: a Wan text-to-video one, or refused by name
@@ -65,8 +65,8 @@ def load_pipeline(
             f"{folder} is neither a ditfarm tiny folder (ditfarm_model.json) nor a diffusers Wan folder "
             "(model_index.json naming WanPipeline)"
         )
-    from .tiny.pipeline import TinyVideoPipeline
-    from .tiny.weights import read_model_card
+    from .tiny.pipeline import TinyVideoPipeline  # deferred: diffusers
+    from .tiny.weights import read_model_card  # deferred: diffusers
 
     kind = read_model_card(folder).get("kind")
     if kind == "tiny":

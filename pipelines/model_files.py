@@ -6,7 +6,8 @@ copied into a node-local cache folder by whichever process gets there first, und
 others wait on the lock and then find the copy complete.  A copy is published by renaming a finished temporary
 folder, so a process killed mid-download never leaves a half folder that a later one would trust.
 
-The endpoint and credentials are boto3's own (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...).
+The copy goes through the storage layer (``storage.stores.download_prefix``): its bounded, retrying client, with
+the endpoint and credentials boto3 finds (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...), and its errors.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..storage.stores import download_prefix
 from ..uris import split_s3_uri
 
 CACHE_ENV = "DITFARM_MODEL_CACHE"
@@ -48,29 +50,10 @@ def fetch_model(uri: str, cache_dir: Path | None = None) -> FetchedModel:
             return FetchedModel(target, downloaded=False)
         staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
         try:
-            count = _download_prefix(bucket, prefix, staging)
+            count = download_prefix(uri, staging)
             if count == 0:
                 raise ValueError(f"model {uri!r} holds no files")
             os.replace(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return FetchedModel(target, downloaded=True)
-
-
-def _download_prefix(bucket: str, prefix: str, dest: Path) -> int:
-    import boto3
-
-    s3 = boto3.client("s3")
-    count = 0
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/" if prefix else ""):
-        for obj in page.get("Contents", []):
-            relative = obj["Key"][len(prefix) :].lstrip("/")
-            if not relative or relative.endswith("/"):
-                continue
-            path = dest / relative
-            if dest.resolve() not in path.resolve().parents:
-                raise ValueError(f"refusing object key {obj['Key']!r}: it leaves the model folder")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, obj["Key"], str(path))
-            count += 1
-    return count

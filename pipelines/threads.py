@@ -35,7 +35,7 @@ def default_threads() -> int:
 
 def set_threads(threads: int | None) -> int:
     """Set torch's intra-op threads to ``threads`` (None: ``default_threads()``); returns the count."""
-    import torch
+    import torch  # deferred: torch
 
     count = threads or default_threads()
     torch.set_num_threads(count)

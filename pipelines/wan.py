@@ -17,7 +17,10 @@ import numpy as np
 import torch
 
 from .base import VideoDefaults, VideoPipelineMixin
+from .cache_card import ModelCacheSettings
+from .checks import WAN_LIMITS, card_limits, check_wan_sizes, wan_vae_factors
 from .denoise import SamplerSettings
+from .folder_checks import check_wan_folder
 from .precision import resolve_precision
 
 WAN_DEFAULTS = SamplerSettings(num_frames=81, height=480, width=832, steps=50, guidance_scale=5.0)
@@ -81,12 +84,8 @@ class WanVideoPipeline(VideoPipelineMixin):
         receive the text embeddings and never decode).  The VAE decodes tiled (diffusers' AutoencoderKLWan
         tiling), so long 720p videos decode beside a large transformer.  ``offload_text_encoder``: the text
         encoder lives in host memory and visits ``device`` only while it encodes."""
-        from diffusers import AutoencoderKLWan, WanPipeline
-        from transformers import UMT5EncoderModel
-
-        from .cache_card import ModelCacheSettings
-        from .checks import WAN_LIMITS, card_limits, wan_vae_factors
-        from .folder_checks import check_wan_folder
+        from diffusers import AutoencoderKLWan, WanPipeline  # deferred: diffusers
+        from transformers import UMT5EncoderModel  # deferred: transformers
 
         folder = Path(folder)
         card = check_wan_folder(folder)
@@ -125,8 +124,6 @@ class WanVideoPipeline(VideoPipelineMixin):
             raise ValueError("prompt is empty")
 
     def check_sizes(self, settings: SamplerSettings) -> None:
-        from .checks import check_wan_sizes
-
         config = self.transformer.config
         check_wan_sizes(settings, *self.vae_factors, tuple(config.patch_size), config.rope_max_seq_len, self.limits)
 
@@ -225,9 +222,14 @@ def make_wan_folder(
     is the config's; the tokenizer only uses its first ids).  ``device`` builds the weights there (fast for
     billions of parameters on a GPU); the transformer and text encoder are saved in ``dtype``, the VAE in
     float32."""
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+    from diffusers import (  # deferred: diffusers
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
+    from tokenizers import Tokenizer, models, pre_tokenizers  # deferred: tokenizers
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel  # deferred: transformers
 
     folder = Path(folder)
     torch.manual_seed(seed)

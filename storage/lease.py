@@ -21,22 +21,17 @@ the documented escape hatch for a lease whose holder is known to be gone.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import logging
 import os
 import socket
 import threading
-import time
-import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 
-from .stores import LocalStore, OutputFull, OutputStore, S3Store, StorageError, describe_s3_error, is_full
-from .waits import waiting_on
+from .errors import StorageError
+from .stores import OutputStore
 
 log = logging.getLogger(__name__)
 
@@ -157,12 +152,6 @@ def ray_job_id() -> str | None:
         return None
 
 
-def _digest(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
-
-
 @dataclass(frozen=True)
 class Seen:
     """The lease object as read: its holder, an opaque version for compare-and-swap, and its age in seconds."""
@@ -176,193 +165,31 @@ class Seen:
         return self.holder.released or self.age_s > self.holder.ttl_s or self.holder.gone()
 
 
-def _storage_errors(method):
-    """A lease file's OSError (a full disk, a read-only folder) as the StorageError the lease's callers handle:
-    a renewal that fails is retried, a run that cannot write its lease stops with exit 5."""
+class LeaseObject:
+    """The lease as the store's conditional object (storage/conditional.py), read as a ``Seen``."""
 
-    @functools.wraps(method)
-    def wrapped(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except OSError as err:
-            reason = err.strerror or str(err)
-            raise (OutputFull if is_full(err) else StorageError)(
-                f"cannot write the lease {self.path}: {reason}"
-            ) from None
-
-    return wrapped
-
-
-class LocalLeaseFile:
-    """The lease as a file: exclusive create, and compare-and-swap under a lock file held for milliseconds."""
-
-    LOCK_STALE_S = 10.0  # a lock file this old was left by a process killed or paused inside the critical section
-
-    def __init__(self, root: Path):
-        self.path = Path(root) / LEASE_NAME
-        self.lock = Path(root) / (LEASE_NAME + ".lock")
+    def __init__(self, store: OutputStore):
+        self.obj = store.conditional(LEASE_NAME)
 
     def where(self) -> str:
-        return str(self.path)
+        return self.obj.where()
 
     def read(self) -> Seen | None:
-        try:
-            data = self.path.read_bytes()
-            age = time.time() - self.path.stat().st_mtime
-        except FileNotFoundError:
-            return None
-        return Seen(Holder.from_bytes(data), _digest(data), max(0.0, age))
-
-    @contextlib.contextmanager
-    def _locked(self):
-        """Hold the lock file for one read-compare-write (milliseconds); yields a check that the lock is still
-        this process's.  A lock older than LOCK_STALE_S is broken (its holder was killed, or paused: a VM pause, a
-        SIGSTOP), so the wait is bounded; a holder that wakes after its lock was broken sees the check fail and
-        writes nothing."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        token = uuid.uuid4().hex.encode()
-        deadline = time.monotonic() + self.LOCK_STALE_S + 5
-        while True:
-            try:
-                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                try:
-                    os.write(fd, token)
-                finally:
-                    os.close(fd)
-                break
-            except FileExistsError:
-                try:
-                    if time.time() - self.lock.stat().st_mtime > self.LOCK_STALE_S:
-                        self.lock.unlink(missing_ok=True)
-                        continue
-                except FileNotFoundError:
-                    continue
-                if time.monotonic() > deadline:
-                    raise StorageError(f"cannot lock {self.lock}: another run keeps it locked") from None
-                time.sleep(0.01)
-
-        def still_mine() -> bool:
-            try:
-                return self.lock.read_bytes() == token
-            except FileNotFoundError:
-                return False
-
-        try:
-            yield still_mine
-        finally:
-            if still_mine():  # never the lock of a run that broke ours
-                self.lock.unlink(missing_ok=True)
-
-    def _write(self, data: bytes) -> str:
-        tmp = self.path.with_name(f".tmp-{uuid.uuid4().hex}-{LEASE_NAME}")
-        tmp.write_bytes(data)
-        os.replace(tmp, self.path)
-        return _digest(data)
-
-    @_storage_errors
-    def create(self, data: bytes) -> str | None:
-        """Write the lease if none exists; its version, or None when one does."""
-        with self._locked() as still_mine:
-            if not still_mine():
-                return None
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                return None
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            return _digest(data)
-
-    @_storage_errors
-    def replace(self, data: bytes, version: str | None) -> str | None:
-        """Write the lease if it is still at ``version`` (None: whatever it is); its new version, or None."""
-        with self._locked() as still_mine:
-            seen = self.read()
-            if version is not None and (seen is None or seen.version != version):
-                return None
-            if not still_mine():  # paused inside past LOCK_STALE_S: another run may have taken over since
-                return None
-            return self._write(data)
-
-    @_storage_errors
-    def delete(self, version: str) -> None:
-        with self._locked() as still_mine:
-            seen = self.read()
-            if seen is not None and seen.version == version and still_mine():
-                self.path.unlink(missing_ok=True)
-
-
-class S3LeaseObject:
-    """The lease as an S3 object: ``If-None-Match: *`` to create, ``If-Match: <etag>`` to renew or take over."""
-
-    def __init__(self, store: S3Store):
-        self.client, self.bucket, self.key = store.client, store.bucket, store._key(LEASE_NAME)
-
-    def _waiting(self, doing: str):
-        """Register a lease call that may stall, for the progress line (waits.py)."""
-        return waiting_on(f"{doing} the lease {self.where()} (endpoint {self.client.meta.endpoint_url})")
-
-    def where(self) -> str:
-        return f"s3://{self.bucket}/{self.key}"
-
-    def read(self) -> Seen | None:
-        from botocore.exceptions import ClientError
-
-        try:
-            with self._waiting("reading"):
-                response = self.client.get_object(Bucket=self.bucket, Key=self.key)
-            data = response["Body"].read()
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None
-            raise StorageError(describe_s3_error(err, "read the lease", self.where())) from None
-        except Exception as err:
-            raise StorageError(describe_s3_error(err, "read the lease", self.where())) from None
-        server_now = response["ResponseMetadata"].get("HTTPHeaders", {}).get("date")
-        now = parsedate_to_datetime(server_now) if server_now else datetime.now(timezone.utc)
-        age = (now - response["LastModified"]).total_seconds()
-        return Seen(Holder.from_bytes(data), response["ETag"], max(0.0, age))
-
-    def _put(self, data: bytes, **condition) -> str | None:
-        from botocore.exceptions import ClientError
-
-        try:
-            with self._waiting("writing"):
-                return self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data, **condition)["ETag"]
-        except ClientError as err:
-            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status in (409, 412) or err.response.get("Error", {}).get("Code") in (
-                "PreconditionFailed",
-                "ConditionalRequestConflict",
-                "NoSuchKey",
-            ):
-                return None  # someone else wrote (or removed) the lease first
-            raise StorageError(describe_s3_error(err, "write the lease", self.where())) from None
-        except Exception as err:
-            raise StorageError(describe_s3_error(err, "write the lease", self.where())) from None
+        snapshot = self.obj.read()
+        return None if snapshot is None else Seen(Holder.from_bytes(snapshot.data), snapshot.version, snapshot.age_s)
 
     def create(self, data: bytes) -> str | None:
-        return self._put(data, IfNoneMatch="*")
+        return self.obj.create(data)
 
     def replace(self, data: bytes, version: str | None) -> str | None:
-        return self._put(data, IfMatch=version) if version is not None else self._put(data)
+        return self.obj.replace(data, version)
 
     def delete(self, version: str) -> None:
-        from botocore.exceptions import ClientError
-
-        try:
-            with self._waiting("removing"):
-                self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=version)
-        except ClientError:
-            pass  # already taken over or gone: nothing of ours to remove
+        self.obj.delete(version)
 
 
-def lease_object(store: OutputStore):
-    if isinstance(store, S3Store):
-        return S3LeaseObject(store)
-    if isinstance(store, LocalStore):
-        return LocalLeaseFile(store.root)
-    raise TypeError(f"no lease for {type(store).__name__}")
+def lease_object(store: OutputStore) -> LeaseObject:
+    return LeaseObject(store)
 
 
 class Lease:

@@ -20,23 +20,34 @@ scrubs any secret that a library might have put into a message anyway.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import io
 import json
+import mimetypes
 import os
 import re
+import shutil
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ..uris import is_s3, split_s3_uri
+from .conditional import ConditionalObject, LocalConditionalFile, S3ConditionalObject
+from .errors import (
+    SECRET_VARIABLES,
+    OutputFull,
+    StorageError,
+    describe_s3_error,
+    is_full,
+)
 from .waits import waiting_on
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -44,31 +55,10 @@ VIDEOS, RESULTS = "videos", "results"
 TEMP_MARK = ".tmp-"  # local temporary files carry this; a run clears stale ones at its start
 PART_PREFIX, FENCE_PREFIX = "part-", "fence-"  # results/ holds parts and the fences of runs that lost the lease
 LOCAL_TEMP_PREFIX = "ditfarm-video-"  # + "<pid>-": a process's temporary folders for S3 uploads, under the temp dir
-SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 
 
-class StorageError(RuntimeError):
-    """The output location (or a manifest's) cannot be read or written: missing bucket, refused access,
-    unreachable endpoint.  The message names the location and the service's reason, never a credential."""
-
-
-class OutputFull(StorageError):
-    """The output's disk (or quota) is full: every later write would fail too, so the run stops (exit 5) once it
-    has written the rows of the videos already stored, using the space it set aside at its start."""
-
-
-FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-FULL_MESSAGES = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))  # as ffmpeg's log and gangs' messages say
 RESERVE_BYTES = 1024 * 1024  # set aside on a local output at the start: room for the last rows and the lease
-
-
-def is_full(err: BaseException | str) -> bool:
-    """Whether a failed write failed because the disk or quota is full (by errno, or by message where the error
-    came through ffmpeg or another process)."""
-    if isinstance(err, OSError) and err.errno in FULL_ERRNOS:
-        return True
-    return any(m in str(err) for m in FULL_MESSAGES)
 
 
 def check_video_id(video_id: object) -> str | None:
@@ -80,15 +70,6 @@ def check_video_id(video_id: object) -> str | None:
     if video_id.startswith(".") or ".." in video_id:
         return "id must not start with '.' or contain '..' (it names the output file)"
     return None
-
-
-def redact(text: str) -> str:
-    """``text`` with the values of secret AWS variables replaced, for anything that is printed or stored."""
-    for name in SECRET_VARIABLES:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
 
 
 # What may travel to remote workers: which store and where the credentials are, never the credentials.  Ray
@@ -151,12 +132,38 @@ def s3_client(probe: bool = False):
 
 @functools.lru_cache(maxsize=8)
 def _cached_client(settings: tuple, timeouts: tuple[int, int, int]):
-    import boto3
-    from botocore.config import Config
+    import boto3  # deferred: boto3
+    from botocore.config import Config  # deferred: botocore
 
     connect, read, attempts = timeouts
     config = Config(retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=connect, read_timeout=read)
     return boto3.session.Session().client("s3", config=config)
+
+
+def download_prefix(uri: str, dest: Path) -> int:
+    """Copy every object under the ``s3://bucket/prefix`` folder into ``dest`` (keys relative to the prefix) with
+    the bounded, retrying client; the number of files.  A key that would land outside ``dest`` is refused."""
+    bucket, prefix = split_s3_uri(uri)
+    client, count = s3_client(), 0
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/" if prefix else "")
+        for page in pages:
+            for obj in page.get("Contents", []):
+                relative = obj["Key"][len(prefix) :].lstrip("/")
+                if not relative or relative.endswith("/"):
+                    continue
+                path = dest / relative
+                if dest.resolve() not in path.resolve().parents:
+                    raise ValueError(f"refusing object key {obj['Key']!r}: it leaves the folder {uri}")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with waiting_on(f"downloading s3://{bucket}/{obj['Key']} (endpoint {client.meta.endpoint_url})"):
+                    client.download_file(bucket, obj["Key"], str(path))
+                count += 1
+    except (ValueError, OSError):
+        raise
+    except Exception as err:
+        raise StorageError(describe_s3_error(err, "download", uri)) from None
+    return count
 
 
 # Answers that no retry or other call can get past, named for what a person must fix.
@@ -177,7 +184,7 @@ def probe_s3(bucket: str, prefix: str, where: str) -> None:
     try:
         client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
     except Exception as err:
-        from botocore.exceptions import ClientError, NoCredentialsError
+        from botocore.exceptions import ClientError, NoCredentialsError  # deferred: botocore
 
         if isinstance(err, NoCredentialsError):
             raise StorageError(describe_s3_error(err, "access", where)) from None
@@ -192,26 +199,6 @@ def probe_s3(bucket: str, prefix: str, where: str) -> None:
             describe_s3_error(err, f"reach {client.meta.endpoint_url} for", where)
             + f" (no answer within {connect + read} s, {attempts} tries)"
         ) from None
-
-
-def describe_s3_error(err: Exception, action: str, where: str) -> str:
-    """A one-line reason for a failed S3 call: the error code and message, or the connection problem."""
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
-
-    if isinstance(err, ClientError):
-        info = err.response.get("Error", {})
-        code, message = info.get("Code", "?"), info.get("Message", "")
-        return redact(f"cannot {action} {where}: {code}" + (f" ({message})" if message else ""))
-    if isinstance(err, EndpointConnectionError):
-        return redact(f"cannot {action} {where}: the S3 endpoint cannot be reached ({err})")
-    if isinstance(err, NoCredentialsError):
-        import socket
-
-        return (
-            f"cannot {action} {where}: no AWS credentials found on {socket.gethostname()} (each node needs its "
-            f"own: its environment, an instance role, or AWS_SHARED_CREDENTIALS_FILE naming an owner-only file)"
-        )
-    return redact(f"cannot {action} {where}: {type(err).__name__}: {err}")
 
 
 @dataclass(frozen=True)
@@ -355,6 +342,11 @@ class OutputStore(ABC):
         return self.location.join(VIDEOS, f"{video_id}.mp4")
 
     @abstractmethod
+    def conditional(self, name: str) -> ConditionalObject:
+        """The file ``name`` at the top of the location as an object that racing runs write by compare-and-swap
+        (the output's lease)."""
+
+    @abstractmethod
     def local_video(self, video_id: str):
         """A context manager giving a local path of ``videos/<id>.mp4`` to read (the file itself, or a temporary
         copy of an object store's, removed after)."""
@@ -362,8 +354,6 @@ class OutputStore(ABC):
     def read_results(self, columns: list[str] | None = None, threads: int = 16) -> list[pa.Table]:
         """Every part, in name order; read concurrently, since a long-lived output holds many small parts and
         each is one request."""
-        from concurrent.futures import ThreadPoolExecutor
-
         names = self.counted_part_names()
         if len(names) <= 1:
             return [self.read_part(name, columns) for name in names]
@@ -404,8 +394,6 @@ def probe_folder(folder: Path, what: str) -> None:
 def clear_local_temp(root: str | os.PathLike | None = None) -> int:
     """Remove the temporary folders that dead processes left under the temp dir (a killed S3 run's encodes, each
     named by the pid that made it); a live process's folders are left alone.  Returns how many were removed."""
-    import shutil
-
     removed = 0
     for path in Path(root or tempfile.gettempdir()).glob(f"{LOCAL_TEMP_PREFIX}*"):
         pid = path.name[len(LOCAL_TEMP_PREFIX) :].split("-", 1)[0]
@@ -503,6 +491,9 @@ class LocalStore(OutputStore):
     def local_video(self, video_id: str):
         yield Path(self.video_uri(video_id))
 
+    def conditional(self, name: str) -> ConditionalObject:
+        return LocalConditionalFile(self.root / _checked_file_name(name))
+
     def video_sizes(self) -> dict[str, int]:
         if not self.videos.is_dir():
             return {}
@@ -581,6 +572,9 @@ class S3Store(OutputStore):
             raise ValueError(f"refusing key {key!r}: it would leave s3://{self.bucket}/{self.prefix}")
         return key
 
+    def conditional(self, name: str) -> ConditionalObject:
+        return S3ConditionalObject(self.client, self.bucket, self._key(_checked_file_name(name)))
+
     @contextlib.contextmanager
     def local_video(self, video_id: str):
         name = _checked_name(video_id)
@@ -649,7 +643,7 @@ class S3Store(OutputStore):
         return next((int(o["Size"]) for o in listed.get("Contents", []) if o["Key"] == key), None)
 
     def _upload(self, path: Path, key: str) -> None:
-        from boto3.s3.transfer import TransferConfig
+        from boto3.s3.transfer import TransferConfig  # deferred: boto3
 
         config = TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD, use_threads=False
@@ -731,8 +725,6 @@ class S3Store(OutputStore):
         return read_parquet_columns(pa.BufferReader(self.read_results_file(name)), columns)
 
     def write_text(self, name: str, text: str) -> str:
-        import mimetypes
-
         key = self._key(_checked_file_name(name))
         kind = mimetypes.guess_type(name)[0] or "text/plain"
         try:  # one PUT: the object is replaced whole
@@ -756,8 +748,7 @@ def arrow_s3_filesystem():
     """pyarrow's S3 filesystem configured as boto3 would be: the same endpoint (``AWS_ENDPOINT_URL``, ...),
     region and credentials (environment, profile, instance role), resolved once through a boto3 session, with
     short connect timeouts so an unreachable endpoint fails in seconds instead of retrying for minutes."""
-    import boto3
-    import pyarrow.fs as pafs
+    import boto3  # deferred: boto3
 
     session = boto3.session.Session()
     client = s3_client()

@@ -196,9 +196,9 @@ def test_a_run_paused_past_its_lease_publishes_nothing_after_it_wakes(tmp_path, 
 
 
 def test_a_lease_lock_held_by_a_paused_process_is_broken_and_its_holder_writes_nothing(tmp_path):
-    from ditfarm.storage.lease import LocalLeaseFile
+    from ditfarm.storage.conditional import LocalConditionalFile
 
-    paused, taker = LocalLeaseFile(tmp_path), LocalLeaseFile(tmp_path)
+    paused, taker = LocalConditionalFile(tmp_path / "lease.json"), LocalConditionalFile(tmp_path / "lease.json")
     paused.LOCK_STALE_S = taker.LOCK_STALE_S = 0.3
     with paused._locked() as still_mine:
         assert still_mine()

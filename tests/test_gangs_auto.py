@@ -4,7 +4,8 @@ import pytest
 import ray
 
 from ditfarm.cluster.gang import GangConfig
-from ditfarm.commands.cli import build_parser, settings_from_args
+from ditfarm.commands.cli import build_parser
+from ditfarm.commands.render import settings_from_args
 from ditfarm.jobs.driver import RenderSettings
 from ditfarm.jobs.gang_renderer import GangRenderer, auto_gang_count
 

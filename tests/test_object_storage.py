@@ -15,7 +15,8 @@ from ditfarm.jobs.driver import RenderSettings, render_manifest
 from ditfarm.jobs.manifest import Manifest, ManifestError, RenderTask, RowProblem
 from ditfarm.jobs.results import read_all_results, read_results
 from ditfarm.pipelines.video_io import read_mp4
-from ditfarm.storage.stores import S3Store, StorageError
+from ditfarm.storage.errors import StorageError
+from ditfarm.storage.stores import S3Store
 
 pytestmark = [pytest.mark.ray, pytest.mark.s3]
 

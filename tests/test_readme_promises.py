@@ -13,8 +13,9 @@ from ditfarm import cache
 from ditfarm.cache.attention_probe import received_attention
 from ditfarm.cache.profile import BlockProfile
 from ditfarm.cluster.local import run_local_gang
-from ditfarm.commands.cli import build_parser, settings_from_args
+from ditfarm.commands.cli import build_parser
 from ditfarm.commands.cli import main as cli
+from ditfarm.commands.render import settings_from_args
 from ditfarm.jobs.driver import LocalRenderer, RenderSettings, render_manifest
 from ditfarm.jobs.results import read_results
 from ditfarm.pipelines.tiny.model_config import TRANSFORMER_CONFIG

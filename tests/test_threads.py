@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from ditfarm.commands.cli import build_parser, settings_from_args
+from ditfarm.commands.cli import build_parser
+from ditfarm.commands.render import settings_from_args
 from ditfarm.jobs.gang_renderer import gang_config
 from ditfarm.types import RenderSettings
 

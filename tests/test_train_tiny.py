@@ -11,7 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ditfarm.tools.train_tiny import main as train
+from ditfarm.commands.cli import main
+
+
+def train(argv: list[str]) -> None:
+    """`ditfarm train-tiny ARGV` in this process."""
+    assert main(["train-tiny", *argv]) == 0
+
 
 pytestmark = [pytest.mark.process]
 
@@ -73,7 +79,7 @@ def test_a_run_killed_between_checkpoints_resumes_to_the_uninterrupted_run(tmp_p
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     train(["--run-dir", str(straight), *args])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ditfarm.tools.train_tiny", "--run-dir", str(killed), *args],
+        [sys.executable, "-m", "ditfarm.commands.cli", "train-tiny", "--run-dir", str(killed), *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -9,17 +9,15 @@
 - direction: the centroid track of each object's pixels, fitted by a line over the frames, must move mostly
   along the named axis, the named way, by at least a few pixels.
 
-``python -m ditfarm.tools.adherence --n 60`` renders held-out prompt/seed pairs (prompts that the
+``ditfarm eval-adherence --n 60`` renders held-out prompt/seed pairs (prompts that the
 training split never contains) and prints the rate at which each attribute is right.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -130,18 +128,9 @@ def judge_ground_truth(cases, frames: int = 8, height: int = 32, width: int = 32
     return out
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="Prompt adherence of a tiny-grammar model on held-out prompts.")
-    p.add_argument("--model", default="tiny")
-    p.add_argument("--n", type=int, default=60)
-    p.add_argument("--seed", type=int, default=12345, help="seed of the case draw")
-    p.add_argument("--two-object-prob", type=float, default=0.0)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--guidance-scale", type=float)
-    p.add_argument("--json", type=Path, help="write the summary and every verdict here")
-    args = p.parse_args(argv)
+def run_command(args) -> int:
 
-    from ..pipelines.loading import load_pipeline
+    from ..pipelines.loading import load_pipeline  # deferred: torch
 
     pipe = load_pipeline(args.model)
     cases = held_out_cases(args.n, args.seed, args.two_object_prob)
@@ -163,7 +152,4 @@ def main(argv=None) -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"summary": summary, "results": [asdict(r) for r in results]}, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+    return 0

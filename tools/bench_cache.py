@@ -20,7 +20,6 @@ plainest rival, the same sampler with fewer steps.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import contextlib
 import io
@@ -33,12 +32,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
 
 from ..cache import disable, enable
 from ..cache.metrics import psnr, ssim
 from ..cache.policies.harmonica import router_beside
 from ..cache.presets import build_config
+from ..cache.profile import CacheProfile
+from ..pipelines.loading import load_pipeline
+from ..pipelines.tiny.scenes import sample_scene_spec
+from .adherence import held_out_cases
 from .pab import enable_pab
+from .settings import BAC_VARIANTS, ERTACACHE_VARIANTS, GRID_FAMILIES
 
 
 @dataclass
@@ -84,8 +89,6 @@ class BlockCounter:
 
 def calibrate_magcache(pipe, prompt: str, seed: int, steps: int, guidance_scale: float) -> list[float]:
     """diffusers' documented MagCache calibration: run with calibrate=True and read the printed ratios (cond)."""
-    from diffusers import MagCacheConfig
-
     clear_caches(pipe)
     pipe.transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=steps))
     printed = io.StringIO()
@@ -115,32 +118,6 @@ def parse_method_filter(text: str | None) -> dict[str, list[float] | None] | Non
     return chosen
 
 
-#: ERTACache's ablation (the paper's Table 3): each family is ``ertacache`` with one more of its parts off
-ERTACACHE_VARIANTS = {
-    "ertacache": "full",
-    "ertacache-offline-dt": "offline+dt",
-    "ertacache-offline": "offline",
-    "ertacache-uniform": "uniform",
-}
-#: BAC's ablation: uniform updates, one ACS schedule for all units, ACS per unit, + bubbling union (``bac``)
-BAC_VARIANTS = {"bac": "full", "bac-blockwise": "blockwise", "bac-unified": "unified", "bac-uniform": "uniform"}
-GRID_FAMILIES = (
-    "bwcache",
-    "profiling",
-    "taylorseer",
-    "adaptive",
-    "adaptive-block",
-    *ERTACACHE_VARIANTS,
-    *BAC_VARIANTS,
-    "harmonica",
-    "pab",
-    "fbcache",
-    "diffusers-taylorseer",
-    "magcache",
-    "fewer-steps",
-)
-
-
 def method_grid(
     pipe,
     steps: int,
@@ -150,8 +127,6 @@ def method_grid(
     quick: bool = False,
     only: dict[str, list[float] | None] | None = None,
 ):
-    from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
-
     def ours(policy, knob):
         if policy == "adaptive-block":  # the adaptive policy deciding per block instead of per step
             config = replace(build_config("adaptive", knob, profile, pipe.cache_settings), granularity="block")
@@ -304,10 +279,10 @@ def target_check(rows: list[Row], ours: str = "adaptive", bar_speedup: float = 1
 
 
 def frontier_plot(rows: list[Row], path) -> None:
-    import matplotlib
+    import matplotlib  # deferred: matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib
 
     fig, ax = plt.subplots(figsize=(9, 6))
     families = list(dict.fromkeys(r.family for r in rows))
@@ -334,31 +309,8 @@ def frontier_plot(rows: list[Row], path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="ditfarm bench cache", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--model", default="tiny")
-    p.add_argument("--json", type=Path, required=True)
-    p.add_argument("--png", type=Path, help="speedup-vs-PSNR frontier (default: next to --json)")
-    p.add_argument("--videos", type=int, default=8, help="held-out prompt/seed pairs")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--guidance-scale", type=float)
-    p.add_argument("--profile", help="cache profile (default: the model's shipped one)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps timings stable on shared CPUs)")
-    p.add_argument("--quick", action="store_true", help="every other knob value only")
-    p.add_argument(
-        "--methods",
-        help="only these families, optionally with knobs: e.g. adaptive:0.1/0.2,magcache "
-        f"(families: {', '.join(GRID_FAMILIES)})",
-    )
-    args = p.parse_args(argv)
+def run_command(args) -> int:
     only = parse_method_filter(args.methods)
-
-    from ..cache.profile import CacheProfile
-    from ..pipelines.loading import load_pipeline
-    from ..pipelines.tiny.scenes import sample_scene_spec
-    from .adherence import held_out_cases
 
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
@@ -423,15 +375,7 @@ def merge_runs(paths: list[Path]) -> tuple[dict, list[Row]]:
     return run, rows
 
 
-def merge_main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="ditfarm bench cache-merge",
-        description="one table, plot and target reading from several `bench cache` runs",
-    )
-    p.add_argument("runs", type=Path, nargs="+", help="JSON files written by `ditfarm bench cache`")
-    p.add_argument("--json", type=Path, required=True)
-    p.add_argument("--png", type=Path)
-    args = p.parse_args(argv)
+def run_merge_command(args) -> int:
     run, rows = merge_runs(args.runs)
     report(run, rows, args.json, args.png)
     return 0

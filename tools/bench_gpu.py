@@ -31,11 +31,15 @@ import math
 import statistics
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..pipelines.attention import apply_attention, choose_attention
+from ..pipelines.denoise import denoise
+from ..pipelines.loading import load_pipeline
 from ..pipelines.wan_configs import TEXT_TOKENS, UMT5_XXL, VAE_STRIDE, WAN21_1_3B, WAN21_14B
 
 POLICY_ROWS = (
@@ -105,7 +109,7 @@ def latent_shape(frames: int, height: int, width: int) -> tuple[int, ...]:
 def random_transformer(config: dict, layers: int, device: torch.device, dtype: torch.dtype):
     """A Wan transformer of ``config`` with ``layers`` blocks, random weights, in ``dtype`` except the modules
     diffusers keeps in float32 for Wan (as ``from_pretrained(dtype=...)`` leaves them)."""
-    from diffusers import WanTransformer3DModel
+    from diffusers import WanTransformer3DModel  # deferred: diffusers
 
     torch.manual_seed(0)
     with torch.device(device):
@@ -119,7 +123,7 @@ def random_transformer(config: dict, layers: int, device: torch.device, dtype: t
 
 
 def scheduler():
-    from diffusers import UniPCMultistepScheduler  # WanPipeline's
+    from diffusers import UniPCMultistepScheduler  # WanPipeline's  # deferred: diffusers
 
     return UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000
@@ -156,8 +160,6 @@ def plain_diffusers_loop(transformer, latents, cond, uncond, steps: int, guidanc
 
 
 def ditfarm_loop(transformer, latents, cond, uncond, steps: int, guidance: float):
-    from ..pipelines.denoise import denoise
-
     sched = scheduler()
     return denoise(transformer, sched, latents, cond, uncond, steps, guidance)
 
@@ -190,13 +192,13 @@ def policy_config(row: str, transformer, steps: int):
     The calibrated policies get calibrations that compute everything and change nothing (ERTACache: nothing reused
     at lambda 0, phi 1; BAC: every unit updates on every step; HarmoniCa: a router sure of every unit), so the row
     times their bookkeeping alone on a model that has no calibration of its own."""
-    import numpy as np
+    import numpy as np  # deferred: numpy
 
-    from ..cache.policies import AdaptiveConfig, HarmoniCaConfig
-    from ..cache.policies.harmonica import Router
-    from ..cache.presets import build_config
-    from ..cache.profile import BACKGROUND, BlockProfile, CacheProfile, model_identity
-    from ..pipelines.adapters import UNIT_ROLES
+    from ..cache.policies import AdaptiveConfig, HarmoniCaConfig  # deferred: diffusers
+    from ..cache.policies.harmonica import Router  # deferred: diffusers
+    from ..cache.presets import build_config  # deferred: diffusers
+    from ..cache.profile import BACKGROUND, BlockProfile, CacheProfile, model_identity  # deferred: diffusers
+    from ..pipelines.adapters import UNIT_ROLES  # deferred: diffusers
 
     name, _, knob = row.partition(":")
     if name == "adaptive-block":
@@ -241,8 +243,7 @@ def step_rows(
 ) -> list[dict]:
     """The rows of one section: plain, none, the unit caches on the eager blocks, compiled, then each other policy
     on the compiled model."""
-    from ..pipelines.attention import apply_attention, choose_attention
-    from ..pipelines.compile import compile_blocks, compiled_graphs
+    from ..pipelines.compile import compile_blocks, compiled_graphs  # deferred: diffusers
 
     gen = torch.Generator().manual_seed(0)
     dtype = transformer.dtype
@@ -300,7 +301,7 @@ def step_rows(
 
 def policy_rows(transformer, policies, prefix: str, add, rows: list[dict], versus: str) -> None:
     """One row per policy at a knob that computes every block, each relative to the row before them."""
-    from ..cache import disable, enable, last_video_stats
+    from ..cache import disable, enable, last_video_stats  # deferred: diffusers
 
     base = rows[-1].get("seconds_per_step")
     for policy in policies:
@@ -321,8 +322,7 @@ def policy_rows(transformer, policies, prefix: str, add, rows: list[dict], versu
 
 def whole_video(shapes: Shapes, device, dtype, args, budget: Budget, log) -> dict:
     """Write a 1.3B-config folder with the real text encoder and VAE configs, load it as a user would, render."""
-    from ..pipelines.loading import load_pipeline
-    from ..pipelines.wan import make_wan_folder
+    from ..pipelines.wan import make_wan_folder  # deferred: numpy
 
     frames, height, width = shapes.video_1_3b
     card = {
@@ -379,7 +379,7 @@ def whole_video(shapes: Shapes, device, dtype, args, budget: Budget, log) -> dic
 
 
 def run(args: argparse.Namespace, log=print) -> dict:
-    device = torch.device(args.device)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     shapes = SMALL if args.small else REAL
     budget = Budget(args.budget_seconds)
@@ -394,7 +394,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
         "sections": {},
     }
     try:
-        import diffusers
+        import diffusers  # deferred: diffusers
 
         result["diffusers"] = diffusers.__version__
     except ImportError:
@@ -410,8 +410,6 @@ def run(args: argparse.Namespace, log=print) -> dict:
         try:
             result["sections"][key] = {"title": title, **fn(), "seconds": time.perf_counter() - start}
         except Exception as err:  # noqa: BLE001 - a section's failure is a finding; the next section still runs
-            import traceback
-
             result["sections"][key] = {
                 "title": title,
                 "skipped": f"failed: {type(err).__name__}: {err}"[:300],
@@ -538,38 +536,10 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="ditfarm bench gpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--steps", type=int, default=3, help="1.3B: timed steps per loop (default 3)")
-    p.add_argument("--repeats", type=int, default=2, help="1.3B: timed loops per row; the median is reported")
-    p.add_argument("--steps14", type=int, default=2, help="14B: timed steps of the one timed loop (default 2)")
-    p.add_argument("--blocks14", type=int, default=4, help="blocks of Wan2.1-14B to build (default 4 of 40)")
-    p.add_argument("--video-steps", type=int, default=4, help="denoising steps of the whole video (default 4)")
-    p.add_argument("--compile-backend", default="inductor")
-    p.add_argument(
-        "--budget-seconds",
-        type=float,
-        default=450.0,
-        help="stop starting new rows after this long (default 450: the whole run stays under 8 min)",
-    )
-    p.add_argument("--reserve-seconds", type=float, default=30.0, help="a row starts only with this much left")
-    p.add_argument("--small", action="store_true", help="tiny shapes (the CPU test)")
-    p.add_argument("--json", type=Path, help="write the result here")
-    return p.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run_command(args) -> int:
     result = run(args)
     print(markdown_table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

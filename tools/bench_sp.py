@@ -11,23 +11,23 @@ The target of the SP issue: speedup at sp = 2 >= 95% of the speedup at sp = 1.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 
+from ..types import RenderSettings
+from .adherence import held_out_cases
+
 
 def _bench_rank(rank: int, world: int, model: str, policy: str, knob, cases, sampler: dict) -> dict:
-    import torch.distributed as dist
+    import torch.distributed as dist  # deferred: torch
 
-    from ..cache import disable, enable, last_video_stats
-    from ..cache.presets import config_for
-    from ..cluster.collectives import make_cache_reduce
-    from ..cluster.gang_rank import RankRenderer
-    from ..types import RenderSettings
+    from ..cache import disable, enable, last_video_stats  # deferred: torch
+    from ..cache.presets import config_for  # deferred: torch
+    from ..cluster.collectives import make_cache_reduce  # deferred: torch
+    from ..cluster.gang_rank import RankRenderer  # deferred: torch
 
     renderer = RankRenderer(rank, world, RenderSettings(model=model, cache="none", collective_timeout_s=600))
     pipe = renderer.pipe
@@ -69,8 +69,8 @@ def _bench_rank(rank: int, world: int, model: str, policy: str, knob, cases, sam
 
 
 def run(model: str, policy: str, knob, cases, sampler: dict, degrees=(1, 2)) -> dict:
-    from ..cache.metrics import psnr
-    from ..cluster.local import run_local_gang
+    from ..cache.metrics import psnr  # deferred: torch
+    from ..cluster.local import run_local_gang  # deferred: torch
 
     per_sp = {}
     for sp in degrees:
@@ -122,23 +122,9 @@ def run(model: str, policy: str, knob, cases, sampler: dict, degrees=(1, 2)) -> 
     }
 
 
-def main(argv=None) -> int:
-    from ..cache.presets import POLICIES, resolve_knob
-    from .adherence import held_out_cases
+def run_command(args) -> int:
+    from ..cache.presets import resolve_knob  # deferred: torch
 
-    p = argparse.ArgumentParser(
-        prog="ditfarm bench sp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--model", default="tiny")
-    p.add_argument("--policy", default="adaptive", choices=[c for c in POLICIES if c != "none"])
-    p.add_argument("--knob", type=float, help="the policy's knob (default: its preset)")
-    p.add_argument("--videos", type=int, default=3)
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--num-frames", type=int, default=16)
-    p.add_argument("--height", type=int, default=64)
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--json", type=Path)
-    args = p.parse_args(argv)
     knob = resolve_knob(args.policy, args.knob)
     cases = [(spec.prompt, seed) for spec, seed in held_out_cases(args.videos, seed=4242)]
     sampler = {"steps": args.steps, "num_frames": args.num_frames, "height": args.height, "width": args.width}

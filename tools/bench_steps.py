@@ -17,15 +17,15 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from diffusers import UniPCMultistepScheduler
 
 from ..cache import disable, enable, last_video_stats
 from ..cache.presets import build_config
+from ..pipelines.denoise import denoise, reset_caches
 from ..pipelines.wan_configs import TEXT_TOKENS, VAE_STRIDE, WAN21_1_3B
-
-DEFAULT_METHODS = "none,bwcache:0,adaptive:0,bwcache:0.15,taylorseer:5,adaptive:0.5"
+from .bench_gpu import random_transformer
 
 
 def latent_shape(frames: int, height: int, width: int) -> tuple[int, ...]:
@@ -50,17 +50,11 @@ def synchronize(device: torch.device) -> None:
 
 
 def build_transformer(layers: int, device: torch.device, dtype: torch.dtype):
-    from .bench_gpu import random_transformer
-
     return random_transformer(WAN21_1_3B, layers, device, dtype)
 
 
 def timed_video(transformer, latents, cond, uncond, steps: int, guidance_scale: float, device) -> float:
     """Seconds for one video's denoising loop (``steps`` scheduler steps, two transformer calls each)."""
-    from diffusers import UniPCMultistepScheduler
-
-    from ..pipelines.denoise import denoise, reset_caches
-
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000
     )
@@ -74,7 +68,8 @@ def timed_video(transformer, latents, cond, uncond, steps: int, guidance_scale: 
 
 
 def run(args: argparse.Namespace, log=print) -> dict:
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, args.dtype)
     methods = [parse_method(m) for m in args.methods.split(",")]
     for policy, knob in methods:
         if policy == "profiling":
@@ -142,33 +137,10 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="ditfarm bench steps", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    p.add_argument("--layers", type=int, default=WAN21_1_3B["num_layers"])
-    p.add_argument("--frames", type=int, default=81)
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--width", type=int, default=832)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--guidance-scale", type=float, default=5.0)
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated POLICY[:KNOB] (default: %(default)s)")
-    p.add_argument("--json", type=Path, help="write the result here")
-    return p.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run_command(args) -> int:
     result = run(args)
     print(markdown_table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -3,33 +3,14 @@ cache profile (the profile's model identity ties both to this model: another mod
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 METHODS = ("ertacache", "bac")
 
 
-def main(argv=None) -> int:
-    from ..cache.profile import CacheProfile
-    from ..pipelines.loading import load_pipeline
-
-    p = argparse.ArgumentParser(prog="ditfarm calibrate", description=__doc__)
-    p.add_argument("method", choices=METHODS)
-    p.add_argument("--model", default="tiny")
-    p.add_argument("--profile", type=Path, help="profile to extend (default: the model's shipped one)")
-    p.add_argument("--out", type=Path, required=True, help="profile JSON to write (the input plus the calibration)")
-    p.add_argument(
-        "--lambdas",
-        default="0.08",
-        help="ertacache: comma-separated reuse thresholds (default 0.08, the paper's for Wan2.1-1.3B)",
-    )
-    p.add_argument("--max-tokens", type=int, default=1024, help="bac: tokens kept per unit output and step")
-    p.add_argument("--prompts", type=Path, help="text file, one prompt per line (default: the profile's own)")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--guidance-scale", type=float)
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
+def run_command(args) -> int:
+    from ..cache.profile import CacheProfile  # deferred: torch
+    from ..pipelines.loading import load_pipeline  # deferred: torch
 
     def fail(message: str) -> int:
         print(f"ditfarm calibrate {args.method}: {message}", file=sys.stderr)
@@ -68,7 +49,7 @@ def main(argv=None) -> int:
             return fail(str(err))
     try:
         if args.method == "ertacache":
-            from .calibrate_ertacache import calibrate_ertacache
+            from .calibrate_ertacache import calibrate_ertacache  # deferred: torch
 
             profile.ertacache = calibrate_ertacache(
                 pipe, prompts, lambdas, seeds=seeds, steps=args.steps, guidance_scale=args.guidance_scale
@@ -76,7 +57,7 @@ def main(argv=None) -> int:
             what = f"ERTACache at lambda {', '.join(f'{x:g}' for x in lambdas)}"
             steps = profile.ertacache["steps"]
         else:
-            from .calibrate_bac import calibrate_bac
+            from .calibrate_bac import calibrate_bac  # deferred: torch
 
             profile.bac = calibrate_bac(
                 pipe,

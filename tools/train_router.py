@@ -29,12 +29,11 @@ iteration costs about three videos; tiny at 30 steps trains in minutes on two CP
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -42,27 +41,16 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
-from ..cache.policies.harmonica import Router
+from ..cache.policies.harmonica import ROUTER_FILE, Router
 from ..cache.profile import model_identity
 from ..cache.units import unit_modules
 from ..pipelines.denoise import initial_noise, reset_caches, transformer_input
+from ..pipelines.loading import load_pipeline
+from ..pipelines.tiny.scenes import sample_scene_spec
+from .settings import RouterTraining
 
 HOOK = "ditfarm_router_training"
 FIXED_LOGIT = 5.0
-
-
-@dataclass
-class RouterTraining:
-    """What a run trains: ``beta`` trades the video's error against cache use (larger: more reuse)."""
-
-    iterations: int = 60
-    beta: float = 0.1
-    lr: float = 0.2
-    tau_train: float = 0.1
-    lambda_every: int = 10
-    lambda_floor: float = 0.1  # of lambda's mean: no step's error is free until the next refresh sees it
-    save_every: int = 5
-    seed: int = 0
 
 
 class _Branch(BaseState):
@@ -360,35 +348,11 @@ class RouterTrainer:
 
 def tiny_training_prompts(n: int = 64, seed: int = 7) -> list[str]:
     """Prompts from tiny's training split (the bench's held-out prompts are never among them)."""
-    from ..pipelines.tiny.scenes import sample_scene_spec
-
     rng = np.random.default_rng(seed)
     return [sample_scene_spec(rng).prompt for _ in range(n)]
 
 
-def main(argv=None) -> int:
-    from ..cache.policies.harmonica import ROUTER_FILE
-    from ..pipelines.loading import load_pipeline
-
-    p = argparse.ArgumentParser(
-        prog="ditfarm train-router", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    defaults = RouterTraining()
-    p.add_argument("--model", default="tiny")
-    p.add_argument("--run-dir", type=Path, default=Path("runs/router"), help="checkpoints; a rerun resumes here")
-    p.add_argument("--out", type=Path, help=f"router to write (default: {ROUTER_FILE} beside the model's profile)")
-    p.add_argument("--prompts", type=Path, help="training prompts, one per line (tiny: its training split)")
-    p.add_argument("--iterations", type=int, default=defaults.iterations)
-    p.add_argument("--beta", type=float, default=defaults.beta, help="cache-use weight: larger reuses more")
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--lambda-every", type=int, default=defaults.lambda_every)
-    p.add_argument("--save-every", type=int, default=defaults.save_every)
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--guidance-scale", type=float)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    args = p.parse_args(argv)
+def run_command(args) -> int:
 
     def fail(message: str) -> int:
         print(f"ditfarm train-router: {message}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Train the built-in ``tiny`` model with rectified flow on synthetic videos, resumably.
 
-    python -m ditfarm.tools.train_tiny --run-dir runs/tiny --steps 16000
+    ditfarm train-tiny --run-dir runs/tiny --steps 16000
 
 The run directory holds ``state.pt`` (model, EMA, optimiser, step; rewritten atomically every
 ``--checkpoint-every`` steps), ``loss.csv`` (one line per logged step) and ``ema/`` (the EMA weights as a model
@@ -71,54 +71,6 @@ def widen_patch_embedding(state: dict, model: WanTransformer3DModel) -> dict:
     return state
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run-dir", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=16000, help="total optimiser steps of the run")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--ema", type=float, default=0.999)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--device", default="cpu", help="torch device to train on (e.g. cuda)")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass (on a GPU)")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        help="data-loader processes rendering the synthetic batches (0: in the training process)",
-    )
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (about 1.5x on CPU)")
-    p.add_argument("--checkpoint-every", type=int, default=200)
-    p.add_argument("--log-every", type=int, default=25)
-    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES)
-    p.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
-    p.add_argument("--width", type=int, default=DEFAULT_WIDTH)
-    p.add_argument("--uncond-prob", type=float, default=0.1)
-    p.add_argument(
-        "--precondition",
-        type=float,
-        default=0.0,
-        metavar="SIGMA_DATA",
-        help="train F of v = skip x + out F(in x) (preconditioning.py) with this data std; 0: predict v",
-    )
-    p.add_argument("--t-mean", type=float, default=0.0, help="location of the logit-normal noise-level draw")
-    p.add_argument(
-        "--init-from",
-        type=Path,
-        help="start a new run from another run's state.pt (weights only; a model trained without the "
-        "position grid gets zero weights for it, so it starts out computing what it did)",
-    )
-    p.add_argument(
-        "--fg-weight",
-        type=float,
-        default=1.0,
-        help="loss weight of foreground pixels relative to background (the shapes are ~8%% of pixels)",
-    )
-    return p.parse_args(argv)
-
-
 def step_batch(step: int, args: argparse.Namespace) -> dict:
     """Everything random about optimiser step ``step``: drawn from generators seeded by (seed, step) alone, so a
     resumed run, a run with data workers and a run on another device all see the same batches."""
@@ -175,8 +127,10 @@ def truncate_log(log_path: Path, step: int) -> None:
     os.replace(tmp, log_path)
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def run_command(args) -> int:
+    for name, default in (("frames", DEFAULT_FRAMES), ("height", DEFAULT_HEIGHT), ("width", DEFAULT_WIDTH)):
+        if getattr(args, name) is None:  # the command leaves the video size to the model's own
+            setattr(args, name, default)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -276,7 +230,4 @@ def main(argv=None) -> None:
         if step % args.checkpoint_every == 0 or step == args.steps:
             checkpoint()
     log_file.close()
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -11,8 +11,9 @@ import time
 import numpy as np
 
 from ..pipelines.video_io import write_mp4
+from ..storage.errors import OutputFull, StorageError
 from ..storage.lease import LeaseFence, LeaseLost
-from ..storage.stores import OutputFull, OutputLocation, OutputStore, StorageError, StoredVideo
+from ..storage.stores import OutputLocation, OutputStore, StoredVideo
 from ..types import RenderSettings
 
 log = logging.getLogger(__name__)

@@ -25,6 +25,13 @@ def checked_settings(
     return settings
 
 
+def encode_text(pipe, clock: PhaseClock, prompt: str, negative_prompt: str, guidance_scale: float, encode=None):
+    """The prompt's (and, under guidance, the negative prompt's) embeddings, timed as the "text" phase;
+    ``encode``: another encoder than the pipeline's own (a gang's rank 0 keeps the original)."""
+    with clock.phase("text"):
+        return (encode or pipe.encode_prompt)(prompt, negative_prompt, guidance_scale)
+
+
 def denoise_video(
     pipe,
     clock: PhaseClock,

@@ -1,0 +1,38 @@
+"""``ditfarm calibrate ertacache|bac``: a caching method's offline calibration on the model itself, into a copy of
+its cache profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..tools import calibrate
+
+METHODS = ("ertacache", "bac")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="`calibrate ertacache|bac`: a caching method's offline calibration, into a cache profile",
+        description="Calibrate ERTACache or BAC on the model itself and write the profile with the calibration "
+        "(the profile's model identity ties both to this model: another model refuses them).",
+    )
+    p.add_argument("method", choices=METHODS)
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--profile", type=Path, help="profile to extend (default: the model's shipped one)")
+    p.add_argument("--out", type=Path, required=True, help="profile JSON to write (the input plus the calibration)")
+    p.add_argument(
+        "--lambdas",
+        default="0.08",
+        help="ertacache: comma-separated reuse thresholds (default 0.08, the paper's for Wan2.1-1.3B)",
+    )
+    p.add_argument("--max-tokens", type=int, default=1024, help="bac: tokens kept per unit output and step")
+    p.add_argument("--prompts", type=Path, help="text file, one prompt per line (default: the profile's own)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--guidance-scale", type=float)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    return calibrate.run_command(args)  # it loads the model and the calibration code when it runs

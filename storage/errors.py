@@ -1,0 +1,59 @@
+"""What goes wrong with storage, said once for every store: the errors a run handles (a location it cannot use, a
+full disk) and messages that name the location and the service's reason, never a credential."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+
+SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+class StorageError(RuntimeError):
+    """The output location (or a manifest's) cannot be read or written: missing bucket, refused access,
+    unreachable endpoint.  The message names the location and the service's reason, never a credential."""
+
+
+class OutputFull(StorageError):
+    """The output's disk (or quota) is full: every later write would fail too, so the run stops (exit 5) once it
+    has written the rows of the videos already stored, using the space it set aside at its start."""
+
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+FULL_MESSAGES = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))  # as ffmpeg's log and gangs' messages say
+
+
+def is_full(err: BaseException | str) -> bool:
+    """Whether a failed write failed because the disk or quota is full (by errno, or by message where the error
+    came through ffmpeg or another process)."""
+    if isinstance(err, OSError) and err.errno in FULL_ERRNOS:
+        return True
+    return any(m in str(err) for m in FULL_MESSAGES)
+
+
+def redact(text: str) -> str:
+    """``text`` with the values of secret AWS variables replaced, for anything that is printed or stored."""
+    for name in SECRET_VARIABLES:
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def describe_s3_error(err: Exception, action: str, where: str) -> str:
+    """A one-line reason for a failed S3 call: the error code and message, or the connection problem."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError  # deferred: botocore
+
+    if isinstance(err, ClientError):
+        info = err.response.get("Error", {})
+        code, message = info.get("Code", "?"), info.get("Message", "")
+        return redact(f"cannot {action} {where}: {code}" + (f" ({message})" if message else ""))
+    if isinstance(err, EndpointConnectionError):
+        return redact(f"cannot {action} {where}: the S3 endpoint cannot be reached ({err})")
+    if isinstance(err, NoCredentialsError):
+        return (
+            f"cannot {action} {where}: no AWS credentials found on {socket.gethostname()} (each node needs its "
+            f"own: its environment, an instance role, or AWS_SHARED_CREDENTIALS_FILE naming an owner-only file)"
+        )
+    return redact(f"cannot {action} {where}: {type(err).__name__}: {err}")
