@@ -10,8 +10,8 @@ the defaults in cache/policies/adaptive.py were chosen (BENCHMARKS.md).
 import os
 import sys
 
+import harness
 import numpy as np
-import torch
 
 import ditfarm
 from ditfarm import cache
@@ -19,7 +19,7 @@ from ditfarm.cache.metrics import psnr
 from ditfarm.cache.profile import CacheProfile
 from ditfarm.tools.adherence import held_out_cases
 
-torch.set_num_threads(1)
+harness.pin_threads(1)
 pipe = ditfarm.load_pipeline("tiny")
 prof = CacheProfile.load(pipe.default_cache_profile())
 

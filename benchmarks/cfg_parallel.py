@@ -11,11 +11,10 @@ prompts; medians.  With ``--policy adaptive`` the cache runs too (its masks must
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
-from pathlib import Path
+
+import harness
 
 PROMPTS = [
     "red circle moving left on blue background",
@@ -42,20 +41,17 @@ def render_rank(rank, world, model, cfg_parallel, policy, prompts, steps):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = harness.parser(__doc__, threads=False)
     p.add_argument("--model", default="tiny")
     p.add_argument("--videos", type=int, default=3)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--policy", default="none")
-    p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-
-    import torch
 
     from ditfarm.cache.metrics import psnr
     from ditfarm.cluster.local import run_local_gang
 
-    torch.set_num_threads(1)
+    harness.pin_threads(1)
     prompts = PROMPTS[: args.videos]
     runs = {"sp1": render_rank(0, 1, args.model, False, args.policy, prompts, args.steps)}
     runs["sp2"] = run_local_gang(render_rank, 2, args.model, False, args.policy, prompts, args.steps, timeout_s=600)[0]
@@ -96,23 +92,17 @@ def main(argv=None) -> int:
         )
     if masks_equal is not None:
         print(f"cfg2 masks equal sp1's: {masks_equal}")
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "model": args.model,
-                    "steps": args.steps,
-                    "policy": args.policy,
-                    "videos": len(prompts),
-                    "rows": rows,
-                    "cfg_masks_equal_sp1": masks_equal,
-                    "torch": torch.__version__,
-                },
-                indent=2,
-                default=float,
-            )
-            + "\n"
-        )
+    harness.write_result(
+        args.json,
+        {
+            "model": args.model,
+            "steps": args.steps,
+            "policy": args.policy,
+            "videos": len(prompts),
+            "rows": rows,
+            "cfg_masks_equal_sp1": masks_equal,
+        },
+    )
     return 0
 
 

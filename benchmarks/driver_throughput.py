@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import queue
 import subprocess
 import sys
@@ -43,16 +42,14 @@ import time
 import tracemalloc
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date
 from pathlib import Path
 
+import harness
 import numpy as np
 import pyarrow as pa
+from harness import HERE
+from storage_overhead import PROMPTS, put_table, start_s3
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from storage_overhead import PROMPTS, put_table, start_s3  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
 MODES = ("inproc/answer", "inproc/put", "inproc+ray/answer", "inproc+ray/put", "ray/answer", "ray/put")
 
 
@@ -157,39 +154,6 @@ class RayRenderer:
             ray.kill(a)
 
 
-class CpuMeter:
-    """CPU seconds over an interval: this process (the driver: every thread), named other processes (the moto
-    server, the actors) and the whole machine (every process, anyone's)."""
-
-    def __init__(self, pids: dict[str, list[int]]):
-        import psutil
-
-        self.procs = {name: [psutil.Process(p) for p in ps] for name, ps in pids.items()}
-        self.procs["driver process"] = [psutil.Process()]
-        self.start = self._read()
-
-    def _read(self) -> dict[str, float]:
-        import psutil
-
-        out = {}
-        for name, procs in self.procs.items():
-            total = 0.0
-            for p in procs:
-                try:
-                    t = p.cpu_times()
-                    total += t.user + t.system
-                except psutil.Error:
-                    pass
-            out[name] = total
-        t = psutil.cpu_times()
-        out["machine (all processes)"] = t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
-        return out
-
-    def per_video_ms(self, videos: int) -> dict[str, float]:
-        end = self._read()
-        return {k: round(1000 * (end[k] - self.start[k]) / videos, 2) for k in end}
-
-
 def run_job(manifest: str, out: str, renderer, settings, progress: bool) -> dict:
     """One whole job: construction (lease, listing) to the end of iteration (last flush, report.html)."""
     from ditfarm.jobs.driver import manifest_job
@@ -254,7 +218,7 @@ def throughput(s3, args, video: bytes, server_pid: int | None) -> list[dict]:
         pids = {"moto server": [server_pid] if server_pid else []}
         if kind == "ray":
             pids["actors"] = renderer.pids()
-        cpu = CpuMeter(pids)
+        cpu = harness.CpuMeter({"driver process": [os.getpid()], **pids})
         row = {
             "mode": mode,
             "videos": args.videos,
@@ -526,7 +490,7 @@ def parts_per_day(flush_every: int, flush_seconds: float, rates: list[float]) ->
 
 
 def save(path: Path, result: dict) -> None:
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    harness.write_result(path, result)
 
 
 def put_cost(video: bytes, calls: int) -> list[dict]:
@@ -565,17 +529,8 @@ def put_cost(video: bytes, calls: int) -> list[dict]:
     return out
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = cpu
-    return f"{os.cpu_count()} cores ({model}), {platform.machine()}, Python {platform.python_version()}"
-
-
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__, threads=False, json_default=HERE / "driver-throughput.json")
     parser.add_argument("--videos", type=int, default=5000)
     parser.add_argument(
         "--capacity",
@@ -591,7 +546,6 @@ def main(argv=None) -> int:
     parser.add_argument("--profile-mode", default="ray/put", choices=MODES)
     parser.add_argument("--progress", action="store_true", help="the driver's plain progress lines on stderr")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--json", type=Path, default=HERE / "driver-throughput.json")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if not (args.child and "AWS_ENDPOINT_URL" in os.environ):
@@ -604,8 +558,6 @@ def main(argv=None) -> int:
     try:
         video = small_mp4()
         result = {
-            "date": str(date.today()),
-            "machine": machine(),
             "mp4_bytes": len(video),
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
             "settings": {"flush_every": 32, "flush_seconds": 60.0, "capacity": capacities(args)},
@@ -615,7 +567,7 @@ def main(argv=None) -> int:
 
         ray.shutdown()  # what follows needs no Ray (a `ray stop` elsewhere on the machine cannot end it)
         if args.child:
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
+            save(args.json, result)
             return 0
         print(
             f"\nDriver throughput, {args.videos} videos, results to moto S3 "

@@ -8,15 +8,12 @@ no cache and each policy at the knob that computes every block, and reports medi
 one cached video and reports the share of time spent in the engine's own functions (cache/engine.py).
 """
 
-import argparse
 import cProfile
-import json
 import pstats
 import statistics
 import time
-from pathlib import Path
 
-import torch
+import harness
 
 import ditfarm
 from ditfarm import cache
@@ -30,12 +27,10 @@ CONFIGS = {
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = harness.parser(__doc__)
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", type=Path)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    harness.pin_threads(args.threads)
     pipe = ditfarm.load_pipeline("tiny")
 
     def video_seconds() -> float:
@@ -67,24 +62,23 @@ def main() -> None:
     total = sum(tt for (_, _, tt, _, _) in stats.values())
     engine = sum(tt for (file, _, _), (_, _, tt, _, _) in stats.items() if file.endswith("cache/engine.py"))
 
-    print("| method | median s/video | overhead vs none |\n|---|---|---|")
-    for r in rows:
-        print(f"| {r['method']} | {r['median_seconds']:.3f} | {r['overhead']:+.1%} |")
-    print(f"engine functions' own time in a profiled adaptive video: {engine / total:.1%}")
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "repeats": args.repeats,
-                    "threads": args.threads,
-                    "rows": rows,
-                    "engine_self_time_share": engine / total,
-                    "all_seconds": times,
-                },
-                indent=2,
-            )
-            + "\n"
+    print(
+        harness.markdown_table(
+            ["method", "median s/video", "overhead vs none"],
+            [[r["method"], f"{r['median_seconds']:.3f}", f"{r['overhead']:+.1%}"] for r in rows],
         )
+    )
+    print(f"engine functions' own time in a profiled adaptive video: {engine / total:.1%}")
+    harness.write_result(
+        args.json,
+        {
+            "repeats": args.repeats,
+            "threads": args.threads,
+            "rows": rows,
+            "engine_self_time_share": engine / total,
+            "all_seconds": times,
+        },
+    )
 
 
 if __name__ == "__main__":

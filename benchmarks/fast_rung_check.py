@@ -7,8 +7,8 @@
 
 import sys
 
+import harness
 import numpy as np
-import torch
 
 import ditfarm
 from ditfarm import cache
@@ -16,7 +16,7 @@ from ditfarm.cache.metrics import psnr
 from ditfarm.cache.policies import AdaptiveConfig
 from ditfarm.tools.adherence import held_out_cases
 
-torch.set_num_threads(1)
+harness.pin_threads(1)
 pipe = ditfarm.load_pipeline("tiny")
 seed = int(sys.argv[1])
 cases = [(s.prompt, sd) for s, sd in held_out_cases(4, seed=seed)]

@@ -15,11 +15,8 @@ TaylorSeer's first-order series).  PSNR is against the uncached video.  This is 
 from (cache/policies/adaptive.py; tuned on cases seed 777, which the bench (seed 4242) does not use).
 """
 
-import argparse
-import json
-
+import harness
 import numpy as np
-import torch
 
 import ditfarm
 from ditfarm import cache
@@ -60,15 +57,14 @@ class FixedSchedule(CachePolicy):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = harness.parser(__doc__, threads=False)
     p.add_argument("--cases-seed", type=int, default=777)
     p.add_argument("--videos", type=int, default=4)
     p.add_argument("--dampings", default="0,0.4,1")
     p.add_argument("--single-skips", action="store_true", help="skip one step at a time instead")
     p.add_argument("--fast", action="store_true", help="schedules of 5-7 computed steps instead")
-    p.add_argument("--json")
     args = p.parse_args()
-    torch.set_num_threads(1)
+    harness.pin_threads(1)
     pipe = ditfarm.load_pipeline("tiny")
     cases = [(s.prompt, seed) for s, seed in held_out_cases(args.videos, seed=args.cases_seed)]
     refs = {c: pipe.generate(c[0], seed=c[1]) for c in cases}
@@ -96,9 +92,7 @@ def main():
                 }
             )
             print(f"| {name} | {len(steps)} | {damping:g} | {np.mean(scores):.2f} |", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"cases_seed": args.cases_seed, "steps": 30, "rows": rows}, f, indent=1)
+    harness.write_result(args.json, {"cases_seed": args.cases_seed, "steps": 30, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -21,22 +21,20 @@ ratio.  ``--local`` adds the same N videos on LocalRenderer in this process (no 
 
 from __future__ import annotations
 
-import argparse
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch or Ray: every worker inherits it
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
+import harness  # noqa: E402
+from harness import HERE  # noqa: E402
+
 PROMPTS = [
     "red circle moving left on blue background",
     "white square moving up on green gradient background",
@@ -69,34 +67,6 @@ def probe_actor(member) -> dict:
         }
 
     return ray.get(member.__ray_call__.remote(probe))
-
-
-class Cpu:
-    """CPU seconds of processes (with their children, e.g. ffmpeg) and of the whole machine over an interval."""
-
-    def __init__(self, pids: dict[str, int]):
-        import psutil
-
-        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
-        self.start = self.read()
-
-    def read(self) -> dict[str, float]:
-        import psutil
-
-        out = {}
-        for name, p in self.procs.items():
-            try:
-                t = p.cpu_times()
-                out[name] = t.user + t.system + t.children_user + t.children_system
-            except psutil.Error:
-                out[name] = float("nan")
-        t = psutil.cpu_times()
-        out["machine"] = t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
-        return out
-
-    def cores(self, seconds: float) -> dict[str, float]:
-        end = self.read()
-        return {k: round((end[k] - self.start[k]) / seconds, 2) for k in end}
 
 
 def timed_job(job_tasks, out: Path, settings, renderer) -> dict:
@@ -138,7 +108,7 @@ def gangs_run(gangs: int, args, root: Path) -> dict:
         timed_job(tasks(f"warm{gangs}-", gangs), root / f"warm-{gangs}", settings, renderer)  # one per gang
         warm = dict(zip(renderer.pool.videos_by_gang, renderer.videos_per_gang))
         pids = {f"actor {i}": p["pid"] for i, p in enumerate(probes)}
-        cpu = Cpu({**pids, "driver process": os.getpid()})
+        cpu = harness.CpuMeter({**{k: [v] for k, v in pids.items()}, "driver process": [os.getpid()]}, children=True)
         result = timed_job(tasks("v", args.videos), root / f"out-{gangs}", settings, renderer)
         used = cpu.cores(result["whole_s"])
         by_gang = [n - warm.get(name, 0) for name, n in renderer.pool.videos_by_gang.items()]
@@ -165,7 +135,7 @@ def local_run(args, root: Path) -> dict:
     settings = RenderSettings(model=args.model, steps=args.steps, gangs=0, overlap=args.overlap)
     renderer = LocalRenderer(settings)
     timed_job(tasks("warm0-", 1), root / "warm-local", settings, renderer)
-    cpu = Cpu({"driver process": os.getpid()})
+    cpu = harness.CpuMeter({"driver process": [os.getpid()]}, children=True)
     result = timed_job(tasks("v", args.videos), root / "out-local", settings, renderer)
     return {
         "gangs": 0,
@@ -175,16 +145,8 @@ def local_run(args, root: Path) -> dict:
     }
 
 
-def machine() -> str:
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"{os.cpu_count()} cores ({model}), {platform.machine()}, Python {platform.python_version()}"
-
-
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__, threads=False, json_default=HERE / "gang-scaling.json")
     parser.add_argument("--videos", type=int, default=16)
     parser.add_argument("--gangs", default="1,2", help="comma-separated gang counts")
     parser.add_argument("--model", default="tiny")
@@ -197,7 +159,6 @@ def main(argv=None) -> int:
         help="one video per gang at a time (the default keeps two in flight)",
     )
     parser.add_argument("--local", action="store_true", help="also the same videos on LocalRenderer, no Ray")
-    parser.add_argument("--json", type=Path, default=HERE / "gang-scaling.json")
     args = parser.parse_args(argv)
     import ray
 
@@ -209,8 +170,6 @@ def main(argv=None) -> int:
     )
     counts = [int(g) for g in args.gangs.split(",")]
     result = {
-        "date": str(date.today()),
-        "machine": machine(),
         "ray_num_cpus": args.num_cpus,
         "model": args.model,
         "steps": args.steps,
@@ -249,7 +208,7 @@ def main(argv=None) -> int:
         print(
             f"| {r['gangs'] or 'local'} | {r['videos_per_min']} | {r['videos_per_min_whole']} | "
             f"{r['wall_s_per_video']} | {r.get('gang_s_per_video', '-')} | {r['row_seconds_median']} | "
-            f"{r.get('videos_per_gang', '-')} | {actors}, {c['driver process']}, {c['machine']} | "
+            f"{r.get('videos_per_gang', '-')} | {actors}, {c['driver process']}, {c[harness.CpuMeter.MACHINE]} | "
             f"{r.get('start_s', '-')} s |"
         )
     if "ratio_2_over_1" in result:
@@ -263,7 +222,7 @@ def main(argv=None) -> int:
                 f"{a['torch_interop_threads']}, OMP_NUM_THREADS={a['OMP_NUM_THREADS']}, "
                 f"affinity {a['affinity_cpus']} CPUs"
             )
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    harness.write_result(args.json, result)
     return 0
 
 

@@ -13,8 +13,6 @@ of the loop-only speedup.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import sys
@@ -23,6 +21,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+import harness
 import numpy as np
 
 
@@ -48,13 +47,12 @@ def run_job(renderer, prompts, settings, out: Path) -> tuple[float, float, list[
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__, threads=False, json_default=harness.HERE / "io-overlap.json")
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--videos", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2, help="repeat every configuration; the best round counts")
     parser.add_argument("--cache", default="adaptive")
     parser.add_argument("--knob", type=float, default=None)
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/io-overlap.json"))
     args = parser.parse_args(argv)
 
     from ditfarm.jobs.driver import LocalRenderer, RenderSettings
@@ -125,7 +123,7 @@ def main(argv=None) -> int:
         "target": "with overlap, job speedup >= 95% of the loop-only speedup",
         "met": summary["overlap"]["fraction_of_loop_speedup"] >= 0.95,
     }
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    harness.write_result(args.json, result)
     print(f"wrote {args.json}; target met: {result['met']}")
     return 0
 

@@ -3,14 +3,12 @@
 python benchmarks/schedule_check.py --cases-seeds 31337,2024 --json benchmarks/schedule-check-31337-2024.jsonl
 """
 
-import argparse
-import json
 import sys
 
 import numpy as np
-import torch
 
 sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.abspath(__file__)))
+import harness
 from forecast_schedules import FixedSchedule
 from schedule_search import run_rule
 
@@ -19,15 +17,17 @@ from ditfarm import cache
 from ditfarm.cache.metrics import psnr
 from ditfarm.tools.adherence import held_out_cases
 
-torch.set_num_threads(1)
+harness.pin_threads(1)
 pipe = ditfarm.load_pipeline("tiny")
 
-ap = argparse.ArgumentParser(
-    description="Candidate 12-14-step schedules on more held-out tiny videos (4 per cases seed), damped forecast 0.4."
+ap = harness.parser(
+    "Candidate 12-14-step schedules on more held-out tiny videos (4 per cases seed), damped forecast 0.4.",
+    threads=False,
 )
 ap.add_argument("--cases-seeds", default="31337,2024")
-ap.add_argument("--json", required=True)
 args = ap.parse_args()
+if args.json is None:
+    ap.error("--json is required")
 seeds = [int(x) for x in args.cases_seeds.split(",")]
 cases = [(s.prompt, seed) for S in seeds for s, seed in held_out_cases(4, seed=S)]
 refs = {c: pipe.generate(c[0], seed=c[1]) for c in cases}
@@ -46,7 +46,7 @@ cands = {
     "12 (6,1,2,3)": run_rule(30, 6, 1, 2, 3),
     "12 (5,1,0.5,4)": run_rule(30, 5, 1, 0.5, 4),
 }
-out = open(args.json, "w")
+args.json.unlink(missing_ok=True)  # JSON lines, one per schedule as it finishes
 for name, steps in cands.items():
     engine = cache.CacheEngine(pipe.transformer, FixedSchedule(steps, 0.4))
     engine.attach()
@@ -55,7 +55,6 @@ for name, steps in cands.items():
     finally:
         engine.detach()
     print(f"{name:18s} {len(steps)} {np.mean(scores):6.2f}  {' '.join(f'{x:.1f}' for x in scores)}", flush=True)
-    out.write(
-        json.dumps({"name": name, "steps": list(steps), "psnr": float(np.mean(scores)), "per_video": scores}) + "\n"
+    harness.append_line(
+        args.json, {"name": name, "steps": list(steps), "psnr": float(np.mean(scores)), "per_video": scores}
     )
-    out.flush()

@@ -11,14 +11,12 @@ video against the uncached one); time follows the computed count (BENCHMARKS.md)
 GPU.  Results stream to the JSON-lines file, one schedule per line, so a cut-off run keeps what it did.
 """
 
-import argparse
 import itertools
-import json
 import random
 import time
 
+import harness
 import numpy as np
-import torch
 from forecast_schedules import FixedSchedule
 
 import ditfarm
@@ -55,7 +53,7 @@ def family(num_steps: int, max_count: int) -> dict[tuple[int, ...], tuple]:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = harness.parser(__doc__, threads=False)
     p.add_argument("--cases-seed", type=int, default=777)
     p.add_argument("--videos", type=int, default=4)
     p.add_argument("--device", default="cpu")
@@ -63,10 +61,11 @@ def main():
     p.add_argument("--max-count", type=int, default=16, help="only schedules computing at most this many steps")
     p.add_argument("--offset", type=int, default=0, help="skip this many schedules (to resume a cut-off run)")
     p.add_argument("--limit", type=int, default=0, help="evaluate at most this many schedules (0: all)")
-    p.add_argument("--json", required=True, help="JSON-lines output")
     args = p.parse_args()
+    if args.json is None:
+        p.error("--json (the JSON-lines output) is required")
     if args.device == "cpu":
-        torch.set_num_threads(1)
+        harness.pin_threads(1)
     pipe = ditfarm.load_pipeline("tiny", device=args.device)
     cases = [(s.prompt, seed) for s, seed in held_out_cases(args.videos, seed=args.cases_seed)]
     refs = {c: pipe.generate(c[0], seed=c[1]) for c in cases}
@@ -75,25 +74,24 @@ def main():
     schedules = schedules[args.offset : args.offset + args.limit if args.limit else None]
     print(f"{len(schedules)} schedules x {len(cases)} videos", flush=True)
     start = time.time()
-    with open(args.json, "w") as out:
-        for steps, rule in schedules:
-            engine = cache.CacheEngine(pipe.transformer, FixedSchedule(steps, args.damping))
-            engine.attach()
-            try:
-                scores = [psnr(refs[c], pipe.generate(c[0], seed=c[1])) for c in cases]
-            finally:
-                engine.detach()
-            row = {
-                "count": len(steps),
-                "steps": list(steps),
-                "rule": dict(zip(("warm", "first", "growth", "max_run"), rule)),
-                "damping": args.damping,
-                "cases_seed": args.cases_seed,
-                "psnr": float(np.mean(scores)),
-                "per_video": [float(s) for s in scores],
-            }
-            out.write(json.dumps(row) + "\n")
-            out.flush()
+    args.json.unlink(missing_ok=True)  # JSON lines, one per schedule as it finishes
+    for steps, rule in schedules:
+        engine = cache.CacheEngine(pipe.transformer, FixedSchedule(steps, args.damping))
+        engine.attach()
+        try:
+            scores = [psnr(refs[c], pipe.generate(c[0], seed=c[1])) for c in cases]
+        finally:
+            engine.detach()
+        row = {
+            "count": len(steps),
+            "steps": list(steps),
+            "rule": dict(zip(("warm", "first", "growth", "max_run"), rule)),
+            "damping": args.damping,
+            "cases_seed": args.cases_seed,
+            "psnr": float(np.mean(scores)),
+            "per_video": [float(s) for s in scores],
+        }
+        harness.append_line(args.json, row)
     print(f"done in {time.time() - start:.0f} s", flush=True)
 
 

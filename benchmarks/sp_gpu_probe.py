@@ -1,6 +1,6 @@
 """Sequence parallelism on one GPU: what a one-GPU machine can check of the multi-GPU path.
 
-    python benchmarks/sp_gpu_probe.py benchmarks/sp-gpu-probe-h100.json
+    python benchmarks/sp_gpu_probe.py --json benchmarks/sp-gpu-probe-h100.json
 
 1. NCCL (one rank): the cache's fixed-point reduce and the prompt broadcast accept CPU inputs (the engine's sums
    can sit on the CPU; NCCL takes CUDA tensors only).
@@ -10,11 +10,11 @@
 Ring attention cannot be checked this way: gloo has no point-to-point send of CUDA tensors.
 """
 
-import json
 import os
-import sys
 import time
+from pathlib import Path
 
+import harness
 import torch
 
 PROMPT = "red circle moving left on blue background"
@@ -69,6 +69,7 @@ def nccl_cpu_inputs(rank, world):
 
 
 if __name__ == "__main__":
+    args = harness.parser(__doc__, threads=False, json_default=Path("sp-gpu-probe.json")).parse_args()
     import torch.distributed as dist
 
     from ditfarm.cache.metrics import psnr
@@ -108,4 +109,4 @@ if __name__ == "__main__":
         except Exception as e:
             res[f"render {policy}"] = f"ERROR {str(e)[:600]}"
         print(policy, res[f"render {policy}"], flush=True)
-    json.dump(res, open(sys.argv[1] if len(sys.argv) > 1 else "sp-gpu-probe.json", "w"), indent=1, default=str)
+    harness.write_result(args.json, res)

@@ -13,19 +13,16 @@
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
+import harness
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -228,20 +225,17 @@ def dry_run_child(manifest: str, out: str) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__, threads=False)
     parser.add_argument("--videos", type=int, default=16)
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's, 30)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating render-only / whole-job rounds")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--encode", default="81x480x832", help="FRAMESxHEIGHTxWIDTH of the full-size encode check")
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     server, s3 = start_s3()
     try:
         result = {
-            "date": str(date.today()),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU",
             "overhead": overhead(s3, args.videos, args.steps, args.rounds),
             "dry_run": [],
         }
@@ -277,8 +271,7 @@ def main(argv=None) -> int:
         print(
             f"| {e['frames']} x {e['height']} x {e['width']} | {e['raw_mib']} MiB | {e['mp4_mib']} MiB | {e['encode_s']} s |"
         )
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        harness.write_result(args.json, result)
     finally:
         server.terminate()
         server.wait()

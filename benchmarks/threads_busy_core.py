@@ -11,16 +11,14 @@ reports each wall time.  The check: the default within 1.3x of `--threads 1`.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
+
+import harness
 
 ROOT = Path(__file__).resolve().parents[1]
 SPIN = "import os, sys; os.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True: pass"
@@ -49,10 +47,9 @@ def render_seconds(extra: list[str], steps: int | None) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, threads=False)
     parser.add_argument("--rounds", type=int, default=2, help="the fastest of this many runs per configuration")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     cores = sorted(os.sched_getaffinity(0))
     spinner = subprocess.Popen([sys.executable, "-c", SPIN, str(cores[-1])])
@@ -69,8 +66,6 @@ def main() -> int:
         spinner.kill()
     ratio = seconds["default"] / seconds["--threads 1"]
     result = {
-        "date": date.today().isoformat(),
-        "machine": f"{len(cores)} cores, {platform.machine()}, Python {platform.python_version()}",
         "busy_core": cores[-1],
         "steps": args.steps or "model default",
         "rounds": args.rounds,
@@ -83,8 +78,7 @@ def main() -> int:
     for name, value in seconds.items():
         print(f"| {name} | {value:.1f} |")
     print(f"default / --threads 1 = {ratio:.2f} (target <= 1.3: {'met' if ratio <= 1.3 else 'NOT met'})")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    harness.write_result(args.json, result)
     return 0
 
 

@@ -8,8 +8,7 @@
     python benchmarks/tiny_direction_probe.py [--model tiny|FOLDER]
 """
 
-import argparse
-
+import harness
 import numpy as np
 import torch
 
@@ -66,9 +65,9 @@ def model_gap(model: str) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__)
     parser.add_argument("--model", default="tiny")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    harness.pin_threads(args.threads)
     prior_gain()
     model_gap(args.model)

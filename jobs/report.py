@@ -68,7 +68,7 @@ class Summary:
     failures: list[dict]  # latest failed rows, newest first, at most MAX_FAILURES
     ok_rows: pa.Table  # latest ok rows (id, seed, seconds, skipped_fraction, frames), sorted by id
     throughput: Throughput | None = None
-    untimed_rows: int = 0  # rows without finished_at (parts written before it existed)
+    untimed_rows: int = 0  # rows without a finish time: they have no place on the time axis
     earlier_rows: int = 0  # rows finished before started_at (earlier runs)
     duplicates: int = 0  # manifest rows whose id an earlier row has (each recorded once)
     generated_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
@@ -544,7 +544,7 @@ def totals_html(s: Summary) -> str:
 def throughput_html(s: Summary) -> str:
     notes = []
     if s.untimed_rows:
-        notes.append(f"{s.untimed_rows:,} rows have no finished_at (written by an older version) and are not shown.")
+        notes.append(f"{s.untimed_rows:,} rows have no finished_at and are not shown.")
     if s.earlier_rows:
         notes.append(f"{s.earlier_rows:,} rows finished before this run started and are not shown.")
     if s.throughput is None:

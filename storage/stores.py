@@ -126,7 +126,7 @@ PROBE_TIMEOUTS = (3, 5, 2)  # the start-up probe: an endpoint that does not answ
 def s3_client(probe: bool = False):
     """A boto3 S3 client with connect and read timeouts and standard retries (transient errors are retried with
     backoff); ``probe``: the start-up check's, whose short timeouts refuse a silent endpoint in seconds.  One per
-    process, kind and set of AWS_* settings: clients are thread-safe and cost ~50 ms each to build."""
+    process, kind and set of AWS_* settings: clients are thread-safe and slow to build."""
     return _cached_client(tuple(sorted(storage_env().items())), PROBE_TIMEOUTS if probe else CALL_TIMEOUTS)
 
 

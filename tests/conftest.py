@@ -14,6 +14,12 @@ def pytest_collection_modifyitems(config, items):
     untiered = [item.nodeid for item in items if not any(item.get_closest_marker(tier) for tier in TIERS)]
     if untiered:
         raise pytest.UsageError(f"tests without a tier marker ({', '.join(TIERS)}): {', '.join(untiered[:10])}")
+    # The suite runs on two pytest-xdist workers (pyproject.toml); every test that starts or joins a Ray cluster
+    # runs on the same one, one after another, as they would alone: Ray finds a cluster already running on the
+    # machine, and two at once would meet.
+    for item in items:
+        if item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 class OutsideUnitTier(AssertionError):

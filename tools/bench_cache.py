@@ -157,7 +157,7 @@ def method_grid(
         "bac-blockwise": [0.5, 0.33],
         "bac-unified": [0.5, 0.33],
         "bac-uniform": [0.5, 0.33],
-        "harmonica": [0.01, 0.03, 0.1, 0.3, 0.9],  # the router threshold tau: 52% to 9% of tiny's units
+        "harmonica": [0.01, 0.03, 0.1, 0.3, 0.9],  # the router threshold tau: from most of tiny's units computed to few
         "pab": [2, 3, 4, 5, 6],
         "fbcache": [0.02, 0.05, 0.08, 0.12, 0.2],
         "diffusers-taylorseer": [2, 3, 4, 5],

@@ -6,7 +6,7 @@ see the same machine load.  Reported per sp: seconds per video, the policy's spe
 of block computations that ran, the decision collective (calls per denoising step after the first, and bytes per
 call, counted at the reduce), the per-rank peak cache memory, and PSNR of every video against sp = 1's uncached one.
 
-The target of the SP issue: speedup at sp = 2 >= 95% of the speedup at sp = 1.
+The target: the speedup at sp = 2 is at least 95% of the speedup at sp = 1.
 """
 
 from __future__ import annotations

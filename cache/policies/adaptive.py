@@ -30,13 +30,13 @@ Two granularities share that machinery (``granularity``):
   That is MagCache's accumulated-error rule with two changes: the error is measured on this very video rather
   than calibrated once per model (ERTACache's point), and its rise and fall over the schedule comes from the
   profile.  The run limits follow the budget's rung of a searched ladder (below).  Where a run sits matters as
-  much as the forecast: on tiny, errors made early cost the most (benchmarks/single-skips-777.json: skipping only
-  step 1 or 2 of 30 leaves 23-26 dB, only one of steps 7-10 about 48 dB, only a middle step 65-69 dB).
+  much as the forecast: on tiny, errors made early cost the most, a skipped middle step the least (BENCHMARKS.md,
+  single skipped steps).
 
-The forecast.  TaylorSeer's full first-order extrapolation (damping 1) errs 3-8x less than plain reuse one step
-ahead, yet on tiny its videos came out 3-6 dB *worse* at equal compute, while plain reuse lags.  Damping the
-derivative to 0.4 of its value beat both: +2 to +7 dB over plain reuse on fixed schedules of 14-17 computed steps
-(held-out prompts not used by the bench; BENCHMARKS.md).  The predicted error grows like g^(1 + order * damping).
+The forecast.  TaylorSeer's full first-order extrapolation (damping 1) errs less than plain reuse one step ahead,
+yet on tiny its videos come out worse at equal compute, while plain reuse lags.  Damping the derivative to 0.4 of
+its value beats both on fixed schedules (BENCHMARKS.md, forecasts on fixed schedules).  The predicted error grows
+like g^(1 + order * damping).
 
 One knob.  ``threshold`` is the budget; it also picks a rung of a *ladder* of schedule shapes (warm-up, then
 runs of skipped steps that lengthen as the video goes).  Every part of a shape is a fraction of the schedule,
