@@ -65,7 +65,12 @@ def small_mp4() -> bytes:
 
 def store_bytes(store, video_id: str, data: bytes) -> str:
     """Publish ``data`` as videos/<id>.mp4 the way rank 0 publishes its encoded mp4 (temp file, then upload)."""
-    return store.store_video(video_id, lambda path: Path(path).write_bytes(data))
+    return store.store_video(video_id, lambda path: Path(path).write_bytes(data)).uri
+
+
+def object_key(uri: str) -> str:
+    """The key of an ``s3://bucket/key`` URI (the bench writes some objects around the store, to time them)."""
+    return uri.split("/", 3)[3]
 
 
 def answered(task, uri: str):
@@ -383,7 +388,7 @@ def make_output(store, first: int, ids: int, per_part: int, local: bool) -> floa
         if local:
             (store.videos / f"{i}.mp4").write_bytes(b"")
         else:
-            store.client.put_object(Bucket=store.bucket, Key=store._key("videos", f"{i}.mp4"), Body=b"")
+            store.client.put_object(Bucket=store.bucket, Key=object_key(store.video_uri(i)), Body=b"")
 
     start = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
@@ -505,7 +510,7 @@ def put_cost(video: bytes, calls: int) -> list[dict]:
     calls_by_name = {
         "store_video (temp file + upload_file), as rank 0 does": lambda i: store_bytes(store, f"s{i}", video),
         "put_object of the bytes": lambda i: store.client.put_object(
-            Bucket="bench", Key=store._key("videos", f"p{i}.mp4"), Body=video
+            Bucket="bench", Key=object_key(store.video_uri(f"p{i}")), Body=video
         ),
     }
     out = []

@@ -559,6 +559,7 @@ class S3Store(OutputStore):
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.location = OutputLocation(f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}")
         self._client = client
+        self._head_allowed = True  # until a HEAD is refused (credentials that may write but not read)
 
     @property
     def client(self):
@@ -633,8 +634,24 @@ class S3Store(OutputStore):
         return listed.get("KeyCount", 0) > 0
 
     def _stored_size(self, key: str) -> int | None:
-        """The size of the object at ``key`` as a listing shows it (the permission a rerun needs anyway; a HEAD
-        would need read access to the videos); None when it is absent."""
+        """The size of the object at ``key`` as the storage reports it, None when it is absent: a HEAD (one keyed
+        lookup), or, where the credentials may write the videos but not read them, a listing of the key (the
+        permission a rerun needs anyway; on some S3 servers a listing costs in proportion to the bucket)."""
+        from botocore.exceptions import ClientError  # deferred: botocore
+
+        if self._head_allowed:
+            try:
+                with self._waiting("reading back", key):
+                    return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+            except ClientError as err:
+                status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if status == 404:
+                    return None
+                if status != 403:
+                    raise StorageError(describe_s3_error(err, "read back", self._where(key))) from None
+                self._head_allowed = False  # reading is not allowed: list from now on
+            except Exception as err:
+                raise StorageError(describe_s3_error(err, "read back", self._where(key))) from None
         try:
             with self._waiting("reading back", key):
                 listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=10)

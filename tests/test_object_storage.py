@@ -499,3 +499,45 @@ def test_render_rows_dropped_unread_warn_that_nothing_was_rendered(tmp_path):
         gc.collect()
         assert not [w for w in caught if "never read" in str(w.message)]
     assert not (tmp_path / "never" / "videos").exists() or not any((tmp_path / "never" / "videos").iterdir())
+
+
+def test_a_stored_video_is_read_back_by_head_or_by_listing_where_reading_is_refused(s3_endpoint, monkeypatch):
+    """After each upload the store reads the object's size back: with one HEAD (a keyed lookup), or, once a HEAD
+    is refused (credentials that may write the videos but not read them), with a listing of the key.  A size
+    that differs from what was written is an error naming both."""
+    from pathlib import Path
+
+    from botocore.exceptions import ClientError
+
+    bucket = "readback-" + uuid.uuid4().hex[:8]
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    store = S3Store(bucket, "run")
+    calls = []
+    real_head, real_list = store.client.head_object, store.client.list_objects_v2
+
+    def head(**kwargs):
+        calls.append("head")
+        return real_head(**kwargs)
+
+    def refused(**kwargs):
+        calls.append("head refused")
+        raise ClientError({"Error": {"Code": "403"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "HeadObject")
+
+    def listing(**kwargs):
+        calls.append("list")
+        return real_list(**kwargs)
+
+    monkeypatch.setattr(store.client, "list_objects_v2", listing)
+    monkeypatch.setattr(store.client, "head_object", head)
+    assert store.store_video("a", lambda path: Path(path).write_bytes(b"x" * 100)).size == 100
+    monkeypatch.setattr(store.client, "head_object", refused)
+    assert store.store_video("b", lambda path: Path(path).write_bytes(b"y" * 50)).size == 50
+    assert store.store_video("c", lambda path: Path(path).write_bytes(b"z" * 7)).size == 7
+    assert calls == ["head", "head refused", "list", "list"]  # refused once, then listing only
+
+    short = S3Store(bucket, "short")
+    monkeypatch.setattr(
+        short, "_upload", lambda path, key: real_list.__self__.put_object(Bucket=bucket, Key=key, Body=b"short")
+    )
+    with pytest.raises(StorageError, match=r"videos/d.mp4 holds 5 bytes after its upload of 100"):
+        short.store_video("d", lambda path: Path(path).write_bytes(b"x" * 100))

@@ -39,6 +39,7 @@ from ..cache.metrics import psnr, ssim
 from ..cache.policies.harmonica import router_beside
 from ..cache.presets import build_config
 from ..cache.profile import CacheProfile
+from ..pipelines.adapters import adapter_for
 from ..pipelines.loading import load_pipeline
 from ..pipelines.tiny.scenes import sample_scene_spec
 from .adherence import held_out_cases
@@ -77,7 +78,10 @@ class BlockCounter:
 
     def __init__(self, transformer):
         self.count = 0
-        self.handles = [b.attn1.to_q.register_forward_hook(self._hit) for b in transformer.blocks]
+        adapter = adapter_for(transformer)
+        self.handles = [
+            adapter.units(block)["self_attention"].to_q.register_forward_hook(self._hit) for block in adapter.blocks()
+        ]
 
     def _hit(self, *args):
         self.count += 1
@@ -215,7 +219,7 @@ def run_benchmark(pipe, cases, methods, steps: int, guidance_scale: float, log=p
     references = {}
     for prompt, seed in cases:
         references[(prompt, seed)] = _timed(pipe, prompt, seed, steps, guidance_scale)[1]
-    n_blocks = len(pipe.transformer.blocks)
+    n_blocks = len(adapter_for(pipe.transformer).blocks())
     branches = 2 if guidance_scale > 1 else 1
     rows = []
     for method in methods:

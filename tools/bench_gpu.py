@@ -198,12 +198,12 @@ def policy_config(row: str, transformer, steps: int):
     from ..cache.policies.harmonica import Router  # deferred: diffusers
     from ..cache.presets import build_config  # deferred: diffusers
     from ..cache.profile import BACKGROUND, BlockProfile, CacheProfile, model_identity  # deferred: diffusers
-    from ..pipelines.adapters import UNIT_ROLES  # deferred: diffusers
+    from ..pipelines.adapters import UNIT_ROLES, adapter_for  # deferred: diffusers
 
     name, _, knob = row.partition(":")
     if name == "adaptive-block":
         return AdaptiveConfig(threshold=float(knob), granularity="block")
-    n = len(transformer.blocks)
+    n = len(adapter_for(transformer).blocks())
     units = n * len(UNIT_ROLES)
     # every block background, refreshed every step (profiling:1): computes all, pays the bookkeeping
     profile = CacheProfile(

@@ -26,6 +26,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from ..cache.policies.ertacache import offline_schedule, rectification_from_sums
+from ..pipelines.adapters import adapter_for
 
 TAP = "ditfarm_ertacache_calibration"
 
@@ -57,7 +58,7 @@ class _Tap:
 
     def __init__(self, transformer):
         self.transformer = transformer
-        self.blocks = list(transformer.blocks)
+        self.blocks = adapter_for(transformer).blocks()
         self.state_manager = StateManager(_BranchTap)
         self.mode = "record"  # or "shadow"
         self.skip_blocks = False
