@@ -376,6 +376,7 @@ def make_output(store, first: int, ids: int, per_part: int, local: bool) -> floa
                     "cache": "none",
                     "skipped_fraction": 0.0,
                     "attempts": 1,
+                    "video_bytes": 0,  # as stored: the empty objects below (a rerun checks the size it recorded)
                     "finished_at": now,
                 }
                 for i in chunk
