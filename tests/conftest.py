@@ -14,12 +14,54 @@ def pytest_collection_modifyitems(config, items):
     untiered = [item.nodeid for item in items if not any(item.get_closest_marker(tier) for tier in TIERS)]
     if untiered:
         raise pytest.UsageError(f"tests without a tier marker ({', '.join(TIERS)}): {', '.join(untiered[:10])}")
-    # The suite runs on two pytest-xdist workers (pyproject.toml); every test that starts or joins a Ray cluster
-    # runs on the same one, one after another, as they would alone: Ray finds a cluster already running on the
-    # machine, and two at once would meet.
-    for item in items:
-        if item.get_closest_marker("ray"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
+def marks_ray(path: str, name: str) -> bool:
+    """Whether the test ``name`` of the test file ``path`` carries the ``ray`` tier, read from the file itself
+    (the module's ``pytestmark`` or the function's decorators): the xdist controller collects no items."""
+    import ast
+
+    tree = _parsed(path)
+    if tree is None:
+        return False
+
+    def says_ray(node) -> bool:
+        return any(isinstance(n, ast.Attribute) and n.attr == "ray" for n in ast.walk(node))
+
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "pytestmark" for t in node.targets):
+            if says_ray(node.value):
+                return True
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return any(says_ray(d) for d in node.decorator_list)
+    return False
+
+
+_PARSED: dict = {}
+
+
+def _parsed(path: str):
+    import ast
+    from pathlib import Path
+
+    if path not in _PARSED:
+        file = Path(__file__).parent.parent / path
+        _PARSED[path] = ast.parse(file.read_text()) if file.exists() else None
+    return _PARSED[path]
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """The suite runs on two pytest-xdist workers (pyproject.toml).  Every test that starts or joins a Ray cluster
+    runs on the same worker, one after another, as they would alone: Ray finds a cluster already running on the
+    machine, so two at once would meet.  Every other test is its own unit of work."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path, _, rest = nodeid.partition("::")
+            return "ray" if marks_ray(path, rest.split("[")[0].split("::")[-1]) else nodeid
+
+    return RayTestsTogether(config, log)
 
 
 class OutsideUnitTier(AssertionError):

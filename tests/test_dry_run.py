@@ -126,6 +126,7 @@ def test_a_rows_own_steps_are_checked_against_the_caches_calibration(tmp_path, c
     assert rows["a"]["status"] == "ok" and "calibrated for 30-step videos" in rows["b"]["error"]
 
 
+@pytest.mark.ray  # it looks for a Ray cluster to join, so it runs where no other test's cluster is up
 def test_the_dry_run_refuses_a_gang_no_node_could_hold(tmp_path, capsys):
     """No cluster to join: the run would start a local one of this machine's CPUs, which cannot hold a gang of
     one rank more than that; the dry run says so (exit 2), as the run would at once."""
