@@ -66,6 +66,14 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     return found
 
 
+def copy_package(dest: Path) -> None:
+    """The package's folders under ``dest``, for a check shown failing on a changed copy."""
+    import shutil
+
+    for folder in MAPPED.values():
+        shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__", "weights"))
+
+
 def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
     modules = module_files(root)
     return {name: imports_of(name, path, modules) for name, path in modules.items()}
@@ -145,10 +153,7 @@ def test_no_modules_import_each_other_round_in_a_circle():
 @pytest.mark.unit
 def test_the_checks_find_a_back_edge_and_a_cycle_inside_functions(tmp_path):
     """The same checks on a copy with one import added inside a function of the models' layer."""
-    import shutil
-
-    for folder in MAPPED.values():
-        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__", "weights"))
+    copy_package(tmp_path)
     checks = tmp_path / "pipelines" / "checks.py"
     original = checks.read_text()
     checks.write_text(original + "\n\ndef _late():\n    from ..jobs.driver import RenderJob\n")
@@ -295,10 +300,7 @@ def test_imports_inside_functions_defer_a_dependency_and_say_which():
 
 @pytest.mark.unit
 def test_the_deferral_check_finds_an_import_that_defers_nothing(tmp_path):
-    import shutil
-
-    for folder in MAPPED.values():
-        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__", "weights"))
+    copy_package(tmp_path)
     checks = tmp_path / "pipelines" / "checks.py"
     checks.write_text(
         checks.read_text()
@@ -356,10 +358,7 @@ def test_only_the_storage_layer_talks_to_object_storage():
 
 @pytest.mark.unit
 def test_the_storage_check_finds_a_store_reached_around(tmp_path):
-    import shutil
-
-    for folder in MAPPED.values():
-        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__", "weights"))
+    copy_package(tmp_path)
     report = tmp_path / "jobs" / "report.py"
     report.write_text(
         report.read_text()
