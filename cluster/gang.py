@@ -36,7 +36,7 @@ from ..storage.errors import StorageError
 from ..storage.lease import LeaseLost
 from ..storage.stores import clear_local_temp
 from ..types import NoRenderersLeft, RenderSettings
-from ..worker.publish import lease_fence, publish_video
+from ..worker.publish import lease_fence, publish_video, video_format
 from .messages import (
     EncodedText,
     Failure,
@@ -187,7 +187,12 @@ class RankActor:
                 self.renderer.pipe.video,
                 fence=lease_fence(location, store),
             )
-            return StoredVideoInfo(stored.uri, stored.size, time.perf_counter() - started)
+            return StoredVideoInfo(
+                stored.uri,
+                stored.size,
+                time.perf_counter() - started,
+                video_format=video_format(publish.settings, self.renderer.pipe.video),
+            )
         except LeaseLost as err:
             return LeaseWasLost(str(err))
         except (StorageError, ValueError) as err:

@@ -60,6 +60,7 @@ class StoredVideoInfo:
     video_bytes: int
     store_seconds: float
     decode_seconds: float | None = None
+    video_format: tuple[int, int] | None = None  # the mp4's (fps, upscale)
 
 
 @dataclass

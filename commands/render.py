@@ -45,6 +45,12 @@ def register(sub) -> None:
         help="validate the whole manifest against the model and the output; load no model, write nothing",
     )
     p.add_argument("--overwrite", action="store_true", help="render every row again, even ids already ok")
+    p.add_argument(
+        "--resume-by-id",
+        action="store_true",
+        help="skip every id already ok, even one whose manifest row now asks for other content (prompt, seed, "
+        "sizes, steps, guidance, model); by default such an id is rendered again",
+    )
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some rows failed")
     p.add_argument("--flush-every", type=int, default=32, help="write a results part every N rows (default 32)")
     p.add_argument(
@@ -266,7 +272,9 @@ def run(args) -> int:
                 return fail("--dry-run checks a MANIFEST")
             from ..jobs.dry_run import dry_run  # deferred: pyarrow
 
-            report = dry_run(args.manifest, args.out, settings, overwrite=args.overwrite)
+            report = dry_run(
+                args.manifest, args.out, settings, overwrite=args.overwrite, resume_by_id=args.resume_by_id
+            )
             for line in report.lines():
                 print(line)
             return 1 if report.would_fail else 0
@@ -281,6 +289,7 @@ def run(args) -> int:
                 overwrite=args.overwrite,
                 force=args.force,
                 lease_ttl_s=args.lease_seconds,
+                resume_by_id=args.resume_by_id,
             )
         else:
             summary = render_manifest(
@@ -291,6 +300,7 @@ def run(args) -> int:
                 overwrite=args.overwrite,
                 force=args.force,
                 lease_ttl_s=args.lease_seconds,
+                resume_by_id=args.resume_by_id,
             )
     except LeaseLost as err:  # a StorageError: before the clause below
         print(
@@ -324,6 +334,20 @@ def run(args) -> int:
         f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped{duplicates}; "
         f"videos in {out}/videos, results in {out}/results, report {out}/report.html"
     )
+    if summary.changed.ids:
+        if summary.kept_changed:
+            said = (
+                f"  {summary.changed.ids} skipped id(s) were stored with other content than their manifest rows now "
+                f"ask for: {summary.changed.describe()}.  They were kept (--resume-by-id); without it a rerun "
+                "renders them again"
+            )
+        else:
+            said = (
+                f"  {summary.changed.ids} id(s) were rendered again: their manifest rows changed since their "
+                f"videos were stored: {summary.changed.describe()}.  --resume-by-id skips ids already ok whatever "
+                "their rows say"
+            )
+        print(said, file=sys.stderr)
     if summary.skipped_with_other_settings:
         differ = "; ".join(
             f"{name} {stored!r} where this run has {wanted!r} ({count} row(s))"

@@ -125,6 +125,9 @@ class RenderedVideo:
     attempts: int = 1  # renders it took: 1, plus one per gang that failed under it
     phases: VideoPhases | None = None  # where its time went, and rank 0's peak accelerator memory
     video_bytes: int | None = None  # the stored mp4's size, read back from the storage after publishing
+    guidance_scale: float | None = None
+    fps: int | None = None  # the mp4's frame rate and upscale: part of what the stored video shows
+    upscale: int | None = None
 
     @classmethod
     def of(
@@ -137,9 +140,11 @@ class RenderedVideo:
         skipped_fraction: float | None,
         phases: VideoPhases | None,
         attempts: int = 1,
+        video_format: tuple[int, int] | None = None,
     ) -> RenderedVideo:
         """The record of a stored video, the same whether it was rendered in the driver's process or by a gang
-        (``sampler``: the video's sampler settings as a dict)."""
+        (``sampler``: the video's sampler settings as a dict; ``video_format``: the mp4's (fps, upscale))."""
+        fps, upscale = video_format or (None, None)
         return cls(
             uri,
             seed,
@@ -152,6 +157,9 @@ class RenderedVideo:
             attempts,
             phases=phases,
             video_bytes=video_bytes,
+            guidance_scale=sampler.get("guidance_scale"),
+            fps=fps,
+            upscale=upscale,
         )
 
 

@@ -81,6 +81,7 @@ def render(
     renderer=None,
     force: bool = False,
     lease_ttl_s: float = DEFAULT_TTL_S,
+    resume_by_id: bool = False,
     **options,
 ) -> Iterator[dict]:
     """Render prompts into ``out`` (a folder or ``s3://bucket/prefix``); returns an iterator of result rows.
@@ -91,7 +92,9 @@ def render(
     flush_seconds, collective_timeout_s).
 
     The run holds ``out``'s lease while it renders: a second run on the same output refuses (LeaseHeld) unless
-    ``force``.  The lease is given back when the iterator is exhausted or garbage-collected."""
+    ``force``.  The lease is given back when the iterator is exhausted or garbage-collected.  An id already ok
+    whose row now asks for other content (prompt, seed, sizes, steps, guidance, model) is rendered again unless
+    ``resume_by_id``."""
     settings = _settings(model, cache, sp, gangs, options)
     if isinstance(prompts, (str, Path)):
         job = manifest_job(
@@ -103,6 +106,7 @@ def render(
             overwrite=overwrite,
             force=force,
             lease_ttl_s=lease_ttl_s,
+            resume_by_id=resume_by_id,
         )
     else:
         manifest = TableManifest(_as_table(prompts, settings))
@@ -117,6 +121,7 @@ def render(
             overwrite=overwrite,
             force=force,
             lease_ttl_s=lease_ttl_s,
+            resume_by_id=resume_by_id,
         )
     return RenderRows(job)
 

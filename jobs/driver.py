@@ -40,7 +40,7 @@ from ..storage.stores import OutputLocation, OutputStore, clear_local_temp, open
 from ..text import cut
 from ..types import EXIT_MANIFEST_FAILED, EXIT_OUTPUT_FAILED, RenderedVideo, RenderSettings, RunAborted
 from ..worker.model import load_model
-from ..worker.publish import lease_fence, publish_video
+from ..worker.publish import lease_fence, publish_video, video_format
 from ..worker.video import cache_outcome, checked_settings, decode_video, denoise_video, encode_text
 from .manifest import Manifest, ManifestError, RenderTask, RowProblem, sampler_overrides, seed_from_id
 from .metrics import JobMetrics
@@ -56,7 +56,8 @@ from .results import (
     output_state,
     results_schema,
 )
-from .run_checks import check_run
+from .row_identity import ChangeTally, compare_row
+from .run_checks import check_run, visible_model_checks
 from .stopping import Stopped
 
 __all__ = [
@@ -85,8 +86,10 @@ class RunSummary:
     duplicates: int = 0  # manifest rows whose id an earlier row has (recorded once per id)
     errors: list[str] = field(default_factory=list)
     out: str | None = None
-    skipped_with_other_settings: int = 0  # skipped rows whose stored video another setting made
+    skipped_with_other_settings: int = 0  # skipped rows whose stored video another cache setting computed
     other_settings: dict = field(default_factory=dict)  # setting -> (rows, (stored value, this run's value))
+    changed: ChangeTally = field(default_factory=ChangeTally)  # ok ids whose manifest row now asks for other content
+    kept_changed: bool = False  # those were skipped all the same (resume_by_id), not rendered again
 
     @property
     def total(self) -> int:
@@ -160,7 +163,16 @@ class LocalRenderer:
         started = time.perf_counter()
         stored = publish_video(store, task.id, frames, settings, self.pipe.video, fence=lease_fence(out, store))
         phases = dataclasses.replace(phases, store_seconds=round(time.perf_counter() - started, 4))
-        return RenderedVideo.of(stored.uri, stored.size, task.seed, s.__dict__, str(settings.model), skipped, phases)
+        return RenderedVideo.of(
+            stored.uri,
+            stored.size,
+            task.seed,
+            s.__dict__,
+            str(settings.model),
+            skipped,
+            phases,
+            video_format=video_format(settings, self.pipe.video),
+        )
 
     def close(self) -> None:
         pass
@@ -246,6 +258,11 @@ def _result_row(task: RenderTask | RowProblem, status: str, **values) -> dict:
         "seed": getattr(task, "seed", None),
         "finished_at": datetime.now(timezone.utc),
     }
+    if isinstance(task, RenderTask):  # what the video shows: a rerun compares it with the manifest's row
+        row["prompt"] = task.prompt if status == STATUS_OK else cut(task.prompt, MAX_ID_CHARS)
+        row["negative_prompt"] = (
+            task.negative_prompt if status == STATUS_OK else cut(task.negative_prompt, MAX_ID_CHARS)
+        )
     row.update(values)
     if isinstance(row["error"], str):
         row["error"] = cut(row["error"])
@@ -274,15 +291,20 @@ class RenderJob:
         force: bool = False,
         lease_ttl_s: float = DEFAULT_TTL_S,
         report_seconds: float | None = 300.0,
+        resume_by_id: bool = False,
     ):
         """``force``: take the output's lease even from a live run; ``lease_ttl_s``: how long this run's lease
         stays valid without a renewal (it renews every quarter of that); ``report_seconds``: how often
-        ``OUT/report.html`` is rewritten while the run goes (None: only at the end of a run that finishes)."""
+        ``OUT/report.html`` is rewritten while the run goes (None: only at the end of a run that finishes);
+        ``resume_by_id``: skip every id already ok, even one whose manifest row now asks for other content
+        (by default such an id is rendered again: row_identity.py)."""
         settings.validate()
         resolve_knob(settings.cache, settings.cache_knob)
         # what every row would fail stops the run here, as in the dry run (a given renderer was made, and checked,
         # by its caller)
         self.checks = check_run(settings) if renderer is None else None
+        self.model_checks = self.checks.model if self.checks is not None else visible_model_checks(settings)
+        self.resume_by_id = resume_by_id
         self.tasks, self.settings, self.renderer, self.total = tasks, settings, renderer, total
         self.progress, self.overwrite, self.progress_seconds = progress, overwrite, progress_seconds
         self.report_seconds = report_seconds
@@ -305,40 +327,40 @@ class RenderJob:
             state = output_state(self.store)
             self.done = set() if overwrite else state.done
             self.reported_duplicates = state.duplicates
-            self.stored_settings = state.settings or {}
+            self.stored_rows = state.rows
         except BaseException:
             self.close()
             raise
-        self.summary = RunSummary(out=self.store.location.uri)
+        self.summary = RunSummary(out=self.store.location.uri, kept_changed=resume_by_id)
 
     def close(self) -> None:
         """Give the output's lease back (iterating to the end, or stopping, does this too)."""
         self._release()
 
-    def _note_other_settings(self, task: RenderTask) -> None:
-        """Count a skipped row whose stored video was rendered with other settings than this run would use (a
-        rerun with another --steps, --cache, knob, model or size skips it all the same; the summary says so)."""
-        stored = self.stored_settings.get(task.id)
+    def _keeps(self, task: RenderTask) -> bool:
+        """Whether an id already ok is skipped: its stored video shows what its row asks for (or the run resumes by
+        id alone).  A kept row whose video another cache setting computed is counted for the summary's note."""
+        if not compare_row(task, self.stored_rows, self.settings, self.model_checks, self.summary.changed):
+            if not self.resume_by_id:
+                return False
+        stored = self.stored_rows.get(task.id) if self.stored_rows is not None else None
         if not stored:
-            return
+            return True
         s = self.settings
-        defaults = self.checks.model.defaults if self.checks is not None and self.checks.model is not None else None
-        overrides = sampler_overrides(task, s)
-        wanted = {"model": str(s.model), "cache": s.cache, "cache_knob": resolve_knob(s.cache, s.cache_knob)}
-        for column, name in (("steps", "steps"), ("frames", "num_frames"), ("height", "height"), ("width", "width")):
-            value = overrides[name] if overrides[name] is not None else getattr(defaults, name, None)
-            if value is not None:
-                wanted[column] = value
+        wanted = {"cache": s.cache, "cache_knob": resolve_knob(s.cache, s.cache_knob)}
         differ = [
             k
             for k, v in wanted.items()
-            if k in stored and stored[k] != v and not (k == "cache_knob" and stored.get("cache") != wanted["cache"])
-        ]  # said by the cache
+            if stored.get(k) is not None
+            and stored[k] != v
+            and not (k == "cache_knob" and stored.get("cache") != wanted["cache"])  # said by the cache
+        ]
         for name in differ:
             count, example = self.summary.other_settings.get(name, (0, (stored[name], wanted[name])))
             self.summary.other_settings[name] = (count + 1, example)
         if differ:
             self.summary.skipped_with_other_settings += 1
+        return True
 
     def _output_full(self, err: OutputFull) -> None:
         """The disk is full: give back the space set aside, so the rows of the stored videos and the lease's
@@ -436,6 +458,9 @@ class RenderJob:
                 width=video.width,
                 steps=video.steps,
                 model=video.model,
+                guidance_scale=video.guidance_scale,
+                fps=video.fps,
+                upscale=video.upscale,
                 seconds=(video.phases.own_seconds() if video.phases is not None else None) or seconds,
                 wall_seconds=seconds,
                 cache=settings.cache,
@@ -467,8 +492,7 @@ class RenderJob:
                                 attempts=0,
                             )
                             continue
-                        if task.id in self.done:
-                            self._note_other_settings(task)
+                        if task.id in self.done and self._keeps(task):
                             yield record(task, STATUS_SKIPPED, uri=self.store.video_uri(task.id))
                             continue
                         if renderer is None:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from ..storage.stores import open_output
 from ..types import RenderSettings
 from .manifest import Manifest, RowProblem, describe_row
-from .results import completed_ids
+from .results import output_state
+from .row_identity import ChangeTally, compare_row
 from .run_checks import check_run
 
 EXAMPLES_PER_REASON = 5
@@ -32,6 +33,8 @@ class DryRunReport:
     would_render: int = 0
     would_skip: int = 0
     would_fail: int = 0
+    changed: ChangeTally = field(default_factory=ChangeTally)  # ok ids whose rows now ask for other content
+    resume_by_id: bool = False  # those would be skipped (not rendered again)
     failures: dict[str, FailureGroup] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -53,13 +56,29 @@ class DryRunReport:
             f"{self.source}: {self.total} rows: would render {self.would_render}, would skip {self.would_skip} "
             f"(already ok), would fail {self.would_fail} ({self.seconds:.1f} s)"
         ]
+        if self.changed.ids:
+            fate = (
+                "would be skipped all the same (--resume-by-id)"
+                if self.resume_by_id
+                else "would be rendered again (counted in would render)"
+            )
+            out.append(
+                f"  {self.changed.ids} id(s) already ok have manifest rows that changed since their videos were "
+                f"stored, and {fate}: {self.changed.describe()}"
+            )
         for reason, group in sorted(self.failures.items(), key=lambda kv: -kv[1].count):
             more = f", ... {group.count - len(group.examples)} more" if group.count > len(group.examples) else ""
             out.append(f"  {group.count} x {reason}: {', '.join(group.examples)}{more}")
         return out
 
 
-def dry_run(manifest_source, out, settings: RenderSettings = RenderSettings(), overwrite: bool = False) -> DryRunReport:
+def dry_run(
+    manifest_source,
+    out,
+    settings: RenderSettings = RenderSettings(),
+    overwrite: bool = False,
+    resume_by_id: bool = False,
+) -> DryRunReport:
     """Classify every row; raises ManifestError / StorageError / ValueError for what would stop the real run."""
     start = time.perf_counter()
     checks = check_run(settings, read_model=True)  # what the run refuses as a whole, it refuses here alike
@@ -69,8 +88,9 @@ def dry_run(manifest_source, out, settings: RenderSettings = RenderSettings(), o
         check_room_ahead(settings)
     manifest = Manifest(manifest_source, readahead=True)
     store = open_output(out)
-    done = set() if overwrite else completed_ids(store)
-    report = DryRunReport(source=manifest.source)
+    state = None if overwrite else output_state(store)
+    done = set() if state is None else state.done
+    report = DryRunReport(source=manifest.source, resume_by_id=resume_by_id)
     for task in manifest:
         if isinstance(task, RowProblem):
             report.add_failure(describe_row(task.row, task.id, task.origin), task.error)
@@ -80,7 +100,7 @@ def dry_run(manifest_source, out, settings: RenderSettings = RenderSettings(), o
         except ValueError as err:
             report.add_failure(task.where, str(err))
             continue
-        if task.id in done:
+        if task.id in done and (compare_row(task, state.rows, settings, checks.model, report.changed) or resume_by_id):
             report.would_skip += 1
         else:
             report.would_render += 1

@@ -245,6 +245,7 @@ class GangRenderer:
             result.rank.skipped_fraction,
             result.rank.phases,
             result.attempts,
+            video_format=result.stored.video_format,
         )
 
     def gang_health(self) -> tuple[int, int]:

@@ -48,6 +48,13 @@ RESULT_SCHEMA = pa.schema(
         ("video_bytes", pa.int64()),  # the stored mp4's size: a rerun renders again a video that is not this size
         ("store_seconds", pa.float64()),  # encoding, verifying and publishing the mp4
         ("wall_seconds", pa.float64()),  # from the render's start to its stored video, waits for others included
+        # what the video shows beyond the columns above (seed, frames, sizes, steps, model): a rerun renders again
+        # an id whose manifest row asks for other content (row_identity.py)
+        ("prompt", pa.string()),
+        ("negative_prompt", pa.string()),
+        ("guidance_scale", pa.float64()),
+        ("fps", pa.int32()),
+        ("upscale", pa.int32()),
     ]
 )
 MIN_MP4_BYTES = 256  # smaller than any whole H.264 mp4: judged for ok rows that recorded no size
@@ -136,37 +143,71 @@ def read_results(out) -> pa.Table:
     return best_per_id(read_all_results(out))
 
 
+SETTING_COLUMNS = ("model", "steps", "frames", "height", "width", "cache", "cache_knob")  # what status summarises
+# What a video shows (row_identity.py): an ok row whose manifest row now asks for other values is rendered again.
+CONTENT_COLUMNS = (
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "frames",
+    "height",
+    "width",
+    "steps",
+    "guidance_scale",
+    "fps",
+    "upscale",
+    "model",
+)
+RECORDED_BEFORE_CONTENT = ("seed", "frames", "height", "width", "steps", "model")  # what rows without a prompt hold
+HOW_COMPUTED_COLUMNS = ("cache", "cache_knob")  # not content: a rerun keeps the video and says so
+
+
+class StoredRows:
+    """Each id's latest ``ok`` row, held as Arrow columns (a million prompts as Python strings would not fit a
+    driver's memory budget) and read one row at a time when a rerun meets its id."""
+
+    def __init__(self, table: pa.Table):
+        self.table = table
+        ids = table.column("id").to_pylist() if table.num_rows else []
+        self.index = {video_id: i for i, video_id in enumerate(ids)}  # the latest row of an id wins
+
+    def get(self, video_id: str) -> dict | None:
+        i = self.index.get(video_id)
+        return None if i is None else self.table.slice(i, 1).to_pylist()[0]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
 @dataclass(frozen=True)
 class OutputState:
-    """What a rerun needs from an output: the ids whose video is stored whole, and the ids already recorded as
-    duplicates (their manifest rows are not recorded again)."""
+    """What a rerun needs from an output: the ids whose video is stored whole, the ids already recorded as
+    duplicates (their manifest rows are not recorded again), and each id's latest ok row."""
 
     done: set[str]
     duplicates: set[str]
-    settings: dict = None  # id -> {setting: value} of its latest ok row (SETTING_COLUMNS)
-
-
-SETTING_COLUMNS = ("model", "steps", "frames", "height", "width", "cache", "cache_knob")  # what a rerun compares
+    rows: StoredRows = None  # the latest ok row per id: its content and how it was computed
 
 
 def output_state(store: OutputStore) -> OutputState:
     """One listing of videos/ and one read of results/.  An id is done when its latest ``ok`` row's video is
     stored at the size that row recorded (rows without a size: at least MIN_MP4_BYTES), so a video that was
     truncated, replaced or deleted since is rendered again."""
-    table = read_all_results(store, columns=["id", "status", "video_bytes", *SETTING_COLUMNS])
+    columns = ["id", "status", "video_bytes", *dict.fromkeys(CONTENT_COLUMNS + HOW_COMPUTED_COLUMNS)]
+    table = read_all_results(store, columns=columns)
     duplicates = set(duplicate_rows(table).column("id").to_pylist())
     ok = table.filter(pc.fill_null(pc.equal(table.column("status"), STATUS_OK), False))
     if ok.num_rows == 0:
-        return OutputState(set(), duplicates, {})
-    recorded = dict(zip(ok.column("id").to_pylist(), ok.column("video_bytes").to_pylist()))  # the latest wins
-    settings = {row["id"]: {k: row.get(k) for k in SETTING_COLUMNS} for row in ok.to_pylist()}
+        return OutputState(set(), duplicates, StoredRows(ok))
+    sizes_recorded = ok.column("video_bytes").to_pylist() if "video_bytes" in ok.column_names else None
+    recorded = dict(zip(ok.column("id").to_pylist(), sizes_recorded or [None] * ok.num_rows))  # the latest wins
     sizes = store.video_sizes()
     done = {
         i
         for i, size in recorded.items()
         if i in sizes and (sizes[i] == size if size is not None else sizes[i] >= MIN_MP4_BYTES)
     }
-    return OutputState(done, duplicates, settings)
+    return OutputState(done, duplicates, StoredRows(ok))
 
 
 def completed_ids(store: OutputStore) -> set[str]:

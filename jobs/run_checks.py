@@ -90,3 +90,16 @@ def check_run(settings: RenderSettings, read_model: bool = False) -> RunChecks:
     if policy is not None:  # the run's own step count: every row without steps of its own would fail
         policy.check_steps(settings.steps or model.defaults.steps)
     return RunChecks(model, policy)
+
+
+def visible_model_checks(settings: RenderSettings):
+    """The model's checks where this process can read its configs without fetching it, else None: what a run
+    with a renderer of its own (checked by its caller) still needs to know the model's defaults."""
+    if not model_is_visible(settings):
+        return None
+    from ..pipelines.model_checks import model_checks  # deferred: torch
+
+    try:
+        return model_checks(settings.model)
+    except (ValueError, OSError):  # the renderer's own load says what is wrong with the model
+        return None

@@ -125,6 +125,7 @@ class ModelChecks:
     check_prompt: Callable[[str], None]
     cache_settings: object = None  # the card's ModelCacheSettings, as the loaded pipeline has them
     cache_profile: Path | None = None  # the profile shipped in the folder, if any
+    video: object = None  # the card's VideoDefaults (fps, upscale): what an mp4 is written at unless a run says
 
     def settings(self, **overrides) -> SamplerSettings:
         return resolve_settings(self.defaults, self.check_sizes, overrides)

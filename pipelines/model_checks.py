@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .base import CACHE_PROFILE_FILE
+from .base import CACHE_PROFILE_FILE, VideoDefaults
 from .cache_card import ModelCacheSettings
 from .checks import (
     DEFAULT_ROPE_POSITIONS,
@@ -21,8 +21,8 @@ from .checks import (
 from .denoise import SamplerSettings
 from .folder_checks import check_wan_index
 from .loading import resolve_model_folder
-from .tiny.weights import load_text_encoder
-from .wan import WAN_DEFAULTS, is_wan_folder
+from .tiny.weights import VIDEO_DEFAULTS, load_text_encoder
+from .wan import WAN_DEFAULTS, WAN_VIDEO, is_wan_folder
 
 
 def _nonempty(prompt: str) -> None:
@@ -50,6 +50,7 @@ def model_checks(name_or_path: str | Path) -> ModelChecks:
             lambda s: check_wan_sizes(s, temporal, spatial, patch, rope, limits),
             _nonempty,
             *_cache_settings(folder, card, WAN_DEFAULTS.steps),
+            video=VideoDefaults(**{**WAN_VIDEO.__dict__, **card.get("video", {})}),
         )
     if card.get("kind") != "tiny":
         raise ValueError(f"{folder} is neither a ditfarm tiny folder nor a diffusers Wan folder")
@@ -62,6 +63,7 @@ def model_checks(name_or_path: str | Path) -> ModelChecks:
         lambda s: check_patch_grid(s, patch, rope, limits),
         encoder.token_ids,
         *_cache_settings(folder, card, defaults.steps),
+        video=VideoDefaults(**{**VIDEO_DEFAULTS, **card.get("video", {})}),
     )
 
 

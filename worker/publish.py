@@ -28,8 +28,7 @@ def publish_video(
     VideoDefaults (fps and upscale where the run sets none); ``fence``: the run's lease check, run right before
     the video is published.  A failed encode is tried once more (a killed encoder may pass the second time; a
     read-only disk fails both, by name), then it is the row's StorageError; a full disk is OutputFull at once."""
-    fps = settings.fps or video.fps
-    upscale = settings.upscale or video.upscale
+    fps, upscale = video_format(settings, video)
     for attempt in range(ENCODE_ATTEMPTS):
         try:
             return store.store_video(
@@ -41,6 +40,11 @@ def publish_video(
             log.warning("storing video %s failed (%s); trying once more", video_id, err)
             time.sleep(1.0)
     raise AssertionError("unreachable")
+
+
+def video_format(settings: RenderSettings, video) -> tuple[int, int]:
+    """(fps, upscale) of a video's mp4: the run's where it sets them, else the model's (its VideoDefaults)."""
+    return settings.fps or video.fps, settings.upscale or video.upscale
 
 
 def lease_fence(out: OutputLocation, store: OutputStore):
