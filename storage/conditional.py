@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
-from .errors import OutputFull, StorageError, describe_s3_error, is_full
+from .errors import OutputFull, StorageError, describe_s3_error, is_full, shown_endpoint
 from .waits import waiting_on
 
 
@@ -179,7 +179,7 @@ class S3ConditionalObject(ConditionalObject):
 
     def _waiting(self, doing: str):
         """Register a call that may stall, for the progress line (waits.py)."""
-        return waiting_on(f"{doing} {self.where()} (endpoint {self.client.meta.endpoint_url})")
+        return waiting_on(f"{doing} {self.where()} (endpoint {shown_endpoint(self.client.meta.endpoint_url)})")
 
     def where(self) -> str:
         return f"s3://{self.bucket}/{self.key}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 
 SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
@@ -32,13 +33,23 @@ def is_full(err: BaseException | str) -> bool:
     return any(m in str(err) for m in FULL_MESSAGES)
 
 
+# scheme://user:password@host: the password of a URL's user information (an endpoint given with credentials)
+URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s:\"']*:)(?P<password>[^/?#@\s\"']*)@")
+
+
 def redact(text: str) -> str:
-    """``text`` with the values of secret AWS variables replaced, for anything that is printed or stored."""
+    """``text`` with the values of secret AWS variables and the passwords in URLs (an endpoint such as
+    ``http://user:pass@host``, which botocore's own errors repeat) replaced, for anything printed or stored."""
     for name in SECRET_VARIABLES:
         value = os.environ.get(name)
         if value and len(value) >= 4:
             text = text.replace(value, "***")
-    return text
+    return URL_PASSWORD.sub(r"\g<head>***@", text)
+
+
+def shown_endpoint(url: str | None) -> str:
+    """An endpoint URL as messages show it: without the password of its user information."""
+    return redact(str(url))
 
 
 def describe_s3_error(err: Exception, action: str, where: str) -> str:

@@ -47,6 +47,7 @@ from .errors import (
     StorageError,
     describe_s3_error,
     is_full,
+    shown_endpoint,
 )
 from .waits import waiting_on
 
@@ -156,7 +157,9 @@ def download_prefix(uri: str, dest: Path) -> int:
                 if dest.resolve() not in path.resolve().parents:
                     raise ValueError(f"refusing object key {obj['Key']!r}: it leaves the folder {uri}")
                 path.parent.mkdir(parents=True, exist_ok=True)
-                with waiting_on(f"downloading s3://{bucket}/{obj['Key']} (endpoint {client.meta.endpoint_url})"):
+                with waiting_on(
+                    f"downloading s3://{bucket}/{obj['Key']} (endpoint {shown_endpoint(client.meta.endpoint_url)})"
+                ):
                     client.download_file(bucket, obj["Key"], str(path))
                 count += 1
     except (ValueError, OSError):
@@ -196,7 +199,7 @@ def probe_s3(bucket: str, prefix: str, where: str) -> None:
             return  # access denied to a listing, say: the callers' own calls say what they cannot do
         connect, read, attempts = PROBE_TIMEOUTS
         raise StorageError(
-            describe_s3_error(err, f"reach {client.meta.endpoint_url} for", where)
+            describe_s3_error(err, f"reach {shown_endpoint(client.meta.endpoint_url)} for", where)
             + f" (no answer within {connect + read} s, {attempts} tries)"
         ) from None
 
@@ -589,7 +592,7 @@ class S3Store(OutputStore):
 
     def _waiting(self, doing: str, key: str):
         """Register a call that may stall, for the progress line (waits.py)."""
-        return waiting_on(f"{doing} {self._where(key)} (endpoint {self.client.meta.endpoint_url})")
+        return waiting_on(f"{doing} {self._where(key)} (endpoint {shown_endpoint(self.client.meta.endpoint_url)})")
 
     def check_writable(self) -> None:
         probe_folder(

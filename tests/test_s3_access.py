@@ -165,3 +165,40 @@ def test_credentials_from_a_named_profile_reach_both_boto3_and_pyarrow(iam_s3, t
     refused = subprocess.run(args, env={**env, "AWS_PROFILE": "nobody"}, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "cannot be read" in refused.stderr
     assert SECRET_MARK not in refused.stdout + refused.stderr
+
+
+def test_an_endpoint_with_a_password_in_its_url_is_never_printed_with_it(iam_s3, tmp_path):
+    """`http://user:password@host`: render, the dry run and status name the endpoint without its password, on
+    an endpoint that does not answer (botocore's own error repeats the URL) and on one that refuses the writes."""
+    password = SECRET_MARK + "-in-url"
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://user:{password}@127.0.0.1:{s.getsockname()[1]}"
+    live = iam_s3["endpoint"].replace("http://", f"http://user:{password}@")
+    local = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": ["a"], "prompt": ["red circle moving left on blue background"]}), local)
+    key_id, secret = iam_s3["reader"]
+    cases = [
+        (dead, ["render", str(local), "--out", "s3://readonly/out", "--no-progress"]),
+        (dead, ["render", str(local), "--out", "s3://readonly/out", "--dry-run"]),
+        (dead, ["render", "s3://readonly/m.parquet", "--out", str(tmp_path / "o"), "--dry-run"]),
+        (dead, ["render", str(local), "--model", "s3://readonly/model", "--out", str(tmp_path / "o2")]),
+        (dead, ["status", "s3://readonly/out"]),
+        (live, ["render", str(local), "--out", "s3://readonly/out", "--no-progress"]),
+    ]
+    for endpoint, args in cases:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(
+            AWS_ENDPOINT_URL=endpoint,
+            AWS_ACCESS_KEY_ID=key_id,
+            AWS_SECRET_ACCESS_KEY=secret,
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_MAX_ATTEMPTS="1",
+        )
+        proc = subprocess.run(
+            [sys.executable, "-m", "ditfarm.commands.cli", *args], env=env, capture_output=True, text=True, timeout=300
+        )
+        printed = proc.stdout + proc.stderr
+        assert proc.returncode == 2 and password not in printed, (args, printed)
+        if endpoint == dead:  # the endpoint is named, as it is the problem
+            assert "user:***@127.0.0.1" in printed, (args, printed)
