@@ -46,6 +46,12 @@ def register(sub) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="render every row again, even ids already ok")
     p.add_argument(
+        "--repair",
+        action="store_true",
+        help="move results parts that cannot be read (garbage, truncated) to OUT/damaged-results/ and go on; "
+        "without it the run stops and names them",
+    )
+    p.add_argument(
         "--resume-by-id",
         action="store_true",
         help="skip every id already ok, even one whose manifest row now asks for other content (prompt, seed, "
@@ -273,7 +279,12 @@ def run(args) -> int:
             from ..jobs.dry_run import dry_run  # deferred: pyarrow
 
             report = dry_run(
-                args.manifest, args.out, settings, overwrite=args.overwrite, resume_by_id=args.resume_by_id
+                args.manifest,
+                args.out,
+                settings,
+                overwrite=args.overwrite,
+                resume_by_id=args.resume_by_id,
+                repair=args.repair,
             )
             for line in report.lines():
                 print(line)
@@ -290,6 +301,7 @@ def run(args) -> int:
                 force=args.force,
                 lease_ttl_s=args.lease_seconds,
                 resume_by_id=args.resume_by_id,
+                repair=args.repair,
             )
         else:
             summary = render_manifest(
@@ -301,6 +313,7 @@ def run(args) -> int:
                 force=args.force,
                 lease_ttl_s=args.lease_seconds,
                 resume_by_id=args.resume_by_id,
+                repair=args.repair,
             )
     except LeaseLost as err:  # a StorageError: before the clause below
         print(

@@ -7,6 +7,7 @@ import sys
 from collections import Counter
 
 from ..storage.errors import StorageError, redact
+from ..text import printable
 
 
 def register(sub) -> None:
@@ -57,8 +58,9 @@ def run(args) -> int:
     from ..jobs.results import best_per_id, duplicate_rows, read_all_results  # deferred: pyarrow
     from ..storage.stores import open_output  # deferred: pyarrow
 
+    unreadable: list[tuple[str, str]] = []
     try:
-        rows = read_all_results(args.out)
+        rows = read_all_results(args.out, unreadable=unreadable)
         if rows.num_rows == 0 and not open_output(args.out).exists():
             print(
                 f"ditfarm status: {args.out} does not exist: no run has written there (check the path)", file=sys.stderr
@@ -67,6 +69,12 @@ def run(args) -> int:
     except (StorageError, OSError, ValueError) as err:
         print(f"ditfarm status: {redact(str(err))}", file=sys.stderr)
         return 2
+    for name, reason in unreadable:
+        print(
+            f"warning: {args.out.rstrip('/')}/results/{name} cannot be read ({redact(reason)}): the rows it held are "
+            "not counted below.  Move it out of results/, or rerun with --repair (it moves the part aside)",
+            file=sys.stderr,
+        )
     table, duplicates = best_per_id(rows), duplicate_rows(rows)
     counts = Counter(table.column("status").to_pylist())
     print(
@@ -77,7 +85,7 @@ def run(args) -> int:
     if duplicates.num_rows:
         print(
             f"  {duplicates.num_rows} duplicate manifest row(s), not rendered: "
-            + "; ".join(duplicates.column("error").to_pylist()[: args.errors])
+            + "; ".join(printable(e) for e in duplicates.column("error").to_pylist()[: args.errors])
         )
     print(lease_line(args.out))
     settings = stored_settings_line(table)
@@ -85,7 +93,7 @@ def run(args) -> int:
         print(settings)
     failed = [r for r in table.select(["id", "error", "status"]).to_pylist() if r["status"] == "failed"]
     for row in failed[: args.errors]:
-        print(f"  failed {row['id']}: {row['error']}")
+        print(f"  failed {printable(row['id'], 200)}: {printable(row['error'])}")
     if len(failed) > args.errors:
         print(f"  ... and {len(failed) - args.errors} more")
     return 0

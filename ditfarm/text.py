@@ -15,3 +15,10 @@ def shown(value, limit: int = MAX_SHOWN_CHARS) -> str:
 def cut(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     """``text`` itself when short enough, else its first ``limit`` characters and how long it was."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def printable(text, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` for one terminal line: control characters (a NUL, a newline, an escape sequence) written as their
+    Python escapes, so an id or error read from a results table cannot break or rewrite the output it is shown in."""
+    text = str(text)
+    return cut("".join(c if c.isprintable() else repr(c)[1:-1] for c in text), limit)

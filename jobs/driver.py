@@ -292,12 +292,14 @@ class RenderJob:
         lease_ttl_s: float = DEFAULT_TTL_S,
         report_seconds: float | None = 300.0,
         resume_by_id: bool = False,
+        repair: bool = False,
     ):
         """``force``: take the output's lease even from a live run; ``lease_ttl_s``: how long this run's lease
         stays valid without a renewal (it renews every quarter of that); ``report_seconds``: how often
         ``OUT/report.html`` is rewritten while the run goes (None: only at the end of a run that finishes);
         ``resume_by_id``: skip every id already ok, even one whose manifest row now asks for other content
-        (by default such an id is rendered again: row_identity.py)."""
+        (by default such an id is rendered again: row_identity.py); ``repair``: move results parts that cannot
+        be read aside (``damaged-results/``) and go on, instead of stopping (exit 2) with a message naming them."""
         settings.validate()
         resolve_knob(settings.cache, settings.cache_knob)
         # what every row would fail stops the run here, as in the dry run (a given renderer was made, and checked,
@@ -324,7 +326,10 @@ class RenderJob:
             self.store.clear_unfinished()
             clear_local_temp()  # what killed S3 runs on this node left in the temp dir
             self.store.reserve_space()  # a disk that fills mid-run still takes the last rows and the lease's release
-            state = output_state(self.store)
+            state = output_state(self.store, unreadable=(unreadable := []) if repair else None)
+            for name, reason in unreadable if repair else []:
+                moved = self.store.set_aside_part(name)
+                log.warning("results part %s could not be read (%s): moved to %s (--repair)", name, reason, moved)
             self.done = set() if overwrite else state.done
             self.reported_duplicates = state.duplicates
             self.stored_rows = state.rows

@@ -35,6 +35,7 @@ class DryRunReport:
     would_fail: int = 0
     changed: ChangeTally = field(default_factory=ChangeTally)  # ok ids whose rows now ask for other content
     resume_by_id: bool = False  # those would be skipped (not rendered again)
+    set_aside: list = field(default_factory=list)  # results parts --repair would move aside
     failures: dict[str, FailureGroup] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -56,6 +57,11 @@ class DryRunReport:
             f"{self.source}: {self.total} rows: would render {self.would_render}, would skip {self.would_skip} "
             f"(already ok), would fail {self.would_fail} ({self.seconds:.1f} s)"
         ]
+        if self.set_aside:
+            out.append(
+                f"  --repair would move {len(self.set_aside)} unreadable results part(s) aside: "
+                + ", ".join(self.set_aside)
+            )
         if self.changed.ids:
             fate = (
                 "would be skipped all the same (--resume-by-id)"
@@ -78,6 +84,7 @@ def dry_run(
     settings: RenderSettings = RenderSettings(),
     overwrite: bool = False,
     resume_by_id: bool = False,
+    repair: bool = False,
 ) -> DryRunReport:
     """Classify every row; raises ManifestError / StorageError / ValueError for what would stop the real run."""
     start = time.perf_counter()
@@ -88,9 +95,12 @@ def dry_run(
         check_room_ahead(settings)
     manifest = Manifest(manifest_source, readahead=True)
     store = open_output(out)
-    state = None if overwrite else output_state(store)
-    done = set() if state is None else state.done
-    report = DryRunReport(source=manifest.source, resume_by_id=resume_by_id)
+    unreadable = [] if repair else None  # without --repair, the run would stop on them: so does the dry run
+    state = output_state(store, unreadable=unreadable)
+    done = set() if overwrite else state.done
+    report = DryRunReport(
+        source=manifest.source, resume_by_id=resume_by_id, set_aside=[name for name, _ in unreadable or []]
+    )
     for task in manifest:
         if isinstance(task, RowProblem):
             report.add_failure(describe_row(task.row, task.id, task.origin), task.error)

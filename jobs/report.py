@@ -46,7 +46,9 @@ def write_report(out, sample: int = 12, started_at: datetime | None = None) -> s
     throughput chart then covers that run up to now, so a stall shows as empty minutes.  Without it the chart
     spans every timestamped row."""
     store = out if isinstance(out, OutputStore) else open_output(out)
-    summary = summarise(read_all_results(store), started_at)
+    unreadable: list[tuple[str, str]] = []  # parts that are not Parquet: shown what the others hold, and named
+    summary = summarise(read_all_results(store, unreadable=unreadable), started_at)
+    summary.unreadable = unreadable
     sheet = [contact_entry(store, row) for row in sampled_ok_rows(summary.ok_rows, sample)]
     return store.write_text(REPORT_NAME, render_page(store.location.uri, summary, sheet))
 
@@ -73,6 +75,7 @@ class Summary:
     duplicates: int = 0  # manifest rows whose id an earlier row has (each recorded once)
     generated_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     this_run: bool = False  # the throughput section covers the current run alone (the rest covers every run)
+    unreadable: list = field(default_factory=list)  # (part, reason) of results parts left out: they cannot be read
 
 
 @dataclass
@@ -496,6 +499,7 @@ def render_page(location: str, s: Summary, sheet: list[ContactEntry]) -> str:
             f"<style>{CSS}</style></head><body><main>",
             f"<header><h1>Render report</h1><p><code>{e(location)}</code> &middot; generated "
             f"{s.generated_at:%Y-%m-%d %H:%M:%S} UTC</p></header>",
+            unreadable_html(s),
             totals_html(s),
             throughput_html(s),
             '<div class="row charts">',
@@ -520,6 +524,19 @@ def render_page(location: str, s: Summary, sheet: list[ContactEntry]) -> str:
             sheet_html(sheet, s.ok_rows.num_rows),
             "</main></body></html>",
         ]
+    )
+
+
+def unreadable_html(s: Summary) -> str:
+    """A warning naming each results part the page leaves out because it cannot be read."""
+    if not s.unreadable:
+        return ""
+    e = html.escape
+    items = "".join(f"<li><code>results/{e(name)}</code>: {e(reason)}</li>" for name, reason in s.unreadable)
+    return (
+        f'<section id="unreadable"><h2>Results parts left out</h2><p class="note">{len(s.unreadable)} part(s) '
+        "cannot be read; the rows they held are not counted below.  Move them out of <code>results/</code>, or "
+        f"rerun with <code>--repair</code> (it moves them aside).</p><ul>{items}</ul></section>"
     )
 
 

@@ -70,13 +70,15 @@ def _store(out) -> OutputStore:
     return out if isinstance(out, OutputStore) else open_output(out)
 
 
-def read_all_results(out, columns: list[str] | None = None) -> pa.Table:
-    """Every row of every part under ``out`` (a folder, an ``s3://`` prefix or a store), oldest first.
+def read_all_results(out, columns: list[str] | None = None, unreadable: list | None = None) -> pa.Table:
+    """Every row of every part under ``out`` (a folder, an ``s3://`` prefix or a store), oldest first.  A part that
+    cannot be read raises UnreadablePart naming it, unless ``unreadable`` is a list: then it is left out and
+    added there as (name, reason), for readers that show what they can (status, the report).
 
     Parts of different runs may disagree on the manifest's extra columns (a column added, dropped, or of another
     type): missing columns read as nulls, and a column whose type changed is read as strings in every part, so
     the results stay readable whatever later manifests carry."""
-    parts = _store(out).read_results(columns)
+    parts = _store(out).read_results(columns, unreadable=unreadable)
     if not parts:
         return (
             RESULT_SCHEMA.empty_table()
@@ -138,9 +140,9 @@ def duplicate_rows(table: pa.Table) -> pa.Table:
     return table.filter(pc.fill_null(pc.equal(table.column("status"), STATUS_DUPLICATE), False))
 
 
-def read_results(out) -> pa.Table:
-    """Each id's state under ``out``: its best results row (``best_per_id``)."""
-    return best_per_id(read_all_results(out))
+def read_results(out, unreadable: list | None = None) -> pa.Table:
+    """Each id's state under ``out``: its best results row (``best_per_id``); ``unreadable`` as read_all_results."""
+    return best_per_id(read_all_results(out, unreadable=unreadable))
 
 
 SETTING_COLUMNS = ("model", "steps", "frames", "height", "width", "cache", "cache_knob")  # what status summarises
@@ -189,12 +191,13 @@ class OutputState:
     rows: StoredRows = None  # the latest ok row per id: its content and how it was computed
 
 
-def output_state(store: OutputStore) -> OutputState:
+def output_state(store: OutputStore, unreadable: list | None = None) -> OutputState:
     """One listing of videos/ and one read of results/.  An id is done when its latest ``ok`` row's video is
     stored at the size that row recorded (rows without a size: at least MIN_MP4_BYTES), so a video that was
-    truncated, replaced or deleted since is rendered again."""
+    truncated, replaced or deleted since is rendered again.  A results part that cannot be read raises
+    UnreadablePart (the ids it recorded are unknown), unless ``unreadable`` collects it (read_all_results)."""
     columns = ["id", "status", "video_bytes", *dict.fromkeys(CONTENT_COLUMNS + HOW_COMPUTED_COLUMNS)]
-    table = read_all_results(store, columns=columns)
+    table = read_all_results(store, columns=columns, unreadable=unreadable)
     duplicates = set(duplicate_rows(table).column("id").to_pylist())
     ok = table.filter(pc.fill_null(pc.equal(table.column("status"), STATUS_OK), False))
     if ok.num_rows == 0:

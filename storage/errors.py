@@ -21,6 +21,22 @@ class OutputFull(StorageError):
     has written the rows of the videos already stored, using the space it set aside at its start."""
 
 
+class UnreadablePart(StorageError):
+    """Results parts that are not readable Parquet (a garbage or truncated file): the rows they held are unknown, so
+    a rerun refuses to guess which ids are done; the message names each part and the output, and what to do."""
+
+    def __init__(self, parts: list[tuple[str, str]], where: str, damaged_folder: str):
+        self.parts, self.where = parts, where
+        named = "; ".join(f"results/{name} ({reason})" for name, reason in parts)
+        super().__init__(
+            redact(
+                f"{len(parts)} results part(s) in {where} cannot be read: {named}.  The rows they held are "
+                f"unknown: move them out of results/ (the ids they recorded are then rendered again), or rerun "
+                f"with --repair, which moves them to {where.rstrip('/')}/{damaged_folder}/ and goes on"
+            )
+        )
+
+
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 FULL_MESSAGES = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))  # as ffmpeg's log and gangs' messages say
 

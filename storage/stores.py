@@ -45,6 +45,7 @@ from .errors import (
     SECRET_VARIABLES,
     OutputFull,
     StorageError,
+    UnreadablePart,
     describe_s3_error,
     is_full,
     shown_endpoint,
@@ -54,6 +55,7 @@ from .waits import waiting_on
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 VIDEOS, RESULTS = "videos", "results"
 TEMP_MARK = ".tmp-"  # local temporary files carry this; a run clears stale ones at its start
+DAMAGED_RESULTS = "damaged-results"  # where --repair moves results parts that cannot be read
 PART_PREFIX, FENCE_PREFIX = "part-", "fence-"  # results/ holds parts and the fences of runs that lost the lease
 LOCAL_TEMP_PREFIX = "ditfarm-video-"  # + "<pid>-": a process's temporary folders for S3 uploads, under the temp dir
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
@@ -354,14 +356,35 @@ class OutputStore(ABC):
         """A context manager giving a local path of ``videos/<id>.mp4`` to read (the file itself, or a temporary
         copy of an object store's, removed after)."""
 
-    def read_results(self, columns: list[str] | None = None, threads: int = 16) -> list[pa.Table]:
+    def read_results(
+        self, columns: list[str] | None = None, threads: int = 16, unreadable: list | None = None
+    ) -> list[pa.Table]:
         """Every part, in name order; read concurrently, since a long-lived output holds many small parts and
-        each is one request."""
+        each is one request.  A part that is not readable Parquet raises UnreadablePart naming it, or, where the
+        caller passes an ``unreadable`` list, is left out and added to it as (name, reason)."""
         names = self.counted_part_names()
+
+        def read(name: str):
+            try:
+                return self.read_part(name, columns)
+            except (pa.ArrowException, OSError) as err:  # garbage, truncated, or gone since the listing
+                return (name, str(err).splitlines()[0][:300] if str(err) else type(err).__name__)
+
         if len(names) <= 1:
-            return [self.read_part(name, columns) for name in names]
-        with ThreadPoolExecutor(max_workers=min(threads, len(names)), thread_name_prefix="results") as pool:
-            return list(pool.map(lambda name: self.read_part(name, columns), names))
+            read_parts = [read(name) for name in names]
+        else:
+            with ThreadPoolExecutor(max_workers=min(threads, len(names)), thread_name_prefix="results") as pool:
+                read_parts = list(pool.map(read, names))
+        bad = [part for part in read_parts if isinstance(part, tuple)]
+        if bad and unreadable is None:
+            raise UnreadablePart(bad, self.location.uri, DAMAGED_RESULTS)
+        if unreadable is not None:
+            unreadable.extend(bad)
+        return [part for part in read_parts if not isinstance(part, tuple)]
+
+    @abstractmethod
+    def set_aside_part(self, name: str) -> str:
+        """Move results/<name> to DAMAGED_RESULTS/<name> (``--repair``), out of what readers count; returns where."""
 
 
 def part_run(name: str) -> str:
@@ -533,6 +556,15 @@ class LocalStore(OutputStore):
 
     def read_part(self, name: str, columns: list[str] | None = None) -> pa.Table:
         return read_parquet_columns(self.results / name, columns)
+
+    def set_aside_part(self, name: str) -> str:
+        target = self.root / DAMAGED_RESULTS / _checked_file_name(name)
+        try:
+            target.parent.mkdir(exist_ok=True)
+            os.replace(self.results / _checked_file_name(name), target)
+        except OSError as err:
+            raise _write_failure(err, f"{DAMAGED_RESULTS}/{name} in {self.root}") from None
+        return str(target)
 
     def write_text(self, name: str, text: str) -> str:
         target = self.root / _checked_file_name(name)
@@ -743,6 +775,18 @@ class S3Store(OutputStore):
 
     def read_part(self, name: str, columns: list[str] | None = None) -> pa.Table:
         return read_parquet_columns(pa.BufferReader(self.read_results_file(name)), columns)
+
+    def set_aside_part(self, name: str) -> str:
+        source, target = self._key(RESULTS, _checked_file_name(name)), self._key(DAMAGED_RESULTS, name)
+        try:
+            with self._waiting("setting aside", source):
+                self.client.copy_object(
+                    Bucket=self.bucket, Key=target, CopySource={"Bucket": self.bucket, "Key": source}
+                )
+                self.client.delete_object(Bucket=self.bucket, Key=source)
+        except Exception as err:
+            raise StorageError(describe_s3_error(err, "move aside", self._where(source))) from None
+        return self._where(target)
 
     def write_text(self, name: str, text: str) -> str:
         key = self._key(_checked_file_name(name))

@@ -193,7 +193,8 @@ def test_dry_run_counts_groups_and_writes_nothing(s3, bucket, random_model_folde
         == 1
     )
     before = keys(s3, bucket)
-    assert cli(["render", manifest, "--out", out, "--dry-run", "--model", str(random_model_folder)]) == 1
+    dry = ["render", manifest, "--out", out, "--dry-run", "--model", str(random_model_folder)]
+    assert cli([*dry, "--steps", "1", "--upscale", "2"]) == 1  # as v0 was rendered: it would be skipped
     printed = capsys.readouterr().out
     assert "9 rows: would render 3, would skip 1 (already ok), would fail 5" in printed
     assert "1 x id duplicates row 2: row 3 (id 'dup')" in printed
