@@ -192,6 +192,8 @@ class RankActor:
                 stored.size,
                 time.perf_counter() - started,
                 video_format=video_format(publish.settings, self.renderer.pipe.video),
+                digest=stored.digest,
+                mtime_ns=stored.mtime_ns,
             )
         except LeaseLost as err:
             return LeaseWasLost(str(err))

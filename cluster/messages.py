@@ -61,6 +61,8 @@ class StoredVideoInfo:
     store_seconds: float
     decode_seconds: float | None = None
     video_format: tuple[int, int] | None = None  # the mp4's (fps, upscale)
+    digest: str | None = None  # StoredVideo's digest and modification time
+    mtime_ns: int | None = None
 
 
 @dataclass

@@ -1,5 +1,7 @@
-"""``ditfarm status``: what a run's output holds: counts per status, the lease, the settings of the ok rows and
-the failed rows' errors."""
+"""``ditfarm status``: what a run's output holds: counts per status, whether each ok id's video is still stored as
+its row recorded it (checked as a rerun checks it: the listing's sizes and ETags, a local file's time and, where
+that changed, its hash), the lease, the settings of the ok rows and the failed rows' errors.  Ids and errors are
+printed with control characters escaped."""
 
 from __future__ import annotations
 
@@ -55,12 +57,13 @@ def stored_settings_line(table) -> str | None:
 
 
 def run(args) -> int:
-    from ..jobs.results import best_per_id, duplicate_rows, read_all_results  # deferred: pyarrow
+    from ..jobs.results import best_per_id, duplicate_rows, output_state, read_all_results  # deferred: pyarrow
     from ..storage.stores import open_output  # deferred: pyarrow
 
     unreadable: list[tuple[str, str]] = []
     try:
         rows = read_all_results(args.out, unreadable=unreadable)
+        done = output_state(open_output(args.out), unreadable=[]).done  # the videos, checked as a rerun checks them
         if rows.num_rows == 0 and not open_output(args.out).exists():
             print(
                 f"ditfarm status: {args.out} does not exist: no run has written there (check the path)", file=sys.stderr
@@ -82,6 +85,18 @@ def run(args) -> int:
         if counts
         else f"{args.out}: no results yet"
     )
+    statuses = zip(table.column("id").to_pylist(), table.column("status").to_pylist())
+    ok_ids = [video_id for video_id, status in statuses if status == "ok"]
+    gone = [i for i in ok_ids if i not in done]
+    if ok_ids:
+        line = f"  videos: {len(ok_ids) - len(gone)} of {len(ok_ids)} ok id(s) stored as their rows recorded them"
+        if gone:
+            line += (
+                f"; {len(gone)} missing or changed since (a rerun renders them again): "
+                + ", ".join(printable(i, 200) for i in gone[: args.errors])
+                + (f", ... {len(gone) - args.errors} more" if len(gone) > args.errors else "")
+            )
+        print(line)
     if duplicates.num_rows:
         print(
             f"  {duplicates.num_rows} duplicate manifest row(s), not rendered: "

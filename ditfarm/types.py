@@ -128,6 +128,8 @@ class RenderedVideo:
     guidance_scale: float | None = None
     fps: int | None = None  # the mp4's frame rate and upscale: part of what the stored video shows
     upscale: int | None = None
+    video_digest: str | None = None  # the stored bytes' digest (StoredVideo.digest) and, on a local disk, their time
+    video_mtime_ns: int | None = None
 
     @classmethod
     def of(
@@ -141,6 +143,8 @@ class RenderedVideo:
         phases: VideoPhases | None,
         attempts: int = 1,
         video_format: tuple[int, int] | None = None,
+        digest: str | None = None,
+        mtime_ns: int | None = None,
     ) -> RenderedVideo:
         """The record of a stored video, the same whether it was rendered in the driver's process or by a gang
         (``sampler``: the video's sampler settings as a dict; ``video_format``: the mp4's (fps, upscale))."""
@@ -160,6 +164,8 @@ class RenderedVideo:
             guidance_scale=sampler.get("guidance_scale"),
             fps=fps,
             upscale=upscale,
+            video_digest=digest,
+            video_mtime_ns=mtime_ns,
         )
 
 

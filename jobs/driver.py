@@ -172,6 +172,8 @@ class LocalRenderer:
             skipped,
             phases,
             video_format=video_format(settings, self.pipe.video),
+            digest=stored.digest,
+            mtime_ns=stored.mtime_ns,
         )
 
     def close(self) -> None:
@@ -473,6 +475,8 @@ class RenderJob:
                 skipped_fraction=video.skipped_fraction,
                 attempts=video.attempts,
                 video_bytes=video.video_bytes,
+                video_digest=video.video_digest,
+                video_mtime_ns=video.video_mtime_ns,
                 **(video.phases.as_row() if video.phases is not None else {}),
             )
 

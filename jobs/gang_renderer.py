@@ -246,6 +246,8 @@ class GangRenderer:
             result.rank.phases,
             result.attempts,
             video_format=result.stored.video_format,
+            digest=result.stored.digest,
+            mtime_ns=result.stored.mtime_ns,
         )
 
     def gang_health(self) -> tuple[int, int]:

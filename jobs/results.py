@@ -55,9 +55,12 @@ RESULT_SCHEMA = pa.schema(
         ("guidance_scale", pa.float64()),
         ("fps", pa.int32()),
         ("upscale", pa.int32()),
+        # the stored bytes: S3's ETag as written (etag:...) or a local file's sha256 (and its modification time, so
+        # a rerun hashes only files that changed since): a video replaced by other bytes of its size is rendered again
+        ("video_digest", pa.string()),
+        ("video_mtime_ns", pa.int64()),
     ]
 )
-MIN_MP4_BYTES = 256  # smaller than any whole H.264 mp4: judged for ok rows that recorded no size
 RESERVED_PREFIX = "__"  # column names ditfarm uses internally while reading results
 
 
@@ -161,6 +164,7 @@ CONTENT_COLUMNS = (
     "model",
 )
 RECORDED_BEFORE_CONTENT = ("seed", "frames", "height", "width", "steps", "model")  # what rows without a prompt hold
+STORED_BYTES_COLUMNS = ("video_bytes", "video_digest", "video_mtime_ns")  # what the stored video must still be
 HOW_COMPUTED_COLUMNS = ("cache", "cache_knob")  # not content: a rerun keeps the video and says so
 
 
@@ -193,22 +197,28 @@ class OutputState:
 
 def output_state(store: OutputStore, unreadable: list | None = None) -> OutputState:
     """One listing of videos/ and one read of results/.  An id is done when its latest ``ok`` row's video is
-    stored at the size that row recorded (rows without a size: at least MIN_MP4_BYTES), so a video that was
+    stored as that row recorded it: its size (rows without one: at least a whole mp4's smallest) and its digest
+    (S3: the listing's ETag; a local disk: its time, and where that changed, its sha256), so a video that was
     truncated, replaced or deleted since is rendered again.  A results part that cannot be read raises
     UnreadablePart (the ids it recorded are unknown), unless ``unreadable`` collects it (read_all_results)."""
-    columns = ["id", "status", "video_bytes", *dict.fromkeys(CONTENT_COLUMNS + HOW_COMPUTED_COLUMNS)]
+    columns = ["id", "status", *STORED_BYTES_COLUMNS, *dict.fromkeys(CONTENT_COLUMNS + HOW_COMPUTED_COLUMNS)]
     table = read_all_results(store, columns=columns, unreadable=unreadable)
     duplicates = set(duplicate_rows(table).column("id").to_pylist())
     ok = table.filter(pc.fill_null(pc.equal(table.column("status"), STATUS_OK), False))
     if ok.num_rows == 0:
         return OutputState(set(), duplicates, StoredRows(ok))
-    sizes_recorded = ok.column("video_bytes").to_pylist() if "video_bytes" in ok.column_names else None
-    recorded = dict(zip(ok.column("id").to_pylist(), sizes_recorded or [None] * ok.num_rows))  # the latest wins
-    sizes = store.video_sizes()
+
+    def column(name: str) -> list:
+        return ok.column(name).to_pylist() if name in ok.column_names else [None] * ok.num_rows
+
+    recorded = {  # the latest ok row of each id wins
+        video_id: rest for video_id, *rest in zip(column("id"), *(column(c) for c in STORED_BYTES_COLUMNS))
+    }
+    stats = store.video_stats()
     done = {
-        i
-        for i, size in recorded.items()
-        if i in sizes and (sizes[i] == size if size is not None else sizes[i] >= MIN_MP4_BYTES)
+        video_id
+        for video_id, (size, digest, mtime_ns) in recorded.items()
+        if video_id in stats and store.holds_video(video_id, stats[video_id], size, digest, mtime_ns)
     }
     return OutputState(done, duplicates, StoredRows(ok))
 

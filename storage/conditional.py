@@ -136,8 +136,11 @@ class LocalConditionalFile(ConditionalObject):
 
     def _write(self, data: bytes) -> str:
         tmp = self.path.with_name(f".tmp-{uuid.uuid4().hex}-{self.path.name}")
-        tmp.write_bytes(data)
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, self.path)
+        finally:  # a full disk leaves no empty temporary file behind
+            tmp.unlink(missing_ok=True)
         return _digest(data)
 
     @_storage_errors

@@ -59,6 +59,7 @@ DAMAGED_RESULTS = "damaged-results"  # where --repair moves results parts that c
 PART_PREFIX, FENCE_PREFIX = "part-", "fence-"  # results/ holds parts and the fences of runs that lost the lease
 LOCAL_TEMP_PREFIX = "ditfarm-video-"  # + "<pid>-": a process's temporary folders for S3 uploads, under the temp dir
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
+MIN_MP4_BYTES = 256  # smaller than any whole H.264 mp4: judged for ok rows that recorded no size
 
 
 RESERVE_BYTES = 1024 * 1024  # set aside on a local output at the start: room for the last rows and the lease
@@ -208,10 +209,40 @@ def probe_s3(bucket: str, prefix: str, where: str) -> None:
 
 @dataclass(frozen=True)
 class StoredVideo:
-    """A published video: where it is and its size as the storage reports it (a rerun compares the two)."""
+    """A published video: where it is, its size as the storage reports it, and a digest of its bytes (S3's ETag as
+    written, ``etag:<etag>``; a local file's ``sha256:<hex>``) with, on a local disk, its modification time: a
+    rerun compares them with what the storage holds then."""
 
     uri: str
     size: int
+    digest: str | None = None
+    mtime_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class VideoStat:
+    """What one listing of videos/ says of a stored video, without reading it: its size, and its ETag (S3) or its
+    modification time (a local disk)."""
+
+    size: int
+    etag: str | None = None
+    mtime_ns: int | None = None
+
+
+def etag_digest(etag: str | None) -> str | None:
+    """An S3 ETag as a digest (the quotes S3 puts around it dropped)."""
+    return None if not etag else "etag:" + etag.strip('"')
+
+
+def file_digest(path) -> str:
+    """A local file's digest: ``sha256:<hex>`` of its bytes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
 
 
 def _write_failure(err: BaseException, what: str) -> StorageError:
@@ -275,12 +306,22 @@ class OutputStore(ABC):
         names the key; nothing is left at the key by a failed call that was not there before."""
 
     @abstractmethod
+    def video_stats(self) -> dict[str, VideoStat]:
+        """Stored videos with their sizes and ETags or modification times: one listing of videos/."""
+
     def video_sizes(self) -> dict[str, int]:
         """Stored videos and their sizes in bytes: one listing of videos/."""
+        return {video_id: stat.size for video_id, stat in self.video_stats().items()}
 
     def video_ids(self) -> set[str]:
         """Ids with a stored video."""
-        return set(self.video_sizes())
+        return set(self.video_stats())
+
+    @abstractmethod
+    def holds_video(self, video_id: str, stat: VideoStat, size: int | None, digest: str | None, mtime_ns=None) -> bool:
+        """Whether the listed video (``stat``) is the one a row recorded (its ``size``, ``digest`` and, on a local
+        disk, ``mtime_ns``), reading it only where the listing cannot tell: a local file whose time changed is
+        hashed.  A row without a digest (written before rows had one) is judged by its size alone."""
 
     @abstractmethod
     def write_part(self, name: str, table: pa.Table) -> str:
@@ -500,15 +541,16 @@ class LocalStore(OutputStore):
         tmp = self.videos / f"{TEMP_MARK}{uuid.uuid4().hex}-{target.name}"
         try:
             write(tmp)
-            size = tmp.stat().st_size
+            stat = tmp.stat()
+            digest = file_digest(tmp)
             if fence is not None:
                 fence()
-            os.replace(tmp, target)
+            os.replace(tmp, target)  # a rename keeps the file's modification time: the row records this one
         except OSError as err:
             raise _write_failure(err, f"{VIDEOS}/{target.name} in {self.root}") from None
         finally:
             tmp.unlink(missing_ok=True)
-        return StoredVideo(str(target.resolve()), size)
+        return StoredVideo(str(target.resolve()), stat.st_size, digest, stat.st_mtime_ns)
 
     def video_uri(self, video_id: str) -> str:
         return str((self.videos / f"{video_id}.mp4").resolve())
@@ -520,14 +562,27 @@ class LocalStore(OutputStore):
     def conditional(self, name: str) -> ConditionalObject:
         return LocalConditionalFile(self.root / _checked_file_name(name))
 
-    def video_sizes(self) -> dict[str, int]:
+    def video_stats(self) -> dict[str, VideoStat]:
         if not self.videos.is_dir():
             return {}
-        return {
-            p.name[:-4]: p.stat().st_size
-            for p in os.scandir(self.videos)
-            if p.name.endswith(".mp4") and not p.name.startswith(".")
-        }
+        stats = {}
+        for entry in os.scandir(self.videos):
+            if entry.name.endswith(".mp4") and not entry.name.startswith("."):
+                stat = entry.stat()
+                stats[entry.name[:-4]] = VideoStat(stat.st_size, mtime_ns=stat.st_mtime_ns)
+        return stats
+
+    def holds_video(self, video_id: str, stat: VideoStat, size: int | None, digest: str | None, mtime_ns=None) -> bool:
+        if not _same_size(stat, size):
+            return False
+        if digest is None or not digest.startswith("sha256:"):  # an older row, or one another kind of store wrote
+            return True
+        if mtime_ns is not None and stat.mtime_ns == mtime_ns:
+            return True
+        try:  # rewritten, copied or touched since: its bytes decide
+            return file_digest(self.videos / _checked_name(video_id)) == digest
+        except OSError:
+            return False
 
     def write_part(self, name: str, table: pa.Table) -> str:
         buffer = io.BytesIO()
@@ -654,10 +709,11 @@ class S3Store(OutputStore):
                 self._upload(path, key)
         except OSError as err:  # the local temporary folder: full, read-only, or the encoder failed
             raise _write_failure(err, f"{self._where(key)} (its local temporary file)") from None
-        stored = self._stored_size(key)
-        if stored != size:
-            raise StorageError(f"{self._where(key)} holds {stored} bytes after its upload of {size}")
-        return StoredVideo(self._where(key), size)
+        stored = self._stored_stat(key)
+        if stored is None or stored.size != size:
+            held = "nothing" if stored is None else f"{stored.size} bytes"
+            raise StorageError(f"{self._where(key)} holds {held} after its upload of {size} bytes")
+        return StoredVideo(self._where(key), size, etag_digest(stored.etag))
 
     def exists(self) -> bool:
         prefix = f"{self.prefix}/" if self.prefix else ""
@@ -668,16 +724,17 @@ class S3Store(OutputStore):
             raise StorageError(describe_s3_error(err, "list", self.location.uri)) from None
         return listed.get("KeyCount", 0) > 0
 
-    def _stored_size(self, key: str) -> int | None:
-        """The size of the object at ``key`` as the storage reports it, None when it is absent: a HEAD (one keyed
-        lookup), or, where the credentials may write the videos but not read them, a listing of the key (the
-        permission a rerun needs anyway; on some S3 servers a listing costs in proportion to the bucket)."""
+    def _stored_stat(self, key: str) -> VideoStat | None:
+        """The size and ETag of the object at ``key`` as the storage reports them, None when it is absent: a HEAD
+        (one keyed lookup), or, where the credentials may write the videos but not read them, a listing of the key
+        (the permission a rerun needs anyway; on some S3 servers a listing costs in proportion to the bucket)."""
         from botocore.exceptions import ClientError  # deferred: botocore
 
         if self._head_allowed:
             try:
                 with self._waiting("reading back", key):
-                    return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+                    head = self.client.head_object(Bucket=self.bucket, Key=key)
+                return VideoStat(int(head["ContentLength"]), etag=head.get("ETag"))
             except ClientError as err:
                 status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
                 if status == 404:
@@ -692,7 +749,10 @@ class S3Store(OutputStore):
                 listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=10)
         except Exception as err:
             raise StorageError(describe_s3_error(err, "read back", self._where(key))) from None
-        return next((int(o["Size"]) for o in listed.get("Contents", []) if o["Key"] == key), None)
+        return next(
+            (VideoStat(int(o["Size"]), etag=o.get("ETag")) for o in listed.get("Contents", []) if o["Key"] == key),
+            None,
+        )
 
     def _upload(self, path: Path, key: str) -> None:
         from boto3.s3.transfer import TransferConfig  # deferred: boto3
@@ -734,14 +794,21 @@ class S3Store(OutputStore):
         except Exception as err:
             raise StorageError(describe_s3_error(err, "list", self._where(prefix))) from None
 
-    def video_sizes(self) -> dict[str, int]:
+    def video_stats(self) -> dict[str, VideoStat]:
         start = len(self._key(VIDEOS)) + 1
-        sizes = {}
+        stats = {}
         for obj in self._list(VIDEOS):
             name = obj["Key"][start:]
             if name.endswith(".mp4") and "/" not in name:
-                sizes[name[:-4]] = int(obj.get("Size", 0))
-        return sizes
+                stats[name[:-4]] = VideoStat(int(obj.get("Size", 0)), etag=obj.get("ETag"))
+        return stats
+
+    def holds_video(self, video_id: str, stat: VideoStat, size: int | None, digest: str | None, mtime_ns=None) -> bool:
+        if not _same_size(stat, size):
+            return False
+        if digest is None or not digest.startswith("etag:") or stat.etag is None:  # an older row, another store
+            return True
+        return etag_digest(stat.etag) == digest  # the listing's ETag: nothing is downloaded
 
     def write_part(self, name: str, table: pa.Table) -> str:
         buffer = io.BytesIO()
@@ -802,6 +869,11 @@ class S3Store(OutputStore):
 
     def clear_unfinished(self) -> int:
         return self._abort_uploads(self._key(VIDEOS) + "/") + self._abort_uploads(self._key(RESULTS) + "/")
+
+
+def _same_size(stat: VideoStat, size: int | None) -> bool:
+    """The listed size is the recorded one (a row without a size: at least a whole mp4's smallest)."""
+    return stat.size == size if size is not None else stat.size >= MIN_MP4_BYTES
 
 
 def open_output(out: str | os.PathLike) -> OutputStore:

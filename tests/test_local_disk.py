@@ -88,7 +88,8 @@ def test_a_disk_that_fills_mid_run_keeps_the_stored_videos_rows_releases_the_lea
 ):
     out = mount_tmpfs(tmp_path / "disk", "1300k") / "out"
     source = manifest(tmp_path / "m.parquet", 40)
-    args = ["render", str(source), "--out", str(out), "--steps", "2", "--no-progress", "--flush-every", "4"]
+    # rows are flushed at the end, so the writes mid-run are the videos': one of them meets the full disk
+    args = ["render", str(source), "--out", str(out), "--steps", "2", "--no-progress", "--flush-every", "40"]
     assert cli(args) == 5
     err = capsys.readouterr().err
     assert "the output's disk is full" in err and "their rows are written" in err and "it resumes" in err, err
