@@ -30,6 +30,11 @@ def lease_line(out: str) -> str:
         return f"lease: unknown ({err})"
     if seen is None or seen.holder.released:
         return "lease: free (no run is rendering into this output)"
+    if seen.debris:
+        return (
+            f"lease: free (lease.json is empty or unreadable, {seen.age_s:.0f} s old: left by a run killed while "
+            "writing it; the next run takes it over at once)"
+        )
     if seen.holder.gone():
         state = "its process is gone from this host: the next run takes it over at once"
     elif seen.stale:

@@ -36,6 +36,7 @@ from .stores import OutputStore
 log = logging.getLogger(__name__)
 
 LEASE_NAME = "lease.json"
+UNREADABLE_PID = -1  # the pid of the holder an unreadable lease names
 DEFAULT_TTL_S = 120.0
 
 
@@ -118,9 +119,14 @@ class Holder:
             fields = json.loads(data)
             return cls(**{k: fields[k] for k in cls.__dataclass_fields__ if k in fields})
         except (ValueError, TypeError, KeyError):
-            # An unreadable lease is treated as held by an unknown run: refuse until it is stale (or --force).
+            # An unreadable lease is held by an unknown run for a few seconds (DEBRIS_AGE_S), then it is debris.
             return cls(
-                run_id="unknown (unreadable lease)", host="?", pid=-1, ray_job=None, started_at="?", ttl_s=DEFAULT_TTL_S
+                run_id="unknown (unreadable lease)",
+                host="?",
+                pid=UNREADABLE_PID,
+                ray_job=None,
+                started_at="?",
+                ttl_s=DEFAULT_TTL_S,
             )
 
 
@@ -152,6 +158,12 @@ def ray_job_id() -> str | None:
         return None
 
 
+#: An empty or unreadable lease older than this is debris (a run killed, or a disk that filled, between creating the
+#: file and writing it), not a holder: a local create is written microseconds after it is made, and an S3 object
+#: appears whole or not at all, so no live run leaves one this long.
+DEBRIS_AGE_S = 5.0
+
+
 @dataclass(frozen=True)
 class Seen:
     """The lease object as read: its holder, an opaque version for compare-and-swap, and its age in seconds."""
@@ -159,10 +171,15 @@ class Seen:
     holder: Holder
     version: str
     age_s: float
+    readable: bool = True  # False: empty or not a lease (its holder is unknown)
+
+    @property
+    def debris(self) -> bool:
+        return not self.readable and self.age_s > DEBRIS_AGE_S
 
     @property
     def stale(self) -> bool:
-        return self.holder.released or self.age_s > self.holder.ttl_s or self.holder.gone()
+        return self.holder.released or self.age_s > self.holder.ttl_s or self.holder.gone() or self.debris
 
 
 class LeaseObject:
@@ -176,7 +193,10 @@ class LeaseObject:
 
     def read(self) -> Seen | None:
         snapshot = self.obj.read()
-        return None if snapshot is None else Seen(Holder.from_bytes(snapshot.data), snapshot.version, snapshot.age_s)
+        if snapshot is None:
+            return None
+        holder = Holder.from_bytes(snapshot.data)
+        return Seen(holder, snapshot.version, snapshot.age_s, readable=holder.pid != UNREADABLE_PID)
 
     def create(self, data: bytes) -> str | None:
         return self.obj.create(data)
@@ -225,8 +245,8 @@ class Lease:
                 self.version = self.obj.create(data)
             elif seen.stale or self.force:
                 self.version = self.obj.replace(data, seen.version)
-                if self.version is not None and not seen.holder.released:
-                    self.took_over = seen.holder
+                if self.version is not None and not seen.holder.released and seen.readable:
+                    self.took_over = seen.holder  # (debris names no run whose parts could be fenced)
             else:
                 raise LeaseHeld(
                     f"{self.obj.where()} is held by {seen.holder.describe()}, renewed {seen.age_s:.0f} s ago: another "

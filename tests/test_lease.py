@@ -87,6 +87,26 @@ def test_an_unreadable_lease_is_treated_as_held_until_stale(tmp_path):
     Lease(store, "run-forced", force=True).acquire().release()
 
 
+def test_an_empty_lease_older_than_a_few_seconds_is_debris_and_the_next_run_takes_it(out, monkeypatch, capsys):
+    """A run killed (or a disk that filled) between creating lease.json and writing it leaves an empty file: after a
+    few seconds it holds nothing back, and status says the output is free."""
+    import ditfarm.storage.lease as lease_module
+    from ditfarm.commands.cli import main as cli
+
+    store = open_output(out)
+    store.check_writable()
+    store.conditional(LEASE_NAME).create(b"")
+    with pytest.raises(LeaseHeld, match="unreadable lease"):  # a moment old: perhaps a holder writing it now
+        Lease(store, "run-early").acquire()
+    monkeypatch.setattr(lease_module, "DEBRIS_AGE_S", 0.5)  # S3's Last-Modified cannot be set back: wait instead
+    time.sleep(1.5)
+    assert cli(["status", out]) == 0
+    assert "lease: free (lease.json is empty or unreadable" in capsys.readouterr().out
+    taken = Lease(store, "run-after").acquire()
+    assert taken.version is not None and taken.took_over is None  # no run to fence: debris names none
+    taken.release()
+
+
 def test_of_two_runs_that_see_a_stale_lease_exactly_one_takes_it(tmp_path):
     store = open_output(str(tmp_path / "out"))
     store.check_writable()
