@@ -40,7 +40,7 @@ from ..storage.stores import OutputLocation, OutputStore, clear_local_temp, open
 from ..text import cut
 from ..types import EXIT_MANIFEST_FAILED, EXIT_OUTPUT_FAILED, RenderedVideo, RenderSettings, RunAborted
 from ..worker.model import load_model
-from ..worker.publish import lease_fence, publish_video, video_format
+from ..worker.publish import PublishGate, lease_fence, publish_video, video_format
 from ..worker.video import cache_outcome, checked_settings, decode_video, denoise_video, encode_text
 from .manifest import Manifest, ManifestError, RenderTask, RowProblem, sampler_overrides, seed_from_id
 from .metrics import JobMetrics
@@ -75,6 +75,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+PUBLISH_GRACE_S = 30.0  # a stopping run waits this long for videos already past their fence to land
 MAX_KEPT_ERRORS = 1000  # the summary keeps this many messages; the results table keeps them all
 
 
@@ -134,6 +135,12 @@ class LocalRenderer:
         self._loop = threading.Lock()  # one denoising loop at a time: the model and its cache state are shared
         self.loop_seconds: list[float] = []  # per video, for benchmarks: the loop alone
         self._stores: dict[OutputLocation, OutputStore] = {}
+        self.gate = PublishGate()  # a stopping run lets no video publish after its rows are flushed
+
+    def stop_publishing(self, timeout_s: float) -> tuple[set[str], bool]:
+        """Refuse every later publish; wait up to ``timeout_s`` for videos already publishing (their rows follow):
+        (the ids that were publishing, whether they all returned)."""
+        return self.gate.close(timeout_s)
 
     def frames(self, task: RenderTask, settings: RenderSettings):
         """(frames, sampler settings, skipped fraction, VideoPhases) of one task."""
@@ -161,7 +168,11 @@ class LocalRenderer:
         frames, s, skipped, phases = self.frames(task, settings)
         store = self._stores.get(out) or self._stores.setdefault(out, out.open())
         started = time.perf_counter()
-        stored = publish_video(store, task.id, frames, settings, self.pipe.video, fence=lease_fence(out, store))
+        try:
+            fence = self.gate.fence(task.id, lease_fence(out, store))
+            stored = publish_video(store, task.id, frames, settings, self.pipe.video, fence=fence)
+        finally:
+            self.gate.done(task.id)
         phases = dataclasses.replace(phases, store_seconds=round(time.perf_counter() - started, 4))
         return RenderedVideo.of(
             stored.uri,
@@ -516,6 +527,14 @@ class RenderJob:
                     if broken is not None:
                         raise broken
                 except BaseException:  # a stop or an error: videos already stored keep their rows
+                    stop_publishing = getattr(renderer, "stop_publishing", None)
+                    if stop_publishing is not None and in_flight:  # no video lands after its rows are flushed
+                        publishing, landed = stop_publishing(PUBLISH_GRACE_S)
+                        if not landed:
+                            log.warning(
+                                "a video still publishing after %.0f s may be stored without its row", PUBLISH_GRACE_S
+                            )
+                        wait([f for f, t in in_flight.items() if t.id in publishing], timeout=PUBLISH_GRACE_S)
                     for future, _task in list(in_flight.items()):
                         if future.done() and future.exception() is None:
                             record_done(future, in_flight.pop(future))
@@ -524,8 +543,9 @@ class RenderJob:
                 report.final()  # after the last rows are flushed: the page shows the whole run
         except LeaseLost:  # the output is another run's now: not even its report is this run's to write
             raise
-        except Stopped:
-            report.final()  # a stopped run leaves the page of what is stored (its rows were flushed above)
+        except Stopped:  # its rows were flushed above; the lease goes back before the page is written
+            self.close()
+            report.final()  # a stopped run leaves the page of what is stored
             raise
         except ManifestError as err:  # a row group past the first that cannot be read
             if summary.total == 0:

@@ -192,3 +192,31 @@ def test_sigterm_or_ctrl_c_stops_within_seconds_keeps_stored_rows_and_a_rerun_re
     rerun.communicate(timeout=600)
     assert rerun.returncode == 1  # the bad row
     check_exactly_once(out)
+
+
+def test_every_video_a_stopped_run_stored_has_its_row_at_any_moment_of_the_stop(random_model_folder, tmp_path):
+    """SIGTERM at six moments of a run whose videos finish every second or so (two in flight): a video either lands
+    with its row or is not stored, the lease is given back and the page written, and the next run resumes."""
+    manifest, out = str(tmp_path / "m.parquet"), tmp_path / "out"
+    ids = [f"t{i:02d}" for i in range(40)]
+    pq.write_table(pa.table({"id": ids, "prompt": [PROMPTS[i % 2] for i in range(40)]}), manifest)
+    videos = out / "videos"
+
+    def stored() -> set[str]:
+        return {p.stem for p in videos.glob("*.mp4") if not p.name.startswith(".")} if videos.is_dir() else set()
+
+    delays = [0.0, 0.13, 0.37, 0.55, 0.71, 0.9]  # after the first new video lands: mid-loop, mid-encode, mid-publish
+    for delay in delays:
+        before = len(stored())
+        proc = start(manifest, str(out), random_model_folder, "--steps", "3", "--flush-every", "1000")
+        deadline = time.monotonic() + 240
+        while len(stored()) <= before:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 143, stderr
+        ok = {r["id"] for r in read_all_results(str(out)).to_pylist() if r["status"] == "ok"}
+        assert stored() == ok, (delay, sorted(stored() ^ ok))  # no video without its row, no row without its video
+        assert not (out / "lease.json").exists() and (out / "report.html").exists()

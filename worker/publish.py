@@ -6,6 +6,7 @@ The same code runs wherever a video is decoded: in the driver's process, and on 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import numpy as np
@@ -53,3 +54,45 @@ def lease_fence(out: OutputLocation, store: OutputStore):
         return None
     fence = LeaseFence(out.writer_run)
     return lambda: fence.check(store)
+
+
+class PublishGate:
+    """Lets a stopping run end with every stored video recorded: once ``close()`` is called no video passes its
+    fence any more, and ``close`` waits (boundedly) for the videos already past it to land, so the driver records
+    their rows before it gives the lease back.  A video that is refused stores nothing; the rerun renders it."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._closed = False
+        self._publishing: set[str] = set()  # ids past their fence whose publish has not returned
+
+    def fence(self, key: str, check=None):
+        """A fence for publishing ``key``: refuses once the gate is closed, else runs ``check`` (the lease's) and
+        counts the video as publishing until ``done(key)`` (call it whether or not the publish succeeded)."""
+
+        def run() -> None:
+            with self._cond:
+                if self._closed:
+                    raise LeaseLost("the run is stopping: this video is not published (a rerun renders it)")
+                self._publishing.add(key)
+            if check is not None:
+                try:
+                    check()
+                except BaseException:
+                    self.done(key)
+                    raise
+
+        return run
+
+    def done(self, key: str) -> None:
+        with self._cond:
+            self._publishing.discard(key)
+            self._cond.notify_all()
+
+    def close(self, timeout_s: float) -> tuple[set[str], bool]:
+        """Refuse every later publish and wait up to ``timeout_s`` for those under way: (their ids, whether they all
+        returned)."""
+        with self._cond:
+            self._closed = True
+            under_way = set(self._publishing)
+            return under_way, self._cond.wait_for(lambda: not self._publishing, timeout=timeout_s)
