@@ -45,11 +45,13 @@ class ConditionalObject(ABC):
 
     @abstractmethod
     def create(self, data: bytes) -> str | None:
-        """Write the object if none exists; its version, or None when one does."""
+        """Write the object if none exists; its version, or None when one does.  A write that landed but whose
+        answer was lost counts as this caller's (its retry meets the object it wrote: the same bytes)."""
 
     @abstractmethod
     def replace(self, data: bytes, version: str | None) -> str | None:
-        """Write the object if it is still at ``version`` (None: whatever it is); its new version, or None."""
+        """Write the object if it is still at ``version`` (None: whatever it is); its new version, or None.  As with
+        ``create``, an answer lost after the write landed is recognised by the bytes read back."""
 
     @abstractmethod
     def delete(self, version: str) -> None:
@@ -218,10 +220,18 @@ class S3ConditionalObject(ConditionalObject):
                 "ConditionalRequestConflict",
                 "NoSuchKey",
             ):
-                return None  # someone else wrote (or removed) the object first
+                return self._own_write(data)  # someone else wrote (or removed) it first, or our retry did
             raise StorageError(describe_s3_error(err, "write", self.where())) from None
         except Exception as err:
             raise StorageError(describe_s3_error(err, "write", self.where())) from None
+
+    def _own_write(self, data: bytes) -> str | None:
+        """After a conditional write was refused: the object's version if it holds exactly ``data`` (this writer's
+        own write landed, its answer was lost, and the client's retry met the changed object), else None.  Callers
+        write bytes no other writer writes (a lease names its run and counts its renewals), so equal bytes are
+        this write's."""
+        seen = self.read()
+        return seen.version if seen is not None and seen.data == data else None
 
     def create(self, data: bytes) -> str | None:
         return self._put(data, IfNoneMatch="*")

@@ -236,3 +236,41 @@ def test_a_live_holder_a_reused_pid_and_another_host(tmp_path):
     assert dataclasses.replace(live, process=f"{boot_ns_pid}:{int(start) + 1}").gone()  # the pid was reused since
     assert not dataclasses.replace(live, host="another-host", process=f"{boot_ns_pid}:1").gone()  # nothing known
     assert not dataclasses.replace(live, process=None).gone()  # a holder from before identities: the ttl decides
+
+
+@pytest.fixture
+def lossy_s3(s3_endpoint, monkeypatch):
+    """An S3 output reached through a FaultProxy (tests/fault_proxy.py)."""
+    from fault_proxy import FaultProxy
+
+    bucket = "lossy-" + uuid.uuid4().hex[:10]
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    proxy = FaultProxy(s3_endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    yield proxy, f"s3://{bucket}/out"
+    proxy.close()
+
+
+def test_a_lease_write_whose_answer_is_lost_is_recognised_as_this_runs_own(lossy_s3):
+    """The create, a renewal and the release each land, their answers are lost, and botocore's retry gets 412: the
+    run reads the lease back, finds its own bytes and goes on, instead of taking itself for another run."""
+    proxy, out = lossy_s3
+    store = open_output(out)
+
+    def lease_put(method, path):
+        return method == "PUT" and path.split("?")[0].endswith("/out/lease.json")
+
+    proxy.add("lose", lease_put)
+    lease = Lease(store, "run-own").acquire()  # the create
+    assert lease.version is not None and lease.took_over is None
+    proxy.add("lose", lease_put)
+    assert lease.renew() is True and lease.lost is None  # a renewal
+    lease.ensure_held()
+    proxy.add("lose", lease_put)
+    proxy.add("lose", lambda method, path: method == "DELETE" and "/out/lease.json" in path)
+    lease.release()  # the write that marks it released, then its removal: both answers lost
+    assert current_holder(store) is None  # given back, not left behind
+    puts = [status for method, path, status in proxy.seen if lease_put(method, path)]
+    assert puts.count("lose") == 3 and puts.count(412) >= 3, puts  # each retry was refused: the write had landed
+    assert ("DELETE", "lose") in [(m, status) for m, path, status in proxy.seen if "/out/lease.json" in path]
+    Lease(store, "run-next").acquire().release()  # free at once for the next run
