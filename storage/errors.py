@@ -16,6 +16,12 @@ class StorageError(RuntimeError):
     unreachable endpoint.  The message names the location and the service's reason, never a credential."""
 
 
+class LeaseLost(StorageError):
+    """This run's lease was taken over by another run (it looked stale): stop writing to the output.  Also what a
+    write says that finds its object changed by another run since this run's lease check (a stalled upload that
+    would land after a take-over): it does not land."""
+
+
 class OutputFull(StorageError):
     """The output's disk (or quota) is full: every later write would fail too, so the run stops (exit 5) once it
     has written the rows of the videos already stored, using the space it set aside at its start."""

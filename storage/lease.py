@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import StorageError
+from .errors import LeaseLost, StorageError
 from .stores import OutputStore
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,6 @@ DEFAULT_TTL_S = 120.0
 
 class LeaseHeld(StorageError):
     """Another live run holds the output; the message names it."""
-
-
-class LeaseLost(StorageError):
-    """This run's lease was taken over by another run (it looked stale): stop writing to the output."""
 
 
 #: A write is allowed only while the lease was renewed within this fraction of its ttl: a take-over needs the whole

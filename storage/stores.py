@@ -59,6 +59,7 @@ DAMAGED_RESULTS = "damaged-results"  # where --repair moves results parts that c
 PART_PREFIX, FENCE_PREFIX = "part-", "fence-"  # results/ holds parts and the fences of runs that lost the lease
 LOCAL_TEMP_PREFIX = "ditfarm-video-"  # + "<pid>-": a process's temporary folders for S3 uploads, under the temp dir
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
+CONDITIONAL_ATTEMPTS = 3  # conditional uploads of one video before it fails (the key changing under it each time)
 MIN_MP4_BYTES = 256  # smaller than any whole H.264 mp4: judged for ok rows that recorded no size
 
 
@@ -232,6 +233,21 @@ class VideoStat:
 def etag_digest(etag: str | None) -> str | None:
     """An S3 ETag as a digest (the quotes S3 puts around it dropped)."""
     return None if not etag else "etag:" + etag.strip('"')
+
+
+def upload_etag(path, part_bytes: int | None = None) -> str:
+    """The ETag S3 gives ``path`` uploaded as ``_upload`` uploads it: the MD5 of the bytes for one PUT, the MD5 of
+    the parts' MD5s and their count for a multipart upload (parts of MULTIPART_THRESHOLD bytes)."""
+    import hashlib
+
+    part_bytes = part_bytes or MULTIPART_THRESHOLD
+    digests = []
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(part_bytes), b""):
+            digests.append(hashlib.md5(chunk).digest())
+    if len(digests) <= 1:
+        return (digests[0] if digests else hashlib.md5(b"").digest()).hex()
+    return hashlib.md5(b"".join(digests)).hexdigest() + f"-{len(digests)}"
 
 
 def file_digest(path) -> str:
@@ -698,15 +714,30 @@ class S3Store(OutputStore):
             raise StorageError(describe_s3_error(err, "delete from", self.location.uri)) from None
 
     def store_video(self, video_id: str, write, fence=None) -> StoredVideo:
+        """Encode, read what the key holds now, check the lease (``fence``), then upload on the condition that the
+        key still holds what was read: ``If-None-Match: *`` where it held nothing, ``If-Match: <etag>`` where it
+        held a video.  An upload that stalls past a take-over (botocore's retries can outlast a lease) then lands
+        nowhere: the run that took over wrote the key since, so the condition fails; this run's next lease check
+        fails too, and the video is refused (LeaseLost), never stored over the newer video its row describes.
+        Where the condition fails while the lease is still this run's, the key holds this very upload (its answer
+        was lost and the retry met it) or a late write of a run that lost the lease: the first is kept, the second
+        overwritten, on the condition of what the key holds now."""
         key = self._key(VIDEOS, _checked_name(video_id))
         try:
             with tempfile.TemporaryDirectory(prefix=f"{LOCAL_TEMP_PREFIX}{os.getpid()}-") as tmp:
                 path = Path(tmp) / f"{video_id}.mp4"
                 write(path)
                 size = path.stat().st_size
-                if fence is not None:
-                    fence()
-                self._upload(path, key)
+                for attempt in range(CONDITIONAL_ATTEMPTS):
+                    seen = self._stored_stat(key)  # read before the lease check: what this run's condition holds to
+                    if attempt and seen is not None and (seen.etag or "").strip('"') == upload_etag(path):
+                        break  # this upload landed and its answer was lost
+                    if fence is not None:
+                        fence()
+                    if self._upload(path, key, seen.etag if seen is not None else None):
+                        break
+                else:
+                    raise StorageError(f"{self._where(key)} kept changing while this run uploaded it; not stored")
         except OSError as err:  # the local temporary folder: full, read-only, or the encoder failed
             raise _write_failure(err, f"{self._where(key)} (its local temporary file)") from None
         stored = self._stored_stat(key)
@@ -754,18 +785,46 @@ class S3Store(OutputStore):
             None,
         )
 
-    def _upload(self, path: Path, key: str) -> None:
-        from boto3.s3.transfer import TransferConfig  # deferred: boto3
+    def _upload(self, path: Path, key: str, expected_etag: str | None) -> bool:
+        """Upload ``path`` to ``key`` if the key still holds ``expected_etag`` (None: nothing): one conditional PUT,
+        or a multipart upload whose completion carries the condition.  False when the condition failed (the key
+        changed since it was read); other failures are StorageErrors naming the key."""
+        from botocore.exceptions import ClientError  # deferred: botocore
 
-        config = TransferConfig(
-            multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD, use_threads=False
-        )
+        condition = {"IfMatch": expected_etag} if expected_etag else {"IfNoneMatch": "*"}
         try:
             with self._waiting("uploading", key):
-                self.client.upload_file(str(path), self.bucket, key, Config=config)
+                if path.stat().st_size <= MULTIPART_THRESHOLD:
+                    with open(path, "rb") as body:
+                        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, **condition)
+                else:
+                    self._multipart_upload(path, key, condition)
+            return True
+        except ClientError as err:
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            self._abort_uploads(key)
+            if status in (409, 412) or err.response.get("Error", {}).get("Code") in (
+                "PreconditionFailed",
+                "ConditionalRequestConflict",
+            ):
+                return False
+            raise StorageError(describe_s3_error(err, "upload", self._where(key))) from None
         except Exception as err:
             self._abort_uploads(key)
             raise StorageError(describe_s3_error(err, "upload", self._where(key))) from None
+
+    def _multipart_upload(self, path: Path, key: str, condition: dict) -> None:
+        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+        parts = []
+        with open(path, "rb") as f:
+            for number, chunk in enumerate(iter(lambda: f.read(MULTIPART_THRESHOLD), b""), start=1):
+                answer = self.client.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload, PartNumber=number, Body=chunk
+                )
+                parts.append({"ETag": answer["ETag"], "PartNumber": number})
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}, **condition
+        )
 
     def _abort_uploads(self, key_prefix: str) -> int:
         """Abort unfinished multipart uploads under key_prefix (boto3 aborts its own; this also catches a

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 
 
 class FaultProxy:
-    """``rules``: (kind, match, times) with kind "lose" (drop the answer after forwarding) or ("delay", seconds)
-    (forward only after waiting: the request lands late); match(method, path) -> bool; times: how many requests
+    """``rules``: (kind, match, times) with kind "lose" (drop the answer after forwarding) or ("delay", seconds or
+    a threading.Event) (forward only after waiting: the request lands late); match(method, path) -> bool; times: how many requests
     it applies to.  ``seen``: (method, path, status or fault) of every request, for the test to read."""
 
     def __init__(self, target: str):
@@ -21,6 +21,7 @@ class FaultProxy:
         self.target = (parts.hostname, parts.port)
         self.rules: list[list] = []
         self.seen: list[tuple[str, str, object]] = []
+        self.delaying = threading.Event()  # set once a request is being held back
         self._lock = threading.Lock()
         proxy = self
 
@@ -33,8 +34,9 @@ class FaultProxy:
             def _any(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 fault = proxy._fault(self.command, self.path)
-                if fault is not None and fault[0] == "delay":
-                    time.sleep(fault[1])
+                if fault is not None and fault[0] == "delay":  # seconds, or until an event is set
+                    proxy.delaying.set()
+                    fault[1].wait(120) if isinstance(fault[1], threading.Event) else time.sleep(fault[1])
                 upstream = http.client.HTTPConnection(*proxy.target, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "expect")}
                 upstream.request(self.command, self.path, body=body, headers=headers)

@@ -11,6 +11,7 @@ import pytest
 from helpers import CountingRenderer
 
 from ditfarm.jobs.driver import RenderJob, RenderSettings, prompt_task
+from ditfarm.jobs.results import read_results
 from ditfarm.storage.lease import LEASE_NAME, Holder, Lease, LeaseHeld, LeaseLost, current_holder, lease_object
 from ditfarm.storage.stores import open_output
 
@@ -274,3 +275,49 @@ def test_a_lease_write_whose_answer_is_lost_is_recognised_as_this_runs_own(lossy
     assert puts.count("lose") == 3 and puts.count(412) >= 3, puts  # each retry was refused: the write had landed
     assert ("DELETE", "lose") in [(m, status) for m, path, status in proxy.seen if "/out/lease.json" in path]
     Lease(store, "run-next").acquire().release()  # free at once for the next run
+
+
+def test_an_upload_stalled_past_a_take_over_never_lands_over_the_new_holders_video(
+    lossy_s3, random_model_folder, monkeypatch
+):
+    """Run A checks its lease and starts uploading; the upload stalls (held by the proxy) while A's lease goes
+    stale and run B takes the output over and stores the same id; then A's upload reaches S3.  It must not land:
+    B's row and the stored bytes agree, and A is told it lost the lease."""
+    import threading
+
+    from ditfarm.jobs.driver import render_tasks
+    from ditfarm.storage.lease import LeaseFence
+
+    proxy, out = lossy_s3
+    slow = open_output(out)  # run A, through the proxy
+    lease_a = Lease(slow, "run-A", ttl_s=2.0).acquire()  # never renewed: it goes stale while A is stalled
+    release = threading.Event()
+    proxy.add(("delay", release), lambda method, path: method == "PUT" and "/out/videos/x.mp4" in path)
+    outcome = {}
+
+    def store_a():
+        try:
+            outcome["a"] = slow.store_video(
+                "x", lambda path: path.write_bytes(b"A" * 20000), fence=lambda: LeaseFence("run-A").check(slow)
+            )
+        except Exception as err:  # noqa: BLE001 - what A is told is the assertion
+            outcome["a"] = err
+
+    runner = threading.Thread(target=store_a)
+    runner.start()
+    assert proxy.delaying.wait(60)  # A passed its lease check; its upload is on the wire, held back
+    time.sleep(4)  # A's lease is stale now (S3 dates its objects to the second)
+    host, port = proxy.target
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")  # run B reaches S3 itself
+    settings = RenderSettings(model=str(random_model_folder), steps=1)
+    summary = render_tasks([prompt_task("red circle moving left on blue background", video_id="x")], out, settings)
+    assert summary.ok == 1
+    release.set()  # A's upload reaches S3 now
+    runner.join(timeout=120)
+    assert isinstance(outcome["a"], LeaseLost), outcome
+    row = [r for r in read_results(out).to_pylist() if r["id"] == "x"][0]
+    bucket, key = out[len("s3://") :].split("/", 1)
+    head = boto3.client("s3").head_object(Bucket=bucket, Key=f"{key}/videos/x.mp4")
+    assert row["video_digest"] == "etag:" + head["ETag"].strip('"') and row["video_bytes"] == head["ContentLength"]
+    assert head["ContentLength"] != 20000  # B's video, not A's bytes
+    lease_a.version = None  # A's lease is B's now; nothing of A's to give back

@@ -396,10 +396,10 @@ def test_overwrite_renders_everything_again_and_an_upload_failure_fails_only_its
 
     upload = S3Store._upload
 
-    def refuse_w1(self, path, key):
+    def refuse_w1(self, path, key, expected_etag):
         if key.endswith("/w1.mp4"):
             raise StorageError(f"cannot upload s3://{self.bucket}/{key}: SlowDown (injected)")
-        return upload(self, path, key)
+        return upload(self, path, key, expected_etag)
 
     monkeypatch.setattr(S3Store, "_upload", refuse_w1)
     s3.delete_object(Bucket=bucket, Key="out/videos/w1.mp4")
@@ -534,11 +534,15 @@ def test_a_stored_video_is_read_back_by_head_or_by_listing_where_reading_is_refu
     monkeypatch.setattr(store.client, "head_object", refused)
     assert store.store_video("b", lambda path: Path(path).write_bytes(b"y" * 50)).size == 50
     assert store.store_video("c", lambda path: Path(path).write_bytes(b"z" * 7)).size == 7
-    assert calls == ["head", "head refused", "list", "list"]  # refused once, then listing only
+    # each video is read before its upload (the upload's condition) and after it (the size stored): a HEAD each
+    # time, refused once, then listing only
+    assert calls == ["head", "head", "head refused", "list", "list", "list", "list"], calls
 
     short = S3Store(bucket, "short")
     monkeypatch.setattr(
-        short, "_upload", lambda path, key: real_list.__self__.put_object(Bucket=bucket, Key=key, Body=b"short")
+        short,
+        "_upload",
+        lambda path, key, expected: bool(real_list.__self__.put_object(Bucket=bucket, Key=key, Body=b"short")),
     )
     with pytest.raises(StorageError, match=r"videos/d.mp4 holds 5 bytes after its upload of 100"):
         short.store_video("d", lambda path: Path(path).write_bytes(b"x" * 100))
