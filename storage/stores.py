@@ -915,13 +915,28 @@ class S3Store(OutputStore):
         return self._where(target)
 
     def write_text(self, name: str, text: str) -> str:
+        """One PUT, on the condition that the object is still what was read just before (``If-Match`` /
+        ``If-None-Match``): a write that stalls while another run writes the same page lands nowhere, so an older
+        run's page never replaces a newer one's.  A refused condition leaves the newer page (or this write's own,
+        whose answer was lost) in place."""
+        from botocore.exceptions import ClientError  # deferred: botocore
+
         key = self._key(_checked_file_name(name))
         kind = mimetypes.guess_type(name)[0] or "text/plain"
+        seen = self._stored_stat(key)
+        condition = {"IfMatch": seen.etag} if seen is not None and seen.etag else {"IfNoneMatch": "*"}
         try:  # one PUT: the object is replaced whole
             with self._waiting("writing", key):
                 self.client.put_object(
-                    Bucket=self.bucket, Key=key, Body=text.encode("utf-8"), ContentType=f"{kind}; charset=utf-8"
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=text.encode("utf-8"),
+                    ContentType=f"{kind}; charset=utf-8",
+                    **condition,
                 )
+        except ClientError as err:
+            if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") not in (409, 412):
+                raise StorageError(describe_s3_error(err, "write", self._where(key))) from None
         except Exception as err:
             raise StorageError(describe_s3_error(err, "write", self._where(key))) from None
         return self._where(key)

@@ -321,3 +321,23 @@ def test_an_upload_stalled_past_a_take_over_never_lands_over_the_new_holders_vid
     assert row["video_digest"] == "etag:" + head["ETag"].strip('"') and row["video_bytes"] == head["ContentLength"]
     assert head["ContentLength"] != 20000  # B's video, not A's bytes
     lease_a.version = None  # A's lease is B's now; nothing of A's to give back
+
+
+def test_a_report_write_stalled_past_a_newer_one_never_replaces_it(lossy_s3, monkeypatch):
+    import threading
+
+    proxy, out = lossy_s3
+    slow = open_output(out)  # through the proxy, which holds its PUT back
+    release = threading.Event()
+    proxy.add(("delay", release), lambda method, path: method == "PUT" and path.split("?")[0].endswith("/report.html"))
+    runner = threading.Thread(target=slow.write_text, args=("report.html", "older run's page"))
+    runner.start()
+    assert proxy.delaying.wait(60)
+    host, port = proxy.target
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+    open_output(out).write_text("report.html", "newer run's page")
+    release.set()
+    runner.join(timeout=60)
+    bucket, key = out[len("s3://") :].split("/", 1)
+    page = boto3.client("s3").get_object(Bucket=bucket, Key=f"{key}/report.html")["Body"].read().decode()
+    assert page == "newer run's page"
