@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import json
 import mimetypes
@@ -238,8 +239,6 @@ def etag_digest(etag: str | None) -> str | None:
 def upload_etag(path, part_bytes: int | None = None) -> str:
     """The ETag S3 gives ``path`` uploaded as ``_upload`` uploads it: the MD5 of the bytes for one PUT, the MD5 of
     the parts' MD5s and their count for a multipart upload (parts of MULTIPART_THRESHOLD bytes)."""
-    import hashlib
-
     part_bytes = part_bytes or MULTIPART_THRESHOLD
     digests = []
     with open(path, "rb") as f:
@@ -252,8 +251,6 @@ def upload_etag(path, part_bytes: int | None = None) -> str:
 
 def file_digest(path) -> str:
     """A local file's digest: ``sha256:<hex>`` of its bytes."""
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -229,7 +229,8 @@ def test_clusters_authenticate_with_the_token_the_submitter_uses_and_run_the_pin
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
 def test_images_copy_everything_the_build_reads(dockerfile):
-    """`pip install .` in the image reads setup.py (package discovery) and every mapped folder."""
+    """`pip install .` in the image reads setup.py (package discovery), every mapped folder and the in-tree build
+    backend (pyproject.toml's backend-path)."""
     copied = set()
     for line in (INFRA / dockerfile).read_text().splitlines():
         if line.startswith("COPY "):
@@ -238,7 +239,10 @@ def test_images_copy_everything_the_build_reads(dockerfile):
     from setup import MAPPED  # the folders the build maps to packages
 
     sys.path.pop(0)
-    assert {"pyproject.toml", "setup.py", "README.md", "constraints.txt", *MAPPED.values()} <= copied
+    import tomllib
+
+    backend = tomllib.loads((INFRA.parent / "pyproject.toml").read_text())["build-system"].get("backend-path", [])
+    assert {"pyproject.toml", "setup.py", "README.md", "constraints.txt", *MAPPED.values(), *backend} <= copied
     ignored = {
         line.strip()
         for line in (INFRA.parent / ".dockerignore").read_text().splitlines()

@@ -112,37 +112,49 @@ def test_wheel_imports_and_renders_without_the_editable_finder(wheel, tmp_path):
     assert len(list((out / "videos").glob("*.mp4"))) == 1
 
 
-def test_a_script_beside_a_clone_named_ditfarm_imports_ditfarm(tmp_path):
-    """~/src/ditfarm (a clone) and ~/src/try.py: the script's folder comes first on sys.path, so the clone must
-    import as the package itself, never as an empty namespace package that hides the installed one."""
-    import shutil
+@pytest.mark.parametrize("beside", ["empty folder", "output folder", "clone"])
+def test_a_script_beside_a_folder_named_ditfarm_imports_the_installed_ditfarm(beside, tmp_path):
+    """A script's folder comes first on sys.path, and a plain folder named ditfarm there (an empty one, a run's
+    output, a clone of this repository) would be a namespace package hiding the editable install: the install puts
+    a link to the real package on sys.path (packaging_backend/), and a regular package wins over a namespace one."""
     import subprocess
-    import sys
 
-    clone = tmp_path / "src" / "ditfarm"
-    for name in ["__init__.py", *MAPPED_FOLDERS]:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, clone / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            clone.mkdir(parents=True, exist_ok=True)
-            shutil.copy(source, clone / name)
-    script = clone.parent / "try.py"
+    shadow = tmp_path / "ditfarm"
+    shadow.mkdir()
+    if beside == "output folder":
+        (shadow / "videos").mkdir()
+        (shadow / "results").mkdir()
+        (shadow / "report.html").write_text("<html></html>")
+    elif beside == "clone":
+        for name in ["pyproject.toml", "setup.py", *MAPPED_FOLDERS]:
+            source = ROOT / name
+            if source.is_dir():
+                shutil.copytree(source, shadow / name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy(source, shadow / name)
+    script = tmp_path / "try.py"
     script.write_text(
-        "import ditfarm, ditfarm.commands.cli, ditfarm.uris\n"
-        "print(ditfarm.__version__, ditfarm.commands.cli.__file__, ditfarm.uris.__file__)\n"
+        "import ditfarm, ditfarm.commands.cli\n"
+        "print(ditfarm.__file__, ditfarm.commands.cli.__file__)\n"
         "pipe = ditfarm.load_pipeline('tiny')\n"
         "print(pipe.generate('red circle moving left on blue background', seed=0, steps=1).shape)\n"
     )
     proc = subprocess.run(
         [sys.executable, str(script)],
-        cwd=clone.parent,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=300,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    version, cli_file, uris_file = proc.stdout.splitlines()[0].split()
-    assert cli_file == str(clone / "commands" / "cli.py") and uris_file == str(clone / "ditfarm" / "uris.py")
+    package_file, cli_file = proc.stdout.splitlines()[0].split()
+    assert not package_file.startswith(str(shadow)) and not cli_file.startswith(str(shadow)), proc.stdout
+    assert Path(cli_file).resolve() == (ROOT / "commands" / "cli.py").resolve()
     assert proc.stdout.splitlines()[1] == "(8, 32, 32, 3)"
+
+
+def test_the_repository_root_is_not_a_package():
+    """No ``__init__.py`` at the root: the install needs no trick there (a copied checkout's tests would import
+    the original's subpackages through one)."""
+    assert not (ROOT / "__init__.py").exists()
