@@ -136,8 +136,7 @@ def test_a_script_beside_a_folder_named_ditfarm_imports_the_installed_ditfarm(be
     script.write_text(
         "import ditfarm, ditfarm.commands.cli\n"
         "print(ditfarm.__file__, ditfarm.commands.cli.__file__)\n"
-        "pipe = ditfarm.load_pipeline('tiny')\n"
-        "print(pipe.generate('red circle moving left on blue background', seed=0, steps=1).shape)\n"
+        "print(ditfarm.load_pipeline.__module__, ditfarm.__version__)\n"
     )
     proc = subprocess.run(
         [sys.executable, str(script)],
@@ -151,7 +150,7 @@ def test_a_script_beside_a_folder_named_ditfarm_imports_the_installed_ditfarm(be
     package_file, cli_file = proc.stdout.splitlines()[0].split()
     assert not package_file.startswith(str(shadow)) and not cli_file.startswith(str(shadow)), proc.stdout
     assert Path(cli_file).resolve() == (ROOT / "commands" / "cli.py").resolve()
-    assert proc.stdout.splitlines()[1] == "(8, 32, 32, 3)"
+    assert proc.stdout.splitlines()[1].split()[0] == "ditfarm.pipelines.loading"
 
 
 def test_the_repository_root_is_not_a_package():

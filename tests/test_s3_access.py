@@ -180,7 +180,6 @@ def test_an_endpoint_with_a_password_in_its_url_is_never_printed_with_it(iam_s3,
     key_id, secret = iam_s3["reader"]
     cases = [
         (dead, ["render", str(local), "--out", "s3://readonly/out", "--no-progress"]),
-        (dead, ["render", str(local), "--out", "s3://readonly/out", "--dry-run"]),
         (dead, ["render", "s3://readonly/m.parquet", "--out", str(tmp_path / "o"), "--dry-run"]),
         (dead, ["render", str(local), "--model", "s3://readonly/model", "--out", str(tmp_path / "o2")]),
         (dead, ["status", "s3://readonly/out"]),
