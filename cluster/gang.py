@@ -186,6 +186,7 @@ class RankActor:
                 publish.settings,
                 self.renderer.pipe.video,
                 fence=lease_fence(location, store),
+                absent=publish.absent,
             )
             return StoredVideoInfo(
                 stored.uri,

@@ -27,6 +27,7 @@ class PublishTarget:
     location: OutputLocation
     video_id: str
     settings: RenderSettings
+    absent: bool = False  # the run's listing had no video of this id
 
 
 @dataclass(frozen=True)

@@ -170,7 +170,9 @@ class LocalRenderer:
         started = time.perf_counter()
         try:
             fence = self.gate.fence(task.id, lease_fence(out, store))
-            stored = publish_video(store, task.id, frames, settings, self.pipe.video, fence=fence)
+            stored = publish_video(
+                store, task.id, frames, settings, self.pipe.video, fence=fence, absent=not task.stored_before
+            )
         finally:
             self.gate.done(task.id)
         phases = dataclasses.replace(phases, store_seconds=round(time.perf_counter() - started, 4))
@@ -345,7 +347,7 @@ class RenderJob:
                 log.warning("results part %s could not be read (%s): moved to %s (--repair)", name, reason, moved)
             self.done = set() if overwrite else state.done
             self.reported_duplicates = state.duplicates
-            self.stored_rows = state.rows
+            self.stored_rows, self.listed = state.rows, state.listed
         except BaseException:
             self.close()
             raise
@@ -515,6 +517,7 @@ class RenderJob:
                         if task.id in self.done and self._keeps(task):
                             yield record(task, STATUS_SKIPPED, uri=self.store.video_uri(task.id))
                             continue
+                        task.stored_before = task.id in self.listed  # a new key needs no read before its upload
                         if renderer is None:
                             renderer = self.renderer = make_renderer(settings)
                         while len(in_flight) >= max(1, renderer.capacity):  # gang pools grow and shrink

@@ -232,7 +232,7 @@ class GangRenderer:
             task.seed,
             sampler_overrides(task, settings),
             task.negative_prompt,
-            publish=PublishTarget(out, task.id, settings),
+            publish=PublishTarget(out, task.id, settings, absent=not task.stored_before),
             overlap=settings.overlap,
             video_timeout_s=settings.video_timeout_s,
         )

@@ -62,6 +62,7 @@ class RenderTask:
     guidance_scale: float | None = None
     extra: dict = field(default_factory=dict)
     origin: str | None = None  # "<file> row <n>" in a manifest of several files
+    stored_before: bool = True  # the output held a video of this id when the run listed it (the driver says)
 
     @property
     def where(self) -> str:

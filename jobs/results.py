@@ -193,6 +193,7 @@ class OutputState:
     done: set[str]
     duplicates: set[str]
     rows: StoredRows = None  # the latest ok row per id: its content and how it was computed
+    listed: set[str] = frozenset()  # ids with a video under videos/ at the listing
 
 
 def output_state(store: OutputStore, unreadable: list | None = None) -> OutputState:
@@ -206,7 +207,7 @@ def output_state(store: OutputStore, unreadable: list | None = None) -> OutputSt
     duplicates = set(duplicate_rows(table).column("id").to_pylist())
     ok = table.filter(pc.fill_null(pc.equal(table.column("status"), STATUS_OK), False))
     if ok.num_rows == 0:
-        return OutputState(set(), duplicates, StoredRows(ok))
+        return OutputState(set(), duplicates, StoredRows(ok), set(store.video_ids()))
 
     def column(name: str) -> list:
         return ok.column(name).to_pylist() if name in ok.column_names else [None] * ok.num_rows
@@ -220,7 +221,7 @@ def output_state(store: OutputStore, unreadable: list | None = None) -> OutputSt
         for video_id, (size, digest, mtime_ns) in recorded.items()
         if video_id in stats and store.holds_video(video_id, stats[video_id], size, digest, mtime_ns)
     }
-    return OutputState(done, duplicates, StoredRows(ok))
+    return OutputState(done, duplicates, StoredRows(ok), set(stats))
 
 
 def completed_ids(store: OutputStore) -> set[str]:

@@ -8,8 +8,8 @@ the stored videos and says so.
 
 The comparison is made per column, so a rerun can say which inputs changed.  A value the rerun cannot know (a
 model default of a model this process cannot read, such as an ``s3://`` model rendered by gangs) is not compared;
-a row recorded before the content columns existed has no prompt and is compared on the columns it has (seed,
-sizes, frames, steps, model), so an upgrade does not render a whole output again.
+a value a row did not record (a row written before the content columns existed, or by a renderer that leaves a
+column empty) is not compared either, so an upgrade does not render a whole output again.
 """
 
 from __future__ import annotations
@@ -51,10 +51,10 @@ def changed_inputs(stored: dict, wanted: dict) -> list[str]:
     columns = CONTENT_COLUMNS if stored.get("prompt") is not None else RECORDED_BEFORE_CONTENT
     changed = []
     for column in columns:
-        new = wanted.get(column)
-        if new is None or column not in stored:
+        new, old = wanted.get(column), stored.get(column)
+        if new is None or (old is None and column != "negative_prompt"):  # unknown here, or never recorded
             continue
-        if not _same(column, stored.get(column), new):
+        if not _same(column, old, new):
             changed.append(column)
     return changed
 

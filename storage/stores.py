@@ -311,8 +311,9 @@ class OutputStore(ABC):
         """Give the space set aside back (when the disk is full, or the run ends)."""
 
     @abstractmethod
-    def store_video(self, video_id: str, write, fence=None) -> StoredVideo:
-        """Publish the file that ``write(path)`` creates as ``videos/<id>.mp4`` and read its size back.
+    def store_video(self, video_id: str, write, fence=None, absent: bool = False) -> StoredVideo:
+        """Publish the file that ``write(path)`` creates as ``videos/<id>.mp4`` and read its size back.  ``absent``:
+        the run's listing had no video of this id (an object store then need not read the key first).
 
         ``fence()`` (when given) runs right before the file is published and raises to stop it (a run that lost
         the output's lease publishes nothing).  A failure to write, publish or read back is a StorageError that
@@ -549,7 +550,7 @@ class LocalStore(OutputStore):
             reserve.unlink(missing_ok=True)
             self._reserve = None
 
-    def store_video(self, video_id: str, write, fence=None) -> StoredVideo:
+    def store_video(self, video_id: str, write, fence=None, absent: bool = False) -> StoredVideo:
         target = self.videos / _checked_name(video_id)
         tmp = self.videos / f"{TEMP_MARK}{uuid.uuid4().hex}-{target.name}"
         try:
@@ -710,7 +711,7 @@ class S3Store(OutputStore):
         except Exception as err:
             raise StorageError(describe_s3_error(err, "delete from", self.location.uri)) from None
 
-    def store_video(self, video_id: str, write, fence=None) -> StoredVideo:
+    def store_video(self, video_id: str, write, fence=None, absent: bool = False) -> StoredVideo:
         """Encode, read what the key holds now, check the lease (``fence``), then upload on the condition that the
         key still holds what was read: ``If-None-Match: *`` where it held nothing, ``If-Match: <etag>`` where it
         held a video.  An upload that stalls past a take-over (botocore's retries can outlast a lease) then lands
@@ -725,19 +726,26 @@ class S3Store(OutputStore):
                 path = Path(tmp) / f"{video_id}.mp4"
                 write(path)
                 size = path.stat().st_size
+                expected = upload_etag(path)
                 for attempt in range(CONDITIONAL_ATTEMPTS):
-                    seen = self._stored_stat(key)  # read before the lease check: what this run's condition holds to
-                    if attempt and seen is not None and (seen.etag or "").strip('"') == upload_etag(path):
-                        break  # this upload landed and its answer was lost
+                    # what the key holds, read before the lease check: the upload's condition (an id the run's
+                    # listing did not have needs no read: "nothing", and a wrong guess only costs a retry)
+                    seen = None if absent and not attempt else self._stored_stat(key)
+                    if attempt and seen is not None and (seen.etag or "").strip('"') == expected:
+                        etag = seen.etag  # this upload landed and its answer was lost
+                        break
                     if fence is not None:
                         fence()
-                    if self._upload(path, key, seen.etag if seen is not None else None):
+                    etag = self._upload(path, key, seen.etag if seen is not None else None)
+                    if etag is not None:
                         break
                 else:
                     raise StorageError(f"{self._where(key)} kept changing while this run uploaded it; not stored")
         except OSError as err:  # the local temporary folder: full, read-only, or the encoder failed
             raise _write_failure(err, f"{self._where(key)} (its local temporary file)") from None
-        stored = self._stored_stat(key)
+        if etag and etag.strip('"') == expected:  # S3 computed this file's MD5(s): stored whole, no read-back needed
+            return StoredVideo(self._where(key), size, etag_digest(etag))
+        stored = self._stored_stat(key)  # an ETag that is no MD5 (SSE-KMS, some servers): read the size back
         if stored is None or stored.size != size:
             held = "nothing" if stored is None else f"{stored.size} bytes"
             raise StorageError(f"{self._where(key)} holds {held} after its upload of {size} bytes")
@@ -782,10 +790,11 @@ class S3Store(OutputStore):
             None,
         )
 
-    def _upload(self, path: Path, key: str, expected_etag: str | None) -> bool:
+    def _upload(self, path: Path, key: str, expected_etag: str | None) -> str | None:
         """Upload ``path`` to ``key`` if the key still holds ``expected_etag`` (None: nothing): one conditional PUT,
-        or a multipart upload whose completion carries the condition.  False when the condition failed (the key
-        changed since it was read); other failures are StorageErrors naming the key."""
+        or a multipart upload whose completion carries the condition.  The stored object's ETag ("" where the answer
+        had none), or None when the condition failed (the key changed since it was read); other failures are
+        StorageErrors naming the key."""
         from botocore.exceptions import ClientError  # deferred: botocore
 
         condition = {"IfMatch": expected_etag} if expected_etag else {"IfNoneMatch": "*"}
@@ -793,10 +802,10 @@ class S3Store(OutputStore):
             with self._waiting("uploading", key):
                 if path.stat().st_size <= MULTIPART_THRESHOLD:
                     with open(path, "rb") as body:
-                        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, **condition)
+                        answer = self.client.put_object(Bucket=self.bucket, Key=key, Body=body, **condition)
                 else:
-                    self._multipart_upload(path, key, condition)
-            return True
+                    answer = self._multipart_upload(path, key, condition)
+            return answer.get("ETag") or ""
         except ClientError as err:
             status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             self._abort_uploads(key)
@@ -804,13 +813,13 @@ class S3Store(OutputStore):
                 "PreconditionFailed",
                 "ConditionalRequestConflict",
             ):
-                return False
+                return None
             raise StorageError(describe_s3_error(err, "upload", self._where(key))) from None
         except Exception as err:
             self._abort_uploads(key)
             raise StorageError(describe_s3_error(err, "upload", self._where(key))) from None
 
-    def _multipart_upload(self, path: Path, key: str, condition: dict) -> None:
+    def _multipart_upload(self, path: Path, key: str, condition: dict) -> dict:
         upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
         parts = []
         with open(path, "rb") as f:
@@ -819,7 +828,7 @@ class S3Store(OutputStore):
                     Bucket=self.bucket, Key=key, UploadId=upload, PartNumber=number, Body=chunk
                 )
                 parts.append({"ETag": answer["ETag"], "PartNumber": number})
-        self.client.complete_multipart_upload(
+        return self.client.complete_multipart_upload(
             Bucket=self.bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}, **condition
         )
 

@@ -503,9 +503,10 @@ def test_render_rows_dropped_unread_warn_that_nothing_was_rendered(tmp_path):
 
 
 def test_a_stored_video_is_read_back_by_head_or_by_listing_where_reading_is_refused(s3_endpoint, monkeypatch):
-    """After each upload the store reads the object's size back: with one HEAD (a keyed lookup), or, once a HEAD
-    is refused (credentials that may write the videos but not read them), with a listing of the key.  A size
-    that differs from what was written is an error naming both."""
+    """Before each upload the store reads the key (the upload's condition): with one HEAD (a keyed lookup), or,
+    once a HEAD is refused (credentials that may write the videos but not read them), with a listing of the key.
+    After it, the upload's ETag (the file's MD5) vouches for the bytes; an upload whose answer carries none is read
+    back, and a size that differs from what was written is an error naming both."""
     from pathlib import Path
 
     from botocore.exceptions import ClientError
@@ -534,15 +535,15 @@ def test_a_stored_video_is_read_back_by_head_or_by_listing_where_reading_is_refu
     monkeypatch.setattr(store.client, "head_object", refused)
     assert store.store_video("b", lambda path: Path(path).write_bytes(b"y" * 50)).size == 50
     assert store.store_video("c", lambda path: Path(path).write_bytes(b"z" * 7)).size == 7
-    # each video is read before its upload (the upload's condition) and after it (the size stored): a HEAD each
-    # time, refused once, then listing only
-    assert calls == ["head", "head", "head refused", "list", "list", "list", "list"], calls
+    # each video's key is read once, before its upload (the upload's condition; the upload's own ETag, an MD5 of
+    # the file, then vouches for the bytes stored): a HEAD, refused once, then listing only
+    assert calls == ["head", "head refused", "list", "list"], calls
 
     short = S3Store(bucket, "short")
     monkeypatch.setattr(
         short,
         "_upload",
-        lambda path, key, expected: bool(real_list.__self__.put_object(Bucket=bucket, Key=key, Body=b"short")),
+        lambda path, key, expected: real_list.__self__.put_object(Bucket=bucket, Key=key, Body=b"short") and "",
     )
     with pytest.raises(StorageError, match=r"videos/d.mp4 holds 5 bytes after its upload of 100"):
         short.store_video("d", lambda path: Path(path).write_bytes(b"x" * 100))

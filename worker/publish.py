@@ -23,17 +23,17 @@ ENCODE_ATTEMPTS = 2  # encodes (and stores) of one video before its row fails
 
 
 def publish_video(
-    store: OutputStore, video_id: str, frames: np.ndarray, settings: RenderSettings, video, fence=None
+    store: OutputStore, video_id: str, frames: np.ndarray, settings: RenderSettings, video, fence=None, absent=False
 ) -> StoredVideo:
     """Encode the frames as an mp4 once, verify it and store it as ``videos/<id>.mp4``.  ``video``: the model's
     VideoDefaults (fps and upscale where the run sets none); ``fence``: the run's lease check, run right before
-    the video is published.  A failed encode is tried once more (a killed encoder may pass the second time; a
+    the video is published; ``absent``: the run's listing had no video of this id.  A failed encode is tried once more (a killed encoder may pass the second time; a
     read-only disk fails both, by name), then it is the row's StorageError; a full disk is OutputFull at once."""
     fps, upscale = video_format(settings, video)
     for attempt in range(ENCODE_ATTEMPTS):
         try:
             return store.store_video(
-                video_id, lambda path: write_mp4(frames, path, fps=fps, upscale=upscale), fence=fence
+                video_id, lambda path: write_mp4(frames, path, fps=fps, upscale=upscale), fence=fence, absent=absent
             )
         except StorageError as err:
             if isinstance(err, (LeaseLost, OutputFull)) or attempt + 1 == ENCODE_ATTEMPTS:
