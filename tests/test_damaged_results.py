@@ -12,7 +12,7 @@ import pytest
 from ditfarm.commands.cli import main as cli
 from ditfarm.jobs.report import write_report
 from ditfarm.jobs.results import read_results
-from ditfarm.storage.errors import redact  # the session's moto secret ("test") is redacted from paths too
+from ditfarm.storage.errors import redact  # the moto fixture's secret ("test") is redacted from paths too
 from ditfarm.storage.stores import open_output
 
 pytestmark = [pytest.mark.s3, pytest.mark.process]
