@@ -67,9 +67,10 @@ def run(args) -> int:
 
     unreadable: list[tuple[str, str]] = []
     try:
-        rows = read_all_results(args.out, unreadable=unreadable)
-        done = output_state(open_output(args.out), unreadable=[]).done  # the videos, checked as a rerun checks them
-        if rows.num_rows == 0 and not open_output(args.out).exists():
+        store = open_output(args.out)
+        rows = read_all_results(store, unreadable=unreadable)
+        done = output_state(store, table=rows).done  # the videos, checked as a rerun checks them
+        if rows.num_rows == 0 and not store.exists():
             print(
                 f"ditfarm status: {args.out} does not exist: no run has written there (check the path)", file=sys.stderr
             )

@@ -163,7 +163,6 @@ CONTENT_COLUMNS = (
     "upscale",
     "model",
 )
-RECORDED_BEFORE_CONTENT = ("seed", "frames", "height", "width", "steps", "model")  # what rows without a prompt hold
 STORED_BYTES_COLUMNS = ("video_bytes", "video_digest", "video_mtime_ns")  # what the stored video must still be
 HOW_COMPUTED_COLUMNS = ("cache", "cache_knob")  # not content: a rerun keeps the video and says so
 
@@ -181,9 +180,6 @@ class StoredRows:
         i = self.index.get(video_id)
         return None if i is None else self.table.slice(i, 1).to_pylist()[0]
 
-    def __len__(self) -> int:
-        return len(self.index)
-
 
 @dataclass(frozen=True)
 class OutputState:
@@ -196,14 +192,16 @@ class OutputState:
     listed: set[str] = frozenset()  # ids with a video under videos/ at the listing
 
 
-def output_state(store: OutputStore, unreadable: list | None = None) -> OutputState:
+def output_state(store: OutputStore, unreadable: list | None = None, table: pa.Table | None = None) -> OutputState:
     """One listing of videos/ and one read of results/.  An id is done when its latest ``ok`` row's video is
     stored as that row recorded it: its size (rows without one: at least a whole mp4's smallest) and its digest
     (S3: the listing's ETag; a local disk: its time, and where that changed, its sha256), so a video that was
     truncated, replaced or deleted since is rendered again.  A results part that cannot be read raises
-    UnreadablePart (the ids it recorded are unknown), unless ``unreadable`` collects it (read_all_results)."""
-    columns = ["id", "status", *STORED_BYTES_COLUMNS, *dict.fromkeys(CONTENT_COLUMNS + HOW_COMPUTED_COLUMNS)]
-    table = read_all_results(store, columns=columns, unreadable=unreadable)
+    UnreadablePart (the ids it recorded are unknown), unless ``unreadable`` collects it (read_all_results).
+    ``table``: every results row, where the caller has read them already (``ditfarm status``)."""
+    if table is None:
+        columns = ["id", "status", *STORED_BYTES_COLUMNS, *dict.fromkeys(CONTENT_COLUMNS + HOW_COMPUTED_COLUMNS)]
+        table = read_all_results(store, columns=columns, unreadable=unreadable)
     duplicates = set(duplicate_rows(table).column("id").to_pylist())
     ok = table.filter(pc.fill_null(pc.equal(table.column("status"), STATUS_OK), False))
     if ok.num_rows == 0:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from ..uris import is_s3
 from .manifest import RenderTask, sampler_overrides
-from .results import CONTENT_COLUMNS, RECORDED_BEFORE_CONTENT
+from .results import CONTENT_COLUMNS
 
 SAMPLER_COLUMNS = {"frames": "num_frames", "height": "height", "width": "width", "steps": "steps"}
 
@@ -48,11 +48,13 @@ def wanted_content(task: RenderTask, settings, model_checks=None) -> dict:
 
 def changed_inputs(stored: dict, wanted: dict) -> list[str]:
     """The content columns whose stored value differs from what this run wants (empty: the same video)."""
-    columns = CONTENT_COLUMNS if stored.get("prompt") is not None else RECORDED_BEFORE_CONTENT
+    recorded_text = stored.get("prompt") is not None  # rows that record their prompt record its negative too ("")
     changed = []
-    for column in columns:
+    for column in CONTENT_COLUMNS:
         new, old = wanted.get(column), stored.get(column)
-        if new is None or (old is None and column != "negative_prompt"):  # unknown here, or never recorded
+        if column == "negative_prompt" and recorded_text:
+            old = old or ""
+        if new is None or old is None:  # unknown here, or never recorded
             continue
         if not _same(column, old, new):
             changed.append(column)
@@ -62,8 +64,6 @@ def changed_inputs(stored: dict, wanted: dict) -> list[str]:
 def _same(column: str, old, new) -> bool:
     if column == "model":
         return old == new or (old is not None and _model_key(old) == _model_key(new))
-    if column == "negative_prompt":
-        return (old or "") == (new or "")
     if column == "guidance_scale" and old is not None:
         return math.isclose(float(old), float(new), rel_tol=0.0, abs_tol=1e-9)
     return old == new

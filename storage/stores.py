@@ -323,10 +323,6 @@ class OutputStore(ABC):
     def video_stats(self) -> dict[str, VideoStat]:
         """Stored videos with their sizes and ETags or modification times: one listing of videos/."""
 
-    def video_sizes(self) -> dict[str, int]:
-        """Stored videos and their sizes in bytes: one listing of videos/."""
-        return {video_id: stat.size for video_id, stat in self.video_stats().items()}
-
     def video_ids(self) -> set[str]:
         """Ids with a stored video."""
         return set(self.video_stats())
