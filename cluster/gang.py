@@ -36,7 +36,7 @@ from ..storage.errors import StorageError
 from ..storage.lease import LeaseLost
 from ..storage.stores import clear_local_temp
 from ..types import NoRenderersLeft, RenderSettings
-from ..worker.publish import lease_fence, publish_video, video_format
+from ..worker.publish import PublishGate, lease_fence, publish_video, video_format
 from .messages import (
     EncodedText,
     Failure,
@@ -61,7 +61,10 @@ class GangFailure(RuntimeError):
 
 
 ROOM_LOG_INTERVAL_S = 30.0  # a gang waiting for a node with room says so this often
-MEMBER_OPTIONS = dict(max_restarts=0, max_task_retries=0, concurrency_groups={"publish": 1})
+STOP_ANSWER_S = 10.0  # beyond its grace, how long a stopping pool waits for a rank 0 to answer at all
+# "publish": rank 0's decoding and storing beside the next loop; "control": the stop, which must not queue behind
+# either of them
+MEMBER_OPTIONS = dict(max_restarts=0, max_task_retries=0, concurrency_groups={"publish": 1, "control": 1})
 
 
 class RankActor:
@@ -75,6 +78,7 @@ class RankActor:
         self.renderer = None
         self.outputs = {}  # OutputLocation -> its store, opened once per gang member
         self.pending = {}  # rank 0, deferred publishing: ticket -> (latents, publish)
+        self.gate = PublishGate()  # rank 0: a stopping run lets no video publish after its rows are flushed
         if rank == 0:  # rank 0 publishes: clear what ranks killed on this node left in its temp dir
             clear_local_temp()
 
@@ -174,6 +178,12 @@ class RankActor:
             stored.decode_seconds = clock.seconds["decode"]
         return stored
 
+    @ray.method(concurrency_group="control")
+    def stop_publishing(self, timeout_s: float) -> tuple[set[str], bool]:
+        """Rank 0: refuse every later publish and wait up to ``timeout_s`` for the videos already past their fence:
+        (their ids, whether they all landed).  Runs on its own thread, beside a render or a publish under way."""
+        return self.gate.close(timeout_s)
+
     def _store(self, frames, publish: PublishTarget) -> StoredVideoInfo | Failure:
         location = publish.location
         store = self.outputs.get(location) or self.outputs.setdefault(location, location.open())
@@ -185,7 +195,7 @@ class RankActor:
                 frames,
                 publish.settings,
                 self.renderer.pipe.video,
-                fence=lease_fence(location, store),
+                fence=self.gate.fence(publish.video_id, lease_fence(location, store)),
                 absent=publish.absent,
             )
             return StoredVideoInfo(
@@ -200,6 +210,8 @@ class RankActor:
             return LeaseWasLost(str(err))
         except (StorageError, ValueError) as err:
             return StoreFailed(str(err))
+        finally:
+            self.gate.done(publish.video_id)
 
     def holds(self) -> dict:
         """Which components this rank loaded: only rank 0 needs the text encoder and the VAE."""
@@ -351,6 +363,12 @@ class Gang:
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
             raise GangFailure(f"{self.name}: rank 0 failed while storing the video: {err}") from err
 
+    def stop_publishing(self, timeout_s: float):
+        """Close rank 0's publish gate (``RankActor.stop_publishing``): an ObjectRef of (ids publishing, whether
+        they all landed within ``timeout_s``), or None when the gang is gone (it stores nothing more)."""
+        members = self.members
+        return members[0].stop_publishing.remote(timeout_s) if members else None
+
     def pids(self) -> list[int]:
         return self._call([m.pid.remote() for m in self.members], 30)
 
@@ -384,6 +402,7 @@ class GangPool:
         self._cond = threading.Condition()
         self._starting = 0  # gangs being started (replacements, growth)
         self._closed = False
+        self._stopping = False  # the run is stopping: no render starts and no gang joins
         self._names = itertools.count()
         self._encoders = itertools.count()  # round robin of the gangs that encode text ahead
         self.gangs: list[Gang] = []
@@ -432,7 +451,7 @@ class GangPool:
         with self._cond:
             self._starting -= was_starting
             self.replaced += replacement
-            if self._closed:
+            if self._closed or self._stopping:
                 gang.kill()
             else:
                 self.gangs.append(gang)
@@ -457,7 +476,9 @@ class GangPool:
 
     def borrow(self) -> Gang:
         with self._cond:
-            while not self._free:
+            while not self._free or self._stopping:
+                if self._stopping:
+                    raise LeaseLost("the run is stopping: this video is not rendered (a rerun renders it)")
                 if self._closed:
                     raise GangFailure("the gang pool was shut down")
                 if not self.gangs and not self._starting:
@@ -597,6 +618,29 @@ class GangPool:
             self._add(gang, was_starting=True)
             started += 1
         return started
+
+    def stop_publishing(self, timeout_s: float) -> tuple[set[str], bool]:
+        """A stopping run's last word to its gangs: no render starts and no replacement gang joins any more, every
+        rank 0 refuses to publish, and the videos already past their fence get ``timeout_s`` to land, so the
+        driver records their rows before it gives the lease back: (the ids that were publishing, whether they
+        all landed).  A gang that does not answer counts as not landed."""
+        with self._cond:
+            self._stopping = True
+            gangs = list(self.gangs)
+            self._cond.notify_all()
+        refs = [ref for ref in (g.stop_publishing(timeout_s) for g in gangs) if ref is not None]
+        if not refs:
+            return set(), True
+        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s + STOP_ANSWER_S)
+        publishing, landed = set(), not pending
+        for ref in ready:
+            try:
+                ids, all_landed = ray.get(ref)
+            except ray.exceptions.RayError:  # a gang that died stores nothing more
+                continue
+            publishing |= ids
+            landed = landed and all_landed
+        return publishing, landed
 
     def shutdown(self) -> None:
         with self._cond:

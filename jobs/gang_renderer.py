@@ -250,6 +250,11 @@ class GangRenderer:
             mtime_ns=result.stored.mtime_ns,
         )
 
+    def stop_publishing(self, timeout_s: float) -> tuple[set[str], bool]:
+        """Refuse every later publish on every gang; wait up to ``timeout_s`` for videos already publishing (their
+        rows follow): (the ids that were publishing, whether they all landed)."""
+        return self.pool.stop_publishing(timeout_s)
+
     def gang_health(self) -> tuple[int, int]:
         """(gangs alive, gangs replaced so far), for the progress line and the metrics."""
         return self.pool.alive, self.pool.replaced

@@ -65,3 +65,35 @@ def rank_that_dies_on(video_id: str, rank: int = 0):
             return super().render(prompt, seed, sampler, negative_prompt, publish, *args, **kwargs)
 
     return ray.remote(**MEMBER_OPTIONS)(RankThatDies)
+
+
+def rank_that_holds_its_publish(passed: str, release: str):
+    """A gang member class whose rank 0, once a video is past its fence, touches the file ``passed`` and holds the
+    video there (published, not yet landed) until the file ``release`` exists: a stalled upload or a slow disk at
+    the moment a run stops."""
+    import os
+    import time
+
+    import ray
+
+    from ditfarm.cluster.gang import MEMBER_OPTIONS, RankActor
+
+    class RankThatHoldsItsPublish(RankActor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            fence = self.gate.fence
+
+            def held_fence(key, check=None):
+                run = fence(key, check)
+
+                def held():
+                    run()
+                    open(passed, "a").close()
+                    while not os.path.exists(release):
+                        time.sleep(0.05)
+
+                return held
+
+            self.gate.fence = held_fence
+
+    return ray.remote(**MEMBER_OPTIONS)(RankThatHoldsItsPublish)

@@ -330,3 +330,53 @@ def test_a_gang_no_node_can_hold_is_refused_at_once_naming_the_largest_node(ray_
     ):
         GangRenderer(RenderSettings(model=str(random_model_folder), sp=4, gangs=1, start_timeout_s=300))
     assert time.monotonic() - started < 10
+
+
+def test_a_run_stopped_on_a_gang_records_the_video_past_its_fence_and_publishes_nothing_after(
+    ray_cluster, random_model_folder, tmp_path
+):
+    """SIGTERM while rank 0 is still storing a video that passed its fence (held there by a test's member class)
+    and the next video denoises: the stop waits for the first to land and records its row; the second is refused
+    at its fence and stores nothing; the gangs start no render afterwards.  Every stored video has its row."""
+    import signal
+
+    from helpers import rank_that_holds_its_publish
+
+    from ditfarm.jobs.driver import render_manifest
+    from ditfarm.jobs.gang_renderer import GangRenderer
+    from ditfarm.jobs.manifest import RenderTask
+    from ditfarm.jobs.results import read_all_results
+    from ditfarm.jobs.stopping import Stopped, stop_on_signals
+    from ditfarm.storage.lease import LeaseLost
+    from ditfarm.storage.stores import OutputLocation
+
+    passed, release = str(tmp_path / "passed"), str(tmp_path / "release")
+    manifest, out = _manifest(tmp_path / "m.parquet", [PROMPT] * 4), tmp_path / "out"
+    settings = RenderSettings(model=str(random_model_folder), steps=12, sp=1, gangs=1, overlap=True)
+    renderer = GangRenderer(settings, member=rank_that_holds_its_publish(passed, release))
+    main = threading.main_thread().ident
+
+    def stop_while_publishing():
+        if wait_until(lambda: os.path.exists(passed), 240):
+            time.sleep(0.5)  # the next video's loop is under way; its publish queues behind the held one
+            signal.pthread_kill(main, signal.SIGTERM)
+            time.sleep(1.5)  # the stop waits for the held video meanwhile
+        open(release, "a").close()
+
+    stopper = threading.Thread(target=stop_while_publishing, daemon=True)
+    restore = stop_on_signals()
+    try:
+        stopper.start()
+        with pytest.raises(Stopped):
+            render_manifest(manifest, out, settings, renderer=renderer, progress=False)
+        stopper.join()
+        with pytest.raises(LeaseLost, match="stopping"):  # a stopped pool starts no render
+            renderer.render(RenderTask(9, "v9", PROMPT, 9), settings, OutputLocation(str(out)))
+    finally:
+        restore()
+        open(release, "a").close()
+        renderer.close()
+    ok = {r["id"] for r in read_all_results(out).to_pylist() if r["status"] == "ok"}
+    stored = {p.stem for p in (out / "videos").glob("*.mp4") if not p.name.startswith(".")}
+    assert ok == stored == {"v0"}
+    assert not (out / "lease.json").exists()
