@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+
+from .base import CACHE_PROFILE_FILE
 
 
 @dataclass(frozen=True)
@@ -79,3 +82,9 @@ class ModelCacheSettings:
         section = card.get("cache", {})
         ladder = section.get("adaptive", {}).get("ladder")
         return cls(section.get("reference_steps", default_steps), Ladder.from_card(ladder) if ladder else None)
+
+
+def folder_cache_settings(folder: Path, card: dict, reference_steps: int) -> tuple:
+    """(ModelCacheSettings, the cache profile shipped in the folder or None), as a loaded pipeline has them."""
+    profile = Path(folder) / CACHE_PROFILE_FILE
+    return ModelCacheSettings.from_card(card, reference_steps), profile if profile.exists() else None

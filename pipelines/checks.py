@@ -24,6 +24,12 @@ TINY_LIMITS = {"num_frames": 32, "height": 128, "width": 128}
 WAN_LIMITS = {"height": 1280, "width": 1280}
 
 
+def check_nonempty_prompt(prompt: str) -> None:
+    """The prompt check of a model whose tokenizer reads any text: only an empty prompt is refused."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("prompt is empty")
+
+
 def card_limits(card: dict, family: dict[str, int], where: str) -> dict[str, int]:
     """The limits a model card declares (``"limits": {"height": 1024, ...}``), else its family's; a malformed
     entry is refused at load, naming the folder, rather than failing every row."""

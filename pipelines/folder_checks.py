@@ -4,7 +4,8 @@ A folder copied by hand or half-synced from a bucket fails in many ways that dif
 (a KeyError deep in ``from_pretrained``, a shape error in the first step, garbage from a truncated shard).  The
 checks read only JSON and the safetensors headers (a few KB per file), never the tensors:
 
-- every component a Wan text-to-video render needs is named in ``model_index.json`` and has its folder;
+- every component the folder's family needs (its ``DiffusersLayout``) is named in ``model_index.json`` and has
+  its folder;
 - each config parses;
 - each safetensors file is whole: its header parses and the file holds every byte the header promises;
 - the weights match the config: the model is built from its config on the ``meta`` device (no memory) and
@@ -15,14 +16,9 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 
-WAN_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-WEIGHT_COMPONENTS = {
-    "transformer": ("diffusion_pytorch_model", "diffusers", "WanTransformer3DModel"),
-    "vae": ("diffusion_pytorch_model", "diffusers", "AutoencoderKLWan"),
-    "text_encoder": ("model", "transformers", "UMT5EncoderModel"),
-}
 MAX_LISTED = 3  # mismatching tensors named in one message
 
 
@@ -151,36 +147,33 @@ def _aliases(model) -> dict[str, set[str]]:
     return {name: names for names in groups.values() for name in names}
 
 
-# model_index.json fields ditfarm reads; every other field must be absent or unset (null, false, [null, null]), or
-# the folder is refused: a field ditfarm ignored would make it render something other than what diffusers renders.
+@dataclass(frozen=True)
+class DiffusersLayout:
+    """What a family reads of a diffusers folder: the components it needs (each named in model_index.json and
+    present as a folder), the weights checked against their configs (component -> (file stem, library, class)),
+    and the model_index.json fields it refuses while they are set (field -> what it is)."""
+
+    what: str  # "a Wan text-to-video folder", for messages
+    components: tuple[str, ...]
+    weights: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    unsupported: dict[str, str] = field(default_factory=dict)
+
+
+# model_index.json fields every family reads; every field that is neither these nor a component of the family
+# must be absent or unset (null, false, [null, null]), or the folder is refused: a field ditfarm ignored would
+# make it render something other than what diffusers renders.
 HANDLED_INDEX_FIELDS = ("_class_name", "_diffusers_version", "_name_or_path")
-UNSUPPORTED_INDEX_FIELDS = {
-    "transformer_2": "a second expert transformer (Wan2.2 A14B's low-noise expert)",
-    "boundary_ratio": "the step where Wan2.2 A14B switches experts",
-    "expand_timesteps": "per-token timesteps (Wan2.2 TI2V-5B)",
-    "image_encoder": "an image encoder (image-to-video)",
-    "image_processor": "an image processor (image-to-video)",
-}
 
 
-def check_wan_index(index: dict, index_path: Path) -> None:
-    """Refuse a diffusers folder whose model_index.json asks for what ditfarm does not do yet (another pipeline
-    class; a second expert, per-token timesteps, image conditioning), naming every such field."""
-    class_name = index.get("_class_name")
-    if class_name != "WanPipeline":
-        raise ModelFolderError(
-            f"{index_path}: _class_name {class_name!r} is not supported: ditfarm renders "
-            "diffusers WanPipeline folders (text-to-video with one transformer)"
-        )
+def check_index_fields(index: dict, index_path: Path, layout: DiffusersLayout) -> None:
+    """Refuse a folder whose model_index.json asks for what its family does not do, naming every such field."""
     unsupported = []
     for key, value in index.items():
-        if key in HANDLED_INDEX_FIELDS or key in WAN_COMPONENTS:
+        if key in HANDLED_INDEX_FIELDS or key in layout.components:
             continue
         unset = value is None or value is False or (isinstance(value, list) and all(v is None for v in value))
         if not unset:
-            unsupported.append(
-                f"{key}={value!r} ({UNSUPPORTED_INDEX_FIELDS.get(key, 'a field ditfarm does not read')})"
-            )
+            unsupported.append(f"{key}={value!r} ({layout.unsupported.get(key, 'a field ditfarm does not read')})")
     if unsupported:
         raise ModelFolderError(
             f"{index_path}: not supported yet: {'; '.join(unsupported)}.  ditfarm would render "
@@ -188,23 +181,23 @@ def check_wan_index(index: dict, index_path: Path) -> None:
         )
 
 
-def check_wan_folder(folder: Path) -> dict:
-    """Check a diffusers Wan folder before it is loaded; returns its ditfarm card ({} without one)."""
+def check_diffusers_folder(folder: Path, layout: DiffusersLayout) -> dict:
+    """Check a diffusers folder of ``layout`` before it is loaded; returns its ditfarm card ({} without one)."""
     folder = Path(folder)
     index_path = folder / "model_index.json"
     index = read_json(index_path, "a diffusers model folder names its components there")
-    check_wan_index(index, index_path)
-    for name in WAN_COMPONENTS:
+    check_index_fields(index, index_path, layout)
+    for name in layout.components:
         entry = index.get(name)
         if not entry or entry[0] is None:
             raise ModelFolderError(
-                f"{index_path}: names no {name!r} component (a Wan text-to-video folder needs "
-                f"{', '.join(WAN_COMPONENTS)})"
+                f"{index_path}: names no {name!r} component ({layout.what} needs {', '.join(layout.components)})"
             )
         if not (folder / name).is_dir():
             raise ModelFolderError(f"{folder / name}: missing (model_index.json names a {name} component)")
-    read_json(folder / "scheduler" / "scheduler_config.json", "the scheduler's config")
-    for name, (stem, library, class_name) in WEIGHT_COMPONENTS.items():
+    if "scheduler" in layout.components:
+        read_json(folder / "scheduler" / "scheduler_config.json", "the scheduler's config")
+    for name, (stem, library, class_name) in layout.weights.items():
         check_weights_match_config(folder / name, stem, library, class_name)
     card_path = folder / "ditfarm_model.json"
     return read_json(card_path, "ditfarm's model card") if card_path.exists() else {}

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import torch
 
-from .folder_checks import check_wan_index, read_json
+from .family import LoadOptions, family_of_folder
 from .model_files import fetch_model
-from .precision import resolve_precision
 
 BUILTIN_MODELS = ("tiny",)
 
@@ -38,38 +37,14 @@ def load_pipeline(
     encode_and_decode: bool = True,
     offload_text_encoder: bool = False,
 ):
-    """Load a model for rendering.  ``"tiny"`` is the built-in model; a path is a model folder: a ditfarm ``tiny``
-    folder, or a diffusers Wan2.1 folder (model_index.json naming WanPipeline), checked before loading
-    (``folder_checks``).  ``dtype``: ``pipelines.precision`` (``auto``: bf16 on CUDA, float32 on the CPU; a Wan
-    VAE is float32 always).  ``encode_and_decode=False``: the transformer alone, for gang ranks other than 0 (a
-    Wan folder's text encoder and VAE are not loaded).  ``offload_text_encoder``: it waits in host memory."""
-    from .wan import WanVideoPipeline, is_wan_folder  # deferred: numpy
-
+    """Load a model for rendering.  ``"tiny"`` is the built-in model; a path is a model folder of a family ditfarm
+    renders (``ditfarm.pipelines.family``: a diffusers folder by its pipeline class, a ditfarm folder by its
+    card), checked before loading (``folder_checks``).  ``dtype``: ``pipelines.precision`` (``auto``: bf16 on
+    CUDA, float32 on the CPU).  ``encode_and_decode=False``: the transformer alone, for gang ranks other than 0
+    (the text encoder and VAE are not loaded where the family can leave them out).  ``offload_text_encoder``: it
+    waits in host memory."""
     folder = resolve_model_folder(name_or_path)
-    if (folder / "model_index.json").exists():  # a diffusers folder: a Wan text-to-video one, or refused by name
-        check_wan_index(
-            read_json(folder / "model_index.json", "a diffusers model folder names its components there"),
-            folder / "model_index.json",
-        )
-    if is_wan_folder(folder):
-        return WanVideoPipeline.from_folder(
-            folder,
-            device=device,
-            dtype=dtype,
-            encode_and_decode=encode_and_decode,
-            offload_text_encoder=offload_text_encoder,
-        )
-    card = folder / "ditfarm_model.json"
-    if not card.exists():
-        raise ValueError(
-            f"{folder} is neither a ditfarm tiny folder (ditfarm_model.json) nor a diffusers Wan folder "
-            "(model_index.json naming WanPipeline)"
-        )
-    from .tiny.pipeline import TinyVideoPipeline  # deferred: diffusers
-    from .tiny.weights import read_model_card  # deferred: diffusers
-
-    kind = read_model_card(folder).get("kind")
-    if kind == "tiny":
-        # tiny's word encoder is also its vocabulary: every rank keeps it to refuse a bad row alike (8 KB)
-        return TinyVideoPipeline.from_folder(folder, device=device, dtype=resolve_precision(dtype, device).transformer)
-    raise ValueError(f"model folder {folder} has kind {kind!r}; this ditfarm reads: tiny, and Wan folders")
+    family = family_of_folder(folder)
+    card = family.check_folder(folder)
+    options = LoadOptions(device, dtype, encode_and_decode, offload_text_encoder)
+    return family.load(folder, card, options)

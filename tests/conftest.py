@@ -125,7 +125,7 @@ def random_model_folder(tmp_path_factory):
 def small_wan_folder(tmp_path_factory):
     """A complete diffusers Wan folder with random weights and small dimensions (read it, don't change it:
     tests that break folders copy it first)."""
-    from ditfarm.pipelines.wan import make_small_wan_folder
+    from ditfarm.pipelines.families.wan import make_small_wan_folder
 
     return make_small_wan_folder(tmp_path_factory.mktemp("small-wan-shared"))
 

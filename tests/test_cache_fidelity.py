@@ -12,7 +12,7 @@ import ditfarm
 from ditfarm import cache
 from ditfarm.cache.metrics import psnr
 from ditfarm.cache.presets import config_for
-from ditfarm.pipelines.wan import make_small_wan_folder
+from ditfarm.pipelines.families.wan import make_small_wan_folder
 
 pytestmark = [pytest.mark.unit]
 

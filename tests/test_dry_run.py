@@ -5,9 +5,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from ditfarm.jobs.dry_run import dry_run
+from ditfarm.pipelines.families.wan import make_small_wan_folder
 from ditfarm.pipelines.loading import load_pipeline
 from ditfarm.pipelines.model_checks import model_checks
-from ditfarm.pipelines.wan import make_small_wan_folder
 from ditfarm.types import RenderSettings
 
 pytestmark = [pytest.mark.process]  # ffmpeg encodes the videos

@@ -6,7 +6,8 @@ import shutil
 import pytest
 
 from ditfarm.commands.cli import main as cli
-from ditfarm.pipelines.folder_checks import ModelFolderError, check_wan_folder
+from ditfarm.pipelines.family import family_of_folder
+from ditfarm.pipelines.folder_checks import ModelFolderError
 from ditfarm.pipelines.loading import load_pipeline
 
 pytestmark = [pytest.mark.unit]
@@ -20,7 +21,8 @@ def folder(small_wan_folder, tmp_path):
 
 
 def test_a_whole_small_folder_passes(small_wan_folder):
-    assert check_wan_folder(small_wan_folder)["kind"] == "wan"
+    family = family_of_folder(small_wan_folder)
+    assert family.name == "wan" and family.check_folder(small_wan_folder)["kind"] == "wan"
 
 
 def test_a_missing_component(folder):
@@ -147,7 +149,10 @@ def test_a_profile_from_another_model_is_refused_at_load(small_wan_folder, tmp_p
         ({"expand_timesteps": True}, ["expand_timesteps=True (per-token timesteps (Wan2.2 TI2V-5B))"]),
         ({"image_encoder": ["transformers", "CLIPVisionModel"]}, ["image_encoder=", "(image-to-video)"]),
         ({"some_future_field": 3}, ["some_future_field=3 (a field ditfarm does not read)"]),
-        ({"_class_name": "WanImageToVideoPipeline"}, ["_class_name 'WanImageToVideoPipeline' is not supported"]),
+        (
+            {"_class_name": "WanImageToVideoPipeline"},
+            ["_class_name 'WanImageToVideoPipeline' is not supported", "ditfarm renders", "WanPipeline"],
+        ),
     ],
 )
 def test_a_wan22_or_other_folder_ditfarm_would_render_wrong_is_refused_by_name(folder, tmp_path, capsys, fields, named):
@@ -176,4 +181,4 @@ def test_unset_wan22_fields_as_diffusers_writes_them_for_wan21_are_accepted(fold
     index = json.loads((folder / "model_index.json").read_text())
     assert index["transformer_2"] == [None, None] and index["boundary_ratio"] is None  # diffusers' own save
     assert not index["expand_timesteps"]
-    check_wan_folder(folder)
+    family_of_folder(folder).check_folder(folder)

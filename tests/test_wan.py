@@ -7,7 +7,7 @@ import ditfarm
 from ditfarm import cache
 from ditfarm.commands.cli import main as cli
 from ditfarm.jobs.results import read_all_results
-from ditfarm.pipelines.wan import WanVideoPipeline, make_small_wan_folder
+from ditfarm.pipelines.families.wan import WanVideoPipeline, make_small_wan_folder
 
 pytestmark = [pytest.mark.process]  # ffmpeg encodes the videos
 

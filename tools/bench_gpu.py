@@ -35,10 +35,12 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..pipelines.attention import apply_attention, choose_attention
 from ..pipelines.denoise import denoise
+from ..pipelines.families.wan import make_wan_folder
 from ..pipelines.loading import load_pipeline
 from ..pipelines.wan_configs import TEXT_TOKENS, UMT5_XXL, VAE_STRIDE, WAN21_1_3B, WAN21_14B
 
@@ -192,8 +194,6 @@ def policy_config(row: str, transformer, steps: int):
     The calibrated policies get calibrations that compute everything and change nothing (ERTACache: nothing reused
     at lambda 0, phi 1; BAC: every unit updates on every step; HarmoniCa: a router sure of every unit), so the row
     times their bookkeeping alone on a model that has no calibration of its own."""
-    import numpy as np  # deferred: numpy
-
     from ..cache.policies import AdaptiveConfig, HarmoniCaConfig  # deferred: diffusers
     from ..cache.policies.harmonica import Router  # deferred: diffusers
     from ..cache.presets import build_config  # deferred: diffusers
@@ -322,8 +322,6 @@ def policy_rows(transformer, policies, prefix: str, add, rows: list[dict], versu
 
 def whole_video(shapes: Shapes, device, dtype, args, budget: Budget, log) -> dict:
     """Write a 1.3B-config folder with the real text encoder and VAE configs, load it as a user would, render."""
-    from ..pipelines.wan import make_wan_folder  # deferred: numpy
-
     frames, height, width = shapes.video_1_3b
     card = {
         "kind": "wan",

@@ -16,21 +16,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import VideoDefaults, VideoPipelineMixin
-from .cache_card import ModelCacheSettings
-from .checks import WAN_LIMITS, card_limits, check_wan_sizes, wan_vae_factors
-from .denoise import SamplerSettings
-from .folder_checks import check_wan_folder
-from .precision import resolve_precision
+from ..base import VideoDefaults, VideoPipelineMixin
+from ..cache_card import ModelCacheSettings, folder_cache_settings
+from ..checks import (
+    DEFAULT_ROPE_POSITIONS,
+    WAN_LIMITS,
+    ModelChecks,
+    card_limits,
+    check_nonempty_prompt,
+    check_wan_sizes,
+    wan_vae_factors,
+)
+from ..denoise import SamplerSettings
+from ..family import Family, LoadOptions, register_family
+from ..folder_checks import DiffusersLayout, check_diffusers_folder
+from ..precision import resolve_precision
 
 WAN_DEFAULTS = SamplerSettings(num_frames=81, height=480, width=832, steps=50, guidance_scale=5.0)
 WAN_VIDEO = VideoDefaults(fps=16, upscale=1)  # Wan2.1 is trained on 16-fps clips and decodes at full size
 MAX_SEQUENCE_LENGTH = 512
-
-
-def is_wan_folder(folder: Path) -> bool:
-    index = Path(folder) / "model_index.json"
-    return index.exists() and json.loads(index.read_text()).get("_class_name") == "WanPipeline"
 
 
 class WanVideoPipeline(VideoPipelineMixin):
@@ -73,23 +77,19 @@ class WanVideoPipeline(VideoPipelineMixin):
 
     @classmethod
     def from_folder(
-        cls,
-        folder: str | Path,
-        device: str = "cpu",
-        dtype: str | torch.dtype = "auto",
-        encode_and_decode: bool = True,
-        offload_text_encoder: bool = False,
+        cls, folder: Path, card: dict, options: LoadOptions, defaults: SamplerSettings, video: VideoDefaults
     ):
-        """``encode_and_decode=False`` loads the transformer and scheduler only (gang ranks other than 0, which
-        receive the text embeddings and never decode).  The VAE decodes tiled (diffusers' AutoencoderKLWan
-        tiling), so long 720p videos decode beside a large transformer.  ``offload_text_encoder``: the text
-        encoder lives in host memory and visits ``device`` only while it encodes."""
+        """A folder ``WanFamily.check_folder`` passed.  ``options.encode_and_decode=False`` loads the transformer
+        and scheduler only (gang ranks other than 0, which receive the text embeddings and never decode).  The
+        VAE decodes tiled (diffusers' AutoencoderKLWan tiling), so long 720p videos decode beside a large
+        transformer.  ``options.offload_text_encoder``: the text encoder lives in host memory and visits the
+        device only while it encodes."""
         from diffusers import AutoencoderKLWan, WanPipeline  # deferred: diffusers
         from transformers import UMT5EncoderModel  # deferred: transformers
 
         folder = Path(folder)
-        card = check_wan_folder(folder)
-        precision = resolve_precision(dtype, device)
+        device, encode_and_decode = options.device, options.encode_and_decode
+        precision = resolve_precision(options.dtype, device)
         if encode_and_decode:
             vae = AutoencoderKLWan.from_pretrained(folder / "vae", dtype=precision.vae)
             vae.enable_tiling()
@@ -101,18 +101,15 @@ class WanVideoPipeline(VideoPipelineMixin):
         pipe.transformer.to(device)
         if encode_and_decode:
             pipe.vae.to(device)
-            pipe.text_encoder.to("cpu" if offload_text_encoder else device)
-        defaults = SamplerSettings(**{**WAN_DEFAULTS.__dict__, **card.get("defaults", {})})
-        video = VideoDefaults(**{**WAN_VIDEO.__dict__, **card.get("video", {})})
-        factors = wan_vae_factors(json.loads((folder / "vae" / "config.json").read_text()))
+            pipe.text_encoder.to("cpu" if options.offload_text_encoder else device)
         made = cls(
             pipe,
             str(folder),
             defaults,
             card.get("max_sequence_length", MAX_SEQUENCE_LENGTH),
             video,
-            factors,
-            offload_text_encoder and encode_and_decode,
+            wan_vae_factors(json.loads((folder / "vae" / "config.json").read_text())),
+            options.offload_text_encoder and encode_and_decode,
         )
         # step-counted knobs mean steps of Wan's own 50-step schedule, also in a distilled folder's card
         made.cache_settings = ModelCacheSettings.from_card(card, WAN_DEFAULTS.steps)
@@ -120,8 +117,7 @@ class WanVideoPipeline(VideoPipelineMixin):
         return made
 
     def check_prompt(self, prompt: str) -> None:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("prompt is empty")
+        check_nonempty_prompt(prompt)
 
     def check_sizes(self, settings: SamplerSettings) -> None:
         config = self.transformer.config
@@ -168,6 +164,56 @@ class WanVideoPipeline(VideoPipelineMixin):
         video = vae.decode(latents * std + mean, return_dict=False)[0]  # (1, 3, T, H, W) in [-1, 1]
         video = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return video.permute(1, 2, 3, 0).cpu().numpy()
+
+
+WAN_LAYOUT = DiffusersLayout(
+    what="a Wan text-to-video folder",
+    components=("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+    weights={
+        "transformer": ("diffusion_pytorch_model", "diffusers", "WanTransformer3DModel"),
+        "vae": ("diffusion_pytorch_model", "diffusers", "AutoencoderKLWan"),
+        "text_encoder": ("model", "transformers", "UMT5EncoderModel"),
+    },
+    unsupported={
+        "transformer_2": "a second expert transformer (Wan2.2 A14B's low-noise expert)",
+        "boundary_ratio": "the step where Wan2.2 A14B switches experts",
+        "expand_timesteps": "per-token timesteps (Wan2.2 TI2V-5B)",
+        "image_encoder": "an image encoder (image-to-video)",
+        "image_processor": "an image processor (image-to-video)",
+    },
+)
+
+
+@register_family
+class WanFamily(Family):
+    name = "wan"
+    renders = "Wan2.1 text-to-video, one transformer"
+    pipeline_classes = ("WanPipeline",)
+    transformer_classes = ("WanTransformer3DModel",)
+    defaults = WAN_DEFAULTS
+    video = WAN_VIDEO
+
+    def check_folder(self, folder: Path) -> dict:
+        return check_diffusers_folder(folder, WAN_LAYOUT)
+
+    def load(self, folder: Path, card: dict, options: LoadOptions) -> WanVideoPipeline:
+        return WanVideoPipeline.from_folder(
+            folder, card, options, self.sampler_defaults(card), self.video_defaults(card)
+        )
+
+    def checks(self, folder: Path, card: dict) -> ModelChecks:
+        transformer = json.loads((folder / "transformer" / "config.json").read_text())
+        patch = tuple(transformer.get("patch_size", (1, 2, 2)))
+        rope = transformer.get("rope_max_seq_len", DEFAULT_ROPE_POSITIONS)
+        temporal, spatial = wan_vae_factors(json.loads((folder / "vae" / "config.json").read_text()))
+        limits = card_limits(card, WAN_LIMITS, str(folder / "ditfarm_model.json"))
+        return ModelChecks(
+            self.sampler_defaults(card),
+            lambda s: check_wan_sizes(s, temporal, spatial, patch, rope, limits),
+            check_nonempty_prompt,
+            *folder_cache_settings(folder, card, WAN_DEFAULTS.steps),
+            video=self.video_defaults(card),
+        )
 
 
 SMALL_TRANSFORMER = dict(
