@@ -11,7 +11,7 @@ import pytest
 from ditfarm.pipelines import family as registry
 from ditfarm.pipelines.checks import ModelChecks, check_nonempty_prompt
 from ditfarm.pipelines.denoise import SamplerSettings
-from ditfarm.pipelines.family import Family, family_of_folder, families, register_family
+from ditfarm.pipelines.family import Family, families, family_of_folder, register_family
 from ditfarm.pipelines.folder_checks import ModelFolderError
 from ditfarm.pipelines.loading import load_pipeline
 from ditfarm.pipelines.model_checks import model_checks
