@@ -64,8 +64,8 @@ def nccl_cpu_inputs(rank, world):
 
     v = torch.tensor([1.5, 2.25], dtype=torch.float64)
     r = fixed_point_all_reduce(v)
-    b = broadcast_tensors([torch.arange(3.0)])
-    return {"reduce": r.tolist(), "reduce_device": str(r.device), "broadcast": b[0].tolist()}
+    b = broadcast_tensors({"cond/encoder_hidden_states": torch.arange(3.0)})
+    return {"reduce": r.tolist(), "reduce_device": str(r.device), "broadcast": b["cond/encoder_hidden_states"].tolist()}
 
 
 if __name__ == "__main__":

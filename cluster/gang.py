@@ -30,6 +30,7 @@ import torch.distributed as dist
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from ..pipelines.conditioning import Conditioning
 from ..pipelines.deadline import default_timeout_s
 from ..pipelines.phases import PhaseClock
 from ..storage.errors import StorageError
@@ -127,7 +128,7 @@ class RankActor:
         negative_prompt: str = "",
         publish: PublishTarget | None = None,
         defer: bool = False,
-        embeddings: tuple | None = None,
+        embeddings: Conditioning | None = None,
         timeout_s: float | None = None,
     ) -> VideoResult | Failure:
         """Every rank renders its shard; rank 0 returns the frames, or with ``publish`` encodes and stores the mp4
@@ -322,7 +323,7 @@ class Gang:
         negative_prompt: str = "",
         publish: PublishTarget | None = None,
         defer: bool = False,
-        embeddings: tuple | None = None,
+        embeddings: Conditioning | None = None,
         timeout_s: float | None = None,
     ) -> VideoResult:
         """Every rank renders its shard; returns rank 0's result (frames or the stored URI, or with ``defer`` a

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from ..pipelines.compile import compiled_graphs
+from ..pipelines.conditioning import Conditioning
 from ..pipelines.memory import available_bytes
 from ..pipelines.phases import PhaseClock
 from ..types import RenderSettings
@@ -26,18 +27,18 @@ from .messages import EncodedText, RankResult
 from .sequence_parallel import SequenceParallelConfig, enable_sequence_parallel
 
 
-def broadcast_tensors(tensors: list[torch.Tensor] | None, src: int = 0, group=None) -> list[torch.Tensor]:
-    """Send rank ``src``'s tensors to every rank (shapes and dtypes first, so receivers need not know them); they
-    travel on the backend's device and come back on the CPU."""
-    meta = [[(tuple(t.shape), t.dtype) for t in tensors] if tensors is not None else None]
+def broadcast_tensors(tensors: dict[str, torch.Tensor] | None, src: int = 0, group=None) -> dict[str, torch.Tensor]:
+    """Send rank ``src``'s named tensors to every rank (names, shapes and dtypes first, so receivers need not know
+    them); they travel on the backend's device and come back on the CPU."""
+    meta = [[(name, tuple(t.shape), t.dtype) for name, t in tensors.items()] if tensors is not None else None]
     dist.broadcast_object_list(meta, src=src, group=group)
     device = backend_device(group) or torch.device("cpu")
     if dist.get_rank(group) != src:
-        tensors = [torch.empty(shape, dtype=dtype) for shape, dtype in meta[0]]
-    moved = [t.to(device) for t in tensors]
-    for t in moved:
-        dist.broadcast(t, src=src, group=group)
-    return [t.cpu() for t in moved]
+        tensors = {name: torch.empty(shape, dtype=dtype) for name, shape, dtype in meta[0]}
+    moved = {name: t.to(device) for name, t in tensors.items()}
+    for name, _, _ in meta[0]:  # in rank src's order on every rank
+        dist.broadcast(moved[name], src=src, group=group)
+    return {name: t.cpu() for name, t in moved.items()}
 
 
 class RankRenderer:
@@ -97,17 +98,14 @@ class RankRenderer:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    def _shared_embeddings(self, prompt: str, negative_prompt: str, guidance_scale: float, ahead) -> tuple:
-        """Rank 0's embeddings (``ahead``: computed beforehand, else encoded now) on every rank."""
+    def _shared_embeddings(self, prompt: str, negative_prompt: str, guidance_scale: float, ahead) -> Conditioning:
+        """Rank 0's conditioning (``ahead``: computed beforehand, else encoded now) on every rank, whatever named
+        tensors the family's encoding holds."""
         local = None
         if self.rank == 0:
-            cond, uncond = (
-                ahead if ahead is not None else self._encode_on_rank0(prompt, negative_prompt, guidance_scale)
-            )
-            local = [cond.cpu()] + ([uncond.cpu()] if uncond is not None else [])
-        received = broadcast_tensors(local)
-        device = self.pipe.execution_device
-        return received[0].to(device), (received[1].to(device) if len(received) > 1 else None)
+            encoded = ahead if ahead is not None else self._encode_on_rank0(prompt, negative_prompt, guidance_scale)
+            local = encoded.to("cpu").flat()
+        return Conditioning.from_flat(broadcast_tensors(local)).to(self.pipe.execution_device)
 
     def encode_text(self, prompt: str, sampler: dict, negative_prompt: str = "") -> EncodedText | None:
         """Rank 0, ahead of the video's render (beside another video's loop): the embeddings on the CPU, or None when the row is bad (its render then fails with the error on every rank
@@ -122,9 +120,8 @@ class RankRenderer:
         encode = getattr(self, "_encode_on_rank0", None)
         clock = PhaseClock(self.pipe.execution_device)
         with torch.no_grad():
-            cond, uncond = encode_text(self.pipe, clock, prompt, negative_prompt, settings.guidance_scale, encode)
-            embeddings = cond.cpu(), (uncond.cpu() if uncond is not None else None)
-        return EncodedText(embeddings, clock.seconds["text"])
+            encoded = encode_text(self.pipe, clock, prompt, negative_prompt, settings.guidance_scale, encode)
+        return EncodedText(encoded.to("cpu"), clock.seconds["text"])
 
     def render(
         self,
@@ -133,7 +130,7 @@ class RankRenderer:
         sampler: dict,
         negative_prompt: str = "",
         decode: bool = True,
-        embeddings: tuple | None = None,
+        embeddings: Conditioning | None = None,
         timeout_s: float | None = None,
     ) -> RankResult:
         """Denoise this rank's shard of one video; rank 0 decodes and returns the frames (``decode=False``: the
@@ -150,8 +147,7 @@ class RankRenderer:
                 with clock.phase("text") if embeddings is None else nullcontext():
                     embeddings = self._shared_embeddings(prompt, negative_prompt, settings.guidance_scale, embeddings)
             elif embeddings is not None:
-                device = self.pipe.execution_device
-                embeddings = tuple(e.to(device) if e is not None else None for e in embeddings)
+                embeddings = embeddings.to(self.pipe.execution_device)
             else:
                 embeddings = encode_text(self.pipe, clock, prompt, negative_prompt, settings.guidance_scale)
             # timeout_s: the driver's number, the same on every rank; the ranks vote at every step

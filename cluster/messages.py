@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from ..pipelines.conditioning import Conditioning
 from ..storage.errors import OutputFull, StorageError, is_full
 from ..storage.lease import LeaseLost
 from ..storage.stores import OutputLocation
@@ -32,9 +33,9 @@ class PublishTarget:
 
 @dataclass(frozen=True)
 class EncodedText:
-    """A video's text embeddings (cond, uncond) on the CPU, encoded on rank 0 ahead of its render."""
+    """A video's conditioning (its text, encoded) on the CPU, encoded on rank 0 ahead of its render."""
 
-    embeddings: tuple
+    embeddings: Conditioning
     seconds: float
 
 

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from .checks import check_patch_grid, resolve_settings
-from .denoise import SamplerSettings, check_finite_latents, denoise, initial_noise
+from .conditioning import Conditioning
+from .denoise import DenoiseSteps, FlowMatchSteps, SamplerSettings, check_finite_latents, initial_noise, run_loop
 from .memory import available_bytes, check_fits, minimum_video_bytes
 
 CACHE_PROFILE_FILE = "cache_profile.json"
@@ -91,6 +92,16 @@ class VideoPipelineMixin:
         self.scheduler.set_timesteps(steps)
         return self.scheduler.sigmas.cpu().numpy()
 
+    def denoise_steps(self, settings: SamplerSettings) -> DenoiseSteps:
+        """How this model samples one video (``pipelines.denoise``): flow matching with its one transformer unless
+        the family says otherwise."""
+        return FlowMatchSteps(self.transformer, self.scheduler, self.transformer_condition)
+
+    def noised_start(self, init: torch.Tensor, noise: torch.Tensor, settings: SamplerSettings, start_step: int):
+        """Clean latents ``init`` noised to step ``start_step``'s level (SDEdit; a flow-matching schedule's)."""
+        sigma = float(self.scheduler_sigmas(settings.steps)[start_step])
+        return (1 - sigma) * init.to(noise) + sigma * noise
+
     @torch.no_grad()
     def generate_latents(
         self,
@@ -101,31 +112,21 @@ class VideoPipelineMixin:
         on_step=None,
         start_step: int = 0,
         init: torch.Tensor | None = None,
-        embeddings: tuple | None = None,
+        embeddings: Conditioning | None = None,
     ) -> torch.Tensor:
         """The final latents.  With ``init`` (clean latents) and ``start_step`` the run starts from ``init``
-        noised to that step's sigma (SDEdit) instead of from pure noise.  ``embeddings``: ``encode_prompt``'s
-        result computed ahead (while another video's loop ran), else it is computed here."""
+        noised to that step (SDEdit) instead of from pure noise.  ``embeddings``: ``encode_prompt``'s
+        Conditioning computed ahead (while another video's loop ran), else it is computed here."""
         s = settings
-        cond, uncond = (
+        conditioning = (
             embeddings if embeddings is not None else self.encode_prompt(prompt, negative_prompt, s.guidance_scale)
         )
         latents = initial_noise(self.latent_shape(s), seed, self.execution_device, torch.float32)
         if init is not None:
-            sigma = float(self.scheduler_sigmas(s.steps)[start_step])
-            latents = (1 - sigma) * init.to(latents) + sigma * latents
-        latents = denoise(
-            self.transformer,
-            self.scheduler,
-            latents,
-            cond,
-            uncond,
-            s.steps,
-            s.guidance_scale,
-            on_step,
-            start_step,
-            self.transformer_condition(latents),
-            self.guidance_split,
+            latents = self.noised_start(init, latents, s, start_step)
+        steps = self.denoise_steps(s)
+        latents = run_loop(
+            steps, latents, conditioning, s.steps, s.guidance_scale, on_step, start_step, self.guidance_split
         )
         check_finite_latents(latents)
         return latents

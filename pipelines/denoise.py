@@ -1,18 +1,22 @@
-"""The one denoising loop every ditfarm model runs.
+"""The one denoising loop every ditfarm model runs, and the flow-matching sampling most families declare.
 
-It is diffusers' Wan loop reduced to what all our models share: flow-matching scheduler steps, and classifier-free
-guidance as two separate transformer calls inside ``transformer.cache_context("cond" | "uncond", ...)`` so that
-block caches (diffusers' or ours) keep one state per branch and know the step they are in.  Caching and sequence
-parallelism attach to ``transformer``; nothing here needs to know about either.
+The loop (``run_loop``) knows steps, branches and caches; what a step computes is the family's
+(``DenoiseSteps``): which transformer runs, with which inputs, how the scheduler steps.  Classifier-free guidance
+runs as two separate transformer calls inside ``transformer.cache_context("cond" | "uncond", ...)`` so that block
+caches (diffusers' or ours) keep one state per branch and know the step they are in.  Caching and sequence
+parallelism attach to the transformers; nothing here needs to know about either.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+
+from .conditioning import Conditioning
 
 
 @dataclass(frozen=True)
@@ -83,46 +87,6 @@ def transformer_input(
     return model_input
 
 
-@torch.no_grad()
-def denoise(
-    transformer: torch.nn.Module,
-    scheduler,
-    latents: torch.Tensor,
-    prompt_embeds: torch.Tensor,
-    negative_prompt_embeds: torch.Tensor | None,
-    steps: int,
-    guidance_scale: float,
-    on_step: StepCallback | None = None,
-    start_step: int = 0,
-    condition: torch.Tensor | None = None,
-    split: GuidanceSplit | None = None,
-) -> torch.Tensor:
-    """Run ``steps`` scheduler steps from ``latents`` and return the final latents (in the scheduler's dtype).
-
-    ``start_step`` > 0 starts part-way (SDEdit): ``latents`` must then be noised to ``scheduler.sigmas[start_step]``.
-    ``condition`` (channels the model reads but does not denoise) is concatenated to the latents on the channel axis
-    at every call, as diffusers' Wan image-to-video pipeline does with its image condition.  ``split``: CFG
-    parallelism, this process runs one branch per step (GuidanceSplit).
-    """
-    reset_caches(transformer)  # a new video: no state from the previous one may leak into this one
-    try:
-        return _denoise_loop(
-            transformer,
-            scheduler,
-            latents,
-            prompt_embeds,
-            negative_prompt_embeds,
-            steps,
-            guidance_scale,
-            on_step,
-            start_step,
-            condition,
-            split,
-        )
-    finally:
-        reset_caches(transformer)  # free cached tensors; cache stats of this video stay readable
-
-
 class GuidanceSplit(Protocol):
     """CFG parallelism (``ditfarm.cluster.cfg_parallel``): this process runs one branch ("cond" or "uncond") and
     ``exchange`` returns both branches' predictions, (cond, uncond), identical on every rank."""
@@ -132,63 +96,150 @@ class GuidanceSplit(Protocol):
     def exchange(self, prediction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-def _denoise_loop(
-    transformer,
-    scheduler,
-    latents,
-    prompt_embeds,
-    negative_prompt_embeds,
-    steps,
-    guidance_scale,
-    on_step,
-    start_step=0,
-    condition=None,
+class DenoiseSteps(ABC):
+    """One video's sampling as its pipeline declares it; the loop (``run_loop``) drives it and names no model.
+
+    ``schedule`` prepares the sampler and returns the timesteps; at step i, ``transformer_at`` is the transformer
+    that runs (caches keep their state on it), ``guidance_at`` the guidance scale, ``inputs`` the transformer's
+    keyword arguments for one branch (its conditioning's named tensors plus whatever the family adds: timesteps
+    per token, rotary positions, masks, image latents), ``guide`` combines the branches' predictions, ``step`` is
+    the scheduler's step and ``after_step`` a hook on the new latents."""
+
+    @abstractmethod
+    def schedule(self, steps: int, start_step: int, device: torch.device) -> Sequence: ...
+
+    @abstractmethod
+    def transformer_at(self, i: int) -> torch.nn.Module: ...
+
+    @abstractmethod
+    def inputs(self, i: int, t, latents: torch.Tensor, branch: dict[str, torch.Tensor]) -> dict: ...
+
+    @abstractmethod
+    def step(self, i: int, t, prediction: torch.Tensor, latents: torch.Tensor) -> torch.Tensor: ...
+
+    def guidance_at(self, i: int, guidance_scale: float) -> float:
+        return guidance_scale
+
+    def guide(self, cond: torch.Tensor, uncond: torch.Tensor, scale: float, i: int, t) -> torch.Tensor:
+        """Classifier-free guidance as diffusers' pipelines write it."""
+        return uncond + scale * (cond - uncond)
+
+    def after_step(self, i: int, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+    def context(self, i: int) -> dict:
+        """What step i tells the cache context besides its index (diffusers' ``CacheContext`` fields)."""
+        return {}
+
+    def release(self) -> None:
+        """After the loop, finished or not: reset what the schedule changed on shared objects."""
+
+
+class FlowMatchSteps(DenoiseSteps):
+    """Flow-matching sampling with one transformer called as diffusers' Wan pipelines call theirs (latents,
+    ``timestep`` per video, the branch's text), the condition channels (if any) concatenated to the latents, and
+    the scheduler's sigmas adjustable by a cache policy (``SIGMA_SCHEDULE_ATTR``)."""
+
+    def __init__(self, transformer: torch.nn.Module, scheduler, condition: Callable | None = None):
+        self.transformer, self.scheduler, self.condition = transformer, scheduler, condition
+        # diffusers' ``dtype`` is the compute dtype: a bf16 Wan keeps a few small modules (time embedder, norms)
+        # in float32, so its first parameter does not tell
+        self.dtype = getattr(transformer, "dtype", None) or next(transformer.parameters()).dtype
+
+    def schedule(self, steps: int, start_step: int, device: torch.device) -> Sequence:
+        self.scheduler.set_timesteps(steps, device=device)
+        adjust = getattr(self.transformer, SIGMA_SCHEDULE_ATTR, None)
+        if adjust is not None:
+            apply_sigma_schedule(self.scheduler, adjust)
+        self.scheduler.set_begin_index(start_step)
+        return self.scheduler.timesteps
+
+    def transformer_at(self, i: int) -> torch.nn.Module:
+        return self.transformer
+
+    def inputs(self, i: int, t, latents: torch.Tensor, branch: dict[str, torch.Tensor]) -> dict:
+        condition = self.condition(latents) if self.condition is not None else None
+        return {
+            "hidden_states": transformer_input(self.scheduler, latents, t, condition, self.dtype),
+            "timestep": t.expand(latents.shape[0]),
+            **branch,
+        }
+
+    def step(self, i: int, t, prediction: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        return self.scheduler.step(prediction.float(), t, latents, return_dict=False)[0]
+
+    def context(self, i: int) -> dict:
+        return {"sigma": float(self.scheduler.sigmas[i])}
+
+
+@torch.no_grad()
+def run_loop(
+    steps_of: DenoiseSteps,
+    latents: torch.Tensor,
+    conditioning: Conditioning,
+    steps: int,
+    guidance_scale: float,
+    on_step: StepCallback | None = None,
+    start_step: int = 0,
     split: GuidanceSplit | None = None,
 ) -> torch.Tensor:
-    scheduler.set_timesteps(steps, device=latents.device)
-    adjust = getattr(transformer, SIGMA_SCHEDULE_ATTR, None)
-    if adjust is not None:
-        apply_sigma_schedule(scheduler, adjust)
-    scheduler.set_begin_index(start_step)
-    # diffusers' ``dtype`` is the compute dtype: a bf16 Wan keeps a few small modules (time embedder, norms) in
-    # float32, so its first parameter does not tell
-    model_dtype = getattr(transformer, "dtype", None) or next(transformer.parameters()).dtype
-    use_cfg = guidance_scale > 1.0 and negative_prompt_embeds is not None
-    for i, t in enumerate(scheduler.timesteps):
-        if i < start_step:
-            continue
-        model_input = transformer_input(scheduler, latents, t, condition, model_dtype)
-        timestep = t.expand(latents.shape[0])
-        context = {"step_index": i, "sigma": float(scheduler.sigmas[i]), "num_inference_steps": steps}
-        if use_cfg and split is not None:  # this rank's branch only; the other half of the gang runs the other
-            embeds = prompt_embeds if split.branch == "cond" else negative_prompt_embeds
-            with transformer.cache_context(split.branch, **context):
-                mine = transformer(
-                    hidden_states=model_input, timestep=timestep, encoder_hidden_states=embeds, return_dict=False
-                )[0]
-            noise_cond, noise_uncond = split.exchange(mine)
-            noise_pred = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
-            latents = scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
+    """Run ``steps`` sampling steps of ``steps_of`` from ``latents`` and return the final latents.
+
+    ``start_step`` > 0 starts part-way (SDEdit): ``latents`` must then be noised to that step.  Classifier-free
+    guidance runs as two transformer calls inside ``transformer.cache_context("cond" | "uncond", ...)``, so block
+    caches keep one state per branch and know the step they are in; with ``split`` (CFG parallelism) this process
+    runs one branch per step.  Every transformer's caches are reset before and after the video."""
+    transformers = []
+    try:
+        for i, t in enumerate(steps_of.schedule(steps, start_step, latents.device)):
+            if i < start_step:
+                continue
+            transformer = steps_of.transformer_at(i)
+            if not any(transformer is seen for seen in transformers):
+                reset_caches(transformer)  # a new video: no state from the previous one may leak into this one
+                transformers.append(transformer)
+            scale = steps_of.guidance_at(i, guidance_scale)
+            use_cfg = scale > 1.0 and conditioning.uncond is not None
+            context = {"step_index": i, "num_inference_steps": steps, **steps_of.context(i)}
+            if use_cfg and split is not None:  # this rank's branch only; the other half of the gang runs the other
+                with transformer.cache_context(split.branch, **context):
+                    mine = transformer(
+                        **steps_of.inputs(i, t, latents, conditioning.branch(split.branch)), return_dict=False
+                    )[0]
+                noise_cond, noise_uncond = split.exchange(mine)
+                prediction = steps_of.guide(noise_cond, noise_uncond, scale, i, t)
+            else:
+                with transformer.cache_context("cond", **context):
+                    prediction = transformer(**steps_of.inputs(i, t, latents, conditioning.cond), return_dict=False)[0]
+                if use_cfg:
+                    with transformer.cache_context("uncond", **context):
+                        noise_uncond = transformer(
+                            **steps_of.inputs(i, t, latents, conditioning.uncond), return_dict=False
+                        )[0]
+                    prediction = steps_of.guide(prediction, noise_uncond, scale, i, t)
+            latents = steps_of.after_step(i, steps_of.step(i, t, prediction, latents))
             if on_step is not None:
                 on_step(i, latents)
-            continue
-        with transformer.cache_context("cond", **context):
-            noise_pred = transformer(
-                hidden_states=model_input, timestep=timestep, encoder_hidden_states=prompt_embeds, return_dict=False
-            )[0]
-        if use_cfg:
-            with transformer.cache_context("uncond", **context):
-                noise_uncond = transformer(
-                    hidden_states=model_input,
-                    timestep=timestep,
-                    encoder_hidden_states=negative_prompt_embeds,
-                    return_dict=False,
-                )[0]
-            noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
-        latents = scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
-        if on_step is not None:
-            on_step(i, latents)
-    return latents
+        return latents
+    finally:
+        for transformer in transformers:
+            reset_caches(transformer)  # free cached tensors; cache stats of this video stay readable
+        steps_of.release()
+
+
+def denoise(
+    transformer: torch.nn.Module,
+    scheduler,
+    latents: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    negative_prompt_embeds: torch.Tensor | None,
+    steps: int,
+    guidance_scale: float,
+    on_step: StepCallback | None = None,
+) -> torch.Tensor:
+    """The flow-matching loop of one transformer on bare text embeddings (benchmarks that time the loop alone)."""
+    conditioning = Conditioning.of_text(prompt_embeds, negative_prompt_embeds)
+    return run_loop(FlowMatchSteps(transformer, scheduler), latents, conditioning, steps, guidance_scale, on_step)
 
 
 def check_finite_latents(latents: torch.Tensor) -> None:

@@ -203,7 +203,7 @@ def test_a_distilled_folder_runs_one_pass_per_step(small_wan_folder, tmp_path):
     from ditfarm import cache
 
     pipe = load_pipeline(distilled_folder(small_wan_folder, tmp_path))
-    assert pipe.encode_prompt("a cat", guidance_scale=pipe.defaults.guidance_scale)[1] is None
+    assert pipe.encode_prompt("a cat", guidance_scale=pipe.defaults.guidance_scale).uncond is None
     calls = []
     handle = pipe.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
     try:

@@ -140,16 +140,19 @@ def reduce_and_broadcast(rank, world):
     from ditfarm.cluster.gang_rank import broadcast_tensors
 
     summed = fixed_point_all_reduce(torch.tensor([0.5 + rank, 1e-3], dtype=torch.float64))
-    received = broadcast_tensors([torch.arange(4.0).reshape(2, 2)] if rank == 0 else None)
-    return backend_device(), summed.tolist(), [t.tolist() for t in received]
+    sent = {"cond/mask": torch.tensor([1, 0]), "cond/text": torch.arange(4.0).reshape(2, 2)}
+    received = broadcast_tensors(sent if rank == 0 else None)
+    return backend_device(), summed.tolist(), {k: (t.dtype, t.tolist()) for k, t in received.items()}
 
 
 def test_collectives_sum_exactly_and_broadcast_to_every_rank():
+    import torch
+
     results = run_local_gang(reduce_and_broadcast, 2)
     for device, summed, received in results:
         assert device is None  # gloo takes tensors where they are; NCCL would move them to this rank's GPU
         assert summed[0] == 2.0 and abs(summed[1] - 2e-3) < 2e-6  # fixed point: 2^-20 resolution
-        assert received == [[[0.0, 1.0], [2.0, 3.0]]]
+        assert received == {"cond/mask": (torch.int64, [1, 0]), "cond/text": (torch.float32, [[0.0, 1.0], [2.0, 3.0]])}
     assert results[0][1] == results[1][1]  # bit-identical on both ranks
 
 

@@ -202,9 +202,9 @@ class RouterTrainer:
     # -- one sampling run ---------------------------------------------------------------------------------------
     def _branches(self, prompt: str):
         s = self.settings
-        cond, uncond = self.pipe.encode_prompt(prompt, "", s.guidance_scale)
-        use_cfg = s.guidance_scale > 1.0 and uncond is not None
-        return [("cond", cond)] + ([("uncond", uncond)] if use_cfg else [])
+        encoded = self.pipe.encode_prompt(prompt, "", s.guidance_scale)
+        use_cfg = s.guidance_scale > 1.0 and encoded.uncond is not None
+        return [("cond", encoded.cond)] + ([("uncond", encoded.uncond)] if use_cfg else [])
 
     def _predict(self, branches, latents, t, step: int):
         """The CFG-combined prediction at (latents, t) under the blender's current weights."""
@@ -212,13 +212,10 @@ class RouterTrainer:
         dtype = self.transformer.dtype
         model_input = transformer_input(scheduler, latents, t, self.pipe.transformer_condition(latents), dtype)
         outputs = {}
-        for name, embeds in branches:
+        for name, inputs in branches:
             with self.transformer.cache_context(name, step_index=step, num_inference_steps=s.steps):
                 outputs[name] = self.transformer(
-                    hidden_states=model_input,
-                    timestep=t.expand(latents.shape[0]),
-                    encoder_hidden_states=embeds,
-                    return_dict=False,
+                    hidden_states=model_input, timestep=t.expand(latents.shape[0]), **inputs, return_dict=False
                 )[0].float()
         if "uncond" in outputs:
             return outputs["uncond"] + s.guidance_scale * (outputs["cond"] - outputs["uncond"])

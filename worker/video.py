@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..cache import last_video_stats
+from ..pipelines.conditioning import Conditioning
 from ..pipelines.deadline import VideoDeadline
 from ..pipelines.denoise import SamplerSettings
 from ..pipelines.phases import PhaseClock
@@ -26,7 +27,7 @@ def checked_settings(
 
 
 def encode_text(pipe, clock: PhaseClock, prompt: str, negative_prompt: str, guidance_scale: float, encode=None):
-    """The prompt's (and, under guidance, the negative prompt's) embeddings, timed as the "text" phase;
+    """The prompt's (and, under guidance, the negative prompt's) Conditioning, timed as the "text" phase;
     ``encode``: another encoder than the pipeline's own (a gang's rank 0 keeps the original)."""
     with clock.phase("text"):
         return (encode or pipe.encode_prompt)(prompt, negative_prompt, guidance_scale)
@@ -39,7 +40,7 @@ def denoise_video(
     seed: int,
     settings: SamplerSettings,
     negative_prompt: str,
-    embeddings: tuple,
+    embeddings: Conditioning,
     timeout_s: float | None,
     vote=None,
 ):

@@ -27,6 +27,7 @@ from ..checks import (
     check_wan_sizes,
     wan_vae_factors,
 )
+from ..conditioning import Conditioning
 from ..denoise import SamplerSettings
 from ..family import Family, LoadOptions, register_family
 from ..folder_checks import DiffusersLayout, check_diffusers_folder
@@ -134,7 +135,8 @@ class WanVideoPipeline(VideoPipelineMixin):
         return (1, self.transformer.config.in_channels, ls.num_frames, ls.height, ls.width)
 
     def encode_prompt(self, prompt: str, negative_prompt: str = "", guidance_scale: float = 1.0):
-        """(cond, uncond) embeddings; uncond is None without CFG (guidance 1: one transformer pass per step)."""
+        """The text's Conditioning; no unconditional branch without CFG (guidance 1: one transformer pass per
+        step)."""
         if not self.holds_text_encoder:
             raise RuntimeError("this pipeline was loaded without its text encoder (a gang rank other than 0)")
         encoder = self.pipe.text_encoder
@@ -152,7 +154,7 @@ class WanVideoPipeline(VideoPipelineMixin):
         finally:
             if self.offload_text_encoder:
                 encoder.to("cpu")
-        return cond, uncond
+        return Conditioning.of_text(cond, uncond)
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         if not self.holds_vae:

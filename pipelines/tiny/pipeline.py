@@ -11,6 +11,7 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, WanTra
 from ..base import VideoDefaults, VideoPipelineMixin
 from ..cache_card import ModelCacheSettings
 from ..checks import TINY_LIMITS, card_limits
+from ..conditioning import Conditioning
 from ..denoise import SamplerSettings
 from .model_config import POSITION_CHANNELS, position_grid
 from .text_encoder import WordTextEncoder
@@ -62,7 +63,7 @@ class TinyVideoPipeline(VideoPipelineMixin, DiffusionPipeline):
 
     def encode_prompt(self, prompt: str, negative_prompt: str = "", guidance_scale: float = 1.0):
         embeds = self.text_encoder([prompt, negative_prompt or ""]).to(self.execution_device, self.transformer.dtype)
-        return embeds[:1], embeds[1:]
+        return Conditioning.of_text(embeds[:1], embeds[1:])
 
     def latent_shape(self, settings: SamplerSettings) -> tuple[int, ...]:
         return (1, 3, settings.num_frames, settings.height, settings.width)
