@@ -15,7 +15,15 @@ import torch
 
 from .checks import check_patch_grid, resolve_settings
 from .conditioning import Conditioning
-from .denoise import DenoiseSteps, FlowMatchSteps, SamplerSettings, check_finite_latents, initial_noise, run_loop
+from .denoise import (
+    DenoiseSteps,
+    FlowMatchSteps,
+    SamplerSettings,
+    check_finite_latents,
+    initial_noise,
+    run_loop,
+    seeded_generator,
+)
 from .memory import available_bytes, check_fits, minimum_video_bytes
 
 CACHE_PROFILE_FILE = "cache_profile.json"
@@ -92,9 +100,10 @@ class VideoPipelineMixin:
         self.scheduler.set_timesteps(steps)
         return self.scheduler.sigmas.cpu().numpy()
 
-    def denoise_steps(self, settings: SamplerSettings) -> DenoiseSteps:
+    def denoise_steps(self, settings: SamplerSettings, generator: torch.Generator) -> DenoiseSteps:
         """How this model samples one video (``pipelines.denoise``): flow matching with its one transformer unless
-        the family says otherwise."""
+        the family says otherwise.  ``generator``: the video's random source after its initial noise (a sampler
+        that draws noise during its steps goes on drawing from it, as diffusers' pipelines do)."""
         return FlowMatchSteps(self.transformer, self.scheduler, self.transformer_condition)
 
     def noised_start(self, init: torch.Tensor, noise: torch.Tensor, settings: SamplerSettings, start_step: int):
@@ -121,10 +130,11 @@ class VideoPipelineMixin:
         conditioning = (
             embeddings if embeddings is not None else self.encode_prompt(prompt, negative_prompt, s.guidance_scale)
         )
-        latents = initial_noise(self.latent_shape(s), seed, self.execution_device, torch.float32)
+        generator = seeded_generator(seed)
+        latents = initial_noise(self.latent_shape(s), seed, self.execution_device, torch.float32, generator)
         if init is not None:
             latents = self.noised_start(init, latents, s, start_step)
-        steps = self.denoise_steps(s)
+        steps = self.denoise_steps(s, generator)
         latents = run_loop(
             steps, latents, conditioning, s.steps, s.guidance_scale, on_step, start_step, self.guidance_split
         )

@@ -61,10 +61,22 @@ def apply_sigma_schedule(scheduler, adjust: Callable) -> None:
     scheduler.timesteps = (new[:-1] * scale).to(dtype=scheduler.timesteps.dtype, device=scheduler.timesteps.device)
 
 
-def initial_noise(shape: tuple[int, ...], seed: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Gaussian noise drawn on the CPU from the seed alone, so every device and every rank draws the same."""
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+def initial_noise(
+    shape: tuple[int, ...],
+    seed: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Gaussian noise drawn on the CPU from the seed alone, so every device and every rank draws the same.
+    ``generator``: the video's own (``seeded_generator(seed)``), when its sampler goes on drawing from it."""
+    gen = generator if generator is not None else seeded_generator(seed)
     return torch.randn(shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A video's random source, as diffusers' examples make it: ``torch.Generator("cpu").manual_seed(seed)``."""
+    return torch.Generator(device="cpu").manual_seed(int(seed))
 
 
 def reset_caches(transformer: torch.nn.Module) -> None:

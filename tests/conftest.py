@@ -130,6 +130,16 @@ def small_wan_folder(tmp_path_factory):
     return make_small_wan_folder(tmp_path_factory.mktemp("small-wan-shared"))
 
 
+@pytest.fixture(scope="session", params=["2b", "5b"])
+def small_cogvideox_folder(request, tmp_path_factory):
+    """A diffusers CogVideoX folder with random weights and small dimensions, as 2B (built-in positions, DDIM) and
+    as 5B (rotary positions, DPM) (read it, don't change it)."""
+    from ditfarm.pipelines.families.cogvideox import make_small_cogvideox_folder
+
+    folder = tmp_path_factory.mktemp(f"small-cogvideox-{request.param}")
+    return make_small_cogvideox_folder(folder, rotary=request.param == "5b")
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 endpoint on loopback (moto's server); boto3 in this process and in its children finds it

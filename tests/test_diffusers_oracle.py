@@ -32,3 +32,53 @@ def test_wan_renders_what_diffusers_wan_pipeline_renders(small_wan_folder):
     )
     assert ours.shape == theirs.shape
     assert psnr(ours, theirs) >= EXACT_DB
+
+
+COG_CALL = dict(num_frames=9, height=64, width=64, guidance_scale=6.0)
+
+
+def cogvideox_oracle(folder):
+    from diffusers import CogVideoXPipeline
+
+    return diffusers_frames(
+        CogVideoXPipeline,
+        folder,
+        "red cat moving left",
+        3,
+        negative_prompt="blue sky",
+        num_inference_steps=4,
+        max_sequence_length=16,
+        **COG_CALL,
+    )
+
+
+def cogvideox_ours(folder):
+    return load_pipeline(folder).generate(
+        "red cat moving left", seed=3, steps=4, negative_prompt="blue sky", **COG_CALL
+    )
+
+
+def test_cogvideox_renders_what_diffusers_cogvideox_pipeline_renders(small_cogvideox_folder):
+    """2B (built-in positions, DDIM) and 5B (rotary positions, DPM drawing noise during its steps)."""
+    ours, theirs = cogvideox_ours(small_cogvideox_folder), cogvideox_oracle(small_cogvideox_folder)
+    assert ours.shape == theirs.shape == (9, 64, 64, 3)
+    assert psnr(ours, theirs) >= EXACT_DB
+
+
+def test_cogvideox_without_its_rotary_positions_or_its_generator_is_far_from_diffusers(tmp_path, monkeypatch):
+    """What the exactness above rests on: dropping the 5B's rotary positions, or drawing the DPM's noise from
+    another generator than the video's, moves the video far below the bar."""
+    import torch
+
+    from ditfarm.pipelines.families import cogvideox
+    from ditfarm.pipelines.families.cogvideox import CogVideoXSteps, make_small_cogvideox_folder
+
+    folder = make_small_cogvideox_folder(tmp_path / "5b", rotary=True)
+    theirs = cogvideox_oracle(folder)
+    original = CogVideoXSteps.__init__
+    for wrong in (
+        lambda self, tr, sch, rotary, gen: original(self, tr, sch, None, gen),
+        lambda self, tr, sch, rotary, gen: original(self, tr, sch, rotary, torch.Generator().manual_seed(99)),
+    ):
+        monkeypatch.setattr(cogvideox.CogVideoXSteps, "__init__", wrong)
+        assert psnr(cogvideox_ours(folder), theirs) < 45

@@ -32,18 +32,21 @@ def refused_alike(folder, *named: str) -> str:
     return messages[0]
 
 
-def test_each_folder_finds_its_family(small_wan_folder):
-    assert {"tiny", "wan"} <= {f.name for f in families()}
+def test_each_folder_finds_its_family(small_wan_folder, small_cogvideox_folder):
+    assert {"tiny", "wan", "cogvideox"} <= {f.name for f in families()}
     assert family_of_folder(small_wan_folder).name == "wan"
+    assert family_of_folder(small_cogvideox_folder).name == "cogvideox"
     assert family_of_folder(BUNDLED_FOLDER).name == "tiny"
 
 
 def test_a_diffusers_folder_of_a_pipeline_nobody_renders_is_refused_listing_the_families(small_wan_folder, tmp_path):
-    folder = tmp_path / "cog"
+    folder = tmp_path / "mochi"
     shutil.copytree(small_wan_folder, folder)
     index = json.loads((folder / "model_index.json").read_text())
-    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "CogVideoXPipeline"}))
-    refused_alike(folder, "_class_name 'CogVideoXPipeline' is not supported", "wan (", "WanPipeline", "tiny (")
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "MochiPipeline"}))
+    refused_alike(
+        folder, "_class_name 'MochiPipeline' is not supported", "wan (", "WanPipeline", "tiny (", "CogVideoXPipeline"
+    )
 
 
 def test_a_known_pipeline_class_holding_a_transformer_its_family_does_not_know_is_refused(small_wan_folder, tmp_path):
@@ -52,6 +55,9 @@ def test_a_known_pipeline_class_holding_a_transformer_its_family_does_not_know_i
     config = folder / "transformer" / "config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "_class_name": "SkyReelsV2Transformer3DModel"}))
     refused_alike(folder, str(config), "'SkyReelsV2Transformer3DModel' is not one the wan family renders")
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "CogVideoXPipeline"}))
+    refused_alike(folder, "'SkyReelsV2Transformer3DModel' is not one the cogvideox family renders")
 
 
 def test_a_card_of_an_unknown_kind_and_a_folder_of_neither_kind_are_refused(tmp_path):

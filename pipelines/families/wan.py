@@ -32,6 +32,7 @@ from ..denoise import SamplerSettings
 from ..family import Family, LoadOptions, register_family
 from ..folder_checks import DiffusersLayout, check_diffusers_folder
 from ..precision import resolve_precision
+from ..word_tokenizer import word_tokenizer
 
 WAN_DEFAULTS = SamplerSettings(num_frames=81, height=480, width=832, steps=50, guidance_scale=5.0)
 WAN_VIDEO = VideoDefaults(fps=16, upscale=1)  # Wan2.1 is trained on 16-fps clips and decodes at full size
@@ -234,16 +235,12 @@ SMALL_TRANSFORMER = dict(
 )
 SMALL_TEXT_ENCODER = dict(d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2, relative_attention_num_buckets=8)
 SMALL_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1)
-WORDS = (
-    "a the red green blue yellow white black circle square triangle cat dog car moving left right up down on "
-    "and in with background gradient of sky sea city street forest"
-).split()
 
 
 def make_small_wan_folder(folder: str | Path, seed: int = 0, layers: int = 4) -> Path:
     """A complete diffusers Wan folder with random weights and small dimensions: transformer 2 heads x 16 wide,
     VAE base width 8 (same 4x temporal, 8x spatial compression as Wan2.1), a one-layer UMT5 and a word-level
-    tokenizer.  Loads with WanPipeline.from_pretrained and load_pipeline like a real Wan2.1 folder."""
+    tokenizer (``word_tokenizer``).  Loads with WanPipeline.from_pretrained and load_pipeline like a real Wan2.1 folder."""
     card = {
         "kind": "wan",
         "defaults": {"num_frames": 9, "height": 64, "width": 64, "steps": 10, "guidance_scale": 5.0},
@@ -276,18 +273,12 @@ def make_wan_folder(
         WanPipeline,
         WanTransformer3DModel,
     )
-    from tokenizers import Tokenizer, models, pre_tokenizers  # deferred: tokenizers
-    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel  # deferred: transformers
+    from transformers import UMT5Config, UMT5EncoderModel  # deferred: transformers
 
     folder = Path(folder)
     torch.manual_seed(seed)
-    words = ["<pad>", "</s>", "<unk>"] + sorted(set(WORDS))
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    )
-    text_config = {"vocab_size": len(words), **text_encoder_config}
+    tokenizer = word_tokenizer()
+    text_config = {"vocab_size": len(tokenizer), **text_encoder_config}
     with torch.device(device):
         text_encoder = UMT5EncoderModel(UMT5Config(**text_config))
         vae = AutoencoderKLWan(**vae_config)
