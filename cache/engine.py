@@ -55,12 +55,13 @@ class BlockMemory:
     """One block's cached tensors: Taylor terms of its residual (term 0 is the residual itself) and, for policies
     whose indicator is the block output, the last output."""
 
-    __slots__ = ("terms", "step", "output")
+    __slots__ = ("terms", "step", "output", "carried")
 
     def __init__(self):
         self.terms: list[torch.Tensor] = []
         self.step = -1
         self.output: torch.Tensor | None = None
+        self.carried: tuple[torch.Tensor, ...] = ()  # the last residuals of the streams carried along (BlockIO)
 
     def update(self, residual: torch.Tensor, step: int, order: int, delta: torch.Tensor | None = None) -> None:
         """TaylorSeer's derivative update: d_0 = r, d_i = (d_{i-1}^new - d_{i-1}^old) / (step gap).
@@ -84,7 +85,7 @@ class BlockMemory:
         return out
 
     def nbytes(self) -> int:
-        tensors = self.terms + ([self.output] if self.output is not None else [])
+        tensors = self.terms + ([self.output] if self.output is not None else []) + list(self.carried)
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -100,7 +101,7 @@ class BranchState(BaseState):
     def reset(self, *args, **kwargs) -> None:
         self.memory = [BlockMemory() for _ in range(self.num_blocks)]
         self.stack = BlockMemory()  # whole-step policies: the residual of the whole block stack
-        self.stack_input: torch.Tensor | None = None
+        self.stack_input: tuple[torch.Tensor, ...] | None = None  # the first block's streams, at a computed step
         self.output = None  # reuse_output policies: the transformer's output at the last computed step
         self.step = -1
         self.num_steps = 0
@@ -160,6 +161,17 @@ class BranchState(BaseState):
             self.run_sums = {k: v for k, v in self.run_sums.items() if not set(range(k[0], k[1] + 1)) & set(blocks)}
             self.run_sums[key] = (versions, total)
         return total
+
+    def carried_run(self, start: int, streams: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """The carried streams after the skipped run starting at ``start``: each plus its last residuals over the
+        run (over the whole stack for whole-step policies)."""
+        if not streams:
+            return ()
+        memories = [self.stack] if self.policy.whole_steps else self.memory[start : self.run_end[start] + 1]
+        out = list(streams)
+        for memory in memories:
+            out = [x + r.to(x.dtype) for x, r in zip(out, memory.carried)]
+        return tuple(out)
 
     def nbytes(self) -> int:
         run_bytes = sum(t.numel() * t.element_size() for _, t in self.run_sums.values())
@@ -223,26 +235,36 @@ class BlockHook(ModelHook):
         self.index = index
         self.last = index == len(engine.block_modules) - 1
 
-    def new_forward(self, module, hidden_states, *args, **kwargs):
+    def new_forward(self, module, *args, **kwargs):
         state: BranchState = self.state_manager.get_state()
-        b = self.index
+        io, b = self.engine.block_io, self.index
+        streams = io.inputs(args, kwargs)
         if state.plan[b]:
-            output = self.fn_ref.original_forward(hidden_states, *args, **kwargs)
+            output = self.fn_ref.original_forward(*args, **kwargs)
+            outputs = io.outputs(output)
             if not self.engine.policy.whole_steps:
-                self.engine.record(state, b, hidden_states, output)
+                self.engine.record(state, b, streams[0], outputs[0])
+                state.memory[b].carried = residuals(streams[1:], outputs[1:])
                 return output
             if b == 0:
-                state.stack_input = hidden_states
+                state.stack_input = streams
             if self.last:  # the stack's residual and indicator are filed under row 0
-                self.engine.record(state, 0, state.stack_input, output, state.stack)
+                self.engine.record(state, 0, state.stack_input[0], outputs[0], state.stack)
+                state.stack.carried = residuals(state.stack_input[1:], outputs[1:])
                 state.stack_input = None
             return output
         if b in state.run_end:
-            return hidden_states + state.predicted_run_residual(b).to(hidden_states.dtype)
-        return hidden_states
+            video = streams[0] + state.predicted_run_residual(b).to(streams[0].dtype)
+            return io.result((video, *state.carried_run(b, streams[1:])))
+        return io.result(streams)
 
     def reset_state(self, module):
         return module
+
+
+def residuals(inputs: tuple[torch.Tensor, ...], outputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """What a block added to each carried stream."""
+    return tuple((o - i).detach() for i, o in zip(inputs, outputs))
 
 
 class CacheEngine:
@@ -252,7 +274,8 @@ class CacheEngine:
         self.transformer = transformer
         self.policy = policy
         self.reduce = reduce
-        self.block_modules = adapter_for(transformer).blocks()
+        adapter = adapter_for(transformer)
+        self.block_modules, self.block_io = adapter.blocks(), adapter.block_io()
         if policy.reuse_output and not policy.whole_steps:
             raise ValueError(f"{policy.name}: reusing the transformer's output needs whole-step decisions")
         self.state_manager = StateManager(BranchState, (len(self.block_modules), policy))

@@ -122,7 +122,7 @@ def profile_pipeline(
             latents = pipe.generate_latents(prompt, seed=seed, settings=settings, on_step=on_step)
             cond = next(s for s in recorder.states if getattr(s, "branch", "cond") == "cond")
             change = np.stack(cond.history)
-            fg = token_mask(foreground_mask(latents[0]), patch)
+            fg = token_mask(foreground_mask(pipe.channels_first(latents)[0]), patch)
             share = float(fg.float().mean())
             usable = 0 < share < 0.6
             r_attn = np.array(

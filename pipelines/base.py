@@ -141,6 +141,11 @@ class VideoPipelineMixin:
         check_finite_latents(latents)
         return latents
 
+    def channels_first(self, latents: torch.Tensor) -> torch.Tensor:
+        """The latents as (batch, channels, frames, height, width), whatever layout the family samples in (the
+        profiler reads them so)."""
+        return latents
+
     def transformer_condition(self, latents: torch.Tensor) -> torch.Tensor | None:
         """Extra input channels the transformer reads beside the latents (none for text-to-video Wan)."""
         return None

@@ -64,6 +64,11 @@ class Family(ABC):
     def checks(self, folder: Path, card: dict) -> ModelChecks:
         """The rules the loaded pipeline would apply to a row, read from the folder without loading weights."""
 
+    def small_folders(self, root: Path) -> dict[str, Path]:
+        """Small random-weight folders of this family under ``root``, one per variant it renders (named), built
+        with diffusers' own classes in seconds: what the family contract test renders, caches and profiles."""
+        raise NotImplementedError(f"the {self.name} family builds no small folders for the family contract test")
+
     # -- shared -----------------------------------------------------------------------------------------------
     def sampler_defaults(self, card: dict) -> SamplerSettings:
         """The family's defaults with the card's ``defaults`` over them."""

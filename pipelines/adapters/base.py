@@ -2,7 +2,9 @@
 
 The contract (one subclass of ``TransformerAdapter`` per family, registered by transformer class):
 
-- ``blocks()``: the repeated blocks, in order: what block caches hook, what is compiled, what a profile counts.
+- ``blocks()``: the repeated blocks, in order: what block caches hook, what is compiled, what a profile counts;
+  ``block_io()``: which of a block's inputs and outputs are the video tokens the caches track, and which other
+  streams (a joint block's text tokens) they carry along.
 - ``units(block)``: a block's units by role (``UNIT_ROLES``: self-attention, cross-attention, feed-forward),
   the modules unit caches (BAC, HarmoniCa) hook one by one.
 - ``self_attentions()`` and ``attention_processor(attend)``: where self-attention is computed and how: the
@@ -33,6 +35,38 @@ Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (
 Gather = Callable[[torch.Tensor], torch.Tensor]  # this rank's shard of the sequence (dim 1) -> the whole sequence
 
 
+class BlockIO:
+    """How a block's call and its result carry its token streams.  The first stream is the video's: caches track
+    it (residuals, indicators, forecasts).  Any others (the text tokens a joint-attention block updates beside the
+    video's) are carried along: where a cache skips the block, it adds their last residual.  This one is a block
+    that takes the video tokens first (or as ``hidden_states``) and returns them alone (Wan's)."""
+
+    def inputs(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, ...]:
+        return (args[0] if args else kwargs["hidden_states"],)
+
+    def outputs(self, output) -> tuple[torch.Tensor, ...]:
+        return (output,)
+
+    def result(self, streams: tuple[torch.Tensor, ...]):
+        return streams[0]
+
+
+class JointBlockIO(BlockIO):
+    """A block that takes (video, text) as its first two arguments (or as ``hidden_states`` and
+    ``encoder_hidden_states``) and returns them as a (video, text) pair (CogVideoX's, HunyuanVideo's)."""
+
+    def inputs(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, ...]:
+        video = args[0] if args else kwargs["hidden_states"]
+        text = args[1] if len(args) > 1 else kwargs["encoder_hidden_states"]
+        return video, text
+
+    def outputs(self, output) -> tuple[torch.Tensor, ...]:
+        return tuple(output)
+
+    def result(self, streams: tuple[torch.Tensor, ...]):
+        return tuple(streams)
+
+
 class TransformerAdapter(ABC):
     """One family's answers (see the module docstring); ``transformer`` is the loaded model.  ``blocks`` and
     ``units`` are what every cache needs; a family that leaves the others out renders without sequence
@@ -48,6 +82,10 @@ class TransformerAdapter(ABC):
 
     @abstractmethod
     def units(self, block: torch.nn.Module) -> dict[str, torch.nn.Module]: ...
+
+    def block_io(self) -> BlockIO:
+        """How its blocks take and return their token streams (``BlockIO``: the video's alone by default)."""
+        return BlockIO()
 
     def self_attentions(self) -> list[torch.nn.Module]:
         raise self._unsupported("where its self-attention is (sequence parallelism, the attention probe)")

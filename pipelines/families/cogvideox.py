@@ -165,6 +165,9 @@ class CogVideoXVideoPipeline(VideoPipelineMixin):
         channels = self.transformer.config.in_channels
         return (1, frames, channels, settings.height // spatial, settings.width // spatial)
 
+    def channels_first(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents.permute(0, 2, 1, 3, 4)
+
     def minimum_bytes(self, settings: SamplerSettings) -> int:
         config = self.transformer.config
         batch, frames, channels, height, width = self.latent_shape(settings)
@@ -248,6 +251,9 @@ class CogVideoXFamily(Family):
         return CogVideoXVideoPipeline.from_folder(
             folder, card, options, self.sampler_defaults(card), self.video_defaults(card)
         )
+
+    def small_folders(self, root: Path) -> dict[str, Path]:
+        return {name: make_small_cogvideox_folder(Path(root) / name, rotary=name == "5b") for name in ("2b", "5b")}
 
     def checks(self, folder: Path, card: dict) -> ModelChecks:
         folder = Path(folder)

@@ -47,3 +47,8 @@ class TinyFamily(Family):
             *folder_cache_settings(folder, card, defaults.steps),
             video=VideoDefaults(**{**VIDEO_DEFAULTS, **card.get("video", {})}),
         )
+
+    def small_folders(self, root: Path) -> dict[str, Path]:
+        from ..tiny.weights import BUNDLED_FOLDER  # deferred: diffusers
+
+        return {"tiny": BUNDLED_FOLDER}  # tiny is small: its own trained folder

@@ -204,6 +204,9 @@ class WanFamily(Family):
             folder, card, options, self.sampler_defaults(card), self.video_defaults(card)
         )
 
+    def small_folders(self, root: Path) -> dict[str, Path]:
+        return {"wan2.1-t2v": make_small_wan_folder(Path(root) / "wan2.1-t2v")}
+
     def checks(self, folder: Path, card: dict) -> ModelChecks:
         transformer = json.loads((folder / "transformer" / "config.json").read_text())
         patch = tuple(transformer.get("patch_size", (1, 2, 2)))

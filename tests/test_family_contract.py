@@ -1,0 +1,82 @@
+"""The family contract: every registered family's small folders load, render, cache and profile through the same
+code, so an assumption about one family anywhere in the caches, the loop or the profiler fails here instead of in
+a user's render.  A family added by following docs/architecture.md ("Adding a model family") is tested by this
+file with no edit to it."""
+
+import numpy as np
+import pytest
+
+from ditfarm.cache import enable, last_video_stats
+from ditfarm.cache.metrics import psnr
+from ditfarm.cache.presets import build_config
+from ditfarm.cache.profiler import profile_pipeline
+from ditfarm.pipelines.family import families
+from ditfarm.pipelines.loading import load_pipeline
+
+pytestmark = [pytest.mark.slow]
+
+STEPS = 30
+PROMPTS = ["red circle moving left on blue background", "white square moving up on green gradient background"]
+# knobs that skip on every family at STEPS (taylorseer's interval is in steps of the card's reference schedule)
+SKIPPING = {"bwcache": 0.3, "taylorseer": 5, "adaptive": 1.0}
+
+
+@pytest.fixture(scope="module", params=[f.name for f in families()])
+def family_folders(request, tmp_path_factory):
+    family = next(f for f in families() if f.name == request.param)
+    return family, family.small_folders(tmp_path_factory.mktemp(f"contract-{family.name}"))
+
+
+def render(pipe, prompt: str = PROMPTS[0]) -> np.ndarray:
+    return pipe.generate(prompt, seed=5, steps=STEPS)
+
+
+def test_every_block_policy_caches_every_family(family_folders):
+    """Uncached renders are sized as asked; a policy that computes everything changes nothing; each block policy
+    skips at a skipping knob and stays recognisably the uncached video."""
+    family, folders = family_folders
+    for variant, folder in folders.items():
+        pipe = load_pipeline(folder)
+        reference = render(pipe)
+        s = pipe.defaults
+        assert reference.shape[:3] == (s.num_frames, s.height, s.width), (family.name, variant)
+        enable(pipe, build_config("bwcache", 0.0, None, pipe.cache_settings))
+        assert np.array_equal(render(pipe), reference), (family.name, variant)
+        for policy, knob in SKIPPING.items():
+            enable(pipe, build_config(policy, knob, None, pipe.cache_settings))
+            cached = render(pipe)
+            stats = last_video_stats(pipe)
+            assert stats.skipped > 0, (family.name, variant, policy)
+            # a floor, not a fidelity target (those are per model, in BENCHMARKS.md): a cache that broke the
+            # stack (a stream dropped, a block's output misplaced) lands near 4 dB
+            assert psnr(cached, reference) > 12, (family.name, variant, policy, psnr(cached, reference))
+        enable(pipe, None)
+
+
+def test_unit_caches_run_or_are_refused_naming_the_unit_a_family_lacks(family_folders):
+    from ditfarm.cache.policies import BACConfig  # noqa: F401 - the unit policies' configs need calibrations
+    from ditfarm.pipelines.adapters import adapter_for
+
+    family, folders = family_folders
+    for variant, folder in folders.items():
+        adapter = adapter_for(load_pipeline(folder).transformer)
+        try:
+            units = adapter.unit_modules()
+        except TypeError as refused:
+            assert family.name in str(refused) and "unit caches need all of" in str(refused), str(refused)
+            continue
+        assert len(units) == 3 * len(adapter.blocks()), (family.name, variant)
+
+
+def test_the_profiler_profiles_every_family_and_its_profile_drives_the_profiling_policy(family_folders):
+    family, folders = family_folders
+    for variant, folder in folders.items():
+        pipe = load_pipeline(folder)
+        profile = profile_pipeline(pipe, PROMPTS, steps=STEPS, probe_steps=2, max_queries=256).profile
+        assert len(profile.blocks) == len(profile.model and profile.blocks)
+        assert all(len(b.change) == STEPS for b in profile.blocks), (family.name, variant)
+        assert all(np.isfinite(b.r_attn) for b in profile.blocks), (family.name, variant)
+        enable(pipe, build_config("profiling", 6, profile, pipe.cache_settings))
+        render(pipe)
+        assert last_video_stats(pipe).skipped > 0, (family.name, variant)
+        enable(pipe, None)
