@@ -84,13 +84,60 @@ def enable_sequence_parallel(
         from yunchang import set_seq_parallel_pg  # deferred: yunchang
 
         set_seq_parallel_pg(config.ulysses_degree, config.ring_degree, dist.get_rank(), world)
-    attention = long_context_attention(
-        config, group, lambda: LongContextAttention(attn_type=AttnType.from_string(config.attn_type))
+    attention = ShardedAttention(
+        long_context_attention(
+            config, group, lambda: LongContextAttention(attn_type=AttnType.from_string(config.attn_type))
+        ),
+        group or dist.group.WORLD,
     )
     for self_attention in adapter.self_attentions():
         self_attention.set_processor(adapter.attention_processor(attention))
     sharded = adapter.sharded_forward(dist.get_rank(group), world, lambda x: all_gather_sequence(x, group, dim=1))
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(SequenceParallelHook(sharded), SP_HOOK)
+
+
+class ShardedAttention:
+    """The attention a sharded model's processors call (``TransformerAdapter.attention_processor``).
+
+    Called as ``attend(q, k, v)`` on this rank's shard of the tokens, it is the long-context attention (Ulysses: an
+    all-to-all turns sequence shards into head shards and back).  ``joint(q, k, v, text_q, text_k, text_v)`` is
+    the same for a joint attention whose text tokens every rank holds whole (CogVideoX, HunyuanVideo): after the
+    video's all-to-all each rank attends over [its heads of the text; the whole video in its heads], returns the
+    video to sequence shards, and gathers the text's heads, so every rank holds the whole text output.  Every
+    tensor is (batch, tokens, heads, head_dim)."""
+
+    def __init__(self, attention, group):
+        self.attention, self.group = attention, group
+
+    def __call__(self, query, key, value):
+        return self.attention(query, key, value)
+
+    def joint(self, query, key, value, text_query, text_key, text_value):
+        from yunchang.comm.all_to_all import SeqAllToAll4D  # deferred: yunchang
+
+        world, rank = dist.get_world_size(self.group), dist.get_rank(self.group)
+        heads = query.shape[2] // world
+        mine = slice(rank * heads, (rank + 1) * heads)
+
+        def whole_video(x):  # (B, S/N, H, D) -> (B, S, H/N, D)
+            return SeqAllToAll4D.apply(self.group, x.contiguous(), 2, 1, False)
+
+        q, k, v = (
+            torch.cat([text[:, :, mine], whole_video(video)], dim=1).transpose(1, 2)
+            for text, video in ((text_query, query), (text_key, key), (text_value, value))
+        )
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # (B, T + S, H/N, D)
+        text_len = text_query.shape[1]
+        video = SeqAllToAll4D.apply(self.group, out[:, text_len:].contiguous(), 1, 2, False)
+        text = all_gather_heads(out[:, :text_len].contiguous(), self.group)
+        return video, text
+
+
+def all_gather_heads(x: torch.Tensor, group) -> torch.Tensor:
+    """Every rank's heads of ``x`` (batch, tokens, heads/N, head_dim), concatenated in rank order."""
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, x, group=group)
+    return torch.cat(parts, dim=2)
 
 
 def long_context_attention(config: SequenceParallelConfig, group, yunchang_attention):

@@ -80,3 +80,38 @@ def test_the_profiler_profiles_every_family_and_its_profile_drives_the_profiling
         render(pipe)
         assert last_video_stats(pipe).skipped > 0, (family.name, variant)
         enable(pipe, None)
+
+
+def render_on_two_ranks(rank, world, folder):
+    """One video with the adaptive cache, sequence-parallel over the two ranks, then the same under CFG
+    parallelism (one branch per rank): (frames, masks, skipped fraction) of each."""
+    from ditfarm.cluster.gang_rank import RankRenderer
+    from ditfarm.types import RenderSettings
+
+    out = []
+    for cfg_parallel in (False, True):
+        settings = RenderSettings(
+            model=folder, cache="adaptive", cache_knob=SKIPPING["adaptive"], cfg_parallel=cfg_parallel
+        )
+        result = RankRenderer(rank, world, settings).render(PROMPTS[0], 5, {"steps": STEPS})
+        out.append((result.frames, result.masks, result.skipped_fraction))
+    return out
+
+
+def test_every_family_renders_on_a_two_rank_gang_and_under_cfg_parallelism(family_folders):
+    """Two local ranks (gloo), sequence-parallel and then one CFG branch each: every rank decides what the single
+    process decides, and the cached video is the one it renders with the same cache."""
+    from ditfarm.cluster.local import run_local_gang
+
+    family, folders = family_folders
+    for variant, folder in folders.items():
+        pipe = load_pipeline(folder)
+        enable(pipe, build_config("adaptive", SKIPPING["adaptive"], None, pipe.cache_settings))
+        alone = render(pipe)
+        masks = last_video_stats(pipe).masks
+        enable(pipe, None)
+        (sp0, cfg0), (sp1, cfg1) = run_local_gang(render_on_two_ranks, 2, str(folder), timeout_s=240)
+        assert sp0[1] == sp1[1] == masks and sp0[2] > 0, (family.name, variant)
+        assert cfg0[1] == {"cond": masks["cond"]} and cfg1[1] == {"uncond": masks["uncond"]}, (family.name, variant)
+        for frames in (sp0[0], cfg0[0]):
+            assert psnr(frames, alone) >= 60, (family.name, variant, psnr(frames, alone))

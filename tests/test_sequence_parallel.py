@@ -185,7 +185,7 @@ def _xfuser_fallback_on_rank(rank, world, model):
     enable_sequence_parallel(
         pipe.transformer, SequenceParallelConfig(world, long_context="xfuser"), timeout=timedelta(seconds=60)
     )
-    attention = pipe.transformer.blocks[0].attn1.processor.attention
+    attention = pipe.transformer.blocks[0].attn1.processor.attention.attention  # the long-context attention inside
     frames = pipe.generate(PROMPT, seed=5, steps=4)  # every rank: the attention's all-to-alls need both
     return type(attention).__name__, frames
 
