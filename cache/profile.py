@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..pipelines.adapters import adapter_for
+from ..pipelines.adapters import adapter_for, describe_identity, same_model
 
 FORMAT = "ditfarm-cache-profile/1"
 FOREGROUND, BACKGROUND = "foreground", "background"
@@ -62,12 +62,10 @@ class CacheProfile:
         """Refuse a profile measured on another model (named by the file it was loaded from, where known)."""
         source = source or (f"profile {self.source}" if getattr(self, "source", None) else "profile")
         actual = model_identity(transformer)
-        if actual != self.model:
+        if not same_model(self.model, actual):
             raise ProfileMismatchError(
-                f"{source} was measured on {self.model['class']} with {self.model['num_blocks']} blocks "
-                f"(config hash {self.model['config_hash']}), but this model is {actual['class']} with "
-                f"{actual['num_blocks']} blocks (config hash {actual['config_hash']}); "
-                "profile this model with `ditfarm profile` first"
+                f"{source} was measured on {describe_identity(self.model)}, but this model is "
+                f"{describe_identity(actual)}; profile this model with `ditfarm profile` first"
             )
 
     def save(self, path: str | Path) -> Path:

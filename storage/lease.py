@@ -262,8 +262,14 @@ class Lease:
             version = self.obj.replace(self.holder.to_bytes(), self.version)
             if version is None:
                 seen = self.obj.read()
-                self.lost = seen.holder if seen is not None else self.holder
-                return False
+                if seen is not None and seen.holder.run_id == self.holder.run_id and not seen.holder.released:
+                    # This run's own write whose new version it never recorded (a stop signal raised between
+                    # the write and the assignment below): no other run writes this run's id.  Renew on it.
+                    version = self.obj.replace(self.holder.to_bytes(), seen.version)
+                if version is None:
+                    seen = self.obj.read()
+                    self.lost = seen.holder if seen is not None else self.holder
+                    return False
             self.version = version
             return True
 

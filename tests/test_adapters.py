@@ -119,6 +119,38 @@ def test_wan_and_tiny_transformers_get_the_wan_adapter(tiny_pipe):
     assert wan.identity()["num_blocks"] == 3 and wan.identity() != adapter_for(small_wan(num_layers=2)).identity()
 
 
+def test_the_identity_tells_apart_what_must_not_share_a_profile(tiny_pipe):
+    """Two experts of one architecture, a LoRA'd or a quantized transformer: each is its own model to a cache
+    profile, refused by name; a profile recorded before these marks existed still fits the plain transformer."""
+    import copy
+
+    from ditfarm.cache import CacheProfile, ProfileMismatchError, model_identity
+    from ditfarm.pipelines.adapters import mark_identity, same_model
+    from ditfarm.pipelines.tiny.weights import BUNDLED_FOLDER
+
+    plain = tiny_pipe.transformer
+    shipped = CacheProfile.load(BUNDLED_FOLDER / "cache_profile.json")
+    assert set(shipped.model) == {"class", "num_blocks", "config_hash"}  # written before the marks
+    shipped.check_model(plain)
+    for marks, named in (
+        ({"component": "transformer_2"}, "component transformer_2"),
+        ({"loras": [["s3://loras/style.safetensors", 0.8]]}, "LoRAs s3://loras/style.safetensors x0.8"),
+        ({"quantization": "int8"}, "int8 weights"),
+    ):
+        other = copy.deepcopy(plain)
+        mark_identity(other, **marks)
+        assert not same_model(model_identity(plain), model_identity(other))
+        with pytest.raises(ProfileMismatchError, match=named):
+            shipped.check_model(other)
+        measured = copy.deepcopy(shipped)
+        measured.model = model_identity(other)
+        measured.check_model(other)
+        with pytest.raises(ProfileMismatchError, match=f"measured on .*{named}.*but this model is"):
+            measured.check_model(plain)
+    with pytest.raises(ValueError, match="not an identity mark: expert"):
+        mark_identity(plain, expert=2)
+
+
 def test_a_transformer_without_an_adapter_is_refused_by_name():
     from ditfarm import cache
 

@@ -70,6 +70,31 @@ def test_renewal_keeps_a_lease_fresh_past_its_ttl(out):
     assert current_holder(store) is None
 
 
+def test_a_renewal_interrupted_after_its_write_is_recognised_as_this_runs_own(out, monkeypatch):
+    """A stop signal raised between a renewal's write and the run recording the new version leaves the run with
+    a stale version of a lease that names it: its next renewal (the stop's flush) goes on instead of reporting
+    the output taken over by its own run."""
+    store = open_output(out)
+    lease = Lease(store, "run-own", ttl_s=60.0).acquire()
+    obj, written = lease.obj, []
+    real_replace = obj.replace
+
+    def replace_then_stop(data, version):
+        written.append(real_replace(data, version))
+        raise KeyboardInterrupt  # what the stop handler raises, after the write landed
+
+    monkeypatch.setattr(obj, "replace", replace_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        lease.renew()
+    monkeypatch.setattr(obj, "replace", real_replace)
+    assert written[0] is not None and current_holder(store).holder.renewals == 1
+    assert lease.renew() is True and lease.lost is None
+    lease.check()
+    assert current_holder(store).holder.renewals == 2
+    lease.release()
+    assert current_holder(store) is None
+
+
 def test_force_takes_a_live_lease(out):
     store = open_output(out)
     live = Lease(store, "run-live").acquire()

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...pipelines.adapters import describe_identity, same_model
 from ..profile import ProfileMismatchError, model_identity
 from ..units import UnitPolicy
 
@@ -48,12 +49,11 @@ class Router:
 
     def check_model(self, transformer: torch.nn.Module) -> None:
         actual = model_identity(transformer)
-        if actual != self.model:
+        if not same_model(self.model, actual):
             where = f"router {self.source}" if getattr(self, "source", None) else "the router"
             raise ProfileMismatchError(
-                f"{where} was trained on {self.model['class']} with {self.model['num_blocks']} blocks (config hash "
-                f"{self.model['config_hash']}), but this model is {actual['class']} with {actual['num_blocks']} "
-                f"blocks (config hash {actual['config_hash']}); train one with `ditfarm train-router`"
+                f"{where} was trained on {describe_identity(self.model)}, but this model is "
+                f"{describe_identity(actual)}; train one with `ditfarm train-router`"
             )
 
     def save(self, path: str | Path) -> Path:

@@ -11,10 +11,27 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import UNIT_ROLES, TransformerAdapter, adapter_for, register_adapter
+from .base import (
+    UNIT_ROLES,
+    TransformerAdapter,
+    adapter_for,
+    describe_identity,
+    mark_identity,
+    register_adapter,
+    same_model,
+)
 from .wan import WanAdapter
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["UNIT_ROLES", "TransformerAdapter", "WanAdapter", "adapter_for", "register_adapter"]
+__all__ = [
+    "UNIT_ROLES",
+    "TransformerAdapter",
+    "WanAdapter",
+    "adapter_for",
+    "describe_identity",
+    "mark_identity",
+    "register_adapter",
+    "same_model",
+]

@@ -130,14 +130,52 @@ class TransformerAdapter(ABC):
         return modules
 
     def identity(self) -> dict:
-        """Class name, block count and a hash of the architecture config (private keys like paths left out)."""
+        """What a cache profile or a router trained on this transformer must match: its class, block count and a
+        hash of its architecture config (private keys like paths left out), and what makes the same architecture
+        compute otherwise: which component of its folder it is (``transformer`` or a second expert's
+        ``transformer_2``), the LoRAs applied to it (source and scale) and its weights' quantization.  The
+        loader marks the last three on the module (``mark_identity``)."""
         config = {k: v for k, v in dict(self.transformer.config).items() if not k.startswith("_")}
         text = json.dumps(config, sort_keys=True, default=list)
+        marks = getattr(self.transformer, IDENTITY_ATTR, {})
         return {
             "class": type(self.transformer).__name__,
             "num_blocks": len(self.blocks()),
             "config_hash": hashlib.sha256(text.encode()).hexdigest()[:16],
+            **{key: marks.get(key, default) for key, default in IDENTITY_DEFAULTS.items()},
         }
+
+
+#: Where a loader marks what the config does not say (``mark_identity``), and what an unmarked model is.
+IDENTITY_ATTR = "_ditfarm_identity"
+IDENTITY_DEFAULTS = {"component": "transformer", "loras": [], "quantization": None}
+
+
+def mark_identity(transformer: torch.nn.Module, **marks) -> None:
+    """Record on ``transformer`` which component it is, its LoRAs ([[source, scale], ...]) or its quantization."""
+    unknown = set(marks) - set(IDENTITY_DEFAULTS)
+    if unknown:
+        raise ValueError(f"not an identity mark: {', '.join(sorted(unknown))}")
+    setattr(transformer, IDENTITY_ATTR, {**getattr(transformer, IDENTITY_ATTR, {}), **marks})
+
+
+def same_model(recorded: dict, actual: dict) -> bool:
+    """Whether an identity recorded with a profile or router is ``actual``'s; a key the record lacks (one written
+    before the key existed) means its default: the plain first transformer."""
+    return {**IDENTITY_DEFAULTS, **recorded} == {**IDENTITY_DEFAULTS, **actual}
+
+
+def describe_identity(identity: dict) -> str:
+    """An identity as a sentence names it: the architecture, then whatever differs from a plain transformer."""
+    identity = {**IDENTITY_DEFAULTS, **identity}
+    text = f"{identity['class']} with {identity['num_blocks']} blocks (config hash {identity['config_hash']}"
+    if identity["component"] != IDENTITY_DEFAULTS["component"]:
+        text += f", component {identity['component']}"
+    if identity["loras"]:
+        text += ", LoRAs " + ", ".join(f"{source} x{scale:g}" for source, scale in identity["loras"])
+    if identity["quantization"]:
+        text += f", {identity['quantization']} weights"
+    return text + ")"
 
 
 _ADAPTERS: dict[type, type[TransformerAdapter]] = {}
