@@ -26,16 +26,16 @@ PROMPTS = [
 
 def render_rank(rank, world, model, cfg_parallel, policy, prompts, steps):
     from ditfarm.cluster.gang_rank import RankRenderer
-    from ditfarm.types import RenderSettings
+    from ditfarm.types import RenderSettings, RowInputs
 
     renderer = RankRenderer(
         rank, world, RenderSettings(model=model, cache=policy, cfg_parallel=cfg_parallel, collective_timeout_s=600)
     )
-    renderer.render(prompts[0], 0, dict(steps=steps))  # warm-up
+    renderer.render(RowInputs(prompts[0], 0, sampler=dict(steps=steps)))  # warm-up
     out = []
     for i, prompt in enumerate(prompts):
         start = time.perf_counter()
-        result = renderer.render(prompt, 100 + i, dict(steps=steps))
+        result = renderer.render(RowInputs(prompt, 100 + i, sampler=dict(steps=steps)))
         out.append({"seconds": time.perf_counter() - start, "frames": result.frames, "masks": result.masks})
     return out
 

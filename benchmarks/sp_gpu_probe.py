@@ -41,14 +41,14 @@ def attn_check(rank, world, dtype_name, ulysses, ring, attn):
 
 def render_fn(rank, world, policy, knob):
     from ditfarm.cluster.gang_rank import RankRenderer
-    from ditfarm.types import RenderSettings
+    from ditfarm.types import RenderSettings, RowInputs
 
     r = RankRenderer(rank, world, RenderSettings(model="tiny", device="cuda", cache=policy, cache_knob=knob))
-    sampler = dict(steps=10)
-    r.render(PROMPT, 5, sampler)
+    row = RowInputs(PROMPT, 5, sampler=dict(steps=10))
+    r.render(row)
     torch.cuda.synchronize()
     t = time.time()
-    out = r.render(PROMPT, 5, sampler)
+    out = r.render(row)
     torch.cuda.synchronize()
     return {
         "frames": out.frames,

@@ -36,7 +36,7 @@ from ..pipelines.phases import PhaseClock
 from ..storage.errors import StorageError
 from ..storage.lease import LeaseLost
 from ..storage.stores import clear_local_temp
-from ..types import NoRenderersLeft, RenderSettings
+from ..types import NoRenderersLeft, RenderSettings, RowInputs
 from ..worker.publish import PublishGate, lease_fence, publish_video, video_format
 from .messages import (
     EncodedText,
@@ -111,21 +111,18 @@ class RankActor:
         return self.renderer.description
 
     @ray.method(concurrency_group="publish")
-    def encode_text(self, prompt: str, sampler: dict, negative_prompt: str = "") -> EncodedText | None:
-        """Rank 0: the embeddings of a video's text, encoded beside the loop now running (see ``Gang.encode``);
+    def encode_text(self, row: RowInputs) -> EncodedText | None:
+        """Rank 0: the conditioning of a video's row, encoded beside the loop now running (see ``Gang.encode``);
         None for a bad row or when encoding failed: the render then encodes (and reports) it itself."""
         try:
-            return self.renderer.encode_text(prompt, sampler, negative_prompt)
+            return self.renderer.encode_text(row)
         except Exception as err:  # noqa: BLE001 - the render encodes again and raises where it belongs
             log.warning("encoding the text ahead failed (%s); the render encodes it", err)
             return None
 
     def render(
         self,
-        prompt: str,
-        seed: int,
-        sampler: dict,
-        negative_prompt: str = "",
+        row: RowInputs,
         publish: PublishTarget | None = None,
         defer: bool = False,
         embeddings: Conditioning | None = None,
@@ -140,10 +137,7 @@ class RankActor:
         defer = defer and publish is not None
         try:
             result = self.renderer.render(
-                prompt,
-                seed,
-                sampler,
-                negative_prompt,
+                row,
                 decode=not defer,
                 embeddings=embeddings if self.rank == 0 else None,
                 timeout_s=timeout_s,
@@ -317,10 +311,7 @@ class Gang:
 
     def render(
         self,
-        prompt: str,
-        seed: int,
-        sampler: dict,
-        negative_prompt: str = "",
+        row: RowInputs,
         publish: PublishTarget | None = None,
         defer: bool = False,
         embeddings: Conditioning | None = None,
@@ -334,9 +325,7 @@ class Gang:
         if not self.members:
             raise GangFailure(f"{self.name} was killed")
         refs = [
-            m.render.remote(
-                prompt, seed, sampler, negative_prompt, publish, defer, embeddings if i == 0 else None, timeout_s
-            )
+            m.render.remote(row, publish, defer, embeddings if i == 0 else None, timeout_s)
             for i, m in enumerate(self.members)
         ]
         wait_s = self.config.call_timeout_s + (
@@ -344,11 +333,11 @@ class Gang:
         )
         return checked(self._call(refs, wait_s)[0])
 
-    def encode(self, prompt: str, sampler: dict, negative_prompt: str = ""):
-        """Start encoding a video's text on rank 0, beside whatever the gang is denoising; an ObjectRef of the
-        embeddings (or None), or None when the gang is gone.  Whichever gang renders the video may use them."""
+    def encode(self, row: RowInputs):
+        """Start encoding a video's row on rank 0, beside whatever the gang is denoising; an ObjectRef of the
+        conditioning (or None), or None when the gang is gone.  Whichever gang renders the video may use it."""
         members = self.members
-        return members[0].encode_text.remote(prompt, sampler, negative_prompt) if members else None
+        return members[0].encode_text.remote(row) if members else None
 
     def finish(self, ticket: str) -> StoredVideoInfo:
         """Wait for rank 0 to store a deferred video.  Other calls may run on the gang meanwhile."""
@@ -498,10 +487,7 @@ class GangPool:
 
     def render(
         self,
-        prompt: str,
-        seed: int,
-        sampler: dict,
-        negative_prompt: str = "",
+        row: RowInputs,
         publish: PublishTarget | None = None,
         overlap: bool = False,
         video_timeout_s: float | None = None,
@@ -514,17 +500,14 @@ class GangPool:
         failed = lost = 0  # renders whose gang failed under them; finished loops lost with their gang
         # "where memory allows": an offloaded text encoder would visit the accelerator beside another loop
         encode_ahead = overlap and publish is not None and not self.config.settings.offload_text_encoder
-        ahead = self._encode_ahead(prompt, sampler, negative_prompt) if encode_ahead else None
+        ahead = self._encode_ahead(row) if encode_ahead else None
         while failed < self.max_attempts and lost < self.max_attempts:
             gang = self.borrow()
             encoded, ahead = self._embeddings(ahead), None
-            timeout_s = video_timeout_s or default_timeout_s(gang.model_defaults, sampler)
+            timeout_s = video_timeout_s or default_timeout_s(gang.model_defaults, row.sampler)
             try:
                 result = gang.render(
-                    prompt,
-                    seed,
-                    sampler,
-                    negative_prompt,
+                    row,
                     publish,
                     defer=overlap,
                     embeddings=encoded.embeddings if encoded else None,
@@ -565,13 +548,13 @@ class GangPool:
             return result
         raise GangFailure(f"video failed on {failed + lost} gang(s) in a row: {last}", attempts=failed + lost)
 
-    def _encode_ahead(self, prompt: str, sampler: dict, negative_prompt: str):
+    def _encode_ahead(self, row: RowInputs):
         """Ask the next gang in turn to encode the text now (its rank 0's publishing thread, beside its loop)."""
         with self._cond:
             if not self.gangs:
                 return None
             gang = self.gangs[next(self._encoders) % len(self.gangs)]
-        return gang.encode(prompt, sampler, negative_prompt)
+        return gang.encode(row)
 
     def _embeddings(self, ahead):
         """The embeddings encoded ahead, or None (none asked for, bad row, or their gang died): the render then

@@ -18,7 +18,7 @@ from ..pipelines.compile import compiled_graphs
 from ..pipelines.conditioning import Conditioning
 from ..pipelines.memory import available_bytes
 from ..pipelines.phases import PhaseClock
-from ..types import RenderSettings
+from ..types import RenderSettings, RowInputs
 from ..worker.model import load_model
 from ..worker.video import cache_outcome, checked_settings, decode_video, denoise_video, encode_text
 from .cfg_parallel import CfgSplit, make_cfg_cache_reduce, make_cfg_groups
@@ -74,11 +74,11 @@ class RankRenderer:
         return reduce
 
     def _wrap_text_encoder(self) -> None:
-        """Encode on rank 0 only and broadcast the embeddings to the other ranks."""
+        """Encode on rank 0 only and broadcast the conditioning to the other ranks."""
         self._encode_on_rank0 = self.pipe.encode_prompt
 
         def encode_once(prompt, negative_prompt="", guidance_scale=1.0):
-            return self._shared_embeddings(prompt, negative_prompt, guidance_scale, None)
+            return self._shared_embeddings(RowInputs(prompt, 0, negative_prompt), guidance_scale, None)
 
         self.pipe.encode_prompt = encode_once
 
@@ -98,37 +98,36 @@ class RankRenderer:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    def _shared_embeddings(self, prompt: str, negative_prompt: str, guidance_scale: float, ahead) -> Conditioning:
-        """Rank 0's conditioning (``ahead``: computed beforehand, else encoded now) on every rank, whatever named
-        tensors the family's encoding holds."""
+    def _shared_embeddings(self, row: RowInputs, guidance_scale: float, ahead) -> Conditioning:
+        """Rank 0's conditioning of ``row`` (``ahead``: computed beforehand, else encoded now) on every rank,
+        whatever named tensors the family's encoding holds."""
         local = None
         if self.rank == 0:
-            encoded = ahead if ahead is not None else self._encode_on_rank0(prompt, negative_prompt, guidance_scale)
+            encoded = (
+                ahead if ahead is not None else self._encode_on_rank0(row.prompt, row.negative_prompt, guidance_scale)
+            )
             local = encoded.to("cpu").flat()
         return Conditioning.from_flat(broadcast_tensors(local)).to(self.pipe.execution_device)
 
-    def encode_text(self, prompt: str, sampler: dict, negative_prompt: str = "") -> EncodedText | None:
+    def encode_text(self, row: RowInputs) -> EncodedText | None:
         """Rank 0, ahead of the video's render (beside another video's loop): the embeddings on the CPU, or None when the row is bad (its render then fails with the error on every rank
         alike)."""
         try:
-            self.pipe.check_prompt(prompt)
-            if negative_prompt:
-                self.pipe.check_prompt(negative_prompt)
-            settings = self.pipe.settings(**sampler)
+            self.pipe.check_prompt(row.prompt)
+            if row.negative_prompt:
+                self.pipe.check_prompt(row.negative_prompt)
+            settings = self.pipe.settings(**row.sampler)
         except ValueError:
             return None
         encode = getattr(self, "_encode_on_rank0", None)
         clock = PhaseClock(self.pipe.execution_device)
         with torch.no_grad():
-            encoded = encode_text(self.pipe, clock, prompt, negative_prompt, settings.guidance_scale, encode)
+            encoded = encode_text(self.pipe, clock, row, settings.guidance_scale, encode)
         return EncodedText(encoded.to("cpu"), clock.seconds["text"])
 
     def render(
         self,
-        prompt: str,
-        seed: int,
-        sampler: dict,
-        negative_prompt: str = "",
+        row: RowInputs,
         decode: bool = True,
         embeddings: Conditioning | None = None,
         timeout_s: float | None = None,
@@ -139,22 +138,20 @@ class RankRenderer:
         phases are its VideoPhases (text seconds only where it encoded here)."""
         # Every rank validates, identically and before any collective: a bad row fails on all ranks at once
         # instead of leaving the others waiting for rank 0 in a broadcast.
-        settings = checked_settings(self.pipe, prompt, negative_prompt, sampler, self._gang_available_bytes())
+        settings = checked_settings(self.pipe, row, self._gang_available_bytes())
         clock = PhaseClock(self.pipe.execution_device)
         clock.reset_peak()
         with torch.no_grad():
             if self.world > 1:  # every rank takes part in the broadcast, whether or not rank 0 encoded ahead
                 with clock.phase("text") if embeddings is None else nullcontext():
-                    embeddings = self._shared_embeddings(prompt, negative_prompt, settings.guidance_scale, embeddings)
+                    embeddings = self._shared_embeddings(row, settings.guidance_scale, embeddings)
             elif embeddings is not None:
                 embeddings = embeddings.to(self.pipe.execution_device)
             else:
-                embeddings = encode_text(self.pipe, clock, prompt, negative_prompt, settings.guidance_scale)
+                embeddings = encode_text(self.pipe, clock, row, settings.guidance_scale)
             # timeout_s: the driver's number, the same on every rank; the ranks vote at every step
             vote = self._any_rank_late if self.world > 1 else None
-            latents = denoise_video(
-                self.pipe, clock, prompt, seed, settings, negative_prompt, embeddings, timeout_s, vote
-            )
+            latents = denoise_video(self.pipe, clock, row, settings, embeddings, timeout_s, vote)
             frames = decode_video(self.pipe, clock, latents) if self.rank == 0 and decode else None
         cache = cache_outcome(self.pipe)
         return RankResult(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..types import RenderSettings
+from ..types import RenderSettings, RowInputs
 from .gang_rank import RankRenderer
 
 
@@ -20,4 +20,4 @@ def render_on_rank(
     """Every rank loads the model, shards it, enables the cache with the all-reduce, and renders.  Returns the
     frames (rank 0 only), this rank's per-step compute masks and its cache's peak bytes."""
     config = RenderSettings(model=model, cache=cache_policy, cache_knob=cache_knob, collective_timeout_s=timeout_s)
-    return RankRenderer(rank, world, config).render(prompt, seed, sampler)
+    return RankRenderer(rank, world, config).render(RowInputs(prompt, seed, sampler=sampler))

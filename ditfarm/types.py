@@ -3,7 +3,8 @@ description out.  Both sides import it; it imports neither."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from .choices import DTYPE_NAMES
 
@@ -25,6 +26,20 @@ class RunAborted(Exception):
 class NoRenderersLeft(Exception):
     """Nothing is left to render on (every gang failed and the cluster has no room for another).  Not a row's
     failure: the job stops, and the rows it did not render are left for a rerun instead of being failed."""
+
+
+@dataclass(frozen=True)
+class RowInputs:
+    """What one video is rendered from, as one value from its manifest row to the rank that renders it: its text,
+    its seed, the sampler values it sets (``sampler``: num_frames, height, width, steps, guidance_scale; a value
+    left out or None is the model's default), and the inputs a family or a feature adds by name (``extra``:
+    images, LoRAs).  It crosses to gang ranks as it is."""
+
+    prompt: str
+    seed: int
+    negative_prompt: str = ""
+    sampler: Mapping[str, object] = field(default_factory=dict)
+    extra: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

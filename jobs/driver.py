@@ -42,7 +42,7 @@ from ..types import EXIT_MANIFEST_FAILED, EXIT_OUTPUT_FAILED, RenderedVideo, Ren
 from ..worker.model import load_model
 from ..worker.publish import PublishGate, lease_fence, publish_video, video_format
 from ..worker.video import cache_outcome, checked_settings, decode_video, denoise_video, encode_text
-from .manifest import Manifest, ManifestError, RenderTask, RowProblem, sampler_overrides, seed_from_id
+from .manifest import Manifest, ManifestError, RenderTask, RowProblem, row_inputs, sampler_overrides, seed_from_id
 from .metrics import JobMetrics
 from .progress import Progress
 from .report_refresher import ReportRefresher
@@ -144,21 +144,19 @@ class LocalRenderer:
 
     def frames(self, task: RenderTask, settings: RenderSettings):
         """(frames, sampler settings, skipped fraction, VideoPhases) of one task."""
-        pipe = self.pipe
-        s = checked_settings(pipe, task.prompt, task.negative_prompt, sampler_overrides(task, settings))
+        pipe, row = self.pipe, row_inputs(task, settings)
+        s = checked_settings(pipe, row)
         clock = PhaseClock(pipe.execution_device)
         with torch_no_grad():
             embeddings = None
             if not self.encode_in_turn:
-                embeddings = encode_text(pipe, clock, task.prompt, task.negative_prompt, s.guidance_scale)
+                embeddings = encode_text(pipe, clock, row, s.guidance_scale)
             with self._loop:
                 clock.reset_peak()
                 if embeddings is None:
-                    embeddings = encode_text(pipe, clock, task.prompt, task.negative_prompt, s.guidance_scale)
+                    embeddings = encode_text(pipe, clock, row, s.guidance_scale)
                 timeout_s = settings.video_timeout_s or default_timeout_s(pipe.defaults, s.__dict__)
-                latents = denoise_video(
-                    pipe, clock, task.prompt, task.seed, s, task.negative_prompt, embeddings, timeout_s
-                )
+                latents = denoise_video(pipe, clock, row, s, embeddings, timeout_s)
                 skipped = cache_outcome(pipe).skipped_fraction
                 self.loop_seconds.append(clock.seconds["denoise"])
             frames = decode_video(pipe, clock, latents)

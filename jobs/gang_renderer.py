@@ -23,7 +23,7 @@ from ..cluster.messages import PublishTarget
 from ..pipelines.threads import usable_cpus
 from ..storage.stores import CREDENTIAL_VARIABLES, OutputLocation, shareable_storage_env
 from ..types import RenderedVideo, RenderSettings
-from .manifest import RenderTask, sampler_overrides
+from .manifest import RenderTask, row_inputs
 from .stopping import reclaim_signals
 
 log = logging.getLogger(__name__)
@@ -228,10 +228,7 @@ class GangRenderer:
 
     def render(self, task: RenderTask, settings: RenderSettings, out: OutputLocation) -> RenderedVideo:
         result = self.pool.render(
-            task.prompt,
-            task.seed,
-            sampler_overrides(task, settings),
-            task.negative_prompt,
+            row_inputs(task, settings),
             publish=PublishTarget(out, task.id, settings, absent=not task.stored_before),
             overlap=settings.overlap,
             video_timeout_s=settings.video_timeout_s,

@@ -30,7 +30,7 @@ from ..storage.inputs import input_files
 from ..storage.stores import check_video_id
 from ..storage.waits import waiting_on
 from ..text import shown
-from ..types import RenderSettings, check_step_cap
+from ..types import RenderSettings, RowInputs, check_step_cap
 from ..uris import is_s3
 from .results import RESERVED_PREFIX, RESULT_SCHEMA
 
@@ -278,6 +278,12 @@ def validate_row(
         origin=origin,
         **numbers,
     )
+
+
+def row_inputs(task: RenderTask, settings: RenderSettings) -> RowInputs:
+    """What the task renders from, as the renderers take it: its text and seed, and its sampler values (the
+    row's, else the run's)."""
+    return RowInputs(task.prompt, task.seed, task.negative_prompt, sampler_overrides(task, settings))
 
 
 def sampler_overrides(task: RenderTask, settings: RenderSettings) -> dict:

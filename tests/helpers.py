@@ -59,10 +59,10 @@ def rank_that_dies_on(video_id: str, rank: int = 0):
     from ditfarm.cluster.gang import MEMBER_OPTIONS, RankActor
 
     class RankThatDies(RankActor):
-        def render(self, prompt, seed, sampler, negative_prompt="", publish=None, *args, **kwargs):
+        def render(self, row, publish=None, *args, **kwargs):
             if self.rank == rank and publish is not None and publish.video_id == video_id:
                 os._exit(1)
-            return super().render(prompt, seed, sampler, negative_prompt, publish, *args, **kwargs)
+            return super().render(row, publish, *args, **kwargs)
 
     return ray.remote(**MEMBER_OPTIONS)(RankThatDies)
 

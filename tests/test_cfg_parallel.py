@@ -14,7 +14,7 @@ STEPS = 30  # tiny's own count: adaptive's first runs are a thirtieth of the sch
 def render_counting_decisions(rank, world, model, cfg_parallel, steps, policy="adaptive"):
     """One video on this rank; also how many times the cache's decision collective ran."""
     from ditfarm.cluster.gang_rank import RankRenderer
-    from ditfarm.types import RenderSettings
+    from ditfarm.types import RenderSettings, RowInputs
 
     renderer = RankRenderer(
         rank, world, RenderSettings(model=model, cache=policy, cfg_parallel=cfg_parallel, collective_timeout_s=60)
@@ -28,7 +28,7 @@ def render_counting_decisions(rank, world, model, cfg_parallel, steps, policy="a
         return reduce(vector)
 
     engine.reduce = counted
-    result = renderer.render(PROMPT, 11, dict(steps=steps))
+    result = renderer.render(RowInputs(PROMPT, 11, sampler=dict(steps=steps)))
     return result.frames, result.masks, len(calls)
 
 

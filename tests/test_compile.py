@@ -72,11 +72,11 @@ def test_compiled_blocks_render_the_same_video_with_every_policy_and_never_recom
 
 def compiled_render_on_rank(rank, world, model):
     from ditfarm.cluster.gang_rank import RankRenderer
-    from ditfarm.types import RenderSettings
+    from ditfarm.types import RenderSettings, RowInputs
 
     renderer = RankRenderer(rank, world, RenderSettings(model=model, cache="adaptive", cache_knob=0.5, compile="eager"))
-    first = renderer.render(PROMPT, 3, dict(steps=10))
-    second = renderer.render(PROMPT, 3, dict(steps=10))
+    first = renderer.render(RowInputs(PROMPT, 3, sampler=dict(steps=10)))
+    second = renderer.render(RowInputs(PROMPT, 3, sampler=dict(steps=10)))
     return first.compiled_graphs, second.compiled_graphs, second.frames, second.masks
 
 

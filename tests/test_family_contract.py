@@ -86,14 +86,14 @@ def render_on_two_ranks(rank, world, folder):
     """One video with the adaptive cache, sequence-parallel over the two ranks, then the same under CFG
     parallelism (one branch per rank): (frames, masks, skipped fraction) of each."""
     from ditfarm.cluster.gang_rank import RankRenderer
-    from ditfarm.types import RenderSettings
+    from ditfarm.types import RenderSettings, RowInputs
 
     out = []
     for cfg_parallel in (False, True):
         settings = RenderSettings(
             model=folder, cache="adaptive", cache_knob=SKIPPING["adaptive"], cfg_parallel=cfg_parallel
         )
-        result = RankRenderer(rank, world, settings).render(PROMPTS[0], 5, {"steps": STEPS})
+        result = RankRenderer(rank, world, settings).render(RowInputs(PROMPTS[0], 5, sampler={"steps": STEPS}))
         out.append((result.frames, result.masks, result.skipped_fraction))
     return out
 

@@ -11,7 +11,7 @@ from ditfarm.cache.metrics import psnr
 from ditfarm.cluster.gang import GangConfig, GangPool, wait_until
 from ditfarm.cluster.local import run_local_gang
 from ditfarm.cluster.render_sp import render_on_rank
-from ditfarm.types import RenderSettings
+from ditfarm.types import RenderSettings, RowInputs
 
 pytestmark = [pytest.mark.ray, pytest.mark.process]
 
@@ -46,20 +46,21 @@ def test_gang_renders_like_one_process_and_survives_a_killed_rank(ray_cluster, r
     )
     pool = GangPool(config, gangs=1)
     try:
-        start = time.monotonic()
-        result = pool.render(PROMPT, 5, dict(steps=8))
-        seconds_per_step = (time.monotonic() - start) / 8
+        result = pool.render(RowInputs(PROMPT, 5, sampler=dict(steps=8)))
         assert psnr(reference.frames, result.rank.frames) >= 60
         assert result.rank.masks == reference.masks
+        start = time.monotonic()  # timed warm: the first video's start-up would put the kill past the long video
+        pool.render(RowInputs(PROMPT, 5, sampler=dict(steps=8)))
+        seconds_per_step = (time.monotonic() - start) / 8
 
         # kill rank 1 while a long video is being rendered: the gang dies whole, a new one renders it again
         old_pids = pool.gangs[0].pids()
         victim = pool.gangs[0].members[1]
         threading.Timer(15 * seconds_per_step, lambda: ray.kill(victim, no_restart=True)).start()
-        long_video = pool.render(PROMPT, 5, dict(steps=60))  # killed about a quarter of the way through
+        long_video = pool.render(RowInputs(PROMPT, 5, sampler=dict(steps=60)))  # killed a quarter of the way in
         assert pool.replaced == 1
         assert wait_until(lambda: not any(alive(p) for p in old_pids), timeout_s=30), "a killed gang left survivors"
-        uninterrupted = pool.render(PROMPT, 5, dict(steps=60))  # the new gang, nothing killed
+        uninterrupted = pool.render(RowInputs(PROMPT, 5, sampler=dict(steps=60)))  # the new gang, nothing killed
         assert psnr(uninterrupted.rank.frames, long_video.rank.frames) >= 60  # rendered again from the start
         assert long_video.rank.masks == uninterrupted.rank.masks
     finally:
@@ -88,7 +89,7 @@ def test_a_gang_encodes_the_next_text_ahead_and_renders_the_same_video(ray_clust
         for overlap in (True, False):
             out = OutputLocation(str(tmp_path / f"overlap-{overlap}"))
             results[overlap] = pool.render(
-                PROMPT, 3, dict(steps=6), publish=PublishTarget(out, "v", settings), overlap=overlap
+                RowInputs(PROMPT, 3, sampler=dict(steps=6)), publish=PublishTarget(out, "v", settings), overlap=overlap
             )
     finally:
         pool.shutdown()
@@ -293,7 +294,7 @@ def test_gangs_start_together_and_a_pool_goes_on_with_those_the_cluster_holds(ra
         assert sorted(groups) == sorted(g.name for g in pool.gangs), groups
         first, second = sorted(pool.gangs, key=lambda g: g.started_at)
         assert second.started_at < first.ready_at, "the second gang started only after the first was ready"
-        assert pool.render(PROMPT, 1, dict(steps=2)).rank.frames is not None
+        assert pool.render(RowInputs(PROMPT, 1, sampler=dict(steps=2))).rank.frames is not None
     finally:
         pool.shutdown()
 
@@ -307,8 +308,8 @@ def test_what_a_gang_runs_is_logged_once_per_gang(ray_cluster, random_model_fold
         GangConfig(sp=2, settings=RenderSettings(model=str(random_model_folder)), call_timeout_s=120), gangs=1
     )
     try:
-        pool.render(PROMPT, 1, dict(steps=2))
-        pool.render(PROMPT, 2, dict(steps=2))
+        pool.render(RowInputs(PROMPT, 1, sampler=dict(steps=2)))
+        pool.render(RowInputs(PROMPT, 2, sampler=dict(steps=2)))
     finally:
         pool.shutdown()
     lines = [r.getMessage() for r in caplog.records if "attention:" in r.getMessage()]
@@ -379,5 +380,5 @@ def test_a_run_stopped_on_a_gang_records_the_video_past_its_fence_and_publishes_
         renderer.close()
     ok = {r["id"] for r in read_all_results(out).to_pylist() if r["status"] == "ok"}
     stored = {p.stem for p in (out / "videos").glob("*.mp4") if not p.name.startswith(".")}
-    assert ok == stored == {"v0"}
+    assert ok == stored and len(ok) == 1  # the one held past its fence (whichever of two the gang took first)
     assert not (out / "lease.json").exists()

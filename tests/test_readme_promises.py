@@ -144,14 +144,14 @@ def test_sampled_received_attention_estimates_the_dense_value():
 
 def count_text_and_decode(rank, world, model):
     from ditfarm.cluster.gang_rank import RankRenderer
-    from ditfarm.types import RenderSettings
+    from ditfarm.types import RenderSettings, RowInputs
 
     renderer = RankRenderer(rank, world, RenderSettings(model=model, collective_timeout_s=60))
     counts = {"text": 0, "decode": 0}
     renderer.pipe.text_encoder.register_forward_hook(lambda *a: counts.__setitem__("text", counts["text"] + 1))
     decode = renderer.pipe.decode
     renderer.pipe.decode = lambda latents: counts.__setitem__("decode", counts["decode"] + 1) or decode(latents)
-    result = renderer.render(PROMPT, 3, dict(steps=2))
+    result = renderer.render(RowInputs(PROMPT, 3, sampler=dict(steps=2)))
     return counts, result.frames is not None
 
 

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from ..types import RenderSettings
+from ..types import RenderSettings, RowInputs
 from .adherence import held_out_cases
 
 
@@ -41,7 +41,9 @@ def _bench_rank(rank: int, world: int, model: str, policy: str, knob, cases, sam
 
     config = config_for(pipe, policy, knob)
     out = {"none": [], policy: []}
-    renderer.render(cases[0][0], cases[0][1], sampler)  # warm-up: allocator, thread pools, first-call paths
+    renderer.render(
+        RowInputs(cases[0][0], cases[0][1], sampler=sampler)
+    )  # warm-up: allocator, thread pools, first-call paths
     for prompt, seed in cases:
         for name in ("none", policy):
             disable(pipe)
@@ -51,7 +53,7 @@ def _bench_rank(rank: int, world: int, model: str, policy: str, knob, cases, sam
             if world > 1:
                 dist.barrier()
             start = time.perf_counter()
-            result = renderer.render(prompt, seed, sampler)
+            result = renderer.render(RowInputs(prompt, seed, sampler=sampler))
             seconds = time.perf_counter() - start
             stats = last_video_stats(pipe) if name != "none" else None
             out[name].append(

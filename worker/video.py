@@ -11,35 +11,32 @@ from ..pipelines.conditioning import Conditioning
 from ..pipelines.deadline import VideoDeadline
 from ..pipelines.denoise import SamplerSettings
 from ..pipelines.phases import PhaseClock
+from ..types import RowInputs
 
 
-def checked_settings(
-    pipe, prompt: str, negative_prompt: str, sampler: dict, available_bytes: int | None = None
-) -> SamplerSettings:
+def checked_settings(pipe, row: RowInputs, available_bytes: int | None = None) -> SamplerSettings:
     """The video's sampler settings, or ValueError naming what the model refuses: its prompts, its sizes, or a
     video that cannot fit in ``available_bytes`` (default: what the device has free; a gang passes its least)."""
-    pipe.check_prompt(prompt)
-    if negative_prompt:
-        pipe.check_prompt(negative_prompt)
-    settings = pipe.settings(**sampler)
+    pipe.check_prompt(row.prompt)
+    if row.negative_prompt:
+        pipe.check_prompt(row.negative_prompt)
+    settings = pipe.settings(**row.sampler)
     pipe.check_memory(settings, available_bytes)
     return settings
 
 
-def encode_text(pipe, clock: PhaseClock, prompt: str, negative_prompt: str, guidance_scale: float, encode=None):
-    """The prompt's (and, under guidance, the negative prompt's) Conditioning, timed as the "text" phase;
-    ``encode``: another encoder than the pipeline's own (a gang's rank 0 keeps the original)."""
+def encode_text(pipe, clock: PhaseClock, row: RowInputs, guidance_scale: float, encode=None) -> Conditioning:
+    """The row's Conditioning (its prompt and, under guidance, its negative prompt, encoded), timed as the "text"
+    phase; ``encode``: another encoder than the pipeline's own (a gang's rank 0 keeps the original)."""
     with clock.phase("text"):
-        return (encode or pipe.encode_prompt)(prompt, negative_prompt, guidance_scale)
+        return (encode or pipe.encode_prompt)(row.prompt, row.negative_prompt, guidance_scale)
 
 
 def denoise_video(
     pipe,
     clock: PhaseClock,
-    prompt: str,
-    seed: int,
+    row: RowInputs,
     settings: SamplerSettings,
-    negative_prompt: str,
     embeddings: Conditioning,
     timeout_s: float | None,
     vote=None,
@@ -48,7 +45,9 @@ def denoise_video(
     between steps; ``vote``: a gang's agreement on whether any rank is late)."""
     deadline = VideoDeadline(timeout_s, settings.steps, vote) if timeout_s else None
     with clock.phase("denoise"):
-        return pipe.generate_latents(prompt, seed, settings, negative_prompt, on_step=deadline, embeddings=embeddings)
+        return pipe.generate_latents(
+            row.prompt, row.seed, settings, row.negative_prompt, on_step=deadline, embeddings=embeddings
+        )
 
 
 def decode_video(pipe, clock: PhaseClock, latents):
