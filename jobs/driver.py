@@ -76,6 +76,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PUBLISH_GRACE_S = 30.0  # a stopping run waits this long for videos already past their fence to land
+RETURN_GRACE_S = 1.0  # and this long for renders whose video landed just before the stop to return
 MAX_KEPT_ERRORS = 1000  # the summary keeps this many messages; the results table keeps them all
 
 
@@ -171,21 +172,21 @@ class LocalRenderer:
             stored = publish_video(
                 store, task.id, frames, settings, self.pipe.video, fence=fence, absent=not task.stored_before
             )
-        finally:
+            phases = dataclasses.replace(phases, store_seconds=round(time.perf_counter() - started, 4))
+            return RenderedVideo.of(
+                stored.uri,
+                stored.size,
+                task.seed,
+                s.__dict__,
+                str(settings.model),
+                skipped,
+                phases,
+                video_format=video_format(settings, self.pipe.video),
+                digest=stored.digest,
+                mtime_ns=stored.mtime_ns,
+            )
+        finally:  # publishing until the render returns its video: a stop waits for it, then records its row
             self.gate.done(task.id)
-        phases = dataclasses.replace(phases, store_seconds=round(time.perf_counter() - started, 4))
-        return RenderedVideo.of(
-            stored.uri,
-            stored.size,
-            task.seed,
-            s.__dict__,
-            str(settings.model),
-            skipped,
-            phases,
-            video_format=video_format(settings, self.pipe.video),
-            digest=stored.digest,
-            mtime_ns=stored.mtime_ns,
-        )
 
     def close(self) -> None:
         pass
@@ -536,6 +537,9 @@ class RenderJob:
                                 "a video still publishing after %.0f s may be stored without its row", PUBLISH_GRACE_S
                             )
                         wait([f for f, t in in_flight.items() if t.id in publishing], timeout=PUBLISH_GRACE_S)
+                        # a video that landed just before the stop may still be on its way back (its render
+                        # returning, a gang's answer in transit): give the renders a moment to return
+                        wait(list(in_flight), timeout=RETURN_GRACE_S)
                     for future, _task in list(in_flight.items()):
                         if future.done() and future.exception() is None:
                             record_done(future, in_flight.pop(future))
