@@ -169,3 +169,26 @@ class VideoPipelineMixin:
             self.check_prompt(negative_prompt)
         s = self.settings(num_frames=num_frames, height=height, width=width, steps=steps, guidance_scale=guidance_scale)
         return self.decode(self.generate_latents(prompt, seed, s, negative_prompt, on_step))
+
+
+class DiffusersPipelineMixin(VideoPipelineMixin):
+    """A ditfarm pipeline around a diffusers pipeline object (``self.pipe``): its components, and whether this
+    process loaded the text encoder and the VAE (a gang rank other than 0 holds the transformer alone)."""
+
+    pipe: object
+
+    @property
+    def transformer(self):
+        return self.pipe.transformer
+
+    @property
+    def scheduler(self):
+        return self.pipe.scheduler
+
+    @property
+    def holds_text_encoder(self) -> bool:
+        return getattr(self.pipe, "text_encoder", None) is not None
+
+    @property
+    def holds_vae(self) -> bool:
+        return getattr(self.pipe, "vae", None) is not None

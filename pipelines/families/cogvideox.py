@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..base import VideoDefaults, VideoPipelineMixin
+from ..base import DiffusersPipelineMixin, VideoDefaults
 from ..cache_card import ModelCacheSettings, folder_cache_settings
 from ..checks import ModelChecks, card_limits, check_limits, check_nonempty_prompt
 from ..conditioning import Conditioning
@@ -101,7 +101,7 @@ class CogVideoXSteps(DenoiseSteps):
         return latents
 
 
-class CogVideoXVideoPipeline(VideoPipelineMixin):
+class CogVideoXVideoPipeline(DiffusersPipelineMixin):
     """Renders free-text prompts with a CogVideoX model folder."""
 
     def __init__(self, pipe, folder: str, defaults: SamplerSettings, video: VideoDefaults, card: dict, factors):
@@ -113,22 +113,6 @@ class CogVideoXVideoPipeline(VideoPipelineMixin):
         self.max_sequence_length = card.get("max_sequence_length", MAX_SEQUENCE_LENGTH)
         self.vae_factors = factors  # (temporal, spatial), from the VAE's config even where no VAE is loaded
         self.limits = card_limits(card, COGVIDEOX_LIMITS, str(Path(folder) / "ditfarm_model.json"))
-
-    @property
-    def transformer(self):
-        return self.pipe.transformer
-
-    @property
-    def scheduler(self):
-        return self.pipe.scheduler
-
-    @property
-    def holds_text_encoder(self) -> bool:
-        return getattr(self.pipe, "text_encoder", None) is not None
-
-    @property
-    def holds_vae(self) -> bool:
-        return getattr(self.pipe, "vae", None) is not None
 
     @classmethod
     def from_folder(cls, folder: Path, card: dict, options: LoadOptions, defaults: SamplerSettings, video):

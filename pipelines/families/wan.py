@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..base import VideoDefaults, VideoPipelineMixin
+from ..base import DiffusersPipelineMixin, VideoDefaults
 from ..cache_card import ModelCacheSettings, folder_cache_settings
 from ..checks import (
     DEFAULT_ROPE_POSITIONS,
@@ -39,7 +39,7 @@ WAN_VIDEO = VideoDefaults(fps=16, upscale=1)  # Wan2.1 is trained on 16-fps clip
 MAX_SEQUENCE_LENGTH = 512
 
 
-class WanVideoPipeline(VideoPipelineMixin):
+class WanVideoPipeline(DiffusersPipelineMixin):
     """Renders free-text prompts with a Wan2.1 model folder."""
 
     def __init__(
@@ -60,22 +60,6 @@ class WanVideoPipeline(VideoPipelineMixin):
         self.max_sequence_length = max_sequence_length
         self.vae_factors = vae_factors  # (temporal, spatial), from the VAE's config even where no VAE is loaded
         self.offload_text_encoder = offload_text_encoder
-
-    @property
-    def transformer(self):
-        return self.pipe.transformer
-
-    @property
-    def scheduler(self):
-        return self.pipe.scheduler
-
-    @property
-    def holds_text_encoder(self) -> bool:
-        return getattr(self.pipe, "text_encoder", None) is not None
-
-    @property
-    def holds_vae(self) -> bool:
-        return getattr(self.pipe, "vae", None) is not None
 
     @classmethod
     def from_folder(
