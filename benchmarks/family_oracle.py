@@ -15,10 +15,11 @@ import harness
 import numpy as np
 
 PROMPT, NEGATIVE, SEED, STEPS = "red cat moving left", "blue sky", 3, 4
-PIPELINES = {"wan": "WanPipeline", "cogvideox": "CogVideoXPipeline"}  # tiny has no diffusers pipeline
+PIPELINES = {"wan": "WanPipeline", "cogvideox": "CogVideoXPipeline", "hunyuan_video": "HunyuanVideoPipeline"}
+EMBEDDED_GUIDANCE = {"hunyuan_video"}  # guidance-distilled: no negative pass (ditfarm refuses a negative prompt)
 
 
-def diffusers_render(class_name: str, folder: Path, card: dict) -> np.ndarray:
+def diffusers_render(class_name: str, folder: Path, card: dict, negative: str | None) -> np.ndarray:
     import diffusers
     import torch
 
@@ -27,7 +28,7 @@ def diffusers_render(class_name: str, folder: Path, card: dict) -> np.ndarray:
     d = card["defaults"]
     out = pipe(
         PROMPT,
-        negative_prompt=NEGATIVE,
+        negative_prompt=negative,
         num_frames=d["num_frames"],
         height=d["height"],
         width=d["width"],
@@ -54,8 +55,9 @@ def main() -> None:
         for name, class_name in PIPELINES.items():
             for variant, folder in family_named(name).small_folders(Path(root) / name).items():
                 card = json.loads((folder / "ditfarm_model.json").read_text())
-                ours = load_pipeline(folder).generate(PROMPT, seed=SEED, steps=STEPS, negative_prompt=NEGATIVE)
-                theirs = diffusers_render(class_name, folder, card)
+                negative = None if name in EMBEDDED_GUIDANCE else NEGATIVE
+                ours = load_pipeline(folder).generate(PROMPT, seed=SEED, steps=STEPS, negative_prompt=negative or "")
+                theirs = diffusers_render(class_name, folder, card, negative)
                 rows.append({"family": name, "variant": variant, "pipeline": class_name, "psnr_db": psnr(ours, theirs)})
     print(
         harness.markdown_table(

@@ -59,6 +59,7 @@ class RankRenderer:
         reduce = make_cache_reduce() if self.world > 1 else None
         ulysses, sp_group = self.world, None
         if self.settings.cfg_parallel:
+            self.settings.check_guidance_split(pipe.classifier_free_guidance)
             groups = make_cfg_groups(timeout)
             ulysses, sp_group = groups.half_size, groups.branch_group
             pipe.guidance_split = CfgSplit(groups)
@@ -115,7 +116,7 @@ class RankRenderer:
         try:
             self.pipe.check_prompt(row.prompt)
             if row.negative_prompt:
-                self.pipe.check_prompt(row.negative_prompt)
+                self.pipe.check_negative_prompt(row.negative_prompt)
             settings = self.pipe.settings(**row.sampler)
         except ValueError:
             return None

@@ -116,6 +116,15 @@ class RenderSettings:
         if not self.flush_seconds > 0:
             raise ValueError(f"flush_seconds must be positive, got {self.flush_seconds!r}")
 
+    def check_guidance_split(self, classifier_free_guidance: bool) -> None:
+        """CFG parallelism splits the two guidance passes; a model with its guidance embedded runs one, so a gang's
+        second half would only repeat the first."""
+        if self.cfg_parallel and not classifier_free_guidance:
+            raise ValueError(
+                f"--cfg-parallel: {self.model} runs no classifier-free guidance (its guidance is embedded, one "
+                "pass per step), so there is no second pass to split; use --sp for the whole gang instead"
+            )
+
 
 def check_step_cap(steps: int | None, max_steps: int) -> None:
     """A run's or a row's steps within the run's cap: a schedule of 10**9 steps allocates gigabytes before the

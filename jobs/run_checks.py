@@ -32,7 +32,7 @@ class RunChecks:
             return None
         self.model.check_prompt(task.prompt)
         if task.negative_prompt:
-            self.model.check_prompt(task.negative_prompt)
+            self.model.check_negative(task.negative_prompt)
         resolved = self.model.settings(**overrides)
         if self.policy is not None:
             self.policy.check_steps(resolved.steps)
@@ -83,6 +83,7 @@ def check_run(settings: RenderSettings, read_model: bool = False) -> RunChecks:
     from ..pipelines.model_checks import model_checks  # deferred: torch
 
     model = model_checks(settings.model)
+    settings.check_guidance_split(model.classifier_free_guidance)
     config = build_config(
         settings.cache, settings.cache_knob, settings.profile or model.cache_profile, model.cache_settings
     )

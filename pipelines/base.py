@@ -43,11 +43,16 @@ class VideoPipelineMixin:
     video: VideoDefaults = VideoDefaults(fps=16, upscale=1)
     holds_text_encoder = True  # False where a gang rank loaded the transformer alone
     guidance_split = None  # a GuidanceSplit under CFG parallelism: this rank runs one CFG branch
+    classifier_free_guidance = True  # False for a guidance-distilled family: one pass per step, nothing to split
     cache_settings = None  # the card's ModelCacheSettings (cache.presets): reference steps, a searched ladder
     holds_vae = True
     folder: str | None = None
     model_name: str = "model"
     limits: dict[str, int] | None = None  # the largest size per axis (checks.py); None: the family's
+
+    def check_negative_prompt(self, text: str) -> None:
+        """Refuse a negative prompt the model cannot use; by default it is read as a prompt is."""
+        self.check_prompt(text)
 
     def check_sizes(self, settings: SamplerSettings) -> None:
         """Refuse sizes the model cannot render; the default checks the transformer's patch grid."""
@@ -166,7 +171,7 @@ class VideoPipelineMixin:
         """Render one video; returns uint8 frames (T, H, W, 3).  Same prompt, seed and settings: same frames."""
         self.check_prompt(prompt)
         if negative_prompt:
-            self.check_prompt(negative_prompt)
+            self.check_negative_prompt(negative_prompt)
         s = self.settings(num_frames=num_frames, height=height, width=width, steps=steps, guidance_scale=guidance_scale)
         return self.decode(self.generate_latents(prompt, seed, s, negative_prompt, on_step))
 

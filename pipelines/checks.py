@@ -132,6 +132,11 @@ class ModelChecks:
     cache_settings: object = None  # the card's ModelCacheSettings, as the loaded pipeline has them
     cache_profile: Path | None = None  # the profile shipped in the folder, if any
     video: object = None  # the card's VideoDefaults (fps, upscale): what an mp4 is written at unless a run says
+    check_negative_prompt: Callable[[str], None] | None = None  # None: a negative prompt is read as a prompt is
+    classifier_free_guidance: bool = True  # False: guidance is embedded, no unconditional pass (nothing to split)
+
+    def check_negative(self, text: str) -> None:
+        (self.check_negative_prompt or self.check_prompt)(text)
 
     def settings(self, **overrides) -> SamplerSettings:
         return resolve_settings(self.defaults, self.check_sizes, overrides)

@@ -159,12 +159,16 @@ class FlowMatchSteps(DenoiseSteps):
         self.dtype = getattr(transformer, "dtype", None) or next(transformer.parameters()).dtype
 
     def schedule(self, steps: int, start_step: int, device: torch.device) -> Sequence:
-        self.scheduler.set_timesteps(steps, device=device)
+        self.set_timesteps(steps, device)
         adjust = getattr(self.transformer, SIGMA_SCHEDULE_ATTR, None)
         if adjust is not None:
             apply_sigma_schedule(self.scheduler, adjust)
         self.scheduler.set_begin_index(start_step)
         return self.scheduler.timesteps
+
+    def set_timesteps(self, steps: int, device: torch.device) -> None:
+        """The scheduler's own spacing of ``steps``; a family whose pipeline passes its own sigmas overrides it."""
+        self.scheduler.set_timesteps(steps, device=device)
 
     def transformer_at(self, i: int) -> torch.nn.Module:
         return self.transformer

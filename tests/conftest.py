@@ -141,6 +141,14 @@ def small_cogvideox_folder(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def small_hunyuan_video_folder(tmp_path_factory):
+    """A diffusers HunyuanVideo 1.0 folder with random weights and small dimensions (read it, don't change it)."""
+    from ditfarm.pipelines.families.hunyuan_video import make_small_hunyuan_video_folder
+
+    return make_small_hunyuan_video_folder(tmp_path_factory.mktemp("small-hunyuan-video"))
+
+
+@pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 endpoint on loopback (moto's server); boto3 in this process and in its children finds it
     through the standard AWS_* variables."""

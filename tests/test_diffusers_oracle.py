@@ -82,3 +82,68 @@ def test_cogvideox_without_its_rotary_positions_or_its_generator_is_far_from_dif
     ):
         monkeypatch.setattr(cogvideox.CogVideoXSteps, "__init__", wrong)
         assert psnr(cogvideox_ours(folder), theirs) < 45
+
+
+HUNYUAN_CALL = dict(num_frames=9, height=64, width=64, guidance_scale=6.0)
+
+
+def hunyuan_video_oracle(folder):
+    from diffusers import HunyuanVideoPipeline
+
+    return diffusers_frames(
+        HunyuanVideoPipeline,
+        folder,
+        "red cat moving left",
+        3,
+        num_inference_steps=4,
+        max_sequence_length=16,
+        **HUNYUAN_CALL,
+    )
+
+
+def hunyuan_video_ours(folder):
+    return load_pipeline(folder).generate("red cat moving left", seed=3, steps=4, **HUNYUAN_CALL)
+
+
+def test_hunyuan_video_renders_what_diffusers_hunyuan_video_pipeline_renders(small_hunyuan_video_folder):
+    """guidance_scale is HunyuanVideo's embedded guidance; the text is the templated, cropped Llama prompt at its
+    valid tokens beside CLIP's pooled output."""
+    ours, theirs = hunyuan_video_ours(small_hunyuan_video_folder), hunyuan_video_oracle(small_hunyuan_video_folder)
+    assert ours.shape == theirs.shape == (9, 64, 64, 3)
+    assert psnr(ours, theirs) >= EXACT_DB
+
+
+def test_hunyuan_video_without_its_guidance_scaling_pooled_text_or_sigmas_is_far_from_diffusers(
+    small_hunyuan_video_folder, monkeypatch
+):
+    """What the exactness above rests on: the embedded guidance times 1000, CLIP's pooled text, and the pipeline's
+    own sigmas (linspace(1, 0, steps + 1)[:-1], not the scheduler's spacing)."""
+    import torch
+
+    from ditfarm.pipelines.families import hunyuan_video
+
+    theirs = hunyuan_video_oracle(small_hunyuan_video_folder)
+    inputs = hunyuan_video.HunyuanVideoSteps.inputs
+
+    def unscaled(self, i, t, latents, branch):
+        return {**inputs(self, i, t, latents, branch), "guidance": torch.full((1,), self.guidance_scale)}
+
+    def unpooled(self, i, t, latents, branch):
+        made = inputs(self, i, t, latents, branch)
+        return {**made, "pooled_projections": torch.zeros_like(made["pooled_projections"])}
+
+    def spaced(self, steps, device):
+        self.scheduler.set_timesteps(steps, device=device)
+
+    for name, wrong in (("inputs", unscaled), ("inputs", unpooled), ("set_timesteps", spaced)):
+        with monkeypatch.context() as patch:
+            patch.setattr(hunyuan_video.HunyuanVideoSteps, name, wrong)
+            assert psnr(hunyuan_video_ours(small_hunyuan_video_folder), theirs) < 50, wrong.__name__
+
+
+def test_hunyuan_video_refuses_a_negative_prompt_by_name(small_hunyuan_video_folder):
+    """diffusers' pipeline ignores a negative prompt unless true CFG is asked for; ditfarm says so instead of
+    rendering without it."""
+    pipe = load_pipeline(small_hunyuan_video_folder)
+    with pytest.raises(ValueError, match="embedded guidance.*negative prompt would be ignored"):
+        pipe.generate("red cat", negative_prompt="blue sky", steps=2)

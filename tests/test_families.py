@@ -32,10 +32,11 @@ def refused_alike(folder, *named: str) -> str:
     return messages[0]
 
 
-def test_each_folder_finds_its_family(small_wan_folder, small_cogvideox_folder):
-    assert {"tiny", "wan", "cogvideox"} <= {f.name for f in families()}
+def test_each_folder_finds_its_family(small_wan_folder, small_cogvideox_folder, small_hunyuan_video_folder):
+    assert {"tiny", "wan", "cogvideox", "hunyuan_video"} <= {f.name for f in families()}
     assert family_of_folder(small_wan_folder).name == "wan"
     assert family_of_folder(small_cogvideox_folder).name == "cogvideox"
+    assert family_of_folder(small_hunyuan_video_folder).name == "hunyuan_video"
     assert family_of_folder(BUNDLED_FOLDER).name == "tiny"
 
 
@@ -58,6 +59,23 @@ def test_a_known_pipeline_class_holding_a_transformer_its_family_does_not_know_i
     index = json.loads((folder / "model_index.json").read_text())
     (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "CogVideoXPipeline"}))
     refused_alike(folder, "'SkyReelsV2Transformer3DModel' is not one the cogvideox family renders")
+
+
+def test_an_image_conditioned_hunyuan_video_folder_is_refused_by_name(small_hunyuan_video_folder, tmp_path):
+    folder = tmp_path / "i2v"
+    shutil.copytree(small_hunyuan_video_folder, folder)
+    config = folder / "transformer" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "image_condition_type": "latent_concat"}))
+    refused_alike(folder, str(config), "image_condition_type is 'latent_concat'", "HunyuanVideo text-to-video")
+
+
+def test_a_hunyuan_video_dry_run_refuses_a_negative_prompt(small_hunyuan_video_folder):
+    """Its guidance is embedded: no negative pass would read the negative prompt."""
+    checks = model_checks(str(small_hunyuan_video_folder))
+    checks.check_negative("")
+    with pytest.raises(ValueError, match="negative prompt would be ignored"):
+        checks.check_negative("blurry")
+    assert not checks.classifier_free_guidance
 
 
 def test_a_card_of_an_unknown_kind_and_a_folder_of_neither_kind_are_refused(tmp_path):

@@ -19,7 +19,7 @@ def checked_settings(pipe, row: RowInputs, available_bytes: int | None = None) -
     video that cannot fit in ``available_bytes`` (default: what the device has free; a gang passes its least)."""
     pipe.check_prompt(row.prompt)
     if row.negative_prompt:
-        pipe.check_prompt(row.negative_prompt)
+        pipe.check_negative_prompt(row.negative_prompt)
     settings = pipe.settings(**row.sampler)
     pipe.check_memory(settings, available_bytes)
     return settings
