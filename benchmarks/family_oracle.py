@@ -15,7 +15,12 @@ import harness
 import numpy as np
 
 PROMPT, NEGATIVE, SEED, STEPS = "red cat moving left", "blue sky", 3, 4
-PIPELINES = {"wan": "WanPipeline", "cogvideox": "CogVideoXPipeline", "hunyuan_video": "HunyuanVideoPipeline"}
+PIPELINES = {
+    "wan": "WanPipeline",
+    "cogvideox": "CogVideoXPipeline",
+    "hunyuan_video": "HunyuanVideoPipeline",
+    "hunyuan_video15": "HunyuanVideo15Pipeline",
+}
 EMBEDDED_GUIDANCE = {"hunyuan_video"}  # guidance-distilled: no negative pass (ditfarm refuses a negative prompt)
 
 
@@ -33,12 +38,19 @@ def diffusers_render(class_name: str, folder: Path, card: dict, negative: str | 
         height=d["height"],
         width=d["width"],
         num_inference_steps=STEPS,
-        guidance_scale=d["guidance_scale"],
-        max_sequence_length=card["max_sequence_length"],
+        **text_settings(card),
         generator=torch.Generator("cpu").manual_seed(SEED),
         output_type="np",
     )
     return np.round(np.asarray(out.frames[0]) * 255.0).astype(np.uint8)
+
+
+def text_settings(card: dict) -> dict:
+    """The call's guidance and text length where the pipeline takes them (HunyuanVideo 1.5's come from its folder:
+    its guider's scale, its fixed token counts)."""
+    if "guidance_scale" not in card["defaults"]:
+        return {}
+    return {"guidance_scale": card["defaults"]["guidance_scale"], "max_sequence_length": card["max_sequence_length"]}
 
 
 def main() -> None:

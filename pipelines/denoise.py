@@ -132,6 +132,11 @@ class DenoiseSteps(ABC):
     def guidance_at(self, i: int, guidance_scale: float) -> float:
         return guidance_scale
 
+    def uses_guidance(self, i: int, scale: float) -> bool:
+        """Whether step i runs the unconditional pass too (at ``guidance_at``'s scale): above 1, as diffusers' Wan
+        and CogVideoX pipelines decide; a family whose pipeline asks a guider says what the guider says."""
+        return scale > 1.0
+
     def guide(self, cond: torch.Tensor, uncond: torch.Tensor, scale: float, i: int, t) -> torch.Tensor:
         """Classifier-free guidance as diffusers' pipelines write it."""
         return uncond + scale * (cond - uncond)
@@ -215,7 +220,7 @@ def run_loop(
                 reset_caches(transformer)  # a new video: no state from the previous one may leak into this one
                 transformers.append(transformer)
             scale = steps_of.guidance_at(i, guidance_scale)
-            use_cfg = scale > 1.0 and conditioning.uncond is not None
+            use_cfg = steps_of.uses_guidance(i, scale) and conditioning.uncond is not None
             context = {"step_index": i, "num_inference_steps": steps, **steps_of.context(i)}
             if use_cfg and split is not None:  # this rank's branch only; the other half of the gang runs the other
                 with transformer.cache_context(split.branch, **context):

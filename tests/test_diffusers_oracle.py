@@ -147,3 +147,60 @@ def test_hunyuan_video_refuses_a_negative_prompt_by_name(small_hunyuan_video_fol
     pipe = load_pipeline(small_hunyuan_video_folder)
     with pytest.raises(ValueError, match="embedded guidance.*negative prompt would be ignored"):
         pipe.generate("red cat", negative_prompt="blue sky", steps=2)
+
+
+def hunyuan_video15_oracle(folder, prompt="red cat moving left", negative="blue sky"):
+    from diffusers import HunyuanVideo15Pipeline
+
+    call = dict(num_frames=9, height=64, width=64, num_inference_steps=4)
+    return diffusers_frames(HunyuanVideo15Pipeline, folder, prompt, 3, negative_prompt=negative, **call)
+
+
+def hunyuan_video15_ours(folder, prompt="red cat moving left", negative="blue sky"):
+    return load_pipeline(folder).generate(
+        prompt, seed=3, steps=4, negative_prompt=negative or "", num_frames=9, height=64, width=64
+    )
+
+
+def test_hunyuan_video15_renders_what_diffusers_hunyuan_video15_pipeline_renders(tmp_path):
+    """With the folder's guider at its scale and with a negative prompt; a prompt that quotes text (its ByT5
+    branch) with none; and, with the guider at 1, one pass per step."""
+    from ditfarm.pipelines.families.hunyuan_video15 import make_small_hunyuan_video15_folder
+
+    folder = make_small_hunyuan_video15_folder(tmp_path / "cfg")
+    for prompt, negative in (("red cat moving left", "blue sky"), ('a sign "open" on the street', None)):
+        ours, theirs = hunyuan_video15_ours(folder, prompt, negative), hunyuan_video15_oracle(folder, prompt, negative)
+        assert ours.shape == theirs.shape == (9, 64, 64, 3)
+        assert psnr(ours, theirs) >= EXACT_DB, prompt
+    unguided = make_small_hunyuan_video15_folder(tmp_path / "one-pass", guidance_scale=1.0)
+    assert load_pipeline(unguided).encode_prompt("red cat", "blue sky", 1.0).uncond is None
+    assert psnr(hunyuan_video15_ours(unguided), hunyuan_video15_oracle(unguided)) >= EXACT_DB
+
+
+def test_hunyuan_video15_without_its_quoted_text_or_condition_channels_is_far_from_diffusers(tmp_path, monkeypatch):
+    """What the exactness above rests on: the ByT5 embeddings of the prompt's quoted text, and the condition and
+    mask channels the transformer reads beside the latents (zero, yet weighted by its patch embedding)."""
+    import torch
+
+    from ditfarm.pipelines.families import hunyuan_video15
+    from ditfarm.pipelines.families.hunyuan_video15 import make_small_hunyuan_video15_folder
+
+    folder = make_small_hunyuan_video15_folder(tmp_path / "f")
+    prompt = 'a sign "open" on the street'
+    theirs = hunyuan_video15_oracle(folder, prompt)
+    inputs = hunyuan_video15.HunyuanVideo15Steps.inputs
+
+    def unquoted(self, i, t, latents, branch):
+        made = inputs(self, i, t, latents, branch)
+        return {**made, "encoder_attention_mask_2": torch.zeros_like(made["encoder_attention_mask_2"])}
+
+    def ones(self, i, t, latents, branch):
+        made = inputs(self, i, t, latents, branch)
+        channels = latents.shape[1]
+        extra = made["hidden_states"][:, channels:]
+        return {**made, "hidden_states": torch.cat([latents.to(extra), torch.ones_like(extra)], dim=1)}
+
+    for wrong in (unquoted, ones):
+        with monkeypatch.context() as patch:
+            patch.setattr(hunyuan_video15.HunyuanVideo15Steps, "inputs", wrong)
+            assert psnr(hunyuan_video15_ours(folder, prompt), theirs) < 50, wrong.__name__

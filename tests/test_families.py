@@ -32,8 +32,11 @@ def refused_alike(folder, *named: str) -> str:
     return messages[0]
 
 
-def test_each_folder_finds_its_family(small_wan_folder, small_cogvideox_folder, small_hunyuan_video_folder):
-    assert {"tiny", "wan", "cogvideox", "hunyuan_video"} <= {f.name for f in families()}
+def test_each_folder_finds_its_family(small_wan_folder, small_cogvideox_folder, small_hunyuan_video_folder, tmp_path):
+    from ditfarm.pipelines.families.hunyuan_video15 import make_small_hunyuan_video15_folder
+
+    assert {"tiny", "wan", "cogvideox", "hunyuan_video", "hunyuan_video15"} <= {f.name for f in families()}
+    assert family_of_folder(make_small_hunyuan_video15_folder(tmp_path / "15")).name == "hunyuan_video15"
     assert family_of_folder(small_wan_folder).name == "wan"
     assert family_of_folder(small_cogvideox_folder).name == "cogvideox"
     assert family_of_folder(small_hunyuan_video_folder).name == "hunyuan_video"

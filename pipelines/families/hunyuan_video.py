@@ -81,11 +81,13 @@ def refuse_negative_prompt(text: str) -> None:
 
 def valid_text(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The text's valid tokens (see the module docstring): the embeddings and mask cut at the mask's count, where
-    the mask is right padding (ones, then zeros); any other mask is kept as it is."""
+    the mask is right padding (ones, then zeros); any other mask is kept as it is.  A text with no valid token
+    (HunyuanVideo 1.5's ByT5 text of a prompt that quotes nothing) keeps one, masked."""
     count = int(mask[0].sum())
     if mask.shape[0] != 1 or not bool(mask[0, :count].all()):
         return embeds, mask
-    return embeds[:, :count], mask[:, :count]
+    keep = max(count, 1)
+    return embeds[:, :keep], mask[:, :keep]
 
 
 class HunyuanVideoSteps(FlowMatchSteps):
