@@ -108,6 +108,7 @@ def profile_pipeline(
     engine = CacheEngine(transformer, recorder)
     engine.attach()
     probes = attach_probes(transformer, max_queries)
+    sampled: dict[str, object] = {}  # each video's final latents, as the loop left them
     try:
         for prompt, seed in zip(prompts, seeds):
             recorder.states.clear()
@@ -115,11 +116,15 @@ def profile_pipeline(
                 p.records.clear()
                 p.enabled = 0 in probe_at
 
+            sampled.clear()
+
             def on_step(i, latents):
+                sampled["latents"] = latents  # as the loop sampled them: the tokens the probes saw
                 for p in probes:
                     p.enabled = (i + 1) in probe_at
 
-            latents = pipe.generate_latents(prompt, seed=seed, settings=settings, on_step=on_step)
+            pipe.generate_latents(prompt, seed=seed, settings=settings, on_step=on_step)
+            latents = sampled["latents"]
             cond = next(s for s in recorder.states if getattr(s, "branch", "cond") == "cond")
             change = np.stack(cond.history)
             fg = token_mask(foreground_mask(pipe.channels_first(latents)[0]), patch)

@@ -144,6 +144,11 @@ class VideoPipelineMixin:
             steps, latents, conditioning, s.steps, s.guidance_scale, on_step, start_step, self.guidance_split
         )
         check_finite_latents(latents)
+        return self.video_latents(latents, s)
+
+    def video_latents(self, latents: torch.Tensor, settings: SamplerSettings) -> torch.Tensor:
+        """The video's latents of what the loop sampled: all of it, unless the family samples more than the video
+        (frames padded for its transformer's patches) and drops the rest before decoding."""
         return latents
 
     def channels_first(self, latents: torch.Tensor) -> torch.Tensor:

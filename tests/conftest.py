@@ -130,14 +130,16 @@ def small_wan_folder(tmp_path_factory):
     return make_small_wan_folder(tmp_path_factory.mktemp("small-wan-shared"))
 
 
-@pytest.fixture(scope="session", params=["2b", "5b"])
+@pytest.fixture(scope="session", params=["2b", "5b", "1.5"])
 def small_cogvideox_folder(request, tmp_path_factory):
-    """A diffusers CogVideoX folder with random weights and small dimensions, as 2B (built-in positions, DDIM) and
-    as 5B (rotary positions, DPM) (read it, don't change it)."""
+    """A diffusers CogVideoX folder with random weights and small dimensions, as 2B (built-in positions, DDIM), as
+    5B (rotary positions, DPM) and as 1.5 (rotary positions, DPM, two latent frames per token) (read it, don't
+    change it)."""
     from ditfarm.pipelines.families.cogvideox import make_small_cogvideox_folder
 
     folder = tmp_path_factory.mktemp(f"small-cogvideox-{request.param}")
-    return make_small_cogvideox_folder(folder, rotary=request.param == "5b")
+    temporal_patch = 2 if request.param == "1.5" else None
+    return make_small_cogvideox_folder(folder, rotary=request.param != "2b", temporal_patch=temporal_patch)
 
 
 @pytest.fixture(scope="session")

@@ -59,7 +59,8 @@ def cogvideox_ours(folder):
 
 
 def test_cogvideox_renders_what_diffusers_cogvideox_pipeline_renders(small_cogvideox_folder):
-    """2B (built-in positions, DDIM) and 5B (rotary positions, DPM drawing noise during its steps)."""
+    """2B (built-in positions, DDIM), 5B (rotary positions, DPM drawing noise during its steps) and 1.5 (its latent
+    frames padded to its temporal patches, the padding dropped before decoding)."""
     ours, theirs = cogvideox_ours(small_cogvideox_folder), cogvideox_oracle(small_cogvideox_folder)
     assert ours.shape == theirs.shape == (9, 64, 64, 3)
     assert psnr(ours, theirs) >= EXACT_DB
@@ -204,3 +205,16 @@ def test_hunyuan_video15_without_its_quoted_text_or_condition_channels_is_far_fr
         with monkeypatch.context() as patch:
             patch.setattr(hunyuan_video15.HunyuanVideo15Steps, "inputs", wrong)
             assert psnr(hunyuan_video15_ours(folder, prompt), theirs) < 50, wrong.__name__
+
+
+def test_cogvideox15_frame_counts_its_vae_does_not_decode_back_are_refused(tmp_path):
+    """Two latent frames per token: 13 frames (4 latent frames, no padding) would decode to 16 in diffusers too;
+    ditfarm refuses the count by name, at load and in the dry run's checks."""
+    from ditfarm.pipelines.families.cogvideox import make_small_cogvideox_folder
+    from ditfarm.pipelines.model_checks import model_checks
+
+    folder = make_small_cogvideox_folder(tmp_path / "15", rotary=True, temporal_patch=2)
+    for settings in (load_pipeline(folder).settings, model_checks(str(folder)).settings):
+        with pytest.raises(ValueError, match="num_frames must be 8k \\+ 1"):
+            settings(num_frames=13)
+        assert settings(num_frames=17).num_frames == 17

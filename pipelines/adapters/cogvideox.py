@@ -151,10 +151,12 @@ class CogVideoXAdapter(TransformerAdapter):
             video = model.proj_out(model.norm_out(model.norm_final(video), temb=emb))
             video = gather(video)
             p, p_t = model.config.patch_size, model.config.patch_size_t
-            if p_t is not None:
-                raise ValueError("CogVideoX 1.5's temporal patches are not sharded")
-            output = video.reshape(batch, frames, height // p, width // p, -1, p, p)
-            output = output.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
+            if p_t is None:
+                output = video.reshape(batch, frames, height // p, width // p, -1, p, p)
+                output = output.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
+            else:  # CogVideoX 1.5: each token also spans p_t latent frames
+                output = video.reshape(batch, (frames + p_t - 1) // p_t, height // p, width // p, -1, p_t, p, p)
+                output = output.permute(0, 1, 5, 4, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(1, 2)
             return Transformer2DModelOutput(sample=output) if return_dict else (output,)
 
         return forward

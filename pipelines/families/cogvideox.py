@@ -1,11 +1,13 @@
-"""CogVideoX text-to-video (2B with its built-in positions, 5B with rotary positions; diffusers' CogVideoXPipeline
-folders): its T5 text encoder, CogVideoX VAE and transformer driven by ditfarm's loop, rendering what diffusers
+"""CogVideoX text-to-video (2B with its built-in positions, 5B with rotary positions, 1.5 with temporal patches;
+diffusers' CogVideoXPipeline folders): its T5 text encoder, CogVideoX VAE and transformer driven by ditfarm's loop, rendering what diffusers
 renders for the same folder, prompt, seed and sizes.
 
 What exactness depends on, as diffusers' ``CogVideoXPipeline.__call__`` does it: the text padded to the folder's
 ``max_sequence_length`` and encoded without a mask; latents laid out frames before channels; the rotary positions
-computed by the pipeline for the video's size (5B); v-prediction DDIM (2B) or DPM (5B) steps, the DPM drawing
-noise from the video's own generator during its steps; decoding ``latents / scaling_factor``.
+computed by the pipeline for the video's size (5B, 1.5); v-prediction DDIM (2B) or DPM (5B, 1.5) steps, the DPM
+drawing noise from the video's own generator during its steps; decoding ``latents / scaling_factor``.  A 1.5
+transformer patches ``patch_size_t`` latent frames per token: the pipeline pads the latent frames to a multiple of
+it (extra noise frames at the front, their rotary positions included) and drops the padding before decoding.
 """
 
 from __future__ import annotations
@@ -48,10 +50,15 @@ def vae_factors(vae_config: dict) -> tuple[int, int]:
     return int(vae_config.get("temporal_compression_ratio", 4)), 2 ** (len(vae_config["block_out_channels"]) - 1)
 
 
-def check_sizes(settings: SamplerSettings, temporal: int, spatial: int, patch: int, limits: dict) -> None:
-    """Frames 4k + 1 (the VAE's temporal factor), height and width multiples of VAE x patch, within the limits."""
-    if (settings.num_frames - 1) % temporal:
-        raise ValueError(f"num_frames must be {temporal}k + 1 for this VAE, got {settings.num_frames}")
+def check_sizes(
+    settings: SamplerSettings, temporal: int, spatial: int, patch: int, limits: dict, patch_t: int | None = None
+) -> None:
+    """Frames 4k + 1 (the VAE's temporal factor; with CogVideoX 1.5's temporal patches, 4 x patch_t k + 1, the
+    counts whose latent frames the VAE decodes back to the frames asked), height and width multiples of VAE x
+    patch, within the limits."""
+    frames_step = temporal * (patch_t or 1)
+    if (settings.num_frames - 1) % frames_step:
+        raise ValueError(f"num_frames must be {frames_step}k + 1 for this model, got {settings.num_frames}")
     multiple = spatial * patch
     if settings.height % multiple or settings.width % multiple:
         raise ValueError(
@@ -59,6 +66,12 @@ def check_sizes(settings: SamplerSettings, temporal: int, spatial: int, patch: i
             f"got {settings.height}x{settings.width}"
         )
     check_limits(settings, limits)
+
+
+def padding_frames(latent_frames: int, patch_size_t: int | None) -> int:
+    """How many latent frames diffusers' pipeline puts before the video's so that a CogVideoX 1.5 transformer's
+    temporal patches divide them (0 without temporal patches)."""
+    return (-latent_frames) % patch_size_t if patch_size_t else 0
 
 
 class CogVideoXSteps(DenoiseSteps):
@@ -141,13 +154,22 @@ class CogVideoXVideoPipeline(DiffusersPipelineMixin):
         check_nonempty_prompt(prompt)
 
     def check_sizes(self, settings: SamplerSettings) -> None:
-        check_sizes(settings, *self.vae_factors, self.transformer.config.patch_size, self.limits)
+        config = self.transformer.config
+        check_sizes(settings, *self.vae_factors, config.patch_size, self.limits, config.patch_size_t)
 
     def latent_shape(self, settings: SamplerSettings) -> tuple[int, ...]:
         temporal, spatial = self.vae_factors
         frames = (settings.num_frames - 1) // temporal + 1
+        frames += padding_frames(frames, self.transformer.config.patch_size_t)
         channels = self.transformer.config.in_channels
         return (1, frames, channels, settings.height // spatial, settings.width // spatial)
+
+    def video_latents(self, latents: torch.Tensor, settings: SamplerSettings) -> torch.Tensor:
+        """The sampled latents less the frames padded before the video's (CogVideoX 1.5)."""
+        temporal = self.vae_factors[0]
+        return latents[
+            :, padding_frames((settings.num_frames - 1) // temporal + 1, self.transformer.config.patch_size_t) :
+        ]
 
     def channels_first(self, latents: torch.Tensor) -> torch.Tensor:
         return latents.permute(0, 2, 1, 3, 4)
@@ -216,7 +238,7 @@ class CogVideoXVideoPipeline(DiffusersPipelineMixin):
 @register_family
 class CogVideoXFamily(Family):
     name = "cogvideox"
-    renders = "CogVideoX text-to-video (2B, 5B)"
+    renders = "CogVideoX text-to-video (2B, 5B, 1.5)"
     pipeline_classes = ("CogVideoXPipeline",)
     transformer_classes = ("CogVideoXTransformer3DModel",)
     defaults = COGVIDEOX_DEFAULTS
@@ -225,8 +247,6 @@ class CogVideoXFamily(Family):
     def check_folder(self, folder: Path) -> dict:
         card = check_diffusers_folder(folder, COGVIDEOX_LAYOUT)
         transformer = json.loads((Path(folder) / "transformer" / "config.json").read_text())
-        if transformer.get("patch_size_t") is not None:
-            raise refused_config_field(folder, "patch_size_t", "CogVideoX 1.5's temporal patches")
         if transformer.get("ofs_embed_dim") is not None:
             raise refused_config_field(folder, "ofs_embed_dim", "an image-to-video offset embedding")
         return card
@@ -237,16 +257,22 @@ class CogVideoXFamily(Family):
         )
 
     def small_folders(self, root: Path) -> dict[str, Path]:
-        return {name: make_small_cogvideox_folder(Path(root) / name, rotary=name == "5b") for name in ("2b", "5b")}
+        root = Path(root)
+        return {
+            "2b": make_small_cogvideox_folder(root / "2b"),
+            "5b": make_small_cogvideox_folder(root / "5b", rotary=True),
+            "1.5": make_small_cogvideox_folder(root / "1.5", rotary=True, temporal_patch=2),
+        }
 
     def checks(self, folder: Path, card: dict) -> ModelChecks:
         folder = Path(folder)
-        patch = json.loads((folder / "transformer" / "config.json").read_text()).get("patch_size", 2)
+        transformer = json.loads((folder / "transformer" / "config.json").read_text())
+        patch, patch_t = transformer.get("patch_size", 2), transformer.get("patch_size_t")
         factors = vae_factors(json.loads((folder / "vae" / "config.json").read_text()))
         limits = card_limits(card, COGVIDEOX_LIMITS, str(folder / "ditfarm_model.json"))
         return ModelChecks(
             self.sampler_defaults(card),
-            lambda s: check_sizes(s, *factors, patch, limits),
+            lambda s: check_sizes(s, *factors, patch, limits, patch_t),
             check_nonempty_prompt,
             *folder_cache_settings(folder, card, COGVIDEOX_DEFAULTS.steps),
             video=self.video_defaults(card),
@@ -291,9 +317,12 @@ SMALL_VAE = dict(
 SMALL_TEXT_ENCODER = dict(d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2, relative_attention_num_buckets=8)
 
 
-def make_small_cogvideox_folder(folder: str | Path, rotary: bool = False, seed: int = 0) -> Path:
+def make_small_cogvideox_folder(
+    folder: str | Path, rotary: bool = False, seed: int = 0, temporal_patch: int | None = None
+) -> Path:
     """A complete diffusers CogVideoX folder with random weights and small dimensions: as 2B (built-in sincos
-    positions, DDIM) or, with ``rotary``, as 5B (rotary positions, DPM); a one-layer T5 and a word-level
+    positions, DDIM) or, with ``rotary``, as 5B (rotary positions, DPM), and with ``temporal_patch`` as 1.5 (that
+    many latent frames per token, no patch bias, as CogVideoX 1.5's transformer); a one-layer T5 and a word-level
     tokenizer.  Loads with CogVideoXPipeline.from_pretrained and load_pipeline like a released folder."""
     from diffusers import (  # deferred: diffusers
         AutoencoderKLCogVideoX,
@@ -309,7 +338,8 @@ def make_small_cogvideox_folder(folder: str | Path, rotary: bool = False, seed: 
     tokenizer = word_tokenizer()
     text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **SMALL_TEXT_ENCODER))
     vae = AutoencoderKLCogVideoX(**SMALL_VAE)
-    transformer = CogVideoXTransformer3DModel(**SMALL_TRANSFORMER, use_rotary_positional_embeddings=rotary)
+    patches = {} if temporal_patch is None else {"patch_size_t": temporal_patch, "patch_bias": False}
+    transformer = CogVideoXTransformer3DModel(**SMALL_TRANSFORMER, use_rotary_positional_embeddings=rotary, **patches)
     schedule = dict(
         beta_schedule="scaled_linear",
         beta_start=0.00085,
