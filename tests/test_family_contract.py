@@ -82,20 +82,22 @@ def test_the_profiler_profiles_every_family_and_its_profile_drives_the_profiling
         enable(pipe, None)
 
 
-def render_on_two_ranks(rank, world, folder, cfg_modes):
-    """One video with the adaptive cache, sequence-parallel over the two ranks, then (where the family runs
-    classifier-free guidance) the same under CFG parallelism (one branch per rank): (frames, masks, skipped
-    fraction) of each."""
+def render_on_two_ranks(rank, world, runs):
+    """For each (folder, CFG modes) of ``runs``: one video with the adaptive cache, sequence-parallel over the two
+    ranks, then (where the family runs classifier-free guidance) the same under CFG parallelism (one branch per
+    rank): (frames, masks, skipped fraction) of each.  One gang for every variant of a family."""
     from ditfarm.cluster.gang_rank import RankRenderer
     from ditfarm.types import RenderSettings, RowInputs
 
     out = []
-    for cfg_parallel in cfg_modes:
-        settings = RenderSettings(
-            model=folder, cache="adaptive", cache_knob=SKIPPING["adaptive"], cfg_parallel=cfg_parallel
-        )
-        result = RankRenderer(rank, world, settings).render(RowInputs(PROMPTS[0], 5, sampler={"steps": STEPS}))
-        out.append((result.frames, result.masks, result.skipped_fraction))
+    for folder, cfg_modes in runs:
+        for cfg_parallel in cfg_modes:
+            settings = RenderSettings(
+                model=folder, cache="adaptive", cache_knob=SKIPPING["adaptive"], cfg_parallel=cfg_parallel
+            )
+            renderer = RankRenderer(rank, world, settings)
+            result = renderer.render(RowInputs(PROMPTS[0], 5, sampler={"steps": STEPS}))
+            out.append((result.frames, result.masks, result.skipped_fraction))
     return out
 
 
@@ -108,6 +110,7 @@ def test_every_family_renders_on_a_two_rank_gang_and_under_cfg_parallelism(famil
     from ditfarm.types import RenderSettings
 
     family, folders = family_folders
+    expected, runs = [], []
     for variant, folder in folders.items():
         pipe = load_pipeline(folder)
         enable(pipe, build_config("adaptive", SKIPPING["adaptive"], None, pipe.cache_settings))
@@ -119,7 +122,12 @@ def test_every_family_renders_on_a_two_rank_gang_and_under_cfg_parallelism(famil
             assert set(masks) == {"cond"}, (family.name, variant)
             with pytest.raises(ValueError, match="runs no classifier-free guidance"):
                 check_run(RenderSettings(model=str(folder), sp=2, gangs=1, cfg_parallel=True), read_model=True)
-        (sp0, *cfg0), (sp1, *cfg1) = run_local_gang(render_on_two_ranks, 2, str(folder), cfg_modes, timeout_s=240)
+        expected.append((variant, alone, masks, len(cfg_modes)))
+        runs.append((str(folder), cfg_modes))
+    rank0, rank1 = run_local_gang(render_on_two_ranks, 2, runs, timeout_s=240 * len(runs))
+    for variant, alone, masks, modes in expected:
+        (sp0, *cfg0), (sp1, *cfg1) = rank0[:modes], rank1[:modes]
+        rank0, rank1 = rank0[modes:], rank1[modes:]
         assert sp0[1] == sp1[1] == masks and sp0[2] > 0, (family.name, variant)
         assert psnr(sp0[0], alone) >= 60, (family.name, variant, psnr(sp0[0], alone))
         if cfg0:
