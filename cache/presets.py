@@ -18,6 +18,7 @@ Each policy has one knob that trades speed for fidelity, and good defaults for e
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..choices import POLICIES  # noqa: F401 - the policy names live apart from the policies
@@ -46,6 +47,7 @@ KNOB_NAMES = {
     "bac": "updates",
     "harmonica": "threshold",
 }
+# The global fallback, for a model whose card and family say nothing (``ModelCacheSettings.knob_defaults``).
 # ertacache: the paper's lambda for Wan2.1-1.3B; any value must be calibrated in the profile
 # bac: the fraction of steps each unit updates on; harmonica: the router threshold of the released code's README
 DEFAULT_KNOBS = {
@@ -59,13 +61,48 @@ DEFAULT_KNOBS = {
 }
 
 
-def resolve_knob(policy: str, knob: float | None = None) -> float | int | None:
-    """The knob value a run uses: the given one (checked) or the policy's default; None for "none"."""
+GLOBAL_SOURCE = "ditfarm's global default"
+GIVEN_SOURCE = "the run (--cache-threshold)"
+
+
+@dataclass(frozen=True)
+class KnobChoice:
+    """The knob a run's policy uses and where it comes from: the run itself, the model's card, its family, or
+    ditfarm's global table (what the dry run prints and every results row records)."""
+
+    value: float | int | None
+    source: str
+
+    def describe(self, policy: str) -> str:
+        if self.value is None:
+            return "no cache"
+        return f"{policy} {KNOB_NAMES[policy]} {self.value:g} ({self.source})"
+
+
+def choose_knob(policy: str, knob: float | None = None, model: ModelCacheSettings | None = None) -> KnobChoice:
+    """The knob value a run uses and its source: the given one, else the model's default (its card's, else its
+    family's: ``model.knob_defaults``), else ditfarm's global one; checked; None for "none"."""
     if policy not in POLICIES:
         raise ValueError(f"unknown cache policy {policy!r}; choose one of {', '.join(POLICIES)}")
     if policy == "none":
-        return None
-    value = DEFAULT_KNOBS[policy] if knob is None else knob
+        return KnobChoice(None, "")
+    if knob is not None:
+        return KnobChoice(_checked_knob(policy, knob), GIVEN_SOURCE)
+    value, source = (model.knob_defaults if model is not None else {}).get(
+        policy, (DEFAULT_KNOBS[policy], GLOBAL_SOURCE)
+    )
+    try:
+        return KnobChoice(_checked_knob(policy, value), source)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+
+
+def resolve_knob(policy: str, knob: float | None = None, model: ModelCacheSettings | None = None) -> float | int | None:
+    """The knob value a run uses (``choose_knob`` without its source)."""
+    return choose_knob(policy, knob, model).value
+
+
+def _checked_knob(policy: str, value: float) -> float | int:
     if policy in ("profiling", "taylorseer"):
         if value != int(value) or value < 1:
             raise ValueError(f"the {policy} knob is its {KNOB_NAMES[policy]}: a positive integer, got {value}")
@@ -82,8 +119,8 @@ def build_config(
     model: ModelCacheSettings | None = None,
 ):
     """The config for ``policy`` (None for "none"); ``profile`` is required by profiling, used by adaptive;
-    ``model``: the model card's cache settings (``pipe.cache_settings``)."""
-    value = resolve_knob(policy, knob)
+    ``model``: the model card's cache settings (``pipe.cache_settings``), its default knobs included."""
+    value = resolve_knob(policy, knob, model)
     if value is None:
         return None
     model = model or ModelCacheSettings()

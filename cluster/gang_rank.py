@@ -160,6 +160,7 @@ class RankRenderer:
             masks=cache.masks,
             peak_bytes=cache.peak_bytes,
             skipped_fraction=cache.skipped_fraction,
+            knob=cache.knob,
             phases=clock.phases(),
             frames=frames,
             latents=latents if self.rank == 0 and not decode else None,

@@ -48,6 +48,7 @@ class RankResult:
     masks: dict = field(default_factory=dict)
     peak_bytes: int = 0
     skipped_fraction: float = 0.0
+    knob: tuple = (None, None)  # the cache's (knob, where it came from), as this rank's loader chose it
     phases: VideoPhases | None = None
     frames: object = None  # uint8 (T, H, W, 3) on rank 0 when decoded here
     latents: object = None  # rank 0, when the decode is deferred

@@ -154,6 +154,8 @@ class RenderedVideo:
     upscale: int | None = None
     video_digest: str | None = None  # the stored bytes' digest (StoredVideo.digest) and, on a local disk, their time
     video_mtime_ns: int | None = None
+    cache_knob: float | None = None  # the knob the renderer's cache used, and where it came from (KnobChoice)
+    cache_knob_source: str | None = None
 
     @classmethod
     def of(
@@ -169,6 +171,7 @@ class RenderedVideo:
         video_format: tuple[int, int] | None = None,
         digest: str | None = None,
         mtime_ns: int | None = None,
+        knob: tuple[float | None, str | None] = (None, None),
     ) -> RenderedVideo:
         """The record of a stored video, the same whether it was rendered in the driver's process or by a gang
         (``sampler``: the video's sampler settings as a dict; ``video_format``: the mp4's (fps, upscale))."""
@@ -190,6 +193,8 @@ class RenderedVideo:
             upscale=upscale,
             video_digest=digest,
             video_mtime_ns=mtime_ns,
+            cache_knob=knob[0],
+            cache_knob_source=knob[1],
         )
 
 

@@ -30,7 +30,7 @@ from typing import Protocol
 
 import torch
 
-from ..cache.presets import resolve_knob
+from ..cache.presets import choose_knob, resolve_knob
 from ..pipelines.deadline import default_timeout_s
 from ..pipelines.phases import PhaseClock
 from ..pipelines.threads import set_threads, usable_cpus
@@ -41,7 +41,7 @@ from ..text import cut
 from ..types import EXIT_MANIFEST_FAILED, EXIT_OUTPUT_FAILED, RenderedVideo, RenderSettings, RunAborted
 from ..worker.model import load_model
 from ..worker.publish import PublishGate, lease_fence, publish_video, video_format
-from ..worker.video import cache_outcome, checked_settings, decode_video, denoise_video, encode_text
+from ..worker.video import cache_knob, cache_outcome, checked_settings, decode_video, denoise_video, encode_text
 from .manifest import Manifest, ManifestError, RenderTask, RowProblem, row_inputs, sampler_overrides, seed_from_id
 from .metrics import JobMetrics
 from .progress import Progress
@@ -184,6 +184,7 @@ class LocalRenderer:
                 video_format=video_format(settings, self.pipe.video),
                 digest=stored.digest,
                 mtime_ns=stored.mtime_ns,
+                knob=cache_knob(self.pipe),
             )
         finally:  # publishing until the render returns its video: a stop waits for it, then records its row
             self.gate.done(task.id)
@@ -320,6 +321,10 @@ class RenderJob:
         # by its caller)
         self.checks = check_run(settings) if renderer is None else None
         self.model_checks = self.checks.model if self.checks is not None else visible_model_checks(settings)
+        # the knob as this process reads the model's card; a renderer reports the one its cache used
+        self.knob = choose_knob(
+            settings.cache, settings.cache_knob, self.model_checks.cache_settings if self.model_checks else None
+        )
         self.resume_by_id = resume_by_id
         self.tasks, self.settings, self.renderer, self.total = tasks, settings, renderer, total
         self.progress, self.overwrite, self.progress_seconds = progress, overwrite, progress_seconds
@@ -366,7 +371,7 @@ class RenderJob:
         if not stored:
             return True
         s = self.settings
-        wanted = {"cache": s.cache, "cache_knob": resolve_knob(s.cache, s.cache_knob)}
+        wanted = {"cache": s.cache, "cache_knob": self.knob.value}
         differ = [
             k
             for k, v in wanted.items()
@@ -483,7 +488,8 @@ class RenderJob:
                 seconds=(video.phases.own_seconds() if video.phases is not None else None) or seconds,
                 wall_seconds=seconds,
                 cache=settings.cache,
-                cache_knob=resolve_knob(settings.cache, settings.cache_knob),
+                cache_knob=video.cache_knob if video.cache_knob is not None else self.knob.value,
+                cache_knob_source=video.cache_knob_source or self.knob.source or None,
                 skipped_fraction=video.skipped_fraction,
                 attempts=video.attempts,
                 video_bytes=video.video_bytes,

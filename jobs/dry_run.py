@@ -38,6 +38,7 @@ class DryRunReport:
     set_aside: list = field(default_factory=list)  # results parts --repair would move aside
     failures: dict[str, FailureGroup] = field(default_factory=dict)
     seconds: float = 0.0
+    cache: str = ""  # the run's cache and its knob, with where the knob comes from (KnobChoice.describe)
 
     @property
     def total(self) -> int:
@@ -57,6 +58,8 @@ class DryRunReport:
             f"{self.source}: {self.total} rows: would render {self.would_render}, would skip {self.would_skip} "
             f"(already ok), would fail {self.would_fail} ({self.seconds:.1f} s)"
         ]
+        if self.cache:
+            out.append(f"  cache: {self.cache}")
         if self.set_aside:
             out.append(
                 f"  --repair would move {len(self.set_aside)} unreadable results part(s) aside: "
@@ -99,7 +102,10 @@ def dry_run(
     state = output_state(store, unreadable=unreadable)
     done = set() if overwrite else state.done
     report = DryRunReport(
-        source=manifest.source, resume_by_id=resume_by_id, set_aside=[name for name, _ in unreadable or []]
+        source=manifest.source,
+        resume_by_id=resume_by_id,
+        set_aside=[name for name, _ in unreadable or []],
+        cache=checks.knob.describe(settings.cache) if checks.knob is not None else "",
     )
     for task in manifest:
         if isinstance(task, RowProblem):

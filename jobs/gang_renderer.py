@@ -245,6 +245,7 @@ class GangRenderer:
             video_format=result.stored.video_format,
             digest=result.stored.digest,
             mtime_ns=result.stored.mtime_ns,
+            knob=tuple(result.rank.knob),
         )
 
     def stop_publishing(self, timeout_s: float) -> tuple[set[str], bool]:

@@ -38,6 +38,7 @@ RESULT_SCHEMA = pa.schema(
         ("seconds", pa.float64()),  # the video's own cost: its phases (VideoPhases.own_seconds)
         ("cache", pa.string()),
         ("cache_knob", pa.float64()),
+        ("cache_knob_source", pa.string()),  # where the knob came from: the run, the model's card, its family, ditfarm
         ("skipped_fraction", pa.float64()),
         ("attempts", pa.int32()),
         ("finished_at", pa.timestamp("ms", tz="UTC")),  # when the row was recorded: throughput over time
@@ -164,7 +165,7 @@ CONTENT_COLUMNS = (
     "model",
 )
 STORED_BYTES_COLUMNS = ("video_bytes", "video_digest", "video_mtime_ns")  # what the stored video must still be
-HOW_COMPUTED_COLUMNS = ("cache", "cache_knob")  # not content: a rerun keeps the video and says so
+HOW_COMPUTED_COLUMNS = ("cache", "cache_knob", "cache_knob_source")  # not content: a rerun keeps the video and says so
 
 
 class StoredRows:

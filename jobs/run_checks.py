@@ -22,6 +22,7 @@ from ..uris import is_s3
 class RunChecks:
     model: object | None  # pipelines.checks.ModelChecks; None where the driver cannot see the model
     policy: object | None  # the cache policy the ranks will run (its calibration), or None (no cache, not checked)
+    knob: object | None = None  # the cache's KnobChoice as the model's card says it; None where it cannot be read
 
     def check_row(self, task, settings: RenderSettings):
         """The row's sampler settings, or ValueError naming what the model or the cache refuses."""
@@ -72,7 +73,7 @@ def check_run(settings: RenderSettings, read_model: bool = False) -> RunChecks:
     """Everything the run as a whole would refuse, raised as ValueError (exit 2); the checks for its rows.
     ``read_model``: read the model's configs wherever it is (the dry run, which exists to check every row)."""
     from ..cache.policies import POLICY_FOR_CONFIG  # deferred: torch
-    from ..cache.presets import build_config, resolve_knob  # deferred: torch
+    from ..cache.presets import build_config, choose_knob, resolve_knob  # deferred: torch
 
     settings.validate()
     resolve_knob(settings.cache, settings.cache_knob)
@@ -90,7 +91,7 @@ def check_run(settings: RenderSettings, read_model: bool = False) -> RunChecks:
     policy = POLICY_FOR_CONFIG[type(config)](config) if config is not None else None
     if policy is not None:  # the run's own step count: every row without steps of its own would fail
         policy.check_steps(settings.steps or model.defaults.steps)
-    return RunChecks(model, policy)
+    return RunChecks(model, policy, choose_knob(settings.cache, settings.cache_knob, model.cache_settings))
 
 
 def visible_model_checks(settings: RenderSettings):

@@ -45,6 +45,7 @@ class VideoPipelineMixin:
     guidance_split = None  # a GuidanceSplit under CFG parallelism: this rank runs one CFG branch
     classifier_free_guidance = True  # False for a guidance-distilled family: one pass per step, nothing to split
     cache_settings = None  # the card's ModelCacheSettings (cache.presets): reference steps, a searched ladder
+    cache_knob = None  # the enabled cache's KnobChoice (cache.presets): its knob and where it came from
     holds_vae = True
     folder: str | None = None
     model_name: str = "model"

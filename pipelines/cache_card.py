@@ -1,5 +1,6 @@
-"""What a model's card says about caching, read with the model: the steps its step-counted knobs mean and the
-ladder of schedule shapes searched for it (``ditfarm.cache``'s adaptive policy climbs it).
+"""What a model's card says about caching, read with the model: each policy's default knob (chosen for this
+model by ``ditfarm calibrate defaults``, else its family's), the steps its step-counted knobs mean and the ladder
+of schedule shapes searched for it (``ditfarm.cache``'s adaptive policy climbs it).
 
 It lives with the models because the card is the model's: a malformed ladder is refused when the model loads,
 before any cache is chosen.
@@ -8,7 +9,8 @@ before any cache is chosen.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .base import CACHE_PROFILE_FILE
@@ -72,19 +74,38 @@ class ModelCacheSettings:
     """What a model's card says about caching.  ``reference_steps``: the video length that step-counted knobs
     (TaylorSeer's and ProfilingDiT's intervals) mean: the base model's own schedule (tiny 30, Wan2.1 50, also for
     a distilled folder; its card may say otherwise); other lengths scale them.
-    ``adaptive_ladder``: the ladder searched for this model (None: GENERIC_LADDER)."""
+    ``adaptive_ladder``: the ladder searched for this model (None: GENERIC_LADDER).
+    ``knob_defaults``: policy -> (knob, where it comes from) for a run that names no knob: the card's
+    ``cache.defaults`` over the family's; a policy in neither takes ditfarm's global default (``cache.presets``)."""
 
     reference_steps: int | None = None
     adaptive_ladder: Ladder | None = None
+    knob_defaults: Mapping[str, tuple[float, str]] = field(default_factory=dict)
 
     @classmethod
-    def from_card(cls, card: dict, default_steps: int | None) -> ModelCacheSettings:
+    def from_card(
+        cls,
+        card: dict,
+        default_steps: int | None,
+        family_knobs: Mapping[str, float] | None = None,
+        family: str = "",
+        card_path: str = "ditfarm_model.json",
+    ) -> ModelCacheSettings:
         section = card.get("cache", {})
         ladder = section.get("adaptive", {}).get("ladder")
-        return cls(section.get("reference_steps", default_steps), Ladder.from_card(ladder) if ladder else None)
+        knobs = {policy: (value, f"the {family} family's default") for policy, value in (family_knobs or {}).items()}
+        rule = section.get("defaults_rule")
+        chosen = f"{card_path} cache.defaults" + (f" ({rule})" if rule else "")
+        card_knobs = section.get("defaults", {})
+        if not isinstance(card_knobs, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in card_knobs.values()
+        ):
+            raise ValueError(f"{card_path}: cache.defaults must map policy names to numbers, got {card_knobs!r}")
+        knobs.update({policy: (value, chosen) for policy, value in card_knobs.items()})
+        return cls(section.get("reference_steps", default_steps), Ladder.from_card(ladder) if ladder else None, knobs)
 
 
-def folder_cache_settings(folder: Path, card: dict, reference_steps: int) -> tuple:
-    """(ModelCacheSettings, the cache profile shipped in the folder or None), as a loaded pipeline has them."""
+def shipped_profile(folder: Path) -> Path | None:
+    """The cache profile shipped in the folder, if any."""
     profile = Path(folder) / CACHE_PROFILE_FILE
-    return ModelCacheSettings.from_card(card, reference_steps), profile if profile.exists() else None
+    return profile if profile.exists() else None

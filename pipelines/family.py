@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .base import VideoDefaults
+from .cache_card import ModelCacheSettings
 from .checks import ModelChecks
 from .denoise import SamplerSettings
 from .folder_checks import ModelFolderError, read_json
@@ -50,6 +51,9 @@ class Family(ABC):
     transformer_classes: tuple[str, ...] = ()
     defaults: SamplerSettings | None = None
     video: VideoDefaults = VideoDefaults(fps=16, upscale=1)
+    # policy -> knob for a run that names none, where measured or published for this family; a folder's card
+    # (``ditfarm calibrate defaults``) overrides it, ditfarm's global table (``cache.presets``) fills the rest
+    cache_defaults: dict[str, float] = {}
 
     @abstractmethod
     def check_folder(self, folder: Path) -> dict:
@@ -78,6 +82,20 @@ class Family(ABC):
         if missing:
             raise ModelFolderError(f"{MODEL_CARD} of a {self.name} folder must set defaults for {', '.join(missing)}")
         return SamplerSettings(**{f: values[f] for f in SamplerSettings.__dataclass_fields__})
+
+    def reference_steps(self, card: dict) -> int | None:
+        """The schedule length step-counted cache knobs mean: the family's own (a distilled folder's card keeps
+        it unless it says ``cache.reference_steps``)."""
+        return self.defaults.steps if self.defaults is not None else None
+
+    def cache_settings(self, folder: Path, card: dict) -> ModelCacheSettings:
+        """What the folder's card and the family say about caching (``pipelines.cache_card``); a malformed card
+        section is refused naming the card."""
+        path = str(Path(folder) / MODEL_CARD)
+        try:
+            return ModelCacheSettings.from_card(card, self.reference_steps(card), self.cache_defaults, self.name, path)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ModelFolderError(f"{path}: its cache section cannot be read: {err}") from None
 
     def video_defaults(self, card: dict) -> VideoDefaults:
         """The family's mp4 defaults with the card's ``video`` over them."""

@@ -47,4 +47,6 @@ def load_pipeline(
     family = family_of_folder(folder)
     card = family.check_folder(folder)
     options = LoadOptions(device, dtype, encode_and_decode, offload_text_encoder)
-    return family.load(folder, card, options)
+    pipe = family.load(folder, card, options)
+    pipe.cache_settings = family.cache_settings(folder, card)
+    return pipe

@@ -4,6 +4,7 @@ folder is checked as its load would check it first, so the dry run refuses what 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from .checks import ModelChecks
@@ -16,4 +17,5 @@ def model_checks(name_or_path: str | Path) -> ModelChecks:
     an ``s3://`` model is fetched to this node's model cache first."""
     folder = resolve_model_folder(name_or_path)
     family = family_of_folder(folder)
-    return family.checks(folder, family.check_folder(folder))
+    card = family.check_folder(folder)
+    return replace(family.checks(folder, card), cache_settings=family.cache_settings(folder, card))

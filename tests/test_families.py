@@ -5,6 +5,7 @@ what ditfarm renders."""
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
 
@@ -120,6 +121,7 @@ def test_a_registered_family_is_what_loading_and_the_dry_run_use(tmp_path, monke
         renders = "a test's toy model"
         pipeline_classes = ("ToyPipeline",)
         defaults = SamplerSettings(4, 16, 16, 3, 1.0)
+        cache_defaults = {"bwcache": 0.3}
 
         def check_folder(self, folder):
             calls.append("check")
@@ -127,7 +129,7 @@ def test_a_registered_family_is_what_loading_and_the_dry_run_use(tmp_path, monke
 
         def load(self, folder, card, options):
             calls.append(("load", options.device, options.encode_and_decode))
-            return "a toy pipeline"
+            return SimpleNamespace(name="a toy pipeline")
 
         def checks(self, folder, card):
             return ModelChecks(self.sampler_defaults(card), lambda s: None, check_nonempty_prompt)
@@ -135,6 +137,10 @@ def test_a_registered_family_is_what_loading_and_the_dry_run_use(tmp_path, monke
     monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
     register_family(Toy)
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "ToyPipeline"}))
-    assert load_pipeline(tmp_path, encode_and_decode=False) == "a toy pipeline"
-    assert model_checks(tmp_path).defaults == SamplerSettings(4, 16, 16, 5, 1.0)  # the card over the family's
+    loaded = load_pipeline(tmp_path, encode_and_decode=False)
+    assert loaded.name == "a toy pipeline"
+    assert loaded.cache_settings.knob_defaults == {"bwcache": (0.3, "the toy family's default")}
+    checks = model_checks(tmp_path)
+    assert checks.defaults == SamplerSettings(4, 16, 16, 5, 1.0)  # the card over the family's
+    assert checks.cache_settings == loaded.cache_settings
     assert calls == ["check", ("load", "cpu", False), "check"]

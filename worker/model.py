@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..cache import enable
 from ..cache.engine import Reduce, identity_reduce
-from ..cache.presets import config_for
+from ..cache.presets import choose_knob, config_for
 from ..pipelines.attention import AttentionChoice, apply_attention, choose_attention
 from ..pipelines.compile import compile_blocks
 from ..pipelines.loading import load_pipeline
@@ -53,4 +53,5 @@ def load_model(settings: RenderSettings, encode_and_decode: bool = True, shard: 
     cache = enable(
         pipe, config_for(pipe, settings.cache, settings.cache_knob, settings.profile), reduce=reduce or identity_reduce
     )
+    pipe.cache_knob = choose_knob(settings.cache, settings.cache_knob, pipe.cache_settings)
     return LoadedModel(pipe, cache, choice)

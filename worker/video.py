@@ -61,11 +61,19 @@ class CacheOutcome:
     masks: dict  # per CFG branch, per step: which blocks (or units) ran
     peak_bytes: int  # the most the cache held
     skipped_fraction: float
+    knob: tuple[float | None, str | None] = (None, None)  # the cache's knob and where it came from
+
+
+def cache_knob(pipe) -> tuple[float | None, str | None]:
+    """(knob, source) of the cache the loader enabled on ``pipe`` (``cache.presets.KnobChoice``), or Nones."""
+    choice = getattr(pipe, "cache_knob", None)
+    return (choice.value, choice.source) if choice is not None and choice.value is not None else (None, None)
 
 
 def cache_outcome(pipe) -> CacheOutcome:
-    """What the cache did during the video just rendered (nothing, without a cache)."""
+    """What the cache did during the video just rendered (nothing, without a cache), and the knob it ran at."""
     stats = last_video_stats(pipe)
+    knob = cache_knob(pipe)
     if stats is None:
-        return CacheOutcome({}, 0, 0.0)
-    return CacheOutcome(stats.masks, stats.peak_bytes, stats.skipped_fraction)
+        return CacheOutcome({}, 0, 0.0, knob)
+    return CacheOutcome(stats.masks, stats.peak_bytes, stats.skipped_fraction, knob)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..base import DiffusersPipelineMixin, VideoDefaults
-from ..cache_card import ModelCacheSettings, folder_cache_settings
+from ..cache_card import shipped_profile
 from ..checks import ModelChecks, card_limits, check_limits, check_nonempty_prompt
 from ..conditioning import Conditioning
 from ..denoise import DenoiseSteps, SamplerSettings
@@ -147,7 +147,6 @@ class CogVideoXVideoPipeline(DiffusersPipelineMixin):
             pipe.text_encoder.to(options.device)
         factors = vae_factors(json.loads((folder / "vae" / "config.json").read_text()))
         made = cls(pipe, str(folder), defaults, video, card, factors)
-        made.cache_settings = ModelCacheSettings.from_card(card, COGVIDEOX_DEFAULTS.steps)
         return made
 
     def check_prompt(self, prompt: str) -> None:
@@ -274,7 +273,8 @@ class CogVideoXFamily(Family):
             self.sampler_defaults(card),
             lambda s: check_sizes(s, *factors, patch, limits, patch_t),
             check_nonempty_prompt,
-            *folder_cache_settings(folder, card, COGVIDEOX_DEFAULTS.steps),
+            None,
+            shipped_profile(folder),
             video=self.video_defaults(card),
         )
 

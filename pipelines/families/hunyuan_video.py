@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..base import DiffusersPipelineMixin, VideoDefaults
-from ..cache_card import ModelCacheSettings, folder_cache_settings
+from ..cache_card import shipped_profile
 from ..checks import ModelChecks, card_limits, check_limits, check_nonempty_prompt
 from ..conditioning import Conditioning
 from ..denoise import FlowMatchSteps, SamplerSettings
@@ -159,7 +159,6 @@ class HunyuanVideoPipelineWrapper(DiffusersPipelineMixin):
                 encoder.to("cpu" if offload else options.device)
         factors = vae_factors(json.loads((folder / "vae" / "config.json").read_text()))
         made = cls(pipe, str(folder), defaults, video, card, factors, offload)
-        made.cache_settings = ModelCacheSettings.from_card(card, HUNYUAN_DEFAULTS.steps)
         return made
 
     def check_prompt(self, prompt: str) -> None:
@@ -273,7 +272,8 @@ class HunyuanVideoFamily(Family):
             self.sampler_defaults(card),
             lambda s: check_sizes(s, *factors, patch, limits),
             check_nonempty_prompt,
-            *folder_cache_settings(folder, card, HUNYUAN_DEFAULTS.steps),
+            None,
+            shipped_profile(folder),
             video=self.video_defaults(card),
             check_negative_prompt=refuse_negative_prompt,
             classifier_free_guidance=False,

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..base import DiffusersPipelineMixin, VideoDefaults
-from ..cache_card import ModelCacheSettings, folder_cache_settings
+from ..cache_card import shipped_profile
 from ..checks import ModelChecks, card_limits, check_nonempty_prompt
 from ..conditioning import Conditioning
 from ..denoise import SamplerSettings
@@ -180,7 +180,6 @@ class HunyuanVideo15VideoPipeline(DiffusersPipelineMixin):
                 encoder.to("cpu" if offload else options.device)
         factors = vae_factors(json.loads((folder / "vae" / "config.json").read_text()))
         made = cls(pipe, str(folder), defaults, video, card, factors, offload)
-        made.cache_settings = ModelCacheSettings.from_card(card, HUNYUAN15_DEFAULTS.steps)
         return made
 
     def check_prompt(self, prompt: str) -> None:
@@ -302,7 +301,8 @@ class HunyuanVideo15Family(Family):
             self.folder_sampler_defaults(folder, card),
             lambda s: check_sizes(s, *factors, patch, limits),
             check_nonempty_prompt,
-            *folder_cache_settings(folder, card, HUNYUAN15_DEFAULTS.steps),
+            None,
+            shipped_profile(folder),
             video=self.video_defaults(card),
         )
 

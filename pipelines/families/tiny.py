@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..base import VideoDefaults
-from ..cache_card import folder_cache_settings
+from ..cache_card import shipped_profile
 from ..checks import DEFAULT_ROPE_POSITIONS, TINY_LIMITS, ModelChecks, card_limits, check_patch_grid
 from ..family import MODEL_CARD, Family, LoadOptions, register_family
 from ..folder_checks import read_json
@@ -44,9 +44,13 @@ class TinyFamily(Family):
             defaults,
             lambda s: check_patch_grid(s, patch, rope, limits),
             load_text_encoder(folder).token_ids,
-            *folder_cache_settings(folder, card, defaults.steps),
+            None,
+            shipped_profile(folder),
             video=VideoDefaults(**{**VIDEO_DEFAULTS, **card.get("video", {})}),
         )
+
+    def reference_steps(self, card: dict) -> int | None:
+        return self.sampler_defaults(card).steps  # a tiny folder's own schedule
 
     def small_folders(self, root: Path) -> dict[str, Path]:
         from ..tiny.weights import BUNDLED_FOLDER  # deferred: diffusers

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..base import DiffusersPipelineMixin, VideoDefaults
-from ..cache_card import ModelCacheSettings, folder_cache_settings
+from ..cache_card import shipped_profile
 from ..checks import (
     DEFAULT_ROPE_POSITIONS,
     WAN_LIMITS,
@@ -97,8 +97,6 @@ class WanVideoPipeline(DiffusersPipelineMixin):
             wan_vae_factors(json.loads((folder / "vae" / "config.json").read_text())),
             options.offload_text_encoder and encode_and_decode,
         )
-        # step-counted knobs mean steps of Wan's own 50-step schedule, also in a distilled folder's card
-        made.cache_settings = ModelCacheSettings.from_card(card, WAN_DEFAULTS.steps)
         made.limits = card_limits(card, WAN_LIMITS, str(folder / "ditfarm_model.json"))
         return made
 
@@ -201,7 +199,8 @@ class WanFamily(Family):
             self.sampler_defaults(card),
             lambda s: check_wan_sizes(s, temporal, spatial, patch, rope, limits),
             check_nonempty_prompt,
-            *folder_cache_settings(folder, card, WAN_DEFAULTS.steps),
+            None,
+            shipped_profile(folder),
             video=self.video_defaults(card),
         )
 

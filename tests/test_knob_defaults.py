@@ -1,0 +1,80 @@
+"""Per-model cache defaults: a run that names no knob takes the model card's (``cache.defaults``, written by
+``ditfarm calibrate defaults``), else its family's, else ditfarm's global one; the dry run and every results row
+say which knob applied and where it came from."""
+
+import json
+
+import pytest
+
+from ditfarm.cache.presets import DEFAULT_KNOBS, GIVEN_SOURCE, GLOBAL_SOURCE, build_config, choose_knob
+from ditfarm.pipelines.cache_card import ModelCacheSettings
+from ditfarm.pipelines.folder_checks import ModelFolderError
+
+
+def settings_of(card: dict, family_knobs: dict | None = None) -> ModelCacheSettings:
+    return ModelCacheSettings.from_card(card, 30, family_knobs, "toy", "/m/ditfarm_model.json")
+
+
+@pytest.mark.unit
+def test_the_card_overrides_the_family_which_overrides_the_global_table():
+    model = settings_of(
+        {"cache": {"defaults": {"bwcache": 0.3, "taylorseer": 3}, "defaults_rule": "the fastest at +10 dB"}},
+        {"bwcache": 0.2, "adaptive": 0.8},
+    )
+    card = "/m/ditfarm_model.json cache.defaults (the fastest at +10 dB)"
+
+    def chosen(policy, knob=None):
+        choice = choose_knob(policy, knob, model)
+        return choice.value, choice.source
+
+    assert chosen("bwcache") == (0.3, card)
+    assert chosen("taylorseer") == (3, card)
+    assert chosen("adaptive") == (0.8, "the toy family's default")
+    assert chosen("bac") == (DEFAULT_KNOBS["bac"], GLOBAL_SOURCE)
+    assert chosen("bwcache", 0.05) == (0.05, GIVEN_SOURCE)
+    assert choose_knob("none", None, model).value is None
+    assert build_config("bwcache", None, None, model).threshold == 0.3  # what the cache runs at
+    assert build_config("taylorseer", None, None, model).interval == 3
+    assert "bwcache threshold 0.3 (" in choose_knob("bwcache", None, model).describe("bwcache")
+
+
+@pytest.mark.unit
+def test_a_bad_card_default_is_refused_naming_where_it_came_from(tmp_path):
+    with pytest.raises(ValueError, match="ditfarm_model.json cache.defaults: the taylorseer knob is its interval"):
+        choose_knob("taylorseer", None, settings_of({"cache": {"defaults": {"taylorseer": 2.5}}}))
+    with pytest.raises(ValueError, match="must map policy names to numbers"):
+        settings_of({"cache": {"defaults": {"bwcache": "fast"}}})
+    from ditfarm.pipelines.family import family_named
+
+    with pytest.raises(ModelFolderError, match="its cache section cannot be read"):
+        family_named("wan").cache_settings(tmp_path, {"cache": {"defaults": ["bwcache"]}})
+
+
+@pytest.mark.process
+def test_results_rows_and_the_dry_run_say_which_knob_applied_and_where_from(small_wan_folder, tmp_path):
+    import shutil
+
+    import ditfarm
+    from ditfarm.jobs.dry_run import dry_run
+    from ditfarm.types import RenderSettings
+
+    folder = tmp_path / "wan"
+    shutil.copytree(small_wan_folder, folder)
+    card = json.loads((folder / "ditfarm_model.json").read_text())
+    card["cache"] = {**card.get("cache", {}), "defaults": {"bwcache": 0.3}}
+    (folder / "ditfarm_model.json").write_text(json.dumps(card))
+    rows = list(ditfarm.render(["a red cat"], tmp_path / "out", model=str(folder), cache="bwcache", steps=3))
+    assert rows[0]["status"] == "ok", rows[0]
+    assert rows[0]["cache_knob"] == 0.3
+    assert rows[0]["cache_knob_source"] == f"{folder / 'ditfarm_model.json'} cache.defaults"
+    given = list(
+        ditfarm.render(["a blue dog"], tmp_path / "out2", model=str(folder), cache="bwcache", steps=3, cache_knob=0.1)
+    )
+    assert (given[0]["cache_knob"], given[0]["cache_knob_source"]) == (0.1, GIVEN_SOURCE)
+    manifest = tmp_path / "m.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": ["a"], "prompt": ["a red cat"]}), manifest)
+    report = dry_run(str(manifest), tmp_path / "dry", RenderSettings(model=str(folder), cache="bwcache"))
+    assert f"  cache: bwcache threshold 0.3 ({folder / 'ditfarm_model.json'} cache.defaults)" in report.lines()
