@@ -7,6 +7,7 @@ ditfarm status OUT                             counts per status, and the failed
 ditfarm profile --model tiny --prompts P.txt --out PROFILE.json   profile blocks for caching
 ditfarm calibrate ertacache --model tiny --lambdas 0.1,0.2 --out P.json   ERTACache's calibration
 ditfarm calibrate bac --model tiny --out P.json                           BAC's calibration
+ditfarm calibrate defaults --model FOLDER --prompts P.txt                 every policy's default knob, into its card
 ditfarm bench cache --model tiny --json OUT.json                  speed/fidelity of every cache
 ditfarm bench cache-merge A.json B.json --json OUT.json           one table from split bench runs
 ditfarm bench sp --policy adaptive --json OUT.json                the cache's speedup at sp=1 and sp=2

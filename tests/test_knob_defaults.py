@@ -78,3 +78,65 @@ def test_results_rows_and_the_dry_run_say_which_knob_applied_and_where_from(smal
     pq.write_table(pa.table({"id": ["a"], "prompt": ["a red cat"]}), manifest)
     report = dry_run(str(manifest), tmp_path / "dry", RenderSettings(model=str(folder), cache="bwcache"))
     assert f"  cache: bwcache threshold 0.3 ({folder / 'ditfarm_model.json'} cache.defaults)" in report.lines()
+
+
+@pytest.mark.unit
+def test_the_rule_picks_the_fastest_faithful_knob_else_the_most_faithful_that_skips_enough():
+    from ditfarm.tools.calibrate_defaults import Measured, pick
+
+    bar = 33.3
+    knobs = [Measured(0.1, 0.9, 40.0), Measured(0.2, 0.7, 35.0), Measured(0.3, 0.6, 30.0)]
+    assert pick(knobs, bar).knob == 0.2  # the fastest of the two faithful ones
+    assert pick([Measured(1, 0.7, 35.0), Measured(2, 0.7, 36.0)], bar).knob == 2  # a tie: the more faithful
+    unfaithful = [Measured(2, 0.5, 24.0), Measured(3, 0.33, 21.0), Measured(1, 0.8, 30.0)]
+    assert pick(unfaithful, bar).knob == 2  # 0.8 computed skips too little; of the rest, the most faithful
+    assert pick([Measured(0.05, 0.95, 30.0), Measured(0.08, 0.9, 31.0)], bar).knob == 0.08  # skips most
+
+
+@pytest.mark.process
+def test_calibrate_defaults_writes_the_chosen_knobs_into_the_card_and_runs_take_them(small_wan_folder, tmp_path):
+    import shutil
+
+    from ditfarm.commands.cli import main
+    from ditfarm.pipelines.loading import load_pipeline
+
+    folder = tmp_path / "wan"
+    shutil.copytree(small_wan_folder, folder)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cat moving left\na blue dog on the street\n")
+    code = main(
+        ["calibrate", "defaults", "--model", str(folder), "--prompts", str(prompts), "--steps", "6",
+         "--policies", "bwcache:0.05/5,taylorseer:2/3"]
+    )  # fmt: skip
+    assert code == 0
+    card = json.loads((folder / "ditfarm_model.json").read_text())
+    section = card["cache"]
+    evidence = section["defaults_evidence"]
+    assert set(section["defaults"]) == {"bwcache", "taylorseer"}
+    assert isinstance(section["defaults"]["taylorseer"], int)
+    assert "half steps + 10 dB" in section["defaults_rule"]
+    for policy, knob in section["defaults"].items():  # what the rule says of what was measured
+        from ditfarm.tools.calibrate_defaults import Measured, pick
+
+        assert pick([Measured(**m) for m in evidence[policy]], evidence["bar_db"]).knob == knob
+    assert card["defaults"] == json.loads((small_wan_folder / "ditfarm_model.json").read_text())["defaults"]
+    knobs = load_pipeline(folder).cache_settings.knob_defaults
+    assert knobs["bwcache"] == (section["defaults"]["bwcache"], f"{folder / 'ditfarm_model.json'} cache.defaults "
+                                f"({section['defaults_rule']})")  # fmt: skip
+    assert main(["calibrate", "defaults", "--model", str(folder), "--policies", "nocache"]) == 2
+
+
+@pytest.mark.unit
+def test_tinys_card_defaults_follow_the_rule_and_each_skips():
+    """tiny's shipped defaults are what the rule picks from the measurements the card keeps, and at each no policy
+    computes more than 90% of its steps (or units)."""
+    from ditfarm.pipelines.tiny.weights import BUNDLED_FOLDER
+    from ditfarm.tools.calibrate_defaults import Measured, pick
+
+    section = json.loads((BUNDLED_FOLDER / "ditfarm_model.json").read_text())["cache"]
+    evidence = section["defaults_evidence"]
+    assert set(section["defaults"]) == set(DEFAULT_KNOBS)
+    for policy, knob in section["defaults"].items():
+        measured = [Measured(**m) for m in evidence[policy]]
+        assert pick(measured, evidence["bar_db"]).knob == knob, policy
+        assert next(m for m in measured if m.knob == knob).computed <= 0.9, policy

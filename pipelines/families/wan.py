@@ -177,6 +177,9 @@ class WanFamily(Family):
     transformer_classes = ("WanTransformer3DModel",)
     defaults = WAN_DEFAULTS
     video = WAN_VIDEO
+    # ERTACache's paper settles lambda 0.08 for Wan2.1-1.3B at 50 steps; the other policies' published settings are
+    # not per model, and ditfarm's global table holds them
+    cache_defaults = {"ertacache": 0.08}
 
     def check_folder(self, folder: Path) -> dict:
         return check_diffusers_folder(folder, WAN_LAYOUT)
