@@ -118,6 +118,12 @@ def _add_gpu(benches) -> None:
     p.add_argument("--steps14", type=int, default=2, help="14B: timed steps of the one timed loop (default 2)")
     p.add_argument("--blocks14", type=int, default=4, help="blocks of Wan2.1-14B to build (default 4 of 40)")
     p.add_argument("--video-steps", type=int, default=4, help="denoising steps of the whole video (default 4)")
+    p.add_argument(
+        "--family-blocks",
+        type=int,
+        default=2,
+        help="blocks of each other family's released transformer to build for its step row (default 2)",
+    )
     p.add_argument("--compile-backend", default="inductor")
     p.add_argument(
         "--budget-seconds",

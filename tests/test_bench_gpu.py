@@ -37,7 +37,12 @@ def test_bench_gpu_on_small_shapes(tmp_path, capsys):
     )
     result = json.loads(out.read_text())
     sections = result["sections"]
-    assert set(sections) == {"wan2.1-1.3b", "wan2.1-14b", "video-1.3b"}
+    assert set(sections) == {"wan2.1-1.3b", "wan2.1-14b", "video-1.3b", "families"}
+    families = {r["family"]: r for r in sections["families"]["families"]}
+    assert {"cogvideox", "hunyuan_video", "hunyuan_video15"} <= set(families), families
+    for name, row in families.items():
+        assert row.get("seconds_per_step", 0) > 0 and row["tokens"] > 0, (name, row)
+    assert families["hunyuan_video"]["passes_per_step"] == 1 and families["cogvideox"]["passes_per_step"] == 2
     for key in ("wan2.1-1.3b", "wan2.1-14b"):
         rows = {r["method"]: r for r in sections[key]["rows"]}
         policy_rows = [f"compiled + {p}" for p in POLICY_ROWS] + [f"eager + {p}" for p in EAGER_POLICY_ROWS]
@@ -55,4 +60,4 @@ def test_bench_gpu_on_small_shapes(tmp_path, capsys):
     assert video["decoded_shape"] == [9, 64, 64, 3] and video["vae_tiling"]
     assert {"text", "denoise", "decode"} <= set(video["phases"])
     printed = capsys.readouterr().out
-    assert "| diffusers |" in printed and "| decode |" in printed
+    assert "| diffusers |" in printed and "| decode |" in printed and "| hunyuan_video15 |" in printed

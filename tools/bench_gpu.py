@@ -19,6 +19,10 @@ weights; nothing is downloaded.  Three sections, each skipped with a note when t
 3. **One whole video** of the 1.3B config with Wan2.1's real UMT5-XXL and VAE configs (random weights), written
    as a model folder and loaded through ``load_pipeline`` (folder checks, bf16, tiled VAE decode): seconds and
    peak GPU memory of text encoding, ``--video-steps`` denoising steps (scaled to 50 in the table), and decoding.
+4. **Every other family** (CogVideoX-5B, HunyuanVideo, HunyuanVideo 1.5: each family's ``bench_folder``): its
+   released transformer config with ``--family-blocks`` of its blocks, at its default video size, loaded through
+   ``load_pipeline`` and run through ditfarm's loop with its own sampling (CFG passes where it runs them):
+   seconds per step, scaled to all its blocks by the per-block time.
 
 ``--small`` runs the same code on tiny shapes (for the CPU test that keeps this script honest).
 """
@@ -376,6 +380,59 @@ def whole_video(shapes: Shapes, device, dtype, args, budget: Budget, log) -> dic
     return result
 
 
+def family_steps(small: bool, device, dtype, args, budget: Budget, log) -> dict:
+    """Seconds per denoising step of each family other than Wan (which has the sections above), through
+    ``load_pipeline`` and the family's own sampling; ``small``: its small folder (the CPU test)."""
+    from ..pipelines.adapters import adapter_for  # deferred: diffusers
+    from ..pipelines.family import families  # deferred: diffusers
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ditfarm-bench-families-") as tmp:
+        for family in families():
+            if family.name in ("tiny", "wan"):
+                continue
+            if budget.left < args.reserve_seconds:
+                rows.append({"family": family.name, "skipped": "time budget"})
+                continue
+            try:
+                if small:
+                    folder, built, full = next(iter(family.small_folders(Path(tmp) / family.name).values())), 1, 1
+                else:
+                    folder, built, full = family.bench_folder(Path(tmp), args.family_blocks)
+                pipe = load_pipeline(folder, device=str(device), dtype="bf16" if dtype == torch.bfloat16 else "fp32")
+                settings = pipe.settings(steps=args.video_steps)
+                with torch.no_grad():
+                    embeddings = pipe.encode_prompt(PROMPT, "", settings.guidance_scale)
+                    if device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats(device)
+                    synchronize(device)
+                    start = time.perf_counter()
+                    pipe.generate_latents(PROMPT, 0, settings, embeddings=embeddings)
+                    synchronize(device)
+                per_step = (time.perf_counter() - start) / settings.steps
+                row = {
+                    "family": family.name,
+                    "video": [settings.num_frames, settings.height, settings.width],
+                    "tokens": adapter_for(pipe.transformer).token_count(pipe.latent_shape(settings)),
+                    "passes_per_step": 1 if embeddings.uncond is None else 2,
+                    "blocks": built if not small else None,
+                    "of_blocks": full if not small else None,
+                    "seconds_per_step": per_step,
+                    "scaled_seconds_per_step": per_step * full / built,
+                }
+                if device.type == "cuda":
+                    row["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
+                del pipe
+            except Exception as err:  # noqa: BLE001 - one family's failure is a finding; the next still runs
+                row = {"family": family.name, "error": f"{type(err).__name__}: {err}"[:300]}
+                log(traceback.format_exc())
+            log(f"  {family.name}: {row}")
+            rows.append(row)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return {"families": rows}
+
+
 def run(args: argparse.Namespace, log=print) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -482,6 +539,13 @@ def run(args: argparse.Namespace, log=print) -> dict:
         f"{'x'.join(map(str, shapes.video_14b))}",
         wan_14b,
     )
+    section(
+        "families",
+        f"Every other family, {args.family_blocks} block(s) of its released transformer at its default video size"
+        if not args.small
+        else "Every other family, its small folder",
+        lambda: family_steps(args.small, device, dtype, args, budget, log),
+    )
     return result
 
 
@@ -517,6 +581,20 @@ def markdown_table(result: dict) -> str:
                     f"| {r['method']} | {r['seconds_per_step']:.3f} | "
                     + (f"{r['scaled_seconds_per_step']:.3f} | " if scaled else "")
                     + f"{vs} | {peak} |"
+                )
+        if "families" in sec:
+            lines += [
+                "| family | video | tokens | passes/step | s/step | s/step at all blocks | peak GiB |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for r in sec["families"]:
+                if "seconds_per_step" not in r:
+                    lines.append(f"| {r['family']} | {r.get('error') or r.get('skipped')} | | | | | |")
+                    continue
+                peak = f"{r['peak_gpu_bytes'] / 2**30:.1f}" if "peak_gpu_bytes" in r else ""
+                lines.append(
+                    f"| {r['family']} | {'x'.join(map(str, r['video']))} | {r['tokens']} | {r['passes_per_step']} | "
+                    f"{r['seconds_per_step']:.3f} | {r['scaled_seconds_per_step']:.3f} | {peak} |"
                 )
         if "phases" in sec:
             lines += ["| phase | seconds | peak GiB |", "|---|---|---|"]

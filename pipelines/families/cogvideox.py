@@ -263,6 +263,20 @@ class CogVideoXFamily(Family):
             "1.5": make_small_cogvideox_folder(root / "1.5", rotary=True, temporal_patch=2),
         }
 
+    def bench_folder(self, root: Path, blocks: int) -> tuple[Path, int, int]:
+        """CogVideoX-5B's released transformer config with ``blocks`` of its blocks (and a one-layer T5 of its text
+        width), at its default video size: (folder, blocks built, blocks released), what ``ditfarm bench gpu``
+        times a step of."""
+        config = {**RELEASED_5B, "num_layers": blocks}
+        text = {**SMALL_TEXT_ENCODER, "d_model": RELEASED_5B["text_embed_dim"]}
+        defaults = {**COGVIDEOX_DEFAULTS.__dict__}
+        folder = make_small_cogvideox_folder(
+            Path(root) / "cogvideox-5b",
+            rotary=True,
+            sizes=dict(transformer=config, text_encoder=text, defaults=defaults),
+        )
+        return folder, blocks, RELEASED_5B["num_layers"]
+
     def checks(self, folder: Path, card: dict) -> ModelChecks:
         folder = Path(folder)
         transformer = json.loads((folder / "transformer" / "config.json").read_text())
@@ -314,16 +328,38 @@ SMALL_VAE = dict(
     norm_num_groups=2,
     temporal_compression_ratio=4,
 )
+# CogVideoX-5B's transformer/config.json as released (THUDM/CogVideoX-5b)
+RELEASED_5B = dict(
+    num_attention_heads=48,
+    attention_head_dim=64,
+    in_channels=16,
+    out_channels=16,
+    time_embed_dim=512,
+    text_embed_dim=4096,
+    num_layers=42,
+    sample_width=90,
+    sample_height=60,
+    sample_frames=49,
+    patch_size=2,
+    temporal_compression_ratio=4,
+    max_text_seq_length=226,
+)
 SMALL_TEXT_ENCODER = dict(d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2, relative_attention_num_buckets=8)
 
 
 def make_small_cogvideox_folder(
-    folder: str | Path, rotary: bool = False, seed: int = 0, temporal_patch: int | None = None
+    folder: str | Path,
+    rotary: bool = False,
+    seed: int = 0,
+    temporal_patch: int | None = None,
+    sizes: dict | None = None,
 ) -> Path:
     """A complete diffusers CogVideoX folder with random weights and small dimensions: as 2B (built-in sincos
     positions, DDIM) or, with ``rotary``, as 5B (rotary positions, DPM), and with ``temporal_patch`` as 1.5 (that
     many latent frames per token, no patch bias, as CogVideoX 1.5's transformer); a one-layer T5 and a word-level
-    tokenizer.  Loads with CogVideoXPipeline.from_pretrained and load_pipeline like a released folder."""
+    tokenizer.  Loads with CogVideoXPipeline.from_pretrained and load_pipeline like a released folder.  ``sizes``:
+    other configs by component ("transformer", "text_encoder") and card "defaults" (``bench_folder``'s released
+    shapes)."""
     from diffusers import (  # deferred: diffusers
         AutoencoderKLCogVideoX,
         CogVideoXDDIMScheduler,
@@ -336,10 +372,13 @@ def make_small_cogvideox_folder(
     folder = Path(folder)
     torch.manual_seed(seed)
     tokenizer = word_tokenizer()
-    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **SMALL_TEXT_ENCODER))
+    sizes = sizes or {}
+    text_config = sizes.get("text_encoder", SMALL_TEXT_ENCODER)
+    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **text_config))
     vae = AutoencoderKLCogVideoX(**SMALL_VAE)
     patches = {} if temporal_patch is None else {"patch_size_t": temporal_patch, "patch_bias": False}
-    transformer = CogVideoXTransformer3DModel(**SMALL_TRANSFORMER, use_rotary_positional_embeddings=rotary, **patches)
+    config = sizes.get("transformer", SMALL_TRANSFORMER)
+    transformer = CogVideoXTransformer3DModel(**config, use_rotary_positional_embeddings=rotary, **patches)
     schedule = dict(
         beta_schedule="scaled_linear",
         beta_start=0.00085,
@@ -358,8 +397,10 @@ def make_small_cogvideox_folder(
     pipe.save_pretrained(folder)
     card = {
         "kind": "cogvideox",
-        "defaults": {"num_frames": 9, "height": 64, "width": 64, "steps": 6, "guidance_scale": 6.0},
-        "max_sequence_length": SMALL_TRANSFORMER["max_text_seq_length"],
+        "defaults": sizes.get(
+            "defaults", {"num_frames": 9, "height": 64, "width": 64, "steps": 6, "guidance_scale": 6.0}
+        ),
+        "max_sequence_length": config["max_text_seq_length"],
         "video": {"fps": 8, "upscale": 1},
     }
     (folder / "ditfarm_model.json").write_text(json.dumps(card, indent=2) + "\n")

@@ -263,6 +263,22 @@ class HunyuanVideoFamily(Family):
     def small_folders(self, root: Path) -> dict[str, Path]:
         return {"1.0": make_small_hunyuan_video_folder(Path(root) / "1.0")}
 
+    def bench_folder(self, root: Path, blocks: int) -> tuple[Path, int, int]:
+        """HunyuanVideo's released transformer config (diffusers' class defaults: 20 dual- and 40 single-stream
+        blocks) with ``blocks`` dual- and 2 x ``blocks`` single-stream blocks, text encoders of its text widths
+        (two-layer Llama, one-layer CLIP), at its default video size: (folder, blocks built, blocks released)."""
+        transformer = {"num_layers": blocks, "num_single_layers": 2 * blocks}
+        llama = dict(hidden_size=4096, intermediate_size=1024, num_attention_heads=32, num_hidden_layers=2)
+        clip = dict(hidden_size=768, intermediate_size=512, num_attention_heads=12, num_hidden_layers=1)
+        sizes = dict(
+            transformer=transformer,
+            text_encoder=llama,
+            text_encoder_2={**clip, "projection_dim": 768},
+            defaults=dict(HUNYUAN_DEFAULTS.__dict__),
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
+        )
+        return make_small_hunyuan_video_folder(Path(root) / "hunyuan-video", sizes=sizes), 3 * blocks, 60
+
     def checks(self, folder: Path, card: dict) -> ModelChecks:
         folder = Path(folder)
         patch = json.loads((folder / "transformer" / "config.json").read_text()).get("patch_size", 2)
@@ -314,10 +330,12 @@ SMALL_LLAMA = dict(hidden_size=16, intermediate_size=37, num_attention_heads=4, 
 SMALL_CLIP = dict(hidden_size=8, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=8)
 
 
-def make_small_hunyuan_video_folder(folder: str | Path, seed: int = 0) -> Path:
+def make_small_hunyuan_video_folder(folder: str | Path, seed: int = 0, sizes: dict | None = None) -> Path:
     """A complete diffusers HunyuanVideo folder with random weights and small dimensions: a three-layer Llama, a
     two-layer CLIP, word-level tokenizers, the released flow shift (7).  Loads with
-    HunyuanVideoPipeline.from_pretrained and load_pipeline like a released folder."""
+    HunyuanVideoPipeline.from_pretrained and load_pipeline like a released folder.  ``sizes``: other configs by
+    component ("transformer", "text_encoder", "text_encoder_2"), card "defaults" and "max_sequence_length"
+    (``bench_folder``'s released shapes)."""
     from diffusers import (  # deferred: diffusers
         AutoencoderKLHunyuanVideo,
         FlowMatchEulerDiscreteScheduler,
@@ -330,12 +348,13 @@ def make_small_hunyuan_video_folder(folder: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tokenizer, tokenizer_2 = word_tokenizer(), word_tokenizer()
     special = dict(bos_token_id=1, eos_token_id=1, pad_token_id=0, vocab_size=len(tokenizer))
-    text_encoder = LlamaModel(LlamaConfig(**SMALL_LLAMA, **special))
-    text_encoder_2 = CLIPTextModel(CLIPTextConfig(**SMALL_CLIP, **special))
+    sizes = sizes or {}
+    text_encoder = LlamaModel(LlamaConfig(**sizes.get("text_encoder", SMALL_LLAMA), **special))
+    text_encoder_2 = CLIPTextModel(CLIPTextConfig(**sizes.get("text_encoder_2", SMALL_CLIP), **special))
     pipe = HunyuanVideoPipeline(
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        transformer=HunyuanVideoTransformer3DModel(**SMALL_TRANSFORMER),
+        transformer=HunyuanVideoTransformer3DModel(**sizes.get("transformer", SMALL_TRANSFORMER)),
         vae=AutoencoderKLHunyuanVideo(**SMALL_VAE),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
         text_encoder_2=text_encoder_2,
@@ -344,8 +363,10 @@ def make_small_hunyuan_video_folder(folder: str | Path, seed: int = 0) -> Path:
     pipe.save_pretrained(folder)
     card = {
         "kind": "hunyuan_video",
-        "defaults": {"num_frames": 9, "height": 64, "width": 64, "steps": 6, "guidance_scale": 6.0},
-        "max_sequence_length": 16,
+        "defaults": sizes.get(
+            "defaults", {"num_frames": 9, "height": 64, "width": 64, "steps": 6, "guidance_scale": 6.0}
+        ),
+        "max_sequence_length": sizes.get("max_sequence_length", 16),
         "video": {"fps": 24, "upscale": 1},
     }
     (folder / "ditfarm_model.json").write_text(json.dumps(card, indent=2) + "\n")

@@ -292,6 +292,29 @@ class HunyuanVideo15Family(Family):
     def small_folders(self, root: Path) -> dict[str, Path]:
         return {"1.5": make_small_hunyuan_video15_folder(Path(root) / "1.5")}
 
+    def bench_folder(self, root: Path, blocks: int) -> tuple[Path, int, int]:
+        """HunyuanVideo 1.5's released transformer config (diffusers' class defaults: 54 blocks, 480p text-to-video)
+        with ``blocks`` of its blocks, text encoders of its text widths (two-layer Qwen, one-layer ByT5), at 121
+        frames of 480x848: (folder, blocks built, blocks released)."""
+        transformer = {"num_layers": blocks, "task_type": "t2v", "target_size": 480}
+        qwen = dict(
+            hidden_size=3584,
+            intermediate_size=1024,
+            num_hidden_layers=2,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            rope_scaling={"mrope_section": [16, 24, 24], "rope_type": "default", "type": "default"},
+            rope_theta=1000000.0,
+        )
+        byt5 = dict(d_model=1472, d_kv=64, d_ff=1024, num_layers=1, num_heads=6, relative_attention_num_buckets=32)
+        sizes = dict(
+            transformer=transformer,
+            text_encoder=qwen,
+            text_encoder_2=byt5,
+            defaults=dict(num_frames=121, height=480, width=848, steps=50),
+        )
+        return make_small_hunyuan_video15_folder(Path(root) / "hunyuan-video15", sizes=sizes), blocks, 54
+
     def checks(self, folder: Path, card: dict) -> ModelChecks:
         folder = Path(folder)
         patch = json.loads((folder / "transformer" / "config.json").read_text()).get("patch_size", 1)
@@ -351,11 +374,15 @@ CHAT_TEMPLATE = (
 )
 
 
-def make_small_hunyuan_video15_folder(folder: str | Path, seed: int = 0, guidance_scale: float = 6.0) -> Path:
+def make_small_hunyuan_video15_folder(
+    folder: str | Path, seed: int = 0, guidance_scale: float = 6.0, sizes: dict | None = None
+) -> Path:
     """A complete diffusers HunyuanVideo 1.5 text-to-video folder with random weights and small dimensions: a
     three-layer Qwen2.5-VL text model with a word-level tokenizer in a chat template, a one-layer ByT5 (its byte
     tokenizer needs no files), a 16x VAE, the released flow shift (5) and a CFG guider.  Loads with
-    HunyuanVideo15Pipeline.from_pretrained and load_pipeline like a released folder."""
+    HunyuanVideo15Pipeline.from_pretrained and load_pipeline like a released folder.  ``sizes``: other configs by
+    component ("transformer", "text_encoder", "text_encoder_2") and card "defaults" (``bench_folder``'s released
+    shapes)."""
     from diffusers import (  # deferred: diffusers
         AutoencoderKLHunyuanVideo15,
         FlowMatchEulerDiscreteScheduler,
@@ -377,12 +404,13 @@ def make_small_hunyuan_video15_folder(folder: str | Path, seed: int = 0, guidanc
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer_2 = ByT5Tokenizer()
     special = dict(vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=1, pad_token_id=0)
-    text_encoder = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(**special, **SMALL_QWEN))
-    text_encoder_2 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), **SMALL_BYT5))
+    sizes = sizes or {}
+    text_encoder = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(**special, **sizes.get("text_encoder", SMALL_QWEN)))
+    text_encoder_2 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), **sizes.get("text_encoder_2", SMALL_BYT5)))
     pipe = HunyuanVideo15Pipeline(
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        transformer=HunyuanVideo15Transformer3DModel(**SMALL_TRANSFORMER),
+        transformer=HunyuanVideo15Transformer3DModel(**sizes.get("transformer", SMALL_TRANSFORMER)),
         vae=AutoencoderKLHunyuanVideo15(**SMALL_VAE),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
         text_encoder_2=text_encoder_2,
@@ -392,7 +420,7 @@ def make_small_hunyuan_video15_folder(folder: str | Path, seed: int = 0, guidanc
     pipe.save_pretrained(folder)
     card = {
         "kind": "hunyuan_video15",
-        "defaults": {"num_frames": 9, "height": 64, "width": 64, "steps": 6},
+        "defaults": sizes.get("defaults", {"num_frames": 9, "height": 64, "width": 64, "steps": 6}),
         "video": {"fps": 24, "upscale": 1},
     }
     (folder / "ditfarm_model.json").write_text(json.dumps(card, indent=2) + "\n")
