@@ -3,7 +3,7 @@
 # diffusers travels as a wheel in .whl/ (carried), ditfarm is put together from its folders without pip.
 set -o pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-mkdir -p /tmp/pkg && cp -r ditfarm /tmp/pkg/ && for d in cache cluster jobs pipelines; do cp -r "$d" /tmp/pkg/ditfarm/; done
+mkdir -p /tmp/pkg && cp -r ditfarm /tmp/pkg/ && for d in storage pipelines cache worker cluster jobs tools commands; do cp -r "$d" /tmp/pkg/ditfarm/; done
 export PYTHONPATH=/tmp/pkg:/tmp/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv
 python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"

@@ -48,3 +48,19 @@ def test_a_result_records_its_machine_date_and_command(tmp_path, monkeypatch):
     assert written["rows"] == [1, 2] and "cores" in written["machine"] and written["date"][:2] == "20"
     assert written["command"].endswith("benchmarks/x.py --json " + str(tmp_path / "x.json"))
     assert (tmp_path / "x.json").read_text().count('"machine"') == 1
+
+
+def test_the_device_scripts_assemble_every_subpackage_the_install_maps():
+    """A GPU machine gets ditfarm put together from its folders without pip: every folder setup.py maps must be
+    copied, or the bench fails there on its first import of a missing layer."""
+    import re
+
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    mapped = next(
+        node.value for node in ast.walk(tree) if isinstance(node, ast.Assign) and node.targets[0].id == "MAPPED"
+    )
+    folders = {ast.literal_eval(v) for v in mapped.values} - {"ditfarm"}
+    for script in FOLDER.glob("device_*.sh"):
+        copied = re.search(r"for d in ([\w ]+); do cp -r", script.read_text())
+        if copied:
+            assert set(copied.group(1).split()) == folders, script.name
