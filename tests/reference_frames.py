@@ -21,14 +21,16 @@ WORLDS = (1, 2)
 
 
 def render_each_policy(rank: int, world: int) -> dict:
-    """On one rank of a local gang: every policy's video (frames on rank 0) and compute masks, with the defaults a
-    `ditfarm render --cache <policy>` run uses."""
+    """On one rank of a local gang: every policy's video (frames on rank 0) and compute masks, at the knobs the
+    references were made with: ditfarm's global defaults (tiny's card now chooses its own, which the same code
+    renders at other knobs)."""
+    from ditfarm.cache.presets import DEFAULT_KNOBS
     from ditfarm.choices import POLICIES
     from ditfarm.cluster.render_sp import render_on_rank
 
     rendered = {}
     for policy in POLICIES:
-        result = render_on_rank(rank, world, "tiny", PROMPT, SEED, {}, policy, None)
+        result = render_on_rank(rank, world, "tiny", PROMPT, SEED, {}, policy, DEFAULT_KNOBS.get(policy))
         rendered[policy] = {"frames": result.frames, "masks": result.masks}
     return rendered
 
