@@ -18,6 +18,7 @@ Blocks are then split into foreground and background at the R_attn threshold tha
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -141,8 +142,10 @@ def profile_pipeline(
         detach_probes(transformer, probes)
         engine.detach()
 
-    change = np.nanmean(np.stack([r.change for r in records]), axis=0)  # (steps, blocks)
-    r_attn = np.nanmean(np.stack([r.r_attn for r in records]), axis=0)
+    with warnings.catch_warnings():  # a step no block has a change for yet (the first) averages to NaN, as meant
+        warnings.simplefilter("ignore", RuntimeWarning)
+        change = np.nanmean(np.stack([r.change for r in records]), axis=0)  # (steps, blocks)
+        r_attn = np.nanmean(np.stack([r.r_attn for r in records]), axis=0)
     if np.isnan(r_attn).any():
         raise RuntimeError("no calibration video gave a usable foreground mask; try other prompts or more of them")
     tau = split_threshold(r_attn)
