@@ -45,6 +45,7 @@ import torch
 from ..pipelines.attention import apply_attention, choose_attention
 from ..pipelines.denoise import denoise
 from ..pipelines.families.wan import make_wan_folder
+from ..pipelines.family import families
 from ..pipelines.loading import load_pipeline
 from ..pipelines.wan_configs import TEXT_TOKENS, UMT5_XXL, VAE_STRIDE, WAN21_1_3B, WAN21_14B
 
@@ -384,7 +385,6 @@ def family_steps(small: bool, device, dtype, args, budget: Budget, log) -> dict:
     """Seconds per denoising step of each family other than Wan (which has the sections above), through
     ``load_pipeline`` and the family's own sampling; ``small``: its small folder (the CPU test)."""
     from ..pipelines.adapters import adapter_for  # deferred: diffusers
-    from ..pipelines.family import families  # deferred: diffusers
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="ditfarm-bench-families-") as tmp:

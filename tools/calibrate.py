@@ -12,7 +12,7 @@ METHODS = ("ertacache", "bac", "defaults")
 
 def parse_grid(text: str | None) -> dict:
     """``policy[:k1/k2/...],...`` (no knobs: the policy's whole grid) -> the knobs to try per policy."""
-    from .calibrate_defaults import GRID
+    from .calibrate_defaults import GRID  # deferred: numpy
 
     if not text:
         return dict(GRID)
@@ -29,7 +29,7 @@ def run_defaults(args, fail) -> int:
     """Choose every policy's default knob on the model and write them into its card."""
     from ..cache.profile import CacheProfile  # deferred: torch
     from ..pipelines.loading import load_pipeline, resolve_model_folder  # deferred: torch
-    from .calibrate_defaults import RULE, calibrate_defaults, write_card
+    from .calibrate_defaults import RULE, calibrate_defaults, write_card  # deferred: numpy
 
     try:
         grid = parse_grid(args.policies)
