@@ -9,6 +9,8 @@ cache.disable(pipe)
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..pipelines.adapters import adapter_for
@@ -50,20 +52,36 @@ __all__ = [
 ]
 
 
-def _transformer(pipe_or_transformer) -> torch.nn.Module:
-    return getattr(pipe_or_transformer, "transformer", pipe_or_transformer)
+def _transformers(pipe_or_transformer) -> list[torch.nn.Module]:
+    """A transformer, or every transformer a pipeline's loop runs (``transformers()``: two experts take turns on
+    a Wan2.2 A14B folder, each with its own cache)."""
+    if isinstance(pipe_or_transformer, torch.nn.Module):
+        return [pipe_or_transformer]
+    named = getattr(pipe_or_transformer, "transformers", None)
+    if callable(named):
+        return list(named().values())
+    return [pipe_or_transformer.transformer]
 
 
 def engine_of(pipe_or_transformer) -> CacheEngine | UnitCacheEngine | None:
-    return getattr(_transformer(pipe_or_transformer), ENGINE_ATTR, None)
+    """The cache engine of a transformer (of a pipeline's first transformer)."""
+    return getattr(_transformers(pipe_or_transformer)[0], ENGINE_ATTR, None)
 
 
 def enable(pipe_or_transformer, config, reduce: Reduce = identity_reduce) -> CacheEngine | None:
-    """Attach a cache policy (``None`` means no cache: nothing is attached, so it costs nothing)."""
-    transformer = _transformer(pipe_or_transformer)
+    """Attach a cache policy (``None`` means no cache: nothing is attached, so it costs nothing) to a transformer,
+    or to each of a pipeline's transformers, each with its own engine and state; returns the first's engine."""
+    engines = [_enable_one(transformer, config, reduce) for transformer in _transformers(pipe_or_transformer)]
+    return engines[0]
+
+
+def _enable_one(transformer: torch.nn.Module, config, reduce: Reduce) -> CacheEngine | None:
     disable(transformer)
     if config is None:
         return None
+    profile = getattr(config, "profile", None)
+    if profile is not None:  # an expert's own profile, where the file holds one per expert
+        config = dataclasses.replace(config, profile=profile.for_transformer(transformer))
     policy_cls = POLICY_FOR_CONFIG.get(type(config))
     if policy_cls is None:
         raise TypeError(
@@ -92,18 +110,23 @@ def enable(pipe_or_transformer, config, reduce: Reduce = identity_reduce) -> Cac
 
 def disable(pipe_or_transformer) -> None:
     """Remove ditfarm's cache hooks and free what they hold; a no-op when none is attached."""
-    transformer = _transformer(pipe_or_transformer)
-    engine = getattr(transformer, ENGINE_ATTR, None)
-    if engine is not None:
-        engine.detach()
-        delattr(transformer, ENGINE_ATTR)
-    if hasattr(transformer, SIGMA_SCHEDULE_ATTR):
-        delattr(transformer, SIGMA_SCHEDULE_ATTR)
+    for transformer in _transformers(pipe_or_transformer):
+        engine = getattr(transformer, ENGINE_ATTR, None)
+        if engine is not None:
+            engine.detach()
+            delattr(transformer, ENGINE_ATTR)
+        if hasattr(transformer, SIGMA_SCHEDULE_ATTR):
+            delattr(transformer, SIGMA_SCHEDULE_ATTR)
 
 
 def last_video_stats(pipe_or_transformer) -> CacheStats | None:
-    """Stats of the most recent finished (or running) video: block computations run and skipped, peak bytes."""
-    engine = engine_of(pipe_or_transformer)
-    if engine is None:
+    """Stats of the most recent finished (or running) video: block computations run and skipped, peak bytes;
+    over every transformer that took part."""
+    parts = []
+    for transformer in _transformers(pipe_or_transformer):
+        engine = getattr(transformer, ENGINE_ATTR, None)
+        if engine is not None:
+            parts.append(engine.stats if (engine.stats.computed or engine.stats.skipped) else engine.last_video)
+    if not parts:
         return None
-    return engine.stats if (engine.stats.computed or engine.stats.skipped) else engine.last_video
+    return parts[0] if len(parts) == 1 else CacheStats.joined(parts)

@@ -368,12 +368,13 @@ class CacheEngine:
             state.next_plan = np.asarray(self.policy.decide(state.decision, filed, computed, sums), dtype=np.int8)
 
     def finish_video(self) -> None:
-        """Keep the finished video's stats readable after its tensors are freed.  Sums filed by the last step
-        are dropped: no step follows that could use them (and no rank reduces them, so all stay in step); a policy
-        that records every step (the profiler's) gets them reduced here, at the same call on every rank."""
+        """Keep the finished video's stats readable after its tensors are freed (the loop resets every transformer
+        it may run before and after a video, so an expert that sat a video out reports nothing for it).  Sums
+        filed by the last step are dropped: no step follows that could use them (and no rank reduces them, so all
+        stay in step); a policy that records every step (the profiler's) gets them reduced here, at the same call
+        on every rank."""
         if self.pending and getattr(self.policy, "observes_last_step", False):
             self.decide_pending(step=math.inf)
         self.pending = []
-        if self.stats.computed or self.stats.skipped:
-            self.last_video = self.stats
+        self.last_video = self.stats
         self.stats = CacheStats()

@@ -49,6 +49,19 @@ class CacheProfile:
     ertacache: dict | None = None  # ERTACache's calibration (cache/policies/ertacache.py, `ditfarm calibrate`)
     bac: dict | None = None  # BAC's per-unit similarity and volatility (cache/policies/bac.py, `ditfarm calibrate`)
     format: str = FORMAT
+    # the other transformers of a model whose experts take turns (Wan2.2 A14B): component -> that expert's own
+    # profile, measured on the steps it runs; one file holds them all, each checked against its own expert
+    experts: dict[str, CacheProfile] = field(default_factory=dict)
+
+    def for_transformer(self, transformer: torch.nn.Module) -> CacheProfile:
+        """The profile of ``transformer``: this one, or the expert's of its component where this file holds one
+        (check_model then refuses a component it does not)."""
+        component = model_identity(transformer).get("component", "transformer")
+        expert = self.experts.get(component)
+        if expert is None:
+            return self
+        expert.source = getattr(self, "source", None)
+        return expert
 
     @property
     def foreground_blocks(self) -> list[int]:
@@ -83,7 +96,13 @@ class CacheProfile:
             raise FileNotFoundError(f"cache profile {path} does not exist") from err
         if data.get("format") != FORMAT:
             raise ValueError(f"{path} is not a ditfarm cache profile (format {data.get('format')!r}, want {FORMAT})")
-        data["blocks"] = [BlockProfile(**b) for b in data["blocks"]]
-        profile = cls(**data)
+        profile = cls.from_dict(data)
         profile.source = str(path)  # not a field: names the file in errors, never saved
         return profile
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CacheProfile:
+        data = dict(data)
+        data["blocks"] = [BlockProfile(**b) for b in data["blocks"]]
+        data["experts"] = {name: cls.from_dict(e) for name, e in data.get("experts", {}).items()}
+        return cls(**data)

@@ -88,6 +88,48 @@ def split_threshold(values: np.ndarray, min_share: float = 0.2, max_share: float
     return float(best)
 
 
+class _Watch:
+    """What the profiler attaches to one transformer: an engine that computes everything and records each
+    branch's changes, and attention probes."""
+
+    def __init__(self, transformer: torch.nn.Module, max_queries: int):
+        self.transformer = transformer
+        self.adapter = adapter_for(transformer)
+        self.recorder = RecordingPolicy()
+        self.engine = CacheEngine(transformer, self.recorder)
+        self.engine.attach()
+        self.probes = attach_probes(transformer, max_queries)
+        self.records: list[VideoRecord] = []
+
+    def detach(self) -> None:
+        detach_probes(self.transformer, self.probes)
+        self.engine.detach()
+
+    def begin_video(self, probing: bool) -> None:
+        self.recorder.states.clear()
+        self.probe(probing)
+        for p in self.probes:
+            p.records.clear()
+
+    def probe(self, enabled: bool) -> None:
+        for p in self.probes:
+            p.enabled = enabled
+
+    def end_video(self, fg: torch.Tensor | None, share: float) -> None:
+        """File this video's record, where this transformer ran in it (an expert may sit a short video out)."""
+        cond = next((s for s in self.recorder.states if getattr(s, "branch", "cond") == "cond"), None)
+        if cond is None or not cond.history:
+            return
+        usable = fg is not None and 0 < share < 0.6
+        r_attn = np.array(
+            [
+                np.nanmean([r_attn_of(rec, fg) for rec in p.records]) if usable and p.records else math.nan
+                for p in self.probes
+            ]
+        )
+        self.records.append(VideoRecord(np.stack(cond.history), r_attn, share))
+
+
 def profile_pipeline(
     pipe,
     prompts: list[str],
@@ -97,76 +139,77 @@ def profile_pipeline(
     probe_steps: int = 4,
     max_queries: int = 2048,
 ) -> ProfileResult:
-    """Sample each prompt with full compute and measure every block (see the module docstring)."""
-    transformer = pipe.transformer
+    """Sample each prompt with full compute and measure every block (see the module docstring).  A model whose
+    experts take turns over the steps gets one profile per expert, each measured on the steps that expert runs,
+    in one file (``CacheProfile.experts``)."""
+    transformers = pipe.transformers()
     settings = pipe.settings(steps=steps, guidance_scale=guidance_scale)
     seeds = seeds or list(range(len(prompts)))
     probe_at = set(np.linspace(settings.steps * 0.3, settings.steps * 0.9, probe_steps).round().astype(int).tolist())
-    adapter = adapter_for(transformer)
-    patch = adapter.patch_size()
-    records = []
-    recorder = RecordingPolicy()
-    engine = CacheEngine(transformer, recorder)
-    engine.attach()
-    probes = attach_probes(transformer, max_queries)
+    patch = adapter_for(pipe.transformer).patch_size()
+    watches: dict[str, _Watch] = {}
     sampled: dict[str, object] = {}  # each video's final latents, as the loop left them
     try:
+        for name, transformer in transformers.items():
+            watches[name] = _Watch(transformer, max_queries)
         for prompt, seed in zip(prompts, seeds):
-            recorder.states.clear()
-            for p in probes:
-                p.records.clear()
-                p.enabled = 0 in probe_at
-
+            for watch in watches.values():
+                watch.begin_video(0 in probe_at)
             sampled.clear()
 
             def on_step(i, latents):
                 sampled["latents"] = latents  # as the loop sampled them: the tokens the probes saw
-                for p in probes:
-                    p.enabled = (i + 1) in probe_at
+                for watch in watches.values():
+                    watch.probe((i + 1) in probe_at)
 
             pipe.generate_latents(prompt, seed=seed, settings=settings, on_step=on_step)
-            latents = sampled["latents"]
-            cond = next(s for s in recorder.states if getattr(s, "branch", "cond") == "cond")
-            change = np.stack(cond.history)
-            fg = token_mask(foreground_mask(pipe.channels_first(latents)[0]), patch)
+            fg = token_mask(foreground_mask(pipe.channels_first(sampled["latents"])[0]), patch)
             share = float(fg.float().mean())
-            usable = 0 < share < 0.6
-            r_attn = np.array(
-                [
-                    np.nanmean([r_attn_of(rec, fg) for rec in p.records]) if usable and p.records else math.nan
-                    for p in probes
-                ]
-            )
-            records.append(VideoRecord(change, r_attn, share))
+            for watch in watches.values():
+                watch.end_video(fg, share)
     finally:
-        detach_probes(transformer, probes)
-        engine.detach()
+        for watch in watches.values():
+            watch.detach()
 
+    calibration = {
+        "prompts": list(prompts),
+        "seeds": list(seeds),
+        "steps": settings.steps,
+        "guidance_scale": settings.guidance_scale,
+        "probe_steps": sorted(probe_at),
+    }
+    profiles = {name: _profile_of(name, watch, calibration) for name, watch in watches.items()}
+    first, *others = profiles
+    profile = profiles[first]
+    profile.experts = {name: profiles[name] for name in others}
+    return ProfileResult(profile, watches[first].records)
+
+
+def _profile_of(name: str, watch: _Watch, calibration: dict) -> CacheProfile:
+    records = watch.records
+    if not records:
+        raise RuntimeError(f"{name} ran in none of the calibration videos; profile with more steps")
     with warnings.catch_warnings():  # a step no block has a change for yet (the first) averages to NaN, as meant
         warnings.simplefilter("ignore", RuntimeWarning)
-        change = np.nanmean(np.stack([r.change for r in records]), axis=0)  # (steps, blocks)
+        change = np.nanmean(np.stack([r.change for r in records]), axis=0)  # (its steps, blocks)
         r_attn = np.nanmean(np.stack([r.r_attn for r in records]), axis=0)
     if np.isnan(r_attn).any():
-        raise RuntimeError("no calibration video gave a usable foreground mask; try other prompts or more of them")
+        raise RuntimeError(
+            f"no calibration video gave {name} a usable foreground mask on a probed step it ran; try other "
+            "prompts, more of them, or more probe steps"
+        )
     tau = split_threshold(r_attn)
     blocks = [
         BlockProfile(b, float(r_attn[b]), FOREGROUND if r_attn[b] >= tau else BACKGROUND, change[:, b].tolist())
-        for b in range(len(adapter.blocks()))
+        for b in range(len(watch.adapter.blocks()))
     ]
-    profile = CacheProfile(
-        model=model_identity(transformer),
+    share = float(np.mean([r.foreground_share for r in records]))
+    return CacheProfile(
+        model=model_identity(watch.transformer),
         blocks=blocks,
         r_attn_threshold=tau,
-        calibration={
-            "prompts": list(prompts),
-            "seeds": list(seeds),
-            "steps": settings.steps,
-            "guidance_scale": settings.guidance_scale,
-            "probe_steps": sorted(probe_at),
-            "mean_foreground_share": float(np.mean([r.foreground_share for r in records])),
-        },
+        calibration={**calibration, "mean_foreground_share": share},
     )
-    return ProfileResult(profile, records)
 
 
 def check_masks_on_references(pipe, scenes, start_sigma: float = 0.8, steps: int | None = None) -> float:

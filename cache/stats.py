@@ -18,3 +18,16 @@ class CacheStats:
     def skipped_fraction(self) -> float:
         total = self.computed + self.skipped
         return self.skipped / total if total else 0.0
+
+    @classmethod
+    def joined(cls, parts: list[CacheStats]) -> CacheStats:
+        """One video's stats from the transformers that took turns over its steps, in the order they ran: counts
+        and bytes summed (each expert holds its cache until the video ends), each branch's masks in step order."""
+        joined = cls()
+        for part in parts:
+            joined.computed += part.computed
+            joined.skipped += part.skipped
+            joined.peak_bytes += part.peak_bytes
+            for branch, masks in part.masks.items():
+                joined.masks.setdefault(branch, []).extend(masks)
+        return joined

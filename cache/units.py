@@ -175,7 +175,6 @@ class UnitCacheEngine:
         self.stats.peak_bytes = max(self.stats.peak_bytes, total)
 
     def finish_video(self) -> None:
-        if self.stats.computed or self.stats.skipped:
-            self.last_video = self.stats
+        self.last_video = self.stats  # as CacheEngine.finish_video
         self.stats = CacheStats()
         self._table = None

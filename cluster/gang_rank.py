@@ -65,13 +65,14 @@ class RankRenderer:
             pipe.guidance_split = CfgSplit(groups)
             reduce = make_cfg_cache_reduce(groups)
             self.layout = f"2 CFG halves x Ulysses {ulysses}"
-        if ulysses > 1:
-            enable_sequence_parallel(
-                pipe.transformer,
-                SequenceParallelConfig(ulysses, attn_type=choice.sp_kernel, long_context=choice.long_context),
-                group=sp_group,
-                timeout=timeout,
-            )
+        if ulysses > 1:  # every transformer the loop runs (both experts of a two-expert model), in the same order
+            for transformer in pipe.transformers().values():
+                enable_sequence_parallel(
+                    transformer,
+                    SequenceParallelConfig(ulysses, attn_type=choice.sp_kernel, long_context=choice.long_context),
+                    group=sp_group,
+                    timeout=timeout,
+                )
         return reduce
 
     def _wrap_text_encoder(self) -> None:

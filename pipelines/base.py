@@ -93,7 +93,12 @@ class VideoPipelineMixin:
         return next(self.transformer.parameters()).device
 
     def settings(self, **overrides) -> SamplerSettings:
-        return resolve_settings(self.defaults, self.check_sizes, overrides)
+        return resolve_settings(self.defaults, self.check_sizes, overrides, len(self.transformers()))
+
+    def transformers(self) -> dict[str, torch.nn.Module]:
+        """Every transformer the loop may run, by component name (two for a model whose experts take turns over
+        the steps): what attention kernels, sharding, compilation and caches apply to, each on its own."""
+        return {"transformer": self.transformer}
 
     def default_cache_profile(self) -> Path | None:
         """The cache profile shipped in the model folder, if any (``ditfarm profile`` writes one)."""
@@ -173,12 +178,21 @@ class VideoPipelineMixin:
         guidance_scale: float | None = None,
         negative_prompt: str = "",
         on_step=None,
+        guidance_scale_2: float | None = None,
     ) -> np.ndarray:
-        """Render one video; returns uint8 frames (T, H, W, 3).  Same prompt, seed and settings: same frames."""
+        """Render one video; returns uint8 frames (T, H, W, 3).  Same prompt, seed and settings: same frames.
+        ``guidance_scale_2``: the second expert's scale (a two-expert model; default ``guidance_scale``)."""
         self.check_prompt(prompt)
         if negative_prompt:
             self.check_negative_prompt(negative_prompt)
-        s = self.settings(num_frames=num_frames, height=height, width=width, steps=steps, guidance_scale=guidance_scale)
+        s = self.settings(
+            num_frames=num_frames,
+            height=height,
+            width=width,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            guidance_scale_2=guidance_scale_2,
+        )
         return self.decode(self.generate_latents(prompt, seed, s, negative_prompt, on_step))
 
 
@@ -195,6 +209,11 @@ class DiffusersPipelineMixin(VideoPipelineMixin):
     @property
     def scheduler(self):
         return self.pipe.scheduler
+
+    def transformers(self) -> dict[str, torch.nn.Module]:
+        found = {"transformer": self.pipe.transformer}
+        second = getattr(self.pipe, "transformer_2", None)
+        return found if second is None else {**found, "transformer_2": second}
 
     @property
     def holds_text_encoder(self) -> bool:

@@ -116,9 +116,12 @@ def check_wan_sizes(
 
 
 def wan_vae_factors(vae_config: dict) -> tuple[int, int]:
-    """(temporal, spatial) downsampling of a Wan VAE, as diffusers' WanPipeline derives them."""
-    downsample = vae_config.get("temperal_downsample", [False, True, True])
-    return 2 ** sum(bool(d) for d in downsample), 2 ** len(downsample)
+    """(temporal, spatial) downsampling of a Wan VAE, as diffusers' WanPipeline reads them: the config's
+    ``scale_factor_temporal`` and ``scale_factor_spatial`` (16 for Wan2.2's 48-channel VAE, whose patchified
+    input adds a 2x beyond its downsampling stages), each 4 and 8 where the config predates them."""
+    temporal = vae_config.get("scale_factor_temporal") or 4
+    spatial = vae_config.get("scale_factor_spatial") or 8
+    return int(temporal), int(spatial)
 
 
 @dataclass
@@ -134,17 +137,24 @@ class ModelChecks:
     video: object = None  # the card's VideoDefaults (fps, upscale): what an mp4 is written at unless a run says
     check_negative_prompt: Callable[[str], None] | None = None  # None: a negative prompt is read as a prompt is
     classifier_free_guidance: bool = True  # False: guidance is embedded, no unconditional pass (nothing to split)
+    experts: int = 1  # transformers that take turns over the steps (2: Wan2.2 A14B)
 
     def check_negative(self, text: str) -> None:
         (self.check_negative_prompt or self.check_prompt)(text)
 
     def settings(self, **overrides) -> SamplerSettings:
-        return resolve_settings(self.defaults, self.check_sizes, overrides)
+        return resolve_settings(self.defaults, self.check_sizes, overrides, self.experts)
 
 
-def resolve_settings(defaults: SamplerSettings, check_sizes, overrides: dict) -> SamplerSettings:
-    """The defaults with the given (non-None) overrides, validated, and refused where the model cannot take them."""
+def resolve_settings(defaults: SamplerSettings, check_sizes, overrides: dict, experts: int = 1) -> SamplerSettings:
+    """The defaults with the given (non-None) overrides, validated, and refused where the model cannot take them
+    (``guidance_scale_2`` where no second expert would read it)."""
     values = {k: v for k, v in overrides.items() if v is not None}
+    if experts < 2 and values.get("guidance_scale_2") is not None:
+        raise ValueError(
+            "guidance_scale_2 is the second expert's guidance scale, and this model has one transformer "
+            "(a Wan2.2 A14B folder has two)"
+        )
     merged = SamplerSettings(**{**defaults.__dict__, **values})
     merged.validate()
     check_sizes(merged)

@@ -28,14 +28,23 @@ class SamplerSettings:
     width: int
     steps: int
     guidance_scale: float
+    # the second expert's scale (Wan2.2 A14B's low-noise expert); None: ``guidance_scale``, as diffusers defaults it
+    guidance_scale_2: float | None = None
 
     def validate(self) -> None:
         for name in ("num_frames", "height", "width", "steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not (self.guidance_scale >= 0):  # also refuses NaN
-            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale!r}")
+        for name in ("guidance_scale", "guidance_scale_2"):
+            value = getattr(self, name)
+            if value is not None and not (value >= 0):  # also refuses NaN
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+    @property
+    def second_guidance_scale(self) -> float:
+        """The scale the second expert's steps run at."""
+        return self.guidance_scale if self.guidance_scale_2 is None else self.guidance_scale_2
 
 
 StepCallback = Callable[[int, torch.Tensor], None]
@@ -124,6 +133,11 @@ class DenoiseSteps(ABC):
     def transformer_at(self, i: int) -> torch.nn.Module: ...
 
     @abstractmethod
+    def transformers(self) -> list[torch.nn.Module]:
+        """Every transformer ``transformer_at`` may return: each one's caches are reset before and after a video,
+        whether it runs in it or not."""
+
+    @abstractmethod
     def inputs(self, i: int, t, latents: torch.Tensor, branch: dict[str, torch.Tensor]) -> dict: ...
 
     @abstractmethod
@@ -178,6 +192,9 @@ class FlowMatchSteps(DenoiseSteps):
     def transformer_at(self, i: int) -> torch.nn.Module:
         return self.transformer
 
+    def transformers(self) -> list[torch.nn.Module]:
+        return [self.transformer]
+
     def inputs(self, i: int, t, latents: torch.Tensor, branch: dict[str, torch.Tensor]) -> dict:
         condition = self.condition(latents) if self.condition is not None else None
         return {
@@ -210,15 +227,14 @@ def run_loop(
     guidance runs as two transformer calls inside ``transformer.cache_context("cond" | "uncond", ...)``, so block
     caches keep one state per branch and know the step they are in; with ``split`` (CFG parallelism) this process
     runs one branch per step.  Every transformer's caches are reset before and after the video."""
-    transformers = []
+    transformers = steps_of.transformers()
+    for transformer in transformers:
+        reset_caches(transformer)  # a new video: no state from the previous one may leak into this one
     try:
         for i, t in enumerate(steps_of.schedule(steps, start_step, latents.device)):
             if i < start_step:
                 continue
             transformer = steps_of.transformer_at(i)
-            if not any(transformer is seen for seen in transformers):
-                reset_caches(transformer)  # a new video: no state from the previous one may leak into this one
-                transformers.append(transformer)
             scale = steps_of.guidance_at(i, guidance_scale)
             use_cfg = steps_of.uses_guidance(i, scale) and conditioning.uncond is not None
             context = {"step_index": i, "num_inference_steps": steps, **steps_of.context(i)}

@@ -14,7 +14,7 @@ import importlib
 import json
 import pkgutil
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 from .base import VideoDefaults
@@ -74,14 +74,17 @@ class Family(ABC):
         raise NotImplementedError(f"the {self.name} family builds no small folders for the family contract test")
 
     # -- shared -----------------------------------------------------------------------------------------------
-    def sampler_defaults(self, card: dict) -> SamplerSettings:
-        """The family's defaults with the card's ``defaults`` over them."""
-        base = self.defaults.__dict__ if self.defaults is not None else {}
+    def sampler_defaults(self, card: dict, variant: SamplerSettings | None = None) -> SamplerSettings:
+        """The family's defaults (``variant``'s: those of the kind of folder it is) with the card's ``defaults``
+        over them."""
+        shipped = variant if variant is not None else self.defaults
+        base = shipped.__dict__ if shipped is not None else {}
         values = {**base, **card.get("defaults", {})}
-        missing = [f for f in SamplerSettings.__dataclass_fields__ if f not in values]
+        fields = SamplerSettings.__dataclass_fields__
+        missing = [f for f, spec in fields.items() if f not in values and spec.default is MISSING]
         if missing:
             raise ModelFolderError(f"{MODEL_CARD} of a {self.name} folder must set defaults for {', '.join(missing)}")
-        return SamplerSettings(**{f: values[f] for f in SamplerSettings.__dataclass_fields__})
+        return SamplerSettings(**{f: values[f] for f in fields if f in values})
 
     def reference_steps(self, card: dict) -> int | None:
         """The schedule length step-counted cache knobs mean: the family's own (a distilled folder's card keeps
@@ -97,9 +100,9 @@ class Family(ABC):
         except (KeyError, TypeError, ValueError) as err:
             raise ModelFolderError(f"{path}: its cache section cannot be read: {err}") from None
 
-    def video_defaults(self, card: dict) -> VideoDefaults:
-        """The family's mp4 defaults with the card's ``video`` over them."""
-        return VideoDefaults(**{**self.video.__dict__, **card.get("video", {})})
+    def video_defaults(self, card: dict, variant: VideoDefaults | None = None) -> VideoDefaults:
+        """The family's mp4 defaults (``variant``'s) with the card's ``video`` over them."""
+        return VideoDefaults(**{**(variant or self.video).__dict__, **card.get("video", {})})
 
     def describe(self) -> str:
         keys = [f"model_index.json {c}" for c in self.pipeline_classes]

@@ -157,6 +157,7 @@ class DiffusersLayout:
     components: tuple[str, ...]
     weights: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     unsupported: dict[str, str] = field(default_factory=dict)
+    fields: tuple[str, ...] = ()  # model_index.json fields the family reads (Wan2.2's boundary_ratio), set or not
 
 
 # model_index.json fields every family reads; every field that is neither these nor a component of the family
@@ -169,7 +170,7 @@ def check_index_fields(index: dict, index_path: Path, layout: DiffusersLayout) -
     """Refuse a folder whose model_index.json asks for what its family does not do, naming every such field."""
     unsupported = []
     for key, value in index.items():
-        if key in HANDLED_INDEX_FIELDS or key in layout.components:
+        if key in HANDLED_INDEX_FIELDS or key in layout.components or key in layout.fields:
             continue
         unset = value is None or value is False or (isinstance(value, list) and all(v is None for v in value))
         if not unset:

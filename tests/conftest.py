@@ -130,6 +130,23 @@ def small_wan_folder(tmp_path_factory):
     return make_small_wan_folder(tmp_path_factory.mktemp("small-wan-shared"))
 
 
+@pytest.fixture(scope="session")
+def small_wan22_a14b_folder(tmp_path_factory):
+    """A diffusers Wan2.2 A14B-style folder: two small experts, boundary_ratio 0.875 (read it, don't change it)."""
+    from ditfarm.pipelines.families.wan import make_small_wan22_a14b_folder
+
+    return make_small_wan22_a14b_folder(tmp_path_factory.mktemp("small-wan22-a14b"))
+
+
+@pytest.fixture(scope="session")
+def small_wan22_ti2v_folder(tmp_path_factory):
+    """A diffusers Wan2.2 TI2V-5B-style folder: the 48-channel 16x VAE, per-token timesteps (read it, don't change
+    it)."""
+    from ditfarm.pipelines.families.wan import make_small_wan22_ti2v_folder
+
+    return make_small_wan22_ti2v_folder(tmp_path_factory.mktemp("small-wan22-ti2v"))
+
+
 @pytest.fixture(scope="session", params=["2b", "5b", "1.5"])
 def small_cogvideox_folder(request, tmp_path_factory):
     """A diffusers CogVideoX folder with random weights and small dimensions, as 2B (built-in positions, DDIM), as

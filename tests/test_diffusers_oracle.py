@@ -34,6 +34,45 @@ def test_wan_renders_what_diffusers_wan_pipeline_renders(small_wan_folder):
     assert psnr(ours, theirs) >= EXACT_DB
 
 
+WAN22_CALL = dict(num_frames=9, height=64, width=64, guidance_scale=4.0, negative_prompt="blue sky")
+
+
+def wan22_oracle(folder, **call):
+    from diffusers import WanPipeline
+
+    return diffusers_frames(
+        WanPipeline, folder, "red cat moving left", 3, num_inference_steps=6, max_sequence_length=32, **call
+    )
+
+
+def test_wan22_a14b_renders_what_diffusers_renders_and_each_expert_and_its_guidance_count(
+    small_wan22_a14b_folder, monkeypatch
+):
+    """Both experts and the second expert's own guidance scale: dropping either moves the video far below 60 dB."""
+    from ditfarm.pipelines.families.wan import WanSteps
+
+    call = {**WAN22_CALL, "guidance_scale_2": 2.0}
+    theirs = wan22_oracle(small_wan22_a14b_folder, **call)
+    pipe = load_pipeline(small_wan22_a14b_folder)
+    assert list(pipe.transformers()) == ["transformer", "transformer_2"]
+    ours = pipe.generate("red cat moving left", seed=3, steps=6, **call)
+    assert ours.shape == theirs.shape == (9, 64, 64, 3)
+    assert psnr(ours, theirs) >= EXACT_DB
+    first_scale = {k: v for k, v in call.items() if k != "guidance_scale_2"}
+    assert psnr(pipe.generate("red cat moving left", seed=3, steps=6, **first_scale), theirs) < EXACT_DB - 5
+    monkeypatch.setattr(WanSteps, "transformer_at", lambda self, i: self.experts[0])
+    assert psnr(pipe.generate("red cat moving left", seed=3, steps=6, **call), theirs) < EXACT_DB - 5
+
+
+def test_wan22_ti2v_renders_what_diffusers_renders(small_wan22_ti2v_folder):
+    theirs = wan22_oracle(small_wan22_ti2v_folder, **WAN22_CALL)
+    pipe = load_pipeline(small_wan22_ti2v_folder)
+    assert pipe.vae_factors == (4, 16)
+    ours = pipe.generate("red cat moving left", seed=3, steps=6, **WAN22_CALL)
+    assert ours.shape == theirs.shape == (9, 64, 64, 3)
+    assert psnr(ours, theirs) >= EXACT_DB
+
+
 COG_CALL = dict(num_frames=9, height=64, width=64, guidance_scale=6.0)
 
 

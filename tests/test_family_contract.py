@@ -27,8 +27,14 @@ def family_folders(request, tmp_path_factory):
     return family, family.small_folders(tmp_path_factory.mktemp(f"contract-{family.name}"))
 
 
+def steps_of(pipe) -> int:
+    """STEPS per transformer: experts that take turns each count their own segment as a schedule, and the
+    knobs above skip on schedules of about STEPS."""
+    return STEPS * len(pipe.transformers())
+
+
 def render(pipe, prompt: str = PROMPTS[0]) -> np.ndarray:
-    return pipe.generate(prompt, seed=5, steps=STEPS)
+    return pipe.generate(prompt, seed=5, steps=steps_of(pipe))
 
 
 def test_every_block_policy_caches_every_family(family_folders):
@@ -72,10 +78,13 @@ def test_the_profiler_profiles_every_family_and_its_profile_drives_the_profiling
     family, folders = family_folders
     for variant, folder in folders.items():
         pipe = load_pipeline(folder)
-        profile = profile_pipeline(pipe, PROMPTS, steps=STEPS, probe_steps=2, max_queries=256).profile
-        assert len(profile.blocks) == len(profile.model and profile.blocks)
-        assert all(len(b.change) == STEPS for b in profile.blocks), (family.name, variant)
-        assert all(np.isfinite(b.r_attn) for b in profile.blocks), (family.name, variant)
+        profile = profile_pipeline(pipe, PROMPTS, steps=steps_of(pipe), probe_steps=2, max_queries=256).profile
+        experts = [profile, *profile.experts.values()]  # one per transformer, each over the steps it ran
+        assert [e.model["component"] for e in experts] == list(pipe.transformers()), (family.name, variant)
+        assert sum(len(e.blocks[0].change) for e in experts) == steps_of(pipe), (family.name, variant)
+        for expert in experts:
+            assert all(len(b.change) == len(expert.blocks[0].change) for b in expert.blocks), (family.name, variant)
+            assert all(np.isfinite(b.r_attn) for b in expert.blocks), (family.name, variant)
         enable(pipe, build_config("profiling", 6, profile, pipe.cache_settings))
         render(pipe)
         assert last_video_stats(pipe).skipped > 0, (family.name, variant)
@@ -96,7 +105,7 @@ def render_on_two_ranks(rank, world, runs):
                 model=folder, cache="adaptive", cache_knob=SKIPPING["adaptive"], cfg_parallel=cfg_parallel
             )
             renderer = RankRenderer(rank, world, settings)
-            result = renderer.render(RowInputs(PROMPTS[0], 5, sampler={"steps": STEPS}))
+            result = renderer.render(RowInputs(PROMPTS[0], 5, sampler={"steps": steps_of(renderer.pipe)}))
             out.append((result.frames, result.masks, result.skipped_fraction))
     return out
 

@@ -144,9 +144,14 @@ def test_a_profile_from_another_model_is_refused_at_load(small_wan_folder, tmp_p
     [
         (
             {"transformer_2": ["diffusers", "WanTransformer3DModel"], "boundary_ratio": 0.875},
-            ["transformer_2=['diffusers', 'WanTransformer3DModel'] (a second expert", "boundary_ratio=0.875"],
+            ["transformer_2", "missing (model_index.json names a transformer_2 component)"],
         ),
-        ({"expand_timesteps": True}, ["expand_timesteps=True (per-token timesteps (Wan2.2 TI2V-5B))"]),
+        (
+            {"transformer_2": ["diffusers", "WanTransformer3DModel"]},
+            ["names a second expert (transformer_2) but no boundary_ratio"],
+        ),
+        ({"boundary_ratio": 0.9}, ["boundary_ratio=0.9 switches to a second expert", "names no transformer_2"]),
+        ({"boundary_ratio": "high"}, ["boundary_ratio=", "switches to a second expert"]),
         ({"image_encoder": ["transformers", "CLIPVisionModel"]}, ["image_encoder=", "(image-to-video)"]),
         ({"some_future_field": 3}, ["some_future_field=3 (a field ditfarm does not read)"]),
         (
@@ -156,8 +161,8 @@ def test_a_profile_from_another_model_is_refused_at_load(small_wan_folder, tmp_p
     ],
 )
 def test_a_wan22_or_other_folder_ditfarm_would_render_wrong_is_refused_by_name(folder, tmp_path, capsys, fields, named):
-    """Wan2.2 A14B (two experts), TI2V-5B (per-token timesteps), image-to-video and unknown fields: the load, the
-    dry run and the CLI refuse them (exit 2), naming each field, before anything renders."""
+    """A half-made two-expert folder, image-to-video and unknown fields: the load, the dry run and the CLI refuse
+    them (exit 2), naming each field, before anything renders."""
     from ditfarm.pipelines.model_checks import model_checks
 
     index = json.loads((folder / "model_index.json").read_text())

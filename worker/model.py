@@ -36,7 +36,7 @@ class LoadedModel:
 
 def load_model(settings: RenderSettings, encode_and_decode: bool = True, shard: Shard | None = None) -> LoadedModel:
     """The model of ``settings`` ready to render: loaded, its attention chosen, sharded by ``shard`` (gang ranks),
-    its blocks compiled (``settings.compile``) and its cache enabled.  ``encode_and_decode=False``: the
+    its blocks compiled (``settings.compile``) and its cache enabled, on each of its transformers.  ``encode_and_decode=False``: the
     transformer alone (gang ranks other than 0)."""
     pipe = load_pipeline(
         settings.model,
@@ -46,10 +46,13 @@ def load_model(settings: RenderSettings, encode_and_decode: bool = True, shard: 
         offload_text_encoder=settings.offload_text_encoder,
     )
     choice = choose_attention(settings.device, pipe.transformer.dtype)
-    apply_attention(pipe.transformer, choice)
+    transformers = list(pipe.transformers().values())  # two where experts take turns: each alike
+    for transformer in transformers:
+        apply_attention(transformer, choice)
     reduce = shard(pipe, choice) if shard is not None else None
     if settings.compile:  # after sharding (its processor is part of a block), before the cache's hooks
-        compile_blocks(pipe.transformer, backend=settings.compile)
+        for transformer in transformers:
+            compile_blocks(transformer, backend=settings.compile)
     cache = enable(
         pipe, config_for(pipe, settings.cache, settings.cache_knob, settings.profile), reduce=reduce or identity_reduce
     )

@@ -95,6 +95,9 @@ class CogVideoXSteps(DenoiseSteps):
     def transformer_at(self, i: int) -> torch.nn.Module:
         return self.transformer
 
+    def transformers(self) -> list[torch.nn.Module]:
+        return [self.transformer]
+
     def inputs(self, i: int, t, latents: torch.Tensor, branch: dict[str, torch.Tensor]) -> dict:
         return {
             "hidden_states": self.scheduler.scale_model_input(latents, t).to(self.dtype),
