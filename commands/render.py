@@ -74,6 +74,12 @@ def register(sub) -> None:
         help="refuse a row (or run) that asks for more denoising steps than this (default 1000)",
     )
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (default: the model's)")
+    p.add_argument(
+        "--guidance-scale-2",
+        type=float,
+        help="the second expert's guidance scale, for a two-expert folder (Wan2.2 A14B; default: its card's, else "
+        "--guidance-scale, as diffusers defaults it)",
+    )
     p.add_argument("--num-frames", type=int)
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
@@ -197,6 +203,7 @@ def settings_from_args(args):
         steps=args.steps,
         max_steps=args.max_steps,
         guidance_scale=args.guidance_scale,
+        guidance_scale_2=args.guidance_scale_2,
         upscale=args.upscale,
         fps=args.fps,
         device=args.device,

@@ -31,7 +31,7 @@ class NoRenderersLeft(Exception):
 @dataclass(frozen=True)
 class RowInputs:
     """What one video is rendered from, as one value from its manifest row to the rank that renders it: its text,
-    its seed, the sampler values it sets (``sampler``: num_frames, height, width, steps, guidance_scale; a value
+    its seed, the sampler values it sets (``sampler``: num_frames, height, width, steps, guidance_scale(_2); a value
     left out or None is the model's default), and the inputs a family or a feature adds by name (``extra``:
     images, LoRAs).  It crosses to gang ranks as it is."""
 
@@ -52,6 +52,7 @@ class RenderSettings:
     width: int | None = None
     steps: int | None = None
     guidance_scale: float | None = None
+    guidance_scale_2: float | None = None  # the second expert's (Wan2.2 A14B); None: the model's, else guidance_scale
     upscale: int | None = None  # None: the model's (its card: tiny 8, Wan2.1 1)
     fps: int | None = None  # None: the model's (tiny 8, Wan2.1 16)
     device: str = "cpu"
@@ -100,8 +101,10 @@ class RenderSettings:
         if not isinstance(self.max_steps, int) or isinstance(self.max_steps, bool) or self.max_steps < 1:
             raise ValueError(f"max_steps must be a positive integer, got {self.max_steps!r}")
         check_step_cap(self.steps, self.max_steps)
-        if self.guidance_scale is not None and not 0 <= self.guidance_scale <= 100:  # NaN and infinities too
-            raise ValueError(f"guidance_scale must be a finite number in [0, 100], got {self.guidance_scale!r}")
+        for name in ("guidance_scale", "guidance_scale_2"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 100:  # NaN and infinities too
+                raise ValueError(f"{name} must be a finite number in [0, 100], got {value!r}")
 
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
@@ -150,6 +153,7 @@ class RenderedVideo:
     phases: VideoPhases | None = None  # where its time went, and rank 0's peak accelerator memory
     video_bytes: int | None = None  # the stored mp4's size, read back from the storage after publishing
     guidance_scale: float | None = None
+    guidance_scale_2: float | None = None  # the second expert's, where the model has two
     fps: int | None = None  # the mp4's frame rate and upscale: part of what the stored video shows
     upscale: int | None = None
     video_digest: str | None = None  # the stored bytes' digest (StoredVideo.digest) and, on a local disk, their time
@@ -189,6 +193,7 @@ class RenderedVideo:
             phases=phases,
             video_bytes=video_bytes,
             guidance_scale=sampler.get("guidance_scale"),
+            guidance_scale_2=sampler.get("guidance_scale_2"),
             fps=fps,
             upscale=upscale,
             video_digest=digest,

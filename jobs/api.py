@@ -55,7 +55,16 @@ def _as_table(prompts, settings: RenderSettings) -> pa.Table:
         return pa.table({"id": [request_id(p, settings) for p in prompts], "prompt": prompts})
     if all(isinstance(p, dict) for p in prompts):
         if not any("id" in p for p in prompts):  # manifest columns without ids: derive them like strings
-            keys = ("negative_prompt", "seed", "num_frames", "height", "width", "steps", "guidance_scale")
+            keys = (
+                "negative_prompt",
+                "seed",
+                "num_frames",
+                "height",
+                "width",
+                "steps",
+                "guidance_scale",
+                "guidance_scale_2",
+            )
             prompts = [
                 {"id": request_id(str(p.get("prompt")), settings, **{k: p.get(k) for k in keys}), **p} for p in prompts
             ]

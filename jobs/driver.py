@@ -228,6 +228,8 @@ def request_id(prompt: str, settings: RenderSettings, **row) -> str:
         **sampler_overrides(RenderTask(0, "", prompt, 0), settings),
         **{k: v for k, v in row.items() if v is not None},
     }
+    if key.get("guidance_scale_2") is None:  # unset: the ids of runs from before the second expert's scale existed
+        key.pop("guidance_scale_2", None)
     return "p-" + hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -483,6 +485,7 @@ class RenderJob:
                 steps=video.steps,
                 model=video.model,
                 guidance_scale=video.guidance_scale,
+                guidance_scale_2=video.guidance_scale_2,
                 fps=video.fps,
                 upscale=video.upscale,
                 seconds=(video.phases.own_seconds() if video.phases is not None else None) or seconds,

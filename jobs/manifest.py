@@ -8,6 +8,8 @@ Schema (``id`` and ``prompt`` required, the rest optional; any other column is c
     negative_prompt  string
     num_frames, height, width, steps   integer >= 1
     guidance_scale   number >= 0
+    guidance_scale_2 number >= 0: the second expert's scale (a two-expert folder, Wan2.2 A14B; missing: as
+                     guidance_scale); a row that sets it for a one-transformer model fails naming it
 
 A schema problem (a required column missing, a column of the wrong type, an extra column that would overwrite a
 results column) fails the whole run before anything renders.  A bad row (bad or duplicate id, empty prompt,
@@ -36,7 +38,17 @@ from .results import RESERVED_PREFIX, RESULT_SCHEMA
 
 REQUIRED_COLUMNS = ("id", "prompt")
 INTEGER_COLUMNS = ("seed", "num_frames", "height", "width", "steps")
-OPTIONAL_COLUMNS = ("seed", "negative_prompt", "num_frames", "height", "width", "steps", "guidance_scale")
+OPTIONAL_COLUMNS = (
+    "seed",
+    "negative_prompt",
+    "num_frames",
+    "height",
+    "width",
+    "steps",
+    "guidance_scale",
+    "guidance_scale_2",
+)
+GUIDANCE_COLUMNS = ("guidance_scale", "guidance_scale_2")
 RESULT_COLUMNS = tuple(RESULT_SCHEMA.names)
 MAX_SEED = 2**63 - 1
 MAX_GUIDANCE = 100.0  # classifier-free guidance past this saturates every model into noise
@@ -60,6 +72,7 @@ class RenderTask:
     width: int | None = None
     steps: int | None = None
     guidance_scale: float | None = None
+    guidance_scale_2: float | None = None
     extra: dict = field(default_factory=dict)
     origin: str | None = None  # "<file> row <n>" in a manifest of several files
     stored_before: bool = True  # the output held a video of this id when the run listed it (the driver says)
@@ -107,7 +120,7 @@ def check_schema(schema: pa.Schema, source: str) -> list[str]:
             problems.append(f"column {name!r} has type {t}; expected string")
         elif name in INTEGER_COLUMNS and not (pa.types.is_integer(t) or pa.types.is_null(t)):
             problems.append(f"column {name!r} has type {t}; expected an integer type")
-        elif name == "guidance_scale" and not (
+        elif name in GUIDANCE_COLUMNS and not (
             pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_null(t)
         ):
             problems.append(f"column {name!r} has type {t}; expected a number")
@@ -264,19 +277,22 @@ def validate_row(
     seed = record.get("seed")
     if seed is not None and not 0 <= seed <= MAX_SEED:
         return problem(f"seed must be in [0, 2**63), got {seed}")
-    guidance = record.get("guidance_scale")
-    if guidance is not None and not 0 <= guidance <= MAX_GUIDANCE:  # also catches NaN and infinities
-        return problem(f"guidance_scale must be a finite number in [0, {MAX_GUIDANCE:g}], got {guidance}")
+    guidance = {}
+    for name in GUIDANCE_COLUMNS:
+        value = record.get(name)
+        if value is not None and not 0 <= value <= MAX_GUIDANCE:  # also catches NaN and infinities
+            return problem(f"{name} must be a finite number in [0, {MAX_GUIDANCE:g}], got {value}")
+        guidance[name] = None if value is None else float(value)
     return RenderTask(
         row=row,
         id=video_id,
         prompt=prompt,
         seed=seed_from_id(video_id) if seed is None else int(seed),
         negative_prompt=record.get("negative_prompt") or "",
-        guidance_scale=None if guidance is None else float(guidance),
         extra=extra,
         origin=origin,
         **numbers,
+        **guidance,
     )
 
 
@@ -288,7 +304,7 @@ def row_inputs(task: RenderTask, settings: RenderSettings) -> RowInputs:
 
 def sampler_overrides(task: RenderTask, settings: RenderSettings) -> dict:
     """The row's own sampler values where it has them, else the run's (None: the model's default)."""
-    names = ("num_frames", "height", "width", "steps", "guidance_scale")
+    names = ("num_frames", "height", "width", "steps", *GUIDANCE_COLUMNS)
     overrides = {n: getattr(task, n) if getattr(task, n) is not None else getattr(settings, n) for n in names}
     check_step_cap(overrides["steps"], settings.max_steps)
     return overrides

@@ -54,6 +54,7 @@ RESULT_SCHEMA = pa.schema(
         ("prompt", pa.string()),
         ("negative_prompt", pa.string()),
         ("guidance_scale", pa.float64()),
+        ("guidance_scale_2", pa.float64()),  # the second expert's (a two-expert model); null: it has one
         ("fps", pa.int32()),
         ("upscale", pa.int32()),
         # the stored bytes: S3's ETag as written (etag:...) or a local file's sha256 (and its modification time, so
@@ -160,6 +161,7 @@ CONTENT_COLUMNS = (
     "width",
     "steps",
     "guidance_scale",
+    "guidance_scale_2",
     "fps",
     "upscale",
     "model",

@@ -41,9 +41,21 @@ def wanted_content(task: RenderTask, settings, model_checks=None) -> dict:
         wanted[column] = overrides[name] if overrides[name] is not None else getattr(defaults, name, None)
     guidance = overrides["guidance_scale"]
     wanted["guidance_scale"] = float(guidance) if guidance is not None else getattr(defaults, "guidance_scale", None)
+    wanted["guidance_scale_2"] = second_guidance(overrides, defaults, wanted["guidance_scale"], model_checks)
     wanted["fps"] = settings.fps or getattr(video, "fps", None)
     wanted["upscale"] = settings.upscale or getattr(video, "upscale", None)
     return wanted
+
+
+def second_guidance(overrides: dict, defaults, first: float | None, model_checks) -> float | None:
+    """The second expert's scale as the model resolves it (the row's, its card's, else the first scale); None
+    where the model has one transformer or cannot be read here."""
+    if getattr(model_checks, "experts", 1) < 2:
+        return None
+    chosen = overrides.get("guidance_scale_2")
+    if chosen is None:
+        chosen = getattr(defaults, "guidance_scale_2", None)
+    return float(chosen) if chosen is not None else first
 
 
 def changed_inputs(stored: dict, wanted: dict) -> list[str]:
@@ -64,7 +76,7 @@ def changed_inputs(stored: dict, wanted: dict) -> list[str]:
 def _same(column: str, old, new) -> bool:
     if column == "model":
         return old == new or (old is not None and _model_key(old) == _model_key(new))
-    if column == "guidance_scale" and old is not None:
+    if column in ("guidance_scale", "guidance_scale_2") and old is not None:
         return math.isclose(float(old), float(new), rel_tol=0.0, abs_tol=1e-9)
     return old == new
 

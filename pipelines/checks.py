@@ -156,6 +156,8 @@ def resolve_settings(defaults: SamplerSettings, check_sizes, overrides: dict, ex
             "(a Wan2.2 A14B folder has two)"
         )
     merged = SamplerSettings(**{**defaults.__dict__, **values})
+    if experts >= 2 and merged.guidance_scale_2 is None:  # diffusers' default: the first expert's scale
+        merged = SamplerSettings(**{**merged.__dict__, "guidance_scale_2": merged.guidance_scale})
     merged.validate()
     check_sizes(merged)
     return merged

@@ -86,3 +86,37 @@ def test_wan22_defaults_follow_the_folder_kind_where_its_card_is_silent(small_wa
     checks = model_checks(str(ti2v))
     assert checks.defaults == WAN22_TI2V.defaults and checks.video.fps == 24 and checks.experts == 1
     assert (checks.defaults.height, checks.defaults.width, checks.defaults.num_frames) == (704, 1280, 121)
+
+
+@pytest.mark.process
+def test_manifest_rows_set_the_second_scale_results_record_it_and_a_changed_one_renders_again(
+    small_wan22_a14b_folder, small_wan_folder, tmp_path, capsys
+):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ditfarm.commands.cli import main as cli
+    from ditfarm.jobs.results import read_results
+
+    manifest, edited, out = tmp_path / "m.parquet", tmp_path / "m2.parquet", tmp_path / "out"
+    prompts = ["red cat moving left"] * 2
+    pq.write_table(pa.table({"id": ["a", "b"], "prompt": prompts, "guidance_scale_2": [None, 1.5]}), manifest)
+    base = ["--out", str(out), "--model", str(small_wan22_a14b_folder), "--steps", "3", "--no-progress"]
+    assert cli(["render", str(manifest), *base]) == 0, capsys.readouterr().err
+    rows = {r["id"]: r for r in read_results(out).to_pylist()}
+    assert (rows["a"]["guidance_scale_2"], rows["b"]["guidance_scale_2"]) == (3.0, 1.5)  # the card's, the row's
+    capsys.readouterr()
+
+    pq.write_table(pa.table({"id": ["a", "b"], "prompt": prompts, "guidance_scale_2": [None, 2.5]}), edited)
+    assert cli(["render", str(edited), *base, "--dry-run"]) == 0
+    said = capsys.readouterr().out
+    assert "would render 1, would skip 1" in said and "guidance_scale_2 x1 (e.g. 1.5 -> 2.5)" in said, said
+    assert cli(["render", str(edited), *base, "--guidance-scale-2", "2.5"]) == 0
+    assert {r["id"]: r["guidance_scale_2"] for r in read_results(out).to_pylist()} == {"a": 2.5, "b": 2.5}
+
+    one = ["--out", str(tmp_path / "one"), "--model", str(small_wan_folder), "--steps", "2", "--no-progress"]
+    capsys.readouterr()
+    assert cli(["render", str(manifest), *one]) == 1
+    rows = {r["id"]: r for r in read_results(tmp_path / "one").to_pylist()}
+    assert rows["a"]["status"] == "ok" and rows["a"]["guidance_scale_2"] is None
+    assert rows["b"]["status"] == "failed" and "guidance_scale_2 is the second expert's" in rows["b"]["error"]
