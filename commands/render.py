@@ -115,6 +115,12 @@ def register(sub) -> None:
         action="store_true",
         help="keep the text encoder in host memory between prompts (it visits the GPU to encode)",
     )
+    p.add_argument(
+        "--offload-experts",
+        action="store_true",
+        help="a two-expert folder (Wan2.2 A14B) keeps the expert not in use in host memory: one expert on the GPU "
+        "at a time, each moved in at its first step of a video",
+    )
     p.add_argument("--cache", default="none", choices=POLICIES, help="block-cache policy (default: none)")
     p.add_argument(
         "--cache-threshold",
@@ -210,6 +216,7 @@ def settings_from_args(args):
         threads=args.threads,
         dtype=args.dtype,
         offload_text_encoder=args.offload_text_encoder,
+        offload_experts=args.offload_experts,
         compile=args.compile,
         cfg_parallel=args.cfg_parallel,
         flush_every=args.flush_every,

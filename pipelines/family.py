@@ -30,12 +30,14 @@ MODEL_CARD = "ditfarm_model.json"
 @dataclass(frozen=True)
 class LoadOptions:
     """How a pipeline is loaded, whatever its family: ``encode_and_decode=False`` loads the transformer alone (gang
-    ranks other than 0); ``offload_text_encoder`` keeps the text encoder in host memory between prompts."""
+    ranks other than 0); ``offload_text_encoder`` keeps the text encoder in host memory between prompts;
+    ``offload_experts``: of a model whose experts take turns, only the one in use is on the device."""
 
     device: str = "cpu"
     dtype: object = "auto"
     encode_and_decode: bool = True
     offload_text_encoder: bool = False
+    offload_experts: bool = False  # a two-expert model keeps the expert not in use in host memory
 
 
 class Family(ABC):

@@ -36,17 +36,19 @@ def load_pipeline(
     dtype: str | torch.dtype = "auto",
     encode_and_decode: bool = True,
     offload_text_encoder: bool = False,
+    offload_experts: bool = False,
 ):
     """Load a model for rendering.  ``"tiny"`` is the built-in model; a path is a model folder of a family ditfarm
     renders (``ditfarm.pipelines.family``: a diffusers folder by its pipeline class, a ditfarm folder by its
     card), checked before loading (``folder_checks``).  ``dtype``: ``pipelines.precision`` (``auto``: bf16 on
     CUDA, float32 on the CPU).  ``encode_and_decode=False``: the transformer alone, for gang ranks other than 0
     (the text encoder and VAE are not loaded where the family can leave them out).  ``offload_text_encoder``: it
-    waits in host memory."""
+    waits in host memory.  ``offload_experts``: a two-expert model (Wan2.2 A14B) keeps the expert not in use in
+    host memory, so only one is on the device at a time; a one-transformer model ignores it."""
     folder = resolve_model_folder(name_or_path)
     family = family_of_folder(folder)
     card = family.check_folder(folder)
-    options = LoadOptions(device, dtype, encode_and_decode, offload_text_encoder)
+    options = LoadOptions(device, dtype, encode_and_decode, offload_text_encoder, offload_experts)
     pipe = family.load(folder, card, options)
     pipe.cache_settings = family.cache_settings(folder, card)
     return pipe

@@ -120,3 +120,24 @@ def test_manifest_rows_set_the_second_scale_results_record_it_and_a_changed_one_
     rows = {r["id"]: r for r in read_results(tmp_path / "one").to_pylist()}
     assert rows["a"]["status"] == "ok" and rows["a"]["guidance_scale_2"] is None
     assert rows["b"]["status"] == "failed" and "guidance_scale_2 is the second expert's" in rows["b"]["error"]
+
+
+def test_offloaded_experts_take_turns_on_the_device_and_render_the_same(small_wan22_a14b_folder, monkeypatch):
+    """--offload-experts: the idle expert leaves the device before the other comes in, once per switch, and the
+    next video starts with the high-noise expert back; the frames are those of experts that both stay."""
+    kept = load_pipeline(small_wan22_a14b_folder).generate("red cat moving left", seed=5, steps=6)
+    pipe = load_pipeline(small_wan22_a14b_folder, offload_experts=True)
+    moves = []
+    for name, expert in pipe.transformers().items():
+        original = expert.to
+        monkeypatch.setattr(
+            expert, "to", lambda device, _n=name, _o=original: (moves.append((_n, str(device))), _o(device))[1]
+        )
+    assert np.array_equal(pipe.generate("red cat moving left", seed=5, steps=6), kept)
+    # (on this CPU-only machine the device is "cpu" too: the order shows the turns)
+    assert moves == [
+        ("transformer", "cpu"),  # the switch: the high-noise expert leaves first ...
+        ("transformer_2", "cpu"),  # ... then the low-noise one comes in
+        ("transformer_2", "cpu"),  # after the video: back to the high-noise expert
+        ("transformer", "cpu"),
+    ], moves

@@ -44,6 +44,7 @@ def load_model(settings: RenderSettings, encode_and_decode: bool = True, shard: 
         dtype=settings.dtype,
         encode_and_decode=encode_and_decode,
         offload_text_encoder=settings.offload_text_encoder,
+        offload_experts=settings.offload_experts,
     )
     choice = choose_attention(settings.device, pipe.transformer.dtype)
     transformers = list(pipe.transformers().values())  # two where experts take turns: each alike

@@ -120,10 +120,13 @@ class WanSteps(FlowMatchSteps):
         guidance_scale_2: float,
         expand_timesteps: bool,
         condition=None,
+        offload_to: torch.device | None = None,
     ):
         super().__init__(transformers[0], scheduler, condition)
         self.experts, self.boundary_ratio = transformers, boundary_ratio
         self.guidance_scale_2, self.expand_timesteps = guidance_scale_2, expand_timesteps
+        self.offload_to = offload_to  # set: one expert at a time on this device, the other in host memory
+        self.on_device = transformers[0]  # between videos the high-noise expert waits on the device
         self.expert_of: list[int] = []
 
     def schedule(self, steps: int, start_step: int, device: torch.device):
@@ -136,7 +139,26 @@ class WanSteps(FlowMatchSteps):
         return timesteps
 
     def transformer_at(self, i: int) -> torch.nn.Module:
-        return self.experts[self.expert_of[i]]
+        expert = self.experts[self.expert_of[i]]
+        if self.offload_to is not None:
+            self._on_device(expert)
+        return expert
+
+    def _on_device(self, expert: torch.nn.Module) -> None:
+        """Offloaded experts: the idle one goes to host memory before the one in use comes in (never both on the
+        device)."""
+        if expert is self.on_device:
+            return
+        for other in self.experts:
+            if other is not expert:
+                other.to("cpu")
+        expert.to(self.offload_to)
+        self.on_device = expert
+
+    def release(self) -> None:
+        if self.offload_to is not None:  # ready for the next video, which starts at high noise
+            self._on_device(self.experts[0])
+        super().release()
 
     def transformers(self) -> list[torch.nn.Module]:
         return list(self.experts)
@@ -178,6 +200,7 @@ class WanVideoPipeline(DiffusersPipelineMixin):
     ):
         self.pipe = pipe
         self.variant = variant
+        self.expert_device = None  # set: experts are offloaded, the one in use moves here
         self.folder = folder
         self.defaults = defaults
         self.video = video
@@ -212,7 +235,7 @@ class WanVideoPipeline(DiffusersPipelineMixin):
         pipe = WanPipeline.from_pretrained(folder, dtype=precision.transformer, **components)
         pipe.transformer.to(device)
         if variant.experts == 2:  # the low-noise expert: its own identity, so no profile of the first fits it
-            pipe.transformer_2.to(device)
+            pipe.transformer_2.to("cpu" if options.offload_experts else device)
             mark_identity(pipe.transformer_2, component="transformer_2")
         if encode_and_decode:
             pipe.vae.to(device)
@@ -227,6 +250,7 @@ class WanVideoPipeline(DiffusersPipelineMixin):
             options.offload_text_encoder and encode_and_decode,
             variant,
         )
+        made.expert_device = torch.device(device) if options.offload_experts and variant.experts == 2 else None
         made.limits = card_limits(card, WAN_LIMITS, str(folder / "ditfarm_model.json"))
         return made
 
@@ -255,7 +279,12 @@ class WanVideoPipeline(DiffusersPipelineMixin):
             settings.second_guidance_scale,
             self.variant.expand_timesteps,
             self.transformer_condition,
+            self.expert_device,
         )
+
+    @property
+    def execution_device(self) -> torch.device:
+        return self.expert_device if self.expert_device is not None else super().execution_device
 
     def encode_prompt(self, prompt: str, negative_prompt: str = "", guidance_scale: float = 1.0):
         """The text's Conditioning; no unconditional branch without CFG (guidance 1: one transformer pass per
