@@ -51,6 +51,29 @@ class VideoPipelineMixin:
     model_name: str = "model"
     limits: dict[str, int] | None = None  # the largest size per axis (checks.py); None: the family's
 
+    def check_images(self, images: dict) -> None:
+        """Refuse a row's images (``IMAGE_INPUTS``: image, last_image) the model cannot take, by name, before
+        anything is read: by default it renders from text alone."""
+        given = [name for name, value in images.items() if value is not None]
+        if given:
+            raise ValueError(
+                f"this model renders from text alone and takes no {' or '.join(given)} (an image-to-video folder, "
+                "or Wan2.2 TI2V-5B, takes a first frame)"
+            )
+
+    def encode_images(self, images: dict, settings: SamplerSettings) -> dict[str, torch.Tensor]:
+        """What a row's images become, as named tensors every CFG branch reads (``check_images`` passed them)."""
+        return {}
+
+    def encode_inputs(
+        self, prompt: str, negative_prompt: str, settings: SamplerSettings, images: dict | None = None
+    ) -> Conditioning:
+        """The video's Conditioning: its text encoded (``encode_prompt``) and its images (``encode_images``) in
+        every branch."""
+        text = self.encode_prompt(prompt, negative_prompt, settings.guidance_scale)
+        shared = self.encode_images(images, settings) if images else {}
+        return text.with_shared(shared) if shared else text
+
     def check_negative_prompt(self, text: str) -> None:
         """Refuse a negative prompt the model cannot use; by default it is read as a prompt is."""
         self.check_prompt(text)
@@ -133,14 +156,14 @@ class VideoPipelineMixin:
         start_step: int = 0,
         init: torch.Tensor | None = None,
         embeddings: Conditioning | None = None,
+        images: dict | None = None,
     ) -> torch.Tensor:
         """The final latents.  With ``init`` (clean latents) and ``start_step`` the run starts from ``init``
-        noised to that step (SDEdit) instead of from pure noise.  ``embeddings``: ``encode_prompt``'s
-        Conditioning computed ahead (while another video's loop ran), else it is computed here."""
+        noised to that step (SDEdit) instead of from pure noise.  ``embeddings``: ``encode_inputs``'s
+        Conditioning computed ahead (while another video's loop ran), else it is computed here (with
+        ``images``)."""
         s = settings
-        conditioning = (
-            embeddings if embeddings is not None else self.encode_prompt(prompt, negative_prompt, s.guidance_scale)
-        )
+        conditioning = embeddings if embeddings is not None else self.encode_inputs(prompt, negative_prompt, s, images)
         generator = seeded_generator(seed)
         latents = initial_noise(self.latent_shape(s), seed, self.execution_device, torch.float32, generator)
         if init is not None:
@@ -179,12 +202,18 @@ class VideoPipelineMixin:
         negative_prompt: str = "",
         on_step=None,
         guidance_scale_2: float | None = None,
+        image=None,
+        last_image=None,
     ) -> np.ndarray:
         """Render one video; returns uint8 frames (T, H, W, 3).  Same prompt, seed and settings: same frames.
-        ``guidance_scale_2``: the second expert's scale (a two-expert model; default ``guidance_scale``)."""
+        ``guidance_scale_2``: the second expert's scale (a two-expert model; default ``guidance_scale``).
+        ``image`` / ``last_image``: the first / last frame (a path, an ``s3://`` URI or a PIL image) of a model
+        that renders from images."""
         self.check_prompt(prompt)
         if negative_prompt:
             self.check_negative_prompt(negative_prompt)
+        images = {"image": image, "last_image": last_image}
+        self.check_images(images)
         s = self.settings(
             num_frames=num_frames,
             height=height,
@@ -193,7 +222,7 @@ class VideoPipelineMixin:
             guidance_scale=guidance_scale,
             guidance_scale_2=guidance_scale_2,
         )
-        return self.decode(self.generate_latents(prompt, seed, s, negative_prompt, on_step))
+        return self.decode(self.generate_latents(prompt, seed, s, negative_prompt, on_step, images=images))
 
 
 class DiffusersPipelineMixin(VideoPipelineMixin):

@@ -138,6 +138,16 @@ class ModelChecks:
     check_negative_prompt: Callable[[str], None] | None = None  # None: a negative prompt is read as a prompt is
     classifier_free_guidance: bool = True  # False: guidance is embedded, no unconditional pass (nothing to split)
     experts: int = 1  # transformers that take turns over the steps (2: Wan2.2 A14B)
+    check_images: Callable[[dict], None] | None = None  # None: the model takes no images
+
+    def check_row_images(self, images: dict) -> None:
+        """Refuse a row's images the model cannot take (or lacks ones it needs), before anything is read."""
+        if self.check_images is not None:
+            self.check_images(images)
+            return
+        given = [name for name, value in images.items() if value is not None]
+        if given:
+            raise ValueError(f"this model renders from text alone and takes no {' or '.join(given)}")
 
     def check_negative(self, text: str) -> None:
         (self.check_negative_prompt or self.check_prompt)(text)

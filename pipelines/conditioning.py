@@ -36,6 +36,12 @@ class Conditioning:
             return self.uncond
         raise ValueError(f"this conditioning has no {name!r} branch")
 
+    def with_shared(self, tensors: dict[str, torch.Tensor]) -> Conditioning:
+        """The same conditioning with ``tensors`` (what an image became: condition latents, image embeddings) in
+        every branch: both CFG passes read them."""
+        uncond = None if self.uncond is None else {**self.uncond, **tensors}
+        return Conditioning({**self.cond, **tensors}, uncond)
+
     def to(self, device) -> Conditioning:
         return self.map(lambda t: t.to(device))
 

@@ -158,6 +158,10 @@ class DenoiseSteps(ABC):
     def after_step(self, i: int, latents: torch.Tensor) -> torch.Tensor:
         return latents
 
+    def finish(self, latents: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
+        """The sampled latents as the video has them (a family that holds a frame fixed puts it back here)."""
+        return latents
+
     def context(self, i: int) -> dict:
         """What step i tells the cache context besides its index (diffusers' ``CacheContext`` fields)."""
         return {}
@@ -257,7 +261,7 @@ def run_loop(
             latents = steps_of.after_step(i, steps_of.step(i, t, prediction, latents))
             if on_step is not None:
                 on_step(i, latents)
-        return latents
+        return steps_of.finish(latents, conditioning)
     finally:
         for transformer in transformers:
             reset_caches(transformer)  # free cached tensors; cache stats of this video stay readable

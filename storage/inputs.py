@@ -54,3 +54,49 @@ def input_files(source: str, suffix: str) -> tuple[list[str], pafs.FileSystem]:
     if not local.exists():
         raise InputMissing(f"{source} does not exist")
     return [str(local.resolve())], pafs.LocalFileSystem()
+
+
+def input_file_size(source: str) -> int:
+    """The size of one input file (a local path or an ``s3://`` object), read from its metadata alone (one HEAD,
+    no download): what a dry run checks a row's image with.  Raises InputMissing or StorageError naming it."""
+    filesystem, path = _one_file(source)
+    return _file_info(filesystem, path, source).size
+
+
+def read_input_file(source: str, max_bytes: int) -> bytes:
+    """The bytes of one input file (a local path or an ``s3://`` object), refused past ``max_bytes`` before they
+    are read.  Raises InputMissing, or StorageError naming the source and the problem."""
+    filesystem, path = _one_file(source)
+    size = _file_info(filesystem, path, source).size
+    if size > max_bytes:
+        raise StorageError(f"{source} is {size} bytes, more than the {max_bytes} an input of this kind may have")
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            return stream.read()
+    except OSError as err:
+        raise StorageError(f"{source} cannot be read: {redact(str(err))}") from None
+
+
+def _one_file(source: str) -> tuple[pafs.FileSystem, str]:
+    if is_s3(source):
+        bucket, key = split_s3_uri(source)
+        try:
+            probe_s3(bucket, key, source)
+        except StorageError as err:
+            raise StorageError(f"{source} cannot be read: {err}") from None
+        return arrow_s3_filesystem(), f"{bucket}/{key}"
+    return pafs.LocalFileSystem(), str(Path(source).expanduser().resolve())
+
+
+def _file_info(filesystem: pafs.FileSystem, path: str, source: str) -> pafs.FileInfo:
+    try:
+        info = filesystem.get_file_info(path)
+    except OSError as err:
+        denied = "ACCESS_DENIED" in str(err) or "AccessDenied" in str(err)
+        reason = "access denied (the credentials may not read it)" if denied else redact(str(err))
+        raise StorageError(f"{source} cannot be read: {reason}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise InputMissing(f"{source} does not exist")
+    if info.type != pafs.FileType.File:
+        raise InputMissing(f"{source} is not a file")
+    return info

@@ -147,6 +147,21 @@ def small_wan22_ti2v_folder(tmp_path_factory):
     return make_small_wan22_ti2v_folder(tmp_path_factory.mktemp("small-wan22-ti2v"))
 
 
+@pytest.fixture(scope="session", params=["wan2.1-i2v", "wan2.1-flf2v", "wan2.2-i2v-a14b", "wan2.2-ti2v-5b"])
+def small_wan_image_folder(request, tmp_path_factory):
+    """(kind, folder) of each Wan folder that renders from images, small and random (read it, don't change it)."""
+    from ditfarm.pipelines.families import wan
+
+    folder = tmp_path_factory.mktemp(f"small-{request.param}")
+    make = {
+        "wan2.1-i2v": lambda f: wan.make_small_wan_i2v_folder(f),
+        "wan2.1-flf2v": lambda f: wan.make_small_wan_i2v_folder(f, first_last=True),
+        "wan2.2-i2v-a14b": wan.make_small_wan22_i2v_a14b_folder,
+        "wan2.2-ti2v-5b": wan.make_small_wan22_ti2v_folder,
+    }[request.param]
+    return request.param, make(folder)
+
+
 @pytest.fixture(scope="session", params=["2b", "5b", "1.5"])
 def small_cogvideox_folder(request, tmp_path_factory):
     """A diffusers CogVideoX folder with random weights and small dimensions, as 2B (built-in positions, DDIM), as

@@ -73,6 +73,55 @@ def test_wan22_ti2v_renders_what_diffusers_renders(small_wan22_ti2v_folder):
     assert psnr(ours, theirs) >= EXACT_DB
 
 
+def random_image(seed: int, height: int, width: int):
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def test_wan_image_folders_render_what_diffusers_image_to_video_renders_and_each_image_counts(
+    small_wan_image_folder,
+):
+    """Wan2.1 image-to-video and first-last-frame, Wan2.2 A14B image-to-video (two experts, its own second scale)
+    and TI2V-5B with a first frame, against diffusers' WanImageToVideoPipeline on the same folder and images
+    (resized by the pipeline: neither is the video's size); another first frame, another last frame, or the
+    first frame left out each move the video far below 60 dB."""
+    from diffusers import WanImageToVideoPipeline
+
+    kind, folder = small_wan_image_folder
+    first, last = random_image(0, 48, 80), random_image(1, 40, 40)
+    call = {**WAN22_CALL, "image": first}
+    if kind == "wan2.1-flf2v":
+        call["last_image"] = last
+    if kind == "wan2.2-i2v-a14b":
+        call["guidance_scale_2"] = 2.0
+    theirs = diffusers_frames(
+        WanImageToVideoPipeline,
+        folder,
+        "red cat moving left",
+        3,
+        num_inference_steps=6,
+        max_sequence_length=32,
+        **call,
+    )
+    pipe = load_pipeline(folder)
+    ours = pipe.generate("red cat moving left", seed=3, steps=6, **call)
+    assert ours.shape == theirs.shape == (9, 64, 64, 3)
+    assert psnr(ours, theirs) >= EXACT_DB, (kind, psnr(ours, theirs))
+    other = pipe.generate("red cat moving left", seed=3, steps=6, **{**call, "image": random_image(2, 48, 80)})
+    assert psnr(other, theirs) < EXACT_DB - 5, kind
+    if kind == "wan2.1-flf2v":
+        other = pipe.generate("red cat moving left", seed=3, steps=6, **{**call, "last_image": random_image(3, 40, 40)})
+        assert psnr(other, theirs) < EXACT_DB - 5, kind
+    if kind == "wan2.2-ti2v-5b":  # text-to-video on the same folder: the first frame is not held
+        text_only = {k: v for k, v in call.items() if k != "image"}
+        assert psnr(pipe.generate("red cat moving left", seed=3, steps=6, **text_only), theirs) < EXACT_DB - 5
+    if kind == "wan2.2-i2v-a14b":
+        same_scale = {k: v for k, v in call.items() if k != "guidance_scale_2"}
+        assert psnr(pipe.generate("red cat moving left", seed=3, steps=6, **same_scale), theirs) < EXACT_DB - 5
+
+
 COG_CALL = dict(num_frames=9, height=64, width=64, guidance_scale=6.0)
 
 

@@ -152,11 +152,18 @@ def test_a_profile_from_another_model_is_refused_at_load(small_wan_folder, tmp_p
         ),
         ({"boundary_ratio": 0.9}, ["boundary_ratio=0.9 switches to a second expert", "names no transformer_2"]),
         ({"boundary_ratio": "high"}, ["boundary_ratio=", "switches to a second expert"]),
-        ({"image_encoder": ["transformers", "CLIPVisionModel"]}, ["image_encoder=", "(image-to-video)"]),
+        (
+            {"image_encoder": ["transformers", "CLIPVisionModel"]},
+            ["image_encoder=", "an image encoder this kind of Wan folder has no use for"],
+        ),
         ({"some_future_field": 3}, ["some_future_field=3 (a field ditfarm does not read)"]),
         (
             {"_class_name": "WanImageToVideoPipeline"},
-            ["_class_name 'WanImageToVideoPipeline' is not supported", "ditfarm renders", "WanPipeline"],
+            ["an image-to-video folder with one transformer needs its image_encoder", "ditfarm renders"],
+        ),
+        (
+            {"_class_name": "WanVACEPipeline"},
+            ["_class_name 'WanVACEPipeline' is not supported", "ditfarm renders", "WanImageToVideoPipeline"],
         ),
     ],
 )

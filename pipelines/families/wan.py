@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..adapters import mark_identity
 from ..base import DiffusersPipelineMixin, VideoDefaults
 from ..cache_card import shipped_profile
 from ..checks import (
@@ -36,7 +35,7 @@ from ..checks import (
     wan_vae_factors,
 )
 from ..conditioning import Conditioning
-from ..denoise import FlowMatchSteps, SamplerSettings
+from ..denoise import FlowMatchSteps, SamplerSettings, transformer_input
 from ..family import Family, LoadOptions, register_family
 from ..folder_checks import DiffusersLayout, ModelFolderError, check_diffusers_folder, read_json
 from ..precision import resolve_precision
@@ -49,31 +48,63 @@ MAX_SEQUENCE_LENGTH = 512
 
 @dataclass(frozen=True)
 class WanVariant:
-    """What kind of Wan folder it is, read from its model_index.json as diffusers' WanPipeline reads it, and the
-    defaults its release samples with (Wan2.2's own configs: A14B at 720p, 40 steps, guidance 4.0 for the
-    high-noise expert and 3.0 for the low-noise one; TI2V-5B at 704x1280, 121 frames, 24 fps)."""
+    """What kind of Wan folder it is, read from its model_index.json (and, for first-last-frame, its transformer's
+    config) as diffusers' Wan pipelines read them, and the defaults its release samples with (Wan's own configs:
+    Wan2.1 image-to-video 40 steps; Wan2.2 A14B at 720p, 40 steps, text-to-video guidance 4.0 for the
+    high-noise expert and 3.0 for the low-noise one, image-to-video 3.5 for both; TI2V-5B at 704x1280, 121
+    frames, 24 fps)."""
 
     name: str
     defaults: SamplerSettings
     video: VideoDefaults
     boundary_ratio: float | None = None  # set: two experts, switching at this share of the training timesteps
     expand_timesteps: bool = False  # a timestep per token (TI2V-5B)
+    image: str = "none"  # the first frame: "none", "optional" (TI2V-5B) or "required" (image-to-video)
+    last_image: str = "none"  # the last frame: "none", "optional" or "required" (first-last-frame)
+    image_encoder: bool = False  # CLIP image embeddings beside the text (Wan2.1 image-to-video)
+    pipeline_class: str = "WanPipeline"
 
     @property
     def experts(self) -> int:
         return 1 if self.boundary_ratio is None else 2
 
 
+WAN_VIDEO_16 = VideoDefaults(fps=16, upscale=1)
 WAN21_T2V = WanVariant("Wan2.1 text-to-video", WAN_DEFAULTS, WAN_VIDEO)
 WAN22_A14B = WanVariant(
     "Wan2.2 A14B text-to-video (two experts)",
     SamplerSettings(num_frames=81, height=720, width=1280, steps=40, guidance_scale=4.0, guidance_scale_2=3.0),
-    VideoDefaults(fps=16, upscale=1),
+    WAN_VIDEO_16,
 )
 WAN22_TI2V = WanVariant(
-    "Wan2.2 TI2V-5B text-to-video",
+    "Wan2.2 TI2V-5B text-(image-)to-video",
     SamplerSettings(num_frames=121, height=704, width=1280, steps=50, guidance_scale=5.0),
     VideoDefaults(fps=24, upscale=1),
+    expand_timesteps=True,
+    image="optional",
+)
+I2V = "WanImageToVideoPipeline"
+WAN21_I2V = WanVariant(
+    "Wan2.1 image-to-video",
+    SamplerSettings(num_frames=81, height=480, width=832, steps=40, guidance_scale=5.0),
+    WAN_VIDEO_16,
+    image="required",
+    image_encoder=True,
+    pipeline_class=I2V,
+)
+WAN21_FLF2V = replace(
+    WAN21_I2V,
+    name="Wan2.1 first-last-frame-to-video",
+    defaults=SamplerSettings(num_frames=81, height=720, width=1280, steps=50, guidance_scale=5.0),
+    last_image="required",
+)
+WAN22_I2V_A14B = WanVariant(
+    "Wan2.2 A14B image-to-video (two experts)",
+    SamplerSettings(num_frames=81, height=720, width=1280, steps=40, guidance_scale=3.5, guidance_scale_2=3.5),
+    WAN_VIDEO_16,
+    image="required",
+    last_image="optional",
+    pipeline_class=I2V,
 )
 
 
@@ -98,11 +129,50 @@ def read_variant(folder: Path) -> WanVariant:
             f"{index_path}: boundary_ratio={boundary!r} switches to a second expert, but the folder names no "
             "transformer_2"
         )
-    if boundary is None:
-        return WAN22_TI2V if expand else WAN21_T2V
-    if not isinstance(boundary, (int, float)) or not 0.0 < boundary <= 1.0:
+    if boundary is not None and (not isinstance(boundary, (int, float)) or not 0.0 < boundary <= 1.0):
         raise ModelFolderError(f"{index_path}: boundary_ratio must be a number in (0, 1], got {boundary!r}")
-    return replace(WAN22_A14B, boundary_ratio=float(boundary), expand_timesteps=expand)
+    if expand:  # TI2V-5B, whichever Wan pipeline class its folder names: text, or a first frame
+        variant = WAN22_TI2V
+    elif index.get("_class_name") != I2V:
+        variant = WAN21_T2V if boundary is None else WAN22_A14B
+    elif two:
+        variant = WAN22_I2V_A14B
+    elif _named(index.get("image_encoder")):
+        variant = WAN21_FLF2V if _first_last_frame(folder) else WAN21_I2V
+    else:
+        raise ModelFolderError(
+            f"{index_path}: an image-to-video folder with one transformer needs its image_encoder (Wan2.1 "
+            "image-to-video); ditfarm renders Wan2.1 image-to-video and first-last-frame, and Wan2.2 A14B "
+            "image-to-video (two experts)"
+        )
+    if boundary is not None:
+        variant = replace(variant, boundary_ratio=float(boundary), expand_timesteps=expand)
+    return replace(variant, pipeline_class=index.get("_class_name", variant.pipeline_class))
+
+
+def check_wan_images(variant: WanVariant, images: dict) -> None:
+    """Refuse, by name, a row's images the folder's kind cannot take, or the ones it needs and the row lacks."""
+    given = [name for name in ("image", "last_image") if images.get(name) is not None]
+    if given and variant.image == "none":
+        raise ValueError(
+            f"a {variant.name} folder renders from text alone and takes no {' or '.join(given)} (an "
+            "image-to-video folder, or Wan2.2 TI2V-5B, takes a first frame)"
+        )
+    if variant.image == "required" and "image" not in given:
+        raise ValueError(f"a {variant.name} folder renders from a first frame: the row needs an image")
+    if "last_image" in given:
+        if variant.last_image == "none":
+            raise ValueError(f"a {variant.name} folder takes no last_image (a first-last-frame folder does)")
+        if "image" not in given:
+            raise ValueError("a last_image needs an image (the first frame) beside it")
+    elif variant.last_image == "required":
+        raise ValueError(f"a {variant.name} folder renders between two frames: the row needs a last_image too")
+
+
+def _first_last_frame(folder: Path) -> bool:
+    """A Wan2.1 first-last-frame transformer: it embeds the two frames' image tokens with positions."""
+    config = read_json(Path(folder) / "transformer" / "config.json", "the transformer's config")
+    return config.get("pos_embed_seq_len") is not None
 
 
 class WanSteps(FlowMatchSteps):
@@ -176,12 +246,44 @@ class WanSteps(FlowMatchSteps):
         }
 
     def inputs(self, i: int, t, latents: torch.Tensor, branch: dict[str, torch.Tensor]) -> dict:
+        """As diffusers' Wan pipelines call the transformer.  An image's condition (``IMAGE_CONDITION``) is, per
+        token-timestep folder, the first latent frame held at the image with timestep 0 there; otherwise the
+        mask and image latents concatenated to the latents as channels."""
+        branch = dict(branch)
+        condition = branch.pop(IMAGE_CONDITION, None)
+        if condition is not None and not self.expand_timesteps:
+            return {
+                "hidden_states": transformer_input(self.scheduler, latents, t, condition, self.dtype),
+                "timestep": t.expand(latents.shape[0]),
+                **branch,
+            }
         inputs = super().inputs(i, t, latents, branch)
-        if self.expand_timesteps:  # every token at t (diffusers' mask of ones, one entry per patch)
+        if self.expand_timesteps:  # a timestep per patch: t, and 0 on a first frame held at its image
+            mask = first_frame_mask(latents, held=condition is not None)
+            if condition is not None:
+                inputs["hidden_states"] = ((1 - mask) * condition + mask * latents).to(self.dtype)
             _, p_h, p_w = self.transformer.config.patch_size
-            grid = torch.ones(latents.shape[2:], dtype=torch.float32, device=latents.device)[:, ::p_h, ::p_w]
+            grid = mask[0][0][:, ::p_h, ::p_w]
             inputs["timestep"] = (grid * t).flatten().unsqueeze(0).expand(latents.shape[0], -1)
         return inputs
+
+    def finish(self, latents: torch.Tensor, conditioning) -> torch.Tensor:
+        condition = conditioning.cond.get(IMAGE_CONDITION)
+        if condition is None or not self.expand_timesteps:
+            return latents
+        mask = first_frame_mask(latents, held=True)  # the held frame is the image's, not what was sampled there
+        return (1 - mask) * condition.to(latents) + mask * latents
+
+
+IMAGE_CONDITION = "image_condition"  # the Conditioning's name for what a first (and last) frame became
+
+
+def first_frame_mask(latents: torch.Tensor, held: bool) -> torch.Tensor:
+    """(1, 1, frames, height, width): 0 on a first latent frame held at its image, 1 where the model samples."""
+    mask = torch.ones((1, 1, *latents.shape[2:]), dtype=torch.float32, device=latents.device)
+    if held:
+        mask[:, :, 0] = 0
+    return mask
 
 
 class WanVideoPipeline(DiffusersPipelineMixin):
@@ -218,21 +320,30 @@ class WanVideoPipeline(DiffusersPipelineMixin):
         VAE decodes tiled (diffusers' AutoencoderKLWan tiling), so long 720p videos decode beside a large
         transformer.  ``options.offload_text_encoder``: the text encoder lives in host memory and visits the
         device only while it encodes."""
-        from diffusers import AutoencoderKLWan, WanPipeline  # deferred: diffusers
-        from transformers import UMT5EncoderModel  # deferred: transformers
+        import diffusers  # deferred: diffusers
+        from diffusers import AutoencoderKLWan  # deferred: diffusers
+        from transformers import CLIPVisionModel, UMT5EncoderModel  # deferred: transformers
+
+        from ..adapters import mark_identity  # deferred: diffusers
 
         folder = Path(folder)
         device, encode_and_decode = options.device, options.encode_and_decode
         precision = resolve_precision(options.dtype, device)
+        variant = read_variant(folder)
         if encode_and_decode:
             vae = AutoencoderKLWan.from_pretrained(folder / "vae", dtype=precision.vae)
             vae.enable_tiling()
             text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", dtype=precision.text_encoder)
             components = dict(vae=vae, text_encoder=text_encoder)
+            if variant.image_encoder:  # in float32, as Wan's image-to-video examples load it
+                image_encoder = CLIPVisionModel.from_pretrained(folder / "image_encoder", dtype=precision.vae)
+                components["image_encoder"] = image_encoder.to(device)
         else:
             components = dict(vae=None, text_encoder=None, tokenizer=None)
-        variant = read_variant(folder)
-        pipe = WanPipeline.from_pretrained(folder, dtype=precision.transformer, **components)
+            if variant.pipeline_class == I2V:
+                components.update(image_encoder=None, image_processor=None)
+        pipeline_class = getattr(diffusers, variant.pipeline_class)
+        pipe = pipeline_class.from_pretrained(folder, dtype=precision.transformer, **components)
         pipe.transformer.to(device)
         if variant.experts == 2:  # the low-noise expert: its own identity, so no profile of the first fits it
             pipe.transformer_2.to("cpu" if options.offload_experts else device)
@@ -256,6 +367,50 @@ class WanVideoPipeline(DiffusersPipelineMixin):
 
     def check_prompt(self, prompt: str) -> None:
         check_nonempty_prompt(prompt)
+
+    def check_images(self, images: dict) -> None:
+        check_wan_images(self.variant, images)
+
+    def encode_images(self, images: dict, settings: SamplerSettings) -> dict[str, torch.Tensor]:
+        """The first (and last) frame as diffusers' WanImageToVideoPipeline prepares them: resized by its video
+        processor, VAE-encoded (with the frames between them zero and a mask of the frames given, or, where the
+        folder expands timesteps, the first latent frame alone), and, where the folder has an image encoder, its
+        CLIP embeddings (the second hidden state from the end) of both frames."""
+        from diffusers import WanImageToVideoPipeline  # deferred: diffusers
+
+        from ..images import load_image  # deferred: pyarrow
+
+        if images.get("image") is None:
+            return {}
+        if not self.holds_vae:
+            raise RuntimeError("this pipeline was loaded without its VAE (a gang rank other than 0)")
+        first = load_image(images["image"], "image")
+        last = load_image(images["last_image"], "last_image") if images.get("last_image") is not None else None
+        device, s = self.execution_device, settings
+        resize = self.pipe.video_processor.preprocess
+        first_frame = resize(first, height=s.height, width=s.width).to(device, dtype=torch.float32)
+        last_frame = None if last is None else resize(last, height=s.height, width=s.width).to(device, torch.float32)
+        shape = self.latent_shape(s)
+        prepared = WanImageToVideoPipeline.prepare_latents(  # diffusers' own, on this pipeline's VAE and config
+            self.pipe,
+            first_frame,
+            1,
+            shape[1],
+            s.height,
+            s.width,
+            s.num_frames,
+            torch.float32,
+            device,
+            None,
+            torch.zeros(shape, dtype=torch.float32, device=device),  # noise is drawn by the loop, from the seed
+            last_frame,
+        )
+        encoded = {IMAGE_CONDITION: prepared[1]}
+        if self.variant.image_encoder:
+            frames = [first] if last is None else [first, last]
+            embeds = self.pipe.encode_image(frames[0] if last is None else frames, device)
+            encoded["encoder_hidden_states_image"] = embeds.to(self.transformer.dtype)
+        return encoded
 
     def check_sizes(self, settings: SamplerSettings) -> None:
         config = self.transformer.config
@@ -321,19 +476,25 @@ class WanVideoPipeline(DiffusersPipelineMixin):
 
 
 def wan_layout(variant: WanVariant) -> DiffusersLayout:
-    """What a folder of ``variant`` must hold: a two-expert folder's second transformer too."""
+    """What a folder of ``variant`` must hold: a two-expert folder's second transformer too, an image encoder and
+    its processor where the kind embeds images."""
     experts = ("transformer", "transformer_2")[: variant.experts]
+    images = ("image_encoder", "image_processor") if variant.image_encoder else ()
+    weights = {name: ("diffusion_pytorch_model", "diffusers", "WanTransformer3DModel") for name in experts}
+    if variant.image_encoder:
+        weights["image_encoder"] = ("model", "transformers", "CLIPVisionModel")
     return DiffusersLayout(
         what=f"a {variant.name} folder",
-        components=(*experts, "vae", "text_encoder", "tokenizer", "scheduler"),
+        components=(*experts, "vae", "text_encoder", "tokenizer", "scheduler", *images),
         weights={
-            **{name: ("diffusion_pytorch_model", "diffusers", "WanTransformer3DModel") for name in experts},
+            **weights,
             "vae": ("diffusion_pytorch_model", "diffusers", "AutoencoderKLWan"),
             "text_encoder": ("model", "transformers", "UMT5EncoderModel"),
         },
         unsupported={
-            "image_encoder": "an image encoder (image-to-video)",
-            "image_processor": "an image processor (image-to-video)",
+            "image_encoder": "an image encoder this kind of Wan folder has no use for (Wan2.1 image-to-video "
+            "folders name WanImageToVideoPipeline and one transformer)",
+            "image_processor": "an image processor this kind of Wan folder has no use for",
         },
         fields=("boundary_ratio", "expand_timesteps"),
     )
@@ -342,8 +503,11 @@ def wan_layout(variant: WanVariant) -> DiffusersLayout:
 @register_family
 class WanFamily(Family):
     name = "wan"
-    renders = "Wan2.1 and Wan2.2 text-to-video: one transformer, Wan2.2 A14B's two experts, TI2V-5B"
-    pipeline_classes = ("WanPipeline",)
+    renders = (
+        "Wan2.1 text-to-video, image-to-video and first-last-frame; Wan2.2 A14B's two experts (text- and "
+        "image-to-video) and TI2V-5B"
+    )
+    pipeline_classes = ("WanPipeline", I2V)
     transformer_classes = ("WanTransformer3DModel",)
     defaults = WAN_DEFAULTS
     video = WAN_VIDEO
@@ -387,6 +551,7 @@ class WanFamily(Family):
             shipped_profile(folder),
             video=self.video_defaults(card, variant.video),
             experts=variant.experts,
+            check_images=lambda images: check_wan_images(variant, images),
         )
 
 
@@ -493,6 +658,74 @@ def make_small_wan22_ti2v_folder(folder: str | Path, seed: int = 0, layers: int 
     )
 
 
+SMALL_IMAGE_ENCODER = dict(  # CLIP ViT: 32x32 pixels in 8x8 patches, 16 + 1 tokens of width 16
+    hidden_size=16,
+    projection_dim=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=32,
+    intermediate_size=32,
+    patch_size=8,
+)
+SMALL_IMAGE_TOKENS = (32 // 8) ** 2 + 1
+
+
+def make_small_wan_i2v_folder(folder: str | Path, seed: int = 0, first_last: bool = False, layers: int = 4) -> Path:
+    """A small Wan2.1 image-to-video folder (``first_last``: first-last-frame): a transformer reading the 16 noise
+    channels beside 4 mask and 16 image-latent channels and CLIP embeddings of the frames (with positions for two
+    frames' tokens where ``first_last``), a small CLIP vision encoder and its processor, UniPC flow at shift 5."""
+    card = {
+        "kind": "wan",
+        "defaults": {"num_frames": 9, "height": 64, "width": 64, "steps": 10, "guidance_scale": 5.0},
+        "max_sequence_length": 32,
+        "video": {"fps": 16, "upscale": 1},
+    }
+    transformer = {**SMALL_TRANSFORMER, "num_layers": layers, "in_channels": 36, "image_dim": 16}
+    if first_last:
+        transformer["pos_embed_seq_len"] = 2 * SMALL_IMAGE_TOKENS
+    return make_wan_folder(
+        folder,
+        transformer,
+        SMALL_TEXT_ENCODER,
+        SMALL_VAE,
+        card,
+        seed=seed,
+        scheduler=unipc_flow_scheduler(5.0),
+        image_encoder_config=SMALL_IMAGE_ENCODER,
+    )
+
+
+def make_small_wan22_i2v_a14b_folder(folder: str | Path, seed: int = 0, layers: int = 4) -> Path:
+    """A small Wan2.2 A14B image-to-video folder: two experts reading 36 channels (no image encoder, as released),
+    ``boundary_ratio`` 0.9, UniPC flow at shift 5."""
+    card = {
+        "kind": "wan",
+        "defaults": {
+            "num_frames": 9,
+            "height": 64,
+            "width": 64,
+            "steps": 10,
+            "guidance_scale": 3.5,
+            "guidance_scale_2": 3.5,
+        },
+        "max_sequence_length": 32,
+        "video": {"fps": 16, "upscale": 1},
+    }
+    transformer = {**SMALL_TRANSFORMER, "num_layers": layers, "in_channels": 36}
+    return make_wan_folder(
+        folder,
+        transformer,
+        SMALL_TEXT_ENCODER,
+        SMALL_VAE,
+        card,
+        seed=seed,
+        transformer_2_config=transformer,
+        boundary_ratio=0.9,
+        scheduler=unipc_flow_scheduler(5.0),
+        image_to_video=True,
+    )
+
+
 def unipc_flow_scheduler(shift: float):
     """The scheduler Wan's released diffusers folders ship: UniPC on flow sigmas at the given shift."""
     from diffusers import UniPCMultistepScheduler  # deferred: diffusers
@@ -513,6 +746,8 @@ def make_wan_folder(
     boundary_ratio: float | None = None,
     expand_timesteps: bool = False,
     scheduler=None,
+    image_encoder_config: dict | None = None,
+    image_to_video: bool = False,
 ) -> Path:
     """A diffusers Wan folder with random weights of the given component configs (the real Wan2.1 ones in
     ``wan_configs`` give the real shapes) and a word-level tokenizer of ``WORDS`` (the encoder's vocabulary
@@ -520,14 +755,22 @@ def make_wan_folder(
     billions of parameters on a GPU); the transformer and text encoder are saved in ``dtype``, the VAE in
     float32.  ``transformer_2_config`` and ``boundary_ratio``: a second expert (Wan2.2 A14B);
     ``expand_timesteps``: a timestep per token (TI2V-5B); ``scheduler``: Euler flow matching at shift 3 unless
-    given."""
+    given; ``image_encoder_config`` (a CLIP vision config) or ``image_to_video``: a WanImageToVideoPipeline
+    folder."""
     from diffusers import (  # deferred: diffusers
         AutoencoderKLWan,
         FlowMatchEulerDiscreteScheduler,
+        WanImageToVideoPipeline,
         WanPipeline,
         WanTransformer3DModel,
     )
-    from transformers import UMT5Config, UMT5EncoderModel  # deferred: transformers
+    from transformers import (  # deferred: transformers
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        UMT5Config,
+        UMT5EncoderModel,
+    )
 
     folder = Path(folder)
     torch.manual_seed(seed)
@@ -538,10 +781,11 @@ def make_wan_folder(
         vae = AutoencoderKLWan(**vae_config)
         transformer = WanTransformer3DModel(**transformer_config)
         transformer_2 = WanTransformer3DModel(**transformer_2_config) if transformer_2_config else None
+        image_encoder = CLIPVisionModel(CLIPVisionConfig(**image_encoder_config)) if image_encoder_config else None
     if dtype != torch.float32:  # loading with dtype=float32 later upcasts what Wan keeps in float32
         text_encoder, transformer = text_encoder.to(dtype), transformer.to(dtype)
         transformer_2 = transformer_2.to(dtype) if transformer_2 is not None else None
-    pipe = WanPipeline(
+    components = dict(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
         vae=vae,
@@ -551,6 +795,12 @@ def make_wan_folder(
         boundary_ratio=boundary_ratio,
         expand_timesteps=expand_timesteps,
     )
+    if image_encoder is not None or image_to_video:
+        size = image_encoder_config["image_size"] if image_encoder_config else None
+        processor = CLIPImageProcessor(crop_size=size, size=size) if size else None
+        pipe = WanImageToVideoPipeline(**components, image_encoder=image_encoder, image_processor=processor)
+    else:
+        pipe = WanPipeline(**components)
     pipe.save_pretrained(folder)
     if card is not None:
         (folder / "ditfarm_model.json").write_text(json.dumps(card, indent=2) + "\n")
