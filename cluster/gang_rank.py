@@ -20,7 +20,7 @@ from ..pipelines.memory import available_bytes
 from ..pipelines.phases import PhaseClock
 from ..types import RenderSettings, RowInputs
 from ..worker.model import load_model
-from ..worker.video import cache_outcome, checked_settings, decode_video, denoise_video, encode_text
+from ..worker.video import cache_outcome, checked_settings, decode_video, denoise_video, encode_text, row_images
 from .cfg_parallel import CfgSplit, make_cfg_cache_reduce, make_cfg_groups
 from .collectives import backend_device, make_cache_reduce
 from .messages import EncodedText, RankResult
@@ -77,12 +77,12 @@ class RankRenderer:
 
     def _wrap_text_encoder(self) -> None:
         """Encode on rank 0 only and broadcast the conditioning to the other ranks."""
-        self._encode_on_rank0 = self.pipe.encode_prompt
+        self._encode_on_rank0 = self.pipe.encode_inputs
 
-        def encode_once(prompt, negative_prompt="", guidance_scale=1.0):
-            return self._shared_embeddings(RowInputs(prompt, 0, negative_prompt), guidance_scale, None)
+        def encode_once(prompt, negative_prompt, settings, images=None):
+            return self._shared_embeddings(RowInputs(prompt, 0, negative_prompt, extra=images or {}), settings, None)
 
-        self.pipe.encode_prompt = encode_once
+        self.pipe.encode_inputs = encode_once
 
     def _gang_available_bytes(self) -> int:
         """The least memory any rank of the gang has free: every rank then refuses or renders a video alike (an
@@ -100,15 +100,22 @@ class RankRenderer:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    def _shared_embeddings(self, row: RowInputs, guidance_scale: float, ahead) -> Conditioning:
+    def _shared_embeddings(self, row: RowInputs, settings, ahead) -> Conditioning:
         """Rank 0's conditioning of ``row`` (``ahead``: computed beforehand, else encoded now) on every rank,
-        whatever named tensors the family's encoding holds."""
-        local = None
+        whatever named tensors the family's encoding holds.  A row rank 0 cannot encode (an image missing or not
+        an image) fails on every rank with rank 0's error: the error is broadcast, no rank waits for tensors."""
+        local, error = None, [None]
         if self.rank == 0:
-            encoded = (
-                ahead if ahead is not None else self._encode_on_rank0(row.prompt, row.negative_prompt, guidance_scale)
-            )
-            local = encoded.to("cpu").flat()
+            try:
+                encoded = ahead
+                if encoded is None:
+                    encoded = self._encode_on_rank0(row.prompt, row.negative_prompt, settings, row_images(row))
+                local = encoded.to("cpu").flat()
+            except ValueError as err:
+                error = [str(err)]
+        dist.broadcast_object_list(error, src=0)
+        if error[0] is not None:
+            raise ValueError(error[0])
         return Conditioning.from_flat(broadcast_tensors(local)).to(self.pipe.execution_device)
 
     def encode_text(self, row: RowInputs) -> EncodedText | None:
@@ -118,13 +125,14 @@ class RankRenderer:
             self.pipe.check_prompt(row.prompt)
             if row.negative_prompt:
                 self.pipe.check_negative_prompt(row.negative_prompt)
+            self.pipe.check_images(row_images(row))
             settings = self.pipe.settings(**row.sampler)
-        except ValueError:
+            encode = getattr(self, "_encode_on_rank0", None)
+            clock = PhaseClock(self.pipe.execution_device)
+            with torch.no_grad():
+                encoded = encode_text(self.pipe, clock, row, settings, encode)
+        except ValueError:  # a bad row (an image that cannot be read, too): its render fails on every rank alike
             return None
-        encode = getattr(self, "_encode_on_rank0", None)
-        clock = PhaseClock(self.pipe.execution_device)
-        with torch.no_grad():
-            encoded = encode_text(self.pipe, clock, row, settings.guidance_scale, encode)
         return EncodedText(encoded.to("cpu"), clock.seconds["text"])
 
     def render(
@@ -146,11 +154,11 @@ class RankRenderer:
         with torch.no_grad():
             if self.world > 1:  # every rank takes part in the broadcast, whether or not rank 0 encoded ahead
                 with clock.phase("text") if embeddings is None else nullcontext():
-                    embeddings = self._shared_embeddings(row, settings.guidance_scale, embeddings)
+                    embeddings = self._shared_embeddings(row, settings, embeddings)
             elif embeddings is not None:
                 embeddings = embeddings.to(self.pipe.execution_device)
             else:
-                embeddings = encode_text(self.pipe, clock, row, settings.guidance_scale)
+                embeddings = encode_text(self.pipe, clock, row, settings)
             # timeout_s: the driver's number, the same on every rank; the ranks vote at every step
             vote = self._any_rank_late if self.world > 1 else None
             latents = denoise_video(self.pipe, clock, row, settings, embeddings, timeout_s, vote)

@@ -42,7 +42,16 @@ from ..types import EXIT_MANIFEST_FAILED, EXIT_OUTPUT_FAILED, RenderedVideo, Ren
 from ..worker.model import load_model
 from ..worker.publish import PublishGate, lease_fence, publish_video, video_format
 from ..worker.video import cache_knob, cache_outcome, checked_settings, decode_video, denoise_video, encode_text
-from .manifest import Manifest, ManifestError, RenderTask, RowProblem, row_inputs, sampler_overrides, seed_from_id
+from .manifest import (
+    Manifest,
+    ManifestError,
+    RenderTask,
+    RowProblem,
+    row_images,
+    row_inputs,
+    sampler_overrides,
+    seed_from_id,
+)
 from .metrics import JobMetrics
 from .progress import Progress
 from .report_refresher import ReportRefresher
@@ -151,11 +160,11 @@ class LocalRenderer:
         with torch_no_grad():
             embeddings = None
             if not self.encode_in_turn:
-                embeddings = encode_text(pipe, clock, row, s.guidance_scale)
+                embeddings = encode_text(pipe, clock, row, s)
             with self._loop:
                 clock.reset_peak()
                 if embeddings is None:
-                    embeddings = encode_text(pipe, clock, row, s.guidance_scale)
+                    embeddings = encode_text(pipe, clock, row, s)
                 timeout_s = settings.video_timeout_s or default_timeout_s(pipe.defaults, s.__dict__)
                 latents = denoise_video(pipe, clock, row, s, embeddings, timeout_s)
                 skipped = cache_outcome(pipe).skipped_fraction
@@ -280,6 +289,7 @@ def _result_row(task: RenderTask | RowProblem, status: str, **values) -> dict:
         row["negative_prompt"] = (
             task.negative_prompt if status == STATUS_OK else cut(task.negative_prompt, MAX_ID_CHARS)
         )
+        row.update(row_images(task))
     row.update(values)
     if isinstance(row["error"], str):
         row["error"] = cut(row["error"])

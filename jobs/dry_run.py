@@ -112,7 +112,7 @@ def dry_run(
             report.add_failure(describe_row(task.row, task.id, task.origin), task.error)
             continue
         try:
-            checks.check_row(task, settings)
+            checks.check_row(task, settings, inputs_exist=True)
         except ValueError as err:
             report.add_failure(task.where, str(err))
             continue

@@ -10,6 +10,8 @@ Schema (``id`` and ``prompt`` required, the rest optional; any other column is c
     guidance_scale   number >= 0
     guidance_scale_2 number >= 0: the second expert's scale (a two-expert folder, Wan2.2 A14B; missing: as
                      guidance_scale); a row that sets it for a one-transformer model fails naming it
+    image            string: the first frame (a local path or an s3:// URI) of an image-to-video model
+    last_image       string: the last frame, for a first-last-frame model
 
 A schema problem (a required column missing, a column of the wrong type, an extra column that would overwrite a
 results column) fails the whole run before anything renders.  A bad row (bad or duplicate id, empty prompt,
@@ -19,6 +21,7 @@ out-of-range number) becomes a ``failed`` result naming the row and the problem,
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +50,10 @@ OPTIONAL_COLUMNS = (
     "steps",
     "guidance_scale",
     "guidance_scale_2",
+    "image",
+    "last_image",
 )
+IMAGE_COLUMNS = ("image", "last_image")  # read by the rank that encodes the row, never by the driver
 GUIDANCE_COLUMNS = ("guidance_scale", "guidance_scale_2")
 RESULT_COLUMNS = tuple(RESULT_SCHEMA.names)
 MAX_SEED = 2**63 - 1
@@ -73,6 +79,8 @@ class RenderTask:
     steps: int | None = None
     guidance_scale: float | None = None
     guidance_scale_2: float | None = None
+    image: str | None = None
+    last_image: str | None = None
     extra: dict = field(default_factory=dict)
     origin: str | None = None  # "<file> row <n>" in a manifest of several files
     stored_before: bool = True  # the output held a video of this id when the run listed it (the driver says)
@@ -116,7 +124,7 @@ def check_schema(schema: pa.Schema, source: str) -> list[str]:
         problems.append(f"duplicate column name(s) {', '.join(dupes)}")
     for name in names:
         t = schema.field(name).type
-        if name in ("id", "prompt", "negative_prompt") and not (_is_string(t) or pa.types.is_null(t)):
+        if name in ("id", "prompt", "negative_prompt", *IMAGE_COLUMNS) and not (_is_string(t) or pa.types.is_null(t)):
             problems.append(f"column {name!r} has type {t}; expected string")
         elif name in INTEGER_COLUMNS and not (pa.types.is_integer(t) or pa.types.is_null(t)):
             problems.append(f"column {name!r} has type {t}; expected an integer type")
@@ -283,6 +291,12 @@ def validate_row(
         if value is not None and not 0 <= value <= MAX_GUIDANCE:  # also catches NaN and infinities
             return problem(f"{name} must be a finite number in [0, {MAX_GUIDANCE:g}], got {value}")
         guidance[name] = None if value is None else float(value)
+    images = {}
+    for name in IMAGE_COLUMNS:
+        value = record.get(name)
+        if value is not None and not value.strip():
+            return problem(f"{name} is empty (leave it null for no {name})")
+        images[name] = None if value is None else local_or_uri(value.strip())
     return RenderTask(
         row=row,
         id=video_id,
@@ -293,13 +307,26 @@ def validate_row(
         origin=origin,
         **numbers,
         **guidance,
+        **images,
     )
+
+
+def local_or_uri(source: str) -> str:
+    """An ``s3://`` URI as written; a local path made absolute, so a rank started elsewhere on this machine reads
+    the same file."""
+    return source if is_s3(source) else os.path.abspath(os.path.expanduser(source))
+
+
+def row_images(task: RenderTask) -> dict[str, str | None]:
+    return {name: getattr(task, name) for name in IMAGE_COLUMNS}
 
 
 def row_inputs(task: RenderTask, settings: RenderSettings) -> RowInputs:
     """What the task renders from, as the renderers take it: its text and seed, and its sampler values (the
     row's, else the run's)."""
-    return RowInputs(task.prompt, task.seed, task.negative_prompt, sampler_overrides(task, settings))
+    return RowInputs(
+        task.prompt, task.seed, task.negative_prompt, sampler_overrides(task, settings), extra=row_images(task)
+    )
 
 
 def sampler_overrides(task: RenderTask, settings: RenderSettings) -> dict:

@@ -55,6 +55,8 @@ RESULT_SCHEMA = pa.schema(
         ("negative_prompt", pa.string()),
         ("guidance_scale", pa.float64()),
         ("guidance_scale_2", pa.float64()),  # the second expert's (a two-expert model); null: it has one
+        ("image", pa.string()),  # the first frame it was rendered from (a path or URI, as the manifest named it)
+        ("last_image", pa.string()),  # and the last, for a first-last-frame model
         ("fps", pa.int32()),
         ("upscale", pa.int32()),
         # the stored bytes: S3's ETag as written (etag:...) or a local file's sha256 (and its modification time, so
@@ -162,6 +164,8 @@ CONTENT_COLUMNS = (
     "steps",
     "guidance_scale",
     "guidance_scale_2",
+    "image",
+    "last_image",
     "fps",
     "upscale",
     "model",

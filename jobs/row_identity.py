@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..uris import is_s3
-from .manifest import RenderTask, sampler_overrides
+from .manifest import RenderTask, row_images, sampler_overrides
 from .results import CONTENT_COLUMNS
 
 SAMPLER_COLUMNS = {"frames": "num_frames", "height": "height", "width": "width", "steps": "steps"}
@@ -36,6 +36,7 @@ def wanted_content(task: RenderTask, settings, model_checks=None) -> dict:
         "negative_prompt": task.negative_prompt or "",
         "seed": task.seed,
         "model": str(settings.model),
+        **row_images(task),
     }
     for column, name in SAMPLER_COLUMNS.items():
         wanted[column] = overrides[name] if overrides[name] is not None else getattr(defaults, name, None)

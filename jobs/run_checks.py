@@ -24,20 +24,38 @@ class RunChecks:
     policy: object | None  # the cache policy the ranks will run (its calibration), or None (no cache, not checked)
     knob: object | None = None  # the cache's KnobChoice as the model's card says it; None where it cannot be read
 
-    def check_row(self, task, settings: RenderSettings):
-        """The row's sampler settings, or ValueError naming what the model or the cache refuses."""
-        from .manifest import sampler_overrides  # deferred: pyarrow
+    def check_row(self, task, settings: RenderSettings, inputs_exist: bool = False):
+        """The row's sampler settings, or ValueError naming what the model or the cache refuses.
+        ``inputs_exist`` (the dry run): each image the row names exists, by its metadata alone (one HEAD per
+        object, nothing downloaded); the run itself leaves reading them to the rank that encodes the row."""
+        from .manifest import row_images, sampler_overrides  # deferred: pyarrow
 
         overrides = sampler_overrides(task, settings)
+        if inputs_exist:
+            check_images_exist(row_images(task))
         if self.model is None:
             return None
         self.model.check_prompt(task.prompt)
         if task.negative_prompt:
             self.model.check_negative(task.negative_prompt)
+        self.model.check_row_images(row_images(task))
         resolved = self.model.settings(**overrides)
         if self.policy is not None:
             self.policy.check_steps(resolved.steps)
         return resolved
+
+
+def check_images_exist(images: dict) -> None:
+    """ValueError naming the first image of a row that does not exist or cannot be read."""
+    from ..storage.inputs import StorageError, input_file_size  # deferred: pyarrow
+
+    for name, source in images.items():
+        if source is None:
+            continue
+        try:
+            input_file_size(source)
+        except StorageError as err:
+            raise ValueError(f"{name} {err}") from None
 
 
 def check_device(device: str) -> None:

@@ -16,6 +16,7 @@ from ditfarm.pipelines.families.wan import (
     check_wan_images,
 )
 from ditfarm.pipelines.images import MAX_IMAGE_PIXELS, load_image
+from ditfarm.storage.errors import redact
 
 
 @pytest.mark.unit
@@ -86,3 +87,121 @@ def test_each_wan_kind_refuses_the_images_it_cannot_take_by_name(variant, images
 )
 def test_each_wan_kind_takes_the_images_it_renders_from(variant, images):
     check_wan_images(variant, images)
+
+
+def image_bytes(seed: int, fmt: str = "PNG") -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def render_image_manifest(tmp_path, folder, images: list, out: str, capsys) -> tuple[int, dict, str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ditfarm.commands.cli import main as cli
+    from ditfarm.jobs.results import read_results
+
+    manifest = tmp_path / "m.parquet"
+    ids = [f"v{i}" for i in range(len(images))]
+    pq.write_table(pa.table({"id": ids, "prompt": ["red cat moving left"] * len(ids), "image": images}), manifest)
+    base = ["--out", out, "--model", str(folder), "--steps", "2", "--no-progress"]
+    dry_code = cli(["render", str(manifest), *base, "--dry-run"])
+    dry = capsys.readouterr().out
+    assert dry_code == (1 if "would fail" in dry else 0), dry
+    code = cli(["render", str(manifest), *base])
+    capsys.readouterr()
+    return code, {r["id"]: r for r in read_results(out).to_pylist()}, dry
+
+
+@pytest.mark.process
+def test_a_manifest_of_images_renders_the_good_rows_and_fails_the_others_naming_each_uri(tmp_path, capsys):
+    """A good image (JPEG), a missing one and a file that is not an image: the good row is ok with its image in
+    the results, the others fail naming their URI and the problem, and the dry run says the same of the
+    missing one without reading any image."""
+    from ditfarm.pipelines.families.wan import make_small_wan22_ti2v_folder
+
+    folder = make_small_wan22_ti2v_folder(tmp_path / "ti2v")
+    good, text = tmp_path / "good.jpg", tmp_path / "text.png"
+    good.write_bytes(image_bytes(0, "JPEG"))
+    text.write_text("not an image")
+    missing = str(tmp_path / "missing.png")
+    code, rows, dry = render_image_manifest(
+        tmp_path, folder, [str(good), missing, str(text)], str(tmp_path / "out"), capsys
+    )
+    assert "would render 2" in dry and f"image {missing} does not exist" in dry, dry
+    assert code == 1
+    assert rows["v0"]["status"] == "ok" and rows["v0"]["image"] == str(good)
+    # (errors are stored redacted: with moto's credentials in the environment, "test" in a path is masked)
+    assert rows["v1"]["status"] == "failed" and redact(f"image {missing} does not exist") in rows["v1"]["error"]
+    assert rows["v2"]["status"] == "failed"
+    assert redact(f"image {text} is not an image Pillow can read") in rows["v2"]["error"]
+
+
+@pytest.mark.s3
+@pytest.mark.process
+def test_images_on_s3_are_read_by_the_encoding_process_and_bad_ones_fail_by_uri(tmp_path, capsys, s3_endpoint):
+    import uuid
+
+    import boto3
+
+    from ditfarm.pipelines.families.wan import make_small_wan_i2v_folder
+
+    folder = make_small_wan_i2v_folder(tmp_path / "i2v")
+    s3 = boto3.client("s3")
+    bucket = "img-" + uuid.uuid4().hex[:10]
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="frames/good.png", Body=image_bytes(1))
+    s3.put_object(Bucket=bucket, Key="frames/text.png", Body=b"not an image")
+    good, missing, text = (f"s3://{bucket}/frames/{name}" for name in ("good.png", "gone.png", "text.png"))
+    out = f"s3://{bucket}/out"
+    code, rows, dry = render_image_manifest(tmp_path, folder, [good, missing, text], out, capsys)
+    assert "would render 2" in dry and f"image {missing} does not exist" in dry, dry
+    assert code == 1
+    assert rows["v0"]["status"] == "ok" and rows["v0"]["image"] == good
+    # (errors are stored redacted: with moto's credentials in the environment, "test" in a path is masked)
+    assert rows["v1"]["status"] == "failed" and redact(f"image {missing} does not exist") in rows["v1"]["error"]
+    assert rows["v2"]["status"] == "failed"
+    assert redact(f"image {text} is not an image Pillow can read") in rows["v2"]["error"]
+
+
+def render_image_rows_on_ranks(rank, world, folder, good, missing, cfg_parallel):
+    """Sequence-parallel (or CFG-parallel) renders of an image row, then of a row whose image is missing: the
+    frames on rank 0, and what every rank says of the missing one."""
+    from ditfarm.cluster.gang_rank import RankRenderer
+    from ditfarm.types import RenderSettings, RowInputs
+
+    renderer = RankRenderer(rank, world, RenderSettings(model=folder, cfg_parallel=cfg_parallel))
+    frames = renderer.render(RowInputs("red cat moving left", 5, extra={"image": good})).frames
+    try:
+        renderer.render(RowInputs("red cat moving left", 5, extra={"image": missing}))
+        error = None
+    except ValueError as err:
+        error = str(err)
+    return frames, error
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("cfg_parallel", [False, True])
+def test_an_image_row_renders_on_a_two_rank_gang_as_in_one_process_and_a_missing_image_fails_every_rank(
+    tmp_path, cfg_parallel
+):
+    """Rank 0 reads and encodes the image; every rank receives what it became.  A row rank 0 cannot read fails on
+    every rank with rank 0's error instead of leaving the others waiting in a broadcast."""
+    from ditfarm.cache.metrics import psnr
+    from ditfarm.cluster.local import run_local_gang
+    from ditfarm.pipelines.families.wan import make_small_wan22_i2v_a14b_folder
+    from ditfarm.pipelines.loading import load_pipeline
+
+    folder = make_small_wan22_i2v_a14b_folder(tmp_path / "i2v-a14b")
+    good = tmp_path / "good.png"
+    good.write_bytes(image_bytes(4))
+    missing = str(tmp_path / "missing.png")
+    alone = load_pipeline(folder).generate("red cat moving left", seed=5, image=str(good))
+    (frames, error0), (_, error1) = run_local_gang(
+        render_image_rows_on_ranks, 2, str(folder), str(good), missing, cfg_parallel, timeout_s=120
+    )
+    assert psnr(frames, alone) >= 60
+    assert error0 == error1 and f"image {missing} does not exist" in error0

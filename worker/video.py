@@ -10,6 +10,7 @@ from ..cache import last_video_stats
 from ..pipelines.conditioning import Conditioning
 from ..pipelines.deadline import VideoDeadline
 from ..pipelines.denoise import SamplerSettings
+from ..pipelines.images import IMAGE_INPUTS
 from ..pipelines.phases import PhaseClock
 from ..types import RowInputs
 
@@ -20,16 +21,23 @@ def checked_settings(pipe, row: RowInputs, available_bytes: int | None = None) -
     pipe.check_prompt(row.prompt)
     if row.negative_prompt:
         pipe.check_negative_prompt(row.negative_prompt)
+    pipe.check_images(row_images(row))
     settings = pipe.settings(**row.sampler)
     pipe.check_memory(settings, available_bytes)
     return settings
 
 
-def encode_text(pipe, clock: PhaseClock, row: RowInputs, guidance_scale: float, encode=None) -> Conditioning:
-    """The row's Conditioning (its prompt and, under guidance, its negative prompt, encoded), timed as the "text"
-    phase; ``encode``: another encoder than the pipeline's own (a gang's rank 0 keeps the original)."""
+def row_images(row: RowInputs) -> dict:
+    """The row's images by name (``pipelines.images.IMAGE_INPUTS``; None where it has none)."""
+    return {name: row.extra.get(name) for name in IMAGE_INPUTS}
+
+
+def encode_text(pipe, clock: PhaseClock, row: RowInputs, settings: SamplerSettings, encode=None) -> Conditioning:
+    """The row's Conditioning (its prompt and, under guidance, its negative prompt, encoded; its images read and
+    encoded where it has them), timed as the "text" phase; ``encode``: another encoder than the pipeline's own
+    (a gang's rank 0 keeps the original)."""
     with clock.phase("text"):
-        return (encode or pipe.encode_prompt)(row.prompt, row.negative_prompt, guidance_scale)
+        return (encode or pipe.encode_inputs)(row.prompt, row.negative_prompt, settings, row_images(row))
 
 
 def denoise_video(
