@@ -13,6 +13,7 @@ from ..choices import DTYPE_NAMES, POLICIES
 from ..jobs.stopping import Stopped, stop_on_signals
 from ..storage.errors import StorageError, redact
 from ..types import EXIT_LEASE_LOST, EXIT_TRY_LATER, NoRenderersLeft, RunAborted
+from ..uris import is_s3
 
 
 def gangs_value(text: str):
@@ -115,6 +116,8 @@ def register(sub) -> None:
         action="store_true",
         help="keep the text encoder in host memory between prompts (it visits the GPU to encode)",
     )
+    p.add_argument("--image", help="the first frame (a path or s3:// URI) of every row that names none")
+    p.add_argument("--last-image", help="the last frame of every row that names none (first-last-frame models)")
     p.add_argument(
         "--offload-experts",
         action="store_true",
@@ -217,6 +220,8 @@ def settings_from_args(args):
         dtype=args.dtype,
         offload_text_encoder=args.offload_text_encoder,
         offload_experts=args.offload_experts,
+        image=_image_source(args.image),
+        last_image=_image_source(args.last_image),
         compile=args.compile,
         cfg_parallel=args.cfg_parallel,
         flush_every=args.flush_every,
@@ -390,3 +395,10 @@ def run(args) -> int:
     if summary.failed > 20:
         print(f"  ... and {summary.failed - 20} more (see the results table)", file=sys.stderr)
     return 1 if (summary.failed or summary.duplicates) and not args.allow_failures else 0
+
+
+def _image_source(source: str | None) -> str | None:
+    """A run-wide image as rows name theirs: an s3:// URI as given, a local path made absolute."""
+    if not source:
+        return None
+    return source if is_s3(source) else os.path.abspath(os.path.expanduser(source))

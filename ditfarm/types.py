@@ -59,6 +59,8 @@ class RenderSettings:
     dtype: str = "auto"  # pipelines.precision: auto (bf16 on CUDA, float32 on CPU), bf16, fp16, fp32
     offload_text_encoder: bool = False  # the text encoder waits in host memory between prompts
     offload_experts: bool = False  # a two-expert model's idle expert waits in host memory
+    image: str | None = None  # the first frame (a path or s3:// URI) of every row that names none
+    last_image: str | None = None  # the last frame, likewise
     compile: str | None = None  # torch.compile backend for the transformer's repeated blocks ("inductor"); None: eager
     cfg_parallel: bool = False  # a gang's two halves run the cond and uncond passes at once (sp = 2 x Ulysses)
     flush_every: int = 32  # a results part is written after this many rows ...

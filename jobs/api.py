@@ -15,6 +15,8 @@ and a rerun skips it.
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ import pyarrow as pa
 from ..storage.lease import DEFAULT_TTL_S
 from ..types import RenderSettings
 from .driver import RenderJob, manifest_job, request_id
-from .manifest import ManifestError, TableManifest
+from .manifest import IMAGE_COLUMNS, ManifestError, TableManifest, local_or_uri
 from .results import read_results, results_schema
 
 __all__ = ["render", "read_results"]
@@ -40,7 +42,24 @@ def _settings(model: str, cache: str, sp: int, gangs: int | str | None, options:
             f"known: {', '.join(sorted(SETTING_NAMES - {'model', 'cache', 'sp', 'gangs'}))}"
         )
     gangs = gangs if gangs is not None else (1 if sp > 1 else 0)
+    for name in IMAGE_COLUMNS:
+        if options.get(name) is not None:
+            options[name] = image_source(options[name])
     return RenderSettings(model=model, cache=cache, sp=sp, gangs=gangs, **options)
+
+
+def image_source(image) -> str:
+    """A row's image as a manifest holds it: a path (made absolute) or an ``s3://`` URI as given; a PIL image is
+    written to a PNG file of this process's temporary folder, which the results then name (it is read from there
+    by the renderer on this machine)."""
+    if isinstance(image, (str, Path)):
+        return local_or_uri(str(image))
+    if type(image).__module__.startswith("PIL."):
+        handle, path = tempfile.mkstemp(prefix="ditfarm-image-", suffix=".png")
+        os.close(handle)
+        image.save(path, "PNG")
+        return path
+    raise TypeError(f"an image must be a path, an s3:// URI or a PIL image, got {type(image).__name__}")
 
 
 def _as_table(prompts, settings: RenderSettings) -> pa.Table:
@@ -54,6 +73,9 @@ def _as_table(prompts, settings: RenderSettings) -> pa.Table:
     if all(isinstance(p, str) for p in prompts):
         return pa.table({"id": [request_id(p, settings) for p in prompts], "prompt": prompts})
     if all(isinstance(p, dict) for p in prompts):
+        prompts = [
+            {k: image_source(v) if k in IMAGE_COLUMNS and v is not None else v for k, v in p.items()} for p in prompts
+        ]
         if not any("id" in p for p in prompts):  # manifest columns without ids: derive them like strings
             keys = (
                 "negative_prompt",
@@ -96,7 +118,8 @@ def render(
     """Render prompts into ``out`` (a folder or ``s3://bucket/prefix``); returns an iterator of result rows.
 
     ``prompts``: a list of strings, a list of dicts (manifest columns), a pyarrow Table, a pandas DataFrame, or a
-    manifest path or URI.  ``options``: any RenderSettings field (steps, guidance_scale, num_frames, height,
+    manifest path or URI (a row's ``image`` / ``last_image``: a path, an ``s3://`` URI or a PIL image).
+    ``options``: any RenderSettings field (steps, guidance_scale, guidance_scale_2, image, last_image, num_frames, height,
     width, cache_knob, profile, upscale, fps (None: the model's), device, dtype, offload_text_encoder, flush_every,
     flush_seconds, collective_timeout_s).
 

@@ -274,7 +274,7 @@ def start_render(fn, task) -> Future:
 MAX_ID_CHARS = 1024  # a valid id has at most 128; an invalid one is kept this long in its failed row
 
 
-def _result_row(task: RenderTask | RowProblem, status: str, **values) -> dict:
+def _result_row(task: RenderTask | RowProblem, status: str, settings: RenderSettings | None = None, **values) -> dict:
     video_id = task.id if not isinstance(task.id, str) else cut(task.id, MAX_ID_CHARS)  # a bad id may be huge
     row = {
         "id": video_id,
@@ -289,7 +289,7 @@ def _result_row(task: RenderTask | RowProblem, status: str, **values) -> dict:
         row["negative_prompt"] = (
             task.negative_prompt if status == STATUS_OK else cut(task.negative_prompt, MAX_ID_CHARS)
         )
-        row.update(row_images(task))
+        row.update(row_images(task, settings))
     row.update(values)
     if isinstance(row["error"], str):
         row["error"] = cut(row["error"])
@@ -428,7 +428,7 @@ class RenderJob:
         )  # publishing checks the lease
 
         def record(task, status: str, error: str | None = None, **values) -> dict:
-            row = _result_row(task, status, error=error, **values)
+            row = _result_row(task, status, settings, error=error, **values)
             if status == STATUS_SKIPPED:
                 summary.skipped += 1
             elif status == STATUS_DUPLICATE:

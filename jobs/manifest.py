@@ -317,15 +317,23 @@ def local_or_uri(source: str) -> str:
     return source if is_s3(source) else os.path.abspath(os.path.expanduser(source))
 
 
-def row_images(task: RenderTask) -> dict[str, str | None]:
-    return {name: getattr(task, name) for name in IMAGE_COLUMNS}
+def row_images(task: RenderTask, settings: RenderSettings | None = None) -> dict[str, str | None]:
+    """The row's images, else the run's (``--image``, ``ditfarm.render(image=...)``), by name."""
+    return {
+        name: getattr(task, name) if getattr(task, name) is not None else getattr(settings, name, None)
+        for name in IMAGE_COLUMNS
+    }
 
 
 def row_inputs(task: RenderTask, settings: RenderSettings) -> RowInputs:
     """What the task renders from, as the renderers take it: its text and seed, and its sampler values (the
     row's, else the run's)."""
     return RowInputs(
-        task.prompt, task.seed, task.negative_prompt, sampler_overrides(task, settings), extra=row_images(task)
+        task.prompt,
+        task.seed,
+        task.negative_prompt,
+        sampler_overrides(task, settings),
+        extra=row_images(task, settings),
     )
 
 

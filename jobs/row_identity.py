@@ -36,7 +36,7 @@ def wanted_content(task: RenderTask, settings, model_checks=None) -> dict:
         "negative_prompt": task.negative_prompt or "",
         "seed": task.seed,
         "model": str(settings.model),
-        **row_images(task),
+        **row_images(task, settings),
     }
     for column, name in SAMPLER_COLUMNS.items():
         wanted[column] = overrides[name] if overrides[name] is not None else getattr(defaults, name, None)

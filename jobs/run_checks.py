@@ -32,13 +32,13 @@ class RunChecks:
 
         overrides = sampler_overrides(task, settings)
         if inputs_exist:
-            check_images_exist(row_images(task))
+            check_images_exist(row_images(task, settings))
         if self.model is None:
             return None
         self.model.check_prompt(task.prompt)
         if task.negative_prompt:
             self.model.check_negative(task.negative_prompt)
-        self.model.check_row_images(row_images(task))
+        self.model.check_row_images(row_images(task, settings))
         resolved = self.model.settings(**overrides)
         if self.policy is not None:
             self.policy.check_steps(resolved.steps)

@@ -205,3 +205,21 @@ def test_an_image_row_renders_on_a_two_rank_gang_as_in_one_process_and_a_missing
     )
     assert psnr(frames, alone) >= 60
     assert error0 == error1 and f"image {missing} does not exist" in error0
+
+
+@pytest.mark.process
+def test_the_python_api_takes_pil_images_per_row_and_for_the_run(tmp_path):
+    import ditfarm
+    from ditfarm.pipelines.families.wan import make_small_wan22_ti2v_folder
+
+    folder = make_small_wan22_ti2v_folder(tmp_path / "ti2v")
+    first = Image.fromarray(np.random.default_rng(5).integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    rows = [{"prompt": "red cat moving left", "image": first}, {"prompt": "blue sky"}]
+    out = tmp_path / "out"
+    results = list(ditfarm.render(rows, str(out), model=str(folder), steps=2, image=first))
+    assert [r["status"] for r in results] == ["ok", "ok"]
+    assert all(r["image"].endswith(".png") and Image.open(r["image"]).size == (56, 40) for r in results)
+    direct = ditfarm.load_pipeline(folder).generate(
+        "red cat moving left", steps=2, image=first, seed=results[0]["seed"]
+    )
+    assert direct.shape == (9, 64, 64, 3)
