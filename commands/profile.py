@@ -67,10 +67,11 @@ def run(args) -> int:
     profile.save(args.out)
     png = args.png or args.out.with_suffix(".png")
     plot_profile(profile, png)
-    print(
-        f"{len(profile.blocks)} blocks: foreground {profile.foreground_blocks}, background {profile.background_blocks} "
-        f"(R_attn threshold {profile.r_attn_threshold:.3f})"
-    )
+    for name, measured in (("", profile), *((f"{n}: ", e) for n, e in profile.experts.items())):
+        print(  # one line per expert of a model whose experts take turns, each over the steps it ran
+            f"{name}{len(measured.blocks)} blocks: foreground {measured.foreground_blocks}, background "
+            f"{measured.background_blocks} (R_attn threshold {measured.r_attn_threshold:.3f})"
+        )
     if profile.mask_iou is not None:
         print(f"foreground mask vs the generator's true masks: mean IoU {profile.mask_iou:.3f}")
     print(f"wrote {args.out} and {png}")

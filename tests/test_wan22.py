@@ -141,3 +141,36 @@ def test_offloaded_experts_take_turns_on_the_device_and_render_the_same(small_wa
         ("transformer_2", "cpu"),  # after the video: back to the high-noise expert
         ("transformer", "cpu"),
     ], moves
+
+
+@pytest.mark.process
+def test_profile_measures_each_expert_into_one_file_and_calibrations_trained_on_one_transformer_refuse(
+    small_wan22_a14b_folder, tmp_path, capsys
+):
+    """`ditfarm profile` on a two-expert folder writes one file with a profile per expert (each checked against
+    its own expert, so the profiling policy runs on both); ERTACache's and BAC's calibrations and HarmoniCa's
+    router are per transformer and refuse, naming the experts, instead of calibrating one for both."""
+    from ditfarm.cache import CacheProfile, ProfileMismatchError
+    from ditfarm.cache.presets import build_config
+    from ditfarm.commands.cli import main as cli
+
+    prompts, out = tmp_path / "p.txt", tmp_path / "profile.json"
+    prompts.write_text("red cat moving left\nblue sky over green field\n")
+    model = ["--model", str(small_wan22_a14b_folder)]
+    assert cli(["profile", *model, "--prompts", str(prompts), "--out", str(out), "--steps", "60"]) == 0
+    assert "transformer_2: 4 blocks" in capsys.readouterr().out
+    profile = CacheProfile.load(out)
+    assert list(profile.experts) == ["transformer_2"] and profile.experts["transformer_2"].model["component"]
+    pipe = load_pipeline(small_wan22_a14b_folder)
+    enable(pipe, build_config("profiling", 6, profile, pipe.cache_settings))
+    pipe.generate("red cat moving left", seed=1, steps=60)
+    assert last_video_stats(pipe).skipped > 0
+    profile.experts = {}  # one expert's profile offered to both: the second refuses it by name
+    with pytest.raises(ProfileMismatchError, match="component transformer_2"):
+        enable(pipe, build_config("profiling", 4, profile, pipe.cache_settings))
+
+    for method in ("ertacache", "bac"):
+        assert cli(["calibrate", method, *model, "--profile", str(out), "--out", str(tmp_path / "c.json")]) == 2
+        assert "2 experts (transformer, transformer_2)" in capsys.readouterr().err
+    assert cli(["train-router", *model, "--prompts", str(prompts), "--run-dir", str(tmp_path / "router")]) == 2
+    assert "2 experts (transformer, transformer_2)" in capsys.readouterr().err

@@ -92,6 +92,10 @@ def run_command(args) -> int:
     if args.prompts and not args.prompts.exists():
         return fail(f"prompts file {args.prompts} does not exist")
     pipe = load_pipeline(args.model, device=args.device)
+    if len(pipe.transformers()) > 1:
+        from .train_router import one_expert_only  # deferred: torch
+
+        return fail(one_expert_only({"ertacache": "ERTACache", "bac": "BAC"}[args.method], pipe))
     source = args.profile or pipe.default_cache_profile()
     if source is None:
         return fail(f"model {args.model} ships no cache profile; pass --profile (see `ditfarm profile`)")

@@ -365,6 +365,8 @@ def run_command(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model, device=args.device)
+    if len(pipe.transformers()) > 1:
+        return fail(one_expert_only("HarmoniCa's router", pipe))
     if args.prompts:
         prompts = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
     elif getattr(pipe, "model_name", "") == "tiny":
@@ -402,3 +404,13 @@ def run_command(args) -> int:
     table = router.probabilities() > 0.1
     print(f"wrote {out}: at tau 0.1 the router computes {table[1:].mean():.1%} of the units after step 0")
     return 0
+
+
+def one_expert_only(what: str, pipe) -> str:
+    """Why a calibration trained on one transformer refuses a model whose experts take turns."""
+    return (
+        f"{what} is trained on one transformer, and {pipe.model_name} has {len(pipe.transformers())} experts "
+        f"({', '.join(pipe.transformers())}) that take turns over the steps; its calibration per expert is not "
+        "built yet: render it with bwcache, taylorseer, adaptive or profiling (`ditfarm profile` measures each "
+        "expert)"
+    )
