@@ -75,6 +75,19 @@ class Family(ABC):
         with diffusers' own classes in seconds: what the family contract test renders, caches and profiles."""
         raise NotImplementedError(f"the {self.name} family builds no small folders for the family contract test")
 
+    def bench_folder(self, root: Path, blocks: int) -> tuple[Path, int, int]:
+        """A folder of the family's released transformer config with ``blocks`` of its blocks: (folder, blocks
+        built, blocks released), what ``ditfarm bench gpu`` times a step of."""
+        raise NotImplementedError(f"the {self.name} family has no bench folder")
+
+    def bench_variants(self, root: Path, blocks: int, small: bool) -> dict[str, tuple[Path, int, int]]:
+        """``ditfarm bench gpu``'s rows for this family, by name: (folder, blocks built, blocks released); ``small``:
+        its small folders instead (the CPU test of the bench)."""
+        if small:
+            folder = next(iter(self.small_folders(Path(root) / self.name).values()))
+            return {self.name: (folder, 1, 1)}
+        return {self.name: self.bench_folder(Path(root), blocks)}
+
     # -- shared -----------------------------------------------------------------------------------------------
     def sampler_defaults(self, card: dict, variant: SamplerSettings | None = None) -> SamplerSettings:
         """The family's defaults (``variant``'s: those of the kind of folder it is) with the card's ``defaults``

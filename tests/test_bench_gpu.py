@@ -43,6 +43,9 @@ def test_bench_gpu_on_small_shapes(tmp_path, capsys):
     for name, row in families.items():
         assert row.get("seconds_per_step", 0) > 0 and row["tokens"] > 0, (name, row)
     assert families["hunyuan_video"]["passes_per_step"] == 1 and families["cogvideox"]["passes_per_step"] == 2
+    assert {"wan2.2-a14b-expert", "wan2.2-ti2v-5b", "wan2.1-i2v"} <= set(families), families
+    assert families["wan2.2-a14b-expert"]["experts"] == 2 and families["wan2.1-i2v"]["images"] == ["image"]
+    assert families["wan2.2-ti2v-5b"]["decode_seconds"] > 0 and families["wan2.2-ti2v-5b"]["video"] == [9, 64, 64]
     for key in ("wan2.1-1.3b", "wan2.1-14b"):
         rows = {r["method"]: r for r in sections[key]["rows"]}
         policy_rows = [f"compiled + {p}" for p in POLICY_ROWS] + [f"eager + {p}" for p in EAGER_POLICY_ROWS]

@@ -382,55 +382,98 @@ def whole_video(shapes: Shapes, device, dtype, args, budget: Budget, log) -> dic
 
 
 def family_steps(small: bool, device, dtype, args, budget: Budget, log) -> dict:
-    """Seconds per denoising step of each family other than Wan (which has the sections above), through
-    ``load_pipeline`` and the family's own sampling; ``small``: its small folder (the CPU test)."""
+    """Seconds per denoising step of each family's bench rows (``Family.bench_variants``: Wan's other kinds, whose
+    Wan2.1 text-to-video has the sections above, and every other family), through ``load_pipeline`` and the
+    family's own sampling; a kind that renders from a first frame gets one (its encoding timed with the text);
+    ``small``: the small folders (the CPU test)."""
     from ..pipelines.adapters import adapter_for  # deferred: diffusers
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="ditfarm-bench-families-") as tmp:
         for family in families():
-            if family.name in ("tiny", "wan"):
-                continue
-            if budget.left < args.reserve_seconds:
-                rows.append({"family": family.name, "skipped": "time budget"})
+            if family.name == "tiny":
                 continue
             try:
-                if small:
-                    folder, built, full = next(iter(family.small_folders(Path(tmp) / family.name).values())), 1, 1
-                else:
-                    folder, built, full = family.bench_folder(Path(tmp), args.family_blocks)
-                pipe = load_pipeline(folder, device=str(device), dtype="bf16" if dtype == torch.bfloat16 else "fp32")
-                settings = pipe.settings(steps=args.video_steps)
-                with torch.no_grad():
-                    embeddings = pipe.encode_prompt(PROMPT, "", settings.guidance_scale)
-                    if device.type == "cuda":
-                        torch.cuda.reset_peak_memory_stats(device)
-                    synchronize(device)
-                    start = time.perf_counter()
-                    pipe.generate_latents(PROMPT, 0, settings, embeddings=embeddings)
-                    synchronize(device)
-                per_step = (time.perf_counter() - start) / settings.steps
-                row = {
-                    "family": family.name,
-                    "video": [settings.num_frames, settings.height, settings.width],
-                    "tokens": adapter_for(pipe.transformer).token_count(pipe.latent_shape(settings)),
-                    "passes_per_step": 1 if embeddings.uncond is None else 2,
-                    "blocks": built if not small else None,
-                    "of_blocks": full if not small else None,
-                    "seconds_per_step": per_step,
-                    "scaled_seconds_per_step": per_step * full / built,
-                }
-                if device.type == "cuda":
-                    row["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
-                del pipe
+                variants = family.bench_variants(Path(tmp), args.family_blocks, small)
             except Exception as err:  # noqa: BLE001 - one family's failure is a finding; the next still runs
-                row = {"family": family.name, "error": f"{type(err).__name__}: {err}"[:300]}
+                rows.append({"family": family.name, "error": f"{type(err).__name__}: {err}"[:300]})
                 log(traceback.format_exc())
-            log(f"  {family.name}: {row}")
-            rows.append(row)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+                continue
+            for name, (folder, built, full) in variants.items():
+                if budget.left < args.reserve_seconds:
+                    rows.append({"family": name, "skipped": "time budget"})
+                    continue
+                try:
+                    row = time_family_row(name, folder, built, full, small, device, dtype, args, adapter_for)
+                except Exception as err:  # noqa: BLE001 - one family's failure is a finding; the next still runs
+                    row = {"family": name, "error": f"{type(err).__name__}: {err}"[:300]}
+                    log(traceback.format_exc())
+                log(f"  {name}: {row}")
+                rows.append(row)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
     return {"families": rows}
+
+
+def time_family_row(name: str, folder, built: int, full: int, small: bool, device, dtype, args, adapter_for) -> dict:
+    """One bench row: the text (and image) encoding, seconds per step (scaled from the blocks built to the
+    released count) and, for a row timed as a whole video, its decode."""
+    pipe = load_pipeline(folder, device=str(device), dtype="bf16" if dtype == torch.bfloat16 else "fp32")
+    settings = pipe.settings(steps=args.video_steps)
+    images = {}
+    try:
+        pipe.check_images({})
+    except ValueError:  # it renders from a first frame (and, first-last-frame, a last one)
+        images = {"image": bench_image(0, settings), "last_image": bench_image(1, settings)}
+        try:
+            pipe.check_images(images)
+        except ValueError:
+            images.pop("last_image")
+    with torch.no_grad():
+        synchronize(device)
+        start = time.perf_counter()
+        embeddings = pipe.encode_inputs(PROMPT, "", settings, images)
+        synchronize(device)
+        text_seconds = time.perf_counter() - start
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        latents = pipe.generate_latents(PROMPT, 0, settings, embeddings=embeddings)
+        synchronize(device)
+        per_step = (time.perf_counter() - start) / settings.steps
+        row = {
+            "family": name,
+            "video": [settings.num_frames, settings.height, settings.width],
+            "tokens": adapter_for(pipe.transformer).token_count(pipe.latent_shape(settings)),
+            "experts": len(pipe.transformers()),
+            "images": sorted(images),
+            "passes_per_step": 1 if embeddings.uncond is None else 2,
+            "blocks": built if not small else None,
+            "of_blocks": full if not small else None,
+            "text_and_image_seconds": text_seconds,
+            "seconds_per_step": per_step,
+            "scaled_seconds_per_step": per_step * full / built,
+        }
+        if device.type == "cuda":
+            row["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
+        if name in DECODED_ROWS:  # the whole video: its VAE decode too
+            start = time.perf_counter()
+            pipe.decode(latents)
+            synchronize(device)
+            row["decode_seconds"] = time.perf_counter() - start
+            row["scaled_video_seconds"] = row["scaled_seconds_per_step"] * settings.steps + row["decode_seconds"]
+    return row
+
+
+DECODED_ROWS = ("wan2.2-ti2v-5b",)  # rows timed as a whole video, decode included
+
+
+def bench_image(seed: int, settings):
+    """A random first (or last) frame at the video's size, as a user's image would be before resizing."""
+    from PIL import Image  # deferred: PIL
+
+    pixels = np.random.default_rng(seed).integers(0, 255, (settings.height, settings.width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
 
 
 def run(args: argparse.Namespace, log=print) -> dict:

@@ -39,6 +39,7 @@ from ..denoise import FlowMatchSteps, SamplerSettings, transformer_input
 from ..family import Family, LoadOptions, register_family
 from ..folder_checks import DiffusersLayout, ModelFolderError, check_diffusers_folder, read_json
 from ..precision import resolve_precision
+from ..wan_configs import CLIP_VIT_H_14, WAN21_14B, WAN21_I2V_14B, WAN22_TI2V_5B, WAN22_VAE
 from ..word_tokenizer import word_tokenizer
 
 WAN_DEFAULTS = SamplerSettings(num_frames=81, height=480, width=832, steps=50, guidance_scale=5.0)
@@ -534,6 +535,67 @@ class WanFamily(Family):
             "wan2.1-t2v": make_small_wan_folder(root / "wan2.1-t2v"),
             "wan2.2-t2v-a14b": make_small_wan22_a14b_folder(root / "wan2.2-t2v-a14b"),
             "wan2.2-ti2v-5b": make_small_wan22_ti2v_folder(root / "wan2.2-ti2v-5b"),
+        }
+
+    def bench_variants(self, root: Path, blocks: int, small: bool) -> dict[str, tuple[Path, int, int]]:
+        """``ditfarm bench gpu``'s Wan rows beside its Wan2.1 text-to-video sections: a step of one A14B expert at
+        720p, a whole TI2V-5B video at 704x1280 with its VAE, and a Wan2.1 image-to-video step with its image
+        encoder; the released configs with ``blocks`` transformer blocks, a one-layer UMT5 of the text width
+        (``small``: the small folders)."""
+        root = Path(root)
+        if small:
+            return {
+                "wan2.2-a14b-expert": (make_small_wan22_a14b_folder(root / "a14b"), 1, 1),
+                "wan2.2-ti2v-5b": (make_small_wan22_ti2v_folder(root / "ti2v"), 1, 1),
+                "wan2.1-i2v": (make_small_wan_i2v_folder(root / "i2v"), 1, 1),
+            }
+        text = {**SMALL_TEXT_ENCODER, "d_model": 4096, "d_ff": 1024, "num_heads": 64, "d_kv": 64}
+        a14b = {**WAN21_14B, "num_layers": blocks}
+
+        def card(variant: WanVariant) -> dict:
+            return {"kind": "wan", "defaults": {k: v for k, v in variant.defaults.__dict__.items() if v is not None}}
+
+        return {
+            "wan2.2-a14b-expert": (
+                make_wan_folder(
+                    root / "a14b",
+                    a14b,
+                    text,
+                    {},
+                    card(WAN22_A14B),
+                    transformer_2_config=a14b,
+                    boundary_ratio=0.875,
+                    scheduler=unipc_flow_scheduler(12.0),
+                ),
+                blocks,
+                WAN21_14B["num_layers"],
+            ),
+            "wan2.2-ti2v-5b": (
+                make_wan_folder(
+                    root / "ti2v",
+                    {**WAN22_TI2V_5B, "num_layers": blocks},
+                    text,
+                    WAN22_VAE,
+                    card(WAN22_TI2V),
+                    expand_timesteps=True,
+                    scheduler=unipc_flow_scheduler(5.0),
+                ),
+                blocks,
+                WAN22_TI2V_5B["num_layers"],
+            ),
+            "wan2.1-i2v": (
+                make_wan_folder(
+                    root / "i2v",
+                    {**WAN21_I2V_14B, "num_layers": blocks},
+                    text,
+                    {},
+                    card(WAN21_I2V),
+                    scheduler=unipc_flow_scheduler(5.0),
+                    image_encoder_config=CLIP_VIT_H_14,
+                ),
+                blocks,
+                WAN21_I2V_14B["num_layers"],
+            ),
         }
 
     def checks(self, folder: Path, card: dict) -> ModelChecks:
