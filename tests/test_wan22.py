@@ -174,3 +174,28 @@ def test_profile_measures_each_expert_into_one_file_and_calibrations_trained_on_
         assert "2 experts (transformer, transformer_2)" in capsys.readouterr().err
     assert cli(["train-router", *model, "--prompts", str(prompts), "--run-dir", str(tmp_path / "router")]) == 2
     assert "2 experts (transformer, transformer_2)" in capsys.readouterr().err
+
+
+@pytest.mark.process
+def test_compile_compiles_each_experts_blocks_once(small_wan22_a14b_folder):
+    """--compile on a two-expert folder (through load_model, as a run loads it): both experts' blocks compiled, the
+    first video builds the graphs (one per expert: separate modules, the same shapes), the next builds none, and
+    the frames are the eager ones."""
+    import torch
+
+    from ditfarm.pipelines.compile import COMPILED_ATTR, compiled_graphs
+    from ditfarm.types import RenderSettings
+    from ditfarm.worker.model import load_model
+
+    torch._dynamo.reset()
+    eager = load_pipeline(small_wan22_a14b_folder).generate("red cat moving left", seed=3, steps=8)
+    pipe = load_model(RenderSettings(model=str(small_wan22_a14b_folder), compile="eager")).pipe
+    assert all(getattr(t, COMPILED_ATTR, None) == "eager" for t in pipe.transformers().values())
+    start = compiled_graphs()
+    pipe.generate("red cat moving left", seed=3, steps=8)
+    built = compiled_graphs() - start
+    frames = pipe.generate("red cat moving left", seed=3, steps=8)
+    assert compiled_graphs() - start == built and 1 <= built <= 4, built
+    from ditfarm.cache.metrics import psnr
+
+    assert psnr(frames, eager) >= 60
