@@ -70,8 +70,16 @@ def engine_of(pipe_or_transformer) -> CacheEngine | UnitCacheEngine | None:
 
 def enable(pipe_or_transformer, config, reduce: Reduce = identity_reduce) -> CacheEngine | None:
     """Attach a cache policy (``None`` means no cache: nothing is attached, so it costs nothing) to a transformer,
-    or to each of a pipeline's transformers, each with its own engine and state; returns the first's engine."""
-    engines = [_enable_one(transformer, config, reduce) for transformer in _transformers(pipe_or_transformer)]
+    or to each of a pipeline's transformers, each with its own engine and state; returns the first's engine.
+    ``config`` may map a pipeline's component names to their own configs (experts at their own knobs)."""
+    if isinstance(config, dict):
+        named = pipe_or_transformer.transformers()
+        unknown = set(config) - set(named)
+        if unknown:
+            raise ValueError(f"no transformer named {', '.join(sorted(unknown))}; this model has {', '.join(named)}")
+        engines = [_enable_one(t, config.get(name), reduce) for name, t in named.items()]
+    else:
+        engines = [_enable_one(transformer, config, reduce) for transformer in _transformers(pipe_or_transformer)]
     return engines[0]
 
 

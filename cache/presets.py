@@ -169,5 +169,25 @@ def build_config(
 
 
 def config_for(pipe, policy: str, knob: float | None = None, profile: CacheProfile | str | Path | None = None):
-    """``build_config`` for a loaded model: its shipped profile unless one is given, and its card's settings."""
-    return build_config(policy, knob, profile or pipe.default_cache_profile(), getattr(pipe, "cache_settings", None))
+    """``build_config`` for a loaded model: its shipped profile unless one is given, and its card's settings.  A
+    model whose experts take turns and whose card gives another expert its own default knob (``expert_knobs``)
+    gets a config per expert by component name (``cache.enable`` takes either); a knob the run names holds for
+    every expert."""
+    settings = getattr(pipe, "cache_settings", None)
+    profile = profile or pipe.default_cache_profile()
+    if isinstance(profile, (str, Path)):
+        profile = CacheProfile.load(profile)
+    config = build_config(policy, knob, profile, settings)
+    if config is None or knob is not None or settings is None or not settings.expert_knobs:
+        return config
+    configs = {}
+    for name in pipe.transformers():
+        own = settings.expert_knobs.get(name, {}).get(policy)
+        if own is None:
+            configs[name] = config
+            continue
+        try:
+            configs[name] = build_config(policy, _checked_knob(policy, own[0]), profile, settings)
+        except ValueError as err:
+            raise ValueError(f"{own[1]}: {err}") from None
+    return configs if len({id(c) for c in configs.values()}) > 1 else config

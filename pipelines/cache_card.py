@@ -76,11 +76,14 @@ class ModelCacheSettings:
     a distilled folder; its card may say otherwise); other lengths scale them.
     ``adaptive_ladder``: the ladder searched for this model (None: GENERIC_LADDER).
     ``knob_defaults``: policy -> (knob, where it comes from) for a run that names no knob: the card's
-    ``cache.defaults`` over the family's; a policy in neither takes ditfarm's global default (``cache.presets``)."""
+    ``cache.defaults`` over the family's; a policy in neither takes ditfarm's global default (``cache.presets``).
+    ``expert_knobs``: component -> policy -> (knob, source) for the other experts of a model whose experts take
+    turns (the card's ``cache.experts.<component>.defaults``); an expert it does not name runs at the first's."""
 
     reference_steps: int | None = None
     adaptive_ladder: Ladder | None = None
     knob_defaults: Mapping[str, tuple[float, str]] = field(default_factory=dict)
+    expert_knobs: Mapping[str, Mapping[str, tuple[float, str]]] = field(default_factory=dict)
 
     @classmethod
     def from_card(
@@ -96,13 +99,28 @@ class ModelCacheSettings:
         knobs = {policy: (value, f"the {family} family's default") for policy, value in (family_knobs or {}).items()}
         rule = section.get("defaults_rule")
         chosen = f"{card_path} cache.defaults" + (f" ({rule})" if rule else "")
-        card_knobs = section.get("defaults", {})
-        if not isinstance(card_knobs, dict) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in card_knobs.values()
-        ):
-            raise ValueError(f"{card_path}: cache.defaults must map policy names to numbers, got {card_knobs!r}")
-        knobs.update({policy: (value, chosen) for policy, value in card_knobs.items()})
-        return cls(section.get("reference_steps", default_steps), Ladder.from_card(ladder) if ladder else None, knobs)
+        knobs.update({policy: (value, chosen) for policy, value in _knobs(section, "cache", card_path).items()})
+        experts = section.get("experts", {})
+        if not isinstance(experts, dict):
+            raise ValueError(f"{card_path}: cache.experts must map expert components to sections, got {experts!r}")
+        expert_knobs = {
+            name: {
+                policy: (value, f"{card_path} cache.experts.{name}.defaults")
+                for policy, value in _knobs(part, f"cache.experts.{name}", card_path).items()
+            }
+            for name, part in experts.items()
+        }
+        steps = section.get("reference_steps", default_steps)
+        return cls(steps, Ladder.from_card(ladder) if ladder else None, knobs, expert_knobs)
+
+
+def _knobs(section, where: str, card_path: str) -> dict:
+    knobs = section.get("defaults", {}) if isinstance(section, dict) else None
+    if not isinstance(knobs, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in knobs.values()
+    ):
+        raise ValueError(f"{card_path}: {where}.defaults must map policy names to numbers, got {knobs!r}")
+    return knobs
 
 
 def shipped_profile(folder: Path) -> Path | None:

@@ -199,3 +199,39 @@ def test_compile_compiles_each_experts_blocks_once(small_wan22_a14b_folder):
     from ditfarm.cache.metrics import psnr
 
     assert psnr(frames, eager) >= 60
+
+
+def test_a_cards_expert_section_gives_the_second_expert_its_own_default_knob(small_wan22_a14b_folder, tmp_path):
+    """cache.experts.transformer_2.defaults in the folder's card: a run that names no knob caches the low-noise
+    expert at its own knob (here: TaylorSeer computing every step there) and the high-noise one at the card's
+    shared default; a knob the run names holds for both; a malformed section is refused naming the card."""
+    import json
+    import shutil
+
+    from ditfarm.pipelines.folder_checks import ModelFolderError
+    from ditfarm.types import RenderSettings
+    from ditfarm.worker.model import load_model
+
+    folder = tmp_path / "a14b"
+    shutil.copytree(small_wan22_a14b_folder, folder)
+    card_path = folder / "ditfarm_model.json"
+    card = json.loads(card_path.read_text())
+    card["cache"] = {
+        "reference_steps": STEPS,  # intervals in steps of a STEPS-step segment
+        "defaults": {"taylorseer": 4},
+        "experts": {"transformer_2": {"defaults": {"taylorseer": 1}}},
+    }
+    card_path.write_text(json.dumps(card))
+    pipe = load_model(RenderSettings(model=str(folder), cache="taylorseer")).pipe
+    switch = switch_step(pipe, STEPS)
+    pipe.generate("red cat moving left", seed=5, steps=STEPS)
+    computed = computed_per_step(pipe, "cond")
+    assert 0 in computed[:switch] and all(computed[switch:]), computed
+    pipe = load_model(RenderSettings(model=str(folder), cache="taylorseer", cache_knob=12)).pipe
+    pipe.generate("red cat moving left", seed=5, steps=STEPS)
+    assert 0 in computed_per_step(pipe, "cond")[switch:]
+
+    card["cache"]["experts"] = {"transformer_2": {"defaults": {"taylorseer": "fast"}}}
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ModelFolderError, match="cache.experts.transformer_2.defaults must map policy names"):
+        load_pipeline(folder)
