@@ -167,16 +167,16 @@ def test_images_on_s3_are_read_by_the_encoding_process_and_bad_ones_fail_by_uri(
     assert redact(f"image {text} is not an image Pillow can read") in rows["v2"]["error"]
 
 
-def render_image_rows_on_ranks(rank, world, folder, good, missing, cfg_parallel):
+def render_image_rows_on_ranks(rank, world, folder, images, missing, cfg_parallel):
     """Sequence-parallel (or CFG-parallel) renders of an image row, then of a row whose image is missing: the
     frames on rank 0, and what every rank says of the missing one."""
     from ditfarm.cluster.gang_rank import RankRenderer
     from ditfarm.types import RenderSettings, RowInputs
 
     renderer = RankRenderer(rank, world, RenderSettings(model=folder, cfg_parallel=cfg_parallel))
-    frames = renderer.render(RowInputs("red cat moving left", 5, extra={"image": good})).frames
+    frames = renderer.render(RowInputs("red cat moving left", 5, extra=images)).frames
     try:
-        renderer.render(RowInputs("red cat moving left", 5, extra={"image": missing}))
+        renderer.render(RowInputs("red cat moving left", 5, extra={**images, "image": missing}))
         error = None
     except ValueError as err:
         error = str(err)
@@ -184,24 +184,32 @@ def render_image_rows_on_ranks(rank, world, folder, good, missing, cfg_parallel)
 
 
 @pytest.mark.process
-@pytest.mark.parametrize("cfg_parallel", [False, True])
+@pytest.mark.parametrize(
+    "kind, cfg_parallel", [("wan2.2-i2v-a14b", False), ("wan2.2-i2v-a14b", True), ("wan2.1-flf2v", False)]
+)
 def test_an_image_row_renders_on_a_two_rank_gang_as_in_one_process_and_a_missing_image_fails_every_rank(
-    tmp_path, cfg_parallel
+    tmp_path, kind, cfg_parallel
 ):
-    """Rank 0 reads and encodes the image; every rank receives what it became.  A row rank 0 cannot read fails on
-    every rank with rank 0's error instead of leaving the others waiting in a broadcast."""
+    """Rank 0 reads and encodes the images (first-last-frame: both, with their CLIP embeddings); every rank
+    receives what they became.  A row rank 0 cannot read fails on every rank with rank 0's error instead of
+    leaving the others waiting in a broadcast."""
     from ditfarm.cache.metrics import psnr
     from ditfarm.cluster.local import run_local_gang
-    from ditfarm.pipelines.families.wan import make_small_wan22_i2v_a14b_folder
+    from ditfarm.pipelines.families.wan import make_small_wan22_i2v_a14b_folder, make_small_wan_i2v_folder
     from ditfarm.pipelines.loading import load_pipeline
 
-    folder = make_small_wan22_i2v_a14b_folder(tmp_path / "i2v-a14b")
-    good = tmp_path / "good.png"
+    if kind == "wan2.1-flf2v":
+        folder = make_small_wan_i2v_folder(tmp_path / kind, first_last=True)
+    else:
+        folder = make_small_wan22_i2v_a14b_folder(tmp_path / kind)
+    good, end = tmp_path / "good.png", tmp_path / "end.png"
     good.write_bytes(image_bytes(4))
+    end.write_bytes(image_bytes(6))
+    images = {"image": str(good), "last_image": str(end) if kind == "wan2.1-flf2v" else None}
     missing = str(tmp_path / "missing.png")
-    alone = load_pipeline(folder).generate("red cat moving left", seed=5, image=str(good))
+    alone = load_pipeline(folder).generate("red cat moving left", seed=5, **images)
     (frames, error0), (_, error1) = run_local_gang(
-        render_image_rows_on_ranks, 2, str(folder), str(good), missing, cfg_parallel, timeout_s=120
+        render_image_rows_on_ranks, 2, str(folder), images, missing, cfg_parallel, timeout_s=120
     )
     assert psnr(frames, alone) >= 60
     assert error0 == error1 and f"image {missing} does not exist" in error0
