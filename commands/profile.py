@@ -67,6 +67,10 @@ def run(args) -> int:
     profile.save(args.out)
     png = args.png or args.out.with_suffix(".png")
     plot_profile(profile, png)
+    pngs = [png]
+    for name, expert in profile.experts.items():  # each further expert's figure beside the first's
+        pngs.append(png.with_name(f"{png.stem}-{name}{png.suffix}"))
+        plot_profile(expert, pngs[-1])
     for name, measured in (("", profile), *((f"{n}: ", e) for n, e in profile.experts.items())):
         print(  # one line per expert of a model whose experts take turns, each over the steps it ran
             f"{name}{len(measured.blocks)} blocks: foreground {measured.foreground_blocks}, background "
@@ -74,5 +78,5 @@ def run(args) -> int:
         )
     if profile.mask_iou is not None:
         print(f"foreground mask vs the generator's true masks: mean IoU {profile.mask_iou:.3f}")
-    print(f"wrote {args.out} and {png}")
+    print(f"wrote {args.out} and {', '.join(str(p) for p in pngs)}")
     return 0

@@ -159,6 +159,7 @@ def test_profile_measures_each_expert_into_one_file_and_calibrations_trained_on_
     model = ["--model", str(small_wan22_a14b_folder)]
     assert cli(["profile", *model, "--prompts", str(prompts), "--out", str(out), "--steps", "60"]) == 0
     assert "transformer_2: 4 blocks" in capsys.readouterr().out
+    assert (tmp_path / "profile.png").exists() and (tmp_path / "profile-transformer_2.png").exists()
     profile = CacheProfile.load(out)
     assert list(profile.experts) == ["transformer_2"] and profile.experts["transformer_2"].model["component"]
     pipe = load_pipeline(small_wan22_a14b_folder)
