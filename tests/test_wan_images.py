@@ -167,52 +167,52 @@ def test_images_on_s3_are_read_by_the_encoding_process_and_bad_ones_fail_by_uri(
     assert redact(f"image {text} is not an image Pillow can read") in rows["v2"]["error"]
 
 
-def render_image_rows_on_ranks(rank, world, folder, images, missing, cfg_parallel):
-    """Sequence-parallel (or CFG-parallel) renders of an image row, then of a row whose image is missing: the
-    frames on rank 0, and what every rank says of the missing one."""
+def render_image_rows_on_ranks(rank, world, runs):
+    """For each (folder, images, missing, cfg_parallel) of ``runs``, on one gang: a sequence-parallel (or
+    CFG-parallel) render of an image row, then of a row whose image is missing: the frames on rank 0, and what
+    every rank says of the missing one."""
     from ditfarm.cluster.gang_rank import RankRenderer
     from ditfarm.types import RenderSettings, RowInputs
 
-    renderer = RankRenderer(rank, world, RenderSettings(model=folder, cfg_parallel=cfg_parallel))
-    frames = renderer.render(RowInputs("red cat moving left", 5, extra=images)).frames
-    try:
-        renderer.render(RowInputs("red cat moving left", 5, extra={**images, "image": missing}))
-        error = None
-    except ValueError as err:
-        error = str(err)
-    return frames, error
+    out = []
+    for folder, images, missing, cfg_parallel in runs:
+        renderer = RankRenderer(rank, world, RenderSettings(model=folder, cfg_parallel=cfg_parallel))
+        frames = renderer.render(RowInputs("red cat moving left", 5, extra=images)).frames
+        try:
+            renderer.render(RowInputs("red cat moving left", 5, extra={**images, "image": missing}))
+            error = None
+        except ValueError as err:
+            error = str(err)
+        out.append((frames, error))
+    return out
 
 
 @pytest.mark.process
-@pytest.mark.parametrize(
-    "kind, cfg_parallel", [("wan2.2-i2v-a14b", False), ("wan2.2-i2v-a14b", True), ("wan2.1-flf2v", False)]
-)
-def test_an_image_row_renders_on_a_two_rank_gang_as_in_one_process_and_a_missing_image_fails_every_rank(
-    tmp_path, kind, cfg_parallel
-):
-    """Rank 0 reads and encodes the images (first-last-frame: both, with their CLIP embeddings); every rank
-    receives what they became.  A row rank 0 cannot read fails on every rank with rank 0's error instead of
-    leaving the others waiting in a broadcast."""
+def test_image_rows_render_on_a_two_rank_gang_as_in_one_process_and_a_missing_image_fails_every_rank(tmp_path):
+    """Wan2.2 I2V-A14B (sequence- and CFG-parallel) and first-last-frame (both frames and their CLIP embeddings):
+    rank 0 reads and encodes the images and every rank receives what they became.  A row rank 0 cannot read fails
+    on every rank with rank 0's error instead of leaving the others waiting in a broadcast."""
     from ditfarm.cache.metrics import psnr
     from ditfarm.cluster.local import run_local_gang
     from ditfarm.pipelines.families.wan import make_small_wan22_i2v_a14b_folder, make_small_wan_i2v_folder
     from ditfarm.pipelines.loading import load_pipeline
 
-    if kind == "wan2.1-flf2v":
-        folder = make_small_wan_i2v_folder(tmp_path / kind, first_last=True)
-    else:
-        folder = make_small_wan22_i2v_a14b_folder(tmp_path / kind)
+    a14b = make_small_wan22_i2v_a14b_folder(tmp_path / "i2v-a14b")
+    flf2v = make_small_wan_i2v_folder(tmp_path / "flf2v", first_last=True)
     good, end = tmp_path / "good.png", tmp_path / "end.png"
     good.write_bytes(image_bytes(4))
     end.write_bytes(image_bytes(6))
-    images = {"image": str(good), "last_image": str(end) if kind == "wan2.1-flf2v" else None}
     missing = str(tmp_path / "missing.png")
-    alone = load_pipeline(folder).generate("red cat moving left", seed=5, **images)
-    (frames, error0), (_, error1) = run_local_gang(
-        render_image_rows_on_ranks, 2, str(folder), images, missing, cfg_parallel, timeout_s=120
-    )
-    assert psnr(frames, alone) >= 60
-    assert error0 == error1 and f"image {missing} does not exist" in error0
+    first = {"image": str(good), "last_image": None}
+    both = {"image": str(good), "last_image": str(end)}
+    runs = [(str(a14b), first, missing, False), (str(a14b), first, missing, True), (str(flf2v), both, missing, False)]
+    alone = {
+        folder: load_pipeline(folder).generate("red cat moving left", seed=5, **images) for folder, images, *_ in runs
+    }
+    rank0, rank1 = run_local_gang(render_image_rows_on_ranks, 2, runs, timeout_s=240)
+    for (folder, *_), (frames, error0), (_, error1) in zip(runs, rank0, rank1):
+        assert psnr(frames, alone[folder]) >= 60, folder
+        assert error0 == error1 and f"image {missing} does not exist" in error0, (error0, error1)
 
 
 @pytest.mark.process
