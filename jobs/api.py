@@ -26,7 +26,7 @@ import pyarrow as pa
 from ..storage.lease import DEFAULT_TTL_S
 from ..types import RenderSettings
 from .driver import RenderJob, manifest_job, request_id
-from .manifest import IMAGE_COLUMNS, ManifestError, TableManifest, local_or_uri
+from .manifest import IMAGE_COLUMNS, OPTIONAL_COLUMNS, ManifestError, TableManifest, local_or_uri
 from .results import read_results, results_schema
 
 __all__ = ["render", "read_results"]
@@ -77,16 +77,7 @@ def _as_table(prompts, settings: RenderSettings) -> pa.Table:
             {k: image_source(v) if k in IMAGE_COLUMNS and v is not None else v for k, v in p.items()} for p in prompts
         ]
         if not any("id" in p for p in prompts):  # manifest columns without ids: derive them like strings
-            keys = (
-                "negative_prompt",
-                "seed",
-                "num_frames",
-                "height",
-                "width",
-                "steps",
-                "guidance_scale",
-                "guidance_scale_2",
-            )
+            keys = OPTIONAL_COLUMNS  # every input a row may set (unset ones leave the id as it was)
             prompts = [
                 {"id": request_id(str(p.get("prompt")), settings, **{k: p.get(k) for k in keys}), **p} for p in prompts
             ]

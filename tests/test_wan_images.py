@@ -222,10 +222,15 @@ def test_the_python_api_takes_pil_images_per_row_and_for_the_run(tmp_path):
 
     folder = make_small_wan22_ti2v_folder(tmp_path / "ti2v")
     first = Image.fromarray(np.random.default_rng(5).integers(0, 255, (40, 56, 3), dtype=np.uint8))
-    rows = [{"prompt": "red cat moving left", "image": first}, {"prompt": "blue sky"}]
+    other = Image.fromarray(np.random.default_rng(6).integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    rows = [
+        {"prompt": "red cat moving left", "image": first},
+        {"prompt": "red cat moving left", "image": other},  # another video: its own id
+        {"prompt": "blue sky"},  # the run's image
+    ]
     out = tmp_path / "out"
     results = list(ditfarm.render(rows, str(out), model=str(folder), steps=2, image=first))
-    assert [r["status"] for r in results] == ["ok", "ok"]
+    assert [r["status"] for r in results] == ["ok", "ok", "ok"] and len({r["id"] for r in results}) == 3
     assert all(r["image"].endswith(".png") and Image.open(r["image"]).size == (56, 40) for r in results)
     direct = ditfarm.load_pipeline(folder).generate(
         "red cat moving left", steps=2, image=first, seed=results[0]["seed"]

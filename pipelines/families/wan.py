@@ -17,6 +17,7 @@ the real code path is tested here without any download.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -303,6 +304,9 @@ class WanVideoPipeline(DiffusersPipelineMixin):
     ):
         self.pipe = pipe
         self.variant = variant
+        # the Wan VAE keeps its causal convolutions' caches on itself: a row's image encoded beside another video's
+        # decode (a run overlaps them) must wait for it, or each corrupts the other's caches
+        self.vae_lock = threading.Lock()
         self.expert_device = None  # set: experts are offloaded, the one in use moves here
         self.folder = folder
         self.defaults = defaults
@@ -392,20 +396,21 @@ class WanVideoPipeline(DiffusersPipelineMixin):
         first_frame = resize(first, height=s.height, width=s.width).to(device, dtype=torch.float32)
         last_frame = None if last is None else resize(last, height=s.height, width=s.width).to(device, torch.float32)
         shape = self.latent_shape(s)
-        prepared = WanImageToVideoPipeline.prepare_latents(  # diffusers' own, on this pipeline's VAE and config
-            self.pipe,
-            first_frame,
-            1,
-            shape[1],
-            s.height,
-            s.width,
-            s.num_frames,
-            torch.float32,
-            device,
-            None,
-            torch.zeros(shape, dtype=torch.float32, device=device),  # noise is drawn by the loop, from the seed
-            last_frame,
-        )
+        with self.vae_lock:
+            prepared = WanImageToVideoPipeline.prepare_latents(  # diffusers' own, on this pipeline's VAE and config
+                self.pipe,
+                first_frame,
+                1,
+                shape[1],
+                s.height,
+                s.width,
+                s.num_frames,
+                torch.float32,
+                device,
+                None,
+                torch.zeros(shape, dtype=torch.float32, device=device),  # noise is drawn by the loop, from the seed
+                last_frame,
+            )
         encoded = {IMAGE_CONDITION: prepared[1]}
         if self.variant.image_encoder:
             frames = [first] if last is None else [first, last]
@@ -471,7 +476,8 @@ class WanVideoPipeline(DiffusersPipelineMixin):
         latents = latents.to(next(vae.parameters()).device, vae.dtype)
         mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
         std = torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
-        video = vae.decode(latents * std + mean, return_dict=False)[0]  # (1, 3, T, H, W) in [-1, 1]
+        with self.vae_lock:
+            video = vae.decode(latents * std + mean, return_dict=False)[0]  # (1, 3, T, H, W) in [-1, 1]
         video = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return video.permute(1, 2, 3, 0).cpu().numpy()
 
@@ -635,16 +641,17 @@ SMALL_TEXT_ENCODER = dict(d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=
 SMALL_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1)
 
 
+def small_card(guidance_scale: float, fps: int = 16, **defaults) -> dict:
+    """The card of a small Wan folder: 9 frames of 64x64 in 10 steps, short prompts."""
+    sampler = {"num_frames": 9, "height": 64, "width": 64, "steps": 10, "guidance_scale": guidance_scale, **defaults}
+    return {"kind": "wan", "defaults": sampler, "max_sequence_length": 32, "video": {"fps": fps, "upscale": 1}}
+
+
 def make_small_wan_folder(folder: str | Path, seed: int = 0, layers: int = 4) -> Path:
     """A complete diffusers Wan folder with random weights and small dimensions: transformer 2 heads x 16 wide,
     VAE base width 8 (same 4x temporal, 8x spatial compression as Wan2.1), a one-layer UMT5 and a word-level
     tokenizer (``word_tokenizer``).  Loads with WanPipeline.from_pretrained and load_pipeline like a real Wan2.1 folder."""
-    card = {
-        "kind": "wan",
-        "defaults": {"num_frames": 9, "height": 64, "width": 64, "steps": 10, "guidance_scale": 5.0},
-        "max_sequence_length": 32,
-        "video": {"fps": 16, "upscale": 1},
-    }
+    card = small_card(5.0)
     return make_wan_folder(
         folder, {**SMALL_TRANSFORMER, "num_layers": layers}, SMALL_TEXT_ENCODER, SMALL_VAE, card, seed=seed
     )
@@ -654,19 +661,7 @@ def make_small_wan22_a14b_folder(folder: str | Path, seed: int = 0, layers: int 
     """A small Wan2.2 A14B-style folder: two experts of the small transformer with different weights,
     ``boundary_ratio`` 0.875 and the released folders' UniPC flow scheduler (shift 12, as Wan2.2's A14B
     text-to-video samples)."""
-    card = {
-        "kind": "wan",
-        "defaults": {
-            "num_frames": 9,
-            "height": 64,
-            "width": 64,
-            "steps": 10,
-            "guidance_scale": 4.0,
-            "guidance_scale_2": 3.0,
-        },
-        "max_sequence_length": 32,
-        "video": {"fps": 16, "upscale": 1},
-    }
+    card = small_card(4.0, guidance_scale_2=3.0)
     transformer = {**SMALL_TRANSFORMER, "num_layers": layers}
     return make_wan_folder(
         folder,
@@ -701,12 +696,7 @@ SMALL_VAE_48 = dict(  # Wan2.2's 48-channel VAE: patchified input (2x) on three 
 def make_small_wan22_ti2v_folder(folder: str | Path, seed: int = 0, layers: int = 4) -> Path:
     """A small Wan2.2 TI2V-5B-style folder: the 48-channel, 16x VAE, a transformer reading 48 channels with a
     timestep per token (``expand_timesteps``), UniPC flow at shift 5 as TI2V-5B samples."""
-    card = {
-        "kind": "wan",
-        "defaults": {"num_frames": 9, "height": 64, "width": 64, "steps": 10, "guidance_scale": 5.0},
-        "max_sequence_length": 32,
-        "video": {"fps": 24, "upscale": 1},
-    }
+    card = small_card(5.0, fps=24)
     transformer = {**SMALL_TRANSFORMER, "num_layers": layers, "in_channels": 48, "out_channels": 48}
     return make_wan_folder(
         folder,
@@ -736,12 +726,7 @@ def make_small_wan_i2v_folder(folder: str | Path, seed: int = 0, first_last: boo
     """A small Wan2.1 image-to-video folder (``first_last``: first-last-frame): a transformer reading the 16 noise
     channels beside 4 mask and 16 image-latent channels and CLIP embeddings of the frames (with positions for two
     frames' tokens where ``first_last``), a small CLIP vision encoder and its processor, UniPC flow at shift 5."""
-    card = {
-        "kind": "wan",
-        "defaults": {"num_frames": 9, "height": 64, "width": 64, "steps": 10, "guidance_scale": 5.0},
-        "max_sequence_length": 32,
-        "video": {"fps": 16, "upscale": 1},
-    }
+    card = small_card(5.0)
     transformer = {**SMALL_TRANSFORMER, "num_layers": layers, "in_channels": 36, "image_dim": 16}
     if first_last:
         transformer["pos_embed_seq_len"] = 2 * SMALL_IMAGE_TOKENS
@@ -760,19 +745,7 @@ def make_small_wan_i2v_folder(folder: str | Path, seed: int = 0, first_last: boo
 def make_small_wan22_i2v_a14b_folder(folder: str | Path, seed: int = 0, layers: int = 4) -> Path:
     """A small Wan2.2 A14B image-to-video folder: two experts reading 36 channels (no image encoder, as released),
     ``boundary_ratio`` 0.9, UniPC flow at shift 5."""
-    card = {
-        "kind": "wan",
-        "defaults": {
-            "num_frames": 9,
-            "height": 64,
-            "width": 64,
-            "steps": 10,
-            "guidance_scale": 3.5,
-            "guidance_scale_2": 3.5,
-        },
-        "max_sequence_length": 32,
-        "video": {"fps": 16, "upscale": 1},
-    }
+    card = small_card(3.5, guidance_scale_2=3.5)
     transformer = {**SMALL_TRANSFORMER, "num_layers": layers, "in_channels": 36}
     return make_wan_folder(
         folder,
