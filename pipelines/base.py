@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checks import check_patch_grid, resolve_settings
+from .checks import check_patch_grid, refuse_images, resolve_settings
 from .conditioning import Conditioning
 from .denoise import (
     DenoiseSteps,
@@ -54,12 +54,7 @@ class VideoPipelineMixin:
     def check_images(self, images: dict) -> None:
         """Refuse a row's images (``IMAGE_INPUTS``: image, last_image) the model cannot take, by name, before
         anything is read: by default it renders from text alone."""
-        given = [name for name, value in images.items() if value is not None]
-        if given:
-            raise ValueError(
-                f"this model renders from text alone and takes no {' or '.join(given)} (an image-to-video folder, "
-                "or Wan2.2 TI2V-5B, takes a first frame)"
-            )
+        refuse_images(images)
 
     def encode_images(self, images: dict, settings: SamplerSettings) -> dict[str, torch.Tensor]:
         """What a row's images become, as named tensors every CFG branch reads (``check_images`` passed them)."""

@@ -142,18 +142,23 @@ class ModelChecks:
 
     def check_row_images(self, images: dict) -> None:
         """Refuse a row's images the model cannot take (or lacks ones it needs), before anything is read."""
-        if self.check_images is not None:
-            self.check_images(images)
-            return
-        given = [name for name, value in images.items() if value is not None]
-        if given:
-            raise ValueError(f"this model renders from text alone and takes no {' or '.join(given)}")
+        (self.check_images or refuse_images)(images)
 
     def check_negative(self, text: str) -> None:
         (self.check_negative_prompt or self.check_prompt)(text)
 
     def settings(self, **overrides) -> SamplerSettings:
         return resolve_settings(self.defaults, self.check_sizes, overrides, self.experts)
+
+
+def refuse_images(images: dict) -> None:
+    """The rule of a model that renders from text alone: any image a row gives is refused, by name."""
+    given = [name for name, value in images.items() if value is not None]
+    if given:
+        raise ValueError(
+            f"this model renders from text alone and takes no {' or '.join(given)} (an image-to-video folder, "
+            "or Wan2.2 TI2V-5B, takes a first frame)"
+        )
 
 
 def resolve_settings(defaults: SamplerSettings, check_sizes, overrides: dict, experts: int = 1) -> SamplerSettings:

@@ -199,7 +199,8 @@ class WanSteps(FlowMatchSteps):
         self.guidance_scale_2, self.expand_timesteps = guidance_scale_2, expand_timesteps
         self.offload_to = offload_to  # set: one expert at a time on this device, the other in host memory
         self.on_device = transformers[0]  # between videos the high-noise expert waits on the device
-        self.expert_of: list[int] = []
+        self.expert_of: list[int] = []  # per step: which expert runs it
+        self.segment_of: list[tuple[int, int]] = []  # per step: (first step, steps) of its expert's segment
 
     def schedule(self, steps: int, start_step: int, device: torch.device):
         timesteps = super().schedule(steps, start_step, device)
@@ -208,6 +209,8 @@ class WanSteps(FlowMatchSteps):
         else:
             boundary = self.boundary_ratio * self.scheduler.config.num_train_timesteps
             self.expert_of = [0 if float(t) >= boundary else 1 for t in timesteps]
+        segments = {e: (self.expert_of.index(e), self.expert_of.count(e)) for e in set(self.expert_of)}
+        self.segment_of = [segments[e] for e in self.expert_of]
         return timesteps
 
     def transformer_at(self, i: int) -> torch.nn.Module:
@@ -239,13 +242,8 @@ class WanSteps(FlowMatchSteps):
         return guidance_scale if self.expert_of[i] == 0 else self.guidance_scale_2
 
     def context(self, i: int) -> dict:
-        expert = self.expert_of[i]
-        start = self.expert_of.index(expert)
-        return {
-            **super().context(i),
-            "step_index": i - start,
-            "num_inference_steps": self.expert_of.count(expert),
-        }
+        start, length = self.segment_of[i]
+        return {**super().context(i), "step_index": i - start, "num_inference_steps": length}
 
     def inputs(self, i: int, t, latents: torch.Tensor, branch: dict[str, torch.Tensor]) -> dict:
         """As diffusers' Wan pipelines call the transformer.  An image's condition (``IMAGE_CONDITION``) is, per
