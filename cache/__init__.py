@@ -87,9 +87,9 @@ def _enable_one(transformer: torch.nn.Module, config, reduce: Reduce) -> CacheEn
     disable(transformer)
     if config is None:
         return None
-    profile = getattr(config, "profile", None)
-    if profile is not None:  # an expert's own profile, where the file holds one per expert
-        config = dataclasses.replace(config, profile=profile.for_transformer(transformer))
+    for trained in ("profile", "router"):  # an expert's own, where the file holds one per expert
+        if getattr(config, trained, None) is not None:
+            config = dataclasses.replace(config, **{trained: getattr(config, trained).for_transformer(transformer)})
     policy_cls = POLICY_FOR_CONFIG.get(type(config))
     if policy_cls is None:
         raise TypeError(
@@ -112,7 +112,7 @@ def _enable_one(transformer: torch.nn.Module, config, reduce: Reduce) -> CacheEn
     engine.attach()
     setattr(transformer, ENGINE_ATTR, engine)
     if engine.policy.adjusts_sigmas:
-        setattr(transformer, SIGMA_SCHEDULE_ATTR, engine.policy.adjust_sigmas)
+        setattr(transformer, SIGMA_SCHEDULE_ATTR, engine.policy.step_factors)
     return engine
 
 

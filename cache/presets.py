@@ -18,7 +18,7 @@ Each policy has one knob that trades speed for fidelity, and good defaults for e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..choices import POLICIES  # noqa: F401 - the policy names live apart from the policies
@@ -154,7 +154,8 @@ def build_config(
                 "(see `ditfarm calibrate bac`)"
             )
         config = BACConfig(updates=value, profile=profile)
-        BACPolicy(config)  # refuses a profile without a BAC calibration, or a knob out of range
+        for own in each_expert(profile):  # refuses a profile without a BAC calibration, or a knob out of range
+            BACPolicy(replace(config, profile=own))
         return config
     if policy == "ertacache":
         if profile is None:
@@ -163,9 +164,18 @@ def build_config(
                 "(see `ditfarm calibrate ertacache`)"
             )
         config = ERTACacheConfig(threshold=value, profile=profile)
-        ERTACachePolicy(config)  # refuses a profile without a calibration at this lambda, before any rendering
+        for own in each_expert(profile):  # refuses a profile without a calibration at this lambda, before rendering
+            ERTACachePolicy(replace(config, profile=own))
         return config
     return AdaptiveConfig(threshold=value, profile=profile, ladder=model.adaptive_ladder)
+
+
+def each_expert(profile: CacheProfile) -> list[CacheProfile]:
+    """The profile and each expert's own in it (a model whose experts take turns: one file holds them all), each
+    named by its file in messages."""
+    for expert in profile.experts.values():
+        expert.source = getattr(profile, "source", None)
+    return [profile, *profile.experts.values()]
 
 
 def config_for(pipe, policy: str, knob: float | None = None, profile: CacheProfile | str | Path | None = None):

@@ -63,6 +63,15 @@ class CacheProfile:
         expert.source = getattr(self, "source", None)
         return expert
 
+    def for_transformers(self, transformers: dict[str, torch.nn.Module]) -> dict[str, CacheProfile]:
+        """Per component of a loaded model (``pipe.transformers()``), the profile of that transformer, each checked
+        against it (ProfileMismatchError names a component this file holds no profile of)."""
+        profiles = {}
+        for name, transformer in transformers.items():
+            profiles[name] = self.for_transformer(transformer)
+            profiles[name].check_model(transformer)
+        return profiles
+
     @property
     def foreground_blocks(self) -> list[int]:
         return [b.index for b in self.blocks if b.block_class == FOREGROUND]

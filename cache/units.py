@@ -49,9 +49,6 @@ class UnitPolicy(ABC):
     def check_steps(self, num_steps: int) -> None:
         """Raise (ValueError) for a video length this policy cannot serve (a calibration made for another)."""
 
-    def adjust_sigmas(self, sigmas):
-        return sigmas
-
     def describe(self) -> dict:
         return {"policy": self.name}
 

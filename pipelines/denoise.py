@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from .conditioning import Conditioning
@@ -49,22 +50,39 @@ class SamplerSettings:
 
 StepCallback = Callable[[int, torch.Tensor], None]
 
-#: A transformer may carry a function under this attribute that maps the scheduler's noise levels (one per step
-#: plus the final one, as a float64 array) to the ones to sample at: a cache policy that shortens the intervals of
-#: the steps it reuses (ERTACache) sets it.
+#: A transformer may carry a function under this attribute that maps the number of steps it runs in a video (its
+#: expert's segment, where experts take turns) to a factor per step (1: as scheduled) by which the sampler shortens
+#: each step's interval: a cache policy that shortens the intervals of the steps it reuses (ERTACache) sets it.
 SIGMA_SCHEDULE_ATTR = "_ditfarm_sigma_schedule"
 
 
-def apply_sigma_schedule(scheduler, adjust: Callable) -> None:
+def adjusted_sigmas(sigmas, factors):
+    """Each step's interval scaled by ``factors[s]`` and the rest of the way re-spread over the later steps in
+    proportion to their nominal intervals, so the schedule still ends where it did (the last step is never
+    shortened); ``sigmas`` has one entry per step plus the final one."""
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    steps = len(sigmas) - 1
+    if len(factors) != steps:
+        raise ValueError(f"need one factor per step: {steps} steps, {len(factors)} values")
+    out = np.empty_like(sigmas)
+    out[0] = sigmas[0]
+    for s in range(steps):
+        scale = out[s] / sigmas[s] if sigmas[s] > 0 else 1.0  # the noise left, relative to the nominal schedule
+        factor = 1.0 if s == steps - 1 else float(np.clip(factors[s], 0.0, 1.0))
+        out[s + 1] = out[s] - factor * (sigmas[s] - sigmas[s + 1]) * scale
+    return out
+
+
+def apply_sigma_schedule(scheduler, factors) -> None:
     """Replace the scheduler's sigmas (and the timesteps they stand for, t = sigma * num_train_timesteps, as in
-    diffusers' flow-matching schedulers) by ``adjust(sigmas)``."""
+    diffusers' flow-matching schedulers) by ``adjusted_sigmas(sigmas, factors)``."""
     sigmas = getattr(scheduler, "sigmas", None)
     if sigmas is None or len(sigmas) != len(scheduler.timesteps) + 1:
         raise ValueError(
             f"{type(scheduler).__name__} keeps no per-step sigmas; this cache policy changes the noise "
             "schedule and needs a flow-matching scheduler"
         )
-    new = torch.as_tensor(adjust(sigmas.detach().cpu().double().numpy()))
+    new = torch.as_tensor(adjusted_sigmas(sigmas.detach().cpu().double().numpy(), factors))
     scheduler.sigmas = new.to(dtype=sigmas.dtype, device=sigmas.device)
     scale = scheduler.config.num_train_timesteps
     scheduler.timesteps = (new[:-1] * scale).to(dtype=scheduler.timesteps.dtype, device=scheduler.timesteps.device)
@@ -183,9 +201,9 @@ class FlowMatchSteps(DenoiseSteps):
 
     def schedule(self, steps: int, start_step: int, device: torch.device) -> Sequence:
         self.set_timesteps(steps, device)
-        adjust = getattr(self.transformer, SIGMA_SCHEDULE_ATTR, None)
-        if adjust is not None:
-            apply_sigma_schedule(self.scheduler, adjust)
+        factors = getattr(self.transformer, SIGMA_SCHEDULE_ATTR, None)
+        if factors is not None:
+            apply_sigma_schedule(self.scheduler, factors(steps))
         self.scheduler.set_begin_index(start_step)
         return self.scheduler.timesteps
 

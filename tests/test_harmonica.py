@@ -63,12 +63,14 @@ def test_training_lowers_the_loss_and_resumes_where_it_stopped(tiny_pipe, tmp_pa
     assert run.iteration == 2 and (tmp_path / "run" / "checkpoint.pt").exists()
 
     resumed = trainer(tiny_pipe, tmp_path / "run")
-    assert resumed.iteration == 2 and np.allclose(resumed.logits.detach(), run.logits.detach())
+    assert resumed.iteration == 2 and np.allclose(
+        resumed.logits["transformer"].detach(), run.logits["transformer"].detach()
+    )
     resumed.train()
     assert resumed.iteration == 4 and [h["iteration"] for h in resumed.history] == [1, 2, 3, 4]
     after = resumed.evaluate(PROMPT, seed=77)
     assert after < before
-    assert (resumed.logits.detach()[0] == 5.0).all()  # step 0 always computes
+    assert (resumed.logits["transformer"].detach()[0] == 5.0).all()  # step 0 always computes
     router = resumed.router()
     assert router.model == model_identity(tiny_pipe.transformer) and router.steps == 6
     with pytest.raises(ValueError, match="holds a run of another model or setting"):

@@ -140,3 +140,59 @@ def test_tinys_card_defaults_follow_the_rule_and_each_skips():
         measured = [Measured(**m) for m in evidence[policy]]
         assert pick(measured, evidence["bar_db"]).knob == knob, policy
         assert next(m for m in measured if m.knob == knob).computed <= 0.9, policy
+
+
+@pytest.mark.process
+def test_calibrate_defaults_chooses_the_second_experts_knob_with_the_first_held_at_its_own(
+    small_wan22_a14b_folder, tmp_path
+):
+    """On a two-expert folder the shared knob comes first; then the low-noise expert's knobs are measured with the
+    high-noise one held at the shared knob (so at the shared knob it measures what the shared run measured, and at
+    another it computes between the two shared runs), and its own default is written where the rule picks
+    another knob for it."""
+    import shutil
+
+    from ditfarm.commands.cli import main
+    from ditfarm.pipelines.loading import load_pipeline
+    from ditfarm.tools.calibrate_defaults import Measured, pick
+
+    folder = tmp_path / "a14b"
+    shutil.copytree(small_wan22_a14b_folder, folder)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cat moving left\n")
+    code = main(
+        ["calibrate", "defaults", "--model", str(folder), "--prompts", str(prompts), "--steps", "30",
+         "--policies", "bwcache:0/5"]
+    )  # fmt: skip
+    assert code == 0
+    section = json.loads((folder / "ditfarm_model.json").read_text())["cache"]
+    evidence = section["defaults_evidence"]
+    shared = {m["knob"]: Measured(**m) for m in evidence["bwcache"]}  # 0 computes every block, 5 skips most
+    own = {m["knob"]: Measured(**m) for m in evidence["expert_measurements"]["transformer_2"]["bwcache"]}
+    chosen = section["defaults"]["bwcache"]
+    other = 5 if chosen == 0 else 0
+    assert own[chosen] == shared[chosen]
+    low, high = sorted([shared[0].computed, shared[5].computed])
+    assert low < own[other].computed < high, (shared, own)
+    second = pick(list(own.values()), evidence["bar_db"]).knob
+    expert_knobs = load_pipeline(folder).cache_settings.expert_knobs
+    if second != chosen:
+        assert section["experts"]["transformer_2"]["defaults"] == {"bwcache": second}
+        assert expert_knobs["transformer_2"]["bwcache"][0] == second
+    else:
+        assert "experts" not in section and not expert_knobs
+
+
+@pytest.mark.unit
+def test_the_card_takes_each_experts_own_knobs_and_a_rerun_that_chooses_none_removes_them(tmp_path):
+    from ditfarm.tools.calibrate_defaults import write_card
+
+    card_path = tmp_path / "ditfarm_model.json"
+    card_path.write_text(json.dumps({"cache": {"experts": {"transformer_2": {"note": "kept"}}}, "defaults": {}}))
+    evidence = {"bar_db": 30.0, "prompts": ["p"], "steps": 30, "experts": {"transformer_2": {"bwcache": 0.25}}}
+    write_card(card_path, {"bwcache": 0.1}, evidence)
+    card = json.loads(card_path.read_text())
+    assert card["cache"]["experts"]["transformer_2"] == {"note": "kept", "defaults": {"bwcache": 0.25}}
+    assert settings_of(card).expert_knobs["transformer_2"]["bwcache"][0] == 0.25
+    write_card(card_path, {"bwcache": 0.1}, {**evidence, "experts": {}})
+    assert json.loads(card_path.read_text())["cache"]["experts"] == {"transformer_2": {"note": "kept"}}

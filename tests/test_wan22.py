@@ -144,15 +144,21 @@ def test_offloaded_experts_take_turns_on_the_device_and_render_the_same(small_wa
 
 
 @pytest.mark.process
-def test_profile_measures_each_expert_into_one_file_and_calibrations_trained_on_one_transformer_refuse(
+def test_profile_measures_each_expert_into_one_file_and_each_calibration_covers_its_experts_segment(
     small_wan22_a14b_folder, tmp_path, capsys
 ):
     """`ditfarm profile` on a two-expert folder writes one file with a profile per expert (each checked against
-    its own expert, so the profiling policy runs on both); ERTACache's and BAC's calibrations and HarmoniCa's
-    router are per transformer and refuse, naming the experts, instead of calibrating one for both."""
+    its own expert, so the profiling policy runs on both); `calibrate ertacache|bac` and `train-router` then
+    calibrate each expert on the steps of its own segment, counted from its first: the run reuses within each
+    segment as calibrated, computes the first step after the switch, shortens each segment's steps by its own
+    phi (the switch stays on its step), and one expert's calibration offered to the other is refused by name."""
     from ditfarm.cache import CacheProfile, ProfileMismatchError
+    from ditfarm.cache.policies import ERTACacheConfig, ERTACachePolicy
+    from ditfarm.cache.policies.ertacache import ERTACacheCalibrationError
+    from ditfarm.cache.policies.harmonica import ROUTER_FILE, Router
     from ditfarm.cache.presets import build_config
     from ditfarm.commands.cli import main as cli
+    from ditfarm.pipelines.denoise import adjusted_sigmas
 
     prompts, out = tmp_path / "p.txt", tmp_path / "profile.json"
     prompts.write_text("red cat moving left\nblue sky over green field\n")
@@ -166,15 +172,58 @@ def test_profile_measures_each_expert_into_one_file_and_calibrations_trained_on_
     enable(pipe, build_config("profiling", 6, profile, pipe.cache_settings))
     pipe.generate("red cat moving left", seed=1, steps=60)
     assert last_video_stats(pipe).skipped > 0
-    profile.experts = {}  # one expert's profile offered to both: the second refuses it by name
+    shared = CacheProfile.load(out)
+    shared.experts = {}  # one expert's profile offered to both: the second refuses it by name
     with pytest.raises(ProfileMismatchError, match="component transformer_2"):
-        enable(pipe, build_config("profiling", 4, profile, pipe.cache_settings))
+        enable(pipe, build_config("profiling", 4, shared, pipe.cache_settings))
 
-    for method in ("ertacache", "bac"):
-        assert cli(["calibrate", method, *model, "--profile", str(out), "--out", str(tmp_path / "c.json")]) == 2
-        assert "2 experts (transformer, transformer_2)" in capsys.readouterr().err
-    assert cli(["train-router", *model, "--prompts", str(prompts), "--run-dir", str(tmp_path / "router")]) == 2
-    assert "2 experts (transformer, transformer_2)" in capsys.readouterr().err
+    steps, lam = 12, 5.0  # lambda 5: every step after an expert's first is reused (its error stays below 5)
+    switch = switch_step(pipe, steps)
+    assert 1 < switch < steps - 1, switch
+    calibrated = tmp_path / "calibrated" / "profile.json"
+    calibrate = ["--profile", str(out), "--out", str(calibrated), "--steps", str(steps), "--prompts", str(prompts)]
+    assert cli(["calibrate", "ertacache", *model, *calibrate, "--lambdas", f"0.01,{lam:g}"]) == 0
+    assert f"transformer: {switch} steps, transformer_2: {steps - switch} steps" in capsys.readouterr().out
+    calibrate[1] = str(calibrated)  # BAC's calibration goes into the same file
+    assert cli(["calibrate", "bac", *model, *calibrate]) == 0
+    profile = CacheProfile.load(calibrated)
+    second = profile.experts["transformer_2"]
+    assert (profile.ertacache["steps"], second.ertacache["steps"]) == (switch, steps - switch)
+    assert (profile.bac["steps"], second.bac["steps"]) == (switch, steps - switch)
+    assert len(second.bac["similarity"][0]) == steps - switch and second.ertacache["video_steps"] == steps
+
+    enable(pipe, build_config("ertacache", lam, profile, pipe.cache_settings))
+    pipe.generate("red cat moving left", seed=1, steps=steps)
+    expected = [int(k == 0) for k in range(switch)] + [int(k == 0) for k in range(steps - switch)]
+    assert computed_per_step(pipe, "cond") == computed_per_step(pipe, "uncond") == expected
+    phi = [*profile.ertacache["entries"][1]["phi"], *second.ertacache["entries"][1]["phi"]]
+    assert min(phi) < 1.0  # the reused steps are shortened ...
+    taken = pipe.scheduler.sigmas.double().numpy()
+    pipe.scheduler.set_timesteps(steps)
+    assert np.allclose(taken, adjusted_sigmas(pipe.scheduler.sigmas.double().numpy(), phi))  # ... each by its own
+    with pytest.raises(ERTACacheCalibrationError, match="was calibrated for 12-step videos; this video has 10"):
+        ERTACachePolicy(ERTACacheConfig(lam, second)).check_steps(10)
+    second.ertacache = profile.ertacache  # the first expert's calibration offered to the second
+    enable(pipe, build_config("ertacache", lam, profile, pipe.cache_settings))
+    with pytest.raises(ERTACacheCalibrationError, match=f"calibrated on the {switch} steps this expert runs"):
+        pipe.generate("red cat moving left", seed=1, steps=steps)
+
+    enable(pipe, build_config("bac", 0.3, CacheProfile.load(calibrated), pipe.cache_settings))
+    pipe.generate("red cat moving left", seed=1, steps=steps)
+    masks = np.array(last_video_stats(pipe).masks["cond"])
+    assert masks[0].all() and masks[switch].all() and not masks[1:switch].all() and not masks[switch + 1 :].all()
+
+    router_run = ["--prompts", str(prompts), "--run-dir", str(tmp_path / "router"), "--steps", str(steps)]
+    assert cli(["train-router", *model, *router_run, "--iterations", "1", "--out", str(tmp_path / "r.json")]) == 0
+    assert "transformer_2:" in capsys.readouterr().out
+    router = Router.load(tmp_path / "r.json")
+    assert (router.steps, router.experts["transformer_2"].steps) == (switch, steps - switch)
+    router.logits = [[-5.0] * len(router.logits[0])] * switch  # nothing after the first step computes ...
+    router.experts["transformer_2"].logits = [[5.0] * len(router.logits[0])] * (steps - switch)  # ... all here
+    router.save(calibrated.with_name(ROUTER_FILE))
+    enable(pipe, build_config("harmonica", 0.1, calibrated, pipe.cache_settings))
+    pipe.generate("red cat moving left", seed=1, steps=steps)
+    assert computed_per_step(pipe, "cond") == [int(k == 0) for k in range(switch)] + [1] * (steps - switch)
 
 
 @pytest.mark.process

@@ -60,7 +60,8 @@ def run_defaults(args, fail) -> int:
     if not chosen:
         return fail("no policy could run on this model as it is (see the log above); nothing written")
     write_card(card_path, chosen, evidence)
-    print(f"wrote {card_path}: cache.defaults {json_text(chosen)} ({RULE})")
+    own = "".join(f"; cache.experts.{name}.defaults {json_text(k)}" for name, k in evidence.get("experts", {}).items())
+    print(f"wrote {card_path}: cache.defaults {json_text(chosen)}{own} ({RULE})")
     return 0
 
 
@@ -92,16 +93,12 @@ def run_command(args) -> int:
     if args.prompts and not args.prompts.exists():
         return fail(f"prompts file {args.prompts} does not exist")
     pipe = load_pipeline(args.model, device=args.device)
-    if len(pipe.transformers()) > 1:
-        from .train_router import one_expert_only  # deferred: torch
-
-        return fail(one_expert_only({"ertacache": "ERTACache", "bac": "BAC"}[args.method], pipe))
     source = args.profile or pipe.default_cache_profile()
     if source is None:
         return fail(f"model {args.model} ships no cache profile; pass --profile (see `ditfarm profile`)")
     try:
         profile = CacheProfile.load(source)
-        profile.check_model(pipe.transformer)
+        profiles = profile.for_transformers(pipe.transformers())  # one per expert, where experts take turns
     except (FileNotFoundError, ValueError) as err:
         return fail(str(err))
     if args.prompts:
@@ -118,17 +115,16 @@ def run_command(args) -> int:
             return fail(str(err))
     try:
         if args.method == "ertacache":
-            from .calibrate_ertacache import calibrate_ertacache  # deferred: torch
+            from .calibrate_ertacache import calibrate_ertacache_experts  # deferred: torch
 
-            profile.ertacache = calibrate_ertacache(
+            sections = calibrate_ertacache_experts(
                 pipe, prompts, lambdas, seeds=seeds, steps=args.steps, guidance_scale=args.guidance_scale
             )
             what = f"ERTACache at lambda {', '.join(f'{x:g}' for x in lambdas)}"
-            steps = profile.ertacache["steps"]
         else:
-            from .calibrate_bac import calibrate_bac  # deferred: torch
+            from .calibrate_bac import calibrate_bac_experts  # deferred: torch
 
-            profile.bac = calibrate_bac(
+            sections = calibrate_bac_experts(
                 pipe,
                 prompts,
                 seeds=seeds,
@@ -136,9 +132,14 @@ def run_command(args) -> int:
                 guidance_scale=args.guidance_scale,
                 max_tokens=args.max_tokens,
             )
-            what, steps = "BAC", profile.bac["steps"]
+            what = "BAC"
     except ValueError as err:
         return fail(str(err))
+    for name, section in sections.items():
+        setattr(profiles[name], args.method, section)
     profile.save(args.out)
-    print(f"wrote {args.out}: {what} calibrated for {steps}-step videos")
+    steps = next(iter(sections.values()))["video_steps"]
+    segments = [f"{name}: {section['steps']} steps" for name, section in sections.items()]
+    per_expert = f" ({', '.join(segments)})" if len(sections) > 1 else ""
+    print(f"wrote {args.out}: {what} calibrated for {steps}-step videos{per_expert}")
     return 0

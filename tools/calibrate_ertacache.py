@@ -56,8 +56,9 @@ class _Sums:
 class _Tap:
     """Hooks on the transformer and its blocks: record residuals, or stand in for the stack with R~."""
 
-    def __init__(self, transformer):
+    def __init__(self, transformer, guidance_scale: float):
         self.transformer = transformer
+        self.guidance_scale = guidance_scale  # the scale this transformer's steps are guided at
         self.blocks = adapter_for(transformer).blocks()
         self.state_manager = StateManager(_BranchTap)
         self.mode = "record"  # or "shadow"
@@ -68,13 +69,13 @@ class _Tap:
         self.current_step = -1
         self.previous_velocity: torch.Tensor | None = None
 
-    def observe_step(self, scheduler, guidance_scale: float, model_output, timestep, sample) -> None:
+    def observe_step(self, scheduler, model_output, timestep, sample) -> None:
         """At the sampler's step: phi's sums from the guided velocity the sampler takes (the cached one at a
         reused step) and the true one at the same point, v = the scheduler's ``velocity`` where it has one
         (tiny's preconditioning), else the model output itself (flow matching: Wan)."""
         truth = self.truth.get("cond")
         if "uncond" in self.truth:
-            truth = self.truth["uncond"] + guidance_scale * (truth - self.truth["uncond"])
+            truth = self.truth["uncond"] + self.guidance_scale * (truth - self.truth["uncond"])
         to_velocity = getattr(scheduler, "velocity", None)
         if to_velocity is not None:
             true_v = to_velocity(truth, timestep, sample).float()
@@ -172,12 +173,15 @@ class _BlockTap(ModelHook):
 
 
 @contextlib.contextmanager
-def _observing_steps(scheduler, tap: _Tap, guidance_scale: float):
-    """Let ``tap`` see every ``scheduler.step`` call (the guided output and the sample) while sampling."""
+def _observing_steps(scheduler, taps: list[_Tap]):
+    """Let the tap of the transformer that ran each step (the one holding that step's truth) see its
+    ``scheduler.step`` call (the guided output and the sample) while sampling."""
     original = scheduler.step
 
     def step(model_output, timestep, sample, *args, **kwargs):
-        tap.observe_step(scheduler, guidance_scale, model_output, timestep, sample)
+        for tap in taps:
+            if tap.truth:
+                tap.observe_step(scheduler, model_output, timestep, sample)
         return original(model_output, timestep, sample, *args, **kwargs)
 
     scheduler.step = step
@@ -216,61 +220,107 @@ def calibrate_ertacache(
     guidance_scale: float | None = None,
     log=print,
 ) -> dict:
-    """The ``ertacache`` section of a cache profile: pairwise residual sums and, per lambda, the reuse schedule,
-    phi per step and the per-channel rectification of each branch."""
+    """The ``ertacache`` section of a one-transformer model's cache profile (``calibrate_ertacache_experts``)."""
+    sections = calibrate_ertacache_experts(pipe, prompts, lambdas, seeds, steps, guidance_scale, log)
+    if len(sections) > 1:
+        raise ValueError(
+            f"{', '.join(sections)} take turns: each has its own calibration (calibrate_ertacache_experts)"
+        )
+    return next(iter(sections.values()))
+
+
+def calibrate_ertacache_experts(
+    pipe,
+    prompts: list[str],
+    lambdas: list[float],
+    seeds: list[int] | None = None,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    log=print,
+) -> dict[str, dict]:
+    """Per transformer (by component; a model whose experts take turns has several), the ``ertacache`` section
+    of its cache profile: pairwise residual sums over the steps it runs and, per lambda, its reuse schedule, phi
+    per step and the per-channel rectification of each branch.  The experts are calibrated together, each on its
+    own segment of the same videos (its steps counted from its first, as its cache counts them), and the shadow
+    runs reuse on every expert at once, so each expert's phi and corrections are measured on the trajectory that
+    inference takes."""
     if not prompts:
         raise ValueError("ERTACache calibration needs at least one prompt")
     if not lambdas or any(not lam > 0 for lam in lambdas):
         raise ValueError(f"ERTACache thresholds (lambda) must be positive, got {lambdas}")
     settings = pipe.settings(steps=steps, guidance_scale=guidance_scale)
     seeds = list(seeds) if seeds is not None else list(range(len(prompts)))
-    tap = _Tap(pipe.transformer)
-    tap.attach()
+    scales = [settings.guidance_scale] + [settings.second_guidance_scale] * (len(pipe.transformers()) - 1)
+    taps = {name: _Tap(t, scale) for (name, t), scale in zip(pipe.transformers().items(), scales)}
+    for tap in taps.values():
+        tap.attach()
     try:
-        numerator, denominator = np.zeros((settings.steps, settings.steps)), np.zeros(settings.steps)
+        pairwise: dict[str, list] = {name: [0.0, 0.0] for name in taps}  # numerator, denominator per expert
         for prompt, seed in zip(prompts, seeds):
-            tap.mode = "record"
-            histories = {}
+            for tap in taps.values():
+                tap.mode = "record"
+            histories = {name: {} for name in taps}
 
             def keep(i, latents, histories=histories):
-                histories.update({name: s.history for name, s in tap.state_manager._state_cache.items()})
+                for name, tap in taps.items():
+                    histories[name].update({b: s.history for b, s in tap.state_manager._state_cache.items()})
 
             pipe.generate_latents(prompt, seed=seed, settings=settings, on_step=keep)
-            for history in histories.values():
-                n, d = _pairwise(history)
-                numerator, denominator = numerator + n, denominator + d
+            for name, branches in histories.items():
+                for history in branches.values():
+                    n, d = _pairwise(history)
+                    pairwise[name] = [pairwise[name][0] + n, pairwise[name][1] + d]
+        idle = [name for name, (_, d) in pairwise.items() if np.ndim(d) == 0]
+        if idle:
+            raise ValueError(
+                f"{', '.join(idle)} ran no step of a {settings.steps}-step video: calibrate at more steps, so that "
+                "every expert runs"
+            )
         log(f"ertacache: residual errors of {len(prompts)} full-compute videos recorded")
-        entries = []
+        entries = {name: [] for name in taps}
         for lam in lambdas:
-            reused = offline_schedule(numerator, denominator, lam)
-            tap.mode, tap.reused = "shadow", set(reused)
-            tap.sums = _Sums(np.zeros(settings.steps), np.zeros(settings.steps), {})
-            if reused:
+            for name, tap in taps.items():
+                numerator, denominator = pairwise[name]
+                tap.mode, tap.reused = "shadow", set(offline_schedule(numerator, denominator, lam))
+                tap.sums = _Sums(np.zeros(len(denominator)), np.zeros(len(denominator)), {})
+            if any(tap.reused for tap in taps.values()):
                 for prompt, seed in zip(prompts, seeds):
-                    tap.previous_velocity = None
-                    with _observing_steps(pipe.scheduler, tap, settings.guidance_scale):
+                    for tap in taps.values():
+                        tap.previous_velocity = None
+                    with _observing_steps(pipe.scheduler, list(taps.values())):
                         pipe.generate_latents(prompt, seed=seed, settings=settings)
-            sums = tap.sums
-            phi = np.ones(settings.steps)
-            for s in reused:
-                if sums.phi_denominator[s] > 0:
-                    phi[s] = float(np.clip(1.0 - sums.phi_numerator[s] / sums.phi_denominator[s], 0.0, 1.0))
-            rectify = {}
-            for branch, table in sums.rectify.items():
-                rectify[branch] = {}
-                for s, rows in sorted(table.items()):
-                    k, b = rectification_from_sums(rows)
-                    rectify[branch][str(s)] = {"k": _round(k), "b": _round(b)}
-            entries.append({"lambda": float(lam), "reused": reused, "phi": _round(phi), "rectify": rectify})
-            log(f"ertacache: lambda {lam:g} reuses {len(reused)} of {settings.steps} steps {reused}")
+            for name, tap in taps.items():
+                entries[name].append(_entry(lam, tap))
+                log(f"ertacache: {name} at lambda {lam:g} reuses {len(tap.reused)} of its steps {sorted(tap.reused)}")
     finally:
-        tap.detach()
+        for tap in taps.values():
+            tap.detach()
     return {
-        "steps": settings.steps,
-        "guidance_scale": settings.guidance_scale,
-        "prompts": list(prompts),
-        "seeds": seeds,
-        "numerator": [_round(row) for row in numerator],
-        "denominator": _round(denominator),
-        "entries": entries,
+        name: {
+            "steps": len(pairwise[name][1]),  # the steps this transformer runs (its segment, where experts take turns)
+            "video_steps": settings.steps,
+            "guidance_scale": tap.guidance_scale,
+            "prompts": list(prompts),
+            "seeds": seeds,
+            "numerator": [_round(row) for row in pairwise[name][0]],
+            "denominator": _round(pairwise[name][1]),
+            "entries": entries[name],
+        }
+        for name, tap in taps.items()
     }
+
+
+def _entry(lam: float, tap: _Tap) -> dict:
+    """One lambda's table for one transformer, from what its shadow runs added up."""
+    sums, steps = tap.sums, len(tap.sums.phi_numerator)
+    phi = np.ones(steps)
+    for s in tap.reused:
+        if sums.phi_denominator[s] > 0:
+            phi[s] = float(np.clip(1.0 - sums.phi_numerator[s] / sums.phi_denominator[s], 0.0, 1.0))
+    rectify = {}
+    for branch, table in sums.rectify.items():
+        rectify[branch] = {}
+        for s, rows in sorted(table.items()):
+            k, b = rectification_from_sums(rows)
+            rectify[branch][str(s)] = {"k": _round(k), "b": _round(b)}
+    return {"lambda": float(lam), "reused": sorted(tap.reused), "phi": _round(phi), "rectify": rectify}

@@ -44,7 +44,7 @@ from diffusers.hooks.hooks import BaseState, StateManager
 from ..cache.policies.harmonica import ROUTER_FILE, Router
 from ..cache.profile import model_identity
 from ..cache.units import unit_modules
-from ..pipelines.denoise import initial_noise, reset_caches, transformer_input
+from ..pipelines.denoise import initial_noise, reset_caches, seeded_generator
 from ..pipelines.loading import load_pipeline
 from ..pipelines.tiny.scenes import sample_scene_spec
 from .settings import RouterTraining
@@ -116,7 +116,11 @@ class _Blender:
 
 
 class RouterTrainer:
-    """SDT with IEPO on one pipe.  ``prompts``: training prompts, drawn in turn."""
+    """SDT with IEPO on one pipe.  ``prompts``: training prompts, drawn in turn.
+
+    Videos are sampled by the model's own steps (``pipe.denoise_steps``: its inputs, guidance and scheduler).  A
+    model whose experts take turns over the steps gets a router per expert, over the steps of its own segment
+    (counted from its first, as its cache counts them); the experts' first steps compute every unit."""
 
     def __init__(
         self,
@@ -132,22 +136,46 @@ class RouterTrainer:
             raise ValueError("router training needs at least one prompt")
         self.pipe, self.prompts, self.config, self.run_dir, self.log = pipe, prompts, config, Path(run_dir), log
         self.settings = pipe.settings(steps=steps, guidance_scale=guidance_scale)
-        self.transformer = pipe.transformer
-        self.blender = _Blender(self.transformer, config.tau_train)
-        self.num_units = len(self.blender.units)
+        self.experts = dict(pipe.transformers())
+        self.blenders = {name: _Blender(t, config.tau_train) for name, t in self.experts.items()}
+        self.segment = self._segments()  # per step: (expert, step within its segment)
+        idle = [name for name in self.experts if all(e != name for e, _ in self.segment)]
+        if idle:
+            raise ValueError(
+                f"{', '.join(idle)} runs no step of a {self.settings.steps}-step video: train at more steps, so that "
+                "every expert runs"
+            )
         device = pipe.execution_device  # the router trains where the model runs (--device cuda on GPUs)
-        self._all = torch.ones(self.num_units, device=device)  # r = 1: computes every unit, refreshes its cache
-        steps = self.settings.steps
         generator = torch.Generator().manual_seed(config.seed)
-        logits = torch.randn(steps, self.num_units, generator=generator).clamp(-5, 5)
-        logits[0] = FIXED_LOGIT
-        self.logits = torch.nn.Parameter(logits.to(device))
-        self.optimizer = torch.optim.AdamW([self.logits], lr=config.lr)
-        self.lam = torch.ones(steps, device=device)
+        self.logits: dict[str, torch.nn.Parameter] = {}
+        for name, blender in self.blenders.items():
+            length = sum(e == name for e, _ in self.segment)
+            logits = torch.randn(length, len(blender.units), generator=generator).clamp(-5, 5)
+            logits[0] = FIXED_LOGIT
+            self.logits[name] = torch.nn.Parameter(logits.to(device))
+        self.optimizer = torch.optim.AdamW(list(self.logits.values()), lr=config.lr)
+        self.lam = torch.ones(self.settings.steps, device=device)
         self.iteration = 0
         self.history: list[dict] = []
-        self.identity = model_identity(self.transformer)
+        self.identity = {name: model_identity(t) for name, t in self.experts.items()}
         self._resume()
+
+    def _segments(self) -> list[tuple[str, int]]:
+        """Which expert runs each step, and its index in that expert's segment (the model's own schedule)."""
+        steps_of = self.pipe.denoise_steps(self.settings, torch.Generator().manual_seed(0))
+        names = {id(t): name for name, t in self.experts.items()}
+        try:
+            timesteps = steps_of.schedule(self.settings.steps, 0, self.pipe.execution_device)
+            return [
+                (names[id(steps_of.transformer_at(i))], int(steps_of.context(i).get("step_index", i)))
+                for i in range(len(timesteps))
+            ]
+        finally:
+            steps_of.release()
+
+    @property
+    def num_units(self) -> int:
+        return sum(len(b.units) for b in self.blenders.values())
 
     # -- checkpoints --------------------------------------------------------------------------------------------
     @property
@@ -156,29 +184,36 @@ class RouterTrainer:
 
     def _run_key(self) -> dict:
         c = self.config
-        return {
-            "model": self.identity,
+        first = next(iter(self.experts))
+        key = {
+            "model": self.identity[first],
             "steps": self.settings.steps,
             "guidance_scale": self.settings.guidance_scale,
             "beta": c.beta,
             "tau_train": c.tau_train,
             "lambda_floor": c.lambda_floor,
-            "units": self.num_units,
+            "units": len(self.blenders[first].units),
         }
+        if len(self.experts) > 1:
+            key["experts"] = {name: self.identity[name] for name in self.experts if name != first}
+            key["guidance_scale_2"] = self.settings.second_guidance_scale
+        return key
 
     def _resume(self) -> None:
         if not self.checkpoint_path.exists():
             return
-        saved = torch.load(self.checkpoint_path, weights_only=False, map_location=self.logits.device)
+        device = self.lam.device
+        saved = torch.load(self.checkpoint_path, weights_only=False, map_location=device)
         if saved["key"] != self._run_key():
             raise ValueError(
                 f"{self.checkpoint_path} holds a run of another model or setting ({saved['key']}); "
                 f"this one is {self._run_key()}: use another --run-dir"
             )
         with torch.no_grad():
-            self.logits.copy_(saved["logits"])
+            for name, logits in saved["logits"].items():
+                self.logits[name].copy_(logits)
         self.optimizer.load_state_dict(saved["optimizer"])
-        self.lam = saved["lambda"].to(self.logits.device)
+        self.lam = saved["lambda"].to(device)
         self.iteration = saved["iteration"]
         self.history = saved["history"]
         self.log(f"train-router: resuming {self.checkpoint_path} at iteration {self.iteration}")
@@ -189,7 +224,7 @@ class RouterTrainer:
         torch.save(
             {
                 "key": self._run_key(),
-                "logits": self.logits.detach().cpu(),
+                "logits": {name: logits.detach().cpu() for name, logits in self.logits.items()},
                 "optimizer": self.optimizer.state_dict(),
                 "lambda": self.lam.cpu(),
                 "iteration": self.iteration,
@@ -200,63 +235,78 @@ class RouterTrainer:
         tmp.replace(self.checkpoint_path)  # a kill mid-write leaves the previous checkpoint
 
     # -- one sampling run ---------------------------------------------------------------------------------------
-    def _branches(self, prompt: str):
-        s = self.settings
-        encoded = self.pipe.encode_prompt(prompt, "", s.guidance_scale)
-        use_cfg = s.guidance_scale > 1.0 and encoded.uncond is not None
-        return [("cond", encoded.cond)] + ([("uncond", encoded.uncond)] if use_cfg else [])
-
-    def _predict(self, branches, latents, t, step: int):
-        """The CFG-combined prediction at (latents, t) under the blender's current weights."""
-        scheduler, s = self.pipe.scheduler, self.settings
-        dtype = self.transformer.dtype
-        model_input = transformer_input(scheduler, latents, t, self.pipe.transformer_condition(latents), dtype)
+    def _predict(self, steps_of, conditioning, latents, t, i: int):
+        """The guided prediction at (latents, t) of step i under its expert's blender weights, as the model's own
+        loop computes it."""
+        transformer = steps_of.transformer_at(i)
+        scale = steps_of.guidance_at(i, self.settings.guidance_scale)
+        use_cfg = steps_of.uses_guidance(i, scale) and conditioning.uncond is not None
+        context = {"step_index": i, "num_inference_steps": self.settings.steps, **steps_of.context(i)}
         outputs = {}
-        for name, inputs in branches:
-            with self.transformer.cache_context(name, step_index=step, num_inference_steps=s.steps):
-                outputs[name] = self.transformer(
-                    hidden_states=model_input, timestep=t.expand(latents.shape[0]), **inputs, return_dict=False
-                )[0].float()
-        if "uncond" in outputs:
-            return outputs["uncond"] + s.guidance_scale * (outputs["cond"] - outputs["uncond"])
+        for name in ("cond", "uncond") if use_cfg else ("cond",):
+            with transformer.cache_context(name, **context):
+                inputs = steps_of.inputs(i, t, latents, conditioning.branch(name))
+                outputs[name] = transformer(**inputs, return_dict=False)[0].float()
+        if use_cfg:
+            return steps_of.guide(outputs["cond"], outputs["uncond"], scale, i, t)
         return outputs["cond"]
+
+    def _reset(self) -> None:
+        for transformer in self.experts.values():
+            reset_caches(transformer)
 
     def _rollout(self, prompt: str, seed: int, weights_at, train: bool = False, backward: bool = True):
         """Sample one video; ``weights_at(step)`` gives the router weights of a step (None: all computed).  With
         ``train``, the router's own weights are used and every step's IEPO loss is computed (and, with
         ``backward``, backpropagated into the logits); returns (final latents, [(error, usage, loss)] per step)."""
-        scheduler, s = self.pipe.scheduler, self.settings
-        branches = self._branches(prompt)
-        latents = initial_noise(self.pipe.latent_shape(s), seed, self.pipe.execution_device, torch.float32)
-        scheduler.set_timesteps(s.steps, device=latents.device)
-        scheduler.set_begin_index(0)
-        reset_caches(self.transformer)
+        s = self.settings
+        with torch.no_grad():
+            conditioning = self.pipe.encode_inputs(prompt, "", s)
+        generator = seeded_generator(seed)
+        latents = initial_noise(self.pipe.latent_shape(s), seed, self.pipe.execution_device, torch.float32, generator)
+        steps_of = self.pipe.denoise_steps(s, generator)
+        trained_steps = sum(k > 0 for _, k in self.segment)
+        self._reset()
         losses = []
-        for i, t in enumerate(scheduler.timesteps):
-            if train and i > 0:
-                self.blender.weights = None
+        try:
+            for i, t in enumerate(steps_of.schedule(s.steps, 0, latents.device)):
+                name, k = self.segment[i]
+                blender = self.blenders[name]
+                if train and k > 0:
+                    blender.weights = None
+                    with torch.no_grad():
+                        teacher = self._predict(steps_of, conditioning, latents, t, i)
+                    with torch.set_grad_enabled(backward):
+                        blender.weights = torch.sigmoid(self.logits[name][k])
+                        student = self._predict(steps_of, conditioning, latents, t, i)
+                        error = (teacher - student).pow(2).mean() / teacher.pow(2).mean().clamp_min(1e-12)
+                        usage = blender.weights.mean()
+                        loss = self.lam[i] * error + self.config.beta * usage
+                        if backward:
+                            (loss / trained_steps).backward()
+                    losses.append((float(error.detach()), float(usage.detach()), float(loss.detach())))
+                    prediction = student.detach()
+                else:  # an expert's first step in training (every unit computed: fills its caches), or sampling
+                    with torch.no_grad():
+                        weights = weights_at(i) if weights_at is not None else None
+                        blender.weights = (
+                            torch.ones(len(blender.units), device=latents.device) if weights is None else weights
+                        )
+                        prediction = self._predict(steps_of, conditioning, latents, t, i)
+                blender.weights = None
                 with torch.no_grad():
-                    teacher = self._predict(branches, latents, t, i)
-                with torch.set_grad_enabled(backward):
-                    self.blender.weights = torch.sigmoid(self.logits[i])
-                    student = self._predict(branches, latents, t, i)
-                    error = (teacher - student).pow(2).mean() / teacher.pow(2).mean().clamp_min(1e-12)
-                    usage = self.blender.weights.mean()
-                    loss = self.lam[i] * error + self.config.beta * usage
-                    if backward:
-                        (loss / (s.steps - 1)).backward()
-                losses.append((float(error.detach()), float(usage.detach()), float(loss.detach())))
-                prediction = student.detach()
-            else:  # step 0 of training (every unit computed: fills the caches), or a sampling run
-                with torch.no_grad():
-                    weights = weights_at(i) if weights_at is not None else None
-                    self.blender.weights = self._all if weights is None else weights
-                    prediction = self._predict(branches, latents, t, i)
-            with torch.no_grad():
-                latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
-        self.blender.weights = None
-        reset_caches(self.transformer)
+                    latents = steps_of.after_step(i, steps_of.step(i, t, prediction, latents))
+            latents = steps_of.finish(latents, conditioning)
+        finally:
+            for blender in self.blenders.values():
+                blender.weights = None
+            self._reset()
+            steps_of.release()
         return latents, losses
+
+    def _probabilities_at(self, i: int) -> torch.Tensor:
+        name, k = self.segment[i]
+        return torch.sigmoid(self.logits[name][k].detach())
 
     def refresh_lambda(self) -> None:
         """IEPO's lambda(i): the final latents' error that the router adds at step i, given it on after i."""
@@ -265,26 +315,32 @@ class RouterTrainer:
 
     def _refresh_lambda(self) -> None:
         steps = self.settings.steps
-        probabilities = torch.sigmoid(self.logits.detach())
         prompt, seed = self.prompts[0], 10_000 + self.config.seed
         reference, _ = self._rollout(prompt, seed, lambda i: None)
-        previous, lam = reference, torch.zeros(steps, device=self.logits.device)
-        for start in range(steps - 1, 0, -1):
-            final, _ = self._rollout(prompt, seed, lambda i, start=start: probabilities[i] if i >= start else None)
+        previous, lam = reference, torch.zeros(steps, device=self.lam.device)
+        trained = [i for i, (_, k) in enumerate(self.segment) if k > 0]  # an expert's first step computes all
+        for start in reversed(trained):
+            final, _ = self._rollout(
+                prompt, seed, lambda i, start=start: self._probabilities_at(i) if i >= start else None
+            )
             lam[start] = (final - previous).pow(2).mean()
             previous = final
-        mean = lam[1:].mean()
+        mean = lam[trained].mean()
         self.lam = (lam / mean).clamp_min(self.config.lambda_floor) if mean > 0 else torch.ones_like(lam)
-        self.lam[0] = 0.0
+        for i, (_, k) in enumerate(self.segment):
+            if k == 0:
+                self.lam[i] = 0.0
         self.log(f"train-router: lambda refreshed (max/mean {float(self.lam.max()):.2f})")
 
     @contextlib.contextmanager
     def _blending(self):
-        self.blender.attach()
+        for blender in self.blenders.values():
+            blender.attach()
         try:
             yield
         finally:
-            self.blender.detach()
+            for blender in self.blenders.values():
+                blender.detach()
 
     def evaluate(self, prompt: str, seed: int) -> float:
         """The IEPO loss of the current router on one (prompt, seed), no update: what training lowers."""
@@ -304,11 +360,14 @@ class RouterTrainer:
                 prompt = self.prompts[self.iteration % len(self.prompts)]
                 self.optimizer.zero_grad()
                 _, losses = self._rollout(prompt, c.seed * 100_003 + self.iteration, None, train=True)
-                self.logits.grad[0] = 0.0
+                for logits in self.logits.values():
+                    if logits.grad is not None:
+                        logits.grad[0] = 0.0
                 self.optimizer.step()
                 with torch.no_grad():
-                    self.logits.clamp_(-5, 5)
-                    self.logits[0] = FIXED_LOGIT
+                    for logits in self.logits.values():
+                        logits.clamp_(-5, 5)
+                        logits[0] = FIXED_LOGIT
                 error, usage, loss = (float(np.mean(col)) for col in zip(*losses))
                 self.iteration += 1
                 self.history.append(
@@ -329,18 +388,22 @@ class RouterTrainer:
         return self.history
 
     def router(self) -> Router:
+        """The trained router: the first transformer's, with each other expert's in it (``Router.experts``)."""
         c = self.config
-        return Router(
-            model=self.identity,
-            logits=self.logits.detach().cpu().tolist(),
-            training={
-                **asdict(c),
-                "steps": self.settings.steps,
-                "guidance_scale": self.settings.guidance_scale,
-                "iterations_done": self.iteration,
-                "final_loss": self.history[-1]["loss"] if self.history else math.nan,
-            },
-        )
+        training = {
+            **asdict(c),
+            "steps": self.settings.steps,
+            "guidance_scale": self.settings.guidance_scale,
+            "iterations_done": self.iteration,
+            "final_loss": self.history[-1]["loss"] if self.history else math.nan,
+        }
+        routers = {
+            name: Router(model=self.identity[name], logits=logits.detach().cpu().tolist(), training=dict(training))
+            for name, logits in self.logits.items()
+        }
+        first, *others = routers
+        routers[first].experts = {name: routers[name] for name in others}
+        return routers[first]
 
 
 def tiny_training_prompts(n: int = 64, seed: int = 7) -> list[str]:
@@ -365,8 +428,6 @@ def run_command(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model, device=args.device)
-    if len(pipe.transformers()) > 1:
-        return fail(one_expert_only("HarmoniCa's router", pipe))
     if args.prompts:
         prompts = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
     elif getattr(pipe, "model_name", "") == "tiny":
@@ -401,16 +462,13 @@ def run_command(args) -> int:
     trainer.train()
     router = trainer.router()
     router.save(out)
-    table = router.probabilities() > 0.1
-    print(f"wrote {out}: at tau 0.1 the router computes {table[1:].mean():.1%} of the units after step 0")
+    shares = [
+        f"{name}: {(r.probabilities() > 0.1)[1:].mean():.1%}"
+        for name, r in {"transformer": router, **router.experts}.items()
+    ]
+    if len(shares) == 1:
+        where = f"{shares[0].split(': ')[1]} of the units after step 0"
+    else:
+        where = f"of the units after each expert's first step {'; '.join(shares)}"
+    print(f"wrote {out}: at tau 0.1 the router computes {where}")
     return 0
-
-
-def one_expert_only(what: str, pipe) -> str:
-    """Why a calibration trained on one transformer refuses a model whose experts take turns."""
-    return (
-        f"{what} is trained on one transformer, and {pipe.model_name} has {len(pipe.transformers())} experts "
-        f"({', '.join(pipe.transformers())}) that take turns over the steps; its calibration per expert is not "
-        "built yet: render it with bwcache, taylorseer, adaptive or profiling (`ditfarm profile` measures each "
-        "expert)"
-    )

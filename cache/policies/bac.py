@@ -35,6 +35,7 @@ import numpy as np
 from ...pipelines.adapters import UNIT_ROLES
 from ..profile import CacheProfile
 from ..units import UnitPolicy
+from .calibrated_steps import CalibratedSteps
 
 VARIANTS = ("uniform", "unified", "blockwise", "full")
 
@@ -99,8 +100,10 @@ class BACConfig:
     variant: str = "full"
 
 
-class BACPolicy(UnitPolicy):
+class BACPolicy(CalibratedSteps, UnitPolicy):
     name = "bac"
+    method = "BAC"
+    error = BACCalibrationError
 
     def __init__(self, config: BACConfig):
         if config.variant not in VARIANTS:
@@ -115,21 +118,14 @@ class BACPolicy(UnitPolicy):
         self.calibration = config.profile.bac
         if not self.calibration:
             raise BACCalibrationError(f"{self._where} holds no BAC calibration; run `ditfarm calibrate bac` first")
-        self.steps = int(self.calibration["steps"])
+        self.read_steps(self.calibration, self._where)
         self._cache: dict[int, np.ndarray] = {}
 
     def updates_for(self, num_steps: int) -> int:
         return max(1, round(self.config.updates * num_steps))
 
-    def check_steps(self, num_steps: int) -> None:
-        if num_steps != self.steps:
-            raise BACCalibrationError(
-                f"BAC in {self._where} was calibrated for {self.steps}-step videos; this video has {num_steps} "
-                f"steps: calibrate at {num_steps} steps or render with --steps {self.steps}"
-            )
-
     def unit_schedules(self, num_steps: int) -> list[set[int]]:
-        self.check_steps(num_steps)
+        self.check_segment(num_steps)
         similarity = np.asarray(self.calibration["similarity"], dtype=np.float64)
         m = self.updates_for(num_steps)
         variant = self.config.variant

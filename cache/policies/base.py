@@ -92,12 +92,12 @@ class CachePolicy(ABC):
         holds alike."""
         return residual
 
-    #: True when the policy changes the sampler's noise schedule (``adjust_sigmas``, called before sampling)
+    #: True when the policy changes the sampler's noise schedule (``step_factors``, applied before sampling)
     adjusts_sigmas: bool = False
 
-    def adjust_sigmas(self, sigmas: np.ndarray) -> np.ndarray:
-        """The noise levels to sample at (one per step plus the final one), from the scheduler's own."""
-        return sigmas
+    def step_factors(self, num_steps: int) -> np.ndarray:
+        """Per step this transformer runs, the factor by which the sampler shortens its interval (1: none)."""
+        return np.ones(num_steps)
 
     def describe(self) -> dict:
         return {"policy": self.name}

@@ -33,8 +33,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ...pipelines.denoise import adjusted_sigmas
 from ..profile import CacheProfile
 from .base import CachePolicy, DecisionState, all_blocks
+from .calibrated_steps import CalibratedSteps
 
 VARIANTS = ("uniform", "offline", "offline+dt", "full")
 
@@ -62,22 +64,6 @@ def uniform_schedule(num_steps: int, num_reused: int) -> list[int]:
     return [s for s in range(num_steps) if s not in computed]
 
 
-def adjusted_sigmas(sigmas: np.ndarray, phi: np.ndarray) -> np.ndarray:
-    """(b): each step's interval scaled by ``phi[s]`` and the rest of the way re-spread over the later steps in
-    proportion to their nominal intervals; ``sigmas`` has one entry per step plus the final one."""
-    sigmas = np.asarray(sigmas, dtype=np.float64)
-    steps = len(sigmas) - 1
-    if len(phi) != steps:
-        raise ValueError(f"need one phi per step: {steps} steps, {len(phi)} values")
-    out = np.empty_like(sigmas)
-    out[0] = sigmas[0]
-    for s in range(steps):
-        scale = out[s] / sigmas[s] if sigmas[s] > 0 else 1.0  # the noise left, relative to the nominal schedule
-        factor = 1.0 if s == steps - 1 else float(np.clip(phi[s], 0.0, 1.0))
-        out[s + 1] = out[s] - factor * (sigmas[s] - sigmas[s + 1]) * scale
-    return out
-
-
 def rectification_from_sums(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(c): per channel, least-squares K and B of eps ~ K r + B from the sums (n, sum r, sum eps, sum r^2,
     sum r*eps), rows in that order; a channel whose cached residual does not vary gets K = 0."""
@@ -102,8 +88,10 @@ class ERTACacheConfig:
     variant: str = "full"
 
 
-class ERTACachePolicy(CachePolicy):
+class ERTACachePolicy(CalibratedSteps, CachePolicy):
     name = "ertacache"
+    method = "ERTACache"
+    error = ERTACacheCalibrationError
     indicator = None
     whole_steps = True
 
@@ -117,7 +105,7 @@ class ERTACachePolicy(CachePolicy):
                 f"{self._profile_name()} holds no ERTACache calibration; run `ditfarm calibrate ertacache` first"
             )
         self.entry = self._entry(config.threshold)
-        self.steps = int(self.calibration["steps"])
+        self.read_steps(self.calibration, self._profile_name())
         if config.variant == "uniform":
             self.reused = set(uniform_schedule(self.steps, len(self.entry["reused"])))
         else:
@@ -144,16 +132,8 @@ class ERTACachePolicy(CachePolicy):
             f"run `ditfarm calibrate ertacache --lambdas {threshold:g}` or pick a calibrated value"
         )
 
-    def check_steps(self, num_steps: int) -> None:
-        if num_steps != self.steps:
-            raise ERTACacheCalibrationError(
-                f"ERTACache in {self._profile_name()} was calibrated for {self.steps}-step videos; this video has "
-                f"{num_steps} steps (its reuse schedule, phi and corrections are per step): calibrate at "
-                f"{num_steps} steps or render with --steps {self.steps}"
-            )
-
     def new_state(self, num_blocks: int, num_steps: int) -> DecisionState:
-        self.check_steps(num_steps)
+        self.check_segment(num_steps)
         return super().new_state(num_blocks, num_steps)
 
     def decide(self, state: DecisionState, step: int, computed, sums) -> np.ndarray:
@@ -165,12 +145,15 @@ class ERTACachePolicy(CachePolicy):
     def adjusts_sigmas(self) -> bool:
         return self.config.variant in ("offline+dt", "full")
 
+    def step_factors(self, num_steps: int) -> np.ndarray:
+        """(b): the factor of each of this transformer's ``num_steps`` steps by which the sampler shortens its
+        interval (phi; 1 where nothing is reused), for the loop to apply before sampling (``SIGMA_SCHEDULE_ATTR``)."""
+        self.check_segment(num_steps)
+        return self.phi.copy() if self.adjusts_sigmas else np.ones(num_steps)
+
     def adjust_sigmas(self, sigmas: np.ndarray) -> np.ndarray:
-        """(b) for a schedule of ``len(sigmas) - 1`` steps (called by the denoising loop before sampling)."""
-        self.check_steps(len(sigmas) - 1)
-        if not self.adjusts_sigmas:
-            return np.asarray(sigmas, dtype=np.float64)
-        return adjusted_sigmas(sigmas, self.phi)
+        """(b) for a schedule of ``len(sigmas) - 1`` steps that this transformer runs alone."""
+        return adjusted_sigmas(sigmas, self.step_factors(len(sigmas) - 1))
 
     def correct_stack(self, state: DecisionState, step: int, residual: torch.Tensor) -> torch.Tensor:
         """(c): the reused stack residual R~ becomes R~ - (K R~ + B), K and B per channel (the last axis)."""

@@ -39,10 +39,24 @@ class Router:
     logits: list[list[float]]
     training: dict = field(default_factory=dict)
     format: str = FORMAT
+    # the other transformers of a model whose experts take turns (Wan2.2 A14B): component -> that expert's router,
+    # over the steps of its own segment; one file holds them all, each checked against its own expert
+    experts: dict[str, Router] = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
+        """The steps this router's transformer runs: the video's, or its expert's segment."""
         return len(self.logits)
+
+    def for_transformer(self, transformer: torch.nn.Module) -> Router:
+        """The router of ``transformer``: this one, or the expert's of its component where this file holds one
+        (check_model then refuses a component it does not)."""
+        component = model_identity(transformer).get("component", "transformer")
+        expert = self.experts.get(component)
+        if expert is None:
+            return self
+        expert.source = getattr(self, "source", None)
+        return expert
 
     def probabilities(self) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-np.asarray(self.logits, dtype=np.float64)))
@@ -59,14 +73,24 @@ class Router:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+    def to_dict(self) -> dict:
         data = {
             "format": self.format,
             "model": self.model,
             "training": self.training,
             "logits": [[float(f"{v:.6g}") for v in row] for row in self.logits],
         }
-        path.write_text(json.dumps(data, indent=1) + "\n")
-        return path
+        if self.experts:
+            data["experts"] = {name: expert.to_dict() for name, expert in self.experts.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Router:
+        experts = {name: cls.from_dict(e) for name, e in data.get("experts", {}).items()}
+        return cls(model=data["model"], logits=data["logits"], training=data.get("training", {}), experts=experts)
 
     @classmethod
     def load(cls, path: str | Path) -> Router:
@@ -81,7 +105,7 @@ class Router:
             raise RouterError(
                 f"{path} is not a ditfarm HarmoniCa router (format {data.get('format')!r}, want {FORMAT})"
             )
-        router = cls(model=data["model"], logits=data["logits"], training=data.get("training", {}))
+        router = cls.from_dict(data)
         router.source = str(path)
         return router
 
@@ -118,11 +142,15 @@ class HarmoniCaPolicy(UnitPolicy):
     def schedule(self, num_steps: int, num_units: int) -> np.ndarray:
         probabilities = self.router.probabilities()
         where = f"router {self.router.source}" if getattr(self.router, "source", None) else "the router"
+        video_steps = int(self.router.training.get("steps", probabilities.shape[0]))
         if probabilities.shape != (num_steps, num_units):
+            trained, here = f"{probabilities.shape[0]}-step videos", f"this video has {num_steps} steps"
+            if video_steps != probabilities.shape[0]:  # an expert's router, over its own segment
+                trained = f"the {probabilities.shape[0]} steps this expert runs of {video_steps}-step videos"
+                here = f"here it runs {num_steps} steps"
             raise RouterError(
-                f"{where} was trained for {probabilities.shape[0]}-step videos of {probabilities.shape[1]} units; "
-                f"this video has {num_steps} steps and {num_units} units: train one at {num_steps} steps or render "
-                f"with --steps {probabilities.shape[0]}"
+                f"{where} was trained for {trained} of {probabilities.shape[1]} units; {here} and {num_units} "
+                f"units: train one at these steps or render with --steps {video_steps}"
             )
         table = (probabilities > self.config.threshold).astype(np.int8)
         table[0] = 1

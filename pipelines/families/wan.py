@@ -36,7 +36,7 @@ from ..checks import (
     wan_vae_factors,
 )
 from ..conditioning import Conditioning
-from ..denoise import FlowMatchSteps, SamplerSettings, transformer_input
+from ..denoise import SIGMA_SCHEDULE_ATTR, FlowMatchSteps, SamplerSettings, apply_sigma_schedule, transformer_input
 from ..family import Family, LoadOptions, register_family
 from ..folder_checks import DiffusersLayout, ModelFolderError, check_diffusers_folder, read_json
 from ..precision import resolve_precision
@@ -203,7 +203,12 @@ class WanSteps(FlowMatchSteps):
         self.segment_of: list[tuple[int, int]] = []  # per step: (first step, steps) of its expert's segment
 
     def schedule(self, steps: int, start_step: int, device: torch.device):
-        timesteps = super().schedule(steps, start_step, device)
+        """The scheduler's timesteps, each step's expert decided on them as diffusers decides it; then, where an
+        expert's cache shortens the steps it reuses (``SIGMA_SCHEDULE_ATTR``), its factors over its own segment.
+        The experts' segments stay those of the scheduled timesteps: a shortened step leaves more noise, which
+        would otherwise move the switch away from the steps each expert's calibration was measured on."""
+        self.set_timesteps(steps, device)
+        timesteps = self.scheduler.timesteps
         if self.boundary_ratio is None:
             self.expert_of = [0] * len(timesteps)
         else:
@@ -211,7 +216,15 @@ class WanSteps(FlowMatchSteps):
             self.expert_of = [0 if float(t) >= boundary else 1 for t in timesteps]
         segments = {e: (self.expert_of.index(e), self.expert_of.count(e)) for e in set(self.expert_of)}
         self.segment_of = [segments[e] for e in self.expert_of]
-        return timesteps
+        adjusting = {e: getattr(self.experts[e], SIGMA_SCHEDULE_ATTR, None) for e in segments}
+        if any(adjusting.values()):
+            factors = np.ones(len(timesteps))
+            for e, (start, length) in segments.items():
+                if adjusting[e] is not None:
+                    factors[start : start + length] = adjusting[e](length)
+            apply_sigma_schedule(self.scheduler, factors)
+        self.scheduler.set_begin_index(start_step)
+        return self.scheduler.timesteps
 
     def transformer_at(self, i: int) -> torch.nn.Module:
         expert = self.experts[self.expert_of[i]]
