@@ -31,6 +31,17 @@ def model_identity(transformer: torch.nn.Module) -> dict:
     return adapter_for(transformer).identity()
 
 
+def expert_of(measured, transformer: torch.nn.Module):
+    """What ``measured`` (a profile or a router: one file per model, with ``experts`` by component for a model
+    whose experts take turns) holds for ``transformer``: the expert's own entry, named by the file, or ``measured``
+    itself (whose check_model then refuses a component it was not measured on)."""
+    expert = measured.experts.get(model_identity(transformer).get("component", "transformer"))
+    if expert is None:
+        return measured
+    expert.source = getattr(measured, "source", None)
+    return expert
+
+
 @dataclass
 class BlockProfile:
     index: int
@@ -56,12 +67,7 @@ class CacheProfile:
     def for_transformer(self, transformer: torch.nn.Module) -> CacheProfile:
         """The profile of ``transformer``: this one, or the expert's of its component where this file holds one
         (check_model then refuses a component it does not)."""
-        component = model_identity(transformer).get("component", "transformer")
-        expert = self.experts.get(component)
-        if expert is None:
-            return self
-        expert.source = getattr(self, "source", None)
-        return expert
+        return expert_of(self, transformer)
 
     def for_transformers(self, transformers: dict[str, torch.nn.Module]) -> dict[str, CacheProfile]:
         """Per component of a loaded model (``pipe.transformers()``), the profile of that transformer, each checked

@@ -30,10 +30,12 @@ def calibrated_folder(random_model_folder, tmp_path_factory):
     pipe = load_pipeline(str(folder))
     quiet = lambda *a: None  # noqa: E731
     profile = CacheProfile(model=model_identity(pipe.transformer), blocks=[], r_attn_threshold=0.5)
-    profile.ertacache = calibrate_ertacache(pipe, [PROMPT], [0.05, 0.1, 0.2, 0.4, 0.8], steps=STEPS, log=quiet)
+    profile.ertacache = calibrate_ertacache(pipe, [PROMPT], [0.05, 0.1, 0.2, 0.4, 0.8], steps=STEPS, log=quiet)[
+        "transformer"
+    ]
     # the lambda whose schedule reuses some steps but not all (random weights: where that is is not known ahead)
     lam = next(e["lambda"] for e in profile.ertacache["entries"] if 0 < len(e["reused"]) < STEPS - 1)
-    profile.bac = calibrate_bac(pipe, [PROMPT], steps=STEPS, log=quiet)
+    profile.bac = calibrate_bac(pipe, [PROMPT], steps=STEPS, log=quiet)["transformer"]
     profile.save(folder / "cache_profile.json")
     trainer = RouterTrainer(
         pipe,

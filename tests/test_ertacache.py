@@ -156,7 +156,7 @@ def test_calibration_on_tiny_feeds_a_run_that_reuses_shifts_and_corrects(tiny_pi
 
     shipped = CacheProfile.load(tiny_pipe.default_cache_profile())
     prompts = shipped.calibration["prompts"][:2]
-    shipped.ertacache = calibrate_ertacache(tiny_pipe, prompts, [0.3], steps=12, log=lambda *a: None)
+    shipped.ertacache = calibrate_ertacache(tiny_pipe, prompts, [0.3], steps=12, log=lambda *a: None)["transformer"]
     path = shipped.save(tmp_path / "profile.json")
     profile = CacheProfile.load(path)
     entry = profile.ertacache["entries"][0]

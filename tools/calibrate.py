@@ -115,16 +115,16 @@ def run_command(args) -> int:
             return fail(str(err))
     try:
         if args.method == "ertacache":
-            from .calibrate_ertacache import calibrate_ertacache_experts  # deferred: torch
+            from .calibrate_ertacache import calibrate_ertacache  # deferred: torch
 
-            sections = calibrate_ertacache_experts(
+            sections = calibrate_ertacache(
                 pipe, prompts, lambdas, seeds=seeds, steps=args.steps, guidance_scale=args.guidance_scale
             )
             what = f"ERTACache at lambda {', '.join(f'{x:g}' for x in lambdas)}"
         else:
-            from .calibrate_bac import calibrate_bac_experts  # deferred: torch
+            from .calibrate_bac import calibrate_bac  # deferred: torch
 
-            sections = calibrate_bac_experts(
+            sections = calibrate_bac(
                 pipe,
                 prompts,
                 seeds=seeds,

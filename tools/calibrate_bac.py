@@ -24,22 +24,6 @@ def _unit_statistics(features: list[torch.Tensor]) -> tuple[np.ndarray, float]:
     return cosine.numpy(), volatility
 
 
-def calibrate_bac(
-    pipe,
-    prompts: list[str],
-    seeds: list[int] | None = None,
-    steps: int | None = None,
-    guidance_scale: float | None = None,
-    max_tokens: int = 1024,
-    log=print,
-) -> dict:
-    """The ``bac`` section of a one-transformer model's cache profile (``calibrate_bac_experts``)."""
-    sections = calibrate_bac_experts(pipe, prompts, seeds, steps, guidance_scale, max_tokens, log)
-    if len(sections) > 1:
-        raise ValueError(f"{', '.join(sections)} take turns: each has its own calibration (calibrate_bac_experts)")
-    return next(iter(sections.values()))
-
-
 class _Recorder:
     """Forward hooks on one transformer's units: each unit's output at every step it runs, per CFG branch (the
     transformer's calls alternate cond, uncond at a guided scale)."""
@@ -71,7 +55,7 @@ class _Recorder:
             h.remove()
 
 
-def calibrate_bac_experts(
+def calibrate_bac(
     pipe,
     prompts: list[str],
     seeds: list[int] | None = None,

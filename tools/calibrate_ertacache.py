@@ -219,24 +219,6 @@ def calibrate_ertacache(
     steps: int | None = None,
     guidance_scale: float | None = None,
     log=print,
-) -> dict:
-    """The ``ertacache`` section of a one-transformer model's cache profile (``calibrate_ertacache_experts``)."""
-    sections = calibrate_ertacache_experts(pipe, prompts, lambdas, seeds, steps, guidance_scale, log)
-    if len(sections) > 1:
-        raise ValueError(
-            f"{', '.join(sections)} take turns: each has its own calibration (calibrate_ertacache_experts)"
-        )
-    return next(iter(sections.values()))
-
-
-def calibrate_ertacache_experts(
-    pipe,
-    prompts: list[str],
-    lambdas: list[float],
-    seeds: list[int] | None = None,
-    steps: int | None = None,
-    guidance_scale: float | None = None,
-    log=print,
 ) -> dict[str, dict]:
     """Per transformer (by component; a model whose experts take turns has several), the ``ertacache`` section
     of its cache profile: pairwise residual sums over the steps it runs and, per lambda, its reuse schedule, phi

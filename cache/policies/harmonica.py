@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ...pipelines.adapters import describe_identity, same_model
-from ..profile import ProfileMismatchError, model_identity
+from ..profile import ProfileMismatchError, expert_of, model_identity
 from ..units import UnitPolicy
 
 ROUTER_FILE = "harmonica_router.json"
@@ -51,12 +51,7 @@ class Router:
     def for_transformer(self, transformer: torch.nn.Module) -> Router:
         """The router of ``transformer``: this one, or the expert's of its component where this file holds one
         (check_model then refuses a component it does not)."""
-        component = model_identity(transformer).get("component", "transformer")
-        expert = self.experts.get(component)
-        if expert is None:
-            return self
-        expert.source = getattr(self, "source", None)
-        return expert
+        return expert_of(self, transformer)
 
     def probabilities(self) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-np.asarray(self.logits, dtype=np.float64)))
