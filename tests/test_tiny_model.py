@@ -21,11 +21,11 @@ def test_shipped_profile_belongs_to_the_shipped_model(tiny_pipe):
 
 
 def test_shipped_model_follows_held_out_prompts(tiny_pipe):
-    # BENCHMARKS.md has 100% per attribute on 60 held-out pairs, and these 16 other pairs measure 16/16; one miss
+    # BENCHMARKS.md has 100% per attribute on 60 held-out pairs, and these 10 other pairs measure 10/10; one miss
     # per attribute is the margin for CPU numerics, two would be a regression.
-    summary = summarise(evaluate(tiny_pipe, held_out_cases(16, seed=2026)))
+    summary = summarise(evaluate(tiny_pipe, held_out_cases(10, seed=2026)))
     for attribute in ("foreground_colour", "direction", "background_colour"):
-        assert summary[attribute] >= 15 / 16, summary
+        assert summary[attribute] >= 9 / 10, summary
 
 
 def test_masks_from_the_model_match_the_generators_masks(tiny_pipe):
