@@ -24,6 +24,7 @@ from .denoise import (
     run_loop,
     seeded_generator,
 )
+from .lora import LoraChoice, LoraError, LoraSlots
 from .memory import available_bytes, check_fits, minimum_video_bytes
 
 CACHE_PROFILE_FILE = "cache_profile.json"
@@ -50,6 +51,26 @@ class VideoPipelineMixin:
     folder: str | None = None
     model_name: str = "model"
     limits: dict[str, int] | None = None  # the largest size per axis (checks.py); None: the family's
+
+    def lora_loader(self):
+        """The diffusers LoRA loader class whose ``lora_state_dict`` reads this model's LoRAs (None: it takes
+        none)."""
+        return None
+
+    def use_lora(self, lora: str | None = None, scale: float = 1.0) -> None:
+        """Compute the next videos with the LoRA at ``lora`` (a path or an ``s3://`` URI) at ``scale``; None: the
+        base model (``pipelines.lora``; LoraError names a LoRA that cannot be used)."""
+        slots = getattr(self, "_lora_slots", None)
+        if lora is None:
+            if slots is not None:
+                slots.use(None)
+            return
+        if slots is None:
+            loader = self.lora_loader()
+            if loader is None:
+                raise LoraError(f"{self.model_name} takes no LoRAs (LoRA {lora})")
+            slots = self._lora_slots = LoraSlots(loader, self.transformers())
+        slots.use(LoraChoice(lora, scale))
 
     def check_images(self, images: dict) -> None:
         """Refuse a row's images (``IMAGE_INPUTS``: image, last_image) the model cannot take, by name, before
@@ -199,11 +220,15 @@ class VideoPipelineMixin:
         guidance_scale_2: float | None = None,
         image=None,
         last_image=None,
+        lora: str | None = None,
+        lora_scale: float = 1.0,
     ) -> np.ndarray:
         """Render one video; returns uint8 frames (T, H, W, 3).  Same prompt, seed and settings: same frames.
         ``guidance_scale_2``: the second expert's scale (a two-expert model; default ``guidance_scale``).
         ``image`` / ``last_image``: the first / last frame (a path, an ``s3://`` URI or a PIL image) of a model
-        that renders from images."""
+        that renders from images.  ``lora`` / ``lora_scale``: a diffusers-format LoRA (a path or an ``s3://``
+        URI) applied at that scale to this video (None: the base model, whatever earlier videos used)."""
+        self.use_lora(lora, lora_scale)
         self.check_prompt(prompt)
         if negative_prompt:
             self.check_negative_prompt(negative_prompt)
@@ -233,6 +258,9 @@ class DiffusersPipelineMixin(VideoPipelineMixin):
     @property
     def scheduler(self):
         return self.pipe.scheduler
+
+    def lora_loader(self):
+        return type(self.pipe) if hasattr(self.pipe, "lora_state_dict") else None
 
     def transformers(self) -> dict[str, torch.nn.Module]:
         found = {"transformer": self.pipe.transformer}

@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..storage.inputs import read_input_file
 from ..storage.stores import download_prefix
 from ..uris import split_s3_uri
 
@@ -39,8 +40,29 @@ def model_cache_dir() -> Path:
 def fetch_model(uri: str, cache_dir: Path | None = None) -> FetchedModel:
     """The local folder holding the model at ``uri`` (an ``s3://bucket/prefix``), downloading it if this node has
     no complete copy yet.  Safe to call from many processes at once."""
+
+    def download(staging: Path) -> None:
+        if download_prefix(uri, staging) == 0:
+            raise ValueError(f"model {uri!r} holds no files")
+
+    return _fetch_once(uri, Path(cache_dir or model_cache_dir()), download)
+
+
+def fetch_file(uri: str, cache_dir: Path, max_bytes: int) -> Path:
+    """The local copy of the one object at ``uri`` (an ``s3://`` URI), downloaded once per node as ``fetch_model``
+    downloads folders; refused past ``max_bytes`` (StorageError naming it)."""
+
+    def download(staging: Path) -> None:
+        (staging / Path(split_s3_uri(uri)[1]).name).write_bytes(read_input_file(uri, max_bytes))
+
+    folder = _fetch_once(uri, Path(cache_dir), download).path
+    return folder / Path(split_s3_uri(uri)[1]).name
+
+
+def _fetch_once(uri: str, cache_dir: Path, download) -> FetchedModel:
+    """A node-local folder for ``uri``: the one published copy, or one this process fills by ``download(staging)``
+    under an exclusive file lock and publishes by renaming."""
     bucket, prefix = split_s3_uri(uri)
-    cache_dir = Path(cache_dir or model_cache_dir())
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
     target = cache_dir / f"{Path(prefix).name or bucket}-{key}"
@@ -50,9 +72,7 @@ def fetch_model(uri: str, cache_dir: Path | None = None) -> FetchedModel:
             return FetchedModel(target, downloaded=False)
         staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
         try:
-            count = download_prefix(uri, staging)
-            if count == 0:
-                raise ValueError(f"model {uri!r} holds no files")
+            download(staging)
             os.replace(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

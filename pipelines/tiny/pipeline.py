@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from diffusers.loaders.lora_pipeline import WanLoraLoaderMixin
 
 from ..base import VideoDefaults, VideoPipelineMixin
 from ..cache_card import ModelCacheSettings
@@ -56,6 +57,9 @@ class TinyVideoPipeline(VideoPipelineMixin, DiffusionPipeline):
         pipe.limits = card_limits(card, TINY_LIMITS, str(folder / "ditfarm_model.json"))
         pipe.folder = str(folder)
         return pipe.to(device)
+
+    def lora_loader(self):
+        return WanLoraLoaderMixin  # tiny's transformer is a Wan transformer: Wan's LoRAs fit its layout
 
     def check_prompt(self, prompt: str) -> None:
         """Raise PromptError (naming the word and the vocabulary) for a prompt this model cannot read."""

@@ -1,0 +1,141 @@
+"""LoRAs per video: with caching off, a video with a LoRA renders what diffusers' own pipeline renders with that
+LoRA loaded at that scale (>= 60 dB), on a Wan folder and on a two-expert one (loaded into both experts); a video
+without one after LoRA videos is the base model's again; a switch between loaded LoRAs loads nothing; the least
+recently used LoRA is unloaded past the pipeline's capacity; a LoRA that cannot be used is refused naming it, once."""
+
+import pytest
+from oracle import pipeline_frames
+
+from ditfarm.cache.metrics import psnr
+from ditfarm.pipelines.loading import load_pipeline
+from ditfarm.pipelines.lora import LoraError, make_random_lora
+
+pytestmark = [pytest.mark.slow]
+
+EXACT_DB = 60.0
+PROMPT = "red cat moving left"
+CALL = dict(num_frames=9, height=64, width=64, guidance_scale=5.0, negative_prompt="blue sky")
+
+
+@pytest.fixture(scope="module")
+def loras(small_wan_folder, tmp_path_factory):
+    """Two LoRAs of the small Wan folder's transformer (the two-expert folder's experts share its layout)."""
+    folder = tmp_path_factory.mktemp("loras")
+    transformer = load_pipeline(small_wan_folder).transformer
+    return [str(make_random_lora(transformer, folder / f"{name}.safetensors", seed=i, std=0.2))
+            for i, name in enumerate("ab")]  # fmt: skip
+
+
+def oracle(folder, steps: int, **call):
+    import torch
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline.from_pretrained(folder, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    call = {**CALL, **call}
+    return pipe, lambda: pipeline_frames(pipe, PROMPT, 3, num_inference_steps=steps, max_sequence_length=32, **call)
+
+
+@pytest.mark.unit
+def test_a_lora_renders_what_diffusers_renders_with_it_and_the_base_model_comes_back(small_wan_folder, loras):
+    a, b = loras
+    pipe = load_pipeline(small_wan_folder)
+    ours = {
+        key: pipe.generate(PROMPT, seed=3, steps=4, lora=lora, lora_scale=scale, **CALL)
+        for key, (lora, scale) in {"a": (a, 1.0), "a/2": (a, 0.5), "b": (b, 1.0), "base": (None, 1.0)}.items()
+    }
+    assert pipe._lora_slots.loads == 2  # a at another scale is a switch, not a load
+    pipe.generate(PROMPT, seed=3, steps=1, lora=a, **CALL)
+    assert pipe._lora_slots.loads == 2
+
+    dp, render = oracle(small_wan_folder, 4)
+    theirs = {"base": render()}
+    dp.load_lora_weights(a, adapter_name="a")
+    dp.load_lora_weights(b, adapter_name="b")
+    for key, name, scale in (("a", "a", 1.0), ("a/2", "a", 0.5), ("b", "b", 1.0)):
+        dp.set_adapters([name], [scale])
+        theirs[key] = render()
+    for key in ours:
+        assert psnr(ours[key], theirs[key]) >= EXACT_DB, key
+    for key in ("a", "a/2", "b"):  # each LoRA, and each scale, moves the video far from the others
+        assert psnr(ours[key], theirs["base"]) < EXACT_DB - 15, key
+    assert psnr(ours["a"], ours["a/2"]) < EXACT_DB - 15 and psnr(ours["a"], ours["b"]) < EXACT_DB - 15
+
+
+@pytest.mark.unit
+def test_a_two_expert_folder_takes_a_lora_into_both_experts_as_diffusers_does(small_wan22_a14b_folder, loras):
+    a, _ = loras
+    pipe = load_pipeline(small_wan22_a14b_folder)
+    call = {**CALL, "guidance_scale_2": 2.0}  # the card has its own; diffusers' pipeline would take guidance_scale
+    ours = pipe.generate(PROMPT, seed=3, steps=6, lora=a, **call)
+    base = pipe.generate(PROMPT, seed=3, steps=6, **call)
+    for transformer in pipe.transformers().values():
+        assert len(transformer.peft_config) == 1
+    dp, render = oracle(small_wan22_a14b_folder, 6, guidance_scale_2=2.0)
+    dp.load_lora_weights(a, adapter_name="a")
+    dp.load_lora_weights(a, adapter_name="a", load_into_transformer_2=True)
+    dp.set_adapters(["a"], [1.0])
+    theirs = render()
+    dp.disable_lora()
+    assert psnr(ours, theirs) >= EXACT_DB and psnr(base, render()) >= EXACT_DB
+    assert psnr(ours, base) < EXACT_DB - 15
+
+
+@pytest.mark.unit
+def test_loras_past_the_capacity_unload_the_least_recently_used(small_wan_folder, loras, tmp_path):
+    from ditfarm.pipelines.lora import LoraSlots
+
+    pipe = load_pipeline(small_wan_folder)
+    c = str(make_random_lora(pipe.transformer, tmp_path / "c.safetensors", seed=7))
+    slots = pipe._lora_slots = LoraSlots(pipe.lora_loader(), pipe.transformers(), capacity=2)
+    for lora in (*loras, loras[0], c):  # a, b, a again (the most recent now), then c: b goes
+        pipe.use_lora(lora)
+    assert list(slots.loaded) == [loras[0], c] and slots.loads == 3
+    assert len(pipe.transformer.peft_config) == 2
+    pipe.use_lora(loras[1])
+    assert list(slots.loaded) == [c, loras[1]] and slots.loads == 4
+
+
+@pytest.mark.unit
+def test_a_lora_that_cannot_be_used_is_refused_by_name_once_and_the_pipeline_goes_on(
+    small_wan_folder, random_model_folder, loras, tmp_path, monkeypatch
+):
+    from ditfarm.pipelines import lora as lora_module
+
+    pipe = load_pipeline(small_wan_folder)
+    text = tmp_path / "notes.safetensors"
+    text.write_text("not a tensor file")
+    other = make_random_lora(load_pipeline(random_model_folder).transformer, tmp_path / "tiny.safetensors")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = {
+        str(tmp_path / "missing.safetensors"): "does not exist",
+        str(text): "is not a safetensors file",
+        str(other): "does not fit this model",
+        str(empty): "is a folder with no .safetensors file",
+    }
+    for source, problem in cases.items():
+        with pytest.raises(LoraError, match=f"LoRA {source}.*{problem}"):
+            pipe.use_lora(source)
+    reads = []
+    monkeypatch.setattr(lora_module, "lora_file", lambda source: reads.append(source))
+    with pytest.raises(LoraError, match="does not fit this model"):
+        pipe.use_lora(str(other))  # the same message again, nothing read again
+    assert reads == [] and not getattr(pipe.transformer, "peft_config", {})
+    monkeypatch.undo()
+    frames = pipe.generate(PROMPT, seed=3, steps=2, lora=loras[0], **CALL)
+    assert frames.shape == (9, 64, 64, 3)
+    with pytest.raises(LoraError, match="lora_scale must be a number"):
+        pipe.use_lora(loras[0], "strong")
+
+
+@pytest.mark.unit
+def test_a_lora_folder_is_read_as_diffusers_saves_one(small_wan_folder, loras, tmp_path):
+    import shutil
+
+    folder = tmp_path / "style"
+    folder.mkdir()
+    shutil.copy(loras[0], folder / "pytorch_lora_weights.safetensors")
+    pipe = load_pipeline(small_wan_folder)
+    by_file = pipe.generate(PROMPT, seed=3, steps=2, lora=loras[0], **CALL)
+    assert psnr(pipe.generate(PROMPT, seed=3, steps=2, lora=str(folder), **CALL), by_file) == float("inf")
