@@ -20,7 +20,15 @@ from ..pipelines.memory import available_bytes
 from ..pipelines.phases import PhaseClock
 from ..types import RenderSettings, RowInputs
 from ..worker.model import load_model
-from ..worker.video import cache_outcome, checked_settings, decode_video, denoise_video, encode_text, row_images
+from ..worker.video import (
+    cache_outcome,
+    checked_settings,
+    decode_video,
+    denoise_video,
+    encode_text,
+    row_images,
+    use_row_lora,
+)
 from .cfg_parallel import CfgSplit, make_cfg_cache_reduce, make_cfg_groups
 from .collectives import backend_device, make_cache_reduce
 from .messages import EncodedText, RankResult
@@ -118,6 +126,21 @@ class RankRenderer:
             raise ValueError(error[0])
         return Conditioning.from_flat(broadcast_tensors(local)).to(self.pipe.execution_device)
 
+    def _use_lora(self, row: RowInputs) -> None:
+        """Every rank switches to the row's LoRA; where any rank cannot (a LoRA it cannot fetch or read), every
+        rank fails the row with that rank's error, before the loop's first collective."""
+        error = None
+        try:
+            use_row_lora(self.pipe, row)
+        except ValueError as err:
+            error = str(err)
+        if self.world > 1:
+            errors = [None] * self.world
+            dist.all_gather_object(errors, error)
+            error = next((e for e in errors if e is not None), None)
+        if error is not None:
+            raise ValueError(error)
+
     def encode_text(self, row: RowInputs) -> EncodedText | None:
         """Rank 0, ahead of the video's render (beside another video's loop): the embeddings on the CPU, or None when the row is bad (its render then fails with the error on every rank
         alike)."""
@@ -159,6 +182,7 @@ class RankRenderer:
                 embeddings = embeddings.to(self.pipe.execution_device)
             else:
                 embeddings = encode_text(self.pipe, clock, row, settings)
+            self._use_lora(row)
             # timeout_s: the driver's number, the same on every rank; the ranks vote at every step
             vote = self._any_rank_late if self.world > 1 else None
             latents = denoise_video(self.pipe, clock, row, settings, embeddings, timeout_s, vote)

@@ -119,6 +119,14 @@ def register(sub) -> None:
     p.add_argument("--image", help="the first frame (a path or s3:// URI) of every row that names none")
     p.add_argument("--last-image", help="the last frame of every row that names none (first-last-frame models)")
     p.add_argument(
+        "--lora",
+        help="a diffusers-format LoRA (a .safetensors file, a folder holding one, or an s3:// URI) applied to every "
+        "row that names none",
+    )
+    p.add_argument(
+        "--lora-scale", type=float, default=1.0, help="the scale of the LoRA of every row that names none (default 1)"
+    )
+    p.add_argument(
         "--offload-experts",
         action="store_true",
         help="a two-expert folder (Wan2.2 A14B) keeps the expert not in use in host memory: one expert on the GPU "
@@ -222,6 +230,8 @@ def settings_from_args(args):
         offload_experts=args.offload_experts,
         image=_image_source(args.image),
         last_image=_image_source(args.last_image),
+        lora=_image_source(args.lora),
+        lora_scale=args.lora_scale,
         compile=args.compile,
         cfg_parallel=args.cfg_parallel,
         flush_every=args.flush_every,

@@ -61,6 +61,8 @@ class RenderSettings:
     offload_experts: bool = False  # a two-expert model's idle expert waits in host memory
     image: str | None = None  # the first frame (a path or s3:// URI) of every row that names none
     last_image: str | None = None  # the last frame, likewise
+    lora: str | None = None  # a diffusers-format LoRA (a path or s3:// URI) for every row that names none
+    lora_scale: float = 1.0  # its scale, for every row that names none
     compile: str | None = None  # torch.compile backend for the transformer's repeated blocks ("inductor"); None: eager
     cfg_parallel: bool = False  # a gang's two halves run the cond and uncond passes at once (sp = 2 x Ulysses)
     flush_every: int = 32  # a results part is written after this many rows ...
@@ -108,6 +110,11 @@ class RenderSettings:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 100:  # NaN and infinities too
                 raise ValueError(f"{name} must be a finite number in [0, 100], got {value!r}")
+
+        if not isinstance(self.lora_scale, (int, float)) or not -100 <= self.lora_scale <= 100:
+            raise ValueError(f"lora_scale must be a finite number in [-100, 100], got {self.lora_scale!r}")
+        if self.lora is not None and (not isinstance(self.lora, str) or not self.lora.strip()):
+            raise ValueError(f"lora must be a path or an s3:// URI, got {self.lora!r}")
 
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")

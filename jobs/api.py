@@ -45,6 +45,8 @@ def _settings(model: str, cache: str, sp: int, gangs: int | str | None, options:
     for name in IMAGE_COLUMNS:
         if options.get(name) is not None:
             options[name] = image_source(options[name])
+    if isinstance(options.get("lora"), (str, Path)):
+        options["lora"] = local_or_uri(str(options["lora"]))
     return RenderSettings(model=model, cache=cache, sp=sp, gangs=gangs, **options)
 
 

@@ -41,7 +41,15 @@ from ..text import cut
 from ..types import EXIT_MANIFEST_FAILED, EXIT_OUTPUT_FAILED, RenderedVideo, RenderSettings, RunAborted
 from ..worker.model import load_model
 from ..worker.publish import PublishGate, lease_fence, publish_video, video_format
-from ..worker.video import cache_knob, cache_outcome, checked_settings, decode_video, denoise_video, encode_text
+from ..worker.video import (
+    cache_knob,
+    cache_outcome,
+    checked_settings,
+    decode_video,
+    denoise_video,
+    encode_text,
+    use_row_lora,
+)
 from .manifest import (
     Manifest,
     ManifestError,
@@ -49,6 +57,7 @@ from .manifest import (
     RowProblem,
     row_images,
     row_inputs,
+    row_lora,
     sampler_overrides,
     seed_from_id,
 )
@@ -163,6 +172,7 @@ class LocalRenderer:
                 embeddings = encode_text(pipe, clock, row, s)
             with self._loop:
                 clock.reset_peak()
+                use_row_lora(pipe, row)  # the model's adapters are shared: switched only between loops
                 if embeddings is None:
                     embeddings = encode_text(pipe, clock, row, s)
                 timeout_s = settings.video_timeout_s or default_timeout_s(pipe.defaults, s.__dict__)
@@ -239,6 +249,8 @@ def request_id(prompt: str, settings: RenderSettings, **row) -> str:
     }
     if key.get("guidance_scale_2") is None:  # unset: the ids of runs from before the second expert's scale existed
         key.pop("guidance_scale_2", None)
+    if settings.lora and not key.get("lora"):  # the run's LoRA is what the video shows (none: ids as before)
+        key.update(lora=settings.lora, lora_scale=settings.lora_scale)
     return "p-" + hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -290,6 +302,7 @@ def _result_row(task: RenderTask | RowProblem, status: str, settings: RenderSett
             task.negative_prompt if status == STATUS_OK else cut(task.negative_prompt, MAX_ID_CHARS)
         )
         row.update(row_images(task, settings))
+        row.update(row_lora(task, settings))
     row.update(values)
     if isinstance(row["error"], str):
         row["error"] = cut(row["error"])

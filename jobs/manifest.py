@@ -12,6 +12,8 @@ Schema (``id`` and ``prompt`` required, the rest optional; any other column is c
                      guidance_scale); a row that sets it for a one-transformer model fails naming it
     image            string: the first frame (a local path or an s3:// URI) of an image-to-video model
     last_image       string: the last frame, for a first-last-frame model
+    lora             string: a diffusers-format LoRA (a .safetensors file, a folder holding one, or an s3:// URI)
+    lora_scale       number: the scale the LoRA is applied at (missing: the run's --lora-scale, else 1)
 
 A schema problem (a required column missing, a column of the wrong type, an extra column that would overwrite a
 results column) fails the whole run before anything renders.  A bad row (bad or duplicate id, empty prompt,
@@ -52,8 +54,11 @@ OPTIONAL_COLUMNS = (
     "guidance_scale_2",
     "image",
     "last_image",
+    "lora",
+    "lora_scale",
 )
 IMAGE_COLUMNS = ("image", "last_image")  # read by the rank that encodes the row, never by the driver
+MAX_LORA_SCALE = 100.0
 GUIDANCE_COLUMNS = ("guidance_scale", "guidance_scale_2")
 RESULT_COLUMNS = tuple(RESULT_SCHEMA.names)
 MAX_SEED = 2**63 - 1
@@ -81,6 +86,8 @@ class RenderTask:
     guidance_scale_2: float | None = None
     image: str | None = None
     last_image: str | None = None
+    lora: str | None = None
+    lora_scale: float | None = None
     extra: dict = field(default_factory=dict)
     origin: str | None = None  # "<file> row <n>" in a manifest of several files
     stored_before: bool = True  # the output held a video of this id when the run listed it (the driver says)
@@ -124,11 +131,13 @@ def check_schema(schema: pa.Schema, source: str) -> list[str]:
         problems.append(f"duplicate column name(s) {', '.join(dupes)}")
     for name in names:
         t = schema.field(name).type
-        if name in ("id", "prompt", "negative_prompt", *IMAGE_COLUMNS) and not (_is_string(t) or pa.types.is_null(t)):
+        if name in ("id", "prompt", "negative_prompt", "lora", *IMAGE_COLUMNS) and not (
+            _is_string(t) or pa.types.is_null(t)
+        ):
             problems.append(f"column {name!r} has type {t}; expected string")
         elif name in INTEGER_COLUMNS and not (pa.types.is_integer(t) or pa.types.is_null(t)):
             problems.append(f"column {name!r} has type {t}; expected an integer type")
-        elif name in GUIDANCE_COLUMNS and not (
+        elif name in (*GUIDANCE_COLUMNS, "lora_scale") and not (
             pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_null(t)
         ):
             problems.append(f"column {name!r} has type {t}; expected a number")
@@ -297,6 +306,11 @@ def validate_row(
         if value is not None and not value.strip():
             return problem(f"{name} is empty (leave it null for no {name})")
         images[name] = None if value is None else local_or_uri(value.strip())
+    lora, scale = record.get("lora"), record.get("lora_scale")
+    if lora is not None and not lora.strip():
+        return problem("lora is empty (leave it null for no LoRA)")
+    if scale is not None and not -MAX_LORA_SCALE <= scale <= MAX_LORA_SCALE:
+        return problem(f"lora_scale must be a finite number in [-{MAX_LORA_SCALE:g}, {MAX_LORA_SCALE:g}], got {scale}")
     return RenderTask(
         row=row,
         id=video_id,
@@ -308,6 +322,8 @@ def validate_row(
         **numbers,
         **guidance,
         **images,
+        lora=None if lora is None else local_or_uri(lora.strip()),
+        lora_scale=None if scale is None else float(scale),
     )
 
 
@@ -325,6 +341,14 @@ def row_images(task: RenderTask, settings: RenderSettings | None = None) -> dict
     }
 
 
+def row_lora(task: RenderTask, settings: RenderSettings | None = None) -> dict:
+    """The row's LoRA, else the run's (``--lora``), and its scale (the row's, else the run's, else 1), as results
+    record them: ``lora`` is "" for none (so a rerun sees a LoRA removed), ``lora_scale`` None then."""
+    lora = task.lora if task.lora is not None else getattr(settings, "lora", None)
+    scale = task.lora_scale if task.lora_scale is not None else getattr(settings, "lora_scale", None)
+    return {"lora": lora or "", "lora_scale": (1.0 if scale is None else float(scale)) if lora else None}
+
+
 def row_inputs(task: RenderTask, settings: RenderSettings) -> RowInputs:
     """What the task renders from, as the renderers take it: its text and seed, and its sampler values (the
     row's, else the run's)."""
@@ -333,7 +357,7 @@ def row_inputs(task: RenderTask, settings: RenderSettings) -> RowInputs:
         task.seed,
         task.negative_prompt,
         sampler_overrides(task, settings),
-        extra=row_images(task, settings),
+        extra={**row_images(task, settings), **row_lora(task, settings)},
     )
 
 

@@ -57,6 +57,8 @@ RESULT_SCHEMA = pa.schema(
         ("guidance_scale_2", pa.float64()),  # the second expert's (a two-expert model); null: it has one
         ("image", pa.string()),  # the first frame it was rendered from (a path or URI, as the manifest named it)
         ("last_image", pa.string()),  # and the last, for a first-last-frame model
+        ("lora", pa.string()),  # the LoRA it was rendered with ("" for none), as the manifest or --lora named it
+        ("lora_scale", pa.float64()),  # and its scale (null without a LoRA)
         ("fps", pa.int32()),
         ("upscale", pa.int32()),
         # the stored bytes: S3's ETag as written (etag:...) or a local file's sha256 (and its modification time, so
@@ -166,6 +168,8 @@ CONTENT_COLUMNS = (
     "guidance_scale_2",
     "image",
     "last_image",
+    "lora",
+    "lora_scale",
     "fps",
     "upscale",
     "model",

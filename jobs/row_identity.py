@@ -2,7 +2,8 @@
 content than its stored video was rendered with.
 
 Content is every input that changes the pixels of the stored mp4: the prompt and negative prompt, the seed, the
-frames, sizes and steps, the guidance scale, the mp4's frame rate and upscale, and the model.  How the video was
+frames, sizes and steps, the guidance scales, the images, the LoRA and its scale, the mp4's frame rate and upscale,
+and the model.  How the video was
 computed (cache policy and knob, sequence parallelism, precision) is not content: a rerun with another cache keeps
 the stored videos and says so.
 
@@ -19,7 +20,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..uris import is_s3
-from .manifest import RenderTask, row_images, sampler_overrides
+from .manifest import RenderTask, row_images, row_lora, sampler_overrides
 from .results import CONTENT_COLUMNS
 
 SAMPLER_COLUMNS = {"frames": "num_frames", "height": "height", "width": "width", "steps": "steps"}
@@ -37,6 +38,7 @@ def wanted_content(task: RenderTask, settings, model_checks=None) -> dict:
         "seed": task.seed,
         "model": str(settings.model),
         **row_images(task, settings),
+        **row_lora(task, settings),
     }
     for column, name in SAMPLER_COLUMNS.items():
         wanted[column] = overrides[name] if overrides[name] is not None else getattr(defaults, name, None)
@@ -77,7 +79,7 @@ def changed_inputs(stored: dict, wanted: dict) -> list[str]:
 def _same(column: str, old, new) -> bool:
     if column == "model":
         return old == new or (old is not None and _model_key(old) == _model_key(new))
-    if column in ("guidance_scale", "guidance_scale_2") and old is not None:
+    if column in ("guidance_scale", "guidance_scale_2", "lora_scale") and old is not None:
         return math.isclose(float(old), float(new), rel_tol=0.0, abs_tol=1e-9)
     return old == new
 

@@ -28,11 +28,12 @@ class RunChecks:
         """The row's sampler settings, or ValueError naming what the model or the cache refuses.
         ``inputs_exist`` (the dry run): each image the row names exists, by its metadata alone (one HEAD per
         object, nothing downloaded); the run itself leaves reading them to the rank that encodes the row."""
-        from .manifest import row_images, sampler_overrides  # deferred: pyarrow
+        from .manifest import row_images, row_lora, sampler_overrides  # deferred: pyarrow
 
         overrides = sampler_overrides(task, settings)
         if inputs_exist:
             check_images_exist(row_images(task, settings))
+            check_lora_exists(row_lora(task, settings)["lora"])
         if self.model is None:
             return None
         self.model.check_prompt(task.prompt)
@@ -56,6 +57,24 @@ def check_images_exist(images: dict) -> None:
             input_file_size(source)
         except StorageError as err:
             raise ValueError(f"{name} {err}") from None
+
+
+def check_lora_exists(lora: str) -> None:
+    """ValueError naming a row's LoRA that does not exist: a local file or folder, or an ``s3://`` object by its
+    metadata (a folder prefix is read by the rank that loads it)."""
+    from ..storage.inputs import StorageError, input_file_size  # deferred: pyarrow
+
+    if not lora:
+        return
+    if not is_s3(lora):
+        if not Path(lora).exists():
+            raise ValueError(f"LoRA {lora} does not exist")
+        return
+    if lora.endswith(".safetensors"):
+        try:
+            input_file_size(lora)
+        except StorageError as err:
+            raise ValueError(f"LoRA {err}") from None
 
 
 def check_device(device: str) -> None:

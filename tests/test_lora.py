@@ -139,3 +139,128 @@ def test_a_lora_folder_is_read_as_diffusers_saves_one(small_wan_folder, loras, t
     pipe = load_pipeline(small_wan_folder)
     by_file = pipe.generate(PROMPT, seed=3, steps=2, lora=loras[0], **CALL)
     assert psnr(pipe.generate(PROMPT, seed=3, steps=2, lora=str(folder), **CALL), by_file) == float("inf")
+
+
+def lora_manifest(path, loras, bad: dict) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    a, b = loras
+    rows = [
+        ("a", a, None),
+        ("a-half", a, 0.5),
+        ("b", b, None),
+        ("none", None, None),
+        ("missing-1", bad["missing"], None),
+        ("missing-2", bad["missing"], None),
+        ("text", bad["text"], None),
+    ]
+    pq.write_table(
+        pa.table(
+            {
+                "id": [r[0] for r in rows],
+                "prompt": [PROMPT] * len(rows),
+                "seed": pa.array([3] * len(rows), pa.int64()),
+                "lora": pa.array([r[1] for r in rows], pa.string()),
+                "lora_scale": pa.array([r[2] for r in rows], pa.float64()),
+            }
+        ),
+        path,
+    )
+
+
+@pytest.mark.process
+def test_a_manifest_renders_each_rows_lora_fails_bad_ones_by_name_and_a_rerun_sees_a_changed_lora(
+    small_wan_folder, loras, tmp_path
+):
+    """Rows with LoRAs, at another scale, without one, and with LoRAs that cannot be used: the good rows render
+    (each row's video is the one generate renders with its LoRA), each bad row fails naming its LoRA, the
+    results carry lora and lora_scale, and a rerun renders again only the row whose scale changed."""
+    import ditfarm
+    from ditfarm.pipelines.video_io import read_mp4, write_mp4
+
+    bad = {"missing": str(tmp_path / "gone.safetensors"), "text": str(tmp_path / "notes.safetensors")}
+    (tmp_path / "notes.safetensors").write_text("not tensors")
+    manifest, out = tmp_path / "m.parquet", tmp_path / "out"
+    lora_manifest(manifest, loras, bad)
+    options = dict(model=str(small_wan_folder), steps=2, upscale=1)
+    rows = {r["id"]: r for r in ditfarm.render(str(manifest), str(out), **options)}
+    assert {i for i, r in rows.items() if r["status"] == "ok"} == {"a", "a-half", "b", "none"}
+    for vid in ("missing-1", "missing-2"):
+        assert rows[vid]["error"].endswith(f"LoRA {bad['missing']} does not exist"), rows[vid]["error"]
+    assert f"LoRA {bad['text']} is not a safetensors file" in rows["text"]["error"]
+    assert (rows["a"]["lora"], rows["a"]["lora_scale"]) == (loras[0], 1.0)
+    assert (rows["a-half"]["lora_scale"], rows["none"]["lora"], rows["none"]["lora_scale"]) == (0.5, "", None)
+
+    pipe = load_pipeline(small_wan_folder)
+    for vid, lora, scale in (("a", loras[0], 1.0), ("a-half", loras[0], 0.5), ("none", None, 1.0)):
+        direct = pipe.generate(PROMPT, seed=3, steps=2, lora=lora, lora_scale=scale)
+        encoded = read_mp4(write_mp4(direct, tmp_path / f"direct-{vid}.mp4", fps=16))  # the same codec's loss
+        assert psnr(read_mp4(out / "videos" / f"{vid}.mp4"), encoded) >= 50, vid
+    assert psnr(read_mp4(out / "videos" / "a.mp4"), read_mp4(out / "videos" / "a-half.mp4")) < 45
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(manifest)
+    scales = pc.if_else(pc.equal(table["id"], "b"), 0.25, table["lora_scale"])
+    pq.write_table(table.set_column(table.schema.get_field_index("lora_scale"), "lora_scale", scales), manifest)
+    again = {r["id"]: r for r in ditfarm.render(str(manifest), str(out), **options)}
+    assert {i for i, r in again.items() if r["status"] == "ok"} == {"b"} and again["b"]["lora_scale"] == 0.25
+    assert {i for i, r in again.items() if r["status"] == "skipped"} == {"a", "a-half", "none"}
+
+
+def lora_rows_on_rank(rank, world, folder: str, rows):
+    from ditfarm.cluster.gang_rank import RankRenderer
+    from ditfarm.types import RenderSettings, RowInputs
+
+    renderer = RankRenderer(rank, world, RenderSettings(model=folder, collective_timeout_s=60.0))
+    out = []
+    for extra in rows:
+        try:
+            out.append(renderer.render(RowInputs(PROMPT, 3, sampler={"steps": 2}, extra=extra)).frames)
+        except ValueError as err:
+            out.append(str(err))
+    return out
+
+
+@pytest.mark.process
+def test_a_two_rank_gang_renders_each_rows_lora_as_one_process_and_fails_a_bad_one_on_every_rank(
+    small_wan_folder, loras, tmp_path
+):
+    from ditfarm.cluster.local import run_local_gang
+
+    a, b = loras
+    missing = str(tmp_path / "gone.safetensors")
+    rows = [{"lora": a, "lora_scale": 0.5}, {"lora": missing}, {"lora": b}, {"lora": ""}]
+    rank0, rank1 = run_local_gang(lora_rows_on_rank, 2, str(small_wan_folder), rows, timeout_s=300)
+    assert rank0[1] == rank1[1] and rank0[1].startswith(f"LoRA {missing} does not exist")
+    pipe = load_pipeline(small_wan_folder)
+    for frames, (lora, scale) in zip([rank0[0], rank0[2], rank0[3]], [(a, 0.5), (b, 1.0), (None, 1.0)]):
+        assert psnr(frames, pipe.generate(PROMPT, seed=3, steps=2, lora=lora, lora_scale=scale)) >= EXACT_DB
+
+
+@pytest.mark.process
+def test_the_cli_applies_lora_to_rows_without_one_and_the_dry_run_names_a_missing_lora(
+    small_wan_folder, loras, tmp_path, capsys
+):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ditfarm.commands.cli import main as cli
+    from ditfarm.jobs.results import read_results
+
+    missing = str(tmp_path / "gone.safetensors")
+    manifest, out = tmp_path / "m.parquet", str(tmp_path / "out")
+    pq.write_table(
+        pa.table({"id": ["own", "run", "gone"], "prompt": [PROMPT] * 3, "lora": [loras[1], None, missing]}), manifest
+    )
+    base = ["render", str(manifest), "--out", out, "--model", str(small_wan_folder), "--steps", "1", "--no-progress"]
+    base += ["--lora", loras[0], "--lora-scale", "0.5"]
+    assert cli([*base, "--dry-run"]) == 1
+    assert f"LoRA {missing} does not exist" in capsys.readouterr().out
+    assert cli(base) == 1
+    rows = {r["id"]: r for r in read_results(out).to_pylist()}
+    assert (rows["own"]["lora"], rows["own"]["lora_scale"]) == (loras[1], 0.5)  # the row's LoRA, the run's scale
+    assert (rows["run"]["lora"], rows["run"]["lora_scale"]) == (loras[0], 0.5)
+    assert rows["gone"]["status"] == "failed" and f"LoRA {missing} does not exist" in rows["gone"]["error"]

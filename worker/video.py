@@ -32,6 +32,14 @@ def row_images(row: RowInputs) -> dict:
     return {name: row.extra.get(name) for name in IMAGE_INPUTS}
 
 
+def use_row_lora(pipe, row: RowInputs) -> None:
+    """Make ``pipe`` compute the row's video with its LoRA at its scale (none: the base model); LoraError (a
+    ValueError) names a LoRA that cannot be used.  Called where no other video's loop runs on the same model."""
+    lora = row.extra.get("lora") or None
+    scale = row.extra.get("lora_scale")
+    pipe.use_lora(lora, 1.0 if scale is None else scale)
+
+
 def encode_text(pipe, clock: PhaseClock, row: RowInputs, settings: SamplerSettings, encode=None) -> Conditioning:
     """The row's Conditioning (its prompt and, under guidance, its negative prompt, encoded; its images read and
     encoded where it has them), timed as the "text" phase; ``encode``: another encoder than the pipeline's own
