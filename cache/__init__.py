@@ -96,8 +96,8 @@ def _enable_one(transformer: torch.nn.Module, config, reduce: Reduce) -> CacheEn
             f"not a cache config: {config!r}; use one of {', '.join(c.__name__ for c in POLICY_FOR_CONFIG)}"
         )
     for trained in (getattr(config, "profile", None), getattr(config, "router", None)):
-        if trained is not None:  # measured or trained on one model: refused by another
-            trained.check_model(transformer)
+        if trained is not None:  # measured or trained on one model: refused by another (LoRAs: per video)
+            trained.check_model(transformer, ignore=("loras",))
     adapter_for(transformer)  # a TypeError naming the class when ditfarm knows no such model family
     policy = policy_cls(config)
     if isinstance(policy, UnitPolicy):  # fixed per-unit schedules: nothing to reduce

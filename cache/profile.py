@@ -86,11 +86,12 @@ class CacheProfile:
     def background_blocks(self) -> list[int]:
         return [b.index for b in self.blocks if b.block_class == BACKGROUND]
 
-    def check_model(self, transformer: torch.nn.Module, source: str | None = None) -> None:
-        """Refuse a profile measured on another model (named by the file it was loaded from, where known)."""
+    def check_model(self, transformer: torch.nn.Module, source: str | None = None, ignore: tuple = ()) -> None:
+        """Refuse a profile measured on another model (named by the file it was loaded from, where known);
+        ``ignore``: identity keys left to another check (a cache's LoRAs are checked per video)."""
         source = source or (f"profile {self.source}" if getattr(self, "source", None) else "profile")
         actual = model_identity(transformer)
-        if not same_model(self.model, actual):
+        if not same_model(self.model, actual, ignore):
             raise ProfileMismatchError(
                 f"{source} was measured on {describe_identity(self.model)}, but this model is "
                 f"{describe_identity(actual)}; profile this model with `ditfarm profile` first"

@@ -264,3 +264,30 @@ def test_the_cli_applies_lora_to_rows_without_one_and_the_dry_run_names_a_missin
     assert (rows["own"]["lora"], rows["own"]["lora_scale"]) == (loras[1], 0.5)  # the row's LoRA, the run's scale
     assert (rows["run"]["lora"], rows["run"]["lora_scale"]) == (loras[0], 0.5)
     assert rows["gone"]["status"] == "failed" and f"LoRA {missing} does not exist" in rows["gone"]["error"]
+
+
+@pytest.mark.unit
+def test_a_profile_measured_without_the_lora_warns_once_and_a_calibrated_cache_refuses_it(tmp_path, caplog):
+    """tiny's shipped profile and calibrations were measured without LoRAs: the profiling policy goes on with one
+    warning per LoRA set; ERTACache (calibrated step by step on the model's outputs) refuses the video by name,
+    and takes the base model's videos again."""
+    from ditfarm.cache import ProfileMismatchError, enable
+    from ditfarm.cache.presets import config_for
+    from ditfarm.types import RowInputs
+    from ditfarm.worker.video import use_row_lora
+
+    pipe = load_pipeline("tiny")
+    lora = str(make_random_lora(pipe.transformer, tmp_path / "style.safetensors"))
+    row = RowInputs("red circle moving left on blue background", 1, extra={"lora": lora, "lora_scale": 0.5})
+    enable(pipe, config_for(pipe, "profiling", 4))
+    with caplog.at_level("WARNING", logger="ditfarm.cache.lora_check"):
+        for _ in range(2):
+            use_row_lora(pipe, row)
+    warnings = [r.getMessage() for r in caplog.records if "was measured with no LoRA" in r.getMessage()]
+    assert len(warnings) == 1 and f"applies {lora} x0.5" in warnings[0], warnings
+    enable(pipe, config_for(pipe, "ertacache", None))
+    with pytest.raises(
+        ProfileMismatchError, match=f"ertacache cache's .*cache_profile.json was measured with no LoRA.*{lora}"
+    ):
+        use_row_lora(pipe, row)
+    use_row_lora(pipe, RowInputs(row.prompt, 1))  # the base model: the calibration fits again

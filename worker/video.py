@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..cache import last_video_stats
+from ..cache.lora_check import check_cache_loras
 from ..pipelines.conditioning import Conditioning
 from ..pipelines.deadline import VideoDeadline
 from ..pipelines.denoise import SamplerSettings
@@ -38,6 +39,7 @@ def use_row_lora(pipe, row: RowInputs) -> None:
     lora = row.extra.get("lora") or None
     scale = row.extra.get("lora_scale")
     pipe.use_lora(lora, 1.0 if scale is None else scale)
+    check_cache_loras(pipe.transformers().values())  # a calibration made without this LoRA is refused
 
 
 def encode_text(pipe, clock: PhaseClock, row: RowInputs, settings: SamplerSettings, encode=None) -> Conditioning:

@@ -56,9 +56,9 @@ class Router:
     def probabilities(self) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-np.asarray(self.logits, dtype=np.float64)))
 
-    def check_model(self, transformer: torch.nn.Module) -> None:
+    def check_model(self, transformer: torch.nn.Module, ignore: tuple = ()) -> None:
         actual = model_identity(transformer)
-        if not same_model(self.model, actual):
+        if not same_model(self.model, actual, ignore):
             where = f"router {self.source}" if getattr(self, "source", None) else "the router"
             raise ProfileMismatchError(
                 f"{where} was trained on {describe_identity(self.model)}, but this model is "

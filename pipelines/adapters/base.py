@@ -159,10 +159,11 @@ def mark_identity(transformer: torch.nn.Module, **marks) -> None:
     setattr(transformer, IDENTITY_ATTR, {**getattr(transformer, IDENTITY_ATTR, {}), **marks})
 
 
-def same_model(recorded: dict, actual: dict) -> bool:
-    """Whether an identity recorded with a profile or router is ``actual``'s; a key the record lacks (one written
-    before the key existed) means its default: the plain first transformer."""
-    return {**IDENTITY_DEFAULTS, **recorded} == {**IDENTITY_DEFAULTS, **actual}
+def same_model(recorded: dict, actual: dict, ignore: tuple[str, ...] = ()) -> bool:
+    """Whether an identity recorded with a profile or router is ``actual``'s (but for the keys in ``ignore``); a
+    key the record lacks (one written before the key existed) means its default: the plain first transformer."""
+    kept = lambda identity: {k: v for k, v in {**IDENTITY_DEFAULTS, **identity}.items() if k not in ignore}  # noqa: E731
+    return kept(recorded) == kept(actual)
 
 
 def describe_identity(identity: dict) -> str:
