@@ -291,3 +291,34 @@ def test_a_profile_measured_without_the_lora_warns_once_and_a_calibrated_cache_r
     ):
         use_row_lora(pipe, row)
     use_row_lora(pipe, RowInputs(row.prompt, 1))  # the base model: the calibration fits again
+
+
+@pytest.mark.s3
+def test_an_s3_lora_is_fetched_once_per_node_as_a_file_or_a_folder_and_a_missing_one_is_named(
+    s3_endpoint, small_wan_folder, loras, tmp_path, monkeypatch
+):
+    import uuid
+
+    import boto3
+
+    from ditfarm.pipelines import model_files
+
+    monkeypatch.setenv("DITFARM_LORA_CACHE", str(tmp_path / "cache"))
+    s3 = boto3.client("s3")
+    bucket = "loras-" + uuid.uuid4().hex[:10]
+    s3.create_bucket(Bucket=bucket)
+    s3.upload_file(loras[0], bucket, "styles/a.safetensors")
+    s3.upload_file(loras[1], bucket, "styles/b/pytorch_lora_weights.safetensors")
+    reads = []
+    original = model_files.read_input_file
+    monkeypatch.setattr(model_files, "read_input_file", lambda *a: reads.append(a[0]) or original(*a))
+    pipe = load_pipeline(small_wan_folder)
+    by_uri = pipe.generate(PROMPT, seed=3, steps=2, lora=f"s3://{bucket}/styles/a.safetensors", **CALL)
+    assert psnr(by_uri, pipe.generate(PROMPT, seed=3, steps=2, lora=loras[0], **CALL)) == float("inf")
+    other = load_pipeline(small_wan_folder)  # another process on the node: the copy is there
+    other.use_lora(f"s3://{bucket}/styles/a.safetensors")
+    assert reads == [f"s3://{bucket}/styles/a.safetensors"]
+    folder = pipe.generate(PROMPT, seed=3, steps=2, lora=f"s3://{bucket}/styles/b", **CALL)
+    assert psnr(folder, pipe.generate(PROMPT, seed=3, steps=2, lora=loras[1], **CALL)) == float("inf")
+    with pytest.raises(LoraError, match=f"LoRA s3://{bucket}/styles/c.safetensors: .*does not exist"):
+        pipe.use_lora(f"s3://{bucket}/styles/c.safetensors")
