@@ -124,6 +124,12 @@ def register(sub) -> None:
         "row that names none",
     )
     p.add_argument(
+        "--quantize",
+        choices=("int8", "fp8"),
+        help="quantize the transformer blocks' weights through torchao: int8 (weight-only, any device) or fp8 "
+        "(GPUs with FP8: compute capability 8.9+)",
+    )
+    p.add_argument(
         "--lora-scale", type=float, default=1.0, help="the scale of the LoRA of every row that names none (default 1)"
     )
     p.add_argument(
@@ -232,6 +238,7 @@ def settings_from_args(args):
         last_image=_image_source(args.last_image),
         lora=_image_source(args.lora),
         lora_scale=args.lora_scale,
+        quantize=args.quantize,
         compile=args.compile,
         cfg_parallel=args.cfg_parallel,
         flush_every=args.flush_every,

@@ -63,6 +63,7 @@ class RenderSettings:
     last_image: str | None = None  # the last frame, likewise
     lora: str | None = None  # a diffusers-format LoRA (a path or s3:// URI) for every row that names none
     lora_scale: float = 1.0  # its scale, for every row that names none
+    quantize: str | None = None  # "int8" or "fp8": the transformer blocks' weights through torchao; None: as loaded
     compile: str | None = None  # torch.compile backend for the transformer's repeated blocks ("inductor"); None: eager
     cfg_parallel: bool = False  # a gang's two halves run the cond and uncond passes at once (sp = 2 x Ulysses)
     flush_every: int = 32  # a results part is written after this many rows ...
@@ -116,6 +117,8 @@ class RenderSettings:
         if self.lora is not None and (not isinstance(self.lora, str) or not self.lora.strip()):
             raise ValueError(f"lora must be a path or an s3:// URI, got {self.lora!r}")
 
+        if self.quantize not in (None, "int8", "fp8"):
+            raise ValueError(f"unknown quantization {self.quantize!r}; choose int8 or fp8 (or none)")
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
         if not isinstance(self.flush_every, int) or self.flush_every < 1:

@@ -116,6 +116,10 @@ def check_run(settings: RenderSettings, read_model: bool = False) -> RunChecks:
     resolve_knob(settings.cache, settings.cache_knob)
     if settings.gangs == 0:  # a gang's ranks run on other nodes, whose devices the driver cannot see
         check_device(settings.device)
+        if settings.quantize:
+            from ..pipelines.quantize import check_quantization  # deferred: torch
+
+            check_quantization(settings.quantize, settings.device)
     if not read_model and not model_is_visible(settings):
         return RunChecks(None, None)
     from ..pipelines.model_checks import model_checks  # deferred: torch

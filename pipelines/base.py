@@ -102,7 +102,9 @@ class VideoPipelineMixin:
     def minimum_bytes(self, settings: SamplerSettings) -> int:
         """The least memory a video of ``settings`` needs on the execution device (memory.py)."""
         config = self.transformer.config
-        element = next(self.transformer.parameters()).element_size()
+        # activations are in the compute dtype, whatever the weights are stored in (int8 weights would halve it)
+        dtype = getattr(self.transformer, "dtype", None) or next(self.transformer.parameters()).dtype
+        element = torch.empty((), dtype=dtype).element_size()
         return minimum_video_bytes(
             self.latent_shape(settings),
             tuple(config.patch_size),

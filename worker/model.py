@@ -14,6 +14,7 @@ from ..cache.presets import choose_knob, config_for
 from ..pipelines.attention import AttentionChoice, apply_attention, choose_attention
 from ..pipelines.compile import compile_blocks
 from ..pipelines.loading import load_pipeline
+from ..pipelines.quantize import quantize_blocks
 from ..types import RenderSettings
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ class LoadedModel:
 
     def describe(self, settings: RenderSettings) -> str:
         compiled = f"blocks compiled ({settings.compile})" if settings.compile else "blocks eager"
-        return f"{self.pipe.transformer.dtype}; {self.attention.describe()}; {compiled}"
+        weights = f"{settings.quantize} weights; " if settings.quantize else ""
+        return f"{self.pipe.transformer.dtype}; {weights}{self.attention.describe()}; {compiled}"
 
 
 def load_model(settings: RenderSettings, encode_and_decode: bool = True, shard: Shard | None = None) -> LoadedModel:
@@ -51,6 +53,9 @@ def load_model(settings: RenderSettings, encode_and_decode: bool = True, shard: 
     for transformer in transformers:
         apply_attention(transformer, choice)
     reduce = shard(pipe, choice) if shard is not None else None
+    if settings.quantize:  # the blocks' weights, before they are compiled (LoRAs load on top, per row)
+        for transformer in transformers:
+            quantize_blocks(transformer, settings.quantize)
     if settings.compile:  # after sharding (its processor is part of a block), before the cache's hooks
         for transformer in transformers:
             compile_blocks(transformer, backend=settings.compile)
