@@ -31,6 +31,8 @@ from ..uris import is_s3
 CACHE_ENV = "DITFARM_LORA_CACHE"
 MAX_LORA_BYTES = 8 * 1024**3  # a LoRA file past this is refused before it is read
 DEFAULT_CAPACITY = 4  # LoRAs a pipeline keeps loaded at once
+HOTSWAP_RANK = 128  # compiled blocks: the LoRA slot's rank (smaller LoRAs are padded with zeros)
+SLOT = "ditfarm_lora"  # compiled blocks: the one adapter the LoRAs take turns in
 
 
 class LoraError(ValueError):
@@ -120,36 +122,90 @@ def check_fit(state_dict: dict, transformer: torch.nn.Module, source: str) -> No
 
 
 class LoraSlots:
-    """The LoRAs loaded into one pipeline's transformers, least recently used first, at most ``capacity``."""
+    """The LoRAs loaded into one pipeline's transformers, least recently used first, at most ``capacity``.
+
+    Eager blocks hold each LoRA as its own adapter and switch with ``set_adapters``.  Compiled blocks
+    (``--compile``) would compile their graphs again for every adapter and scale they meet, so there the LoRAs
+    take turns in one adapter slot by diffusers' hotswapping (``enable_lora_hotswap``: the slot's rank padded to
+    ``HOTSWAP_RANK``, its scaling a tensor): a switch copies the next LoRA's weights into the slot, its scale
+    folded into its B matrices, and the base model is the slot at scale 0 (adding exactly nothing).  The first
+    LoRA compiles the blocks once more; no switch after it does.  The LoRAs' weights stay in host memory (the
+    same bounded set), so a switch reads nothing."""
 
     def __init__(self, loader, transformers: dict[str, torch.nn.Module], capacity: int = DEFAULT_CAPACITY):
+        from .compile import COMPILED_ATTR  # deferred: diffusers
+
         self.loader = loader  # the diffusers LoRA loader class of the model's pipeline (lora_state_dict)
         self.transformers = transformers
         self.capacity = capacity
-        self.loaded: OrderedDict[str, str] = OrderedDict()  # source -> adapter name
+        self.loaded: OrderedDict[str, str] = OrderedDict()  # source -> adapter name (eager blocks)
+        self.states: OrderedDict[str, tuple[dict, dict | None]] = OrderedDict()  # source -> weights (compiled)
         self.refused: dict[str, str] = {}  # source -> why (given again without another attempt)
         self.loads = 0  # LoRAs read and loaded (a switch between loaded ones adds none)
         self.active: LoraChoice | None = None
+        self.hotswap = any(getattr(t, COMPILED_ATTR, None) for t in transformers.values())
+        self.slot_filled = False  # compiled blocks: whether the slot's adapter exists yet
 
     def use(self, choice: LoraChoice | None) -> None:
         """Make the transformers compute with ``choice`` (None: the base model), and mark it in their identity
         (a cache profile measured without it is not theirs)."""
         from .adapters import mark_identity  # deferred: diffusers
 
-        if choice is None:
+        if choice is not None:
+            choice.validate()
+        if self.hotswap:
+            self._swap(choice)
+        elif choice is None:
             for transformer in self.transformers.values():
                 if getattr(transformer, "_hf_peft_config_loaded", False):
                     transformer.disable_adapters()
-                mark_identity(transformer, loras=[])
-            self.active = None
-            return
-        choice.validate()
-        name = self._load(choice.source)
+        else:
+            name = self._load(choice.source)
+            for transformer in self.transformers.values():
+                transformer.enable_adapters()
+                transformer.set_adapters([name], weights=[float(choice.scale)])
         for transformer in self.transformers.values():
-            transformer.enable_adapters()
-            transformer.set_adapters([name], weights=[float(choice.scale)])
-            mark_identity(transformer, loras=[[choice.source, float(choice.scale)]])
+            mark_identity(transformer, loras=[] if choice is None else [[choice.source, float(choice.scale)]])
         self.active = choice
+
+    def _state(self, source: str) -> tuple[dict, dict | None]:
+        if source in self.refused:
+            raise LoraError(self.refused[source])
+        if source in self.states:
+            self.states.move_to_end(source)
+            return self.states[source]
+        try:
+            state = self._read(source)
+        except LoraError as err:
+            self.refused[source] = str(err)
+            raise
+        while len(self.states) >= self.capacity:
+            self.states.popitem(last=False)
+        self.states[source] = state
+        self.loads += 1
+        return state
+
+    def _swap(self, choice: LoraChoice | None) -> None:
+        """Compiled blocks: the slot holds ``choice``'s weights at its scale (None: scale 0)."""
+        if choice is None and not self.slot_filled:
+            return  # nothing was ever loaded: the blocks are the base model's
+        source = choice.source if choice is not None else next(reversed(self.states))
+        state_dict, metadata = self._state(source)
+        scale = 0.0 if choice is None else float(choice.scale)
+        scaled = {k: v * scale if ".lora_B." in k else v for k, v in state_dict.items()}
+        for transformer in self.transformers.values():
+            try:
+                if not self.slot_filled:
+                    transformer.enable_lora_hotswap(target_rank=HOTSWAP_RANK)
+                transformer.load_lora_adapter(
+                    dict(scaled), adapter_name=SLOT, metadata=metadata, prefix="transformer", hotswap=self.slot_filled
+                )
+            except (RuntimeError, ValueError) as err:
+                raise LoraError(
+                    f"LoRA {source} cannot take the compiled blocks' LoRA slot ({err}); with --compile every LoRA of "
+                    f"a run must adapt the layers the first one did, at rank {HOTSWAP_RANK} or less"
+                ) from None
+        self.slot_filled = True
 
     def _load(self, source: str) -> str:
         if source in self.refused:

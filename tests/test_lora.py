@@ -322,3 +322,26 @@ def test_an_s3_lora_is_fetched_once_per_node_as_a_file_or_a_folder_and_a_missing
     assert psnr(folder, pipe.generate(PROMPT, seed=3, steps=2, lora=loras[1], **CALL)) == float("inf")
     with pytest.raises(LoraError, match=f"LoRA s3://{bucket}/styles/c.safetensors: .*does not exist"):
         pipe.use_lora(f"s3://{bucket}/styles/c.safetensors")
+
+
+@pytest.mark.process
+def test_compiled_blocks_switch_loras_without_compiling_again_and_render_the_eager_videos(small_wan_folder, loras):
+    """--compile: the first LoRA compiles the blocks once more; every later switch (another LoRA, another scale,
+    the base model, back again) compiles nothing, and each video is the eager pipeline's with that LoRA."""
+    import torch
+
+    from ditfarm.pipelines.compile import compiled_graphs
+    from ditfarm.types import RenderSettings
+    from ditfarm.worker.model import load_model
+
+    a, b = loras
+    torch._dynamo.reset()
+    pipe = load_model(RenderSettings(model=str(small_wan_folder), compile="eager")).pipe
+    eager = load_pipeline(small_wan_folder)
+    pipe.generate(PROMPT, seed=3, steps=2, **CALL)
+    pipe.generate(PROMPT, seed=3, steps=2, lora=a, **CALL)  # the first LoRA: its layers join the graphs
+    start = compiled_graphs()
+    for lora, scale in ((b, 1.0), (a, 0.5), (None, 1.0), (a, 1.0), (b, 0.25)):
+        frames = pipe.generate(PROMPT, seed=3, steps=2, lora=lora, lora_scale=scale, **CALL)
+        assert psnr(frames, eager.generate(PROMPT, seed=3, steps=2, lora=lora, lora_scale=scale, **CALL)) >= EXACT_DB
+    assert compiled_graphs() == start and pipe._lora_slots.loads == 2
