@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..tools import calibrate
+from ..tools.lora_options import add_lora_options
 
 METHODS = ("ertacache", "bac", "defaults")
 
@@ -44,6 +45,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int)
     p.add_argument("--guidance-scale", type=float)
     p.add_argument("--device", default="cpu")
+    add_lora_options(p)
     p.set_defaults(run=run)
 
 

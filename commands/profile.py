@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..tools.lora_options import add_lora_options, apply_lora
+
 
 def register(sub) -> None:
     p = sub.add_parser("profile", help="profile a model's blocks for caching (writes PROFILE.json and a PNG)")
@@ -23,6 +25,7 @@ def register(sub) -> None:
         help="tiny only: check the derived foreground mask against the generator's masks on N videos",
     )
     p.add_argument("--device", default="cpu")
+    add_lora_options(p)
     p.set_defaults(run=run)
 
 
@@ -39,6 +42,10 @@ def run(args) -> int:
         print(f"ditfarm profile: {args.prompts} holds no prompts", file=sys.stderr)
         return 2
     pipe = load_pipeline(args.model, device=args.device)
+    problem = apply_lora(pipe, args)
+    if problem:
+        print(f"ditfarm profile: {problem}", file=sys.stderr)
+        return 2
     for prompt in prompts:
         try:
             pipe.check_prompt(prompt)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..tools.lora_options import add_lora_options
 from ..tools.settings import RouterTraining
 
 
@@ -29,6 +30,7 @@ def register(sub) -> None:
     p.add_argument("--guidance-scale", type=float)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    add_lora_options(p)
     p.set_defaults(run=run)
 
 

@@ -345,3 +345,35 @@ def test_compiled_blocks_switch_loras_without_compiling_again_and_render_the_eag
         frames = pipe.generate(PROMPT, seed=3, steps=2, lora=lora, lora_scale=scale, **CALL)
         assert psnr(frames, eager.generate(PROMPT, seed=3, steps=2, lora=lora, lora_scale=scale, **CALL)) >= EXACT_DB
     assert compiled_graphs() == start and pipe._lora_slots.loads == 2
+
+
+@pytest.mark.process
+def test_a_profile_and_calibration_measured_with_a_lora_fit_its_rows_and_refuse_the_base_models(
+    small_wan_folder, loras, tmp_path, capsys
+):
+    """`ditfarm profile --lora` and `ditfarm calibrate ertacache --lora`: the profile records the LoRA, so an
+    ERTACache run takes the rows with that LoRA and refuses the others by name."""
+    from ditfarm.cache import CacheProfile, ProfileMismatchError, enable
+    from ditfarm.cache.presets import build_config
+    from ditfarm.commands.cli import main as cli
+    from ditfarm.types import RowInputs
+    from ditfarm.worker.video import use_row_lora
+
+    a = loras[0]
+    prompts, profile = tmp_path / "p.txt", tmp_path / "profile.json"
+    prompts.write_text("red cat moving left\n")
+    model = ["--model", str(small_wan_folder), "--steps", "8", "--lora", a, "--lora-scale", "0.5"]
+    assert cli(["profile", *model, "--prompts", str(prompts), "--out", str(profile)]) == 0
+    assert CacheProfile.load(profile).model["loras"] == [[a, 0.5]]
+    calibrated = tmp_path / "calibrated.json"
+    assert cli(["calibrate", "ertacache", *model, "--profile", str(profile), "--out", str(calibrated),
+                "--lambdas", "5"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert cli(["calibrate", "bac", *model[:-4], "--profile", str(profile), "--out", str(tmp_path / "x.json")]) == 2
+    assert f"LoRAs {a} x0.5), but this model is" in capsys.readouterr().err  # the profile is the LoRA's
+
+    pipe = load_pipeline(small_wan_folder)
+    enable(pipe, build_config("ertacache", 5.0, calibrated, pipe.cache_settings))
+    use_row_lora(pipe, RowInputs(PROMPT, 3, extra={"lora": a, "lora_scale": 0.5}))
+    with pytest.raises(ProfileMismatchError, match=f"measured with {a} x0.5, and this video applies no LoRA"):
+        use_row_lora(pipe, RowInputs(PROMPT, 3))

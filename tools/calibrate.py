@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .lora_options import apply_lora
+
 METHODS = ("ertacache", "bac", "defaults")
 
 
@@ -93,6 +95,9 @@ def run_command(args) -> int:
     if args.prompts and not args.prompts.exists():
         return fail(f"prompts file {args.prompts} does not exist")
     pipe = load_pipeline(args.model, device=args.device)
+    problem = apply_lora(pipe, args)
+    if problem:
+        return fail(problem)
     source = args.profile or pipe.default_cache_profile()
     if source is None:
         return fail(f"model {args.model} ships no cache profile; pass --profile (see `ditfarm profile`)")

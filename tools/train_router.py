@@ -47,6 +47,7 @@ from ..cache.units import unit_modules
 from ..pipelines.denoise import initial_noise, reset_caches, seeded_generator
 from ..pipelines.loading import load_pipeline
 from ..pipelines.tiny.scenes import sample_scene_spec
+from .lora_options import apply_lora
 from .settings import RouterTraining
 
 HOOK = "ditfarm_router_training"
@@ -428,6 +429,9 @@ def run_command(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model, device=args.device)
+    problem = apply_lora(pipe, args)
+    if problem:
+        return fail(problem)
     if args.prompts:
         prompts = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
     elif getattr(pipe, "model_name", "") == "tiny":
