@@ -49,6 +49,7 @@ from .messages import (
     VideoResult,
     checked,
 )
+from .warm_gangs import Waiter, assign, warm_key
 
 log = logging.getLogger(__name__)
 
@@ -397,6 +398,9 @@ class GangPool:
         self._encoders = itertools.count()  # round robin of the gangs that encode text ahead
         self.gangs: list[Gang] = []
         self._free: list[Gang] = []
+        self._waiters: list[Waiter] = []  # videos waiting for a gang, oldest first
+        self._last_key: dict[int, tuple] = {}  # id(gang) -> the warm key of its last video (warm_gangs.py)
+        self.warm_hits = 0  # videos given a gang whose last video had their shape and LoRA
         try:
             self._start_together(gangs)
         except BaseException:
@@ -464,25 +468,42 @@ class GangPool:
         with self._cond:
             return len(self.gangs) + self._starting
 
-    def borrow(self) -> Gang:
+    def borrow(self, key: tuple | None = None) -> Gang:
+        """A free gang for a video whose warm key is ``key`` (``warm_gangs.warm_key``): preferably one whose last
+        video had the same, never one left idle while this video waits."""
         with self._cond:
-            while not self._free or self._stopping:
-                if self._stopping:
-                    raise LeaseLost("the run is stopping: this video is not rendered (a rerun renders it)")
-                if self._closed:
-                    raise GangFailure("the gang pool was shut down")
-                if not self.gangs and not self._starting:
-                    raise NoGangsLeft(
-                        f"no gang is left ({self.retired} retired: the cluster has no room for one of "
-                        f"{self.config.sp} rank(s)); the rows not rendered yet are left for a rerun"
-                    )
-                self._cond.wait(timeout=5)
-            return self._free.pop(0)
+            waiter = Waiter(key)
+            self._waiters.append(waiter)
+            try:
+                while waiter.gang is None:
+                    if self._stopping:
+                        raise LeaseLost("the run is stopping: this video is not rendered (a rerun renders it)")
+                    if self._closed:
+                        raise GangFailure("the gang pool was shut down")
+                    if not self.gangs and not self._starting:
+                        raise NoGangsLeft(
+                            f"no gang is left ({self.retired} retired: the cluster has no room for one of "
+                            f"{self.config.sp} rank(s)); the rows not rendered yet are left for a rerun"
+                        )
+                    self._assign()
+                    if waiter.gang is None:
+                        self._cond.wait(timeout=5)
+            finally:
+                self._waiters.remove(waiter)
+            return waiter.gang
+
+    def _assign(self) -> None:
+        """Hand the free gangs to waiting videos (warm_gangs.assign), under the lock."""
+        warm = {id(g): self._last_key.get(id(g)) for g in self._free}
+        for waiter, gang in assign(self._free, self._waiters, self._last_key):
+            self.warm_hits += waiter.key is not None and warm.get(id(gang)) == waiter.key
+        self._cond.notify_all()
 
     def give_back(self, gang: Gang) -> None:
         with self._cond:
             if gang in self.gangs:
                 self._free.append(gang)
+                self._assign()
                 self._cond.notify_all()
 
     def render(
@@ -502,7 +523,7 @@ class GangPool:
         encode_ahead = overlap and publish is not None and not self.config.settings.offload_text_encoder
         ahead = self._encode_ahead(row) if encode_ahead else None
         while failed < self.max_attempts and lost < self.max_attempts:
-            gang = self.borrow()
+            gang = self.borrow(warm_key(row))
             encoded, ahead = self._embeddings(ahead), None
             timeout_s = video_timeout_s or default_timeout_s(gang.model_defaults, row.sampler)
             try:
