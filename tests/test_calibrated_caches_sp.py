@@ -29,7 +29,9 @@ def segments(pipe, steps: int) -> list[tuple[str, int, int]]:
     return [("transformer", 0, switch), ("transformer_2", switch, steps - switch)]
 
 
-@pytest.fixture(scope="module", params=["one transformer", "two experts"])
+# The two-expert folder covers the one-transformer path too: each expert is one transformer with its own
+# calibration (its segment), and a one-transformer model's calibration is the case of a single segment.
+@pytest.fixture(scope="module", params=["two experts"])
 def calibrated_folder(request, tmp_path_factory):
     """A model folder with every calibration and a router: the tiny architecture, or a Wan2.2 A14B-style folder
     whose experts are calibrated each on its own segment."""
