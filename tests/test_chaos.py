@@ -80,7 +80,7 @@ def test_ray_kill_of_a_gang_actor_mid_job(random_model_folder, tmp_path):
         settings = RenderSettings(model=str(random_model_folder), steps=24, upscale=2, gangs=2)
         renderer = GangRenderer(settings)
         victims = [g.members[0] for g in renderer.pool.gangs]
-        summary = run_job(manifest, out, renderer, settings, 2, lambda: ray.kill(victims[0], no_restart=True))
+        summary = run_job(manifest, out, renderer, settings, 1, lambda: ray.kill(victims[0], no_restart=True))
         assert (summary.ok, summary.failed) == (8, 0)
         assert renderer.pool.replaced == 1 and renderer.pool.retired == 0
         check_exactly_once(out, ids)
