@@ -169,16 +169,10 @@ class LoraSlots:
         self.active = choice
 
     def _state(self, source: str) -> tuple[dict, dict | None]:
-        if source in self.refused:
-            raise LoraError(self.refused[source])
         if source in self.states:
             self.states.move_to_end(source)
             return self.states[source]
-        try:
-            state = self._read(source)
-        except LoraError as err:
-            self.refused[source] = str(err)
-            raise
+        state = self._read_once(source)
         while len(self.states) >= self.capacity:
             self.states.popitem(last=False)
         self.states[source] = state
@@ -208,16 +202,10 @@ class LoraSlots:
         self.slot_filled = True
 
     def _load(self, source: str) -> str:
-        if source in self.refused:
-            raise LoraError(self.refused[source])
         if source in self.loaded:
             self.loaded.move_to_end(source)
             return self.loaded[source]
-        try:
-            state_dict, metadata = self._read(source)
-        except LoraError as err:
-            self.refused[source] = str(err)
-            raise
+        state_dict, metadata = self._read_once(source)
         while len(self.loaded) >= self.capacity:
             _, oldest = self.loaded.popitem(last=False)
             for transformer in self.transformers.values():
@@ -228,6 +216,16 @@ class LoraSlots:
         self.loaded[source] = name
         self.loads += 1
         return name
+
+    def _read_once(self, source: str) -> tuple[dict, dict | None]:
+        """``_read``, except that a LoRA refused once is refused again with the same message, not read again."""
+        if source in self.refused:
+            raise LoraError(self.refused[source])
+        try:
+            return self._read(source)
+        except LoraError as err:
+            self.refused[source] = str(err)
+            raise
 
     def _read(self, source: str) -> tuple[dict, dict | None]:
         path = lora_file(source)
