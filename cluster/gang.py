@@ -231,7 +231,7 @@ class GangConfig:
     gpus_per_rank: float = 0.0
     cpus_per_rank: float = 1.0
     start_timeout_s: float = 300.0
-    replace_timeout_s: float = 60.0  # how long a failed gang's replacement may wait for room before it is retired
+    replace_timeout_s: float = 60.0  # how long a replacement (or grown) gang may wait for room: then it is retired
     call_timeout_s: float = 600.0
     env_vars: tuple[tuple[str, str], ...] = ()  # the driver's storage settings (AWS_*), for every rank's runtime env
     member: object = (
@@ -242,19 +242,23 @@ class GangConfig:
 class Gang:
     """N actors, one placement group, one process group, one model copy per rank."""
 
-    def __init__(self, config: GangConfig, name: str = "gang", start_timeout_s: float | None = None):
+    def __init__(self, config: GangConfig, name: str = "gang", room_timeout_s: float | None = None):
+        """``room_timeout_s``: how long to wait for a node with room (default ``config.start_timeout_s``); once
+        placed, the ranks get ``config.start_timeout_s`` to start and load their model, whatever the room wait
+        was: a replacement or a grown gang loads as much as a first one."""
         self.config, self.name = config, name
         self.started_at = time.monotonic()
-        start_timeout_s = config.start_timeout_s if start_timeout_s is None else start_timeout_s
+        start_timeout_s = config.start_timeout_s
+        room_timeout_s = start_timeout_s if room_timeout_s is None else room_timeout_s
         bundle = {"CPU": config.cpus_per_rank}
         if config.gpus_per_rank:
             bundle["GPU"] = config.gpus_per_rank
         self.members = []
         self.placement_group = placement_group([bundle] * config.sp, strategy="STRICT_PACK", name=name)
-        if not self._wait_for_room(bundle, start_timeout_s):
+        if not self._wait_for_room(bundle, room_timeout_s):
             self.kill()
             raise GangFailure(
-                f"{name}: no node could hold {config.sp} bundle(s) of {bundle} together within {start_timeout_s:.0f} s"
+                f"{name}: no node could hold {config.sp} bundle(s) of {bundle} together within {room_timeout_s:.0f} s"
             )
         self.members = [
             (config.member or GangMember)
@@ -598,7 +602,7 @@ class GangPool:
                 self._free.remove(dead)
             self._starting += 1
         try:
-            gang = Gang(self.config, self._name(), start_timeout_s=self.config.replace_timeout_s)
+            gang = Gang(self.config, self._name(), room_timeout_s=self.config.replace_timeout_s)
         except GangFailure as err:
             log.warning("%s: no room for a replacement gang (%s); going on with %d gang(s)", dead.name, err, self.alive)
             self._start_failed(retire=True)
@@ -615,7 +619,7 @@ class GangPool:
                     break
                 self._starting += 1
             try:
-                gang = Gang(self.config, self._name(), start_timeout_s=self.config.replace_timeout_s)
+                gang = Gang(self.config, self._name(), room_timeout_s=self.config.replace_timeout_s)
             except GangFailure as err:
                 log.info("no room for another gang yet: %s", err)
                 self._start_failed(retire=False)

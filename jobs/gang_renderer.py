@@ -215,6 +215,10 @@ class GangRenderer:
                     log.info("the cluster grew: %d gang(s) now", self.pool.alive)
             except Exception as err:  # noqa: BLE001 - growing is an optimisation; the job goes on as it is
                 log.warning("could not start more gangs: %s", err)
+            except SystemExit:  # Ray shutting down under a gang being started: the job has ended
+                if self._stop.is_set():
+                    return
+                raise
 
     @property
     def capacity(self) -> int:

@@ -78,7 +78,7 @@ def test_ray_kill_of_a_gang_actor_mid_job(random_model_folder, tmp_path):
         manifest, out = tmp_path / "m.parquet", tmp_path / "out"
         ids = write_manifest(manifest, 8)
         settings = RenderSettings(model=str(random_model_folder), steps=24, upscale=2, gangs=2)
-        renderer = GangRenderer(settings)
+        renderer = GangRenderer(settings, replace_timeout_s=300)  # a loaded machine frees the killed CPU late
         victims = [g.members[0] for g in renderer.pool.gangs]
         summary = run_job(manifest, out, renderer, settings, 1, lambda: ray.kill(victims[0], no_restart=True))
         assert (summary.ok, summary.failed) == (8, 0)
@@ -121,6 +121,20 @@ def test_a_lost_node_s_videos_go_back_to_the_queue_and_the_job_finishes_on_the_g
     assert placement_groups_left() == []
 
 
+class GrowthGatedRenderer(GangRenderer):
+    """Starts no video, once ``hold_until_gangs`` is set, before that many gangs are up: a gang that starts while
+    the queue drains faster (a loaded machine starts actors slowly) would find no row left to render."""
+
+    hold_until_gangs = 0
+
+    def render(self, task, settings, out):
+        deadline = time.monotonic() + 300
+        while self.pool.alive < self.hold_until_gangs:
+            assert time.monotonic() < deadline, "the second gang did not start"
+            time.sleep(0.1)
+        return super().render(task, settings, out)
+
+
 def test_auto_gangs_grow_when_a_node_joins(random_model_folder, tmp_path):
     """``--gangs auto`` on a head of two CPUs starts one gang (one CPU is the driver's); a node that joins mid-job
     gets a second gang, which then renders too."""
@@ -132,9 +146,14 @@ def test_auto_gangs_grow_when_a_node_joins(random_model_folder, tmp_path):
         manifest, out = tmp_path / "m.parquet", tmp_path / "out"
         ids = write_manifest(manifest, 10)
         settings = RenderSettings(model=str(random_model_folder), steps=24, upscale=2, gangs="auto")
-        renderer = GangRenderer(settings, grow_interval_s=0.5)
+        renderer = GrowthGatedRenderer(settings, grow_interval_s=0.5)
         assert renderer.pool.alive == 1
-        summary = run_job(manifest, out, renderer, settings, 2, lambda: cluster.add_node(num_cpus=1))
+
+        def add_node():
+            renderer.hold_until_gangs = 2
+            cluster.add_node(num_cpus=1)
+
+        summary = run_job(manifest, out, renderer, settings, 2, add_node)
         assert (summary.ok, summary.failed) == (10, 0)
         per_gang = renderer.videos_per_gang
         assert len(per_gang) == 2 and min(per_gang) >= 1, per_gang  # the new gang rendered some of them
