@@ -1,12 +1,17 @@
 """A gloo process group of N local processes: for tests and CPU runs of sequence parallelism without Ray.
 
 The Ray gang (ditfarm.cluster.gang) does the same rendezvous across nodes; this is the minimal version: the
-parent picks a free loopback port, spawns N processes, each joins with an explicit timeout, runs ``fn(rank,
+parent picks a free loopback port, starts N processes, each joins with an explicit timeout, runs ``fn(rank,
 world, *args)`` and sends back its result.  A process that fails or times out makes the whole call fail.
+
+The processes fork from a server that imported the rendering modules once (multiprocessing's forkserver): a
+fresh interpreter spends seconds importing torch and diffusers' models, which a benchmark or test suite calling
+many gangs would pay per rank per call.  Each rank takes the caller's environment as it is at the call.
 """
 
 from __future__ import annotations
 
+import os
 import queue as queue_module
 import socket
 import time
@@ -24,7 +29,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank, world, port, timeout_s, threads, fn, args, queue):
+PRELOAD = ["ditfarm.cluster.gang_rank"]  # what a rank imports to render: torch, diffusers' models, the caches
+
+
+def _entry(rank, world, port, timeout_s, threads, fn, args, queue, environ):
+    os.environ.clear()
+    os.environ.update(environ)  # the caller's now, not the server's from when it started
     torch.set_num_threads(threads)
     try:
         dist.init_process_group(
@@ -44,11 +54,14 @@ def _entry(rank, world, port, timeout_s, threads, fn, args, queue):
 
 def run_local_gang(fn, world: int, *args, timeout_s: float = 60.0, threads: int = 1) -> list:
     """Run fn(rank, world, *args) on ``world`` gloo ranks; returns the results in rank order."""
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
     queue = ctx.Queue()
     port = free_port()
+    environ = dict(os.environ)
     procs = [
-        ctx.Process(target=_entry, args=(r, world, port, timeout_s, threads, fn, args, queue)) for r in range(world)
+        ctx.Process(target=_entry, args=(r, world, port, timeout_s, threads, fn, args, queue, environ))
+        for r in range(world)
     ]
     for p in procs:
         p.start()
