@@ -18,6 +18,7 @@ later row that names it, without another attempt.  ``s3://`` LoRAs are fetched o
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -248,10 +249,12 @@ def make_random_lora(
     seed: int = 0,
     std: float = 0.05,
     targets: tuple[str, ...] = ("attn1.to_q", "attn1.to_v", "ffn.net.0.proj"),
+    alpha: float | None = None,
 ) -> Path:
     """A diffusers-format LoRA file for ``transformer`` with random A and B (a trained LoRA's B is not zero):
     what tests and benchmarks load where no trained LoRA can be downloaded.  ``targets``: the ends of the linear
-    layers' names it adapts."""
+    layers' names it adapts; ``alpha``: a ``lora_alpha`` in its metadata (scaling alpha / rank), else none
+    (diffusers then takes alpha = rank)."""
     from safetensors.torch import save_file  # deferred: safetensors
 
     gen = torch.Generator().manual_seed(seed)
@@ -263,7 +266,12 @@ def make_random_lora(
             tensors[f"transformer.{name}.lora_B.weight"] = torch.randn(out_features, rank, generator=gen) * std
     if not tensors:
         raise ValueError(f"no linear layer of {type(transformer).__name__} ends in {', '.join(targets)}")
+    metadata = None
+    if alpha is not None:  # as diffusers' save_lora_weights writes a trainer's LoRA config
+        adapted = sorted({k.removeprefix("transformer.").rsplit(".lora_", 1)[0] for k in tensors})
+        config = {"transformer.r": rank, "transformer.lora_alpha": alpha, "transformer.target_modules": adapted}
+        metadata = {"format": "pt", "lora_adapter_metadata": json.dumps(config, sort_keys=True)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path))
+    save_file(tensors, str(path), metadata=metadata)
     return path

@@ -92,3 +92,21 @@ def test_compiled_blocks_under_sequence_parallelism(small_wan_folder):
         assert first == second and first <= 4, (first, second)  # all-to-all may split the block into a few graphs
         assert masks == reference_masks
     assert psnr(reference, results[0][2]) >= 60
+
+
+def test_a_mixed_manifest_compiles_each_shape_once(small_wan_folder):
+    """Rows of three shapes and two step counts in turn, as a gang meets them in a mixed manifest: once each shape
+    has been rendered, no later video of any of them compiles again (what warm gangs rely on: a gang that saw a
+    shape keeps its graphs whatever it rendered between)."""
+    pipe = load_pipeline(small_wan_folder)
+    assert compile_blocks(pipe.transformer, backend="eager") == len(pipe.transformer.blocks)
+    shapes = [dict(num_frames=9, height=64, width=64), dict(num_frames=5, height=64, width=64),
+              dict(num_frames=9, height=48, width=80)]  # fmt: skip
+    start = compiled_graphs()
+    for shape in shapes:
+        pipe.generate(PROMPT, seed=3, steps=2, **shape)
+    seen = compiled_graphs()
+    assert seen > start
+    for shape, steps in ((shapes[2], 3), (shapes[0], 2), (shapes[1], 3), (shapes[0], 3), (shapes[2], 2)):
+        pipe.generate(PROMPT, seed=3, steps=steps, **shape)
+    assert compiled_graphs() == seen, "a shape rendered before compiled again"

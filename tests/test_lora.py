@@ -325,10 +325,36 @@ def test_an_s3_lora_is_fetched_once_per_node_as_a_file_or_a_folder_and_a_missing
         pipe.use_lora(f"s3://{bucket}/styles/c.safetensors")
 
 
+@pytest.fixture(scope="module")
+def alpha_lora(small_wan_folder, tmp_path_factory):
+    """A LoRA of another rank whose metadata gives ``lora_alpha`` (scaling alpha / rank = 2, where the others' is
+    1), as trainers save them."""
+    transformer = load_pipeline(small_wan_folder).transformer
+    path = tmp_path_factory.mktemp("alpha-lora") / "c.safetensors"
+    return str(make_random_lora(transformer, path, rank=8, seed=7, std=0.1, alpha=16))
+
+
+@pytest.mark.unit
+def test_a_loras_alpha_from_its_metadata_scales_it_as_diffusers_does(small_wan_folder, alpha_lora):
+    pipe = load_pipeline(small_wan_folder)
+    ours = pipe.generate(PROMPT, seed=3, steps=2, lora=alpha_lora, **CALL)
+    dp, render = oracle(small_wan_folder, 2)
+    base = render()
+    dp.load_lora_weights(alpha_lora, adapter_name="c")
+    theirs = render()
+    assert psnr(ours, theirs) >= EXACT_DB
+    assert psnr(ours, base) < 40  # the LoRA moved the video
+    scaling = {m.scaling["c"] for m in dp.transformer.modules() if hasattr(m, "scaling") and "c" in m.scaling}
+    assert scaling == {2.0}  # diffusers read the alpha: the check above compares LoRAs scaled alike
+
+
 @pytest.mark.process
-def test_compiled_blocks_switch_loras_without_compiling_again_and_render_the_eager_videos(small_wan_folder, loras):
-    """--compile: the first LoRA compiles the blocks once more; every later switch (another LoRA, another scale,
-    the base model, back again) compiles nothing, and each video is the eager pipeline's with that LoRA."""
+def test_compiled_blocks_switch_loras_without_compiling_again_and_render_the_eager_videos(
+    small_wan_folder, loras, alpha_lora
+):
+    """--compile: the first LoRA compiles the blocks once more; every later switch (another LoRA, one of another
+    rank and alpha, another scale, the base model, back again) compiles nothing, and each video is the eager
+    pipeline's with that LoRA."""
     import torch
 
     from ditfarm.pipelines.compile import compiled_graphs
@@ -342,10 +368,10 @@ def test_compiled_blocks_switch_loras_without_compiling_again_and_render_the_eag
     pipe.generate(PROMPT, seed=3, steps=2, **CALL)
     pipe.generate(PROMPT, seed=3, steps=2, lora=a, **CALL)  # the first LoRA: its layers join the graphs
     start = compiled_graphs()
-    for lora, scale in ((b, 1.0), (a, 0.5), (None, 1.0), (a, 1.0), (b, 0.25)):
+    for lora, scale in ((b, 1.0), (a, 0.5), (None, 1.0), (alpha_lora, 1.0), (a, 1.0), (alpha_lora, 0.5), (b, 0.25)):
         frames = pipe.generate(PROMPT, seed=3, steps=2, lora=lora, lora_scale=scale, **CALL)
         assert psnr(frames, eager.generate(PROMPT, seed=3, steps=2, lora=lora, lora_scale=scale, **CALL)) >= EXACT_DB
-    assert compiled_graphs() == start and pipe._lora_slots.loads == 2
+    assert compiled_graphs() == start and pipe._lora_slots.loads == 3
 
 
 @pytest.mark.process
@@ -378,3 +404,42 @@ def test_a_profile_and_calibration_measured_with_a_lora_fit_its_rows_and_refuse_
     use_row_lora(pipe, RowInputs(PROMPT, 3, extra={"lora": a, "lora_scale": 0.5}))
     with pytest.raises(ProfileMismatchError, match=f"measured with {a} x0.5, and this video applies no LoRA"):
         use_row_lora(pipe, RowInputs(PROMPT, 3))
+
+
+@pytest.mark.unit
+def test_a_step_distilled_lora_runs_one_pass_per_step_and_every_policy_computes_every_step(small_wan_folder, loras):
+    """A row with a step-distilled LoRA (4 steps, guidance 1) on a folder whose knobs mean 50 steps, guidance 5:
+    one transformer call per step (no negative pass), and each policy at its default knob computes every step,
+    its schedule being a fraction of the video's 4 steps rather than of the card's count."""
+    import math
+
+    from ditfarm import cache
+    from ditfarm.cache.presets import config_for
+    from ditfarm.cache.profile import BACKGROUND, BlockProfile, CacheProfile, model_identity
+
+    pipe = load_pipeline(small_wan_folder)
+    assert pipe.cache_settings.reference_steps > 4 and pipe.defaults.guidance_scale > 1
+    profile = CacheProfile(
+        model=model_identity(pipe.transformer),
+        r_attn_threshold=0.5,
+        blocks=[BlockProfile(i, 0.0, BACKGROUND, [math.nan] * 4) for i in range(len(pipe.transformer.blocks))],
+    )
+    distilled = dict(steps=4, guidance_scale=1.0, lora=loras[0], num_frames=9, height=64, width=64)
+    calls = []
+    handle = pipe.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        for policy in ("adaptive", "bwcache", "taylorseer", "profiling"):
+            calls.clear()
+            cache.enable(pipe, config_for(pipe, policy, None, profile if policy == "profiling" else None))
+            pipe.generate(PROMPT, seed=0, **distilled)
+            stats = cache.last_video_stats(pipe)
+            assert len(calls) == 4, (policy, len(calls))
+            assert set(stats.masks) == {"cond"} and len(stats.masks["cond"]) == 4, (policy, stats.masks)
+            assert stats.skipped == 0, (policy, stats.masks)
+        # the same policy does skip on a longer schedule with the LoRA: the check above can fail
+        cache.enable(pipe, config_for(pipe, "taylorseer", None, None))
+        pipe.generate(PROMPT, seed=0, lora=loras[0], steps=30, num_frames=9, height=64, width=64)
+        assert cache.last_video_stats(pipe).skipped > 0
+    finally:
+        handle.remove()
+        cache.disable(pipe)
