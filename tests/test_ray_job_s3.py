@@ -45,6 +45,7 @@ def ray_head(s3_endpoint):
         "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_JOB_STOP_WAIT_TIME_S": "60",  # as infra/ sets it: a stopping run flushes before any SIGKILL
     }
     for name in [k for k in env if k.startswith("AWS_")]:  # the cluster knows nothing of the bucket by itself
         env.pop(name)
