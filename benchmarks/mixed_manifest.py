@@ -1,0 +1,165 @@
+"""A mixed manifest on two gangs of `tiny`: does shape- and LoRA-aware scheduling make a shuffled manifest cost what
+the same rows sorted by hand cost?
+
+The manifest: 3 shapes (frames x height x width) x 3 LoRAs x 2 step counts, 48 rows, each combination two or
+three times.  Three runs of the same rows on the same two gangs (sp 1, one Ray CPU each, a local Ray of
+``--num-cpus``), each into a fresh folder:
+
+- ``sorted``: the rows sorted by shape, LoRA and steps (what a user would do by hand), warm scheduling;
+- ``shuffled``: the rows in a seeded random order, warm scheduling (``cluster/warm_gangs.py``: a free gang takes
+  the waiting video of the shape and LoRA it rendered last);
+- ``shuffled, shape-blind``: the same shuffled rows, each video taking the first free gang.
+
+Reported per run: videos per minute (job start to the last row), the share of videos given a gang warm for them,
+and per rank what the run cost it: LoRA loads (files read and loaded; a switch between loaded ones reads
+nothing) and, with ``--compile``, compiled graphs.  Gangs are started afresh for each run (nothing is warm from
+the run before), and one warm-up video per gang (the base model, the first shape) is rendered first, outside
+the count, so process start-up is not counted either.
+
+    python benchmarks/mixed_manifest.py --json benchmarks/mixed-manifest.json
+    python benchmarks/mixed_manifest.py --compile --json benchmarks/mixed-manifest-compile.json
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch or Ray: every worker inherits it
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import random  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import harness  # noqa: E402
+
+SHAPES = [(8, 32, 32), (4, 32, 32), (8, 48, 48)]  # frames, height, width
+STEPS = [8, 12]
+ROWS = 48
+PROMPTS = [
+    "red circle moving left on blue background",
+    "white square moving up on green gradient background",
+    "yellow triangle moving right on black background",
+]
+
+
+def make_loras(root: Path) -> list[str]:
+    from ditfarm.pipelines.lora import make_random_lora
+    from ditfarm.types import RenderSettings
+    from ditfarm.worker.model import load_model
+
+    transformer = load_model(RenderSettings(model="tiny")).pipe.transformer
+    return [str(make_random_lora(transformer, root / f"lora-{i}.safetensors", seed=i, std=0.05)) for i in range(3)]
+
+
+def manifest_rows(loras: list[str]) -> list[dict]:
+    combos = [(shape, lora, steps) for shape in SHAPES for lora in loras for steps in STEPS]
+    rows = []
+    for i in range(ROWS):
+        (frames, height, width), lora, steps = combos[i % len(combos)]
+        rows.append(
+            {
+                "id": f"m{i:03d}",
+                "prompt": PROMPTS[i % len(PROMPTS)],
+                "seed": 100 + i,
+                "num_frames": frames,
+                "height": height,
+                "width": width,
+                "steps": steps,
+                "lora": lora,
+            }
+        )
+    return rows
+
+
+def tasks(rows: list[dict]):
+    from ditfarm.jobs.manifest import RenderTask
+
+    return [RenderTask(row=i, **row) for i, row in enumerate(rows)]
+
+
+def rank_counts(renderer) -> list[dict]:
+    """Per rank: LoRAs loaded and compiled graphs so far (read inside each actor)."""
+    import ray
+
+    def probe(self):
+        from ditfarm.pipelines.compile import compiled_graphs
+
+        slots = getattr(self.renderer.pipe, "_lora_slots", None)
+        return {"lora_loads": slots.loads if slots is not None else 0, "compiled_graphs": compiled_graphs()}
+
+    return [ray.get(m.__ray_call__.remote(probe)) for g in renderer.pool.gangs for m in g.members]
+
+
+def timed_run(name: str, rows: list[dict], args, root: Path, shape_blind: bool) -> dict:
+    import ditfarm.cluster.gang as gang_module
+    from ditfarm.jobs.driver import RenderJob, RenderSettings
+    from ditfarm.jobs.gang_renderer import GangRenderer
+
+    settings = RenderSettings(model="tiny", gangs=2, sp=1, compile=args.compile)
+    renderer = GangRenderer(settings)
+    real_key = gang_module.warm_key
+    try:
+        warm_up = [{"id": f"w{i}", "prompt": PROMPTS[0], "seed": i} for i in range(2)]
+        for _ in RenderJob(tasks(warm_up), root / f"{name}-warm", settings, renderer=renderer, progress=False):
+            pass
+        before = rank_counts(renderer)
+        hits_before = renderer.pool.warm_hits
+        if shape_blind:
+            gang_module.warm_key = lambda row: None
+        start = time.perf_counter()
+        job = RenderJob(tasks(rows), root / name, settings, renderer=renderer, progress=False, total=len(rows))
+        for _ in job:
+            last = time.perf_counter()
+        assert job.summary.ok == len(rows), job.summary
+        after = rank_counts(renderer)
+    finally:
+        gang_module.warm_key = real_key
+        renderer.close()
+    seconds = last - start
+    return {
+        "run": name,
+        "videos": len(rows),
+        "render_s": round(seconds, 2),
+        "videos_per_min": round(60 * len(rows) / seconds, 2),
+        "warm_share": round((renderer.pool.warm_hits - hits_before) / len(rows), 3),
+        "lora_loads_per_rank": [a["lora_loads"] - b["lora_loads"] for a, b in zip(after, before)],
+        "compiled_graphs_per_rank": [a["compiled_graphs"] - b["compiled_graphs"] for a, b in zip(after, before)],
+    }
+
+
+def main() -> None:
+    p = harness.parser(__doc__, threads=False)
+    p.add_argument("--compile", action="store_true", help="compile the blocks (graphs are counted per rank)")
+    p.add_argument("--num-cpus", type=int, default=2)
+    p.add_argument("--seed", type=int, default=7, help="the shuffle's seed")
+    args = p.parse_args()
+    import ray
+
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            root = Path(folder)
+            rows = manifest_rows(make_loras(root))
+            ordered = sorted(rows, key=lambda r: (r["num_frames"], r["height"], r["width"], r["lora"], r["steps"]))
+            shuffled = list(rows)
+            random.Random(args.seed).shuffle(shuffled)
+            runs = [
+                timed_run("sorted", ordered, args, root, shape_blind=False),
+                timed_run("shuffled", shuffled, args, root, shape_blind=False),
+                timed_run("shuffled, shape-blind", shuffled, args, root, shape_blind=True),
+            ]
+    finally:
+        ray.shutdown()
+    sorted_rate = runs[0]["videos_per_min"]
+    for run in runs:
+        run["of_sorted"] = round(run["videos_per_min"] / sorted_rate, 3)
+    header = ["run", "videos", "render_s", "videos_per_min", "of_sorted", "warm_share"]
+    header += ["lora_loads_per_rank", "compiled_graphs_per_rank"]
+    print(harness.markdown_table(header, [[run[h] for h in header] for run in runs]))
+    harness.write_result(args.json, {"compile": args.compile, "gangs": 2, "shapes": SHAPES, "runs": runs})
+
+
+if __name__ == "__main__":
+    main()
