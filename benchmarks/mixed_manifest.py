@@ -17,7 +17,7 @@ the run before), and one warm-up video per gang (the base model, the first shape
 the count, so process start-up is not counted either.
 
     python benchmarks/mixed_manifest.py --json benchmarks/mixed-manifest.json
-    python benchmarks/mixed_manifest.py --compile --json benchmarks/mixed-manifest-compile.json
+    python benchmarks/mixed_manifest.py --compile eager --json benchmarks/mixed-manifest-compile.json
 """
 
 from __future__ import annotations
@@ -131,7 +131,14 @@ def timed_run(name: str, rows: list[dict], args, root: Path, shape_blind: bool) 
 
 def main() -> None:
     p = harness.parser(__doc__, threads=False)
-    p.add_argument("--compile", action="store_true", help="compile the blocks (graphs are counted per rank)")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        default=None,
+        help="compile the blocks with this torch.compile backend (default inductor; eager traces the same graphs "
+        "without building kernels); graphs are counted per rank",
+    )
     p.add_argument("--num-cpus", type=int, default=2)
     p.add_argument("--seed", type=int, default=7, help="the shuffle's seed")
     args = p.parse_args()
