@@ -200,7 +200,9 @@ def test_rayjob_reads_and_writes_s3_with_credentials_from_a_secret():
             env = {e["name"]: e for e in container["env"]}
             for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
                 assert env[name]["valueFrom"]["secretKeyRef"]["key"] == name and "value" not in env[name]
-            assert all(n.startswith("AWS_") for n in env)
+            # secrets only, and the grace `ray job stop` gives a run before SIGKILL (read on the head)
+            assert all(n.startswith("AWS_") or n == "RAY_JOB_STOP_WAIT_TIME_S" for n in env)
+            assert env["RAY_JOB_STOP_WAIT_TIME_S"]["value"] == "60"
 
 
 def test_clusters_authenticate_with_the_token_the_submitter_uses_and_run_the_pinned_ray():

@@ -110,7 +110,9 @@ def test_sigkill_of_the_driver_then_rerun_renders_each_id_exactly_once(
         assert proc.returncode == 2, stderr
         assert "is held by run " in stderr and f"pid {holder_pid}" in stderr and "--force" in stderr, stderr
 
-    holder = start(manifest, out, random_model_folder, "--lease-seconds", "12")
+    # 40 steps (the last --steps wins): the refusal check starts a second CLI beside the holder, which on a loaded
+    # machine takes as long as many 12-step videos, and the holder must not finish before the kill
+    holder = start(manifest, out, random_model_folder, "--lease-seconds", "12", "--steps", "40")
     stored = kill_after(
         holder, count_videos, 4, meanwhile=lambda: refused(start(manifest, out, random_model_folder), holder.pid)
     )
@@ -124,7 +126,7 @@ def test_sigkill_of_the_driver_then_rerun_renders_each_id_exactly_once(
     else:
         (tmp_path / "out" / "videos" / ".tmp-dead-k9.mp4").write_bytes(b"half a video")
 
-    # the rest, quickly: fewer steps, and ids alone count (a row rendered at 12 steps is not rendered again)
+    # the rest, quickly: fewer steps, and ids alone count (a row rendered at 40 steps is not rendered again)
     rerun = start(manifest, out, random_model_folder, "--steps", "2", "--resume-by-id")
     stdout, stderr = rerun.communicate(timeout=600)
     assert rerun.returncode == 1, stderr  # the bad row fails again; nothing else does
