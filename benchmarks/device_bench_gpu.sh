@@ -1,6 +1,7 @@
 #!/bin/bash
-# `ditfarm bench gpu` on a GPU machine (its image has torch, transformers and Triton, not diffusers):
-# diffusers travels as a wheel in .whl/ (carried), ditfarm is put together from its folders without pip.
+# `ditfarm bench gpu` on a GPU machine (its image has torch, transformers and Triton, not diffusers): diffusers,
+# and peft, accelerate and torchao for the LoRA and quantized rows, travel as wheels in .whl/ (carried); ditfarm is
+# put together from its folders without pip.
 set -o pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
 mkdir -p /tmp/pkg && cp -r ditfarm /tmp/pkg/ && for d in storage pipelines cache worker cluster jobs tools commands; do cp -r "$d" /tmp/pkg/ditfarm/; done

@@ -2,9 +2,9 @@
 
 A gang that renders the shape it rendered last reuses what it holds for it (compiled graphs of that shape, the
 attention buffers' sizes; with a LoRA, the weights already in its adapter slot), so a mixed manifest costs what a
-sorted one does.  The choice is made among the videos already waiting for a gang (with overlapping storage, about
-one per gang: the driver keeps no more of the manifest in memory for it), and it never leaves a gang idle while
-a video waits:
+sorted one does.  The choice is made among the videos waiting for a gang: the driver keeps ``WAITING_PER_GANG``
+videos per gang waiting beyond those it renders (a bounded window of the manifest), so a free gang has a few
+shapes to choose from, and the choice never leaves a gang idle while a video waits:
 
 1. a video passed over ``MAX_PASSES`` times takes the first free gang (no video waits for ever behind others of
    a busier shape);
@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from ..types import RowInputs
 
 MAX_PASSES = 4  # younger videos served before a waiting one, past which it takes the next free gang
+WAITING_PER_GANG = 3  # videos the driver keeps waiting per gang, beside those rendering and being stored
 
 
 def warm_key(row: RowInputs) -> tuple:
     """What a gang keeps warm from one video to the next: the sampler values that size its tensors and graphs
-    (frames, height, width, steps) and the LoRA in its adapters."""
-    sized = ("num_frames", "height", "width", "steps")  # None: the model's default, as a value left out
+    (frames, height, width) and the LoRA in its adapters.  Steps size nothing a gang keeps (the timestep is one
+    value of the graphs' input), so videos of other step counts share their warm gang."""
+    sized = ("num_frames", "height", "width")  # None: the model's default, as a value left out
     sampler = tuple(sorted((k, v) for k, v in row.sampler.items() if k in sized and v is not None))
     return sampler, row.extra.get("lora") or ""
 

@@ -133,6 +133,11 @@ def _add_gpu(benches) -> None:
     )
     p.add_argument("--reserve-seconds", type=float, default=30.0, help="a row starts only with this much left")
     p.add_argument("--small", action="store_true", help="tiny shapes (the CPU test)")
+    p.add_argument(
+        "--sections",
+        help="comma-separated sections to run, in the usual order (default all: wan2.1-1.3b, weights-1.3b, "
+        "video-1.3b, wan2.1-14b, families)",
+    )
     p.add_argument("--json", type=Path, help="write the result here")
     p.set_defaults(run=run_gpu)
 

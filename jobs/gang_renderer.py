@@ -20,6 +20,7 @@ from ray.experimental import internal_kv
 
 from ..cluster.gang import GangConfig, GangPool
 from ..cluster.messages import PublishTarget
+from ..cluster.warm_gangs import WAITING_PER_GANG
 from ..pipelines.threads import usable_cpus
 from ..storage.stores import CREDENTIAL_VARIABLES, OutputLocation, shareable_storage_env
 from ..types import RenderedVideo, RenderSettings
@@ -222,9 +223,10 @@ class GangRenderer:
 
     @property
     def capacity(self) -> int:
-        """How many videos the driver should keep in flight now (the pool grows and shrinks): two per gang with
-        overlap, one denoising and one being stored."""
-        return self.pool.capacity * (2 if self.overlap else 1)
+        """How many videos the driver should keep in flight now (the pool grows and shrinks): per gang, one
+        denoising, one being stored with overlap, and ``WAITING_PER_GANG`` waiting, so that a gang coming free
+        has a choice of shapes and LoRAs (``cluster.warm_gangs``)."""
+        return self.pool.capacity * ((2 if self.overlap else 1) + WAITING_PER_GANG)
 
     @property
     def videos_per_gang(self) -> list[int]:

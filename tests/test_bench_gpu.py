@@ -37,7 +37,7 @@ def test_bench_gpu_on_small_shapes(tmp_path, capsys):
     )
     result = json.loads(out.read_text())
     sections = result["sections"]
-    assert set(sections) == {"wan2.1-1.3b", "wan2.1-14b", "video-1.3b", "families"}
+    assert set(sections) == {"wan2.1-1.3b", "weights-1.3b", "wan2.1-14b", "video-1.3b", "families"}
     families = {r["family"]: r for r in sections["families"]["families"]}
     assert {"cogvideox", "hunyuan_video", "hunyuan_video15"} <= set(families), families
     for name, row in families.items():
@@ -62,5 +62,15 @@ def test_bench_gpu_on_small_shapes(tmp_path, capsys):
     video = sections["video-1.3b"]
     assert video["decoded_shape"] == [9, 64, 64, 3] and video["vae_tiling"]
     assert {"text", "denoise", "decode"} <= set(video["phases"])
+    weights = {r["method"]: r for r in sections["weights-1.3b"]["weight_rows"]}
+    timed = ("bf16 eager", "bf16 eager + LoRA", "bf16 compiled", "bf16 compiled + LoRA slot", "int8 eager")
+    for name in (*timed, "int8 compiled"):
+        assert weights[name]["seconds_per_step"] > 0, weights[name]
+    for name in ("bf16 eager + LoRA", "bf16 compiled + LoRA slot"):  # two LoRAs read once each, then switched
+        lora = weights[name]
+        assert lora["lora_loads"] == 2 and lora["switch_seconds"] > 0 and lora["to_base_seconds"] > 0, lora
+    assert weights["bf16 compiled + LoRA slot"]["graphs_built_by_switches"] == 0  # hotswap: no recompile
+    assert "fp8" in weights["fp8"]["refused"]  # this CPU has no FP8: the row says why, as a render would
     printed = capsys.readouterr().out
+    assert "| bf16 compiled + LoRA slot |" in printed and "| int8 eager |" in printed
     assert "| diffusers |" in printed and "| decode |" in printed and "| hunyuan_video15 |" in printed

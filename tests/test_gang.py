@@ -211,6 +211,61 @@ def test_two_gangs_render_side_by_side(ray_cluster, random_model_folder, tmp_pat
     assert overlaps, f"no two renders overlapped: {spans}"
 
 
+def test_compiled_gangs_build_each_shape_once_over_a_mixed_manifest(ray_cluster, random_model_folder, tmp_path):
+    """--compile on two gangs, rows mixing two sizes and two step counts, then the same rows in another order:
+    counted inside each rank, no rank builds more graphs than the sizes its gang met (a gang keeps its graphs
+    whatever it rendered between, and a step count builds none)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ditfarm.jobs.driver import render_manifest
+    from ditfarm.jobs.gang_renderer import GangRenderer
+
+    sizes, steps = [(32, 32), (48, 48)], [4, 6]
+    combos = [(size, n) for size in sizes for n in steps] * 2
+    rows = [{"id": f"v{i}", "prompt": PROMPT, "seed": i, "height": h, "width": w, "steps": n}
+            for i, ((h, w), n) in enumerate(combos)]  # fmt: skip
+
+    def manifest(path, ordered):
+        pq.write_table(pa.Table.from_pylist(ordered), path)
+        return path
+
+    def graphs_per_rank() -> dict[str, list[int]]:
+        def probe(self):
+            from ditfarm.pipelines.compile import compiled_graphs
+
+            return compiled_graphs()
+
+        return {g.name: [ray.get(m.__ray_call__.remote(probe)) for m in g.members] for g in renderer.pool.gangs}
+
+    settings = RenderSettings(model=str(random_model_folder), sp=1, gangs=2, compile="eager")
+    renderer = GangRenderer(settings)
+    met: dict[str, set] = {}  # gang -> the sizes of the videos it was given
+    borrow = renderer.pool.borrow
+
+    def recording_borrow(key=None):
+        gang = borrow(key)
+        met.setdefault(gang.name, set()).add(key[0])
+        return gang
+
+    renderer.pool.borrow = recording_borrow
+    counts = []
+    try:
+        for name, ordered in (("a", rows), ("b", rows[::-1])):
+            out = tmp_path / name
+            path = manifest(out.with_suffix(".parquet"), ordered)
+            summary = render_manifest(path, out, settings, renderer=renderer, progress=False)
+            assert summary.ok == len(rows), summary.errors
+            counts.append((graphs_per_rank(), {gang: len(seen) for gang, seen in met.items()}))
+    finally:
+        renderer.close()
+    for graphs, sizes_met in counts:
+        assert len(graphs) == 2 and sum(sizes_met.values()) >= len(sizes), (graphs, sizes_met)
+        for gang, per_rank in graphs.items():
+            assert all(n <= sizes_met.get(gang, 0) for n in per_rank), (gang, per_rank, sizes_met)
+            assert all(n > 0 for n in per_rank) == (gang in sizes_met), (gang, per_rank, sizes_met)
+
+
 def test_a_poison_row_fails_after_its_retries_and_every_other_row_renders(ray_cluster, random_model_folder, tmp_path):
     """A row whose rank dies every time (a test's member class) is rendered on 1 + --retries gangs, each of
     which is replaced; then it fails with the gang's error and its attempts, and the other gang keeps going."""

@@ -4,6 +4,7 @@ import pytest
 import ray
 
 from ditfarm.cluster.gang import GangConfig
+from ditfarm.cluster.warm_gangs import WAITING_PER_GANG
 from ditfarm.commands.cli import build_parser
 from ditfarm.commands.render import settings_from_args
 from ditfarm.jobs.driver import RenderSettings
@@ -52,7 +53,8 @@ def test_auto_on_a_live_cluster_starts_what_it_holds(random_model_folder):
         renderer = GangRenderer(RenderSettings(model=str(random_model_folder), sp=1, gangs="auto"))
         try:
             assert renderer.pool.capacity == len(renderer.pool.gangs) == 2  # 3 CPUs, one left to the driver
-            assert renderer.capacity == 4  # two videos in flight per gang: one denoising, one being stored
+            # per gang: one video denoising, one being stored, and those waiting for a choice of shapes
+            assert renderer.capacity == 2 * (2 + WAITING_PER_GANG)
         finally:
             renderer.close()
     finally:

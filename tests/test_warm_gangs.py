@@ -24,10 +24,12 @@ class Gang:
         return self.name
 
 
-def test_the_warm_key_is_the_rows_sizes_steps_and_lora_and_nothing_else():
+def test_the_warm_key_is_the_rows_sizes_and_lora_and_nothing_else():
     a = RowInputs("p", 1, sampler={"height": 64, "width": 64, "guidance_scale": 5.0}, extra={"lora_scale": 0.5})
-    b = RowInputs("q", 2, sampler={"height": 64, "width": 64, "steps": None}, extra={"lora": ""})
-    assert warm_key(a) == warm_key(b) == SMALL
+    b = RowInputs("q", 2, sampler={"height": 64, "width": 64, "steps": 12}, extra={"lora": ""})
+    assert warm_key(a) == warm_key(b) == SMALL  # steps size nothing a gang keeps
+    frames = RowInputs("p", 1, sampler={"height": 64, "width": 64, "num_frames": 9})
+    assert warm_key(frames) not in (SMALL, LARGE)
     styled = RowInputs("p", 1, sampler={"height": 64, "width": 64}, extra={"lora": STYLED[1]})
     assert warm_key(styled) == STYLED
 

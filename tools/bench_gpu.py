@@ -3,7 +3,7 @@
     ditfarm bench gpu --json benchmarks/bench-gpu-h200.json          # at most 8 minutes on one H200
 
 Time does not depend on trained weights, so the published Wan2.1 configs (``wan_configs``) are built with random
-weights; nothing is downloaded.  Three sections, each skipped with a note when the time budget runs out:
+weights; nothing is downloaded.  Its sections, each skipped with a note when the time budget runs out:
 
 1. **Wan2.1-1.3B at 480x832x81** (32,760 tokens): seconds per denoising step (two CFG calls and the scheduler
    step) of plain diffusers (the transformer called as WanPipeline calls it, no hooks); ditfarm with ``none``
@@ -19,7 +19,10 @@ weights; nothing is downloaded.  Three sections, each skipped with a note when t
 3. **One whole video** of the 1.3B config with Wan2.1's real UMT5-XXL and VAE configs (random weights), written
    as a model folder and loaded through ``load_pipeline`` (folder checks, bf16, tiled VAE decode): seconds and
    peak GPU memory of text encoding, ``--video-steps`` denoising steps (scaled to 50 in the table), and decoding.
-4. **Every other family** (CogVideoX-5B, HunyuanVideo, HunyuanVideo 1.5: each family's ``bench_folder``): its
+4. **LoRAs and quantized weights** on the 1.3B config (``tools/bench_weights.py``): a LoRA's load, switch and
+   per-step cost, eager and in compiled blocks' hotswapped slot; int8 and fp8 weight-only blocks, eager and
+   compiled, with the memory the model holds.
+5. **Every other family** (CogVideoX-5B, HunyuanVideo, HunyuanVideo 1.5: each family's ``bench_folder``): its
    released transformer config with ``--family-blocks`` of its blocks, at its default video size, loaded through
    ``load_pipeline`` and run through ditfarm's loop with its own sampling (CFG passes where it runs them):
    seconds per step, scaled to all its blocks by the per-block time.
@@ -32,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import tempfile
 import time
 import traceback
@@ -43,11 +45,20 @@ import numpy as np
 import torch
 
 from ..pipelines.attention import apply_attention, choose_attention
-from ..pipelines.denoise import denoise
 from ..pipelines.families.wan import make_wan_folder
 from ..pipelines.family import families
 from ..pipelines.loading import load_pipeline
-from ..pipelines.wan_configs import TEXT_TOKENS, UMT5_XXL, VAE_STRIDE, WAN21_1_3B, WAN21_14B
+from ..pipelines.wan_configs import TEXT_TOKENS, UMT5_XXL, WAN21_1_3B, WAN21_14B
+from .bench_timing import (
+    Budget,
+    ditfarm_loop,
+    latent_shape,
+    random_transformer,
+    scheduler,
+    seconds_per_step,
+    synchronize,
+)
+from .bench_weights import markdown_lines, weight_rows
 
 POLICY_ROWS = (
     "bwcache:0",
@@ -95,48 +106,6 @@ SMALL = Shapes(  # the same code on shapes a CPU runs in seconds
 )
 
 
-class Budget:
-    def __init__(self, seconds: float):
-        self.deadline = time.monotonic() + seconds
-
-    @property
-    def left(self) -> float:
-        return self.deadline - time.monotonic()
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def latent_shape(frames: int, height: int, width: int) -> tuple[int, ...]:
-    return (1, 16, (frames - 1) // VAE_STRIDE[0] + 1, height // VAE_STRIDE[1], width // VAE_STRIDE[2])
-
-
-def random_transformer(config: dict, layers: int, device: torch.device, dtype: torch.dtype):
-    """A Wan transformer of ``config`` with ``layers`` blocks, random weights, in ``dtype`` except the modules
-    diffusers keeps in float32 for Wan (as ``from_pretrained(dtype=...)`` leaves them)."""
-    from diffusers import WanTransformer3DModel  # deferred: diffusers
-
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = WanTransformer3DModel(**{**config, "num_layers": layers})
-    model.to(dtype)
-    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
-    for name, module in model.named_modules():
-        if keep & set(name.split(".")):
-            module.float()
-    return model.eval().requires_grad_(False)
-
-
-def scheduler():
-    from diffusers import UniPCMultistepScheduler  # WanPipeline's  # deferred: diffusers
-
-    return UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000
-    )
-
-
 def plain_diffusers_loop(transformer, latents, cond, uncond, steps: int, guidance: float):
     """WanPipeline.__call__'s loop, as diffusers writes it (no hooks, no ditfarm)."""
     sched = scheduler()
@@ -164,33 +133,6 @@ def plain_diffusers_loop(transformer, latents, cond, uncond, steps: int, guidanc
         noise_pred = noise_uncond + guidance * (noise_pred - noise_uncond)
         latents = sched.step(noise_pred, t, latents, return_dict=False)[0]
     return latents
-
-
-def ditfarm_loop(transformer, latents, cond, uncond, steps: int, guidance: float):
-    sched = scheduler()
-    return denoise(transformer, sched, latents, cond, uncond, steps, guidance)
-
-
-def seconds_per_step(loop, transformer, inputs, steps: int, repeats: int, device, prepare=None) -> tuple[float, float]:
-    """(median seconds per step over ``repeats`` loops of ``steps``, seconds of the one-step warm-up loop);
-    ``prepare(steps)``, untimed, before each loop (a calibrated cache is calibrated for one step count)."""
-    if prepare:
-        prepare(1)
-    synchronize(device)
-    start = time.perf_counter()
-    loop(transformer, *inputs, 1, 5.0)
-    synchronize(device)
-    warmup = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        if prepare:
-            prepare(steps)
-        synchronize(device)
-        start = time.perf_counter()
-        loop(transformer, *inputs, steps, 5.0)
-        synchronize(device)
-        times.append((time.perf_counter() - start) / steps)
-    return statistics.median(times), warmup
 
 
 def policy_config(row: str, transformer, steps: int):
@@ -465,6 +407,7 @@ def time_family_row(name: str, folder, built: int, full: int, small: bool, devic
     return row
 
 
+SECTIONS = ("wan2.1-1.3b", "weights-1.3b", "video-1.3b", "wan2.1-14b", "families")
 DECODED_ROWS = ("wan2.2-ti2v-5b",)  # rows timed as a whole video, decode included
 
 
@@ -498,7 +441,14 @@ def run(args: argparse.Namespace, log=print) -> dict:
     except ImportError:
         pass
 
+    chosen = set(args.sections.split(",")) if getattr(args, "sections", None) else None
+    unknown = (chosen or set()) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+
     def section(key: str, title: str, fn):
+        if chosen is not None and key not in chosen:
+            return
         if budget.left < args.reserve_seconds:
             result["sections"][key] = {"title": title, "skipped": "time budget"}
             log(f"{title}: skipped (time budget)")
@@ -572,6 +522,11 @@ def run(args: argparse.Namespace, log=print) -> dict:
 
     section("wan2.1-1.3b", f"Wan2.1-1.3B, {'x'.join(map(str, shapes.video_1_3b))}", wan_1_3b)
     section(
+        "weights-1.3b",
+        f"LoRAs and quantized weights, Wan2.1-1.3B, {'x'.join(map(str, shapes.video_1_3b))}",
+        lambda: weight_rows(shapes, device, dtype, args, budget, log),
+    )
+    section(
         "video-1.3b",
         "One video, Wan2.1-1.3B with UMT5-XXL and the Wan VAE (random weights)",
         lambda: whole_video(shapes, device, dtype, args, budget, log),
@@ -639,6 +594,8 @@ def markdown_table(result: dict) -> str:
                     f"| {r['family']} | {'x'.join(map(str, r['video']))} | {r['tokens']} | {r['passes_per_step']} | "
                     f"{r['seconds_per_step']:.3f} | {r['scaled_seconds_per_step']:.3f} | {peak} |"
                 )
+        if "weight_rows" in sec:
+            lines += markdown_lines(sec)
         if "phases" in sec:
             lines += ["| phase | seconds | peak GiB |", "|---|---|---|"]
             for name, p in sec["phases"].items():

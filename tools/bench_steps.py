@@ -25,7 +25,7 @@ from ..cache import disable, enable, last_video_stats
 from ..cache.presets import build_config
 from ..pipelines.denoise import denoise, reset_caches
 from ..pipelines.wan_configs import TEXT_TOKENS, VAE_STRIDE, WAN21_1_3B
-from .bench_gpu import random_transformer
+from .bench_timing import random_transformer
 
 
 def latent_shape(frames: int, height: int, width: int) -> tuple[int, ...]:
