@@ -19,6 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import free_port
 
+from ditfarm.cluster.warm_gangs import WAITING_PER_GANG
+
 pytestmark = [pytest.mark.ray, pytest.mark.process]
 
 GOOD = ["red circle moving left on blue background", "white square moving up on green gradient background"]
@@ -122,7 +124,8 @@ def test_a_jobs_metrics_appear_on_the_ray_nodes_export_with_the_right_counts(
         most_gangs = max(most_gangs, total(series, "ray_ditfarm_gangs_alive", out))
         time.sleep(0.3)
     assert run.returncode == 1, run.communicate()  # the bad row
-    assert most_in_flight == 2 and most_gangs == 1  # one denoising, one waiting for the gang or being stored
+    # one denoising, one being stored, and those waiting for the gang (up to WAITING_PER_GANG): all four at most
+    assert 2 <= most_in_flight <= min(len(ids), 2 + WAITING_PER_GANG) and most_gangs == 1, most_in_flight
 
     rerun = subprocess.run(command, env=ray_head_with_metrics["env"], capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 1, rerun.stderr  # skips the three ok ids, fails the bad row again
