@@ -58,16 +58,17 @@ def weight_rows(shapes, device, dtype, args, budget: Budget, log) -> dict:
             compile_blocks(transformer, backend=compile_backend)
         return transformer
 
-    def timed(method: str, make, extra=None) -> None:
-        """One row: ``make()`` builds the model (and returns it), ``extra(transformer)`` adds the row's own
-        figures after its steps are timed; a failure is the row's finding, and the next row still runs."""
+    def timed(method: str, quantize: str | None = None, compile_backend: str | None = None, lora: bool = False):
+        """One row on a fresh model (``lora``: two LoRAs loaded and their switch costs measured first); a
+        failure is the row's finding, and the next row still runs."""
         if budget.left < args.reserve_seconds:
             rows.append({"method": method, "skipped": "time budget"})
             log(f"  {method}: skipped (time budget)")
             return
         transformer = None
         try:
-            transformer = make()
+            transformer = fresh(quantize, compile_backend)
+            figures = with_loras(transformer, compiled=compile_backend is not None) if lora else {}
             held = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -76,8 +77,7 @@ def weight_rows(shapes, device, dtype, args, budget: Budget, log) -> dict:
             if held is not None:
                 row["model_gpu_bytes"] = held
                 row["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
-            if extra is not None:
-                row.update(extra(transformer))
+            row.update(figures)
         except Exception as err:  # noqa: BLE001 - one row's failure is a finding; the other rows still run
             row = {"method": method, "error": f"{type(err).__name__}: {err}"[:2000]}
         rows.append(row)
@@ -123,28 +123,18 @@ def weight_rows(shapes, device, dtype, args, budget: Budget, log) -> dict:
             figures["lora_loads"] = slots.loads
             return figures
 
-        def lora_model(compile_backend: str | None = None):
-            def make():
-                transformer = fresh(compile_backend=compile_backend)
-                make.figures = with_loras(transformer, compiled=compile_backend is not None)
-                return transformer
-
-            return make
-
-        timed("bf16 eager", fresh)
-        eager_lora = lora_model()
-        timed("bf16 eager + LoRA", eager_lora, lambda t: eager_lora.figures)
-        timed("bf16 compiled", lambda: fresh(compile_backend=args.compile_backend))
-        compiled_lora = lora_model(args.compile_backend)
-        timed("bf16 compiled + LoRA slot", compiled_lora, lambda t: compiled_lora.figures)
+        timed("bf16 eager")
+        timed("bf16 eager + LoRA", lora=True)
+        timed("bf16 compiled", compile_backend=args.compile_backend)
+        timed("bf16 compiled + LoRA slot", compile_backend=args.compile_backend, lora=True)
     for kind in ("int8", "fp8"):
         refused = quantization_refused(kind, device)
         if refused:
             rows.append({"method": kind, "refused": refused})
             log(f"  {kind}: refused ({refused})")
             continue
-        timed(f"{kind} eager", lambda kind=kind: fresh(quantize=kind))
-        timed(f"{kind} compiled", lambda kind=kind: fresh(quantize=kind, compile_backend=args.compile_backend))
+        timed(f"{kind} eager", quantize=kind)
+        timed(f"{kind} compiled", quantize=kind, compile_backend=args.compile_backend)
     torch._dynamo.reset()
     return {"video": [frames, height, width], "blocks": config["num_layers"], "weight_rows": rows}
 
