@@ -497,18 +497,21 @@ class GangPool:
             return waiter.gang
 
     def _assign(self) -> None:
-        """Hand the free gangs to waiting videos (warm_gangs.assign), under the lock."""
+        """Hand the free gangs to waiting videos (warm_gangs.assign), under the lock.  Only a gang handed out
+        wakes the waiters: a wake-up that handed out nothing, passed on from waiter to waiter, would keep them
+        all spinning (a core of the driver's) while every gang is busy."""
         warm = {id(g): self._last_key.get(id(g)) for g in self._free}
-        for waiter, gang in assign(self._free, self._waiters, self._last_key):
+        pairs = assign(self._free, self._waiters, self._last_key)
+        for waiter, gang in pairs:
             self.warm_hits += waiter.key is not None and warm.get(id(gang)) == waiter.key
-        self._cond.notify_all()
+        if pairs:
+            self._cond.notify_all()
 
     def give_back(self, gang: Gang) -> None:
         with self._cond:
             if gang in self.gangs:
                 self._free.append(gang)
                 self._assign()
-                self._cond.notify_all()
 
     def render(
         self,

@@ -87,3 +87,45 @@ def test_the_pool_hands_a_given_back_gang_to_the_waiting_video_of_its_shape():
     for thread in threads:
         thread.join(5)
     assert got == {"large-video": first, "small-video": second} and pool.warm_hits == 2
+
+
+def test_videos_waiting_for_a_busy_gang_sleep_instead_of_waking_one_another():
+    """While every gang is busy, the videos waiting in GangPool.borrow each look for a gang once and sleep until
+    one comes free: a wake-up that hands out no gang must not pass on from waiter to waiter (the driver's core
+    would spin, taking the CPU the ranks render with)."""
+    from ditfarm.cluster.gang import GangPool
+
+    pool = object.__new__(GangPool)
+    pool._cond, pool._stopping, pool._closed, pool._starting = threading.Condition(), False, False, 0
+    busy = Gang("busy")
+    pool.gangs, pool._free, pool._waiters, pool.warm_hits, pool._last_key = [busy], [], [], 0, {}
+    looks = []
+    real_assign = pool._assign
+
+    def counted_assign():
+        looks.append(threading.current_thread().name)
+        real_assign()
+
+    pool._assign = counted_assign
+    got = []
+    threads = [
+        threading.Thread(target=lambda: got.append(pool.borrow(SMALL)), name=f"video-{i}", daemon=True)
+        for i in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    looked = len(looks)
+    if looked != 4:
+        with pool._cond:  # end the waiters (GangFailure in their threads) before failing
+            pool._closed = True
+            pool._cond.notify_all()
+    assert looked == 4, f"4 waiting videos looked for a gang {looked} times in 0.5 s"
+    for served in range(1, len(threads) + 1):  # the gang comes free four times: each time one video takes it
+        pool.give_back(busy)
+        deadline = time.monotonic() + 5
+        while len(got) < served and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join(5)
+    assert got == [busy] * 4
