@@ -12,10 +12,11 @@ three times.  Three runs of the same rows on the same two gangs (sp 1, one Ray C
 
 With ``--repeats N`` the three runs are made N times, each round in another order of the three and with its own
 shuffle; each run is compared with the sorted run of its own round, and the median and range of that ratio are
-reported.  Reported per run: videos per minute (job start to the last row), the steady rate (the same without the
-last ``DRAIN`` rows: on 48 rows, the drain, where one gang may wait for the other's last video, weighs as much
-as the order, and a dataset of thousands of rows has none to speak of), the share of videos given a gang warm for
-them, and per rank what the run cost it: LoRA loads (files read and loaded; a switch between loaded ones reads
+reported.  Reported per run: videos per minute (job start to the last row); the ranks' busy seconds (the rows'
+own ``seconds`` summed: what the order costs the ranks in graphs, switches and loads, which the drain does not
+blur: on 48 rows the drain, where one gang may wait for the other's last video, weighs as much as the order, and
+a sorted manifest ends on its largest shape); the driver's CPU seconds; the share of videos given a gang warm for
+them; and per rank what the run cost it: LoRA loads (files read and loaded; a switch between loaded ones reads
 nothing) and, with ``--compile``, compiled graphs.  Gangs are started afresh for each run (nothing is warm from
 the run before), and one warm-up video per gang (the base model, the first shape) is rendered first, outside
 the count, so process start-up is not counted either.
@@ -42,7 +43,6 @@ import harness  # noqa: E402
 SHAPES = [(8, 32, 32), (4, 32, 32), (8, 48, 48)]  # frames, height, width
 STEPS = [8, 12]
 ROWS = 48
-DRAIN = 4  # the last videos, rendered while gangs run out of rows: left out of the steady rate
 PROMPTS = [
     "red circle moving left on blue background",
     "white square moving up on green gradient background",
@@ -114,24 +114,26 @@ def timed_run(name: str, rows: list[dict], args, root: Path, shape_blind: bool) 
         hits_before = renderer.pool.warm_hits
         if shape_blind:
             gang_module.warm_key = lambda row: None
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         job = RenderJob(tasks(rows), root / name, settings, renderer=renderer, progress=False, total=len(rows))
-        finished = []
-        for _ in job:
+        finished, results = [], []
+        for row in job:
             finished.append(time.perf_counter() - start)
+            results.append(row)
         assert job.summary.ok == len(rows), job.summary
+        driver_cpu_s = time.process_time() - cpu_start
         after = rank_counts(renderer)
     finally:
         gang_module.warm_key = real_key
         renderer.close()
     seconds = finished[-1]
-    steady = len(rows) - DRAIN
     return {
         "run": name,
         "videos": len(rows),
         "render_s": round(seconds, 2),
         "videos_per_min": round(60 * len(rows) / seconds, 2),
-        "steady_videos_per_min": round(60 * steady / finished[steady - 1], 2),
+        "busy_s": round(sum(row["seconds"] for row in results), 2),
+        "driver_cpu_s": round(driver_cpu_s, 2),
         "warm_share": round((renderer.pool.warm_hits - hits_before) / len(rows), 3),
         "lora_loads_per_rank": [a["lora_loads"] - b["lora_loads"] for a, b in zip(after, before)],
         "compiled_graphs_per_rank": [a["compiled_graphs"] - b["compiled_graphs"] for a, b in zip(after, before)],
@@ -181,18 +183,29 @@ def main() -> None:
         ray.shutdown()
     runs = []
     for round_runs in rounds:
-        sorted_rate, sorted_steady = round_runs[0]["videos_per_min"], round_runs[0]["steady_videos_per_min"]
+        sorted_rate, sorted_busy = round_runs[0]["videos_per_min"], round_runs[0]["busy_s"]
         for run in round_runs:
             run["of_sorted"] = round(run["videos_per_min"] / sorted_rate, 3)
-            run["steady_of_sorted"] = round(run["steady_videos_per_min"] / sorted_steady, 3)
+            run["busy_of_sorted"] = round(run["busy_s"] / sorted_busy, 3)
             runs.append(run)
-    header = ["run", "round", "videos", "render_s", "videos_per_min", "of_sorted", "steady_of_sorted", "warm_share"]
+    header = [
+        "run",
+        "round",
+        "videos",
+        "render_s",
+        "videos_per_min",
+        "of_sorted",
+        "busy_s",
+        "busy_of_sorted",
+        "driver_cpu_s",
+        "warm_share",
+    ]
     header += ["lora_loads_per_rank", "compiled_graphs_per_rank"]
     print(harness.markdown_table(header, [[run[h] for h in header] for run in runs]))
     summary = []
     for name in names:
         ratios = sorted(run["of_sorted"] for run in runs if run["run"] == name)
-        steady = sorted(run["steady_of_sorted"] for run in runs if run["run"] == name)
+        busy = sorted(run["busy_of_sorted"] for run in runs if run["run"] == name)
         rates = sorted(run["videos_per_min"] for run in runs if run["run"] == name)
         summary.append(
             {
@@ -202,9 +215,9 @@ def main() -> None:
                 "median_of_sorted": round(statistics.median(ratios), 3),
                 "of_sorted_min": ratios[0],
                 "of_sorted_max": ratios[-1],
-                "median_steady_of_sorted": round(statistics.median(steady), 3),
-                "steady_of_sorted_min": steady[0],
-                "steady_of_sorted_max": steady[-1],
+                "median_busy_of_sorted": round(statistics.median(busy), 3),
+                "busy_of_sorted_min": busy[0],
+                "busy_of_sorted_max": busy[-1],
             }
         )
     if args.repeats > 1:
