@@ -114,6 +114,9 @@ def test_videos_waiting_for_a_busy_gang_sleep_instead_of_waking_one_another():
     ]
     for thread in threads:
         thread.start()
+    deadline = time.monotonic() + 5
+    while len(looks) < 4 and time.monotonic() < deadline:  # each has come to wait (on a busy machine: later)
+        time.sleep(0.01)
     time.sleep(0.5)
     looked = len(looks)
     if looked != 4:
