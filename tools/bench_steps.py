@@ -25,13 +25,14 @@ from ..cache import disable, enable, last_video_stats
 from ..cache.presets import build_config
 from ..pipelines.denoise import denoise, reset_caches
 from ..pipelines.wan_configs import TEXT_TOKENS, VAE_STRIDE, WAN21_1_3B
-from .bench_timing import random_transformer
+from .bench_timing import latent_shape, random_transformer, synchronize
 
 
-def latent_shape(frames: int, height: int, width: int) -> tuple[int, ...]:
+def checked_latent_shape(frames: int, height: int, width: int) -> tuple[int, ...]:
+    """The latents of a video the command line asked for, refused by name where Wan cannot render it."""
     if (frames - 1) % VAE_STRIDE[0] or height % 16 or width % 16:
         raise ValueError(f"Wan needs frames = 4k + 1 and height, width multiples of 16; got {frames}x{height}x{width}")
-    return (1, 16, (frames - 1) // VAE_STRIDE[0] + 1, height // VAE_STRIDE[1], width // VAE_STRIDE[2])
+    return latent_shape(frames, height, width)
 
 
 def parse_method(text: str) -> tuple[str, float | None]:
@@ -42,11 +43,6 @@ def parse_method(text: str) -> tuple[str, float | None]:
 
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build_transformer(layers: int, device: torch.device, dtype: torch.dtype):
@@ -75,7 +71,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
         if policy == "profiling":
             raise ValueError("profiling needs a profile of trained weights; it has no meaning on random ones")
         build_config(policy, knob)  # refuses unknown policies and bad knobs before the model is built
-    shape = latent_shape(args.frames, args.height, args.width)
+    shape = checked_latent_shape(args.frames, args.height, args.width)
     transformer = build_transformer(args.layers, device, dtype)
     gen = torch.Generator().manual_seed(0)
     latents = torch.randn(shape, generator=gen).to(device, dtype)
